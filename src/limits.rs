@@ -1,0 +1,49 @@
+//! Named bounds on every amount a client or a file controls.
+//!
+//! Each limit is a default for a config key (see `docs/CONFIG.md`); the comment says where the
+//! number comes from. Anything decoded from the network or from disk is checked against one of
+//! these before it is buffered or allocated.
+
+/// Largest POST body accepted, in bytes (`limits.max_request_bytes`).
+///
+/// A request for [`MAX_CERT_IDS`] SHA-512 CertIDs with a 32-byte nonce and a small request
+/// signature is under 8 KiB; twice that leaves room for a requestor certificate chain.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
+/// Longest request target (path and query) accepted for GET, in bytes (`limits.max_get_path_bytes`).
+///
+/// RFC 5019 §5 has clients switch to POST above 255 bytes of encoded request; real clients
+/// still send longer GETs (nonces, SHA-512 CertIDs), so allow a generous multiple of that.
+pub const MAX_GET_PATH_BYTES: usize = 4 * 1024;
+
+/// Most CertIDs in one request (`limits.max_cert_ids`).
+///
+/// Browsers and TLS stacks send one; OpenSSL batches only when asked to. Each extra CertID costs
+/// a view lookup, never an extra signature (one signature covers the whole response).
+pub const MAX_CERT_IDS: usize = 32;
+
+/// Longest nonce accepted, in octets (`limits.max_nonce_bytes`): RFC 8954 §2.1 / RFC 9654 §2.1.
+pub const MAX_NONCE_BYTES: usize = 32;
+
+/// Largest serial number content, in octets: RFC 5280 §4.1.2.2 allows 20, and a leading zero
+/// octet keeps a 20-octet value with its high bit set positive.
+pub const MAX_SERIAL_OCTETS: usize = 21;
+
+/// Largest encoded status event (one journal record), in bytes: an event holds a 32-byte issuer
+/// id, a serial of at most 21 octets, two times, a reason and an origin name of at most 64 bytes.
+pub const MAX_EVENT_BYTES: usize = 256;
+
+/// Longest region / origin name carried in an event, in bytes.
+pub const MAX_ORIGIN_BYTES: usize = 64;
+
+/// Most connections served at once (`server.max_connections`): with the header-read timeout this
+/// bounds memory held by idle or slow clients (about 64 KiB of buffers each at worst).
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// Signatures computed at once (`ocsp.signing_concurrency`); one per core keeps the software
+/// signer busy without starving the reactor threads.
+pub const SIGNING_CONCURRENCY: usize = 2;
+
+/// Requests allowed to wait for a signature (`ocsp.signing_queue`); past it a request gets
+/// `tryLater` at once instead of queueing without bound.
+pub const SIGNING_QUEUE: usize = 256;

@@ -1,0 +1,333 @@
+//! Decoding OCSPRequest (RFC 6960 §4.1) from POST bodies and GET paths (RFC 5019 §5, RFC 6960
+//! Appendix A.1).
+//!
+//! DER only: the `der` crate rejects BER forms (indefinite lengths, non-minimal lengths),
+//! trailing bytes and out-of-range lengths. Sizes are bounded before decoding (the HTTP layer
+//! caps the body and path) and the counts inside by [`RequestLimits`].
+
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine;
+use der::asn1::OctetString;
+use der::{Decode, Encode, Tag, Tagged};
+use x509_cert::ext::Extension;
+use x509_ocsp::{CertId, OcspRequest};
+
+use super::{
+    HashAlgorithm, OcspError, OID_ACCEPTABLE_RESPONSES, OID_NONCE, OID_PREFERRED_SIG_ALGS,
+    OID_SERVICE_LOCATOR,
+};
+use crate::limits;
+use crate::status::Serial;
+
+/// Bounds on what one request may carry.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Most CertIDs per request.
+    pub max_cert_ids: usize,
+    /// Longest nonce, in octets.
+    pub max_nonce_bytes: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_cert_ids: limits::MAX_CERT_IDS,
+            max_nonce_bytes: limits::MAX_NONCE_BYTES,
+        }
+    }
+}
+
+/// One CertID of a request.
+#[derive(Debug, Clone)]
+pub struct RequestedCert {
+    /// The CertID as decoded; echoed unchanged in the SingleResponse.
+    pub cert_id: CertId,
+    /// The CertID's DER, exactly as the client sent it: the response cache key.
+    pub der: Vec<u8>,
+    /// Its hash algorithm.
+    pub hash: HashAlgorithm,
+    /// Its serial number.
+    pub serial: Serial,
+}
+
+/// A decoded, checked request.
+#[derive(Debug, Clone)]
+pub struct DecodedRequest {
+    /// The CertIDs, in request order (duplicates kept: each gets its own SingleResponse).
+    pub certs: Vec<RequestedCert>,
+    /// The nonce extension as sent, if any (echoed verbatim when nonces are echoed).
+    pub nonce: Option<Extension>,
+}
+
+/// Decodes and checks a DER OCSPRequest.
+pub fn decode_request(der: &[u8], limits: &RequestLimits) -> Result<DecodedRequest, OcspError> {
+    let req = OcspRequest::from_der(der).map_err(|_| OcspError::Malformed("not a DER OCSPRequest"))?;
+    let tbs = req.tbs_request;
+    if tbs.request_list.is_empty() {
+        return Err(OcspError::Malformed("empty requestList"));
+    }
+    if tbs.request_list.len() > limits.max_cert_ids {
+        return Err(OcspError::Malformed("too many CertIDs in one request"));
+    }
+    let mut nonce = None;
+    if let Some(exts) = &tbs.request_extensions {
+        check_no_duplicates(exts)?;
+        for ext in exts {
+            if ext.extn_id == OID_NONCE {
+                check_nonce(ext, limits.max_nonce_bytes)?;
+                nonce = Some(ext.clone());
+            } else if ext.critical
+                && ext.extn_id != OID_ACCEPTABLE_RESPONSES
+                && ext.extn_id != OID_PREFERRED_SIG_ALGS
+            {
+                return Err(OcspError::Malformed("unknown critical request extension"));
+            }
+        }
+    }
+    let mut certs = Vec::with_capacity(tbs.request_list.len());
+    for r in tbs.request_list {
+        if let Some(exts) = &r.single_request_extensions {
+            check_no_duplicates(exts)?;
+            if exts
+                .iter()
+                .any(|e| e.critical && e.extn_id != OID_SERVICE_LOCATOR)
+            {
+                return Err(OcspError::Malformed("unknown critical singleRequestExtension"));
+            }
+        }
+        let id = r.req_cert;
+        let serial = Serial::from_der_content(id.serial_number.as_bytes())
+            .map_err(|_| OcspError::Malformed("serial number is not a positive integer of at most 20 octets"))?;
+        let hash = HashAlgorithm::from_oid(&id.hash_algorithm.oid)
+            .ok_or(OcspError::Unauthorized("unsupported CertID hash algorithm"))?;
+        let params_ok = match &id.hash_algorithm.parameters {
+            None => true,
+            Some(p) => p.tag() == Tag::Null && p.value().is_empty(),
+        };
+        if !params_ok {
+            return Err(OcspError::Unauthorized("unsupported CertID hash parameters"));
+        }
+        let der = id
+            .to_der()
+            .map_err(|_| OcspError::Malformed("CertID does not re-encode"))?;
+        certs.push(RequestedCert {
+            cert_id: id,
+            der,
+            hash,
+            serial,
+        });
+    }
+    Ok(DecodedRequest { certs, nonce })
+}
+
+fn check_no_duplicates(exts: &[Extension]) -> Result<(), OcspError> {
+    for (i, a) in exts.iter().enumerate() {
+        if exts[i + 1..].iter().any(|b| b.extn_id == a.extn_id) {
+            return Err(OcspError::Malformed("duplicate extension"));
+        }
+    }
+    Ok(())
+}
+
+/// Nonce ::= OCTET STRING (SIZE(1..32)) inside the extnValue (RFC 8954 §2.1).
+fn check_nonce(ext: &Extension, max: usize) -> Result<(), OcspError> {
+    let inner = OctetString::from_der(ext.extn_value.as_bytes())
+        .map_err(|_| OcspError::Malformed("nonce is not an OCTET STRING"))?;
+    let n = inner.as_bytes().len();
+    if n == 0 {
+        return Err(OcspError::Malformed("empty nonce"));
+    }
+    if n > max {
+        return Err(OcspError::Malformed("nonce longer than the maximum"));
+    }
+    Ok(())
+}
+
+/// Why a GET path did not yield request bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GetPathError {
+    /// Percent-decoding produced something that is not base64 of a request.
+    #[error("path is not base64")]
+    NotBase64,
+}
+
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(false),
+);
+
+/// Turns the part of a GET path after the OCSP prefix into request DER.
+///
+/// Accepts what real clients send: percent-encoding (`%2B`, `%2F`, `%3D`, any case), a raw `+`
+/// (never read as a space), missing `=` padding, leading or doubled `/` (base64 itself contains
+/// `/`), and the URL-safe alphabet. The caller bounds the path length first.
+pub fn decode_get_path(encoded: &str) -> Result<Vec<u8>, GetPathError> {
+    let decoded: Vec<u8> = percent_encoding::percent_decode_str(encoded).collect();
+    let mut b64: Vec<u8> = Vec::with_capacity(decoded.len());
+    let mut leading = true;
+    for &c in &decoded {
+        if leading && c == b'/' {
+            continue;
+        }
+        leading = false;
+        b64.push(match c {
+            b'-' => b'+',
+            b'_' => b'/',
+            b' ' => b'+',
+            other => other,
+        });
+    }
+    BASE64.decode(&b64).map_err(|_| GetPathError::NotBase64)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use der::asn1::Null;
+    use proptest::prelude::*;
+    use spki::AlgorithmIdentifierOwned;
+    use x509_cert::serial_number::SerialNumber;
+    use x509_ocsp::{Request, TbsRequest, Version};
+
+    pub(crate) fn cert_id(alg: HashAlgorithm, serial: &[u8], null_params: bool) -> CertId {
+        CertId {
+            hash_algorithm: AlgorithmIdentifierOwned {
+                oid: alg.oid(),
+                parameters: null_params.then(|| Null.into()),
+            },
+            issuer_name_hash: OctetString::new(alg.digest(b"name")).expect("octets"),
+            issuer_key_hash: OctetString::new(alg.digest(b"key")).expect("octets"),
+            serial_number: SerialNumber::new(serial).expect("serial"),
+        }
+    }
+
+    pub(crate) fn request(ids: Vec<CertId>, exts: Option<Vec<Extension>>) -> Vec<u8> {
+        OcspRequest {
+            tbs_request: TbsRequest {
+                version: Version::V1,
+                requestor_name: None,
+                request_list: ids
+                    .into_iter()
+                    .map(|req_cert| Request {
+                        req_cert,
+                        single_request_extensions: None,
+                    })
+                    .collect(),
+                request_extensions: exts,
+            },
+            optional_signature: None,
+        }
+        .to_der()
+        .expect("encode")
+    }
+
+    fn nonce(len: usize, critical: bool) -> Extension {
+        Extension {
+            extn_id: OID_NONCE,
+            critical,
+            extn_value: OctetString::new(
+                OctetString::new(vec![7u8; len]).expect("o").to_der().expect("der"),
+            )
+            .expect("o"),
+        }
+    }
+
+    #[test]
+    fn every_hash_round_trips_exactly() {
+        for alg in HashAlgorithm::ALL {
+            for null in [true, false] {
+                let id = cert_id(alg, &[0x01, 0x02], null);
+                let der = request(vec![id.clone()], None);
+                let d = decode_request(&der, &RequestLimits::default()).expect("decode");
+                assert_eq!(d.certs.len(), 1);
+                assert_eq!(d.certs[0].hash, alg);
+                assert_eq!(d.certs[0].der, id.to_der().expect("der"));
+                assert_eq!(d.certs[0].serial.as_der_content(), &[1, 2]);
+            }
+        }
+    }
+
+    #[test]
+    fn limits_and_bad_forms() {
+        let lim = RequestLimits::default();
+        let ids = |n| (0..n).map(|_| cert_id(HashAlgorithm::Sha1, &[5], true)).collect();
+        assert_eq!(decode_request(&request(ids(32), None), &lim).expect("ok").certs.len(), 32);
+        assert!(matches!(decode_request(&request(ids(33), None), &lim), Err(OcspError::Malformed(_))));
+        assert!(matches!(decode_request(&request(ids(0), None), &lim), Err(OcspError::Malformed(_))));
+        let mut trailing = request(ids(1), None);
+        trailing.push(0);
+        assert!(matches!(decode_request(&trailing, &lim), Err(OcspError::Malformed(_))));
+        // zero serial
+        assert!(matches!(
+            decode_request(&request(vec![cert_id(HashAlgorithm::Sha1, &[0], true)], None), &lim),
+            Err(OcspError::Malformed(_))
+        ));
+        // nonce bounds
+        for (len, ok) in [(0, false), (1, true), (32, true), (33, false)] {
+            let r = decode_request(&request(ids(1), Some(vec![nonce(len, false)])), &lim);
+            assert_eq!(r.is_ok(), ok, "nonce of {len}");
+        }
+        // unknown critical extension
+        let mut ext = nonce(8, true);
+        ext.extn_id = const_oid::ObjectIdentifier::new_unwrap("1.2.3.4");
+        assert!(matches!(
+            decode_request(&request(ids(1), Some(vec![ext])), &lim),
+            Err(OcspError::Malformed(_))
+        ));
+        // BER: indefinite length outer SEQUENCE
+        let der = request(ids(1), None);
+        let mut ber = vec![0x30, 0x80];
+        ber.extend_from_slice(&der[2..]);
+        ber.extend_from_slice(&[0, 0]);
+        assert!(matches!(decode_request(&ber, &lim), Err(OcspError::Malformed(_))));
+    }
+
+    #[test]
+    fn unsupported_hash_is_unauthorized() {
+        let mut id = cert_id(HashAlgorithm::Sha1, &[5], true);
+        id.hash_algorithm.oid = const_oid::db::rfc5912::ID_MD_5;
+        let r = decode_request(&request(vec![id], None), &RequestLimits::default());
+        assert!(matches!(r, Err(OcspError::Unauthorized(_))));
+    }
+
+    #[test]
+    fn get_path_forms() {
+        let der = request(vec![cert_id(HashAlgorithm::Sha256, &[0x7f, 0xfe, 0xfb], true)], None);
+        let std = base64::engine::general_purpose::STANDARD.encode(&der);
+        let forms = [
+            std.clone(),
+            std.trim_end_matches('=').to_string(),
+            std.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D"),
+            std.replace('+', "%2b").replace('/', "%2f"),
+            format!("/{std}"),
+            format!("//{std}"),
+            std.replace('+', "-").replace('/', "_"),
+        ];
+        for f in forms {
+            assert_eq!(decode_get_path(&f).expect(&f), der, "{f}");
+        }
+        assert!(decode_get_path("favicon.ico").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_or_error(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_request(&bytes, &RequestLimits::default());
+        }
+
+        #[test]
+        fn mutated_requests_decode_or_error(pos in 0usize..200, byte in any::<u8>()) {
+            let mut der = request(vec![cert_id(HashAlgorithm::Sha1, &[9, 9], true)], Some(vec![nonce(16, false)]));
+            let p = pos % der.len();
+            der[p] = byte;
+            let _ = decode_request(&der, &RequestLimits::default());
+        }
+
+        #[test]
+        fn any_path_decodes_or_errors(s in "\\PC{0,300}") {
+            let _ = decode_get_path(&s);
+        }
+    }
+}

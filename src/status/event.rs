@@ -1,0 +1,233 @@
+//! Status events and their compact, versioned binary encoding.
+//!
+//! ```text
+//! version        u8   = 1
+//! kind           u8   1 issued, 2 revoked
+//! issuer         [32] IssuerId
+//! serial_len     u8   1..=21
+//! serial         [serial_len] DER INTEGER content octets
+//! time           i64 BE   notAfter (issued) or revocationTime (revoked), Unix seconds
+//! reason         u8   CRLReason code (revoked), 0 otherwise
+//! created_at_ms  i64 BE   when the event was made, Unix milliseconds
+//! origin_len     u8   0..=64
+//! origin         [origin_len] UTF-8 region name that first wrote the event
+//! ```
+//!
+//! Decoding checks every length against the input and the named bounds and never panics; an
+//! unknown version or kind is an error the caller counts and skips.
+
+use super::{IssuerId, RevocationReason, Serial};
+use crate::limits::{MAX_EVENT_BYTES, MAX_ORIGIN_BYTES};
+
+/// The encoding version this build writes and reads.
+pub const EVENT_VERSION: u8 = 1;
+
+/// One fact about one certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The issuing CA.
+    pub issuer: IssuerId,
+    /// The certificate's serial.
+    pub serial: Serial,
+    /// What happened.
+    pub kind: EventKind,
+    /// Region (or node) that first wrote the event.
+    pub origin: String,
+    /// When the event was made, Unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+/// What happened to a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// The CA issued it.
+    Issued {
+        /// notAfter, Unix seconds.
+        not_after: i64,
+    },
+    /// It was revoked.
+    Revoked {
+        /// revocationTime, Unix seconds.
+        time: i64,
+        /// CRLReason.
+        reason: RevocationReason,
+    },
+}
+
+/// Why an encoded event could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The input ended early or has bytes left over.
+    #[error("event is truncated or has trailing bytes")]
+    Length,
+    /// Written by a newer (or unknown) encoder.
+    #[error("unknown event version {0}")]
+    Version(u8),
+    /// Unknown event kind.
+    #[error("unknown event kind {0}")]
+    Kind(u8),
+    /// A field holds a value vigil does not accept.
+    #[error("invalid event field: {0}")]
+    Field(&'static str),
+}
+
+impl Event {
+    /// Appends the encoding to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let (kind, time, reason) = match self.kind {
+            EventKind::Issued { not_after } => (1u8, not_after, 0u8),
+            EventKind::Revoked { time, reason } => (2u8, time, reason as u8),
+        };
+        let serial = self.serial.as_der_content();
+        let origin = truncate_utf8(&self.origin, MAX_ORIGIN_BYTES);
+        out.push(EVENT_VERSION);
+        out.push(kind);
+        out.extend_from_slice(&self.issuer.0);
+        out.push(serial.len() as u8);
+        out.extend_from_slice(serial);
+        out.extend_from_slice(&time.to_be_bytes());
+        out.push(reason);
+        out.extend_from_slice(&self.created_at_ms.to_be_bytes());
+        out.push(origin.len() as u8);
+        out.extend_from_slice(origin.as_bytes());
+    }
+
+    /// The encoding as a new vector.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(96);
+        self.encode(&mut v);
+        v
+    }
+
+    /// Decodes exactly one event from `bytes`.
+    pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+        if bytes.len() > MAX_EVENT_BYTES {
+            return Err(DecodeError::Length);
+        }
+        let mut r = Cursor(bytes);
+        let version = r.u8()?;
+        if version != EVENT_VERSION {
+            return Err(DecodeError::Version(version));
+        }
+        let kind = r.u8()?;
+        let mut issuer = [0u8; 32];
+        issuer.copy_from_slice(r.take(32)?);
+        let serial_len = r.u8()? as usize;
+        let serial = Serial::from_der_content(r.take(serial_len)?)
+            .map_err(|_| DecodeError::Field("serial"))?;
+        let time = r.i64()?;
+        let reason = r.u8()?;
+        let created_at_ms = r.i64()?;
+        let origin_len = r.u8()? as usize;
+        if origin_len > MAX_ORIGIN_BYTES {
+            return Err(DecodeError::Field("origin"));
+        }
+        let origin = std::str::from_utf8(r.take(origin_len)?)
+            .map_err(|_| DecodeError::Field("origin"))?
+            .to_owned();
+        if !r.0.is_empty() {
+            return Err(DecodeError::Length);
+        }
+        let kind = match kind {
+            1 => EventKind::Issued { not_after: time },
+            2 => EventKind::Revoked {
+                time,
+                reason: RevocationReason::from_code(reason).ok_or(DecodeError::Field("reason"))?,
+            },
+            other => return Err(DecodeError::Kind(other)),
+        };
+        Ok(Event {
+            issuer: IssuerId(issuer),
+            serial,
+            kind,
+            origin,
+            created_at_ms,
+        })
+    }
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Length);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn i64(&mut self) -> Result<i64, DecodeError> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8)?);
+        Ok(i64::from_be_bytes(b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Event {
+        Event {
+            issuer: IssuerId([7; 32]),
+            serial: Serial::from_hex("01AB").expect("serial"),
+            kind: EventKind::Revoked {
+                time: 1_700_000_000,
+                reason: RevocationReason::KeyCompromise,
+            },
+            origin: "eu-west".into(),
+            created_at_ms: 1_700_000_000_123,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let e = sample();
+        assert_eq!(Event::decode(&e.to_bytes()), Ok(e));
+    }
+
+    #[test]
+    fn rejects_versions_kinds_and_trailing_bytes() {
+        let mut b = sample().to_bytes();
+        b.push(0);
+        assert_eq!(Event::decode(&b), Err(DecodeError::Length));
+        let mut b = sample().to_bytes();
+        b[0] = 9;
+        assert_eq!(Event::decode(&b), Err(DecodeError::Version(9)));
+        let mut b = sample().to_bytes();
+        b[1] = 7;
+        assert_eq!(Event::decode(&b), Err(DecodeError::Kind(7)));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Event::decode(&bytes);
+        }
+
+        #[test]
+        fn every_truncation_is_an_error(cut in 0usize..60) {
+            let b = sample().to_bytes();
+            prop_assume!(cut < b.len());
+            prop_assert!(Event::decode(&b[..cut]).is_err());
+        }
+    }
+}

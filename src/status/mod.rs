@@ -1,0 +1,382 @@
+//! The status model: what vigil knows about each certificate, and how knowledge merges.
+//!
+//! Pure: no IO, no clock. Times are Unix seconds handed in by the caller.
+//!
+//! Every fact is an [`Event`] (issued, revoked). The state of a certificate is the join of all
+//! events seen for it, so applying events in any order, any number of times, gives the same
+//! state; the feed and the journal rely on that.
+
+pub mod event;
+pub mod journal;
+pub mod view;
+
+use std::fmt;
+
+use crate::limits::MAX_SERIAL_OCTETS;
+
+pub use event::{Event, EventKind};
+pub use view::StatusView;
+
+/// Identifies an issuer independently of configuration: the SHA-256 hash of the issuer's
+/// subjectPublicKey BIT STRING contents, the same value a SHA-256 CertID carries as
+/// `issuerKeyHash`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IssuerId(pub [u8; 32]);
+
+impl fmt::Debug for IssuerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IssuerId({})", hex(&self.0[..8]))
+    }
+}
+
+/// A certificate serial number as the DER INTEGER content octets: minimal two's complement,
+/// positive, at most [`MAX_SERIAL_OCTETS`] octets. Stored inline so the view holds no pointers.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Serial {
+    len: u8,
+    octets: [u8; MAX_SERIAL_OCTETS],
+}
+
+/// Why a serial number was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SerialError {
+    /// Empty, zero or negative: RFC 5280 §4.1.2.2 requires a positive integer.
+    #[error("serial number must be a positive integer")]
+    NotPositive,
+    /// Not minimally encoded (a redundant leading 0x00 or 0xFF octet).
+    #[error("serial number is not minimally encoded")]
+    NotMinimal,
+    /// Longer than RFC 5280 allows.
+    #[error("serial number is longer than 20 octets")]
+    TooLong,
+}
+
+impl Serial {
+    /// Takes DER INTEGER content octets as they appear in a certificate or CertID.
+    pub fn from_der_content(octets: &[u8]) -> Result<Self, SerialError> {
+        let first = *octets.first().ok_or(SerialError::NotPositive)?;
+        if first & 0x80 != 0 {
+            return Err(SerialError::NotPositive);
+        }
+        if octets.len() > 1 && first == 0 && octets[1] & 0x80 == 0 {
+            return Err(SerialError::NotMinimal);
+        }
+        if octets.iter().all(|&b| b == 0) {
+            return Err(SerialError::NotPositive);
+        }
+        if octets.len() > MAX_SERIAL_OCTETS || (octets.len() == MAX_SERIAL_OCTETS && first != 0) {
+            return Err(SerialError::TooLong);
+        }
+        let mut s = Serial {
+            len: octets.len() as u8,
+            octets: [0; MAX_SERIAL_OCTETS],
+        };
+        s.octets[..octets.len()].copy_from_slice(octets);
+        Ok(s)
+    }
+
+    /// Takes an unsigned big-endian magnitude (as written in hex by OpenSSL's `index.txt` or
+    /// on the command line) and encodes it as DER content octets.
+    pub fn from_magnitude(bytes: &[u8]) -> Result<Self, SerialError> {
+        let start = bytes.iter().position(|&b| b != 0).ok_or(SerialError::NotPositive)?;
+        let trimmed = &bytes[start..];
+        if trimmed[0] & 0x80 != 0 {
+            let mut v = Vec::with_capacity(trimmed.len() + 1);
+            v.push(0);
+            v.extend_from_slice(trimmed);
+            Self::from_der_content(&v)
+        } else {
+            Self::from_der_content(trimmed)
+        }
+    }
+
+    /// Parses hex, with or without a `0x` prefix and `:` separators.
+    pub fn from_hex(text: &str) -> Result<Self, SerialError> {
+        let t = text.trim();
+        let t = t
+            .strip_prefix("0x")
+            .or_else(|| t.strip_prefix("0X"))
+            .unwrap_or(t);
+        let mut digits: Vec<u8> = t.bytes().filter(|&b| b != b':').collect();
+        if digits.is_empty() || digits.len() > 2 * (MAX_SERIAL_OCTETS + 1) {
+            return Err(SerialError::TooLong);
+        }
+        if digits.len() % 2 == 1 {
+            digits.insert(0, b'0');
+        }
+        let nibble = |d: u8| (d as char).to_digit(16).map(|v| v as u8);
+        let mut bytes = Vec::with_capacity(digits.len() / 2);
+        for pair in digits.chunks_exact(2) {
+            let (hi, lo) = nibble(pair[0]).zip(nibble(pair[1])).ok_or(SerialError::NotPositive)?;
+            bytes.push(hi << 4 | lo);
+        }
+        Self::from_magnitude(&bytes)
+    }
+
+    /// The DER INTEGER content octets.
+    pub fn as_der_content(&self) -> &[u8] {
+        &self.octets[..self.len as usize]
+    }
+
+    /// Upper-case hex of the magnitude, without leading zero octets (OpenSSL's style).
+    pub fn to_hex(&self) -> String {
+        let b = self.as_der_content();
+        let b = if b.len() > 1 && b[0] == 0 { &b[1..] } else { b };
+        hex(b).to_uppercase()
+    }
+}
+
+impl fmt::Debug for Serial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Serial({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for Serial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// CRLReason (RFC 5280 §5.3.1). `certificateHold` (6) is deliberately absent: the Baseline
+/// Requirements forbid it, and vigil never produces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum RevocationReason {
+    /// unspecified (0): omitted from responses and CRL entries.
+    Unspecified = 0,
+    /// keyCompromise (1).
+    KeyCompromise = 1,
+    /// cACompromise (2).
+    CaCompromise = 2,
+    /// affiliationChanged (3).
+    AffiliationChanged = 3,
+    /// superseded (4).
+    Superseded = 4,
+    /// cessationOfOperation (5).
+    CessationOfOperation = 5,
+    /// removeFromCRL (8): only meaningful in delta CRLs.
+    RemoveFromCrl = 8,
+    /// privilegeWithdrawn (9).
+    PrivilegeWithdrawn = 9,
+    /// aACompromise (10).
+    AaCompromise = 10,
+}
+
+impl RevocationReason {
+    const ALL: [(RevocationReason, &'static str); 9] = [
+        (Self::Unspecified, "unspecified"),
+        (Self::KeyCompromise, "keyCompromise"),
+        (Self::CaCompromise, "cACompromise"),
+        (Self::AffiliationChanged, "affiliationChanged"),
+        (Self::Superseded, "superseded"),
+        (Self::CessationOfOperation, "cessationOfOperation"),
+        (Self::RemoveFromCrl, "removeFromCRL"),
+        (Self::PrivilegeWithdrawn, "privilegeWithdrawn"),
+        (Self::AaCompromise, "aACompromise"),
+    ];
+
+    /// The reason for a CRLReason code, if vigil accepts it.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.iter().find(|(r, _)| *r as u8 == code).map(|(r, _)| *r)
+    }
+
+    /// Parses the RFC 5280 name (case-insensitive), as OpenSSL's `-crl_reason` spells it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .find(|(_, n)| n.eq_ignore_ascii_case(name))
+            .map(|(r, _)| *r)
+    }
+
+    /// The RFC 5280 name.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(r, _)| *r == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("unspecified")
+    }
+}
+
+/// A revocation: when, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Revocation {
+    /// revocationTime, Unix seconds.
+    pub time: i64,
+    /// The reason.
+    pub reason: RevocationReason,
+}
+
+impl Revocation {
+    /// The join of two revocations of one certificate. Revoked is final; among revocations,
+    /// keyCompromise wins, then the earliest time (the original revocation), then the lower
+    /// reason code. A total order, so the join is commutative, associative and idempotent; in
+    /// practice a reason can only move to keyCompromise.
+    pub fn join(self, other: Revocation) -> Revocation {
+        let rank = |r: &Revocation| {
+            (
+                r.reason == RevocationReason::KeyCompromise,
+                std::cmp::Reverse(r.time),
+                std::cmp::Reverse(r.reason as u8),
+            )
+        };
+        if rank(&other) > rank(&self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// What the view holds for one certificate; 12 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertRecord {
+    /// notAfter in Unix seconds, clamped to u32; 0 when only a revocation is known.
+    not_after: u32,
+    /// revocationTime in Unix seconds, clamped to u32; meaningful when `reason != NOT_REVOKED`.
+    revoked_at: u32,
+    /// RevocationReason code, or [`CertRecord::NOT_REVOKED`].
+    reason: u8,
+}
+
+impl CertRecord {
+    const NOT_REVOKED: u8 = 0xFF;
+
+    /// The record of an event on its own.
+    pub fn from_event(kind: &EventKind) -> Self {
+        match *kind {
+            EventKind::Issued { not_after } => CertRecord {
+                not_after: clamp_u32(not_after),
+                revoked_at: 0,
+                reason: Self::NOT_REVOKED,
+            },
+            EventKind::Revoked { time, reason } => CertRecord {
+                not_after: 0,
+                revoked_at: clamp_u32(time),
+                reason: reason as u8,
+            },
+        }
+    }
+
+    /// The join of two records of one certificate.
+    pub fn join(self, other: CertRecord) -> CertRecord {
+        let revocation = match (self.revocation(), other.revocation()) {
+            (Some(a), Some(b)) => Some(a.join(b)),
+            (a, b) => a.or(b),
+        };
+        let mut out = CertRecord {
+            not_after: self.not_after.max(other.not_after),
+            revoked_at: 0,
+            reason: Self::NOT_REVOKED,
+        };
+        if let Some(r) = revocation {
+            out.revoked_at = clamp_u32(r.time);
+            out.reason = r.reason as u8;
+        }
+        out
+    }
+
+    /// The revocation, if the certificate is revoked.
+    pub fn revocation(&self) -> Option<Revocation> {
+        if self.reason == Self::NOT_REVOKED {
+            return None;
+        }
+        Some(Revocation {
+            time: i64::from(self.revoked_at),
+            reason: RevocationReason::from_code(self.reason)?,
+        })
+    }
+
+    /// notAfter in Unix seconds, if an issuance was recorded.
+    pub fn not_after(&self) -> Option<i64> {
+        (self.not_after != 0).then_some(i64::from(self.not_after))
+    }
+
+    /// The status this record answers with.
+    pub fn status(&self) -> CertStatus {
+        match self.revocation() {
+            Some(r) => CertStatus::Revoked(r),
+            None => CertStatus::Good,
+        }
+    }
+}
+
+fn clamp_u32(t: i64) -> u32 {
+    t.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// The answer for one certificate, before policy for unissued serials is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CertStatus {
+    /// Issued and not revoked.
+    Good,
+    /// Revoked.
+    Revoked(Revocation),
+    /// No issuance or revocation recorded.
+    Unissued,
+}
+
+/// What to answer for a serial that the view has no record of (per issuer). Never `good`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnissuedPolicy {
+    /// `unknown` status (RFC 6960 §2.2).
+    #[default]
+    Unknown,
+    /// The whole response is `unauthorized`.
+    Unauthorized,
+    /// `revoked` at 1970-01-01 with no reason, plus the Extended Revoked Definition extension
+    /// (RFC 6960 §2.2, §4.4.8); never certificateHold.
+    Revoked,
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_rules() {
+        assert_eq!(Serial::from_der_content(&[]), Err(SerialError::NotPositive));
+        assert_eq!(Serial::from_der_content(&[0]), Err(SerialError::NotPositive));
+        assert_eq!(Serial::from_der_content(&[0x80]), Err(SerialError::NotPositive));
+        assert_eq!(Serial::from_der_content(&[0, 1]), Err(SerialError::NotMinimal));
+        assert!(Serial::from_der_content(&[0, 0x80]).is_ok());
+        assert_eq!(Serial::from_der_content(&[1; 21]), Err(SerialError::TooLong));
+        let mut twenty_one = [0xAB; 21];
+        twenty_one[0] = 0;
+        assert!(Serial::from_der_content(&twenty_one).is_ok());
+        let s = Serial::from_hex("0x00FF10").expect("hex");
+        assert_eq!(s.as_der_content(), &[0, 0xFF, 0x10]);
+        assert_eq!(s.to_hex(), "FF10");
+        assert_eq!(Serial::from_hex("abc").expect("odd").as_der_content(), &[0x0A, 0xBC]);
+        assert!(Serial::from_hex("zz").is_err());
+    }
+
+    #[test]
+    fn key_compromise_wins_and_first_revocation_stays() {
+        let a = Revocation { time: 100, reason: RevocationReason::Superseded };
+        let b = Revocation { time: 200, reason: RevocationReason::CessationOfOperation };
+        let kc = Revocation { time: 300, reason: RevocationReason::KeyCompromise };
+        assert_eq!(a.join(b), a);
+        assert_eq!(b.join(a), a);
+        assert_eq!(a.join(kc), kc);
+        assert_eq!(kc.join(a), kc);
+    }
+
+    #[test]
+    fn record_size_stays_small() {
+        assert_eq!(std::mem::size_of::<CertRecord>(), 12);
+        assert_eq!(std::mem::size_of::<Serial>(), 22);
+    }
+}

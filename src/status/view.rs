@@ -1,0 +1,229 @@
+//! The materialised status view: issuer → serial → [`CertRecord`], built by joining events.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use super::{CertRecord, CertStatus, Event, IssuerId, Serial};
+
+/// Every certificate status a replica knows, grouped by issuer.
+///
+/// Reads take a shared lock on one issuer's table; writes are rare (one per event).
+#[derive(Default)]
+pub struct StatusView {
+    tables: RwLock<HashMap<IssuerId, Arc<IssuerTable>>>,
+}
+
+/// One issuer's certificates.
+#[derive(Default)]
+pub struct IssuerTable {
+    records: RwLock<HashMap<Serial, CertRecord>>,
+}
+
+/// What applying an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The certificate's record changed; `status` is the new answer.
+    Changed {
+        /// The status after the change.
+        status: CertStatus,
+    },
+    /// The event was already reflected (a duplicate or a weaker fact).
+    Unchanged,
+}
+
+impl StatusView {
+    /// An empty view.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The table of `issuer`, created empty if no event has named it yet.
+    pub fn table(&self, issuer: IssuerId) -> Arc<IssuerTable> {
+        if let Some(t) = self
+            .tables
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&issuer)
+        {
+            return t.clone();
+        }
+        self.tables
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(issuer)
+            .or_default()
+            .clone()
+    }
+
+    /// Joins one event into the view.
+    pub fn apply(&self, event: &Event) -> Applied {
+        self.table(event.issuer)
+            .merge(event.serial, CertRecord::from_event(&event.kind))
+    }
+
+    /// The status of one certificate.
+    pub fn status(&self, issuer: IssuerId, serial: &Serial) -> CertStatus {
+        self.table(issuer).status(serial)
+    }
+
+    /// Number of certificates known, over all issuers.
+    pub fn len(&self) -> usize {
+        self.tables
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|t| t.len())
+            .sum()
+    }
+
+    /// True when no certificate is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl IssuerTable {
+    /// The status of one certificate of this issuer.
+    pub fn status(&self, serial: &Serial) -> CertStatus {
+        match self
+            .records
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(serial)
+        {
+            Some(r) => r.status(),
+            None => CertStatus::Unissued,
+        }
+    }
+
+    /// The record of one certificate, if any.
+    pub fn record(&self, serial: &Serial) -> Option<CertRecord> {
+        self.records
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(serial)
+            .copied()
+    }
+
+    /// Joins `record` into the certificate's record.
+    pub fn merge(&self, serial: Serial, record: CertRecord) -> Applied {
+        let mut map = self.records.write().unwrap_or_else(PoisonError::into_inner);
+        match map.entry(serial) {
+            Entry::Vacant(slot) => {
+                slot.insert(record);
+                Applied::Changed { status: record.status() }
+            }
+            Entry::Occupied(mut slot) => {
+                let joined = slot.get().join(record);
+                if joined == *slot.get() {
+                    return Applied::Unchanged;
+                }
+                *slot.get_mut() = joined;
+                Applied::Changed { status: joined.status() }
+            }
+        }
+    }
+
+    /// Number of certificates of this issuer.
+    pub fn len(&self) -> usize {
+        self.records.read().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// True when this issuer has no certificates.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f` for every certificate, under a shared lock.
+    pub fn for_each(&self, mut f: impl FnMut(&Serial, &CertRecord)) {
+        for (s, r) in self.records.read().unwrap_or_else(PoisonError::into_inner).iter() {
+            f(s, r);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{EventKind, RevocationReason};
+    use proptest::prelude::*;
+
+    fn ev(serial: u8, kind: EventKind, origin: &str) -> Event {
+        Event {
+            issuer: IssuerId([serial % 2; 32]),
+            serial: Serial::from_magnitude(&[serial]).expect("serial"),
+            kind,
+            origin: origin.into(),
+            created_at_ms: 0,
+        }
+    }
+
+    fn arb_event() -> impl Strategy<Value = Event> {
+        let kind = prop_oneof![
+            (0i64..2_000_000_000).prop_map(|t| EventKind::Issued { not_after: t }),
+            (0i64..2_000_000_000, 0usize..9).prop_map(|(t, r)| EventKind::Revoked {
+                time: t,
+                reason: RevocationReason::ALL[r].0,
+            }),
+        ];
+        (1u8..12, kind, prop_oneof![Just("a"), Just("b")]).prop_map(|(s, k, o)| ev(s, k, o))
+    }
+
+    fn snapshot(v: &StatusView) -> Vec<(IssuerId, Serial, CertRecord)> {
+        let mut out = Vec::new();
+        for (id, t) in v.tables.read().expect("lock").iter() {
+            t.for_each(|s, r| out.push((*id, *s, *r)));
+        }
+        out.sort_by_key(|(i, s, _)| (*i, *s));
+        out
+    }
+
+    #[test]
+    fn revoked_is_final() {
+        let v = StatusView::new();
+        let revoked = ev(5, EventKind::Revoked { time: 10, reason: RevocationReason::Superseded }, "a");
+        let issued = ev(5, EventKind::Issued { not_after: 99 }, "a");
+        assert!(matches!(v.apply(&revoked), Applied::Changed { .. }));
+        assert!(matches!(v.apply(&issued), Applied::Changed { status: CertStatus::Revoked(_) }));
+        assert_eq!(v.apply(&issued), Applied::Unchanged);
+        assert_eq!(v.apply(&revoked), Applied::Unchanged);
+        assert!(matches!(v.status(issued.issuer, &issued.serial), CertStatus::Revoked(_)));
+    }
+
+    proptest! {
+        /// Any order, any duplication, any split across regions: the same view.
+        #[test]
+        fn merge_is_a_join(
+            events in proptest::collection::vec(arb_event(), 0..40),
+            seed in any::<u64>(),
+            split in 0usize..40,
+        ) {
+            let forward = StatusView::new();
+            for e in &events { forward.apply(e); }
+
+            // a permutation with duplicates, replayed twice
+            let mut shuffled: Vec<&Event> = events.iter().chain(events.iter().take(split)).collect();
+            let mut state = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+                shuffled.swap(i, (state % (i as u64 + 1)) as usize);
+            }
+            let other = StatusView::new();
+            for e in shuffled.iter().chain(shuffled.iter()) { other.apply(e); }
+            prop_assert_eq!(snapshot(&forward), snapshot(&other));
+
+            // two regions merged: each region's view folded into a third
+            let (a, b) = events.split_at(split.min(events.len()));
+            let region_a = StatusView::new();
+            let region_b = StatusView::new();
+            for e in a { region_a.apply(e); }
+            for e in b { region_b.apply(e); }
+            let merged = StatusView::new();
+            for (id, s, r) in snapshot(&region_b).into_iter().chain(snapshot(&region_a)) {
+                merged.table(id).merge(s, r);
+            }
+            prop_assert_eq!(snapshot(&forward), snapshot(&merged));
+        }
+    }
+}
