@@ -2,7 +2,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod app;
+pub mod cache;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod http;
 pub mod limits;
 pub mod ocsp;
+pub mod pki;
+pub mod responder;
 pub mod signer;
 pub mod status;
+pub mod telemetry;

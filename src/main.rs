@@ -1,1 +1,317 @@
-fn main(){}
+//! The `vigil` command.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use der::Decode;
+
+use vigil::app;
+use vigil::config::Config;
+use vigil::status::journal::{JournalReader, JournalWriter};
+use vigil::status::{CertStatus, Event, EventKind, IssuerId, RevocationReason, Serial, StatusView};
+
+#[derive(Parser)]
+#[command(
+    name = "vigil",
+    version,
+    about = "Active-active OCSP and CRL validation responder"
+)]
+struct Cli {
+    /// Config file (TOML). Without one, vigil runs its embedded default in ./vigil-data.
+    #[arg(long, global = true, env = vigil::config::ENV_CONFIG)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve OCSP (the default command).
+    Serve,
+    /// Record a revocation.
+    Revoke {
+        #[command(flatten)]
+        target: Target,
+        /// CRLReason name, e.g. keyCompromise, superseded, cessationOfOperation.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+        /// revocationTime, RFC 3339 (default: now).
+        #[arg(long)]
+        time: Option<String>,
+    },
+    /// Record an issuance.
+    Issue {
+        #[command(flatten)]
+        target: Target,
+        /// notAfter, RFC 3339 (taken from --cert when given).
+        #[arg(long)]
+        not_after: Option<String>,
+    },
+    /// Import an OpenSSL CA database (index.txt).
+    Import {
+        /// The index.txt file.
+        #[arg(long)]
+        openssl_index: PathBuf,
+        /// Issuer (configured name) the database belongs to.
+        #[arg(long)]
+        issuer: String,
+    },
+    /// Show what the local status view holds.
+    Status {
+        /// Issuer (configured name).
+        #[arg(long)]
+        issuer: String,
+        /// Serial in hex; without it, counts are shown.
+        #[arg(long)]
+        serial: Option<String>,
+    },
+    /// Validate the configuration, certificates and keys, then exit.
+    CheckConfig,
+}
+
+#[derive(Args)]
+struct Target {
+    /// Issuer (configured name; `demo` for the embedded default).
+    #[arg(long)]
+    issuer: String,
+    /// Serial number in hex.
+    #[arg(long, conflicts_with = "cert", required_unless_present = "cert")]
+    serial: Option<String>,
+    /// The certificate (PEM) instead of --serial.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vigil: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    vigil::telemetry::init_tracing(&cfg.log.filter);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cfg),
+        Command::Revoke {
+            target,
+            reason,
+            time,
+        } => revoke(&cfg, &target, &reason, time.as_deref()),
+        Command::Issue { target, not_after } => issue(&cfg, &target, not_after.as_deref()),
+        Command::Import {
+            openssl_index,
+            issuer,
+        } => import(&cfg, &openssl_index, &issuer),
+        Command::Status { issuer, serial } => status(&cfg, &issuer, serial.as_deref()),
+        Command::CheckConfig => check_config(&cfg),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigil: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(cfg: Config) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    rt.block_on(app::serve(cfg))
+}
+
+fn check_config(cfg: &Config) -> Result<(), String> {
+    app::prepare_embedded(cfg)?;
+    let issuers = app::load_issuers(cfg)?;
+    println!(
+        "config OK: {} issuer(s): {}",
+        issuers.len(),
+        issuers
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|e| format!("bad time {s:?} (expected RFC 3339, e.g. 2026-01-02T03:04:05Z): {e}"))
+}
+
+/// The serial (and notAfter, when read from a certificate) of a target.
+fn resolve(target: &Target) -> Result<(Serial, Option<i64>), String> {
+    if let Some(path) = &target.cert {
+        let cert = vigil::pki::read_certificate(path)?;
+        let serial = Serial::from_der_content(cert.tbs_certificate.serial_number.as_bytes())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let not_after = cert
+            .tbs_certificate
+            .validity
+            .not_after
+            .to_unix_duration()
+            .as_secs() as i64;
+        return Ok((serial, Some(not_after)));
+    }
+    let hex = target.serial.as_deref().unwrap_or_default();
+    Ok((
+        Serial::from_hex(hex).map_err(|e| format!("--serial {hex:?}: {e}"))?,
+        None,
+    ))
+}
+
+fn append(cfg: &Config, events: &[Event]) -> Result<(), String> {
+    app::prepare_embedded(cfg)?;
+    JournalWriter::open(cfg.journal_path())
+        .and_then(|mut w| w.append(events))
+        .map_err(|e| e.to_string())
+}
+
+fn event(cfg: &Config, issuer: IssuerId, serial: Serial, kind: EventKind) -> Event {
+    Event {
+        issuer,
+        serial,
+        kind,
+        origin: cfg.status.origin.clone(),
+        created_at_ms: vigil::clock::unix_now_ms(),
+    }
+}
+
+fn issuer_id(cfg: &Config, name: &str) -> Result<IssuerId, String> {
+    app::prepare_embedded(cfg)?;
+    app::issuer_id(cfg, name)
+}
+
+fn revoke(cfg: &Config, target: &Target, reason: &str, time: Option<&str>) -> Result<(), String> {
+    let reason = RevocationReason::from_name(reason).ok_or_else(|| {
+        format!("unknown reason {reason:?} (certificateHold is not supported: the Baseline Requirements forbid it)")
+    })?;
+    let time = match time {
+        Some(t) => parse_time(t)?,
+        None => vigil::clock::unix_now(),
+    };
+    let id = issuer_id(cfg, &target.issuer)?;
+    let (serial, not_after) = resolve(target)?;
+    let mut events = Vec::new();
+    if let Some(na) = not_after {
+        events.push(event(cfg, id, serial, EventKind::Issued { not_after: na }));
+    }
+    events.push(event(cfg, id, serial, EventKind::Revoked { time, reason }));
+    append(cfg, &events)?;
+    println!(
+        "revoked {serial} of {} ({}), acknowledged",
+        target.issuer,
+        reason.name()
+    );
+    Ok(())
+}
+
+fn issue(cfg: &Config, target: &Target, not_after: Option<&str>) -> Result<(), String> {
+    let id = issuer_id(cfg, &target.issuer)?;
+    let (serial, from_cert) = resolve(target)?;
+    let not_after = match (not_after, from_cert) {
+        (Some(t), _) => parse_time(t)?,
+        (None, Some(t)) => t,
+        (None, None) => return Err("--not-after is required with --serial".into()),
+    };
+    append(
+        cfg,
+        &[event(cfg, id, serial, EventKind::Issued { not_after })],
+    )?;
+    println!("issued {serial} of {}, acknowledged", target.issuer);
+    Ok(())
+}
+
+/// OpenSSL `ca` database: tab-separated status (V, R, E), expiry, revocation
+/// (`date[,reason[,...]]`), serial (hex), file name, subject. Dates are `YYMMDDHHMMSSZ` or
+/// `YYYYMMDDHHMMSSZ`.
+fn import(cfg: &Config, path: &Path, issuer: &str) -> Result<(), String> {
+    let id = issuer_id(cfg, issuer)?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let mut events = Vec::new();
+    let (mut issued, mut revoked) = (0usize, 0usize);
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = |msg: String| format!("{}:{}: {msg}", path.display(), n + 1);
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() < 4 {
+            return Err(at("expected at least 4 tab-separated fields".into()));
+        }
+        let serial = Serial::from_hex(f[3]).map_err(|e| at(format!("serial {:?}: {e}", f[3])))?;
+        let not_after = asn1_time(f[1]).map_err(at)?;
+        events.push(event(cfg, id, serial, EventKind::Issued { not_after }));
+        issued += 1;
+        if f[0] == "R" {
+            let mut parts = f[2].split(',');
+            let time = asn1_time(parts.next().unwrap_or_default()).map_err(at)?;
+            let reason = match parts.next() {
+                None | Some("") => RevocationReason::Unspecified,
+                Some(r) => RevocationReason::from_name(r)
+                    .ok_or_else(|| at(format!("unsupported revocation reason {r:?}")))?,
+            };
+            events.push(event(cfg, id, serial, EventKind::Revoked { time, reason }));
+            revoked += 1;
+        }
+    }
+    append(cfg, &events)?;
+    println!("imported {issued} certificate(s), {revoked} revoked, for {issuer}");
+    Ok(())
+}
+
+fn asn1_time(s: &str) -> Result<i64, String> {
+    let t = if s.len() == 13 {
+        der::asn1::UtcTime::from_der(&der_wrap(0x17, s)).map(|t| t.to_unix_duration())
+    } else {
+        der::asn1::GeneralizedTime::from_der(&der_wrap(0x18, s)).map(|t| t.to_unix_duration())
+    };
+    t.map(|d| d.as_secs() as i64)
+        .map_err(|e| format!("bad time {s:?}: {e}"))
+}
+
+fn der_wrap(tag: u8, s: &str) -> Vec<u8> {
+    let mut v = vec![tag, s.len().min(127) as u8];
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+fn status(cfg: &Config, issuer: &str, serial: Option<&str>) -> Result<(), String> {
+    let id = issuer_id(cfg, issuer)?;
+    let view = StatusView::new();
+    let metrics = vigil::telemetry::Metrics::new();
+    app::replay_journal(&mut JournalReader::new(cfg.journal_path()), &view, &metrics)?;
+    let table = view.table(id);
+    match serial {
+        Some(hex) => {
+            let serial = Serial::from_hex(hex).map_err(|e| format!("--serial {hex:?}: {e}"))?;
+            match table.status(&serial) {
+                CertStatus::Good => println!("{serial}: good"),
+                CertStatus::Revoked(r) => {
+                    println!("{serial}: revoked at {} ({})", r.time, r.reason.name())
+                }
+                CertStatus::Unissued => {
+                    println!("{serial}: not issued (answered per the issuer's unissued policy)")
+                }
+            }
+        }
+        None => {
+            let (mut total, mut revoked) = (0usize, 0usize);
+            table.for_each(|_, r| {
+                total += 1;
+                revoked += usize::from(r.revocation().is_some());
+            });
+            println!("{issuer}: {total} certificate(s), {revoked} revoked");
+        }
+    }
+    Ok(())
+}

@@ -30,8 +30,7 @@ pub const OID_EXTENDED_REVOKE: ObjectIdentifier =
 pub const OID_BASIC_RESPONSE: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.1.1");
 /// id-kp-OCSPSigning (RFC 5280 §4.2.1.12).
-pub const OID_KP_OCSP_SIGNING: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.9");
+pub const OID_KP_OCSP_SIGNING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.9");
 
 /// The hash algorithms a CertID may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

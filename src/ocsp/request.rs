@@ -61,7 +61,8 @@ pub struct DecodedRequest {
 
 /// Decodes and checks a DER OCSPRequest.
 pub fn decode_request(der: &[u8], limits: &RequestLimits) -> Result<DecodedRequest, OcspError> {
-    let req = OcspRequest::from_der(der).map_err(|_| OcspError::Malformed("not a DER OCSPRequest"))?;
+    let req =
+        OcspRequest::from_der(der).map_err(|_| OcspError::Malformed("not a DER OCSPRequest"))?;
     let tbs = req.tbs_request;
     if tbs.request_list.is_empty() {
         return Err(OcspError::Malformed("empty requestList"));
@@ -92,12 +93,15 @@ pub fn decode_request(der: &[u8], limits: &RequestLimits) -> Result<DecodedReque
                 .iter()
                 .any(|e| e.critical && e.extn_id != OID_SERVICE_LOCATOR)
             {
-                return Err(OcspError::Malformed("unknown critical singleRequestExtension"));
+                return Err(OcspError::Malformed(
+                    "unknown critical singleRequestExtension",
+                ));
             }
         }
         let id = r.req_cert;
-        let serial = Serial::from_der_content(id.serial_number.as_bytes())
-            .map_err(|_| OcspError::Malformed("serial number is not a positive integer of at most 20 octets"))?;
+        let serial = Serial::from_der_content(id.serial_number.as_bytes()).map_err(|_| {
+            OcspError::Malformed("serial number is not a positive integer of at most 20 octets")
+        })?;
         let hash = HashAlgorithm::from_oid(&id.hash_algorithm.oid)
             .ok_or(OcspError::Unauthorized("unsupported CertID hash algorithm"))?;
         let params_ok = match &id.hash_algorithm.parameters {
@@ -105,7 +109,9 @@ pub fn decode_request(der: &[u8], limits: &RequestLimits) -> Result<DecodedReque
             Some(p) => p.tag() == Tag::Null && p.value().is_empty(),
         };
         if !params_ok {
-            return Err(OcspError::Unauthorized("unsupported CertID hash parameters"));
+            return Err(OcspError::Unauthorized(
+                "unsupported CertID hash parameters",
+            ));
         }
         let der = id
             .to_der()
@@ -228,7 +234,10 @@ pub(crate) mod tests {
             extn_id: OID_NONCE,
             critical,
             extn_value: OctetString::new(
-                OctetString::new(vec![7u8; len]).expect("o").to_der().expect("der"),
+                OctetString::new(vec![7u8; len])
+                    .expect("o")
+                    .to_der()
+                    .expect("der"),
             )
             .expect("o"),
         }
@@ -252,16 +261,38 @@ pub(crate) mod tests {
     #[test]
     fn limits_and_bad_forms() {
         let lim = RequestLimits::default();
-        let ids = |n| (0..n).map(|_| cert_id(HashAlgorithm::Sha1, &[5], true)).collect();
-        assert_eq!(decode_request(&request(ids(32), None), &lim).expect("ok").certs.len(), 32);
-        assert!(matches!(decode_request(&request(ids(33), None), &lim), Err(OcspError::Malformed(_))));
-        assert!(matches!(decode_request(&request(ids(0), None), &lim), Err(OcspError::Malformed(_))));
+        let ids = |n| {
+            (0..n)
+                .map(|_| cert_id(HashAlgorithm::Sha1, &[5], true))
+                .collect()
+        };
+        assert_eq!(
+            decode_request(&request(ids(32), None), &lim)
+                .expect("ok")
+                .certs
+                .len(),
+            32
+        );
+        assert!(matches!(
+            decode_request(&request(ids(33), None), &lim),
+            Err(OcspError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_request(&request(ids(0), None), &lim),
+            Err(OcspError::Malformed(_))
+        ));
         let mut trailing = request(ids(1), None);
         trailing.push(0);
-        assert!(matches!(decode_request(&trailing, &lim), Err(OcspError::Malformed(_))));
+        assert!(matches!(
+            decode_request(&trailing, &lim),
+            Err(OcspError::Malformed(_))
+        ));
         // zero serial
         assert!(matches!(
-            decode_request(&request(vec![cert_id(HashAlgorithm::Sha1, &[0], true)], None), &lim),
+            decode_request(
+                &request(vec![cert_id(HashAlgorithm::Sha1, &[0], true)], None),
+                &lim
+            ),
             Err(OcspError::Malformed(_))
         ));
         // nonce bounds
@@ -281,7 +312,10 @@ pub(crate) mod tests {
         let mut ber = vec![0x30, 0x80];
         ber.extend_from_slice(&der[2..]);
         ber.extend_from_slice(&[0, 0]);
-        assert!(matches!(decode_request(&ber, &lim), Err(OcspError::Malformed(_))));
+        assert!(matches!(
+            decode_request(&ber, &lim),
+            Err(OcspError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -294,12 +328,17 @@ pub(crate) mod tests {
 
     #[test]
     fn get_path_forms() {
-        let der = request(vec![cert_id(HashAlgorithm::Sha256, &[0x7f, 0xfe, 0xfb], true)], None);
+        let der = request(
+            vec![cert_id(HashAlgorithm::Sha256, &[0x7f, 0xfe, 0xfb], true)],
+            None,
+        );
         let std = base64::engine::general_purpose::STANDARD.encode(&der);
         let forms = [
             std.clone(),
             std.trim_end_matches('=').to_string(),
-            std.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D"),
+            std.replace('+', "%2B")
+                .replace('/', "%2F")
+                .replace('=', "%3D"),
             std.replace('+', "%2b").replace('/', "%2f"),
             format!("/{std}"),
             format!("//{std}"),

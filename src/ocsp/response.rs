@@ -18,7 +18,7 @@ use x509_ocsp::{
 
 use super::{HashAlgorithm, OcspError, OID_BASIC_RESPONSE, OID_EXTENDED_REVOKE};
 use crate::signer::Signer;
-use crate::status::{RevocationReason, Revocation};
+use crate::status::{Revocation, RevocationReason};
 
 /// How thisUpdate, nextUpdate and the refresh point follow from the signing time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +131,10 @@ fn context0() -> Tag {
     }
 }
 
-fn tlv<'a>(tag: Tag, parts: impl IntoIterator<Item = &'a [u8]> + Clone) -> Result<Vec<u8>, OcspError> {
+fn tlv<'a>(
+    tag: Tag,
+    parts: impl IntoIterator<Item = &'a [u8]> + Clone,
+) -> Result<Vec<u8>, OcspError> {
     let len: usize = parts.clone().into_iter().map(<[u8]>::len).sum();
     let header = Header::new(tag, Length::try_from(len).map_err(internal)?).map_err(internal)?;
     let mut out = Vec::with_capacity(len + 6);
@@ -231,7 +234,10 @@ pub fn assemble(
     let oid = OID_BASIC_RESPONSE.to_der().map_err(internal)?;
     let response_bytes = tlv(Tag::Sequence, [oid.as_slice(), basic_octets.as_slice()])?;
     let explicit = tlv(context0(), [response_bytes.as_slice()])?;
-    tlv(Tag::Sequence, [&[0x0A, 0x01, 0x00][..], explicit.as_slice()])
+    tlv(
+        Tag::Sequence,
+        [&[0x0A, 0x01, 0x00][..], explicit.as_slice()],
+    )
 }
 
 /// Encodes, signs (blocking) and assembles in one step.
@@ -259,7 +265,8 @@ mod tests {
 
     fn profile() -> ResponderProfile {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let signer = Arc::new(SoftwareSigner::from_pem(key.serialize_pem().as_bytes(), "t").expect("load"));
+        let signer =
+            Arc::new(SoftwareSigner::from_pem(key.serialize_pem().as_bytes(), "t").expect("load"));
         let id = ResponderProfile::key_hash_id(signer.public_key()).expect("id");
         ResponderProfile::new(id, &[], signer).expect("profile")
     }
@@ -271,11 +278,17 @@ mod tests {
         assert!(w.this_update <= w.produced_at && w.refresh_at < w.next_update);
         let good = cert_id(HashAlgorithm::Sha1, &[1], true);
         let revoked = cert_id(HashAlgorithm::Sha256, &[2], false);
-        let rev = Revocation { time: 1_600_000_000, reason: RevocationReason::KeyCompromise };
+        let rev = Revocation {
+            time: 1_600_000_000,
+            reason: RevocationReason::KeyCompromise,
+        };
         let der = build_signed(
             &p,
             &w,
-            &[(&good, SingleStatus::Good), (&revoked, SingleStatus::Revoked(rev))],
+            &[
+                (&good, SingleStatus::Good),
+                (&revoked, SingleStatus::Revoked(rev)),
+            ],
             vec![extended_revoke_extension().expect("ext")],
         )
         .expect("build");

@@ -63,22 +63,18 @@ impl SoftwareSigner {
             path: source.to_owned(),
             reason,
         };
-        let (label, der) = pem_rfc7468::decode_vec(pem)
-            .map_err(|e| unsupported(format!("not PEM: {e}")))?;
+        let (label, der) =
+            pem_rfc7468::decode_vec(pem).map_err(|e| unsupported(format!("not PEM: {e}")))?;
         let rng = SystemRandom::new();
         let (key, algorithm) = match label {
             "PRIVATE KEY" => {
-                if let Ok(k) = EcdsaKeyPair::from_pkcs8(
-                    &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-                    &der,
-                    &rng,
-                ) {
+                if let Ok(k) =
+                    EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &der, &rng)
+                {
                     (Key::Ecdsa(k), SignatureAlgorithm::EcdsaP256Sha256)
-                } else if let Ok(k) = EcdsaKeyPair::from_pkcs8(
-                    &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
-                    &der,
-                    &rng,
-                ) {
+                } else if let Ok(k) =
+                    EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_ASN1_SIGNING, &der, &rng)
+                {
                     (Key::Ecdsa(k), SignatureAlgorithm::EcdsaP384Sha384)
                 } else {
                     let k = RsaKeyPair::from_pkcs8(&der).map_err(|e| {
@@ -96,7 +92,8 @@ impl SoftwareSigner {
             }
             "EC PRIVATE KEY" => {
                 return Err(unsupported(
-                    "SEC1 EC keys are not read; convert with `openssl pkcs8 -topk8 -nocrypt`".into(),
+                    "SEC1 EC keys are not read; convert with `openssl pkcs8 -topk8 -nocrypt`"
+                        .into(),
                 ))
             }
             other => return Err(unsupported(format!("unexpected PEM label {other:?}"))),
@@ -158,13 +155,26 @@ mod tests {
 
     #[test]
     fn signs_and_verifies_every_algorithm() {
-        for alg in [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384] {
+        for alg in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+        ] {
             let key = rcgen::KeyPair::generate_for(alg).expect("keygen");
             let signer =
                 SoftwareSigner::from_pem(key.serialize_pem().as_bytes(), "test").expect("load");
             let sig = signer.sign(b"tbs").expect("sign");
-            assert!(super::super::verify(signer.algorithm(), signer.public_key(), b"tbs", &sig));
-            assert!(!super::super::verify(signer.algorithm(), signer.public_key(), b"tbx", &sig));
+            assert!(super::super::verify(
+                signer.algorithm(),
+                signer.public_key(),
+                b"tbs",
+                &sig
+            ));
+            assert!(!super::super::verify(
+                signer.algorithm(),
+                signer.public_key(),
+                b"tbx",
+                &sig
+            ));
         }
     }
 
@@ -172,7 +182,9 @@ mod tests {
     fn refuses_garbage_and_sec1() {
         assert!(SoftwareSigner::from_pem(b"hello", "t").is_err());
         let sec1 = "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n";
-        let err = SoftwareSigner::from_pem(sec1.as_bytes(), "t").err().expect("error");
+        let err = SoftwareSigner::from_pem(sec1.as_bytes(), "t")
+            .err()
+            .expect("error");
         assert!(err.to_string().contains("pkcs8"), "{err}");
     }
 }

@@ -367,7 +367,11 @@ mod tests {
             JournalWriter::open(&path),
             Err(JournalError::Corrupt { .. })
         ));
-        assert_eq!(std::fs::read(&path).expect("read"), bytes, "nothing destroyed");
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            bytes,
+            "nothing destroyed"
+        );
     }
 
     #[test]
@@ -375,7 +379,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("j");
         std::fs::write(&path, b"not a journal at all").expect("write");
-        assert!(matches!(JournalWriter::open(&path), Err(JournalError::BadMagic(_))));
+        assert!(matches!(
+            JournalWriter::open(&path),
+            Err(JournalError::BadMagic(_))
+        ));
         assert!(matches!(
             JournalReader::new(&path).read_new(),
             Err(JournalError::BadMagic(_))

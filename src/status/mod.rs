@@ -78,7 +78,10 @@ impl Serial {
     /// Takes an unsigned big-endian magnitude (as written in hex by OpenSSL's `index.txt` or
     /// on the command line) and encodes it as DER content octets.
     pub fn from_magnitude(bytes: &[u8]) -> Result<Self, SerialError> {
-        let start = bytes.iter().position(|&b| b != 0).ok_or(SerialError::NotPositive)?;
+        let start = bytes
+            .iter()
+            .position(|&b| b != 0)
+            .ok_or(SerialError::NotPositive)?;
         let trimmed = &bytes[start..];
         if trimmed[0] & 0x80 != 0 {
             let mut v = Vec::with_capacity(trimmed.len() + 1);
@@ -107,7 +110,9 @@ impl Serial {
         let nibble = |d: u8| (d as char).to_digit(16).map(|v| v as u8);
         let mut bytes = Vec::with_capacity(digits.len() / 2);
         for pair in digits.chunks_exact(2) {
-            let (hi, lo) = nibble(pair[0]).zip(nibble(pair[1])).ok_or(SerialError::NotPositive)?;
+            let (hi, lo) = nibble(pair[0])
+                .zip(nibble(pair[1]))
+                .ok_or(SerialError::NotPositive)?;
             bytes.push(hi << 4 | lo);
         }
         Self::from_magnitude(&bytes)
@@ -178,7 +183,10 @@ impl RevocationReason {
 
     /// The reason for a CRLReason code, if vigil accepts it.
     pub fn from_code(code: u8) -> Option<Self> {
-        Self::ALL.iter().find(|(r, _)| *r as u8 == code).map(|(r, _)| *r)
+        Self::ALL
+            .iter()
+            .find(|(r, _)| *r as u8 == code)
+            .map(|(r, _)| *r)
     }
 
     /// Parses the RFC 5280 name (case-insensitive), as OpenSSL's `-crl_reason` spells it.
@@ -348,26 +356,50 @@ mod tests {
     #[test]
     fn serial_rules() {
         assert_eq!(Serial::from_der_content(&[]), Err(SerialError::NotPositive));
-        assert_eq!(Serial::from_der_content(&[0]), Err(SerialError::NotPositive));
-        assert_eq!(Serial::from_der_content(&[0x80]), Err(SerialError::NotPositive));
-        assert_eq!(Serial::from_der_content(&[0, 1]), Err(SerialError::NotMinimal));
+        assert_eq!(
+            Serial::from_der_content(&[0]),
+            Err(SerialError::NotPositive)
+        );
+        assert_eq!(
+            Serial::from_der_content(&[0x80]),
+            Err(SerialError::NotPositive)
+        );
+        assert_eq!(
+            Serial::from_der_content(&[0, 1]),
+            Err(SerialError::NotMinimal)
+        );
         assert!(Serial::from_der_content(&[0, 0x80]).is_ok());
-        assert_eq!(Serial::from_der_content(&[1; 21]), Err(SerialError::TooLong));
+        assert_eq!(
+            Serial::from_der_content(&[1; 21]),
+            Err(SerialError::TooLong)
+        );
         let mut twenty_one = [0xAB; 21];
         twenty_one[0] = 0;
         assert!(Serial::from_der_content(&twenty_one).is_ok());
         let s = Serial::from_hex("0x00FF10").expect("hex");
         assert_eq!(s.as_der_content(), &[0, 0xFF, 0x10]);
         assert_eq!(s.to_hex(), "FF10");
-        assert_eq!(Serial::from_hex("abc").expect("odd").as_der_content(), &[0x0A, 0xBC]);
+        assert_eq!(
+            Serial::from_hex("abc").expect("odd").as_der_content(),
+            &[0x0A, 0xBC]
+        );
         assert!(Serial::from_hex("zz").is_err());
     }
 
     #[test]
     fn key_compromise_wins_and_first_revocation_stays() {
-        let a = Revocation { time: 100, reason: RevocationReason::Superseded };
-        let b = Revocation { time: 200, reason: RevocationReason::CessationOfOperation };
-        let kc = Revocation { time: 300, reason: RevocationReason::KeyCompromise };
+        let a = Revocation {
+            time: 100,
+            reason: RevocationReason::Superseded,
+        };
+        let b = Revocation {
+            time: 200,
+            reason: RevocationReason::CessationOfOperation,
+        };
+        let kc = Revocation {
+            time: 300,
+            reason: RevocationReason::KeyCompromise,
+        };
         assert_eq!(a.join(b), a);
         assert_eq!(b.join(a), a);
         assert_eq!(a.join(kc), kc);

@@ -112,7 +112,9 @@ impl IssuerTable {
         match map.entry(serial) {
             Entry::Vacant(slot) => {
                 slot.insert(record);
-                Applied::Changed { status: record.status() }
+                Applied::Changed {
+                    status: record.status(),
+                }
             }
             Entry::Occupied(mut slot) => {
                 let joined = slot.get().join(record);
@@ -120,14 +122,19 @@ impl IssuerTable {
                     return Applied::Unchanged;
                 }
                 *slot.get_mut() = joined;
-                Applied::Changed { status: joined.status() }
+                Applied::Changed {
+                    status: joined.status(),
+                }
             }
         }
     }
 
     /// Number of certificates of this issuer.
     pub fn len(&self) -> usize {
-        self.records.read().unwrap_or_else(PoisonError::into_inner).len()
+        self.records
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// True when this issuer has no certificates.
@@ -137,7 +144,12 @@ impl IssuerTable {
 
     /// Calls `f` for every certificate, under a shared lock.
     pub fn for_each(&self, mut f: impl FnMut(&Serial, &CertRecord)) {
-        for (s, r) in self.records.read().unwrap_or_else(PoisonError::into_inner).iter() {
+        for (s, r) in self
+            .records
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
             f(s, r);
         }
     }
@@ -182,13 +194,28 @@ mod tests {
     #[test]
     fn revoked_is_final() {
         let v = StatusView::new();
-        let revoked = ev(5, EventKind::Revoked { time: 10, reason: RevocationReason::Superseded }, "a");
+        let revoked = ev(
+            5,
+            EventKind::Revoked {
+                time: 10,
+                reason: RevocationReason::Superseded,
+            },
+            "a",
+        );
         let issued = ev(5, EventKind::Issued { not_after: 99 }, "a");
         assert!(matches!(v.apply(&revoked), Applied::Changed { .. }));
-        assert!(matches!(v.apply(&issued), Applied::Changed { status: CertStatus::Revoked(_) }));
+        assert!(matches!(
+            v.apply(&issued),
+            Applied::Changed {
+                status: CertStatus::Revoked(_)
+            }
+        ));
         assert_eq!(v.apply(&issued), Applied::Unchanged);
         assert_eq!(v.apply(&revoked), Applied::Unchanged);
-        assert!(matches!(v.status(issued.issuer, &issued.serial), CertStatus::Revoked(_)));
+        assert!(matches!(
+            v.status(issued.issuer, &issued.serial),
+            CertStatus::Revoked(_)
+        ));
     }
 
     proptest! {

@@ -1,0 +1,249 @@
+//! Start-up of `vigil serve`: config → issuers → status view → responder → listener, and the
+//! journal tailer that keeps the view current.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::http::{self, AppState, Readiness};
+use crate::pki::{self, Issuer};
+use crate::responder::Responder;
+use crate::status::journal::{JournalReader, JournalWriter};
+use crate::status::view::Applied;
+use crate::status::StatusView;
+use crate::telemetry::{self, Metrics};
+
+/// Loads every configured issuer (certificates, keys, checks).
+pub fn load_issuers(cfg: &Config) -> Result<Vec<Issuer>, String> {
+    cfg.issuers
+        .iter()
+        .map(|i| pki::load_issuer(i, cfg.ocsp.responder_id).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// For the embedded default: makes the demo PKI on first start and journals its events.
+pub fn prepare_embedded(cfg: &Config) -> Result<(), String> {
+    if !cfg.embedded {
+        return Ok(());
+    }
+    let events = crate::demo::ensure_demo_pki(&cfg.data_dir, &cfg.status.origin)?;
+    if !events.is_empty() {
+        JournalWriter::open(cfg.journal_path())
+            .and_then(|mut w| w.append(&events))
+            .map_err(|e| e.to_string())?;
+        tracing::info!(dir = %cfg.data_dir.display(), "made the demo PKI");
+    }
+    Ok(())
+}
+
+/// Reads the whole journal into `view`, warning about a torn tail or corruption.
+pub fn replay_journal(
+    reader: &mut JournalReader,
+    view: &StatusView,
+    metrics: &Metrics,
+) -> Result<usize, String> {
+    let batch = reader.read_new().map_err(|e| e.to_string())?;
+    if batch.torn_tail {
+        tracing::warn!(
+            offset = reader.offset(),
+            "journal ends in an incomplete record; it is ignored (the next write truncates it)"
+        );
+    }
+    if let Some(at) = batch.corrupt_at {
+        tracing::error!(
+            offset = at,
+            "journal is corrupt at this offset; records after it are not read"
+        );
+    }
+    metrics
+        .events_undecodable
+        .increment(batch.undecodable as u64);
+    for e in &batch.events {
+        view.apply(e);
+    }
+    Ok(batch.events.len())
+}
+
+/// Runs the server until SIGTERM / SIGINT. Prints the URL (and, for the embedded default, an
+/// `openssl ocsp` command) on stdout once listening.
+pub async fn serve(cfg: Config) -> Result<(), String> {
+    let cfg = Arc::new(cfg);
+    prepare_embedded(&cfg)?;
+    let issuers = load_issuers(&cfg)?;
+    let prometheus = telemetry::install_recorder().ok();
+    let metrics = Arc::new(Metrics::new());
+    let view = Arc::new(StatusView::new());
+    let readiness = Arc::new(Readiness::default());
+
+    let journal_path = cfg.journal_path();
+    let mut reader = JournalReader::new(&journal_path);
+    let n = replay_journal(&mut reader, &view, &metrics)?;
+    tracing::info!(events = n, certificates = view.len(), journal = %journal_path.display(), "status view loaded");
+    readiness.view_loaded.store(true, Ordering::Relaxed);
+
+    let now = crate::clock::unix_now();
+    for i in &issuers {
+        let left = i.signing_certificate_not_after() - now;
+        metrics::gauge!(telemetry::SIGNER_CERT_EXPIRY, "issuer" => i.name.clone()).set(left as f64);
+        if left < 14 * 86400 {
+            tracing::warn!(issuer = %i.name, days = left / 86400, "the signing certificate expires soon");
+        }
+    }
+    let responder = Arc::new(Responder::new(&cfg, issuers, &view, metrics.clone()));
+
+    let listener = TcpListener::bind(cfg.server.listen)
+        .await
+        .map_err(|e| format!("server.listen {}: {e}", cfg.server.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    announce(&cfg, addr);
+
+    tokio::spawn(tail_journal(
+        reader,
+        cfg.clone(),
+        view.clone(),
+        responder.clone(),
+        metrics.clone(),
+    ));
+    if let Some(h) = prometheus.clone() {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                h.run_upkeep();
+            }
+        });
+    }
+
+    let state = Arc::new(AppState {
+        config: cfg.clone(),
+        responder,
+        view,
+        readiness: readiness.clone(),
+        metrics,
+        prometheus,
+    });
+    let drain_delay = cfg.server.drain_delay;
+    let shutdown = async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested: not ready, draining");
+        readiness.draining.store(true, Ordering::Relaxed);
+        tokio::time::sleep(drain_delay).await;
+    };
+    http::serve(listener, state, shutdown)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn announce(cfg: &Config, addr: std::net::SocketAddr) {
+    let base = format!("http://{addr}");
+    println!(
+        "vigil listening on {base}/ (OCSP at / and {}/)",
+        cfg.server.ocsp_prefix
+    );
+    if cfg.embedded {
+        let d = cfg.data_dir.display();
+        let cert = crate::demo::demo_cert_paths(&cfg.data_dir)
+            .into_iter()
+            .next()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        println!(
+            "demo PKI in {d}: ca.pem, responder.pem, certs/*.pem (certs/revoked-1.pem is revoked)"
+        );
+        println!("try: openssl ocsp -issuer {d}/ca.pem -cert {cert} -url {base}{} -CAfile {d}/ca.pem -resp_text", cfg.server.ocsp_prefix);
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Applies journal records appended by `vigil revoke` / `vigil issue` (or another writer).
+async fn tail_journal(
+    mut reader: JournalReader,
+    cfg: Arc<Config>,
+    view: Arc<StatusView>,
+    responder: Arc<Responder>,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        tokio::time::sleep(cfg.status.journal_poll).await;
+        let (r, batch) = match tokio::task::spawn_blocking(move || {
+            let b = reader.read_new();
+            (reader, b)
+        })
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "journal reader task failed");
+                return;
+            }
+        };
+        reader = r;
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the journal");
+                continue;
+            }
+        };
+        metrics
+            .events_undecodable
+            .increment(batch.undecodable as u64);
+        for e in &batch.events {
+            match view.apply(e) {
+                Applied::Changed { .. } => {
+                    metrics.events_changed.increment(1);
+                    responder.evict(e.issuer, &e.serial).await;
+                }
+                Applied::Unchanged => metrics.events_unchanged.increment(1),
+            }
+        }
+    }
+}
+
+/// The issuer id of a configured issuer, from its CA certificate only (for CLI commands).
+pub fn issuer_id(cfg: &Config, name: &str) -> Result<crate::status::IssuerId, String> {
+    use der::Encode;
+    let ic = cfg.issuers.iter().find(|i| i.name == name).ok_or_else(|| {
+        let names: Vec<&str> = cfg.issuers.iter().map(|i| i.name.as_str()).collect();
+        format!(
+            "no issuer named {name:?} (configured: {})",
+            names.join(", ")
+        )
+    })?;
+    let cert = pki::read_certificate(&ic.certificate)?;
+    let subject = cert
+        .tbs_certificate
+        .subject
+        .to_der()
+        .map_err(|e| e.to_string())?;
+    Ok(crate::ocsp::IssuerHashes::new(
+        &subject,
+        cert.tbs_certificate
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes(),
+    )
+    .id)
+}

@@ -1,0 +1,128 @@
+//! The in-process cache of signed responses (moka), keyed by the CertID DER exactly as asked.
+//!
+//! An entry lives until its nextUpdate (so it can still be served while no signer is
+//! reachable) and is *fresh* until its refresh point. Every hit is checked against the
+//! certificate's current status, so a response signed before a revocation is never served
+//! after the view has the revocation, even if an eviction raced with an insert.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::HeaderValue;
+use moka::future::Cache;
+use moka::Expiry;
+
+use crate::ocsp::response::{SingleStatus, Window};
+
+/// A signed response with the HTTP headers it is served with.
+#[derive(Debug)]
+pub struct CachedResponse {
+    /// The OCSPResponse DER.
+    pub der: Bytes,
+    /// The status it states (single-CertID responses).
+    pub status: SingleStatus,
+    /// Its times.
+    pub window: Window,
+    /// `ETag`: a hash of the bytes.
+    pub etag: HeaderValue,
+    /// `Last-Modified`: thisUpdate.
+    pub last_modified: HeaderValue,
+    /// `Expires`: nextUpdate.
+    pub expires: HeaderValue,
+}
+
+impl CachedResponse {
+    /// Wraps freshly signed bytes.
+    pub fn new(der: Vec<u8>, status: SingleStatus, window: Window) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, &der);
+        let etag = format!("\"{}\"", crate::status::hex(&digest.as_ref()[..16]));
+        CachedResponse {
+            der: Bytes::from(der),
+            status,
+            window,
+            etag: header(&etag),
+            last_modified: header(&http_date(window.this_update)),
+            expires: header(&http_date(window.next_update)),
+        }
+    }
+
+    /// Fresh: before its refresh point.
+    pub fn is_fresh(&self, now: i64) -> bool {
+        now < self.window.refresh_at
+    }
+
+    /// Still valid to serve: before its nextUpdate.
+    pub fn is_valid(&self, now: i64) -> bool {
+        now < self.window.next_update
+    }
+}
+
+fn header(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// An HTTP date (RFC 9110 §5.6.7) for Unix seconds.
+pub fn http_date(t: i64) -> String {
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))
+}
+
+struct UntilNextUpdate;
+
+impl Expiry<Bytes, Arc<CachedResponse>> for UntilNextUpdate {
+    fn expire_after_create(
+        &self,
+        _: &Bytes,
+        v: &Arc<CachedResponse>,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(remaining(v))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Bytes,
+        v: &Arc<CachedResponse>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(remaining(v))
+    }
+}
+
+fn remaining(v: &CachedResponse) -> Duration {
+    let now = crate::clock::unix_now();
+    Duration::from_secs((v.window.next_update - now).max(0) as u64)
+}
+
+/// Signed responses by CertID DER.
+#[derive(Clone)]
+pub struct ResponseCache {
+    /// The moka cache (public so the answer path can use its per-key compute).
+    pub inner: Cache<Bytes, Arc<CachedResponse>>,
+}
+
+impl ResponseCache {
+    /// A cache holding at most about `max_bytes` of responses.
+    pub fn new(max_bytes: u64) -> Self {
+        ResponseCache {
+            inner: Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|k: &Bytes, v: &Arc<CachedResponse>| {
+                    (k.len() + v.der.len() + 256).min(u32::MAX as usize) as u32
+                })
+                .expire_after(UntilNextUpdate)
+                .build(),
+        }
+    }
+
+    /// Drops the entry for one CertID form.
+    pub async fn invalidate(&self, key: &[u8]) {
+        self.inner.invalidate(key).await;
+    }
+
+    /// Number of entries (approximate).
+    pub fn entry_count(&self) -> u64 {
+        self.inner.entry_count()
+    }
+}

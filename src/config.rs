@@ -1,0 +1,506 @@
+//! Configuration: one TOML file plus `VIGIL_*` environment overrides, validated into typed
+//! config before any port binds. Every key is listed in `docs/CONFIG.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::limits;
+use crate::ocsp::response::{MAX_VALIDITY_SECS, MIN_VALIDITY_SECS};
+use crate::status::UnissuedPolicy;
+
+/// Path of the config file (same as `--config`).
+pub const ENV_CONFIG: &str = "VIGIL_CONFIG";
+/// Overrides `server.listen`.
+pub const ENV_LISTEN: &str = "VIGIL_LISTEN";
+/// Overrides `data_dir`.
+pub const ENV_DATA_DIR: &str = "VIGIL_DATA_DIR";
+/// Overrides `server.ocsp_prefix`.
+pub const ENV_OCSP_PREFIX: &str = "VIGIL_OCSP_PREFIX";
+/// Overrides `ocsp.nonce`.
+pub const ENV_NONCE: &str = "VIGIL_NONCE";
+/// Overrides `log.filter`.
+pub const ENV_LOG: &str = "VIGIL_LOG";
+
+/// The data directory of the embedded default.
+pub const DEFAULT_DATA_DIR: &str = "./vigil-data";
+
+/// A config error; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("config: {0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory for the journal, checkpoints and (embedded default) the demo PKI.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// HTTP listener.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Bounds on client input.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Response policy.
+    #[serde(default)]
+    pub ocsp: OcspConfig,
+    /// Status sources.
+    #[serde(default)]
+    pub status: StatusConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Issuers answered for.
+    #[serde(default, rename = "issuer")]
+    pub issuers: Vec<IssuerConfig>,
+    /// True when no file was given: the demo PKI in `data_dir` is used (and made if missing).
+    #[serde(skip)]
+    pub embedded: bool,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port of the OCSP / CRL / health listener.
+    pub listen: SocketAddr,
+    /// Extra path prefix OCSP is served under (it is always served at `/` too).
+    pub ocsp_prefix: String,
+    /// Most connections at once.
+    pub max_connections: usize,
+    /// Time a client has to send a whole request head, counted from when the connection
+    /// becomes idle; also ends idle keep-alive connections.
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a request body.
+    #[serde(deserialize_with = "duration")]
+    pub body_read_timeout: Duration,
+    /// A connection with no bytes read or written for this long is closed (HTTP/2 included).
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// On SIGTERM, readiness turns false this long before the listener closes.
+    #[serde(deserialize_with = "duration")]
+    pub drain_delay: Duration,
+    /// After the listener closes, in-flight requests get this long to finish.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Serve HTTP/2 (prior knowledge, h2c) beside HTTP/1.1.
+    pub http2: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            ocsp_prefix: "/ocsp".into(),
+            max_connections: limits::MAX_CONNECTIONS,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            drain_delay: Duration::ZERO,
+            shutdown_timeout: Duration::from_secs(20),
+            http2: true,
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest POST body, bytes.
+    pub max_request_bytes: usize,
+    /// Longest GET request target, bytes.
+    pub max_get_path_bytes: usize,
+    /// Most CertIDs per request.
+    pub max_cert_ids: usize,
+    /// Longest nonce, octets.
+    pub max_nonce_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_request_bytes: limits::MAX_REQUEST_BYTES,
+            max_get_path_bytes: limits::MAX_GET_PATH_BYTES,
+            max_cert_ids: limits::MAX_CERT_IDS,
+            max_nonce_bytes: limits::MAX_NONCE_BYTES,
+        }
+    }
+}
+
+/// What to do with a request nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NoncePolicy {
+    /// Answer from the cache without the nonce (RFC 5019 §4: nonces are optional).
+    #[default]
+    Ignore,
+    /// Sign a fresh response that echoes the nonce.
+    Echo,
+}
+
+/// How the responder names itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponderIdKind {
+    /// byKey: SHA-1 of the responder public key (RFC 5019 §2.2.3 prefers it).
+    #[default]
+    KeyHash,
+    /// byName: the responder certificate's subject.
+    Name,
+}
+
+/// `[ocsp]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OcspConfig {
+    /// nextUpdate − thisUpdate (8h ..= 10d).
+    #[serde(deserialize_with = "duration")]
+    pub validity: Duration,
+    /// thisUpdate is this far before the signing time.
+    #[serde(deserialize_with = "duration")]
+    pub backdate: Duration,
+    /// responderID form.
+    pub responder_id: ResponderIdKind,
+    /// Nonce handling.
+    pub nonce: NoncePolicy,
+    /// Signatures computed at once.
+    pub signing_concurrency: usize,
+    /// Requests waiting for a signature before more get `tryLater`.
+    pub signing_queue: usize,
+    /// Memory for cached signed responses, bytes.
+    pub cache_max_bytes: u64,
+}
+
+impl Default for OcspConfig {
+    fn default() -> Self {
+        OcspConfig {
+            validity: Duration::from_secs(4 * 86400),
+            backdate: Duration::from_secs(300),
+            responder_id: ResponderIdKind::KeyHash,
+            nonce: NoncePolicy::Ignore,
+            signing_concurrency: limits::SIGNING_CONCURRENCY,
+            signing_queue: limits::SIGNING_QUEUE,
+            cache_max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[status]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusConfig {
+    /// The local journal; default `<data_dir>/journal.vj`.
+    pub journal: Option<PathBuf>,
+    /// How often the server reads new journal records.
+    #[serde(deserialize_with = "duration")]
+    pub journal_poll: Duration,
+    /// Name recorded as the origin of events this node writes.
+    pub origin: String,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            journal: None,
+            journal_poll: Duration::from_millis(200),
+            origin: "local".into(),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `vigil=debug`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            filter: "info".into(),
+        }
+    }
+}
+
+/// `[[issuer]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Short name used in CLI commands, metrics labels and CRL paths.
+    pub name: String,
+    /// The CA certificate (PEM).
+    pub certificate: PathBuf,
+    /// Delegated responder certificate (PEM). Absent: the CA key signs responses itself.
+    pub responder_certificate: Option<PathBuf>,
+    /// Private key (PEM) of the responder certificate, or of the CA when no responder
+    /// certificate is given.
+    pub responder_key: PathBuf,
+    /// Answer for serials with no issuance record.
+    #[serde(default)]
+    pub unissued: UnissuedPolicy,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+impl Config {
+    /// Loads from `path` (or `$VIGIL_CONFIG`), or the embedded default when neither is given;
+    /// applies environment overrides and validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env_path = std::env::var_os(ENV_CONFIG).map(PathBuf::from);
+        let path = path.map(Path::to_path_buf).or(env_path);
+        let mut cfg = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError(format!("reading {}: {e}", p.display())))?;
+                let mut c = Self::from_toml(&text)?;
+                c.resolve_paths(p.parent().unwrap_or(Path::new(".")));
+                c
+            }
+            None => Self::embedded_default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        if cfg.embedded {
+            cfg.issuers = vec![crate::demo::demo_issuer_config(&cfg.data_dir)];
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text (no environment, no path resolution, no validation).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// The configuration of `vigil serve` with no file: the demo PKI in `./vigil-data`.
+    pub fn embedded_default() -> Config {
+        let mut c: Config = toml::from_str("").unwrap_or_else(|_| unreachable_default());
+        c.embedded = true;
+        c
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        if let Some(j) = &mut self.status.journal {
+            fix(j);
+        }
+        for i in &mut self.issuers {
+            fix(&mut i.certificate);
+            fix(&mut i.responder_key);
+            if let Some(r) = &mut i.responder_certificate {
+                fix(r);
+            }
+        }
+    }
+
+    /// Applies `VIGIL_*` overrides read through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get(ENV_LISTEN) {
+            self.server.listen = v
+                .parse()
+                .map_err(|e| ConfigError(format!("server.listen (from {ENV_LISTEN}): {e}")))?;
+        }
+        if let Some(v) = get(ENV_DATA_DIR) {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get(ENV_OCSP_PREFIX) {
+            self.server.ocsp_prefix = v;
+        }
+        if let Some(v) = get(ENV_NONCE) {
+            self.ocsp.nonce = match v.as_str() {
+                "ignore" => NoncePolicy::Ignore,
+                "echo" => NoncePolicy::Echo,
+                other => return err(format!("ocsp.nonce (from {ENV_NONCE}): unknown policy {other:?}, expected \"ignore\" or \"echo\"")),
+            };
+        }
+        if let Some(v) = get(ENV_LOG) {
+            self.log.filter = v;
+        }
+        Ok(())
+    }
+
+    /// The journal path.
+    pub fn journal_path(&self) -> PathBuf {
+        self.status
+            .journal
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("journal.vj"))
+    }
+
+    /// Checks every rule that TOML types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        let p = &s.ocsp_prefix;
+        if !p.is_empty()
+            && (!p.starts_with('/') || p.ends_with('/') || p.contains("//") || p.contains(".."))
+        {
+            return err(format!("server.ocsp_prefix: {p:?} must start with '/', not end with '/', and hold no '//' or '..'"));
+        }
+        if ["/healthz", "/readyz", "/metrics", "/crl"].contains(&p.as_str()) {
+            return err(format!("server.ocsp_prefix: {p:?} is a reserved path"));
+        }
+        if s.max_connections == 0 {
+            return err("server.max_connections: must be at least 1");
+        }
+        for (key, d) in [
+            ("server.header_read_timeout", s.header_read_timeout),
+            ("server.body_read_timeout", s.body_read_timeout),
+            ("server.idle_timeout", s.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return err(format!("{key}: must be greater than zero"));
+            }
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_request_bytes", l.max_request_bytes),
+            ("limits.max_get_path_bytes", l.max_get_path_bytes),
+            ("limits.max_cert_ids", l.max_cert_ids),
+            ("limits.max_nonce_bytes", l.max_nonce_bytes),
+        ] {
+            if v == 0 {
+                return err(format!("{key}: must be at least 1"));
+            }
+        }
+        if l.max_request_bytes > 1024 * 1024 {
+            return err("limits.max_request_bytes: at most 1 MiB");
+        }
+        if l.max_nonce_bytes > 128 {
+            return err("limits.max_nonce_bytes: at most 128 (RFC 9654 §2.1)");
+        }
+        let o = &self.ocsp;
+        let validity = o.validity.as_secs() as i64;
+        if !(MIN_VALIDITY_SECS..=MAX_VALIDITY_SECS).contains(&validity) {
+            return err(format!(
+                "ocsp.validity: {} is outside 8h ..= 10d (CA/B Forum BR §4.9.10)",
+                humantime::format_duration(o.validity)
+            ));
+        }
+        if o.backdate > Duration::from_secs(3600) {
+            return err("ocsp.backdate: at most 1h");
+        }
+        if o.signing_concurrency == 0 {
+            return err("ocsp.signing_concurrency: must be at least 1");
+        }
+        if o.cache_max_bytes < 1024 * 1024 {
+            return err("ocsp.cache_max_bytes: at least 1 MiB");
+        }
+        if self.status.journal_poll < Duration::from_millis(10) {
+            return err("status.journal_poll: at least 10ms");
+        }
+        if self.status.origin.is_empty() || self.status.origin.len() > limits::MAX_ORIGIN_BYTES {
+            return err("status.origin: 1 to 64 bytes");
+        }
+        if self.issuers.is_empty() {
+            return err("issuer: at least one [[issuer]] is required");
+        }
+        for (i, iss) in self.issuers.iter().enumerate() {
+            let valid = !iss.name.is_empty()
+                && iss.name.len() <= 64
+                && iss
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid {
+                return err(format!(
+                    "issuer[{i}].name: {:?} must be 1-64 of [A-Za-z0-9_-]",
+                    iss.name
+                ));
+            }
+            if self.issuers[..i].iter().any(|o| o.name == iss.name) {
+                return err(format!("issuer[{i}].name: {:?} is used twice", iss.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unreachable_default() -> Config {
+    // `toml::from_str("")` fills every field from its default; this path is never taken.
+    Config {
+        data_dir: default_data_dir(),
+        server: ServerConfig::default(),
+        limits: LimitsConfig::default(),
+        ocsp: OcspConfig::default(),
+        status: StatusConfig::default(),
+        log: LogConfig::default(),
+        issuers: Vec::new(),
+        embedded: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUER: &str =
+        "[[issuer]]\nname = \"a\"\ncertificate = \"ca.pem\"\nresponder_key = \"k.pem\"\n";
+
+    #[test]
+    fn parses_and_validates() {
+        let c = Config::from_toml(&format!(
+            "[ocsp]\nvalidity = \"2d\"\nnonce = \"echo\"\n{ISSUER}"
+        ))
+        .expect("parse");
+        c.validate().expect("valid");
+        assert_eq!(c.ocsp.validity, Duration::from_secs(2 * 86400));
+        assert_eq!(c.ocsp.nonce, NoncePolicy::Echo);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_toml("[server]\nlisen = \"x\"").expect_err("unknown key");
+        assert!(e.to_string().contains("lisen"), "{e}");
+        let c = Config::from_toml(&format!("[ocsp]\nvalidity = \"11d\"\n{ISSUER}")).expect("parse");
+        let e = c.validate().expect_err("too long");
+        assert!(e.to_string().contains("ocsp.validity"), "{e}");
+        let c = Config::from_toml(&format!("[limits]\nmax_cert_ids = 0\n{ISSUER}")).expect("parse");
+        assert!(c
+            .validate()
+            .expect_err("zero")
+            .to_string()
+            .contains("limits.max_cert_ids"));
+        let e = Config::from_toml("[ocsp]\nvalidity = \"soon\"").expect_err("bad duration");
+        assert!(e.to_string().contains("validity"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides() {
+        let mut c = Config::from_toml(ISSUER).expect("parse");
+        c.apply_env(|k| match k {
+            ENV_LISTEN => Some("127.0.0.1:9999".into()),
+            ENV_NONCE => Some("echo".into()),
+            _ => None,
+        })
+        .expect("env");
+        assert_eq!(c.server.listen.port(), 9999);
+        assert_eq!(c.ocsp.nonce, NoncePolicy::Echo);
+        let e = c
+            .apply_env(|k| (k == ENV_NONCE).then(|| "sometimes".into()))
+            .expect_err("bad");
+        assert!(e.to_string().contains("ocsp.nonce"));
+    }
+}

@@ -1,0 +1,178 @@
+//! The embedded default: a demo CA, a delegated OCSP responder and a few certificates, made on
+//! the first `vigil serve` with no config and reused afterwards.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+    PKCS_ECDSA_P256_SHA256,
+};
+use time::{Duration, OffsetDateTime};
+
+use crate::config::IssuerConfig;
+use crate::status::{Event, EventKind, RevocationReason, Serial, UnissuedPolicy};
+
+/// Name of the demo issuer.
+pub const DEMO_ISSUER: &str = "demo";
+
+/// Demo leaf certificates: file stem and whether it is revoked.
+pub const DEMO_CERTS: [(&str, bool); 3] =
+    [("good-1", false), ("good-2", false), ("revoked-1", true)];
+
+/// The issuer entry of the embedded default.
+pub fn demo_issuer_config(data_dir: &Path) -> IssuerConfig {
+    IssuerConfig {
+        name: DEMO_ISSUER.into(),
+        certificate: data_dir.join("ca.pem"),
+        responder_certificate: Some(data_dir.join("responder.pem")),
+        responder_key: data_dir.join("responder.key"),
+        unissued: UnissuedPolicy::Unknown,
+    }
+}
+
+/// Paths of the demo leaf certificates.
+pub fn demo_cert_paths(data_dir: &Path) -> Vec<PathBuf> {
+    DEMO_CERTS
+        .iter()
+        .map(|(n, _)| data_dir.join("certs").join(format!("{n}.pem")))
+        .collect()
+}
+
+/// Makes the demo PKI in `data_dir` unless `ca.pem` is already there. Returns the status
+/// events to journal (empty when the PKI already existed).
+pub fn ensure_demo_pki(data_dir: &Path, origin: &str) -> Result<Vec<Event>, String> {
+    if data_dir.join("ca.pem").exists() {
+        return Ok(Vec::new());
+    }
+    let e = |x: rcgen::Error| format!("making the demo PKI: {x}");
+    std::fs::create_dir_all(data_dir.join("certs"))
+        .map_err(|x| format!("creating {}: {x}", data_dir.display()))?;
+    let now = OffsetDateTime::now_utc();
+
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(e)?;
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name = dn("vigil demo CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.not_before = now - Duration::hours(1);
+    ca.not_after = now + Duration::days(3650);
+    ca.serial_number = Some(random_serial());
+    let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
+    let issuer = Issuer::new(ca, &ca_key);
+
+    let responder_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(e)?;
+    let mut r = CertificateParams::default();
+    r.distinguished_name = dn("vigil demo OCSP responder");
+    r.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    r.extended_key_usages = vec![ExtendedKeyUsagePurpose::OcspSigning];
+    // id-pkix-ocsp-nocheck, value NULL (RFC 6960 §4.2.2.2.1)
+    r.custom_extensions = vec![CustomExtension::from_oid_content(
+        &[1, 3, 6, 1, 5, 5, 7, 48, 1, 5],
+        vec![0x05, 0x00],
+    )];
+    r.use_authority_key_identifier_extension = true;
+    r.not_before = now - Duration::hours(1);
+    r.not_after = now + Duration::days(365);
+    r.serial_number = Some(random_serial());
+    let responder_cert = r.signed_by(&responder_key, &issuer).map_err(e)?;
+
+    write(&data_dir.join("ca.pem"), ca_cert.pem().as_bytes(), false)?;
+    write(
+        &data_dir.join("ca.key"),
+        ca_key.serialize_pem().as_bytes(),
+        true,
+    )?;
+    write(
+        &data_dir.join("responder.pem"),
+        responder_cert.pem().as_bytes(),
+        false,
+    )?;
+    write(
+        &data_dir.join("responder.key"),
+        responder_key.serialize_pem().as_bytes(),
+        true,
+    )?;
+
+    let issuer_id = crate::ocsp::IssuerHashes::new(&[], &ca_key.public_key_raw()).id;
+    let mut events = Vec::new();
+    let created_at_ms = now.unix_timestamp() * 1000;
+    for (name, revoked) in DEMO_CERTS {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(e)?;
+        let mut p =
+            CertificateParams::new(vec![format!("{name}.demo.vigil.invalid")]).map_err(e)?;
+        p.distinguished_name = dn(&format!("{name}.demo.vigil.invalid"));
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.use_authority_key_identifier_extension = true;
+        p.not_before = now - Duration::hours(1);
+        p.not_after = now + Duration::days(90);
+        let serial = random_serial();
+        let serial_value = Serial::from_magnitude(serial.as_ref()).map_err(|x| x.to_string())?;
+        p.serial_number = Some(serial);
+        let cert = p.signed_by(&key, &issuer).map_err(e)?;
+        write(
+            &data_dir.join("certs").join(format!("{name}.pem")),
+            cert.pem().as_bytes(),
+            false,
+        )?;
+        events.push(Event {
+            issuer: issuer_id,
+            serial: serial_value,
+            kind: EventKind::Issued {
+                not_after: p.not_after.unix_timestamp(),
+            },
+            origin: origin.into(),
+            created_at_ms,
+        });
+        if revoked {
+            events.push(Event {
+                issuer: issuer_id,
+                serial: serial_value,
+                kind: EventKind::Revoked {
+                    time: now.unix_timestamp(),
+                    reason: RevocationReason::KeyCompromise,
+                },
+                origin: origin.into(),
+                created_at_ms,
+            });
+        }
+    }
+    Ok(events)
+}
+
+fn dn(cn: &str) -> DistinguishedName {
+    let mut d = DistinguishedName::new();
+    d.push(DnType::OrganizationName, "vigil demo");
+    d.push(DnType::CommonName, cn);
+    d
+}
+
+/// 16 random octets, high bit clear (positive) and first octet non-zero (minimal).
+fn random_serial() -> SerialNumber {
+    let mut b = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b[0] = (b[0] & 0x7F) | 0x10;
+    SerialNumber::from_slice(&b)
+}
+
+fn write(path: &Path, bytes: &[u8], secret: bool) -> Result<(), String> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if secret { 0o600 } else { 0o644 });
+    }
+    let mut f = opts
+        .open(path)
+        .map_err(|x| format!("creating {}: {x}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|x| format!("writing {}: {x}", path.display()))
+}

@@ -1,0 +1,267 @@
+//! The HTTP adapter: listener, connection limits and timeouts, graceful drain.
+//!
+//! Routing is in [`routes`]; turning answers and errors into HTTP responses is in [`respond`]
+//! (the one place that decides status codes and caching headers).
+
+pub mod respond;
+pub mod routes;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::Config;
+use crate::responder::Responder;
+use crate::status::StatusView;
+use crate::telemetry::{self, Metrics};
+
+/// Whether this replica should receive traffic.
+#[derive(Default)]
+pub struct Readiness {
+    /// The status view has been loaded from its sources.
+    pub view_loaded: AtomicBool,
+    /// SIGTERM received: draining.
+    pub draining: AtomicBool,
+}
+
+impl Readiness {
+    /// `Ok` when ready, else the reasons.
+    pub fn check(&self) -> Result<(), String> {
+        let mut why = Vec::new();
+        if self.draining.load(Ordering::Relaxed) {
+            why.push("shutting down");
+        }
+        if !self.view_loaded.load(Ordering::Relaxed) {
+            why.push("status view not loaded");
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why.join("; "))
+        }
+    }
+}
+
+/// Everything a request handler needs.
+pub struct AppState {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// The OCSP answer path.
+    pub responder: Arc<Responder>,
+    /// The status view (for gauges).
+    pub view: Arc<StatusView>,
+    /// Readiness.
+    pub readiness: Arc<Readiness>,
+    /// Hot-path metric handles.
+    pub metrics: Arc<Metrics>,
+    /// Renders `/metrics`; None when another recorder owns the process (tests).
+    pub prometheus: Option<PrometheusHandle>,
+}
+
+/// Serves `listener` until `shutdown` resolves, then drains: readiness turns false, after
+/// `server.drain_delay` the listener closes, and open connections finish their in-flight
+/// requests for up to `server.shutdown_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let cfg = state.config.clone();
+    let max_conns = cfg.server.max_connections;
+    let conn_limit = Arc::new(Semaphore::new(max_conns));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let open = metrics::gauge!(telemetry::CONNECTIONS);
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.server.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(64 * 1024)
+        .max_headers(64);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(128)
+        .max_header_list_size(16 * 1024)
+        .max_pending_accept_reset_streams(64)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = if cfg.server.http2 {
+        builder
+    } else {
+        builder.http1_only()
+    };
+    let builder = Arc::new(builder);
+
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = conn_limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let (stream, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(IdleIo {
+            inner: stream,
+            activity: activity.clone(),
+        });
+        let st = state.clone();
+        let svc = service_fn(move |req| {
+            let st = st.clone();
+            async move { Ok::<_, std::convert::Infallible>(routes::handle(req, st).await) }
+        });
+        let conn = builder.serve_connection(io, svc).into_owned();
+        let mut stop = stop_rx.clone();
+        let idle = cfg.server.idle_timeout;
+        let open = open.clone();
+        open.increment(1.0);
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let mut draining = false;
+            loop {
+                tokio::select! {
+                    _ = &mut conn => break,
+                    _ = activity.idle_for(idle) => break,
+                    r = stop.changed(), if !draining => {
+                        draining = true;
+                        if r.is_ok() {
+                            conn.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
+            }
+            open.decrement(1.0);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // Wait until every connection has returned its permit, or the timeout.
+    let all = u32::try_from(max_conns).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(cfg.server.shutdown_timeout, conn_limit.acquire_many(all)).await;
+    Ok(())
+}
+
+/// Last time bytes moved on a connection.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once no bytes have moved for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        let check = (limit / 4).max(Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(check).await;
+            let now = self.start.elapsed().as_millis() as u64;
+            if now.saturating_sub(self.last_ms.load(Ordering::Relaxed)) >= limit.as_millis() as u64
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// A TCP stream that records activity, so silent connections (including HTTP/2 and clients
+/// that never send a first byte) are closed after `server.idle_timeout`.
+struct IdleIo {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for IdleIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for IdleIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

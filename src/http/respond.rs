@@ -1,0 +1,129 @@
+//! The one place that turns answers and errors into HTTP responses.
+
+use bytes::Bytes;
+use http::header::{
+    ALLOW, CACHE_CONTROL, CONTENT_TYPE, ETAG, EXPIRES, IF_NONE_MATCH, LAST_MODIFIED,
+};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::cache::CachedResponse;
+use crate::ocsp::OcspError;
+use crate::responder::Answer;
+use crate::telemetry::Outcome;
+
+/// The response body type.
+pub type Body = Full<Bytes>;
+
+const OCSP_RESPONSE: HeaderValue = HeaderValue::from_static("application/ocsp-response");
+const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache");
+
+/// HTTP for an OCSP answer, and the outcome to count.
+pub fn ocsp(answer: Answer, request_headers: &HeaderMap, now: i64) -> (Response<Body>, Outcome) {
+    match answer {
+        Answer::Signed { response, shared } => signed(&response, shared, request_headers, now),
+        Answer::Error(e) => (ocsp_error(&e), outcome_of(&e)),
+    }
+}
+
+fn outcome_of(e: &OcspError) -> Outcome {
+    match e {
+        OcspError::Malformed(_) => Outcome::Malformed,
+        OcspError::Unauthorized(_) => Outcome::Unauthorized,
+        OcspError::TryLater(_) => Outcome::TryLater,
+        _ => Outcome::InternalError,
+    }
+}
+
+/// An unsigned OCSP error: HTTP 200 (RFC 6960 Appendix A.1), `no-cache`.
+pub fn ocsp_error(e: &OcspError) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(e.status().error_response())));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, OCSP_RESPONSE);
+    h.insert(CACHE_CONTROL, NO_CACHE);
+    r
+}
+
+fn signed(
+    resp: &CachedResponse,
+    shared: bool,
+    request_headers: &HeaderMap,
+    now: i64,
+) -> (Response<Body>, Outcome) {
+    if !shared {
+        let mut r = Response::new(Full::new(resp.der.clone()));
+        r.headers_mut().insert(CONTENT_TYPE, OCSP_RESPONSE);
+        r.headers_mut().insert(CACHE_CONTROL, NO_CACHE);
+        return (r, Outcome::Successful);
+    }
+    let not_modified = request_headers
+        .get_all(IF_NONE_MATCH)
+        .iter()
+        .any(|v| etag_matches(v.as_bytes(), resp.etag.as_bytes()));
+    let (mut r, outcome) = if not_modified {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        (r, Outcome::NotModified)
+    } else {
+        let mut r = Response::new(Full::new(resp.der.clone()));
+        r.headers_mut().insert(CONTENT_TYPE, OCSP_RESPONSE);
+        (r, Outcome::Successful)
+    };
+    // RFC 5019 §6.2: max-age no later than nextUpdate; we use the refresh point, which is earlier.
+    let max_age = (resp.window.refresh_at.min(resp.window.next_update) - now).max(0);
+    let h = r.headers_mut();
+    h.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_str(&format!(
+            "max-age={max_age}, public, no-transform, must-revalidate"
+        ))
+        .unwrap_or(NO_CACHE),
+    );
+    h.insert(ETAG, resp.etag.clone());
+    h.insert(LAST_MODIFIED, resp.last_modified.clone());
+    h.insert(EXPIRES, resp.expires.clone());
+    (r, outcome)
+}
+
+/// If-None-Match: `*`, or a list of (possibly weak) entity tags (RFC 9110 §13.1.2).
+fn etag_matches(header: &[u8], etag: &[u8]) -> bool {
+    header.split(|&b| b == b',').any(|t| {
+        let t = t.trim_ascii();
+        let t = t.strip_prefix(b"W/").unwrap_or(t);
+        t == b"*" || t == etag
+    })
+}
+
+/// A plain-text response.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut().insert(CACHE_CONTROL, NO_CACHE);
+    r
+}
+
+/// 405 with the methods that are allowed.
+pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_forms() {
+        assert!(etag_matches(b"\"abc\"", b"\"abc\""));
+        assert!(etag_matches(b"W/\"abc\"", b"\"abc\""));
+        assert!(etag_matches(b"\"x\", \"abc\"", b"\"abc\""));
+        assert!(etag_matches(b"*", b"\"abc\""));
+        assert!(!etag_matches(b"\"abd\"", b"\"abc\""));
+    }
+}

@@ -1,0 +1,178 @@
+//! Request routing.
+//!
+//! | path | methods |
+//! |---|---|
+//! | `/healthz`, `/readyz`, `/metrics` | GET, HEAD |
+//! | `/crl/...` | GET, HEAD (404 until CRLs are published) |
+//! | `/` and `{ocsp_prefix}` | POST an OCSPRequest |
+//! | `/{base64}` and `{ocsp_prefix}/{base64}` | GET an OCSPRequest |
+//!
+//! At the root, a GET path is read as OCSP only if it starts with `M` after its slashes: the
+//! base64 of every DER OCSPRequest does (its first octet is 0x30), so `/favicon.ico` is a 404
+//! rather than a malformed request. Under the prefix every GET path is OCSP, and one that is
+//! not base64 is a 400. Nothing here merges slashes or redirects.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use super::respond::{self, Body};
+use super::AppState;
+use crate::clock::unix_now;
+use crate::ocsp::request::decode_get_path;
+use crate::telemetry;
+
+/// Handles one request.
+pub async fn handle(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body> {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let limits = st.config.limits;
+    let target_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target_len > limits.max_get_path_bytes {
+        return other(
+            respond::text(StatusCode::URI_TOO_LONG, "request target too long\n"),
+            "ocsp",
+        );
+    }
+    let is_get = parts.method == Method::GET || parts.method == Method::HEAD;
+    let is_post = parts.method == Method::POST;
+    let path = parts.uri.path();
+    match path {
+        "/healthz" | "/readyz" | "/metrics" if !is_get => {
+            return other(respond::method_not_allowed("GET, HEAD"), "ops")
+        }
+        "/healthz" => return other(respond::text(StatusCode::OK, "ok\n"), "ops"),
+        "/readyz" => {
+            let r = match st.readiness.check() {
+                Ok(()) => respond::text(StatusCode::OK, "ready\n"),
+                Err(why) => respond::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                ),
+            };
+            return other(r, "ops");
+        }
+        "/metrics" => return other(metrics(&st), "ops"),
+        _ => {}
+    }
+    if path == "/crl" || path.starts_with("/crl/") {
+        let r = if is_get {
+            respond::text(StatusCode::NOT_FOUND, "no such CRL\n")
+        } else {
+            respond::method_not_allowed("GET, HEAD")
+        };
+        return other(r, "crl");
+    }
+    if !is_get && !is_post {
+        return other(respond::method_not_allowed("GET, HEAD, POST"), "ocsp");
+    }
+    let prefix = st.config.server.ocsp_prefix.as_str();
+    let (rest, under_prefix) = match path.strip_prefix(prefix) {
+        Some(r) if !prefix.is_empty() && (r.is_empty() || r.starts_with('/')) => (r, true),
+        _ => (path, false),
+    };
+    let encoded = rest.trim_start_matches('/');
+    let method = if is_post {
+        telemetry::Method::Post
+    } else {
+        telemetry::Method::Get
+    };
+    let der: Bytes = if is_post {
+        if !encoded.is_empty() {
+            return other(respond::text(StatusCode::NOT_FOUND, "not found\n"), "ocsp");
+        }
+        match read_body(body, &parts.headers, &st).await {
+            Ok(b) => b,
+            Err(r) => return other(r, "ocsp"),
+        }
+    } else {
+        if encoded.is_empty() || (!under_prefix && !encoded.starts_with('M')) {
+            return other(respond::text(StatusCode::NOT_FOUND, "not found\n"), "ocsp");
+        }
+        // The raw path keeps its percent-escapes: decode_get_path undoes them.
+        match decode_get_path(encoded) {
+            Ok(d) => Bytes::from(d),
+            Err(_) => {
+                let r = respond::text(StatusCode::BAD_REQUEST, "OCSP GET path is not base64\n");
+                return other(r, "ocsp");
+            }
+        }
+    };
+    let now = unix_now();
+    let answer = st.responder.answer(&der, now).await;
+    let (resp, outcome) = respond::ocsp(answer, &parts.headers, now);
+    st.metrics
+        .request(method, outcome, started.elapsed().as_secs_f64());
+    resp
+}
+
+/// Reads a POST body within `limits.max_request_bytes` and `server.body_read_timeout`; a body
+/// over the cap is refused from its Content-Length, or as soon as it passes the cap.
+async fn read_body(
+    body: Incoming,
+    headers: &http::HeaderMap,
+    st: &AppState,
+) -> Result<Bytes, Response<Body>> {
+    let max = st.config.limits.max_request_bytes;
+    let too_large = || respond::text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let collect = Limited::new(body, max).collect();
+    match tokio::time::timeout(st.config.server.body_read_timeout, collect).await {
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Ok(Err(_)) => Err(respond::text(StatusCode::BAD_REQUEST, "bad request body\n")),
+        Err(_) => Err(respond::text(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body too slow\n",
+        )),
+    }
+}
+
+fn metrics(st: &AppState) -> Response<Body> {
+    let Some(handle) = &st.prometheus else {
+        return respond::text(StatusCode::NOT_FOUND, "metrics are not enabled\n");
+    };
+    metrics::gauge!(telemetry::VIEW_CERTIFICATES).set(st.view.len() as f64);
+    let mut r = respond::text(StatusCode::OK, handle.render());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+fn other(r: Response<Body>, class: &'static str) -> Response<Body> {
+    metrics::counter!(telemetry::HTTP_OTHER, "path" => class, "code" => status_label(r.status()))
+        .increment(1);
+    r
+}
+
+fn status_label(s: StatusCode) -> &'static str {
+    match s.as_u16() {
+        200 => "200",
+        304 => "304",
+        400 => "400",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        413 => "413",
+        414 => "414",
+        503 => "503",
+        _ => "other",
+    }
+}

@@ -1,0 +1,226 @@
+//! Loading issuers: CA certificates, responder certificates and keys, checked once at start-up
+//! so a wrong file is a clear error before any port binds, never a broken signature later.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use const_oid::db::{rfc5280, rfc5912};
+use der::{Decode, Encode};
+use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage, KeyUsages};
+use x509_cert::Certificate;
+use x509_ocsp::ResponderId;
+
+use crate::config::{IssuerConfig, ResponderIdKind};
+use crate::ocsp::response::ResponderProfile;
+use crate::ocsp::{IssuerHashes, OID_KP_OCSP_SIGNING, OID_NOCHECK};
+use crate::signer::{Signer, SoftwareSigner};
+use crate::status::UnissuedPolicy;
+
+/// A start-up error about certificates or keys.
+#[derive(Debug, thiserror::Error)]
+#[error("issuer {issuer}: {message}")]
+pub struct PkiError {
+    /// The issuer's configured name.
+    pub issuer: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// One issuer vigil answers for.
+pub struct Issuer {
+    /// Configured name.
+    pub name: String,
+    /// The CA certificate.
+    pub certificate: Certificate,
+    /// Its DER.
+    pub certificate_der: Vec<u8>,
+    /// Name and key hashes for CertID matching.
+    pub hashes: IssuerHashes,
+    /// Who signs, and how the responder is named.
+    pub profile: ResponderProfile,
+    /// The responder certificate, when delegated.
+    pub responder_certificate: Option<Certificate>,
+    /// Answer for unissued serials.
+    pub unissued: UnissuedPolicy,
+}
+
+impl Issuer {
+    /// notAfter of the certificate whose key signs responses (responder, else CA), Unix seconds.
+    pub fn signing_certificate_not_after(&self) -> i64 {
+        let c = self
+            .responder_certificate
+            .as_ref()
+            .unwrap_or(&self.certificate);
+        c.tbs_certificate
+            .validity
+            .not_after
+            .to_unix_duration()
+            .as_secs() as i64
+    }
+}
+
+/// Reads the first certificate of a PEM file.
+pub fn read_certificate(path: &Path) -> Result<Certificate, String> {
+    let text = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let (label, der) =
+        pem_rfc7468::decode_vec(&text).map_err(|e| format!("{}: not PEM: {e}", path.display()))?;
+    if label != "CERTIFICATE" {
+        return Err(format!(
+            "{}: expected a CERTIFICATE, found {label}",
+            path.display()
+        ));
+    }
+    Certificate::from_der(&der).map_err(|e| format!("{}: bad certificate: {e}", path.display()))
+}
+
+/// Loads and checks one issuer with a software key.
+pub fn load_issuer(cfg: &IssuerConfig, id_kind: ResponderIdKind) -> Result<Issuer, PkiError> {
+    let fail = |message: String| PkiError {
+        issuer: cfg.name.clone(),
+        message,
+    };
+    let key = SoftwareSigner::from_pem_file(&cfg.responder_key).map_err(|e| fail(e.to_string()))?;
+    load_issuer_with_signer(cfg, id_kind, Arc::new(key))
+}
+
+/// Loads and checks one issuer whose responses `signer` signs.
+pub fn load_issuer_with_signer(
+    cfg: &IssuerConfig,
+    id_kind: ResponderIdKind,
+    signer: Arc<dyn Signer>,
+) -> Result<Issuer, PkiError> {
+    let fail = |message: String| PkiError {
+        issuer: cfg.name.clone(),
+        message,
+    };
+    let ca = read_certificate(&cfg.certificate).map_err(fail)?;
+    let ca_der = ca.to_der().map_err(|e| fail(e.to_string()))?;
+    let subject_der = ca
+        .tbs_certificate
+        .subject
+        .to_der()
+        .map_err(|e| fail(e.to_string()))?;
+    let ca_key = ca
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes()
+        .to_vec();
+    let hashes = IssuerHashes::new(&subject_der, &ca_key);
+
+    let responder = match &cfg.responder_certificate {
+        Some(p) => Some(read_certificate(p).map_err(fail)?),
+        None => None,
+    };
+    let signing_cert = responder.as_ref().unwrap_or(&ca);
+    let signing_key_bits = signing_cert
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes();
+    if signing_key_bits != signer.public_key() {
+        return Err(fail(format!(
+            "the key of {} does not match the {} certificate's public key",
+            signer.describe(),
+            if responder.is_some() {
+                "responder"
+            } else {
+                "CA"
+            }
+        )));
+    }
+    let mut certs = Vec::new();
+    if let Some(r) = &responder {
+        check_delegated(&ca, r).map_err(fail)?;
+        certs.push(r.to_der().map_err(|e| fail(e.to_string()))?);
+    }
+    let responder_id = match id_kind {
+        ResponderIdKind::KeyHash => {
+            ResponderProfile::key_hash_id(signer.public_key()).map_err(|e| fail(e.to_string()))?
+        }
+        ResponderIdKind::Name => ResponderId::ByName(signing_cert.tbs_certificate.subject.clone()),
+    };
+    let profile =
+        ResponderProfile::new(responder_id, &certs, signer).map_err(|e| fail(e.to_string()))?;
+    Ok(Issuer {
+        name: cfg.name.clone(),
+        certificate: ca,
+        certificate_der: ca_der,
+        hashes,
+        profile,
+        responder_certificate: responder,
+        unissued: cfg.unissued,
+    })
+}
+
+/// RFC 6960 §4.2.2.2: a delegated responder certificate is issued directly by the CA and
+/// carries id-kp-OCSPSigning; BR §4.9.9 adds id-pkix-ocsp-nocheck and digitalSignature.
+fn check_delegated(ca: &Certificate, responder: &Certificate) -> Result<(), String> {
+    let tbs = &responder.tbs_certificate;
+    if tbs.issuer != ca.tbs_certificate.subject {
+        return Err(
+            "the responder certificate is not issued by this CA (issuer name differs)".into(),
+        );
+    }
+    if !signature_verifies(ca, responder)? {
+        return Err("the responder certificate's signature does not verify with the CA key".into());
+    }
+    let mut eku_ok = false;
+    let mut nocheck = false;
+    for ext in tbs.extensions.iter().flatten() {
+        if ext.extn_id == rfc5280::ID_CE_EXT_KEY_USAGE {
+            let eku = ExtendedKeyUsage::from_der(ext.extn_value.as_bytes())
+                .map_err(|e| format!("responder extendedKeyUsage: {e}"))?;
+            eku_ok = eku.0.contains(&OID_KP_OCSP_SIGNING);
+        } else if ext.extn_id == rfc5280::ID_CE_KEY_USAGE {
+            let ku = KeyUsage::from_der(ext.extn_value.as_bytes())
+                .map_err(|e| format!("responder keyUsage: {e}"))?;
+            if !ku.0.contains(KeyUsages::DigitalSignature) {
+                return Err("the responder certificate's keyUsage lacks digitalSignature".into());
+            }
+        } else if ext.extn_id == OID_NOCHECK {
+            nocheck = true;
+        }
+    }
+    if !eku_ok {
+        return Err("the responder certificate lacks extendedKeyUsage id-kp-OCSPSigning".into());
+    }
+    if !nocheck {
+        tracing::warn!("the responder certificate has no id-pkix-ocsp-nocheck extension (BR §4.9.9 requires it)");
+    }
+    Ok(())
+}
+
+/// Verifies `cert`'s signature with `issuer`'s public key. Unknown algorithms are an error.
+pub fn signature_verifies(issuer: &Certificate, cert: &Certificate) -> Result<bool, String> {
+    use ring::signature as sig;
+    let spki = &issuer.tbs_certificate.subject_public_key_info;
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.decode_as::<const_oid::ObjectIdentifier>().ok());
+    let p256 = curve == Some(rfc5912::SECP_256_R_1);
+    let p384 = curve == Some(rfc5912::SECP_384_R_1);
+    let oid = cert.signature_algorithm.oid;
+    let alg: &dyn sig::VerificationAlgorithm = match oid {
+        o if o == rfc5912::ECDSA_WITH_SHA_256 && p256 => &sig::ECDSA_P256_SHA256_ASN1,
+        o if o == rfc5912::ECDSA_WITH_SHA_384 && p256 => &sig::ECDSA_P256_SHA384_ASN1,
+        o if o == rfc5912::ECDSA_WITH_SHA_256 && p384 => &sig::ECDSA_P384_SHA256_ASN1,
+        o if o == rfc5912::ECDSA_WITH_SHA_384 && p384 => &sig::ECDSA_P384_SHA384_ASN1,
+        o if o == rfc5912::SHA_256_WITH_RSA_ENCRYPTION => &sig::RSA_PKCS1_2048_8192_SHA256,
+        o if o == rfc5912::SHA_384_WITH_RSA_ENCRYPTION => &sig::RSA_PKCS1_2048_8192_SHA384,
+        o if o == rfc5912::SHA_512_WITH_RSA_ENCRYPTION => &sig::RSA_PKCS1_2048_8192_SHA512,
+        other => {
+            return Err(format!(
+                "unsupported certificate signature algorithm {other}"
+            ))
+        }
+    };
+    let tbs = cert.tbs_certificate.to_der().map_err(|e| e.to_string())?;
+    Ok(
+        sig::UnparsedPublicKey::new(alg, spki.subject_public_key.raw_bytes())
+            .verify(&tbs, cert.signature.raw_bytes())
+            .is_ok(),
+    )
+}

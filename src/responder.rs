@@ -1,0 +1,433 @@
+//! The OCSP answer path, composed of small steps (after Boulder's responder):
+//!
+//! 1. decode and check the request ([`crate::ocsp::request`]);
+//! 2. match every CertID to a configured issuer by name and key hash (unknown → `unauthorized`);
+//! 3. look up each status in the view and apply the issuer's policy for unissued serials;
+//! 4. single CertID without an echoed nonce: serve the cached response if it is fresh *and*
+//!    states the current status; otherwise sign once per CertID form (concurrent requests wait
+//!    on the same signature, which runs in its own task so a disconnecting client cannot cancel
+//!    it) and cache it;
+//! 5. if signing fails: serve the cached response while it is before its nextUpdate and states
+//!    the current status, else `tryLater`.
+//!
+//! Signing is bounded by [`SigningGate`]: a fixed number at once, a bounded queue, and
+//! `tryLater` at once past it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use der::asn1::{Null, OctetString};
+use der::Encode;
+use moka::ops::compute::{CompResult, Op};
+use spki::AlgorithmIdentifierOwned;
+use tokio::sync::Semaphore;
+use x509_cert::ext::Extension;
+use x509_cert::serial_number::SerialNumber;
+use x509_ocsp::CertId;
+
+use crate::cache::{CachedResponse, ResponseCache};
+use crate::config::{Config, NoncePolicy};
+use crate::ocsp::request::{decode_request, RequestLimits};
+use crate::ocsp::response::{
+    assemble, extended_revoke_extension, tbs_response_data, ResponderProfile, SingleStatus,
+    ValidityPolicy,
+};
+use crate::ocsp::{HashAlgorithm, IssuerMatcher, OcspError};
+use crate::pki::Issuer;
+use crate::status::view::IssuerTable;
+use crate::status::{
+    CertStatus, IssuerId, Revocation, RevocationReason, Serial, StatusView, UnissuedPolicy,
+};
+use crate::telemetry::Metrics;
+
+/// An issuer with its slice of the status view.
+pub struct IssuerState {
+    /// Certificates, keys, hashes.
+    pub issuer: Issuer,
+    /// Its certificates' statuses.
+    pub table: Arc<IssuerTable>,
+}
+
+/// The result of answering one request.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// A signed response. `shared` is false for responses that echo a nonce (never cached,
+    /// never to be cached by HTTP caches either).
+    Signed {
+        /// The response with its header values.
+        response: Arc<CachedResponse>,
+        /// Whether HTTP caches may store it.
+        shared: bool,
+    },
+    /// An unsigned error response.
+    Error(OcspError),
+}
+
+/// Bounds concurrent signatures and the queue in front of them.
+pub struct SigningGate {
+    permits: Semaphore,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+}
+
+struct WaitGuard<'a>(&'a AtomicUsize);
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl SigningGate {
+    /// `concurrency` signatures at once, `max_waiting` more queued.
+    pub fn new(concurrency: usize, max_waiting: usize) -> Self {
+        SigningGate {
+            permits: Semaphore::new(concurrency),
+            waiting: AtomicUsize::new(0),
+            max_waiting,
+        }
+    }
+
+    /// Signs `tbs` with the profile's signer on a blocking thread, waiting for a permit.
+    pub async fn sign(
+        &self,
+        profile: &ResponderProfile,
+        tbs: Vec<u8>,
+        metrics: &Metrics,
+    ) -> Result<Vec<u8>, OcspError> {
+        let permit = match self.permits.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.max_waiting {
+                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                    metrics.signing_shed.increment(1);
+                    return Err(OcspError::TryLater("signing queue full".into()));
+                }
+                let _guard = WaitGuard(&self.waiting);
+                self.permits
+                    .acquire()
+                    .await
+                    .map_err(|_| OcspError::Internal("signing gate closed".into()))?
+            }
+        };
+        let signer = profile.signer.clone();
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || signer.sign(&tbs))
+            .await
+            .map_err(|e| OcspError::Internal(format!("signing task: {e}")))?;
+        drop(permit);
+        metrics
+            .signing_latency
+            .record(started.elapsed().as_secs_f64());
+        result.map_err(|e| {
+            metrics.signing_errors.increment(1);
+            tracing::warn!(error = %e, "signing failed");
+            OcspError::TryLater(e.to_string())
+        })
+    }
+}
+
+/// Answers OCSP requests for the configured issuers.
+pub struct Responder {
+    issuers: Vec<IssuerState>,
+    matcher: IssuerMatcher,
+    cache: ResponseCache,
+    validity: ValidityPolicy,
+    nonce: NoncePolicy,
+    limits: RequestLimits,
+    gate: SigningGate,
+    metrics: Arc<Metrics>,
+}
+
+impl Responder {
+    /// Builds the responder over `issuers` and the shared `view`.
+    pub fn new(
+        cfg: &Config,
+        issuers: Vec<Issuer>,
+        view: &StatusView,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let matcher = IssuerMatcher::new(issuers.iter().map(|i| i.hashes.clone()).collect());
+        Responder {
+            issuers: issuers
+                .into_iter()
+                .map(|issuer| IssuerState {
+                    table: view.table(issuer.hashes.id),
+                    issuer,
+                })
+                .collect(),
+            matcher,
+            cache: ResponseCache::new(cfg.ocsp.cache_max_bytes),
+            validity: ValidityPolicy {
+                validity_secs: cfg.ocsp.validity.as_secs() as i64,
+                backdate_secs: cfg.ocsp.backdate.as_secs() as i64,
+            },
+            nonce: cfg.ocsp.nonce,
+            limits: RequestLimits {
+                max_cert_ids: cfg.limits.max_cert_ids,
+                max_nonce_bytes: cfg.limits.max_nonce_bytes,
+            },
+            gate: SigningGate::new(cfg.ocsp.signing_concurrency, cfg.ocsp.signing_queue),
+            metrics,
+        }
+    }
+
+    /// The configured issuers.
+    pub fn issuers(&self) -> &[IssuerState] {
+        &self.issuers
+    }
+
+    /// The response cache.
+    pub fn cache(&self) -> &ResponseCache {
+        &self.cache
+    }
+
+    /// Answers one DER request at `now` (Unix seconds).
+    pub async fn answer(self: &Arc<Self>, der: &[u8], now: i64) -> Answer {
+        match self.try_answer(der, now).await {
+            Ok(a) => a,
+            Err(e) => Answer::Error(e),
+        }
+    }
+
+    async fn try_answer(self: &Arc<Self>, der: &[u8], now: i64) -> Result<Answer, OcspError> {
+        let req = decode_request(der, &self.limits)?;
+        let mut issuer_index = None;
+        let mut answers = Vec::with_capacity(req.certs.len());
+        for c in &req.certs {
+            let i = self
+                .matcher
+                .find(
+                    c.hash,
+                    c.cert_id.issuer_name_hash.as_bytes(),
+                    c.cert_id.issuer_key_hash.as_bytes(),
+                )
+                .ok_or(OcspError::Unauthorized("unknown issuer"))?;
+            if *issuer_index.get_or_insert(i) != i {
+                return Err(OcspError::Unauthorized("CertIDs of more than one issuer"));
+            }
+            let state = &self.issuers[i];
+            answers.push(self.single_status(state, &c.serial)?);
+        }
+        let i = issuer_index.ok_or(OcspError::Malformed("empty requestList"))?;
+        for s in &answers {
+            match s {
+                SingleStatus::Good => self.metrics.status_good.increment(1),
+                SingleStatus::Revoked(_) => self.metrics.status_revoked.increment(1),
+                SingleStatus::Unknown => self.metrics.status_unknown.increment(1),
+            }
+        }
+        let echo = match (&req.nonce, self.nonce) {
+            (Some(n), NoncePolicy::Echo) => Some(n.clone()),
+            _ => None,
+        };
+        if req.certs.len() == 1 && echo.is_none() {
+            let key = Bytes::from(req.certs[0].der.clone());
+            return self
+                .cached_or_signed(i, key, &req.certs[0].cert_id, answers[0], now)
+                .await;
+        }
+        // Several CertIDs or an echoed nonce: one fresh signature, not cached.
+        let mut extensions = self.base_extensions(i)?;
+        extensions.extend(echo);
+        let ids: Vec<(&CertId, SingleStatus)> = req
+            .certs
+            .iter()
+            .map(|c| &c.cert_id)
+            .zip(answers.iter().copied())
+            .collect();
+        let window = self.validity.window(now);
+        let profile = &self.issuers[i].issuer.profile;
+        let tbs = tbs_response_data(profile, &window, &ids, extensions)?;
+        let sig = self.gate.sign(profile, tbs.clone(), &self.metrics).await?;
+        let der = assemble(profile, &tbs, &sig)?;
+        let status = if answers.len() == 1 {
+            answers[0]
+        } else {
+            SingleStatus::Unknown
+        };
+        Ok(Answer::Signed {
+            response: Arc::new(CachedResponse::new(der, status, window)),
+            shared: false,
+        })
+    }
+
+    fn single_status(
+        &self,
+        state: &IssuerState,
+        serial: &Serial,
+    ) -> Result<SingleStatus, OcspError> {
+        Ok(match state.table.status(serial) {
+            CertStatus::Good => SingleStatus::Good,
+            CertStatus::Revoked(r) => SingleStatus::Revoked(r),
+            CertStatus::Unissued => match state.issuer.unissued {
+                UnissuedPolicy::Unknown => SingleStatus::Unknown,
+                UnissuedPolicy::Unauthorized => {
+                    return Err(OcspError::Unauthorized("serial not issued by this CA"))
+                }
+                // RFC 6960 §2.2: revocationTime 1970-01-01, and no certificateHold reason.
+                UnissuedPolicy::Revoked => SingleStatus::Revoked(Revocation {
+                    time: 0,
+                    reason: RevocationReason::Unspecified,
+                }),
+            },
+        })
+    }
+
+    fn base_extensions(&self, issuer: usize) -> Result<Vec<Extension>, OcspError> {
+        Ok(match self.issuers[issuer].issuer.unissued {
+            UnissuedPolicy::Revoked => vec![extended_revoke_extension()?],
+            _ => Vec::new(),
+        })
+    }
+
+    async fn cached_or_signed(
+        self: &Arc<Self>,
+        issuer: usize,
+        key: Bytes,
+        cert_id: &CertId,
+        status: SingleStatus,
+        now: i64,
+    ) -> Result<Answer, OcspError> {
+        if let Some(hit) = self.cache.inner.get(&key).await {
+            if hit.status == status && hit.is_fresh(now) {
+                self.metrics.cache_hits.increment(1);
+                return Ok(Answer::Signed {
+                    response: hit,
+                    shared: true,
+                });
+            }
+        }
+        self.metrics.cache_misses.increment(1);
+        let this = Arc::clone(self);
+        let cert_id = cert_id.clone();
+        // Its own task: a client that goes away does not cancel a signature others wait on.
+        let task =
+            tokio::spawn(async move { this.refresh(issuer, key, cert_id, status, now).await });
+        match task.await {
+            Ok(r) => r,
+            Err(e) => Err(OcspError::Internal(format!("refresh task: {e}"))),
+        }
+    }
+
+    /// Signs and caches a response for one CertID form, once for all concurrent callers.
+    async fn refresh(
+        &self,
+        issuer: usize,
+        key: Bytes,
+        cert_id: CertId,
+        status: SingleStatus,
+        now: i64,
+    ) -> Result<Answer, OcspError> {
+        let mut failure: Option<OcspError> = None;
+        let fail = &mut failure;
+        let result = self
+            .cache
+            .inner
+            .entry(key)
+            .and_compute_with(|existing| async move {
+                let existing = existing.map(|e| e.into_value());
+                if let Some(e) = &existing {
+                    if e.status == status && e.is_fresh(now) {
+                        return Op::Nop; // signed by the caller we waited behind
+                    }
+                }
+                match self.sign_single(issuer, &cert_id, status, now).await {
+                    Ok(fresh) => Op::Put(Arc::new(fresh)),
+                    Err(err) => {
+                        *fail = Some(err);
+                        match existing {
+                            Some(e) if e.status == status && e.is_valid(now) => Op::Nop,
+                            Some(_) => Op::Remove,
+                            None => Op::Nop,
+                        }
+                    }
+                }
+            })
+            .await;
+        let served = match result {
+            CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
+                Some(e.into_value())
+            }
+            CompResult::Removed(_) | CompResult::StillNone(_) => None,
+        };
+        match served {
+            Some(r) if r.status == status && r.is_valid(now) => {
+                if failure.is_some() {
+                    self.metrics.cache_stale_served.increment(1);
+                }
+                Ok(Answer::Signed {
+                    response: r,
+                    shared: true,
+                })
+            }
+            _ => {
+                Err(failure.unwrap_or_else(|| OcspError::TryLater("no response available".into())))
+            }
+        }
+    }
+
+    async fn sign_single(
+        &self,
+        issuer: usize,
+        cert_id: &CertId,
+        status: SingleStatus,
+        now: i64,
+    ) -> Result<CachedResponse, OcspError> {
+        let profile = &self.issuers[issuer].issuer.profile;
+        let window = self.validity.window(now);
+        let tbs = tbs_response_data(
+            profile,
+            &window,
+            &[(cert_id, status)],
+            self.base_extensions(issuer)?,
+        )?;
+        let sig = self.gate.sign(profile, tbs.clone(), &self.metrics).await?;
+        let der = assemble(profile, &tbs, &sig)?;
+        Ok(CachedResponse::new(der, status, window))
+    }
+
+    /// Drops every cached form of one certificate's response (after its status changed).
+    pub async fn evict(&self, issuer: IssuerId, serial: &Serial) {
+        let Some(state) = self.issuers.iter().find(|s| s.issuer.hashes.id == issuer) else {
+            return;
+        };
+        for key in cert_id_forms(&state.issuer, serial) {
+            self.cache.invalidate(&key).await;
+        }
+    }
+}
+
+/// Every DER form of a CertID for this certificate that the decoder accepts: each supported
+/// hash, with NULL or absent parameters.
+pub fn cert_id_forms(issuer: &Issuer, serial: &Serial) -> Vec<Vec<u8>> {
+    let Ok(serial_number) = SerialNumber::new(serial.as_der_content()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(8);
+    for alg in HashAlgorithm::ALL {
+        for null in [true, false] {
+            let id = CertId {
+                hash_algorithm: AlgorithmIdentifierOwned {
+                    oid: alg.oid(),
+                    parameters: null.then(|| Null.into()),
+                },
+                issuer_name_hash: match OctetString::new(issuer.hashes.name_hash(alg)) {
+                    Ok(o) => o,
+                    Err(_) => continue,
+                },
+                issuer_key_hash: match OctetString::new(issuer.hashes.key_hash(alg)) {
+                    Ok(o) => o,
+                    Err(_) => continue,
+                },
+                serial_number: serial_number.clone(),
+            };
+            if let Ok(der) = id.to_der() {
+                out.push(der);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,168 @@
+//! Metric names (constants), pre-registered handles for the hot path, the Prometheus recorder,
+//! and tracing set-up. Labels stay low-cardinality: method, outcome, status, issuer — never a
+//! serial.
+
+use metrics::{Counter, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// OCSP requests by `method` and `outcome` (the OCSPResponseStatus, or `not_modified`).
+pub const OCSP_REQUESTS: &str = "vigil_ocsp_requests_total";
+/// OCSP request latency in seconds, from the request head to the response, by `method`.
+pub const OCSP_LATENCY: &str = "vigil_ocsp_request_duration_seconds";
+/// SingleResponses by certificate `status` (good, revoked, unknown).
+pub const OCSP_CERT_STATUS: &str = "vigil_ocsp_cert_status_total";
+/// Response cache lookups that found a fresh response.
+pub const CACHE_HITS: &str = "vigil_ocsp_cache_hits_total";
+/// Response cache lookups that had to sign.
+pub const CACHE_MISSES: &str = "vigil_ocsp_cache_misses_total";
+/// Cached responses served past their refresh point because signing failed.
+pub const CACHE_STALE_SERVED: &str = "vigil_ocsp_cache_stale_served_total";
+/// Signing latency in seconds (queue wait excluded).
+pub const SIGNING_LATENCY: &str = "vigil_signing_duration_seconds";
+/// Signing failures.
+pub const SIGNING_ERRORS: &str = "vigil_signing_errors_total";
+/// Requests shed because the signing queue was full.
+pub const SIGNING_SHED: &str = "vigil_signing_shed_total";
+/// Status events applied to the view, by `result` (changed, unchanged).
+pub const EVENTS_APPLIED: &str = "vigil_status_events_total";
+/// Journal records skipped because they did not decode.
+pub const EVENTS_UNDECODABLE: &str = "vigil_status_events_undecodable_total";
+/// Certificates in the status view.
+pub const VIEW_CERTIFICATES: &str = "vigil_status_view_certificates";
+/// HTTP responses that are not OCSP, by `path` class and `code`.
+pub const HTTP_OTHER: &str = "vigil_http_responses_total";
+/// Open connections.
+pub const CONNECTIONS: &str = "vigil_http_connections";
+/// Seconds until the signing certificate of `issuer` expires.
+pub const SIGNER_CERT_EXPIRY: &str = "vigil_signer_certificate_expiry_seconds";
+
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
+/// Installs the Prometheus recorder for this process; the handle renders `/metrics`.
+pub fn install_recorder() -> Result<PrometheusHandle, String> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())
+}
+
+/// Sets up logging to stderr with `filter` (an `EnvFilter` directive).
+pub fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// HTTP method label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// GET.
+    Get,
+    /// POST.
+    Post,
+}
+
+/// Outcome label of one OCSP request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// successful.
+    Successful,
+    /// 304 on If-None-Match.
+    NotModified,
+    /// malformedRequest.
+    Malformed,
+    /// unauthorized.
+    Unauthorized,
+    /// tryLater.
+    TryLater,
+    /// internalError.
+    InternalError,
+}
+
+const OUTCOMES: [(Outcome, &str); 6] = [
+    (Outcome::Successful, "successful"),
+    (Outcome::NotModified, "not_modified"),
+    (Outcome::Malformed, "malformed"),
+    (Outcome::Unauthorized, "unauthorized"),
+    (Outcome::TryLater, "try_later"),
+    (Outcome::InternalError, "internal_error"),
+];
+
+/// Handles registered once, so the hot path only bumps atomics.
+pub struct Metrics {
+    requests: [[Counter; 6]; 2],
+    latency: [Histogram; 2],
+    /// good / revoked / unknown SingleResponses.
+    pub status_good: Counter,
+    /// revoked SingleResponses.
+    pub status_revoked: Counter,
+    /// unknown SingleResponses.
+    pub status_unknown: Counter,
+    /// Fresh cache hits.
+    pub cache_hits: Counter,
+    /// Cache misses.
+    pub cache_misses: Counter,
+    /// Stale responses served because signing failed.
+    pub cache_stale_served: Counter,
+    /// Signing latency.
+    pub signing_latency: Histogram,
+    /// Signing failures.
+    pub signing_errors: Counter,
+    /// Shed signing requests.
+    pub signing_shed: Counter,
+    /// Events that changed the view.
+    pub events_changed: Counter,
+    /// Events already reflected.
+    pub events_unchanged: Counter,
+    /// Undecodable journal records.
+    pub events_undecodable: Counter,
+}
+
+impl Metrics {
+    /// Registers every handle with the installed recorder (no-op handles if none).
+    pub fn new() -> Self {
+        let methods = ["GET", "POST"];
+        Metrics {
+            requests: methods.map(|m| {
+                OUTCOMES
+                    .map(|(_, o)| metrics::counter!(OCSP_REQUESTS, "method" => m, "outcome" => o))
+            }),
+            latency: methods.map(|m| metrics::histogram!(OCSP_LATENCY, "method" => m)),
+            status_good: metrics::counter!(OCSP_CERT_STATUS, "status" => "good"),
+            status_revoked: metrics::counter!(OCSP_CERT_STATUS, "status" => "revoked"),
+            status_unknown: metrics::counter!(OCSP_CERT_STATUS, "status" => "unknown"),
+            cache_hits: metrics::counter!(CACHE_HITS),
+            cache_misses: metrics::counter!(CACHE_MISSES),
+            cache_stale_served: metrics::counter!(CACHE_STALE_SERVED),
+            signing_latency: metrics::histogram!(SIGNING_LATENCY),
+            signing_errors: metrics::counter!(SIGNING_ERRORS),
+            signing_shed: metrics::counter!(SIGNING_SHED),
+            events_changed: metrics::counter!(EVENTS_APPLIED, "result" => "changed"),
+            events_unchanged: metrics::counter!(EVENTS_APPLIED, "result" => "unchanged"),
+            events_undecodable: metrics::counter!(EVENTS_UNDECODABLE),
+        }
+    }
+
+    /// Counts one OCSP request and its latency.
+    pub fn request(&self, method: Method, outcome: Outcome, seconds: f64) {
+        let m = method as usize;
+        let o = OUTCOMES
+            .iter()
+            .position(|(x, _)| *x == outcome)
+            .unwrap_or(0);
+        self.requests[m][o].increment(1);
+        self.latency[m].record(seconds);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
