@@ -819,3 +819,120 @@ fn bad_config_exits_non_zero_naming_the_key() {
         "{o:?}"
     );
 }
+
+#[test]
+fn several_issuers_rsa_and_p384_keys_ca_signing_and_responder_id_by_name() {
+    let (tmp, data) = demo_dir();
+    let dir = tmp.path();
+    // Two more CAs made by openssl: RSA-2048 and P-384, each signing its own responses.
+    for (name, alg) in [
+        ("rsa", vec!["-newkey", "rsa:2048"]),
+        (
+            "p384",
+            vec!["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"],
+        ),
+    ] {
+        let mut args = vec!["req", "-x509"];
+        args.extend(alg);
+        let key = format!("{name}.key");
+        let cert = format!("{name}.pem");
+        let subj = format!("/CN={name} CA");
+        args.extend([
+            "-nodes", "-keyout", &key, "-out", &cert, "-subj", &subj, "-days", "30",
+        ]);
+        let (ok, t) = openssl(dir, &args);
+        assert!(ok, "{t}");
+    }
+    let cfg = dir.join("multi.toml");
+    std::fs::write(
+        &cfg,
+        "data_dir = \"vigil-data\"\n[ocsp]\nresponder_id = \"name\"\nnonce = \"echo\"\n\
+         [[issuer]]\nname = \"demo\"\ncertificate = \"vigil-data/ca.pem\"\nresponder_certificate = \"vigil-data/responder.pem\"\nresponder_key = \"vigil-data/responder.key\"\n\
+         [[issuer]]\nname = \"rsa\"\ncertificate = \"rsa.pem\"\nresponder_key = \"rsa.key\"\n\
+         [[issuer]]\nname = \"p384\"\ncertificate = \"p384.pem\"\nresponder_key = \"p384.key\"\n",
+    )
+    .expect("cfg");
+    let cfg_s = cfg.to_str().expect("utf8");
+    let o = vigil_cmd(dir, &["--config", cfg_s, "check-config"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("3 issuer(s)"),
+        "{o:?}"
+    );
+    for name in ["rsa", "p384"] {
+        let o = vigil_cmd(
+            dir,
+            &[
+                "--config",
+                cfg_s,
+                "issue",
+                "--issuer",
+                name,
+                "--serial",
+                "0x1234",
+                "--not-after",
+                "2030-01-01T00:00:00Z",
+            ],
+        );
+        assert!(o.status.success(), "{o:?}");
+        let o = vigil_cmd(
+            dir,
+            &[
+                "--config",
+                cfg_s,
+                "revoke",
+                "--issuer",
+                name,
+                "--serial",
+                "0x99",
+                "--reason",
+                "affiliationChanged",
+            ],
+        );
+        assert!(o.status.success(), "{o:?}");
+    }
+    let v = Vigil::start(dir, Some(&cfg), &[]);
+    for name in ["rsa", "p384"] {
+        let issuer = format!("{name}.pem");
+        let base = [
+            "ocsp",
+            "-issuer",
+            issuer.as_str(),
+            "-CAfile",
+            issuer.as_str(),
+            "-url",
+        ];
+        let mut a = base.to_vec();
+        let url = v.url();
+        a.extend([url.as_str(), "-serial", "0x1234"]);
+        let out = openssl(dir, &a).1;
+        assert!(
+            out.contains("Response verify OK") && out.contains("0x1234: good"),
+            "{name}: {out}"
+        );
+        assert!(!out.contains("WARNING"), "nonce echoed: {out}");
+        let mut a = base.to_vec();
+        a.extend([url.as_str(), "-serial", "0x99", "-resp_text"]);
+        let out = openssl(dir, &a).1;
+        assert!(
+            out.contains("0x99: revoked") && out.contains("Reason: affiliationChanged"),
+            "{name}: {out}"
+        );
+        assert!(
+            out.contains(&format!("Responder Id: CN = {name} CA")),
+            "{name}: {out}"
+        );
+    }
+    let out = ocsp_query(
+        &data,
+        &v.url(),
+        &["-cert", "certs/good-1.pem", "-resp_text"],
+    );
+    assert!(
+        out.contains("Response verify OK") && out.contains("good-1.pem: good"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Responder Id: O = vigil demo, CN = vigil demo OCSP responder"),
+        "{out}"
+    );
+}
