@@ -13,7 +13,9 @@ fuzz_target!(|data: &[u8]| {
     let before = JournalReader::new(&path).read_new();
     if let Ok(mut w) = JournalWriter::open(&path) {
         let _ = w.append(&[]);
-        let after = JournalReader::new(&path).read_new().expect("a journal the writer accepted reads back");
+        let after = JournalReader::new(&path)
+            .read_new()
+            .expect("a journal the writer accepted reads back");
         assert!(after.corrupt_at.is_none() && !after.torn_tail);
         if let Ok(b) = before {
             assert_eq!(b.events, after.events, "the writer kept every good record");
