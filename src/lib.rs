@@ -6,6 +6,7 @@ pub mod app;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod crl;
 pub mod demo;
 pub mod http;
 pub mod limits;
