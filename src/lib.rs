@@ -7,6 +7,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod crl;
+pub mod crl_service;
 pub mod demo;
 pub mod http;
 pub mod limits;

@@ -69,6 +69,18 @@ enum Command {
     },
     /// Validate the configuration, certificates and keys, then exit.
     CheckConfig,
+    /// CRL operations.
+    Crl {
+        #[command(subcommand)]
+        command: CrlCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CrlCommand {
+    /// Build, sign, lint and store every issuer's CRLs once (no lease; the stores'
+    /// compare-and-set still keeps numbers increasing), then exit.
+    Publish,
 }
 
 #[derive(Args)]
@@ -108,6 +120,9 @@ fn main() -> ExitCode {
         } => import(&cfg, &openssl_index, &issuer),
         Command::Status { issuer, serial } => status(&cfg, &issuer, serial.as_deref()),
         Command::CheckConfig => check_config(&cfg),
+        Command::Crl {
+            command: CrlCommand::Publish,
+        } => crl_publish(cfg),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,6 +139,18 @@ fn serve(cfg: Config) -> Result<(), String> {
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
     rt.block_on(app::serve(cfg))
+}
+
+fn crl_publish(cfg: Config) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    for line in rt.block_on(app::publish_crls(cfg))? {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 fn check_config(cfg: &Config) -> Result<(), String> {

@@ -335,6 +335,22 @@ pub fn entries(
     Ok(())
 }
 
+/// The CRLNumber of a CRL, without checking anything else.
+pub fn number_of(der: &[u8]) -> Result<u64, LintError> {
+    let p = parse(der)?;
+    for (oid, _, value) in &p.extensions {
+        if *oid == [0x55, 0x1D, 0x14] {
+            return match value {
+                [tag::INTEGER, len, rest @ ..] if *len as usize == rest.len() => {
+                    parse_uint(rest, "cRLNumber")
+                }
+                _ => fail("cRLNumber: bad INTEGER"),
+            };
+        }
+    }
+    fail("cRLNumber is absent")
+}
+
 /// Every entry of a CRL, in order (for tests and for delta CRLs' base).
 pub fn read_entries(der: &[u8]) -> Result<Vec<Entry>, LintError> {
     let p = parse(der)?;
