@@ -11,6 +11,8 @@
 //!   every replica within the publish delay plus one refresh; with both Redis killed the
 //!   replicas keep serving, and a restarted replica serves its disk copy.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a panic is a failure
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
