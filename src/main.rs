@@ -156,6 +156,8 @@ fn crl_publish(cfg: Config) -> Result<(), String> {
 fn check_config(cfg: &Config) -> Result<(), String> {
     app::prepare_embedded(cfg)?;
     let issuers = app::load_issuers(cfg)?;
+    // CRL keys match their CA certificates, and the disk copies verify.
+    vigil::crl_service::CrlService::new(std::sync::Arc::new(cfg.clone()), &issuers, true)?;
     println!(
         "config OK: {} issuer(s): {}",
         issuers.len(),

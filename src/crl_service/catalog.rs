@@ -191,7 +191,10 @@ impl Catalog {
             .slots
             .get(&id.path())
             .ok_or_else(|| LintError(format!("{} is not a configured CRL", id.path())))?;
-        let issuer = &self.issuers[slot.issuer];
+        let issuer = self
+            .issuers
+            .get(slot.issuer)
+            .ok_or_else(|| LintError(format!("{}: no issuer", id.path())))?;
         lint::lint(
             der,
             issuer,
@@ -330,4 +333,86 @@ impl Slot {
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let m = fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crl::testutil::{ca, serial};
+    use crate::crl::{build, CrlSpec, Entry};
+    use crate::status::RevocationReason;
+
+    fn crl(issuer: &CrlIssuer, signer: &dyn crate::signer::Signer, number: u64) -> Vec<u8> {
+        let spec = CrlSpec {
+            number,
+            this_update: 1_700_000_000,
+            next_update: 1_700_086_400,
+            idp_uri: None,
+            delta_base: None,
+            freshest_uri: None,
+        };
+        let mut e = [Entry {
+            serial: serial(number),
+            time: 1_600_000_000,
+            reason: RevocationReason::Superseded,
+        }];
+        build(issuer, &spec, &mut e, signer).expect("build")
+    }
+
+    #[test]
+    fn newer_only_persisted_and_reloaded() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (cert, signer) = ca();
+        let issuer = CrlIssuer::from_certificate("t", &cert).expect("issuer");
+        let make = || {
+            Catalog::new(
+                vec![issuer.clone()],
+                &Sharding::unsharded(),
+                false,
+                None,
+                dir.path().join("crl"),
+            )
+        };
+        let cat = make();
+        let id = CrlId {
+            issuer: "t".into(),
+            shard: None,
+            delta: false,
+        };
+        assert!(matches!(cat.lookup("t.crl"), Some(None)));
+        assert!(cat.lookup("t/0.crl").is_none());
+        let offer = |c: &Catalog, n: u64| {
+            let der = crl(&issuer, &signer, n);
+            let info = c.verify(&id, &der, Some(n)).expect("verifies");
+            c.install(ServedCrl::new(id.clone(), Bytes::from(der), &info), true)
+                .expect("install")
+        };
+        assert_eq!(offer(&cat, 10), Installed::Newer);
+        assert_eq!(offer(&cat, 5), Installed::NotNewer);
+        assert_eq!(offer(&cat, 10), Installed::NotNewer);
+        assert_eq!(cat.current(&id).map(|c| c.number), Some(10));
+
+        // a second process with an older CRL cannot put it over the newer disk copy
+        let other = make();
+        assert_eq!(offer(&other, 7), Installed::Newer);
+        let restarted = make();
+        assert_eq!(restarted.load_disk(), 1);
+        assert_eq!(restarted.current(&id).map(|c| c.number), Some(10));
+
+        // a copy that does not verify (another CA's) is ignored
+        let (other_cert, other_signer) = ca();
+        let mut forged = CrlIssuer::from_certificate("t", &other_cert).expect("issuer");
+        forged.subject_der = issuer.subject_der.clone();
+        fs::write(
+            dir.path().join("crl/t.crl"),
+            crl(&forged, &other_signer, 99),
+        )
+        .expect("write");
+        assert!(cat
+            .verify(&id, &crl(&forged, &other_signer, 99), None)
+            .is_err());
+        let fresh = make();
+        assert_eq!(fresh.load_disk(), 0);
+        assert!(fresh.current(&id).is_none());
+    }
 }

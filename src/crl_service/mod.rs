@@ -266,7 +266,9 @@ async fn run_lease(
     fence: watch::Sender<Option<Fence>>,
 ) {
     let holder = holder_id();
-    let region = &regions[idx];
+    let Some(region) = regions.get(idx) else {
+        return;
+    };
     let gauge = metrics::gauge!(telemetry::CRL_LEADER, "region" => region.name.clone());
     let mut tick = tokio::time::interval(ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -374,6 +376,7 @@ pub async fn refresh_once(catalog: &Arc<Catalog>, regions: &Arc<Vec<Region>>) {
     let mut set = JoinSet::new();
     for i in 0..regions.len() {
         let (regions, ids) = (regions.clone(), ids.clone());
+        // i < regions.len(): the loop's range (here and below, where i comes from this set).
         set.spawn(async move { (i, regions[i].numbers(&ids).await) });
     }
     // For each CRL, the regions holding a newer number than served, best first.
@@ -382,9 +385,9 @@ pub async fn refresh_once(catalog: &Arc<Catalog>, regions: &Arc<Vec<Region>>) {
         let Ok((i, r)) = joined else { continue };
         match r {
             Ok(numbers) => {
-                for (k, n) in numbers.into_iter().enumerate() {
+                for (offer, n) in offers.iter_mut().zip(numbers) {
                     if let Some(n) = n {
-                        offers[k].push((n, i));
+                        offer.push((n, i));
                     }
                 }
             }
@@ -395,8 +398,7 @@ pub async fn refresh_once(catalog: &Arc<Catalog>, regions: &Arc<Vec<Region>>) {
             }
         }
     }
-    for (k, mut offer) in offers.into_iter().enumerate() {
-        let id = &ids[k];
+    for (id, mut offer) in ids.iter().zip(offers) {
         let served = catalog.current(id).map_or(0, |c| c.number);
         offer.retain(|(n, _)| *n > served);
         offer.sort_by(|a, b| b.cmp(a));

@@ -90,7 +90,7 @@ impl Publisher {
         fence: Option<&Fence>,
     ) -> Vec<Result<Published, String>> {
         let mut out = Vec::new();
-        for (index, pi) in self.issuers.iter().enumerate() {
+        for pi in &self.issuers {
             let table = view.table(pi.issuer_id);
             let sharding = self.sharding;
             let candidates = match tokio::task::spawn_blocking(move || {
@@ -111,7 +111,7 @@ impl Publisher {
                     delta: false,
                 };
                 let results = self
-                    .publish_scope(index, full_id, Arc::new(cands), mode, fence)
+                    .publish_scope(pi, full_id, Arc::new(cands), mode, fence)
                     .await;
                 out.extend(results);
             }
@@ -121,7 +121,7 @@ impl Publisher {
 
     async fn publish_scope(
         &self,
-        index: usize,
+        pi: &PublishIssuer,
         full_id: CrlId,
         cands: Arc<Vec<Candidate>>,
         mode: Mode,
@@ -166,7 +166,7 @@ impl Publisher {
                 };
                 out.push(
                     self.publish_one(
-                        index,
+                        pi,
                         full_id.delta(),
                         entries,
                         Some(base.number),
@@ -179,7 +179,7 @@ impl Publisher {
             (_, prev_full) => {
                 let entries = select::retained(&cands, prev_full.map(|c| c.this_update));
                 let full = self
-                    .publish_one(index, full_id.clone(), entries, None, previous, fence)
+                    .publish_one(pi, full_id.clone(), entries, None, previous, fence)
                     .await;
                 let base = match &full {
                     Ok(p) if p.stored() => Some(p.number),
@@ -189,7 +189,7 @@ impl Publisher {
                 if let (true, Some(base)) = (self.deltas, base) {
                     out.push(
                         self.publish_one(
-                            index,
+                            pi,
                             full_id.delta(),
                             Vec::new(),
                             Some(base),
@@ -207,14 +207,13 @@ impl Publisher {
     /// Builds, signs and lints one CRL off the reactor, then stores it.
     async fn publish_one(
         &self,
-        index: usize,
+        pi: &PublishIssuer,
         id: CrlId,
         mut entries: Vec<Entry>,
         delta_base: Option<u64>,
         previous: Option<u64>,
         fence: Option<&Fence>,
     ) -> Result<Published, String> {
-        let pi = &self.issuers[index];
         let name = pi.issuer.name.clone();
         let now_ms = crate::clock::unix_now_ms();
         let now = now_ms.div_euclid(1000);
@@ -311,6 +310,7 @@ impl Publisher {
                 let (id, der, fence) = (id.clone(), der.clone(), fence.cloned());
                 let (number, this_update, base) = (info.number, info.this_update, info.delta_base);
                 set.spawn(async move {
+                    // i < regions.len(): the loop's range.
                     let r = &regions[i];
                     let out = r
                         .store(&id, der, number, this_update, base, fence.as_ref())

@@ -165,6 +165,7 @@ fn metrics(st: &AppState) -> Response<Body> {
         return respond::text(StatusCode::NOT_FOUND, "metrics are not enabled\n");
     };
     metrics::gauge!(telemetry::VIEW_CERTIFICATES).set(st.view.len() as f64);
+    st.crl.update_age_gauges(unix_now());
     let mut r = respond::text(StatusCode::OK, handle.render());
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
