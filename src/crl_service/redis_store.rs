@@ -156,8 +156,8 @@ impl Region {
                 Some(c) => c.clone(),
                 None => {
                     let cfg = AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(self.timeout))
-                        .set_response_timeout(Some(self.timeout));
+                        .set_connection_timeout(self.timeout)
+                        .set_response_timeout(self.timeout);
                     let c = tokio::time::timeout(
                         self.timeout,
                         self.client
