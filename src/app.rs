@@ -5,14 +5,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 use crate::config::Config;
+use crate::crl_service::CrlService;
 use crate::http::{self, AppState, Readiness};
 use crate::pki::{self, Issuer};
 use crate::responder::Responder;
 use crate::status::journal::{JournalReader, JournalWriter};
 use crate::status::view::Applied;
-use crate::status::StatusView;
+use crate::status::{CertStatus, StatusView};
 use crate::telemetry::{self, Metrics};
 
 /// Loads every configured issuer (certificates, keys, checks).
@@ -91,13 +93,18 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
             tracing::warn!(issuer = %i.name, days = left / 86400, "the signing certificate expires soon");
         }
     }
+    // CRLs: serve the disk copies, refresh from Redis, publish (the embedded default's first
+    // CRL is published here, before the URL is printed).
+    let revoked = Arc::new(Notify::new());
+    let crl = Arc::new(CrlService::new(cfg.clone(), &issuers, cfg.crl.publish)?);
+    crl.start(view.clone(), revoked.clone()).await;
     let responder = Arc::new(Responder::new(&cfg, issuers, &view, metrics.clone()));
 
     let listener = TcpListener::bind(cfg.server.listen)
         .await
         .map_err(|e| format!("server.listen {}: {e}", cfg.server.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    announce(&cfg, addr);
+    announce(&cfg, addr, &crl);
 
     tokio::spawn(tail_journal(
         reader,
@@ -105,6 +112,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         view.clone(),
         responder.clone(),
         metrics.clone(),
+        revoked,
     ));
     if let Some(h) = prometheus.clone() {
         tokio::spawn(async move {
@@ -119,6 +127,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         config: cfg.clone(),
         responder,
         view,
+        crl: crl.catalog.clone(),
         readiness: readiness.clone(),
         metrics,
         prometheus,
@@ -137,12 +146,16 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
-fn announce(cfg: &Config, addr: std::net::SocketAddr) {
+fn announce(cfg: &Config, addr: std::net::SocketAddr, crl: &CrlService) {
     let base = format!("http://{addr}");
     println!(
         "vigil listening on {base}/ (OCSP at / and {}/)",
         cfg.server.ocsp_prefix
     );
+    let urls = crl.urls(&base);
+    if !urls.is_empty() {
+        println!("CRLs: {}", urls.join(" "));
+    }
     if cfg.embedded {
         let d = cfg.data_dir.display();
         let cert = crate::demo::demo_cert_paths(&cfg.data_dir)
@@ -184,6 +197,7 @@ async fn tail_journal(
     view: Arc<StatusView>,
     responder: Arc<Responder>,
     metrics: Arc<Metrics>,
+    revoked: Arc<Notify>,
 ) {
     loop {
         tokio::time::sleep(cfg.status.journal_poll).await;
@@ -212,14 +226,30 @@ async fn tail_journal(
             .increment(batch.undecodable as u64);
         for e in &batch.events {
             match view.apply(e) {
-                Applied::Changed { .. } => {
+                Applied::Changed { status } => {
                     metrics.events_changed.increment(1);
                     responder.evict(e.issuer, &e.serial).await;
+                    if matches!(status, CertStatus::Revoked(_)) {
+                        // The CRL publisher publishes within crl.publish_delay.
+                        revoked.notify_one();
+                    }
                 }
                 Applied::Unchanged => metrics.events_unchanged.increment(1),
             }
         }
     }
+}
+
+/// `vigil crl publish`: builds the status view from the journal, then publishes every
+/// issuer's complete CRLs once (no lease) into every region's Redis, or the data directory.
+pub async fn publish_crls(cfg: Config) -> Result<Vec<String>, String> {
+    prepare_embedded(&cfg)?;
+    let issuers = load_issuers(&cfg)?;
+    let view = Arc::new(StatusView::new());
+    let metrics = Metrics::new();
+    replay_journal(&mut JournalReader::new(cfg.journal_path()), &view, &metrics)?;
+    let crl = CrlService::new(Arc::new(cfg), &issuers, true)?;
+    crl.publish_once(view).await
 }
 
 /// The issuer id of a configured issuer, from its CA certificate only (for CLI commands).

@@ -23,6 +23,8 @@ pub const ENV_OCSP_PREFIX: &str = "VIGIL_OCSP_PREFIX";
 pub const ENV_NONCE: &str = "VIGIL_NONCE";
 /// Overrides `log.filter`.
 pub const ENV_LOG: &str = "VIGIL_LOG";
+/// Overrides `crl.base_url`.
+pub const ENV_CRL_BASE_URL: &str = "VIGIL_CRL_BASE_URL";
 
 /// The data directory of the embedded default.
 pub const DEFAULT_DATA_DIR: &str = "./vigil-data";
@@ -61,6 +63,12 @@ pub struct Config {
     /// Issuers answered for.
     #[serde(default, rename = "issuer")]
     pub issuers: Vec<IssuerConfig>,
+    /// CRL publishing and serving.
+    #[serde(default)]
+    pub crl: CrlConfig,
+    /// Regions and their Redis (`[[region]]`); empty: single node on local files.
+    #[serde(default, rename = "region")]
+    pub regions: Vec<RegionConfig>,
     /// True when no file was given: the demo PKI in `data_dir` is used (and made if missing).
     #[serde(skip)]
     pub embedded: bool,
@@ -250,6 +258,110 @@ pub struct IssuerConfig {
     /// Answer for serials with no issuance record.
     #[serde(default)]
     pub unissued: UnissuedPolicy,
+    /// The CA's private key (PEM, PKCS#8), which signs this issuer's CRLs. Absent: this node
+    /// does not publish CRLs for the issuer (it still serves those published elsewhere).
+    #[serde(default)]
+    pub crl_key: Option<PathBuf>,
+}
+
+/// `[[region]]`: one region and its Redis. The CRL publisher stores into every region's Redis
+/// and replicas read from every region's Redis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    /// Region name: 1-64 of `[A-Za-z0-9_-]`, unique.
+    pub name: String,
+    /// Redis URL, `redis://host:port[/db]` (or `rediss://`, `unix://`).
+    pub redis: String,
+}
+
+/// What a sharded CRL's shard is a function of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardByConfig {
+    /// CRC-32 of the serial's DER content octets, modulo `crl.shards`.
+    #[default]
+    Serial,
+    /// `floor(notAfter / crl.shard_width) mod crl.shards`.
+    NotAfter,
+}
+
+/// `[crl]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrlConfig {
+    /// Public base URL of this service, e.g. `http://crl.example.com`: CRLs are at
+    /// `{base_url}/crl/...`. Required with shards or deltas (it goes into the issuing
+    /// distribution point and freshest CRL extensions).
+    pub base_url: Option<String>,
+    /// The region whose Redis holds this node's publisher lease (default: the first
+    /// `[[region]]`).
+    pub region: Option<String>,
+    /// Take part in publishing (for issuers with `crl_key`), under the region's lease.
+    pub publish: bool,
+    /// nextUpdate − thisUpdate (1h ..= 10d, BR §4.9.7).
+    #[serde(deserialize_with = "duration")]
+    pub validity: Duration,
+    /// Complete CRLs are re-published this often (at most half of `validity`).
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// A revocation is on a published CRL within this delay (at most 24h, BR §4.9.7).
+    #[serde(deserialize_with = "duration")]
+    pub publish_delay: Duration,
+    /// Replicas look for newer CRLs in Redis (or the data directory) this often.
+    #[serde(deserialize_with = "duration")]
+    pub refresh: Duration,
+    /// Publisher lease time-to-live in Redis; the leader renews it every third of it.
+    #[serde(deserialize_with = "duration")]
+    pub lease_ttl: Duration,
+    /// Timeout of one Redis command (or connection attempt).
+    #[serde(deserialize_with = "duration")]
+    pub redis_timeout: Duration,
+    /// CRL shards per issuer; 1 means one unsharded CRL.
+    pub shards: u16,
+    /// What the shard is a function of.
+    pub shard_by: ShardByConfig,
+    /// Window width for `shard_by = "not_after"`.
+    #[serde(deserialize_with = "duration")]
+    pub shard_width: Duration,
+    /// Also publish delta CRLs (revocations since the last complete CRL).
+    pub delta: bool,
+}
+
+impl Default for CrlConfig {
+    fn default() -> Self {
+        CrlConfig {
+            base_url: None,
+            region: None,
+            publish: true,
+            validity: Duration::from_secs(7 * 86400),
+            interval: Duration::from_secs(3600),
+            publish_delay: Duration::from_secs(60),
+            refresh: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(30),
+            redis_timeout: Duration::from_secs(2),
+            shards: 1,
+            shard_by: ShardByConfig::Serial,
+            shard_width: Duration::from_secs(86400),
+            delta: false,
+        }
+    }
+}
+
+impl CrlConfig {
+    /// The sharding of every issuer's CRLs.
+    pub fn sharding(&self) -> crate::crl::Sharding {
+        use crate::crl::ShardBy;
+        crate::crl::Sharding {
+            shards: self.shards.max(1),
+            by: match self.shard_by {
+                ShardByConfig::Serial => ShardBy::Serial,
+                ShardByConfig::NotAfter => ShardBy::NotAfter {
+                    width: self.shard_width.as_secs().max(1) as i64,
+                },
+            },
+        }
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -313,6 +425,9 @@ impl Config {
             if let Some(r) = &mut i.responder_certificate {
                 fix(r);
             }
+            if let Some(k) = &mut i.crl_key {
+                fix(k);
+            }
         }
     }
 
@@ -338,6 +453,9 @@ impl Config {
         }
         if let Some(v) = get(ENV_LOG) {
             self.log.filter = v;
+        }
+        if let Some(v) = get(ENV_CRL_BASE_URL) {
+            self.crl.base_url = Some(v);
         }
         Ok(())
     }
@@ -434,8 +552,104 @@ impl Config {
                 return err(format!("issuer[{i}].name: {:?} is used twice", iss.name));
             }
         }
+        self.validate_regions()?;
+        self.validate_crl()
+    }
+
+    fn validate_regions(&self) -> Result<(), ConfigError> {
+        for (i, r) in self.regions.iter().enumerate() {
+            if !valid_name(&r.name) {
+                return err(format!(
+                    "region[{i}].name: {:?} must be 1-64 of [A-Za-z0-9_-]",
+                    r.name
+                ));
+            }
+            if self.regions[..i].iter().any(|o| o.name == r.name) {
+                return err(format!("region[{i}].name: {:?} is used twice", r.name));
+            }
+            if let Err(e) = redis::Client::open(r.redis.as_str()) {
+                return err(format!("region[{i}].redis: {:?}: {e}", r.redis));
+            }
+        }
         Ok(())
     }
+
+    fn validate_crl(&self) -> Result<(), ConfigError> {
+        let c = &self.crl;
+        let secs = |d: Duration| d.as_secs_f64();
+        if !(3600.0..=crate::crl::MAX_VALIDITY_SECS as f64).contains(&secs(c.validity)) {
+            return err(format!(
+                "crl.validity: {} is outside 1h ..= 10d (BR §4.9.7)",
+                humantime::format_duration(c.validity)
+            ));
+        }
+        if c.interval < Duration::from_secs(1) || c.interval > c.validity / 2 {
+            return err("crl.interval: between 1s and half of crl.validity");
+        }
+        if c.publish_delay < Duration::from_millis(100)
+            || c.publish_delay > Duration::from_secs(86400)
+        {
+            return err("crl.publish_delay: between 100ms and 24h (BR §4.9.7)");
+        }
+        if c.refresh < Duration::from_millis(100) {
+            return err("crl.refresh: at least 100ms");
+        }
+        if c.lease_ttl < Duration::from_secs(1) {
+            return err("crl.lease_ttl: at least 1s");
+        }
+        if c.redis_timeout.is_zero() {
+            return err("crl.redis_timeout: must be greater than zero");
+        }
+        if c.shards == 0 || c.shards > crate::crl::shard::MAX_SHARDS {
+            return err(format!(
+                "crl.shards: 1 ..= {}",
+                crate::crl::shard::MAX_SHARDS
+            ));
+        }
+        if c.shard_width < Duration::from_secs(1) {
+            return err("crl.shard_width: at least 1s");
+        }
+        match &c.base_url {
+            Some(u) => {
+                let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                    && !u.contains(['?', '#', ' '])
+                    && u.len() <= 512;
+                if !ok {
+                    return err(format!(
+                        "crl.base_url: {u:?} must be an http:// or https:// URL without query or fragment"
+                    ));
+                }
+            }
+            None if c.shards > 1 || c.delta => {
+                return err(format!(
+                    "crl.base_url: required when crl.shards > 1 or crl.delta (it is written into the CRLs); or set {ENV_CRL_BASE_URL}"
+                ))
+            }
+            None => {}
+        }
+        if let Some(r) = &c.region {
+            if !self.regions.iter().any(|x| &x.name == r) {
+                return err(format!("crl.region: {r:?} is not a configured [[region]]"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The region whose Redis holds this node's publisher lease.
+    pub fn lease_region(&self) -> Option<&RegionConfig> {
+        match &self.crl.region {
+            Some(r) => self.regions.iter().find(|x| &x.name == r),
+            None => self.regions.first(),
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn unreachable_default() -> Config {
@@ -448,6 +662,8 @@ fn unreachable_default() -> Config {
         status: StatusConfig::default(),
         log: LogConfig::default(),
         issuers: Vec::new(),
+        crl: CrlConfig::default(),
+        regions: Vec::new(),
         embedded: true,
     }
 }
@@ -502,5 +718,34 @@ mod tests {
             .apply_env(|k| (k == ENV_NONCE).then(|| "sometimes".into()))
             .expect_err("bad");
         assert!(e.to_string().contains("ocsp.nonce"));
+    }
+
+    #[test]
+    fn crl_and_regions() {
+        let c = Config::from_toml(&format!(
+            "[crl]\nshards = 4\nbase_url = \"http://crl.test\"\nregion = \"b\"\n\
+             [[region]]\nname = \"a\"\nredis = \"redis://127.0.0.1:1\"\n\
+             [[region]]\nname = \"b\"\nredis = \"redis://127.0.0.1:2\"\n{ISSUER}crl_key = \"ca.key\"\n"
+        ))
+        .expect("parse");
+        c.validate().expect("valid");
+        assert_eq!(c.lease_region().map(|r| r.name.as_str()), Some("b"));
+        assert!(c.crl.sharding().is_sharded());
+        for (toml, key) in [
+            ("[crl]\nshards = 2\n", "crl.base_url"),
+            ("[crl]\nvalidity = \"11d\"\n", "crl.validity"),
+            ("[crl]\ninterval = \"6d\"\n", "crl.interval"),
+            ("[crl]\nregion = \"x\"\n", "crl.region"),
+            (
+                "[[region]]\nname = \"a\"\nredis = \"nope://\"\n",
+                "region[0].redis",
+            ),
+        ] {
+            let c = Config::from_toml(&format!("{toml}{ISSUER}")).expect("parse");
+            let e = c.validate().expect_err(key);
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let e = Config::from_toml("[crl]\nshard = 2\n").expect_err("unknown key");
+        assert!(e.to_string().contains("shard"), "{e}");
     }
 }
