@@ -20,8 +20,9 @@
 //! `.Template.Name`/`.BasePath` set per file, `NOTES.txt` rendered apart; manifests split on
 //! `---`, empty ones dropped, each decoded into Helm's own head struct (a non-string annotation
 //! fails there as under Helm) and converted to JSON with `YAMLToJSON`, as Helm's client and
-//! kubectl do before sending. It is stricter than Helm in three ways: every manifest needs
-//! apiVersion, kind and a DNS-1123 metadata.name, and a repeated mapping key is an error.
+//! kubectl do before sending. It is stricter than `helm template` where the API server would
+//! refuse the install: every manifest needs apiVersion, kind and a DNS-1123 metadata.name, a
+//! repeated mapping key is an error, and labels, annotations and selectors hold strings only.
 //!
 //! # What is checked here
 //!
@@ -295,12 +296,18 @@ fn duration_secs(table: &toml::Table, section: &str, key: &str) -> u64 {
         .as_secs()
 }
 
-/// Every string in a TOML document that is an absolute path.
+/// Keys of vigil.toml whose values start with '/' without being file paths.
+const NOT_PATHS: [&str; 1] = ["ocsp_prefix"];
+
+/// Every string in a TOML document that is an absolute file path.
 fn toml_paths(v: &toml::Value, out: &mut Vec<String>) {
     match v {
         toml::Value::String(s) if s.starts_with('/') => out.push(s.clone()),
         toml::Value::Array(a) => a.iter().for_each(|x| toml_paths(x, out)),
-        toml::Value::Table(t) => t.values().for_each(|x| toml_paths(x, out)),
+        toml::Value::Table(t) => t
+            .iter()
+            .filter(|(k, _)| !NOT_PATHS.contains(&k.as_str()))
+            .for_each(|(_, x)| toml_paths(x, out)),
         _ => {}
     }
 }

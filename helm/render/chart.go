@@ -5,6 +5,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -222,13 +223,14 @@ func warn(format string, args ...interface{}) {
 	fmt.Fprintf(os.Stderr, format+"\n", args...)
 }
 
-// deepCopy through YAML, the way values travel in Helm.
+// deepCopy of values (Helm uses copystructure): they hold only what JSON holds.
 func deepCopy(v map[string]interface{}) (map[string]interface{}, error) {
-	data, err := yaml.Marshal(v)
+	data, err := json.Marshal(v)
 	if err != nil {
 		return nil, err
 	}
-	return readValues(data)
+	out := map[string]interface{}{}
+	return out, json.Unmarshal(data, &out)
 }
 
 // validateAgainstSchema is chartutil.ValidateAgainstSchema / ValidateAgainstSingleSchema.

@@ -12,9 +12,11 @@
 // manifests split on "---", empty ones dropped, each parsed into Helm's head struct and sorted
 // in Helm's install order.
 //
-// Beyond `helm template`, each manifest must name apiVersion, kind and metadata.name (the API
-// server refuses it otherwise), and may not repeat a mapping key (decoded once more with
-// yaml.v3, which refuses duplicates where YAML 1.1 decoding keeps the last).
+// Beyond `helm template`, what the API server would refuse at install: each manifest must name
+// apiVersion, kind and a DNS-1123 metadata.name (a DNS-1035 label for a Service), may not
+// repeat a mapping key (decoded once more with yaml.v3, which refuses duplicates where YAML 1.1
+// decoding keeps the last), and labels, annotations, matchLabels and nodeSelector hold strings
+// only.
 //
 // Not implemented: chart dependencies and subcharts, .Files.Glob / AsConfig / AsSecrets (the
 // vigil chart uses no Files), --set flags, hooks (the vigil chart has none), `lookup` against a

@@ -85,7 +85,7 @@ func splitAndSort(files map[string]string, values map[string]interface{}) (*rend
 				return nil, fmt.Errorf("YAML parse error on %s: %w", name, err)
 			}
 			// Stricter than Helm from here: what the API server or kubectl would refuse.
-			var strict yaml3.Node
+			var strict interface{}
 			if err := yaml3.Unmarshal([]byte(doc), &strict); err != nil {
 				return nil, fmt.Errorf("YAML error on %s (duplicate key?): %w", name, err)
 			}
@@ -95,6 +95,9 @@ func splitAndSort(files map[string]string, values map[string]interface{}) (*rend
 			}
 			if err := json.Unmarshal(j, &m.Object); err != nil || m.Object == nil {
 				return nil, fmt.Errorf("%s: a manifest must be a YAML mapping", name)
+			}
+			if err := stringMaps(m.Object, ""); err != nil {
+				return nil, fmt.Errorf("%s: %w", name, err)
 			}
 			if m.Head.Version == "" || m.Head.Kind == "" {
 				return nil, fmt.Errorf("%s: apiVersion not set or kind not set", name)
@@ -131,6 +134,37 @@ func splitAndSort(files map[string]string, values map[string]interface{}) (*rend
 		return oa < ob
 	})
 	return r, nil
+}
+
+// Maps whose values the API server takes as strings only (an unquoted `true` or `8080` there
+// passes Helm, whose YAML decoder turns it into a string for its own head struct, and is
+// refused at install).
+var stringMapKeys = map[string]bool{"labels": true, "annotations": true, "matchLabels": true, "nodeSelector": true}
+
+func stringMaps(v interface{}, at string) error {
+	switch x := v.(type) {
+	case map[string]interface{}:
+		for k, child := range x {
+			path := at + "." + k
+			if m, ok := child.(map[string]interface{}); ok && stringMapKeys[k] {
+				for lk, lv := range m {
+					if _, ok := lv.(string); !ok {
+						return fmt.Errorf("%s.%s: %v is not a string (quote it)", path, lk, lv)
+					}
+				}
+			}
+			if err := stringMaps(child, path); err != nil {
+				return err
+			}
+		}
+	case []interface{}:
+		for i, child := range x {
+			if err := stringMaps(child, fmt.Sprintf("%s[%d]", at, i)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func (r *rendered) yamlStream() string {
