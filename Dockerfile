@@ -5,7 +5,8 @@
 #   docker build -t vigil .                 # the runtime image (the last stage, `release`)
 #   docker build --target dev -t vigil:dev .  # plus SoftHSM2, p11-kit server and pkcs11-tool
 #
-# The runtime image runs as UID/GID 10001 with a read-only root filesystem: everything vigil
+# The runtime image runs as UID/GID 10001 (the Helm chart's runAsUser/runAsGroup) with a
+# read-only root filesystem: everything vigil
 # writes (journal, checkpoint, the embedded default's demo PKI) lives in the volume
 # /var/lib/vigil, and configuration is read from /etc/vigil. See docs/DEPLOY.md.
 # tests/deploy.rs checks this file against the binary and the Helm chart.
@@ -47,8 +48,6 @@ RUN cargo build --release --locked \
 
 # === runtime ===
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
-ARG VIGIL_UID=10001
-ARG VIGIL_GID=10001
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 
@@ -71,8 +70,8 @@ RUN apt-get update \
  && test -n "$client" \
  && install -d /usr/local/lib/vigil \
  && ln -s "$client" /usr/local/lib/vigil/p11-kit-client.so \
- && groupadd --system --gid "${VIGIL_GID}" vigil \
- && useradd --system --uid "${VIGIL_UID}" --gid vigil --home-dir /var/lib/vigil --no-create-home \
+ && groupadd --system --gid 10001 vigil \
+ && useradd --system --uid 10001 --gid vigil --home-dir /var/lib/vigil --no-create-home \
       --shell /usr/sbin/nologin vigil \
  && install -d -o vigil -g vigil -m 0750 /var/lib/vigil \
  && install -d -m 0755 /etc/vigil
@@ -114,8 +113,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends softhsm2 p11-kit opensc \
  && rm -rf /var/lib/apt/lists/* \
  && printf 'directories.tokendir = /var/lib/vigil/softhsm/tokens\nobjectstore.backend = file\nlog.level = INFO\n' \
-      > /etc/vigil/softhsm2.conf \
- && install -d -o vigil -g vigil -m 0700 /var/lib/vigil/softhsm /var/lib/vigil/softhsm/tokens
+      > /etc/vigil/softhsm2.conf
+# The token directory is in the volume, so it is made at run time (`mkdir -p` it before
+# `softhsm2-util --init-token`): what a build step writes into a declared VOLUME is discarded.
 ENV SOFTHSM2_CONF=/etc/vigil/softhsm2.conf
 USER 10001:10001
 

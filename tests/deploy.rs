@@ -1337,6 +1337,37 @@ fn dockerfile_stages_users_and_paths_match_the_binary_and_the_chart() {
         }
     }
     assert!(df.stage("dev").apt_packages().contains("softhsm2"));
+    // A build step's writes into a declared VOLUME are discarded (by the classic builder).
+    let volume = exec_form(df.stage("runtime").one("VOLUME"));
+    for s in df
+        .stages
+        .iter()
+        .skip_while(|s| s.name.as_deref() != Some("runtime"))
+    {
+        let runs = s.runs();
+        let after_volume = if s.name.as_deref() == Some("runtime") {
+            let at = s.body.iter().position(|i| i.cmd == "VOLUME").unwrap();
+            s.body[at..].iter().filter(|i| i.cmd == "RUN").count()
+        } else {
+            runs.len()
+        };
+        for run in &runs[runs.len() - after_volume..] {
+            for cmd in run.split("&&") {
+                let words: Vec<&str> = cmd.split_whitespace().collect();
+                if words.first().is_some_and(|w| {
+                    ["mkdir", "install", "chown", "chmod", "touch", "cp", "ln"].contains(w)
+                }) {
+                    assert!(
+                        !words
+                            .iter()
+                            .any(|w| volume.iter().any(|v| w.starts_with(v.as_str()))),
+                        "stage {:?} writes into the volume at build time: {cmd}",
+                        s.name
+                    );
+                }
+            }
+        }
+    }
     assert_eq!(df.stage("dev").from, "runtime");
     let last = df.stages.last().unwrap();
     assert_eq!(
@@ -1365,15 +1396,29 @@ fn dockerfile_stages_users_and_paths_match_the_binary_and_the_chart() {
         .collect();
     let user = rt.one("USER");
     let (uid, gid) = user.split_once(':').expect("USER uid:gid");
-    assert_eq!(uid, rt_args["VIGIL_UID"], "USER vs the vigil user's UID");
-    assert_eq!(gid, rt_args["VIGIL_GID"]);
+    let run = rt.runs().join(" && ");
+    assert!(
+        run.contains(&format!("useradd --system --uid {uid} --gid vigil")),
+        "USER vs the vigil user's UID"
+    );
+    assert!(
+        run.contains(&format!("groupadd --system --gid {gid} vigil")),
+        "USER vs its GID"
+    );
     let uid: u64 = uid
         .parse()
         .expect("a numeric USER (runAsNonRoot can verify only numbers)");
     assert!(uid > 0);
-    let run = rt.runs().join(" && ");
-    assert!(run.contains("useradd --system --uid \"${VIGIL_UID}\""));
-    assert!(run.contains("groupadd --system --gid \"${VIGIL_GID}\""));
+    for s in &df.stages[df
+        .stages
+        .iter()
+        .position(|s| s.name.as_deref() == Some("runtime"))
+        .unwrap()..]
+    {
+        if let Some(u) = s.all("USER").last() {
+            assert_eq!(*u, user, "stage {:?} ends as another user", s.name);
+        }
+    }
 
     let env = rt.pairs("ENV");
     let data_dir = &env[vigil::config::ENV_DATA_DIR];
