@@ -1456,6 +1456,12 @@ fn dockerfile_stages_users_and_paths_match_the_binary_and_the_chart() {
         values.data_dir, *data_dir,
         "chart data_dir vs the image's volume"
     );
+    assert!(
+        run.contains("install -d -m 0755 /etc/vigil")
+            && values.config_file.starts_with("/etc/vigil/"),
+        "the chart's config file {} is not under the image's /etc/vigil",
+        values.config_file
+    );
     assert_eq!(
         values.hsm_module,
         df.p11_kit_link(),
@@ -1704,6 +1710,7 @@ struct ChartDefaults {
     http_port: u64,
     admin_port: u64,
     data_dir: String,
+    config_file: String,
     hsm_module: String,
     app_version: String,
 }
@@ -1727,6 +1734,7 @@ fn chart_defaults() -> ChartDefaults {
         http_port: u64_of(&v["ports"]["http"], "ports.http"),
         admin_port: u64_of(&v["ports"]["admin"], "ports.admin"),
         data_dir: str_of_toml(&facts.table["data_dir"], "data_dir").to_owned(),
+        config_file: facts.env[vigil::config::ENV_CONFIG].clone(),
         hsm_module: str_of(&v["hsm"]["module"], "hsm.module").to_owned(),
         app_version: str_of(&labels["app.kubernetes.io/version"], "version").to_owned(),
     }
