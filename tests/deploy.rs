@@ -507,6 +507,26 @@ fn check_objects(r: &Rendered) -> ChartFacts {
         "{label}: {data_dir} must be writable"
     );
 
+    // An HSM behind p11-kit: its socket is on a volume the sidecars can share.
+    for h in table
+        .get("hsm")
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let address = h["module_env"]
+            .get("P11_KIT_SERVER_ADDRESS")
+            .and_then(toml::Value::as_str);
+        if let Some(sock) = address.and_then(|a| a.strip_prefix("unix:path=")) {
+            let m = mount_of(sock)
+                .unwrap_or_else(|| panic!("{label}: the p11-kit socket {sock} is on no volume"));
+            assert!(
+                volume(&m["name"]).get("emptyDir").is_some(),
+                "{label}: the p11-kit socket is not on a shared emptyDir"
+            );
+        }
+    }
+
     // Drain: the kubelet waits for preStop, then for vigil's own drain after SIGTERM.
     let grace = u64_of(
         &spec["terminationGracePeriodSeconds"],
