@@ -86,11 +86,15 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     readiness.view_loaded.store(true, Ordering::Relaxed);
 
     let now = crate::clock::unix_now();
-    for i in &issuers {
-        let left = i.signing_certificate_not_after() - now;
-        metrics::gauge!(telemetry::SIGNER_CERT_EXPIRY, "issuer" => i.name.clone()).set(left as f64);
+    let signer_not_after: Vec<(String, i64)> = issuers
+        .iter()
+        .map(|i| (i.name.clone(), i.signing_certificate_not_after()))
+        .collect();
+    set_signer_expiry(&signer_not_after, now);
+    for (name, not_after) in &signer_not_after {
+        let left = not_after - now;
         if left < 14 * 86400 {
-            tracing::warn!(issuer = %i.name, days = left / 86400, "the signing certificate expires soon");
+            tracing::warn!(issuer = %name, days = left / 86400, "the signing certificate expires soon");
         }
     }
     // CRLs: serve the disk copies, refresh from Redis, publish (the embedded default's first
@@ -119,6 +123,9 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                 h.run_upkeep();
+                // A gauge of seconds left goes stale unless it is set again: the expiry alert
+                // of the Helm chart reads it from replicas that run for weeks.
+                set_signer_expiry(&signer_not_after, crate::clock::unix_now());
             }
         });
     }
@@ -144,6 +151,15 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Sets `vigil_signer_certificate_expiry_seconds` of each issuer: seconds from `now` to the
+/// notAfter of its signing certificate.
+fn set_signer_expiry(not_after: &[(String, i64)], now: i64) {
+    for (name, t) in not_after {
+        metrics::gauge!(telemetry::SIGNER_CERT_EXPIRY, "issuer" => name.clone())
+            .set((t - now) as f64);
+    }
 }
 
 fn announce(cfg: &Config, addr: std::net::SocketAddr, crl: &CrlService) {
