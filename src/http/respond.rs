@@ -74,17 +74,13 @@ fn signed(
     };
     // RFC 5019 §6.2: max-age no later than nextUpdate; we use the refresh point, which is earlier.
     let max_age = (resp.window.refresh_at.min(resp.window.next_update) - now).max(0);
-    let h = r.headers_mut();
-    h.insert(
-        CACHE_CONTROL,
-        HeaderValue::from_str(&format!(
-            "max-age={max_age}, public, no-transform, must-revalidate"
-        ))
-        .unwrap_or(NO_CACHE),
+    cacheable(
+        &mut r,
+        max_age,
+        &resp.etag,
+        &resp.last_modified,
+        &resp.expires,
     );
-    h.insert(ETAG, resp.etag.clone());
-    h.insert(LAST_MODIFIED, resp.last_modified.clone());
-    h.insert(EXPIRES, resp.expires.clone());
     (r, outcome)
 }
 
@@ -122,6 +118,18 @@ pub fn crl(
         r
     };
     let max_age = (c.next_update - now).min(max_age_cap).max(0);
+    cacheable(&mut r, max_age, &c.etag, &c.last_modified, &c.expires);
+    r
+}
+
+/// The headers of a response HTTP caches may keep for `max_age` seconds.
+fn cacheable(
+    r: &mut Response<Body>,
+    max_age: i64,
+    etag: &HeaderValue,
+    last_modified: &HeaderValue,
+    expires: &HeaderValue,
+) {
     let h = r.headers_mut();
     h.insert(
         CACHE_CONTROL,
@@ -130,10 +138,9 @@ pub fn crl(
         ))
         .unwrap_or(NO_CACHE),
     );
-    h.insert(ETAG, c.etag.clone());
-    h.insert(LAST_MODIFIED, c.last_modified.clone());
-    h.insert(EXPIRES, c.expires.clone());
-    r
+    h.insert(ETAG, etag.clone());
+    h.insert(LAST_MODIFIED, last_modified.clone());
+    h.insert(EXPIRES, expires.clone());
 }
 
 /// If-None-Match: `*`, or a list of (possibly weak) entity tags (RFC 9110 §13.1.2).
