@@ -1,6 +1,7 @@
 //! Configuration: one TOML file plus `VIGIL_*` environment overrides, validated into typed
 //! config before any port binds. Every key is listed in `docs/CONFIG.md`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,6 +62,12 @@ pub struct Config {
     /// Issuers answered for.
     #[serde(default, rename = "issuer")]
     pub issuers: Vec<IssuerConfig>,
+    /// PKCS#11 keys (`[[hsm]]`), named by `issuer.signer.hsm`.
+    #[serde(default, rename = "hsm")]
+    pub hsms: Vec<HsmConfig>,
+    /// How HSM pools probe, fail over and reconnect.
+    #[serde(default)]
+    pub hsm_pool: HsmPoolConfig,
     /// True when no file was given: the demo PKI in `data_dir` is used (and made if missing).
     #[serde(skip)]
     pub embedded: bool,
@@ -245,11 +252,112 @@ pub struct IssuerConfig {
     /// Delegated responder certificate (PEM). Absent: the CA key signs responses itself.
     pub responder_certificate: Option<PathBuf>,
     /// Private key (PEM) of the responder certificate, or of the CA when no responder
-    /// certificate is given.
-    pub responder_key: PathBuf,
+    /// certificate is given. Exactly one of `responder_key` and `signer`.
+    pub responder_key: Option<PathBuf>,
+    /// Sign through HSMs instead of `responder_key`.
+    pub signer: Option<IssuerSignerConfig>,
     /// Answer for serials with no issuance record.
     #[serde(default)]
     pub unissued: UnissuedPolicy,
+}
+
+/// `[issuer.signer]`: the HSM pool that holds an issuer's signing key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSignerConfig {
+    /// Names of `[[hsm]]` entries holding the same key, in order of preference: signatures go
+    /// to the first one in service.
+    pub hsm: Vec<String>,
+    /// LABS ONLY: a PEM file with the same private key, used when no HSM can sign. It puts the
+    /// key on disk, which defeats the HSM.
+    pub danger_software_fallback: Option<PathBuf>,
+}
+
+/// `[[hsm]]`: one signing key on one PKCS#11 token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmConfig {
+    /// Name used by `issuer.signer.hsm`, in logs, and as the `hsm` metrics label.
+    pub name: String,
+    /// The PKCS#11 module: the vendor library, `libsofthsm2.so`, or `p11-kit-client.so` for
+    /// a token behind `p11-kit server`.
+    pub module: PathBuf,
+    /// Environment set while the module is loaded and initialised, e.g.
+    /// `{ P11_KIT_SERVER_ADDRESS = "unix:path=/run/hsm1.sock" }`. Entries with the same
+    /// `module` and `module_env` share one module instance.
+    #[serde(default)]
+    pub module_env: BTreeMap<String, String>,
+    /// The token's label. Exactly one of `token_label` and `slot`.
+    pub token_label: Option<String>,
+    /// The token's slot id.
+    pub slot: Option<u64>,
+    /// CKA_LABEL of the private key. At least one of `key_label` and `key_id`.
+    pub key_label: Option<String>,
+    /// CKA_ID of the private key, in hex.
+    pub key_id: Option<String>,
+    /// File holding the user PIN. Exactly one of `pin_file` and `pin_env`.
+    pub pin_file: Option<PathBuf>,
+    /// Name of the environment variable holding the user PIN.
+    pub pin_env: Option<String>,
+    /// Most signing sessions open on this token at once.
+    #[serde(default = "default_hsm_sessions")]
+    pub sessions: usize,
+    /// How RSA keys sign.
+    #[serde(default)]
+    pub rsa_mechanism: HsmRsaMechanism,
+}
+
+fn default_hsm_sessions() -> usize {
+    limits::HSM_SESSIONS
+}
+
+/// `hsm.rsa_mechanism`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HsmRsaMechanism {
+    /// `CKM_SHA256_RSA_PKCS` when the token lists it, else `CKM_RSA_PKCS` over a DigestInfo.
+    #[default]
+    Auto,
+    /// `CKM_SHA256_RSA_PKCS`.
+    Sha256RsaPkcs,
+    /// `CKM_RSA_PKCS` over a SHA-256 DigestInfo made by vigil.
+    RsaPkcs,
+}
+
+/// `[hsm_pool]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HsmPoolConfig {
+    /// Time between health probes (a verified test signature) of an HSM in service.
+    #[serde(deserialize_with = "duration")]
+    pub probe_interval: Duration,
+    /// Failed signatures in a row that take an HSM out of service (a lost device, session or
+    /// connection takes it out at once).
+    pub breaker_failures: u32,
+    /// First wait before reconnecting an HSM out of service; doubles per failed attempt.
+    #[serde(deserialize_with = "duration")]
+    pub reconnect_backoff_min: Duration,
+    /// Longest wait between reconnection attempts.
+    #[serde(deserialize_with = "duration")]
+    pub reconnect_backoff_max: Duration,
+    /// How long a signature waits for a session when every HSM in service is busy.
+    #[serde(deserialize_with = "duration")]
+    pub session_wait: Duration,
+    /// `/readyz` answers 503 (not just "degraded") while an issuer has no HSM in service.
+    pub readiness_requires_signer: bool,
+}
+
+impl Default for HsmPoolConfig {
+    fn default() -> Self {
+        HsmPoolConfig {
+            probe_interval: Duration::from_secs(10),
+            breaker_failures: 3,
+            reconnect_backoff_min: Duration::from_millis(500),
+            reconnect_backoff_max: Duration::from_secs(30),
+            session_wait: Duration::from_secs(2),
+            readiness_requires_signer: false,
+        }
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -309,9 +417,24 @@ impl Config {
         }
         for i in &mut self.issuers {
             fix(&mut i.certificate);
-            fix(&mut i.responder_key);
+            if let Some(k) = &mut i.responder_key {
+                fix(k);
+            }
             if let Some(r) = &mut i.responder_certificate {
                 fix(r);
+            }
+            if let Some(f) = i
+                .signer
+                .as_mut()
+                .and_then(|s| s.danger_software_fallback.as_mut())
+            {
+                fix(f);
+            }
+        }
+        for h in &mut self.hsms {
+            fix(&mut h.module);
+            if let Some(p) = &mut h.pin_file {
+                fix(p);
             }
         }
     }
@@ -418,13 +541,7 @@ impl Config {
             return err("issuer: at least one [[issuer]] is required");
         }
         for (i, iss) in self.issuers.iter().enumerate() {
-            let valid = !iss.name.is_empty()
-                && iss.name.len() <= 64
-                && iss
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !valid {
+            if !valid_name(&iss.name) {
                 return err(format!(
                     "issuer[{i}].name: {:?} must be 1-64 of [A-Za-z0-9_-]",
                     iss.name
@@ -433,9 +550,108 @@ impl Config {
             if self.issuers[..i].iter().any(|o| o.name == iss.name) {
                 return err(format!("issuer[{i}].name: {:?} is used twice", iss.name));
             }
+            match (&iss.responder_key, &iss.signer) {
+                (Some(_), Some(_)) => {
+                    return err(format!(
+                        "issuer[{i}] ({}): set either responder_key or signer, not both",
+                        iss.name
+                    ))
+                }
+                (None, None) => {
+                    return err(format!(
+                        "issuer[{i}] ({}): responder_key or signer is required",
+                        iss.name
+                    ))
+                }
+                _ => {}
+            }
+            if let Some(sig) = &iss.signer {
+                if sig.hsm.is_empty() {
+                    return err(format!("issuer[{i}].signer.hsm: name at least one [[hsm]]"));
+                }
+                for (j, name) in sig.hsm.iter().enumerate() {
+                    if !self.hsms.iter().any(|h| &h.name == name) {
+                        return err(format!(
+                            "issuer[{i}].signer.hsm: no [[hsm]] is named {name:?}"
+                        ));
+                    }
+                    if sig.hsm[..j].contains(name) {
+                        return err(format!("issuer[{i}].signer.hsm: {name:?} is listed twice"));
+                    }
+                }
+            }
+        }
+        self.validate_hsms()
+    }
+
+    fn validate_hsms(&self) -> Result<(), ConfigError> {
+        for (i, h) in self.hsms.iter().enumerate() {
+            if !valid_name(&h.name) {
+                return err(format!(
+                    "hsm[{i}].name: {:?} must be 1-64 of [A-Za-z0-9_-]",
+                    h.name
+                ));
+            }
+            if self.hsms[..i].iter().any(|o| o.name == h.name) {
+                return err(format!("hsm[{i}].name: {:?} is used twice", h.name));
+            }
+            let at = format!("hsm[{i}] ({})", h.name);
+            if h.module.as_os_str().is_empty() {
+                return err(format!("{at}.module: required"));
+            }
+            for k in h.module_env.keys() {
+                if k.is_empty() || k.contains('=') || k.contains('\0') {
+                    return err(format!("{at}.module_env: {k:?} is not a variable name"));
+                }
+            }
+            if h.token_label.is_some() == h.slot.is_some() {
+                return err(format!("{at}: set exactly one of token_label and slot"));
+            }
+            if h.key_label.is_none() && h.key_id.is_none() {
+                return err(format!("{at}: set key_label, key_id, or both"));
+            }
+            if let Some(id) = &h.key_id {
+                if crate::signer::pool::parse_hex(id).is_none() {
+                    return err(format!(
+                        "{at}.key_id: {id:?} is not hex (e.g. \"01\" or \"a1:b2\")"
+                    ));
+                }
+            }
+            match (&h.pin_file, &h.pin_env) {
+                (Some(_), None) => {}
+                (None, Some(v)) if !v.is_empty() => {}
+                _ => return err(format!("{at}: set exactly one of pin_file and pin_env")),
+            }
+            if h.sessions == 0 || h.sessions > limits::MAX_HSM_SESSIONS {
+                return err(format!("{at}.sessions: 1 ..= {}", limits::MAX_HSM_SESSIONS));
+            }
+        }
+        let p = &self.hsm_pool;
+        if p.probe_interval < Duration::from_millis(100) {
+            return err("hsm_pool.probe_interval: at least 100ms");
+        }
+        if p.breaker_failures == 0 {
+            return err("hsm_pool.breaker_failures: at least 1");
+        }
+        if p.reconnect_backoff_min.is_zero() {
+            return err("hsm_pool.reconnect_backoff_min: must be greater than zero");
+        }
+        if p.reconnect_backoff_max < p.reconnect_backoff_min {
+            return err("hsm_pool.reconnect_backoff_max: must be at least reconnect_backoff_min");
+        }
+        if p.session_wait > Duration::from_secs(60) {
+            return err("hsm_pool.session_wait: at most 60s");
         }
         Ok(())
     }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn unreachable_default() -> Config {
@@ -448,6 +664,8 @@ fn unreachable_default() -> Config {
         status: StatusConfig::default(),
         log: LogConfig::default(),
         issuers: Vec::new(),
+        hsms: Vec::new(),
+        hsm_pool: HsmPoolConfig::default(),
         embedded: true,
     }
 }

@@ -26,7 +26,8 @@ pub fn demo_issuer_config(data_dir: &Path) -> IssuerConfig {
         name: DEMO_ISSUER.into(),
         certificate: data_dir.join("ca.pem"),
         responder_certificate: Some(data_dir.join("responder.pem")),
-        responder_key: data_dir.join("responder.key"),
+        responder_key: Some(data_dir.join("responder.key")),
+        signer: None,
         unissued: UnissuedPolicy::Unknown,
     }
 }
@@ -98,7 +99,7 @@ pub fn ensure_demo_pki(data_dir: &Path, origin: &str) -> Result<Vec<Event>, Stri
         true,
     )?;
 
-    let issuer_id = crate::ocsp::IssuerHashes::new(&[], &ca_key.public_key_raw()).id;
+    let issuer_id = crate::ocsp::IssuerHashes::new(&[], ca_key.public_key_raw()).id;
     let mut events = Vec::new();
     let created_at_ms = now.unix_timestamp() * 1000;
     for (name, revoked) in DEMO_CERTS {

@@ -1,14 +1,18 @@
-//! Signing: the [`Signer`] trait that every key source implements, and the software signer.
+//! Signing: the [`Signer`] trait that every key source implements, the software signer, and
+//! the PKCS#11 key ([`pkcs11`]) with its pool of HSMs ([`pool`]).
 //!
 //! The OCSP and CRL builders only see this trait, so a PKCS#11 key plugs in exactly like a key
 //! file. `sign` is synchronous and may block (an HSM round trip): callers run it off the async
 //! reactor.
 
+pub mod pkcs11;
+pub mod pool;
 pub mod software;
 
 use der::Encode;
 use spki::AlgorithmIdentifierOwned;
 
+pub use pool::SignerPool;
 pub use software::SoftwareSigner;
 
 /// The signature algorithms vigil produces.
