@@ -781,11 +781,13 @@ impl Pkcs11Key {
                     self.spec.key.describe()
                 )))
             }
-            many => return Err(HsmError::Config(format!(
+            many => {
+                return Err(HsmError::Config(format!(
                 "{} private keys match {} on token {token_label:?}; set both key_label and key_id",
                 many.len(),
                 self.spec.key.describe()
-            ))),
+            )))
+            }
         };
         let (algorithm, public_key) = read_public_key(anchor, key, &self.spec.key)?;
         let mechanism = match algorithm {
@@ -1224,8 +1226,7 @@ mod tests {
         assert_eq!(pin.expose_secret(), "12 34");
         std::fs::write(&p, "\n").expect("write");
         assert!(read_pin(&PinSource::File(p)).is_err());
-        let e = read_pin(&PinSource::Env("VIGIL_TEST_SURELY_UNSET_PIN".into()))
-            .expect_err("unset");
+        let e = read_pin(&PinSource::Env("VIGIL_TEST_SURELY_UNSET_PIN".into())).expect_err("unset");
         assert!(e.contains("VIGIL_TEST_SURELY_UNSET_PIN"), "{e}");
     }
 }
