@@ -2,6 +2,8 @@
 //! HSMs by `p11-kit server` and reached through `p11-kit-client.so`, the real `vigil` binary,
 //! and `openssl ocsp` as the relying party.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests: a failed expectation is the report
+
 #[path = "support/softhsm.rs"]
 mod softhsm;
 

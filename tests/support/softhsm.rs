@@ -2,7 +2,7 @@
 //! keys made with openssl and imported into as many tokens as asked (as an HSM HA group holds
 //! one key on each HSM), a CA and a delegated responder certificate for that key, and
 //! `p11-kit server` processes that make a token a network HSM that a test can kill.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
