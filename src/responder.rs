@@ -624,4 +624,111 @@ mod tests {
             .expect("not stuck");
         assert!(again.is_ok());
     }
+
+    /// Signs only when handed a ticket, so a test decides when signatures finish.
+    struct Ticketed {
+        inner: crate::signer::SoftwareSigner,
+        tickets: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl crate::signer::Signer for Ticketed {
+        fn algorithm(&self) -> crate::signer::SignatureAlgorithm {
+            self.inner.algorithm()
+        }
+        fn public_key(&self) -> &[u8] {
+            self.inner.public_key()
+        }
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, crate::signer::SignError> {
+            let _ = self.tickets.lock().expect("tickets").recv();
+            self.inner.sign(message)
+        }
+        fn describe(&self) -> String {
+            "ticketed".into()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revocation_is_signed_before_routine_answers_that_queued_first() {
+        use crate::status::{EventKind, RevocationReason};
+        let dir = tempfile::tempdir().expect("tmp");
+        let events = crate::demo::ensure_demo_pki(dir.path(), "test").expect("demo PKI");
+        let mut cfg = Config::embedded_default();
+        cfg.ocsp.signing_concurrency = 1;
+        let ic = crate::demo::demo_issuer_config(dir.path());
+        let key = ic.responder_key.as_deref().expect("demo key");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let signer = Ticketed {
+            inner: crate::signer::SoftwareSigner::from_pem_file(key).expect("key"),
+            tickets: Mutex::new(rx),
+        };
+        let issuer = crate::pki::load_issuer_with_signer(
+            &ic,
+            crate::config::ResponderIdKind::KeyHash,
+            Arc::new(signer),
+        )
+        .expect("issuer");
+        // Every demo certificate starts good; the revocation comes later.
+        let (revocation, issued): (Vec<_>, Vec<_>) = events
+            .into_iter()
+            .partition(|e| matches!(e.kind, EventKind::Revoked { .. }));
+        let view = StatusView::new();
+        for e in &issued {
+            view.apply(e);
+        }
+        let responder = Arc::new(Responder::new(
+            &cfg,
+            vec![issuer],
+            &view,
+            Arc::new(Metrics::new()),
+        ));
+        let request = |serial: &Serial| {
+            let forms = cert_id_forms(&responder.issuers[0].issuer, serial);
+            let id = <CertId as der::Decode>::from_der(&forms[0]).expect("CertID");
+            crate::ocsp::request::tests::request(vec![id], None)
+        };
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let ask = |name: &'static str, der: Vec<u8>| {
+            let (r, order) = (responder.clone(), order.clone());
+            tokio::spawn(async move {
+                let a = r.answer(&der, crate::clock::unix_now()).await;
+                order.lock().expect("order").push(name);
+                a
+            })
+        };
+        let pause = || tokio::time::sleep(Duration::from_millis(100));
+        let first = ask("routine-first", request(&issued[0].serial));
+        pause().await; // holds the only signing slot, waiting for a ticket
+        let queued = ask("routine-queued", request(&issued[1].serial));
+        pause().await;
+        let revoked = &revocation[0];
+        view.apply(revoked);
+        responder.evict(revoked.issuer, &revoked.serial).await;
+        let change = ask("revocation", request(&revoked.serial));
+        pause().await;
+        for _ in 0..3 {
+            tx.send(()).expect("ticket");
+        }
+        let (_, _, change) = (
+            first.await.expect("task"),
+            queued.await.expect("task"),
+            change.await.expect("task"),
+        );
+        assert_eq!(
+            *order.lock().expect("order"),
+            ["routine-first", "revocation", "routine-queued"]
+        );
+        match change {
+            Answer::Signed { response, .. } => assert_eq!(
+                response.status,
+                SingleStatus::Revoked(Revocation {
+                    time: match revoked.kind {
+                        EventKind::Revoked { time, .. } => time,
+                        _ => 0,
+                    },
+                    reason: RevocationReason::KeyCompromise,
+                })
+            ),
+            Answer::Error(e) => panic!("{e:?}"),
+        }
+    }
 }
