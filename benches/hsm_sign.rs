@@ -95,6 +95,7 @@ fn pool(lab: &Lab, public_key: Vec<u8>) -> SignerPool {
             reconnect_backoff_min: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(1),
             session_wait: Duration::from_secs(1),
+            sign_timeout: Duration::from_secs(2),
         },
     )
     .expect("pool")

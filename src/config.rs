@@ -343,6 +343,11 @@ pub struct HsmPoolConfig {
     /// How long a signature waits for a session when every HSM in service is busy.
     #[serde(deserialize_with = "duration")]
     pub session_wait: Duration,
+    /// How long one HSM may take to sign before the signature fails over to the next HSM and
+    /// this one is taken out of service (a network HSM that stops answering without closing
+    /// its connection).
+    #[serde(deserialize_with = "duration")]
+    pub sign_timeout: Duration,
     /// `/readyz` answers 503 (not just "degraded") while an issuer has no HSM in service.
     pub readiness_requires_signer: bool,
 }
@@ -355,6 +360,7 @@ impl Default for HsmPoolConfig {
             reconnect_backoff_min: Duration::from_millis(500),
             reconnect_backoff_max: Duration::from_secs(30),
             session_wait: Duration::from_secs(2),
+            sign_timeout: Duration::from_secs(2),
             readiness_requires_signer: false,
         }
     }
@@ -641,6 +647,9 @@ impl Config {
         }
         if p.session_wait > Duration::from_secs(60) {
             return err("hsm_pool.session_wait: at most 60s");
+        }
+        if p.sign_timeout < Duration::from_millis(10) || p.sign_timeout > Duration::from_secs(60) {
+            return err("hsm_pool.sign_timeout: 10ms ..= 60s");
         }
         Ok(())
     }

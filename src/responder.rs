@@ -629,6 +629,7 @@ mod tests {
     struct Ticketed {
         inner: crate::signer::SoftwareSigner,
         tickets: Mutex<std::sync::mpsc::Receiver<()>>,
+        signed: Arc<Mutex<Vec<Vec<u8>>>>,
     }
 
     impl crate::signer::Signer for Ticketed {
@@ -640,6 +641,7 @@ mod tests {
         }
         fn sign(&self, message: &[u8]) -> Result<Vec<u8>, crate::signer::SignError> {
             let _ = self.tickets.lock().expect("tickets").recv();
+            self.signed.lock().expect("signed").push(message.to_vec());
             self.inner.sign(message)
         }
         fn describe(&self) -> String {
@@ -657,9 +659,11 @@ mod tests {
         let ic = crate::demo::demo_issuer_config(dir.path());
         let key = ic.responder_key.as_deref().expect("demo key");
         let (tx, rx) = std::sync::mpsc::channel();
+        let signed = Arc::new(Mutex::new(Vec::new()));
         let signer = Ticketed {
             inner: crate::signer::SoftwareSigner::from_pem_file(key).expect("key"),
             tickets: Mutex::new(rx),
+            signed: signed.clone(),
         };
         let issuer = crate::pki::load_issuer_with_signer(
             &ic,
@@ -686,25 +690,34 @@ mod tests {
             let id = <CertId as der::Decode>::from_der(&forms[0]).expect("CertID");
             crate::ocsp::request::tests::request(vec![id], None)
         };
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let ask = |name: &'static str, der: Vec<u8>| {
-            let (r, order) = (responder.clone(), order.clone());
-            tokio::spawn(async move {
-                let a = r.answer(&der, crate::clock::unix_now()).await;
-                order.lock().expect("order").push(name);
-                a
-            })
+        let ask = |der: Vec<u8>| {
+            let r = responder.clone();
+            tokio::spawn(async move { r.answer(&der, crate::clock::unix_now()).await })
         };
-        let pause = || tokio::time::sleep(Duration::from_millis(100));
-        let first = ask("routine-first", request(&issued[0].serial));
-        pause().await; // holds the only signing slot, waiting for a ticket
-        let queued = ask("routine-queued", request(&issued[1].serial));
-        pause().await;
+        // Waits until the gate is in the given state (free slots, queued routine, queued changes).
+        let gate_is = |want: (usize, usize, usize)| {
+            let r = responder.clone();
+            async move {
+                for _ in 0..500 {
+                    let st = r.gate.lock();
+                    if (st.free, st.routine.len(), st.status_change.len()) == want {
+                        return;
+                    }
+                    drop(st);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("the signing gate never reached {want:?}");
+            }
+        };
+        let first = ask(request(&issued[0].serial));
+        gate_is((0, 0, 0)).await; // holds the only signing slot, waiting for a ticket
+        let queued = ask(request(&issued[1].serial));
+        gate_is((0, 1, 0)).await;
         let revoked = &revocation[0];
         view.apply(revoked);
         responder.evict(revoked.issuer, &revoked.serial).await;
-        let change = ask("revocation", request(&revoked.serial));
-        pause().await;
+        let change = ask(request(&revoked.serial));
+        gate_is((0, 1, 1)).await;
         for _ in 0..3 {
             tx.send(()).expect("ticket");
         }
@@ -713,10 +726,27 @@ mod tests {
             queued.await.expect("task"),
             change.await.expect("task"),
         );
-        assert_eq!(
-            *order.lock().expect("order"),
-            ["routine-first", "revocation", "routine-queued"]
-        );
+        // The order of signatures, told apart by the serial in each tbsResponseData.
+        let names = [
+            (&issued[0].serial, "routine-first"),
+            (&issued[1].serial, "routine-queued"),
+            (&revoked.serial, "revocation"),
+        ];
+        let order: Vec<&str> = signed
+            .lock()
+            .expect("signed")
+            .iter()
+            .filter_map(|tbs| {
+                names
+                    .iter()
+                    .find(|(serial, _)| {
+                        tbs.windows(serial.as_der_content().len())
+                            .any(|w| w == serial.as_der_content())
+                    })
+                    .map(|(_, n)| *n)
+            })
+            .collect();
+        assert_eq!(order, ["routine-first", "revocation", "routine-queued"]);
         match change {
             Answer::Signed { response, .. } => assert_eq!(
                 response.status,

@@ -187,6 +187,9 @@ impl Drop for Vigil {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::env::var_os("VIGIL_TEST_SHOW_LOG").is_some() {
+            eprintln!("--- vigil log ---\n{}", self.log());
+        }
     }
 }
 
@@ -271,9 +274,23 @@ fn responder_key(pki: &Pki) -> Vec<u8> {
 }
 
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    wait_or(what, timeout, &mut f, String::new);
+}
+
+/// Waits for `f`; on timeout, panics with `context()` (e.g. the server's log).
+fn wait_or(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
     let deadline = Instant::now() + timeout;
     while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            context()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -362,17 +379,18 @@ fn losing_an_hsm_fails_no_request_and_it_rejoins_after_its_probe() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut clients = Vec::new();
     for _ in 0..3 {
-        let (v, stop, ok, request, key) = (
+        let (v, stop, ok, request, key, failures) = (
             v.clone(),
             stop.clone(),
             ok.clone(),
             request.clone(),
             key.clone(),
+            failed.clone(),
         );
         clients.push(std::thread::spawn(move || {
-            let mut failures = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let r = v.post(&request);
                 let (status, verified) =
@@ -380,44 +398,65 @@ fn losing_an_hsm_fails_no_request_and_it_rejoins_after_its_probe() {
                 if r.status == 200 && status == OcspResponseStatus::Successful && verified {
                     ok.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    failures.push(format!("HTTP {} {status:?} verified={verified}", r.status));
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("HTTP {} {status:?} verified={verified}", r.status));
                 }
             }
-            failures
         }));
     }
-    wait_for("signatures on HSM 1", Duration::from_secs(10), || {
-        ok.load(Ordering::Relaxed) >= 20
-    });
+    let log = || {
+        format!(
+            "failed responses: {:?}\n{}",
+            failed.lock().unwrap(),
+            v.log()
+        )
+    };
+    wait_or(
+        "signatures on HSM 1",
+        Duration::from_secs(10),
+        || ok.load(Ordering::Relaxed) >= 20,
+        log,
+    );
     assert_eq!(v.metric("vigil_hsm_signatures_total{hsm=\"hsm2\"}"), 0.0);
 
     hsms[0].server.kill();
     let at_kill = ok.load(Ordering::Relaxed);
-    wait_for("signatures on HSM 2", Duration::from_secs(10), || {
-        v.metric("vigil_hsm_signatures_total{hsm=\"hsm2\"}") >= 20.0
-    });
-    assert_eq!(v.metric("vigil_hsm_breaker_state{hsm=\"hsm1\"}"), 1.0);
-    assert!(ok.load(Ordering::Relaxed) > at_kill);
+    wait_or(
+        "signatures on HSM 2",
+        Duration::from_secs(10),
+        || v.metric("vigil_hsm_signatures_total{hsm=\"hsm2\"}") >= 20.0,
+        log,
+    );
+    assert_eq!(
+        v.metric("vigil_hsm_breaker_state{hsm=\"hsm1\"}"),
+        1.0,
+        "{}",
+        log()
+    );
+    assert!(ok.load(Ordering::Relaxed) > at_kill, "{}", log());
 
     hsms[0].server.start();
-    wait_for("HSM 1 back in service", Duration::from_secs(15), || {
-        v.metric("vigil_hsm_breaker_state{hsm=\"hsm1\"}") == 0.0
-    });
+    wait_or(
+        "HSM 1 back in service",
+        Duration::from_secs(15),
+        || v.metric("vigil_hsm_breaker_state{hsm=\"hsm1\"}") == 0.0,
+        log,
+    );
     let hsm1_back = v.metric("vigil_hsm_signatures_total{hsm=\"hsm1\"}");
-    wait_for("signatures on HSM 1 again", Duration::from_secs(10), || {
-        v.metric("vigil_hsm_signatures_total{hsm=\"hsm1\"}") >= hsm1_back + 20.0
-    });
+    wait_or(
+        "signatures on HSM 1 again",
+        Duration::from_secs(10),
+        || v.metric("vigil_hsm_signatures_total{hsm=\"hsm1\"}") >= hsm1_back + 20.0,
+        log,
+    );
 
     stop.store(true, Ordering::Relaxed);
-    let failures: Vec<String> = clients
-        .into_iter()
-        .flat_map(|c| c.join().expect("client"))
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "failed responses: {failures:?}\n{}",
-        v.log()
-    );
+    for c in clients {
+        c.join().expect("client");
+    }
+    assert!(failed.lock().unwrap().is_empty(), "{}", log());
     assert!(v.metric("vigil_hsm_probes_total{hsm=\"hsm1\",result=\"ok\"}") >= 1.0);
     assert!(v.metric("vigil_hsm_errors_total{hsm=\"hsm1\",kind=\"lost\"}") >= 1.0);
     let log = v.log();

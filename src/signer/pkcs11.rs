@@ -23,7 +23,10 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::{
+    Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    TryLockError,
+};
 use std::time::{Duration, Instant};
 
 use const_oid::db::rfc5912;
@@ -185,18 +188,78 @@ fn warn_if_readable_by_others(path: &Path) {
 
 #[derive(Debug, Clone, Copy)]
 struct ModuleState {
-    /// Bumped by every re-initialisation; sessions and handles of an older one are void.
+    /// Unique per initialisation; sessions and handles of another one are void.
     generation: u64,
     initialized: bool,
 }
 
-/// A loaded PKCS#11 module (one `C_GetFunctionList`), shared by the keys that name the same
-/// path and environment.
+/// One loaded function list of a module (one `C_GetFunctionList`) and its initialisation.
+/// Every call into it holds the read lock; `C_Finalize` / `C_Initialize` take the write lock.
+pub struct Instance {
+    context: Pkcs11,
+    state: RwLock<ModuleState>,
+}
+
+impl Instance {
+    fn read(&self) -> RwLockReadGuard<'_, ModuleState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The write lock, if every call in flight returns within `wait`. Polls rather than
+    /// blocks, so calls keep flowing on other sessions meanwhile.
+    fn try_write_for(&self, wait: Duration) -> Option<RwLockWriteGuard<'_, ModuleState>> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.state.try_write() {
+                Ok(g) => return Some(g),
+                Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(TryLockError::WouldBlock) => return None,
+            }
+        }
+    }
+
+    fn initialize(
+        &self,
+        env: &BTreeMap<String, String>,
+        st: &mut ModuleState,
+    ) -> Result<(), CkError> {
+        initialize(&self.context, env)?;
+        st.initialized = true;
+        Ok(())
+    }
+
+    /// Closes `session` if it belongs to the current initialisation and its connection is not
+    /// known to be lost, else forgets it: after a re-initialisation its handle number may name
+    /// someone else's session, and closing on a lost device only fails.
+    fn discard(&self, generation: u64, session: Session, lost: bool) {
+        let st = self.read();
+        if !lost && st.initialized && st.generation == generation {
+            drop(session); // C_CloseSession, under the read lock
+        } else {
+            std::mem::forget(session);
+        }
+    }
+}
+
+/// `C_Initialize`, with the module's environment; "already initialised" is success.
+fn initialize(context: &Pkcs11, env: &BTreeMap<String, String>) -> Result<(), CkError> {
+    let args = CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK);
+    match with_env(env, || context.initialize(args)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A PKCS#11 module, shared by the keys that name the same path and environment. Holds its
+/// current [`Instance`]; re-initialising may replace it (see [`Module::reinitialize`]).
 pub struct Module {
     path: PathBuf,
     env: BTreeMap<String, String>,
-    context: Pkcs11,
-    state: RwLock<ModuleState>,
+    current: Mutex<Arc<Instance>>,
+    generations: AtomicU64,
     /// Keys on this module that are currently healthy; the module is re-initialised only when
     /// none is (finalizing would tear down their sessions too).
     healthy_keys: AtomicUsize,
@@ -246,25 +309,27 @@ impl Module {
         if let Some(m) = modules.iter().find(|m| m.path == path && &m.env == env) {
             return Ok(m.clone());
         }
-        let context = with_env(env, || Pkcs11::new(path)).map_err(|e| {
-            HsmError::Config(format!("module {}: {}", path.display(), classify(&e)))
-        })?;
+        let context = load_context(path, env)?;
+        let mut st = ModuleState {
+            generation: 1,
+            initialized: false,
+        };
+        match initialize(&context, env) {
+            Ok(()) => st.initialized = true,
+            Err(e) => {
+                tracing::warn!(module = %path.display(), error = %classify(&e), "C_Initialize failed; will retry")
+            }
+        }
         let module = Arc::new(Module {
             path: path.to_path_buf(),
             env: env.clone(),
-            context,
-            state: RwLock::new(ModuleState {
-                generation: 1,
-                initialized: false,
-            }),
+            current: Mutex::new(Arc::new(Instance {
+                context,
+                state: RwLock::new(st),
+            })),
+            generations: AtomicU64::new(1),
             healthy_keys: AtomicUsize::new(0),
         });
-        {
-            let mut st = module.write();
-            if let Err(e) = module.initialize(&mut st) {
-                tracing::warn!(module = %path.display(), error = %classify(&e), "C_Initialize failed; will retry");
-            }
-        }
         modules.push(module.clone());
         Ok(module)
     }
@@ -274,53 +339,70 @@ impl Module {
         &self.path
     }
 
-    fn initialize(&self, st: &mut ModuleState) -> Result<(), CkError> {
-        let args = CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK);
-        match with_env(&self.env, || self.context.initialize(args)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
-                st.initialized = true;
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+    /// The instance calls go to now.
+    pub fn instance(&self) -> Arc<Instance> {
+        lock(&self.current).clone()
     }
 
-    /// `C_Finalize` then `C_Initialize`, unless another caller already did so since
-    /// generation `seen`. Returns the generation now current.
-    pub fn reinitialize(&self, seen: u64) -> Result<u64, HsmError> {
-        let mut st = self.write();
-        if st.generation != seen && st.initialized {
+    fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Starts the module again, unless another caller already did so since generation
+    /// `seen`. Returns the generation now current.
+    ///
+    /// Normally `C_Finalize` + `C_Initialize` on the current instance, once the calls in
+    /// flight have returned. If one has not returned within `wait` — a network HSM that went
+    /// silent, or a client library that lost track of a reply — the module is loaded afresh
+    /// (modules such as p11-kit-client give each load its own state and connection) and the
+    /// stuck instance is left to the stuck call. A module that keeps one state per process
+    /// cannot be loaded afresh; then this fails until the stuck call returns.
+    pub fn reinitialize(&self, seen: u64, wait: Duration) -> Result<u64, HsmError> {
+        let instance = self.instance();
+        if let Some(mut st) = instance.try_write_for(wait) {
+            if st.generation != seen && st.initialized {
+                return Ok(st.generation);
+            }
+            if st.initialized {
+                // The device may be gone; whatever C_Finalize says, start again.
+                let _ = instance.context.clone().finalize();
+                st.initialized = false;
+            }
+            st.generation = self.next_generation();
+            instance.initialize(&self.env, &mut st).map_err(lost)?;
+            tracing::info!(module = %self.path.display(), generation = st.generation, "PKCS#11 module re-initialised");
             return Ok(st.generation);
         }
-        if st.initialized {
-            // The device may be gone; whatever C_Finalize says, start again.
-            let _ = self.context.clone().finalize();
-            st.initialized = false;
+        let context = load_context(&self.path, &self.env)?;
+        match with_env(&self.env, || {
+            context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        }) {
+            Ok(()) => {}
+            Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+                return Err(HsmError::Lost(format!(
+                    "a call into {} has not returned in {wait:?}, and the module keeps one state per process; waiting for it",
+                    self.path.display()
+                )))
+            }
+            Err(e) => return Err(classify(&e)),
         }
-        st.generation += 1;
-        self.initialize(&mut st).map_err(lost)?;
-        tracing::info!(module = %self.path.display(), generation = st.generation, "PKCS#11 module re-initialised");
-        Ok(st.generation)
-    }
-
-    fn read(&self) -> RwLockReadGuard<'_, ModuleState> {
-        self.state.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ModuleState> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The current generation, if initialised.
-    fn current(&self) -> Option<u64> {
-        let st = self.read();
-        st.initialized.then_some(st.generation)
+        let generation = self.next_generation();
+        *lock(&self.current) = Arc::new(Instance {
+            context,
+            state: RwLock::new(ModuleState {
+                generation,
+                initialized: true,
+            }),
+        });
+        tracing::warn!(module = %self.path.display(), generation, "a call into the module has not returned; loaded a fresh instance and left the stuck one");
+        Ok(generation)
     }
 
     /// Library description and version (`C_GetInfo`).
     pub fn info(&self) -> Result<String, HsmError> {
-        let _st = self.read();
-        let i = self.context.get_library_info().map_err(lost)?;
+        let instance = self.instance();
+        let _st = instance.read();
+        let i = instance.context.get_library_info().map_err(lost)?;
         Ok(format!(
             "{} {}.{} ({}), PKCS#11 {}.{}",
             i.library_description().trim(),
@@ -331,18 +413,11 @@ impl Module {
             i.cryptoki_version().minor()
         ))
     }
+}
 
-    /// Closes `session` if it belongs to the current initialisation and its connection is not
-    /// known to be lost, else forgets it: after a re-initialisation its handle number may name
-    /// someone else's session, and closing on a lost device only fails.
-    fn discard(&self, generation: u64, session: Session, lost: bool) {
-        let st = self.read();
-        if !lost && st.initialized && st.generation == generation {
-            drop(session); // C_CloseSession, under the read lock
-        } else {
-            std::mem::forget(session);
-        }
-    }
+fn load_context(path: &Path, env: &BTreeMap<String, String>) -> Result<Pkcs11, HsmError> {
+    with_env(env, || Pkcs11::new(path))
+        .map_err(|e| HsmError::Config(format!("module {}: {}", path.display(), classify(&e))))
 }
 
 // === key ===
@@ -446,7 +521,7 @@ struct SessionSlots {
 /// One login on one token: the anchor session holding the login, the key handle, and the
 /// signing sessions.
 struct Connection {
-    module: Arc<Module>,
+    instance: Arc<Instance>,
     generation: u64,
     slot: Slot,
     token_label: String,
@@ -467,10 +542,10 @@ impl Drop for Connection {
         let lost = self.lost.load(Ordering::Acquire);
         let idle: Vec<Session> = std::mem::take(&mut lock(&self.sessions).idle);
         for s in idle {
-            self.module.discard(self.generation, s, lost);
+            self.instance.discard(self.generation, s, lost);
         }
         if let Some(a) = lock(&self.anchor).take() {
-            self.module.discard(self.generation, a, lost);
+            self.instance.discard(self.generation, a, lost);
         }
     }
 }
@@ -487,11 +562,14 @@ impl Connection {
                 slots.open += 1;
                 drop(slots);
                 let opened = {
-                    let st = self.module.read();
+                    let st = self.instance.read();
                     if !st.initialized || st.generation != self.generation {
                         Err(HsmError::Lost("the module was re-initialised".into()))
                     } else {
-                        self.module.context.open_ro_session(self.slot).map_err(lost)
+                        self.instance
+                            .context
+                            .open_ro_session(self.slot)
+                            .map_err(lost)
                     }
                 };
                 if let Err(e) = &opened {
@@ -524,7 +602,7 @@ impl Connection {
         self.lost.store(true, Ordering::Release);
         lock(&self.sessions).open -= 1;
         self.returned.notify_one();
-        self.module.discard(self.generation, session, true);
+        self.instance.discard(self.generation, session, true);
     }
 
     fn sign(&self, message: &[u8], wait: Duration) -> Result<Vec<u8>, HsmError> {
@@ -544,7 +622,7 @@ impl Connection {
         };
         let session = self.checkout(wait)?;
         let result = {
-            let st = self.module.read();
+            let st = self.instance.read();
             if !st.initialized || st.generation != self.generation {
                 Err(HsmError::Lost("the module was re-initialised".into()))
             } else {
@@ -605,7 +683,7 @@ impl Pkcs11Key {
     /// connect. `expected`: the public key the token's key must have (from the certificate).
     pub fn new(spec: KeySpec, pin: AuthPin, expected: Option<Vec<u8>>) -> Result<Self, HsmError> {
         let module = Module::load(&spec.module, &spec.module_env)?;
-        let seen = module.current().unwrap_or(0);
+        let seen = module.instance().read().generation;
         Ok(Pkcs11Key {
             spec,
             module,
@@ -688,20 +766,21 @@ impl Pkcs11Key {
     /// Reconnects after a loss: a fresh connection, and, when that fails with a lost device
     /// and no other key on the module is healthy (or the module is not initialised),
     /// `C_Finalize` + `C_Initialize` of the module and one more attempt.
-    pub fn recover(&self) -> Result<KeyDescription, HsmError> {
+    /// `wait`: how long calls in flight get to return before the module is loaded afresh.
+    pub fn recover(&self, wait: Duration) -> Result<KeyDescription, HsmError> {
         self.set_healthy(false);
         match self.connect() {
             Ok(d) => Ok(d),
             Err(HsmError::Lost(why)) => {
                 let others_healthy = self.module.healthy_keys.load(Ordering::Acquire) > 0;
-                let uninitialised =
-                    self.module.current().is_none() || why.contains("CKR_CRYPTOKI_NOT_INITIALIZED");
+                let uninitialised = !self.module.instance().read().initialized
+                    || why.contains("CKR_CRYPTOKI_NOT_INITIALIZED");
                 if others_healthy && !uninitialised {
                     return Err(HsmError::Lost(why));
                 }
                 self.disconnect();
                 let seen = self.seen_generation.load(Ordering::Acquire);
-                self.module.reinitialize(seen)?;
+                self.module.reinitialize(seen, wait)?;
                 self.connect()
             }
             Err(e) => Err(e),
@@ -709,7 +788,8 @@ impl Pkcs11Key {
     }
 
     fn open_connection(&self) -> Result<Connection, HsmError> {
-        let st = self.module.read();
+        let instance = self.module.instance();
+        let st = instance.read();
         if !st.initialized {
             return Err(HsmError::Lost(
                 "the module is not initialised (CKR_CRYPTOKI_NOT_INITIALIZED)".into(),
@@ -717,7 +797,7 @@ impl Pkcs11Key {
         }
         let generation = st.generation;
         self.seen_generation.store(generation, Ordering::Release);
-        let ctx = &self.module.context;
+        let ctx = &instance.context;
         let (slot, token_label) = find_token(ctx, &self.spec.token)?;
         let info = ctx.get_token_info(slot).map_err(lost)?;
         let anchor = ctx.open_ro_session(slot).map_err(lost)?;
@@ -735,7 +815,7 @@ impl Pkcs11Key {
         };
         drop(st);
         Ok(Connection {
-            module: self.module.clone(),
+            instance: instance.clone(),
             generation,
             slot,
             token_label,
@@ -1047,8 +1127,9 @@ pub fn list_tokens(
     module: &Module,
     pin_for: impl Fn(&str) -> Option<AuthPin>,
 ) -> Result<Vec<TokenListing>, HsmError> {
-    let _st = module.read();
-    let ctx = &module.context;
+    let instance = module.instance();
+    let _st = instance.read();
+    let ctx = &instance.context;
     let mut out = Vec::new();
     for slot in ctx.get_slots_with_token().map_err(lost)? {
         let info = ctx.get_token_info(slot).map_err(lost)?;

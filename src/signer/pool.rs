@@ -20,7 +20,8 @@
 //! the answer path serves cached responses until their nextUpdate, then `tryLater`. The
 //! optional software key (`danger_software_fallback`, labs only) signs only then.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,10 @@ pub struct PoolSettings {
     pub reconnect_backoff_max: Duration,
     /// How long a signature waits for a free session when every member in service is busy.
     pub session_wait: Duration,
+    /// How long one HSM may take to answer before the signature fails over to the next and
+    /// the HSM is taken out of service (a network HSM that stops answering without closing
+    /// the connection).
+    pub sign_timeout: Duration,
 }
 
 impl PoolSettings {
@@ -58,6 +63,7 @@ impl PoolSettings {
             reconnect_backoff_min: c.reconnect_backoff_min,
             reconnect_backoff_max: c.reconnect_backoff_max,
             session_wait: c.session_wait,
+            sign_timeout: c.sign_timeout,
         }
     }
 }
@@ -168,7 +174,23 @@ impl MemberMetrics {
     }
 }
 
-/// One HSM of a pool.
+/// One signature for a member's workers.
+struct Job {
+    message: Arc<[u8]>,
+    /// [`QUEUED`], [`STARTED`], [`DONE`] or [`ABANDONED`]; whoever moves it out of
+    /// `QUEUED`/`STARTED` settles the member's `in_flight` count.
+    state: Arc<AtomicU8>,
+    reply: mpsc::SyncSender<Result<Vec<u8>, HsmError>>,
+}
+
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const DONE: u8 = 2;
+const ABANDONED: u8 = 3;
+
+/// One HSM of a pool. Its signatures run on its own worker threads (one per session), so a
+/// caller can stop waiting for an HSM that stopped answering and fail over, while the stuck
+/// call finishes (or fails) on the worker.
 struct Member {
     key: Pkcs11Key,
     in_service: AtomicBool,
@@ -176,6 +198,14 @@ struct Member {
     breaker: Mutex<Breaker>,
     wake: Condvar,
     metrics: MemberMetrics,
+    jobs: mpsc::Sender<Job>,
+    queue: Mutex<mpsc::Receiver<Job>>,
+    /// Jobs sent and not yet finished (or dropped) by a worker.
+    in_flight: AtomicUsize,
+    workers: usize,
+    /// Bumped each time the member is put in service: an error from a call made before
+    /// that (a call that was stuck on the old connection) does not take it out again.
+    epoch: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -188,9 +218,69 @@ impl Member {
         self.key.name()
     }
 
-    fn sign(&self, message: &[u8], wait: Duration, shared: &Shared) -> Result<Vec<u8>, HsmError> {
+    /// Hands `message` to a worker and waits for the signature: up to `session_wait` +
+    /// `sign_timeout` in all. With `queue` false, returns [`HsmError::Busy`] at once when
+    /// every worker is taken. A worker that started the job and has not answered in time is
+    /// presumed stuck in the HSM: it is replaced by a new worker, and the member is reported
+    /// lost.
+    fn dispatch(
+        self: &Arc<Self>,
+        message: &Arc<[u8]>,
+        queue: bool,
+        shared: &Arc<Shared>,
+    ) -> Result<Vec<u8>, HsmError> {
+        if !queue && self.in_flight.load(Ordering::Acquire) >= self.workers {
+            return Err(HsmError::Busy(self.workers));
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job = Job {
+            message: message.clone(),
+            state: state.clone(),
+            reply,
+        };
+        if self.jobs.send(job).is_err() {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(HsmError::Lost("the signing workers stopped".into()));
+        }
+        let timeout = shared.settings.session_wait + shared.settings.sign_timeout;
+        if let Ok(r) = answer.recv_timeout(timeout) {
+            return r;
+        }
+        let abandon = |from| {
+            state
+                .compare_exchange(from, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        };
+        if abandon(QUEUED) {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(HsmError::Busy(self.workers));
+        }
+        if abandon(STARTED) {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            spawn_worker(self, shared);
+            return Err(HsmError::Lost(format!(
+                "no answer within sign_timeout ({:?})",
+                shared.settings.sign_timeout
+            )));
+        }
+        // Finished just now: the answer is on its way.
+        answer
+            .recv()
+            .unwrap_or_else(|_| Err(HsmError::Lost("the signing worker stopped".into())))
+    }
+
+    /// A live signature: dispatch, metrics, and the breaker.
+    fn sign(
+        self: &Arc<Self>,
+        message: &Arc<[u8]>,
+        queue: bool,
+        shared: &Arc<Shared>,
+    ) -> Result<Vec<u8>, HsmError> {
         let started = Instant::now();
-        let r = self.key.sign(message, wait);
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let r = self.dispatch(message, queue, shared);
         match &r {
             Ok(_) => {
                 self.metrics.signatures.increment(1);
@@ -209,7 +299,7 @@ impl Member {
                     }
                     _ => true,
                 };
-                if open {
+                if open && self.epoch.load(Ordering::Acquire) == epoch {
                     self.take_out(e, shared);
                 }
             }
@@ -256,6 +346,7 @@ impl Member {
         b.attempts = 0;
         self.failures.store(0, Ordering::Relaxed);
         self.key.set_healthy(true);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.in_service.store(true, Ordering::Release);
         self.metrics.breaker.set(0.0);
         drop(b);
@@ -266,7 +357,7 @@ impl Member {
     }
 
     /// A test signature, verified against the certificate's key.
-    fn probe(&self, shared: &Shared) -> Result<(), HsmError> {
+    fn probe(self: &Arc<Self>, shared: &Arc<Shared>) -> Result<(), HsmError> {
         let message = format!(
             "vigil health probe {} {}",
             self.name(),
@@ -276,9 +367,7 @@ impl Member {
             .key
             .description()
             .ok_or_else(|| HsmError::Lost("not connected".into()))?;
-        let sig = self
-            .key
-            .sign(message.as_bytes(), shared.settings.session_wait)?;
+        let sig = self.dispatch(&Arc::from(message.as_bytes()), true, shared)?;
         if !super::verify(d.algorithm, &shared.public_key, message.as_bytes(), &sig) {
             return Err(HsmError::Failed(
                 "the probe signature does not verify with the certificate's key".into(),
@@ -365,11 +454,18 @@ impl SignerPool {
         let mut unreachable = Vec::new();
         for (spec, pin_source) in members {
             let name = spec.name.clone();
+            let spec_sessions = spec.sessions.max(1);
             let fail = |e: String| format!("hsm {name:?}: {e}");
             let pin = read_pin(&pin_source).map_err(fail)?;
             let key = Pkcs11Key::new(spec, pin, Some(public_key.clone()))
                 .map_err(|e| fail(e.to_string()))?;
+            let (jobs, queue) = mpsc::channel();
             let member = Arc::new(Member {
+                workers: spec_sessions,
+                jobs,
+                queue: Mutex::new(queue),
+                in_flight: AtomicUsize::new(0),
+                epoch: AtomicU64::new(0),
                 key,
                 in_service: AtomicBool::new(false),
                 failures: AtomicU32::new(0),
@@ -385,6 +481,11 @@ impl SignerPool {
             });
             member.metrics.breaker.set(1.0);
             lock(&shared.members).push(member.clone());
+            for _ in 0..member.workers {
+                if !spawn_worker(&member, &shared) {
+                    return Err(fail("cannot start its signing threads".into()));
+                }
+            }
             match member
                 .key
                 .connect()
@@ -492,12 +593,14 @@ impl Signer for SignerPool {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
         let mut errors: Vec<String> = Vec::new();
         let mut busy: Vec<&Arc<Member>> = Vec::new();
-        // First pass: the first member in service with a free session.
+        let shared_message: Arc<[u8]> = Arc::from(message);
+        let message = &shared_message;
+        // First pass: the first member in service with a free worker.
         for m in &self.members {
             if !m.in_service.load(Ordering::Acquire) {
                 continue;
             }
-            match m.sign(message, Duration::ZERO, &self.shared) {
+            match m.sign(message, false, &self.shared) {
                 Ok(sig) => return Ok(sig),
                 Err(HsmError::Busy(_)) => busy.push(m),
                 Err(e) => errors.push(format!("{}: {e}", m.name())),
@@ -508,7 +611,7 @@ impl Signer for SignerPool {
             if !m.in_service.load(Ordering::Acquire) {
                 continue;
             }
-            match m.sign(message, self.shared.settings.session_wait, &self.shared) {
+            match m.sign(message, true, &self.shared) {
                 Ok(sig) => return Ok(sig),
                 Err(e) => errors.push(format!("{}: {e}", m.name())),
             }
@@ -516,7 +619,7 @@ impl Signer for SignerPool {
         if let Some(f) = &self.fallback {
             self.fallback_signatures.increment(1);
             tracing::warn!(issuer = %self.shared.issuer, "no HSM in service: signing with danger_software_fallback");
-            return f.sign(message);
+            return f.sign(message.as_ref());
         }
         if errors.is_empty() {
             errors.push("no HSM in service".into());
@@ -539,9 +642,56 @@ impl Signer for SignerPool {
     }
 }
 
+/// Starts one signing thread for `member`; false if the thread could not be made.
+fn spawn_worker(member: &Arc<Member>, shared: &Arc<Shared>) -> bool {
+    let (m, s) = (member.clone(), shared.clone());
+    let spawned = std::thread::Builder::new()
+        .name(format!("vigil-hsm-{}", member.name()))
+        .spawn(move || worker(&m, &s));
+    if let Err(e) = &spawned {
+        tracing::error!(hsm = member.name(), error = %e, "cannot start a signing thread");
+    }
+    spawned.is_ok()
+}
+
+/// A signing thread of one member: takes jobs, signs, answers. Exits when the pool is gone,
+/// or when its caller gave up on it mid-call (a replacement has been started by then).
+fn worker(member: &Member, shared: &Shared) {
+    loop {
+        let job = {
+            let queue = lock(&member.queue);
+            match queue.recv_timeout(Duration::from_secs(1)) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if shared.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        };
+        let take = job
+            .state
+            .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire);
+        if take.is_err() {
+            continue; // its caller gave up before it started, and settled the count
+        }
+        let r = member.key.sign(&job.message, shared.settings.session_wait);
+        let finished =
+            job.state
+                .compare_exchange(STARTED, DONE, Ordering::AcqRel, Ordering::Acquire);
+        if finished.is_err() {
+            return; // given up on while stuck: replaced already
+        }
+        member.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let _ = job.reply.send(r);
+    }
+}
+
 /// The monitor of one member: probes it while in service, reconnects it with backoff while
 /// out, and stops for good when it has failed or the pool is gone.
-fn monitor(member: &Member, shared: &Shared) {
+fn monitor(member: &Arc<Member>, shared: &Arc<Shared>) {
     loop {
         let state = {
             let mut b = lock(&member.breaker);
@@ -580,7 +730,10 @@ fn monitor(member: &Member, shared: &Shared) {
                 }
             },
             BreakerState::Open => {
-                let result = member.key.recover().and_then(|_| member.probe(shared));
+                let result = member
+                    .key
+                    .recover(shared.settings.sign_timeout)
+                    .and_then(|_| member.probe(shared));
                 match result {
                     Ok(()) => {
                         member.metrics.probes_ok.increment(1);
@@ -702,6 +855,7 @@ mod tests {
             reconnect_backoff_min: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(1),
             session_wait: Duration::from_millis(100),
+            sign_timeout: Duration::from_secs(1),
         };
         let e = SignerPool::start(
             "a",
