@@ -699,11 +699,13 @@ mod tests {
             let r = responder.clone();
             async move {
                 for _ in 0..500 {
-                    let st = r.gate.lock();
-                    if (st.free, st.routine.len(), st.status_change.len()) == want {
+                    let now = {
+                        let st = r.gate.lock();
+                        (st.free, st.routine.len(), st.status_change.len())
+                    };
+                    if now == want {
                         return;
                     }
-                    drop(st);
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 panic!("the signing gate never reached {want:?}");
