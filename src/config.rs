@@ -730,4 +730,113 @@ mod tests {
             .expect_err("bad");
         assert!(e.to_string().contains("ocsp.nonce"));
     }
+
+    const HSMS: &str = "[[hsm]]\nname = \"h1\"\nmodule = \"/m.so\"\ntoken_label = \"t\"\nkey_label = \"k\"\npin_env = \"PIN\"\n\
+                        [[hsm]]\nname = \"h2\"\nmodule = \"/m.so\"\nmodule_env = { A = \"b\" }\nslot = 3\nkey_id = \"0a:0b\"\npin_file = \"pin\"\n";
+    const HSM_ISSUER: &str =
+        "[[issuer]]\nname = \"a\"\ncertificate = \"ca.pem\"\nsigner = { hsm = [\"h1\", \"h2\"] }\n";
+
+    #[test]
+    fn hsm_pools_parse_and_validate() {
+        let c = Config::from_toml(&format!(
+            "[hsm_pool]\nprobe_interval = \"1s\"\nsign_timeout = \"500ms\"\n{HSMS}{HSM_ISSUER}"
+        ))
+        .expect("parse");
+        c.validate().expect("valid");
+        assert_eq!(c.hsms.len(), 2);
+        assert_eq!(c.hsms[1].module_env.get("A").map(String::as_str), Some("b"));
+        assert_eq!(c.hsms[0].sessions, limits::HSM_SESSIONS);
+        assert_eq!(c.hsm_pool.sign_timeout, Duration::from_millis(500));
+        let signer = c.issuers[0].signer.as_ref().expect("signer");
+        assert_eq!(signer.hsm, ["h1", "h2"]);
+        assert!(signer.danger_software_fallback.is_none());
+    }
+
+    #[test]
+    fn hsm_errors_name_the_key() {
+        let check = |text: String, want: &str| {
+            let e = Config::from_toml(&text)
+                .and_then(|c| c.validate())
+                .expect_err(want);
+            assert!(e.to_string().contains(want), "{e} lacks {want:?}");
+        };
+        check(
+            format!("{HSMS}[[issuer]]\nname = \"a\"\ncertificate = \"c\"\nresponder_key = \"k\"\nsigner = {{ hsm = [\"h1\"] }}\n"),
+            "either responder_key or signer",
+        );
+        check(
+            format!("{HSMS}[[issuer]]\nname = \"a\"\ncertificate = \"c\"\n"),
+            "responder_key or signer is required",
+        );
+        check(
+            format!("{HSMS}[[issuer]]\nname = \"a\"\ncertificate = \"c\"\nsigner = {{ hsm = [\"h9\"] }}\n"),
+            "issuer[0].signer.hsm: no [[hsm]] is named \"h9\"",
+        );
+        check(
+            format!(
+                "{HSMS}[[issuer]]\nname = \"a\"\ncertificate = \"c\"\nsigner = {{ hsm = [] }}\n"
+            ),
+            "issuer[0].signer.hsm",
+        );
+        let one = |extra: &str| {
+            format!(
+                "[[hsm]]\nname = \"h1\"\nmodule = \"/m.so\"\n{extra}\n{}",
+                ISSUER
+            )
+        };
+        check(
+            one("token_label = \"t\"\nslot = 1\nkey_label = \"k\"\npin_env = \"P\""),
+            "hsm[0] (h1): set exactly one of token_label and slot",
+        );
+        check(
+            one("token_label = \"t\"\npin_env = \"P\""),
+            "hsm[0] (h1): set key_label, key_id, or both",
+        );
+        check(
+            one("token_label = \"t\"\nkey_id = \"xyz\"\npin_env = \"P\""),
+            "hsm[0] (h1).key_id",
+        );
+        check(
+            one("token_label = \"t\"\nkey_label = \"k\"\npin_env = \"P\"\npin_file = \"f\""),
+            "exactly one of pin_file and pin_env",
+        );
+        check(
+            one("token_label = \"t\"\nkey_label = \"k\"\npin_env = \"P\"\nsessions = 0"),
+            "hsm[0] (h1).sessions",
+        );
+        check(
+            one("token_label = \"t\"\nkey_label = \"k\"\npin = \"1234\""),
+            "unknown field `pin`",
+        );
+        check(
+            format!("[hsm_pool]\nsign_timeout = \"0s\"\n{HSMS}{HSM_ISSUER}"),
+            "hsm_pool.sign_timeout",
+        );
+        check(
+            format!("[hsm_pool]\nreconnect_backoff_min = \"5s\"\nreconnect_backoff_max = \"1s\"\n{HSMS}{HSM_ISSUER}"),
+            "hsm_pool.reconnect_backoff_max",
+        );
+    }
+
+    #[test]
+    fn hsm_paths_resolve_against_the_config_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("vigil.toml");
+        std::fs::write(
+            &path,
+            format!("{HSMS}[[issuer]]\nname = \"a\"\ncertificate = \"ca.pem\"\nsigner = {{ hsm = [\"h2\"], danger_software_fallback = \"k.pem\" }}\n"),
+        )
+        .expect("write");
+        let c = Config::load(Some(&path)).expect("load");
+        assert_eq!(
+            c.hsms[1].pin_file.as_deref(),
+            Some(dir.path().join("pin").as_path())
+        );
+        assert_eq!(c.hsms[0].module, PathBuf::from("/m.so"));
+        let fallback = c.issuers[0]
+            .signer
+            .as_ref()
+            .and_then(|s| s.danger_software_fallback.clone());
+        assert_eq!(fallback, Some(dir.path().join("k.pem")));
+    }
 }

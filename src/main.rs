@@ -266,6 +266,14 @@ fn hsm_list(cfg: &Config, module: Option<&Path>, pin_env: Option<&str>) -> Resul
                     format!(" used by [[hsm]] {}", used_by.join(", "))
                 }
             );
+            if !t.initialized {
+                println!("    not initialised");
+                continue;
+            }
+            if let Some(e) = &t.error {
+                println!("    listing keys failed: {e}");
+                failed = true;
+            }
             match (&t.login_error, t.logged_in) {
                 (Some(e), _) => {
                     println!("    login failed: {e}");

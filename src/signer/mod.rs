@@ -46,6 +46,15 @@ impl SignatureAlgorithm {
         }
     }
 
+    /// A name for people: `ECDSA P-256 SHA-256`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::EcdsaP256Sha256 => "ECDSA P-256 SHA-256",
+            Self::EcdsaP384Sha384 => "ECDSA P-384 SHA-384",
+            Self::RsaPkcs1Sha256 => "RSA PKCS#1 v1.5 SHA-256",
+        }
+    }
+
     /// The AlgorithmIdentifier, DER-encoded.
     pub fn algorithm_identifier_der(self) -> Vec<u8> {
         // Encoding a fixed OID with fixed parameters cannot fail.

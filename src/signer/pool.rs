@@ -797,10 +797,10 @@ pub fn test_members(
             }
             key.disconnect();
             Ok(format!(
-                "token {:?} slot {}, {:?} via {}, signed and verified in {:.1} ms",
+                "token {:?} slot {}, {} via {}, signed and verified in {:.1} ms",
                 d.token_label,
                 d.slot,
-                d.algorithm,
+                d.algorithm.name(),
                 d.mechanism,
                 took.as_secs_f64() * 1000.0
             ))
