@@ -2,6 +2,10 @@
 //! breaker and a monitor thread; signing goes to the first member in service and fails over
 //! to the next; a member that fails is taken out and brought back only by a health probe.
 //!
+//! Each member signs on its own worker threads (one per session). The caller waits for the
+//! answer at most `session_wait` + `sign_timeout`; an HSM that does not answer in time is
+//! taken out, the signature fails over, and the stuck worker is replaced.
+//!
 //! Per member:
 //!
 //! - **closed** (in service): live signatures go to it; its monitor makes a test signature
