@@ -36,6 +36,7 @@ use crate::ocsp::response::{
 };
 use crate::ocsp::{HashAlgorithm, IssuerMatcher, OcspError};
 use crate::pki::Issuer;
+use crate::signer::SignError;
 use crate::status::view::IssuerTable;
 use crate::status::{
     CertStatus, IssuerId, Revocation, RevocationReason, Serial, StatusView, UnissuedPolicy,
@@ -181,6 +182,34 @@ impl SigningGate {
         }
     }
 
+    /// Signs on a blocking thread. A signer with a [`timeout`](crate::signer::Signer::timeout) that has not answered
+    /// by then is left behind and asked once more (an HSM pool fails over to another HSM on
+    /// that second call); the thread of the stuck call finishes whenever the HSM lets it.
+    async fn sign_blocking(
+        profile: &ResponderProfile,
+        tbs: Vec<u8>,
+    ) -> Result<Result<Vec<u8>, SignError>, OcspError> {
+        let joined = |r: Result<_, tokio::task::JoinError>| {
+            r.map_err(|e| OcspError::Internal(format!("signing task: {e}")))
+        };
+        let signer = profile.signer.clone();
+        let Some(limit) = signer.timeout() else {
+            return joined(tokio::task::spawn_blocking(move || signer.sign(&tbs)).await);
+        };
+        let tbs: Arc<[u8]> = tbs.into();
+        for _ in 0..2 {
+            let (signer, tbs) = (signer.clone(), tbs.clone());
+            let call = tokio::task::spawn_blocking(move || signer.sign(&tbs));
+            if let Ok(r) = tokio::time::timeout(limit, call).await {
+                return joined(r);
+            }
+            tracing::warn!(signer = %profile.signer.describe(), ?limit, "a signature did not finish in time; asking again");
+        }
+        Ok(Err(SignError::Unavailable(format!(
+            "no signature within {limit:?}, twice"
+        ))))
+    }
+
     /// Signs `tbs` with the profile's signer on a blocking thread, waiting for a slot.
     pub async fn sign(
         &self,
@@ -198,11 +227,8 @@ impl SigningGate {
                 return Err(e);
             }
         };
-        let signer = profile.signer.clone();
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || signer.sign(&tbs))
-            .await
-            .map_err(|e| OcspError::Internal(format!("signing task: {e}")))?;
+        let result = Self::sign_blocking(profile, tbs).await?;
         drop(permit);
         metrics
             .signing_latency

@@ -481,6 +481,92 @@ fn losing_an_hsm_fails_no_request_and_it_rejoins_after_its_probe() {
     );
 }
 
+/// An HSM that goes silent (its p11-kit server frozen: connections open, nothing answers):
+/// calls stuck on it are left behind after `sign_timeout`, requests are answered through
+/// HSM 2, nothing fails. Then it comes back at the same address while the old connections
+/// stay silent for good (a new server; the frozen one keeps them): vigil abandons the stuck
+/// module instance, loads a fresh one, and the HSM rejoins.
+#[test]
+fn a_silent_hsm_is_left_behind_and_rejoins_through_a_fresh_module_instance() {
+    require_softhsm!();
+    let lab = Lab::new();
+    let (hsms, pki) = network_hsms(&lab, &["hsm1", "hsm2"]);
+    let config = write_config(
+        &lab,
+        &pki,
+        &[&hsms[0], &hsms[1]],
+        "[ocsp]\nnonce = \"echo\"\nsigning_concurrency = 4",
+    );
+    // Tighter than write_config's defaults, so the test is quick.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "session_wait = \"500ms\"",
+        "session_wait = \"200ms\"\nsign_timeout = \"300ms\"",
+    );
+    std::fs::write(&config, text).unwrap();
+    issue(&config, &["0A"]);
+    let request = ocsp_request(&lab, &pki, "0A", true);
+    let key = responder_key(&pki);
+    let alg = SignatureAlgorithm::EcdsaP256Sha256;
+    let v = Vigil::start(&config, &lab);
+    let ask = || {
+        let r = v.post(&request);
+        let (status, verified) = inspect(&r.body, alg, &key);
+        assert!(
+            r.status == 200 && status == OcspResponseStatus::Successful && verified,
+            "HTTP {} {status:?} verified={verified}\n{}",
+            r.status,
+            v.log()
+        );
+    };
+    ask();
+    assert_eq!(v.metric("vigil_hsm_signatures_total{hsm=\"hsm1\"}"), 1.0);
+
+    hsms[0].server.freeze();
+    // In flight on the frozen HSM: left behind after sign_timeout, answered through HSM 2.
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(ask);
+        }
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    for _ in 0..10 {
+        ask();
+    }
+    assert!(
+        v.metric("vigil_hsm_signatures_total{hsm=\"hsm2\"}") >= 10.0,
+        "{}",
+        v.log()
+    );
+    assert_eq!(v.metric("vigil_hsm_breaker_state{hsm=\"hsm1\"}"), 1.0);
+    assert!(
+        v.log().contains("did not finish in time; asking again"),
+        "{}",
+        v.log()
+    );
+
+    // Back at the same address; the frozen server keeps the old connections silent.
+    let _replacement = lab.serve("hsm1");
+    wait_or(
+        "HSM 1 back in service",
+        Duration::from_secs(20),
+        || v.metric("vigil_hsm_breaker_state{hsm=\"hsm1\"}") == 0.0,
+        || v.log(),
+    );
+    assert!(v.log().contains("loaded a fresh instance"), "{}", v.log());
+    let before = v.metric("vigil_hsm_signatures_total{hsm=\"hsm1\"}");
+    ask();
+    assert_eq!(
+        v.metric("vigil_hsm_signatures_total{hsm=\"hsm1\"}"),
+        before + 1.0
+    );
+    drop(v); // before the frozen server is killed, so nothing answers the stuck calls
+}
+
 /// Kill every HSM: cached answers keep flowing, uncached ones get `tryLater` with `no-cache`,
 /// `/readyz` says "no signer"; bring one back and signing resumes.
 #[test]

@@ -96,6 +96,13 @@ pub trait Signer: Send + Sync {
 
     /// A short description for logs (never a secret).
     fn describe(&self) -> String;
+
+    /// How long a caller should wait for one signature before giving up on that call and
+    /// asking again (a signer that can get stuck — an HSM gone silent — fails over on the
+    /// second call). `None`: wait as long as it takes.
+    fn timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Checks that `signature` over `message` verifies with `public_key` under `algorithm`.

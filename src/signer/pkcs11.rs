@@ -198,6 +198,9 @@ struct ModuleState {
 pub struct Instance {
     context: Pkcs11,
     state: RwLock<ModuleState>,
+    /// A call into it did not come back: connect no more through it; re-initialise it once
+    /// its calls are back, or load the module afresh.
+    stuck: AtomicBool,
 }
 
 impl Instance {
@@ -266,22 +269,57 @@ pub struct Module {
 }
 
 static MODULES: OnceLock<Mutex<Vec<Arc<Module>>>> = OnceLock::new();
-static ENV_LOCK: Mutex<()> = Mutex::new(());
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind; carry on with it.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Who may change the process environment for a module, until when. A lease rather than a
+/// lock: `C_Initialize` of a network module can hang (a server that accepted and went
+/// silent), and a stuck holder must not keep every other module from starting.
+struct EnvLease {
+    holder: Mutex<Option<(u64, Instant)>>,
+    freed: Condvar,
+    next: AtomicU64,
+}
+
+static ENV_LEASE: EnvLease = EnvLease {
+    holder: Mutex::new(None),
+    freed: Condvar::new(),
+    next: AtomicU64::new(1),
+};
+
+/// How long one module load or initialisation may hold the environment.
+const ENV_LEASE_TIME: Duration = Duration::from_secs(5);
+
 /// Runs `f` with `env` set in the process environment, then restores it. Modules such as
-/// p11-kit-client read their settings (`P11_KIT_SERVER_ADDRESS`) when they are loaded and
-/// initialised, so each module instance can have its own. Calls are serialised; nothing else
-/// in vigil reads the environment after start-up.
+/// p11-kit-client read their settings (`P11_KIT_SERVER_ADDRESS`) when they are loaded, others
+/// (SoftHSM2) when initialised, so each module instance can have its own. Callers take turns;
+/// one whose `f` outlasts [`ENV_LEASE_TIME`] loses its turn and leaves the environment alone
+/// afterwards. Nothing else in vigil reads the environment after start-up.
 fn with_env<R>(env: &BTreeMap<String, String>, f: impl FnOnce() -> R) -> R {
     if env.is_empty() {
         return f();
     }
-    let _guard = lock(&ENV_LOCK);
+    let me = ENV_LEASE.next.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut holder = lock(&ENV_LEASE.holder);
+        loop {
+            match *holder {
+                Some((_, until)) if Instant::now() < until => {
+                    let wait = until.saturating_duration_since(Instant::now());
+                    holder = ENV_LEASE
+                        .freed
+                        .wait_timeout(holder, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                _ => break,
+            }
+        }
+        *holder = Some((me, Instant::now() + ENV_LEASE_TIME));
+    }
     let saved: Vec<(String, Option<std::ffi::OsString>)> = env
         .keys()
         .map(|k| (k.clone(), std::env::var_os(k)))
@@ -290,11 +328,16 @@ fn with_env<R>(env: &BTreeMap<String, String>, f: impl FnOnce() -> R) -> R {
         std::env::set_var(k, v);
     }
     let r = f();
-    for (k, v) in saved {
-        match v {
-            Some(v) => std::env::set_var(k, v),
-            None => std::env::remove_var(k),
+    let mut holder = lock(&ENV_LEASE.holder);
+    if matches!(*holder, Some((who, _)) if who == me) {
+        for (k, v) in saved {
+            match v {
+                Some(v) => std::env::set_var(k, v),
+                None => std::env::remove_var(k),
+            }
         }
+        *holder = None;
+        ENV_LEASE.freed.notify_all();
     }
     r
 }
@@ -326,6 +369,7 @@ impl Module {
             current: Mutex::new(Arc::new(Instance {
                 context,
                 state: RwLock::new(st),
+                stuck: AtomicBool::new(false),
             })),
             generations: AtomicU64::new(1),
             healthy_keys: AtomicUsize::new(0),
@@ -369,6 +413,7 @@ impl Module {
                 st.initialized = false;
             }
             st.generation = self.next_generation();
+            instance.stuck.store(false, Ordering::Release);
             instance.initialize(&self.env, &mut st).map_err(lost)?;
             tracing::info!(module = %self.path.display(), generation = st.generation, "PKCS#11 module re-initialised");
             return Ok(st.generation);
@@ -393,6 +438,7 @@ impl Module {
                 generation,
                 initialized: true,
             }),
+            stuck: AtomicBool::new(false),
         });
         tracing::warn!(module = %self.path.display(), generation, "a call into the module has not returned; loaded a fresh instance and left the stuck one");
         Ok(generation)
@@ -535,6 +581,26 @@ struct Connection {
     max_sessions: usize,
     /// A call on this connection reported a lost device, session or connection.
     lost: AtomicBool,
+    /// Start times ([`micros_now`]) of the `C_Sign` calls in flight, one slot per session;
+    /// 0 is a free slot. Lets a caller see that a call has not come back.
+    calls: Box<[AtomicU64]>,
+}
+
+/// Microseconds since the first call, plus one (0 means "no call").
+fn micros_now() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_micros() as u64 + 1
+}
+
+/// One `C_Sign` in flight, recorded in a [`Connection::calls`] slot until dropped.
+struct CallInFlight<'a>(Option<&'a AtomicU64>);
+
+impl Drop for CallInFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0 {
+            slot.store(0, Ordering::Release);
+        }
+    }
 }
 
 impl Drop for Connection {
@@ -605,6 +671,26 @@ impl Connection {
         self.instance.discard(self.generation, session, true);
     }
 
+    /// Records a call in a free slot (there is one per session, and a call holds a session).
+    fn call_started(&self) -> CallInFlight<'_> {
+        let now = micros_now();
+        CallInFlight(self.calls.iter().find(|slot| {
+            slot.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        }))
+    }
+
+    /// How long the oldest call in flight has been waiting for the token.
+    fn oldest_call(&self) -> Option<Duration> {
+        let now = micros_now();
+        self.calls
+            .iter()
+            .map(|slot| slot.load(Ordering::Acquire))
+            .filter(|start| *start != 0)
+            .min()
+            .map(|start| Duration::from_micros(now.saturating_sub(start)))
+    }
+
     fn sign(&self, message: &[u8], wait: Duration) -> Result<Vec<u8>, HsmError> {
         let (mechanism, input): (Mechanism<'_>, Cow<'_, [u8]>) = match self.mechanism {
             SignMechanism::Ecdsa { .. } => {
@@ -626,6 +712,7 @@ impl Connection {
             if !st.initialized || st.generation != self.generation {
                 Err(HsmError::Lost("the module was re-initialised".into()))
             } else {
+                let _call = self.call_started();
                 session.sign(&mechanism, self.key, &input).map_err(lost)
             }
         };
@@ -714,6 +801,13 @@ impl Pkcs11Key {
         conn.sign(message, wait)
     }
 
+    /// How long the oldest signature in flight on the current connection has been waiting
+    /// for the token, if one is in flight. A call that never comes back (a network HSM gone
+    /// silent) shows here, so the pool can take the key out of service.
+    pub fn oldest_call(&self) -> Option<Duration> {
+        lock(&self.connection).as_ref()?.oldest_call()
+    }
+
     /// The connected key's description, if connected.
     pub fn description(&self) -> Option<KeyDescription> {
         lock(&self.connection).as_ref().map(|c| KeyDescription {
@@ -734,6 +828,16 @@ impl Pkcs11Key {
             } else {
                 self.module.healthy_keys.fetch_sub(1, Ordering::AcqRel);
             }
+        }
+    }
+
+    /// Drops the connection without another call into it (its sessions are forgotten), and
+    /// marks its module instance as stuck.
+    pub fn abandon(&self) {
+        let old = lock(&self.connection).take();
+        if let Some(c) = old {
+            c.lost.store(true, Ordering::Release);
+            c.instance.stuck.store(true, Ordering::Release);
         }
     }
 
@@ -765,10 +869,22 @@ impl Pkcs11Key {
 
     /// Reconnects after a loss: a fresh connection, and, when that fails with a lost device
     /// and no other key on the module is healthy (or the module is not initialised),
-    /// `C_Finalize` + `C_Initialize` of the module and one more attempt.
+    /// `C_Finalize` + `C_Initialize` of the module and one more attempt. When a call on the
+    /// current connection has been waiting longer than `wait`, that connection is abandoned
+    /// untouched (its sessions forgotten, not closed: closing would wait too) and the module is
+    /// started again at once — afresh if the stuck call still holds it.
+    ///
     /// `wait`: how long calls in flight get to return before the module is loaded afresh.
     pub fn recover(&self, wait: Duration) -> Result<KeyDescription, HsmError> {
         self.set_healthy(false);
+        if self.oldest_call().is_some_and(|age| age >= wait)
+            || self.module.instance().stuck.load(Ordering::Acquire)
+        {
+            self.abandon();
+            let seen = self.seen_generation.load(Ordering::Acquire);
+            self.module.reinitialize(seen, wait)?;
+            return self.connect();
+        }
         match self.connect() {
             Ok(d) => Ok(d),
             Err(HsmError::Lost(why)) => {
@@ -831,6 +947,9 @@ impl Pkcs11Key {
             returned: Condvar::new(),
             max_sessions: self.spec.sessions.max(1),
             lost: AtomicBool::new(false),
+            calls: (0..self.spec.sessions.max(1))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         })
     }
 

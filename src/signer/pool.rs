@@ -2,9 +2,12 @@
 //! breaker and a monitor thread; signing goes to the first member in service and fails over
 //! to the next; a member that fails is taken out and brought back only by a health probe.
 //!
-//! Each member signs on its own worker threads (one per session). The caller waits for the
-//! answer at most `session_wait` + `sign_timeout`; an HSM that does not answer in time is
-//! taken out, the signature fails over, and the stuck worker is replaced.
+//! Signatures run on the caller's thread (a blocking thread of the answer path), one session
+//! each. A call that has not come back after `sign_timeout` marks its HSM as stuck: the next
+//! signature takes it out of service and goes to the next HSM, and the pool's
+//! [`Signer::timeout`] tells the answer path to stop waiting for the stuck call and ask again.
+//! Probes and reconnection run on short-lived threads with a deadline, so a call that never
+//! returns cannot hold an HSM out of service for good.
 //!
 //! Per member:
 //!
@@ -24,7 +27,7 @@
 //! the answer path serves cached responses until their nextUpdate, then `tryLater`. The
 //! optional software key (`danger_software_fallback`, labs only) signs only then.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -178,23 +181,7 @@ impl MemberMetrics {
     }
 }
 
-/// One signature for a member's workers.
-struct Job {
-    message: Arc<[u8]>,
-    /// [`QUEUED`], [`STARTED`], [`DONE`] or [`ABANDONED`]; whoever moves it out of
-    /// `QUEUED`/`STARTED` settles the member's `in_flight` count.
-    state: Arc<AtomicU8>,
-    reply: mpsc::SyncSender<Result<Vec<u8>, HsmError>>,
-}
-
-const QUEUED: u8 = 0;
-const STARTED: u8 = 1;
-const DONE: u8 = 2;
-const ABANDONED: u8 = 3;
-
-/// One HSM of a pool. Its signatures run on its own worker threads (one per session), so a
-/// caller can stop waiting for an HSM that stopped answering and fail over, while the stuck
-/// call finishes (or fails) on the worker.
+/// One HSM of a pool.
 struct Member {
     key: Pkcs11Key,
     in_service: AtomicBool,
@@ -202,14 +189,12 @@ struct Member {
     breaker: Mutex<Breaker>,
     wake: Condvar,
     metrics: MemberMetrics,
-    jobs: mpsc::Sender<Job>,
-    queue: Mutex<mpsc::Receiver<Job>>,
-    /// Jobs sent and not yet finished (or dropped) by a worker.
-    in_flight: AtomicUsize,
-    workers: usize,
     /// Bumped each time the member is put in service: an error from a call made before
     /// that (a call that was stuck on the old connection) does not take it out again.
     epoch: AtomicU64,
+    /// Probes and reconnections running on their own threads (some may be stuck in the
+    /// module).
+    checking: Arc<AtomicUsize>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -222,69 +207,11 @@ impl Member {
         self.key.name()
     }
 
-    /// Hands `message` to a worker and waits for the signature: up to `session_wait` +
-    /// `sign_timeout` in all. With `queue` false, returns [`HsmError::Busy`] at once when
-    /// every worker is taken. A worker that started the job and has not answered in time is
-    /// presumed stuck in the HSM: it is replaced by a new worker, and the member is reported
-    /// lost.
-    fn dispatch(
-        self: &Arc<Self>,
-        message: &Arc<[u8]>,
-        queue: bool,
-        shared: &Arc<Shared>,
-    ) -> Result<Vec<u8>, HsmError> {
-        if !queue && self.in_flight.load(Ordering::Acquire) >= self.workers {
-            return Err(HsmError::Busy(self.workers));
-        }
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let state = Arc::new(AtomicU8::new(QUEUED));
-        let (reply, answer) = mpsc::sync_channel(1);
-        let job = Job {
-            message: message.clone(),
-            state: state.clone(),
-            reply,
-        };
-        if self.jobs.send(job).is_err() {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Err(HsmError::Lost("the signing workers stopped".into()));
-        }
-        let timeout = shared.settings.session_wait + shared.settings.sign_timeout;
-        if let Ok(r) = answer.recv_timeout(timeout) {
-            return r;
-        }
-        let abandon = |from| {
-            state
-                .compare_exchange(from, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        };
-        if abandon(QUEUED) {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Err(HsmError::Busy(self.workers));
-        }
-        if abandon(STARTED) {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            spawn_worker(self, shared);
-            return Err(HsmError::Lost(format!(
-                "no answer within sign_timeout ({:?})",
-                shared.settings.sign_timeout
-            )));
-        }
-        // Finished just now: the answer is on its way.
-        answer
-            .recv()
-            .unwrap_or_else(|_| Err(HsmError::Lost("the signing worker stopped".into())))
-    }
-
-    /// A live signature: dispatch, metrics, and the breaker.
-    fn sign(
-        self: &Arc<Self>,
-        message: &Arc<[u8]>,
-        queue: bool,
-        shared: &Arc<Shared>,
-    ) -> Result<Vec<u8>, HsmError> {
+    /// A live signature on the caller's thread: metrics and the breaker.
+    fn sign(&self, message: &[u8], wait: Duration, shared: &Shared) -> Result<Vec<u8>, HsmError> {
         let started = Instant::now();
         let epoch = self.epoch.load(Ordering::Acquire);
-        let r = self.dispatch(message, queue, shared);
+        let r = self.key.sign(message, wait);
         match &r {
             Ok(_) => {
                 self.metrics.signatures.increment(1);
@@ -309,6 +236,22 @@ impl Member {
             }
         }
         r
+    }
+
+    /// Takes the member out if a call has been waiting for the token past `sign_timeout`.
+    fn check_stuck(&self, shared: &Shared) -> bool {
+        match self.key.oldest_call() {
+            Some(age) if age > shared.settings.sign_timeout => {
+                let e = HsmError::Lost(format!(
+                    "a signature has had no answer for {age:.1?} (sign_timeout {:?})",
+                    shared.settings.sign_timeout
+                ));
+                self.metrics.error(&e);
+                self.take_out(&e, shared);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Opens the breaker (or fails the member for good on a permanent error).
@@ -361,7 +304,7 @@ impl Member {
     }
 
     /// A test signature, verified against the certificate's key.
-    fn probe(self: &Arc<Self>, shared: &Arc<Shared>) -> Result<(), HsmError> {
+    fn probe(&self, shared: &Shared) -> Result<(), HsmError> {
         let message = format!(
             "vigil health probe {} {}",
             self.name(),
@@ -371,7 +314,9 @@ impl Member {
             .key
             .description()
             .ok_or_else(|| HsmError::Lost("not connected".into()))?;
-        let sig = self.dispatch(&Arc::from(message.as_bytes()), true, shared)?;
+        let sig = self
+            .key
+            .sign(message.as_bytes(), shared.settings.session_wait)?;
         if !super::verify(d.algorithm, &shared.public_key, message.as_bytes(), &sig) {
             return Err(HsmError::Failed(
                 "the probe signature does not verify with the certificate's key".into(),
@@ -458,18 +403,13 @@ impl SignerPool {
         let mut unreachable = Vec::new();
         for (spec, pin_source) in members {
             let name = spec.name.clone();
-            let spec_sessions = spec.sessions.max(1);
             let fail = |e: String| format!("hsm {name:?}: {e}");
             let pin = read_pin(&pin_source).map_err(fail)?;
             let key = Pkcs11Key::new(spec, pin, Some(public_key.clone()))
                 .map_err(|e| fail(e.to_string()))?;
-            let (jobs, queue) = mpsc::channel();
             let member = Arc::new(Member {
-                workers: spec_sessions,
-                jobs,
-                queue: Mutex::new(queue),
-                in_flight: AtomicUsize::new(0),
                 epoch: AtomicU64::new(0),
+                checking: Arc::new(AtomicUsize::new(0)),
                 key,
                 in_service: AtomicBool::new(false),
                 failures: AtomicU32::new(0),
@@ -485,11 +425,6 @@ impl SignerPool {
             });
             member.metrics.breaker.set(1.0);
             lock(&shared.members).push(member.clone());
-            for _ in 0..member.workers {
-                if !spawn_worker(&member, &shared) {
-                    return Err(fail("cannot start its signing threads".into()));
-                }
-            }
             match member
                 .key
                 .connect()
@@ -597,14 +532,12 @@ impl Signer for SignerPool {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
         let mut errors: Vec<String> = Vec::new();
         let mut busy: Vec<&Arc<Member>> = Vec::new();
-        let shared_message: Arc<[u8]> = Arc::from(message);
-        let message = &shared_message;
-        // First pass: the first member in service with a free worker.
+        // First pass: the first member in service with a free session.
         for m in &self.members {
-            if !m.in_service.load(Ordering::Acquire) {
+            if !m.in_service.load(Ordering::Acquire) || m.check_stuck(&self.shared) {
                 continue;
             }
-            match m.sign(message, false, &self.shared) {
+            match m.sign(message, Duration::ZERO, &self.shared) {
                 Ok(sig) => return Ok(sig),
                 Err(HsmError::Busy(_)) => busy.push(m),
                 Err(e) => errors.push(format!("{}: {e}", m.name())),
@@ -615,7 +548,7 @@ impl Signer for SignerPool {
             if !m.in_service.load(Ordering::Acquire) {
                 continue;
             }
-            match m.sign(message, true, &self.shared) {
+            match m.sign(message, self.shared.settings.session_wait, &self.shared) {
                 Ok(sig) => return Ok(sig),
                 Err(e) => errors.push(format!("{}: {e}", m.name())),
             }
@@ -623,12 +556,18 @@ impl Signer for SignerPool {
         if let Some(f) = &self.fallback {
             self.fallback_signatures.increment(1);
             tracing::warn!(issuer = %self.shared.issuer, "no HSM in service: signing with danger_software_fallback");
-            return f.sign(message.as_ref());
+            return f.sign(message);
         }
         if errors.is_empty() {
             errors.push("no HSM in service".into());
         }
         Err(SignError::Unavailable(errors.join("; ")))
+    }
+
+    /// Past this, the caller should stop waiting and ask again: by then the stuck HSM is
+    /// taken out (its call is older than `sign_timeout`) and the signature fails over.
+    fn timeout(&self) -> Option<Duration> {
+        Some(self.shared.settings.session_wait + self.shared.settings.sign_timeout)
     }
 
     fn describe(&self) -> String {
@@ -646,52 +585,65 @@ impl Signer for SignerPool {
     }
 }
 
-/// Starts one signing thread for `member`; false if the thread could not be made.
-fn spawn_worker(member: &Arc<Member>, shared: &Arc<Shared>) -> bool {
-    let (m, s) = (member.clone(), shared.clone());
-    let spawned = std::thread::Builder::new()
-        .name(format!("vigil-hsm-{}", member.name()))
-        .spawn(move || worker(&m, &s));
-    if let Err(e) = &spawned {
-        tracing::error!(hsm = member.name(), error = %e, "cannot start a signing thread");
+/// Checks of one member that may be outstanding at once. A check stuck in a silent HSM keeps
+/// its thread; later checks go around it (a reconnection abandons the stuck module instance),
+/// and this bounds the threads a silent HSM can hold.
+const MAX_CHECKS_OUTSTANDING: usize = 3;
+
+/// Runs `check` on its own thread and waits at most `deadline` for it. Fails when it did not
+/// finish in time (it may be stuck in the module; its thread stays counted in `running` until
+/// it returns) or when [`MAX_CHECKS_OUTSTANDING`] checks have not come back.
+fn bounded<R: Send + 'static>(
+    running: &Arc<AtomicUsize>,
+    name: &str,
+    deadline: Duration,
+    check: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, HsmError> {
+    if running.fetch_add(1, Ordering::AcqRel) >= MAX_CHECKS_OUTSTANDING {
+        running.fetch_sub(1, Ordering::AcqRel);
+        return Err(HsmError::Lost(format!(
+            "{MAX_CHECKS_OUTSTANDING} earlier checks have not come back from the module"
+        )));
     }
-    spawned.is_ok()
+    let (tx, rx) = mpsc::sync_channel(1);
+    let count = running.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("vigil-hsm-check-{name}"))
+        .spawn(move || {
+            let r = check();
+            count.fetch_sub(1, Ordering::AcqRel);
+            let _ = tx.send(r);
+        });
+    if let Err(e) = spawned {
+        running.fetch_sub(1, Ordering::AcqRel);
+        return Err(HsmError::Failed(format!("starting a check thread: {e}")));
+    }
+    rx.recv_timeout(deadline)
+        .map_err(|_| HsmError::Lost(format!("no answer within {deadline:?}")))
 }
 
-/// A signing thread of one member: takes jobs, signs, answers. Exits when the pool is gone,
-/// or when its caller gave up on it mid-call (a replacement has been started by then).
-fn worker(member: &Member, shared: &Shared) {
-    loop {
-        let job = {
-            let queue = lock(&member.queue);
-            match queue.recv_timeout(Duration::from_secs(1)) {
-                Ok(job) => job,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if shared.stop.load(Ordering::Acquire) {
-                        return;
-                    }
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            }
-        };
-        let take = job
-            .state
-            .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire);
-        if take.is_err() {
-            continue; // its caller gave up before it started, and settled the count
-        }
-        let r = member.key.sign(&job.message, shared.settings.session_wait);
-        let finished =
-            job.state
-                .compare_exchange(STARTED, DONE, Ordering::AcqRel, Ordering::Acquire);
-        if finished.is_err() {
-            return; // given up on while stuck: replaced already
-        }
-        member.in_flight.fetch_sub(1, Ordering::AcqRel);
-        let _ = job.reply.send(r);
-    }
+fn probe_bounded(member: &Arc<Member>, shared: &Arc<Shared>) -> Result<(), HsmError> {
+    let (m, s) = (member.clone(), shared.clone());
+    let deadline = shared.settings.session_wait + shared.settings.sign_timeout;
+    bounded(&member.checking, member.name(), deadline, move || {
+        m.probe(&s)
+    })?
 }
+
+fn recover_bounded(member: &Arc<Member>, shared: &Arc<Shared>) -> Result<(), HsmError> {
+    let (m, s) = (member.clone(), shared.clone());
+    // Re-initialising waits up to sign_timeout for calls in flight, then loads afresh.
+    let deadline = RECOVERY_DEADLINE + 2 * shared.settings.sign_timeout;
+    bounded(&member.checking, member.name(), deadline, move || {
+        m.key
+            .recover(s.settings.sign_timeout)
+            .and_then(|_| m.probe(&s))
+    })?
+}
+
+/// Time a reconnection (load, initialise, find the token, log in, find the key, probe) may
+/// take on top of the waits for stuck calls: generous for a network HSM across a WAN.
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The monitor of one member: probes it while in service, reconnects it with backoff while
 /// out, and stops for good when it has failed or the pool is gone.
@@ -717,7 +669,7 @@ fn monitor(member: &Arc<Member>, shared: &Arc<Shared>) {
             b.state.clone()
         };
         match state {
-            BreakerState::Closed => match member.probe(shared) {
+            BreakerState::Closed => match probe_bounded(member, shared) {
                 Ok(()) => {
                     member.metrics.probes_ok.increment(1);
                     lock(&member.breaker).next_check =
@@ -734,10 +686,7 @@ fn monitor(member: &Arc<Member>, shared: &Arc<Shared>) {
                 }
             },
             BreakerState::Open => {
-                let result = member
-                    .key
-                    .recover(shared.settings.sign_timeout)
-                    .and_then(|_| member.probe(shared));
+                let result = recover_bounded(member, shared);
                 match result {
                     Ok(()) => {
                         member.metrics.probes_ok.increment(1);

@@ -302,6 +302,28 @@ impl P11Server {
         }
     }
 
+    /// Freezes the server and every connection it serves (SIGSTOP to its process group):
+    /// connections stay open and nothing answers, as with a network HSM gone silent.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Undoes [`P11Server::freeze`].
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let ok = Command::new("kill")
+                .args([sig, "--", &format!("-{}", child.id())])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "kill {sig} failed");
+        }
+    }
+
     /// Kills the server and every connection it serves (SIGKILL to its process group).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
