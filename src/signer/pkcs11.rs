@@ -1436,6 +1436,36 @@ mod tests {
     }
 
     #[test]
+    fn module_environment_is_set_for_the_call_and_restored() {
+        let name = "VIGIL_TEST_MODULE_ENV";
+        let env: BTreeMap<String, String> = [(name.to_owned(), "inside".to_owned())].into();
+        std::env::set_var(name, "before");
+        let seen = with_env(&env, || std::env::var(name).ok());
+        assert_eq!(seen.as_deref(), Some("inside"));
+        assert_eq!(std::env::var(name).ok().as_deref(), Some("before"));
+        std::env::remove_var(name);
+        with_env(&env, || ());
+        assert!(std::env::var_os(name).is_none());
+        // Concurrent callers take turns: each sees its own value.
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let env: BTreeMap<String, String> =
+                        [("VIGIL_TEST_MODULE_ENV_2".to_owned(), i.to_string())].into();
+                    (0..50).all(|_| {
+                        with_env(&env, || {
+                            std::env::var("VIGIL_TEST_MODULE_ENV_2").ok() == Some(i.to_string())
+                        })
+                    })
+                })
+            })
+            .collect();
+        for h in handles {
+            assert!(h.join().expect("thread"));
+        }
+    }
+
+    #[test]
     fn pin_files_lose_one_newline_and_env_pins_are_read() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("pin");

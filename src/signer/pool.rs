@@ -791,6 +791,39 @@ mod tests {
     }
 
     #[test]
+    fn checks_have_a_deadline_and_a_cap_on_stuck_ones() {
+        let running = Arc::new(AtomicUsize::new(0));
+        assert_eq!(
+            bounded(&running, "t", Duration::from_secs(5), || 7).expect("done"),
+            7
+        );
+        assert_eq!(running.load(Ordering::Acquire), 0);
+        // Three checks that never come back (until released) ...
+        let (release, gate) = mpsc::channel::<()>();
+        let gate = Arc::new(Mutex::new(gate));
+        for _ in 0..MAX_CHECKS_OUTSTANDING {
+            let g = gate.clone();
+            let e = bounded(&running, "t", Duration::from_millis(20), move || {
+                let _ = lock(&g).recv();
+            })
+            .expect_err("stuck");
+            assert!(e.to_string().contains("no answer"), "{e}");
+        }
+        // ... and the next is refused at once.
+        let e = bounded(&running, "t", Duration::from_secs(5), || ()).expect_err("capped");
+        assert!(e.to_string().contains("have not come back"), "{e}");
+        for _ in 0..MAX_CHECKS_OUTSTANDING {
+            release.send(()).expect("release");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while running.load(Ordering::Acquire) != 0 {
+            assert!(Instant::now() < deadline, "checks did not finish");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(bounded(&running, "t", Duration::from_secs(5), || ()).is_ok());
+    }
+
+    #[test]
     fn a_pool_with_only_unreachable_members_does_not_start() {
         let spec = KeySpec {
             name: "nowhere".into(),
