@@ -628,6 +628,54 @@ fn with_every_hsm_gone_cached_answers_flow_and_signing_resumes_when_one_returns(
     assert!(v.metric("vigil_hsm_signatures_total{hsm=\"hsm2\"}") >= 1.0);
 }
 
+/// Labs only: with `danger_software_fallback`, the key file signs once no HSM can, and
+/// `/readyz` and the metrics say so.
+#[test]
+fn the_lab_software_fallback_signs_only_when_no_hsm_can() {
+    require_softhsm!();
+    let lab = Lab::new();
+    let (mut hsms, pki) = network_hsms(&lab, &["hsm1"]);
+    let config = write_config(&lab, &pki, &[&hsms[0]], "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "signer = { hsm = [\"hsm1\"] }",
+        &format!(
+            "signer = {{ hsm = [\"hsm1\"], danger_software_fallback = \"{}\" }}",
+            lab.path("responder.key").display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    issue(&config, &["0A", "0B"]);
+    let key = responder_key(&pki);
+    let alg = SignatureAlgorithm::EcdsaP256Sha256;
+    let v = Vigil::start(&config, &lab);
+    assert!(
+        v.log().contains("danger_software_fallback is set"),
+        "{}",
+        v.log()
+    );
+    let fallback = "vigil_signer_software_fallback_signatures_total{issuer=\"test\"}";
+
+    let r = v.post(&ocsp_request(&lab, &pki, "0A", false));
+    assert_eq!(
+        inspect(&r.body, alg, &key),
+        (OcspResponseStatus::Successful, true)
+    );
+    assert_eq!(v.metric(fallback), 0.0, "the HSM signs while it can");
+
+    hsms[0].server.kill();
+    let r = v.post(&ocsp_request(&lab, &pki, "0B", false));
+    assert_eq!(
+        inspect(&r.body, alg, &key),
+        (OcspResponseStatus::Successful, true)
+    );
+    assert_eq!(v.metric(fallback), 1.0);
+    let ready = String::from_utf8(v.get("/readyz").body).unwrap();
+    assert!(
+        ready.contains("no signer") && ready.contains("danger_software_fallback"),
+        "{ready}"
+    );
+}
+
 /// A wrong PIN stops start-up at once with a message naming the HSM and the PKCS#11 error,
 /// and vigil does not try it again.
 #[test]
