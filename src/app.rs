@@ -12,6 +12,8 @@ use crate::crl_service::CrlService;
 use crate::http::{self, AppState, Readiness};
 use crate::pki::{self, Issuer};
 use crate::responder::Responder;
+use crate::signer::pool::{key_spec, PoolSettings};
+use crate::signer::{SignerPool, SoftwareSigner};
 use crate::status::journal::{JournalReader, JournalWriter};
 use crate::status::view::Applied;
 use crate::status::{CertStatus, StatusView};
@@ -19,10 +21,68 @@ use crate::telemetry::{self, Metrics};
 
 /// Loads every configured issuer (certificates, keys, checks).
 pub fn load_issuers(cfg: &Config) -> Result<Vec<Issuer>, String> {
-    cfg.issuers
+    load_signing(cfg).map(|s| s.issuers)
+}
+
+/// The issuers, and the HSM pools that sign for some of them.
+pub struct Signing {
+    /// Every configured issuer.
+    pub issuers: Vec<Issuer>,
+    /// One pool per issuer with an `[issuer.signer]`.
+    pub pools: Vec<Arc<SignerPool>>,
+}
+
+/// Loads every issuer; for those with an `[issuer.signer]`, connects the HSM pool first
+/// (logging in once per token, checking each HSM's key against the certificate).
+pub fn load_signing(cfg: &Config) -> Result<Signing, String> {
+    let mut issuers = Vec::with_capacity(cfg.issuers.len());
+    let mut pools = Vec::new();
+    for ic in &cfg.issuers {
+        let Some(sc) = &ic.signer else {
+            issuers.push(pki::load_issuer(ic, cfg.ocsp.responder_id).map_err(|e| e.to_string())?);
+            continue;
+        };
+        let pool = Arc::new(start_pool(cfg, ic, sc)?);
+        issuers.push(
+            pki::load_issuer_with_signer(ic, cfg.ocsp.responder_id, pool.clone())
+                .map_err(|e| e.to_string())?,
+        );
+        pools.push(pool);
+    }
+    Ok(Signing { issuers, pools })
+}
+
+/// The `[[hsm]]` entries an issuer names, in its order.
+pub fn issuer_hsms<'a>(
+    cfg: &'a Config,
+    sc: &crate::config::IssuerSignerConfig,
+) -> Vec<&'a crate::config::HsmConfig> {
+    sc.hsm
         .iter()
-        .map(|i| pki::load_issuer(i, cfg.ocsp.responder_id).map_err(|e| e.to_string()))
+        .filter_map(|n| cfg.hsms.iter().find(|h| &h.name == n))
         .collect()
+}
+
+fn start_pool(
+    cfg: &Config,
+    ic: &crate::config::IssuerConfig,
+    sc: &crate::config::IssuerSignerConfig,
+) -> Result<SignerPool, String> {
+    let fail = |e: String| format!("issuer {}: {e}", ic.name);
+    let public_key = pki::signing_public_key(ic).map_err(|e| e.to_string())?;
+    let fallback = match &sc.danger_software_fallback {
+        Some(p) => Some(SoftwareSigner::from_pem_file(p).map_err(|e| fail(e.to_string()))?),
+        None => None,
+    };
+    let members = issuer_hsms(cfg, sc).into_iter().map(key_spec).collect();
+    SignerPool::start(
+        &ic.name,
+        public_key,
+        members,
+        fallback,
+        PoolSettings::from_config(&cfg.hsm_pool),
+    )
+    .map_err(fail)
 }
 
 /// For the embedded default: makes the demo PKI on first start and journals its events.
@@ -73,11 +133,16 @@ pub fn replay_journal(
 pub async fn serve(cfg: Config) -> Result<(), String> {
     let cfg = Arc::new(cfg);
     prepare_embedded(&cfg)?;
-    let issuers = load_issuers(&cfg)?;
+    // The recorder goes first so the HSM pools register their metrics with it.
     let prometheus = telemetry::install_recorder().ok();
+    let Signing { issuers, pools } = load_signing(&cfg)?;
     let metrics = Arc::new(Metrics::new());
     let view = Arc::new(StatusView::new());
-    let readiness = Arc::new(Readiness::default());
+    let readiness = Arc::new(Readiness {
+        signer_pools: pools,
+        require_signer: cfg.hsm_pool.readiness_requires_signer,
+        ..Readiness::default()
+    });
 
     let journal_path = cfg.journal_path();
     let mut reader = JournalReader::new(&journal_path);

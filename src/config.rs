@@ -1,6 +1,7 @@
 //! Configuration: one TOML file plus `VIGIL_*` environment overrides, validated into typed
 //! config before any port binds. Every key is listed in `docs/CONFIG.md`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -69,6 +70,12 @@ pub struct Config {
     /// Regions and their Redis (`[[region]]`); empty: single node on local files.
     #[serde(default, rename = "region")]
     pub regions: Vec<RegionConfig>,
+    /// PKCS#11 keys (`[[hsm]]`), named by `issuer.signer.hsm`.
+    #[serde(default, rename = "hsm")]
+    pub hsms: Vec<HsmConfig>,
+    /// How HSM pools probe, fail over and reconnect.
+    #[serde(default)]
+    pub hsm_pool: HsmPoolConfig,
     /// True when no file was given: the demo PKI in `data_dir` is used (and made if missing).
     #[serde(skip)]
     pub embedded: bool,
@@ -253,8 +260,10 @@ pub struct IssuerConfig {
     /// Delegated responder certificate (PEM). Absent: the CA key signs responses itself.
     pub responder_certificate: Option<PathBuf>,
     /// Private key (PEM) of the responder certificate, or of the CA when no responder
-    /// certificate is given.
-    pub responder_key: PathBuf,
+    /// certificate is given. Exactly one of `responder_key` and `signer`.
+    pub responder_key: Option<PathBuf>,
+    /// Sign through HSMs instead of `responder_key`.
+    pub signer: Option<IssuerSignerConfig>,
     /// Answer for serials with no issuance record.
     #[serde(default)]
     pub unissued: UnissuedPolicy,
@@ -364,6 +373,111 @@ impl CrlConfig {
     }
 }
 
+/// `[issuer.signer]`: the HSM pool that holds an issuer's signing key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSignerConfig {
+    /// Names of `[[hsm]]` entries holding the same key, in order of preference: signatures go
+    /// to the first one in service.
+    pub hsm: Vec<String>,
+    /// LABS ONLY: a PEM file with the same private key, used when no HSM can sign. It puts the
+    /// key on disk, which defeats the HSM.
+    pub danger_software_fallback: Option<PathBuf>,
+}
+
+/// `[[hsm]]`: one signing key on one PKCS#11 token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmConfig {
+    /// Name used by `issuer.signer.hsm`, in logs, and as the `hsm` metrics label.
+    pub name: String,
+    /// The PKCS#11 module: the vendor library, `libsofthsm2.so`, or `p11-kit-client.so` for
+    /// a token behind `p11-kit server`.
+    pub module: PathBuf,
+    /// Environment set while the module is loaded and initialised, e.g.
+    /// `{ P11_KIT_SERVER_ADDRESS = "unix:path=/run/hsm1.sock" }`. Entries with the same
+    /// `module` and `module_env` share one module instance.
+    #[serde(default)]
+    pub module_env: BTreeMap<String, String>,
+    /// The token's label. Exactly one of `token_label` and `slot`.
+    pub token_label: Option<String>,
+    /// The token's slot id.
+    pub slot: Option<u64>,
+    /// CKA_LABEL of the private key. At least one of `key_label` and `key_id`.
+    pub key_label: Option<String>,
+    /// CKA_ID of the private key, in hex.
+    pub key_id: Option<String>,
+    /// File holding the user PIN. Exactly one of `pin_file` and `pin_env`.
+    pub pin_file: Option<PathBuf>,
+    /// Name of the environment variable holding the user PIN.
+    pub pin_env: Option<String>,
+    /// Most signing sessions open on this token at once.
+    #[serde(default = "default_hsm_sessions")]
+    pub sessions: usize,
+    /// How RSA keys sign.
+    #[serde(default)]
+    pub rsa_mechanism: HsmRsaMechanism,
+}
+
+fn default_hsm_sessions() -> usize {
+    limits::HSM_SESSIONS
+}
+
+/// `hsm.rsa_mechanism`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HsmRsaMechanism {
+    /// `CKM_SHA256_RSA_PKCS` when the token lists it, else `CKM_RSA_PKCS` over a DigestInfo.
+    #[default]
+    Auto,
+    /// `CKM_SHA256_RSA_PKCS`.
+    Sha256RsaPkcs,
+    /// `CKM_RSA_PKCS` over a SHA-256 DigestInfo made by vigil.
+    RsaPkcs,
+}
+
+/// `[hsm_pool]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HsmPoolConfig {
+    /// Time between health probes (a verified test signature) of an HSM in service.
+    #[serde(deserialize_with = "duration")]
+    pub probe_interval: Duration,
+    /// Failed signatures in a row that take an HSM out of service (a lost device, session or
+    /// connection takes it out at once).
+    pub breaker_failures: u32,
+    /// First wait before reconnecting an HSM out of service; doubles per failed attempt.
+    #[serde(deserialize_with = "duration")]
+    pub reconnect_backoff_min: Duration,
+    /// Longest wait between reconnection attempts.
+    #[serde(deserialize_with = "duration")]
+    pub reconnect_backoff_max: Duration,
+    /// How long a signature waits for a session when every HSM in service is busy.
+    #[serde(deserialize_with = "duration")]
+    pub session_wait: Duration,
+    /// How long one HSM may take to sign before the signature fails over to the next HSM and
+    /// this one is taken out of service (a network HSM that stops answering without closing
+    /// its connection).
+    #[serde(deserialize_with = "duration")]
+    pub sign_timeout: Duration,
+    /// `/readyz` answers 503 (not just "degraded") while an issuer has no HSM in service.
+    pub readiness_requires_signer: bool,
+}
+
+impl Default for HsmPoolConfig {
+    fn default() -> Self {
+        HsmPoolConfig {
+            probe_interval: Duration::from_secs(10),
+            breaker_failures: 3,
+            reconnect_backoff_min: Duration::from_millis(500),
+            reconnect_backoff_max: Duration::from_secs(30),
+            session_wait: Duration::from_secs(2),
+            sign_timeout: Duration::from_secs(2),
+            readiness_requires_signer: false,
+        }
+    }
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from(DEFAULT_DATA_DIR)
 }
@@ -421,12 +535,27 @@ impl Config {
         }
         for i in &mut self.issuers {
             fix(&mut i.certificate);
-            fix(&mut i.responder_key);
+            if let Some(k) = &mut i.responder_key {
+                fix(k);
+            }
             if let Some(r) = &mut i.responder_certificate {
                 fix(r);
             }
             if let Some(k) = &mut i.crl_key {
                 fix(k);
+            }
+            if let Some(f) = i
+                .signer
+                .as_mut()
+                .and_then(|s| s.danger_software_fallback.as_mut())
+            {
+                fix(f);
+            }
+        }
+        for h in &mut self.hsms {
+            fix(&mut h.module);
+            if let Some(p) = &mut h.pin_file {
+                fix(p);
             }
         }
     }
@@ -536,13 +665,7 @@ impl Config {
             return err("issuer: at least one [[issuer]] is required");
         }
         for (i, iss) in self.issuers.iter().enumerate() {
-            let valid = !iss.name.is_empty()
-                && iss.name.len() <= 64
-                && iss
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !valid {
+            if !valid_name(&iss.name) {
                 return err(format!(
                     "issuer[{i}].name: {:?} must be 1-64 of [A-Za-z0-9_-]",
                     iss.name
@@ -551,6 +674,100 @@ impl Config {
             if self.issuers[..i].iter().any(|o| o.name == iss.name) {
                 return err(format!("issuer[{i}].name: {:?} is used twice", iss.name));
             }
+            match (&iss.responder_key, &iss.signer) {
+                (Some(_), Some(_)) => {
+                    return err(format!(
+                        "issuer[{i}] ({}): set either responder_key or signer, not both",
+                        iss.name
+                    ))
+                }
+                (None, None) => {
+                    return err(format!(
+                        "issuer[{i}] ({}): responder_key or signer is required",
+                        iss.name
+                    ))
+                }
+                _ => {}
+            }
+            if let Some(sig) = &iss.signer {
+                if sig.hsm.is_empty() {
+                    return err(format!("issuer[{i}].signer.hsm: name at least one [[hsm]]"));
+                }
+                for (j, name) in sig.hsm.iter().enumerate() {
+                    if !self.hsms.iter().any(|h| &h.name == name) {
+                        return err(format!(
+                            "issuer[{i}].signer.hsm: no [[hsm]] is named {name:?}"
+                        ));
+                    }
+                    if sig.hsm[..j].contains(name) {
+                        return err(format!("issuer[{i}].signer.hsm: {name:?} is listed twice"));
+                    }
+                }
+            }
+        }
+        self.validate_hsms()
+    }
+
+    fn validate_hsms(&self) -> Result<(), ConfigError> {
+        for (i, h) in self.hsms.iter().enumerate() {
+            if !valid_name(&h.name) {
+                return err(format!(
+                    "hsm[{i}].name: {:?} must be 1-64 of [A-Za-z0-9_-]",
+                    h.name
+                ));
+            }
+            if self.hsms[..i].iter().any(|o| o.name == h.name) {
+                return err(format!("hsm[{i}].name: {:?} is used twice", h.name));
+            }
+            let at = format!("hsm[{i}] ({})", h.name);
+            if h.module.as_os_str().is_empty() {
+                return err(format!("{at}.module: required"));
+            }
+            for k in h.module_env.keys() {
+                if k.is_empty() || k.contains('=') || k.contains('\0') {
+                    return err(format!("{at}.module_env: {k:?} is not a variable name"));
+                }
+            }
+            if h.token_label.is_some() == h.slot.is_some() {
+                return err(format!("{at}: set exactly one of token_label and slot"));
+            }
+            if h.key_label.is_none() && h.key_id.is_none() {
+                return err(format!("{at}: set key_label, key_id, or both"));
+            }
+            if let Some(id) = &h.key_id {
+                if crate::signer::pool::parse_hex(id).is_none() {
+                    return err(format!(
+                        "{at}.key_id: {id:?} is not hex (e.g. \"01\" or \"a1:b2\")"
+                    ));
+                }
+            }
+            match (&h.pin_file, &h.pin_env) {
+                (Some(_), None) => {}
+                (None, Some(v)) if !v.is_empty() => {}
+                _ => return err(format!("{at}: set exactly one of pin_file and pin_env")),
+            }
+            if h.sessions == 0 || h.sessions > limits::MAX_HSM_SESSIONS {
+                return err(format!("{at}.sessions: 1 ..= {}", limits::MAX_HSM_SESSIONS));
+            }
+        }
+        let p = &self.hsm_pool;
+        if p.probe_interval < Duration::from_millis(100) {
+            return err("hsm_pool.probe_interval: at least 100ms");
+        }
+        if p.breaker_failures == 0 {
+            return err("hsm_pool.breaker_failures: at least 1");
+        }
+        if p.reconnect_backoff_min.is_zero() {
+            return err("hsm_pool.reconnect_backoff_min: must be greater than zero");
+        }
+        if p.reconnect_backoff_max < p.reconnect_backoff_min {
+            return err("hsm_pool.reconnect_backoff_max: must be at least reconnect_backoff_min");
+        }
+        if p.session_wait > Duration::from_secs(60) {
+            return err("hsm_pool.session_wait: at most 60s");
+        }
+        if p.sign_timeout < Duration::from_millis(10) || p.sign_timeout > Duration::from_secs(60) {
+            return err("hsm_pool.sign_timeout: 10ms ..= 60s");
         }
         self.validate_regions()?;
         self.validate_crl()
@@ -664,6 +881,8 @@ fn unreachable_default() -> Config {
         issuers: Vec::new(),
         crl: CrlConfig::default(),
         regions: Vec::new(),
+        hsms: Vec::new(),
+        hsm_pool: HsmPoolConfig::default(),
         embedded: true,
     }
 }
@@ -747,5 +966,114 @@ mod tests {
         }
         let e = Config::from_toml("[crl]\nshard = 2\n").expect_err("unknown key");
         assert!(e.to_string().contains("shard"), "{e}");
+    }
+
+    const HSMS: &str = "[[hsm]]\nname = \"h1\"\nmodule = \"/m.so\"\ntoken_label = \"t\"\nkey_label = \"k\"\npin_env = \"PIN\"\n\
+                        [[hsm]]\nname = \"h2\"\nmodule = \"/m.so\"\nmodule_env = { A = \"b\" }\nslot = 3\nkey_id = \"0a:0b\"\npin_file = \"pin\"\n";
+    const HSM_ISSUER: &str =
+        "[[issuer]]\nname = \"a\"\ncertificate = \"ca.pem\"\nsigner = { hsm = [\"h1\", \"h2\"] }\n";
+
+    #[test]
+    fn hsm_pools_parse_and_validate() {
+        let c = Config::from_toml(&format!(
+            "[hsm_pool]\nprobe_interval = \"1s\"\nsign_timeout = \"500ms\"\n{HSMS}{HSM_ISSUER}"
+        ))
+        .expect("parse");
+        c.validate().expect("valid");
+        assert_eq!(c.hsms.len(), 2);
+        assert_eq!(c.hsms[1].module_env.get("A").map(String::as_str), Some("b"));
+        assert_eq!(c.hsms[0].sessions, limits::HSM_SESSIONS);
+        assert_eq!(c.hsm_pool.sign_timeout, Duration::from_millis(500));
+        let signer = c.issuers[0].signer.as_ref().expect("signer");
+        assert_eq!(signer.hsm, ["h1", "h2"]);
+        assert!(signer.danger_software_fallback.is_none());
+    }
+
+    #[test]
+    fn hsm_errors_name_the_key() {
+        let check = |text: String, want: &str| {
+            let e = Config::from_toml(&text)
+                .and_then(|c| c.validate())
+                .expect_err(want);
+            assert!(e.to_string().contains(want), "{e} lacks {want:?}");
+        };
+        check(
+            format!("{HSMS}[[issuer]]\nname = \"a\"\ncertificate = \"c\"\nresponder_key = \"k\"\nsigner = {{ hsm = [\"h1\"] }}\n"),
+            "either responder_key or signer",
+        );
+        check(
+            format!("{HSMS}[[issuer]]\nname = \"a\"\ncertificate = \"c\"\n"),
+            "responder_key or signer is required",
+        );
+        check(
+            format!("{HSMS}[[issuer]]\nname = \"a\"\ncertificate = \"c\"\nsigner = {{ hsm = [\"h9\"] }}\n"),
+            "issuer[0].signer.hsm: no [[hsm]] is named \"h9\"",
+        );
+        check(
+            format!(
+                "{HSMS}[[issuer]]\nname = \"a\"\ncertificate = \"c\"\nsigner = {{ hsm = [] }}\n"
+            ),
+            "issuer[0].signer.hsm",
+        );
+        let one = |extra: &str| {
+            format!(
+                "[[hsm]]\nname = \"h1\"\nmodule = \"/m.so\"\n{extra}\n{}",
+                ISSUER
+            )
+        };
+        check(
+            one("token_label = \"t\"\nslot = 1\nkey_label = \"k\"\npin_env = \"P\""),
+            "hsm[0] (h1): set exactly one of token_label and slot",
+        );
+        check(
+            one("token_label = \"t\"\npin_env = \"P\""),
+            "hsm[0] (h1): set key_label, key_id, or both",
+        );
+        check(
+            one("token_label = \"t\"\nkey_id = \"xyz\"\npin_env = \"P\""),
+            "hsm[0] (h1).key_id",
+        );
+        check(
+            one("token_label = \"t\"\nkey_label = \"k\"\npin_env = \"P\"\npin_file = \"f\""),
+            "exactly one of pin_file and pin_env",
+        );
+        check(
+            one("token_label = \"t\"\nkey_label = \"k\"\npin_env = \"P\"\nsessions = 0"),
+            "hsm[0] (h1).sessions",
+        );
+        check(
+            one("token_label = \"t\"\nkey_label = \"k\"\npin = \"1234\""),
+            "unknown field `pin`",
+        );
+        check(
+            format!("[hsm_pool]\nsign_timeout = \"0s\"\n{HSMS}{HSM_ISSUER}"),
+            "hsm_pool.sign_timeout",
+        );
+        check(
+            format!("[hsm_pool]\nreconnect_backoff_min = \"5s\"\nreconnect_backoff_max = \"1s\"\n{HSMS}{HSM_ISSUER}"),
+            "hsm_pool.reconnect_backoff_max",
+        );
+    }
+
+    #[test]
+    fn hsm_paths_resolve_against_the_config_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("vigil.toml");
+        std::fs::write(
+            &path,
+            format!("{HSMS}[[issuer]]\nname = \"a\"\ncertificate = \"ca.pem\"\nsigner = {{ hsm = [\"h2\"], danger_software_fallback = \"k.pem\" }}\n"),
+        )
+        .expect("write");
+        let c = Config::load(Some(&path)).expect("load");
+        assert_eq!(
+            c.hsms[1].pin_file.as_deref(),
+            Some(dir.path().join("pin").as_path())
+        );
+        assert_eq!(c.hsms[0].module, PathBuf::from("/m.so"));
+        let fallback = c.issuers[0]
+            .signer
+            .as_ref()
+            .and_then(|s| s.danger_software_fallback.clone());
+        assert_eq!(fallback, Some(dir.path().join("k.pem")));
     }
 }

@@ -26,7 +26,8 @@ pub fn demo_issuer_config(data_dir: &Path) -> IssuerConfig {
         name: DEMO_ISSUER.into(),
         certificate: data_dir.join("ca.pem"),
         responder_certificate: Some(data_dir.join("responder.pem")),
-        responder_key: data_dir.join("responder.key"),
+        responder_key: Some(data_dir.join("responder.key")),
+        signer: None,
         unissued: UnissuedPolicy::Unknown,
         crl_key: Some(data_dir.join("ca.key")),
     }

@@ -47,3 +47,11 @@ pub const SIGNING_CONCURRENCY: usize = 2;
 /// Requests allowed to wait for a signature (`ocsp.signing_queue`); past it a request gets
 /// `tryLater` at once instead of queueing without bound.
 pub const SIGNING_QUEUE: usize = 256;
+
+/// Signing sessions per HSM (`hsm.sessions`): enough to keep a network HSM's round trips
+/// overlapped for [`SIGNING_CONCURRENCY`]-plus callers without holding many of the token's
+/// session slots (tokens commonly allow a few hundred per client).
+pub const HSM_SESSIONS: usize = 4;
+
+/// Most signing sessions per HSM (`hsm.sessions`).
+pub const MAX_HSM_SESSIONS: usize = 64;

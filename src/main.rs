@@ -74,6 +74,11 @@ enum Command {
         #[command(subcommand)]
         command: CrlCommand,
     },
+    /// PKCS#11 HSMs: what the modules show, and a test signature with each.
+    Hsm {
+        #[command(subcommand)]
+        command: HsmCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -81,6 +86,27 @@ enum CrlCommand {
     /// Build, sign, lint and store every issuer's CRLs once (no lease; the stores'
     /// compare-and-set still keeps numbers increasing), then exit.
     Publish,
+}
+
+#[derive(Subcommand)]
+enum HsmCommand {
+    /// List the modules, tokens and keys that the configured [[hsm]] entries (or --module)
+    /// can see. Logs in (read-only) where a configured PIN is available, to show private keys.
+    List {
+        /// List this module instead of the configured ones.
+        #[arg(long)]
+        module: Option<PathBuf>,
+        /// With --module: environment variable holding a user PIN, to show private keys.
+        #[arg(long, requires = "module")]
+        pin_env: Option<String>,
+    },
+    /// Sign a test message with each HSM of each issuer's pool (and the software fallback, if
+    /// set) and verify it against the responder (or CA) certificate.
+    Test {
+        /// Only this issuer.
+        #[arg(long)]
+        issuer: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -123,6 +149,12 @@ fn main() -> ExitCode {
         Command::Crl {
             command: CrlCommand::Publish,
         } => crl_publish(cfg),
+        Command::Hsm {
+            command: HsmCommand::List { module, pin_env },
+        } => hsm_list(&cfg, module.as_deref(), pin_env.as_deref()),
+        Command::Hsm {
+            command: HsmCommand::Test { issuer },
+        } => hsm_test(&cfg, issuer.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -167,6 +199,189 @@ fn check_config(cfg: &Config) -> Result<(), String> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    Ok(())
+}
+
+fn hsm_list(cfg: &Config, module: Option<&Path>, pin_env: Option<&str>) -> Result<(), String> {
+    use std::collections::BTreeMap;
+    use vigil::signer::pkcs11::{list_tokens, read_pin, Module, PinSource};
+    use vigil::signer::pool::key_spec;
+
+    // (module, env) → the [[hsm]] entries on it.
+    let mut modules: Vec<(
+        PathBuf,
+        BTreeMap<String, String>,
+        Vec<&vigil::config::HsmConfig>,
+    )> = Vec::new();
+    match module {
+        Some(m) => modules.push((m.to_path_buf(), BTreeMap::new(), Vec::new())),
+        None => {
+            for h in &cfg.hsms {
+                match modules
+                    .iter_mut()
+                    .find(|(p, e, _)| p == &h.module && e == &h.module_env)
+                {
+                    Some((_, _, hs)) => hs.push(h),
+                    None => modules.push((h.module.clone(), h.module_env.clone(), vec![h])),
+                }
+            }
+        }
+    }
+    if modules.is_empty() {
+        println!("no [[hsm]] is configured; name a module with --module");
+        return Ok(());
+    }
+    let mut failed = false;
+    for (path, env, hsms) in &modules {
+        let env_text: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "module {}{}",
+            path.display(),
+            if env_text.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", env_text.join(" "))
+            }
+        );
+        let m = match Module::load(path, env) {
+            Ok(m) => m,
+            Err(e) => {
+                println!("  cannot load: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        match m.info() {
+            Ok(i) => println!("  {i}"),
+            Err(e) => println!("  C_GetInfo: {e}"),
+        }
+        let pin_for = |label: &str| {
+            if let Some(var) = pin_env {
+                return read_pin(&PinSource::Env(var.to_owned())).ok();
+            }
+            let h = hsms
+                .iter()
+                .find(|h| h.token_label.as_deref() == Some(label))?;
+            read_pin(&key_spec(h).1).ok()
+        };
+        let tokens = match list_tokens(&m, pin_for) {
+            Ok(t) => t,
+            Err(e) => {
+                println!("  listing tokens: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        if tokens.is_empty() {
+            println!("  no token present");
+        }
+        for t in tokens {
+            let used_by: Vec<&str> = hsms
+                .iter()
+                .filter(|h| {
+                    h.token_label.as_deref() == Some(t.label.as_str()) || h.slot == Some(t.slot)
+                })
+                .map(|h| h.name.as_str())
+                .collect();
+            println!(
+                "  slot {}: token {:?} ({}, serial {}){}",
+                t.slot,
+                t.label,
+                t.model,
+                t.serial,
+                if used_by.is_empty() {
+                    String::new()
+                } else {
+                    format!(" used by [[hsm]] {}", used_by.join(", "))
+                }
+            );
+            if !t.initialized {
+                println!("    not initialised");
+                continue;
+            }
+            if let Some(e) = &t.error {
+                println!("    listing keys failed: {e}");
+                failed = true;
+            }
+            match (&t.login_error, t.logged_in) {
+                (Some(e), _) => {
+                    println!("    login failed: {e}");
+                    failed = true;
+                }
+                (None, false) => println!("    not logged in: private keys are not shown"),
+                (None, true) => {}
+            }
+            for k in &t.keys {
+                println!(
+                    "    {} key {:?} id {} ({})",
+                    k.class,
+                    k.label,
+                    if k.id.is_empty() { "-" } else { &k.id },
+                    k.key_type
+                );
+            }
+        }
+    }
+    if failed {
+        Err("some modules or tokens could not be listed".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn hsm_test(cfg: &Config, only: Option<&str>) -> Result<(), String> {
+    use vigil::signer::pool::{key_spec, test_members};
+    let mut tested = 0;
+    let mut failures = 0;
+    for ic in &cfg.issuers {
+        if only.is_some_and(|n| n != ic.name) {
+            continue;
+        }
+        let Some(sc) = &ic.signer else {
+            continue;
+        };
+        let public_key = vigil::pki::signing_public_key(ic).map_err(|e| e.to_string())?;
+        let fallback = match &sc.danger_software_fallback {
+            Some(p) => Some(
+                vigil::signer::SoftwareSigner::from_pem_file(p)
+                    .map_err(|e| format!("issuer {}: {e}", ic.name))?,
+            ),
+            None => None,
+        };
+        let members = app::issuer_hsms(cfg, sc)
+            .into_iter()
+            .map(key_spec)
+            .collect();
+        println!(
+            "issuer {} (key of the {} certificate):",
+            ic.name,
+            if ic.responder_certificate.is_some() {
+                "responder"
+            } else {
+                "CA"
+            }
+        );
+        for t in test_members(&public_key, members, fallback.as_ref()) {
+            tested += 1;
+            match t.result {
+                Ok(what) => println!("  ok    {}: {what}", t.name),
+                Err(e) => {
+                    failures += 1;
+                    println!("  FAIL  {}: {e}", t.name);
+                }
+            }
+        }
+    }
+    if tested == 0 {
+        return Err(match only {
+            Some(n) => format!("issuer {n:?} has no [issuer.signer] (or does not exist)"),
+            None => "no issuer signs through HSMs ([issuer.signer])".into(),
+        });
+    }
+    if failures > 0 {
+        return Err(format!("{failures} of {tested} signer(s) failed"));
+    }
+    println!("all {tested} signer(s) signed and verified");
     Ok(())
 }
 

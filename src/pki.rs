@@ -79,8 +79,33 @@ pub fn load_issuer(cfg: &IssuerConfig, id_kind: ResponderIdKind) -> Result<Issue
         issuer: cfg.name.clone(),
         message,
     };
-    let key = SoftwareSigner::from_pem_file(&cfg.responder_key).map_err(|e| fail(e.to_string()))?;
+    let path = cfg
+        .responder_key
+        .as_ref()
+        .ok_or_else(|| fail("responder_key is not set (the issuer signs through HSMs)".into()))?;
+    let key = SoftwareSigner::from_pem_file(path).map_err(|e| fail(e.to_string()))?;
     load_issuer_with_signer(cfg, id_kind, Arc::new(key))
+}
+
+/// The subjectPublicKey (BIT STRING contents) of the certificate whose key signs responses:
+/// the responder certificate, else the CA certificate.
+pub fn signing_public_key(cfg: &IssuerConfig) -> Result<Vec<u8>, PkiError> {
+    let fail = |message: String| PkiError {
+        issuer: cfg.name.clone(),
+        message,
+    };
+    let cert = read_certificate(
+        cfg.responder_certificate
+            .as_ref()
+            .unwrap_or(&cfg.certificate),
+    )
+    .map_err(fail)?;
+    Ok(cert
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes()
+        .to_vec())
 }
 
 /// Loads and checks one issuer whose responses `signer` signs.

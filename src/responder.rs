@@ -13,8 +13,8 @@
 //! Signing is bounded by [`SigningGate`]: a fixed number at once, a bounded queue, and
 //! `tryLater` at once past it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -22,7 +22,7 @@ use der::asn1::{Null, OctetString};
 use der::Encode;
 use moka::ops::compute::{CompResult, Op};
 use spki::AlgorithmIdentifierOwned;
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 use x509_cert::ext::Extension;
 use x509_cert::serial_number::SerialNumber;
 use x509_ocsp::CertId;
@@ -36,11 +36,18 @@ use crate::ocsp::response::{
 };
 use crate::ocsp::{HashAlgorithm, IssuerMatcher, OcspError};
 use crate::pki::Issuer;
+use crate::signer::SignError;
 use crate::status::view::IssuerTable;
 use crate::status::{
     CertStatus, IssuerId, Revocation, RevocationReason, Serial, StatusView, UnissuedPolicy,
 };
 use crate::telemetry::Metrics;
+
+/// Most CertID forms remembered as recently changed (8 forms per certificate).
+const CHANGED_MAX_ENTRIES: u64 = 8 * 100_000;
+/// How long a changed certificate's next signature counts as a status change: long enough for
+/// its first request to arrive, short enough that the set stays small.
+const CHANGED_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// An issuer with its slice of the status view.
 pub struct IssuerState {
@@ -65,58 +72,163 @@ pub enum Answer {
     Error(OcspError),
 }
 
-/// Bounds concurrent signatures and the queue in front of them.
+/// Which queue a signature waits in when every signing slot is busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// A certificate's status changed: its new response goes first.
+    StatusChange,
+    /// Everything else: first answers, refreshes, nonce and multi-CertID responses.
+    Routine,
+}
+
+/// Bounds concurrent signatures and the queues in front of them: `concurrency` at once;
+/// waiting signatures for status changes are served before routine ones; past `max_waiting`
+/// waiting signatures (per priority) a request gets `tryLater` at once.
 pub struct SigningGate {
-    permits: Semaphore,
-    waiting: AtomicUsize,
+    state: Mutex<GateState>,
     max_waiting: usize,
 }
 
-struct WaitGuard<'a>(&'a AtomicUsize);
+struct GateState {
+    free: usize,
+    status_change: VecDeque<oneshot::Sender<()>>,
+    routine: VecDeque<oneshot::Sender<()>>,
+}
 
-impl Drop for WaitGuard<'_> {
+/// One signing slot; given to the next waiter (status changes first) when dropped.
+struct Permit<'a>(&'a SigningGate);
+
+impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.release();
+    }
+}
+
+/// A waiter that goes away after being handed a slot passes it on.
+struct Waiting<'a> {
+    gate: &'a SigningGate,
+    rx: oneshot::Receiver<()>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.rx.close();
+        if self.rx.try_recv().is_ok() {
+            self.gate.release();
+        }
     }
 }
 
 impl SigningGate {
-    /// `concurrency` signatures at once, `max_waiting` more queued.
+    /// `concurrency` signatures at once, `max_waiting` more queued (per priority).
     pub fn new(concurrency: usize, max_waiting: usize) -> Self {
         SigningGate {
-            permits: Semaphore::new(concurrency),
-            waiting: AtomicUsize::new(0),
+            state: Mutex::new(GateState {
+                free: concurrency,
+                status_change: VecDeque::new(),
+                routine: VecDeque::new(),
+            }),
             max_waiting,
         }
     }
 
-    /// Signs `tbs` with the profile's signer on a blocking thread, waiting for a permit.
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        // Plain counters and queues: consistent even if a holder panicked.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn release(&self) {
+        let mut st = self.lock();
+        while let Some(tx) = st
+            .status_change
+            .pop_front()
+            .or_else(|| st.routine.pop_front())
+        {
+            if tx.send(()).is_ok() {
+                return;
+            }
+        }
+        st.free += 1;
+    }
+
+    async fn acquire(&self, priority: Priority) -> Result<Permit<'_>, OcspError> {
+        let rx = {
+            let mut st = self.lock();
+            if st.free > 0 {
+                st.free -= 1;
+                return Ok(Permit(self));
+            }
+            let waiting = match priority {
+                Priority::StatusChange => st.status_change.len(),
+                Priority::Routine => st.status_change.len() + st.routine.len(),
+            };
+            if waiting >= self.max_waiting {
+                return Err(OcspError::TryLater("signing queue full".into()));
+            }
+            let (tx, rx) = oneshot::channel();
+            match priority {
+                Priority::StatusChange => st.status_change.push_back(tx),
+                Priority::Routine => st.routine.push_back(tx),
+            }
+            rx
+        };
+        let mut waiting = Waiting { gate: self, rx };
+        match (&mut waiting.rx).await {
+            Ok(()) => {
+                std::mem::forget(waiting);
+                Ok(Permit(self))
+            }
+            Err(_) => Err(OcspError::Internal("signing gate closed".into())),
+        }
+    }
+
+    /// Signs on a blocking thread. A signer with a [`timeout`](crate::signer::Signer::timeout) that has not answered
+    /// by then is left behind and asked once more (an HSM pool fails over to another HSM on
+    /// that second call); the thread of the stuck call finishes whenever the HSM lets it.
+    async fn sign_blocking(
+        profile: &ResponderProfile,
+        tbs: Vec<u8>,
+    ) -> Result<Result<Vec<u8>, SignError>, OcspError> {
+        let joined = |r: Result<_, tokio::task::JoinError>| {
+            r.map_err(|e| OcspError::Internal(format!("signing task: {e}")))
+        };
+        let signer = profile.signer.clone();
+        let Some(limit) = signer.timeout() else {
+            return joined(tokio::task::spawn_blocking(move || signer.sign(&tbs)).await);
+        };
+        let tbs: Arc<[u8]> = tbs.into();
+        for _ in 0..2 {
+            let (signer, tbs) = (signer.clone(), tbs.clone());
+            let call = tokio::task::spawn_blocking(move || signer.sign(&tbs));
+            if let Ok(r) = tokio::time::timeout(limit, call).await {
+                return joined(r);
+            }
+            tracing::warn!(signer = %profile.signer.describe(), ?limit, "a signature did not finish in time; asking again");
+        }
+        Ok(Err(SignError::Unavailable(format!(
+            "no signature within {limit:?}, twice"
+        ))))
+    }
+
+    /// Signs `tbs` with the profile's signer on a blocking thread, waiting for a slot.
     pub async fn sign(
         &self,
         profile: &ResponderProfile,
         tbs: Vec<u8>,
         metrics: &Metrics,
+        priority: Priority,
     ) -> Result<Vec<u8>, OcspError> {
-        let permit = match self.permits.try_acquire() {
+        let permit = match self.acquire(priority).await {
             Ok(p) => p,
-            Err(_) => {
-                if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.max_waiting {
-                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+            Err(e) => {
+                if matches!(e, OcspError::TryLater(_)) {
                     metrics.signing_shed.increment(1);
-                    return Err(OcspError::TryLater("signing queue full".into()));
                 }
-                let _guard = WaitGuard(&self.waiting);
-                self.permits
-                    .acquire()
-                    .await
-                    .map_err(|_| OcspError::Internal("signing gate closed".into()))?
+                return Err(e);
             }
         };
-        let signer = profile.signer.clone();
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || signer.sign(&tbs))
-            .await
-            .map_err(|e| OcspError::Internal(format!("signing task: {e}")))?;
+        let result = Self::sign_blocking(profile, tbs).await?;
         drop(permit);
         metrics
             .signing_latency
@@ -138,6 +250,9 @@ pub struct Responder {
     nonce: NoncePolicy,
     limits: RequestLimits,
     gate: SigningGate,
+    /// CertID forms whose certificate changed status recently: their next signature is a
+    /// [`Priority::StatusChange`].
+    changed: moka::future::Cache<Bytes, ()>,
     metrics: Arc<Metrics>,
 }
 
@@ -170,6 +285,10 @@ impl Responder {
                 max_nonce_bytes: cfg.limits.max_nonce_bytes,
             },
             gate: SigningGate::new(cfg.ocsp.signing_concurrency, cfg.ocsp.signing_queue),
+            changed: moka::future::Cache::builder()
+                .max_capacity(CHANGED_MAX_ENTRIES)
+                .time_to_live(CHANGED_TTL)
+                .build(),
             metrics,
         }
     }
@@ -241,7 +360,10 @@ impl Responder {
         let window = self.validity.window(now);
         let profile = &self.issuers[i].issuer.profile;
         let tbs = tbs_response_data(profile, &window, &ids, extensions)?;
-        let sig = self.gate.sign(profile, tbs.clone(), &self.metrics).await?;
+        let sig = self
+            .gate
+            .sign(profile, tbs.clone(), &self.metrics, Priority::Routine)
+            .await?;
         let der = assemble(profile, &tbs, &sig)?;
         let status = if answers.len() == 1 {
             answers[0]
@@ -323,10 +445,11 @@ impl Responder {
     ) -> Result<Answer, OcspError> {
         let mut failure: Option<OcspError> = None;
         let fail = &mut failure;
+        let changed = self.changed.contains_key(&key);
         let result = self
             .cache
             .inner
-            .entry(key)
+            .entry(key.clone())
             .and_compute_with(|existing| async move {
                 let existing = existing.map(|e| e.into_value());
                 if let Some(e) = &existing {
@@ -334,7 +457,15 @@ impl Responder {
                         return Op::Nop; // signed by the caller we waited behind
                     }
                 }
-                match self.sign_single(issuer, &cert_id, status, now).await {
+                let priority = match &existing {
+                    Some(e) if e.status != status => Priority::StatusChange,
+                    _ if changed => Priority::StatusChange,
+                    _ => Priority::Routine,
+                };
+                match self
+                    .sign_single(issuer, &cert_id, status, now, priority)
+                    .await
+                {
                     Ok(fresh) => Op::Put(Arc::new(fresh)),
                     Err(err) => {
                         *fail = Some(err);
@@ -353,6 +484,9 @@ impl Responder {
             }
             CompResult::Removed(_) | CompResult::StillNone(_) => None,
         };
+        if changed && failure.is_none() {
+            self.changed.invalidate(&key).await;
+        }
         match served {
             Some(r) if r.status == status && r.is_valid(now) => {
                 if failure.is_some() {
@@ -375,6 +509,7 @@ impl Responder {
         cert_id: &CertId,
         status: SingleStatus,
         now: i64,
+        priority: Priority,
     ) -> Result<CachedResponse, OcspError> {
         let profile = &self.issuers[issuer].issuer.profile;
         let window = self.validity.window(now);
@@ -384,7 +519,10 @@ impl Responder {
             &[(cert_id, status)],
             self.base_extensions(issuer)?,
         )?;
-        let sig = self.gate.sign(profile, tbs.clone(), &self.metrics).await?;
+        let sig = self
+            .gate
+            .sign(profile, tbs.clone(), &self.metrics, priority)
+            .await?;
         let der = assemble(profile, &tbs, &sig)?;
         Ok(CachedResponse::new(der, status, window))
     }
@@ -396,6 +534,7 @@ impl Responder {
         };
         for key in cert_id_forms(&state.issuer, serial) {
             self.cache.invalidate(&key).await;
+            self.changed.insert(Bytes::from(key), ()).await;
         }
     }
 }
@@ -430,4 +569,224 @@ pub fn cert_id_forms(issuer: &Issuer, serial: &Serial) -> Vec<Vec<u8>> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn status_changes_are_signed_before_routine_refreshes() {
+        let gate = Arc::new(SigningGate::new(1, 10));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let held = gate.acquire(Priority::Routine).await.expect("free slot");
+        let mut waiters = Vec::new();
+        for (name, priority) in [
+            ("routine-1", Priority::Routine),
+            ("routine-2", Priority::Routine),
+            ("change", Priority::StatusChange),
+        ] {
+            let (gate, order) = (gate.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                let _p = gate.acquire(priority).await.expect("queued");
+                order.lock().expect("order").push(name);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }));
+            settle().await;
+        }
+        drop(held);
+        for w in waiters {
+            w.await.expect("waiter");
+        }
+        assert_eq!(
+            *order.lock().expect("order"),
+            ["change", "routine-1", "routine-2"]
+        );
+        // Every slot came back.
+        assert_eq!(gate.lock().free, 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_sheds_at_once_but_keeps_room_for_status_changes() {
+        let gate = Arc::new(SigningGate::new(1, 1));
+        let held = gate.acquire(Priority::Routine).await.expect("free slot");
+        let g = gate.clone();
+        let queued = tokio::spawn(async move { g.acquire(Priority::Routine).await.map(drop) });
+        settle().await;
+        let shed = gate.acquire(Priority::Routine).await.err().expect("shed");
+        assert!(matches!(shed, OcspError::TryLater(_)), "{shed:?}");
+        let g = gate.clone();
+        let change = tokio::spawn(async move { g.acquire(Priority::StatusChange).await.map(drop) });
+        settle().await;
+        assert!(gate.acquire(Priority::StatusChange).await.is_err());
+        drop(held);
+        change.await.expect("task").expect("status change signed");
+        queued.await.expect("task").expect("routine signed");
+        assert_eq!(gate.lock().free, 1);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_goes_away_passes_its_slot_on() {
+        let gate = Arc::new(SigningGate::new(1, 10));
+        let held = gate.acquire(Priority::Routine).await.expect("free slot");
+        let g = gate.clone();
+        let gone = tokio::spawn(async move {
+            let _p = g.acquire(Priority::Routine).await;
+            std::future::pending::<()>().await;
+        });
+        settle().await;
+        gone.abort();
+        let _ = gone.await;
+        drop(held);
+        let again = tokio::time::timeout(Duration::from_secs(1), gate.acquire(Priority::Routine))
+            .await
+            .expect("not stuck");
+        assert!(again.is_ok());
+    }
+
+    /// Signs only when handed a ticket, so a test decides when signatures finish.
+    struct Ticketed {
+        inner: crate::signer::SoftwareSigner,
+        tickets: Mutex<std::sync::mpsc::Receiver<()>>,
+        signed: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl crate::signer::Signer for Ticketed {
+        fn algorithm(&self) -> crate::signer::SignatureAlgorithm {
+            self.inner.algorithm()
+        }
+        fn public_key(&self) -> &[u8] {
+            self.inner.public_key()
+        }
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, crate::signer::SignError> {
+            let _ = self.tickets.lock().expect("tickets").recv();
+            self.signed.lock().expect("signed").push(message.to_vec());
+            self.inner.sign(message)
+        }
+        fn describe(&self) -> String {
+            "ticketed".into()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revocation_is_signed_before_routine_answers_that_queued_first() {
+        use crate::status::{EventKind, RevocationReason};
+        let dir = tempfile::tempdir().expect("tmp");
+        let events = crate::demo::ensure_demo_pki(dir.path(), "test").expect("demo PKI");
+        let mut cfg = Config::embedded_default();
+        cfg.ocsp.signing_concurrency = 1;
+        let ic = crate::demo::demo_issuer_config(dir.path());
+        let key = ic.responder_key.as_deref().expect("demo key");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let signed = Arc::new(Mutex::new(Vec::new()));
+        let signer = Ticketed {
+            inner: crate::signer::SoftwareSigner::from_pem_file(key).expect("key"),
+            tickets: Mutex::new(rx),
+            signed: signed.clone(),
+        };
+        let issuer = crate::pki::load_issuer_with_signer(
+            &ic,
+            crate::config::ResponderIdKind::KeyHash,
+            Arc::new(signer),
+        )
+        .expect("issuer");
+        // Every demo certificate starts good; the revocation comes later.
+        let (revocation, issued): (Vec<_>, Vec<_>) = events
+            .into_iter()
+            .partition(|e| matches!(e.kind, EventKind::Revoked { .. }));
+        let view = StatusView::new();
+        for e in &issued {
+            view.apply(e);
+        }
+        let responder = Arc::new(Responder::new(
+            &cfg,
+            vec![issuer],
+            &view,
+            Arc::new(Metrics::new()),
+        ));
+        let request = |serial: &Serial| {
+            let forms = cert_id_forms(&responder.issuers[0].issuer, serial);
+            let id = <CertId as der::Decode>::from_der(&forms[0]).expect("CertID");
+            crate::ocsp::request::tests::request(vec![id], None)
+        };
+        let ask = |der: Vec<u8>| {
+            let r = responder.clone();
+            tokio::spawn(async move { r.answer(&der, crate::clock::unix_now()).await })
+        };
+        // Waits until the gate is in the given state (free slots, queued routine, queued changes).
+        let gate_is = |want: (usize, usize, usize)| {
+            let r = responder.clone();
+            async move {
+                for _ in 0..500 {
+                    let now = {
+                        let st = r.gate.lock();
+                        (st.free, st.routine.len(), st.status_change.len())
+                    };
+                    if now == want {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("the signing gate never reached {want:?}");
+            }
+        };
+        let first = ask(request(&issued[0].serial));
+        gate_is((0, 0, 0)).await; // holds the only signing slot, waiting for a ticket
+        let queued = ask(request(&issued[1].serial));
+        gate_is((0, 1, 0)).await;
+        let revoked = &revocation[0];
+        view.apply(revoked);
+        responder.evict(revoked.issuer, &revoked.serial).await;
+        let change = ask(request(&revoked.serial));
+        gate_is((0, 1, 1)).await;
+        for _ in 0..3 {
+            tx.send(()).expect("ticket");
+        }
+        let (_, _, change) = (
+            first.await.expect("task"),
+            queued.await.expect("task"),
+            change.await.expect("task"),
+        );
+        // The order of signatures, told apart by the serial in each tbsResponseData.
+        let names = [
+            (&issued[0].serial, "routine-first"),
+            (&issued[1].serial, "routine-queued"),
+            (&revoked.serial, "revocation"),
+        ];
+        let order: Vec<&str> = signed
+            .lock()
+            .expect("signed")
+            .iter()
+            .filter_map(|tbs| {
+                names
+                    .iter()
+                    .find(|(serial, _)| {
+                        tbs.windows(serial.as_der_content().len())
+                            .any(|w| w == serial.as_der_content())
+                    })
+                    .map(|(_, n)| *n)
+            })
+            .collect();
+        assert_eq!(order, ["routine-first", "revocation", "routine-queued"]);
+        match change {
+            Answer::Signed { response, .. } => assert_eq!(
+                response.status,
+                SingleStatus::Revoked(Revocation {
+                    time: match revoked.kind {
+                        EventKind::Revoked { time, .. } => time,
+                        _ => 0,
+                    },
+                    reason: RevocationReason::KeyCompromise,
+                })
+            ),
+            Answer::Error(e) => panic!("{e:?}"),
+        }
+    }
 }

@@ -48,6 +48,22 @@ pub const CRL_BUILD_LATENCY: &str = "vigil_crl_build_duration_seconds";
 pub const CRL_LEADER: &str = "vigil_crl_publisher_leader";
 /// Failed CRL refreshes (a Redis unreachable, a CRL that did not verify), by `source`.
 pub const CRL_REFRESH_ERRORS: &str = "vigil_crl_refresh_errors_total";
+/// Signatures made by each HSM, by `hsm` (probes excluded).
+pub const HSM_SIGNATURES: &str = "vigil_hsm_signatures_total";
+/// HSM errors by `hsm` and `kind`: `pin`, `config`, `lost` (device, session or connection),
+/// `failed` (one operation).
+pub const HSM_ERRORS: &str = "vigil_hsm_errors_total";
+/// Time of one signature on an HSM in seconds, session wait included, by `hsm`.
+pub const HSM_SIGN_LATENCY: &str = "vigil_hsm_sign_duration_seconds";
+/// Circuit breaker of each HSM, by `hsm`: 0 closed (in service), 1 open (out, reconnecting),
+/// 2 failed (out until restart: PIN rejected or wrong key).
+pub const HSM_BREAKER_STATE: &str = "vigil_hsm_breaker_state";
+/// Health probes by `hsm` and `result` (`ok`, `error`).
+pub const HSM_PROBES: &str = "vigil_hsm_probes_total";
+/// HSMs in service, by `issuer`.
+pub const SIGNER_POOL_UP: &str = "vigil_signer_pool_members_up";
+/// Signatures made by `danger_software_fallback` because no HSM could, by `issuer`.
+pub const SIGNER_FALLBACK_SIGNATURES: &str = "vigil_signer_software_fallback_signatures_total";
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,

@@ -25,6 +25,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::config::Config;
 use crate::crl_service::catalog::Catalog;
 use crate::responder::Responder;
+use crate::signer::SignerPool;
 use crate::status::StatusView;
 use crate::telemetry::{self, Metrics};
 
@@ -35,6 +36,10 @@ pub struct Readiness {
     pub view_loaded: AtomicBool,
     /// SIGTERM received: draining.
     pub draining: AtomicBool,
+    /// The HSM pools; one with no HSM in service makes the replica degraded ("no signer").
+    pub signer_pools: Vec<Arc<SignerPool>>,
+    /// `hsm_pool.readiness_requires_signer`: "no signer" makes the replica not ready.
+    pub require_signer: bool,
 }
 
 impl Readiness {
@@ -42,16 +47,47 @@ impl Readiness {
     pub fn check(&self) -> Result<(), String> {
         let mut why = Vec::new();
         if self.draining.load(Ordering::Relaxed) {
-            why.push("shutting down");
+            why.push("shutting down".to_owned());
         }
         if !self.view_loaded.load(Ordering::Relaxed) {
-            why.push("status view not loaded");
+            why.push("status view not loaded".to_owned());
+        }
+        if self.require_signer {
+            why.extend(self.degraded());
         }
         if why.is_empty() {
             Ok(())
         } else {
             Err(why.join("; "))
         }
+    }
+
+    /// Why the replica answers only from its cache for some issuer, if it does: with no HSM
+    /// in service, cached responses are served until their nextUpdate, then `tryLater`.
+    pub fn degraded(&self) -> Option<String> {
+        let without: Vec<&str> = self
+            .signer_pools
+            .iter()
+            .filter(|p| p.in_service() == 0)
+            .map(|p| p.issuer())
+            .collect();
+        if without.is_empty() {
+            return None;
+        }
+        let fallback = self
+            .signer_pools
+            .iter()
+            .filter(|p| p.in_service() == 0)
+            .all(|p| p.has_fallback());
+        Some(format!(
+            "no signer (no HSM in service) for issuer {}{}",
+            without.join(", "),
+            if fallback {
+                ": signing with danger_software_fallback"
+            } else {
+                ": serving cached responses until their nextUpdate"
+            }
+        ))
     }
 }
 

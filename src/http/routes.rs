@@ -51,7 +51,10 @@ pub async fn handle(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body>
         "/healthz" => return other(respond::text(StatusCode::OK, "ok\n"), "ops"),
         "/readyz" => {
             let r = match st.readiness.check() {
-                Ok(()) => respond::text(StatusCode::OK, "ready\n"),
+                Ok(()) => match st.readiness.degraded() {
+                    Some(why) => respond::text(StatusCode::OK, format!("ready, degraded: {why}\n")),
+                    None => respond::text(StatusCode::OK, "ready\n"),
+                },
                 Err(why) => respond::text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("not ready: {why}\n"),

@@ -1,14 +1,18 @@
-//! Signing: the [`Signer`] trait that every key source implements, and the software signer.
+//! Signing: the [`Signer`] trait that every key source implements, the software signer, and
+//! the PKCS#11 key ([`pkcs11`]) with its pool of HSMs ([`pool`]).
 //!
 //! The OCSP and CRL builders only see this trait, so a PKCS#11 key plugs in exactly like a key
 //! file. `sign` is synchronous and may block (an HSM round trip): callers run it off the async
 //! reactor.
 
+pub mod pkcs11;
+pub mod pool;
 pub mod software;
 
 use der::Encode;
 use spki::AlgorithmIdentifierOwned;
 
+pub use pool::SignerPool;
 pub use software::SoftwareSigner;
 
 /// The signature algorithms vigil produces.
@@ -39,6 +43,15 @@ impl SignatureAlgorithm {
                 oid: rfc5912::SHA_256_WITH_RSA_ENCRYPTION,
                 parameters: Some(der::asn1::Null.into()),
             },
+        }
+    }
+
+    /// A name for people: `ECDSA P-256 SHA-256`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::EcdsaP256Sha256 => "ECDSA P-256 SHA-256",
+            Self::EcdsaP384Sha384 => "ECDSA P-384 SHA-384",
+            Self::RsaPkcs1Sha256 => "RSA PKCS#1 v1.5 SHA-256",
         }
     }
 
@@ -83,6 +96,13 @@ pub trait Signer: Send + Sync {
 
     /// A short description for logs (never a secret).
     fn describe(&self) -> String;
+
+    /// How long a caller should wait for one signature before giving up on that call and
+    /// asking again (a signer that can get stuck — an HSM gone silent — fails over on the
+    /// second call). `None`: wait as long as it takes.
+    fn timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Checks that `signature` over `message` verifies with `public_key` under `algorithm`.
