@@ -23,6 +23,11 @@ pub const ENV_OCSP_PREFIX: &str = "VIGIL_OCSP_PREFIX";
 pub const ENV_NONCE: &str = "VIGIL_NONCE";
 /// Overrides `log.filter`.
 pub const ENV_LOG: &str = "VIGIL_LOG";
+/// The admin API bearer token (instead of `admin.token_file`).
+pub const ENV_ADMIN_TOKEN: &str = "VIGIL_ADMIN_TOKEN";
+/// Prefix of the per-region Redis password variables: `VIGIL_FEED_PASSWORD_<REGION>`, the
+/// region name upper-cased with `-` as `_` (instead of `feed.region.password_file`).
+pub const ENV_FEED_PASSWORD_PREFIX: &str = "VIGIL_FEED_PASSWORD_";
 
 /// The data directory of the embedded default.
 pub const DEFAULT_DATA_DIR: &str = "./vigil-data";
@@ -58,6 +63,12 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// The multi-region revocation feed on Redis Streams; absent: the local journal is the feed.
+    #[serde(default)]
+    pub feed: Option<FeedConfig>,
+    /// The authenticated admin API; absent: no admin listener.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
     /// Issuers answered for.
     #[serde(default, rename = "issuer")]
     pub issuers: Vec<IssuerConfig>,
@@ -218,6 +229,171 @@ impl Default for StatusConfig {
     }
 }
 
+/// `[feed]`: every region's Redis holds a stream of status events and a per-issuer snapshot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    /// Regions that must hold a write before it is acknowledged (default: a majority).
+    #[serde(default)]
+    pub quorum: Option<usize>,
+    /// Approximate length each region's stream is trimmed to (`XADD MAXLEN ~`). Replicas
+    /// further behind than this re-bootstrap from the snapshot.
+    #[serde(default = "default_maxlen")]
+    pub maxlen: u64,
+    /// Prefix of every Redis key vigil uses.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// `/readyz` fails when no region has delivered an event or heartbeat for this long.
+    #[serde(default = "default_max_staleness", deserialize_with = "duration")]
+    pub max_staleness: Duration,
+    /// How often a heartbeat is written to each region (at most one per region per interval,
+    /// whatever the number of replicas).
+    #[serde(default = "default_heartbeat", deserialize_with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// Time a write to one region may take before that region counts as failed.
+    #[serde(default = "default_write_timeout", deserialize_with = "duration")]
+    pub write_timeout: Duration,
+    /// Time to connect to a region's Redis (or its Sentinels).
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// First reconnect delay; doubles on each failure, with jitter.
+    #[serde(default = "default_reconnect_min", deserialize_with = "duration")]
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay.
+    #[serde(default = "default_reconnect_max", deserialize_with = "duration")]
+    pub reconnect_max: Duration,
+    /// The local checkpoint (view and cursors); default `<data_dir>/checkpoint.vcp`.
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
+    /// How often the checkpoint is written (also on shutdown).
+    #[serde(default = "default_checkpoint_interval", deserialize_with = "duration")]
+    pub checkpoint_interval: Duration,
+    /// How often a replica hands off repair hints and checks that every region holds every
+    /// other region's data.
+    #[serde(default = "default_repair_interval", deserialize_with = "duration")]
+    pub repair_interval: Duration,
+    /// The regions (at least one).
+    #[serde(rename = "region")]
+    pub regions: Vec<RegionConfig>,
+}
+
+/// `[[feed.region]]`: one region's Redis, a single server or a Sentinel-managed group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    /// Region name (metrics label, error messages, event origin).
+    pub name: String,
+    /// `redis://host:port/db` or `rediss://host:port/db` (TLS through rustls). Put no password
+    /// here: use `password_file` or the environment.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Sentinel addresses (`redis://` or `rediss://`), instead of `url`.
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    /// The Sentinel service (master group) name.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Connect to the Sentinel-managed servers over TLS.
+    #[serde(default)]
+    pub sentinel_server_tls: bool,
+    /// Database number for Sentinel-managed servers.
+    #[serde(default)]
+    pub db: i64,
+    /// ACL user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password (trailing newline ignored).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the server with, instead of the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for TLS client authentication.
+    #[serde(default)]
+    pub client_certificate: Option<PathBuf>,
+    /// Key (PEM) of `client_certificate`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+impl RegionConfig {
+    /// The environment variable that may hold this region's password.
+    pub fn password_env(&self) -> String {
+        format!(
+            "{ENV_FEED_PASSWORD_PREFIX}{}",
+            self.name.to_ascii_uppercase().replace('-', "_")
+        )
+    }
+}
+
+fn default_maxlen() -> u64 {
+    1_000_000
+}
+fn default_key_prefix() -> String {
+    "vigil".into()
+}
+fn default_max_staleness() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_reconnect_min() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_repair_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl FeedConfig {
+    /// Regions that must hold a write: `quorum`, or a majority of the regions.
+    pub fn quorum(&self) -> usize {
+        self.quorum.unwrap_or(self.regions.len() / 2 + 1)
+    }
+}
+
+/// `[admin]`: the admin API on its own listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address and port of the admin listener (keep it off the public network).
+    pub listen: SocketAddr,
+    /// File holding the bearer token (or set `VIGIL_ADMIN_TOKEN`). At least 16 bytes.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Append-only audit log of every change; default `<data_dir>/audit.log`.
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
+    /// Server certificate chain (PEM): serve the admin API over TLS.
+    #[serde(default)]
+    pub tls_certificate: Option<PathBuf>,
+    /// Key (PEM) of `tls_certificate`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) client certificates must chain to: requires mutual TLS.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Largest request body, bytes.
+    #[serde(default = "default_admin_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_admin_body() -> usize {
+    limits::MAX_ADMIN_BODY_BYTES
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -307,6 +483,29 @@ impl Config {
         if let Some(j) = &mut self.status.journal {
             fix(j);
         }
+        if let Some(f) = &mut self.feed {
+            if let Some(c) = &mut f.checkpoint {
+                fix(c);
+            }
+            for r in &mut f.regions {
+                for p in [&mut r.password_file, &mut r.ca_file]
+                    .into_iter()
+                    .chain([&mut r.client_certificate, &mut r.client_key])
+                    .flatten()
+                {
+                    fix(p);
+                }
+            }
+        }
+        if let Some(a) = &mut self.admin {
+            for p in [&mut a.token_file, &mut a.audit_log, &mut a.tls_certificate]
+                .into_iter()
+                .chain([&mut a.tls_key, &mut a.client_ca])
+                .flatten()
+            {
+                fix(p);
+            }
+        }
         for i in &mut self.issuers {
             fix(&mut i.certificate);
             fix(&mut i.responder_key);
@@ -348,6 +547,22 @@ impl Config {
             .journal
             .clone()
             .unwrap_or_else(|| self.data_dir.join("journal.vj"))
+    }
+
+    /// The checkpoint path (feed mode).
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.feed
+            .as_ref()
+            .and_then(|f| f.checkpoint.clone())
+            .unwrap_or_else(|| self.data_dir.join("checkpoint.vcp"))
+    }
+
+    /// The admin audit log path.
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.admin
+            .as_ref()
+            .and_then(|a| a.audit_log.clone())
+            .unwrap_or_else(|| self.data_dir.join("audit.log"))
     }
 
     /// Checks every rule that TOML types cannot express.
@@ -414,6 +629,12 @@ impl Config {
         if self.status.origin.is_empty() || self.status.origin.len() > limits::MAX_ORIGIN_BYTES {
             return err("status.origin: 1 to 64 bytes");
         }
+        if let Some(f) = &self.feed {
+            validate_feed(f)?;
+        }
+        if let Some(a) = &self.admin {
+            validate_admin(a)?;
+        }
         if self.issuers.is_empty() {
             return err("issuer: at least one [[issuer]] is required");
         }
@@ -438,6 +659,125 @@ impl Config {
     }
 }
 
+fn validate_feed(f: &FeedConfig) -> Result<(), ConfigError> {
+    if f.regions.is_empty() {
+        return err("feed.region: at least one [[feed.region]] is required");
+    }
+    let n = f.regions.len();
+    let q = f.quorum();
+    if q == 0 || q > n {
+        return err(format!(
+            "feed.quorum: {q} must be between 1 and the number of regions ({n})"
+        ));
+    }
+    if f.maxlen == 0 {
+        return err("feed.maxlen: must be at least 1");
+    }
+    let key_ok = !f.key_prefix.is_empty()
+        && f.key_prefix.len() <= 64
+        && f.key_prefix
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
+    if !key_ok {
+        return err("feed.key_prefix: 1-64 printable characters, no spaces or braces");
+    }
+    for (key, d) in [
+        ("feed.max_staleness", f.max_staleness),
+        ("feed.heartbeat_interval", f.heartbeat_interval),
+        ("feed.write_timeout", f.write_timeout),
+        ("feed.connect_timeout", f.connect_timeout),
+        ("feed.reconnect_min", f.reconnect_min),
+        ("feed.checkpoint_interval", f.checkpoint_interval),
+        ("feed.repair_interval", f.repair_interval),
+    ] {
+        if d < Duration::from_millis(10) {
+            return err(format!("{key}: at least 10ms"));
+        }
+    }
+    if f.reconnect_max < f.reconnect_min {
+        return err("feed.reconnect_max: must not be below feed.reconnect_min");
+    }
+    if f.max_staleness <= f.heartbeat_interval {
+        return err("feed.max_staleness: must be longer than feed.heartbeat_interval");
+    }
+    for (i, r) in f.regions.iter().enumerate() {
+        let name_ok = !r.name.is_empty()
+            && r.name.len() <= 32
+            && r.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name_ok {
+            return err(format!(
+                "feed.region[{i}].name: {:?} must be 1-32 of [A-Za-z0-9_-]",
+                r.name
+            ));
+        }
+        if f.regions[..i].iter().any(|o| o.name == r.name) {
+            return err(format!("feed.region[{i}].name: {:?} is used twice", r.name));
+        }
+        match (&r.url, r.sentinels.is_empty(), &r.service) {
+            (Some(u), true, None) => {
+                if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                    return err(format!(
+                        "feed.region[{i}].url: must start with redis:// or rediss://"
+                    ));
+                }
+                if url_has_password(u) {
+                    return err(format!(
+                        "feed.region[{i}].url: must not hold a password (use password_file or {})",
+                        r.password_env()
+                    ));
+                }
+            }
+            (None, false, Some(_)) => {
+                for s in &r.sentinels {
+                    if !(s.starts_with("redis://") || s.starts_with("rediss://")) {
+                        return err(format!("feed.region[{i}].sentinels: {s:?} must start with redis:// or rediss://"));
+                    }
+                    if url_has_password(s) {
+                        return err(format!(
+                            "feed.region[{i}].sentinels: must not hold a password"
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return err(format!(
+                    "feed.region[{i}]: set either url, or sentinels and service"
+                ))
+            }
+        }
+        if r.client_certificate.is_some() != r.client_key.is_some() {
+            return err(format!(
+                "feed.region[{i}].client_key: client_certificate and client_key go together"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// True when a `redis://user:password@host` URL carries a password.
+fn url_has_password(u: &str) -> bool {
+    let rest = u.split_once("://").map_or(u, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+fn validate_admin(a: &AdminConfig) -> Result<(), ConfigError> {
+    if a.tls_certificate.is_some() != a.tls_key.is_some() {
+        return err("admin.tls_key: tls_certificate and tls_key go together");
+    }
+    if a.client_ca.is_some() && a.tls_certificate.is_none() {
+        return err("admin.client_ca: mutual TLS needs admin.tls_certificate and admin.tls_key");
+    }
+    if a.max_body_bytes == 0 || a.max_body_bytes > 64 * 1024 {
+        return err("admin.max_body_bytes: 1 to 65536");
+    }
+    Ok(())
+}
+
 fn unreachable_default() -> Config {
     // `toml::from_str("")` fills every field from its default; this path is never taken.
     Config {
@@ -447,6 +787,8 @@ fn unreachable_default() -> Config {
         ocsp: OcspConfig::default(),
         status: StatusConfig::default(),
         log: LogConfig::default(),
+        feed: None,
+        admin: None,
         issuers: Vec::new(),
         embedded: true,
     }
@@ -485,6 +827,39 @@ mod tests {
             .contains("limits.max_cert_ids"));
         let e = Config::from_toml("[ocsp]\nvalidity = \"soon\"").expect_err("bad duration");
         assert!(e.to_string().contains("validity"), "{e}");
+    }
+
+    #[test]
+    fn feed_and_admin_config() {
+        let c = Config::from_toml(&format!(
+            "[feed]\nmax_staleness = \"30s\"\n[[feed.region]]\nname = \"a\"\nurl = \"redis://127.0.0.1:1/\"\n[[feed.region]]\nname = \"b\"\nsentinels = [\"redis://127.0.0.1:2\"]\nservice = \"m\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{ISSUER}"
+        ))
+        .expect("parse");
+        c.validate().expect("valid");
+        let f = c.feed.as_ref().expect("feed");
+        assert_eq!(f.quorum(), 2);
+        assert_eq!(f.regions[1].password_env(), "VIGIL_FEED_PASSWORD_B");
+        let bad = Config::from_toml(&format!(
+            "[feed]\nquorum = 3\n[[feed.region]]\nname = \"a\"\nurl = \"redis://x/\"\n{ISSUER}"
+        ))
+        .expect("parse");
+        assert!(bad
+            .validate()
+            .expect_err("quorum")
+            .to_string()
+            .contains("feed.quorum"));
+        let bad = Config::from_toml(&format!(
+            "[[feed.region]]\nname = \"a\"\nurl = \"redis://u:secret@x/\"\n{ISSUER}"
+        ))
+        .expect("parse");
+        let e = bad.validate().expect_err("password in url").to_string();
+        assert!(
+            e.contains("feed.region[0].url") && !e.contains("secret"),
+            "{e}"
+        );
+        let e = Config::from_toml("[feed]\n[[feed.region]]\nname = \"a\"\nurll = \"x\"")
+            .expect_err("unknown key");
+        assert!(e.to_string().contains("urll"), "{e}");
     }
 
     #[test]

@@ -98,7 +98,7 @@ pub fn ensure_demo_pki(data_dir: &Path, origin: &str) -> Result<Vec<Event>, Stri
         true,
     )?;
 
-    let issuer_id = crate::ocsp::IssuerHashes::new(&[], &ca_key.public_key_raw()).id;
+    let issuer_id = crate::ocsp::IssuerHashes::new(&[], ca_key.public_key_raw()).id;
     let mut events = Vec::new();
     let created_at_ms = now.unix_timestamp() * 1000;
     for (name, revoked) in DEMO_CERTS {

@@ -3,6 +3,7 @@
 //! Routing is in [`routes`]; turning answers and errors into HTTP responses is in [`respond`]
 //! (the one place that decides status codes and caching headers).
 
+pub mod admin;
 pub mod respond;
 pub mod routes;
 
@@ -34,6 +35,8 @@ pub struct Readiness {
     pub view_loaded: AtomicBool,
     /// SIGTERM received: draining.
     pub draining: AtomicBool,
+    /// Freshness of the feed, when `[feed]` is configured.
+    pub feed: std::sync::OnceLock<Arc<crate::feed::health::FeedHealth>>,
 }
 
 impl Readiness {
@@ -41,10 +44,15 @@ impl Readiness {
     pub fn check(&self) -> Result<(), String> {
         let mut why = Vec::new();
         if self.draining.load(Ordering::Relaxed) {
-            why.push("shutting down");
+            why.push("shutting down".to_owned());
         }
         if !self.view_loaded.load(Ordering::Relaxed) {
-            why.push("status view not loaded");
+            why.push("status view not loaded".to_owned());
+        }
+        if let Some(feed) = self.feed.get() {
+            if let Err(e) = feed.check(crate::clock::unix_now_ms()) {
+                why.push(e);
+            }
         }
         if why.is_empty() {
             Ok(())

@@ -62,9 +62,54 @@ impl StatusView {
             .merge(event.serial, CertRecord::from_event(&event.kind))
     }
 
+    /// Joins a batch of events, taking each issuer's write lock once per run of events of that
+    /// issuer; `changed` is called (outside no lock) for each event that changed the view.
+    pub fn apply_batch(&self, events: &[Event], mut changed: impl FnMut(&Event, CertStatus)) {
+        let mut rest = events;
+        while let Some(first) = rest.first() {
+            let run = rest
+                .iter()
+                .position(|e| e.issuer != first.issuer)
+                .unwrap_or(rest.len());
+            let (now, later) = rest.split_at(run);
+            rest = later;
+            let table = self.table(first.issuer);
+            let mut statuses = Vec::new();
+            {
+                let mut map = table
+                    .records
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
+                for (i, e) in now.iter().enumerate() {
+                    if let Applied::Changed { status } =
+                        merge_into(&mut map, e.serial, CertRecord::from_event(&e.kind))
+                    {
+                        statuses.push((i, status));
+                    }
+                }
+            }
+            for (i, status) in statuses {
+                changed(&now[i], status);
+            }
+        }
+    }
+
     /// The status of one certificate.
     pub fn status(&self, issuer: IssuerId, serial: &Serial) -> CertStatus {
         self.table(issuer).status(serial)
+    }
+
+    /// Every issuer table, in issuer order.
+    pub fn issuers(&self) -> Vec<(IssuerId, Arc<IssuerTable>)> {
+        let mut v: Vec<_> = self
+            .tables
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, t)| (*id, t.clone()))
+            .collect();
+        v.sort_by_key(|(id, _)| *id);
+        v
     }
 
     /// Number of certificates known, over all issuers.
@@ -109,23 +154,42 @@ impl IssuerTable {
     /// Joins `record` into the certificate's record.
     pub fn merge(&self, serial: Serial, record: CertRecord) -> Applied {
         let mut map = self.records.write().unwrap_or_else(PoisonError::into_inner);
-        match map.entry(serial) {
-            Entry::Vacant(slot) => {
-                slot.insert(record);
-                Applied::Changed {
-                    status: record.status(),
-                }
-            }
-            Entry::Occupied(mut slot) => {
-                let joined = slot.get().join(record);
-                if joined == *slot.get() {
-                    return Applied::Unchanged;
-                }
-                *slot.get_mut() = joined;
-                Applied::Changed {
-                    status: joined.status(),
-                }
-            }
+        merge_into(&mut map, serial, record)
+    }
+
+    /// Makes room for `additional` more certificates (checkpoint loading sizes the table once).
+    pub fn reserve(&self, additional: usize) {
+        self.records
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reserve(additional);
+    }
+
+    /// A copy of every record, taken under the shared lock (held only for the copy).
+    pub fn records(&self) -> Vec<(Serial, CertRecord)> {
+        self.records_partition(0, 1)
+    }
+
+    /// A copy of the records whose serial falls in partition `part` of `parts` (by a fixed hash
+    /// of the serial), so a large table can be copied out in pieces without holding its lock
+    /// for long or doubling its memory.
+    pub fn records_partition(&self, part: usize, parts: usize) -> Vec<(Serial, CertRecord)> {
+        let parts = parts.max(1) as u64;
+        let map = self.records.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::with_capacity(map.len() / parts as usize + 16);
+        out.extend(
+            map.iter()
+                .filter(|(s, _)| partition_of(s) % parts == part as u64)
+                .map(|(s, r)| (*s, *r)),
+        );
+        out
+    }
+
+    /// Joins many records under one lock (checkpoint loading).
+    pub fn merge_many(&self, records: &[(Serial, CertRecord)]) {
+        let mut map = self.records.write().unwrap_or_else(PoisonError::into_inner);
+        for (s, r) in records {
+            merge_into(&mut map, *s, *r);
         }
     }
 
@@ -151,6 +215,40 @@ impl IssuerTable {
             .iter()
         {
             f(s, r);
+        }
+    }
+}
+
+/// FNV-1a of the serial octets: a stable partition key.
+fn partition_of(s: &Serial) -> u64 {
+    s.as_der_content()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+}
+
+fn merge_into(
+    map: &mut HashMap<Serial, CertRecord>,
+    serial: Serial,
+    record: CertRecord,
+) -> Applied {
+    match map.entry(serial) {
+        Entry::Vacant(slot) => {
+            slot.insert(record);
+            Applied::Changed {
+                status: record.status(),
+            }
+        }
+        Entry::Occupied(mut slot) => {
+            let joined = slot.get().join(record);
+            if joined == *slot.get() {
+                return Applied::Unchanged;
+            }
+            *slot.get_mut() = joined;
+            Applied::Changed {
+                status: joined.status(),
+            }
         }
     }
 }
@@ -251,6 +349,25 @@ mod tests {
                 merged.table(id).merge(s, r);
             }
             prop_assert_eq!(snapshot(&forward), snapshot(&merged));
+
+            // three regions, each receiving an overlapping subset (a write that reached only
+            // some regions, then repaired), applied in batches: still the same view
+            let batched = StatusView::new();
+            let mut regions: [Vec<Event>; 3] = Default::default();
+            for (i, e) in events.iter().enumerate() {
+                let mask = 1 + (seed.rotate_left(i as u32 * 3) % 7) as usize;
+                for (r, region) in regions.iter_mut().enumerate() {
+                    if mask & (1 << r) != 0 {
+                        region.push(e.clone());
+                    }
+                }
+            }
+            for region in regions.iter().rev() {
+                for chunk in region.chunks(split.max(1)) {
+                    batched.apply_batch(chunk, |_, _| {});
+                }
+            }
+            prop_assert_eq!(snapshot(&forward), snapshot(&batched));
         }
     }
 }
