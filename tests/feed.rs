@@ -20,6 +20,7 @@ struct Redis {
     port: u16,
     dir: PathBuf,
     persistent: bool,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -33,10 +34,40 @@ impl Redis {
             port,
             dir,
             persistent,
+            extra: Vec::new(),
             child: None,
         };
         r.restart();
         r
+    }
+
+    /// A Redis that also listens with TLS on a second port and requires client certificates;
+    /// returns it and the TLS port.
+    fn start_tls(root: &Path, name: &str, tls: &TlsFiles) -> (Redis, u16) {
+        let tls_port = free_port();
+        let dir = root.join(format!("redis-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = Redis {
+            port: free_port(),
+            dir,
+            persistent: false,
+            extra: [
+                "--tls-port".to_owned(),
+                tls_port.to_string(),
+                "--tls-cert-file".into(),
+                tls.server_cert.display().to_string(),
+                "--tls-key-file".into(),
+                tls.server_key.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                tls.ca.display().to_string(),
+                "--tls-auth-clients".into(),
+                "yes".into(),
+            ]
+            .to_vec(),
+            child: None,
+        };
+        r.restart();
+        (r, tls_port)
     }
 
     /// A Redis that will listen on a port nobody listens on yet.
@@ -47,6 +78,7 @@ impl Redis {
             port: free_port(),
             dir,
             persistent: false,
+            extra: Vec::new(),
             child: None,
         }
     }
@@ -60,6 +92,7 @@ impl Redis {
             .arg("--dir")
             .arg(&self.dir)
             .args(["--stream-node-max-entries", "4"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if self.persistent {
@@ -75,7 +108,11 @@ impl Redis {
                 .is_ok()
         };
         while !ready() {
-            assert!(Instant::now() < deadline, "redis on {} did not start", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis on {} did not start",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -92,9 +129,13 @@ impl Redis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// The `[[feed.region]]` lines that reach this server directly.
+    fn region(&self) -> String {
+        format!("url = {:?}", self.url())
+    }
+
     fn connection(&self) -> redis::RedisResult<redis::Connection> {
-        redis::Client::open(self.url())?
-            .get_connection_with_timeout(Duration::from_millis(500))
+        redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_millis(500))
     }
 
     fn cmd<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
@@ -116,10 +157,7 @@ impl Redis {
         let redis::Value::Array(entries) = v else {
             return 0;
         };
-        entries
-            .iter()
-            .filter(|e| is_event_entry(e))
-            .count()
+        entries.iter().filter(|e| is_event_entry(e)).count()
     }
 }
 
@@ -147,6 +185,117 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A Sentinel monitoring one Redis as service `m`.
+struct Sentinel {
+    port: u16,
+    child: Child,
+}
+
+impl Sentinel {
+    fn start(root: &Path, monitored: &Redis) -> Sentinel {
+        let port = free_port();
+        let conf = root.join(format!("sentinel-{port}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor m 127.0.0.1 {} 1\nsentinel down-after-milliseconds m 5000\n",
+                root.display(),
+                monitored.port
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = Sentinel { port, child };
+        wait_until("the sentinel knows the master", || {
+            redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(300)))
+                .and_then(|mut c| {
+                    redis::cmd("SENTINEL")
+                        .arg("get-master-addr-by-name")
+                        .arg("m")
+                        .query::<Vec<String>>(&mut c)
+                })
+                .is_ok_and(|a| a.len() == 2)
+        });
+        s
+    }
+
+    fn region(&self) -> String {
+        format!(
+            "sentinels = [\"redis://127.0.0.1:{}\"]\nservice = \"m\"",
+            self.port
+        )
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
+struct TlsFiles {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+impl TlsFiles {
+    fn make(root: &Path) -> TlsFiles {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair,
+        };
+        let dir = root.join("tls");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "vigil test CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, &ca_key);
+        let leaf = |names: Vec<String>, cn: &str, eku| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(names).unwrap();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.extended_key_usages = vec![eku];
+            let cert = p.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            "redis",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) =
+            leaf(Vec::new(), "vigil", ExtendedKeyUsagePurpose::ClientAuth);
+        let files = TlsFiles {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        };
+        std::fs::write(&files.ca, ca_cert.pem()).unwrap();
+        std::fs::write(&files.server_cert, server_cert).unwrap();
+        std::fs::write(&files.server_key, server_key).unwrap();
+        std::fs::write(&files.client_cert, client_cert).unwrap();
+        std::fs::write(&files.client_key, client_key).unwrap();
+        files
+    }
+}
+
 // === configuration and the demo PKI ===
 
 struct Pki {
@@ -162,7 +311,11 @@ impl Pki {
             .env_remove("VIGIL_CONFIG")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Pki { dir }
     }
 
@@ -186,9 +339,7 @@ fn write_config(root: &Path, name: &str, pki: &Pki, feed: &Feed, admin: bool) ->
         feed.extra
     );
     for (region, url) in &feed.regions {
-        text.push_str(&format!(
-            "[[feed.region]]\nname = {region:?}\nurl = {url:?}\n"
-        ));
+        text.push_str(&format!("[[feed.region]]\nname = {region:?}\n{url}\n"));
     }
     if admin {
         let token = root.join("token");
@@ -340,7 +491,15 @@ fn vigil(config: &Path, args: &[&str]) -> Output {
 fn revoke(config: &Path, serial: &str) -> Output {
     vigil(
         config,
-        &["revoke", "--issuer", "demo", "--serial", serial, "--reason", "keyCompromise"],
+        &[
+            "revoke",
+            "--issuer",
+            "demo",
+            "--serial",
+            serial,
+            "--reason",
+            "keyCompromise",
+        ],
     )
 }
 
@@ -416,7 +575,7 @@ fn two_regions_three_replicas_survive_the_loss_of_a_region() {
     let mut a = Redis::start(root, "a", true);
     let b = Redis::start(root, "b", false);
     let feed = Feed {
-        regions: vec![("a", a.url()), ("b", b.url())],
+        regions: vec![("a", a.region()), ("b", b.region())],
         quorum: 2,
         extra: "",
     };
@@ -425,12 +584,33 @@ fn two_regions_three_replicas_survive_the_loss_of_a_region() {
         .map(|n| Replica::start(&write_config(root, n, &pki, &feed, false)))
         .collect();
     let both = write_config(root, "writer-q2", &pki, &feed, false);
-    let one = write_config(root, "writer-q1", &pki, &Feed { quorum: 1, ..feed.clone() }, false);
+    let one = write_config(
+        root,
+        "writer-q1",
+        &pki,
+        &Feed {
+            quorum: 1,
+            ..feed.clone()
+        },
+        false,
+    );
     let issuer = issuer_hex(&both);
+    // Every replica has bootstrapped from both (empty) regions: from now on it reads every
+    // event from the streams.
+    for r in &replicas {
+        wait_until("the replica bootstrapped from both regions", || {
+            r.metric("vigil_feed_bootstraps_total", &["region=\"a\""]) == 1.0
+                && r.metric("vigil_feed_bootstraps_total", &["region=\"b\""]) == 1.0
+        });
+    }
 
     let out = revoke(&both, "5A01");
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("acknowledged by region(s) a, b (quorum 2)"), "{}", text(&out));
+    assert!(
+        text(&out).contains("acknowledged by region(s) a, b (quorum 2)"),
+        "{}",
+        text(&out)
+    );
     for r in &replicas {
         r.wait_for(&pki, "5A01", "revoked");
     }
@@ -450,18 +630,45 @@ fn two_regions_three_replicas_survive_the_loss_of_a_region() {
     });
     // Region a's stream now holds both revocations, each once; every replica reads each entry
     // of it exactly once (cursors resumed: no re-read, no loss, no second bootstrap).
-    wait_until("region a's stream holds both events", || a.event_entries() == 2);
+    wait_until("region a's stream holds both events", || {
+        a.event_entries() == 2
+    });
     for r in &replicas {
-        wait_until("the replica read region a's new entry", || {
-            r.metric("vigil_feed_entries_total", &["region=\"a\"", "result=\"changed\""])
-                + r.metric("vigil_feed_entries_total", &["region=\"a\"", "result=\"unchanged\""])
-                >= 2.0
-        });
+        let read_from_a = || {
+            r.metric(
+                "vigil_feed_entries_total",
+                &["region=\"a\"", "result=\"changed\""],
+            ) + r.metric(
+                "vigil_feed_entries_total",
+                &["region=\"a\"", "result=\"unchanged\""],
+            )
+        };
+        let deadline = Instant::now() + WAIT;
+        while read_from_a() < 2.0 {
+            assert!(
+                Instant::now() < deadline,
+                "replica {} read {} entries of region a\n{}",
+                r.addr,
+                read_from_a(),
+                read(&r.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         std::thread::sleep(Duration::from_millis(300));
-        let changed = r.metric("vigil_feed_entries_total", &["region=\"a\"", "result=\"changed\""]);
-        let unchanged =
-            r.metric("vigil_feed_entries_total", &["region=\"a\"", "result=\"unchanged\""]);
-        assert_eq!(changed + unchanged, 2.0, "entries of region a read by {}", r.addr);
+        let changed = r.metric(
+            "vigil_feed_entries_total",
+            &["region=\"a\"", "result=\"changed\""],
+        );
+        let unchanged = r.metric(
+            "vigil_feed_entries_total",
+            &["region=\"a\"", "result=\"unchanged\""],
+        );
+        assert_eq!(
+            changed + unchanged,
+            2.0,
+            "entries of region a read by {}",
+            r.addr
+        );
         assert_eq!(
             r.metric("vigil_feed_bootstraps_total", &["region=\"a\""]),
             1.0,
@@ -483,20 +690,32 @@ fn quorum_is_enforced_and_a_missed_region_catches_up() {
     let mut a = Redis::not_started(root, "a");
     let b = Redis::start(root, "b", false);
     let feed = Feed {
-        regions: vec![("a", a.url()), ("b", b.url())],
+        regions: vec![("a", a.region()), ("b", b.region())],
         quorum: 2,
         extra: "",
     };
     let replica = Replica::start(&write_config(root, "r1", &pki, &feed, false));
     let both = write_config(root, "writer-q2", &pki, &feed, false);
-    let one = write_config(root, "writer-q1", &pki, &Feed { quorum: 1, ..feed.clone() }, false);
+    let one = write_config(
+        root,
+        "writer-q1",
+        &pki,
+        &Feed {
+            quorum: 1,
+            ..feed.clone()
+        },
+        false,
+    );
     let issuer = issuer_hex(&both);
 
     let out = revoke(&both, "6B01");
     assert!(!out.status.success(), "{}", text(&out));
     let msg = text(&out);
     assert!(msg.contains("NOT acknowledged"), "{msg}");
-    assert!(msg.contains("quorum is 2") && msg.contains("failed: a ("), "{msg}");
+    assert!(
+        msg.contains("quorum is 2") && msg.contains("failed: a ("),
+        "{msg}"
+    );
     assert!(msg.contains("nothing was written"), "{msg}");
     assert_eq!(b.snapshot_record(&issuer, &der("6B01")), None);
     assert_eq!(b.event_entries(), 0);
@@ -530,7 +749,7 @@ fn bootstrap_after_trimming_and_restart_from_the_checkpoint() {
     let pki = Pki::make(root);
     let mut a = Redis::start(root, "a", true);
     let feed = Feed {
-        regions: vec![("a", a.url())],
+        regions: vec![("a", a.region())],
         quorum: 1,
         extra: "maxlen = 6\nmax_staleness = \"2s\"",
     };
@@ -546,7 +765,13 @@ fn bootstrap_after_trimming_and_restart_from_the_checkpoint() {
     std::fs::write(root.join("index.txt"), index).unwrap();
     let out = vigil(
         &config,
-        &["import", "--issuer", "demo", "--openssl-index", root.join("index.txt").to_str().unwrap()],
+        &[
+            "import",
+            "--issuer",
+            "demo",
+            "--openssl-index",
+            root.join("index.txt").to_str().unwrap(),
+        ],
     );
     assert!(out.status.success(), "{}", text(&out));
     let len: usize = a.cmd(redis::cmd("XLEN").arg("vigil:feed"));
@@ -564,7 +789,11 @@ fn bootstrap_after_trimming_and_restart_from_the_checkpoint() {
     a.kill();
     let replica = Replica::start(&config);
     for serial in ["7C00", "7C27", "7D00"] {
-        assert_eq!(replica.ocsp(&pki, serial), "revoked", "{serial} from the checkpoint");
+        assert_eq!(
+            replica.ocsp(&pki, serial),
+            "revoked",
+            "{serial} from the checkpoint"
+        );
     }
     assert_eq!(replica.ocsp(&pki, "7E00"), "unknown");
     wait_until("readiness fails for staleness", || {
@@ -594,7 +823,7 @@ fn admin_api_requires_the_token() {
     let pki = Pki::make(root);
     let a = Redis::start(root, "a", false);
     let feed = Feed {
-        regions: vec![("a", a.url())],
+        regions: vec![("a", a.region())],
         quorum: 1,
         extra: "",
     };
@@ -622,16 +851,71 @@ fn admin_api_requires_the_token() {
     replica.wait_for(&pki, "8E01", "revoked");
     let (code, resp) = http(&admin, "GET", "/v1/status/demo/8E01", Some(TOKEN), "");
     assert_eq!(code, 200);
-    assert!(resp.contains("\"status\":\"revoked\"") && resp.contains("keyCompromise"), "{resp}");
+    assert!(
+        resp.contains("\"status\":\"revoked\"") && resp.contains("keyCompromise"),
+        "{resp}"
+    );
     let log = read(&audit);
     assert_eq!(log.lines().count(), 2, "{log}");
     assert!(log.contains("\"phase\":\"request\"") && log.contains("\"outcome\":\"acknowledged\""));
     assert!(!log.contains(TOKEN));
 
-    let (code, _) = http(&admin, "POST", "/v1/revoke", Some(TOKEN), &"x".repeat(10_000));
+    let (code, _) = http(
+        &admin,
+        "POST",
+        "/v1/revoke",
+        Some(TOKEN),
+        &"x".repeat(10_000),
+    );
     assert_eq!(code, 413);
-    let (code, _) = http(&admin, "POST", "/v1/revoke", Some(TOKEN), "{\"issuer\":\"nope\"}");
+    let (code, _) = http(
+        &admin,
+        "POST",
+        "/v1/revoke",
+        Some(TOKEN),
+        "{\"issuer\":\"nope\"}",
+    );
     assert_eq!(code, 400);
+}
+
+/// A Sentinel-managed region and a region reached over TLS (`rediss://`, verified against a
+/// private CA, with a client certificate) carry a write at quorum 2 to a replica.
+#[test]
+fn sentinel_and_tls_regions() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let tls = TlsFiles::make(root);
+    let s = Redis::start(root, "s", false);
+    let sentinel = Sentinel::start(root, &s);
+    let (t, tls_port) = Redis::start_tls(root, "t", &tls);
+    let t_region = format!(
+        "url = \"rediss://127.0.0.1:{tls_port}/\"\nca_file = {:?}\nclient_certificate = {:?}\nclient_key = {:?}",
+        tls.ca, tls.client_cert, tls.client_key
+    );
+    let feed = Feed {
+        regions: vec![("s", sentinel.region()), ("t", t_region)],
+        quorum: 2,
+        extra: "",
+    };
+    let config = write_config(root, "r1", &pki, &feed, false);
+    let replica = Replica::start(&config);
+    let issuer = issuer_hex(&config);
+
+    let out = revoke(&config, "9F01");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("region(s) s, t (quorum 2)"),
+        "{}",
+        text(&out)
+    );
+    replica.wait_for(&pki, "9F01", "revoked");
+    assert!(s.snapshot_record(&issuer, &der("9F01")).is_some());
+    assert!(t.snapshot_record(&issuer, &der("9F01")).is_some());
+    wait_until("both consumers are connected", || {
+        replica.metric("vigil_feed_region_connected", &["region=\"s\""]) == 1.0
+            && replica.metric("vigil_feed_region_connected", &["region=\"t\""]) == 1.0
+    });
 }
 
 /// The join the merge script runs in Redis agrees with the one the view runs in Rust.
@@ -687,6 +971,10 @@ fn lua_join_matches_the_rust_join() {
             .arg(serial)
             .query(&mut conn)
             .unwrap();
-        assert_eq!(got, expected.unwrap().to_bytes().to_vec(), "serial {serial}");
+        assert_eq!(
+            got,
+            expected.unwrap().to_bytes().to_vec(),
+            "serial {serial}"
+        );
     }
 }

@@ -137,7 +137,20 @@ impl Publisher {
         let results = join_all(reachable.into_iter().map(|(r, mut c)| {
             let writes = &writes;
             async move {
-                let res = merge(&r, &mut c, writes, self.maxlen).await;
+                let mut res = merge(&r, &mut c, writes, self.maxlen).await;
+                // A cached connection to a Redis that restarted fails once: reconnect and retry
+                // (safe: the merge is idempotent).
+                if matches!(&res, Err(FeedError::Redis(e)) if e.is_connection_dropped() || e.is_io_error())
+                {
+                    r.reset_writer().await;
+                    res = match r.writer().await {
+                        Ok(fresh) => {
+                            c = fresh;
+                            merge(&r, &mut c, writes, self.maxlen).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                }
                 (r, c, res)
             }
         }))
