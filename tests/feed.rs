@@ -978,3 +978,82 @@ fn lua_join_matches_the_rust_join() {
         );
     }
 }
+
+/// Propagation from the acknowledgement of `vigil revoke` (its output line) to `revoked` on
+/// every replica of both regions (two in region a, one in region b), over
+/// `VIGIL_BENCH_REVOCATIONS` (1 000) revocations at quorum 2; prints p50, p99 and max.
+/// Replicas are polled through the admin status endpoint, which reads the same view the OCSP
+/// path answers from.
+///
+/// `cargo test --release --test feed -- --ignored propagation --nocapture`
+#[test]
+#[ignore = "benchmark"]
+fn propagation() {
+    let n: usize = std::env::var("VIGIL_BENCH_REVOCATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let a = Redis::start(root, "a", false);
+    let b = Redis::start(root, "b", false);
+    let feed = Feed {
+        regions: vec![("a", a.region()), ("b", b.region())],
+        quorum: 2,
+        extra: "",
+    };
+    let replicas: Vec<Replica> = ["a1", "a2", "b1"]
+        .iter()
+        .map(|n| Replica::start(&write_config(root, n, &pki, &feed, true)))
+        .collect();
+    let writer = write_config(root, "writer", &pki, &feed, false);
+    for r in &replicas {
+        wait_until("the replica bootstrapped from both regions", || {
+            r.metric("vigil_feed_bootstraps_total", &["region=\"a\""]) == 1.0
+                && r.metric("vigil_feed_bootstraps_total", &["region=\"b\""]) == 1.0
+        });
+    }
+    let mut latencies = Vec::with_capacity(n);
+    for i in 0..n {
+        let serial = format!("B{i:05X}");
+        let mut child = Command::new(VIGIL)
+            .arg("--config")
+            .arg(&writer)
+            .args(["revoke", "--issuer", "demo", "--serial", &serial])
+            .env("VIGIL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let acked = Instant::now();
+        assert!(line.contains("acknowledged"), "{line}");
+        let mut pending: Vec<&Replica> = replicas.iter().collect();
+        while !pending.is_empty() {
+            pending.retain(|r| {
+                let admin = r.admin.as_deref().unwrap();
+                let path = format!("/v1/status/demo/{serial}");
+                let (_, body) = http(admin, "GET", &path, Some(TOKEN), "");
+                !body.contains("\"status\":\"revoked\"")
+            });
+            assert!(acked.elapsed() < WAIT, "{serial} did not propagate");
+        }
+        latencies.push(acked.elapsed());
+        assert!(child.wait().unwrap().success());
+    }
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+    println!(
+        "propagation over {n} revocations, 3 replicas, 2 regions: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        latencies[latencies.len() - 1].as_secs_f64() * 1e3
+    );
+    // Spot-check the OCSP path on every replica.
+    for r in &replicas {
+        assert_eq!(r.ocsp(&pki, &format!("B{:05X}", n - 1)), "revoked");
+    }
+}

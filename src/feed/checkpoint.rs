@@ -7,7 +7,7 @@
 //! body     = fresh_at_ms:i64 BE | n_cursors:u16 BE | cursor* | n_issuers:u32 BE | issuer*
 //! cursor   = name_len:u8 | name | epoch_len:u8 | epoch | ms:u64 BE | seq:u64 BE
 //! issuer   = id:[32] | count_hint:u64 BE | chunk* | 0:u32 BE
-//! chunk    = n:u32 BE (1..) | record{n}
+//! chunk    = n:u32 BE (1..=65536) | len:u32 BE | record{n} (len bytes)
 //! record   = serial_len:u8 (1..=21) | serial | CertRecord (9 bytes)
 //! crc      = CRC-32 of magic and body, u32 BE
 //! ```
@@ -30,8 +30,11 @@ use crate::limits::{MAX_CHECKPOINT_ISSUERS, MAX_ORIGIN_BYTES, MAX_SERIAL_OCTETS}
 use crate::status::{CertRecord, IssuerId, Serial, StatusView};
 
 const MAGIC: &[u8; 8] = b"VIGILCP1";
-/// Records per chunk (and per partition pass when writing).
+/// Records per chunk.
 const CHUNK: usize = 64 * 1024;
+/// Records copied out of a table per pass when writing: bounds the extra memory (31 bytes a
+/// record) and how long each pass holds the table's read lock.
+pub const PASS: usize = 1 << 20;
 
 /// Checkpoint failures.
 #[derive(Debug, thiserror::Error)]
@@ -116,18 +119,21 @@ pub fn write(
             let len = table.len();
             w.write_all(&id.0)?;
             w.write_all(&(len as u64).to_be_bytes())?;
-            let parts = len.div_ceil(CHUNK).max(1);
+            let parts = len.div_ceil(PASS).clamp(1, 256);
             for part in 0..parts {
                 let records = table.records_partition(part, parts);
                 for chunk in records.chunks(CHUNK) {
                     buf.clear();
                     buf.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
+                    buf.extend_from_slice(&[0; 4]);
                     for (s, r) in chunk {
                         let octets = s.as_der_content();
                         buf.push(octets.len() as u8);
                         buf.extend_from_slice(octets);
                         buf.extend_from_slice(&r.to_bytes());
                     }
+                    let bytes = (buf.len() - 8) as u32;
+                    buf[4..8].copy_from_slice(&bytes.to_be_bytes());
                     w.write_all(&buf)?;
                     total += chunk.len();
                 }
@@ -272,6 +278,7 @@ fn parse(r: &mut impl Read, max_records: u64) -> io::Result<Loaded> {
     let view = StatusView::new();
     let mut certificates = 0usize;
     let mut batch: Vec<(Serial, CertRecord)> = Vec::with_capacity(CHUNK);
+    let mut raw = Vec::new();
     for _ in 0..n_issuers {
         let id = IssuerId(read_array(r)?);
         let hint = u64::from_be_bytes(read_array(r)?);
@@ -286,20 +293,32 @@ fn parse(r: &mut impl Read, max_records: u64) -> io::Result<Loaded> {
             if n > CHUNK {
                 return Err(invalid("chunk too large"));
             }
+            let bytes = u32::from_be_bytes(read_array(r)?) as usize;
+            if bytes < n * (2 + CertRecord::ENCODED_LEN)
+                || bytes > n * (1 + MAX_SERIAL_OCTETS + CertRecord::ENCODED_LEN)
+            {
+                return Err(invalid("bad chunk length"));
+            }
+            raw.resize(bytes, 0);
+            r.read_exact(&mut raw)?;
             batch.clear();
+            let mut rest = raw.as_slice();
             for _ in 0..n {
-                let [len] = read_array::<1>(r)?;
+                let (&len, tail) = rest.split_first().ok_or_else(|| invalid("short chunk"))?;
                 let len = len as usize;
-                if len == 0 || len > MAX_SERIAL_OCTETS {
+                if len == 0 || len > MAX_SERIAL_OCTETS || tail.len() < len + CertRecord::ENCODED_LEN
+                {
                     return Err(invalid("bad serial length"));
                 }
-                let mut octets = [0u8; MAX_SERIAL_OCTETS];
-                r.read_exact(&mut octets[..len])?;
-                let serial =
-                    Serial::from_der_content(&octets[..len]).map_err(|_| invalid("bad serial"))?;
-                let rec: [u8; CertRecord::ENCODED_LEN] = read_array(r)?;
-                let record = CertRecord::from_bytes(&rec).ok_or_else(|| invalid("bad record"))?;
+                let (octets, tail) = tail.split_at(len);
+                let (rec, tail) = tail.split_at(CertRecord::ENCODED_LEN);
+                rest = tail;
+                let serial = Serial::from_der_content(octets).map_err(|_| invalid("bad serial"))?;
+                let record = CertRecord::from_bytes(rec).ok_or_else(|| invalid("bad record"))?;
                 batch.push((serial, record));
+            }
+            if !rest.is_empty() {
+                return Err(invalid("chunk length does not match its records"));
             }
             table.merge_many(&batch);
             certificates += n;

@@ -232,7 +232,7 @@ impl Repairer {
         let mut changed = 0;
         let lock = t.keys.sync_lock();
         for (issuer, table) in self.state.view.issuers() {
-            let parts = table.len().div_ceil(64 * 1024).max(1);
+            let parts = table.len().div_ceil(super::checkpoint::PASS).clamp(1, 256);
             for part in 0..parts {
                 let records = table.records_partition(part, parts);
                 for chunk in records.chunks(FEED_PIPELINE_CHUNK * 8) {

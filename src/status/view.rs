@@ -2,6 +2,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use super::{CertRecord, CertStatus, Event, IssuerId, Serial};
@@ -14,10 +15,19 @@ pub struct StatusView {
     tables: RwLock<HashMap<IssuerId, Arc<IssuerTable>>>,
 }
 
+/// The serial → record map of one issuer.
+///
+/// Hashed with SipHash-1-3 under fixed keys rather than per-process random ones, so the map's
+/// iteration order is the same in every process: a checkpoint written in that order loads with
+/// near-sequential memory access, several times faster at ten million certificates. Random keys
+/// guard against an attacker choosing colliding *inserted* keys; here every inserted serial comes
+/// from the CA's authenticated feed (lookups of attacker-chosen serials do not degrade the map).
+type Records = HashMap<Serial, CertRecord, BuildHasherDefault<DefaultHasher>>;
+
 /// One issuer's certificates.
 #[derive(Default)]
 pub struct IssuerTable {
-    records: RwLock<HashMap<Serial, CertRecord>>,
+    records: RwLock<Records>,
 }
 
 /// What applying an event did.
@@ -170,16 +180,17 @@ impl IssuerTable {
         self.records_partition(0, 1)
     }
 
-    /// A copy of the records whose serial falls in partition `part` of `parts` (by a fixed hash
-    /// of the serial), so a large table can be copied out in pieces without holding its lock
-    /// for long or doubling its memory.
+    /// A copy of the records whose serial falls in partition `part` of `parts` (by the serial's
+    /// last octet, which is uniform for random and for sequential serials; `parts` at most
+    /// 256), so a large table can be copied out in pieces without holding its lock for long or
+    /// doubling its memory.
     pub fn records_partition(&self, part: usize, parts: usize) -> Vec<(Serial, CertRecord)> {
-        let parts = parts.max(1) as u64;
+        let parts = parts.clamp(1, 256);
         let map = self.records.read().unwrap_or_else(PoisonError::into_inner);
-        let mut out = Vec::with_capacity(map.len() / parts as usize + 16);
+        let mut out = Vec::with_capacity(map.len() / parts + 16);
         out.extend(
             map.iter()
-                .filter(|(s, _)| partition_of(s) % parts == part as u64)
+                .filter(|(s, _)| partition_of(s) % parts == part)
                 .map(|(s, r)| (*s, *r)),
         );
         out
@@ -219,20 +230,12 @@ impl IssuerTable {
     }
 }
 
-/// FNV-1a of the serial octets: a stable partition key.
-fn partition_of(s: &Serial) -> u64 {
-    s.as_der_content()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
+/// The partition key of a serial: its last octet.
+fn partition_of(s: &Serial) -> usize {
+    s.as_der_content().last().copied().unwrap_or(0) as usize
 }
 
-fn merge_into(
-    map: &mut HashMap<Serial, CertRecord>,
-    serial: Serial,
-    record: CertRecord,
-) -> Applied {
+fn merge_into(map: &mut Records, serial: Serial, record: CertRecord) -> Applied {
     match map.entry(serial) {
         Entry::Vacant(slot) => {
             slot.insert(record);
@@ -287,6 +290,26 @@ mod tests {
         }
         out.sort_by_key(|(i, s, _)| (*i, *s));
         out
+    }
+
+    #[test]
+    fn partitions_cover_every_record_once() {
+        let v = StatusView::new();
+        for n in 1..=200u8 {
+            v.apply(&ev(n, EventKind::Issued { not_after: 5 }, "a"));
+        }
+        for (_, t) in v.issuers() {
+            for parts in [1, 3, 7, 256, 1000] {
+                let mut all: Vec<Serial> = (0..parts.min(256))
+                    .flat_map(|p| t.records_partition(p, parts))
+                    .map(|(s, _)| s)
+                    .collect();
+                all.sort();
+                let mut want: Vec<Serial> = t.records().into_iter().map(|(s, _)| s).collect();
+                want.sort();
+                assert_eq!(all, want, "{parts} parts");
+            }
+        }
     }
 
     #[test]
