@@ -736,6 +736,42 @@ fn quorum_is_enforced_and_a_missed_region_catches_up() {
         s.contains("region a: revoked") && s.contains("region b: revoked"),
         "{s}"
     );
+
+    // A writer that died after reaching b and before leaving a hint for a: the regions' digests
+    // disagree, stay so, and anti-entropy merges the replica's view into a.
+    use vigil::status::{CertRecord, Event, EventKind, RevocationReason, Serial};
+    let event = Event {
+        issuer: vigil::feed::consume::parse_issuer_hex(&issuer).unwrap(),
+        serial: Serial::from_hex("6B02").unwrap(),
+        kind: EventKind::Revoked {
+            time: 1_700_000_000,
+            reason: RevocationReason::KeyCompromise,
+        },
+        origin: "crashed-writer".into(),
+        created_at_ms: 0,
+    };
+    let _: redis::Value = redis::Script::new(vigil::feed::scripts::MERGE_LUA)
+        .key("vigil:feed")
+        .key(format!("vigil:snap:{issuer}"))
+        .key("vigil:issuers")
+        .key("vigil:digest")
+        .arg(1000)
+        .arg(&issuer)
+        .arg(der("6B02"))
+        .arg(&CertRecord::from_event(&event.kind).to_bytes()[..])
+        .arg(event.to_bytes())
+        .invoke(&mut b.connection().unwrap())
+        .unwrap();
+    replica.wait_for(&pki, "6B02", "revoked");
+    wait_until("anti-entropy brings the event to region a", || {
+        a.snapshot_record(&issuer, &der("6B02")).is_some()
+    });
+    let digest = |r: &Redis| -> Option<String> {
+        r.cmd(redis::cmd("HGET").arg("vigil:digest").arg(&issuer))
+    };
+    wait_until("both regions hold the same digest", || {
+        digest(&a).is_some() && digest(&a) == digest(&b)
+    });
 }
 
 /// A replica that starts after the stream was trimmed bootstraps from the snapshot, then tails;
@@ -958,6 +994,7 @@ fn lua_join_matches_the_rust_join() {
                 .key("t:feed")
                 .key("t:snap")
                 .key("t:issuers")
+                .key("t:digest")
                 .arg(100)
                 .arg("00")
                 .arg(serial)

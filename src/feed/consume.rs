@@ -456,7 +456,8 @@ async fn last_id(region: &Region, conn: &mut MultiplexedConnection) -> Result<St
         .map_or(StreamId::ZERO, |(last, _)| last))
 }
 
-fn parse_issuer_hex(s: &str) -> Option<IssuerId> {
+/// Parses the 64 hex digits of an issuer id.
+pub fn parse_issuer_hex(s: &str) -> Option<IssuerId> {
     if s.len() != 64 {
         return None;
     }

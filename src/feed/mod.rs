@@ -8,6 +8,7 @@
 //! | `vigil:feed` | stream | status events (`e` = encoded [`Event`]) and heartbeats (`hb`), trimmed with `MAXLEN ~` |
 //! | `vigil:snap:<issuer hex>` | hash | serial (DER content octets) → 9-byte [`CertRecord`]: the join of every event |
 //! | `vigil:issuers` | set | issuer hex ids that have a snapshot |
+//! | `vigil:digest` | hash | issuer hex → XOR of SHA-1(serial ‖ record) over its snapshot (anti-entropy) |
 //! | `vigil:epoch` | string | random id made when the region's data was first written; a new one means the data was lost |
 //! | `vigil:hints:<region>` | stream | events this region holds that `<region>` missed (hinted handoff) |
 //! | `vigil:resync:<region>` | string | set when the hints for `<region>` overflowed `maxlen`: copy everything there |
@@ -94,6 +95,11 @@ impl Keys {
     /// The set of issuers with a snapshot.
     pub fn issuers(&self) -> String {
         format!("{}:issuers", self.prefix)
+    }
+
+    /// Per-issuer snapshot digests.
+    pub fn digests(&self) -> String {
+        format!("{}:digest", self.prefix)
     }
 
     /// The region's data epoch.

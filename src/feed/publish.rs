@@ -212,10 +212,11 @@ pub async fn merge(
             let cmd = pipe
                 .cmd("EVALSHA")
                 .arg(scripts::MERGE.get_hash())
-                .arg(3)
+                .arg(4)
                 .arg(region.keys.stream())
                 .arg(region.keys.snapshot_hex(&issuer_hex))
                 .arg(region.keys.issuers())
+                .arg(region.keys.digests())
                 .arg(maxlen)
                 .arg(issuer_hex)
                 .arg(w.serial.as_der_content())

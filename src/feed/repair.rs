@@ -15,17 +15,24 @@
 //!    view holds all of S (it has a cursor in S's current epoch) merges its whole view into T,
 //!    then records S's epoch in T's `synced`. Records T already holds write nothing.
 //!
+//! 3. **Anti-entropy** (anything else, e.g. a writer that died after writing to one region and
+//!    before leaving its hints): each region keeps, per issuer, a digest of its snapshot (XOR of
+//!    SHA-1 of every serial ‖ record, kept by the merge script). When the digests of reachable
+//!    regions disagree and stay the same for a whole repair interval (so in-flight writes are not
+//!    mistaken for divergence), a replica whose view holds all of them merges that issuer's
+//!    records into each.
+//!
 //! Both paths only ever add information (the merge is a join), so racing writers, replicas and
 //! repairs cannot undo one another.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 
-use super::consume::{heartbeat_payload, parse_entries, random_id, FeedState};
+use super::consume::{heartbeat_payload, parse_entries, parse_issuer_hex, random_id, FeedState};
 use super::publish::{merge, run_pipeline};
 use super::region::Region;
 use super::{group_by_certificate, scripts, value_str, CertWrite, FeedError};
@@ -44,6 +51,8 @@ pub struct Repairer {
     maxlen: u64,
     origin: String,
     owner: String,
+    /// Issuers whose digests disagreed in the last round, with each region's digest.
+    suspects: HashMap<String, Vec<(String, Option<String>)>>,
 }
 
 impl Repairer {
@@ -60,19 +69,21 @@ impl Repairer {
             maxlen,
             origin: origin.to_owned(),
             owner: random_id(),
+            suspects: HashMap::new(),
         }
     }
 
     /// Runs a round every `interval`, forever.
-    pub async fn run(self, interval: Duration) {
+    pub async fn run(mut self, interval: Duration) {
         loop {
             tokio::time::sleep(interval).await;
             self.round().await;
         }
     }
 
-    /// One pass over every (source, target) pair of connected regions.
-    pub async fn round(&self) {
+    /// One pass over every (source, target) pair of connected regions, then the digest
+    /// comparison.
+    pub async fn round(&mut self) {
         for t in &self.regions {
             if !self.connected(t) {
                 continue;
@@ -82,6 +93,78 @@ impl Repairer {
                 tracing::warn!(region = %t.name, error = %e, "feed repair round failed");
             }
         }
+        if let Err(e) = self.anti_entropy().await {
+            tracing::warn!(error = %e, "feed anti-entropy round failed");
+        }
+    }
+
+    /// Compares the regions' per-issuer digests; copies an issuer into every region when they
+    /// disagreed the same way in the previous round too.
+    async fn anti_entropy(&mut self) -> Result<(), FeedError> {
+        let mut regions = Vec::new();
+        for r in &self.regions {
+            if !self.connected(r) {
+                continue;
+            }
+            let Ok(mut c) = r.writer().await else {
+                continue;
+            };
+            let epoch: Option<String> = redis::cmd("GET")
+                .arg(r.keys.epoch())
+                .query_async(&mut c)
+                .await?;
+            // Only a view that holds all of every compared region may repair them.
+            if epoch.is_none() || self.state.cursor(&r.name).map(|c| c.epoch) != epoch {
+                self.suspects.clear();
+                return Ok(());
+            }
+            let digests: HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(r.keys.digests())
+                .query_async(&mut c)
+                .await?;
+            regions.push((r.clone(), c, digests));
+        }
+        if regions.len() < 2 {
+            self.suspects.clear();
+            return Ok(());
+        }
+        let issuers: BTreeSet<&String> = regions.iter().flat_map(|(_, _, d)| d.keys()).collect();
+        let mut mismatched = HashMap::new();
+        for issuer in issuers {
+            let tuple: Vec<(String, Option<String>)> = regions
+                .iter()
+                .map(|(r, _, d)| (r.name.clone(), d.get(issuer).cloned()))
+                .collect();
+            if tuple.iter().all(|(_, d)| *d == tuple[0].1) {
+                continue;
+            }
+            mismatched.insert(issuer.clone(), tuple);
+        }
+        let stale: Vec<String> = mismatched
+            .iter()
+            .filter(|(i, t)| self.suspects.get(*i) == Some(t))
+            .map(|(i, _)| i.clone())
+            .collect();
+        self.suspects = mismatched;
+        for hex in stale {
+            let Some(issuer) = parse_issuer_hex(&hex) else {
+                continue;
+            };
+            tracing::warn!(issuer = %hex, "feed regions disagree on this issuer; merging this replica's view into each");
+            for (r, c, _) in &mut regions {
+                if !self.acquire(r, c, &r.keys.sync_lock()).await? {
+                    continue;
+                }
+                let result = self.copy(r, c, Some(issuer)).await;
+                self.release(r, c, &r.keys.sync_lock()).await;
+                let changed = result?;
+                metrics::counter!(telemetry::FEED_REPAIRED, "region" => r.name.clone(), "kind" => "anti_entropy")
+                    .increment(changed as u64);
+                tracing::info!(region = %r.name, issuer = %hex, changed, "anti-entropy merge done");
+            }
+            self.suspects.remove(&hex);
+        }
+        Ok(())
     }
 
     fn connected(&self, r: &Region) -> bool {
@@ -140,7 +223,7 @@ impl Repairer {
             return Ok(());
         }
         tracing::info!(region = %t.name, why = %full_reasons.join("; "), "copying this replica's view into the region");
-        let result = self.full_copy(t, &mut tc).await;
+        let result = self.copy(t, &mut tc, None).await;
         self.release(t, &mut tc, &t.keys.sync_lock()).await;
         let copied = result?;
         for (source, epoch) in &marks {
@@ -223,15 +306,20 @@ impl Repairer {
         result
     }
 
-    /// Merges every record of the view into T; returns the records T did not hold yet.
-    async fn full_copy(
+    /// Merges every record of the view (of one issuer, or all) into T; returns the records T
+    /// did not hold yet.
+    async fn copy(
         &self,
         t: &Region,
         tc: &mut MultiplexedConnection,
+        only: Option<IssuerId>,
     ) -> Result<usize, FeedError> {
         let mut changed = 0;
         let lock = t.keys.sync_lock();
         for (issuer, table) in self.state.view.issuers() {
+            if only.is_some_and(|o| o != issuer) {
+                continue;
+            }
             let parts = table.len().div_ceil(super::checkpoint::PASS).clamp(1, 256);
             for part in 0..parts {
                 let records = table.records_partition(part, parts);
@@ -242,8 +330,10 @@ impl Repairer {
                 }
             }
         }
-        metrics::counter!(telemetry::FEED_REPAIRED, "region" => t.name.clone(), "kind" => "full")
-            .increment(changed as u64);
+        if only.is_none() {
+            metrics::counter!(telemetry::FEED_REPAIRED, "region" => t.name.clone(), "kind" => "full")
+                .increment(changed as u64);
+        }
         Ok(changed)
     }
 

@@ -9,8 +9,12 @@ use redis::Script;
 /// appends the events to the stream (trimmed with `MAXLEN ~`). Returns the last new stream id,
 /// or nil when the snapshot already held the record (a retry or a duplicate: nothing written).
 ///
-/// `KEYS`: stream, snapshot hash, issuers set. `ARGV`: maxlen, issuer hex, serial, record
-/// (9 bytes, see [`crate::status::CertRecord::to_bytes`]), then one or more encoded events.
+/// It also keeps the issuer's digest: the XOR of SHA-1(serial ‖ record) over the snapshot, so
+/// regions can be compared without scanning them ([`super::repair`]).
+///
+/// `KEYS`: stream, snapshot hash, issuers set, digests hash. `ARGV`: maxlen, issuer hex, serial,
+/// record (9 bytes, see [`crate::status::CertRecord::to_bytes`]), then one or more encoded
+/// events.
 ///
 /// The join mirrors [`crate::status::CertRecord::join`]: the latest notAfter; revoked is final;
 /// among revocations keyCompromise wins, then the earliest time, then the lower reason code.
@@ -46,6 +50,15 @@ local function join(x, y)
   if r == 255 then t = 0 end
   return be32(n) .. be32(t) .. string.char(r)
 end
+local function xorhex(a, b)
+  local out = {}
+  for i = 1, 40, 8 do
+    local x = tonumber(string.sub(a, i, i + 7), 16)
+    local y = tonumber(string.sub(b, i, i + 7), 16)
+    out[#out + 1] = string.format('%08x', bit.bxor(x, y) % 4294967296)
+  end
+  return table.concat(out)
+end
 local rec = ARGV[4]
 if string.len(rec) ~= 9 or #ARGV < 5 then
   return redis.error_reply('ERR vigil merge: bad arguments')
@@ -56,6 +69,10 @@ if cur and string.len(cur) == 9 then new = join(cur, rec) end
 if cur == new then return false end
 redis.call('HSET', KEYS[2], ARGV[3], new)
 redis.call('SADD', KEYS[3], ARGV[2])
+local digest = redis.call('HGET', KEYS[4], ARGV[2]) or string.rep('0', 40)
+if cur then digest = xorhex(digest, redis.sha1hex(ARGV[3] .. cur)) end
+digest = xorhex(digest, redis.sha1hex(ARGV[3] .. new))
+redis.call('HSET', KEYS[4], ARGV[2], digest)
 local id = false
 for i = 5, #ARGV do
   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i])
