@@ -1094,3 +1094,127 @@ fn propagation() {
         assert_eq!(r.ocsp(&pki, &format!("B{:05X}", n - 1)), "revoked");
     }
 }
+
+/// Without `[feed]`, the admin API writes the local journal, which the replica tails.
+#[test]
+fn admin_api_without_a_feed_writes_the_local_journal() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let token = root.join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let config = root.join("single.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {token:?}\n[[issuer]]\nname = \"demo\"\ncertificate = {:?}\nresponder_certificate = {:?}\nresponder_key = {:?}\n",
+            root.join("single"),
+            pki.ca(),
+            pki.dir.join("responder.pem"),
+            pki.dir.join("responder.key")
+        ),
+    )
+    .unwrap();
+    let replica = Replica::start(&config);
+    let admin = replica.admin.clone().expect("admin listener");
+    let (code, resp) = http(
+        &admin,
+        "POST",
+        "/v1/revoke",
+        Some(TOKEN),
+        r#"{"issuer":"demo","serial":"A001","time":"2026-01-02T03:04:05Z"}"#,
+    );
+    assert_eq!(code, 200, "{resp}");
+    assert!(resp.contains("the local journal"), "{resp}");
+    replica.wait_for(&pki, "A001", "revoked");
+    let (code, resp) = http(
+        &admin,
+        "POST",
+        "/v1/issue",
+        Some(TOKEN),
+        r#"{"issuer":"demo","serial":"A002","not_after":"2030-01-01T00:00:00Z"}"#,
+    );
+    assert_eq!(code, 200, "{resp}");
+    replica.wait_for(&pki, "A002", "good");
+}
+
+/// The admin API over mutual TLS: without a client certificate the handshake fails; with one
+/// (and the token) the change is made and the client's subject is audited.
+#[test]
+fn admin_api_over_mutual_tls() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let tls = TlsFiles::make(root);
+    let token = root.join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let config = root.join("mtls.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {token:?}\ntls_certificate = {:?}\ntls_key = {:?}\nclient_ca = {:?}\n[[issuer]]\nname = \"demo\"\ncertificate = {:?}\nresponder_certificate = {:?}\nresponder_key = {:?}\n",
+            root.join("mtls"),
+            tls.server_cert,
+            tls.server_key,
+            tls.ca,
+            pki.ca(),
+            pki.dir.join("responder.pem"),
+            pki.dir.join("responder.key")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(VIGIL)
+        .arg("--config")
+        .arg(&config)
+        .env("VIGIL_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let _guard = KillOnDrop(child);
+    let admin = loop {
+        let line = lines.next().expect("vigil exited").unwrap();
+        if let Some(rest) = line.strip_prefix("vigil admin API on https://") {
+            break rest.trim_end_matches('/').to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let curl = |with_client_cert: bool| {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+            .arg(&tls.ca)
+            .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+            .args(["-d", r#"{"issuer":"demo","serial":"B001"}"#]);
+        if with_client_cert {
+            c.arg("--cert")
+                .arg(&tls.client_cert)
+                .arg("--key")
+                .arg(&tls.client_key);
+        }
+        c.arg(format!("https://{admin}/v1/revoke"));
+        let out = c.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = curl(false);
+    assert!(
+        !ok || !out.ends_with("200"),
+        "no client certificate accepted: {out}"
+    );
+    let (ok, out) = curl(true);
+    assert!(ok && out.ends_with("200"), "{out}");
+    let audit = read(&root.join("mtls").join("audit.log"));
+    assert!(audit.contains("CN=vigil"), "{audit}");
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
