@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 use crate::config::{Config, FeedConfig};
+use crate::crl_service::CrlService;
 use crate::feed::consume::{self, FeedState};
 use crate::feed::health::FeedHealth;
 use crate::feed::repair::{run_heartbeats, Repairer};
@@ -19,7 +21,7 @@ use crate::pki::{self, Issuer};
 use crate::responder::Responder;
 use crate::status::journal::{JournalReader, JournalWriter};
 use crate::status::view::Applied;
-use crate::status::StatusView;
+use crate::status::{CertStatus, StatusView};
 use crate::telemetry::{self, Metrics};
 
 /// Loads every configured issuer (certificates, keys, checks).
@@ -108,13 +110,22 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     };
 
     let now = crate::clock::unix_now();
-    for i in &issuers {
-        let left = i.signing_certificate_not_after() - now;
-        metrics::gauge!(telemetry::SIGNER_CERT_EXPIRY, "issuer" => i.name.clone()).set(left as f64);
+    let signer_not_after: Vec<(String, i64)> = issuers
+        .iter()
+        .map(|i| (i.name.clone(), i.signing_certificate_not_after()))
+        .collect();
+    set_signer_expiry(&signer_not_after, now);
+    for (name, not_after) in &signer_not_after {
+        let left = not_after - now;
         if left < 14 * 86400 {
-            tracing::warn!(issuer = %i.name, days = left / 86400, "the signing certificate expires soon");
+            tracing::warn!(issuer = %name, days = left / 86400, "the signing certificate expires soon");
         }
     }
+    // CRLs: serve the disk copies, refresh from Redis, publish (the embedded default's first
+    // CRL is published here, before the URL is printed).
+    let revoked = Arc::new(Notify::new());
+    let crl = Arc::new(CrlService::new(cfg.clone(), &issuers, cfg.crl.publish)?);
+    crl.start(view.clone(), revoked.clone()).await;
     let responder = Arc::new(Responder::new(&cfg, issuers, &view, metrics.clone()));
 
     let listener = TcpListener::bind(cfg.server.listen)
@@ -149,15 +160,9 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
 
     let mut feed_running = None;
     match (&cfg.feed, feed_start, reader) {
-        (Some(feed), Some((cursors, fresh_at_ms)), _) => {
+        (Some(feed), Some(start), _) => {
             feed_running = Some(start_feed(
-                &cfg,
-                feed,
-                cursors,
-                fresh_at_ms,
-                &view,
-                &responder,
-                &readiness,
+                &cfg, feed, start, &view, &responder, &readiness, &revoked,
             )?);
         }
         (_, _, Some(reader)) => {
@@ -167,16 +172,20 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
                 view.clone(),
                 responder.clone(),
                 metrics.clone(),
+                revoked,
             ));
         }
         _ => {}
     }
-    announce(&cfg, addr);
+    announce(&cfg, addr, &crl);
     if let Some(h) = prometheus.clone() {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                 h.run_upkeep();
+                // A gauge of seconds left goes stale unless it is set again: the expiry alert
+                // of the Helm chart reads it from replicas that run for weeks.
+                set_signer_expiry(&signer_not_after, crate::clock::unix_now());
             }
         });
     }
@@ -185,6 +194,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         config: cfg.clone(),
         responder,
         view: view.clone(),
+        crl: crl.catalog.clone(),
         readiness: readiness.clone(),
         metrics,
         prometheus,
@@ -277,13 +287,13 @@ impl RunningFeed {
 fn start_feed(
     cfg: &Config,
     feed: &FeedConfig,
-    cursors: HashMap<String, Cursor>,
-    fresh_at_ms: i64,
+    (cursors, fresh_at_ms): (HashMap<String, Cursor>, i64),
     view: &Arc<StatusView>,
     responder: &Arc<Responder>,
     readiness: &Arc<Readiness>,
+    revoked: &Arc<Notify>,
 ) -> Result<Arc<RunningFeed>, String> {
-    let regions = region::regions(feed).map_err(|e| e.to_string())?;
+    let regions = region::regions(cfg).map_err(|e| e.to_string())?;
     let names: Vec<String> = regions.iter().map(|r| r.name.clone()).collect();
     let health = Arc::new(FeedHealth::new(&names, feed.max_staleness));
     health.set_checkpoint_fresh(fresh_at_ms);
@@ -295,6 +305,8 @@ fn start_feed(
         Some(readiness.clone()),
         cursors,
     ));
+    // The CRL publisher publishes within crl.publish_delay of a revocation read from the feed.
+    let _ = state.revoked.set(revoked.clone());
     for r in &regions {
         tokio::spawn(consume::run(
             state.clone(),
@@ -331,12 +343,25 @@ fn start_feed(
     Ok(running)
 }
 
-fn announce(cfg: &Config, addr: std::net::SocketAddr) {
+/// Sets `vigil_signer_certificate_expiry_seconds` of each issuer: seconds from `now` to the
+/// notAfter of its signing certificate.
+fn set_signer_expiry(not_after: &[(String, i64)], now: i64) {
+    for (name, t) in not_after {
+        metrics::gauge!(telemetry::SIGNER_CERT_EXPIRY, "issuer" => name.clone())
+            .set((t - now) as f64);
+    }
+}
+
+fn announce(cfg: &Config, addr: std::net::SocketAddr, crl: &CrlService) {
     let base = format!("http://{addr}");
     println!(
         "vigil listening on {base}/ (OCSP at / and {}/)",
         cfg.server.ocsp_prefix
     );
+    let urls = crl.urls(&base);
+    if !urls.is_empty() {
+        println!("CRLs: {}", urls.join(" "));
+    }
     if cfg.embedded {
         let d = cfg.data_dir.display();
         let cert = crate::demo::demo_cert_paths(&cfg.data_dir)
@@ -378,6 +403,7 @@ async fn tail_journal(
     view: Arc<StatusView>,
     responder: Arc<Responder>,
     metrics: Arc<Metrics>,
+    revoked: Arc<Notify>,
 ) {
     loop {
         tokio::time::sleep(cfg.status.journal_poll).await;
@@ -406,14 +432,69 @@ async fn tail_journal(
             .increment(batch.undecodable as u64);
         for e in &batch.events {
             match view.apply(e) {
-                Applied::Changed { .. } => {
+                Applied::Changed { status } => {
                     metrics.events_changed.increment(1);
                     responder.evict(e.issuer, &e.serial).await;
+                    if matches!(status, CertStatus::Revoked(_)) {
+                        // The CRL publisher publishes within crl.publish_delay.
+                        revoked.notify_one();
+                    }
                 }
                 Applied::Unchanged => metrics.events_unchanged.increment(1),
             }
         }
     }
+}
+
+/// `vigil crl publish`: builds the status view from the journal, then publishes every
+/// issuer's complete CRLs once (no lease) into every region's Redis, or the data directory.
+pub async fn publish_crls(cfg: Config) -> Result<Vec<String>, String> {
+    prepare_embedded(&cfg)?;
+    let issuers = load_issuers(&cfg)?;
+    let view = if cfg.feed.is_some() {
+        view_from_regions(&cfg).await?
+    } else {
+        let view = Arc::new(StatusView::new());
+        let metrics = Metrics::new();
+        replay_journal(&mut JournalReader::new(cfg.journal_path()), &view, &metrics)?;
+        view
+    };
+    let crl = CrlService::new(Arc::new(cfg), &issuers, true)?;
+    crl.publish_once(view).await
+}
+
+/// With `[feed]`: the join of every reachable region's snapshot, for one-shot commands. Fails
+/// when no region is reachable; warns when some are not (their writes that missed the others
+/// may be absent until repair).
+pub async fn view_from_regions(cfg: &Config) -> Result<Arc<StatusView>, String> {
+    let regions = region::regions(cfg).map_err(|e| e.to_string())?;
+    let names: Vec<String> = regions.iter().map(|r| r.name.clone()).collect();
+    let health = Arc::new(FeedHealth::new(&names, Duration::from_secs(60)));
+    let view = Arc::new(StatusView::new());
+    let state = FeedState::new(view.clone(), None, health.clone(), None, HashMap::new());
+    let mut failed = Vec::new();
+    for r in &regions {
+        let Some(h) = health.region(&r.name) else {
+            continue;
+        };
+        let result = async {
+            let mut c = r.connect(Some(r.write_timeout())).await?;
+            let epoch = consume::ensure_epoch(r, &mut c).await?;
+            consume::bootstrap(&state, r, h, &mut c, &epoch).await
+        }
+        .await;
+        if let Err(e) = result {
+            failed.push((r.name.clone(), e.to_string()));
+        }
+    }
+    let failures = crate::feed::publish::describe_failures(&failed);
+    if failed.len() == regions.len() {
+        return Err(format!("no feed region reachable: {failures}"));
+    }
+    if !failed.is_empty() {
+        tracing::warn!(regions = %failures, "some feed regions are unreachable; using the others");
+    }
+    Ok(view)
 }
 
 /// The issuer id of a configured issuer, from its CA certificate only (for CLI commands).

@@ -23,11 +23,13 @@ pub const ENV_OCSP_PREFIX: &str = "VIGIL_OCSP_PREFIX";
 pub const ENV_NONCE: &str = "VIGIL_NONCE";
 /// Overrides `log.filter`.
 pub const ENV_LOG: &str = "VIGIL_LOG";
+/// Overrides `crl.base_url`.
+pub const ENV_CRL_BASE_URL: &str = "VIGIL_CRL_BASE_URL";
 /// The admin API bearer token (instead of `admin.token_file`).
 pub const ENV_ADMIN_TOKEN: &str = "VIGIL_ADMIN_TOKEN";
-/// Prefix of the per-region Redis password variables: `VIGIL_FEED_PASSWORD_<REGION>`, the
-/// region name upper-cased with `-` as `_` (instead of `feed.region.password_file`).
-pub const ENV_FEED_PASSWORD_PREFIX: &str = "VIGIL_FEED_PASSWORD_";
+/// Prefix of the per-region Redis password variables: `VIGIL_REDIS_PASSWORD_<REGION>`, the
+/// region name upper-cased with `-` as `_` (instead of `region.password_file`).
+pub const ENV_REDIS_PASSWORD_PREFIX: &str = "VIGIL_REDIS_PASSWORD_";
 
 /// The data directory of the embedded default.
 pub const DEFAULT_DATA_DIR: &str = "./vigil-data";
@@ -72,6 +74,12 @@ pub struct Config {
     /// Issuers answered for.
     #[serde(default, rename = "issuer")]
     pub issuers: Vec<IssuerConfig>,
+    /// CRL publishing and serving.
+    #[serde(default)]
+    pub crl: CrlConfig,
+    /// Regions and their Redis (`[[region]]`); empty: single node on local files.
+    #[serde(default, rename = "region")]
+    pub regions: Vec<RegionConfig>,
     /// True when no file was given: the demo PKI in `data_dir` is used (and made if missing).
     #[serde(skip)]
     pub embedded: bool,
@@ -272,58 +280,6 @@ pub struct FeedConfig {
     /// other region's data.
     #[serde(default = "default_repair_interval", deserialize_with = "duration")]
     pub repair_interval: Duration,
-    /// The regions (at least one).
-    #[serde(rename = "region")]
-    pub regions: Vec<RegionConfig>,
-}
-
-/// `[[feed.region]]`: one region's Redis, a single server or a Sentinel-managed group.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegionConfig {
-    /// Region name (metrics label, error messages, event origin).
-    pub name: String,
-    /// `redis://host:port/db` or `rediss://host:port/db` (TLS through rustls). Put no password
-    /// here: use `password_file` or the environment.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Sentinel addresses (`redis://` or `rediss://`), instead of `url`.
-    #[serde(default)]
-    pub sentinels: Vec<String>,
-    /// The Sentinel service (master group) name.
-    #[serde(default)]
-    pub service: Option<String>,
-    /// Connect to the Sentinel-managed servers over TLS.
-    #[serde(default)]
-    pub sentinel_server_tls: bool,
-    /// Database number for Sentinel-managed servers.
-    #[serde(default)]
-    pub db: i64,
-    /// ACL user name.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// File holding the password (trailing newline ignored).
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// CA certificate (PEM) to verify the server with, instead of the system roots.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for TLS client authentication.
-    #[serde(default)]
-    pub client_certificate: Option<PathBuf>,
-    /// Key (PEM) of `client_certificate`.
-    #[serde(default)]
-    pub client_key: Option<PathBuf>,
-}
-
-impl RegionConfig {
-    /// The environment variable that may hold this region's password.
-    pub fn password_env(&self) -> String {
-        format!(
-            "{ENV_FEED_PASSWORD_PREFIX}{}",
-            self.name.to_ascii_uppercase().replace('-', "_")
-        )
-    }
 }
 
 fn default_maxlen() -> u64 {
@@ -357,10 +313,29 @@ fn default_repair_interval() -> Duration {
     Duration::from_secs(2)
 }
 
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            quorum: None,
+            maxlen: default_maxlen(),
+            key_prefix: default_key_prefix(),
+            max_staleness: default_max_staleness(),
+            heartbeat_interval: default_heartbeat(),
+            write_timeout: default_write_timeout(),
+            connect_timeout: default_connect_timeout(),
+            reconnect_min: default_reconnect_min(),
+            reconnect_max: default_reconnect_max(),
+            checkpoint: None,
+            checkpoint_interval: default_checkpoint_interval(),
+            repair_interval: default_repair_interval(),
+        }
+    }
+}
+
 impl FeedConfig {
-    /// Regions that must hold a write: `quorum`, or a majority of the regions.
-    pub fn quorum(&self) -> usize {
-        self.quorum.unwrap_or(self.regions.len() / 2 + 1)
+    /// Regions that must hold a write: `quorum`, or a majority of the `regions` regions.
+    pub fn quorum(&self, regions: usize) -> usize {
+        self.quorum.unwrap_or(regions / 2 + 1)
     }
 }
 
@@ -426,6 +401,151 @@ pub struct IssuerConfig {
     /// Answer for serials with no issuance record.
     #[serde(default)]
     pub unissued: UnissuedPolicy,
+    /// The CA's private key (PEM, PKCS#8), which signs this issuer's CRLs. Absent: this node
+    /// does not publish CRLs for the issuer (it still serves those published elsewhere).
+    #[serde(default)]
+    pub crl_key: Option<PathBuf>,
+}
+
+/// `[[region]]`: one region and its Redis, a single server (`redis`) or a Sentinel-managed group
+/// (`sentinels` and `service`). The CRL publisher stores into every region's Redis; with
+/// `[feed]`, status changes are written to every region; replicas read from every region.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    /// Region name: 1-64 of `[A-Za-z0-9_-]`, unique.
+    pub name: String,
+    /// Redis URL, `redis://host:port[/db]` (or `rediss://` for TLS through rustls,
+    /// `unix://`). Put no password here: use `password_file` or the environment.
+    #[serde(default)]
+    pub redis: Option<String>,
+    /// Sentinel addresses (`redis://` or `rediss://`), instead of `redis`.
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    /// The Sentinel service (master group) name.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Connect to the Sentinel-managed servers over TLS.
+    #[serde(default)]
+    pub sentinel_server_tls: bool,
+    /// Database number for Sentinel-managed servers.
+    #[serde(default)]
+    pub db: i64,
+    /// ACL user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password (trailing newline ignored); or set
+    /// `VIGIL_REDIS_PASSWORD_<REGION>`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the server with, instead of the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for TLS client authentication.
+    #[serde(default)]
+    pub client_certificate: Option<PathBuf>,
+    /// Key (PEM) of `client_certificate`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+impl RegionConfig {
+    /// The environment variable that may hold this region's password.
+    pub fn password_env(&self) -> String {
+        format!(
+            "{ENV_REDIS_PASSWORD_PREFIX}{}",
+            self.name.to_ascii_uppercase().replace('-', "_")
+        )
+    }
+}
+
+/// What a sharded CRL's shard is a function of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardByConfig {
+    /// CRC-32 of the serial's DER content octets, modulo `crl.shards`.
+    #[default]
+    Serial,
+    /// `floor(notAfter / crl.shard_width) mod crl.shards`.
+    NotAfter,
+}
+
+/// `[crl]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrlConfig {
+    /// Public base URL of this service, e.g. `http://crl.example.com`: CRLs are at
+    /// `{base_url}/crl/...`. Required with shards or deltas (it goes into the issuing
+    /// distribution point and freshest CRL extensions).
+    pub base_url: Option<String>,
+    /// The region whose Redis holds this node's publisher lease (default: the first
+    /// `[[region]]`).
+    pub region: Option<String>,
+    /// Take part in publishing (for issuers with `crl_key`), under the region's lease.
+    pub publish: bool,
+    /// nextUpdate − thisUpdate (1h ..= 10d, BR §4.9.7).
+    #[serde(deserialize_with = "duration")]
+    pub validity: Duration,
+    /// Complete CRLs are re-published this often (at most half of `validity`).
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// A revocation is on a published CRL within this delay (at most 24h, BR §4.9.7).
+    #[serde(deserialize_with = "duration")]
+    pub publish_delay: Duration,
+    /// Replicas look for newer CRLs in Redis (or the data directory) this often.
+    #[serde(deserialize_with = "duration")]
+    pub refresh: Duration,
+    /// Publisher lease time-to-live in Redis; the leader renews it every third of it.
+    #[serde(deserialize_with = "duration")]
+    pub lease_ttl: Duration,
+    /// Timeout of one Redis command (or connection attempt).
+    #[serde(deserialize_with = "duration")]
+    pub redis_timeout: Duration,
+    /// CRL shards per issuer; 1 means one unsharded CRL.
+    pub shards: u16,
+    /// What the shard is a function of.
+    pub shard_by: ShardByConfig,
+    /// Window width for `shard_by = "not_after"`.
+    #[serde(deserialize_with = "duration")]
+    pub shard_width: Duration,
+    /// Also publish delta CRLs (revocations since the last complete CRL).
+    pub delta: bool,
+}
+
+impl Default for CrlConfig {
+    fn default() -> Self {
+        CrlConfig {
+            base_url: None,
+            region: None,
+            publish: true,
+            validity: Duration::from_secs(7 * 86400),
+            interval: Duration::from_secs(3600),
+            publish_delay: Duration::from_secs(60),
+            refresh: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(30),
+            redis_timeout: Duration::from_secs(2),
+            shards: 1,
+            shard_by: ShardByConfig::Serial,
+            shard_width: Duration::from_secs(86400),
+            delta: false,
+        }
+    }
+}
+
+impl CrlConfig {
+    /// The sharding of every issuer's CRLs.
+    pub fn sharding(&self) -> crate::crl::Sharding {
+        use crate::crl::ShardBy;
+        crate::crl::Sharding {
+            shards: self.shards.max(1),
+            by: match self.shard_by {
+                ShardByConfig::Serial => ShardBy::Serial,
+                ShardByConfig::NotAfter => ShardBy::NotAfter {
+                    width: self.shard_width.as_secs().max(1) as i64,
+                },
+            },
+        }
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -487,14 +607,14 @@ impl Config {
             if let Some(c) = &mut f.checkpoint {
                 fix(c);
             }
-            for r in &mut f.regions {
-                for p in [&mut r.password_file, &mut r.ca_file]
-                    .into_iter()
-                    .chain([&mut r.client_certificate, &mut r.client_key])
-                    .flatten()
-                {
-                    fix(p);
-                }
+        }
+        for r in &mut self.regions {
+            for p in [&mut r.password_file, &mut r.ca_file]
+                .into_iter()
+                .chain([&mut r.client_certificate, &mut r.client_key])
+                .flatten()
+            {
+                fix(p);
             }
         }
         if let Some(a) = &mut self.admin {
@@ -511,6 +631,9 @@ impl Config {
             fix(&mut i.responder_key);
             if let Some(r) = &mut i.responder_certificate {
                 fix(r);
+            }
+            if let Some(k) = &mut i.crl_key {
+                fix(k);
             }
         }
     }
@@ -537,6 +660,9 @@ impl Config {
         }
         if let Some(v) = get(ENV_LOG) {
             self.log.filter = v;
+        }
+        if let Some(v) = get(ENV_CRL_BASE_URL) {
+            self.crl.base_url = Some(v);
         }
         Ok(())
     }
@@ -630,7 +756,7 @@ impl Config {
             return err("status.origin: 1 to 64 bytes");
         }
         if let Some(f) = &self.feed {
-            validate_feed(f)?;
+            validate_feed(f, self.regions.len())?;
         }
         if let Some(a) = &self.admin {
             validate_admin(a)?;
@@ -655,16 +781,150 @@ impl Config {
                 return err(format!("issuer[{i}].name: {:?} is used twice", iss.name));
             }
         }
+        self.validate_regions()?;
+        self.validate_crl()
+    }
+
+    fn validate_regions(&self) -> Result<(), ConfigError> {
+        for (i, r) in self.regions.iter().enumerate() {
+            if !valid_name(&r.name) {
+                return err(format!(
+                    "region[{i}].name: {:?} must be 1-64 of [A-Za-z0-9_-]",
+                    r.name
+                ));
+            }
+            if self.regions[..i].iter().any(|o| o.name == r.name) {
+                return err(format!("region[{i}].name: {:?} is used twice", r.name));
+            }
+            match (&r.redis, r.sentinels.is_empty(), &r.service) {
+                (Some(u), true, None) => {
+                    if url_has_password(u) {
+                        return err(format!(
+                            "region[{i}].redis: must not hold a password (use password_file or {})",
+                            r.password_env()
+                        ));
+                    }
+                    if u.contains('#') {
+                        return err(format!(
+                            "region[{i}].redis: no URL fragment (#insecure turns off certificate checks)"
+                        ));
+                    }
+                    if let Err(e) = redis::Client::open(u.as_str()) {
+                        return err(format!("region[{i}].redis: {u:?}: {e}"));
+                    }
+                }
+                (None, false, Some(_)) => {
+                    for s in &r.sentinels {
+                        if !(s.starts_with("redis://") || s.starts_with("rediss://")) {
+                            return err(format!(
+                                "region[{i}].sentinels: {s:?} must start with redis:// or rediss://"
+                            ));
+                        }
+                        if url_has_password(s) || s.contains('#') {
+                            return err(format!(
+                                "region[{i}].sentinels: no password and no URL fragment"
+                            ));
+                        }
+                    }
+                }
+                _ => {
+                    return err(format!(
+                        "region[{i}]: set either redis, or sentinels and service"
+                    ))
+                }
+            }
+            if r.client_certificate.is_some() != r.client_key.is_some() {
+                return err(format!(
+                    "region[{i}].client_key: client_certificate and client_key go together"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    fn validate_crl(&self) -> Result<(), ConfigError> {
+        let c = &self.crl;
+        let secs = |d: Duration| d.as_secs_f64();
+        if !(3600.0..=crate::crl::MAX_VALIDITY_SECS as f64).contains(&secs(c.validity)) {
+            return err(format!(
+                "crl.validity: {} is outside 1h ..= 10d (BR §4.9.7)",
+                humantime::format_duration(c.validity)
+            ));
+        }
+        if c.interval < Duration::from_secs(1) || c.interval > c.validity / 2 {
+            return err("crl.interval: between 1s and half of crl.validity");
+        }
+        if c.publish_delay < Duration::from_millis(100)
+            || c.publish_delay > Duration::from_secs(86400)
+        {
+            return err("crl.publish_delay: between 100ms and 24h (BR §4.9.7)");
+        }
+        if c.refresh < Duration::from_millis(100) {
+            return err("crl.refresh: at least 100ms");
+        }
+        if c.lease_ttl < Duration::from_secs(1) {
+            return err("crl.lease_ttl: at least 1s");
+        }
+        if c.redis_timeout.is_zero() {
+            return err("crl.redis_timeout: must be greater than zero");
+        }
+        if c.shards == 0 || c.shards > crate::crl::shard::MAX_SHARDS {
+            return err(format!(
+                "crl.shards: 1 ..= {}",
+                crate::crl::shard::MAX_SHARDS
+            ));
+        }
+        if c.shard_width < Duration::from_secs(1) {
+            return err("crl.shard_width: at least 1s");
+        }
+        match &c.base_url {
+            Some(u) => {
+                let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                    && !u.contains(['?', '#', ' '])
+                    && u.len() <= 512;
+                if !ok {
+                    return err(format!(
+                        "crl.base_url: {u:?} must be an http:// or https:// URL without query or fragment"
+                    ));
+                }
+            }
+            None if c.shards > 1 || c.delta => {
+                return err(format!(
+                    "crl.base_url: required when crl.shards > 1 or crl.delta (it is written into the CRLs); or set {ENV_CRL_BASE_URL}"
+                ))
+            }
+            None => {}
+        }
+        if let Some(r) = &c.region {
+            if !self.regions.iter().any(|x| &x.name == r) {
+                return err(format!("crl.region: {r:?} is not a configured [[region]]"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The region whose Redis holds this node's publisher lease.
+    pub fn lease_region(&self) -> Option<&RegionConfig> {
+        match &self.crl.region {
+            Some(r) => self.regions.iter().find(|x| &x.name == r),
+            None => self.regions.first(),
+        }
     }
 }
 
-fn validate_feed(f: &FeedConfig) -> Result<(), ConfigError> {
-    if f.regions.is_empty() {
-        return err("feed.region: at least one [[feed.region]] is required");
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn validate_feed(f: &FeedConfig, n: usize) -> Result<(), ConfigError> {
+    if n == 0 {
+        return err("feed: at least one [[region]] is required");
     }
-    let n = f.regions.len();
-    let q = f.quorum();
+    let q = f.quorum(n);
     if q == 0 || q > n {
         return err(format!(
             "feed.quorum: {q} must be between 1 and the number of regions ({n})"
@@ -699,59 +959,6 @@ fn validate_feed(f: &FeedConfig) -> Result<(), ConfigError> {
     }
     if f.max_staleness <= f.heartbeat_interval {
         return err("feed.max_staleness: must be longer than feed.heartbeat_interval");
-    }
-    for (i, r) in f.regions.iter().enumerate() {
-        let name_ok = !r.name.is_empty()
-            && r.name.len() <= 32
-            && r.name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !name_ok {
-            return err(format!(
-                "feed.region[{i}].name: {:?} must be 1-32 of [A-Za-z0-9_-]",
-                r.name
-            ));
-        }
-        if f.regions[..i].iter().any(|o| o.name == r.name) {
-            return err(format!("feed.region[{i}].name: {:?} is used twice", r.name));
-        }
-        match (&r.url, r.sentinels.is_empty(), &r.service) {
-            (Some(u), true, None) => {
-                if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-                    return err(format!(
-                        "feed.region[{i}].url: must start with redis:// or rediss://"
-                    ));
-                }
-                if url_has_password(u) {
-                    return err(format!(
-                        "feed.region[{i}].url: must not hold a password (use password_file or {})",
-                        r.password_env()
-                    ));
-                }
-            }
-            (None, false, Some(_)) => {
-                for s in &r.sentinels {
-                    if !(s.starts_with("redis://") || s.starts_with("rediss://")) {
-                        return err(format!("feed.region[{i}].sentinels: {s:?} must start with redis:// or rediss://"));
-                    }
-                    if url_has_password(s) {
-                        return err(format!(
-                            "feed.region[{i}].sentinels: must not hold a password"
-                        ));
-                    }
-                }
-            }
-            _ => {
-                return err(format!(
-                    "feed.region[{i}]: set either url, or sentinels and service"
-                ))
-            }
-        }
-        if r.client_certificate.is_some() != r.client_key.is_some() {
-            return err(format!(
-                "feed.region[{i}].client_key: client_certificate and client_key go together"
-            ));
-        }
     }
     Ok(())
 }
@@ -790,6 +997,8 @@ fn unreachable_default() -> Config {
         feed: None,
         admin: None,
         issuers: Vec::new(),
+        crl: CrlConfig::default(),
+        regions: Vec::new(),
         embedded: true,
     }
 }
@@ -832,15 +1041,15 @@ mod tests {
     #[test]
     fn feed_and_admin_config() {
         let c = Config::from_toml(&format!(
-            "[feed]\nmax_staleness = \"30s\"\n[[feed.region]]\nname = \"a\"\nurl = \"redis://127.0.0.1:1/\"\n[[feed.region]]\nname = \"b\"\nsentinels = [\"redis://127.0.0.1:2\"]\nservice = \"m\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{ISSUER}"
+            "[feed]\nmax_staleness = \"30s\"\n[[region]]\nname = \"a\"\nredis = \"redis://127.0.0.1:1/\"\n[[region]]\nname = \"b\"\nsentinels = [\"redis://127.0.0.1:2\"]\nservice = \"m\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{ISSUER}"
         ))
         .expect("parse");
         c.validate().expect("valid");
         let f = c.feed.as_ref().expect("feed");
-        assert_eq!(f.quorum(), 2);
-        assert_eq!(f.regions[1].password_env(), "VIGIL_FEED_PASSWORD_B");
+        assert_eq!(f.quorum(c.regions.len()), 2);
+        assert_eq!(c.regions[1].password_env(), "VIGIL_REDIS_PASSWORD_B");
         let bad = Config::from_toml(&format!(
-            "[feed]\nquorum = 3\n[[feed.region]]\nname = \"a\"\nurl = \"redis://x/\"\n{ISSUER}"
+            "[feed]\nquorum = 3\n[[region]]\nname = \"a\"\nredis = \"redis://x/\"\n{ISSUER}"
         ))
         .expect("parse");
         assert!(bad
@@ -848,17 +1057,38 @@ mod tests {
             .expect_err("quorum")
             .to_string()
             .contains("feed.quorum"));
+        let bad = Config::from_toml(&format!("[feed]\n{ISSUER}")).expect("parse");
+        assert!(bad
+            .validate()
+            .expect_err("no region")
+            .to_string()
+            .contains("[[region]]"));
         let bad = Config::from_toml(&format!(
-            "[[feed.region]]\nname = \"a\"\nurl = \"redis://u:secret@x/\"\n{ISSUER}"
+            "[[region]]\nname = \"a\"\nredis = \"redis://u:secret@x/\"\n{ISSUER}"
         ))
         .expect("parse");
         let e = bad.validate().expect_err("password in url").to_string();
         assert!(
-            e.contains("feed.region[0].url") && !e.contains("secret"),
+            e.contains("region[0].redis") && !e.contains("secret"),
             "{e}"
         );
-        let e = Config::from_toml("[feed]\n[[feed.region]]\nname = \"a\"\nurll = \"x\"")
-            .expect_err("unknown key");
+        let bad = Config::from_toml(&format!(
+            "[[region]]\nname = \"a\"\nredis = \"rediss://x/#insecure\"\n{ISSUER}"
+        ))
+        .expect("parse");
+        assert!(bad
+            .validate()
+            .expect_err("fragment")
+            .to_string()
+            .contains("fragment"));
+        let bad = Config::from_toml(&format!("[[region]]\nname = \"a\"\n{ISSUER}")).expect("parse");
+        assert!(bad
+            .validate()
+            .expect_err("neither")
+            .to_string()
+            .contains("either redis"));
+        let e =
+            Config::from_toml("[[region]]\nname = \"a\"\nurll = \"x\"").expect_err("unknown key");
         assert!(e.to_string().contains("urll"), "{e}");
     }
 
@@ -877,5 +1107,34 @@ mod tests {
             .apply_env(|k| (k == ENV_NONCE).then(|| "sometimes".into()))
             .expect_err("bad");
         assert!(e.to_string().contains("ocsp.nonce"));
+    }
+
+    #[test]
+    fn crl_and_regions() {
+        let c = Config::from_toml(&format!(
+            "[crl]\nshards = 4\nbase_url = \"http://crl.test\"\nregion = \"b\"\n\
+             [[region]]\nname = \"a\"\nredis = \"redis://127.0.0.1:1\"\n\
+             [[region]]\nname = \"b\"\nredis = \"redis://127.0.0.1:2\"\n{ISSUER}crl_key = \"ca.key\"\n"
+        ))
+        .expect("parse");
+        c.validate().expect("valid");
+        assert_eq!(c.lease_region().map(|r| r.name.as_str()), Some("b"));
+        assert!(c.crl.sharding().is_sharded());
+        for (toml, key) in [
+            ("[crl]\nshards = 2\n", "crl.base_url"),
+            ("[crl]\nvalidity = \"11d\"\n", "crl.validity"),
+            ("[crl]\ninterval = \"6d\"\n", "crl.interval"),
+            ("[crl]\nregion = \"x\"\n", "crl.region"),
+            (
+                "[[region]]\nname = \"a\"\nredis = \"nope://\"\n",
+                "region[0].redis",
+            ),
+        ] {
+            let c = Config::from_toml(&format!("{toml}{ISSUER}")).expect("parse");
+            let e = c.validate().expect_err(key);
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let e = Config::from_toml("[crl]\nshard = 2\n").expect_err("unknown key");
+        assert!(e.to_string().contains("shard"), "{e}");
     }
 }

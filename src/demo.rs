@@ -28,6 +28,7 @@ pub fn demo_issuer_config(data_dir: &Path) -> IssuerConfig {
         responder_certificate: Some(data_dir.join("responder.pem")),
         responder_key: data_dir.join("responder.key"),
         unissued: UnissuedPolicy::Unknown,
+        crl_key: Some(data_dir.join("ca.key")),
     }
 }
 

@@ -6,6 +6,8 @@ pub mod app;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod crl;
+pub mod crl_service;
 pub mod demo;
 pub mod feed;
 pub mod http;

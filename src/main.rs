@@ -69,6 +69,18 @@ enum Command {
     },
     /// Validate the configuration, certificates and keys, then exit.
     CheckConfig,
+    /// CRL operations.
+    Crl {
+        #[command(subcommand)]
+        command: CrlCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CrlCommand {
+    /// Build, sign, lint and store every issuer's CRLs once (no lease; the stores'
+    /// compare-and-set still keeps numbers increasing), then exit.
+    Publish,
 }
 
 #[derive(Args)]
@@ -110,6 +122,9 @@ fn main() -> ExitCode {
         } => import(&cfg, &openssl_index, &issuer),
         Command::Status { issuer, serial } => status(&cfg, &issuer, serial.as_deref()),
         Command::CheckConfig => check_config(&cfg),
+        Command::Crl {
+            command: CrlCommand::Publish,
+        } => crl_publish(cfg),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,9 +143,23 @@ fn serve(cfg: Config) -> Result<(), String> {
     rt.block_on(app::serve(cfg))
 }
 
+fn crl_publish(cfg: Config) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    for line in rt.block_on(app::publish_crls(cfg))? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
 fn check_config(cfg: &Config) -> Result<(), String> {
     app::prepare_embedded(cfg)?;
     let issuers = app::load_issuers(cfg)?;
+    // CRL keys match their CA certificates, and the disk copies verify.
+    vigil::crl_service::CrlService::new(std::sync::Arc::new(cfg.clone()), &issuers, true)?;
     println!(
         "config OK: {} issuer(s): {}",
         issuers.len(),
@@ -299,8 +328,7 @@ fn feed_status(
     id: IssuerId,
     serial: Option<&str>,
 ) -> Result<(), String> {
-    let feed = cfg.feed.as_ref().ok_or("no [feed]")?;
-    let regions = vigil::feed::region::regions(feed).map_err(|e| e.to_string())?;
+    let regions = vigil::feed::region::regions(cfg).map_err(|e| e.to_string())?;
     let serial = serial
         .map(|hex| Serial::from_hex(hex).map_err(|e| format!("--serial {hex:?}: {e}")))
         .transpose()?;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use const_oid::db::{rfc5280, rfc5912};
+use const_oid::db::rfc5280;
 use der::{Decode, Encode};
 use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage, KeyUsages};
 use x509_cert::Certificate;
@@ -193,34 +193,11 @@ fn check_delegated(ca: &Certificate, responder: &Certificate) -> Result<(), Stri
 
 /// Verifies `cert`'s signature with `issuer`'s public key. Unknown algorithms are an error.
 pub fn signature_verifies(issuer: &Certificate, cert: &Certificate) -> Result<bool, String> {
-    use ring::signature as sig;
-    let spki = &issuer.tbs_certificate.subject_public_key_info;
-    let curve = spki
-        .algorithm
-        .parameters
-        .as_ref()
-        .and_then(|p| p.decode_as::<const_oid::ObjectIdentifier>().ok());
-    let p256 = curve == Some(rfc5912::SECP_256_R_1);
-    let p384 = curve == Some(rfc5912::SECP_384_R_1);
-    let oid = cert.signature_algorithm.oid;
-    let alg: &dyn sig::VerificationAlgorithm = match oid {
-        o if o == rfc5912::ECDSA_WITH_SHA_256 && p256 => &sig::ECDSA_P256_SHA256_ASN1,
-        o if o == rfc5912::ECDSA_WITH_SHA_384 && p256 => &sig::ECDSA_P256_SHA384_ASN1,
-        o if o == rfc5912::ECDSA_WITH_SHA_256 && p384 => &sig::ECDSA_P384_SHA256_ASN1,
-        o if o == rfc5912::ECDSA_WITH_SHA_384 && p384 => &sig::ECDSA_P384_SHA384_ASN1,
-        o if o == rfc5912::SHA_256_WITH_RSA_ENCRYPTION => &sig::RSA_PKCS1_2048_8192_SHA256,
-        o if o == rfc5912::SHA_384_WITH_RSA_ENCRYPTION => &sig::RSA_PKCS1_2048_8192_SHA384,
-        o if o == rfc5912::SHA_512_WITH_RSA_ENCRYPTION => &sig::RSA_PKCS1_2048_8192_SHA512,
-        other => {
-            return Err(format!(
-                "unsupported certificate signature algorithm {other}"
-            ))
-        }
-    };
     let tbs = cert.tbs_certificate.to_der().map_err(|e| e.to_string())?;
-    Ok(
-        sig::UnparsedPublicKey::new(alg, spki.subject_public_key.raw_bytes())
-            .verify(&tbs, cert.signature.raw_bytes())
-            .is_ok(),
+    crate::crl::lint::verify_signature(
+        &issuer.tbs_certificate.subject_public_key_info,
+        &cert.signature_algorithm,
+        &tbs,
+        cert.signature.raw_bytes(),
     )
 }

@@ -60,6 +60,19 @@ pub const CHECKPOINT_DURATION: &str = "vigil_checkpoint_write_duration_seconds";
 pub const ADMIN_REQUESTS: &str = "vigil_admin_requests_total";
 /// Seconds until the signing certificate of `issuer` expires.
 pub const SIGNER_CERT_EXPIRY: &str = "vigil_signer_certificate_expiry_seconds";
+/// CRLNumber of the CRL this replica serves, by `issuer` and `crl` (its path under `/crl/`).
+pub const CRL_NUMBER: &str = "vigil_crl_number";
+/// Seconds since the thisUpdate of the CRL this replica serves, by `issuer` and `crl`.
+pub const CRL_AGE: &str = "vigil_crl_age_seconds";
+/// CRL store attempts by `issuer`, `target` (a region name, or `disk`) and `result`
+/// (stored, stale, fenced, not_leader, base_mismatch, error, lint_failed).
+pub const CRL_PUBLISH: &str = "vigil_crl_publish_total";
+/// Time to build, sign and lint one CRL, seconds, by `issuer`.
+pub const CRL_BUILD_LATENCY: &str = "vigil_crl_build_duration_seconds";
+/// 1 while this replica holds its region's CRL publisher lease, else 0.
+pub const CRL_LEADER: &str = "vigil_crl_publisher_leader";
+/// Failed CRL refreshes (a Redis unreachable, a CRL that did not verify), by `source`.
+pub const CRL_REFRESH_ERRORS: &str = "vigil_crl_refresh_errors_total";
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,

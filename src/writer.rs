@@ -35,7 +35,7 @@ impl StatusWriter {
     pub fn from_config(cfg: &Config) -> Result<Self, String> {
         match &cfg.feed {
             Some(f) => {
-                let regions = region::regions(f).map_err(|e| e.to_string())?;
+                let regions = region::regions(cfg).map_err(|e| e.to_string())?;
                 Ok(StatusWriter::Feed(Arc::new(Publisher::new(regions, f))))
             }
             None => Ok(StatusWriter::Journal(cfg.journal_path())),

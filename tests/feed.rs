@@ -129,9 +129,9 @@ impl Redis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    /// The `[[feed.region]]` lines that reach this server directly.
+    /// The `[[region]]` lines that reach this server directly.
     fn region(&self) -> String {
-        format!("url = {:?}", self.url())
+        format!("redis = {:?}", self.url())
     }
 
     fn connection(&self) -> redis::RedisResult<redis::Connection> {
@@ -339,7 +339,7 @@ fn write_config(root: &Path, name: &str, pki: &Pki, feed: &Feed, admin: bool) ->
         feed.extra
     );
     for (region, url) in &feed.regions {
-        text.push_str(&format!("[[feed.region]]\nname = {region:?}\n{url}\n"));
+        text.push_str(&format!("[[region]]\nname = {region:?}\n{url}\n"));
     }
     if admin {
         let token = root.join("token");
@@ -926,7 +926,7 @@ fn sentinel_and_tls_regions() {
     let sentinel = Sentinel::start(root, &s);
     let (t, tls_port) = Redis::start_tls(root, "t", &tls);
     let t_region = format!(
-        "url = \"rediss://127.0.0.1:{tls_port}/\"\nca_file = {:?}\nclient_certificate = {:?}\nclient_key = {:?}",
+        "redis = \"rediss://127.0.0.1:{tls_port}/\"\nca_file = {:?}\nclient_certificate = {:?}\nclient_key = {:?}",
         tls.ca, tls.client_cert, tls.client_key
     );
     let feed = Feed {

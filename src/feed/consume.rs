@@ -39,6 +39,8 @@ pub struct FeedState {
     pub health: Arc<FeedHealth>,
     /// Readiness: set once the view holds a complete copy of some region.
     pub readiness: Option<Arc<Readiness>>,
+    /// Told when a revocation changed the view (the CRL publisher waits on it).
+    pub revoked: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
     cursors: Mutex<HashMap<String, Cursor>>,
 }
 
@@ -56,6 +58,7 @@ impl FeedState {
             responder,
             health,
             readiness,
+            revoked: std::sync::OnceLock::new(),
             cursors: Mutex::new(cursors),
         }
     }
@@ -82,6 +85,12 @@ impl FeedState {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(region.to_owned(), cursor);
+    }
+
+    fn notify_revoked(&self) {
+        if let Some(n) = self.revoked.get() {
+            n.notify_one();
+        }
     }
 
     async fn evict(&self, issuer: IssuerId, serial: &Serial) {
@@ -252,9 +261,14 @@ async fn session(
             id = eid;
         }
         changed.clear();
-        state
-            .view
-            .apply_batch(&events, |e, _| changed.push((e.issuer, e.serial)));
+        let mut any_revoked = false;
+        state.view.apply_batch(&events, |e, status| {
+            any_revoked |= matches!(status, CertStatus::Revoked(_));
+            changed.push((e.issuer, e.serial));
+        });
+        if any_revoked {
+            state.notify_revoked();
+        }
         health.changed.increment(changed.len() as u64);
         health
             .unchanged
@@ -419,6 +433,9 @@ pub async fn bootstrap(
                 }
                 for s in &revoked {
                     state.evict(issuer, s).await;
+                }
+                if !revoked.is_empty() {
+                    state.notify_revoked();
                 }
                 if next == "0" {
                     break;

@@ -94,8 +94,8 @@ impl Publisher {
     /// A publisher over `regions` with the feed's quorum.
     pub fn new(regions: Vec<Arc<Region>>, feed: &FeedConfig) -> Self {
         Publisher {
+            quorum: feed.quorum(regions.len()),
             regions,
-            quorum: feed.quorum(),
             maxlen: feed.maxlen,
         }
     }

@@ -9,7 +9,29 @@ use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, TlsCertificates};
 use tokio::sync::Mutex;
 
 use super::{scripts, FeedError, Keys};
-use crate::config::{FeedConfig, RegionConfig};
+use crate::config::{Config, FeedConfig, RegionConfig};
+
+/// How to talk to a region's Redis, apart from where it is.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    /// Time to connect (or to ask the Sentinels).
+    pub connect_timeout: Duration,
+    /// Time a write may take.
+    pub write_timeout: Duration,
+    /// Prefix of the feed's keys.
+    pub key_prefix: String,
+}
+
+impl LinkOptions {
+    /// The feed's options.
+    pub fn feed(f: &FeedConfig) -> Self {
+        LinkOptions {
+            connect_timeout: f.connect_timeout,
+            write_timeout: f.write_timeout,
+            key_prefix: f.key_prefix.clone(),
+        }
+    }
+}
 
 /// A region: its name, how to connect, and a cached connection for writes.
 pub struct Region {
@@ -43,18 +65,18 @@ fn read_file(path: &std::path::Path) -> Result<Vec<u8>, FeedError> {
 
 impl Region {
     /// Builds the client of one region; reads its password and certificates. Does not connect.
-    pub fn new(cfg: &RegionConfig, feed: &FeedConfig) -> Result<Self, FeedError> {
-        Self::with_env(cfg, feed, |k| std::env::var(k).ok())
+    pub fn new(cfg: &RegionConfig, opts: &LinkOptions) -> Result<Self, FeedError> {
+        Self::with_env(cfg, opts, |k| std::env::var(k).ok())
     }
 
     /// [`Region::new`] with the environment read through `env`.
     pub fn with_env(
         cfg: &RegionConfig,
-        feed: &FeedConfig,
+        opts: &LinkOptions,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, FeedError> {
         let setup = |what: &str, e: redis::RedisError| {
-            FeedError::Setup(format!("feed.region {:?}: {what}: {e}", cfg.name))
+            FeedError::Setup(format!("region {:?}: {what}: {e}", cfg.name))
         };
         let password = match (&cfg.password_file, env(&cfg.password_env())) {
             (Some(p), _) => Some(read_secret(p)?),
@@ -75,7 +97,7 @@ impl Region {
         } else {
             None
         };
-        let connector = if let Some(url) = &cfg.url {
+        let connector = if let Some(url) = &cfg.redis {
             let info = url
                 .as_str()
                 .into_connection_info()
@@ -127,9 +149,9 @@ impl Region {
             name: cfg.name.clone(),
             connector,
             writer: Mutex::new(None),
-            connect_timeout: feed.connect_timeout,
-            write_timeout: feed.write_timeout,
-            keys: Keys::new(&feed.key_prefix),
+            connect_timeout: opts.connect_timeout,
+            write_timeout: opts.write_timeout,
+            keys: Keys::new(&opts.key_prefix),
         })
     }
 
@@ -219,10 +241,14 @@ impl Region {
     }
 }
 
-/// All configured regions.
-pub fn regions(feed: &FeedConfig) -> Result<Vec<std::sync::Arc<Region>>, FeedError> {
-    feed.regions
+/// Every configured `[[region]]`, with the feed's options (`[feed]` defaults without one).
+pub fn regions(cfg: &Config) -> Result<Vec<std::sync::Arc<Region>>, FeedError> {
+    let opts = match &cfg.feed {
+        Some(f) => LinkOptions::feed(f),
+        None => LinkOptions::feed(&FeedConfig::default()),
+    };
+    cfg.regions
         .iter()
-        .map(|r| Region::new(r, feed).map(std::sync::Arc::new))
+        .map(|r| Region::new(r, &opts).map(std::sync::Arc::new))
         .collect()
 }

@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::Config;
+use crate::crl_service::catalog::Catalog;
 use crate::responder::Responder;
 use crate::status::StatusView;
 use crate::telemetry::{self, Metrics};
@@ -70,6 +71,8 @@ pub struct AppState {
     pub responder: Arc<Responder>,
     /// The status view (for gauges).
     pub view: Arc<StatusView>,
+    /// The CRLs served under `/crl/`.
+    pub crl: Arc<Catalog>,
     /// Readiness.
     pub readiness: Arc<Readiness>,
     /// Hot-path metric handles.

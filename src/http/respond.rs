@@ -2,12 +2,14 @@
 
 use bytes::Bytes;
 use http::header::{
-    ALLOW, CACHE_CONTROL, CONTENT_TYPE, ETAG, EXPIRES, IF_NONE_MATCH, LAST_MODIFIED,
+    ALLOW, CACHE_CONTROL, CONTENT_TYPE, ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    LAST_MODIFIED,
 };
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::cache::CachedResponse;
+use crate::crl_service::catalog::ServedCrl;
 use crate::ocsp::OcspError;
 use crate::responder::Answer;
 use crate::telemetry::Outcome;
@@ -17,6 +19,7 @@ pub type Body = Full<Bytes>;
 
 const OCSP_RESPONSE: HeaderValue = HeaderValue::from_static("application/ocsp-response");
 const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache");
+const PKIX_CRL: HeaderValue = HeaderValue::from_static("application/pkix-crl");
 
 /// HTTP for an OCSP answer, and the outcome to count.
 pub fn ocsp(answer: Answer, request_headers: &HeaderMap, now: i64) -> (Response<Body>, Outcome) {
@@ -71,6 +74,62 @@ fn signed(
     };
     // RFC 5019 §6.2: max-age no later than nextUpdate; we use the refresh point, which is earlier.
     let max_age = (resp.window.refresh_at.min(resp.window.next_update) - now).max(0);
+    cacheable(
+        &mut r,
+        max_age,
+        &resp.etag,
+        &resp.last_modified,
+        &resp.expires,
+    );
+    (r, outcome)
+}
+
+/// HTTP for a CRL (RFC 5280 §4.2.1.13 names `application/pkix-crl`, RFC 2585 §4.2).
+///
+/// 304 when `If-None-Match` matches the ETag or, without `If-None-Match`, when
+/// `If-Modified-Since` is not before thisUpdate (RFC 9110 §13.1.3, §13.2.2). `max-age` is
+/// the time to nextUpdate, capped at `max_age_cap` (the publishing interval) so caches come
+/// back for a newer CRL; zero once nextUpdate has passed.
+pub fn crl(
+    c: &ServedCrl,
+    request_headers: &HeaderMap,
+    now: i64,
+    max_age_cap: i64,
+) -> Response<Body> {
+    let inm: Vec<&HeaderValue> = request_headers.get_all(IF_NONE_MATCH).iter().collect();
+    let not_modified = if inm.is_empty() {
+        request_headers
+            .get(IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .is_some_and(|since| since.as_secs() as i64 >= c.this_update)
+    } else {
+        inm.iter()
+            .any(|v| etag_matches(v.as_bytes(), c.etag.as_bytes()))
+    };
+    let mut r = if not_modified {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let mut r = Response::new(Full::new(c.der.clone()));
+        r.headers_mut().insert(CONTENT_TYPE, PKIX_CRL);
+        r
+    };
+    let max_age = (c.next_update - now).min(max_age_cap).max(0);
+    cacheable(&mut r, max_age, &c.etag, &c.last_modified, &c.expires);
+    r
+}
+
+/// The headers of a response HTTP caches may keep for `max_age` seconds.
+fn cacheable(
+    r: &mut Response<Body>,
+    max_age: i64,
+    etag: &HeaderValue,
+    last_modified: &HeaderValue,
+    expires: &HeaderValue,
+) {
     let h = r.headers_mut();
     h.insert(
         CACHE_CONTROL,
@@ -79,10 +138,9 @@ fn signed(
         ))
         .unwrap_or(NO_CACHE),
     );
-    h.insert(ETAG, resp.etag.clone());
-    h.insert(LAST_MODIFIED, resp.last_modified.clone());
-    h.insert(EXPIRES, resp.expires.clone());
-    (r, outcome)
+    h.insert(ETAG, etag.clone());
+    h.insert(LAST_MODIFIED, last_modified.clone());
+    h.insert(EXPIRES, expires.clone());
 }
 
 /// If-None-Match: `*`, or a list of (possibly weak) entity tags (RFC 9110 §13.1.2).

@@ -3,7 +3,7 @@
 //! | path | methods |
 //! |---|---|
 //! | `/healthz`, `/readyz`, `/metrics` | GET, HEAD |
-//! | `/crl/...` | GET, HEAD (404 until CRLs are published) |
+//! | `/crl/{issuer}.crl`, `/crl/{issuer}/{shard}.crl` (and `.delta.crl`) | GET, HEAD |
 //! | `/` and `{ocsp_prefix}` | POST an OCSPRequest |
 //! | `/{base64}` and `{ocsp_prefix}/{base64}` | GET an OCSPRequest |
 //!
@@ -11,6 +11,9 @@
 //! base64 of every DER OCSPRequest does (its first octet is 0x30), so `/favicon.ico` is a 404
 //! rather than a malformed request. Under the prefix every GET path is OCSP, and one that is
 //! not base64 is a 400. Nothing here merges slashes or redirects.
+//!
+//! A CRL path is looked up exactly (the raw path, escapes undecoded) among the CRLs the
+//! configuration defines, so `..`, `%2F`, doubled slashes and every other variation are 404.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -60,10 +63,24 @@ pub async fn handle(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body>
         _ => {}
     }
     if path == "/crl" || path.starts_with("/crl/") {
-        let r = if is_get {
-            respond::text(StatusCode::NOT_FOUND, "no such CRL\n")
-        } else {
-            respond::method_not_allowed("GET, HEAD")
+        if !is_get {
+            return other(respond::method_not_allowed("GET, HEAD"), "crl");
+        }
+        let r = match st
+            .crl
+            .lookup(path.strip_prefix("/crl/").unwrap_or_default())
+        {
+            None => respond::text(StatusCode::NOT_FOUND, "no such CRL\n"),
+            Some(None) => respond::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this CRL has not been published yet\n",
+            ),
+            Some(Some(crl)) => respond::crl(
+                &crl,
+                &parts.headers,
+                unix_now(),
+                st.config.crl.interval.as_secs() as i64,
+            ),
         };
         return other(r, "crl");
     }
@@ -148,6 +165,7 @@ fn metrics(st: &AppState) -> Response<Body> {
         return respond::text(StatusCode::NOT_FOUND, "metrics are not enabled\n");
     };
     metrics::gauge!(telemetry::VIEW_CERTIFICATES).set(st.view.len() as f64);
+    st.crl.update_age_gauges(unix_now());
     let mut r = respond::text(StatusCode::OK, handle.render());
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -129,7 +129,10 @@ impl Event {
             return Err(DecodeError::Length);
         }
         let kind = match kind {
-            1 => EventKind::Issued { not_after: time },
+            // Canonical form only: an issuance carries reason 0, so every decoded event
+            // re-encodes to the same bytes.
+            1 if reason == 0 => EventKind::Issued { not_after: time },
+            1 => return Err(DecodeError::Field("reason")),
             2 => EventKind::Revoked {
                 time,
                 reason: RevocationReason::from_code(reason).ok_or(DecodeError::Field("reason"))?,
@@ -217,10 +220,25 @@ mod tests {
         assert_eq!(Event::decode(&b), Err(DecodeError::Kind(7)));
     }
 
+    /// Found by the `event_decode` fuzz target: an issuance with a non-zero reason octet decoded
+    /// but re-encoded differently.
+    #[test]
+    fn issuance_with_a_reason_is_rejected() {
+        let mut e = sample();
+        e.kind = EventKind::Issued { not_after: 5 };
+        let mut b = e.to_bytes();
+        let reason_at = 2 + 32 + 1 + e.serial.as_der_content().len() + 8;
+        assert_eq!(Event::decode(&b), Ok(e));
+        b[reason_at] = 220;
+        assert_eq!(Event::decode(&b), Err(DecodeError::Field("reason")));
+    }
+
     proptest! {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = Event::decode(&bytes);
+            if let Ok(e) = Event::decode(&bytes) {
+                prop_assert_eq!(e.to_bytes(), bytes);
+            }
         }
 
         #[test]

@@ -1,0 +1,107 @@
+{{/* Names, labels and the fixed paths shared by the templates. */}}
+
+{{- define "vigil.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "vigil.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The admin Service: "<fullname>-admin", within 63 characters. */}}
+{{- define "vigil.adminName" -}}
+{{- printf "%s-admin" (include "vigil.fullname" . | trunc 57 | trimSuffix "-") -}}
+{{- end -}}
+
+{{- define "vigil.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "vigil.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "vigil.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "vigil.labels" -}}
+helm.sh/chart: {{ include "vigil.chart" . }}
+{{ include "vigil.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: vigil
+{{- end -}}
+
+{{- define "vigil.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "vigil.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "vigil.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Fixed paths inside the container. They match the Dockerfile: the config under /etc/vigil,
+everything written under the volume /var/lib/vigil.
+*/}}
+{{- define "vigil.configDir" -}}/etc/vigil/config{{- end -}}
+{{- define "vigil.configFile" -}}/etc/vigil/config/vigil.toml{{- end -}}
+{{- define "vigil.dataDir" -}}/var/lib/vigil{{- end -}}
+{{- define "vigil.journalDir" -}}/var/lib/vigil/journal{{- end -}}
+{{- define "vigil.issuerDir" -}}/etc/vigil/issuers/{{ . }}{{- end -}}
+{{- define "vigil.adminTokenDir" -}}/etc/vigil/secrets/admin-token{{- end -}}
+{{- define "vigil.adminTlsDir" -}}/etc/vigil/secrets/admin-tls{{- end -}}
+{{- define "vigil.redisPasswordDir" -}}/etc/vigil/secrets/redis/{{ . }}{{- end -}}
+{{- define "vigil.redisCaDir" -}}/etc/vigil/secrets/redis-ca/{{ . }}{{- end -}}
+{{- define "vigil.hsmPinDir" -}}/etc/vigil/secrets/hsm-pin/{{ . }}{{- end -}}
+
+{{/*
+terminationGracePeriodSeconds: the preStop sleep, vigil's drain delay and shutdown timeout,
+and a margin; an explicit value below that sum fails the render.
+*/}}
+{{- define "vigil.terminationGracePeriodSeconds" -}}
+{{- $d := .Values.drain -}}
+{{- $min := add $d.preStopSleepSeconds $d.delaySeconds $d.shutdownTimeoutSeconds $d.marginSeconds -}}
+{{- if kindIs "invalid" $d.terminationGracePeriodSeconds -}}
+{{- $min -}}
+{{- else if lt (int64 $d.terminationGracePeriodSeconds) (int64 $min) -}}
+{{- fail (printf "drain.terminationGracePeriodSeconds (%d) is below preStopSleepSeconds + delaySeconds + shutdownTimeoutSeconds + marginSeconds (%d): the kubelet would kill vigil mid-drain" (int64 $d.terminationGracePeriodSeconds) (int64 $min)) -}}
+{{- else -}}
+{{- int64 $d.terminationGracePeriodSeconds -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The PIN Secret of one hsm.keys entry: its own, else hsm.pin. */}}
+{{- define "vigil.hsmPin" -}}
+{{- $own := .key.pin | default (dict) -}}
+{{- $secret := $own.existingSecret | default .root.Values.hsm.pin.existingSecret -}}
+{{- $k := $own.key | default .root.Values.hsm.pin.key -}}
+{{- $secret = required (printf "hsm.keys[%s]: set pin.existingSecret or hsm.pin.existingSecret (the Secret holding the user PIN)" .key.name) $secret -}}
+{{- dict "secret" $secret "key" $k | toJson -}}
+{{- end -}}
+
+{{/* Every Secret holding HSM PINs, with the keys used from it: {"secret": ["key", ...]}. */}}
+{{- define "vigil.hsmPinSecrets" -}}
+{{- $out := dict -}}
+{{- range .Values.hsm.keys -}}
+{{- $p := include "vigil.hsmPin" (dict "root" $ "key" .) | fromJson -}}
+{{- $keys := get $out $p.secret | default list -}}
+{{- $_ := set $out $p.secret (append $keys $p.key | uniq) -}}
+{{- end -}}
+{{- $out | toJson -}}
+{{- end -}}

@@ -1,0 +1,154 @@
+//! From the status view to CRL entries: which revoked certificates each CRL lists.
+//!
+//! - Every revoked certificate of the issuer goes to exactly one shard ([`Sharding`]).
+//! - An entry stays on the CRL until one complete CRL issued after the certificate's notAfter
+//!   has listed it (RFC 5280 §3.3 lets an entry go once the certificate expires; the CA/B Forum
+//!   Baseline Requirements want it on at least one CRL after expiry): a CRL keeps an entry
+//!   whose notAfter is not before the previous complete CRL's thisUpdate. The first CRL of a
+//!   scope (no previous one known) keeps everything.
+//! - A delta CRL (§5.2.4) lists the entries that are new or changed (a reason moved to
+//!   keyCompromise) since its base complete CRL.
+
+use super::{Entry, Sharding};
+use crate::status::view::IssuerTable;
+
+/// A revoked certificate with what retention needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// The entry as it would be listed.
+    pub entry: Entry,
+    /// notAfter, when an issuance was recorded.
+    pub not_after: Option<i64>,
+}
+
+/// The revoked certificates of `table`, by shard (one vector per shard, one when unsharded).
+pub fn revoked_by_shard(table: &IssuerTable, sharding: &Sharding) -> Vec<Vec<Candidate>> {
+    let mut out = vec![Vec::new(); sharding.scopes().len()];
+    table.for_each(|serial, record| {
+        if let Some(r) = record.revocation() {
+            let not_after = record.not_after();
+            let k = sharding.shard_of(serial, not_after) as usize;
+            if let Some(v) = out.get_mut(k) {
+                v.push(Candidate {
+                    entry: Entry {
+                        serial: *serial,
+                        time: r.time,
+                        reason: r.reason,
+                    },
+                    not_after,
+                });
+            }
+        }
+    });
+    out
+}
+
+/// The entries a complete CRL lists, given the previous complete CRL's thisUpdate.
+pub fn retained(candidates: &[Candidate], previous_this_update: Option<i64>) -> Vec<Entry> {
+    candidates
+        .iter()
+        .filter(|c| match (c.not_after, previous_this_update) {
+            (Some(na), Some(prev)) => na >= prev,
+            _ => true,
+        })
+        .map(|c| c.entry)
+        .collect()
+}
+
+/// The entries of a delta CRL: those of `current` absent from `base` or listed there
+/// differently. Both sorted by serial.
+pub fn delta(current: &[Entry], base: &[Entry]) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let mut b = base.iter().peekable();
+    for e in current {
+        while b.peek().is_some_and(|x| x.serial < e.serial) {
+            b.next();
+        }
+        match b.peek() {
+            Some(x) if x.serial == e.serial && *x == e => {}
+            _ => out.push(*e),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crl::testutil::serial;
+    use crate::crl::ShardBy;
+    use crate::status::{CertRecord, EventKind, RevocationReason};
+
+    fn revoke(t: &IssuerTable, n: u64, not_after: Option<i64>) {
+        if let Some(na) = not_after {
+            t.merge(
+                serial(n),
+                CertRecord::from_event(&EventKind::Issued { not_after: na }),
+            );
+        }
+        t.merge(
+            serial(n),
+            CertRecord::from_event(&EventKind::Revoked {
+                time: 100,
+                reason: RevocationReason::Superseded,
+            }),
+        );
+    }
+
+    #[test]
+    fn every_revoked_serial_in_exactly_one_shard() {
+        let t = IssuerTable::default();
+        for n in 1..200 {
+            revoke(&t, n, Some(1000 + n as i64 * 3600));
+        }
+        t.merge(
+            serial(999),
+            CertRecord::from_event(&EventKind::Issued { not_after: 5 }),
+        );
+        for by in [ShardBy::Serial, ShardBy::NotAfter { width: 7200 }] {
+            let s = Sharding { shards: 5, by };
+            let shards = revoked_by_shard(&t, &s);
+            assert_eq!(shards.len(), 5);
+            let mut all: Vec<_> = shards.iter().flatten().map(|c| c.entry.serial).collect();
+            all.sort();
+            let expected: Vec<_> = (1..200).map(serial).collect();
+            assert_eq!(all, expected, "{by:?}");
+        }
+    }
+
+    #[test]
+    fn expired_entries_stay_for_one_crl() {
+        let t = IssuerTable::default();
+        revoke(&t, 1, Some(1000));
+        revoke(&t, 2, Some(5000));
+        revoke(&t, 3, None);
+        let c = &revoked_by_shard(&t, &Sharding::unsharded())[0];
+        assert_eq!(retained(c, None).len(), 3);
+        // previous CRL at 900: cert 1 had not yet expired then, so it is listed once more
+        assert_eq!(retained(c, Some(900)).len(), 3);
+        // previous CRL at 1100 already listed it after its expiry: it goes
+        let mut kept: Vec<_> = retained(c, Some(1100)).iter().map(|e| e.serial).collect();
+        kept.sort();
+        assert_eq!(kept, vec![serial(2), serial(3)]);
+    }
+
+    #[test]
+    fn delta_lists_new_and_changed() {
+        let e = |n, reason| Entry {
+            serial: serial(n),
+            time: 1,
+            reason,
+        };
+        let base = [
+            e(1, RevocationReason::Superseded),
+            e(3, RevocationReason::Superseded),
+        ];
+        let current = [
+            e(1, RevocationReason::Superseded),
+            e(2, RevocationReason::Unspecified),
+            e(3, RevocationReason::KeyCompromise),
+        ];
+        assert_eq!(delta(&current, &base), vec![current[1], current[2]]);
+        assert!(delta(&base, &base).is_empty());
+    }
+}

@@ -1,0 +1,443 @@
+//! The CRL adapters around the pure [`crate::crl`] core: what each replica serves
+//! ([`catalog`]), the Redis store with its lease and fencing ([`redis_store`]), the publishing
+//! pass ([`publisher`]), and the tasks `vigil serve` runs:
+//!
+//! - **refresher** (every replica): every `crl.refresh`, asks each region's Redis for the
+//!   stored numbers, fetches any CRL newer than the one served, verifies it and serves it,
+//!   keeping a copy on disk. Without Redis it re-reads the data directory instead.
+//! - **lease** (replicas with `crl.publish` and a CRL key): takes and renews the lease of its
+//!   region every third of `crl.lease_ttl`; the lease's fencing token goes with every store.
+//! - **publisher** (while leader; always without Redis): complete CRLs every `crl.interval`,
+//!   and after a revocation (the journal tailer's notification) within `crl.publish_delay`: it
+//!   waits a quarter of the delay to gather further revocations, then publishes delta CRLs
+//!   (when enabled) or complete ones.
+
+pub mod catalog;
+pub mod publisher;
+pub mod redis_store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::config::{Config, IssuerConfig};
+use crate::crl::{CrlId, CrlIssuer};
+use crate::pki::Issuer;
+use crate::signer::{Signer, SoftwareSigner};
+use crate::status::StatusView;
+use crate::telemetry;
+use catalog::{Catalog, ServedCrl};
+use publisher::{Mode, PublishIssuer, Publisher};
+use redis_store::{Fence, Region};
+
+/// Everything CRL-related one process runs.
+pub struct CrlService {
+    /// What this replica serves.
+    pub catalog: Arc<Catalog>,
+    regions: Arc<Vec<Region>>,
+    publisher: Option<Arc<Publisher>>,
+    config: Arc<Config>,
+}
+
+/// The key that signs an issuer's CRLs. The one place a CRL signer is chosen (an HSM key
+/// plugs in here).
+pub fn crl_signer(ic: &IssuerConfig, ca: &Issuer) -> Result<Option<Arc<dyn Signer>>, String> {
+    let Some(path) = &ic.crl_key else {
+        return Ok(None);
+    };
+    let signer = SoftwareSigner::from_pem_file(path)
+        .map_err(|e| format!("issuer {}: crl_key: {e}", ic.name))?;
+    let ca_key = ca
+        .certificate
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes();
+    if signer.public_key() != ca_key {
+        return Err(format!(
+            "issuer {}: crl_key {} is not the key of the CA certificate",
+            ic.name,
+            path.display()
+        ));
+    }
+    Ok(Some(Arc::new(signer)))
+}
+
+impl CrlService {
+    /// Sets up the catalog (loading the disk copies), the regions and, when `publishing`, the
+    /// publisher for every issuer with a `crl_key`. Blocking (reads keys and files).
+    pub fn new(cfg: Arc<Config>, issuers: &[Issuer], publishing: bool) -> Result<Self, String> {
+        let mut crl_issuers = Vec::new();
+        let mut publish = Vec::new();
+        for issuer in issuers {
+            let ic = cfg
+                .issuers
+                .iter()
+                .find(|c| c.name == issuer.name)
+                .ok_or_else(|| format!("issuer {}: not configured", issuer.name))?;
+            let ci = match CrlIssuer::from_certificate(&issuer.name, &issuer.certificate) {
+                Ok(ci) => ci,
+                Err(e) if ic.crl_key.is_none() => {
+                    tracing::warn!(issuer = %issuer.name, error = %e, "no CRLs for this issuer");
+                    continue;
+                }
+                Err(e) => return Err(format!("issuer {}: {e}", issuer.name)),
+            };
+            if publishing {
+                if let Some(signer) = crl_signer(ic, issuer)? {
+                    publish.push(PublishIssuer {
+                        issuer: ci.clone(),
+                        issuer_id: issuer.hashes.id,
+                        signer,
+                    });
+                }
+            }
+            crl_issuers.push(ci);
+        }
+        let c = &cfg.crl;
+        let sharding = c.sharding();
+        let catalog = Arc::new(Catalog::new(
+            crl_issuers,
+            &sharding,
+            c.delta,
+            c.base_url.as_deref(),
+            cfg.data_dir.join("crl"),
+        ));
+        let n = catalog.load_disk();
+        if n > 0 {
+            tracing::info!(crls = n, dir = %catalog.dir().display(), "serving CRLs from the disk copies");
+        }
+        let regions = cfg
+            .regions
+            .iter()
+            .map(|r| Region::from_config(r, c.redis_timeout))
+            .collect::<Result<Vec<_>, _>>()?;
+        let regions = Arc::new(regions);
+        let publisher = (!publish.is_empty()).then(|| {
+            Arc::new(Publisher {
+                issuers: publish,
+                sharding,
+                deltas: c.delta,
+                validity: c.validity.as_secs() as i64,
+                base_url: c.base_url.clone(),
+                catalog: catalog.clone(),
+                regions: regions.clone(),
+            })
+        });
+        Ok(CrlService {
+            catalog,
+            regions,
+            publisher,
+            config: cfg,
+        })
+    }
+
+    /// Every served CRL's URL under `base`, for the start-up message.
+    pub fn urls(&self, base: &str) -> Vec<String> {
+        self.catalog
+            .ids()
+            .iter()
+            .filter(|id| !id.delta)
+            .map(|id| id.url(base))
+            .collect()
+    }
+
+    /// Starts the refresher, lease and publisher tasks. Before returning it refreshes once from
+    /// Redis and, without Redis, publishes any CRL that is due, so the first start serves CRLs.
+    pub async fn start(self: &Arc<Self>, view: Arc<StatusView>, revoked: Arc<Notify>) {
+        refresh_once(&self.catalog, &self.regions).await;
+        let (fence_tx, fence_rx) = watch::channel(None::<Fence>);
+        if let Some(publisher) = &self.publisher {
+            if self.regions.is_empty() {
+                if self.full_due_in().is_zero() {
+                    log_results(&publisher.publish(&view, Mode::Full, None).await);
+                }
+            } else if let Some(region) = self.config.lease_region() {
+                let idx = self
+                    .regions
+                    .iter()
+                    .position(|r| r.name == region.name)
+                    .unwrap_or(0);
+                tokio::spawn(run_lease(
+                    self.regions.clone(),
+                    idx,
+                    self.config.crl.lease_ttl,
+                    fence_tx,
+                ));
+            }
+            tokio::spawn(run_publisher(
+                self.clone(),
+                publisher.clone(),
+                view,
+                revoked,
+                fence_rx,
+            ));
+        }
+        tokio::spawn(run_refresher(self.clone()));
+    }
+
+    /// `vigil crl publish`: refreshes from Redis, publishes complete CRLs (and empty deltas)
+    /// once with no lease, and reports per CRL. An error when a CRL failed its lint or no
+    /// target stored it.
+    pub async fn publish_once(&self, view: Arc<StatusView>) -> Result<Vec<String>, String> {
+        let Some(publisher) = &self.publisher else {
+            return Err("no issuer has a crl_key: nothing to publish".into());
+        };
+        refresh_once(&self.catalog, &self.regions).await;
+        let results = publisher.publish(&view, Mode::Full, None).await;
+        let mut lines = Vec::new();
+        let mut failed = Vec::new();
+        for r in results {
+            match r {
+                Ok(p) => {
+                    let targets: Vec<String> = p
+                        .results
+                        .iter()
+                        .map(|(t, r)| match r {
+                            Ok(o) => format!("{t}: {}", o.label()),
+                            Err(e) => format!("{t}: error ({e})"),
+                        })
+                        .collect();
+                    if !p.stored() {
+                        failed.push(p.id.path());
+                    }
+                    lines.push(format!(
+                        "{}: CRLNumber {}, {} entries; {}",
+                        p.id.path(),
+                        p.number,
+                        p.entries,
+                        targets.join(", ")
+                    ));
+                }
+                Err(e) => {
+                    failed.push(e.clone());
+                    lines.push(e);
+                }
+            }
+        }
+        if failed.is_empty() {
+            Ok(lines)
+        } else {
+            Err(format!(
+                "{}\nnot published: {}",
+                lines.join("\n"),
+                failed.join(", ")
+            ))
+        }
+    }
+
+    /// Time until a complete CRL of a published issuer is due: zero when one is missing.
+    fn full_due_in(&self) -> Duration {
+        let Some(p) = &self.publisher else {
+            return Duration::MAX;
+        };
+        let interval = self.config.crl.interval.as_secs() as i64;
+        let now = crate::clock::unix_now();
+        let mut due = i64::MAX;
+        for pi in &p.issuers {
+            for id in CrlId::all(&pi.issuer.name, &p.sharding, false) {
+                let at = self
+                    .catalog
+                    .current(&id)
+                    .map_or(now, |c| c.this_update + interval);
+                due = due.min(at);
+            }
+        }
+        Duration::from_secs((due - now).max(0) as u64)
+    }
+}
+
+fn log_results(results: &[Result<publisher::Published, String>]) {
+    for r in results {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "CRL publishing failed");
+        }
+    }
+}
+
+/// Takes and renews the lease in `regions[idx]`; publishes the fence while held.
+async fn run_lease(
+    regions: Arc<Vec<Region>>,
+    idx: usize,
+    ttl: Duration,
+    fence: watch::Sender<Option<Fence>>,
+) {
+    let holder = holder_id();
+    let Some(region) = regions.get(idx) else {
+        return;
+    };
+    let gauge = metrics::gauge!(telemetry::CRL_LEADER, "region" => region.name.clone());
+    let mut tick = tokio::time::interval(ttl / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let held = match region.lease(&holder, ttl).await {
+            Ok(Some(token)) => Some(Fence {
+                region: region.name.clone(),
+                token,
+                lease_value: format!("{holder} {token}"),
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the CRL publisher lease");
+                None
+            }
+        };
+        let before = fence.borrow().clone();
+        if before != held {
+            match &held {
+                Some(f) => {
+                    tracing::info!(region = %f.region, token = f.token, holder = %holder, "CRL publisher lease taken")
+                }
+                None => tracing::info!(region = %region.name, "CRL publisher lease not held"),
+            }
+            gauge.set(if held.is_some() { 1.0 } else { 0.0 });
+            let _ = fence.send(held);
+        }
+    }
+}
+
+/// `pid{pid}-{random}`: unique per process, and names the process in logs.
+fn holder_id() -> String {
+    let mut b = [0u8; 6];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    format!("pid{}-{}", std::process::id(), crate::status::hex(&b))
+}
+
+async fn run_publisher(
+    svc: Arc<CrlService>,
+    publisher: Arc<Publisher>,
+    view: Arc<StatusView>,
+    revoked: Arc<Notify>,
+    mut fence: watch::Receiver<Option<Fence>>,
+) {
+    let redis_mode = !svc.regions.is_empty();
+    let cfg = &svc.config.crl;
+    let batch = cfg.publish_delay / 4;
+    let mut next_full = Instant::now() + svc.full_due_in().min(cfg.interval);
+    let mut pending: Option<Instant> = None;
+    let far = || Instant::now() + Duration::from_secs(86400 * 365);
+    loop {
+        let leader = !redis_mode || fence.borrow().is_some();
+        tokio::select! {
+            r = fence.changed(), if redis_mode => {
+                if r.is_err() {
+                    return;
+                }
+                if fence.borrow().is_some() {
+                    // A new leader publishes at once what is due (a failover, or the start).
+                    next_full = Instant::now() + svc.full_due_in().min(cfg.interval);
+                }
+            }
+            () = revoked.notified() => {
+                if pending.is_none() {
+                    pending = Some(Instant::now() + batch);
+                }
+            }
+            () = tokio::time::sleep_until(next_full) => {
+                if leader {
+                    let f = fence.borrow().clone();
+                    log_results(&publisher.publish(&view, Mode::Full, f.as_ref()).await);
+                    pending = None;
+                }
+                next_full = Instant::now() + cfg.interval;
+            }
+            () = tokio::time::sleep_until(pending.unwrap_or_else(far)), if pending.is_some() => {
+                pending = None;
+                if leader {
+                    let f = fence.borrow().clone();
+                    log_results(&publisher.publish(&view, Mode::Delta, f.as_ref()).await);
+                }
+            }
+        }
+    }
+}
+
+async fn run_refresher(svc: Arc<CrlService>) {
+    loop {
+        tokio::time::sleep(svc.config.crl.refresh).await;
+        refresh_once(&svc.catalog, &svc.regions).await;
+        svc.catalog.update_age_gauges(crate::clock::unix_now());
+    }
+}
+
+/// Brings the catalog up to the newest verified CRLs: from every region's Redis, or without
+/// Redis from the data directory.
+pub async fn refresh_once(catalog: &Arc<Catalog>, regions: &Arc<Vec<Region>>) {
+    if regions.is_empty() {
+        let c = catalog.clone();
+        let _ = tokio::task::spawn_blocking(move || c.load_disk()).await;
+        return;
+    }
+    let ids = Arc::new(catalog.ids());
+    let mut set = JoinSet::new();
+    for i in 0..regions.len() {
+        let (regions, ids) = (regions.clone(), ids.clone());
+        // i < regions.len(): the loop's range (here and below, where i comes from this set).
+        set.spawn(async move { (i, regions[i].numbers(&ids).await) });
+    }
+    // For each CRL, the regions holding a newer number than served, best first.
+    let mut offers: Vec<Vec<(u64, usize)>> = vec![Vec::new(); ids.len()];
+    while let Some(joined) = set.join_next().await {
+        let Ok((i, r)) = joined else { continue };
+        match r {
+            Ok(numbers) => {
+                for (offer, n) in offers.iter_mut().zip(numbers) {
+                    if let Some(n) = n {
+                        offer.push((n, i));
+                    }
+                }
+            }
+            Err(e) => {
+                metrics::counter!(telemetry::CRL_REFRESH_ERRORS, "source" => regions[i].name.clone())
+                    .increment(1);
+                tracing::debug!(error = %e, "CRL refresh");
+            }
+        }
+    }
+    for (id, mut offer) in ids.iter().zip(offers) {
+        let served = catalog.current(id).map_or(0, |c| c.number);
+        offer.retain(|(n, _)| *n > served);
+        offer.sort_by(|a, b| b.cmp(a));
+        for (n, i) in offer {
+            match fetch_verified(catalog, &regions[i], id, n).await {
+                Ok(()) => break,
+                Err(e) => {
+                    metrics::counter!(telemetry::CRL_REFRESH_ERRORS, "source" => regions[i].name.clone())
+                        .increment(1);
+                    tracing::warn!(crl = %id.path(), region = %regions[i].name, error = %e, "CRL refresh");
+                }
+            }
+        }
+    }
+}
+
+async fn fetch_verified(
+    catalog: &Arc<Catalog>,
+    region: &Region,
+    id: &CrlId,
+    number: u64,
+) -> Result<(), String> {
+    let Some((n, der)) = region.fetch(id).await? else {
+        return Err("vanished".into());
+    };
+    if n < number {
+        return Err(format!("number went from {number} to {n}"));
+    }
+    let (catalog, id) = (catalog.clone(), id.clone());
+    tokio::task::spawn_blocking(move || {
+        let info = catalog
+            .verify(&id, &der, Some(n))
+            .map_err(|e| format!("does not verify: {e}"))?;
+        let crl = ServedCrl::new(id, bytes::Bytes::from(der), &info);
+        catalog
+            .install(crl, true)
+            .map(|_| ())
+            .map_err(|e| format!("disk copy: {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}

@@ -1,0 +1,352 @@
+//! One publishing pass: for every issuer this node can sign CRLs for, and every scope (shard),
+//! build a CRL from the status view, lint it, and store it in every region's Redis (or the
+//! data directory when there is no Redis), then serve it locally.
+//!
+//! The numbering input ("previous") and the retention input (the previous complete CRL's
+//! thisUpdate) come from what this replica serves, which the refresher keeps in step with
+//! Redis; the stores' compare-and-set is what guarantees that numbers never go backwards.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::task::JoinSet;
+
+use super::catalog::{Catalog, Installed, ServedCrl};
+use super::redis_store::{Fence, Region, StoreOutcome};
+use crate::crl::lint::{self, Kind};
+use crate::crl::number::next_number;
+use crate::crl::select::{self, Candidate};
+use crate::crl::{CrlId, CrlIssuer, CrlSpec, Entry, Expect, Sharding};
+use crate::signer::Signer;
+use crate::status::{IssuerId, StatusView};
+use crate::telemetry;
+
+/// An issuer whose CRLs this node signs.
+pub struct PublishIssuer {
+    /// What the CRLs say about their issuer.
+    pub issuer: CrlIssuer,
+    /// Its id in the status view.
+    pub issuer_id: IssuerId,
+    /// The CA key.
+    pub signer: Arc<dyn Signer>,
+}
+
+/// Complete CRLs, or (when deltas are enabled and a complete CRL exists) delta CRLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Complete CRLs (and fresh, empty deltas against them when deltas are enabled).
+    Full,
+    /// Delta CRLs against the complete CRLs served now.
+    Delta,
+}
+
+/// The result of publishing one CRL.
+#[derive(Debug)]
+pub struct Published {
+    /// Which CRL.
+    pub id: CrlId,
+    /// Its number.
+    pub number: u64,
+    /// Entries listed.
+    pub entries: usize,
+    /// Per target (region name or `disk`): the outcome or the error.
+    pub results: Vec<(String, Result<StoreOutcome, String>)>,
+}
+
+impl Published {
+    /// True when at least one target stored it.
+    pub fn stored(&self) -> bool {
+        self.results
+            .iter()
+            .any(|(_, r)| matches!(r, Ok(StoreOutcome::Stored)))
+    }
+}
+
+/// Builds, lints and stores CRLs.
+pub struct Publisher {
+    /// Issuers this node signs for.
+    pub issuers: Vec<PublishIssuer>,
+    /// The sharding of every issuer.
+    pub sharding: Sharding,
+    /// Publish delta CRLs too.
+    pub deltas: bool,
+    /// nextUpdate − thisUpdate, seconds.
+    pub validity: i64,
+    /// Public base URL (for freshest CRL).
+    pub base_url: Option<String>,
+    /// What this replica serves.
+    pub catalog: Arc<Catalog>,
+    /// Every region's Redis (empty: the data directory is the store).
+    pub regions: Arc<Vec<Region>>,
+}
+
+impl Publisher {
+    /// One pass over every issuer and scope. Never panics; failures are in the results.
+    pub async fn publish(
+        &self,
+        view: &Arc<StatusView>,
+        mode: Mode,
+        fence: Option<&Fence>,
+    ) -> Vec<Result<Published, String>> {
+        let mut out = Vec::new();
+        for pi in &self.issuers {
+            let table = view.table(pi.issuer_id);
+            let sharding = self.sharding;
+            let candidates = match tokio::task::spawn_blocking(move || {
+                select::revoked_by_shard(&table, &sharding)
+            })
+            .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    out.push(Err(format!("{}: reading the view: {e}", pi.issuer.name)));
+                    continue;
+                }
+            };
+            for (scope, cands) in self.sharding.scopes().into_iter().zip(candidates) {
+                let full_id = CrlId {
+                    issuer: pi.issuer.name.clone(),
+                    shard: scope,
+                    delta: false,
+                };
+                let results = self
+                    .publish_scope(pi, full_id, Arc::new(cands), mode, fence)
+                    .await;
+                out.extend(results);
+            }
+        }
+        out
+    }
+
+    async fn publish_scope(
+        &self,
+        pi: &PublishIssuer,
+        full_id: CrlId,
+        cands: Arc<Vec<Candidate>>,
+        mode: Mode,
+        fence: Option<&Fence>,
+    ) -> Vec<Result<Published, String>> {
+        let prev_full = self.catalog.current(&full_id);
+        let prev_delta = if self.deltas {
+            self.catalog.current(&full_id.delta())
+        } else {
+            None
+        };
+        let previous = prev_full
+            .as_ref()
+            .map(|c| c.number)
+            .max(prev_delta.as_ref().map(|c| c.number));
+        let mut out = Vec::new();
+        match (mode, prev_full) {
+            (Mode::Delta, Some(base)) if self.deltas => {
+                let cands = cands.clone();
+                let base2 = base.clone();
+                let entries = tokio::task::spawn_blocking(move || {
+                    let base_entries = lint::read_entries(&base2.der)?;
+                    let mut current = select::retained(&cands, Some(base2.this_update));
+                    crate::crl::build::sort_entries(&mut current)
+                        .map_err(|e| lint::LintError(e.to_string()))?;
+                    Ok::<_, lint::LintError>(select::delta(&current, &base_entries))
+                })
+                .await;
+                let entries = match entries {
+                    Ok(Ok(e)) => e,
+                    Ok(Err(e)) => {
+                        out.push(Err(format!(
+                            "{}: reading the base CRL: {e}",
+                            full_id.path()
+                        )));
+                        return out;
+                    }
+                    Err(e) => {
+                        out.push(Err(format!("{}: {e}", full_id.path())));
+                        return out;
+                    }
+                };
+                out.push(
+                    self.publish_one(
+                        pi,
+                        full_id.delta(),
+                        entries,
+                        Some(base.number),
+                        previous,
+                        fence,
+                    )
+                    .await,
+                );
+            }
+            (_, prev_full) => {
+                let entries = select::retained(&cands, prev_full.map(|c| c.this_update));
+                let full = self
+                    .publish_one(pi, full_id.clone(), entries, None, previous, fence)
+                    .await;
+                let base = match &full {
+                    Ok(p) if p.stored() => Some(p.number),
+                    _ => None,
+                };
+                out.push(full);
+                if let (true, Some(base)) = (self.deltas, base) {
+                    out.push(
+                        self.publish_one(
+                            pi,
+                            full_id.delta(),
+                            Vec::new(),
+                            Some(base),
+                            Some(base),
+                            fence,
+                        )
+                        .await,
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Builds, signs and lints one CRL off the reactor, then stores it.
+    async fn publish_one(
+        &self,
+        pi: &PublishIssuer,
+        id: CrlId,
+        mut entries: Vec<Entry>,
+        delta_base: Option<u64>,
+        previous: Option<u64>,
+        fence: Option<&Fence>,
+    ) -> Result<Published, String> {
+        let name = pi.issuer.name.clone();
+        let now_ms = crate::clock::unix_now_ms();
+        let now = now_ms.div_euclid(1000);
+        let number = next_number(now_ms, previous);
+        let idp_uri = self.catalog.idp_uri(&id).map(str::to_owned);
+        let freshest_uri = match (&self.base_url, self.deltas && !id.delta) {
+            (Some(b), true) => Some(id.delta().url(b)),
+            _ => None,
+        };
+        let issuer = pi.issuer.clone();
+        let signer = pi.signer.clone();
+        let validity = self.validity;
+        let started = Instant::now();
+        let built = tokio::task::spawn_blocking(move || {
+            let spec = CrlSpec {
+                number,
+                this_update: now,
+                next_update: now + validity,
+                idp_uri: idp_uri.as_deref(),
+                delta_base,
+                freshest_uri: freshest_uri.as_deref(),
+            };
+            let der = crate::crl::build(&issuer, &spec, &mut entries, signer.as_ref())?;
+            let info = crate::crl::lint(
+                &der,
+                &issuer,
+                &Expect {
+                    kind: match delta_base {
+                        Some(b) => Kind::Delta(Some(b)),
+                        None => Kind::Full,
+                    },
+                    number: Some(number),
+                    previous,
+                    idp_uri: idp_uri.as_deref(),
+                    now: Some(now),
+                },
+            )?;
+            Ok::<_, crate::crl::CrlError>((der, info))
+        })
+        .await
+        .map_err(|e| format!("{}: build task: {e}", id.path()))?;
+        metrics::histogram!(telemetry::CRL_BUILD_LATENCY, "issuer" => name.clone())
+            .record(started.elapsed().as_secs_f64());
+        let (der, info) = match built {
+            Ok(x) => x,
+            Err(e) => {
+                metrics::counter!(telemetry::CRL_PUBLISH, "issuer" => name.clone(), "target" => "none", "result" => "lint_failed")
+                    .increment(1);
+                tracing::error!(crl = %id.path(), error = %e, "CRL not published");
+                return Err(format!("{}: {e}", id.path()));
+            }
+        };
+        let der = Bytes::from(der);
+        let results = self.store(&id, &der, &info, fence).await;
+        for (target, r) in &results {
+            let result = match r {
+                Ok(o) => o.label(),
+                Err(_) => "error",
+            };
+            metrics::counter!(telemetry::CRL_PUBLISH, "issuer" => name.clone(), "target" => target.clone(), "result" => result)
+                .increment(1);
+            match r {
+                Ok(StoreOutcome::Stored) => {
+                    tracing::info!(crl = %id.path(), number, target = %target, entries = info.entries, "CRL stored")
+                }
+                Ok(o) => {
+                    tracing::info!(crl = %id.path(), number, target = %target, outcome = ?o, "CRL not stored")
+                }
+                Err(e) => {
+                    tracing::warn!(crl = %id.path(), number, target = %target, error = %e, "CRL store failed")
+                }
+            }
+        }
+        Ok(Published {
+            id,
+            number,
+            entries: info.entries,
+            results,
+        })
+    }
+
+    async fn store(
+        &self,
+        id: &CrlId,
+        der: &Bytes,
+        info: &crate::crl::CrlInfo,
+        fence: Option<&Fence>,
+    ) -> Vec<(String, Result<StoreOutcome, String>)> {
+        let mut results = Vec::new();
+        if !self.regions.is_empty() {
+            let mut set = JoinSet::new();
+            for i in 0..self.regions.len() {
+                let regions = self.regions.clone();
+                let (id, der, fence) = (id.clone(), der.clone(), fence.cloned());
+                let (number, this_update, base) = (info.number, info.this_update, info.delta_base);
+                set.spawn(async move {
+                    // i < regions.len(): the loop's range.
+                    let r = &regions[i];
+                    let out = r
+                        .store(&id, der, number, this_update, base, fence.as_ref())
+                        .await;
+                    (r.name.clone(), out)
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                match r {
+                    Ok(x) => results.push(x),
+                    Err(e) => results.push(("?".into(), Err(e.to_string()))),
+                }
+            }
+            results.sort_by(|a, b| a.0.cmp(&b.0));
+            if !results
+                .iter()
+                .any(|(_, r)| matches!(r, Ok(StoreOutcome::Stored)))
+            {
+                return results;
+            }
+        }
+        // Serve it here (and keep the disk copy, which is the store without Redis).
+        let catalog = self.catalog.clone();
+        let crl = ServedCrl::new(id.clone(), der.clone(), info);
+        let disk = tokio::task::spawn_blocking(move || catalog.install(crl, true)).await;
+        let disk = match disk {
+            Ok(Ok(Installed::Newer)) => Ok(StoreOutcome::Stored),
+            Ok(Ok(Installed::NotNewer)) => Ok(StoreOutcome::Stale(String::new())),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if self.regions.is_empty() {
+            results.push(("disk".into(), disk));
+        } else if let Err(e) = disk {
+            tracing::warn!(crl = %id.path(), error = %e, "writing the local CRL copy");
+        }
+        results
+    }
+}

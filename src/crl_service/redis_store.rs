@@ -1,0 +1,318 @@
+//! CRLs in a region's Redis, the publisher lease, and fencing.
+//!
+//! Keys (one Redis per region; the same layout in each):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `vigil:crl:doc:{path}` | hash | `number`, `der`, `this_update` of the CRL at `/crl/{path}` |
+//! | `vigil:crl:seq:{scope}` | string | highest CRLNumber stored for the scope (complete and delta CRLs share it, RFC 5280 §5.2.4) |
+//! | `vigil:crl:lease` | string | `"{holder} {token}"`, with a TTL: the region's publisher lease |
+//! | `vigil:crl:lease:token` | string | fencing-token counter, incremented on each new lease |
+//! | `vigil:crl:fence` | hash | region name → highest fencing token that stored a CRL here |
+//!
+//! Storing is one Lua script, so the checks and the write are atomic: a CRL is stored only if
+//! its number exceeds the scope's sequence (an older CRL never replaces a newer one), its
+//! fencing token is not below the highest seen from its region (a leader paused past its
+//! lease cannot write after its successor has), in its own region the lease still names it,
+//! and a delta CRL's base is the complete CRL stored here. Numbers are compared as decimal
+//! strings (length, then bytes), since Lua numbers are doubles.
+
+use std::future::Future;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{RedisResult, Script};
+
+use crate::crl::CrlId;
+
+static STORE: LazyLock<Script> = LazyLock::new(|| Script::new(STORE_SCRIPT));
+static LEASE: LazyLock<Script> = LazyLock::new(|| Script::new(LEASE_SCRIPT));
+
+const STORE_SCRIPT: &str = r"
+local function gt(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+if ARGV[5] ~= '' then
+  if ARGV[6] ~= '' then
+    local lease = redis.call('GET', KEYS[4])
+    if lease ~= ARGV[6] then return {'not_leader', lease or ''} end
+  end
+  local seen = redis.call('HGET', KEYS[3], ARGV[4])
+  if seen and gt(seen, ARGV[5]) then return {'fenced', seen} end
+  redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
+end
+local seq = redis.call('GET', KEYS[2])
+if seq and not gt(ARGV[1], seq) then return {'stale', seq} end
+if ARGV[7] ~= '' then
+  local full = redis.call('HGET', KEYS[5], 'number')
+  if full ~= ARGV[7] then return {'base_mismatch', full or ''} end
+end
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'number', ARGV[1], 'der', ARGV[2], 'this_update', ARGV[3])
+return {'stored', ARGV[1]}
+";
+
+const LEASE_SCRIPT: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local sp = string.find(cur, ' ', 1, true)
+  if sp and string.sub(cur, 1, sp - 1) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return string.sub(cur, sp + 1)
+  end
+  return false
+end
+local t = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. t, 'PX', ARGV[2])
+return tostring(t)
+";
+
+const LEASE_KEY: &str = "vigil:crl:lease";
+const LEASE_TOKEN_KEY: &str = "vigil:crl:lease:token";
+const FENCE_KEY: &str = "vigil:crl:fence";
+
+fn doc_key(id: &CrlId) -> String {
+    format!("vigil:crl:doc:{}", id.path())
+}
+
+fn seq_key(id: &CrlId) -> String {
+    format!("vigil:crl:seq:{}", id.scope())
+}
+
+/// A publisher's right to store: the lease region, the fencing token, and (checked only in the
+/// lease region) the lease value that must still be current.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The region whose lease was taken.
+    pub region: String,
+    /// Its fencing token.
+    pub token: u64,
+    /// The lease value, `"{holder} {token}"`.
+    pub lease_value: String,
+}
+
+/// What a store attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// Stored.
+    Stored,
+    /// The scope already has this number or a higher one.
+    Stale(String),
+    /// A newer leader of the same region has stored here.
+    Fenced(String),
+    /// The lease region's lease names someone else.
+    NotLeader,
+    /// The delta's base is not the complete CRL stored here.
+    BaseMismatch,
+}
+
+impl StoreOutcome {
+    /// Metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Stored => "stored",
+            Self::Stale(_) => "stale",
+            Self::Fenced(_) => "fenced",
+            Self::NotLeader => "not_leader",
+            Self::BaseMismatch => "base_mismatch",
+        }
+    }
+}
+
+/// One region's Redis.
+pub struct Region {
+    /// Region name.
+    pub name: String,
+    // How to reach it (a server or a Sentinel group, TLS, credentials): shared with the feed.
+    link: crate::feed::region::Region,
+    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    timeout: Duration,
+}
+
+impl Region {
+    /// A region reached directly at `url` (no credentials, system TLS roots).
+    pub fn new(name: &str, url: &str, timeout: Duration) -> Result<Self, String> {
+        let cfg = crate::config::RegionConfig {
+            name: name.to_owned(),
+            redis: Some(url.to_owned()),
+            sentinels: Vec::new(),
+            service: None,
+            sentinel_server_tls: false,
+            db: 0,
+            username: None,
+            password_file: None,
+            ca_file: None,
+            client_certificate: None,
+            client_key: None,
+        };
+        Self::from_config(&cfg, timeout)
+    }
+
+    /// A region as configured (validated by the config): a server or a Sentinel group, with
+    /// its credentials and TLS settings.
+    pub fn from_config(
+        cfg: &crate::config::RegionConfig,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let opts = crate::feed::region::LinkOptions {
+            connect_timeout: timeout,
+            write_timeout: timeout,
+            key_prefix: String::new(),
+        };
+        let link = crate::feed::region::Region::new(cfg, &opts)
+            .map_err(|e| format!("region {}: {e}", cfg.name))?;
+        Ok(Region {
+            name: cfg.name.clone(),
+            link,
+            conn: tokio::sync::Mutex::new(None),
+            timeout,
+        })
+    }
+
+    /// Runs `op` on a (re)connected connection within the timeout; any failure drops the
+    /// connection so the next call reconnects.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, String>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let conn = {
+            let mut guard = self.conn.lock().await;
+            match guard.as_ref() {
+                Some(c) => c.clone(),
+                None => {
+                    let c =
+                        tokio::time::timeout(self.timeout, self.link.connect(Some(self.timeout)))
+                            .await
+                            .map_err(|_| format!("region {}: connecting timed out", self.name))?
+                            .map_err(|e| format!("region {}: connecting: {e}", self.name))?;
+                    *guard = Some(c.clone());
+                    c
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, op(conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                *self.conn.lock().await = None;
+                Err(format!("region {}: {e}", self.name))
+            }
+            Err(_) => {
+                *self.conn.lock().await = None;
+                Err(format!("region {}: timed out", self.name))
+            }
+        }
+    }
+
+    /// Takes or renews the lease for `holder`; `Some(token)` while held.
+    pub async fn lease(&self, holder: &str, ttl: Duration) -> Result<Option<u64>, String> {
+        let ttl_ms = ttl.as_millis() as u64;
+        let holder = holder.to_owned();
+        let token: Option<String> = self
+            .run(|mut c| async move {
+                LEASE
+                    .key(LEASE_KEY)
+                    .key(LEASE_TOKEN_KEY)
+                    .arg(holder)
+                    .arg(ttl_ms)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(token.and_then(|t| t.parse().ok()))
+    }
+
+    /// Stores a CRL with compare-and-set on its number (and the fence, when given).
+    pub async fn store(
+        &self,
+        id: &CrlId,
+        der: bytes::Bytes,
+        number: u64,
+        this_update: i64,
+        delta_base: Option<u64>,
+        fence: Option<&Fence>,
+    ) -> Result<StoreOutcome, String> {
+        let (fence_region, token, lease_value) = match fence {
+            Some(f) => (
+                f.region.clone(),
+                f.token.to_string(),
+                if f.region == self.name {
+                    f.lease_value.clone()
+                } else {
+                    String::new()
+                },
+            ),
+            None => (String::new(), String::new(), String::new()),
+        };
+        let doc = doc_key(id);
+        let seq = seq_key(id);
+        let full = doc_key(&id.full());
+        let base = delta_base.map(|b| b.to_string()).unwrap_or_default();
+        let (outcome, detail): (String, String) = self
+            .run(|mut c| async move {
+                STORE
+                    .key(doc)
+                    .key(seq)
+                    .key(FENCE_KEY)
+                    .key(LEASE_KEY)
+                    .key(full)
+                    .arg(number.to_string())
+                    .arg(&der[..])
+                    .arg(this_update)
+                    .arg(fence_region)
+                    .arg(token)
+                    .arg(lease_value)
+                    .arg(base)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(match outcome.as_str() {
+            "stored" => StoreOutcome::Stored,
+            "stale" => StoreOutcome::Stale(detail),
+            "fenced" => StoreOutcome::Fenced(detail),
+            "not_leader" => StoreOutcome::NotLeader,
+            "base_mismatch" => StoreOutcome::BaseMismatch,
+            other => return Err(format!("region {}: unexpected reply {other:?}", self.name)),
+        })
+    }
+
+    /// The stored number of each CRL (one round trip).
+    pub async fn numbers(&self, ids: &[CrlId]) -> Result<Vec<Option<u64>>, String> {
+        let keys: Vec<String> = ids.iter().map(doc_key).collect();
+        let raw: Vec<Option<String>> = self
+            .run(|mut c| async move {
+                let mut p = redis::pipe();
+                for k in &keys {
+                    p.hget(k, "number");
+                }
+                p.query_async(&mut c).await
+            })
+            .await?;
+        Ok(raw
+            .into_iter()
+            .map(|v| v.and_then(|s| s.parse().ok()))
+            .collect())
+    }
+
+    /// The stored CRL of `id`: its number and DER.
+    pub async fn fetch(&self, id: &CrlId) -> Result<Option<(u64, Vec<u8>)>, String> {
+        let key = doc_key(id);
+        let (number, der): (Option<String>, Option<Vec<u8>>) = self
+            .run(|mut c| async move {
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg("number")
+                    .arg("der")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(match (number.and_then(|n| n.parse().ok()), der) {
+            (Some(n), Some(d)) => Some((n, d)),
+            _ => None,
+        })
+    }
+}

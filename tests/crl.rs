@@ -1,0 +1,1026 @@
+//! CRLs end to end, against the real `vigil` binary, real `redis-server` processes and
+//! `openssl crl`.
+//!
+//! - the embedded default publishes and serves the demo CA's CRL, with caching headers, 304s
+//!   and 404s for path tricks;
+//! - sharded CRLs (with deltas) carry the right IDP and together list every revoked serial
+//!   exactly once, with the view's reasons; a revocation reaches the shard's delta CRL;
+//! - the Redis store's compare-and-set and fencing refuse what they must;
+//! - two regions with competing publishers, the leader of one SIGSTOPped past its lease:
+//!   numbers never go backwards in either Redis nor on any replica; a revocation is served by
+//!   every replica within the publish delay plus one refresh; with both Redis killed the
+//!   replicas keep serving, and a restarted replica serves its disk copy.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a panic is a failure
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
+
+// === processes ===
+
+/// A child process killed on drop.
+struct Proc {
+    child: Child,
+    lines: Option<mpsc::Receiver<String>>,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a stdout line starting with `prefix`.
+    fn line(&mut self, prefix: &str, within: Duration) -> String {
+        let rx = self.lines.as_ref().expect("stdout piped");
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("no stdout line starting with {prefix:?} within {within:?}"),
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {}", self.pid());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(mut cmd: Command, log: &Path) -> Proc {
+    let err = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(err))
+        .spawn()
+        .expect("spawn");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    Proc {
+        child,
+        lines: Some(rx),
+    }
+}
+
+fn vigil_cmd(config: Option<&Path>) -> Command {
+    let mut c = Command::new(VIGIL);
+    c.env_remove("VIGIL_CONFIG")
+        .env_remove("VIGIL_LISTEN")
+        .env_remove("VIGIL_DATA_DIR")
+        .env("VIGIL_LOG", "info");
+    if let Some(p) = config {
+        c.arg("--config").arg(p);
+    }
+    c
+}
+
+/// Runs a one-shot vigil command; returns stdout, panicking with stderr on failure.
+fn vigil_run(config: &Path, args: &[&str]) -> String {
+    let out = vigil_cmd(Some(config))
+        .args(args)
+        .output()
+        .expect("run vigil");
+    assert!(
+        out.status.success(),
+        "vigil {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts `vigil serve` and waits for its URL.
+fn serve(config: Option<&Path>, cwd: &Path, log: &Path) -> (Proc, String) {
+    let mut cmd = vigil_cmd(config);
+    cmd.arg("serve").current_dir(cwd);
+    if config.is_none() {
+        cmd.env("VIGIL_LISTEN", "127.0.0.1:0");
+    }
+    let mut p = spawn(cmd, log);
+    let line = p.line("vigil listening on ", Duration::from_secs(30));
+    let base = line
+        .trim_start_matches("vigil listening on ")
+        .split('/')
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("/");
+    (p, base)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+struct Redis {
+    proc: Option<Proc>,
+    port: u16,
+}
+
+impl Redis {
+    fn start(dir: &Path) -> Redis {
+        let port = free_port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .current_dir(dir);
+        let proc = spawn(cmd, &dir.join(format!("redis-{port}.log")));
+        let r = Redis {
+            proc: Some(proc),
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.cli(&["PING"]) != "PONG" {
+            assert!(Instant::now() < deadline, "redis on {port} did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        self.proc = None;
+    }
+}
+
+// === HTTP ===
+
+struct Resp {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(String::as_str).unwrap_or("")
+    }
+}
+
+/// A minimal HTTP/1.1 GET (or other method) over a fresh connection.
+fn request(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Resp> {
+    let addr = base.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("Content-Length: 0\r\n\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(Resp {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    })
+}
+
+fn get(base: &str, path: &str) -> Resp {
+    request(base, "GET", path, &[]).expect("GET")
+}
+
+// === openssl ===
+
+/// Verifies a DER CRL with `openssl crl -CAfile`, returning its `-text` dump.
+fn openssl_verify(der: &[u8], ca: &Path, dir: &Path) -> String {
+    let f = dir.join(format!("check-{}.crl", std::process::id()));
+    std::fs::write(&f, der).expect("write crl");
+    let v = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-noout", "-in"])
+        .arg(&f)
+        .arg("-CAfile")
+        .arg(ca)
+        .output()
+        .expect("openssl");
+    let msg = String::from_utf8_lossy(&v.stderr).into_owned() + &String::from_utf8_lossy(&v.stdout);
+    assert!(
+        v.status.success() && msg.contains("verify OK"),
+        "openssl: {msg}"
+    );
+    let t = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
+        .arg(&f)
+        .output()
+        .expect("openssl");
+    assert!(t.status.success());
+    String::from_utf8_lossy(&t.stdout).into_owned()
+}
+
+/// Serial (upper-case hex, no leading zeros) → reason as OpenSSL prints it ("" when absent).
+fn revoked_in_text(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<String> = None;
+    let mut lines = text.lines();
+    while let Some(l) = lines.next() {
+        let t = l.trim();
+        if let Some(s) = t.strip_prefix("Serial Number: ") {
+            let s = norm_serial(s);
+            assert!(
+                out.insert(s.clone(), String::new()).is_none(),
+                "{s} listed twice"
+            );
+            current = Some(s);
+        } else if t == "X509v3 CRL Reason Code:" {
+            let reason = lines.next().unwrap_or("").trim().to_owned();
+            if let Some(s) = &current {
+                out.insert(s.clone(), reason);
+            }
+        }
+    }
+    out
+}
+
+fn norm_serial(s: &str) -> String {
+    let s = s.trim().replace(':', "").to_ascii_uppercase();
+    let t = s.trim_start_matches('0');
+    if t.is_empty() {
+        "0".into()
+    } else {
+        t.into()
+    }
+}
+
+fn openssl_reason(name: &str) -> &'static str {
+    match name {
+        "keyCompromise" => "Key Compromise",
+        "cACompromise" => "CA Compromise",
+        "affiliationChanged" => "Affiliation Changed",
+        "superseded" => "Superseded",
+        "cessationOfOperation" => "Cessation Of Operation",
+        "privilegeWithdrawn" => "Privilege Withdrawn",
+        _ => "",
+    }
+}
+
+fn cert_serial(pem: &Path) -> String {
+    let o = Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(pem)
+        .output()
+        .expect("openssl x509");
+    norm_serial(
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .trim_start_matches("serial="),
+    )
+}
+
+fn crl_number(der: &[u8]) -> u64 {
+    vigil::crl::lint::number_of(der).expect("CRL number")
+}
+
+// === set-up ===
+
+/// A temporary directory, kept (and named on stderr) when `VIGIL_TEST_KEEP` is set.
+fn tmpdir() -> tempfile::TempDir {
+    let mut t = tempfile::tempdir().expect("tmp");
+    if std::env::var_os("VIGIL_TEST_KEEP").is_some() {
+        t.disable_cleanup(true);
+        eprintln!("keeping {}", t.path().display());
+    }
+    t
+}
+
+/// The demo PKI (made by the embedded default's `check-config`) in `dir/pki`.
+fn demo_pki(dir: &Path) -> PathBuf {
+    let pki = dir.join("pki");
+    let out = vigil_cmd(None)
+        .arg("check-config")
+        .env("VIGIL_DATA_DIR", &pki)
+        .output()
+        .expect("check-config");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pki
+}
+
+fn issuer_toml(pki: &Path) -> String {
+    let p = pki.display();
+    format!(
+        "[[issuer]]\nname = \"demo\"\ncertificate = \"{p}/ca.pem\"\n\
+         responder_certificate = \"{p}/responder.pem\"\nresponder_key = \"{p}/responder.key\"\n\
+         crl_key = \"{p}/ca.key\"\n"
+    )
+}
+
+fn write_config(path: &Path, text: &str) -> PathBuf {
+    std::fs::write(path, text).expect("write config");
+    path.to_path_buf()
+}
+
+// === tests ===
+
+#[test]
+fn embedded_default_serves_the_demo_crl() {
+    let tmp = tmpdir();
+    let dir = tmp.path();
+    let (mut p, base) = serve(None, dir, &dir.join("vigil.log"));
+    let crls = p.line("CRLs: ", Duration::from_secs(5));
+    let url = crls.trim_start_matches("CRLs: ").trim();
+    assert_eq!(url, format!("{base}/crl/demo.crl"));
+    let data = dir.join("vigil-data");
+
+    let r = get(&base, "/crl/demo.crl");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), "application/pkix-crl");
+    let text = openssl_verify(&r.body, &data.join("ca.pem"), dir);
+    let revoked = revoked_in_text(&text);
+    let expected: BTreeMap<String, String> = [(
+        cert_serial(&data.join("certs/revoked-1.pem")),
+        "Key Compromise".to_owned(),
+    )]
+    .into();
+    assert_eq!(revoked, expected);
+    assert!(text.contains("Version 2"), "{text}");
+    assert!(text.contains("X509v3 CRL Number"), "{text}");
+    assert!(text.contains("X509v3 Authority Key Identifier"), "{text}");
+
+    // caching headers
+    let etag = r.header("etag").to_owned();
+    let last_modified = r.header("last-modified").to_owned();
+    assert!(etag.starts_with('"'), "{etag}");
+    assert!(!r.header("expires").is_empty());
+    let cc = r.header("cache-control");
+    let max_age: i64 = cc
+        .split(',')
+        .find_map(|p| p.trim().strip_prefix("max-age="))
+        .and_then(|v| v.parse().ok())
+        .expect("max-age");
+    assert!((0..=3600).contains(&max_age), "{cc}");
+    for h in [
+        ("If-None-Match", etag.as_str()),
+        ("If-Modified-Since", last_modified.as_str()),
+    ] {
+        let r = request(&base, "GET", "/crl/demo.crl", &[h]).expect("conditional");
+        assert_eq!(r.status, 304, "{h:?}");
+        assert!(r.body.is_empty());
+        assert_eq!(r.header("etag"), etag);
+    }
+    let old = request(
+        &base,
+        "GET",
+        "/crl/demo.crl",
+        &[("If-Modified-Since", "Mon, 01 Jan 2001 00:00:00 GMT")],
+    )
+    .expect("ims");
+    assert_eq!(old.status, 200);
+    let stale_tag = request(
+        &base,
+        "GET",
+        "/crl/demo.crl",
+        &[("If-None-Match", "\"0-0\"")],
+    )
+    .expect("inm");
+    assert_eq!(stale_tag.status, 200);
+    let head = request(&base, "HEAD", "/crl/demo.crl", &[]).expect("head");
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+
+    // unknown CRLs and path tricks
+    for path in [
+        "/crl",
+        "/crl/",
+        "/crl/nobody.crl",
+        "/crl/demo",
+        "/crl/demo/0.crl",
+        "/crl/demo.delta.crl",
+        "/crl/demo.crl/",
+        "/crl//demo.crl",
+        "/crl/./demo.crl",
+        "/crl/x/../demo.crl",
+        "/crl/%2E%2E/crl/demo.crl",
+        "/crl/demo%2Ecrl",
+        "/crl/demo%2F0.crl",
+        "/crl/..%2Fvigil-data%2Fca.key",
+        "/crl/../vigil-data/ca.key",
+    ] {
+        let r = get(&base, path);
+        assert_eq!(r.status, 404, "{path}");
+    }
+    assert_eq!(
+        request(&base, "POST", "/crl/demo.crl", &[])
+            .expect("post")
+            .status,
+        405
+    );
+
+    // the number is what was written to disk, and a restart serves the same CRL
+    let disk = std::fs::read(data.join("crl/demo.crl")).expect("disk copy");
+    assert_eq!(disk, r.body);
+    drop(p);
+    let (_p2, base2) = serve(None, dir, &dir.join("vigil2.log"));
+    let again = get(&base2, "/crl/demo.crl");
+    assert_eq!(again.status, 200);
+    assert_eq!(
+        again.body, r.body,
+        "a restart within the interval republishes nothing"
+    );
+}
+
+#[test]
+fn sharded_crls_list_every_revocation_once_with_the_right_idp() {
+    let tmp = tmpdir();
+    let dir = tmp.path();
+    let pki = demo_pki(dir);
+    let port = free_port();
+    let base_url = format!("http://127.0.0.1:{port}");
+    let shards = 4u16;
+    let config = write_config(
+        &dir.join("vigil.toml"),
+        &format!(
+            "data_dir = \"{d}/node\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
+             [status]\njournal = \"{p}/journal.vj\"\njournal_poll = \"50ms\"\n\
+             [crl]\nshards = {shards}\ndelta = true\nbase_url = \"{base_url}\"\n\
+             publish_delay = \"400ms\"\nrefresh = \"200ms\"\n{issuer}",
+            d = dir.display(),
+            p = pki.display(),
+            issuer = issuer_toml(&pki),
+        ),
+    );
+
+    // 240 certificates, every third revoked, with assorted reasons (unspecified included)
+    let reasons = [
+        "",
+        "keyCompromise",
+        "superseded",
+        "cessationOfOperation",
+        "affiliationChanged",
+    ];
+    let mut index = String::new();
+    let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    for n in 1..=240u64 {
+        let serial = format!(
+            "{:016X}",
+            n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 1 | 1 << 56
+        );
+        if n % 3 == 0 {
+            let reason = reasons[(n as usize / 3) % reasons.len()];
+            let rev = if reason.is_empty() {
+                "250101000000Z".to_owned()
+            } else {
+                format!("250101000000Z,{reason}")
+            };
+            index.push_str(&format!(
+                "R\t301231235959Z\t{rev}\t{serial}\tunknown\t/CN=c{n}\n"
+            ));
+            expected.insert(norm_serial(&serial), openssl_reason(reason).to_owned());
+        } else {
+            index.push_str(&format!(
+                "V\t301231235959Z\t\t{serial}\tunknown\t/CN=c{n}\n"
+            ));
+        }
+    }
+    expected.insert(
+        cert_serial(&pki.join("certs/revoked-1.pem")),
+        "Key Compromise".to_owned(),
+    );
+    std::fs::write(dir.join("index.txt"), index).expect("index");
+    let idx = dir.join("index.txt");
+    vigil_run(
+        &config,
+        &[
+            "import",
+            "--openssl-index",
+            &idx.display().to_string(),
+            "--issuer",
+            "demo",
+        ],
+    );
+
+    // one-shot publish, then serve what it wrote
+    let out = vigil_run(&config, &["crl", "publish"]);
+    assert_eq!(out.lines().count(), 2 * shards as usize, "{out}");
+    assert!(out.lines().all(|l| l.contains("disk: stored")), "{out}");
+    let (_p, base) = serve(Some(&config), dir, &dir.join("vigil.log"));
+    assert_eq!(base, base_url);
+
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut full_numbers = Vec::new();
+    for k in 0..shards {
+        let path = format!("/crl/demo/{k}.crl");
+        let r = get(&base, &path);
+        assert_eq!(r.status, 200, "{path}");
+        let text = openssl_verify(&r.body, &pki.join("ca.pem"), dir);
+        assert!(
+            text.contains("X509v3 Issuing Distribution Point: critical"),
+            "{text}"
+        );
+        let uri_lines: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("URI:"))
+            .collect();
+        assert_eq!(
+            uri_lines,
+            [
+                format!("{base_url}{path}"),
+                format!("{base_url}/crl/demo/{k}.delta.crl")
+            ],
+            "IDP, then freshest CRL"
+        );
+        for (s, reason) in revoked_in_text(&text) {
+            assert!(
+                seen.insert(s.clone(), reason).is_none(),
+                "{s} in two shards"
+            );
+        }
+        full_numbers.push(crl_number(&r.body));
+
+        let d = get(&base, &format!("/crl/demo/{k}.delta.crl"));
+        assert_eq!(d.status, 200);
+        let dtext = openssl_verify(&d.body, &pki.join("ca.pem"), dir);
+        assert!(
+            dtext.contains("X509v3 Delta CRL Indicator: critical"),
+            "{dtext}"
+        );
+        assert!(
+            dtext.contains(&full_numbers[k as usize].to_string()),
+            "{dtext}"
+        );
+        assert!(dtext.contains(&format!("URI:{base_url}{path}")), "{dtext}");
+        assert!(dtext.contains("No Revoked Certificates"), "{dtext}");
+    }
+    assert_eq!(
+        seen, expected,
+        "the shards together list exactly the view's revocations"
+    );
+    let status = vigil_run(&config, &["status", "--issuer", "demo"]);
+    assert!(
+        status.contains(&format!("{} revoked", expected.len())),
+        "{status}"
+    );
+    assert_eq!(get(&base, "/crl/demo.crl").status, 404, "no unsharded CRL");
+    assert_eq!(get(&base, &format!("/crl/demo/{shards}.crl")).status, 404);
+
+    // a revocation reaches its shard's delta CRL within the publish delay
+    let good = pki.join("certs/good-1.pem");
+    let serial = cert_serial(&good);
+    vigil_run(
+        &config,
+        &[
+            "revoke",
+            "--issuer",
+            "demo",
+            "--cert",
+            &good.display().to_string(),
+            "--reason",
+            "superseded",
+        ],
+    );
+    let started = Instant::now();
+    let found = loop {
+        let hit = (0..shards).find_map(|k| {
+            let d = get(&base, &format!("/crl/demo/{k}.delta.crl"));
+            let text = openssl_verify(&d.body, &pki.join("ca.pem"), dir);
+            let r = revoked_in_text(&text);
+            r.get(&serial).map(|reason| (k, reason.clone(), text))
+        });
+        if let Some(h) = hit {
+            break h;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "delta never listed {serial}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(found.1, "Superseded");
+    assert!(
+        found
+            .2
+            .contains(&full_numbers[found.0 as usize].to_string()),
+        "delta against the served complete CRL"
+    );
+}
+
+#[test]
+fn redis_store_refuses_stale_numbers_and_fenced_leaders() {
+    use vigil::crl::CrlId;
+    use vigil::crl_service::redis_store::{Fence, Region, StoreOutcome};
+    let tmp = tmpdir();
+    let redis = Redis::start(tmp.path());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let a = Region::new("a", &redis.url(), Duration::from_secs(2)).expect("region");
+        let id = CrlId {
+            issuer: "t".into(),
+            shard: None,
+            delta: false,
+        };
+        let der = bytes::Bytes::from_static(b"not really a CRL");
+        let t1 = a
+            .lease("one", Duration::from_secs(1))
+            .await
+            .expect("lease")
+            .expect("held");
+        assert_eq!(
+            a.lease("two", Duration::from_secs(1)).await.expect("lease"),
+            None
+        );
+        assert_eq!(
+            a.lease("one", Duration::from_secs(1)).await.expect("renew"),
+            Some(t1)
+        );
+        let one = Fence {
+            region: "a".into(),
+            token: t1,
+            lease_value: format!("one {t1}"),
+        };
+        let store = |n: u64, f: Option<Fence>| {
+            let (a, id, der) = (&a, id.clone(), der.clone());
+            async move {
+                a.store(&id, der, n, 0, None, f.as_ref())
+                    .await
+                    .expect("store")
+            }
+        };
+        assert_eq!(store(100, Some(one.clone())).await, StoreOutcome::Stored);
+        assert!(matches!(store(100, None).await, StoreOutcome::Stale(_)));
+        assert!(matches!(
+            store(99, Some(one.clone())).await,
+            StoreOutcome::Stale(_)
+        ));
+        // a numeric comparison, not a string one: 1000 > 999 although "1000" < "999"
+        assert_eq!(store(999, None).await, StoreOutcome::Stored);
+        assert_eq!(store(1000, None).await, StoreOutcome::Stored);
+
+        // "one" pauses past its lease; "two" takes it and stores
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let t2 = a
+            .lease("two", Duration::from_secs(5))
+            .await
+            .expect("lease")
+            .expect("held");
+        assert!(t2 > t1);
+        let two = Fence {
+            region: "a".into(),
+            token: t2,
+            lease_value: format!("two {t2}"),
+        };
+        assert_eq!(store(2000, Some(two)).await, StoreOutcome::Stored);
+        // the paused leader wakes with a higher number: refused in its own region...
+        assert_eq!(
+            store(3000, Some(one.clone())).await,
+            StoreOutcome::NotLeader
+        );
+        // ...and fenced where the lease is not checked (another region's Redis)
+        let elsewhere = Fence {
+            region: "a".into(),
+            ..one.clone()
+        };
+        let b = Region::new("b", &redis.url(), Duration::from_secs(2)).expect("region");
+        let r = b
+            .store(&id, der.clone(), 3000, 0, None, Some(&elsewhere))
+            .await
+            .expect("store");
+        assert!(matches!(r, StoreOutcome::Fenced(_)), "{r:?}");
+        assert_eq!(
+            a.numbers(std::slice::from_ref(&id)).await.expect("numbers"),
+            vec![Some(2000)]
+        );
+
+        // a delta must name the stored complete CRL as its base, and shares its sequence
+        let delta = id.delta();
+        let r = a
+            .store(&delta, der.clone(), 2001, 0, Some(1000), None)
+            .await
+            .expect("store");
+        assert_eq!(r, StoreOutcome::BaseMismatch);
+        let r = a
+            .store(&delta, der.clone(), 2000, 0, Some(2000), None)
+            .await
+            .expect("store");
+        assert!(matches!(r, StoreOutcome::Stale(_)), "{r:?}");
+        let r = a
+            .store(&delta, der.clone(), 2001, 0, Some(2000), None)
+            .await
+            .expect("store");
+        assert_eq!(r, StoreOutcome::Stored);
+        assert!(matches!(store(2001, None).await, StoreOutcome::Stale(_)));
+        let fetched = a.fetch(&delta).await.expect("fetch");
+        assert_eq!(fetched, Some((2001, der.to_vec())));
+    });
+}
+
+/// Polls every Redis and every replica, recording violations of "never backwards".
+struct Monitor {
+    stop: Arc<AtomicBool>,
+    violations: Arc<Mutex<Vec<String>>>,
+    served: Arc<Mutex<BTreeMap<String, u64>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Monitor {
+    fn start(redis_ports: Vec<u16>, replicas: Vec<String>) -> Monitor {
+        let stop = Arc::new(AtomicBool::new(false));
+        let violations = Arc::new(Mutex::new(Vec::new()));
+        let served = Arc::new(Mutex::new(BTreeMap::new()));
+        let (s, v, sv) = (stop.clone(), violations.clone(), served.clone());
+        let thread = std::thread::spawn(move || {
+            let mut in_redis: BTreeMap<u16, u64> = BTreeMap::new();
+            while !s.load(Ordering::Relaxed) {
+                for &port in &redis_ports {
+                    let r = Redis { proc: None, port };
+                    if let Ok(n) = r
+                        .cli(&["HGET", "vigil:crl:doc:demo.crl", "number"])
+                        .parse::<u64>()
+                    {
+                        let last = in_redis.entry(port).or_insert(0);
+                        if n < *last {
+                            v.lock()
+                                .expect("lock")
+                                .push(format!("redis {port}: {n} after {last}"));
+                        }
+                        *last = n.max(*last);
+                    }
+                }
+                for base in &replicas {
+                    if let Ok(r) = request(base, "GET", "/crl/demo.crl", &[]) {
+                        if r.status != 200 {
+                            continue;
+                        }
+                        let n = crl_number(&r.body);
+                        let mut served = sv.lock().expect("lock");
+                        let last = served.entry(base.clone()).or_insert(0);
+                        if n < *last {
+                            v.lock()
+                                .expect("lock")
+                                .push(format!("{base}: served {n} after {last}"));
+                        }
+                        *last = n.max(*last);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Monitor {
+            stop,
+            violations,
+            served,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.violations.lock().expect("lock").clone()
+    }
+}
+
+#[test]
+fn two_regions_competing_publishers_failover_and_redis_outage() {
+    let tmp = tmpdir();
+    let dir = tmp.path();
+    let pki = demo_pki(dir);
+    let mut ra = Redis::start(dir);
+    let mut rb = Redis::start(dir);
+    let delay = Duration::from_millis(1000);
+    let refresh = Duration::from_millis(300);
+    let lease_ttl = Duration::from_secs(2);
+    let config = |name: &str, region: &str, port: u16| {
+        write_config(
+            &dir.join(format!("{name}.toml")),
+            &format!(
+                "data_dir = \"{d}/{name}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
+                 [status]\njournal = \"{p}/journal.vj\"\njournal_poll = \"100ms\"\n\
+                 [crl]\nregion = \"{region}\"\nlease_ttl = \"2s\"\ninterval = \"2s\"\n\
+                 publish_delay = \"1s\"\nrefresh = \"300ms\"\nredis_timeout = \"500ms\"\n\
+                 [[region]]\nname = \"a\"\nredis = \"{ua}\"\n\
+                 [[region]]\nname = \"b\"\nredis = \"{ub}\"\n{issuer}",
+                d = dir.display(),
+                p = pki.display(),
+                ua = ra.url(),
+                ub = rb.url(),
+                issuer = issuer_toml(&pki),
+            ),
+        )
+    };
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let configs = [
+        config("a1", "a", ports[0]),
+        config("a2", "a", ports[1]),
+        config("b1", "b", ports[2]),
+    ];
+    let mut replicas: Vec<(Proc, String)> = configs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| serve(Some(c), dir, &dir.join(format!("replica{i}.log"))))
+        .collect();
+    let bases: Vec<String> = replicas.iter().map(|(_, b)| b.clone()).collect();
+
+    // every replica serves a CRL that openssl verifies
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for base in &bases {
+        loop {
+            let r = get(base, "/crl/demo.crl");
+            if r.status == 200 {
+                openssl_verify(&r.body, &pki.join("ca.pem"), dir);
+                break;
+            }
+            assert!(Instant::now() < deadline, "{base} serves no CRL");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let monitor = Monitor::start(vec![ra.port, rb.port], bases.clone());
+
+    // pause region a's leader past its lease; the other replica of region a takes over
+    let lease_of = |r: &Redis| r.cli(&["GET", "vigil:crl:lease"]);
+    let leader_a = lease_of(&ra);
+    let leader_pid: u32 = leader_a
+        .strip_prefix("pid")
+        .and_then(|s| s.split('-').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("lease value {leader_a:?}"));
+    let paused = replicas
+        .iter()
+        .position(|(p, _)| p.pid() == leader_pid)
+        .expect("the leader is a replica");
+    assert!(paused < 2, "region a's lease is held by a region a replica");
+    replicas[paused].0.signal("-STOP");
+    let before = Instant::now();
+    let taken_over = loop {
+        let now_leader = lease_of(&ra);
+        if !now_leader.is_empty() && now_leader != leader_a {
+            break now_leader;
+        }
+        assert!(before.elapsed() < Duration::from_secs(10), "no failover");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!taken_over.starts_with(&format!("pid{leader_pid}-")));
+    std::thread::sleep(lease_ttl * 2); // the new leader publishes while the old one sleeps
+    replicas[paused].0.signal("-CONT");
+    std::thread::sleep(lease_ttl * 2); // the old leader wakes, tries, is fenced or stands down
+
+    // a revocation is served by every replica within the publish delay plus one refresh
+    let good = pki.join("certs/good-2.pem");
+    let serial = cert_serial(&good);
+    vigil_run(
+        &configs[0],
+        &[
+            "revoke",
+            "--issuer",
+            "demo",
+            "--cert",
+            &good.display().to_string(),
+            "--reason",
+            "keyCompromise",
+        ],
+    );
+    let revoked_at = Instant::now();
+    // slack: the journal poll, building and storing, process scheduling on a busy machine
+    let bound = delay + refresh + Duration::from_millis(1500);
+    let mut pending: BTreeSet<String> = bases.iter().cloned().collect();
+    while !pending.is_empty() {
+        for base in pending.clone() {
+            let r = get(&base, "/crl/demo.crl");
+            if r.status == 200 {
+                let text = openssl_verify(&r.body, &pki.join("ca.pem"), dir);
+                if revoked_in_text(&text).get(&serial).map(String::as_str) == Some("Key Compromise")
+                {
+                    pending.remove(&base);
+                }
+            }
+        }
+        assert!(
+            revoked_at.elapsed() < bound,
+            "{pending:?} did not serve the revocation within {bound:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // both Redis die: every replica keeps serving its last CRL with correct headers
+    let last: Vec<Vec<u8>> = bases.iter().map(|b| get(b, "/crl/demo.crl").body).collect();
+    ra.kill();
+    rb.kill();
+    std::thread::sleep(refresh * 3);
+    let now = std::time::SystemTime::now();
+    for (base, prev) in bases.iter().zip(&last) {
+        let r = get(base, "/crl/demo.crl");
+        assert_eq!(r.status, 200, "{base}");
+        assert_eq!(r.header("content-type"), "application/pkix-crl");
+        assert!(crl_number(&r.body) >= crl_number(prev));
+        openssl_verify(&r.body, &pki.join("ca.pem"), dir);
+        let max_age: u64 = r
+            .header("cache-control")
+            .split(',')
+            .find_map(|p| p.trim().strip_prefix("max-age="))
+            .and_then(|v| v.parse().ok())
+            .expect("max-age");
+        let expires = httpdate::parse_http_date(r.header("expires")).expect("expires");
+        let to_next_update = expires.duration_since(now).unwrap_or_default().as_secs();
+        assert!(
+            max_age <= to_next_update + 1,
+            "max-age {max_age} beyond nextUpdate"
+        );
+        let cond = request(
+            base,
+            "GET",
+            "/crl/demo.crl",
+            &[("If-None-Match", r.header("etag"))],
+        )
+        .expect("conditional");
+        assert_eq!(cond.status, 304);
+    }
+
+    // a restarted replica serves its disk copy while every Redis is down
+    let (old, base_b) = replicas.remove(2);
+    let served_before = get(&base_b, "/crl/demo.crl").body;
+    drop(old);
+    let (_b1, base_b2) = serve(Some(&configs[2]), dir, &dir.join("replica2-restart.log"));
+    assert_eq!(base_b2, base_b);
+    let r = get(&base_b2, "/crl/demo.crl");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, served_before, "the disk copy, not an older CRL");
+
+    let served = monitor.served.lock().expect("lock").clone();
+    let violations = monitor.finish();
+    assert!(
+        violations.is_empty(),
+        "numbers went backwards: {violations:?}"
+    );
+    assert_eq!(served.len(), 3, "every replica was observed: {served:?}");
+}

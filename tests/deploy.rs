@@ -1,0 +1,1761 @@
+//! The deployment artifacts — the Helm chart in `helm/vigil` and the `Dockerfile` — checked on
+//! a machine that has neither Helm, a container engine nor a Kubernetes cluster.
+//!
+//! # How the chart is rendered, and why that is faithful
+//!
+//! `helm template` is Go's `text/template`, the sprig v3 function library and a dozen functions
+//! of Helm's own, applied to values that Helm reads, merges, coalesces and validates in a fixed
+//! way. `helm/render` (Go, built by `helm/render/build.sh` from Debian's packages) rebuilds that
+//! path from the same libraries: `text/template` with `missingkey=zero` and `<no value>`
+//! stripped; `sprig.TxtFuncMap()` minus `env`/`expandenv`; Helm's `include` (with its recursion
+//! limit), `tpl`, `required`, `fail`, `toYaml`/`fromYaml`/`fromYamlArray`,
+//! `toJson`/`fromJson`/`fromJsonArray`, `toToml` and `lookup` (empty, as in `helm template`);
+//! values decoded with ghodss/yaml, the library sigs.k8s.io/yaml was forked from (YAML 1.1, so
+//! `n:` is `false`, and every number a float64, so a large integer printed bare comes out as
+//! `2.68435456e+08`, exactly as under Helm); several `-f` files merged and then coalesced with
+//! `values.yaml` by Helm's rules (a user `null` deletes a default); the result validated against
+//! `values.schema.json` with xeipuuv/gojsonschema, the validator of Helm 3, with Helm's error
+//! text; `Chart.yaml` validated and its `kubeVersion` checked with Masterminds/semver; templates
+//! parsed in Helm's order into one set (so `define`s are shared), partials not rendered,
+//! `.Template.Name`/`.BasePath` set per file, `NOTES.txt` rendered apart; manifests split on
+//! `---`, empty ones dropped, each decoded into Helm's own head struct (a non-string annotation
+//! fails there as under Helm) and converted to JSON with `YAMLToJSON`, as Helm's client and
+//! kubectl do before sending. It is stricter than `helm template` where the API server would
+//! refuse the install: every manifest needs apiVersion, kind and a DNS-1123 metadata.name, a
+//! repeated mapping key is an error, and labels, annotations and selectors hold strings only.
+//!
+//! # What is checked here
+//!
+//! Every example values file (`helm/vigil/examples/*.yaml`) is rendered as shipped and again
+//! with `tests/deploy/pending-features.yaml` on top (feed, admin API, HSM and CRLs switched on).
+//! The objects must be there and agree with each other and with the binary: probes on
+//! `/healthz` and `/readyz` through the named port that is `server.listen`'s port; the admin
+//! port on the admin ClusterIP Service only, never on the public Service, and admitted by the
+//! NetworkPolicy only from `admin.allowedFrom`; selectors of the Services, PDB, HPA,
+//! NetworkPolicy, topology spread and anti-affinity matching the pods; the grace period at least
+//! the preStop sleep plus `server.drain_delay` plus `server.shutdown_timeout`; the hardening
+//! fields; Secrets referenced and never created; every absolute path of the rendered TOML
+//! provided by a volume (secret files by the volume's `items`) or by the image. The ConfigMap's
+//! TOML is then run through the real `vigil check-config`, with the Deployment's environment,
+//! after the files the pod would mount are laid out in a temporary directory (issuer files from
+//! a demo PKI made by `vigil check-config`) and the `/etc/vigil` and `/var/lib/vigil` prefixes
+//! rewritten to it; for the shipped examples it must pass, and a healthy `vigil serve` on that
+//! config must answer 200 on the probe paths. With the pending features, keys the binary of this
+//! branch does not know yet may be refused, and nothing else. Wrong values must fail schema
+//! validation (or a template's `fail`) with a message naming the key, and the alert rules may
+//! only name metrics vigil exports (or the pending branches' metrics, listed below).
+//!
+//! The Dockerfile is parsed (continuations, exec forms, ARG defaults): its stages, that the
+//! last stage is the runtime and SoftHSM2 is only in `dev`, the non-root numeric USER matching
+//! the chart's `runAsUser`, `VIGIL_DATA_DIR` = the VOLUME = the chart's `data_dir`,
+//! `VIGIL_LISTEN`'s port exposed and equal to the chart's, the p11-kit client path, labels,
+//! versions, `.dockerignore` letting the COPY sources through. Two steps are executed: the
+//! dependency-layer RUN (its stub generation, with a `cargo` shim that loads the manifest and
+//! stops before compiling) and the HEALTHCHECK command against a running vigil.
+//!
+//! # What remains unchecked
+//!
+//! - The Kubernetes API's own validation: objects are not checked against the cluster's OpenAPI
+//!   schema (as `helm install` does) beyond the fields named above, and no admission controller
+//!   (Pod Security "restricted", quotas) runs. The ServiceMonitor and PrometheusRule CRDs are
+//!   checked by the fields used, not against the Prometheus operator's schema, and the alert
+//!   expressions are not parsed by promtool.
+//! - Helm features the renderer lacks: subcharts and dependencies, `.Files.Glob`/`AsConfig`/
+//!   `AsSecrets`, `--set`, hooks, `lookup` against a live cluster. The vigil chart uses none.
+//! - The image build: `docker build` cannot run here, so the compile steps, `apt-get` and the
+//!   p11-kit symlink are checked as text, and the image's run under a read-only root file
+//!   system, probes, preStop timing and scheduling are not exercised.
+//! - With the pending features on, `vigil check-config` of this branch refuses their keys; the
+//!   full check of those sections happens once the feed, admin, HSM and CRL branches are merged.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const RELEASE: &str = "vigil";
+const NAMESPACE: &str = "pki";
+
+/// Top-level sections of vigil.toml that come with branches not merged yet.
+const PENDING_SECTIONS: [&str; 6] = ["feed", "admin", "hsm", "hsm_pool", "crl", "signer"];
+
+/// Metrics the alert rules use that the feed, HSM and CRL branches export (not this branch).
+const PENDING_METRICS: [&str; 3] = [
+    "vigil_feed_last_event_age_seconds",
+    "vigil_signer_pool_members_up",
+    "vigil_crl_age_seconds",
+];
+
+fn root() -> &'static Path {
+    Path::new(ROOT)
+}
+
+fn chart_dir() -> PathBuf {
+    root().join("helm/vigil")
+}
+
+fn examples() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(chart_dir().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    v.sort();
+    for name in ["one-region.yaml", "region-b-of-two.yaml"] {
+        assert!(
+            v.iter().any(|p| p.ends_with(name)),
+            "examples/{name} is missing"
+        );
+    }
+    v
+}
+
+fn pending_overlay() -> PathBuf {
+    root().join("tests/deploy/pending-features.yaml")
+}
+
+// === rendering ===
+
+/// Builds helm/render once per test run, with a Go build cache kept under target/.
+fn renderer() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let go = Command::new("go").arg("version").output();
+        if !go.as_ref().is_ok_and(|o| o.status.success()) {
+            panic!(
+                "`go` is not installed or does not run ({go:?}). The chart is rendered by \
+                 helm/render, a Go program: .ci/run installs golang-go and the golang-*-dev \
+                 libraries it uses (run `bash .ci/run`, or apt-get install them)"
+            );
+        }
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-render");
+        fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("render");
+        let o = Command::new("bash")
+            .arg(root().join("helm/render/build.sh"))
+            .arg(&out)
+            .env("GOCACHE", dir.join("go-cache"))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "building helm/render failed (.ci/run installs the Go packages it needs):\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    })
+}
+
+/// One `helm template`: the final values, NOTES.txt and the objects with their source files.
+struct Rendered {
+    label: String,
+    values: Value,
+    notes: String,
+    objects: Vec<(String, Value)>,
+}
+
+impl Rendered {
+    fn all(&self, kind: &str) -> Vec<&Value> {
+        self.objects
+            .iter()
+            .filter(|(_, o)| o["kind"] == kind)
+            .map(|(_, o)| o)
+            .collect()
+    }
+
+    fn one(&self, kind: &str) -> &Value {
+        let v = self.all(kind);
+        assert_eq!(
+            v.len(),
+            1,
+            "{}: expected one {kind}, got {}",
+            self.label,
+            v.len()
+        );
+        v[0]
+    }
+
+    fn named(&self, kind: &str, name: &str) -> Option<&Value> {
+        self.all(kind)
+            .into_iter()
+            .find(|o| o["metadata"]["name"] == name)
+    }
+}
+
+fn render(label: &str, files: &[&Path]) -> Result<Rendered, String> {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("out.json");
+    let mut cmd = Command::new(renderer());
+    cmd.arg("-chart")
+        .arg(chart_dir())
+        .args(["-name", RELEASE, "-namespace", NAMESPACE, "-json"])
+        .arg(&json);
+    for f in files {
+        cmd.arg("-f").arg(f);
+    }
+    let o = cmd.output().unwrap();
+    if !o.status.success() {
+        return Err(String::from_utf8_lossy(&o.stderr).into_owned());
+    }
+    let doc: Value = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
+    let objects = doc["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["source"].as_str().unwrap().to_owned(),
+                m["object"].clone(),
+            )
+        })
+        .collect();
+    Ok(Rendered {
+        label: label.to_owned(),
+        values: doc["values"].clone(),
+        notes: doc["notes"].as_str().unwrap_or_default().to_owned(),
+        objects,
+    })
+}
+
+fn render_ok(label: &str, files: &[&Path]) -> Rendered {
+    render(label, files).unwrap_or_else(|e| panic!("{label}: rendering failed:\n{e}"))
+}
+
+// === small helpers over JSON objects ===
+
+fn str_of<'a>(v: &'a Value, what: &str) -> &'a str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("{what}: expected a string, got {v}"))
+}
+
+fn u64_of(v: &Value, what: &str) -> u64 {
+    v.as_u64()
+        .unwrap_or_else(|| panic!("{what}: expected an unsigned integer, got {v}"))
+}
+
+fn arr<'a>(v: &'a Value, what: &str) -> &'a Vec<Value> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("{what}: expected a list, got {v}"))
+}
+
+/// Every label of `selector` is on `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let sel = selector
+        .as_object()
+        .unwrap_or_else(|| panic!("selector {selector} is not a map"));
+    !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn port_of(listen: &str) -> u64 {
+    listen
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {listen:?}"))
+}
+
+fn env_of(container: &Value) -> BTreeMap<String, String> {
+    arr(&container["env"], "container env")
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// A container port given by number or by name, as a probe or Service targetPort gives it.
+fn resolve_port(container: &Value, port: &Value) -> u64 {
+    if let Some(n) = port.as_u64() {
+        return n;
+    }
+    let name = str_of(port, "port");
+    arr(&container["ports"], "container ports")
+        .iter()
+        .find(|p| p["name"] == name)
+        .map(|p| u64_of(&p["containerPort"], "containerPort"))
+        .unwrap_or_else(|| panic!("no container port is named {name:?}"))
+}
+
+fn duration_secs(table: &toml::Table, section: &str, key: &str) -> u64 {
+    let s = table[section][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{section}.{key} is not written in vigil.toml"));
+    humantime::parse_duration(s)
+        .unwrap_or_else(|e| panic!("{section}.{key} = {s:?}: {e}"))
+        .as_secs()
+}
+
+/// Keys of vigil.toml whose values start with '/' without being file paths.
+const NOT_PATHS: [&str; 1] = ["ocsp_prefix"];
+
+/// Every string in a TOML document that is an absolute file path.
+fn toml_paths(v: &toml::Value, out: &mut Vec<String>) {
+    match v {
+        toml::Value::String(s) if s.starts_with('/') => out.push(s.clone()),
+        toml::Value::Array(a) => a.iter().for_each(|x| toml_paths(x, out)),
+        toml::Value::Table(t) => t
+            .iter()
+            .filter(|(k, _)| !NOT_PATHS.contains(&k.as_str()))
+            .for_each(|(_, x)| toml_paths(x, out)),
+        _ => {}
+    }
+}
+
+// === the chart ===
+
+/// What the chart's objects must say, whatever the values.
+fn check_objects(r: &Rendered) -> ChartFacts {
+    let label = r.label.as_str();
+    let v = &r.values;
+    assert!(
+        r.all("Secret").is_empty(),
+        "{label}: the chart must reference Secrets, never create them"
+    );
+    for (source, o) in &r.objects {
+        if o["kind"] != "Namespace" {
+            assert!(
+                o["metadata"].get("namespace").is_none(),
+                "{label}: {source} hard-codes a namespace"
+            );
+        }
+    }
+
+    // === Deployment ===
+    let deploy = r.one("Deployment");
+    let pod = &deploy["spec"]["template"];
+    let pod_labels = &pod["metadata"]["labels"];
+    let spec = &pod["spec"];
+    assert!(
+        selects(&deploy["spec"]["selector"]["matchLabels"], pod_labels),
+        "{label}: the Deployment's selector does not match its pods"
+    );
+    let autoscaling = v["autoscaling"]["enabled"] == true;
+    if autoscaling {
+        let hpa = r.one("HorizontalPodAutoscaler");
+        assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+        assert_eq!(
+            hpa["spec"]["scaleTargetRef"]["name"],
+            deploy["metadata"]["name"]
+        );
+        assert!(
+            u64_of(&hpa["spec"]["minReplicas"], "minReplicas") >= 3,
+            "{label}"
+        );
+        assert!(
+            deploy["spec"].get("replicas").is_none(),
+            "{label}: with an HPA the Deployment must not set replicas (upgrades would reset it)"
+        );
+    } else {
+        assert!(r.all("HorizontalPodAutoscaler").is_empty(), "{label}");
+        assert!(
+            u64_of(&deploy["spec"]["replicas"], "replicas") >= 3,
+            "{label}"
+        );
+    }
+    assert_eq!(
+        deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0,
+        "{label}: a rollout must not take ready replicas away first"
+    );
+
+    // Hardening.
+    let psc = &spec["securityContext"];
+    assert_eq!(psc["runAsNonRoot"], true, "{label}");
+    assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault", "{label}");
+    assert_eq!(spec["automountServiceAccountToken"], false, "{label}");
+    let containers = arr(&spec["containers"], "containers");
+    let c = containers
+        .iter()
+        .find(|c| c["name"] == "vigil")
+        .unwrap_or_else(|| panic!("{label}: no container named vigil"));
+    let csc = &c["securityContext"];
+    assert_eq!(csc["runAsNonRoot"], true, "{label}");
+    assert_eq!(csc["readOnlyRootFilesystem"], true, "{label}");
+    assert_eq!(csc["allowPrivilegeEscalation"], false, "{label}");
+    assert_eq!(
+        csc["capabilities"]["drop"],
+        serde_json::json!(["ALL"]),
+        "{label}"
+    );
+    assert_eq!(csc["seccompProfile"]["type"], "RuntimeDefault", "{label}");
+    assert_eq!(c["args"], serde_json::json!(["serve"]), "{label}");
+
+    // Spread over zones and nodes.
+    let spread = arr(
+        &spec["topologySpreadConstraints"],
+        "topologySpreadConstraints",
+    );
+    for key in ["topology.kubernetes.io/zone", "kubernetes.io/hostname"] {
+        let t = spread
+            .iter()
+            .find(|t| t["topologyKey"] == key)
+            .unwrap_or_else(|| panic!("{label}: no topology spread over {key}"));
+        assert!(
+            selects(&t["labelSelector"]["matchLabels"], pod_labels),
+            "{label}: {key}"
+        );
+    }
+    let anti = &spec["affinity"]["podAntiAffinity"];
+    let term = anti["requiredDuringSchedulingIgnoredDuringExecution"]
+        .get(0)
+        .or_else(|| {
+            anti["preferredDuringSchedulingIgnoredDuringExecution"]
+                .get(0)
+                .map(|p| &p["podAffinityTerm"])
+        })
+        .unwrap_or_else(|| panic!("{label}: no pod anti-affinity"));
+    assert_eq!(term["topologyKey"], "kubernetes.io/hostname", "{label}");
+    assert!(
+        selects(&term["labelSelector"]["matchLabels"], pod_labels),
+        "{label}"
+    );
+
+    // Probes: liveness and startup on /healthz, readiness on /readyz, all on the http port.
+    let http_port = resolve_port(c, &Value::from("http"));
+    for (probe, path) in [
+        ("livenessProbe", "/healthz"),
+        ("startupProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ] {
+        let get = &c[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{label}: {probe}");
+        assert_eq!(
+            resolve_port(c, &get["port"]),
+            http_port,
+            "{label}: {probe} port"
+        );
+    }
+
+    // The ConfigMap and its TOML.
+    let env = env_of(c);
+    let config_file = env
+        .get(vigil::config::ENV_CONFIG)
+        .unwrap_or_else(|| panic!("{label}: VIGIL_CONFIG is not set"))
+        .clone();
+    let mounts = arr(&c["volumeMounts"], "volumeMounts");
+    let volumes = arr(&spec["volumes"], "volumes");
+    let volume = |name: &Value| {
+        volumes
+            .iter()
+            .find(|vol| &vol["name"] == name)
+            .unwrap_or_else(|| panic!("{label}: no volume named {name}"))
+    };
+    for m in mounts {
+        volume(&m["name"]);
+    }
+    let mount_of = |path: &str| {
+        mounts
+            .iter()
+            .filter(|m| {
+                let mp = str_of(&m["mountPath"], "mountPath");
+                path == mp || path.starts_with(&format!("{mp}/"))
+            })
+            .max_by_key(|m| str_of(&m["mountPath"], "mountPath").len())
+    };
+    let cfg_mount = mount_of(&config_file)
+        .unwrap_or_else(|| panic!("{label}: nothing is mounted at {config_file}"));
+    let cfg_volume = volume(&cfg_mount["name"]);
+    let cm = r
+        .named(
+            "ConfigMap",
+            str_of(&cfg_volume["configMap"]["name"], "configMap name"),
+        )
+        .unwrap_or_else(|| panic!("{label}: the config volume names no rendered ConfigMap"));
+    let key = Path::new(&config_file)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let toml_text = str_of(&cm["data"][key], "ConfigMap data").to_owned();
+    let table: toml::Table = toml_text.parse().unwrap_or_else(|e| {
+        panic!("{label}: the ConfigMap's vigil.toml is not TOML: {e}\n{toml_text}")
+    });
+
+    // The config and the pod agree.
+    let listen = str_of_toml(&table["server"]["listen"], "server.listen");
+    assert_eq!(
+        port_of(listen),
+        http_port,
+        "{label}: server.listen vs the http port"
+    );
+    assert_eq!(
+        env.get(vigil::config::ENV_LISTEN).map(String::as_str),
+        Some(listen),
+        "{label}: the image's VIGIL_LISTEN overrides server.listen, so the chart sets it equal"
+    );
+    let data_dir = str_of_toml(&table["data_dir"], "data_dir");
+    assert_eq!(
+        env.get(vigil::config::ENV_DATA_DIR).map(String::as_str),
+        Some(data_dir),
+        "{label}: VIGIL_DATA_DIR vs data_dir"
+    );
+    let data_mount =
+        mount_of(data_dir).unwrap_or_else(|| panic!("{label}: {data_dir} is not a volume"));
+    assert_eq!(data_mount["mountPath"], data_dir, "{label}");
+    assert_ne!(
+        data_mount["readOnly"], true,
+        "{label}: {data_dir} must be writable"
+    );
+
+    // An HSM behind p11-kit: its socket is on a volume the sidecars can share.
+    for h in table
+        .get("hsm")
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let address = h["module_env"]
+            .get("P11_KIT_SERVER_ADDRESS")
+            .and_then(toml::Value::as_str);
+        if let Some(sock) = address.and_then(|a| a.strip_prefix("unix:path=")) {
+            let m = mount_of(sock)
+                .unwrap_or_else(|| panic!("{label}: the p11-kit socket {sock} is on no volume"));
+            assert!(
+                volume(&m["name"]).get("emptyDir").is_some(),
+                "{label}: the p11-kit socket is not on a shared emptyDir"
+            );
+        }
+    }
+
+    // Drain: the kubelet waits for preStop, then for vigil's own drain after SIGTERM.
+    let grace = u64_of(
+        &spec["terminationGracePeriodSeconds"],
+        "terminationGracePeriodSeconds",
+    );
+    let pre_stop = arr(&c["lifecycle"]["preStop"]["exec"]["command"], "preStop");
+    assert_eq!(pre_stop[0], "sleep", "{label}");
+    let sleep: u64 = str_of(&pre_stop[1], "preStop sleep").parse().unwrap();
+    let drain = duration_secs(&table, "server", "drain_delay");
+    let shutdown = duration_secs(&table, "server", "shutdown_timeout");
+    assert!(
+        grace > sleep + drain + shutdown,
+        "{label}: grace {grace}s must exceed preStop {sleep}s + drain_delay {drain}s + shutdown_timeout {shutdown}s"
+    );
+
+    // Services: the admin port only on the admin Service.
+    let admin_port = table
+        .get("admin")
+        .map(|a| port_of(str_of_toml(&a["listen"], "admin.listen")));
+    if let Some(p) = admin_port {
+        assert_eq!(
+            resolve_port(c, &Value::from("admin")),
+            p,
+            "{label}: admin.listen vs port"
+        );
+    }
+    let services = r.all("Service");
+    let public = r
+        .named("Service", str_of(&deploy["metadata"]["name"], "name"))
+        .unwrap_or_else(|| panic!("{label}: no public Service"));
+    for s in &services {
+        assert!(
+            selects(&s["spec"]["selector"], pod_labels),
+            "{label}: Service selector"
+        );
+    }
+    let public_targets: Vec<u64> = arr(&public["spec"]["ports"], "ports")
+        .iter()
+        .map(|p| resolve_port(c, &p["targetPort"]))
+        .collect();
+    assert!(
+        public_targets.contains(&http_port),
+        "{label}: the public Service misses OCSP"
+    );
+    let admin_services: Vec<&&Value> = services
+        .iter()
+        .filter(|s| {
+            arr(&s["spec"]["ports"], "ports")
+                .iter()
+                .any(|p| Some(resolve_port(c, &p["targetPort"])) == admin_port)
+        })
+        .collect();
+    match admin_port {
+        Some(p) => {
+            assert!(
+                !public_targets.contains(&p),
+                "{label}: the admin port is on the public Service"
+            );
+            assert_eq!(
+                admin_services.len(),
+                1,
+                "{label}: one Service for the admin port"
+            );
+            let a = admin_services[0];
+            assert_ne!(a["metadata"]["name"], public["metadata"]["name"], "{label}");
+            assert_eq!(a["spec"]["type"], "ClusterIP", "{label}: the admin Service");
+        }
+        None => assert!(
+            services.len() == 1 && c["ports"].as_array().unwrap().len() == 1,
+            "{label}: without [admin] only the http port and the public Service exist"
+        ),
+    }
+
+    // NetworkPolicy: the admin port only from admin.allowedFrom.
+    if v["networkPolicy"]["enabled"] == true {
+        let np = r.one("NetworkPolicy");
+        assert!(
+            selects(&np["spec"]["podSelector"]["matchLabels"], pod_labels),
+            "{label}"
+        );
+        assert!(
+            arr(&np["spec"]["policyTypes"], "policyTypes").contains(&Value::from("Ingress")),
+            "{label}"
+        );
+        let rules = arr(&np["spec"]["ingress"], "ingress");
+        let covers = |rule: &Value, port: u64| match rule.get("ports") {
+            None => true,
+            Some(ps) => arr(ps, "ports")
+                .iter()
+                .any(|p| p.get("port").is_none_or(|x| resolve_port(c, x) == port)),
+        };
+        assert!(
+            rules.iter().any(|r| covers(r, http_port)),
+            "{label}: OCSP is not admitted"
+        );
+        if let Some(p) = admin_port {
+            let admitting: Vec<&Value> = rules.iter().filter(|r| covers(r, p)).collect();
+            assert!(
+                !admitting.is_empty(),
+                "{label}: the NetworkPolicy does not cover the admin port"
+            );
+            for rule in admitting {
+                let from = arr(
+                    &rule["from"],
+                    "a rule admitting the admin port must have `from`",
+                );
+                assert!(
+                    !from.is_empty(),
+                    "{label}: the admin port is open to everyone"
+                );
+                assert!(
+                    from.iter()
+                        .all(|peer| peer.as_object().is_some_and(|o| !o.is_empty())),
+                    "{label}: an empty peer admits everyone to the admin port"
+                );
+                assert_eq!(&rule["from"], &v["admin"]["allowedFrom"], "{label}");
+            }
+        }
+    }
+
+    // PodDisruptionBudget.
+    if v["podDisruptionBudget"]["enabled"] == true {
+        let pdb = r.one("PodDisruptionBudget");
+        assert!(
+            selects(&pdb["spec"]["selector"]["matchLabels"], pod_labels),
+            "{label}"
+        );
+        assert!(
+            u64_of(&pdb["spec"]["maxUnavailable"], "maxUnavailable") >= 1,
+            "{label}"
+        );
+    }
+
+    // Monitoring.
+    if v["metrics"]["serviceMonitor"]["enabled"] == true {
+        let sm = r.one("ServiceMonitor");
+        let sel = &sm["spec"]["selector"]["matchLabels"];
+        for s in &services {
+            let is_public = s["metadata"]["name"] == public["metadata"]["name"];
+            assert_eq!(
+                selects(sel, &s["metadata"]["labels"]),
+                is_public,
+                "{label}: ServiceMonitor selects {}",
+                s["metadata"]["name"]
+            );
+        }
+        let ep = &sm["spec"]["endpoints"][0];
+        assert_eq!(ep["path"], "/metrics", "{label}");
+        let sp = arr(&public["spec"]["ports"], "ports")
+            .iter()
+            .find(|p| p["name"] == ep["port"])
+            .unwrap_or_else(|| panic!("{label}: the ServiceMonitor's port is not on the Service"));
+        assert_eq!(resolve_port(c, &sp["targetPort"]), http_port, "{label}");
+    }
+    if v["metrics"]["prometheusRule"]["enabled"] == true {
+        check_alerts(r, &table, public);
+    } else {
+        assert!(r.all("PrometheusRule").is_empty(), "{label}");
+    }
+    assert!(
+        r.notes
+            .contains(str_of(&public["metadata"]["name"], "name")),
+        "{label}: NOTES.txt"
+    );
+
+    ChartFacts {
+        toml_text,
+        table,
+        env,
+        mounts: mounts.clone(),
+        volumes: volumes.clone(),
+    }
+}
+
+fn str_of_toml<'a>(v: &'a toml::Value, what: &str) -> &'a str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("{what}: expected a string, got {v}"))
+}
+
+/// The alerts the issue asks for, on metric names vigil exports.
+fn check_alerts(r: &Rendered, table: &toml::Table, public: &Value) {
+    let label = r.label.as_str();
+    let rule = r.one("PrometheusRule");
+    let rules: Vec<&Value> = arr(&rule["spec"]["groups"], "groups")
+        .iter()
+        .flat_map(|g| arr(&g["rules"], "rules"))
+        .collect();
+    let expr_of = |alert: &str| -> Vec<String> {
+        rules
+            .iter()
+            .filter(|r| r["alert"] == alert)
+            .map(|r| str_of(&r["expr"], "expr").to_owned())
+            .collect()
+    };
+    let mut wanted = vec![
+        ("VigilNoSigner", vigil::telemetry::SIGNING_ERRORS),
+        (
+            "VigilResponderCertificateExpiring",
+            vigil::telemetry::SIGNER_CERT_EXPIRY,
+        ),
+        ("VigilOcspServerErrors", vigil::telemetry::OCSP_REQUESTS),
+        ("VigilOcspRejectedRequests", vigil::telemetry::OCSP_REQUESTS),
+    ];
+    if table.contains_key("feed") {
+        wanted.push((
+            "VigilFeedRegionLagging",
+            "vigil_feed_last_event_age_seconds",
+        ));
+    }
+    if table.contains_key("crl") {
+        wanted.push(("VigilCrlStale", "vigil_crl_age_seconds"));
+    }
+    if table.contains_key("hsm") {
+        wanted.push(("VigilNoSigner", "vigil_signer_pool_members_up"));
+    }
+    for (alert, metric) in wanted {
+        let exprs = expr_of(alert);
+        assert!(
+            exprs.iter().any(|e| e.contains(metric)),
+            "{label}: alert {alert} on {metric} is missing"
+        );
+    }
+    assert!(
+        expr_of("VigilOcspServerErrors")[0].contains("outcome=~\"try_later|internal_error\""),
+        "{label}"
+    );
+    // Every metric named exists: exported here, or by a pending branch.
+    let exported = [
+        vigil::telemetry::OCSP_REQUESTS,
+        vigil::telemetry::OCSP_LATENCY,
+        vigil::telemetry::OCSP_CERT_STATUS,
+        vigil::telemetry::CACHE_HITS,
+        vigil::telemetry::CACHE_MISSES,
+        vigil::telemetry::CACHE_STALE_SERVED,
+        vigil::telemetry::SIGNING_LATENCY,
+        vigil::telemetry::SIGNING_ERRORS,
+        vigil::telemetry::SIGNING_SHED,
+        vigil::telemetry::EVENTS_APPLIED,
+        vigil::telemetry::EVENTS_UNDECODABLE,
+        vigil::telemetry::VIEW_CERTIFICATES,
+        vigil::telemetry::HTTP_OTHER,
+        vigil::telemetry::CONNECTIONS,
+        vigil::telemetry::SIGNER_CERT_EXPIRY,
+    ];
+    let job = format!("job=\"{}\"", str_of(&public["metadata"]["name"], "name"));
+    for r in &rules {
+        let expr = str_of(&r["expr"], "expr");
+        assert!(
+            expr.contains(&job),
+            "{label}: {} is not scoped to {job}",
+            r["alert"]
+        );
+        for word in expr.split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_')) {
+            if !word.starts_with("vigil_") {
+                continue;
+            }
+            let base = ["_count", "_sum", "_bucket"]
+                .iter()
+                .find_map(|s| word.strip_suffix(s).filter(|b| exported.contains(b)))
+                .unwrap_or(word);
+            assert!(
+                exported.contains(&base) || PENDING_METRICS.contains(&base),
+                "{label}: alert {} uses {word}, which vigil does not export",
+                r["alert"]
+            );
+        }
+        assert!(
+            r["labels"]["severity"].is_string(),
+            "{label}: {} has no severity",
+            r["alert"]
+        );
+        assert!(r["annotations"]["summary"].is_string(), "{label}");
+    }
+}
+
+/// What check_objects learnt that check-config needs.
+struct ChartFacts {
+    toml_text: String,
+    table: toml::Table,
+    env: BTreeMap<String, String>,
+    mounts: Vec<Value>,
+    volumes: Vec<Value>,
+}
+
+/// A demo PKI made by `vigil check-config` with no config file.
+fn demo_pki(dir: &Path) -> PathBuf {
+    fs::create_dir_all(dir).unwrap();
+    let o = clean_vigil_cmd()
+        .current_dir(dir)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "making a demo PKI: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    dir.join("vigil-data")
+}
+
+fn clean_vigil_cmd() -> Command {
+    let mut cmd = Command::new(common::BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("VIGIL_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// Lays out, under `tmp`, every file the pod would have at the paths vigil.toml names, checking
+/// that a volume provides each; returns the rewritten config file.
+fn lay_out_pod_files(label: &str, facts: &ChartFacts, image_paths: &[&str], tmp: &Path) -> PathBuf {
+    let root = tmp.join("pod");
+    let mut paths = Vec::new();
+    toml_paths(&toml::Value::Table(facts.table.clone()), &mut paths);
+    let issuers: Vec<String> = facts.table["issuer"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect();
+    for p in &paths {
+        if image_paths.contains(&p.as_str()) {
+            continue;
+        }
+        let mount = facts
+            .mounts
+            .iter()
+            .filter(|m| {
+                let mp = m["mountPath"].as_str().unwrap();
+                p == mp || p.starts_with(&format!("{mp}/"))
+            })
+            .max_by_key(|m| m["mountPath"].as_str().unwrap().len())
+            .unwrap_or_else(|| panic!("{label}: vigil.toml names {p}, which no volume provides"));
+        let vol = facts
+            .volumes
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        let local = root.join(p.trim_start_matches('/'));
+        if vol.get("emptyDir").is_some() || vol.get("persistentVolumeClaim").is_some() {
+            assert_ne!(mount["readOnly"], true, "{label}: {p} must be writable");
+            fs::create_dir_all(local.parent().unwrap()).unwrap();
+            continue;
+        }
+        let secret = vol.get("secret").unwrap_or_else(|| {
+            panic!(
+                "{label}: {p} is on volume {} which is not a Secret",
+                vol["name"]
+            )
+        });
+        let rel = p[mount["mountPath"].as_str().unwrap().len()..].trim_start_matches('/');
+        let items = arr(&secret["items"], "secret items");
+        assert!(
+            items.iter().any(|i| i["path"] == rel),
+            "{label}: Secret volume {} has no item at {rel} for {p}",
+            vol["name"]
+        );
+        fs::create_dir_all(local.parent().unwrap()).unwrap();
+        // Issuer files come from a demo PKI per issuer; other secrets are placeholders.
+        let issuer = issuers
+            .iter()
+            .position(|n| p.starts_with(&format!("/etc/vigil/issuers/{n}/")));
+        match issuer {
+            Some(i) => {
+                let pki = tmp.join(format!("pki-{i}"));
+                let data = if pki.join("vigil-data").exists() {
+                    pki.join("vigil-data")
+                } else {
+                    demo_pki(&pki)
+                };
+                fs::copy(data.join(rel), &local)
+                    .unwrap_or_else(|e| panic!("{label}: no demo file for {rel}: {e}"));
+            }
+            None => fs::write(&local, "placeholder-secret-value-0123456789\n").unwrap(),
+        }
+    }
+    let prefix = root.display().to_string();
+    let rewrite = |s: &str| {
+        s.replace("\"/etc/vigil/", &format!("\"{prefix}/etc/vigil/"))
+            .replace("\"/var/lib/vigil", &format!("\"{prefix}/var/lib/vigil"))
+    };
+    let config = PathBuf::from(format!("{prefix}{}", facts.env[vigil::config::ENV_CONFIG]));
+    fs::create_dir_all(config.parent().unwrap()).unwrap();
+    fs::write(&config, rewrite(&facts.toml_text)).unwrap();
+    fs::create_dir_all(format!(
+        "{prefix}{}",
+        facts.env[vigil::config::ENV_DATA_DIR]
+    ))
+    .unwrap();
+    config
+}
+
+/// `vigil check-config` with the pod's environment (paths moved under the temporary root).
+fn check_config(facts: &ChartFacts, tmp: &Path) -> std::process::Output {
+    let prefix = tmp.join("pod").display().to_string();
+    let mut cmd = clean_vigil_cmd();
+    cmd.current_dir(tmp).arg("check-config");
+    for (k, v) in &facts.env {
+        let v = if v.starts_with("/etc/vigil") || v.starts_with("/var/lib/vigil") {
+            format!("{prefix}{v}")
+        } else {
+            v.clone()
+        };
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// The image's paths vigil.toml may name (not provided by volumes).
+fn image_paths() -> Vec<String> {
+    vec![dockerfile().p11_kit_link()]
+}
+
+#[test]
+fn examples_render_into_consistent_objects_that_vigil_accepts() {
+    let pending = pending_overlay();
+    let image = image_paths();
+    let image: Vec<&str> = image.iter().map(String::as_str).collect();
+    for example in examples() {
+        let name = example.file_name().unwrap().to_string_lossy().into_owned();
+
+        // As shipped: every section vigil of this branch knows; check-config must pass.
+        let r = render_ok(&name, &[&example]);
+        let facts = check_objects(&r);
+        for s in PENDING_SECTIONS {
+            assert!(
+                !facts.table.contains_key(s),
+                "{name}: [{s}] must stay off in the shipped examples until its branch merges"
+            );
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let config = lay_out_pod_files(&name, &facts, &image, tmp.path());
+        let o = check_config(&facts, tmp.path());
+        assert!(
+            o.status.success(),
+            "{name}: vigil check-config refused the rendered config:\n{}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            facts.toml_text
+        );
+        let typed = vigil::config::Config::from_toml(&facts.toml_text).unwrap();
+        assert_eq!(
+            typed.server.drain_delay.as_secs(),
+            u64_of(&r.values["drain"]["delaySeconds"], "drain.delaySeconds")
+        );
+
+        // A healthy replica on this config answers 200 on the probe paths.
+        let mut vigil = common::Vigil::start(
+            tmp.path(),
+            Some(&config),
+            &[(
+                vigil::config::ENV_DATA_DIR,
+                &format!("{}/pod/var/lib/vigil", tmp.path().display()),
+            )],
+        );
+        for path in ["/healthz", "/readyz"] {
+            let resp = common::get(vigil.addr, path, "");
+            assert_eq!(resp.status, 200, "{name}: {path} on the rendered config");
+        }
+        vigil.kill9();
+
+        // With the pending features on: the objects still hold together, and check-config
+        // refuses at most the keys it does not know yet.
+        let label = format!("{name} + pending-features.yaml");
+        let r = render_ok(&label, &[&example, &pending]);
+        let facts = check_objects(&r);
+        for s in ["feed", "admin", "hsm", "crl"] {
+            assert!(
+                facts.table.contains_key(s),
+                "{label}: [{s}] is not rendered"
+            );
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        lay_out_pod_files(&label, &facts, &image, tmp.path());
+        let o = check_config(&facts, tmp.path());
+        if !o.status.success() {
+            let err = String::from_utf8_lossy(&o.stderr);
+            // Before the merges: serde's "unknown field `feed`". After: errors of those sections
+            // that need more than files (an HSM to reach) name them, e.g. "hsm[0]".
+            assert!(
+                PENDING_SECTIONS.iter().any(|s| {
+                    [
+                        format!("unknown field `{s}`"),
+                        format!("{s}["),
+                        format!("{s}."),
+                    ]
+                    .iter()
+                    .any(|p| err.contains(p.as_str()))
+                }),
+                "{label}: vigil check-config refused more than the pending sections:\n{err}\n{}",
+                facts.toml_text
+            );
+        }
+    }
+}
+
+#[test]
+fn wrong_values_fail_validation_naming_the_key() {
+    let base = chart_dir().join("examples/one-region.yaml");
+    let schema_cases = [
+        ("replicaCount: 1\n", "replicaCount"),
+        ("service:\n  port: eighty\n", "service.port"),
+        ("config:\n  server:\n    listen: 0.0.0.0:1\n", "listen"),
+        (
+            "config:\n  ocsp:\n    validity: four days\n",
+            "config.ocsp.validity",
+        ),
+        (
+            "config:\n  ocsp:\n    nonce: sometimes\n",
+            "config.ocsp.nonce",
+        ),
+        (
+            "issuers:\n  - name: bad name!\n    existingSecret: x\n",
+            "issuers.0.name",
+        ),
+        ("journal:\n  existingClaim: \"\"\n", "journal.existingClaim"),
+        (
+            "admin:\n  enabled: true\n  allowedFrom: []\n",
+            "admin.allowedFrom",
+        ),
+        (
+            "feed:\n  regions:\n    - name: a\n      url: redis://u:secret@redis/0\n",
+            "feed.regions.0.url",
+        ),
+        (
+            "extraEnv:\n  - name: VIGIL_LISTEN\n    value: x\n",
+            "extraEnv.0.name",
+        ),
+        (
+            "drain:\n  shutdownTimeoutSeconds: 0\n",
+            "drain.shutdownTimeoutSeconds",
+        ),
+        ("probes:\n  readiness:\n    path: /healthz\n", "path"),
+        ("typo: 1\n", "typo"),
+    ];
+    let template_cases = [
+        (
+            "drain:\n  terminationGracePeriodSeconds: 10\n",
+            "terminationGracePeriodSeconds",
+        ),
+        (
+            "config:\n  extraToml: \"max_cert_ids = 8\"\n",
+            "config.extraToml",
+        ),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, (yaml, key)) in schema_cases.iter().chain(&template_cases).enumerate() {
+        let f = tmp.path().join(format!("case-{i}.yaml"));
+        fs::write(&f, yaml).unwrap();
+        let err = match render(yaml, &[&base, &f]) {
+            Ok(_) => panic!("values {yaml:?} rendered; expected a failure naming {key}"),
+            Err(e) => e,
+        };
+        let from_schema = i < schema_cases.len();
+        assert_eq!(
+            err.contains("values don't meet the specifications of the schema"),
+            from_schema,
+            "{yaml:?}: {err}"
+        );
+        assert!(
+            err.contains(key),
+            "{yaml:?}: the error does not name {key}:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn values_are_written_as_toml_of_the_right_type() {
+    let base = chart_dir().join("examples/one-region.yaml");
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("types.yaml");
+    let filter = "vigil=debug,\"quoted\" back\\slash \u{e9} <&> tab\t";
+    let yaml = format!(
+        "config:\n  log:\n    filter: {}\n  ocsp:\n    cache_max_bytes: 268435456\n  server:\n    http2: false\n  extraToml: |\n    # appended\n    [limits]\n    max_cert_ids = 8\nbindAddress: \"::\"\n",
+        serde_json::to_string(filter).unwrap()
+    );
+    fs::write(&f, yaml).unwrap();
+    let r = render_ok("types", &[&base, &f]);
+    let facts = check_objects(&r);
+    let cfg = vigil::config::Config::from_toml(&facts.toml_text)
+        .unwrap_or_else(|e| panic!("{e}\n{}", facts.toml_text));
+    cfg.validate().unwrap();
+    assert_eq!(cfg.log.filter, filter);
+    assert_eq!(cfg.ocsp.cache_max_bytes, 268_435_456);
+    assert!(!cfg.server.http2);
+    assert_eq!(cfg.limits.max_cert_ids, 8);
+    assert_eq!(cfg.server.listen.to_string(), "[::]:8080");
+}
+
+// === the Dockerfile ===
+
+struct Instruction {
+    cmd: String,
+    args: String,
+}
+
+struct Stage {
+    from: String,
+    name: Option<String>,
+    body: Vec<Instruction>,
+}
+
+struct Dockerfile {
+    args: BTreeMap<String, String>,
+    stages: Vec<Stage>,
+}
+
+impl Dockerfile {
+    fn parse(text: &str) -> Dockerfile {
+        let mut lines = Vec::new();
+        let mut cur = String::new();
+        for line in text.lines() {
+            if line.trim_start().starts_with('#') {
+                continue;
+            }
+            if let Some(head) = line.strip_suffix('\\') {
+                cur.push_str(head);
+                continue;
+            }
+            cur.push_str(line);
+            if !cur.trim().is_empty() {
+                lines.push(std::mem::take(&mut cur));
+            }
+            cur.clear();
+        }
+        let mut df = Dockerfile {
+            args: BTreeMap::new(),
+            stages: Vec::new(),
+        };
+        for line in lines {
+            let line = line.trim();
+            let (cmd, args) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            let cmd = cmd.to_ascii_uppercase();
+            let args = args.trim().to_owned();
+            if cmd == "FROM" {
+                let words: Vec<&str> = args.split_whitespace().collect();
+                let name = match words.as_slice() {
+                    [_, as_, n] if as_.eq_ignore_ascii_case("as") => Some((*n).to_owned()),
+                    [_] => None,
+                    _ => panic!("FROM {args}"),
+                };
+                df.stages.push(Stage {
+                    from: df.expand(words[0]),
+                    name,
+                    body: Vec::new(),
+                });
+            } else if let Some(stage) = df.stages.last_mut() {
+                stage.body.push(Instruction { cmd, args });
+            } else if cmd == "ARG" {
+                let (k, v) = args.split_once('=').unwrap_or((&args, ""));
+                df.args.insert(k.to_owned(), v.to_owned());
+            } else {
+                panic!("{cmd} before the first FROM");
+            }
+        }
+        df
+    }
+
+    fn expand(&self, s: &str) -> String {
+        let mut out = s.to_owned();
+        for (k, v) in &self.args {
+            out = out.replace(&format!("${{{k}}}"), v);
+        }
+        out
+    }
+
+    fn stage(&self, name: &str) -> &Stage {
+        self.stages
+            .iter()
+            .find(|s| s.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("Dockerfile: no stage named {name}"))
+    }
+
+    /// The `ln -s ... LINK` that makes the architecture-independent p11-kit client path.
+    fn p11_kit_link(&self) -> String {
+        let run = self.stage("runtime").runs().join(" && ");
+        let (_, rest) = run
+            .split_once("ln -s \"$client\" ")
+            .expect("the runtime stage links p11-kit-client.so");
+        rest.split_whitespace().next().unwrap().to_owned()
+    }
+}
+
+impl Stage {
+    fn all(&self, cmd: &str) -> Vec<&str> {
+        self.body
+            .iter()
+            .filter(|i| i.cmd == cmd)
+            .map(|i| i.args.as_str())
+            .collect()
+    }
+
+    fn one(&self, cmd: &str) -> &str {
+        let v = self.all(cmd);
+        assert_eq!(v.len(), 1, "one {cmd} in stage {:?}", self.name);
+        v[0]
+    }
+
+    fn runs(&self) -> Vec<String> {
+        self.all("RUN").into_iter().map(str::to_owned).collect()
+    }
+
+    /// Packages named by `apt-get install` in this stage's RUNs.
+    fn apt_packages(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for run in self.runs() {
+            for cmd in run.split("&&") {
+                let words: Vec<&str> = cmd.split_whitespace().collect();
+                if let Some(i) = words.iter().position(|w| *w == "install") {
+                    if words[..i].contains(&"apt-get") {
+                        out.extend(
+                            words[i + 1..]
+                                .iter()
+                                .filter(|w| !w.starts_with('-'))
+                                .map(|w| (*w).to_owned()),
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `KEY=value` pairs of ENV and LABEL (quoted values may hold spaces).
+    fn pairs(&self, cmd: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for args in self.all(cmd) {
+            let mut rest = args.trim();
+            while !rest.is_empty() {
+                let (k, r) = rest
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("{cmd} {args}"));
+                let (v, r) = if let Some(q) = r.strip_prefix('"') {
+                    let end = q.find('"').unwrap();
+                    (&q[..end], &q[end + 1..])
+                } else {
+                    r.split_once(char::is_whitespace).unwrap_or((r, ""))
+                };
+                out.insert(k.trim().to_owned(), v.to_owned());
+                rest = r.trim();
+            }
+        }
+        out
+    }
+}
+
+fn dockerfile() -> Dockerfile {
+    Dockerfile::parse(&fs::read_to_string(root().join("Dockerfile")).unwrap())
+}
+
+fn exec_form(args: &str) -> Vec<String> {
+    serde_json::from_str(args).unwrap_or_else(|e| panic!("not an exec form: {args}: {e}"))
+}
+
+fn cargo_manifest() -> toml::Table {
+    fs::read_to_string(root().join("Cargo.toml"))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn version_tuple(v: &str) -> Vec<u64> {
+    v.split('.').map(|x| x.parse().unwrap()).collect()
+}
+
+/// Whether a Debian package is Essential (always in the base image) on this Debian host.
+fn essential(package: &str) -> bool {
+    let o = Command::new("dpkg-query")
+        .args(["-W", "-f=${Essential}", package])
+        .output()
+        .expect("dpkg-query (the tests run on Debian, like the image)");
+    String::from_utf8_lossy(&o.stdout).trim() == "yes"
+}
+
+#[test]
+fn dockerfile_stages_users_and_paths_match_the_binary_and_the_chart() {
+    let df = dockerfile();
+    let names: Vec<Option<&str>> = df.stages.iter().map(|s| s.name.as_deref()).collect();
+    assert_eq!(
+        names,
+        [
+            Some("builder"),
+            Some("runtime"),
+            Some("dev"),
+            Some("release")
+        ],
+        "stages"
+    );
+    let manifest = cargo_manifest();
+    let package = &manifest["package"];
+
+    // builder: a Debian Rust image new enough for Cargo.toml's rust-version.
+    let builder = df.stage("builder");
+    let release = df.args["DEBIAN_RELEASE"].clone();
+    assert_eq!(
+        builder.from,
+        format!("rust:{}-slim-{release}", df.args["RUST_VERSION"])
+    );
+    assert!(
+        version_tuple(&df.args["RUST_VERSION"])
+            >= version_tuple(package["rust-version"].as_str().unwrap()),
+        "the builder's Rust is older than rust-version"
+    );
+    let copies = builder.all("COPY");
+    assert_eq!(copies[0], "Cargo.toml Cargo.lock ./", "dependencies first");
+    assert_eq!(copies[1], "src ./src", "then the sources");
+    let build = builder.runs().last().unwrap().clone();
+    assert!(build.contains("cargo build --release --locked"));
+    let (_, installed) = build
+        .split_once("install -D -m 0755 target/release/vigil ")
+        .expect("the builder installs the binary");
+    let built = installed.split_whitespace().next().unwrap();
+
+    // runtime: slim Debian, p11-kit client, no SoftHSM2, non-root, one volume.
+    let rt = df.stage("runtime");
+    assert_eq!(rt.from, format!("debian:{release}-slim"));
+    let pkgs = rt.apt_packages();
+    for p in ["p11-kit-modules", "ca-certificates"] {
+        assert!(pkgs.contains(p), "runtime image lacks {p}");
+    }
+    for s in &df.stages {
+        if s.name.as_deref() != Some("dev") {
+            assert!(
+                !s.apt_packages().contains("softhsm2"),
+                "SoftHSM2 outside the dev target"
+            );
+        }
+    }
+    assert!(df.stage("dev").apt_packages().contains("softhsm2"));
+    // A build step's writes into a declared VOLUME are discarded (by the classic builder).
+    let volume = exec_form(df.stage("runtime").one("VOLUME"));
+    for s in df
+        .stages
+        .iter()
+        .skip_while(|s| s.name.as_deref() != Some("runtime"))
+    {
+        let runs = s.runs();
+        let after_volume = if s.name.as_deref() == Some("runtime") {
+            let at = s.body.iter().position(|i| i.cmd == "VOLUME").unwrap();
+            s.body[at..].iter().filter(|i| i.cmd == "RUN").count()
+        } else {
+            runs.len()
+        };
+        for run in &runs[runs.len() - after_volume..] {
+            for cmd in run.split("&&") {
+                let words: Vec<&str> = cmd.split_whitespace().collect();
+                if words.first().is_some_and(|w| {
+                    ["mkdir", "install", "chown", "chmod", "touch", "cp", "ln"].contains(w)
+                }) {
+                    assert!(
+                        !words
+                            .iter()
+                            .any(|w| volume.iter().any(|v| w.starts_with(v.as_str()))),
+                        "stage {:?} writes into the volume at build time: {cmd}",
+                        s.name
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(df.stage("dev").from, "runtime");
+    let last = df.stages.last().unwrap();
+    assert_eq!(
+        last.from, "runtime",
+        "a plain `docker build` must give the runtime image"
+    );
+    assert!(last.body.is_empty());
+
+    let copy = rt.one("COPY");
+    assert_eq!(copy, format!("--from=builder {built} /usr/local/bin/vigil"));
+    let entrypoint = exec_form(rt.one("ENTRYPOINT"));
+    assert_eq!(entrypoint, ["/usr/local/bin/vigil"]);
+    let cmd = exec_form(rt.one("CMD"));
+    assert_eq!(cmd, ["serve"]);
+    let help = Command::new(common::BIN)
+        .arg("help")
+        .args(&cmd)
+        .output()
+        .unwrap();
+    assert!(help.status.success(), "CMD is not a vigil subcommand");
+
+    let rt_args: BTreeMap<&str, &str> = rt
+        .all("ARG")
+        .into_iter()
+        .filter_map(|a| a.split_once('='))
+        .collect();
+    let user = rt.one("USER");
+    let (uid, gid) = user.split_once(':').expect("USER uid:gid");
+    let run = rt.runs().join(" && ");
+    assert!(
+        run.contains(&format!("useradd --system --uid {uid} --gid vigil")),
+        "USER vs the vigil user's UID"
+    );
+    assert!(
+        run.contains(&format!("groupadd --system --gid {gid} vigil")),
+        "USER vs its GID"
+    );
+    let uid: u64 = uid
+        .parse()
+        .expect("a numeric USER (runAsNonRoot can verify only numbers)");
+    assert!(uid > 0);
+    for s in &df.stages[df
+        .stages
+        .iter()
+        .position(|s| s.name.as_deref() == Some("runtime"))
+        .unwrap()..]
+    {
+        if let Some(u) = s.all("USER").last() {
+            assert_eq!(*u, user, "stage {:?} ends as another user", s.name);
+        }
+    }
+
+    let env = rt.pairs("ENV");
+    let data_dir = &env[vigil::config::ENV_DATA_DIR];
+    assert_eq!(exec_form(rt.one("VOLUME")), [data_dir.as_str()]);
+    assert_eq!(rt.one("WORKDIR"), data_dir);
+    assert!(
+        run.contains(&format!("install -d -o vigil -g vigil -m 0750 {data_dir}")),
+        "the volume's directory belongs to the vigil user"
+    );
+    let listen_port = port_of(&env[vigil::config::ENV_LISTEN]);
+    let exposed: Vec<u64> = rt
+        .one("EXPOSE")
+        .split_whitespace()
+        .map(|p| p.trim_end_matches("/tcp").parse().unwrap())
+        .collect();
+    assert!(exposed.contains(&listen_port));
+    assert_eq!(rt.one("STOPSIGNAL"), "SIGTERM");
+
+    // The chart runs the image as it is built.
+    let values = chart_defaults();
+    assert_eq!(
+        values.run_as_user, uid,
+        "chart runAsUser vs the image's USER"
+    );
+    assert_eq!(values.run_as_group.to_string(), gid);
+    assert_eq!(
+        values.http_port, listen_port,
+        "chart ports.http vs VIGIL_LISTEN"
+    );
+    assert!(
+        exposed.contains(&values.admin_port),
+        "chart ports.admin is not EXPOSEd"
+    );
+    assert_eq!(
+        values.data_dir, *data_dir,
+        "chart data_dir vs the image's volume"
+    );
+    assert!(
+        run.contains("install -d -m 0755 /etc/vigil")
+            && values.config_file.starts_with("/etc/vigil/"),
+        "the chart's config file {} is not under the image's /etc/vigil",
+        values.config_file
+    );
+    assert_eq!(
+        values.hsm_module,
+        df.p11_kit_link(),
+        "chart hsm.module vs the image's link"
+    );
+
+    // Labels and versions.
+    let labels = rt.pairs("LABEL");
+    for k in [
+        "title",
+        "description",
+        "version",
+        "revision",
+        "licenses",
+        "source",
+    ] {
+        assert!(
+            labels.contains_key(&format!("org.opencontainers.image.{k}")),
+            "label {k}"
+        );
+    }
+    assert_eq!(
+        labels["org.opencontainers.image.licenses"],
+        package["license"].as_str().unwrap()
+    );
+    let version = package["version"].as_str().unwrap();
+    assert_eq!(rt_args["VERSION"], version, "ARG VERSION vs Cargo.toml");
+    assert_eq!(
+        values.app_version, version,
+        "Chart.yaml appVersion vs Cargo.toml"
+    );
+
+    // The healthcheck and the chart's preStop need only Essential packages of the base.
+    let hc = rt.one("HEALTHCHECK");
+    let (_, argv) = hc.split_once("CMD ").unwrap();
+    assert_eq!(exec_form(argv)[0], "bash");
+    assert!(
+        essential("bash") && essential("coreutils"),
+        "bash and sleep are in every Debian image"
+    );
+}
+
+#[test]
+fn dockerfile_p11_kit_client_path_exists_in_the_package() {
+    let df = dockerfile();
+    let run = df.stage("runtime").runs().join(" && ");
+    assert!(run.contains("find /usr/lib -path '*/pkcs11/p11-kit-client.so'"));
+    let o = Command::new("dpkg")
+        .args(["-L", "p11-kit-modules"])
+        .output()
+        .expect("dpkg");
+    assert!(
+        o.status.success(),
+        "p11-kit-modules is not installed: .ci/run installs it"
+    );
+    let listing = String::from_utf8_lossy(&o.stdout);
+    let client: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.starts_with("/usr/lib/") && l.ends_with("/pkcs11/p11-kit-client.so"))
+        .collect();
+    assert_eq!(
+        client.len(),
+        1,
+        "p11-kit-modules ships one p11-kit-client.so: {client:?}"
+    );
+    assert!(Path::new(client[0]).exists());
+}
+
+/// Runs the first builder RUN, as written, in a directory holding what the stage copied
+/// (Cargo.toml with `extra` appended, Cargo.lock), with a `cargo` that loads the manifest and
+/// the lock file and stops before compiling anything (its rustc fails the version probe).
+/// Returns the directory afterwards.
+fn run_dependency_layer(tmp: &Path, extra: &str) -> PathBuf {
+    let df = dockerfile();
+    let run = df.stage("builder").runs()[0].clone();
+    assert!(run.contains("cargo build --release --locked"));
+    let ctx = tmp.join("src-dir");
+    fs::create_dir_all(&ctx).unwrap();
+    let manifest = fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    fs::write(ctx.join("Cargo.toml"), format!("{manifest}{extra}")).unwrap();
+    fs::copy(root().join("Cargo.lock"), ctx.join("Cargo.lock")).unwrap();
+    let shim = tmp.join("bin");
+    fs::create_dir_all(&shim).unwrap();
+    let real_cargo = std::env::var("CARGO").ok().or_else(|| {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|d| d.join("cargo"))
+            .find(|p| p.is_file())
+            .map(|p| p.display().to_string())
+    });
+    let real_cargo = real_cargo.expect("cargo: neither $CARGO nor on PATH");
+    fs::write(
+        shim.join("fake-rustc"),
+        "#!/bin/sh\necho FAKE-RUSTC-REACHED >&2\nexit 1\n",
+    )
+    .unwrap();
+    fs::write(
+        shim.join("cargo"),
+        format!(
+            "#!/bin/sh\nout=$(RUSTC='{}' '{real_cargo}' \"$@\" --offline 2>&1)\ncase \"$out\" in *FAKE-RUSTC-REACHED*) echo manifest-loaded; exit 0;; esac\necho \"$out\" >&2\nexit 1\n",
+            shim.join("fake-rustc").display()
+        ),
+    )
+    .unwrap();
+    for f in ["cargo", "fake-rustc"] {
+        Command::new("chmod")
+            .arg("+x")
+            .arg(shim.join(f))
+            .status()
+            .unwrap();
+    }
+    let path = format!("{}:{}", shim.display(), std::env::var("PATH").unwrap());
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(&run)
+        .current_dir(&ctx)
+        .env("PATH", path)
+        .env("CARGO_TARGET_DIR", tmp.join("target"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("manifest-loaded"),
+        "the dependency layer does not build from Cargo.toml and stubs (extra: {extra:?}):\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !ctx.join("src").exists(),
+        "the stub sources are removed before COPY src"
+    );
+    ctx
+}
+
+#[test]
+fn dockerfile_dependency_layer_loads_the_manifest_from_stubs() {
+    run_dependency_layer(tempfile::tempdir().unwrap().path(), "");
+    // Benches and examples declared in Cargo.toml get stubs, which stay for the real build.
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = run_dependency_layer(
+        tmp.path(),
+        "\n[[bench]]\nname = \"decode\"\nharness = false\n\n[[example]]\nname = \"bare_hyper\"\npath = \"loadtest/bare_hyper.rs\"\n",
+    );
+    assert!(ctx.join("benches/decode.rs").is_file());
+    assert!(ctx.join("loadtest/bare_hyper.rs").is_file());
+    assert!(
+        !ctx.join("examples/bare_hyper.rs").exists(),
+        "a declared path wins"
+    );
+}
+
+#[test]
+fn dockerignore_lets_every_copy_source_through() {
+    let patterns: Vec<String> = fs::read_to_string(root().join(".dockerignore"))
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    // Docker's rule: the last pattern matching a path (or one of its parents) decides.
+    let ignored = |path: &str| {
+        let mut verdict = false;
+        for p in &patterns {
+            let (neg, pat) = p
+                .strip_prefix('!')
+                .map_or((false, p.as_str()), |x| (true, x));
+            let pat = pat.trim_end_matches('/');
+            let mut prefix = String::new();
+            let hit = path.split('/').any(|part| {
+                if !prefix.is_empty() {
+                    prefix.push('/');
+                }
+                prefix.push_str(part);
+                pat == "*" && !prefix.contains('/') || pat == prefix
+            });
+            if hit {
+                verdict = !neg;
+            }
+        }
+        verdict
+    };
+    let df = dockerfile();
+    for stage in &df.stages {
+        for copy in stage.all("COPY") {
+            if copy.starts_with("--from=") {
+                continue;
+            }
+            let words: Vec<&str> = copy.split_whitespace().collect();
+            for src in &words[..words.len() - 1] {
+                assert!(!ignored(src), ".dockerignore drops COPY source {src}");
+                if root().join(src).is_dir() {
+                    assert!(
+                        !ignored(&format!("{src}/lib.rs")),
+                        ".dockerignore drops {src}/*"
+                    );
+                }
+            }
+        }
+    }
+    for secret in [
+        "vigil-data/ca.pem",
+        "target/release/vigil",
+        ".git/config",
+        "helm/vigil",
+    ] {
+        assert!(ignored(secret), "{secret} enters the build context");
+    }
+}
+
+#[test]
+fn healthcheck_command_probes_a_running_vigil() {
+    let df = dockerfile();
+    let hc = df.stage("runtime").one("HEALTHCHECK");
+    let (_, argv) = hc.split_once("CMD ").unwrap();
+    let argv = exec_form(argv);
+    let run = |listen: &str| {
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .env(vigil::config::ENV_LISTEN, listen)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut v = common::Vigil::start(tmp.path(), None, &[]);
+    assert!(
+        run(&v.addr.to_string()),
+        "HEALTHCHECK failed against a healthy vigil"
+    );
+    v.kill9();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert!(
+        !run(&closed.to_string()),
+        "HEALTHCHECK passed with nothing listening"
+    );
+}
+
+/// The chart's defaults that must match the image, read through the renderer (so as Helm
+/// reads values.yaml and Chart.yaml).
+struct ChartDefaults {
+    run_as_user: u64,
+    run_as_group: u64,
+    http_port: u64,
+    admin_port: u64,
+    data_dir: String,
+    config_file: String,
+    hsm_module: String,
+    app_version: String,
+}
+
+fn chart_defaults() -> ChartDefaults {
+    // The defaults need an issuer and a status source to render; nothing else is set.
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("min.yaml");
+    fs::write(
+        &f,
+        "issuers:\n  - name: a\n    existingSecret: a\njournal:\n  existingClaim: j\n",
+    )
+    .unwrap();
+    let r = render_ok("values.yaml defaults", &[&f]);
+    let facts = check_objects(&r);
+    let v = &r.values;
+    let labels = &r.one("Deployment")["metadata"]["labels"];
+    ChartDefaults {
+        run_as_user: u64_of(&v["podSecurityContext"]["runAsUser"], "runAsUser"),
+        run_as_group: u64_of(&v["podSecurityContext"]["runAsGroup"], "runAsGroup"),
+        http_port: u64_of(&v["ports"]["http"], "ports.http"),
+        admin_port: u64_of(&v["ports"]["admin"], "ports.admin"),
+        data_dir: str_of_toml(&facts.table["data_dir"], "data_dir").to_owned(),
+        config_file: facts.env[vigil::config::ENV_CONFIG].clone(),
+        hsm_module: str_of(&v["hsm"]["module"], "hsm.module").to_owned(),
+        app_version: str_of(&labels["app.kubernetes.io/version"], "version").to_owned(),
+    }
+}
