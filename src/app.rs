@@ -1,14 +1,21 @@
-//! Start-up of `vigil serve`: config → issuers → status view → responder → listener, and the
-//! journal tailer that keeps the view current.
+//! Start-up of `vigil serve`: config → issuers → status view → responder → listener, and what
+//! keeps the view current: the journal tailer (single node) or the feed consumers, repair,
+//! heartbeats and checkpoints (`[feed]`).
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::config::Config;
+use crate::config::{Config, FeedConfig};
 use crate::crl_service::CrlService;
+use crate::feed::consume::{self, FeedState};
+use crate::feed::health::FeedHealth;
+use crate::feed::repair::{run_heartbeats, Repairer};
+use crate::feed::{checkpoint, region, Cursor};
 use crate::http::{self, AppState, Readiness};
 use crate::pki::{self, Issuer};
 use crate::responder::Responder;
@@ -137,18 +144,35 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     let prometheus = telemetry::install_recorder().ok();
     let Signing { issuers, pools } = load_signing(&cfg)?;
     let metrics = Arc::new(Metrics::new());
-    let view = Arc::new(StatusView::new());
     let readiness = Arc::new(Readiness {
         signer_pools: pools,
         require_signer: cfg.hsm_pool.readiness_requires_signer,
         ..Readiness::default()
     });
 
-    let journal_path = cfg.journal_path();
-    let mut reader = JournalReader::new(&journal_path);
-    let n = replay_journal(&mut reader, &view, &metrics)?;
-    tracing::info!(events = n, certificates = view.len(), journal = %journal_path.display(), "status view loaded");
-    readiness.view_loaded.store(true, Ordering::Relaxed);
+    let mut reader = None;
+    let mut feed_start = None;
+    let view = match &cfg.feed {
+        None => {
+            let view = Arc::new(StatusView::new());
+            let journal_path = cfg.journal_path();
+            let mut r = JournalReader::new(&journal_path);
+            let n = replay_journal(&mut r, &view, &metrics)?;
+            tracing::info!(events = n, certificates = view.len(), journal = %journal_path.display(), "status view loaded");
+            readiness.view_loaded.store(true, Ordering::Relaxed);
+            reader = Some(r);
+            view
+        }
+        Some(_) => {
+            let (view, cursors, fresh_at_ms) = load_checkpoint(&cfg).await;
+            if fresh_at_ms > 0 {
+                // The checkpoint answers until the feed is back (and readiness says how stale).
+                readiness.view_loaded.store(true, Ordering::Relaxed);
+            }
+            feed_start = Some((cursors, fresh_at_ms));
+            Arc::new(view)
+        }
+    };
 
     let now = crate::clock::unix_now();
     let signer_not_after: Vec<(String, i64)> = issuers
@@ -173,16 +197,52 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("server.listen {}: {e}", cfg.server.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    announce(&cfg, addr, &crl);
 
-    tokio::spawn(tail_journal(
-        reader,
-        cfg.clone(),
-        view.clone(),
-        responder.clone(),
-        metrics.clone(),
-        revoked,
-    ));
+    let writer = Arc::new(crate::writer::StatusWriter::from_config(&cfg)?);
+    if let Some(admin) = &cfg.admin {
+        let admin_listener = TcpListener::bind(admin.listen)
+            .await
+            .map_err(|e| format!("admin.listen {}: {e}", admin.listen))?;
+        let admin_state = crate::http::admin::AdminState::new(
+            &cfg,
+            admin,
+            writer.clone(),
+            view.clone(),
+            responder.clone(),
+        )?;
+        let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+        let scheme = if admin.tls_certificate.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        println!("vigil admin API on {scheme}://{admin_addr}/");
+        tokio::spawn(crate::http::admin::serve(
+            admin_listener,
+            Arc::new(admin_state),
+        ));
+    }
+
+    let mut feed_running = None;
+    match (&cfg.feed, feed_start, reader) {
+        (Some(feed), Some(start), _) => {
+            feed_running = Some(start_feed(
+                &cfg, feed, start, &view, &responder, &readiness, &revoked,
+            )?);
+        }
+        (_, _, Some(reader)) => {
+            tokio::spawn(tail_journal(
+                reader,
+                cfg.clone(),
+                view.clone(),
+                responder.clone(),
+                metrics.clone(),
+                revoked,
+            ));
+        }
+        _ => {}
+    }
+    announce(&cfg, addr, &crl);
     if let Some(h) = prometheus.clone() {
         tokio::spawn(async move {
             loop {
@@ -198,7 +258,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     let state = Arc::new(AppState {
         config: cfg.clone(),
         responder,
-        view,
+        view: view.clone(),
         crl: crl.catalog.clone(),
         readiness: readiness.clone(),
         metrics,
@@ -214,8 +274,138 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     http::serve(listener, state, shutdown)
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(feed) = feed_running {
+        feed.checkpoint(&view).await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Loads the checkpoint (view, cursors, freshness); a missing or damaged one gives an empty view
+/// and no cursors, so every region is bootstrapped.
+async fn load_checkpoint(cfg: &Config) -> (StatusView, HashMap<String, Cursor>, i64) {
+    let path = cfg.checkpoint_path();
+    let started = std::time::Instant::now();
+    let p = path.clone();
+    match tokio::task::spawn_blocking(move || checkpoint::load(&p)).await {
+        Ok(Ok(Some(l))) => {
+            tracing::info!(checkpoint = %path.display(), certificates = l.certificates,
+                regions = l.cursors.len(), elapsed_ms = started.elapsed().as_millis() as u64,
+                "status view loaded from the checkpoint");
+            (l.view, l.cursors, l.fresh_at_ms)
+        }
+        Ok(Ok(None)) => {
+            tracing::info!(checkpoint = %path.display(), "no checkpoint yet: bootstrapping from the feed");
+            (StatusView::new(), HashMap::new(), 0)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "ignoring the checkpoint: bootstrapping every region from its snapshot");
+            (StatusView::new(), HashMap::new(), 0)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "checkpoint loader failed: bootstrapping every region");
+            (StatusView::new(), HashMap::new(), 0)
+        }
+    }
+}
+
+/// The running feed machinery of a replica.
+struct RunningFeed {
+    state: Arc<FeedState>,
+    path: std::path::PathBuf,
+}
+
+impl RunningFeed {
+    /// Writes a checkpoint: cursors first, then the view (see [`checkpoint`]).
+    async fn checkpoint(&self, view: &Arc<StatusView>) {
+        let cursors = self.state.cursors();
+        if cursors.is_empty() && view.is_empty() {
+            return;
+        }
+        let fresh = self.state.health.freshest_ms();
+        let (path, view) = (self.path.clone(), view.clone());
+        let started = std::time::Instant::now();
+        let r =
+            tokio::task::spawn_blocking(move || checkpoint::write(&path, &view, &cursors, fresh))
+                .await;
+        metrics::histogram!(telemetry::CHECKPOINT_DURATION).record(started.elapsed().as_secs_f64());
+        match r {
+            Ok(Ok(n)) => {
+                metrics::counter!(telemetry::CHECKPOINT_WRITES, "result" => "ok").increment(1);
+                tracing::debug!(
+                    certificates = n,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "checkpoint written"
+                );
+            }
+            Ok(Err(e)) => {
+                metrics::counter!(telemetry::CHECKPOINT_WRITES, "result" => "error").increment(1);
+                tracing::warn!(error = %e, "checkpoint not written");
+            }
+            Err(e) => tracing::warn!(error = %e, "checkpoint task failed"),
+        }
+    }
+}
+
+/// Starts one consumer and one heartbeat writer per region, the repairer, the checkpoint timer
+/// and the freshness gauges.
+fn start_feed(
+    cfg: &Config,
+    feed: &FeedConfig,
+    (cursors, fresh_at_ms): (HashMap<String, Cursor>, i64),
+    view: &Arc<StatusView>,
+    responder: &Arc<Responder>,
+    readiness: &Arc<Readiness>,
+    revoked: &Arc<Notify>,
+) -> Result<Arc<RunningFeed>, String> {
+    let regions = region::regions(cfg).map_err(|e| e.to_string())?;
+    let names: Vec<String> = regions.iter().map(|r| r.name.clone()).collect();
+    let health = Arc::new(FeedHealth::new(&names, feed.max_staleness));
+    health.set_checkpoint_fresh(fresh_at_ms);
+    let _ = readiness.feed.set(health.clone());
+    let state = Arc::new(FeedState::new(
+        view.clone(),
+        Some(responder.clone()),
+        health.clone(),
+        Some(readiness.clone()),
+        cursors,
+    ));
+    // The CRL publisher publishes within crl.publish_delay of a revocation read from the feed.
+    let _ = state.revoked.set(revoked.clone());
+    for r in &regions {
+        tokio::spawn(consume::run(
+            state.clone(),
+            r.clone(),
+            feed.reconnect_min,
+            feed.reconnect_max,
+        ));
+        tokio::spawn(run_heartbeats(
+            r.clone(),
+            feed.maxlen,
+            cfg.status.origin.clone(),
+            feed.heartbeat_interval,
+        ));
+    }
+    let repairer = Repairer::new(state.clone(), regions, feed.maxlen, &cfg.status.origin);
+    tokio::spawn(repairer.run(feed.repair_interval));
+    let running = Arc::new(RunningFeed {
+        state,
+        path: cfg.checkpoint_path(),
+    });
+    let (r, v, every) = (running.clone(), view.clone(), feed.checkpoint_interval);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            r.checkpoint(&v).await;
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            health.update_gauges(crate::clock::unix_now_ms());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    Ok(running)
 }
 
 /// Sets `vigil_signer_certificate_expiry_seconds` of each issuer: seconds from `now` to the
@@ -326,11 +516,50 @@ async fn tail_journal(
 pub async fn publish_crls(cfg: Config) -> Result<Vec<String>, String> {
     prepare_embedded(&cfg)?;
     let issuers = load_issuers(&cfg)?;
-    let view = Arc::new(StatusView::new());
-    let metrics = Metrics::new();
-    replay_journal(&mut JournalReader::new(cfg.journal_path()), &view, &metrics)?;
+    let view = if cfg.feed.is_some() {
+        view_from_regions(&cfg).await?
+    } else {
+        let view = Arc::new(StatusView::new());
+        let metrics = Metrics::new();
+        replay_journal(&mut JournalReader::new(cfg.journal_path()), &view, &metrics)?;
+        view
+    };
     let crl = CrlService::new(Arc::new(cfg), &issuers, true)?;
     crl.publish_once(view).await
+}
+
+/// With `[feed]`: the join of every reachable region's snapshot, for one-shot commands. Fails
+/// when no region is reachable; warns when some are not (their writes that missed the others
+/// may be absent until repair).
+pub async fn view_from_regions(cfg: &Config) -> Result<Arc<StatusView>, String> {
+    let regions = region::regions(cfg).map_err(|e| e.to_string())?;
+    let names: Vec<String> = regions.iter().map(|r| r.name.clone()).collect();
+    let health = Arc::new(FeedHealth::new(&names, Duration::from_secs(60)));
+    let view = Arc::new(StatusView::new());
+    let state = FeedState::new(view.clone(), None, health.clone(), None, HashMap::new());
+    let mut failed = Vec::new();
+    for r in &regions {
+        let Some(h) = health.region(&r.name) else {
+            continue;
+        };
+        let result = async {
+            let mut c = r.connect(Some(r.write_timeout())).await?;
+            let epoch = consume::ensure_epoch(r, &mut c).await?;
+            consume::bootstrap(&state, r, h, &mut c, &epoch).await
+        }
+        .await;
+        if let Err(e) = result {
+            failed.push((r.name.clone(), e.to_string()));
+        }
+    }
+    let failures = crate::feed::publish::describe_failures(&failed);
+    if failed.len() == regions.len() {
+        return Err(format!("no feed region reachable: {failures}"));
+    }
+    if !failed.is_empty() {
+        tracing::warn!(regions = %failures, "some feed regions are unreachable; using the others");
+    }
+    Ok(view)
 }
 
 /// The issuer id of a configured issuer, from its CA certificate only (for CLI commands).

@@ -26,6 +26,11 @@ pub const ENV_NONCE: &str = "VIGIL_NONCE";
 pub const ENV_LOG: &str = "VIGIL_LOG";
 /// Overrides `crl.base_url`.
 pub const ENV_CRL_BASE_URL: &str = "VIGIL_CRL_BASE_URL";
+/// The admin API bearer token (instead of `admin.token_file`).
+pub const ENV_ADMIN_TOKEN: &str = "VIGIL_ADMIN_TOKEN";
+/// Prefix of the per-region Redis password variables: `VIGIL_REDIS_PASSWORD_<REGION>`, the
+/// region name upper-cased with `-` as `_` (instead of `region.password_file`).
+pub const ENV_REDIS_PASSWORD_PREFIX: &str = "VIGIL_REDIS_PASSWORD_";
 
 /// The data directory of the embedded default.
 pub const DEFAULT_DATA_DIR: &str = "./vigil-data";
@@ -61,6 +66,12 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// The multi-region revocation feed on Redis Streams; absent: the local journal is the feed.
+    #[serde(default)]
+    pub feed: Option<FeedConfig>,
+    /// The authenticated admin API; absent: no admin listener.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
     /// Issuers answered for.
     #[serde(default, rename = "issuer")]
     pub issuers: Vec<IssuerConfig>,
@@ -233,6 +244,138 @@ impl Default for StatusConfig {
     }
 }
 
+/// `[feed]`: every region's Redis holds a stream of status events and a per-issuer snapshot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    /// Regions that must hold a write before it is acknowledged (default: a majority).
+    #[serde(default)]
+    pub quorum: Option<usize>,
+    /// Approximate length each region's stream is trimmed to (`XADD MAXLEN ~`). Replicas
+    /// further behind than this re-bootstrap from the snapshot.
+    #[serde(default = "default_maxlen")]
+    pub maxlen: u64,
+    /// Prefix of every Redis key vigil uses.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// `/readyz` fails when no region has delivered an event or heartbeat for this long.
+    #[serde(default = "default_max_staleness", deserialize_with = "duration")]
+    pub max_staleness: Duration,
+    /// How often a heartbeat is written to each region (at most one per region per interval,
+    /// whatever the number of replicas).
+    #[serde(default = "default_heartbeat", deserialize_with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// Time a write to one region may take before that region counts as failed.
+    #[serde(default = "default_write_timeout", deserialize_with = "duration")]
+    pub write_timeout: Duration,
+    /// Time to connect to a region's Redis (or its Sentinels).
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// First reconnect delay; doubles on each failure, with jitter.
+    #[serde(default = "default_reconnect_min", deserialize_with = "duration")]
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay.
+    #[serde(default = "default_reconnect_max", deserialize_with = "duration")]
+    pub reconnect_max: Duration,
+    /// The local checkpoint (view and cursors); default `<data_dir>/checkpoint.vcp`.
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
+    /// How often the checkpoint is written (also on shutdown).
+    #[serde(default = "default_checkpoint_interval", deserialize_with = "duration")]
+    pub checkpoint_interval: Duration,
+    /// How often a replica hands off repair hints and checks that every region holds every
+    /// other region's data.
+    #[serde(default = "default_repair_interval", deserialize_with = "duration")]
+    pub repair_interval: Duration,
+}
+
+fn default_maxlen() -> u64 {
+    1_000_000
+}
+fn default_key_prefix() -> String {
+    "vigil".into()
+}
+fn default_max_staleness() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_reconnect_min() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_repair_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            quorum: None,
+            maxlen: default_maxlen(),
+            key_prefix: default_key_prefix(),
+            max_staleness: default_max_staleness(),
+            heartbeat_interval: default_heartbeat(),
+            write_timeout: default_write_timeout(),
+            connect_timeout: default_connect_timeout(),
+            reconnect_min: default_reconnect_min(),
+            reconnect_max: default_reconnect_max(),
+            checkpoint: None,
+            checkpoint_interval: default_checkpoint_interval(),
+            repair_interval: default_repair_interval(),
+        }
+    }
+}
+
+impl FeedConfig {
+    /// Regions that must hold a write: `quorum`, or a majority of the `regions` regions.
+    pub fn quorum(&self, regions: usize) -> usize {
+        self.quorum.unwrap_or(regions / 2 + 1)
+    }
+}
+
+/// `[admin]`: the admin API on its own listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address and port of the admin listener (keep it off the public network).
+    pub listen: SocketAddr,
+    /// File holding the bearer token (or set `VIGIL_ADMIN_TOKEN`). At least 16 bytes.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Append-only audit log of every change; default `<data_dir>/audit.log`.
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
+    /// Server certificate chain (PEM): serve the admin API over TLS.
+    #[serde(default)]
+    pub tls_certificate: Option<PathBuf>,
+    /// Key (PEM) of `tls_certificate`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) client certificates must chain to: requires mutual TLS.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Largest request body, bytes.
+    #[serde(default = "default_admin_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_admin_body() -> usize {
+    limits::MAX_ADMIN_BODY_BYTES
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -273,15 +416,56 @@ pub struct IssuerConfig {
     pub crl_key: Option<PathBuf>,
 }
 
-/// `[[region]]`: one region and its Redis. The CRL publisher stores into every region's Redis
-/// and replicas read from every region's Redis.
+/// `[[region]]`: one region and its Redis, a single server (`redis`) or a Sentinel-managed group
+/// (`sentinels` and `service`). The CRL publisher stores into every region's Redis; with
+/// `[feed]`, status changes are written to every region; replicas read from every region.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegionConfig {
     /// Region name: 1-64 of `[A-Za-z0-9_-]`, unique.
     pub name: String,
-    /// Redis URL, `redis://host:port[/db]` (or `rediss://`, `unix://`).
-    pub redis: String,
+    /// Redis URL, `redis://host:port[/db]` (or `rediss://` for TLS through rustls,
+    /// `unix://`). Put no password here: use `password_file` or the environment.
+    #[serde(default)]
+    pub redis: Option<String>,
+    /// Sentinel addresses (`redis://` or `rediss://`), instead of `redis`.
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    /// The Sentinel service (master group) name.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Connect to the Sentinel-managed servers over TLS.
+    #[serde(default)]
+    pub sentinel_server_tls: bool,
+    /// Database number for Sentinel-managed servers.
+    #[serde(default)]
+    pub db: i64,
+    /// ACL user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password (trailing newline ignored); or set
+    /// `VIGIL_REDIS_PASSWORD_<REGION>`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the server with, instead of the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for TLS client authentication.
+    #[serde(default)]
+    pub client_certificate: Option<PathBuf>,
+    /// Key (PEM) of `client_certificate`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+impl RegionConfig {
+    /// The environment variable that may hold this region's password.
+    pub fn password_env(&self) -> String {
+        format!(
+            "{ENV_REDIS_PASSWORD_PREFIX}{}",
+            self.name.to_ascii_uppercase().replace('-', "_")
+        )
+    }
 }
 
 /// What a sharded CRL's shard is a function of.
@@ -533,6 +717,29 @@ impl Config {
         if let Some(j) = &mut self.status.journal {
             fix(j);
         }
+        if let Some(f) = &mut self.feed {
+            if let Some(c) = &mut f.checkpoint {
+                fix(c);
+            }
+        }
+        for r in &mut self.regions {
+            for p in [&mut r.password_file, &mut r.ca_file]
+                .into_iter()
+                .chain([&mut r.client_certificate, &mut r.client_key])
+                .flatten()
+            {
+                fix(p);
+            }
+        }
+        if let Some(a) = &mut self.admin {
+            for p in [&mut a.token_file, &mut a.audit_log, &mut a.tls_certificate]
+                .into_iter()
+                .chain([&mut a.tls_key, &mut a.client_ca])
+                .flatten()
+            {
+                fix(p);
+            }
+        }
         for i in &mut self.issuers {
             fix(&mut i.certificate);
             if let Some(k) = &mut i.responder_key {
@@ -595,6 +802,22 @@ impl Config {
             .journal
             .clone()
             .unwrap_or_else(|| self.data_dir.join("journal.vj"))
+    }
+
+    /// The checkpoint path (feed mode).
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.feed
+            .as_ref()
+            .and_then(|f| f.checkpoint.clone())
+            .unwrap_or_else(|| self.data_dir.join("checkpoint.vcp"))
+    }
+
+    /// The admin audit log path.
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.admin
+            .as_ref()
+            .and_then(|a| a.audit_log.clone())
+            .unwrap_or_else(|| self.data_dir.join("audit.log"))
     }
 
     /// Checks every rule that TOML types cannot express.
@@ -660,6 +883,12 @@ impl Config {
         }
         if self.status.origin.is_empty() || self.status.origin.len() > limits::MAX_ORIGIN_BYTES {
             return err("status.origin: 1 to 64 bytes");
+        }
+        if let Some(f) = &self.feed {
+            validate_feed(f, self.regions.len())?;
+        }
+        if let Some(a) = &self.admin {
+            validate_admin(a)?;
         }
         if self.issuers.is_empty() {
             return err("issuer: at least one [[issuer]] is required");
@@ -784,8 +1013,47 @@ impl Config {
             if self.regions[..i].iter().any(|o| o.name == r.name) {
                 return err(format!("region[{i}].name: {:?} is used twice", r.name));
             }
-            if let Err(e) = redis::Client::open(r.redis.as_str()) {
-                return err(format!("region[{i}].redis: {:?}: {e}", r.redis));
+            match (&r.redis, r.sentinels.is_empty(), &r.service) {
+                (Some(u), true, None) => {
+                    if url_has_password(u) {
+                        return err(format!(
+                            "region[{i}].redis: must not hold a password (use password_file or {})",
+                            r.password_env()
+                        ));
+                    }
+                    if u.contains('#') {
+                        return err(format!(
+                            "region[{i}].redis: no URL fragment (#insecure turns off certificate checks)"
+                        ));
+                    }
+                    if let Err(e) = redis::Client::open(u.as_str()) {
+                        return err(format!("region[{i}].redis: {u:?}: {e}"));
+                    }
+                }
+                (None, false, Some(_)) => {
+                    for s in &r.sentinels {
+                        if !(s.starts_with("redis://") || s.starts_with("rediss://")) {
+                            return err(format!(
+                                "region[{i}].sentinels: {s:?} must start with redis:// or rediss://"
+                            ));
+                        }
+                        if url_has_password(s) || s.contains('#') {
+                            return err(format!(
+                                "region[{i}].sentinels: no password and no URL fragment"
+                            ));
+                        }
+                    }
+                }
+                _ => {
+                    return err(format!(
+                        "region[{i}]: set either redis, or sentinels and service"
+                    ))
+                }
+            }
+            if r.client_certificate.is_some() != r.client_key.is_some() {
+                return err(format!(
+                    "region[{i}].client_key: client_certificate and client_key go together"
+                ));
             }
         }
         Ok(())
@@ -869,6 +1137,71 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+fn validate_feed(f: &FeedConfig, n: usize) -> Result<(), ConfigError> {
+    if n == 0 {
+        return err("feed: at least one [[region]] is required");
+    }
+    let q = f.quorum(n);
+    if q == 0 || q > n {
+        return err(format!(
+            "feed.quorum: {q} must be between 1 and the number of regions ({n})"
+        ));
+    }
+    if f.maxlen == 0 {
+        return err("feed.maxlen: must be at least 1");
+    }
+    let key_ok = !f.key_prefix.is_empty()
+        && f.key_prefix.len() <= 64
+        && f.key_prefix
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
+    if !key_ok {
+        return err("feed.key_prefix: 1-64 printable characters, no spaces or braces");
+    }
+    for (key, d) in [
+        ("feed.max_staleness", f.max_staleness),
+        ("feed.heartbeat_interval", f.heartbeat_interval),
+        ("feed.write_timeout", f.write_timeout),
+        ("feed.connect_timeout", f.connect_timeout),
+        ("feed.reconnect_min", f.reconnect_min),
+        ("feed.checkpoint_interval", f.checkpoint_interval),
+        ("feed.repair_interval", f.repair_interval),
+    ] {
+        if d < Duration::from_millis(10) {
+            return err(format!("{key}: at least 10ms"));
+        }
+    }
+    if f.reconnect_max < f.reconnect_min {
+        return err("feed.reconnect_max: must not be below feed.reconnect_min");
+    }
+    if f.max_staleness <= f.heartbeat_interval {
+        return err("feed.max_staleness: must be longer than feed.heartbeat_interval");
+    }
+    Ok(())
+}
+
+/// True when a `redis://user:password@host` URL carries a password.
+fn url_has_password(u: &str) -> bool {
+    let rest = u.split_once("://").map_or(u, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+fn validate_admin(a: &AdminConfig) -> Result<(), ConfigError> {
+    if a.tls_certificate.is_some() != a.tls_key.is_some() {
+        return err("admin.tls_key: tls_certificate and tls_key go together");
+    }
+    if a.client_ca.is_some() && a.tls_certificate.is_none() {
+        return err("admin.client_ca: mutual TLS needs admin.tls_certificate and admin.tls_key");
+    }
+    if a.max_body_bytes == 0 || a.max_body_bytes > 64 * 1024 {
+        return err("admin.max_body_bytes: 1 to 65536");
+    }
+    Ok(())
+}
+
 fn unreachable_default() -> Config {
     // `toml::from_str("")` fills every field from its default; this path is never taken.
     Config {
@@ -878,6 +1211,8 @@ fn unreachable_default() -> Config {
         ocsp: OcspConfig::default(),
         status: StatusConfig::default(),
         log: LogConfig::default(),
+        feed: None,
+        admin: None,
         issuers: Vec::new(),
         crl: CrlConfig::default(),
         regions: Vec::new(),
@@ -920,6 +1255,60 @@ mod tests {
             .contains("limits.max_cert_ids"));
         let e = Config::from_toml("[ocsp]\nvalidity = \"soon\"").expect_err("bad duration");
         assert!(e.to_string().contains("validity"), "{e}");
+    }
+
+    #[test]
+    fn feed_and_admin_config() {
+        let c = Config::from_toml(&format!(
+            "[feed]\nmax_staleness = \"30s\"\n[[region]]\nname = \"a\"\nredis = \"redis://127.0.0.1:1/\"\n[[region]]\nname = \"b\"\nsentinels = [\"redis://127.0.0.1:2\"]\nservice = \"m\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{ISSUER}"
+        ))
+        .expect("parse");
+        c.validate().expect("valid");
+        let f = c.feed.as_ref().expect("feed");
+        assert_eq!(f.quorum(c.regions.len()), 2);
+        assert_eq!(c.regions[1].password_env(), "VIGIL_REDIS_PASSWORD_B");
+        let bad = Config::from_toml(&format!(
+            "[feed]\nquorum = 3\n[[region]]\nname = \"a\"\nredis = \"redis://x/\"\n{ISSUER}"
+        ))
+        .expect("parse");
+        assert!(bad
+            .validate()
+            .expect_err("quorum")
+            .to_string()
+            .contains("feed.quorum"));
+        let bad = Config::from_toml(&format!("[feed]\n{ISSUER}")).expect("parse");
+        assert!(bad
+            .validate()
+            .expect_err("no region")
+            .to_string()
+            .contains("[[region]]"));
+        let bad = Config::from_toml(&format!(
+            "[[region]]\nname = \"a\"\nredis = \"redis://u:secret@x/\"\n{ISSUER}"
+        ))
+        .expect("parse");
+        let e = bad.validate().expect_err("password in url").to_string();
+        assert!(
+            e.contains("region[0].redis") && !e.contains("secret"),
+            "{e}"
+        );
+        let bad = Config::from_toml(&format!(
+            "[[region]]\nname = \"a\"\nredis = \"rediss://x/#insecure\"\n{ISSUER}"
+        ))
+        .expect("parse");
+        assert!(bad
+            .validate()
+            .expect_err("fragment")
+            .to_string()
+            .contains("fragment"));
+        let bad = Config::from_toml(&format!("[[region]]\nname = \"a\"\n{ISSUER}")).expect("parse");
+        assert!(bad
+            .validate()
+            .expect_err("neither")
+            .to_string()
+            .contains("either redis"));
+        let e =
+            Config::from_toml("[[region]]\nname = \"a\"\nurll = \"x\"").expect_err("unknown key");
+        assert!(e.to_string().contains("urll"), "{e}");
     }
 
     #[test]

@@ -55,3 +55,25 @@ pub const HSM_SESSIONS: usize = 4;
 
 /// Most signing sessions per HSM (`hsm.sessions`).
 pub const MAX_HSM_SESSIONS: usize = 64;
+
+/// Largest admin API request body, in bytes (`admin.max_body_bytes`): a revocation or issuance
+/// in JSON is under 300 bytes; 4 KiB leaves room without letting a client make vigil buffer much.
+pub const MAX_ADMIN_BODY_BYTES: usize = 4 * 1024;
+
+/// Stream entries read per `XREAD` call: large enough to catch up quickly after an outage,
+/// small enough that one reply stays well under a megabyte (an entry is about 120 bytes).
+pub const FEED_READ_COUNT: usize = 1000;
+
+/// Snapshot fields read per `HSCAN` call during a bootstrap (a hint to Redis, not a hard cap).
+pub const FEED_SCAN_COUNT: usize = 1000;
+
+/// Script calls sent per pipeline when publishing many records (import, repair): bounds the
+/// reply buffered at once and the time a region's Redis spends on one batch.
+pub const FEED_PIPELINE_CHUNK: usize = 500;
+
+/// Longest stream-entry id text accepted from Redis (`<u64>-<u64>`).
+pub const MAX_STREAM_ID_BYTES: usize = 41;
+
+/// Largest checkpoint section count accepted when loading (issuers, cursors): anything larger
+/// is corruption, not a real deployment.
+pub const MAX_CHECKPOINT_ISSUERS: usize = 4096;

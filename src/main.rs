@@ -124,6 +124,8 @@ struct Target {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // rustls (Redis over TLS, the admin listener) uses ring, the only provider compiled in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -412,11 +414,29 @@ fn resolve(target: &Target) -> Result<(Serial, Option<i64>), String> {
     ))
 }
 
-fn append(cfg: &Config, events: &[Event]) -> Result<(), String> {
+/// Writes events to the feed's regions (with `[feed]`) or the local journal; returns where.
+fn append(cfg: &Config, events: &[Event]) -> Result<String, String> {
     app::prepare_embedded(cfg)?;
-    JournalWriter::open(cfg.journal_path())
-        .and_then(|mut w| w.append(events))
-        .map_err(|e| e.to_string())
+    if cfg.feed.is_none() {
+        JournalWriter::open(cfg.journal_path())
+            .and_then(|mut w| w.append(events))
+            .map_err(|e| e.to_string())?;
+        return Ok("the local journal".into());
+    }
+    let rt = small_runtime()?;
+    rt.block_on(async {
+        vigil::writer::StatusWriter::from_config(cfg)?
+            .write(events.to_vec())
+            .await
+            .map(|w| w.summary)
+    })
+}
+
+fn small_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))
 }
 
 fn event(cfg: &Config, issuer: IssuerId, serial: Serial, kind: EventKind) -> Event {
@@ -449,9 +469,9 @@ fn revoke(cfg: &Config, target: &Target, reason: &str, time: Option<&str>) -> Re
         events.push(event(cfg, id, serial, EventKind::Issued { not_after: na }));
     }
     events.push(event(cfg, id, serial, EventKind::Revoked { time, reason }));
-    append(cfg, &events)?;
+    let at = append(cfg, &events).map_err(|e| format!("revoking {serial}: {e}"))?;
     println!(
-        "revoked {serial} of {} ({}), acknowledged",
+        "revoked {serial} of {} ({}), acknowledged by {at}",
         target.issuer,
         reason.name()
     );
@@ -466,11 +486,12 @@ fn issue(cfg: &Config, target: &Target, not_after: Option<&str>) -> Result<(), S
         (None, Some(t)) => t,
         (None, None) => return Err("--not-after is required with --serial".into()),
     };
-    append(
+    let at = append(
         cfg,
         &[event(cfg, id, serial, EventKind::Issued { not_after })],
-    )?;
-    println!("issued {serial} of {}, acknowledged", target.issuer);
+    )
+    .map_err(|e| format!("recording {serial}: {e}"))?;
+    println!("issued {serial} of {}, acknowledged by {at}", target.issuer);
     Ok(())
 }
 
@@ -508,9 +529,66 @@ fn import(cfg: &Config, path: &Path, issuer: &str) -> Result<(), String> {
             revoked += 1;
         }
     }
-    append(cfg, &events)?;
-    println!("imported {issued} certificate(s), {revoked} revoked, for {issuer}");
+    let at = append(cfg, &events)?;
+    println!(
+        "imported {issued} certificate(s), {revoked} revoked, for {issuer}; acknowledged by {at}"
+    );
     Ok(())
+}
+
+/// `vigil status` with `[feed]`: what each region's snapshot holds, and their join.
+fn feed_status(
+    cfg: &Config,
+    issuer: &str,
+    id: IssuerId,
+    serial: Option<&str>,
+) -> Result<(), String> {
+    let regions = vigil::feed::region::regions(cfg).map_err(|e| e.to_string())?;
+    let serial = serial
+        .map(|hex| Serial::from_hex(hex).map_err(|e| format!("--serial {hex:?}: {e}")))
+        .transpose()?;
+    small_runtime()?.block_on(async {
+        let mut joined: Option<vigil::status::CertRecord> = None;
+        let mut reached = 0;
+        for r in &regions {
+            match &serial {
+                Some(s) => match r.snapshot_record(&id, s).await {
+                    Ok(rec) => {
+                        reached += 1;
+                        println!("region {}: {}", r.name, describe_record(rec.as_ref()));
+                        if let Some(rec) = rec {
+                            joined = Some(joined.map_or(rec, |j| j.join(rec)));
+                        }
+                    }
+                    Err(e) => println!("region {}: unreachable ({e})", r.name),
+                },
+                None => match r.snapshot_len(&id).await {
+                    Ok(n) => {
+                        reached += 1;
+                        println!("region {}: {n} certificate(s) of {issuer}", r.name);
+                    }
+                    Err(e) => println!("region {}: unreachable ({e})", r.name),
+                },
+            }
+        }
+        if let Some(s) = &serial {
+            println!("{s}: {}", describe_record(joined.as_ref()));
+        }
+        if reached == 0 {
+            return Err("no region reachable".to_owned());
+        }
+        Ok(())
+    })
+}
+
+fn describe_record(r: Option<&vigil::status::CertRecord>) -> String {
+    match r.map(|r| r.status()) {
+        None | Some(CertStatus::Unissued) => {
+            "not issued (answered per the issuer's unissued policy)".into()
+        }
+        Some(CertStatus::Good) => "good".into(),
+        Some(CertStatus::Revoked(r)) => format!("revoked at {} ({})", r.time, r.reason.name()),
+    }
 }
 
 fn asn1_time(s: &str) -> Result<i64, String> {
@@ -531,6 +609,9 @@ fn der_wrap(tag: u8, s: &str) -> Vec<u8> {
 
 fn status(cfg: &Config, issuer: &str, serial: Option<&str>) -> Result<(), String> {
     let id = issuer_id(cfg, issuer)?;
+    if cfg.feed.is_some() {
+        return feed_status(cfg, issuer, id, serial);
+    }
     let view = StatusView::new();
     let metrics = vigil::telemetry::Metrics::new();
     app::replay_journal(&mut JournalReader::new(cfg.journal_path()), &view, &metrics)?;

@@ -33,6 +33,31 @@ pub const VIEW_CERTIFICATES: &str = "vigil_status_view_certificates";
 pub const HTTP_OTHER: &str = "vigil_http_responses_total";
 /// Open connections.
 pub const CONNECTIONS: &str = "vigil_http_connections";
+/// Feed stream entries read, by `region` and `result` (changed, unchanged, undecodable,
+/// heartbeat).
+pub const FEED_ENTRIES: &str = "vigil_feed_entries_total";
+/// Snapshot records merged during bootstraps, by `region`.
+pub const FEED_BOOTSTRAP_RECORDS: &str = "vigil_feed_bootstrap_records_total";
+/// Bootstraps from a region's snapshot, by `region`.
+pub const FEED_BOOTSTRAPS: &str = "vigil_feed_bootstraps_total";
+/// Seconds since the last event or heartbeat from `region`.
+pub const FEED_LAST_SEEN_AGE: &str = "vigil_feed_last_event_age_seconds";
+/// Apply lag (now − event creation time), by `region`.
+pub const FEED_APPLY_LAG: &str = "vigil_feed_apply_lag_seconds";
+/// 1 while the consumer of `region` is connected.
+pub const FEED_CONNECTED: &str = "vigil_feed_region_connected";
+/// Reconnects of the consumer of `region`.
+pub const FEED_RECONNECTS: &str = "vigil_feed_reconnects_total";
+/// Feed writes, by `result` (acknowledged, failed).
+pub const FEED_WRITES: &str = "vigil_feed_writes_total";
+/// Records copied into `region` by repair, by `kind` (hint, full).
+pub const FEED_REPAIRED: &str = "vigil_feed_repaired_records_total";
+/// Checkpoint writes, by `result` (ok, error).
+pub const CHECKPOINT_WRITES: &str = "vigil_checkpoint_writes_total";
+/// Time to write a checkpoint.
+pub const CHECKPOINT_DURATION: &str = "vigil_checkpoint_write_duration_seconds";
+/// Admin API requests, by `endpoint` and `code`.
+pub const ADMIN_REQUESTS: &str = "vigil_admin_requests_total";
 /// Seconds until the signing certificate of `issuer` expires.
 pub const SIGNER_CERT_EXPIRY: &str = "vigil_signer_certificate_expiry_seconds";
 /// CRLNumber of the CRL this replica serves, by `issuer` and `crl` (its path under `/crl/`).

@@ -113,7 +113,7 @@ impl CrlService {
         let regions = cfg
             .regions
             .iter()
-            .map(|r| Region::new(&r.name, &r.redis, c.redis_timeout))
+            .map(|r| Region::from_config(r, c.redis_timeout))
             .collect::<Result<Vec<_>, _>>()?;
         let regions = Arc::new(regions);
         let publisher = (!publish.is_empty()).then(|| {

@@ -22,7 +22,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisResult, Script};
+use redis::{RedisResult, Script};
 
 use crate::crl::CrlId;
 
@@ -125,19 +125,47 @@ impl StoreOutcome {
 pub struct Region {
     /// Region name.
     pub name: String,
-    client: redis::Client,
+    // How to reach it (a server or a Sentinel group, TLS, credentials): shared with the feed.
+    link: crate::feed::region::Region,
     conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     timeout: Duration,
 }
 
 impl Region {
-    /// A region whose URL has been validated by the config.
+    /// A region reached directly at `url` (no credentials, system TLS roots).
     pub fn new(name: &str, url: &str, timeout: Duration) -> Result<Self, String> {
-        let client =
-            redis::Client::open(url).map_err(|e| format!("region {name}: redis {url:?}: {e}"))?;
-        Ok(Region {
+        let cfg = crate::config::RegionConfig {
             name: name.to_owned(),
-            client,
+            redis: Some(url.to_owned()),
+            sentinels: Vec::new(),
+            service: None,
+            sentinel_server_tls: false,
+            db: 0,
+            username: None,
+            password_file: None,
+            ca_file: None,
+            client_certificate: None,
+            client_key: None,
+        };
+        Self::from_config(&cfg, timeout)
+    }
+
+    /// A region as configured (validated by the config): a server or a Sentinel group, with
+    /// its credentials and TLS settings.
+    pub fn from_config(
+        cfg: &crate::config::RegionConfig,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let opts = crate::feed::region::LinkOptions {
+            connect_timeout: timeout,
+            write_timeout: timeout,
+            key_prefix: String::new(),
+        };
+        let link = crate::feed::region::Region::new(cfg, &opts)
+            .map_err(|e| format!("region {}: {e}", cfg.name))?;
+        Ok(Region {
+            name: cfg.name.clone(),
+            link,
             conn: tokio::sync::Mutex::new(None),
             timeout,
         })
@@ -155,17 +183,11 @@ impl Region {
             match guard.as_ref() {
                 Some(c) => c.clone(),
                 None => {
-                    let cfg = AsyncConnectionConfig::new()
-                        .set_connection_timeout(self.timeout)
-                        .set_response_timeout(self.timeout);
-                    let c = tokio::time::timeout(
-                        self.timeout,
-                        self.client
-                            .get_multiplexed_async_connection_with_config(&cfg),
-                    )
-                    .await
-                    .map_err(|_| format!("region {}: connecting timed out", self.name))?
-                    .map_err(|e| format!("region {}: connecting: {e}", self.name))?;
+                    let c =
+                        tokio::time::timeout(self.timeout, self.link.connect(Some(self.timeout)))
+                            .await
+                            .map_err(|_| format!("region {}: connecting timed out", self.name))?
+                            .map_err(|e| format!("region {}: connecting: {e}", self.name))?;
                     *guard = Some(c.clone());
                     c
                 }

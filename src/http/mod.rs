@@ -3,6 +3,7 @@
 //! Routing is in [`routes`]; turning answers and errors into HTTP responses is in [`respond`]
 //! (the one place that decides status codes and caching headers).
 
+pub mod admin;
 pub mod respond;
 pub mod routes;
 
@@ -40,6 +41,8 @@ pub struct Readiness {
     pub signer_pools: Vec<Arc<SignerPool>>,
     /// `hsm_pool.readiness_requires_signer`: "no signer" makes the replica not ready.
     pub require_signer: bool,
+    /// Freshness of the feed, when `[feed]` is configured.
+    pub feed: std::sync::OnceLock<Arc<crate::feed::health::FeedHealth>>,
 }
 
 impl Readiness {
@@ -54,6 +57,11 @@ impl Readiness {
         }
         if self.require_signer {
             why.extend(self.degraded());
+        }
+        if let Some(feed) = self.feed.get() {
+            if let Err(e) = feed.check(crate::clock::unix_now_ms()) {
+                why.push(e);
+            }
         }
         if why.is_empty() {
             Ok(())

@@ -2,6 +2,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use super::{CertRecord, CertStatus, Event, IssuerId, Serial};
@@ -14,10 +15,19 @@ pub struct StatusView {
     tables: RwLock<HashMap<IssuerId, Arc<IssuerTable>>>,
 }
 
+/// The serial → record map of one issuer.
+///
+/// Hashed with SipHash-1-3 under fixed keys rather than per-process random ones, so the map's
+/// iteration order is the same in every process: a checkpoint written in that order loads with
+/// near-sequential memory access, several times faster at ten million certificates. Random keys
+/// guard against an attacker choosing colliding *inserted* keys; here every inserted serial comes
+/// from the CA's authenticated feed (lookups of attacker-chosen serials do not degrade the map).
+type Records = HashMap<Serial, CertRecord, BuildHasherDefault<DefaultHasher>>;
+
 /// One issuer's certificates.
 #[derive(Default)]
 pub struct IssuerTable {
-    records: RwLock<HashMap<Serial, CertRecord>>,
+    records: RwLock<Records>,
 }
 
 /// What applying an event did.
@@ -62,9 +72,54 @@ impl StatusView {
             .merge(event.serial, CertRecord::from_event(&event.kind))
     }
 
+    /// Joins a batch of events, taking each issuer's write lock once per run of events of that
+    /// issuer; `changed` is called (outside no lock) for each event that changed the view.
+    pub fn apply_batch(&self, events: &[Event], mut changed: impl FnMut(&Event, CertStatus)) {
+        let mut rest = events;
+        while let Some(first) = rest.first() {
+            let run = rest
+                .iter()
+                .position(|e| e.issuer != first.issuer)
+                .unwrap_or(rest.len());
+            let (now, later) = rest.split_at(run);
+            rest = later;
+            let table = self.table(first.issuer);
+            let mut statuses = Vec::new();
+            {
+                let mut map = table
+                    .records
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
+                for (i, e) in now.iter().enumerate() {
+                    if let Applied::Changed { status } =
+                        merge_into(&mut map, e.serial, CertRecord::from_event(&e.kind))
+                    {
+                        statuses.push((i, status));
+                    }
+                }
+            }
+            for (i, status) in statuses {
+                changed(&now[i], status);
+            }
+        }
+    }
+
     /// The status of one certificate.
     pub fn status(&self, issuer: IssuerId, serial: &Serial) -> CertStatus {
         self.table(issuer).status(serial)
+    }
+
+    /// Every issuer table, in issuer order.
+    pub fn issuers(&self) -> Vec<(IssuerId, Arc<IssuerTable>)> {
+        let mut v: Vec<_> = self
+            .tables
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, t)| (*id, t.clone()))
+            .collect();
+        v.sort_by_key(|(id, _)| *id);
+        v
     }
 
     /// Number of certificates known, over all issuers.
@@ -109,23 +164,43 @@ impl IssuerTable {
     /// Joins `record` into the certificate's record.
     pub fn merge(&self, serial: Serial, record: CertRecord) -> Applied {
         let mut map = self.records.write().unwrap_or_else(PoisonError::into_inner);
-        match map.entry(serial) {
-            Entry::Vacant(slot) => {
-                slot.insert(record);
-                Applied::Changed {
-                    status: record.status(),
-                }
-            }
-            Entry::Occupied(mut slot) => {
-                let joined = slot.get().join(record);
-                if joined == *slot.get() {
-                    return Applied::Unchanged;
-                }
-                *slot.get_mut() = joined;
-                Applied::Changed {
-                    status: joined.status(),
-                }
-            }
+        merge_into(&mut map, serial, record)
+    }
+
+    /// Makes room for `additional` more certificates (checkpoint loading sizes the table once).
+    pub fn reserve(&self, additional: usize) {
+        self.records
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reserve(additional);
+    }
+
+    /// A copy of every record, taken under the shared lock (held only for the copy).
+    pub fn records(&self) -> Vec<(Serial, CertRecord)> {
+        self.records_partition(0, 1)
+    }
+
+    /// A copy of the records whose serial falls in partition `part` of `parts` (by the serial's
+    /// last octet, which is uniform for random and for sequential serials; `parts` at most
+    /// 256), so a large table can be copied out in pieces without holding its lock for long or
+    /// doubling its memory.
+    pub fn records_partition(&self, part: usize, parts: usize) -> Vec<(Serial, CertRecord)> {
+        let parts = parts.clamp(1, 256);
+        let map = self.records.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::with_capacity(map.len() / parts + 16);
+        out.extend(
+            map.iter()
+                .filter(|(s, _)| partition_of(s) % parts == part)
+                .map(|(s, r)| (*s, *r)),
+        );
+        out
+    }
+
+    /// Joins many records under one lock (checkpoint loading).
+    pub fn merge_many(&self, records: &[(Serial, CertRecord)]) {
+        let mut map = self.records.write().unwrap_or_else(PoisonError::into_inner);
+        for (s, r) in records {
+            merge_into(&mut map, *s, *r);
         }
     }
 
@@ -151,6 +226,32 @@ impl IssuerTable {
             .iter()
         {
             f(s, r);
+        }
+    }
+}
+
+/// The partition key of a serial: its last octet.
+fn partition_of(s: &Serial) -> usize {
+    s.as_der_content().last().copied().unwrap_or(0) as usize
+}
+
+fn merge_into(map: &mut Records, serial: Serial, record: CertRecord) -> Applied {
+    match map.entry(serial) {
+        Entry::Vacant(slot) => {
+            slot.insert(record);
+            Applied::Changed {
+                status: record.status(),
+            }
+        }
+        Entry::Occupied(mut slot) => {
+            let joined = slot.get().join(record);
+            if joined == *slot.get() {
+                return Applied::Unchanged;
+            }
+            *slot.get_mut() = joined;
+            Applied::Changed {
+                status: joined.status(),
+            }
         }
     }
 }
@@ -189,6 +290,26 @@ mod tests {
         }
         out.sort_by_key(|(i, s, _)| (*i, *s));
         out
+    }
+
+    #[test]
+    fn partitions_cover_every_record_once() {
+        let v = StatusView::new();
+        for n in 1..=200u8 {
+            v.apply(&ev(n, EventKind::Issued { not_after: 5 }, "a"));
+        }
+        for (_, t) in v.issuers() {
+            for parts in [1, 3, 7, 256, 1000] {
+                let mut all: Vec<Serial> = (0..parts.min(256))
+                    .flat_map(|p| t.records_partition(p, parts))
+                    .map(|(s, _)| s)
+                    .collect();
+                all.sort();
+                let mut want: Vec<Serial> = t.records().into_iter().map(|(s, _)| s).collect();
+                want.sort();
+                assert_eq!(all, want, "{parts} parts");
+            }
+        }
     }
 
     #[test]
@@ -251,6 +372,25 @@ mod tests {
                 merged.table(id).merge(s, r);
             }
             prop_assert_eq!(snapshot(&forward), snapshot(&merged));
+
+            // three regions, each receiving an overlapping subset (a write that reached only
+            // some regions, then repaired), applied in batches: still the same view
+            let batched = StatusView::new();
+            let mut regions: [Vec<Event>; 3] = Default::default();
+            for (i, e) in events.iter().enumerate() {
+                let mask = 1 + (seed.rotate_left(i as u32 * 3) % 7) as usize;
+                for (r, region) in regions.iter_mut().enumerate() {
+                    if mask & (1 << r) != 0 {
+                        region.push(e.clone());
+                    }
+                }
+            }
+            for region in regions.iter().rev() {
+                for chunk in region.chunks(split.max(1)) {
+                    batched.apply_batch(chunk, |_, _| {});
+                }
+            }
+            prop_assert_eq!(snapshot(&forward), snapshot(&batched));
         }
     }
 }

@@ -89,10 +89,10 @@ journal = {{ printf "%s/journal.vj" (include "vigil.journalDir" .) | toJson }}
 {{- include "vigil.toml.pairs" $v.feed.settings }}
 {{- range $r := required "feed.regions: list every region's Redis when feed.enabled" $v.feed.regions }}
 
-[[feed.region]]
+[[region]]
 name = {{ toJson $r.name }}
 {{- if $r.url }}
-url = {{ toJson $r.url }}
+redis = {{ toJson $r.url }}
 {{- end }}
 {{- if $r.sentinels }}
 sentinels = {{ include "vigil.toml.value" $r.sentinels }}

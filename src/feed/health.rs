@@ -1,0 +1,213 @@
+//! Freshness of the feed: per region, when the last event or heartbeat arrived, the apply lag,
+//! and whether the replica may call itself ready.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram};
+
+use crate::telemetry;
+
+/// Freshness of every region of the feed.
+pub struct FeedHealth {
+    /// One entry per configured region, in config order.
+    pub regions: Vec<RegionHealth>,
+    max_staleness: Duration,
+    /// Wall-clock time (ms) the loaded checkpoint was known fresh at; 0 without one.
+    checkpoint_fresh_ms: AtomicI64,
+}
+
+/// Freshness of one region, with its metric handles.
+pub struct RegionHealth {
+    /// Region name.
+    pub name: String,
+    last_seen_ms: AtomicI64,
+    connected: AtomicBool,
+    bootstrapped: AtomicBool,
+    last_error: Mutex<String>,
+    /// Events that changed the view.
+    pub changed: Counter,
+    /// Events already reflected.
+    pub unchanged: Counter,
+    /// Entries that did not decode.
+    pub undecodable: Counter,
+    /// Heartbeats received.
+    pub heartbeats: Counter,
+    /// Apply lag.
+    pub lag: Histogram,
+    /// Reconnects.
+    pub reconnects: Counter,
+    /// Bootstraps.
+    pub bootstraps: Counter,
+    /// Records merged during bootstraps.
+    pub bootstrap_records: Counter,
+    age: Gauge,
+    up: Gauge,
+}
+
+impl FeedHealth {
+    /// Health for `regions`, failing readiness after `max_staleness`.
+    pub fn new(regions: &[String], max_staleness: Duration) -> Self {
+        FeedHealth {
+            regions: regions.iter().map(|n| RegionHealth::new(n)).collect(),
+            max_staleness,
+            checkpoint_fresh_ms: AtomicI64::new(0),
+        }
+    }
+
+    /// The region named `name`.
+    pub fn region(&self, name: &str) -> Option<&RegionHealth> {
+        self.regions.iter().find(|r| r.name == name)
+    }
+
+    /// Records that the view loaded from a checkpoint was fresh at `ms`.
+    pub fn set_checkpoint_fresh(&self, ms: i64) {
+        self.checkpoint_fresh_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The latest time (ms) the view is known to have been current with some region.
+    pub fn freshest_ms(&self) -> i64 {
+        self.regions
+            .iter()
+            .map(|r| r.last_seen_ms.load(Ordering::Relaxed))
+            .chain([self.checkpoint_fresh_ms.load(Ordering::Relaxed)])
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// `Ok` while some region delivered an event or heartbeat within `max_staleness`; otherwise
+    /// why not, naming each region's last error.
+    pub fn check(&self, now_ms: i64) -> Result<(), String> {
+        let freshest = self.freshest_ms();
+        let limit = self.max_staleness.as_millis() as i64;
+        if freshest > 0 && now_ms - freshest <= limit {
+            return Ok(());
+        }
+        let regions = self
+            .regions
+            .iter()
+            .map(|r| format!("{}: {}", r.name, r.describe()))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if freshest == 0 {
+            Err(format!("no feed region reached yet ({regions})"))
+        } else {
+            Err(format!(
+                "no feed region has delivered an event or heartbeat for {}s (feed.max_staleness is {}s) ({regions})",
+                (now_ms - freshest) / 1000,
+                self.max_staleness.as_secs()
+            ))
+        }
+    }
+
+    /// Updates the age and connected gauges (called once a second).
+    pub fn update_gauges(&self, now_ms: i64) {
+        for r in &self.regions {
+            let seen = r.last_seen_ms.load(Ordering::Relaxed);
+            if seen > 0 {
+                r.age.set((now_ms - seen).max(0) as f64 / 1000.0);
+            }
+            r.up.set(if r.connected.load(Ordering::Relaxed) {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    }
+}
+
+impl RegionHealth {
+    fn new(name: &str) -> Self {
+        let n = name.to_owned();
+        let entries = |result: &'static str| metrics::counter!(telemetry::FEED_ENTRIES, "region" => n.clone(), "result" => result);
+        RegionHealth {
+            changed: entries("changed"),
+            unchanged: entries("unchanged"),
+            undecodable: entries("undecodable"),
+            heartbeats: entries("heartbeat"),
+            lag: metrics::histogram!(telemetry::FEED_APPLY_LAG, "region" => n.clone()),
+            reconnects: metrics::counter!(telemetry::FEED_RECONNECTS, "region" => n.clone()),
+            bootstraps: metrics::counter!(telemetry::FEED_BOOTSTRAPS, "region" => n.clone()),
+            bootstrap_records: metrics::counter!(telemetry::FEED_BOOTSTRAP_RECORDS, "region" => n.clone()),
+            age: metrics::gauge!(telemetry::FEED_LAST_SEEN_AGE, "region" => n.clone()),
+            up: metrics::gauge!(telemetry::FEED_CONNECTED, "region" => n.clone()),
+            name: n,
+            last_seen_ms: AtomicI64::new(0),
+            connected: AtomicBool::new(false),
+            bootstrapped: AtomicBool::new(false),
+            last_error: Mutex::new("not connected yet".into()),
+        }
+    }
+
+    /// An event or heartbeat arrived (or a bootstrap finished) at `now_ms`; `created_ms` is
+    /// when it was made (None for a bootstrap).
+    pub fn seen(&self, now_ms: i64, created_ms: Option<i64>) {
+        self.last_seen_ms.fetch_max(now_ms, Ordering::Relaxed);
+        if let Some(c) = created_ms {
+            self.lag.record((now_ms - c).max(0) as f64 / 1000.0);
+        }
+    }
+
+    /// The consumer connected.
+    pub fn connected(&self) {
+        self.connected.store(true, Ordering::Relaxed);
+    }
+
+    /// The consumer's view of this region is complete up to its cursor.
+    pub fn set_bootstrapped(&self) {
+        self.bootstrapped.store(true, Ordering::Relaxed);
+    }
+
+    /// True while the consumer is connected.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// The consumer lost the region.
+    pub fn disconnected(&self, error: &str) {
+        self.connected.store(false, Ordering::Relaxed);
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = error.to_owned();
+    }
+
+    /// Last time (ms) an event or heartbeat arrived; 0 never.
+    pub fn last_seen_ms(&self) -> i64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
+    }
+
+    fn describe(&self) -> String {
+        if self.is_connected() {
+            "connected, no heartbeat".into()
+        } else {
+            self.last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_while_any_region_is_fresh() {
+        let h = FeedHealth::new(&["a".into(), "b".into()], Duration::from_secs(10));
+        let e = h.check(1_000_000).expect_err("never seen");
+        assert!(e.contains("no feed region reached yet") && e.contains("a: not connected yet"));
+        h.regions[1].seen(1_000_000, Some(999_000));
+        assert!(h.check(1_005_000).is_ok());
+        h.regions[1].disconnected("connection refused");
+        let e = h.check(1_011_000).expect_err("stale");
+        assert!(
+            e.contains("for 11s") && e.contains("b: connection refused"),
+            "{e}"
+        );
+        h.set_checkpoint_fresh(1_010_000);
+        assert!(h.check(1_011_000).is_ok());
+    }
+}

@@ -1,0 +1,254 @@
+//! One region's Redis: how to reach it (a single server or a Sentinel-managed group, plain or
+//! TLS, with credentials from a file or the environment) and a shared connection for writes.
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, TlsCertificates};
+use tokio::sync::Mutex;
+
+use super::{scripts, FeedError, Keys};
+use crate::config::{Config, FeedConfig, RegionConfig};
+
+/// How to talk to a region's Redis, apart from where it is.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    /// Time to connect (or to ask the Sentinels).
+    pub connect_timeout: Duration,
+    /// Time a write may take.
+    pub write_timeout: Duration,
+    /// Prefix of the feed's keys.
+    pub key_prefix: String,
+}
+
+impl LinkOptions {
+    /// The feed's options.
+    pub fn feed(f: &FeedConfig) -> Self {
+        LinkOptions {
+            connect_timeout: f.connect_timeout,
+            write_timeout: f.write_timeout,
+            key_prefix: f.key_prefix.clone(),
+        }
+    }
+}
+
+/// A region: its name, how to connect, and a cached connection for writes.
+pub struct Region {
+    /// Region name.
+    pub name: String,
+    connector: Connector,
+    writer: Mutex<Option<MultiplexedConnection>>,
+    connect_timeout: Duration,
+    write_timeout: Duration,
+    /// Key names.
+    pub keys: Keys,
+}
+
+enum Connector {
+    Direct(Client),
+    // The Sentinel client caches its connections to the Sentinels and needs `&mut`.
+    Sentinel(Mutex<SentinelClient>),
+}
+
+/// Reads a secret file, without its trailing newline. The error names the file, never the
+/// content.
+pub fn read_secret(path: &std::path::Path) -> Result<String, FeedError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| FeedError::Setup(format!("reading {}: {e}", path.display())))?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>, FeedError> {
+    std::fs::read(path).map_err(|e| FeedError::Setup(format!("reading {}: {e}", path.display())))
+}
+
+impl Region {
+    /// Builds the client of one region; reads its password and certificates. Does not connect.
+    pub fn new(cfg: &RegionConfig, opts: &LinkOptions) -> Result<Self, FeedError> {
+        Self::with_env(cfg, opts, |k| std::env::var(k).ok())
+    }
+
+    /// [`Region::new`] with the environment read through `env`.
+    pub fn with_env(
+        cfg: &RegionConfig,
+        opts: &LinkOptions,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, FeedError> {
+        let setup = |what: &str, e: redis::RedisError| {
+            FeedError::Setup(format!("region {:?}: {what}: {e}", cfg.name))
+        };
+        let password = match (&cfg.password_file, env(&cfg.password_env())) {
+            (Some(p), _) => Some(read_secret(p)?),
+            (None, Some(v)) => Some(v),
+            (None, None) => None,
+        };
+        let certs = if cfg.ca_file.is_some() || cfg.client_certificate.is_some() {
+            Some(TlsCertificates {
+                client_tls: match (&cfg.client_certificate, &cfg.client_key) {
+                    (Some(c), Some(k)) => Some(redis::ClientTlsConfig {
+                        client_cert: read_file(c)?,
+                        client_key: read_file(k)?,
+                    }),
+                    _ => None,
+                },
+                root_cert: cfg.ca_file.as_deref().map(read_file).transpose()?,
+            })
+        } else {
+            None
+        };
+        let connector = if let Some(url) = &cfg.redis {
+            let info = url
+                .as_str()
+                .into_connection_info()
+                .map_err(|e| setup("url", e))?;
+            let mut redis = info.redis_settings().clone();
+            if let Some(u) = &cfg.username {
+                redis = redis.set_username(u);
+            }
+            if let Some(p) = &password {
+                redis = redis.set_password(p);
+            }
+            let info = info.set_redis_settings(redis);
+            let client = match certs {
+                Some(c) => Client::build_with_tls(info, c),
+                None => Client::open(info),
+            }
+            .map_err(|e| setup("url", e))?;
+            Connector::Direct(client)
+        } else {
+            let addrs = cfg
+                .sentinels
+                .iter()
+                .map(|s| {
+                    s.as_str()
+                        .into_connection_info()
+                        .map(|i| i.addr().clone())
+                        .map_err(|e| setup("sentinels", e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let service = cfg.service.clone().unwrap_or_default();
+            let mut b = SentinelClientBuilder::new(addrs, service, SentinelServerType::Master)
+                .map_err(|e| setup("sentinels", e))?
+                .set_client_to_redis_db(cfg.db);
+            if let Some(u) = &cfg.username {
+                b = b.set_client_to_redis_username(u);
+            }
+            if let Some(p) = &password {
+                b = b.set_client_to_redis_password(p);
+            }
+            if cfg.sentinel_server_tls {
+                b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+            }
+            if let Some(c) = certs {
+                b = b.set_client_to_redis_certificates(c);
+            }
+            Connector::Sentinel(Mutex::new(b.build().map_err(|e| setup("sentinels", e))?))
+        };
+        Ok(Region {
+            name: cfg.name.clone(),
+            connector,
+            writer: Mutex::new(None),
+            connect_timeout: opts.connect_timeout,
+            write_timeout: opts.write_timeout,
+            keys: Keys::new(&opts.key_prefix),
+        })
+    }
+
+    /// Opens a new connection whose commands time out after `response_timeout` (None: never),
+    /// and loads the scripts.
+    pub async fn connect(
+        &self,
+        response_timeout: Option<Duration>,
+    ) -> Result<MultiplexedConnection, FeedError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(response_timeout);
+        let attempt = async {
+            let mut conn = match &self.connector {
+                Connector::Direct(c) => {
+                    c.get_multiplexed_async_connection_with_config(&config)
+                        .await?
+                }
+                Connector::Sentinel(s) => {
+                    s.lock()
+                        .await
+                        .get_async_connection_with_config(&config)
+                        .await?
+                }
+            };
+            for s in scripts::all() {
+                s.load_async(&mut conn).await?;
+            }
+            Ok::<_, redis::RedisError>(conn)
+        };
+        // Sentinel discovery may try several addresses: bound the whole attempt.
+        let limit = self.connect_timeout * 3 + self.write_timeout;
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(FeedError::Timeout(limit)),
+        }
+    }
+
+    /// The shared write connection, connecting if there is none.
+    pub async fn writer(&self) -> Result<MultiplexedConnection, FeedError> {
+        let mut slot = self.writer.lock().await;
+        if let Some(c) = &*slot {
+            return Ok(c.clone());
+        }
+        let c = self.connect(Some(self.write_timeout)).await?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Forgets the shared write connection after an error, so the next use reconnects.
+    pub async fn reset_writer(&self) {
+        *self.writer.lock().await = None;
+    }
+
+    /// The record this region's snapshot holds for one certificate.
+    pub async fn snapshot_record(
+        &self,
+        issuer: &crate::status::IssuerId,
+        serial: &crate::status::Serial,
+    ) -> Result<Option<crate::status::CertRecord>, FeedError> {
+        let mut c = self.writer().await?;
+        let v: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(self.keys.snapshot(issuer))
+            .arg(serial.as_der_content())
+            .query_async(&mut c)
+            .await?;
+        match v {
+            None => Ok(None),
+            Some(b) => crate::status::CertRecord::from_bytes(&b)
+                .map(Some)
+                .ok_or_else(|| FeedError::Protocol("snapshot record is malformed".into())),
+        }
+    }
+
+    /// Certificates in this region's snapshot of one issuer.
+    pub async fn snapshot_len(&self, issuer: &crate::status::IssuerId) -> Result<u64, FeedError> {
+        let mut c = self.writer().await?;
+        Ok(redis::cmd("HLEN")
+            .arg(self.keys.snapshot(issuer))
+            .query_async(&mut c)
+            .await?)
+    }
+
+    /// Time a write may take.
+    pub fn write_timeout(&self) -> Duration {
+        self.write_timeout
+    }
+}
+
+/// Every configured `[[region]]`, with the feed's options (`[feed]` defaults without one).
+pub fn regions(cfg: &Config) -> Result<Vec<std::sync::Arc<Region>>, FeedError> {
+    let opts = match &cfg.feed {
+        Some(f) => LinkOptions::feed(f),
+        None => LinkOptions::feed(&FeedConfig::default()),
+    };
+    cfg.regions
+        .iter()
+        .map(|r| Region::new(r, &opts).map(std::sync::Arc::new))
+        .collect()
+}

@@ -1,0 +1,1220 @@
+//! The multi-region feed against real `redis-server` processes and the real `vigil` binary.
+//!
+//! Each test starts its own Redis servers on free loopback ports and its own replicas, in its
+//! own temporary directory, and stops them when it ends (also on failure, through `Drop`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
+const TOKEN: &str = "test-admin-token-0123456789";
+const WAIT: Duration = Duration::from_secs(15);
+
+// === Redis ===
+
+struct Redis {
+    port: u16,
+    dir: PathBuf,
+    persistent: bool,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// A Redis on a free port; `persistent` turns on the AOF with fsync on every write.
+    fn start(root: &Path, name: &str, persistent: bool) -> Redis {
+        let port = free_port();
+        let dir = root.join(format!("redis-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = Redis {
+            port,
+            dir,
+            persistent,
+            extra: Vec::new(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// A Redis that also listens with TLS on a second port and requires client certificates;
+    /// returns it and the TLS port.
+    fn start_tls(root: &Path, name: &str, tls: &TlsFiles) -> (Redis, u16) {
+        let tls_port = free_port();
+        let dir = root.join(format!("redis-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = Redis {
+            port: free_port(),
+            dir,
+            persistent: false,
+            extra: [
+                "--tls-port".to_owned(),
+                tls_port.to_string(),
+                "--tls-cert-file".into(),
+                tls.server_cert.display().to_string(),
+                "--tls-key-file".into(),
+                tls.server_key.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                tls.ca.display().to_string(),
+                "--tls-auth-clients".into(),
+                "yes".into(),
+            ]
+            .to_vec(),
+            child: None,
+        };
+        r.restart();
+        (r, tls_port)
+    }
+
+    /// A Redis that will listen on a port nobody listens on yet.
+    fn not_started(root: &Path, name: &str) -> Redis {
+        let dir = root.join(format!("redis-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Redis {
+            port: free_port(),
+            dir,
+            persistent: false,
+            extra: Vec::new(),
+            child: None,
+        }
+    }
+
+    fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--stream-node-max-entries", "4"])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if self.persistent {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        self.child = Some(cmd.spawn().expect("redis-server is installed"));
+        let deadline = Instant::now() + WAIT;
+        let ready = || {
+            self.connection()
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        };
+        while !ready() {
+            assert!(
+                Instant::now() < deadline,
+                "redis on {} did not start",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: a crash, not a clean shutdown.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The `[[region]]` lines that reach this server directly.
+    fn region(&self) -> String {
+        format!("redis = {:?}", self.url())
+    }
+
+    fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_millis(500))
+    }
+
+    fn cmd<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
+        cmd.query(&mut self.connection().unwrap()).unwrap()
+    }
+
+    /// The record the snapshot holds for `serial` of the only issuer.
+    fn snapshot_record(&self, issuer_hex: &str, serial: &[u8]) -> Option<Vec<u8>> {
+        self.cmd(
+            redis::cmd("HGET")
+                .arg(format!("vigil:snap:{issuer_hex}"))
+                .arg(serial),
+        )
+    }
+
+    /// Status events in the stream (heartbeats left out).
+    fn event_entries(&self) -> usize {
+        let v: redis::Value = self.cmd(redis::cmd("XRANGE").arg("vigil:feed").arg("-").arg("+"));
+        let redis::Value::Array(entries) = v else {
+            return 0;
+        };
+        entries.iter().filter(|e| is_event_entry(e)).count()
+    }
+}
+
+fn is_event_entry(e: &redis::Value) -> bool {
+    let redis::Value::Array(parts) = e else {
+        return false;
+    };
+    let Some(redis::Value::Array(fields)) = parts.get(1) else {
+        return false;
+    };
+    matches!(fields.first(), Some(redis::Value::BulkString(f)) if f == b"e")
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Sentinel monitoring one Redis as service `m`.
+struct Sentinel {
+    port: u16,
+    child: Child,
+}
+
+impl Sentinel {
+    fn start(root: &Path, monitored: &Redis) -> Sentinel {
+        let port = free_port();
+        let conf = root.join(format!("sentinel-{port}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor m 127.0.0.1 {} 1\nsentinel down-after-milliseconds m 5000\n",
+                root.display(),
+                monitored.port
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = Sentinel { port, child };
+        wait_until("the sentinel knows the master", || {
+            redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(300)))
+                .and_then(|mut c| {
+                    redis::cmd("SENTINEL")
+                        .arg("get-master-addr-by-name")
+                        .arg("m")
+                        .query::<Vec<String>>(&mut c)
+                })
+                .is_ok_and(|a| a.len() == 2)
+        });
+        s
+    }
+
+    fn region(&self) -> String {
+        format!(
+            "sentinels = [\"redis://127.0.0.1:{}\"]\nservice = \"m\"",
+            self.port
+        )
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
+struct TlsFiles {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+impl TlsFiles {
+    fn make(root: &Path) -> TlsFiles {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair,
+        };
+        let dir = root.join("tls");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "vigil test CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, &ca_key);
+        let leaf = |names: Vec<String>, cn: &str, eku| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(names).unwrap();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.extended_key_usages = vec![eku];
+            let cert = p.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            "redis",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) =
+            leaf(Vec::new(), "vigil", ExtendedKeyUsagePurpose::ClientAuth);
+        let files = TlsFiles {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        };
+        std::fs::write(&files.ca, ca_cert.pem()).unwrap();
+        std::fs::write(&files.server_cert, server_cert).unwrap();
+        std::fs::write(&files.server_key, server_key).unwrap();
+        std::fs::write(&files.client_cert, client_cert).unwrap();
+        std::fs::write(&files.client_key, client_key).unwrap();
+        files
+    }
+}
+
+// === configuration and the demo PKI ===
+
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn make(root: &Path) -> Pki {
+        let dir = root.join("pki");
+        let out = Command::new(VIGIL)
+            .arg("check-config")
+            .env("VIGIL_DATA_DIR", &dir)
+            .env_remove("VIGIL_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Pki { dir }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+}
+
+#[derive(Clone)]
+struct Feed<'a> {
+    regions: Vec<(&'a str, String)>,
+    quorum: usize,
+    extra: &'a str,
+}
+
+fn write_config(root: &Path, name: &str, pki: &Pki, feed: &Feed, admin: bool) -> PathBuf {
+    let mut text = format!(
+        "data_dir = {:?}\n[status]\norigin = {name:?}\n[feed]\nquorum = {}\nreconnect_min = \"50ms\"\nreconnect_max = \"300ms\"\nconnect_timeout = \"300ms\"\nwrite_timeout = \"1s\"\nrepair_interval = \"200ms\"\nheartbeat_interval = \"200ms\"\ncheckpoint_interval = \"1s\"\n{}\n",
+        root.join(name),
+        feed.quorum,
+        feed.extra
+    );
+    for (region, url) in &feed.regions {
+        text.push_str(&format!("[[region]]\nname = {region:?}\n{url}\n"));
+    }
+    if admin {
+        let token = root.join("token");
+        std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+        text.push_str(&format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {token:?}\n"
+        ));
+    }
+    text.push_str(&format!(
+        "[[issuer]]\nname = \"demo\"\ncertificate = {:?}\nresponder_certificate = {:?}\nresponder_key = {:?}\n",
+        pki.ca(),
+        pki.dir.join("responder.pem"),
+        pki.dir.join("responder.key")
+    ));
+    let path = root.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+// === replicas and the CLI ===
+
+struct Replica {
+    child: Child,
+    addr: String,
+    admin: Option<String>,
+    stderr: PathBuf,
+}
+
+impl Replica {
+    fn start(config: &Path) -> Replica {
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stderr = config.with_extension(format!("{n}.log"));
+        let mut child = Command::new(VIGIL)
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .env("VIGIL_LISTEN", "127.0.0.1:0")
+            .env("VIGIL_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut admin = None;
+        let addr = loop {
+            let line = lines
+                .next()
+                .unwrap_or_else(|| panic!("vigil exited: {}", read(&stderr)))
+                .unwrap();
+            if let Some(rest) = line.strip_prefix("vigil admin API on http://") {
+                admin = Some(rest.trim_end_matches('/').to_owned());
+            }
+            if let Some(rest) = line.strip_prefix("vigil listening on http://") {
+                break rest.split('/').next().unwrap().to_owned();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Replica {
+            child,
+            addr,
+            admin,
+            stderr,
+        }
+    }
+
+    /// SIGTERM and wait: the replica drains and writes its checkpoint.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + WAIT;
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "replica did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The OCSP status of `serial` (hex), through `openssl ocsp`.
+    fn ocsp(&self, pki: &Pki, serial: &str) -> String {
+        let out = Command::new("openssl")
+            .arg("ocsp")
+            .arg("-issuer")
+            .arg(pki.ca())
+            .arg("-serial")
+            .arg(format!("0x{serial}"))
+            .arg("-url")
+            .arg(format!("http://{}/", self.addr))
+            .arg("-CAfile")
+            .arg(pki.ca())
+            .arg("-no_nonce")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.split_once(": ").map(|(_, s)| s.trim().to_owned()))
+            .unwrap_or_else(|| format!("no answer: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+
+    fn wait_for(&self, pki: &Pki, serial: &str, want: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = self.ocsp(pki, serial);
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {} answers {got:?} for {serial}, expected {want:?}\n{}",
+                self.addr,
+                read(&self.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let (_, body) = http(&self.addr, "GET", "/metrics", None, "");
+        body.lines()
+            .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+fn vigil(config: &Path, args: &[&str]) -> Output {
+    Command::new(VIGIL)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("VIGIL_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn revoke(config: &Path, serial: &str) -> Output {
+    vigil(
+        config,
+        &[
+            "revoke",
+            "--issuer",
+            "demo",
+            "--serial",
+            serial,
+            "--reason",
+            "keyCompromise",
+        ],
+    )
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The snapshot key suffix of the demo issuer, and the DER content octets of a hex serial.
+fn issuer_hex(config: &Path) -> String {
+    let cfg = vigil::config::Config::load(Some(config)).unwrap();
+    let id = vigil::app::issuer_id(&cfg, "demo").unwrap();
+    vigil::status::hex(&id.0)
+}
+
+fn der(serial: &str) -> Vec<u8> {
+    vigil::status::Serial::from_hex(serial)
+        .unwrap()
+        .as_der_content()
+        .to_vec()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A minimal HTTP/1.1 exchange: status code and body.
+fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: vigil\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let code = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+// === tests ===
+
+/// Two regions, three replicas (two in region a, one in b). A revocation reaches every
+/// replica; with region a's Redis killed, a write through b still reaches region a's replicas;
+/// when a comes back (its data kept by its AOF) the cursors resume: every event in a's stream is
+/// read exactly once, and a catches up with what it missed.
+#[test]
+fn two_regions_three_replicas_survive_the_loss_of_a_region() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let mut a = Redis::start(root, "a", true);
+    let b = Redis::start(root, "b", false);
+    let feed = Feed {
+        regions: vec![("a", a.region()), ("b", b.region())],
+        quorum: 2,
+        extra: "",
+    };
+    let replicas: Vec<Replica> = ["a1", "a2", "b1"]
+        .iter()
+        .map(|n| Replica::start(&write_config(root, n, &pki, &feed, false)))
+        .collect();
+    let both = write_config(root, "writer-q2", &pki, &feed, false);
+    let one = write_config(
+        root,
+        "writer-q1",
+        &pki,
+        &Feed {
+            quorum: 1,
+            ..feed.clone()
+        },
+        false,
+    );
+    let issuer = issuer_hex(&both);
+    // Every replica has bootstrapped from both (empty) regions: from now on it reads every
+    // event from the streams.
+    for r in &replicas {
+        wait_until("the replica bootstrapped from both regions", || {
+            r.metric("vigil_feed_bootstraps_total", &["region=\"a\""]) == 1.0
+                && r.metric("vigil_feed_bootstraps_total", &["region=\"b\""]) == 1.0
+        });
+    }
+
+    let out = revoke(&both, "5A01");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("acknowledged by region(s) a, b (quorum 2)"),
+        "{}",
+        text(&out)
+    );
+    for r in &replicas {
+        r.wait_for(&pki, "5A01", "revoked");
+    }
+
+    a.kill();
+    let out = revoke(&one, "5A02");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("missed by a ("), "{}", text(&out));
+    for r in &replicas[..2] {
+        r.wait_for(&pki, "5A02", "revoked");
+    }
+    replicas[2].wait_for(&pki, "5A02", "revoked");
+
+    a.restart();
+    wait_until("region a holds the event it missed", || {
+        a.snapshot_record(&issuer, &der("5A02")).is_some()
+    });
+    // Region a's stream now holds both revocations, each once; every replica reads each entry
+    // of it exactly once (cursors resumed: no re-read, no loss, no second bootstrap).
+    wait_until("region a's stream holds both events", || {
+        a.event_entries() == 2
+    });
+    for r in &replicas {
+        let read_from_a = || {
+            r.metric(
+                "vigil_feed_entries_total",
+                &["region=\"a\"", "result=\"changed\""],
+            ) + r.metric(
+                "vigil_feed_entries_total",
+                &["region=\"a\"", "result=\"unchanged\""],
+            )
+        };
+        let deadline = Instant::now() + WAIT;
+        while read_from_a() < 2.0 {
+            assert!(
+                Instant::now() < deadline,
+                "replica {} read {} entries of region a\n{}",
+                r.addr,
+                read_from_a(),
+                read(&r.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let changed = r.metric(
+            "vigil_feed_entries_total",
+            &["region=\"a\"", "result=\"changed\""],
+        );
+        let unchanged = r.metric(
+            "vigil_feed_entries_total",
+            &["region=\"a\"", "result=\"unchanged\""],
+        );
+        assert_eq!(
+            changed + unchanged,
+            2.0,
+            "entries of region a read by {}",
+            r.addr
+        );
+        assert_eq!(
+            r.metric("vigil_feed_bootstraps_total", &["region=\"a\""]),
+            1.0,
+            "region a was bootstrapped again"
+        );
+        assert_eq!(r.ocsp(&pki, "5A01"), "revoked");
+        assert_eq!(r.ocsp(&pki, "5A02"), "revoked");
+    }
+}
+
+/// Quorum 2 with one of two regions down: the write fails, names the region, and nothing is
+/// written anywhere. Quorum 1: acknowledged, and the region catches up once it is up (here it
+/// comes up empty, so repair copies the whole view into it as well as handing off the hint).
+#[test]
+fn quorum_is_enforced_and_a_missed_region_catches_up() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let mut a = Redis::not_started(root, "a");
+    let b = Redis::start(root, "b", false);
+    let feed = Feed {
+        regions: vec![("a", a.region()), ("b", b.region())],
+        quorum: 2,
+        extra: "",
+    };
+    let replica = Replica::start(&write_config(root, "r1", &pki, &feed, false));
+    let both = write_config(root, "writer-q2", &pki, &feed, false);
+    let one = write_config(
+        root,
+        "writer-q1",
+        &pki,
+        &Feed {
+            quorum: 1,
+            ..feed.clone()
+        },
+        false,
+    );
+    let issuer = issuer_hex(&both);
+
+    let out = revoke(&both, "6B01");
+    assert!(!out.status.success(), "{}", text(&out));
+    let msg = text(&out);
+    assert!(msg.contains("NOT acknowledged"), "{msg}");
+    assert!(
+        msg.contains("quorum is 2") && msg.contains("failed: a ("),
+        "{msg}"
+    );
+    assert!(msg.contains("nothing was written"), "{msg}");
+    assert_eq!(b.snapshot_record(&issuer, &der("6B01")), None);
+    assert_eq!(b.event_entries(), 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(replica.ocsp(&pki, "6B01"), "unknown");
+
+    let out = revoke(&one, "6B01");
+    assert!(out.status.success(), "{}", text(&out));
+    replica.wait_for(&pki, "6B01", "revoked");
+
+    a.restart();
+    wait_until("region a catches up", || {
+        a.snapshot_record(&issuer, &der("6B01")).is_some()
+    });
+    let status = vigil(&both, &["status", "--issuer", "demo", "--serial", "6B01"]);
+    let s = text(&status);
+    assert!(
+        s.contains("region a: revoked") && s.contains("region b: revoked"),
+        "{s}"
+    );
+
+    // A writer that died after reaching b and before leaving a hint for a: the regions' digests
+    // disagree, stay so, and anti-entropy merges the replica's view into a.
+    use vigil::status::{CertRecord, Event, EventKind, RevocationReason, Serial};
+    let event = Event {
+        issuer: vigil::feed::consume::parse_issuer_hex(&issuer).unwrap(),
+        serial: Serial::from_hex("6B02").unwrap(),
+        kind: EventKind::Revoked {
+            time: 1_700_000_000,
+            reason: RevocationReason::KeyCompromise,
+        },
+        origin: "crashed-writer".into(),
+        created_at_ms: 0,
+    };
+    let _: redis::Value = redis::Script::new(vigil::feed::scripts::MERGE_LUA)
+        .key("vigil:feed")
+        .key(format!("vigil:snap:{issuer}"))
+        .key("vigil:issuers")
+        .key("vigil:digest")
+        .arg(1000)
+        .arg(&issuer)
+        .arg(der("6B02"))
+        .arg(&CertRecord::from_event(&event.kind).to_bytes()[..])
+        .arg(event.to_bytes())
+        .invoke(&mut b.connection().unwrap())
+        .unwrap();
+    replica.wait_for(&pki, "6B02", "revoked");
+    wait_until("anti-entropy brings the event to region a", || {
+        a.snapshot_record(&issuer, &der("6B02")).is_some()
+    });
+    let digest = |r: &Redis| -> Option<String> {
+        r.cmd(redis::cmd("HGET").arg("vigil:digest").arg(&issuer))
+    };
+    wait_until("both regions hold the same digest", || {
+        digest(&a).is_some() && digest(&a) == digest(&b)
+    });
+}
+
+/// A replica that starts after the stream was trimmed bootstraps from the snapshot, then tails;
+/// stopped, and restarted with every Redis down, it answers from its checkpoint, and `/readyz`
+/// says why it is not ready once `feed.max_staleness` has passed. A damaged checkpoint is
+/// ignored with a warning and the view rebuilt from the feed.
+#[test]
+fn bootstrap_after_trimming_and_restart_from_the_checkpoint() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let mut a = Redis::start(root, "a", true);
+    let feed = Feed {
+        regions: vec![("a", a.region())],
+        quorum: 1,
+        extra: "maxlen = 6\nmax_staleness = \"2s\"",
+    };
+    let config = write_config(root, "r1", &pki, &feed, false);
+
+    // 40 certificates, all revoked: 80 events through a stream trimmed to about 6 entries.
+    let mut index = String::new();
+    for i in 0..40 {
+        index.push_str(&format!(
+            "R\t300101000000Z\t250101000000Z,keyCompromise\t7C{i:02X}\tunknown\t/CN=t{i}\n"
+        ));
+    }
+    std::fs::write(root.join("index.txt"), index).unwrap();
+    let out = vigil(
+        &config,
+        &[
+            "import",
+            "--issuer",
+            "demo",
+            "--openssl-index",
+            root.join("index.txt").to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let len: usize = a.cmd(redis::cmd("XLEN").arg("vigil:feed"));
+    assert!(len < 20, "stream not trimmed: {len} entries");
+
+    let replica = Replica::start(&config);
+    for serial in ["7C00", "7C13", "7C27"] {
+        replica.wait_for(&pki, serial, "revoked");
+    }
+    let out = revoke(&config, "7D00");
+    assert!(out.status.success(), "{}", text(&out));
+    replica.wait_for(&pki, "7D00", "revoked");
+    replica.stop();
+
+    a.kill();
+    let replica = Replica::start(&config);
+    for serial in ["7C00", "7C27", "7D00"] {
+        assert_eq!(
+            replica.ocsp(&pki, serial),
+            "revoked",
+            "{serial} from the checkpoint"
+        );
+    }
+    assert_eq!(replica.ocsp(&pki, "7E00"), "unknown");
+    wait_until("readiness fails for staleness", || {
+        let (code, body) = http(&replica.addr, "GET", "/readyz", None, "");
+        code == 503 && body.contains("no feed region has delivered") && body.contains("a: ")
+    });
+    replica.stop();
+
+    // A damaged checkpoint: warned about, and the view is rebuilt from the snapshot.
+    let cp = root.join("r1").join("checkpoint.vcp");
+    let mut bytes = std::fs::read(&cp).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xFF;
+    std::fs::write(&cp, bytes).unwrap();
+    a.restart();
+    let replica = Replica::start(&config);
+    replica.wait_for(&pki, "7C13", "revoked");
+    assert!(read(&replica.stderr).contains("ignoring the checkpoint"));
+}
+
+/// The admin API: no token or a wrong one is refused with 401 and nothing is written (not to
+/// the feed, not to the audit log); the right token revokes, audited.
+#[test]
+fn admin_api_requires_the_token() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let a = Redis::start(root, "a", false);
+    let feed = Feed {
+        regions: vec![("a", a.region())],
+        quorum: 1,
+        extra: "",
+    };
+    let config = write_config(root, "r1", &pki, &feed, true);
+    let replica = Replica::start(&config);
+    let admin = replica.admin.clone().expect("admin listener");
+    let issuer = issuer_hex(&config);
+    let body = r#"{"issuer":"demo","serial":"8E01","reason":"keyCompromise"}"#;
+
+    for token in [None, Some("wrong-token-0123456789"), Some("")] {
+        let (code, _) = http(&admin, "POST", "/v1/revoke", token, body);
+        assert_eq!(code, 401, "token {token:?}");
+    }
+    let (code, _) = http(&admin, "GET", "/v1/status/demo/8E01", Some("nope"), "");
+    assert_eq!(code, 401);
+    assert_eq!(a.snapshot_record(&issuer, &der("8E01")), None);
+    assert_eq!(a.event_entries(), 0);
+    let audit = root.join("r1").join("audit.log");
+    assert_eq!(read(&audit), "", "audit log written for a refused request");
+    assert_eq!(replica.ocsp(&pki, "8E01"), "unknown");
+
+    let (code, resp) = http(&admin, "POST", "/v1/revoke", Some(TOKEN), body);
+    assert_eq!(code, 200, "{resp}");
+    assert!(resp.contains("\"acknowledged\":true"), "{resp}");
+    replica.wait_for(&pki, "8E01", "revoked");
+    let (code, resp) = http(&admin, "GET", "/v1/status/demo/8E01", Some(TOKEN), "");
+    assert_eq!(code, 200);
+    assert!(
+        resp.contains("\"status\":\"revoked\"") && resp.contains("keyCompromise"),
+        "{resp}"
+    );
+    let log = read(&audit);
+    assert_eq!(log.lines().count(), 2, "{log}");
+    assert!(log.contains("\"phase\":\"request\"") && log.contains("\"outcome\":\"acknowledged\""));
+    assert!(!log.contains(TOKEN));
+
+    let (code, _) = http(
+        &admin,
+        "POST",
+        "/v1/revoke",
+        Some(TOKEN),
+        &"x".repeat(10_000),
+    );
+    assert_eq!(code, 413);
+    let (code, _) = http(
+        &admin,
+        "POST",
+        "/v1/revoke",
+        Some(TOKEN),
+        "{\"issuer\":\"nope\"}",
+    );
+    assert_eq!(code, 400);
+}
+
+/// A Sentinel-managed region and a region reached over TLS (`rediss://`, verified against a
+/// private CA, with a client certificate) carry a write at quorum 2 to a replica.
+#[test]
+fn sentinel_and_tls_regions() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let tls = TlsFiles::make(root);
+    let s = Redis::start(root, "s", false);
+    let sentinel = Sentinel::start(root, &s);
+    let (t, tls_port) = Redis::start_tls(root, "t", &tls);
+    let t_region = format!(
+        "redis = \"rediss://127.0.0.1:{tls_port}/\"\nca_file = {:?}\nclient_certificate = {:?}\nclient_key = {:?}",
+        tls.ca, tls.client_cert, tls.client_key
+    );
+    let feed = Feed {
+        regions: vec![("s", sentinel.region()), ("t", t_region)],
+        quorum: 2,
+        extra: "",
+    };
+    let config = write_config(root, "r1", &pki, &feed, false);
+    let replica = Replica::start(&config);
+    let issuer = issuer_hex(&config);
+
+    let out = revoke(&config, "9F01");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("region(s) s, t (quorum 2)"),
+        "{}",
+        text(&out)
+    );
+    replica.wait_for(&pki, "9F01", "revoked");
+    assert!(s.snapshot_record(&issuer, &der("9F01")).is_some());
+    assert!(t.snapshot_record(&issuer, &der("9F01")).is_some());
+    wait_until("both consumers are connected", || {
+        replica.metric("vigil_feed_region_connected", &["region=\"s\""]) == 1.0
+            && replica.metric("vigil_feed_region_connected", &["region=\"t\""]) == 1.0
+    });
+}
+
+/// The join the merge script runs in Redis agrees with the one the view runs in Rust.
+#[test]
+fn lua_join_matches_the_rust_join() {
+    use vigil::status::{CertRecord, EventKind, RevocationReason};
+    let root = tempfile::tempdir().unwrap();
+    let a = Redis::start(root.path(), "a", false);
+    let mut conn = a.connection().unwrap();
+    let script = redis::Script::new(vigil::feed::scripts::MERGE_LUA);
+    let reasons = [
+        RevocationReason::Unspecified,
+        RevocationReason::KeyCompromise,
+        RevocationReason::Superseded,
+        RevocationReason::CessationOfOperation,
+    ];
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    for serial in 0..150u32 {
+        let mut expected: Option<CertRecord> = None;
+        for _ in 0..(1 + next(5)) {
+            let kind = if next(3) == 0 {
+                EventKind::Issued {
+                    not_after: 1_000 + next(3) as i64 * 4_000_000_000,
+                }
+            } else {
+                EventKind::Revoked {
+                    time: 100 + next(4) as i64,
+                    reason: reasons[next(4) as usize],
+                }
+            };
+            let record = CertRecord::from_event(&kind);
+            expected = Some(expected.map_or(record, |e| e.join(record)));
+            let _: redis::Value = script
+                .key("t:feed")
+                .key("t:snap")
+                .key("t:issuers")
+                .key("t:digest")
+                .arg(100)
+                .arg("00")
+                .arg(serial)
+                .arg(&record.to_bytes()[..])
+                .arg(b"event".as_slice())
+                .invoke(&mut conn)
+                .unwrap();
+        }
+        let got: Vec<u8> = redis::cmd("HGET")
+            .arg("t:snap")
+            .arg(serial)
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(
+            got,
+            expected.unwrap().to_bytes().to_vec(),
+            "serial {serial}"
+        );
+    }
+}
+
+/// Propagation from the acknowledgement of `vigil revoke` (its output line) to `revoked` on
+/// every replica of both regions (two in region a, one in region b), over
+/// `VIGIL_BENCH_REVOCATIONS` (1 000) revocations at quorum 2; prints p50, p99 and max.
+/// Replicas are polled through the admin status endpoint, which reads the same view the OCSP
+/// path answers from.
+///
+/// `cargo test --release --test feed -- --ignored propagation --nocapture`
+#[test]
+#[ignore = "benchmark"]
+fn propagation() {
+    let n: usize = std::env::var("VIGIL_BENCH_REVOCATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let a = Redis::start(root, "a", false);
+    let b = Redis::start(root, "b", false);
+    let feed = Feed {
+        regions: vec![("a", a.region()), ("b", b.region())],
+        quorum: 2,
+        extra: "",
+    };
+    let replicas: Vec<Replica> = ["a1", "a2", "b1"]
+        .iter()
+        .map(|n| Replica::start(&write_config(root, n, &pki, &feed, true)))
+        .collect();
+    let writer = write_config(root, "writer", &pki, &feed, false);
+    for r in &replicas {
+        wait_until("the replica bootstrapped from both regions", || {
+            r.metric("vigil_feed_bootstraps_total", &["region=\"a\""]) == 1.0
+                && r.metric("vigil_feed_bootstraps_total", &["region=\"b\""]) == 1.0
+        });
+    }
+    let mut latencies = Vec::with_capacity(n);
+    for i in 0..n {
+        let serial = format!("B{i:05X}");
+        let mut child = Command::new(VIGIL)
+            .arg("--config")
+            .arg(&writer)
+            .args(["revoke", "--issuer", "demo", "--serial", &serial])
+            .env("VIGIL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let acked = Instant::now();
+        assert!(line.contains("acknowledged"), "{line}");
+        let mut pending: Vec<&Replica> = replicas.iter().collect();
+        while !pending.is_empty() {
+            pending.retain(|r| {
+                let admin = r.admin.as_deref().unwrap();
+                let path = format!("/v1/status/demo/{serial}");
+                let (_, body) = http(admin, "GET", &path, Some(TOKEN), "");
+                !body.contains("\"status\":\"revoked\"")
+            });
+            assert!(acked.elapsed() < WAIT, "{serial} did not propagate");
+        }
+        latencies.push(acked.elapsed());
+        assert!(child.wait().unwrap().success());
+    }
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+    println!(
+        "propagation over {n} revocations, 3 replicas, 2 regions: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        latencies[latencies.len() - 1].as_secs_f64() * 1e3
+    );
+    // Spot-check the OCSP path on every replica.
+    for r in &replicas {
+        assert_eq!(r.ocsp(&pki, &format!("B{:05X}", n - 1)), "revoked");
+    }
+}
+
+/// Without `[feed]`, the admin API writes the local journal, which the replica tails.
+#[test]
+fn admin_api_without_a_feed_writes_the_local_journal() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let token = root.join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let config = root.join("single.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {token:?}\n[[issuer]]\nname = \"demo\"\ncertificate = {:?}\nresponder_certificate = {:?}\nresponder_key = {:?}\n",
+            root.join("single"),
+            pki.ca(),
+            pki.dir.join("responder.pem"),
+            pki.dir.join("responder.key")
+        ),
+    )
+    .unwrap();
+    let replica = Replica::start(&config);
+    let admin = replica.admin.clone().expect("admin listener");
+    let (code, resp) = http(
+        &admin,
+        "POST",
+        "/v1/revoke",
+        Some(TOKEN),
+        r#"{"issuer":"demo","serial":"A001","time":"2026-01-02T03:04:05Z"}"#,
+    );
+    assert_eq!(code, 200, "{resp}");
+    assert!(resp.contains("the local journal"), "{resp}");
+    replica.wait_for(&pki, "A001", "revoked");
+    let (code, resp) = http(
+        &admin,
+        "POST",
+        "/v1/issue",
+        Some(TOKEN),
+        r#"{"issuer":"demo","serial":"A002","not_after":"2030-01-01T00:00:00Z"}"#,
+    );
+    assert_eq!(code, 200, "{resp}");
+    replica.wait_for(&pki, "A002", "good");
+}
+
+/// The admin API over mutual TLS: without a client certificate the handshake fails; with one
+/// (and the token) the change is made and the client's subject is audited.
+#[test]
+fn admin_api_over_mutual_tls() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let tls = TlsFiles::make(root);
+    let token = root.join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let config = root.join("mtls.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {token:?}\ntls_certificate = {:?}\ntls_key = {:?}\nclient_ca = {:?}\n[[issuer]]\nname = \"demo\"\ncertificate = {:?}\nresponder_certificate = {:?}\nresponder_key = {:?}\n",
+            root.join("mtls"),
+            tls.server_cert,
+            tls.server_key,
+            tls.ca,
+            pki.ca(),
+            pki.dir.join("responder.pem"),
+            pki.dir.join("responder.key")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(VIGIL)
+        .arg("--config")
+        .arg(&config)
+        .env("VIGIL_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let _guard = KillOnDrop(child);
+    let admin = loop {
+        let line = lines.next().expect("vigil exited").unwrap();
+        if let Some(rest) = line.strip_prefix("vigil admin API on https://") {
+            break rest.trim_end_matches('/').to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let curl = |with_client_cert: bool| {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+            .arg(&tls.ca)
+            .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+            .args(["-d", r#"{"issuer":"demo","serial":"B001"}"#]);
+        if with_client_cert {
+            c.arg("--cert")
+                .arg(&tls.client_cert)
+                .arg("--key")
+                .arg(&tls.client_key);
+        }
+        c.arg(format!("https://{admin}/v1/revoke"));
+        let out = c.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = curl(false);
+    assert!(
+        !ok || !out.ends_with("200"),
+        "no client certificate accepted: {out}"
+    );
+    let (ok, out) = curl(true);
+    assert!(ok && out.ends_with("200"), "{out}");
+    let audit = read(&root.join("mtls").join("audit.log"));
+    assert!(audit.contains("CN=vigil"), "{audit}");
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
