@@ -16,7 +16,7 @@ d="$work/vigil-data"
 (cd "$work" && "$vigil" revoke --issuer demo --serial 0x7F02 --reason superseded >/dev/null)
 
 c="$here/corpus"
-mkdir -p "$c"/{ocsp_request,get_path,event_decode,journal_load,config_parse}
+mkdir -p "$c"/{ocsp_request,get_path,event_decode,journal_load,config_parse,checkpoint_load,crl_parse}
 
 n=0
 for digest in -sha1 -sha256 -sha384 -sha512; do
@@ -67,4 +67,8 @@ certificate = "ca.pem"
 responder_key = "k.pem"
 unissued = "revoked"
 TOML
+# a CRL as the demo publishes it, and a checkpoint written by a replica-shaped view
+(cd "$work" && "$vigil" crl publish >/dev/null 2>&1) || true
+find "$d" -name '*.crl' -exec cp {} "$c/crl_parse/" \;
+printf 'VIGILCP' > "$c/checkpoint_load/stub"
 echo "seed corpora in $c"
