@@ -26,8 +26,9 @@
 //!
 //! # What is checked here
 //!
-//! Every example values file (`helm/vigil/examples/*.yaml`) is rendered as shipped and again
-//! with `tests/deploy/pending-features.yaml` on top (feed, admin API, HSM and CRLs switched on).
+//! Every example values file (`helm/vigil/examples/*.yaml`) is rendered as shipped; the
+//! examples are production-shaped (the Redis feed instead of a shared journal, the admin API,
+//! CRLs, and in `region-b-of-two.yaml` an HSM pool) and the test requires those sections.
 //! The objects must be there and agree with each other and with the binary: probes on
 //! `/healthz` and `/readyz` through the named port that is `server.listen`'s port; the admin
 //! port on the admin ClusterIP Service only, never on the public Service, and admitted by the
@@ -37,13 +38,21 @@
 //! fields; Secrets referenced and never created; every absolute path of the rendered TOML
 //! provided by a volume (secret files by the volume's `items`) or by the image. The ConfigMap's
 //! TOML is then run through the real `vigil check-config`, with the Deployment's environment,
-//! after the files the pod would mount are laid out in a temporary directory (issuer files from
-//! a demo PKI made by `vigil check-config`) and the `/etc/vigil` and `/var/lib/vigil` prefixes
-//! rewritten to it; for the shipped examples it must pass, and a healthy `vigil serve` on that
-//! config must answer 200 on the probe paths. With the pending features, keys the binary of this
-//! branch does not know yet may be refused, and nothing else. Wrong values must fail schema
-//! validation (or a template's `fail`) with a message naming the key, and the alert rules may
-//! only name metrics vigil exports (or the pending branches' metrics, listed below).
+//! after the files the pod would mount are laid out in a temporary directory (issuer files,
+//! `crl_key` included, from a demo PKI per issuer made by `vigil check-config`; other Secrets
+//! placeholders) and the `/etc/vigil` and `/var/lib/vigil` prefixes rewritten to it; it must
+//! pass. check-config does not connect to Redis (it reads the region's files only), but it does
+//! open every `[[hsm]]`: log in and check the key against the responder certificate. For those,
+//! the test makes SoftHSM2 tokens with the labels the entries name, imports each issuer's
+//! responder key under the entry's key label, serves each token with `p11-kit server` on its own
+//! socket (as the HSM client sidecar does in the pod), and points the rendered module (the
+//! image's p11-kit-client.so) and `P11_KIT_SERVER_ADDRESS` at the host's client module and
+//! those sockets; the PIN files get the tokens' PIN. Then a `vigil serve` on that config, with
+//! each `[[region]]` moved to a local `redis-server` (plain TCP, requiring the region's user and
+//! password) and the admin listener on a free loopback port, must answer 200 on the probe
+//! paths. Wrong values must fail schema validation (or a template's `fail`) with a message
+//! naming the key, and the alert rules may only name metrics vigil exports
+//! (`vigil::telemetry`).
 //!
 //! The Dockerfile is parsed (continuations, exec forms, ARG defaults): its stages, that the
 //! last stage is the runtime and SoftHSM2 is only in `dev`, the non-root numeric USER matching
@@ -65,12 +74,15 @@
 //! - The image build: `docker build` cannot run here, so the compile steps, `apt-get` and the
 //!   p11-kit symlink are checked as text, and the image's run under a read-only root file
 //!   system, probes, preStop timing and scheduling are not exercised.
-//! - With the pending features on, `vigil check-config` of this branch refuses their keys; the
-//!   full check of those sections happens once the feed, admin, HSM and CRL branches are merged.
+//! - TLS to Redis (`rediss://`, `ca_file`, client certificates) and TLS of the admin listener
+//!   against real clients: `vigil serve` runs on plain-TCP Redis, and the admin TLS files are
+//!   the demo PKI's. The vendor HSM behind the sidecar is SoftHSM2 here.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "support/softhsm.rs"]
+mod softhsm;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -84,16 +96,6 @@ use serde_json::Value;
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const RELEASE: &str = "vigil";
 const NAMESPACE: &str = "pki";
-
-/// Top-level sections of vigil.toml that come with branches not merged yet.
-const PENDING_SECTIONS: [&str; 6] = ["feed", "admin", "hsm", "hsm_pool", "crl", "signer"];
-
-/// Metrics the alert rules use that the feed, HSM and CRL branches export (not this branch).
-const PENDING_METRICS: [&str; 3] = [
-    "vigil_feed_last_event_age_seconds",
-    "vigil_signer_pool_members_up",
-    "vigil_crl_age_seconds",
-];
 
 fn root() -> &'static Path {
     Path::new(ROOT)
@@ -117,10 +119,6 @@ fn examples() -> Vec<PathBuf> {
         );
     }
     v
-}
-
-fn pending_overlay() -> PathBuf {
-    root().join("tests/deploy/pending-features.yaml")
 }
 
 // === rendering ===
@@ -708,6 +706,7 @@ fn str_of_toml<'a>(v: &'a toml::Value, what: &str) -> &'a str {
 
 /// The alerts the issue asks for, on metric names vigil exports.
 fn check_alerts(r: &Rendered, table: &toml::Table, public: &Value) {
+    use vigil::telemetry as t;
     let label = r.label.as_str();
     let rule = r.one("PrometheusRule");
     let rules: Vec<&Value> = arr(&rule["spec"]["groups"], "groups")
@@ -731,16 +730,13 @@ fn check_alerts(r: &Rendered, table: &toml::Table, public: &Value) {
         ("VigilOcspRejectedRequests", vigil::telemetry::OCSP_REQUESTS),
     ];
     if table.contains_key("feed") {
-        wanted.push((
-            "VigilFeedRegionLagging",
-            "vigil_feed_last_event_age_seconds",
-        ));
+        wanted.push(("VigilFeedRegionLagging", t::FEED_LAST_SEEN_AGE));
     }
     if table.contains_key("crl") {
-        wanted.push(("VigilCrlStale", "vigil_crl_age_seconds"));
+        wanted.push(("VigilCrlStale", t::CRL_AGE));
     }
     if table.contains_key("hsm") {
-        wanted.push(("VigilNoSigner", "vigil_signer_pool_members_up"));
+        wanted.push(("VigilNoSigner", t::SIGNER_POOL_UP));
     }
     for (alert, metric) in wanted {
         let exprs = expr_of(alert);
@@ -753,23 +749,48 @@ fn check_alerts(r: &Rendered, table: &toml::Table, public: &Value) {
         expr_of("VigilOcspServerErrors")[0].contains("outcome=~\"try_later|internal_error\""),
         "{label}"
     );
-    // Every metric named exists: exported here, or by a pending branch.
+    // Every metric named is one vigil exports.
     let exported = [
-        vigil::telemetry::OCSP_REQUESTS,
-        vigil::telemetry::OCSP_LATENCY,
-        vigil::telemetry::OCSP_CERT_STATUS,
-        vigil::telemetry::CACHE_HITS,
-        vigil::telemetry::CACHE_MISSES,
-        vigil::telemetry::CACHE_STALE_SERVED,
-        vigil::telemetry::SIGNING_LATENCY,
-        vigil::telemetry::SIGNING_ERRORS,
-        vigil::telemetry::SIGNING_SHED,
-        vigil::telemetry::EVENTS_APPLIED,
-        vigil::telemetry::EVENTS_UNDECODABLE,
-        vigil::telemetry::VIEW_CERTIFICATES,
-        vigil::telemetry::HTTP_OTHER,
-        vigil::telemetry::CONNECTIONS,
-        vigil::telemetry::SIGNER_CERT_EXPIRY,
+        t::OCSP_REQUESTS,
+        t::OCSP_LATENCY,
+        t::OCSP_CERT_STATUS,
+        t::CACHE_HITS,
+        t::CACHE_MISSES,
+        t::CACHE_STALE_SERVED,
+        t::SIGNING_LATENCY,
+        t::SIGNING_ERRORS,
+        t::SIGNING_SHED,
+        t::EVENTS_APPLIED,
+        t::EVENTS_UNDECODABLE,
+        t::VIEW_CERTIFICATES,
+        t::HTTP_OTHER,
+        t::CONNECTIONS,
+        t::FEED_ENTRIES,
+        t::FEED_BOOTSTRAP_RECORDS,
+        t::FEED_BOOTSTRAPS,
+        t::FEED_LAST_SEEN_AGE,
+        t::FEED_APPLY_LAG,
+        t::FEED_CONNECTED,
+        t::FEED_RECONNECTS,
+        t::FEED_WRITES,
+        t::FEED_REPAIRED,
+        t::CHECKPOINT_WRITES,
+        t::CHECKPOINT_DURATION,
+        t::ADMIN_REQUESTS,
+        t::SIGNER_CERT_EXPIRY,
+        t::CRL_NUMBER,
+        t::CRL_AGE,
+        t::CRL_PUBLISH,
+        t::CRL_BUILD_LATENCY,
+        t::CRL_LEADER,
+        t::CRL_REFRESH_ERRORS,
+        t::HSM_SIGNATURES,
+        t::HSM_ERRORS,
+        t::HSM_SIGN_LATENCY,
+        t::HSM_BREAKER_STATE,
+        t::HSM_PROBES,
+        t::SIGNER_POOL_UP,
+        t::SIGNER_FALLBACK_SIGNATURES,
     ];
     let job = format!("job=\"{}\"", str_of(&public["metadata"]["name"], "name"));
     for r in &rules {
@@ -788,7 +809,7 @@ fn check_alerts(r: &Rendered, table: &toml::Table, public: &Value) {
                 .find_map(|s| word.strip_suffix(s).filter(|b| exported.contains(b)))
                 .unwrap_or(word);
             assert!(
-                exported.contains(&base) || PENDING_METRICS.contains(&base),
+                exported.contains(&base),
                 "{label}: alert {} uses {word}, which vigil does not export",
                 r["alert"]
             );
@@ -942,31 +963,228 @@ fn image_paths() -> Vec<String> {
     vec![dockerfile().p11_kit_link()]
 }
 
+/// SoftHSM2 tokens served by `p11-kit server`: the HSMs the rendered `[[hsm]]` entries reach
+/// through the image's p11-kit-client.so and the sidecar's socket. Dropping it stops them.
+struct HsmLab {
+    _servers: Vec<softhsm::P11Server>,
+    _lab: softhsm::Lab,
+}
+
+/// For a config with `[[hsm]]`: one SoftHSM2 token per p11-kit socket the entries name, with
+/// the token label they name, holding the responder key of every issuer signing through an
+/// entry on it (the demo PKI's key, under the entry's key label and id), served by
+/// `p11-kit server`. The config at `config` is rewritten to the host's p11-kit-client.so and
+/// the lab's sockets (nothing else changes) and the PIN files get the tokens' PIN. `None`
+/// without `[[hsm]]`.
+fn hsm_lab(label: &str, config: &Path, image_module: &str, tmp: &Path) -> Option<HsmLab> {
+    let mut table: toml::Table = toml::from_str(&fs::read_to_string(config).unwrap()).unwrap();
+    let hsms = table.get("hsm")?.as_array().unwrap().clone();
+    if let Some(m) = softhsm::missing_tools() {
+        panic!(
+            "{label}: the [[hsm]] entries are checked against SoftHSM2 tokens behind \
+             `p11-kit server`, and these are missing: {m} (.ci/run installs softhsm2 and p11-kit)"
+        );
+    }
+    let lab = softhsm::Lab::new();
+    let issuers = table["issuer"].as_array().unwrap().clone();
+    let signer_of = |hsm: &str| {
+        issuers
+            .iter()
+            .position(|i| {
+                i.get("signer")
+                    .and_then(|s| s["hsm"].as_array())
+                    .is_some_and(|l| l.iter().any(|n| n.as_str() == Some(hsm)))
+            })
+            .unwrap_or_else(|| panic!("{label}: no issuer signs through hsm {hsm}"))
+    };
+    // p11-kit socket address in the pod -> the token it serves.
+    let mut sockets: BTreeMap<String, String> = BTreeMap::new();
+    for (n, h) in hsms.iter().enumerate() {
+        let name = str_of_toml(&h["name"], "hsm.name");
+        assert_eq!(
+            h["module"].as_str(),
+            Some(image_module),
+            "{label}: hsm {name} does not use the image's p11-kit client"
+        );
+        let addr = h
+            .get("module_env")
+            .and_then(|e| e.get("P11_KIT_SERVER_ADDRESS"))
+            .and_then(toml::Value::as_str)
+            .unwrap_or_else(|| panic!("{label}: hsm {name} names no P11_KIT_SERVER_ADDRESS"))
+            .to_owned();
+        let token = h
+            .get("token_label")
+            .and_then(toml::Value::as_str)
+            .unwrap_or_else(|| panic!("{label}: hsm {name}: the test makes tokens by label"))
+            .to_owned();
+        match sockets.get(&addr) {
+            Some(t) => assert_eq!(t, &token, "{label}: {addr} serves one token here"),
+            None => {
+                lab.token(&token);
+                sockets.insert(addr.clone(), token.clone());
+            }
+        }
+        let key = tmp.join(format!("pki-{}/vigil-data/responder.key", signer_of(name)));
+        let id = h
+            .get("key_id")
+            .and_then(toml::Value::as_str)
+            .map_or_else(|| format!("{:02x}", n + 1), str::to_owned);
+        let key_label = h
+            .get("key_label")
+            .and_then(toml::Value::as_str)
+            .unwrap_or(name);
+        lab.import(&token, &key, key_label, &id);
+    }
+    let servers: BTreeMap<String, softhsm::P11Server> = sockets
+        .iter()
+        .map(|(addr, token)| (addr.clone(), lab.serve(token)))
+        .collect();
+    for h in table.get_mut("hsm").unwrap().as_array_mut().unwrap() {
+        let h = h.as_table_mut().unwrap();
+        h.insert("module".into(), softhsm::P11KIT_CLIENT.into());
+        let env = h.get_mut("module_env").unwrap().as_table_mut().unwrap();
+        let addr = str_of_toml(&env["P11_KIT_SERVER_ADDRESS"], "address").to_owned();
+        env.insert(
+            "P11_KIT_SERVER_ADDRESS".into(),
+            servers[&addr].address().into(),
+        );
+        let pin = Path::new(str_of_toml(&h["pin_file"], "pin_file"));
+        fs::write(pin, format!("{}\n", softhsm::PIN)).unwrap();
+    }
+    fs::write(config, toml::to_string(&table).unwrap()).unwrap();
+    Some(HsmLab {
+        _servers: servers.into_values().collect(),
+        _lab: lab,
+    })
+}
+
+/// A `redis-server` on a free loopback port, killed when dropped.
+struct RedisServer(std::process::Child);
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The checked config made runnable on this machine, written next to it: each `[[region]]`
+/// on a local `redis-server` (plain TCP, so `ca_file` and client certificates dropped) that
+/// requires the region's username and password file, the admin listener on a free loopback
+/// port, and the admin TLS files real (the demo PKI's responder pair, its CA as client CA).
+fn runnable_config(label: &str, config: &Path, tmp: &Path) -> (PathBuf, Vec<RedisServer>) {
+    let mut table: toml::Table = toml::from_str(&fs::read_to_string(config).unwrap()).unwrap();
+    let mut servers = Vec::new();
+    if let Some(regions) = table.get_mut("region") {
+        for r in regions.as_array_mut().unwrap() {
+            let r = r.as_table_mut().unwrap();
+            let name = str_of_toml(&r["name"], "region.name").to_owned();
+            let port = free_port();
+            let mut cmd = Command::new("redis-server");
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(tmp)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            if let Some(p) = r.get("password_file") {
+                let password = fs::read_to_string(str_of_toml(p, "password_file")).unwrap();
+                let password = password.trim_end();
+                match r.get("username") {
+                    Some(u) => cmd.arg("--user").arg(str_of_toml(u, "username")).args([
+                        "on",
+                        &format!(">{password}"),
+                        "~*",
+                        "&*",
+                        "+@all",
+                    ]),
+                    None => cmd.args(["--requirepass", password]),
+                };
+            }
+            let child = cmd.spawn().unwrap_or_else(|e| {
+                panic!("{label}: redis-server for region {name} ({e}); .ci/run installs it")
+            });
+            servers.push(RedisServer(child));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{label}: redis-server for region {name} did not start"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            for k in [
+                "sentinels",
+                "service",
+                "sentinel_server_tls",
+                "ca_file",
+                "client_certificate",
+                "client_key",
+            ] {
+                r.remove(k);
+            }
+            r.insert("redis".into(), format!("redis://127.0.0.1:{port}/0").into());
+        }
+    }
+    if let Some(admin) = table.get_mut("admin") {
+        let admin = admin.as_table_mut().unwrap();
+        admin.insert("listen".into(), "127.0.0.1:0".into());
+        let pki = tmp.join("pki-0/vigil-data");
+        for (key, file) in [
+            ("tls_certificate", "responder.pem"),
+            ("tls_key", "responder.key"),
+            ("client_ca", "ca.pem"),
+        ] {
+            if let Some(p) = admin.get(key) {
+                fs::copy(pki.join(file), str_of_toml(p, key)).unwrap();
+            }
+        }
+    }
+    let out = config.with_file_name("vigil-runnable.toml");
+    fs::write(&out, toml::to_string(&table).unwrap()).unwrap();
+    (out, servers)
+}
+
 #[test]
 fn examples_render_into_consistent_objects_that_vigil_accepts() {
-    let pending = pending_overlay();
     let image = image_paths();
     let image: Vec<&str> = image.iter().map(String::as_str).collect();
+    let module = dockerfile().p11_kit_link();
+    let mut hsm_checked = false;
     for example in examples() {
         let name = example.file_name().unwrap().to_string_lossy().into_owned();
-
-        // As shipped: every section vigil of this branch knows; check-config must pass.
         let r = render_ok(&name, &[&example]);
         let facts = check_objects(&r);
-        for s in PENDING_SECTIONS {
-            assert!(
-                !facts.table.contains_key(s),
-                "{name}: [{s}] must stay off in the shipped examples until its branch merges"
-            );
+        // Production-shaped: the Redis feed (no shared journal), the admin API and CRLs on.
+        for s in ["feed", "region", "admin", "crl"] {
+            assert!(facts.table.contains_key(s), "{name}: [{s}] is not rendered");
         }
+        assert!(
+            facts.table["status"].get("journal").is_none(),
+            "{name}: the feed replaces the shared journal"
+        );
+
+        // check-config on the files the pod would have; [[hsm]] entries reach SoftHSM2
+        // tokens through p11-kit-client.so and `p11-kit server`, as in the pod through the
+        // sidecar's socket.
         let tmp = tempfile::tempdir().unwrap();
         let config = lay_out_pod_files(&name, &facts, &image, tmp.path());
+        let hsm = hsm_lab(&name, &config, &module, tmp.path());
+        hsm_checked |= hsm.is_some();
         let o = check_config(&facts, tmp.path());
         assert!(
             o.status.success(),
             "{name}: vigil check-config refused the rendered config:\n{}\n{}",
             String::from_utf8_lossy(&o.stderr),
-            facts.toml_text
+            fs::read_to_string(&config).unwrap()
         );
         let typed = vigil::config::Config::from_toml(&facts.toml_text).unwrap();
         assert_eq!(
@@ -974,56 +1192,34 @@ fn examples_render_into_consistent_objects_that_vigil_accepts() {
             u64_of(&r.values["drain"]["delaySeconds"], "drain.delaySeconds")
         );
 
-        // A healthy replica on this config answers 200 on the probe paths.
+        // A replica on this config, its regions' Redis local, answers 200 on the probe paths.
+        let (runnable, _redis) = runnable_config(&name, &config, tmp.path());
         let mut vigil = common::Vigil::start(
             tmp.path(),
-            Some(&config),
+            Some(&runnable),
             &[(
                 vigil::config::ENV_DATA_DIR,
                 &format!("{}/pod/var/lib/vigil", tmp.path().display()),
             )],
         );
         for path in ["/healthz", "/readyz"] {
-            let resp = common::get(vigil.addr, path, "");
-            assert_eq!(resp.status, 200, "{name}: {path} on the rendered config");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            let status = loop {
+                let status = common::get(vigil.addr, path, "").status;
+                if status == 200 || std::time::Instant::now() > deadline {
+                    break status;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            };
+            assert_eq!(status, 200, "{name}: {path} on the rendered config");
         }
         vigil.kill9();
-
-        // With the pending features on: the objects still hold together, and check-config
-        // refuses at most the keys it does not know yet.
-        let label = format!("{name} + pending-features.yaml");
-        let r = render_ok(&label, &[&example, &pending]);
-        let facts = check_objects(&r);
-        for s in ["feed", "admin", "hsm", "crl"] {
-            assert!(
-                facts.table.contains_key(s),
-                "{label}: [{s}] is not rendered"
-            );
-        }
-        let tmp = tempfile::tempdir().unwrap();
-        lay_out_pod_files(&label, &facts, &image, tmp.path());
-        let o = check_config(&facts, tmp.path());
-        if !o.status.success() {
-            let err = String::from_utf8_lossy(&o.stderr);
-            // Before the merges: serde's "unknown field `feed`". After: errors of those sections
-            // that need more than files (an HSM to reach) name them, e.g. "hsm[0]".
-            assert!(
-                PENDING_SECTIONS.iter().any(|s| {
-                    [
-                        format!("unknown field `{s}`"),
-                        format!("{s}["),
-                        format!("{s}."),
-                        // reaching the HSM needs a live p11-kit server, not only files
-                        format!("{s} \""),
-                    ]
-                    .iter()
-                    .any(|p| err.contains(p.as_str()))
-                }),
-                "{label}: vigil check-config refused more than the pending sections:\n{err}\n{}",
-                facts.toml_text
-            );
-        }
+        drop(hsm);
     }
+    assert!(
+        hsm_checked,
+        "no example renders [[hsm]]: the HSM path goes unchecked"
+    );
 }
 
 #[test]
@@ -1045,7 +1241,8 @@ fn wrong_values_fail_validation_naming_the_key() {
             "issuers:\n  - name: bad name!\n    existingSecret: x\n",
             "issuers.0.name",
         ),
-        ("journal:\n  existingClaim: \"\"\n", "journal.existingClaim"),
+        // The example runs on the feed without a shared journal: neither is refused.
+        ("feed:\n  enabled: false\n", "journal.existingClaim"),
         (
             "admin:\n  enabled: true\n  allowedFrom: []\n",
             "admin.allowedFrom",

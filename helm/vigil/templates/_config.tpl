@@ -107,6 +107,10 @@ password_file = {{ printf "%s/password" (include "vigil.redisPasswordDir" $r.nam
 {{- if $r.caSecret }}
 ca_file = {{ printf "%s/ca.pem" (include "vigil.redisCaDir" $r.name) | toJson }}
 {{- end }}
+{{- if $r.clientCertSecret }}
+client_certificate = {{ printf "%s/tls.crt" (include "vigil.redisClientDir" $r.name) | toJson }}
+client_key = {{ printf "%s/tls.key" (include "vigil.redisClientDir" $r.name) | toJson }}
+{{- end }}
 {{- include "vigil.toml.pairs" ($r.settings | default (dict)) }}
 {{- end }}
 {{- end }}
@@ -175,6 +179,9 @@ responder_key = {{ printf "%s/responder.key" (include "vigil.issuerDir" $i.name)
 {{- end }}
 {{- with $i.unissued }}
 unissued = {{ toJson . }}
+{{- end }}
+{{- if and $v.crl.enabled $i.crlKeyKey }}
+crl_key = {{ printf "%s/ca.key" (include "vigil.issuerDir" $i.name) | toJson }}
 {{- end }}
 {{- end }}
 {{- with $v.config.extraToml }}

@@ -68,6 +68,7 @@ everything written under the volume /var/lib/vigil.
 {{- define "vigil.adminTlsDir" -}}/etc/vigil/secrets/admin-tls{{- end -}}
 {{- define "vigil.redisPasswordDir" -}}/etc/vigil/secrets/redis/{{ . }}{{- end -}}
 {{- define "vigil.redisCaDir" -}}/etc/vigil/secrets/redis-ca/{{ . }}{{- end -}}
+{{- define "vigil.redisClientDir" -}}/etc/vigil/secrets/redis-client/{{ . }}{{- end -}}
 {{- define "vigil.hsmPinDir" -}}/etc/vigil/secrets/hsm-pin/{{ . }}{{- end -}}
 
 {{/*
