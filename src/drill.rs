@@ -385,7 +385,7 @@ pub fn run(t: &Target) -> Report {
     let mut r = Report::default();
     for base in &t.replicas {
         match http(base, "GET", "/readyz", &[], b"", TIMEOUT) {
-            Ok(resp) if resp.status == 200 => r.push("readiness", Level::Ok, format!("{base}")),
+            Ok(resp) if resp.status == 200 => r.push("readiness", Level::Ok, base.clone()),
             Ok(resp) => r.push(
                 "readiness",
                 Level::Fail,

@@ -17,7 +17,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -113,7 +113,9 @@ impl Cluster {
     }
 
     fn var(&self, k: &str) -> &str {
-        self.env.get(k).unwrap_or_else(|| panic!("{k} not in cluster.env"))
+        self.env
+            .get(k)
+            .unwrap_or_else(|| panic!("{k} not in cluster.env"))
     }
 
     fn lb(&self) -> String {
@@ -260,6 +262,7 @@ impl Load {
                 std::thread::spawn(move || {
                     let mut out = Vec::new();
                     let mut i = t as usize * 7;
+                    let mut k = 0usize;
                     let mut next = Instant::now();
                     while !stop.load(Ordering::Relaxed) {
                         next += period;
@@ -270,7 +273,10 @@ impl Load {
                             next = now;
                         }
                         i = (i + 1) % items.len();
-                        out.push(one(&lb, &items[i], i % 2 == 0, &revoked));
+                        // GET and POST alternate, and swap every round, so each item is asked both ways.
+                        let get = (i + k / items.len()).is_multiple_of(2);
+                        k += 1;
+                        out.push(one(&lb, &items[i], get, &revoked));
                     }
                     out
                 })
@@ -375,7 +381,11 @@ fn corpus(c: &Cluster) -> Vec<Item> {
         .env("VIGIL_CLUSTER_DIR", &c.state)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(c.state.join("corpus.json")).unwrap()).unwrap();
     let mut items: Vec<Item> = json
@@ -435,8 +445,14 @@ fn warm(c: &Cluster, items: &[Item]) {
     for r in REPLICAS {
         let url = c.replica_url(r);
         for it in items.iter().filter(|i| i.kind != Kind::Crl) {
-            let a = query(&url, c.ca(), &hex_bytes(&it.serial), true, Duration::from_secs(10))
-                .unwrap_or_else(|e| panic!("warming {r} {}: {e}", it.serial));
+            let a = query(
+                &url,
+                c.ca(),
+                &hex_bytes(&it.serial),
+                true,
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|e| panic!("warming {r} {}: {e}", it.serial));
             assert_eq!(a.verified, Some(true), "{r} {}: bad signature", it.serial);
         }
     }
@@ -459,6 +475,8 @@ struct DrillResult {
     propagation_ms_during_fault: Option<u64>,
     /// ms from `vigil revoke` until every replica (after healing) answered `revoked`.
     propagation_ms_all: u64,
+    /// ms from healing until every replica answered `revoked`.
+    converge_after_heal_ms: u64,
     p99_ms_fault: f64,
     p99_ms_all: f64,
     recovery_ms: u64,
@@ -600,6 +618,8 @@ fn drill(
         try_later_fresh_revocations: samples.iter().filter(|s| s.try_later_fresh).count(),
         propagation_ms_during_fault: propagation_fault,
         propagation_ms_all: propagation_all,
+        converge_after_heal_ms: (propagation_all as u128)
+            .saturating_sub((t_heal - t_revoke).as_millis()) as u64,
         p99_ms_fault: p99(&in_fault),
         p99_ms_all: p99(&samples.iter().collect::<Vec<_>>()),
         recovery_ms: recovery.as_millis() as u64,
@@ -633,7 +653,7 @@ fn write_report(results: &[DrillResult], config: &str) -> PathBuf {
     )
     .unwrap();
     let mut md = format!(
-        "# vigil drill report\n\n{config}\n\n| drill | fault s | requests | failed validations | wrong answers | propagation (reachable replicas, during fault) ms | propagation (all, after heal) ms | p99 during fault ms | recovery ms | tryLater (fresh revocation, no HSM) | k6 (failed / wrong / p99 ms) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        "# vigil drill report\n\n{config}\n\n| drill | fault s | requests | failed validations | wrong answers | propagation (reachable replicas, during fault) ms | propagation (all, after heal) ms | converged after heal ms | p99 during fault ms | recovery ms | tryLater (fresh revocation, no HSM) | k6 (failed / wrong / p99 ms) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     );
     for r in results {
         let k6 = r.k6.as_ref().map_or("-".to_owned(), |k| {
@@ -645,7 +665,7 @@ fn write_report(results: &[DrillResult], config: &str) -> PathBuf {
             )
         });
         md.push_str(&format!(
-            "| {} | {:.1} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {} |\n",
+            "| {} | {:.1} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {} |\n",
             r.name,
             r.fault_secs,
             r.requests,
@@ -654,6 +674,7 @@ fn write_report(results: &[DrillResult], config: &str) -> PathBuf {
             r.propagation_ms_during_fault
                 .map_or("not within the fault".into(), |v| v.to_string()),
             r.propagation_ms_all,
+            r.converge_after_heal_ms,
             r.p99_ms_fault,
             r.recovery_ms,
             r.try_later_fresh_revocations,
@@ -670,6 +691,86 @@ fn write_report(results: &[DrillResult], config: &str) -> PathBuf {
     }
     std::fs::write(base.with_extension("md"), md).unwrap();
     base.with_extension("md")
+}
+
+/// SIGTERM and wait until the replica has exited (it drains first: `drain_delay`).
+fn stop_replica(c: &Cluster, r: &str) {
+    c.signal(r, "-TERM");
+    let pid = c.pid(r);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.contains(") Z") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{r} did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `vigil drill` against the cluster: every check passes and the canary propagates; with
+/// region b's Redis frozen it fails, naming the region.
+fn vigil_drill_command(c: &Cluster) {
+    let args = |extra: &[&str]| {
+        let mut cmd = Command::new(VIGIL);
+        cmd.arg("drill");
+        for r in REPLICAS {
+            cmd.arg("--replica").arg(c.replica_url(r));
+        }
+        cmd.arg("--redis")
+            .arg(format!("a={}", c.var("REDIS_A_URL")))
+            .arg("--redis")
+            .arg(format!("b={}", c.var("REDIS_B_URL")))
+            .arg("--issuer")
+            .arg(format!("cluster={}", c.state.join("pki/ca.pem").display()))
+            .args(["--serial", "1000", "--serial", "2000", "--serial", "9000"])
+            .args(["--max-lag", "3s"])
+            .args(extra)
+            .env("VIGIL_LOG", "error");
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = args(&[]);
+    eprintln!("{text}");
+    assert_eq!(code, Some(0), "{text}");
+    for want in [
+        "ok   consistency",
+        "ok   feed-lag     region a",
+        "ok   feed-lag     region b",
+        "ok   crl",
+        "ok   expiry       responder of cluster",
+        "0 failed",
+    ] {
+        assert!(text.contains(want), "drill report lacks {want:?}:\n{text}");
+    }
+    let token = c.state.join("admin-token");
+    let admin = c.var("ADMIN_B2_URL").to_owned();
+    let (code, text) = args(&[
+        "--write",
+        "--admin",
+        &admin,
+        "--admin-token-file",
+        token.to_str().unwrap(),
+        "--canary-serial",
+        &canary_serial(15),
+    ]);
+    eprintln!("{text}");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("every replica answers revoked after"),
+        "{text}"
+    );
+    // Region b's Redis hung: the feed-lag check fails and says which region.
+    c.signal("redis-b", "-STOP");
+    let (code, text) = args(&[]);
+    c.signal("redis-b", "-CONT");
+    eprintln!("{text}");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("FAIL feed-lag     region b"), "{text}");
+    assert!(text.contains("ok   feed-lag     region a"), "{text}");
 }
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -774,23 +875,17 @@ fn fault_drills_under_load() {
         ));
     }
     if want("rolling-restart") {
+        // A rolling deploy: a1 is stopped (SIGTERM: readiness drains, then it exits) when the
+        // revocation is made; then a1 starts again and a2, b1, b2 follow one by one.
         results.push(drill(
             &mut x,
             "rolling-restart",
-            &[],
-            |_| {},
+            &["a1"],
+            |c| stop_replica(c, "a1"),
             |c| {
                 for r in REPLICAS {
-                    c.signal(r, "-TERM");
-                    let pid = c.pid(r);
-                    let deadline = Instant::now() + Duration::from_secs(20);
-                    while Path::new(&format!("/proc/{pid}")).exists()
-                        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                            .unwrap_or_default()
-                            .contains(") Z")
-                    {
-                        assert!(Instant::now() < deadline, "{r} did not stop on SIGTERM");
-                        std::thread::sleep(Duration::from_millis(50));
+                    if r != "a1" {
+                        stop_replica(c, r);
                     }
                     c.script(&["start-replica", r]);
                     let deadline = Instant::now() + Duration::from_secs(30);
@@ -803,6 +898,10 @@ fn fault_drills_under_load() {
                 }
             },
         ));
+    }
+
+    if want("vigil-drill") {
+        vigil_drill_command(&c);
     }
 
     let config = format!(
