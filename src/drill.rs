@@ -20,7 +20,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use der::{Decode, Encode};
 use x509_cert::Certificate;
@@ -372,10 +372,7 @@ impl Report {
 }
 
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    crate::clock::unix_now()
 }
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -633,10 +630,7 @@ fn feed_checks(r: &mut Report, t: &Target) {
                     .ids
                     .first()
                     .and_then(|e| e.id.split('-').next().and_then(|ms| ms.parse::<u64>().ok()));
-                let now_ms = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0);
+                let now_ms = crate::clock::unix_now_ms().max(0) as u64;
                 match newest {
                     None => r.push(
                         "feed-lag",
