@@ -743,3 +743,69 @@ fn canary(
         );
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn ca() -> Certificate {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        Certificate::from_der(cert.der()).unwrap()
+    }
+
+    #[test]
+    fn requests_decode_with_vigils_own_decoder_and_match_the_issuer() {
+        let ca = ca();
+        let der = ocsp_request(&ca, &[0x10, 0xff]).unwrap();
+        let req = crate::ocsp::request::decode_request(&der, &Default::default()).unwrap();
+        assert_eq!(req.certs.len(), 1);
+        assert!(req.nonce.is_none());
+        let c = &req.certs[0];
+        assert_eq!(c.hash, HashAlgorithm::Sha1);
+        assert_eq!(c.serial.as_der_content(), &[0x10, 0xff]);
+        let name = ca.tbs_certificate.subject.to_der().unwrap();
+        let key = ca
+            .tbs_certificate
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes();
+        let hashes = crate::ocsp::issuer::IssuerHashes::new(&name, key);
+        assert_eq!(
+            c.cert_id.issuer_name_hash.as_bytes(),
+            hashes.name_hash(HashAlgorithm::Sha1)
+        );
+        assert_eq!(
+            c.cert_id.issuer_key_hash.as_bytes(),
+            hashes.key_hash(HashAlgorithm::Sha1)
+        );
+    }
+
+    #[test]
+    fn error_responses_and_garbage_are_errors_not_statuses() {
+        assert!(decode_response(&[0x30, 0x03, 0x0a, 0x01, 0x03], None)
+            .unwrap_err()
+            .contains("TryLater"));
+        assert!(decode_response(b"garbage", None).is_err());
+    }
+
+    #[test]
+    fn the_worst_finding_decides_the_exit() {
+        let mut r = Report::default();
+        assert_eq!(r.worst(), Level::Ok);
+        r.push("a", Level::Warn, "w");
+        assert_eq!(r.worst(), Level::Warn);
+        r.push("b", Level::Fail, "f");
+        r.push("c", Level::Ok, "o");
+        assert_eq!(r.worst(), Level::Fail);
+        assert!(r.text().ends_with("drill: 3 checks, 1 failed\n"));
+    }
+
+    #[test]
+    fn http_rejects_other_schemes() {
+        assert!(http("https://x", "GET", "/", &[], b"", Duration::from_secs(1)).is_err());
+    }
+}
