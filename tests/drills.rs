@@ -12,7 +12,8 @@
 //!
 //! Knobs: `VIGIL_DRILL_FAULT_SECS` (how long each fault lasts; default 5, the CI size),
 //! `VIGIL_DRILL_RATE` (requests per second of the threads; default 150), `VIGIL_DRILL_ONLY`
-//! (comma-separated drill names), `VIGIL_DRILL_K6=1` (k6 too). The full run is documented in
+//! (comma-separated drill names), `VIGIL_DRILL_K6=1` (k6 too), `VIGIL_DRILL_BIN` (the vigil
+//! binary the cluster runs). The full run is documented in
 //! docs/OPERATIONS.md.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -29,6 +30,12 @@ const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
 /// A revocation answered `good` later than this after `vigil revoke` returned is a wrong answer.
 const PROPAGATION_BOUND: Duration = Duration::from_secs(5);
 const REPLICAS: [&str; 4] = ["a1", "a2", "b1", "b2"];
+
+/// The vigil binary the cluster runs: `VIGIL_DRILL_BIN` (e.g. target/release/vigil for the
+/// full run), else the one cargo built for this test.
+fn vigil_bin() -> String {
+    std::env::var("VIGIL_DRILL_BIN").unwrap_or_else(|_| VIGIL.to_owned())
+}
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -76,7 +83,7 @@ impl Cluster {
             .arg(root().join("loadtest/cluster.sh"))
             .args(args)
             .env("VIGIL_CLUSTER_DIR", &self.state)
-            .env("VIGIL_BIN", VIGIL)
+            .env("VIGIL_BIN", vigil_bin())
             .output()
             .unwrap();
         assert!(
@@ -182,7 +189,7 @@ impl Cluster {
 
     /// `vigil revoke` through region b's replica config (quorum 1: region b suffices).
     fn revoke(&self, serial: &str) {
-        let out = Command::new(VIGIL)
+        let out = Command::new(vigil_bin())
             .arg("--config")
             .arg(self.state.join("b1.toml"))
             .args([
@@ -712,7 +719,7 @@ fn stop_replica(c: &Cluster, r: &str) {
 /// region b's Redis frozen it fails, naming the region.
 fn vigil_drill_command(c: &Cluster) {
     let args = |extra: &[&str]| {
-        let mut cmd = Command::new(VIGIL);
+        let mut cmd = Command::new(vigil_bin());
         cmd.arg("drill");
         for r in REPLICAS {
             cmd.arg("--replica").arg(c.replica_url(r));
@@ -905,11 +912,12 @@ fn fault_drills_under_load() {
     }
 
     let config = format!(
-        "Cluster: loadtest/cluster.sh (2 regions x 2 replicas, HAProxy, SoftHSM2 behind p11-kit). Load: 3 threads, {} req/s, GET/POST good/revoked/unissued + CRL{}. Fault held {} s. Propagation bound for wrong answers: {} s. Binary: {VIGIL}.",
+        "Cluster: loadtest/cluster.sh (2 regions x 2 replicas, HAProxy, SoftHSM2 behind p11-kit). Load: 3 threads, {} req/s, GET/POST good/revoked/unissued + CRL{}. Fault held {} s. Propagation bound for wrong answers: {} s. Binary: {}.",
         x.rate,
         if x.k6 { ", plus k6 cluster-steady.js at 100 req/s" } else { "" },
         fault.as_secs(),
-        PROPAGATION_BOUND.as_secs()
+        PROPAGATION_BOUND.as_secs(),
+        vigil_bin()
     );
     let report = write_report(&results, &config);
     eprintln!(
