@@ -523,7 +523,7 @@ fn k6_start(c: &Cluster, secs: u64, name: &str) -> Option<(Child, PathBuf)> {
         .arg(format!("VIGIL_URL={}", c.lb()))
         .arg("-e")
         .arg(format!("CORPUS={}", c.state.join("corpus.json").display()))
-        .args(["-e", "RATE=100", "-e"])
+        .args(["-e", "RATE=100", "-e", "P99_MS=1500", "-e"])
         .arg(format!("DURATION={secs}s"))
         .arg("cluster-steady.js")
         .stdout(Stdio::null())
