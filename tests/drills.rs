@@ -153,15 +153,9 @@ impl Cluster {
 
     fn kill9(&self, name: &str) {
         self.signal(name, "-KILL");
-        // wait until it is gone
+        // wait until it is gone (a zombie counts as gone: its parent, the script, has exited)
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Command::new("kill")
-            .args(["-0", &self.pid(name).to_string()])
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-        {
+        while !gone(self.pid(name)) {
             assert!(Instant::now() < deadline, "{name} did not die");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -715,14 +709,16 @@ fn stop_replica(c: &Cluster, r: &str) {
     c.signal(r, "-TERM");
     let pid = c.pid(r);
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.is_empty() || stat.contains(") Z") {
-            return;
-        }
+    while !gone(pid) {
         assert!(Instant::now() < deadline, "{r} did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The process has exited (no longer in /proc, or a zombie).
+fn gone(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.is_empty() || stat.contains(") Z")
 }
 
 /// `vigil drill` against the cluster: every check passes and the canary propagates; with
