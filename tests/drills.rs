@@ -13,7 +13,9 @@
 //! Knobs: `VIGIL_DRILL_FAULT_SECS` (how long each fault lasts; default 5, the CI size),
 //! `VIGIL_DRILL_RATE` (requests per second of the threads; default 150), `VIGIL_DRILL_ONLY`
 //! (comma-separated drill names), `VIGIL_DRILL_K6=1` (k6 too), `VIGIL_DRILL_BIN` (the vigil
-//! binary the cluster runs). The full run is documented in
+//! binary the cluster runs), `VIGIL_DRILL_CLUSTER` (the state directory of a cluster already
+//! started by `loadtest/cluster.sh up`, used instead of starting one; the drills revoke some of
+//! its serials). The full run is documented in
 //! docs/OPERATIONS.md.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -72,6 +74,8 @@ fn tools_missing() -> Option<String> {
 
 struct Cluster {
     _dir: tempfile::TempDir,
+    /// Started (and so stopped) by this test; false when attached to a running cluster.
+    owned: bool,
     state: PathBuf,
     env: HashMap<String, String>,
     ca: Option<x509_cert::Certificate>,
@@ -83,7 +87,10 @@ impl Cluster {
             .arg(root().join("loadtest/cluster.sh"))
             .args(args)
             .env("VIGIL_CLUSTER_DIR", &self.state)
-            .env("VIGIL_BIN", vigil_bin())
+            .env(
+                "VIGIL_BIN",
+                self.env.get("VIGIL_BIN").cloned().unwrap_or_else(vigil_bin),
+            )
             .output()
             .unwrap();
         assert!(
@@ -94,17 +101,23 @@ impl Cluster {
         );
     }
 
+    /// Starts a cluster of its own in a temporary directory, or, with `VIGIL_DRILL_CLUSTER`
+    /// set to the state directory of one started by `loadtest/cluster.sh up`, uses that one
+    /// (and leaves it running).
     fn up() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("cluster");
+        let attach = std::env::var_os("VIGIL_DRILL_CLUSTER").map(PathBuf::from);
         let mut c = Cluster {
-            state,
+            owned: attach.is_none(),
+            state: attach.unwrap_or_else(|| dir.path().join("cluster")),
             _dir: dir,
             env: HashMap::new(),
             ca: None,
         };
         // From here on, Drop runs `down` whatever happens.
-        c.script(&["up"]);
+        if c.owned {
+            c.script(&["up"]);
+        }
         let text = std::fs::read_to_string(c.state.join("cluster.env")).unwrap();
         c.env = text
             .lines()
@@ -112,6 +125,10 @@ impl Cluster {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
         c.ca = Some(vigil::pki::read_certificate(&c.state.join("pki/ca.pem")).unwrap());
+        assert!(
+            c.var("GOOD").parse::<usize>().unwrap() >= 150 + 16,
+            "the drills revoke serials 0x1096.. : start the cluster with CLUSTER_GOOD >= 166"
+        );
         c
     }
 
@@ -208,6 +225,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let _ = Command::new("bash")
             .arg(root().join("loadtest/cluster.sh"))
             .arg("down")
