@@ -9,6 +9,7 @@ pub mod config;
 pub mod crl;
 pub mod crl_service;
 pub mod demo;
+pub mod drill;
 pub mod feed;
 pub mod http;
 pub mod limits;

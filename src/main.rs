@@ -79,6 +79,57 @@ enum Command {
         #[command(subcommand)]
         command: HsmCommand,
     },
+    /// Check a live deployment without changing it (readiness, verified answers, a
+    /// consistency audit across replicas and regions, feed lag, CRL freshness, certificate
+    /// expiry); `--write` adds a canary revocation timed to every replica. Needs no config.
+    /// Exit 0: every check passed (warnings allowed); 1: something falls short.
+    Drill(DrillArgs),
+}
+
+#[derive(Args)]
+struct DrillArgs {
+    /// Replica base URL, e.g. http://10.0.0.5:8080 (repeat for each replica; not the LB).
+    #[arg(long = "replica", required = true)]
+    replicas: Vec<String>,
+    /// Region Redis, NAME=redis://host:port (repeat per region).
+    #[arg(long = "redis")]
+    regions: Vec<String>,
+    /// Feed key prefix (feed.key_prefix).
+    #[arg(long, default_value = "vigil")]
+    key_prefix: String,
+    /// Issuer, NAME=ca.pem: its configured name (for /crl/NAME.crl) and CA certificate.
+    #[arg(long = "issuer", required = true)]
+    issuers: Vec<String>,
+    /// Serial (hex) to audit on every replica (repeat; a few good, revoked and unissued ones).
+    #[arg(long = "serial")]
+    serials: Vec<String>,
+    /// Feed lag above this fails the drill.
+    #[arg(long, default_value = "10s")]
+    max_lag: humantime::Duration,
+    /// Certificates expiring within this are a warning.
+    #[arg(long, default_value = "14d")]
+    expiry_warning: humantime::Duration,
+    /// Revoke a canary certificate through the admin API and time its propagation.
+    #[arg(long, requires_all = ["admin", "canary_serial"])]
+    write: bool,
+    /// Admin API base URL (with --write).
+    #[arg(long)]
+    admin: Option<String>,
+    /// File holding the admin bearer token (or VIGIL_ADMIN_TOKEN).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Canary serial (hex) to revoke (a certificate issued for this purpose).
+    #[arg(long)]
+    canary_serial: Option<String>,
+    /// Issuer of the canary (default: the first --issuer).
+    #[arg(long)]
+    canary_issuer: Option<String>,
+    /// Longest wait for the canary to reach every replica.
+    #[arg(long, default_value = "30s")]
+    canary_timeout: humantime::Duration,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -126,6 +177,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // rustls (Redis over TLS, the admin listener) uses ring, the only provider compiled in.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Some(Command::Drill(args)) = &cli.command {
+        return drill(args);
+    }
     let cfg = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -157,6 +211,7 @@ fn main() -> ExitCode {
         Command::Hsm {
             command: HsmCommand::Test { issuer },
         } => hsm_test(&cfg, issuer.as_deref()),
+        Command::Drill(_) => Err("drill is handled before the config is loaded".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -164,6 +219,88 @@ fn main() -> ExitCode {
             eprintln!("vigil: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn pair(text: &str, what: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .ok_or_else(|| format!("{what} {text:?}: expected NAME=VALUE"))
+}
+
+fn drill_target(a: &DrillArgs) -> Result<vigil::drill::Target, String> {
+    let regions = a
+        .regions
+        .iter()
+        .map(|r| pair(r, "--redis"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let issuers = a
+        .issuers
+        .iter()
+        .map(|i| pair(i, "--issuer").map(|(n, p)| (n, PathBuf::from(p))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let canary = if a.write {
+        let token = match (&a.admin_token_file, std::env::var("VIGIL_ADMIN_TOKEN")) {
+            (Some(f), _) => std::fs::read_to_string(f)
+                .map_err(|e| format!("{}: {e}", f.display()))?
+                .trim()
+                .to_owned(),
+            (None, Ok(t)) => t,
+            (None, Err(_)) => {
+                return Err("--write needs --admin-token-file or VIGIL_ADMIN_TOKEN".into())
+            }
+        };
+        let issuer = match &a.canary_issuer {
+            Some(i) => i.clone(),
+            None => issuers.first().map(|(n, _)| n.clone()).unwrap_or_default(),
+        };
+        Some((
+            a.admin.clone().unwrap_or_default(),
+            token,
+            issuer,
+            a.canary_serial.clone().unwrap_or_default(),
+        ))
+    } else {
+        None
+    };
+    Ok(vigil::drill::Target {
+        replicas: a
+            .replicas
+            .iter()
+            .map(|r| r.trim_end_matches('/').to_owned())
+            .collect(),
+        regions,
+        key_prefix: a.key_prefix.clone(),
+        issuers,
+        serials: a.serials.clone(),
+        max_lag: a.max_lag.into(),
+        expiry_warning: a.expiry_warning.into(),
+        canary,
+        canary_timeout: a.canary_timeout.into(),
+    })
+}
+
+fn drill(a: &DrillArgs) -> ExitCode {
+    let target = match drill_target(a) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("vigil: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = vigil::drill::run(&target);
+    print!("{}", report.text());
+    if let Some(path) = &a.json {
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("vigil: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    if report.worst() == vigil::drill::Level::Fail {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

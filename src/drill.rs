@@ -1,0 +1,811 @@
+//! `vigil drill`: read-only checks of a live deployment, and the small blocking OCSP / HTTP
+//! client they (and the fault drills in `tests/drills.rs`) use.
+//!
+//! Checks, each a line of the report with `ok`, `WARN` or `FAIL`:
+//! - every replica's `/readyz`;
+//! - every replica answers OCSP for a sample of serials of every issuer, and each answer
+//!   verifies: the signature with the responder certificate in the response (itself signed by
+//!   the CA) or with the CA key;
+//! - the sample gets the same status from every replica (the consistency audit, across
+//!   regions when replicas of several regions are given);
+//! - the feed lag of each region: the age of the newest entry (event or heartbeat) in the
+//!   region's stream;
+//! - per issuer, the CRL every replica serves: signature, nextUpdate in the future, age, and
+//!   the CRL numbers (never lower than another replica's by more than the publishing lag);
+//! - responder and CA certificate expiry.
+//!
+//! With `write`, a canary serial is revoked through the admin API and the time until every
+//! replica answers `revoked` is measured.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use der::{Decode, Encode};
+use x509_cert::Certificate;
+use x509_ocsp::{BasicOcspResponse, OcspResponse, OcspResponseStatus};
+
+use crate::ocsp::HashAlgorithm;
+
+/// A response to one blocking HTTP/1.1 request.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Body (after `Content-Length` or until the connection closed).
+    pub body: Vec<u8>,
+}
+
+/// One HTTP/1.1 exchange over a fresh connection (`Connection: close`).
+///
+/// `base` is `http://host:port`; `path` starts with `/`.
+pub fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<HttpResponse, String> {
+    let host = base
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{base}: only http:// URLs are supported"))?
+        .trim_end_matches('/');
+    let addr = host
+        .to_socket_addrs()
+        .map_err(|e| format!("{host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host}: no address"))?;
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{host}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes).map_err(|e| format!("{host}: {e}"))?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)
+        .map_err(|e| format!("{host}: {e}"))?;
+    let end = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("{host}: no HTTP response ({} bytes)", resp.len()))?;
+    let head = String::from_utf8_lossy(&resp[..end]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("{host}: bad status line"))?;
+    let mut body = resp[end + 4..].to_vec();
+    let length = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())
+            .flatten()
+    });
+    if let Some(n) = length {
+        if body.len() < n {
+            return Err(format!(
+                "{host}: body cut short ({} of {n} bytes)",
+                body.len()
+            ));
+        }
+        body.truncate(n);
+    }
+    Ok(HttpResponse { status, body })
+}
+
+/// A DER OCSP request (one SHA-1 CertID, no nonce) for `serial` (big-endian bytes) of `issuer`.
+pub fn ocsp_request(issuer: &Certificate, serial: &[u8]) -> Result<Vec<u8>, String> {
+    use der::asn1::OctetString;
+    let name = issuer
+        .tbs_certificate
+        .subject
+        .to_der()
+        .map_err(|e| e.to_string())?;
+    let key = issuer
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes();
+    let alg = HashAlgorithm::Sha1;
+    let cert_id = x509_ocsp::CertId {
+        hash_algorithm: spki::AlgorithmIdentifierOwned {
+            oid: alg.oid(),
+            parameters: Some(der::asn1::Null.into()),
+        },
+        issuer_name_hash: OctetString::new(alg.digest(&name)).map_err(|e| e.to_string())?,
+        issuer_key_hash: OctetString::new(alg.digest(key)).map_err(|e| e.to_string())?,
+        serial_number: x509_cert::serial_number::SerialNumber::new(serial)
+            .map_err(|e| e.to_string())?,
+    };
+    let req = x509_ocsp::OcspRequest {
+        tbs_request: x509_ocsp::TbsRequest {
+            version: x509_ocsp::Version::V1,
+            requestor_name: None,
+            request_list: vec![x509_ocsp::Request {
+                req_cert: cert_id,
+                single_request_extensions: None,
+            }],
+            request_extensions: None,
+        },
+        optional_signature: None,
+    };
+    req.to_der().map_err(|e| e.to_string())
+}
+
+/// The certificate status in an OCSP answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// `good`.
+    Good,
+    /// `revoked`.
+    Revoked,
+    /// `unknown`.
+    Unknown,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Good => "good",
+            Status::Revoked => "revoked",
+            Status::Unknown => "unknown",
+        })
+    }
+}
+
+/// A decoded successful OCSP answer with one SingleResponse.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Its certStatus.
+    pub status: Status,
+    /// Whether the signature verified (with the included responder certificate, itself
+    /// signed by the issuer, or with the issuer's key). `None` when no issuer was given.
+    pub verified: Option<bool>,
+    /// thisUpdate, Unix seconds.
+    pub this_update: i64,
+    /// nextUpdate, Unix seconds (0 when absent).
+    pub next_update: i64,
+    /// notAfter of the responder certificate included, Unix seconds.
+    pub responder_not_after: Option<i64>,
+}
+
+/// Decodes an OCSP response body. A non-successful responseStatus is an error naming it
+/// (e.g. `tryLater`).
+pub fn decode_response(body: &[u8], issuer: Option<&Certificate>) -> Result<Answer, String> {
+    let r = OcspResponse::from_der(body).map_err(|e| format!("undecodable OCSP response: {e}"))?;
+    if r.response_status != OcspResponseStatus::Successful {
+        return Err(format!("OCSP {:?}", r.response_status));
+    }
+    let bytes = r
+        .response_bytes
+        .ok_or("successful response without responseBytes")?;
+    let basic = BasicOcspResponse::from_der(bytes.response.as_bytes())
+        .map_err(|e| format!("undecodable BasicOCSPResponse: {e}"))?;
+    let single = match basic.tbs_response_data.responses.as_slice() {
+        [one] => one,
+        other => return Err(format!("{} SingleResponses, expected 1", other.len())),
+    };
+    let status = match single.cert_status {
+        x509_ocsp::CertStatus::Good(_) => Status::Good,
+        x509_ocsp::CertStatus::Revoked(_) => Status::Revoked,
+        x509_ocsp::CertStatus::Unknown(_) => Status::Unknown,
+    };
+    let secs = |t: &x509_ocsp::OcspGeneralizedTime| t.0.to_unix_duration().as_secs() as i64;
+    let responder = basic.certs.as_ref().and_then(|c| c.first());
+    let verified = match issuer {
+        None => None,
+        Some(ca) => {
+            let tbs = basic
+                .tbs_response_data
+                .to_der()
+                .map_err(|e| e.to_string())?;
+            let signer_spki = match responder {
+                Some(cert) => {
+                    if !crate::pki::signature_verifies(ca, cert)? {
+                        return Ok(Answer {
+                            status,
+                            verified: Some(false),
+                            this_update: secs(&single.this_update),
+                            next_update: single.next_update.as_ref().map(secs).unwrap_or(0),
+                            responder_not_after: None,
+                        });
+                    }
+                    &cert.tbs_certificate.subject_public_key_info
+                }
+                None => &ca.tbs_certificate.subject_public_key_info,
+            };
+            Some(crate::crl::lint::verify_signature(
+                signer_spki,
+                &basic.signature_algorithm,
+                &tbs,
+                basic.signature.raw_bytes(),
+            )?)
+        }
+    };
+    Ok(Answer {
+        status,
+        verified,
+        this_update: secs(&single.this_update),
+        next_update: single.next_update.as_ref().map(secs).unwrap_or(0),
+        responder_not_after: responder.map(|c| {
+            c.tbs_certificate
+                .validity
+                .not_after
+                .to_unix_duration()
+                .as_secs() as i64
+        }),
+    })
+}
+
+/// POSTs an OCSP request to `base` and decodes the answer.
+pub fn query(
+    base: &str,
+    issuer: &Certificate,
+    serial: &[u8],
+    verify: bool,
+    timeout: Duration,
+) -> Result<Answer, String> {
+    let req = ocsp_request(issuer, serial)?;
+    let resp = http(
+        base,
+        "POST",
+        "/",
+        &[("Content-Type", "application/ocsp-request")],
+        &req,
+        timeout,
+    )?;
+    if resp.status != 200 {
+        return Err(format!("HTTP {}", resp.status));
+    }
+    decode_response(&resp.body, verify.then_some(issuer))
+}
+
+/// What `vigil drill` is pointed at.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Replica base URLs (`http://host:port`).
+    pub replicas: Vec<String>,
+    /// `(region name, redis://...)` per region.
+    pub regions: Vec<(String, String)>,
+    /// Feed key prefix (`feed.key_prefix`).
+    pub key_prefix: String,
+    /// `(issuer name, CA certificate)`.
+    pub issuers: Vec<(String, PathBuf)>,
+    /// Serials (hex) to audit, per issuer (the same sample for every issuer).
+    pub serials: Vec<String>,
+    /// Longest acceptable feed lag.
+    pub max_lag: Duration,
+    /// Certificates expiring within this are a warning.
+    pub expiry_warning: Duration,
+    /// With `Some((admin URL, token, issuer, serial))`: revoke the canary and time it.
+    pub canary: Option<(String, String, String, String)>,
+    /// Longest wait for the canary.
+    pub canary_timeout: Duration,
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Fine.
+    Ok,
+    /// Worth a look; does not fail the drill.
+    Warn,
+    /// Falls short; the exit code is non-zero.
+    Fail,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Finding {
+    /// The check (`readiness`, `ocsp`, `consistency`, `feed-lag`, `crl`, `expiry`, `canary`).
+    pub check: &'static str,
+    /// Outcome.
+    pub level: Level,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// The report of a drill.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Report {
+    /// Every finding, in order.
+    pub findings: Vec<Finding>,
+    /// Canary propagation to every replica, milliseconds (with `write`).
+    pub canary_propagation_ms: Option<u64>,
+}
+
+impl Report {
+    fn push(&mut self, check: &'static str, level: Level, detail: impl Into<String>) {
+        self.findings.push(Finding {
+            check,
+            level,
+            detail: detail.into(),
+        });
+    }
+
+    /// The worst level seen.
+    pub fn worst(&self) -> Level {
+        self.findings
+            .iter()
+            .map(|f| f.level)
+            .max()
+            .unwrap_or(Level::Ok)
+    }
+
+    /// The report as text, one finding per line.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        for f in &self.findings {
+            let tag = match f.level {
+                Level::Ok => "ok  ",
+                Level::Warn => "WARN",
+                Level::Fail => "FAIL",
+            };
+            s.push_str(&format!("{tag} {:<12} {}\n", f.check, f.detail));
+        }
+        let fails = self
+            .findings
+            .iter()
+            .filter(|f| f.level == Level::Fail)
+            .count();
+        s.push_str(&format!(
+            "drill: {} checks, {} failed\n",
+            self.findings.len(),
+            fails
+        ));
+        s
+    }
+}
+
+fn now() -> i64 {
+    crate::clock::unix_now()
+}
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs every check against `t`.
+pub fn run(t: &Target) -> Report {
+    let mut r = Report::default();
+    for base in &t.replicas {
+        match http(base, "GET", "/readyz", &[], b"", TIMEOUT) {
+            Ok(resp) if resp.status == 200 => r.push("readiness", Level::Ok, base.clone()),
+            Ok(resp) => r.push(
+                "readiness",
+                Level::Fail,
+                format!(
+                    "{base}: HTTP {} {}",
+                    resp.status,
+                    String::from_utf8_lossy(&resp.body).trim()
+                ),
+            ),
+            Err(e) => r.push("readiness", Level::Fail, format!("{base}: {e}")),
+        }
+    }
+    let mut cas = Vec::new();
+    for (name, path) in &t.issuers {
+        match crate::pki::read_certificate(path) {
+            Ok(c) => cas.push((name.clone(), c)),
+            Err(e) => r.push("issuer", Level::Fail, format!("{name}: {e}")),
+        }
+    }
+    let warn_before = now() + t.expiry_warning.as_secs() as i64;
+    for (name, ca) in &cas {
+        let not_after = ca
+            .tbs_certificate
+            .validity
+            .not_after
+            .to_unix_duration()
+            .as_secs() as i64;
+        expiry(&mut r, &format!("CA {name}"), not_after, warn_before);
+        ocsp_checks(&mut r, t, name, ca, warn_before);
+        crl_checks(&mut r, t, name, ca);
+    }
+    feed_checks(&mut r, t);
+    if let Some((admin, token, issuer, serial)) = &t.canary {
+        match cas.iter().find(|(n, _)| n == issuer) {
+            Some((_, ca)) => canary(&mut r, t, admin, token, issuer, serial, ca),
+            None => r.push(
+                "canary",
+                Level::Fail,
+                format!("issuer {issuer} not among --issuer"),
+            ),
+        }
+    }
+    r
+}
+
+fn expiry(r: &mut Report, what: &str, not_after: i64, warn_before: i64) {
+    let days = (not_after - now()) as f64 / 86400.0;
+    if not_after <= now() {
+        r.push("expiry", Level::Fail, format!("{what} expired"));
+    } else if not_after <= warn_before {
+        r.push(
+            "expiry",
+            Level::Warn,
+            format!("{what} expires in {days:.1} days"),
+        );
+    } else {
+        r.push(
+            "expiry",
+            Level::Ok,
+            format!("{what} valid for {days:.1} days"),
+        );
+    }
+}
+
+fn ocsp_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate, warn_before: i64) {
+    let mut responder_not_after: Option<i64> = None;
+    let mut inconsistent = Vec::new();
+    for serial_hex in &t.serials {
+        let serial = match crate::status::Serial::from_hex(serial_hex) {
+            Ok(s) => s,
+            Err(e) => {
+                r.push("ocsp", Level::Fail, format!("serial {serial_hex}: {e}"));
+                continue;
+            }
+        };
+        let mut seen: Vec<(String, Status)> = Vec::new();
+        for base in &t.replicas {
+            match query(base, ca, serial.as_der_content(), true, TIMEOUT) {
+                Ok(a) if a.verified == Some(true) && a.next_update > now() => {
+                    if let Some(n) = a.responder_not_after {
+                        responder_not_after = Some(responder_not_after.map_or(n, |m| m.min(n)));
+                    }
+                    seen.push((base.clone(), a.status));
+                }
+                Ok(a) if a.verified != Some(true) => r.push(
+                    "ocsp",
+                    Level::Fail,
+                    format!("{base} {name}/{serial_hex}: signature does not verify"),
+                ),
+                Ok(_) => r.push(
+                    "ocsp",
+                    Level::Fail,
+                    format!("{base} {name}/{serial_hex}: nextUpdate has passed"),
+                ),
+                Err(e) => r.push(
+                    "ocsp",
+                    Level::Fail,
+                    format!("{base} {name}/{serial_hex}: {e}"),
+                ),
+            }
+        }
+        if seen.windows(2).any(|w| w[0].1 != w[1].1) {
+            let all: Vec<String> = seen.iter().map(|(b, s)| format!("{b}={s}")).collect();
+            inconsistent.push(format!("{serial_hex}: {}", all.join(" ")));
+        }
+    }
+    r.push(
+        "ocsp",
+        Level::Ok,
+        format!(
+            "{name}: {} serials asked of {} replicas",
+            t.serials.len(),
+            t.replicas.len()
+        ),
+    );
+    if inconsistent.is_empty() {
+        r.push(
+            "consistency",
+            Level::Ok,
+            format!("{name}: every replica gives every sampled serial the same status"),
+        );
+    } else {
+        r.push(
+            "consistency",
+            Level::Fail,
+            format!("{name}: {}", inconsistent.join("; ")),
+        );
+    }
+    if let Some(n) = responder_not_after {
+        expiry(r, &format!("responder of {name}"), n, warn_before);
+    }
+}
+
+fn crl_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate) {
+    let mut numbers = Vec::new();
+    for base in &t.replicas {
+        let resp = match http(base, "GET", &format!("/crl/{name}.crl"), &[], b"", TIMEOUT) {
+            Ok(resp) if resp.status == 200 => resp,
+            Ok(resp) => {
+                r.push(
+                    "crl",
+                    Level::Fail,
+                    format!("{base} {name}: HTTP {}", resp.status),
+                );
+                continue;
+            }
+            Err(e) => {
+                r.push("crl", Level::Fail, format!("{base} {name}: {e}"));
+                continue;
+            }
+        };
+        let crl = match x509_cert::crl::CertificateList::from_der(&resp.body) {
+            Ok(c) => c,
+            Err(e) => {
+                r.push(
+                    "crl",
+                    Level::Fail,
+                    format!("{base} {name}: undecodable: {e}"),
+                );
+                continue;
+            }
+        };
+        let verified = crl
+            .tbs_cert_list
+            .to_der()
+            .map_err(|e| e.to_string())
+            .and_then(|tbs| {
+                crate::crl::lint::verify_signature(
+                    &ca.tbs_certificate.subject_public_key_info,
+                    &crl.signature_algorithm,
+                    &tbs,
+                    crl.signature.raw_bytes(),
+                )
+            });
+        if verified != Ok(true) {
+            r.push(
+                "crl",
+                Level::Fail,
+                format!("{base} {name}: signature does not verify ({verified:?})"),
+            );
+            continue;
+        }
+        let next = crl
+            .tbs_cert_list
+            .next_update
+            .map(|t| t.to_unix_duration().as_secs() as i64)
+            .unwrap_or(0);
+        let this = crl.tbs_cert_list.this_update.to_unix_duration().as_secs() as i64;
+        let number = crate::crl::lint::number_of(&resp.body).ok();
+        if next <= now() {
+            r.push(
+                "crl",
+                Level::Fail,
+                format!("{base} {name}: nextUpdate has passed (stale CRL)"),
+            );
+        } else {
+            r.push(
+                "crl",
+                Level::Ok,
+                format!(
+                    "{base} {name}: number {}, {}s old, {}h to nextUpdate",
+                    number.map_or("none".into(), |n| n.to_string()),
+                    now() - this,
+                    (next - now()) / 3600
+                ),
+            );
+        }
+        numbers.push(number);
+    }
+    if numbers.iter().any(|n| n.is_none()) {
+        r.push(
+            "crl",
+            Level::Fail,
+            format!("{name}: a CRL without a CRLNumber"),
+        );
+    } else if let (Some(lo), Some(hi)) = (numbers.iter().min(), numbers.iter().max()) {
+        if lo != hi {
+            r.push(
+                "crl",
+                Level::Warn,
+                format!("{name}: replicas serve CRL numbers {lo:?} .. {hi:?} (a refresh in flight, or a replica behind)"),
+            );
+        }
+    }
+}
+
+fn feed_checks(r: &mut Report, t: &Target) {
+    for (region, url) in &t.regions {
+        let key = format!("{}:feed", t.key_prefix);
+        let res = redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection_with_timeout(TIMEOUT))
+            .and_then(|mut con| {
+                con.set_read_timeout(Some(TIMEOUT))?;
+                redis::cmd("XREVRANGE")
+                    .arg(&key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query::<redis::streams::StreamRangeReply>(&mut con)
+            });
+        match res {
+            Ok(reply) => {
+                let newest = reply
+                    .ids
+                    .first()
+                    .and_then(|e| e.id.split('-').next().and_then(|ms| ms.parse::<u64>().ok()));
+                let now_ms = crate::clock::unix_now_ms().max(0) as u64;
+                match newest {
+                    None => r.push(
+                        "feed-lag",
+                        Level::Fail,
+                        format!("region {region}: {key} is empty (no heartbeats)"),
+                    ),
+                    Some(ms) => {
+                        let lag = Duration::from_millis(now_ms.saturating_sub(ms));
+                        let level = if lag > t.max_lag {
+                            Level::Fail
+                        } else {
+                            Level::Ok
+                        };
+                        r.push(
+                            "feed-lag",
+                            level,
+                            format!(
+                                "region {region}: newest entry {:.1}s old (bound {}s)",
+                                lag.as_secs_f64(),
+                                t.max_lag.as_secs()
+                            ),
+                        );
+                    }
+                }
+            }
+            Err(e) => r.push(
+                "feed-lag",
+                Level::Fail,
+                format!("region {region}: {url}: {e}"),
+            ),
+        }
+    }
+}
+
+fn canary(
+    r: &mut Report,
+    t: &Target,
+    admin: &str,
+    token: &str,
+    issuer: &str,
+    serial_hex: &str,
+    ca: &Certificate,
+) {
+    let serial = match crate::status::Serial::from_hex(serial_hex) {
+        Ok(s) => s,
+        Err(e) => {
+            r.push("canary", Level::Fail, format!("serial {serial_hex}: {e}"));
+            return;
+        }
+    };
+    let body = serde_json::json!({"issuer": issuer, "serial": serial_hex, "reason": "superseded"})
+        .to_string();
+    let auth = format!("Bearer {token}");
+    let start = Instant::now();
+    match http(
+        admin,
+        "POST",
+        "/v1/revoke",
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+        TIMEOUT,
+    ) {
+        Ok(resp) if resp.status == 200 => {}
+        Ok(resp) => {
+            r.push(
+                "canary",
+                Level::Fail,
+                format!(
+                    "revoke via {admin}: HTTP {} {}",
+                    resp.status,
+                    String::from_utf8_lossy(&resp.body)
+                ),
+            );
+            return;
+        }
+        Err(e) => {
+            r.push("canary", Level::Fail, format!("revoke via {admin}: {e}"));
+            return;
+        }
+    }
+    let mut pending: Vec<&String> = t.replicas.iter().collect();
+    while !pending.is_empty() && start.elapsed() < t.canary_timeout {
+        pending.retain(|base| {
+            !matches!(
+                query(base, ca, serial.as_der_content(), false, TIMEOUT),
+                Ok(a) if a.status == Status::Revoked
+            )
+        });
+        if !pending.is_empty() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let ms = start.elapsed().as_millis() as u64;
+    if pending.is_empty() {
+        r.canary_propagation_ms = Some(ms);
+        r.push(
+            "canary",
+            Level::Ok,
+            format!("{issuer}/{serial_hex} revoked; every replica answers revoked after {ms} ms"),
+        );
+    } else {
+        let p: Vec<&str> = pending.iter().map(|s| s.as_str()).collect();
+        r.push(
+            "canary",
+            Level::Fail,
+            format!("{issuer}/{serial_hex}: not revoked after {ms} ms on {p:?}"),
+        );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn ca() -> Certificate {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        Certificate::from_der(cert.der()).unwrap()
+    }
+
+    #[test]
+    fn requests_decode_with_vigils_own_decoder_and_match_the_issuer() {
+        let ca = ca();
+        let der = ocsp_request(&ca, &[0x10, 0xff]).unwrap();
+        let req = crate::ocsp::request::decode_request(&der, &Default::default()).unwrap();
+        assert_eq!(req.certs.len(), 1);
+        assert!(req.nonce.is_none());
+        let c = &req.certs[0];
+        assert_eq!(c.hash, HashAlgorithm::Sha1);
+        assert_eq!(c.serial.as_der_content(), &[0x10, 0xff]);
+        let name = ca.tbs_certificate.subject.to_der().unwrap();
+        let key = ca
+            .tbs_certificate
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes();
+        let hashes = crate::ocsp::issuer::IssuerHashes::new(&name, key);
+        assert_eq!(
+            c.cert_id.issuer_name_hash.as_bytes(),
+            hashes.name_hash(HashAlgorithm::Sha1)
+        );
+        assert_eq!(
+            c.cert_id.issuer_key_hash.as_bytes(),
+            hashes.key_hash(HashAlgorithm::Sha1)
+        );
+    }
+
+    #[test]
+    fn error_responses_and_garbage_are_errors_not_statuses() {
+        assert!(decode_response(&[0x30, 0x03, 0x0a, 0x01, 0x03], None)
+            .unwrap_err()
+            .contains("TryLater"));
+        assert!(decode_response(b"garbage", None).is_err());
+    }
+
+    #[test]
+    fn the_worst_finding_decides_the_exit() {
+        let mut r = Report::default();
+        assert_eq!(r.worst(), Level::Ok);
+        r.push("a", Level::Warn, "w");
+        assert_eq!(r.worst(), Level::Warn);
+        r.push("b", Level::Fail, "f");
+        r.push("c", Level::Ok, "o");
+        assert_eq!(r.worst(), Level::Fail);
+        assert!(r.text().ends_with("drill: 3 checks, 1 failed\n"));
+    }
+
+    #[test]
+    fn http_rejects_other_schemes() {
+        assert!(http("https://x", "GET", "/", &[], b"", Duration::from_secs(1)).is_err());
+    }
+}
