@@ -112,6 +112,16 @@ fn cache_hit(c: &mut Criterion) {
         b.iter_custom(|iters| time_answers(&rt, &responder, &with_nonce, now, iters))
     });
     g.finish();
+
+    // Turning a cached answer into the HTTP response (caching headers, ETag check).
+    let hit = expect_signed(rt.block_on(responder.answer(&der, now)));
+    let headers = http::HeaderMap::new();
+    let mut g = c.benchmark_group("http");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("respond_cached", |b| {
+        b.iter(|| vigil::http::respond::ocsp(black_box(hit.clone()), &headers, now))
+    });
+    g.finish();
 }
 
 fn nonce_echo(c: &mut Criterion) {

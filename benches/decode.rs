@@ -5,9 +5,11 @@
 mod support;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use der::Decode;
 use vigil::config::NoncePolicy;
 use vigil::ocsp::request::{decode_get_path, decode_request, RequestLimits};
 use vigil::ocsp::HashAlgorithm;
+use x509_ocsp::OcspRequest;
 
 fn decode(c: &mut Criterion) {
     let pki = support::DemoPki::new(NoncePolicy::Ignore);
@@ -23,6 +25,10 @@ fn decode(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("decode");
     g.throughput(Throughput::Elements(1));
+    // The floor: the DER decode alone, without vigil's checks and cache key.
+    g.bench_function("der_only_sha1", |b| {
+        b.iter(|| OcspRequest::from_der(black_box(&sha1)).expect("decodes"))
+    });
     g.bench_function("post_sha1", |b| {
         b.iter(|| decode_request(black_box(&sha1), &limits).expect("decodes"))
     });

@@ -6,33 +6,50 @@
 #   - `openssl ocsp -index ... -port` (signs every request),
 #   - vigil with VIGIL_NONCE=echo and `openssl ocsp`, each POSTed a fresh nonce per request,
 #   - vigil again, paced to about half of its GET peak, for latency.
-# Prints a table and writes it as markdown and JSON to loadtest/out/peak-<time>.{md,json} (and
-# peak-latest.{md,json}).
+# Prints a table and writes it as markdown and JSON to loadtest/out/peak-<time>-<layout>.{md,json}
+# (and peak-latest-<layout>.{md,json}).
 #
 #   cargo build --release && cargo build --release --example bare_hyper
-#   loadtest/peak.sh
+#   loadtest/peak.sh                  # LAYOUT=shared
+#   LAYOUT=split loadtest/peak.sh
 #
 # Everything runs in a private network namespace with only loopback up (`unshare -n`): OpenSSL
 # 3.0's `ocsp -port` binds every interface, and no port of the host is used.
 #
 # Settings (environment):
+#   LAYOUT=shared  how servers and wrk share the CPUs, the same for every peer:
+#                  shared: servers and wrk may all use every CPU (wrk: one thread per CPU);
+#                  split:  servers on CPU 0, wrk (one thread) on CPU 1.
+#                  Servers size themselves to the CPUs they get: tokio one worker per CPU,
+#                  nginx one worker process per CPU; `openssl ocsp` is one process (its
+#                  default), and with more than one server CPU it is also measured with
+#                  `-multi <CPUs>` for reference.
+#   SERVER_CPUS, CLIENT_CPUS, WRK_THREADS   override the layout (taskset CPU lists)
 #   DURATION=5     seconds per measured wrk run (at most 10)
 #   WARMUP=1       seconds of discarded wrk load before each measured run (not for openssl,
 #                  which is restarted fresh for every run instead)
 #   CONNS=32       wrk connections for the peak runs
-#   SERVER_CPUS=0  CPUs every server is pinned to (taskset); tokio then runs one worker per
-#                  CPU, nginx one worker process per CPU, openssl one process
-#   CLIENT_CPUS=1  CPUs wrk is pinned to
-#   WRK_THREADS=1  wrk threads
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DURATION="${DURATION:-5}"
 WARMUP="${WARMUP:-1}"
 CONNS="${CONNS:-32}"
-SERVER_CPUS="${SERVER_CPUS:-0}"
-CLIENT_CPUS="${CLIENT_CPUS:-1}"
-WRK_THREADS="${WRK_THREADS:-1}"
+LAYOUT="${LAYOUT:-shared}"
+case "$LAYOUT" in
+shared)
+	all="0-$(($(nproc) - 1))"
+	SERVER_CPUS="${SERVER_CPUS:-$all}"
+	CLIENT_CPUS="${CLIENT_CPUS:-$all}"
+	WRK_THREADS="${WRK_THREADS:-$(nproc)}"
+	;;
+split)
+	SERVER_CPUS="${SERVER_CPUS:-0}"
+	CLIENT_CPUS="${CLIENT_CPUS:-1}"
+	WRK_THREADS="${WRK_THREADS:-1}"
+	;;
+*) die "LAYOUT must be shared or split" ;;
+esac
 ((DURATION >= 1 && DURATION <= 10)) || die "DURATION must be 1..10 seconds"
 
 if [[ -z "${PEAK_IN_NETNS:-}" ]]; then
@@ -64,10 +81,11 @@ RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
 SERVER_PID=""
 
-stop_server() {
-	local pid="${SERVER_PID:-}"
+stop_server() { # the server and its child processes (nginx workers, openssl -multi)
+	local pid="${SERVER_PID:-}" children
 	SERVER_PID=""
 	[[ -n "$pid" ]] || return 0
+	children="$(pgrep -P "$pid" || true)"
 	kill -TERM "$pid" 2>/dev/null || true
 	for _ in $(seq 1 100); do
 		kill -0 "$pid" 2>/dev/null || break
@@ -75,6 +93,9 @@ stop_server() {
 	done
 	kill -KILL "$pid" 2>/dev/null || true
 	wait "$pid" 2>/dev/null || true
+	for c in $children; do
+		kill -KILL "$c" 2>/dev/null || true
+	done
 }
 cleanup() {
 	stop_server
@@ -139,12 +160,13 @@ start_nginx() {
 
 # openssl ocsp busy-loops after a connection that closes before sending a request, so it is
 # started fresh for every run and its readiness is read from its log, never probed.
+# Args: extra options (-multi N).
 start_openssl() {
 	local port
 	port="$(free_port)"
 	taskset -c "$SERVER_CPUS" openssl ocsp -index "$CORPUS/index.txt" -port "$port" \
 		-rsigner "$DATA/responder.pem" -rkey "$DATA/responder.key" -CA "$CA" \
-		-ndays 4 -resp_key_id >"$WORK/openssl.log" 2>&1 &
+		-ndays 4 -resp_key_id "$@" >"$WORK/openssl.log" 2>&1 &
 	SERVER_PID=$!
 	for _ in $(seq 1 200); do
 		grep -q 'waiting for OCSP client connections' "$WORK/openssl.log" && break
@@ -223,7 +245,8 @@ for line in open(sys.argv[1]):
 }
 
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
-log "peak run: server CPUs $SERVER_CPUS, wrk CPUs $CLIENT_CPUS x $WRK_THREADS thread(s), $CONNS connections, ${DURATION}s per run (+${WARMUP}s warm-up); load average $LOAD_BEFORE"
+SERVER_NCPU="$(taskset -c "$SERVER_CPUS" nproc)"
+log "peak run, layout $LAYOUT: server CPUs $SERVER_CPUS, wrk CPUs $CLIENT_CPUS x $WRK_THREADS thread(s), $CONNS connections, ${DURATION}s per run (+${WARMUP}s warm-up); load average $LOAD_BEFORE"
 
 # vigil, cached path. Its first answer signs; it also gives the bytes the static peers serve.
 start_vigil ignore
@@ -284,6 +307,14 @@ stop_server
 start_openssl
 run_wrk openssl-nonce nonce.lua / "$CONNS" "$DURATION" WRK_BODY="$NONCE_REQ" >/dev/null
 stop_server
+if ((SERVER_NCPU > 1)); then # for reference: one openssl process per server CPU
+	start_openssl -multi "$SERVER_NCPU"
+	run_wrk openssl-get-multi fixed.lua "$GET_PATH" "$CONNS" "$DURATION" >/dev/null
+	stop_server
+	start_openssl -multi "$SERVER_NCPU"
+	run_wrk openssl-nonce-multi nonce.lua / "$CONNS" "$DURATION" WRK_BODY="$NONCE_REQ" >/dev/null
+	stop_server
+fi
 
 # vigil signing every request: nonce echo, a fresh nonce per request.
 start_vigil echo
@@ -291,15 +322,15 @@ check_ocsp "vigil (nonce echo)"
 measure vigil-nonce nonce.lua / WRK_BODY="$NONCE_REQ"
 stop_server
 
-stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+stamp="$(date -u +%Y%m%dT%H%M%SZ)-$LAYOUT"
 python3 "$LOADTEST_DIR/report.py" "$RESULTS" "$OUT_DIR/peak-$stamp" \
 	--meta "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
 	--meta "command=$(printf '%q ' "$0" "$@")" \
-	--meta "settings=DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS SERVER_CPUS=$SERVER_CPUS CLIENT_CPUS=$CLIENT_CPUS WRK_THREADS=$WRK_THREADS" \
+	--meta "settings=LAYOUT=$LAYOUT DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS SERVER_CPUS=$SERVER_CPUS CLIENT_CPUS=$CLIENT_CPUS WRK_THREADS=$WRK_THREADS" \
 	--meta "cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1) x $(nproc)" \
 	--meta "load_before=$LOAD_BEFORE" \
 	--meta "load_after=$(cut -d' ' -f1-3 /proc/loadavg)" \
 	--meta "vigil=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO_DIR" diff --quiet 2>/dev/null || echo '+dirty')" \
 	--meta "tools=$(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2); $(openssl version | cut -d' ' -f1-2); $(nginx -v 2>&1 | cut -d' ' -f3)"
-cp "$OUT_DIR/peak-$stamp.md" "$OUT_DIR/peak-latest.md"
-cp "$OUT_DIR/peak-$stamp.json" "$OUT_DIR/peak-latest.json"
+cp "$OUT_DIR/peak-$stamp.md" "$OUT_DIR/peak-latest-$LAYOUT.md"
+cp "$OUT_DIR/peak-$stamp.json" "$OUT_DIR/peak-latest-$LAYOUT.json"

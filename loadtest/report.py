@@ -29,6 +29,10 @@ ROWS = [
      "openssl-nonce"),
     ("openssl-nonce", "openssl ocsp (signs each), POST fresh nonce", "bare-post",
      "openssl-nonce"),
+    ("openssl-get-multi", "openssl ocsp -multi <server CPUs>, GET (reference)", "bare-get",
+     "openssl-get"),
+    ("openssl-nonce-multi", "openssl ocsp -multi <server CPUs>, POST fresh nonce (reference)",
+     "bare-post", "openssl-nonce"),
 ]
 
 
