@@ -29,12 +29,16 @@
 #   WARMUP=1       seconds of discarded wrk load before each measured run (not for openssl,
 #                  which is restarted fresh for every run instead)
 #   CONNS=32       wrk connections for the peak runs
+#   ROUNDS=3       every peer is measured once per round; the report shows the median round
+#                  (the machine may be shared: rounds spread out slow moments)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DURATION="${DURATION:-5}"
 WARMUP="${WARMUP:-1}"
 CONNS="${CONNS:-32}"
+ROUNDS="${ROUNDS:-3}"
+ROUND=0
 LAYOUT="${LAYOUT:-shared}"
 case "$LAYOUT" in
 shared)
@@ -223,7 +227,7 @@ run_wrk() {
 	server_cpu="$(python3 -c "print(round(($after - $before) / $CLK_TCK, 2))")"
 	client_cpu="$(awk '{ print $1 + $2 }' "$WORK/wrk.time")"
 	if [[ "$label" != "-" ]]; then
-		printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$conns" "$server_cpu" "$client_cpu" "$json" >>"$RESULTS"
+		printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$ROUND" "$conns" "$server_cpu" "$client_cpu" "$json" >>"$RESULTS"
 		python3 "$LOADTEST_DIR/report.py" --line "$label" "$json" "$server_cpu" "$client_cpu" >&2
 	fi
 	printf '%s\n' "$json"
@@ -236,97 +240,120 @@ measure() { # label script path [VAR=value...]: warm-up, then the measured run
 	run_wrk "$label" "$script" "$path" "$CONNS" "$DURATION" "$@" >/dev/null
 }
 
-rps_of() { # label: its req/s from the results so far
+rps_of() { # label: its req/s in this round
 	python3 -c 'import json,sys
 for line in open(sys.argv[1]):
-    f = line.rstrip("\n").split("\t", 4)
-    if f[0] == sys.argv[2]:
-        print(json.loads(f[4])["rps"])' "$RESULTS" "$1"
+    f = line.rstrip("\n").split("\t", 5)
+    if f[0] == sys.argv[2] and f[1] == sys.argv[3]:
+        print(json.loads(f[5])["rps"])' "$RESULTS" "$1" "$ROUND"
+}
+
+# --- one round: every peer once --------------------------------------------------------------
+
+round_vigil_cached() {
+	# Its first answers sign; every corpus answer is signed once before measuring.
+	start_vigil ignore
+	check_ocsp "vigil" "$WORK/vigil-response.der"
+	curl -s -o /dev/null --data-binary @"$REQ" -H 'Content-Type: application/ocsp-request' "http://$ADDR/"
+	for f in "${MIX[@]}"; do
+		while read -r line; do
+			curl -s -o /dev/null "http://$ADDR/$(printf '%s' "$line" | b64_to_path)"
+		done <"$f"
+	done
+	measure vigil-get fixed.lua "$GET_PATH"
+	measure vigil-post fixed.lua / WRK_BODY="$REQ"
+	measure vigil-get-mix corpus.lua / WRK_CORPUS="${MIX[*]}"
+
+	# Latency at about half of this round's GET peak: wrk waits 1 ms between requests on a
+	# connection; a short calibration run gives the rate per connection, from which the
+	# connection count follows (adjusted once if the rate is more than 15% off).
+	local target cal cal_conns=16 conns ok attempt
+	target="$(python3 -c "print($(rps_of vigil-get) / 2)")"
+	cal="$(run_wrk - fixed.lua "$GET_PATH" "$cal_conns" 2 WRK_DELAY_MS=1)"
+	for attempt in 1 2; do
+		conns="$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); c=int(sys.argv[2]); t=float(sys.argv[3]);
+print(max(1, round(t / (r["rps"] / c))))' "$cal" "$cal_conns" "$target")"
+		cal="$(run_wrk vigil-get-half fixed.lua "$GET_PATH" "$conns" "$DURATION" WRK_DELAY_MS=1)"
+		cal_conns="$conns"
+		ok="$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(int(abs(r["rps"] / float(sys.argv[2]) - 1) <= 0.15))' "$cal" "$target")"
+		[[ "$ok" == 1 ]] && break
+		if ((attempt == 1)); then
+			sed -i "/^vigil-get-half\t$ROUND\t/d" "$RESULTS"
+			log "  (rate off by more than 15% from $target req/s: adjusting the connection count)"
+		fi
+	done
+	stop_server
+}
+
+round_static() {
+	# The HTTP ceiling: hyper returning the same bytes.
+	start_bare_hyper
+	check_ocsp "bare hyper"
+	measure bare-get fixed.lua "$GET_PATH"
+	measure bare-post fixed.lua / WRK_BODY="$REQ"
+	stop_server
+	# nginx, the same bytes as a static file.
+	start_nginx
+	check_ocsp "nginx"
+	measure nginx-get fixed.lua "$GET_PATH"
+	stop_server
+}
+
+round_signing() {
+	# openssl ocsp signs every request: a fresh process per run, no warm-up.
+	local multi=() m suffix
+	start_openssl
+	check_ocsp "openssl ocsp"
+	stop_server
+	for m in "" "$SERVER_NCPU"; do
+		if [[ -n "$m" ]]; then
+			((m > 1)) || continue # for reference: one openssl process per server CPU
+			multi=(-multi "$m")
+			suffix=-multi
+		else
+			multi=()
+			suffix=
+		fi
+		start_openssl "${multi[@]}"
+		run_wrk "openssl-get$suffix" fixed.lua "$GET_PATH" "$CONNS" "$DURATION" >/dev/null
+		stop_server
+		if [[ -z "$suffix" ]]; then
+			start_openssl
+			run_wrk openssl-post fixed.lua / "$CONNS" "$DURATION" WRK_BODY="$REQ" >/dev/null
+			stop_server
+		fi
+		start_openssl "${multi[@]}"
+		run_wrk "openssl-nonce$suffix" nonce.lua / "$CONNS" "$DURATION" WRK_BODY="$NONCE_REQ" >/dev/null
+		stop_server
+	done
+	# vigil signing every request: nonce echo, a fresh nonce per request.
+	start_vigil echo
+	check_ocsp "vigil (nonce echo)"
+	measure vigil-nonce nonce.lua / WRK_BODY="$NONCE_REQ"
+	stop_server
 }
 
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 SERVER_NCPU="$(taskset -c "$SERVER_CPUS" nproc)"
-log "peak run, layout $LAYOUT: server CPUs $SERVER_CPUS, wrk CPUs $CLIENT_CPUS x $WRK_THREADS thread(s), $CONNS connections, ${DURATION}s per run (+${WARMUP}s warm-up); load average $LOAD_BEFORE"
+log "peak run, layout $LAYOUT: server CPUs $SERVER_CPUS, wrk CPUs $CLIENT_CPUS x $WRK_THREADS thread(s), $CONNS connections, ${DURATION}s per run (+${WARMUP}s warm-up), $ROUNDS round(s); load average $LOAD_BEFORE"
 
-# vigil, cached path. Its first answer signs; it also gives the bytes the static peers serve.
+# The bytes the static peers serve: vigil's response for good-1.
 start_vigil ignore
 check_ocsp "vigil" "$WORK/response.der"
-curl -s -o /dev/null --data-binary @"$REQ" -H 'Content-Type: application/ocsp-request' "http://$ADDR/"
-for f in "${MIX[@]}"; do # sign every corpus answer once, before measuring
-	while read -r line; do
-		curl -s -o /dev/null "http://$ADDR/$(printf '%s' "$line" | b64_to_path)"
-	done <"$f"
+stop_server
+
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+	log "round $ROUND of $ROUNDS (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+	round_static
+	round_vigil_cached
+	round_signing
 done
-measure vigil-get fixed.lua "$GET_PATH"
-measure vigil-post fixed.lua / WRK_BODY="$REQ"
-measure vigil-get-mix corpus.lua / WRK_CORPUS="${MIX[*]}"
-VIGIL_GET_RPS="$(rps_of vigil-get)"
-
-# Latency at about half of vigil's GET peak: wrk waits 1 ms between requests on a connection;
-# a short calibration run gives the rate per connection, from which the count is chosen.
-target="$(python3 -c "print(${VIGIL_GET_RPS} / 2)")"
-cal_conns=16
-cal="$(run_wrk - fixed.lua "$GET_PATH" "$cal_conns" 2 WRK_DELAY_MS=1)"
-for attempt in 1 2; do
-	conns="$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); c=int(sys.argv[2]); t=float(sys.argv[3]);
-print(max(1, round(t / (r["rps"] / c))))' "$cal" "$cal_conns" "$target")"
-	cal="$(run_wrk vigil-get-half fixed.lua "$GET_PATH" "$conns" "$DURATION" WRK_DELAY_MS=1)"
-	cal_conns="$conns"
-	ok="$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(int(abs(r["rps"] / float(sys.argv[2]) - 1) <= 0.15))' "$cal" "$target")"
-	[[ "$ok" == 1 ]] && break
-	if ((attempt == 1)); then
-		sed -i '/^vigil-get-half\t/d' "$RESULTS"
-		log "  (rate off by more than 15% from $target req/s: adjusting the connection count)"
-	fi
-done
-stop_server
-
-# The HTTP ceiling: hyper returning the same bytes.
-start_bare_hyper
-check_ocsp "bare hyper"
-measure bare-get fixed.lua "$GET_PATH"
-measure bare-post fixed.lua / WRK_BODY="$REQ"
-stop_server
-
-# nginx, the same bytes as a static file.
-start_nginx
-check_ocsp "nginx"
-measure nginx-get fixed.lua "$GET_PATH"
-stop_server
-
-# openssl ocsp: signs every request. Fresh process per run, no warm-up.
-start_openssl
-check_ocsp "openssl ocsp"
-stop_server
-start_openssl
-run_wrk openssl-get fixed.lua "$GET_PATH" "$CONNS" "$DURATION" >/dev/null
-stop_server
-start_openssl
-run_wrk openssl-post fixed.lua / "$CONNS" "$DURATION" WRK_BODY="$REQ" >/dev/null
-stop_server
-start_openssl
-run_wrk openssl-nonce nonce.lua / "$CONNS" "$DURATION" WRK_BODY="$NONCE_REQ" >/dev/null
-stop_server
-if ((SERVER_NCPU > 1)); then # for reference: one openssl process per server CPU
-	start_openssl -multi "$SERVER_NCPU"
-	run_wrk openssl-get-multi fixed.lua "$GET_PATH" "$CONNS" "$DURATION" >/dev/null
-	stop_server
-	start_openssl -multi "$SERVER_NCPU"
-	run_wrk openssl-nonce-multi nonce.lua / "$CONNS" "$DURATION" WRK_BODY="$NONCE_REQ" >/dev/null
-	stop_server
-fi
-
-# vigil signing every request: nonce echo, a fresh nonce per request.
-start_vigil echo
-check_ocsp "vigil (nonce echo)"
-measure vigil-nonce nonce.lua / WRK_BODY="$NONCE_REQ"
-stop_server
 
 stamp="$(date -u +%Y%m%dT%H%M%SZ)-$LAYOUT"
 python3 "$LOADTEST_DIR/report.py" "$RESULTS" "$OUT_DIR/peak-$stamp" \
 	--meta "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
 	--meta "command=$(printf '%q ' "$0" "$@")" \
-	--meta "settings=LAYOUT=$LAYOUT DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS SERVER_CPUS=$SERVER_CPUS CLIENT_CPUS=$CLIENT_CPUS WRK_THREADS=$WRK_THREADS" \
+	--meta "settings=LAYOUT=$LAYOUT ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS SERVER_CPUS=$SERVER_CPUS CLIENT_CPUS=$CLIENT_CPUS WRK_THREADS=$WRK_THREADS" \
 	--meta "cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1) x $(nproc)" \
 	--meta "load_before=$LOAD_BEFORE" \
 	--meta "load_after=$(cut -d' ' -f1-3 /proc/loadavg)" \
