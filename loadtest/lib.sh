@@ -35,7 +35,7 @@ vigil_in() {
 wait_for_listen() {
 	local file="$1" pid="$2" addr=""
 	for _ in $(seq 1 200); do
-		addr="$(sed -n 's|.*listening on http://\([^/]*\)/.*|\1|p' "$file" | head -n1)"
+		addr="$(sed -n 's|.*listening on http://\([^/]*\)/.*|\1|p' "$file" 2>/dev/null | head -n1)"
 		[[ -n "$addr" ]] && break
 		kill -0 "$pid" 2>/dev/null || die "server exited early; see $file"
 		sleep 0.05

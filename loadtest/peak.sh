@@ -110,7 +110,10 @@ trap 'exit 130' INT TERM
 
 # --- servers -------------------------------------------------------------------------------
 
+# Each start removes the previous log first: the redirection happens in the child, so an old
+# "listening" line could otherwise be read before the new server truncates the file.
 start_vigil() { # nonce policy; sets SERVER_PID and ADDR
+	rm -f "$WORK/vigil.log"
 	VIGIL_LOG=warn VIGIL_DATA_DIR="$DATA" VIGIL_LISTEN=127.0.0.1:0 VIGIL_NONCE="$1" \
 		taskset -c "$SERVER_CPUS" "$VIGIL" serve >"$WORK/vigil.log" 2>&1 &
 	SERVER_PID=$!
@@ -118,6 +121,7 @@ start_vigil() { # nonce policy; sets SERVER_PID and ADDR
 }
 
 start_bare_hyper() {
+	rm -f "$WORK/bare.log"
 	taskset -c "$SERVER_CPUS" "$BARE_HYPER" "$WORK/response.der" 127.0.0.1:0 >"$WORK/bare.log" 2>&1 &
 	SERVER_PID=$!
 	ADDR="$(wait_for_listen "$WORK/bare.log" "$SERVER_PID")"
@@ -168,12 +172,13 @@ start_nginx() {
 start_openssl() {
 	local port
 	port="$(free_port)"
+	rm -f "$WORK/openssl.log"
 	taskset -c "$SERVER_CPUS" openssl ocsp -index "$CORPUS/index.txt" -port "$port" \
 		-rsigner "$DATA/responder.pem" -rkey "$DATA/responder.key" -CA "$CA" \
 		-ndays 4 -resp_key_id "$@" >"$WORK/openssl.log" 2>&1 &
 	SERVER_PID=$!
 	for _ in $(seq 1 200); do
-		grep -q 'waiting for OCSP client connections' "$WORK/openssl.log" && break
+		grep -q 'waiting for OCSP client connections' "$WORK/openssl.log" 2>/dev/null && break
 		kill -0 "$SERVER_PID" 2>/dev/null || die "openssl ocsp exited: $(cat "$WORK/openssl.log")"
 		sleep 0.05
 	done
