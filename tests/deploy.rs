@@ -1815,17 +1815,22 @@ fn run_dependency_layer(tmp: &Path, extra: &str) -> PathBuf {
 
 #[test]
 fn dockerfile_dependency_layer_loads_the_manifest_from_stubs() {
-    run_dependency_layer(tempfile::tempdir().unwrap().path(), "");
-    // Benches and examples declared in Cargo.toml get stubs, which stay for the real build.
+    // The real manifest: its declared benches and examples get stubs, which stay for the real
+    // build.
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = run_dependency_layer(tmp.path(), "");
+    assert!(ctx.join("benches/decode.rs").is_file());
+    assert!(ctx.join("loadtest/bare_hyper.rs").is_file());
+    // Targets the manifest may gain later: a default bench path and a declared example path.
     let tmp = tempfile::tempdir().unwrap();
     let ctx = run_dependency_layer(
         tmp.path(),
-        "\n[[bench]]\nname = \"decode\"\nharness = false\n\n[[example]]\nname = \"bare_hyper\"\npath = \"loadtest/bare_hyper.rs\"\n",
+        "\n[[bench]]\nname = \"stub_probe\"\nharness = false\n\n[[example]]\nname = \"stub_probe_example\"\npath = \"loadtest/stub_probe_example.rs\"\n",
     );
-    assert!(ctx.join("benches/decode.rs").is_file());
-    assert!(ctx.join("loadtest/bare_hyper.rs").is_file());
+    assert!(ctx.join("benches/stub_probe.rs").is_file());
+    assert!(ctx.join("loadtest/stub_probe_example.rs").is_file());
     assert!(
-        !ctx.join("examples/bare_hyper.rs").exists(),
+        !ctx.join("examples/stub_probe_example.rs").exists(),
         "a declared path wins"
     );
 }
