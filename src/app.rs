@@ -23,7 +23,7 @@ use crate::signer::pool::{key_spec, PoolSettings};
 use crate::signer::{SignerPool, SoftwareSigner};
 use crate::status::journal::{JournalReader, JournalWriter};
 use crate::status::view::Applied;
-use crate::status::{CertStatus, StatusView};
+use crate::status::{CertStatus, EventKind, StatusView};
 use crate::telemetry::{self, Metrics};
 
 /// Loads every configured issuer (certificates, keys, checks).
@@ -500,8 +500,11 @@ async fn tail_journal(
                 Applied::Changed { status } => {
                     metrics.events_changed.increment(1);
                     responder.evict(e.issuer, &e.serial).await;
-                    if matches!(status, CertStatus::Revoked(_)) {
-                        // The CRL publisher publishes within crl.publish_delay.
+                    if matches!(status, CertStatus::Revoked(_))
+                        || matches!(e.kind, EventKind::Release { .. })
+                    {
+                        // The CRL publisher publishes within crl.publish_delay (a release
+                        // leaves the CRLs by removeFromCRL in the next delta).
                         revoked.notify_one();
                     }
                 }

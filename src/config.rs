@@ -410,6 +410,14 @@ pub struct IssuerConfig {
     /// Answer for serials with no issuance record.
     #[serde(default)]
     pub unissued: UnissuedPolicy,
+    /// Allow certificates of this issuer to be put on hold (`vigil hold`, `vigil release`,
+    /// `POST /v1/hold`): a held certificate is answered revoked with reason certificateHold
+    /// and listed so on CRLs, and a release takes it off (removeFromCRL in delta CRLs). Off
+    /// by default: the CA/Browser Forum Baseline Requirements forbid holds for TLS issuers.
+    /// With it off, hold and release writes are refused and hold events from the feed are
+    /// ignored when answering.
+    #[serde(default)]
+    pub allow_hold: bool,
     /// The CA's private key (PEM, PKCS#8), which signs this issuer's CRLs. Absent: this node
     /// does not publish CRLs for the issuer (it still serves those published elsewhere).
     #[serde(default)]

@@ -29,6 +29,7 @@ pub fn demo_issuer_config(data_dir: &Path) -> IssuerConfig {
         responder_key: Some(data_dir.join("responder.key")),
         signer: None,
         unissued: UnissuedPolicy::Unknown,
+        allow_hold: false,
         crl_key: Some(data_dir.join("ca.key")),
     }
 }

@@ -41,6 +41,19 @@ enum Command {
         #[arg(long)]
         time: Option<String>,
     },
+    /// Put a certificate on hold (certificateHold; issuers with `allow_hold` only).
+    Hold {
+        #[command(flatten)]
+        target: Target,
+        /// When the hold took effect, RFC 3339 (default: now; not in the future).
+        #[arg(long)]
+        time: Option<String>,
+    },
+    /// Release a certificate from hold.
+    Release {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Record an issuance.
     Issue {
         #[command(flatten)]
@@ -196,6 +209,8 @@ fn main() -> ExitCode {
             time,
         } => revoke(&cfg, &target, &reason, time.as_deref()),
         Command::Issue { target, not_after } => issue(&cfg, &target, not_after.as_deref()),
+        Command::Hold { target, time } => hold(&cfg, &target, true, time.as_deref()),
+        Command::Release { target } => hold(&cfg, &target, false, None),
         Command::Import {
             openssl_index,
             issuer,
@@ -593,7 +608,7 @@ fn issuer_id(cfg: &Config, name: &str) -> Result<IssuerId, String> {
 
 fn revoke(cfg: &Config, target: &Target, reason: &str, time: Option<&str>) -> Result<(), String> {
     let reason = RevocationReason::from_name(reason).ok_or_else(|| {
-        format!("unknown reason {reason:?} (certificateHold is not supported: the Baseline Requirements forbid it)")
+        format!("unknown reason {reason:?} (certificateHold is not a revocation reason: use `vigil hold`)")
     })?;
     let time = match time {
         Some(t) => parse_time(t)?,
@@ -632,11 +647,78 @@ fn issue(cfg: &Config, target: &Target, not_after: Option<&str>) -> Result<(), S
     Ok(())
 }
 
+/// `vigil hold` / `vigil release`: reads what is known of the certificate now (every reachable
+/// region's snapshot, or the local journal), so the event is ordered after the hold or release
+/// it supersedes, then writes it like a revocation.
+fn hold(cfg: &Config, target: &Target, hold: bool, time: Option<&str>) -> Result<(), String> {
+    let id = issuer_id(cfg, &target.issuer)?;
+    let allowed = cfg
+        .issuers
+        .iter()
+        .any(|i| i.name == target.issuer && i.allow_hold);
+    if !allowed {
+        return Err(format!(
+            "issuer {:?} does not allow holds (set allow_hold = true in its [[issuer]])",
+            target.issuer
+        ));
+    }
+    let (serial, not_after) = resolve(target)?;
+    let now = vigil::clock::unix_now();
+    let requested = time.map(parse_time).transpose()?;
+    if requested.is_some_and(|t| t > now + vigil::crl::lint::MAX_CLOCK_SKEW_SECS) {
+        return Err("--time: a hold may not start in the future".into());
+    }
+    let current = current_record(cfg, id, &serial)?;
+    let kind = vigil::status::hold_change(current.as_ref(), hold, now, requested)
+        .map_err(|e| format!("{serial}: {e}"))?;
+    let mut events = Vec::new();
+    if let (Some(na), true) = (not_after, hold) {
+        events.push(event(cfg, id, serial, EventKind::Issued { not_after: na }));
+    }
+    events.push(event(cfg, id, serial, kind));
+    let verb = if hold { "held" } else { "released" };
+    let at = append(cfg, &events).map_err(|e| format!("{verb} {serial}: {e}"))?;
+    println!("{verb} {serial} of {}, acknowledged by {at}", target.issuer);
+    Ok(())
+}
+
+/// What is known of one certificate now: the join of every reachable region's snapshot (an
+/// error when none is reachable), or the local journal.
+fn current_record(
+    cfg: &Config,
+    id: IssuerId,
+    serial: &Serial,
+) -> Result<Option<vigil::status::CertRecord>, String> {
+    if cfg.feed.is_none() {
+        let view = StatusView::new();
+        let metrics = vigil::telemetry::Metrics::new();
+        app::replay_journal(&mut JournalReader::new(cfg.journal_path()), &view, &metrics)?;
+        return Ok(view.table(id).record(serial));
+    }
+    let regions = vigil::feed::region::regions(cfg).map_err(|e| e.to_string())?;
+    small_runtime()?.block_on(async {
+        let mut joined: Option<vigil::status::CertRecord> = None;
+        let mut errors = Vec::new();
+        for r in &regions {
+            match r.snapshot_record(&id, serial).await {
+                Ok(Some(rec)) => joined = Some(joined.map_or(rec, |j| j.join(rec))),
+                Ok(None) => {}
+                Err(e) => errors.push(format!("{}: {e}", r.name)),
+            }
+        }
+        if errors.len() == regions.len() {
+            return Err(format!("no region reachable ({})", errors.join("; ")));
+        }
+        Ok(joined)
+    })
+}
+
 /// OpenSSL `ca` database: tab-separated status (V, R, E), expiry, revocation
 /// (`date[,reason[,...]]`), serial (hex), file name, subject. Dates are `YYMMDDHHMMSSZ` or
 /// `YYYYMMDDHHMMSSZ`.
 fn import(cfg: &Config, path: &Path, issuer: &str) -> Result<(), String> {
     let id = issuer_id(cfg, issuer)?;
+    let allow_hold = cfg.issuers.iter().any(|i| i.name == issuer && i.allow_hold);
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let mut events = Vec::new();
@@ -657,12 +739,27 @@ fn import(cfg: &Config, path: &Path, issuer: &str) -> Result<(), String> {
         if f[0] == "R" {
             let mut parts = f[2].split(',');
             let time = asn1_time(parts.next().unwrap_or_default()).map_err(at)?;
-            let reason = match parts.next() {
-                None | Some("") => RevocationReason::Unspecified,
-                Some(r) => RevocationReason::from_name(r)
-                    .ok_or_else(|| at(format!("unsupported revocation reason {r:?}")))?,
+            let kind = match parts.next() {
+                None | Some("") => EventKind::Revoked {
+                    time,
+                    reason: RevocationReason::Unspecified,
+                },
+                // OpenSSL records a hold as a revocation with reason certificateHold.
+                Some(r) if r.eq_ignore_ascii_case("certificateHold") => {
+                    if !allow_hold {
+                        return Err(at(format!(
+                            "certificateHold, but issuer {issuer:?} does not allow holds (allow_hold)"
+                        )));
+                    }
+                    EventKind::Hold { time }
+                }
+                Some(r) => EventKind::Revoked {
+                    time,
+                    reason: RevocationReason::from_name(r)
+                        .ok_or_else(|| at(format!("unsupported revocation reason {r:?}")))?,
+                },
             };
-            events.push(event(cfg, id, serial, EventKind::Revoked { time, reason }));
+            events.push(event(cfg, id, serial, kind));
             revoked += 1;
         }
     }
@@ -756,7 +853,8 @@ fn status(cfg: &Config, issuer: &str, serial: Option<&str>) -> Result<(), String
     match serial {
         Some(hex) => {
             let serial = Serial::from_hex(hex).map_err(|e| format!("--serial {hex:?}: {e}"))?;
-            match table.status(&serial) {
+            let holds = cfg.issuers.iter().any(|i| i.name == issuer && i.allow_hold);
+            match table.status_with(&serial, holds) {
                 CertStatus::Good => println!("{serial}: good"),
                 CertStatus::Revoked(r) => {
                     println!("{serial}: revoked at {} ({})", r.time, r.reason.name())

@@ -42,6 +42,8 @@ pub struct Issuer {
     pub responder_certificate: Option<Certificate>,
     /// Answer for unissued serials.
     pub unissued: UnissuedPolicy,
+    /// Holds are answered (certificateHold) for this issuer.
+    pub allow_hold: bool,
 }
 
 impl Issuer {
@@ -175,6 +177,7 @@ pub fn load_issuer_with_signer(
         profile,
         responder_certificate: responder,
         unissued: cfg.unissued,
+        allow_hold: cfg.allow_hold,
     })
 }
 

@@ -443,21 +443,23 @@ impl Responder {
         state: &IssuerState,
         serial: &Serial,
     ) -> Result<SingleStatus, OcspError> {
-        Ok(match state.table.status(serial) {
-            CertStatus::Good => SingleStatus::Good,
-            CertStatus::Revoked(r) => SingleStatus::Revoked(r),
-            CertStatus::Unissued => match state.issuer.unissued {
-                UnissuedPolicy::Unknown => SingleStatus::Unknown,
-                UnissuedPolicy::Unauthorized => {
-                    return Err(OcspError::Unauthorized("serial not issued by this CA"))
-                }
-                // RFC 6960 §2.2: revocationTime 1970-01-01, and no certificateHold reason.
-                UnissuedPolicy::Revoked => SingleStatus::Revoked(Revocation {
-                    time: 0,
-                    reason: RevocationReason::Unspecified,
-                }),
+        Ok(
+            match state.table.status_with(serial, state.issuer.allow_hold) {
+                CertStatus::Good => SingleStatus::Good,
+                CertStatus::Revoked(r) => SingleStatus::Revoked(r),
+                CertStatus::Unissued => match state.issuer.unissued {
+                    UnissuedPolicy::Unknown => SingleStatus::Unknown,
+                    UnissuedPolicy::Unauthorized => {
+                        return Err(OcspError::Unauthorized("serial not issued by this CA"))
+                    }
+                    // RFC 6960 §2.2: revocationTime 1970-01-01, and no certificateHold reason.
+                    UnissuedPolicy::Revoked => SingleStatus::Revoked(Revocation {
+                        time: 0,
+                        reason: RevocationReason::Unspecified,
+                    }),
+                },
             },
-        })
+        )
     }
 
     fn base_extensions(&self, issuer: usize) -> Result<Vec<Extension>, OcspError> {

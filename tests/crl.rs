@@ -1024,3 +1024,193 @@ fn two_regions_competing_publishers_failover_and_redis_outage() {
     );
     assert_eq!(served.len(), 3, "every replica was observed: {served:?}");
 }
+
+fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// `openssl ocsp` for one certificate of the demo PKI against `base`; returns its output.
+fn ocsp_check(pki: &Path, base: &str, cert: &Path) -> String {
+    let o = Command::new("openssl")
+        .arg("ocsp")
+        .arg("-issuer")
+        .arg(pki.join("ca.pem"))
+        .arg("-CAfile")
+        .arg(pki.join("ca.pem"))
+        .arg("-cert")
+        .arg(cert)
+        .args(["-url", base])
+        .output()
+        .expect("openssl ocsp");
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(text.contains("Response verify OK"), "{text}");
+    text
+}
+
+#[test]
+fn holds_answer_certificate_hold_and_releases_leave_the_crl_by_delta() {
+    let tmp = tmpdir();
+    let dir = tmp.path();
+    let pki = demo_pki(dir);
+    let port = free_port();
+    let common = format!(
+        "data_dir = \"{d}/node\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
+         [status]\njournal = \"{p}/journal.vj\"\njournal_poll = \"50ms\"\n\
+         [crl]\ndelta = true\nbase_url = \"http://127.0.0.1:{port}\"\n\
+         publish_delay = \"300ms\"\nrefresh = \"200ms\"\n{issuer}",
+        d = dir.display(),
+        p = pki.display(),
+        issuer = issuer_toml(&pki),
+    );
+    let strict = write_config(&dir.join("strict.toml"), &common);
+    let config = write_config(
+        &dir.join("vigil.toml"),
+        &format!("{common}allow_hold = true\n"),
+    );
+    let good = pki.join("certs/good-1.pem");
+    let cert = good.display().to_string();
+    let serial = cert_serial(&good);
+
+    // no holds where the policy does not allow them, and never as a revocation reason
+    for (cfg, args, why) in [
+        (
+            &strict,
+            vec!["hold", "--issuer", "demo", "--cert", &cert],
+            "does not allow holds",
+        ),
+        (
+            &config,
+            vec![
+                "revoke",
+                "--issuer",
+                "demo",
+                "--cert",
+                &cert,
+                "--reason",
+                "certificateHold",
+            ],
+            "use `vigil hold`",
+        ),
+        (
+            &config,
+            vec!["release", "--issuer", "demo", "--cert", &cert],
+            "not on hold",
+        ),
+    ] {
+        let out = vigil_cmd(Some(cfg)).args(&args).output().expect("vigil");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why),
+            "{args:?}: {err}"
+        );
+    }
+
+    let (_p, base) = serve(Some(&config), dir, &dir.join("vigil.log"));
+    assert!(ocsp_check(&pki, &base, &good).contains(": good"));
+    let full = get(&base, "/crl/demo.crl");
+    let mut full_number = crl_number(&full.body);
+    assert!(
+        !revoked_in_text(&openssl_verify(&full.body, &pki.join("ca.pem"), dir))
+            .contains_key(&serial)
+    );
+
+    let delta_lists = |want: &str, full_number: u64| {
+        let started = Instant::now();
+        loop {
+            let d = get(&base, "/crl/demo.delta.crl");
+            let text = openssl_verify(&d.body, &pki.join("ca.pem"), dir);
+            if revoked_in_text(&text).get(&serial).map(String::as_str) == Some(want) {
+                assert!(text.contains(&full_number.to_string()), "{text}");
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the delta CRL never listed {serial} as {want}: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // on hold: revoked with reason certificateHold, in OCSP and on the delta CRL
+    let out = vigil_run(&config, &["hold", "--issuer", "demo", "--cert", &cert]);
+    assert!(out.starts_with("held "), "{out}");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let t = ocsp_check(&pki, &base, &good);
+            t.contains(": revoked") && t.contains("Reason: certificateHold")
+        }),
+        "OCSP never answered certificateHold"
+    );
+    delta_lists("Certificate Hold", full_number);
+    // a complete CRL published now lists the hold
+    let out = vigil_run(&config, &["crl", "publish"]);
+    assert!(out.contains("stored"), "{out}");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let full = get(&base, "/crl/demo.crl");
+            let text = openssl_verify(&full.body, &pki.join("ca.pem"), dir);
+            full_number = crl_number(&full.body);
+            revoked_in_text(&text).get(&serial).map(String::as_str) == Some("Certificate Hold")
+        }),
+        "the complete CRL never listed the hold"
+    );
+    // the same journal read under each policy
+    let status = vigil_run(
+        &config,
+        &["status", "--issuer", "demo", "--serial", &serial],
+    );
+    assert!(status.contains("(certificateHold)"), "{status}");
+    let status = vigil_run(
+        &strict,
+        &["status", "--issuer", "demo", "--serial", &serial],
+    );
+    assert!(status.trim_end().ends_with(": good"), "{status}");
+
+    // released: good again, and the delta removes it from the base CRL
+    let out = vigil_run(&config, &["release", "--issuer", "demo", "--cert", &cert]);
+    assert!(out.starts_with("released "), "{out}");
+    assert!(
+        eventually(Duration::from_secs(5), || ocsp_check(&pki, &base, &good)
+            .contains(": good")),
+        "OCSP still answers the hold after the release"
+    );
+    delta_lists("Remove From CRL", full_number);
+
+    // a hold made permanent: revoked for good, whatever releases follow
+    vigil_run(&config, &["hold", "--issuer", "demo", "--cert", &cert]);
+    vigil_run(
+        &config,
+        &[
+            "revoke",
+            "--issuer",
+            "demo",
+            "--cert",
+            &cert,
+            "--reason",
+            "keyCompromise",
+        ],
+    );
+    let out = vigil_cmd(Some(&config))
+        .args(["release", "--issuer", "demo", "--cert", &cert])
+        .output()
+        .expect("vigil");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("revocation is final"),
+        "a revoked certificate cannot be released: {err}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || ocsp_check(&pki, &base, &good)
+            .contains("Reason: keyCompromise")),
+        "the revocation must replace the hold"
+    );
+    delta_lists("Key Compromise", full_number);
+}

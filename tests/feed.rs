@@ -975,18 +975,25 @@ fn lua_join_matches_the_rust_join() {
         state ^= state << 17;
         state % n
     };
-    for serial in 0..150u32 {
+    for serial in 0..400u32 {
         let mut expected: Option<CertRecord> = None;
         for _ in 0..(1 + next(5)) {
-            let kind = if next(3) == 0 {
-                EventKind::Issued {
+            // Revocations are rarer than holds and releases so that many certificates stay
+            // live and their hold registers get compared; times collide often on purpose.
+            let kind = match next(8) {
+                0 | 1 => EventKind::Issued {
                     not_after: 1_000 + next(3) as i64 * 4_000_000_000,
-                }
-            } else {
-                EventKind::Revoked {
+                },
+                2 => EventKind::Revoked {
                     time: 100 + next(4) as i64,
                     reason: reasons[next(4) as usize],
-                }
+                },
+                3..=5 => EventKind::Hold {
+                    time: 100 + next(4) as i64,
+                },
+                _ => EventKind::Release {
+                    time: 100 + next(4) as i64,
+                },
             };
             let record = CertRecord::from_event(&kind);
             expected = Some(expected.map_or(record, |e| e.join(record)));

@@ -11,8 +11,9 @@
 //! - thisUpdate not in the future, nextUpdate present and at most 10 days later
 //!   (§5.1.2.4-5, BR §4.9.7);
 //! - revokedCertificates absent when empty (§5.1.2.6), serials positive, strictly increasing
-//!   (so never duplicated), reasonCode non-critical and never unspecified, certificateHold,
-//!   or removeFromCRL outside a delta CRL (§5.3.1);
+//!   (so never duplicated), reasonCode non-critical and never unspecified, never
+//!   certificateHold or removeFromCRL unless the issuer allows holds, never removeFromCRL
+//!   outside a delta CRL (§5.3.1);
 //! - AKI present with the expected key identifier (§5.2.1), CRLNumber non-critical, equal to
 //!   the expected number and above the previous one (§5.2.3), deltaCRLIndicator critical and
 //!   only on delta CRLs (§5.2.4), issuing distribution point critical and naming exactly the
@@ -308,7 +309,7 @@ pub fn entries(
                         [tag::ENUMERATED, 1, c] => *c,
                         _ => return fail(format!("entry {serial}: bad reasonCode")),
                     };
-                    reason = match RevocationReason::from_code(code) {
+                    reason = match RevocationReason::from_crl_code(code) {
                         Some(RevocationReason::Unspecified) => {
                             return fail(format!(
                                 "entry {serial}: reasonCode unspecified must be omitted (§5.3.1)"
@@ -495,6 +496,17 @@ pub fn lint(der: &[u8], issuer: &CrlIssuer, expect: &Expect<'_>) -> Result<CrlIn
                 return fail(format!(
                     "entry {}: removeFromCRL outside a delta CRL",
                     e.serial
+                ));
+            }
+            let hold_reason = matches!(
+                e.reason,
+                RevocationReason::CertificateHold | RevocationReason::RemoveFromCrl
+            );
+            if hold_reason && !issuer.allow_hold {
+                return fail(format!(
+                    "entry {}: {} on the CRL of an issuer that does not allow holds",
+                    e.serial,
+                    e.reason.name()
                 ));
             }
             last = Some(e.serial);
@@ -690,6 +702,39 @@ mod tests {
         for cut in 0..der.len() {
             assert!(parse(&der[..cut]).is_err() || cut == der.len());
         }
+    }
+
+    #[test]
+    fn hold_entries_only_for_issuers_that_allow_holds() {
+        let (cacert, signer) = ca();
+        let strict = CrlIssuer::from_certificate("t", &cacert).expect("issuer");
+        let holding = CrlIssuer {
+            allow_hold: true,
+            ..strict.clone()
+        };
+        let mut es = entries_n(3);
+        es[1].reason = RevocationReason::CertificateHold;
+        let der = build(&holding, &spec(), &mut es, &signer).expect("build");
+        assert_eq!(lint(&der, &holding, &expect()).expect("lint").entries, 3);
+        assert_eq!(read_entries(&der).expect("entries"), es);
+        let e = lint(&der, &strict, &expect()).expect_err("hold refused");
+        assert!(e.0.contains("certificateHold"), "{e}");
+
+        // removeFromCRL: only in a delta, only where holds are allowed
+        es[1].reason = RevocationReason::RemoveFromCrl;
+        let full = build(&holding, &spec(), &mut es.clone(), &signer).expect("build");
+        assert!(lint(&full, &holding, &expect()).is_err());
+        let s = CrlSpec {
+            delta_base: Some(40),
+            ..spec()
+        };
+        let delta = build(&holding, &s, &mut es, &signer).expect("build");
+        let d = Expect {
+            kind: Kind::Delta(Some(40)),
+            ..expect()
+        };
+        assert!(lint(&delta, &holding, &d).is_ok());
+        assert!(lint(&delta, &strict, &d).is_err());
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub struct CrlIssuer {
     pub key_identifier: Vec<u8>,
     /// The CA's subjectPublicKeyInfo, to verify CRL signatures.
     pub spki: spki::SubjectPublicKeyInfoOwned,
+    /// The issuer's policy allows holds: its CRLs may list certificateHold entries (and its
+    /// delta CRLs removeFromCRL ones). False from [`CrlIssuer::from_certificate`].
+    pub allow_hold: bool,
 }
 
 impl CrlIssuer {
@@ -125,6 +128,7 @@ impl CrlIssuer {
             subject_der,
             key_identifier,
             spki: tbs.subject_public_key_info.clone(),
+            allow_hold: false,
         })
     }
 }

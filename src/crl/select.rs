@@ -7,10 +7,14 @@
 //!   whose notAfter is not before the previous complete CRL's thisUpdate. The first CRL of a
 //!   scope (no previous one known) keeps everything.
 //! - A delta CRL (§5.2.4) lists the entries that are new or changed (a reason moved to
-//!   keyCompromise) since its base complete CRL.
+//!   keyCompromise, a hold made permanent) since its base complete CRL, and, with reason
+//!   removeFromCRL, the base's certificateHold entries whose certificate was released since.
+//! - For an issuer whose policy allows holds, a certificate on hold is listed with reason
+//!   certificateHold and its hold time; elsewhere holds are not listed.
 
 use super::{Entry, Sharding};
 use crate::status::view::IssuerTable;
+use crate::status::{CertStatus, RevocationReason};
 
 /// A revoked certificate with what retention needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,11 +25,16 @@ pub struct Candidate {
     pub not_after: Option<i64>,
 }
 
-/// The revoked certificates of `table`, by shard (one vector per shard, one when unsharded).
-pub fn revoked_by_shard(table: &IssuerTable, sharding: &Sharding) -> Vec<Vec<Candidate>> {
+/// The revoked certificates of `table`, by shard (one vector per shard, one when unsharded);
+/// with `holds`, the certificates on hold too.
+pub fn revoked_by_shard(
+    table: &IssuerTable,
+    sharding: &Sharding,
+    holds: bool,
+) -> Vec<Vec<Candidate>> {
     let mut out = vec![Vec::new(); sharding.scopes().len()];
     table.for_each(|serial, record| {
-        if let Some(r) = record.revocation() {
+        if let CertStatus::Revoked(r) = record.status_with(holds) {
             let not_after = record.not_after();
             let k = sharding.shard_of(serial, not_after) as usize;
             if let Some(v) = out.get_mut(k) {
@@ -56,19 +65,31 @@ pub fn retained(candidates: &[Candidate], previous_this_update: Option<i64>) -> 
 }
 
 /// The entries of a delta CRL: those of `current` absent from `base` or listed there
-/// differently. Both sorted by serial.
+/// differently, and, with reason removeFromCRL (RFC 5280 §5.3.1), the certificateHold entries
+/// of `base` that `current` no longer lists (the certificate was released). Both sorted by
+/// serial; so is the result.
 pub fn delta(current: &[Entry], base: &[Entry]) -> Vec<Entry> {
     let mut out = Vec::new();
     let mut b = base.iter().peekable();
+    let released = |x: &Entry| Entry {
+        reason: RevocationReason::RemoveFromCrl,
+        ..*x
+    };
     for e in current {
-        while b.peek().is_some_and(|x| x.serial < e.serial) {
-            b.next();
+        while let Some(x) = b.next_if(|x| x.serial < e.serial) {
+            if x.reason == RevocationReason::CertificateHold {
+                out.push(released(x));
+            }
         }
-        match b.peek() {
-            Some(x) if x.serial == e.serial && *x == e => {}
+        match b.next_if(|x| x.serial == e.serial) {
+            Some(x) if x == e => {}
             _ => out.push(*e),
         }
     }
+    out.extend(
+        b.filter(|x| x.reason == RevocationReason::CertificateHold)
+            .map(released),
+    );
     out
 }
 
@@ -107,7 +128,7 @@ mod tests {
         );
         for by in [ShardBy::Serial, ShardBy::NotAfter { width: 7200 }] {
             let s = Sharding { shards: 5, by };
-            let shards = revoked_by_shard(&t, &s);
+            let shards = revoked_by_shard(&t, &s, false);
             assert_eq!(shards.len(), 5);
             let mut all: Vec<_> = shards.iter().flatten().map(|c| c.entry.serial).collect();
             all.sort();
@@ -122,7 +143,7 @@ mod tests {
         revoke(&t, 1, Some(1000));
         revoke(&t, 2, Some(5000));
         revoke(&t, 3, None);
-        let c = &revoked_by_shard(&t, &Sharding::unsharded())[0];
+        let c = &revoked_by_shard(&t, &Sharding::unsharded(), false)[0];
         assert_eq!(retained(c, None).len(), 3);
         // previous CRL at 900: cert 1 had not yet expired then, so it is listed once more
         assert_eq!(retained(c, Some(900)).len(), 3);
@@ -150,5 +171,74 @@ mod tests {
         ];
         assert_eq!(delta(&current, &base), vec![current[1], current[2]]);
         assert!(delta(&base, &base).is_empty());
+    }
+
+    #[test]
+    fn holds_are_listed_only_where_allowed_and_releases_leave_by_delta() {
+        let t = IssuerTable::default();
+        revoke(&t, 1, Some(9_000));
+        for n in [2, 4] {
+            t.merge(
+                serial(n),
+                CertRecord::from_event(&EventKind::Issued { not_after: 9_000 }),
+            );
+            t.merge(
+                serial(n),
+                CertRecord::from_event(&EventKind::Hold { time: 50 }),
+            );
+        }
+        let listed = |holds| {
+            let mut v: Vec<Entry> = revoked_by_shard(&t, &Sharding::unsharded(), holds)[0]
+                .iter()
+                .map(|c| c.entry)
+                .collect();
+            v.sort_by_key(|e| e.serial);
+            v
+        };
+        assert_eq!(listed(false).len(), 1);
+        let base = listed(true);
+        assert_eq!(base.len(), 3);
+        assert_eq!(base[1].reason, RevocationReason::CertificateHold);
+        assert_eq!(base[1].time, 50);
+
+        // 2 is released, 4 stays held, 3 is newly held: the delta removes 2 and adds 3
+        t.merge(
+            serial(2),
+            CertRecord::from_event(&EventKind::Release { time: 60 }),
+        );
+        t.merge(
+            serial(3),
+            CertRecord::from_event(&EventKind::Hold { time: 61 }),
+        );
+        let d = delta(&listed(true), &base);
+        let got: Vec<_> = d.iter().map(|e| (e.serial, e.reason)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (serial(2), RevocationReason::RemoveFromCrl),
+                (serial(3), RevocationReason::CertificateHold)
+            ]
+        );
+        // a hold made permanent is listed with its new reason, not removed
+        t.merge(
+            serial(4),
+            CertRecord::from_event(&EventKind::Revoked {
+                time: 70,
+                reason: RevocationReason::KeyCompromise,
+            }),
+        );
+        let d = delta(&listed(true), &base);
+        assert!(d
+            .iter()
+            .any(|e| e.serial == serial(4) && e.reason == RevocationReason::KeyCompromise));
+        assert!(!d
+            .iter()
+            .any(|e| e.serial == serial(4) && e.reason == RevocationReason::RemoveFromCrl));
+        // a released last entry is still removed
+        let d = delta(&listed(true)[..1], &base);
+        assert_eq!(
+            d.last().map(|e| e.reason),
+            Some(RevocationReason::RemoveFromCrl)
+        );
     }
 }

@@ -79,7 +79,10 @@ impl CrlService {
                 .find(|c| c.name == issuer.name)
                 .ok_or_else(|| format!("issuer {}: not configured", issuer.name))?;
             let ci = match CrlIssuer::from_certificate(&issuer.name, &issuer.certificate) {
-                Ok(ci) => ci,
+                Ok(ci) => CrlIssuer {
+                    allow_hold: issuer.allow_hold,
+                    ..ci
+                },
                 Err(e) if ic.crl_key.is_none() => {
                     tracing::warn!(issuer = %issuer.name, error = %e, "no CRLs for this issuer");
                     continue;

@@ -93,8 +93,9 @@ impl Publisher {
         for pi in &self.issuers {
             let table = view.table(pi.issuer_id);
             let sharding = self.sharding;
+            let holds = pi.issuer.allow_hold;
             let candidates = match tokio::task::spawn_blocking(move || {
-                select::revoked_by_shard(&table, &sharding)
+                select::revoked_by_shard(&table, &sharding, holds)
             })
             .await
             {

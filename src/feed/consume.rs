@@ -23,7 +23,7 @@ use crate::http::Readiness;
 use crate::limits::{FEED_READ_COUNT, FEED_SCAN_COUNT};
 use crate::responder::Responder;
 use crate::status::view::Applied;
-use crate::status::{CertRecord, CertStatus, Event, IssuerId, Serial, StatusView};
+use crate::status::{CertRecord, CertStatus, Event, EventKind, IssuerId, Serial, StatusView};
 
 /// How long one `XREAD BLOCK` waits: short enough that a dead connection is noticed quickly,
 /// long enough that an idle replica costs Redis one call per second per region.
@@ -263,7 +263,9 @@ async fn session(
         changed.clear();
         let mut any_revoked = false;
         state.view.apply_batch(&events, |e, status| {
-            any_revoked |= matches!(status, CertStatus::Revoked(_));
+            // A release changes what the CRLs list too (removeFromCRL in the next delta).
+            any_revoked |= matches!(status, CertStatus::Revoked(_))
+                || matches!(e.kind, EventKind::Release { .. });
             changed.push((e.issuer, e.serial));
         });
         if any_revoked {

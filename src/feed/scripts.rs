@@ -17,7 +17,9 @@ use redis::Script;
 /// events.
 ///
 /// The join mirrors [`crate::status::CertRecord::join`]: the latest notAfter; revoked is final;
-/// among revocations keyCompromise wins, then the earliest time, then the lower reason code.
+/// among revocations keyCompromise wins, then the earliest time, then the lower reason code;
+/// a live record's hold register (reason octet 6 held, 254 released, 255 never held) takes
+/// the later (time, held > released) of the two.
 /// `tests/feed.rs` checks the two agree on random records.
 pub const MERGE_LUA: &str = r#"
 local function u32(s, i)
@@ -28,15 +30,20 @@ local function be32(n)
   return string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
                      math.floor(n / 256) % 256, n % 256)
 end
+local function permanent(r)
+  return r ~= 255 and r ~= 254 and r ~= 6
+end
+local function hold_rank(r)
+  if r == 6 then return 2 elseif r == 254 then return 1 end
+  return 0
+end
 local function join(x, y)
   local xn, xt, xr = u32(x, 1), u32(x, 5), string.byte(x, 9)
   local yn, yt, yr = u32(y, 1), u32(y, 5), string.byte(y, 9)
   local n = xn
   if yn > n then n = yn end
   local t, r = xt, xr
-  if xr == 255 then
-    t, r = yt, yr
-  elseif yr ~= 255 then
+  if permanent(xr) and permanent(yr) then
     local take_y
     if (xr == 1) ~= (yr == 1) then
       take_y = (yr == 1)
@@ -46,6 +53,13 @@ local function join(x, y)
       take_y = yr < xr
     end
     if take_y then t, r = yt, yr end
+  elseif permanent(yr) then
+    t, r = yt, yr
+  elseif not permanent(xr) then
+    local xk, yk = hold_rank(xr), hold_rank(yr)
+    if xk == 0 then xt = 0 end
+    if yk == 0 then yt = 0 end
+    if yt > xt or (yt == xt and yk > xk) then t, r = yt, yr end
   end
   if r == 255 then t = 0 end
   return be32(n) .. be32(t) .. string.char(r)

@@ -4,6 +4,8 @@
 //! | --- | --- | --- |
 //! | `POST /v1/revoke` | `{"issuer", "serial", "reason"?, "time"?, "not_after"?}` | revoke (and record the issuance when `not_after` is given) |
 //! | `POST /v1/issue` | `{"issuer", "serial", "not_after"}` | record an issuance |
+//! | `POST /v1/hold` | `{"issuer", "serial", "time"?}` | put on hold (issuers with `allow_hold` only) |
+//! | `POST /v1/release` | `{"issuer", "serial"}` | release from hold |
 //! | `GET /v1/status/{issuer}/{serial}` | | this replica's view of one certificate |
 //!
 //! Every request needs `Authorization: Bearer <token>`; the token (from `admin.token_file` or
@@ -54,7 +56,8 @@ pub struct AdminState {
     token_digest: [u8; 32],
     writer: Arc<StatusWriter>,
     view: Arc<StatusView>,
-    issuers: Vec<(String, IssuerId)>,
+    /// Name, id and whether holds are allowed, per configured issuer.
+    issuers: Vec<(String, IssuerId, bool)>,
     audit: AuditLog,
     tls: Option<TlsAcceptor>,
     max_body: usize,
@@ -97,7 +100,13 @@ impl AdminState {
             issuers: responder
                 .issuers()
                 .iter()
-                .map(|s| (s.issuer.name.clone(), s.issuer.hashes.id))
+                .map(|s| {
+                    (
+                        s.issuer.name.clone(),
+                        s.issuer.hashes.id,
+                        s.issuer.allow_hold,
+                    )
+                })
                 .collect(),
             audit: AuditLog::open(&cfg.audit_log_path())?,
             tls,
@@ -125,8 +134,8 @@ impl AdminState {
     fn issuer(&self, name: &str) -> Option<IssuerId> {
         self.issuers
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, id)| *id)
+            .find(|(n, _, _)| n == name)
+            .map(|(_, id, _)| *id)
     }
 }
 
@@ -262,6 +271,16 @@ struct RevokeBody {
     not_after: Option<String>,
 }
 
+/// `POST /v1/hold` and `POST /v1/release`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldBody {
+    issuer: String,
+    serial: String,
+    #[serde(default)]
+    time: Option<String>,
+}
+
 /// `POST /v1/issue`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -281,6 +300,8 @@ async fn handle(
     let endpoint = match path.as_str() {
         "/v1/revoke" => "revoke",
         "/v1/issue" => "issue",
+        "/v1/hold" => "hold",
+        "/v1/release" => "release",
         p if p.starts_with("/v1/status/") => "status",
         _ => "other",
     };
@@ -311,9 +332,9 @@ async fn route(
     }
     let method = req.method().clone();
     match (endpoint, &method) {
-        ("revoke" | "issue", &Method::POST) => {}
+        ("revoke" | "issue" | "hold" | "release", &Method::POST) => {}
         ("status", &Method::GET) => return status(st, req.uri().path()),
-        ("revoke" | "issue", _) => return method_not_allowed("POST"),
+        ("revoke" | "issue" | "hold" | "release", _) => return method_not_allowed("POST"),
         ("status", _) => return method_not_allowed("GET"),
         _ => return error(StatusCode::NOT_FOUND, "no such endpoint"),
     }
@@ -387,8 +408,8 @@ async fn route(
 fn issuer_name(st: &AdminState, id: IssuerId) -> String {
     st.issuers
         .iter()
-        .find(|(_, i)| *i == id)
-        .map(|(n, _)| n.clone())
+        .find(|(_, i, _)| *i == id)
+        .map(|(n, _, _)| n.clone())
         .unwrap_or_default()
 }
 
@@ -399,6 +420,10 @@ fn describe_event(e: &Event) -> serde_json::Value {
         }
         EventKind::Revoked { time, reason } => {
             serde_json::json!({"kind": "revoked", "time": rfc3339(time), "reason": reason.name()})
+        }
+        EventKind::Hold { time } => serde_json::json!({"kind": "hold", "time": rfc3339(time)}),
+        EventKind::Release { time } => {
+            serde_json::json!({"kind": "release", "time": rfc3339(time)})
         }
     }
 }
@@ -419,13 +444,37 @@ fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Vec<Even
         let serial = Serial::from_hex(serial).map_err(|e| format!("serial {serial:?}: {e}"))?;
         Ok((id, serial))
     };
+    if endpoint == "hold" || endpoint == "release" {
+        let b: HoldBody = serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))?;
+        let (id, serial) = target(&b.issuer, &b.serial)?;
+        if !st.issuers.iter().any(|(_, i, allow)| *i == id && *allow) {
+            return Err(format!(
+                "issuer {:?} does not allow holds (allow_hold = false)",
+                b.issuer
+            ));
+        }
+        let requested = match (&b.time, endpoint) {
+            (Some(_), "release") => return Err("a release takes no time: it is now".into()),
+            (Some(t), _) => Some(parse_rfc3339(t)?),
+            (None, _) => None,
+        };
+        let now = now_ms / 1000;
+        if requested.is_some_and(|t| t > now + crate::crl::lint::MAX_CLOCK_SKEW_SECS) {
+            return Err("a hold time may not be in the future".into());
+        }
+        // This replica's view orders the write after the hold or release it supersedes.
+        let current = st.view.table(id).record(&serial);
+        let kind = crate::status::hold_change(current.as_ref(), endpoint == "hold", now, requested)
+            .map_err(|e| e.to_string())?;
+        return Ok(vec![event(id, serial, kind)]);
+    }
     if endpoint == "revoke" {
         let b: RevokeBody = serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))?;
         let (id, serial) = target(&b.issuer, &b.serial)?;
         let reason = match b.reason.as_deref() {
             None => RevocationReason::Unspecified,
             Some(r) => RevocationReason::from_name(r).ok_or_else(|| {
-                format!("unknown reason {r:?} (certificateHold is not supported)")
+                format!("unknown reason {r:?} (for certificateHold use POST /v1/hold)")
             })?,
         };
         let time = match &b.time {

@@ -160,6 +160,7 @@ fn crl_reason(r: RevocationReason) -> CrlReason {
         RevocationReason::AffiliationChanged => CrlReason::AffiliationChanged,
         RevocationReason::Superseded => CrlReason::Superseded,
         RevocationReason::CessationOfOperation => CrlReason::CessationOfOperation,
+        RevocationReason::CertificateHold => CrlReason::CertificateHold,
         RevocationReason::RemoveFromCrl => CrlReason::RemoveFromCRL,
         RevocationReason::PrivilegeWithdrawn => CrlReason::PrivilegeWithdrawn,
         RevocationReason::AaCompromise => CrlReason::AaCompromise,

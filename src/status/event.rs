@@ -1,12 +1,12 @@
 //! Status events and their compact, versioned binary encoding.
 //!
 //! ```text
-//! version        u8   = 1
-//! kind           u8   1 issued, 2 revoked
+//! version        u8   1 for issued and revoked, 2 for hold and release
+//! kind           u8   1 issued, 2 revoked, 3 hold, 4 release
 //! issuer         [32] IssuerId
 //! serial_len     u8   1..=21
 //! serial         [serial_len] DER INTEGER content octets
-//! time           i64 BE   notAfter (issued) or revocationTime (revoked), Unix seconds
+//! time           i64 BE   notAfter (issued), revocationTime (revoked), hold or release time
 //! reason         u8   CRLReason code (revoked), 0 otherwise
 //! created_at_ms  i64 BE   when the event was made, Unix milliseconds
 //! origin_len     u8   0..=64
@@ -14,13 +14,18 @@
 //! ```
 //!
 //! Decoding checks every length against the input and the named bounds and never panics; an
-//! unknown version or kind is an error the caller counts and skips.
+//! unknown version or kind is an error the caller counts and skips. Hold and release are
+//! version 2 so that a replica built before holds existed skips them (an unknown version)
+//! instead of misreading them; issued and revoked stay version 1, readable by every build.
+//! Each kind has exactly one version, so every decoded event re-encodes to its input.
 
 use super::{IssuerId, RevocationReason, Serial};
 use crate::limits::{MAX_EVENT_BYTES, MAX_ORIGIN_BYTES};
 
-/// The encoding version this build writes and reads.
+/// The encoding version of issued and revoked events.
 pub const EVENT_VERSION: u8 = 1;
+/// The encoding version of hold and release events.
+pub const EVENT_VERSION_HOLD: u8 = 2;
 
 /// One fact about one certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +57,17 @@ pub enum EventKind {
         /// CRLReason.
         reason: RevocationReason,
     },
+    /// It was put on hold (RFC 5280 certificateHold): reversible, and only for issuers whose
+    /// policy allows holds.
+    Hold {
+        /// When the hold took effect, Unix seconds (the revocationTime answered).
+        time: i64,
+    },
+    /// It was released from hold.
+    Release {
+        /// When the release took effect, Unix seconds; later than the hold it undoes.
+        time: i64,
+    },
 }
 
 /// Why an encoded event could not be read.
@@ -74,13 +90,15 @@ pub enum DecodeError {
 impl Event {
     /// Appends the encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let (kind, time, reason) = match self.kind {
-            EventKind::Issued { not_after } => (1u8, not_after, 0u8),
-            EventKind::Revoked { time, reason } => (2u8, time, reason as u8),
+        let (version, kind, time, reason) = match self.kind {
+            EventKind::Issued { not_after } => (EVENT_VERSION, 1u8, not_after, 0u8),
+            EventKind::Revoked { time, reason } => (EVENT_VERSION, 2u8, time, reason as u8),
+            EventKind::Hold { time } => (EVENT_VERSION_HOLD, 3u8, time, 0u8),
+            EventKind::Release { time } => (EVENT_VERSION_HOLD, 4u8, time, 0u8),
         };
         let serial = self.serial.as_der_content();
         let origin = truncate_utf8(&self.origin, MAX_ORIGIN_BYTES);
-        out.push(EVENT_VERSION);
+        out.push(version);
         out.push(kind);
         out.extend_from_slice(&self.issuer.0);
         out.push(serial.len() as u8);
@@ -106,7 +124,7 @@ impl Event {
         }
         let mut r = Cursor(bytes);
         let version = r.u8()?;
-        if version != EVENT_VERSION {
+        if version != EVENT_VERSION && version != EVENT_VERSION_HOLD {
             return Err(DecodeError::Version(version));
         }
         let kind = r.u8()?;
@@ -128,16 +146,24 @@ impl Event {
         if !r.0.is_empty() {
             return Err(DecodeError::Length);
         }
+        // Canonical form only: each kind has one version, and only a revocation carries a
+        // reason, so every decoded event re-encodes to the same bytes.
+        let kind = match (version, kind) {
+            (EVENT_VERSION, 1 | 2) | (EVENT_VERSION_HOLD, 3 | 4) => kind,
+            (_, 1..=4) => return Err(DecodeError::Version(version)),
+            (_, other) => return Err(DecodeError::Kind(other)),
+        };
+        if kind != 2 && reason != 0 {
+            return Err(DecodeError::Field("reason"));
+        }
         let kind = match kind {
-            // Canonical form only: an issuance carries reason 0, so every decoded event
-            // re-encodes to the same bytes.
-            1 if reason == 0 => EventKind::Issued { not_after: time },
-            1 => return Err(DecodeError::Field("reason")),
+            1 => EventKind::Issued { not_after: time },
             2 => EventKind::Revoked {
                 time,
                 reason: RevocationReason::from_code(reason).ok_or(DecodeError::Field("reason"))?,
             },
-            other => return Err(DecodeError::Kind(other)),
+            3 => EventKind::Hold { time },
+            _ => EventKind::Release { time },
         };
         Ok(Event {
             issuer: IssuerId(issuer),
@@ -231,6 +257,23 @@ mod tests {
         assert_eq!(Event::decode(&b), Ok(e));
         b[reason_at] = 220;
         assert_eq!(Event::decode(&b), Err(DecodeError::Field("reason")));
+    }
+
+    #[test]
+    fn hold_and_release_are_version_2_only() {
+        for kind in [EventKind::Hold { time: 7 }, EventKind::Release { time: 8 }] {
+            let mut e = sample();
+            e.kind = kind;
+            let b = e.to_bytes();
+            assert_eq!(b[0], EVENT_VERSION_HOLD);
+            assert_eq!(Event::decode(&b), Ok(e));
+            let mut v1 = b.clone();
+            v1[0] = EVENT_VERSION;
+            assert_eq!(Event::decode(&v1), Err(DecodeError::Version(1)));
+        }
+        let mut b = sample().to_bytes();
+        b[0] = EVENT_VERSION_HOLD;
+        assert_eq!(Event::decode(&b), Err(DecodeError::Version(2)));
     }
 
     proptest! {

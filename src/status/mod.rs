@@ -143,8 +143,12 @@ impl fmt::Display for Serial {
     }
 }
 
-/// CRLReason (RFC 5280 §5.3.1). `certificateHold` (6) is deliberately absent: the Baseline
-/// Requirements forbid it, and vigil never produces it.
+/// CRLReason (RFC 5280 §5.3.1).
+///
+/// `certificateHold` (6) is not a reason a revocation can carry: a hold is its own event
+/// ([`EventKind::Hold`]), reversible, and answered only for issuers whose policy allows holds
+/// (the Baseline Requirements forbid them for TLS). [`RevocationReason::from_code`] and
+/// [`RevocationReason::from_name`] therefore refuse it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum RevocationReason {
@@ -160,6 +164,8 @@ pub enum RevocationReason {
     Superseded = 4,
     /// cessationOfOperation (5).
     CessationOfOperation = 5,
+    /// certificateHold (6): the certificate is on hold ([`EventKind::Hold`]).
+    CertificateHold = 6,
     /// removeFromCRL (8): only meaningful in delta CRLs.
     RemoveFromCrl = 8,
     /// privilegeWithdrawn (9).
@@ -197,8 +203,20 @@ impl RevocationReason {
             .map(|(r, _)| *r)
     }
 
+    /// The reason for a CRLReason code as a CRL entry may carry it: [`Self::from_code`] plus
+    /// certificateHold.
+    pub fn from_crl_code(code: u8) -> Option<Self> {
+        if code == Self::CertificateHold as u8 {
+            return Some(Self::CertificateHold);
+        }
+        Self::from_code(code)
+    }
+
     /// The RFC 5280 name.
     pub fn name(self) -> &'static str {
+        if self == Self::CertificateHold {
+            return "certificateHold";
+        }
         Self::ALL
             .iter()
             .find(|(r, _)| *r == self)
@@ -237,64 +255,109 @@ impl Revocation {
     }
 }
 
+/// Whether a live (not permanently revoked) certificate is on hold: the last of its hold and
+/// release events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HoldState {
+    /// On hold (true) or released (false).
+    pub held: bool,
+    /// When the certificate was put on hold, or released, Unix seconds.
+    pub time: i64,
+}
+
 /// What the view holds for one certificate: 9 bytes with alignment 1, so a view entry
 /// (serial and record) packs into 31 bytes and the map stays near 54 bytes per certificate at
 /// ten million certificates.
+///
+/// A record is either *revoked* (a permanent revocation is known: final) or *live*. A live
+/// record keeps its hold register in the revocation fields, which a live record does not
+/// otherwise use:
+///
+/// | `reason`                 | meaning                              | `revoked_at`    |
+/// |--------------------------|--------------------------------------|-----------------|
+/// | a CRLReason code, not 6  | revoked                              | revocationTime  |
+/// | 6 (certificateHold)      | live, on hold                        | hold time       |
+/// | `0xFE`                   | live, released from hold             | release time    |
+/// | `0xFF`                   | live, never held                     | 0               |
+///
+/// The hold register is last-writer-wins on (time, held): a release undoes a hold only when it
+/// is later, and at equal times the hold wins. That order is total, so the join stays
+/// commutative, associative and idempotent although a release undoes a hold; writers make a
+/// release later than the hold it undoes (see `vigil release`). A permanent revocation absorbs
+/// the register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CertRecord {
     /// notAfter in Unix seconds, clamped to u32, big-endian; 0 when only a revocation is known.
     not_after: [u8; 4],
-    /// revocationTime in Unix seconds, clamped to u32, big-endian; meaningful when
-    /// `reason != NOT_REVOKED`.
+    /// revocationTime, or hold/release time, in Unix seconds, clamped to u32, big-endian.
     revoked_at: [u8; 4],
-    /// RevocationReason code, or [`CertRecord::NOT_REVOKED`].
+    /// RevocationReason code, [`CertRecord::HELD`], [`CertRecord::RELEASED`] or
+    /// [`CertRecord::NOT_REVOKED`].
     reason: u8,
 }
 
 impl CertRecord {
     const NOT_REVOKED: u8 = 0xFF;
+    const RELEASED: u8 = 0xFE;
+    const HELD: u8 = RevocationReason::CertificateHold as u8;
 
     /// Length of [`CertRecord::to_bytes`].
     pub const ENCODED_LEN: usize = 9;
 
     /// The record of an event on its own.
     pub fn from_event(kind: &EventKind) -> Self {
-        match *kind {
-            EventKind::Issued { not_after } => CertRecord {
-                not_after: clamp_u32(not_after).to_be_bytes(),
-                revoked_at: [0; 4],
-                reason: Self::NOT_REVOKED,
-            },
-            EventKind::Revoked { time, reason } => CertRecord {
-                not_after: [0; 4],
-                revoked_at: clamp_u32(time).to_be_bytes(),
-                reason: reason as u8,
-            },
+        let (not_after, time, reason) = match *kind {
+            EventKind::Issued { not_after } => (not_after, 0, Self::NOT_REVOKED),
+            EventKind::Revoked { time, reason } => (0, time, reason as u8),
+            EventKind::Hold { time } => (0, time, Self::HELD),
+            EventKind::Release { time } => (0, time, Self::RELEASED),
+        };
+        CertRecord {
+            not_after: clamp_u32(not_after).to_be_bytes(),
+            revoked_at: clamp_u32(time).to_be_bytes(),
+            reason,
+        }
+    }
+
+    /// True when the reason octet holds a permanent revocation.
+    fn is_revoked(&self) -> bool {
+        !matches!(self.reason, Self::NOT_REVOKED | Self::RELEASED | Self::HELD)
+    }
+
+    /// The hold register as an ordered key: (time, rank) with never-held < released < held.
+    fn hold_rank(&self) -> (u32, u8) {
+        match self.reason {
+            Self::HELD => (u32::from_be_bytes(self.revoked_at), 2),
+            Self::RELEASED => (u32::from_be_bytes(self.revoked_at), 1),
+            _ => (0, 0),
         }
     }
 
     /// The join of two records of one certificate.
     pub fn join(self, other: CertRecord) -> CertRecord {
-        let revocation = match (self.revocation(), other.revocation()) {
-            (Some(a), Some(b)) => Some(a.join(b)),
-            (a, b) => a.or(b),
-        };
         let not_after = u32::from_be_bytes(self.not_after).max(u32::from_be_bytes(other.not_after));
-        let mut out = CertRecord {
-            not_after: not_after.to_be_bytes(),
-            revoked_at: [0; 4],
-            reason: Self::NOT_REVOKED,
+        let (revoked_at, reason) = match (self.revocation(), other.revocation()) {
+            (Some(a), Some(b)) => {
+                let r = a.join(b);
+                (clamp_u32(r.time).to_be_bytes(), r.reason as u8)
+            }
+            (Some(_), None) => (self.revoked_at, self.reason),
+            (None, Some(_)) => (other.revoked_at, other.reason),
+            (None, None) if other.hold_rank() > self.hold_rank() => {
+                (other.revoked_at, other.reason)
+            }
+            (None, None) => (self.revoked_at, self.reason),
         };
-        if let Some(r) = revocation {
-            out.revoked_at = clamp_u32(r.time).to_be_bytes();
-            out.reason = r.reason as u8;
+        CertRecord {
+            not_after: not_after.to_be_bytes(),
+            revoked_at,
+            reason,
         }
-        out
     }
 
-    /// The revocation, if the certificate is revoked.
+    /// The permanent revocation, if the certificate is revoked.
     pub fn revocation(&self) -> Option<Revocation> {
-        if self.reason == Self::NOT_REVOKED {
+        if !self.is_revoked() {
             return None;
         }
         Some(Revocation {
@@ -303,22 +366,53 @@ impl CertRecord {
         })
     }
 
+    /// The hold register of a live certificate: None when it was never held (or is revoked).
+    pub fn hold(&self) -> Option<HoldState> {
+        let time = i64::from(u32::from_be_bytes(self.revoked_at));
+        match self.reason {
+            Self::HELD => Some(HoldState { held: true, time }),
+            Self::RELEASED => Some(HoldState { held: false, time }),
+            _ => None,
+        }
+    }
+
     /// notAfter in Unix seconds, if an issuance was recorded.
     pub fn not_after(&self) -> Option<i64> {
         let t = u32::from_be_bytes(self.not_after);
         (t != 0).then_some(i64::from(t))
     }
 
-    /// The status this record answers with.
+    /// The status this record answers with, holds included.
     pub fn status(&self) -> CertStatus {
-        match self.revocation() {
-            Some(r) => CertStatus::Revoked(r),
-            None => CertStatus::Good,
+        self.status_with(true)
+    }
+
+    /// The status this record answers with for an issuer that allows holds (`holds`) or not.
+    /// A held certificate answers revoked with reason certificateHold and the hold time; where
+    /// holds are not allowed, the hold register is ignored. A record with no issuance and no
+    /// revocation (only hold or release events) is unissued unless it is held.
+    pub fn status_with(&self, holds: bool) -> CertStatus {
+        if let Some(r) = self.revocation() {
+            return CertStatus::Revoked(r);
+        }
+        match self.hold() {
+            Some(HoldState { held: true, time }) if holds => {
+                return CertStatus::Revoked(Revocation {
+                    time,
+                    reason: RevocationReason::CertificateHold,
+                })
+            }
+            _ => {}
+        }
+        if self.not_after().is_some() {
+            CertStatus::Good
+        } else {
+            CertStatus::Unissued
         }
     }
 
-    /// The events that, joined, give this record (an issuance and/or a revocation). Used to
-    /// re-publish a record to a feed region that lacks it.
+    /// The events that, joined, give this record (an issuance, a revocation, the last hold or
+    /// release). Used to re-publish a record to a feed region that lacks it.
     pub fn kinds(&self) -> Vec<EventKind> {
         let mut out = Vec::with_capacity(2);
         if let Some(not_after) = self.not_after() {
@@ -330,11 +424,16 @@ impl CertRecord {
                 reason: r.reason,
             });
         }
+        match self.hold() {
+            Some(HoldState { held: true, time }) => out.push(EventKind::Hold { time }),
+            Some(HoldState { held: false, time }) => out.push(EventKind::Release { time }),
+            None => {}
+        }
         out
     }
 
     /// The fixed 9-byte encoding used in checkpoints and feed snapshots:
-    /// `not_after u32 BE | revoked_at u32 BE | reason u8 (0xFF: not revoked)`.
+    /// `not_after u32 BE | revoked_at u32 BE | reason u8` (see the table on [`CertRecord`]).
     pub fn to_bytes(&self) -> [u8; Self::ENCODED_LEN] {
         let mut b = [0u8; Self::ENCODED_LEN];
         b[..4].copy_from_slice(&self.not_after);
@@ -343,25 +442,68 @@ impl CertRecord {
         b
     }
 
-    /// Reads [`CertRecord::to_bytes`]; None for a wrong length or an unknown reason code.
+    /// Reads [`CertRecord::to_bytes`]; None for a wrong length, an unknown reason code or a
+    /// never-held record with a time.
     pub fn from_bytes(b: &[u8]) -> Option<CertRecord> {
         if b.len() != Self::ENCODED_LEN {
             return None;
         }
-        let reason = b[8];
-        if reason != Self::NOT_REVOKED && RevocationReason::from_code(reason).is_none() {
-            return None;
-        }
-        let mut r = CertRecord {
+        let r = CertRecord {
             not_after: [b[0], b[1], b[2], b[3]],
             revoked_at: [b[4], b[5], b[6], b[7]],
-            reason,
+            reason: b[8],
         };
-        if reason == Self::NOT_REVOKED {
-            r.revoked_at = [0; 4];
+        let known = matches!(r.reason, Self::NOT_REVOKED | Self::RELEASED | Self::HELD)
+            || RevocationReason::from_code(r.reason).is_some();
+        if !known || (r.reason == Self::NOT_REVOKED && r.revoked_at != [0; 4]) {
+            return None;
         }
         Some(r)
     }
+}
+
+/// Why a hold or release was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HoldError {
+    /// The certificate is permanently revoked: a hold means nothing any more.
+    #[error("the certificate is revoked; a revocation is final")]
+    Revoked,
+    /// A release of a certificate that was never put on hold.
+    #[error("the certificate is not on hold")]
+    NotHeld,
+}
+
+/// The event that puts a certificate on hold (`hold`) or releases it, given the record known
+/// now (`current`), the time now and, for a hold, the requested hold time.
+///
+/// A release is made later than the hold it undoes (the hold register is last-writer-wins on
+/// time, a hold winning a tie), and a hold no earlier than the last release. Repeating a hold
+/// of a held certificate, or a release of a released one, gives the event already in force, so
+/// a retried write is idempotent.
+pub fn hold_change(
+    current: Option<&CertRecord>,
+    hold: bool,
+    now: i64,
+    requested: Option<i64>,
+) -> Result<EventKind, HoldError> {
+    if current.and_then(|r| r.revocation()).is_some() {
+        return Err(HoldError::Revoked);
+    }
+    let state = current.and_then(|r| r.hold());
+    Ok(match (hold, state) {
+        (true, Some(HoldState { held: true, time })) => EventKind::Hold { time },
+        (true, Some(HoldState { held: false, time })) => EventKind::Hold {
+            time: requested.unwrap_or(now).max(time),
+        },
+        (true, None) => EventKind::Hold {
+            time: requested.unwrap_or(now),
+        },
+        (false, Some(HoldState { held: true, time })) => EventKind::Release {
+            time: now.max(time + 1),
+        },
+        (false, Some(HoldState { held: false, time })) => EventKind::Release { time },
+        (false, None) => return Err(HoldError::NotHeld),
+    })
 }
 
 fn clamp_u32(t: i64) -> u32 {
@@ -467,7 +609,9 @@ mod tests {
             time: 99,
             reason: RevocationReason::Superseded,
         }));
-        for r in [issued, revoked] {
+        let held = issued.join(CertRecord::from_event(&EventKind::Hold { time: 42 }));
+        let released = held.join(CertRecord::from_event(&EventKind::Release { time: 43 }));
+        for r in [issued, revoked, held, released] {
             assert_eq!(CertRecord::from_bytes(&r.to_bytes()), Some(r));
             let rebuilt = r
                 .kinds()
@@ -477,7 +621,92 @@ mod tests {
             assert_eq!(rebuilt, Some(r));
         }
         assert_eq!(CertRecord::from_bytes(&[0; 8]), None);
-        assert_eq!(CertRecord::from_bytes(&[0, 0, 0, 1, 0, 0, 0, 1, 6]), None);
+        assert_eq!(CertRecord::from_bytes(&[0, 0, 0, 1, 0, 0, 0, 1, 7]), None);
+        assert_eq!(
+            CertRecord::from_bytes(&[0, 0, 0, 1, 0, 0, 0, 1, 0xFF]),
+            None
+        );
+    }
+
+    fn rec(kinds: &[EventKind]) -> CertRecord {
+        kinds
+            .iter()
+            .map(CertRecord::from_event)
+            .reduce(CertRecord::join)
+            .expect("kinds")
+    }
+
+    #[test]
+    fn hold_answers_revoked_until_a_later_release() {
+        let issued = EventKind::Issued { not_after: 1_000 };
+        let held = rec(&[issued, EventKind::Hold { time: 10 }]);
+        let hold_status = CertStatus::Revoked(Revocation {
+            time: 10,
+            reason: RevocationReason::CertificateHold,
+        });
+        assert_eq!(held.status(), hold_status);
+        assert_eq!(held.status_with(false), CertStatus::Good);
+        // a release at the same second loses; a later one wins, in either order
+        let tie = held.join(CertRecord::from_event(&EventKind::Release { time: 10 }));
+        assert_eq!(tie.status(), hold_status);
+        let released = CertRecord::from_event(&EventKind::Release { time: 11 });
+        assert_eq!(held.join(released).status(), CertStatus::Good);
+        assert_eq!(released.join(held).status(), CertStatus::Good);
+        // held again later
+        let again = held
+            .join(released)
+            .join(CertRecord::from_event(&EventKind::Hold { time: 12 }));
+        assert!(matches!(again.status(), CertStatus::Revoked(r) if r.time == 12));
+        // a permanent revocation absorbs the hold, whenever it arrives
+        let revoked = CertRecord::from_event(&EventKind::Revoked {
+            time: 5,
+            reason: RevocationReason::KeyCompromise,
+        });
+        for r in [held.join(revoked), revoked.join(held), revoked.join(again)] {
+            assert!(
+                matches!(r.status(), CertStatus::Revoked(x) if x.reason == RevocationReason::KeyCompromise)
+            );
+            assert_eq!(r.hold(), None);
+        }
+        // hold and release alone never make a certificate good
+        assert_eq!(released.status(), CertStatus::Unissued);
+        assert_eq!(
+            CertRecord::from_event(&EventKind::Hold { time: 3 }).status_with(false),
+            CertStatus::Unissued
+        );
+    }
+
+    #[test]
+    fn hold_change_orders_writes_and_is_idempotent() {
+        let issued = CertRecord::from_event(&EventKind::Issued { not_after: 1_000 });
+        assert_eq!(
+            hold_change(Some(&issued), false, 50, None),
+            Err(HoldError::NotHeld)
+        );
+        let hold = hold_change(Some(&issued), true, 50, Some(40)).expect("hold");
+        assert_eq!(hold, EventKind::Hold { time: 40 });
+        let held = issued.join(CertRecord::from_event(&hold));
+        // a retry gives the same event; a release in the same second is made later
+        assert_eq!(hold_change(Some(&held), true, 60, None), Ok(hold));
+        let release = hold_change(Some(&held), false, 40, None).expect("release");
+        assert_eq!(release, EventKind::Release { time: 41 });
+        let released = held.join(CertRecord::from_event(&release));
+        assert_eq!(released.status(), CertStatus::Good);
+        assert_eq!(hold_change(Some(&released), false, 90, None), Ok(release));
+        // a new hold backdated before the release still takes effect
+        let rehold = hold_change(Some(&released), true, 90, Some(1)).expect("hold");
+        assert!(matches!(
+            released.join(CertRecord::from_event(&rehold)).status(),
+            CertStatus::Revoked(_)
+        ));
+        let revoked = held.join(CertRecord::from_event(&EventKind::Revoked {
+            time: 1,
+            reason: RevocationReason::Superseded,
+        }));
+        assert_eq!(
+            hold_change(Some(&revoked), true, 1, None),
+            Err(HoldError::Revoked)
+        );
     }
 
     #[test]

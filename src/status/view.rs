@@ -139,15 +139,21 @@ impl StatusView {
 }
 
 impl IssuerTable {
-    /// The status of one certificate of this issuer.
+    /// The status of one certificate of this issuer, holds included.
     pub fn status(&self, serial: &Serial) -> CertStatus {
+        self.status_with(serial, true)
+    }
+
+    /// The status of one certificate of this issuer; holds are answered only when `holds`
+    /// (the issuer's policy allows them).
+    pub fn status_with(&self, serial: &Serial, holds: bool) -> CertStatus {
         match self
             .records
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(serial)
         {
-            Some(r) => r.status(),
+            Some(r) => r.status_with(holds),
             None => CertStatus::Unissued,
         }
     }
@@ -279,6 +285,11 @@ mod tests {
                 time: t,
                 reason: RevocationReason::ALL[r].0,
             }),
+            // hold and release times from a small range, so that ties (a hold wins) and
+            // releases that undo holds are common
+            (0i64..6).prop_map(|t| EventKind::Hold { time: t }),
+            (0i64..6).prop_map(|t| EventKind::Release { time: t }),
+            (0i64..6).prop_map(|t| EventKind::Hold { time: t }),
         ];
         (1u8..12, kind, prop_oneof![Just("a"), Just("b")]).prop_map(|(s, k, o)| ev(s, k, o))
     }
