@@ -45,7 +45,16 @@ data = open(sys.argv[1], 'rb').read()[8:]
 i = 0
 while i + 8 <= len(data):
     n, _ = struct.unpack('<II', data[i:i + 8])
-    open(f"{sys.argv[2]}/event-{i}", 'wb').write(data[i + 8:i + 8 + n])
+    event = data[i + 8:i + 8 + n]
+    open(f"{sys.argv[2]}/event-{i}", 'wb').write(event)
+    if event[1] == 2:
+        # hold (3) and release (4) are version 2 and carry reason 0: derive them from a
+        # revocation (the demo issuer does not allow holds, so vigil cannot write them here)
+        reason_at = 2 + 32 + 1 + event[34] + 8
+        for kind in (3, 4):
+            e = bytearray(event)
+            e[0], e[1], e[reason_at] = 2, kind, 0
+            open(f"{sys.argv[2]}/event-{i}-kind{kind}", 'wb').write(bytes(e))
     i += 8 + n
 PY
 

@@ -914,6 +914,93 @@ fn admin_api_requires_the_token() {
     assert_eq!(code, 400);
 }
 
+/// Holds through the admin API, across two regions: every replica of an issuer that allows
+/// holds answers revoked while held and good after the release; a replica whose policy does
+/// not allow holds never answers the hold; both regions' snapshots end in the same record.
+#[test]
+fn holds_and_releases_reach_every_region_and_follow_the_issuer_policy() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let a = Redis::start(root, "a", false);
+    let b = Redis::start(root, "b", false);
+    let feed = Feed {
+        regions: vec![("a", a.region()), ("b", b.region())],
+        quorum: 2,
+        extra: "",
+    };
+    let allow = |p: PathBuf| {
+        let mut t = read(&p);
+        t.push_str("allow_hold = true\n");
+        std::fs::write(&p, t).unwrap();
+        p
+    };
+    let writer = Replica::start(&allow(write_config(root, "w", &pki, &feed, true)));
+    let reader = Replica::start(&allow(write_config(root, "r", &pki, &feed, false)));
+    let strict = Replica::start(&write_config(root, "s", &pki, &feed, false));
+    let admin = writer.admin.clone().expect("admin listener");
+    let issuer = issuer_hex(&write_config(root, "x", &pki, &feed, false));
+    let target = r#"{"issuer":"demo","serial":"7B01"}"#;
+
+    let (code, resp) = http(
+        &admin,
+        "POST",
+        "/v1/issue",
+        Some(TOKEN),
+        r#"{"issuer":"demo","serial":"7B01","not_after":"2030-01-01T00:00:00Z"}"#,
+    );
+    assert_eq!(code, 200, "{resp}");
+    for r in [&writer, &reader, &strict] {
+        r.wait_for(&pki, "7B01", "good");
+    }
+    let (code, resp) = http(&admin, "POST", "/v1/release", Some(TOKEN), target);
+    assert_eq!(code, 400, "release of a certificate not on hold: {resp}");
+    assert!(resp.contains("not on hold"), "{resp}");
+    let (code, _) = http(
+        &admin,
+        "POST",
+        "/v1/hold",
+        Some("wrong-token-0123456789"),
+        target,
+    );
+    assert_eq!(code, 401);
+    assert_eq!(a.event_entries(), 1, "a refused hold wrote nothing");
+
+    let (code, resp) = http(&admin, "POST", "/v1/hold", Some(TOKEN), target);
+    assert_eq!(code, 200, "{resp}");
+    for r in [&writer, &reader] {
+        r.wait_for(&pki, "7B01", "revoked");
+    }
+    let (_, status) = http(&admin, "GET", "/v1/status/demo/7B01", Some(TOKEN), "");
+    assert!(status.contains("certificateHold"), "{status}");
+    // the strict replica has read both events from both regions, yet answers good
+    wait_until("the strict replica read the hold", || {
+        strict.metric("vigil_feed_entries_total", &["result=\"changed\""]) >= 2.0
+            && strict.metric("vigil_feed_entries_total", &[]) >= 4.0
+    });
+    assert_eq!(strict.ocsp(&pki, "7B01"), "good");
+
+    let (code, resp) = http(&admin, "POST", "/v1/release", Some(TOKEN), target);
+    assert_eq!(code, 200, "{resp}");
+    for r in [&writer, &reader, &strict] {
+        r.wait_for(&pki, "7B01", "good");
+    }
+    // both regions hold the same released record: 0xFE, the release later than the hold
+    let ra = a
+        .snapshot_record(&issuer, &der("7B01"))
+        .expect("record in a");
+    let rb = b
+        .snapshot_record(&issuer, &der("7B01"))
+        .expect("record in b");
+    assert_eq!(ra, rb);
+    assert_eq!(ra.len(), 9);
+    assert_eq!(ra[8], 0xFE, "released");
+    // a repeated release is idempotent: acknowledged, and nothing new in the snapshots
+    let (code, resp) = http(&admin, "POST", "/v1/release", Some(TOKEN), target);
+    assert_eq!(code, 200, "{resp}");
+    assert_eq!(a.snapshot_record(&issuer, &der("7B01")), Some(ra));
+}
+
 /// A Sentinel-managed region and a region reached over TLS (`rediss://`, verified against a
 /// private CA, with a client certificate) carry a write at quorum 2 to a replica.
 #[test]
