@@ -1,11 +1,13 @@
 //! One region's Redis: how to reach it (a single server or a Sentinel-managed group, plain or
-//! TLS, with credentials from a file or the environment) and a shared connection for writes.
+//! TLS, with credentials from a file or the environment, for the data servers and for the
+//! Sentinels themselves) and a shared connection for writes.
 
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, TlsCertificates};
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
 
 use super::{scripts, FeedError, Keys};
@@ -59,6 +61,20 @@ pub fn read_secret(path: &std::path::Path) -> Result<String, FeedError> {
     Ok(text.trim_end_matches(['\r', '\n']).to_owned())
 }
 
+/// A password from its file, else from the environment variable `var`: the file wins when
+/// both are set (as for every secret of a `[[region]]`). Kept as a [`SecretString`] so that it
+/// never shows in `Debug` output; it is exposed only to hand it to the Redis client.
+fn read_password(
+    file: Option<&std::path::Path>,
+    var: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<SecretString>, FeedError> {
+    Ok(match file {
+        Some(p) => Some(read_secret(p)?.into()),
+        None => env(var).map(SecretString::from),
+    })
+}
+
 fn read_file(path: &std::path::Path) -> Result<Vec<u8>, FeedError> {
     std::fs::read(path).map_err(|e| FeedError::Setup(format!("reading {}: {e}", path.display())))
 }
@@ -78,11 +94,7 @@ impl Region {
         let setup = |what: &str, e: redis::RedisError| {
             FeedError::Setup(format!("region {:?}: {what}: {e}", cfg.name))
         };
-        let password = match (&cfg.password_file, env(&cfg.password_env())) {
-            (Some(p), _) => Some(read_secret(p)?),
-            (None, Some(v)) => Some(v),
-            (None, None) => None,
-        };
+        let password = read_password(cfg.password_file.as_deref(), &cfg.password_env(), &env)?;
         let certs = if cfg.ca_file.is_some() || cfg.client_certificate.is_some() {
             Some(TlsCertificates {
                 client_tls: match (&cfg.client_certificate, &cfg.client_key) {
@@ -107,7 +119,7 @@ impl Region {
                 redis = redis.set_username(u);
             }
             if let Some(p) = &password {
-                redis = redis.set_password(p);
+                redis = redis.set_password(p.expose_secret());
             }
             let info = info.set_redis_settings(redis);
             let client = match certs {
@@ -135,7 +147,20 @@ impl Region {
                 b = b.set_client_to_redis_username(u);
             }
             if let Some(p) = &password {
-                b = b.set_client_to_redis_password(p);
+                b = b.set_client_to_redis_password(p.expose_secret());
+            }
+            // The Sentinels' own credentials (their `requirepass` or ACL user), apart from the
+            // data servers'.
+            if let Some(u) = &cfg.sentinel_username {
+                b = b.set_client_to_sentinel_username(u);
+            }
+            let sentinel_password = read_password(
+                cfg.sentinel_password_file.as_deref(),
+                &cfg.sentinel_password_env(),
+                &env,
+            )?;
+            if let Some(p) = &sentinel_password {
+                b = b.set_client_to_sentinel_password(p.expose_secret());
             }
             if cfg.sentinel_server_tls {
                 b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
@@ -251,4 +276,31 @@ pub fn regions(cfg: &Config) -> Result<Vec<std::sync::Arc<Region>>, FeedError> {
         .iter()
         .map(|r| Region::new(r, &opts).map(std::sync::Arc::new))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_wins_over_the_environment_and_debug_hides_the_password() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("pass");
+        std::fs::write(&file, "from-file\n").expect("write");
+        let env = |k: &str| (k == "VIGIL_SENTINEL_PASSWORD_A").then(|| "from-env".to_owned());
+        let from_file = read_password(Some(&file), "VIGIL_SENTINEL_PASSWORD_A", &env)
+            .expect("read")
+            .expect("set");
+        assert_eq!(from_file.expose_secret(), "from-file");
+        assert!(!format!("{from_file:?}").contains("from-file"));
+        let from_env = read_password(None, "VIGIL_SENTINEL_PASSWORD_A", &env)
+            .expect("read")
+            .expect("set");
+        assert_eq!(from_env.expose_secret(), "from-env");
+        assert!(read_password(None, "VIGIL_SENTINEL_PASSWORD_B", &env)
+            .expect("read")
+            .is_none());
+        let e = read_password(Some(&dir.path().join("missing")), "X", &env).expect_err("missing");
+        assert!(e.to_string().contains("missing"), "{e}");
+    }
 }
