@@ -49,8 +49,15 @@ pub struct Region {
 
 enum Connector {
     Direct(Client),
-    // The Sentinel client caches its connections to the Sentinels and needs `&mut`.
-    Sentinel(Mutex<SentinelClient>),
+    Sentinel {
+        // The Sentinel client caches its connections to the Sentinels and needs `&mut`.
+        client: Mutex<SentinelClient>,
+        // The first Sentinel with the Sentinels' credentials: asked, after a refusal, whether
+        // it was the Sentinels that refused (the client does not say).
+        probe: Client,
+        // Named when the Sentinels refuse vigil.
+        password_env: String,
+    },
 }
 
 /// Reads a secret file, without its trailing newline. The error names the file, never the
@@ -73,6 +80,28 @@ fn read_password(
         Some(p) => Some(read_secret(p)?.into()),
         None => env(var).map(SecretString::from),
     })
+}
+
+/// Whether Redis refused vigil's credentials (a wrong password or user, none given, or a user
+/// without the command).
+fn is_refusal(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+}
+
+/// Whether the Sentinels themselves refuse vigil's credentials for them (as opposed to the data
+/// server refusing its own).
+async fn sentinel_refuses(probe: &Client, config: &AsyncConnectionConfig) -> bool {
+    match probe
+        .get_multiplexed_async_connection_with_config(config)
+        .await
+    {
+        Ok(mut c) => redis::cmd("PING")
+            .query_async::<()>(&mut c)
+            .await
+            .is_err_and(|e| is_refusal(&e)),
+        Err(e) => is_refusal(&e),
+    }
 }
 
 fn read_file(path: &std::path::Path) -> Result<Vec<u8>, FeedError> {
@@ -129,16 +158,16 @@ impl Region {
             .map_err(|e| setup("url", e))?;
             Connector::Direct(client)
         } else {
-            let addrs = cfg
+            let infos = cfg
                 .sentinels
                 .iter()
                 .map(|s| {
                     s.as_str()
                         .into_connection_info()
-                        .map(|i| i.addr().clone())
                         .map_err(|e| setup("sentinels", e))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            let addrs = infos.iter().map(|i| i.addr().clone()).collect::<Vec<_>>();
             let service = cfg.service.clone().unwrap_or_default();
             let mut b = SentinelClientBuilder::new(addrs, service, SentinelServerType::Master)
                 .map_err(|e| setup("sentinels", e))?
@@ -162,13 +191,30 @@ impl Region {
             if let Some(p) = &sentinel_password {
                 b = b.set_client_to_sentinel_password(p.expose_secret());
             }
+            let probe = {
+                let first = infos.into_iter().next().ok_or_else(|| {
+                    FeedError::Setup(format!("region {:?}: no sentinels", cfg.name))
+                })?;
+                let mut redis = first.redis_settings().clone();
+                if let Some(u) = &cfg.sentinel_username {
+                    redis = redis.set_username(u);
+                }
+                if let Some(p) = &sentinel_password {
+                    redis = redis.set_password(p.expose_secret());
+                }
+                Client::open(first.set_redis_settings(redis)).map_err(|e| setup("sentinels", e))?
+            };
             if cfg.sentinel_server_tls {
                 b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
             }
             if let Some(c) = certs {
                 b = b.set_client_to_redis_certificates(c);
             }
-            Connector::Sentinel(Mutex::new(b.build().map_err(|e| setup("sentinels", e))?))
+            Connector::Sentinel {
+                client: Mutex::new(b.build().map_err(|e| setup("sentinels", e))?),
+                probe,
+                password_env: cfg.sentinel_password_env(),
+            }
         };
         Ok(Region {
             name: cfg.name.clone(),
@@ -195,22 +241,37 @@ impl Region {
                     c.get_multiplexed_async_connection_with_config(&config)
                         .await?
                 }
-                Connector::Sentinel(s) => {
-                    s.lock()
+                Connector::Sentinel {
+                    client,
+                    probe,
+                    password_env,
+                } => {
+                    let found = client
+                        .lock()
                         .await
                         .get_async_connection_with_config(&config)
-                        .await?
+                        .await;
+                    match found {
+                        Ok(c) => c,
+                        Err(e) if is_refusal(&e) && sentinel_refuses(probe, &config).await => {
+                            return Err(FeedError::SentinelRefused {
+                                password_env: password_env.clone(),
+                                source: e,
+                            });
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
             };
             for s in scripts::all() {
                 s.load_async(&mut conn).await?;
             }
-            Ok::<_, redis::RedisError>(conn)
+            Ok::<_, FeedError>(conn)
         };
         // Sentinel discovery may try several addresses: bound the whole attempt.
         let limit = self.connect_timeout * 3 + self.write_timeout;
         match tokio::time::timeout(limit, attempt).await {
-            Ok(r) => Ok(r?),
+            Ok(r) => r,
             Err(_) => Err(FeedError::Timeout(limit)),
         }
     }
