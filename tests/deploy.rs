@@ -1125,6 +1125,8 @@ fn runnable_config(label: &str, config: &Path, tmp: &Path) -> (PathBuf, Vec<Redi
                 "sentinels",
                 "service",
                 "sentinel_server_tls",
+                "sentinel_username",
+                "sentinel_password_file",
                 "ca_file",
                 "client_certificate",
                 "client_key",

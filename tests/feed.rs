@@ -985,7 +985,8 @@ fn sentinel_and_tls_regions() {
 }
 
 /// A Sentinel that requires authentication (`requirepass` for the default user, and an ACL
-/// user), in front of a data server with a password of its own. The Sentinel credentials work
+/// user allowed only what FEED.md documents), in front of a data server with a password of its
+/// own. The Sentinel credentials work
 /// from `sentinel_username` + `sentinel_password_file` and from `VIGIL_SENTINEL_PASSWORD_<REGION>`;
 /// with a wrong or no Sentinel password the region is unreachable, the write is refused naming
 /// the region and why, and the replica's `/readyz` says why. The passwords appear in no output.
@@ -1002,7 +1003,7 @@ fn sentinel_with_authentication() {
         root,
         &s,
         &format!(
-            "requirepass {SENTINEL_PASS}\nuser vigil-sentinel on >{USER_PASS} allchannels +@all\n"
+            "requirepass {SENTINEL_PASS}\nuser vigil-sentinel on >{USER_PASS} -@all +sentinel|masters +role +ping\n"
         ),
         Some(SENTINEL_PASS),
     );

@@ -54,7 +54,8 @@ enum Connector {
         client: Mutex<SentinelClient>,
         // The first Sentinel with the Sentinels' credentials: asked, after a refusal, whether
         // it was the Sentinels that refused (the client does not say).
-        probe: Client,
+        // Boxed: the enum would otherwise be twice the size of `Direct`.
+        probe: Box<Client>,
         // Named when the Sentinels refuse vigil.
         password_env: String,
     },
@@ -202,7 +203,10 @@ impl Region {
                 if let Some(p) = &sentinel_password {
                     redis = redis.set_password(p.expose_secret());
                 }
-                Client::open(first.set_redis_settings(redis)).map_err(|e| setup("sentinels", e))?
+                Box::new(
+                    Client::open(first.set_redis_settings(redis))
+                        .map_err(|e| setup("sentinels", e))?,
+                )
             };
             if cfg.sentinel_server_tls {
                 b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
