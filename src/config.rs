@@ -31,6 +31,9 @@ pub const ENV_ADMIN_TOKEN: &str = "VIGIL_ADMIN_TOKEN";
 /// Prefix of the per-region Redis password variables: `VIGIL_REDIS_PASSWORD_<REGION>`, the
 /// region name upper-cased with `-` as `_` (instead of `region.password_file`).
 pub const ENV_REDIS_PASSWORD_PREFIX: &str = "VIGIL_REDIS_PASSWORD_";
+/// Prefix of the per-region Sentinel password variables: `VIGIL_SENTINEL_PASSWORD_<REGION>`,
+/// named like `VIGIL_REDIS_PASSWORD_<REGION>` (instead of `region.sentinel_password_file`).
+pub const ENV_SENTINEL_PASSWORD_PREFIX: &str = "VIGIL_SENTINEL_PASSWORD_";
 
 /// The data directory of the embedded default.
 pub const DEFAULT_DATA_DIR: &str = "./vigil-data";
@@ -448,13 +451,21 @@ pub struct RegionConfig {
     /// Database number for Sentinel-managed servers.
     #[serde(default)]
     pub db: i64,
-    /// ACL user name.
+    /// ACL user name on the data servers (not the Sentinels: see `sentinel_username`).
     #[serde(default)]
     pub username: Option<String>,
-    /// File holding the password (trailing newline ignored); or set
-    /// `VIGIL_REDIS_PASSWORD_<REGION>`.
+    /// File holding the data servers' password (trailing newline ignored); or set
+    /// `VIGIL_REDIS_PASSWORD_<REGION>`. The file wins when both are set.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// ACL user name on the Sentinels themselves; only with `sentinels`.
+    #[serde(default)]
+    pub sentinel_username: Option<String>,
+    /// File holding the Sentinels' own password (their `requirepass` or the ACL user's; trailing
+    /// newline ignored); or set `VIGIL_SENTINEL_PASSWORD_<REGION>`. The file wins when both are
+    /// set. Only with `sentinels`.
+    #[serde(default)]
+    pub sentinel_password_file: Option<PathBuf>,
     /// CA certificate (PEM) to verify the server with, instead of the system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -469,10 +480,17 @@ pub struct RegionConfig {
 impl RegionConfig {
     /// The environment variable that may hold this region's password.
     pub fn password_env(&self) -> String {
-        format!(
-            "{ENV_REDIS_PASSWORD_PREFIX}{}",
-            self.name.to_ascii_uppercase().replace('-', "_")
-        )
+        format!("{ENV_REDIS_PASSWORD_PREFIX}{}", self.env_suffix())
+    }
+
+    /// The environment variable that may hold the password of this region's Sentinels.
+    pub fn sentinel_password_env(&self) -> String {
+        format!("{ENV_SENTINEL_PASSWORD_PREFIX}{}", self.env_suffix())
+    }
+
+    /// The region name as it ends an environment variable: upper-cased, `-` as `_`.
+    fn env_suffix(&self) -> String {
+        self.name.to_ascii_uppercase().replace('-', "_")
     }
 }
 
@@ -731,9 +749,9 @@ impl Config {
             }
         }
         for r in &mut self.regions {
-            for p in [&mut r.password_file, &mut r.ca_file]
+            for p in [&mut r.password_file, &mut r.sentinel_password_file]
                 .into_iter()
-                .chain([&mut r.client_certificate, &mut r.client_key])
+                .chain([&mut r.ca_file, &mut r.client_certificate, &mut r.client_key])
                 .flatten()
             {
                 fix(p);
@@ -1045,10 +1063,21 @@ impl Config {
                                 "region[{i}].sentinels: {s:?} must start with redis:// or rediss://"
                             ));
                         }
-                        if url_has_password(s) || s.contains('#') {
+                        // The Sentinel client takes only the address of each entry: a user
+                        // or database in it would be ignored without a word.
+                        if url_has_password(s) {
                             return err(format!(
-                                "region[{i}].sentinels: no password and no URL fragment"
+                                "region[{i}].sentinels: must not hold a password (use sentinel_password_file or {})",
+                                r.sentinel_password_env()
                             ));
+                        }
+                        if url_has_userinfo(s) {
+                            return err(format!(
+                                "region[{i}].sentinels: no user in the URL (use sentinel_username)"
+                            ));
+                        }
+                        if s.contains('#') {
+                            return err(format!("region[{i}].sentinels: no URL fragment"));
                         }
                     }
                 }
@@ -1056,6 +1085,18 @@ impl Config {
                     return err(format!(
                         "region[{i}]: set either redis, or sentinels and service"
                     ))
+                }
+            }
+            if r.sentinels.is_empty() {
+                if r.sentinel_username.is_some() {
+                    return err(format!(
+                        "region[{i}].sentinel_username: only with sentinels (the data server's user is username)"
+                    ));
+                }
+                if r.sentinel_password_file.is_some() {
+                    return err(format!(
+                        "region[{i}].sentinel_password_file: only with sentinels (the data server's password is password_file)"
+                    ));
                 }
             }
             if r.client_certificate.is_some() != r.client_key.is_some() {
@@ -1195,6 +1236,12 @@ fn url_has_password(u: &str) -> bool {
     authority
         .rsplit_once('@')
         .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// True when a URL carries user information (`user@` or `user:password@`).
+fn url_has_userinfo(u: &str) -> bool {
+    let rest = u.split_once("://").map_or(u, |(_, r)| r);
+    rest.split('/').next().unwrap_or_default().contains('@')
 }
 
 fn validate_admin(a: &AdminConfig) -> Result<(), ConfigError> {
@@ -1363,6 +1410,75 @@ mod tests {
         }
         let e = Config::from_toml("[crl]\nshard = 2\n").expect_err("unknown key");
         assert!(e.to_string().contains("shard"), "{e}");
+    }
+
+    #[test]
+    fn sentinel_credentials_need_sentinels_and_stay_out_of_urls() {
+        const SENTINELS: &str = "sentinels = [\"redis://127.0.0.1:26379\"]\nservice = \"m\"\n";
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("vigil.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[region]]\nname = \"us-east\"\n{SENTINELS}sentinel_username = \"vigil\"\nsentinel_password_file = \"sentinel-pass\"\n{ISSUER}"
+            ),
+        )
+        .expect("write");
+        let c = Config::load(Some(&path)).expect("load");
+        let r = &c.regions[0];
+        assert_eq!(r.sentinel_username.as_deref(), Some("vigil"));
+        assert_eq!(
+            r.sentinel_password_file.as_deref(),
+            Some(dir.path().join("sentinel-pass").as_path())
+        );
+        assert_eq!(r.sentinel_password_env(), "VIGIL_SENTINEL_PASSWORD_US_EAST");
+        assert_eq!(r.password_env(), "VIGIL_REDIS_PASSWORD_US_EAST");
+
+        for (region, key, secret) in [
+            (
+                "redis = \"redis://x/\"\nsentinel_password_file = \"p\"\n",
+                "region[0].sentinel_password_file",
+                None,
+            ),
+            (
+                "redis = \"redis://x/\"\nsentinel_username = \"u\"\n",
+                "region[0].sentinel_username",
+                None,
+            ),
+            (
+                "sentinels = [\"redis://127.0.0.1:1\", \"redis://u:hunter2@127.0.0.1:2\"]\nservice = \"m\"\n",
+                "VIGIL_SENTINEL_PASSWORD_A",
+                Some("hunter2"),
+            ),
+            (
+                "sentinels = [\"redis://:hunter2@127.0.0.1:2\"]\nservice = \"m\"\n",
+                "sentinel_password_file",
+                Some("hunter2"),
+            ),
+            (
+                "sentinels = [\"redis://vigil@127.0.0.1:2\"]\nservice = \"m\"\n",
+                "sentinel_username",
+                None,
+            ),
+            (
+                "sentinels = [\"rediss://127.0.0.1:2/#insecure\"]\nservice = \"m\"\n",
+                "fragment",
+                None,
+            ),
+        ] {
+            let c = Config::from_toml(&format!("[[region]]\nname = \"a\"\n{region}{ISSUER}"))
+                .expect("parse");
+            let e = c.validate().expect_err(key).to_string();
+            assert!(e.contains(key), "{e}");
+            if let Some(secret) = secret {
+                assert!(!e.contains(secret), "{e}");
+            }
+        }
+        let c = Config::from_toml(&format!(
+            "[[region]]\nname = \"a\"\n{SENTINELS}sentinel_password_file = \"p\"\n{ISSUER}"
+        ))
+        .expect("parse");
+        c.validate().expect("valid");
     }
 
     const HSMS: &str = "[[hsm]]\nname = \"h1\"\nmodule = \"/m.so\"\ntoken_label = \"t\"\nkey_label = \"k\"\npin_env = \"PIN\"\n\

@@ -1125,6 +1125,8 @@ fn runnable_config(label: &str, config: &Path, tmp: &Path) -> (PathBuf, Vec<Redi
                 "sentinels",
                 "service",
                 "sentinel_server_tls",
+                "sentinel_username",
+                "sentinel_password_file",
                 "ca_file",
                 "client_certificate",
                 "client_key",
@@ -1271,6 +1273,10 @@ fn wrong_values_fail_validation_naming_the_key() {
             "config:\n  extraToml: \"max_cert_ids = 8\"\n",
             "config.extraToml",
         ),
+        (
+            "feed:\n  regions:\n    - name: a\n      url: redis://redis/0\n      sentinelPasswordSecret:\n        name: s\n",
+            "feed.regions[a].sentinelUsername, sentinelPasswordSecret",
+        ),
     ];
     let tmp = tempfile::tempdir().unwrap();
     for (i, (yaml, key)) in schema_cases.iter().chain(&template_cases).enumerate() {
@@ -1314,6 +1320,45 @@ fn values_are_written_as_toml_of_the_right_type() {
     assert!(!cfg.server.http2);
     assert_eq!(cfg.limits.max_cert_ids, 8);
     assert_eq!(cfg.server.listen.to_string(), "[::]:8080");
+}
+
+/// A Sentinel-managed region whose Sentinels require authentication: the Sentinels' password
+/// Secret is mounted apart from the data servers' (check_objects: every path of the TOML is
+/// provided by a volume item), written as `sentinel_password_file`, and vigil accepts the TOML.
+#[test]
+fn sentinel_credentials_are_mounted_and_written() {
+    let base = chart_dir().join("examples/one-region.yaml");
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("sentinel.yaml");
+    fs::write(
+        &f,
+        "feed:\n  regions:\n    - name: eu-west-1\n      sentinels: [\"redis://sentinel-0.redis:26379\", \"redis://sentinel-1.redis:26379\"]\n      service: vigil\n      username: vigil\n      passwordSecret: { name: vigil-redis }\n      sentinelUsername: vigil-sentinel\n      sentinelPasswordSecret: { name: vigil-sentinel, key: sentinel-pass }\n",
+    )
+    .unwrap();
+    let r = render_ok("sentinel", &[&base, &f]);
+    let facts = check_objects(&r);
+    let cfg = vigil::config::Config::from_toml(&facts.toml_text)
+        .unwrap_or_else(|e| panic!("{e}\n{}", facts.toml_text));
+    cfg.validate().unwrap();
+    let region = &cfg.regions[0];
+    assert_eq!(region.sentinel_username.as_deref(), Some("vigil-sentinel"));
+    let sentinel_pass = region.sentinel_password_file.clone().unwrap();
+    assert_ne!(region.password_file, Some(sentinel_pass.clone()));
+    let deployment = r.one("Deployment");
+    let volumes = arr(
+        &deployment["spec"]["template"]["spec"]["volumes"],
+        "volumes",
+    );
+    let volume = volumes
+        .iter()
+        .find(|v| v["secret"]["secretName"] == "vigil-sentinel")
+        .expect("a volume of the Sentinel password Secret");
+    assert_eq!(volume["secret"]["items"][0]["key"], "sentinel-pass");
+    assert!(
+        sentinel_pass.ends_with(str_of(&volume["secret"]["items"][0]["path"], "item path")),
+        "{}",
+        sentinel_pass.display()
+    );
 }
 
 // === the Dockerfile ===

@@ -21,6 +21,8 @@ struct Redis {
     dir: PathBuf,
     persistent: bool,
     extra: Vec<String>,
+    /// `requirepass`; the helper's own connections authenticate with it.
+    password: Option<String>,
     child: Option<Child>,
 }
 
@@ -35,8 +37,18 @@ impl Redis {
             dir,
             persistent,
             extra: Vec::new(),
+            password: None,
             child: None,
         };
+        r.restart();
+        r
+    }
+
+    /// A Redis on a free port that requires `password` (`requirepass`).
+    fn start_with_password(root: &Path, name: &str, password: &str) -> Redis {
+        let mut r = Redis::not_started(root, name);
+        r.extra = vec!["--requirepass".into(), password.into()];
+        r.password = Some(password.into());
         r.restart();
         r
     }
@@ -64,6 +76,7 @@ impl Redis {
                 "yes".into(),
             ]
             .to_vec(),
+            password: None,
             child: None,
         };
         r.restart();
@@ -79,6 +92,7 @@ impl Redis {
             dir,
             persistent: false,
             extra: Vec::new(),
+            password: None,
             child: None,
         }
     }
@@ -135,7 +149,11 @@ impl Redis {
     }
 
     fn connection(&self) -> redis::RedisResult<redis::Connection> {
-        redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_millis(500))
+        let url = match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/", self.port),
+            None => self.url(),
+        };
+        redis::Client::open(url)?.get_connection_with_timeout(Duration::from_millis(500))
     }
 
     fn cmd<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
@@ -193,27 +211,39 @@ struct Sentinel {
 
 impl Sentinel {
     fn start(root: &Path, monitored: &Redis) -> Sentinel {
+        Sentinel::start_with(root, monitored, "", None)
+    }
+
+    /// A Sentinel with `conf` added to its configuration (e.g. `requirepass`, ACL `user`
+    /// lines); the helper's own check authenticates with `password` (the default user's). It
+    /// authenticates to `monitored` with the server's password (`sentinel auth-pass`).
+    fn start_with(root: &Path, monitored: &Redis, conf: &str, password: Option<&str>) -> Sentinel {
         let port = free_port();
-        let conf = root.join(format!("sentinel-{port}.conf"));
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor m 127.0.0.1 {} 1\nsentinel down-after-milliseconds m 5000\n",
-                root.display(),
-                monitored.port
-            ),
-        )
-        .unwrap();
+        let path = root.join(format!("sentinel-{port}.conf"));
+        let mut text = format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor m 127.0.0.1 {} 1\nsentinel down-after-milliseconds m 5000\n",
+            root.display(),
+            monitored.port
+        );
+        if let Some(p) = &monitored.password {
+            text.push_str(&format!("sentinel auth-pass m {p}\n"));
+        }
+        text.push_str(conf);
+        std::fs::write(&path, text).unwrap();
         let child = Command::new("redis-server")
-            .arg(&conf)
+            .arg(&path)
             .arg("--sentinel")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let s = Sentinel { port, child };
+        let url = match password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{port}/"),
+            None => format!("redis://127.0.0.1:{port}/"),
+        };
         wait_until("the sentinel knows the master", || {
-            redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            redis::Client::open(url.as_str())
                 .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(300)))
                 .and_then(|mut c| {
                     redis::cmd("SENTINEL")
@@ -1039,6 +1069,167 @@ fn sentinel_and_tls_regions() {
         replica.metric("vigil_feed_region_connected", &["region=\"s\""]) == 1.0
             && replica.metric("vigil_feed_region_connected", &["region=\"t\""]) == 1.0
     });
+}
+
+/// A Sentinel that requires authentication (`requirepass` for the default user, and an ACL
+/// user allowed only what FEED.md documents), in front of a data server with a password of its
+/// own. The Sentinel credentials work
+/// from `sentinel_username` + `sentinel_password_file` and from `VIGIL_SENTINEL_PASSWORD_<REGION>`;
+/// with a wrong or no Sentinel password the region is unreachable, the write is refused naming
+/// the region and why, and the replica's `/readyz` says why. The passwords appear in no output.
+#[test]
+fn sentinel_with_authentication() {
+    const DATA_PASS: &str = "data-pass-0d1e";
+    const SENTINEL_PASS: &str = "sentinel-pass-5e7";
+    const USER_PASS: &str = "sentinel-user-pass-9a2";
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let s = Redis::start_with_password(root, "s", DATA_PASS);
+    let sentinel = Sentinel::start_with(
+        root,
+        &s,
+        &format!(
+            "requirepass {SENTINEL_PASS}\nuser vigil-sentinel on >{USER_PASS} -@all +sentinel|masters +role +ping\n"
+        ),
+        Some(SENTINEL_PASS),
+    );
+    let secret = |name: &str, value: &str| {
+        let p = root.join(name);
+        std::fs::write(&p, format!("{value}\n")).unwrap();
+        p
+    };
+    let data_pass = secret("data-pass", DATA_PASS);
+    let region = |sentinel_lines: &str| Feed {
+        regions: vec![(
+            "s",
+            format!(
+                "{}\npassword_file = {data_pass:?}\n{sentinel_lines}",
+                sentinel.region()
+            ),
+        )],
+        quorum: 1,
+        extra: "",
+    };
+    let issuer = {
+        let user_pass = secret("sentinel-user-pass", USER_PASS);
+        let right = write_config(
+            root,
+            "right",
+            &pki,
+            &region(&format!(
+                "sentinel_username = \"vigil-sentinel\"\nsentinel_password_file = {user_pass:?}"
+            )),
+            false,
+        );
+        let issuer = issuer_hex(&right);
+        let replica = Replica::start(&right);
+        let out = revoke(&right, "AB01");
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("region(s) s (quorum 1)"),
+            "{}",
+            text(&out)
+        );
+        assert!(s.snapshot_record(&issuer, &der("AB01")).is_some());
+        replica.wait_for(&pki, "AB01", "revoked");
+        wait_until("the consumer is connected", || {
+            replica.metric("vigil_feed_region_connected", &["region=\"s\""]) == 1.0
+        });
+        let (code, body) = http(&replica.addr, "GET", "/readyz", None, "");
+        assert_eq!(code, 200, "{body}");
+        issuer
+    };
+
+    // The default user's password from the environment; the file wins over it, so a right
+    // variable does not rescue a wrong file.
+    let from_env = write_config(root, "env", &pki, &region(""), false);
+    let revoke_with_env = |config: &Path, serial: &str, value: &str| {
+        Command::new(VIGIL)
+            .arg("--config")
+            .arg(config)
+            .args(["revoke", "--issuer", "demo", "--serial", serial])
+            .env("VIGIL_LOG", "warn")
+            .env("VIGIL_SENTINEL_PASSWORD_S", value)
+            .output()
+            .unwrap()
+    };
+    let out = revoke_with_env(&from_env, "AB02", SENTINEL_PASS);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(s.snapshot_record(&issuer, &der("AB02")).is_some());
+
+    let wrong_pass = secret("sentinel-wrong-pass", "not-the-password");
+    let wrong = write_config(
+        root,
+        "wrong",
+        &pki,
+        &region(&format!("sentinel_password_file = {wrong_pass:?}")),
+        false,
+    );
+    let refused = "failed: s (the Sentinels refuse vigil (check sentinel_username and sentinel_password_file or VIGIL_SENTINEL_PASSWORD_S)";
+    let wrong_out = text(&revoke_with_env(&wrong, "AB03", SENTINEL_PASS));
+    assert!(wrong_out.contains("NOT acknowledged"), "{wrong_out}");
+    assert!(
+        wrong_out.contains(refused) && wrong_out.contains("Password authentication failed"),
+        "{wrong_out}"
+    );
+    assert_eq!(s.snapshot_record(&issuer, &der("AB03")), None);
+
+    // Without a Sentinel password, the data server's is not offered to the Sentinel.
+    let missing_out = text(&revoke(&from_env, "AB04"));
+    assert!(missing_out.contains("NOT acknowledged"), "{missing_out}");
+    assert!(
+        missing_out.contains(refused) && missing_out.contains("NOAUTH"),
+        "{missing_out}"
+    );
+    assert_eq!(s.snapshot_record(&issuer, &der("AB04")), None);
+
+    // The Sentinel accepts vigil, the data server does not: not blamed on the Sentinels.
+    let wrong_data = write_config(
+        root,
+        "wrong-data",
+        &pki,
+        &Feed {
+            regions: vec![(
+                "s",
+                format!("{}\npassword_file = {wrong_pass:?}", sentinel.region()),
+            )],
+            quorum: 1,
+            extra: "",
+        },
+        false,
+    );
+    let data_out = text(&revoke_with_env(&wrong_data, "AB05", SENTINEL_PASS));
+    assert!(data_out.contains("NOT acknowledged"), "{data_out}");
+    assert!(
+        data_out.contains("failed: s (") && !data_out.contains("Sentinels refuse"),
+        "{data_out}"
+    );
+    assert_eq!(s.snapshot_record(&issuer, &der("AB05")), None);
+    for m in [&wrong_out, &missing_out, &data_out] {
+        for p in [DATA_PASS, SENTINEL_PASS, USER_PASS, "not-the-password"] {
+            assert!(!m.contains(p), "a password in the output: {m}");
+        }
+    }
+
+    // A replica with the wrong Sentinel password is not ready and says why.
+    let replica = Replica::start(&wrong);
+    wait_until("readiness names the Sentinel's refusal", || {
+        let (code, body) = http(&replica.addr, "GET", "/readyz", None, "");
+        code == 503
+            && body.contains("no feed region reached yet (s: ")
+            && body.contains("the Sentinels refuse vigil")
+            && body.contains("Password authentication failed")
+    });
+    assert_eq!(
+        replica.metric("vigil_feed_region_connected", &["region=\"s\""]),
+        0.0
+    );
+    assert_eq!(replica.ocsp(&pki, "AB01"), "unknown");
+    let log = read(&replica.stderr);
+    for p in [DATA_PASS, SENTINEL_PASS, USER_PASS, "not-the-password"] {
+        assert!(!log.contains(p), "a password in the log: {log}");
+    }
 }
 
 /// The join the merge script runs in Redis agrees with the one the view runs in Rust.

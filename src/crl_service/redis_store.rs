@@ -143,6 +143,8 @@ impl Region {
             db: 0,
             username: None,
             password_file: None,
+            sentinel_username: None,
+            sentinel_password_file: None,
             ca_file: None,
             client_certificate: None,
             client_key: None,

@@ -58,6 +58,14 @@ pub enum FeedError {
     /// Redis answered with something vigil did not expect.
     #[error("unexpected reply: {0}")]
     Protocol(String),
+    /// The Sentinels refused vigil's credentials for them.
+    #[error("the Sentinels refuse vigil (check sentinel_username and sentinel_password_file or {password_env}): {source}")]
+    SentinelRefused {
+        /// The environment variable that may hold the Sentinels' password.
+        password_env: String,
+        /// What the Sentinel answered.
+        source: redis::RedisError,
+    },
     /// A configured secret or certificate could not be read.
     #[error("{0}")]
     Setup(String),

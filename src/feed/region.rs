@@ -1,11 +1,13 @@
 //! One region's Redis: how to reach it (a single server or a Sentinel-managed group, plain or
-//! TLS, with credentials from a file or the environment) and a shared connection for writes.
+//! TLS, with credentials from a file or the environment, for the data servers and for the
+//! Sentinels themselves) and a shared connection for writes.
 
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, TlsCertificates};
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
 
 use super::{scripts, FeedError, Keys};
@@ -47,8 +49,16 @@ pub struct Region {
 
 enum Connector {
     Direct(Client),
-    // The Sentinel client caches its connections to the Sentinels and needs `&mut`.
-    Sentinel(Mutex<SentinelClient>),
+    Sentinel {
+        // The Sentinel client caches its connections to the Sentinels and needs `&mut`.
+        client: Mutex<SentinelClient>,
+        // The first Sentinel with the Sentinels' credentials: asked, after a refusal, whether
+        // it was the Sentinels that refused (the client does not say).
+        // Boxed: the enum would otherwise be twice the size of `Direct`.
+        probe: Box<Client>,
+        // Named when the Sentinels refuse vigil.
+        password_env: String,
+    },
 }
 
 /// Reads a secret file, without its trailing newline. The error names the file, never the
@@ -57,6 +67,42 @@ pub fn read_secret(path: &std::path::Path) -> Result<String, FeedError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| FeedError::Setup(format!("reading {}: {e}", path.display())))?;
     Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// A password from its file, else from the environment variable `var`: the file wins when
+/// both are set (as for every secret of a `[[region]]`). Kept as a [`SecretString`] so that it
+/// never shows in `Debug` output; it is exposed only to hand it to the Redis client.
+fn read_password(
+    file: Option<&std::path::Path>,
+    var: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<SecretString>, FeedError> {
+    Ok(match file {
+        Some(p) => Some(read_secret(p)?.into()),
+        None => env(var).map(SecretString::from),
+    })
+}
+
+/// Whether Redis refused vigil's credentials (a wrong password or user, none given, or a user
+/// without the command).
+fn is_refusal(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+}
+
+/// Whether the Sentinels themselves refuse vigil's credentials for them (as opposed to the data
+/// server refusing its own).
+async fn sentinel_refuses(probe: &Client, config: &AsyncConnectionConfig) -> bool {
+    match probe
+        .get_multiplexed_async_connection_with_config(config)
+        .await
+    {
+        Ok(mut c) => redis::cmd("PING")
+            .query_async::<()>(&mut c)
+            .await
+            .is_err_and(|e| is_refusal(&e)),
+        Err(e) => is_refusal(&e),
+    }
 }
 
 fn read_file(path: &std::path::Path) -> Result<Vec<u8>, FeedError> {
@@ -78,11 +124,7 @@ impl Region {
         let setup = |what: &str, e: redis::RedisError| {
             FeedError::Setup(format!("region {:?}: {what}: {e}", cfg.name))
         };
-        let password = match (&cfg.password_file, env(&cfg.password_env())) {
-            (Some(p), _) => Some(read_secret(p)?),
-            (None, Some(v)) => Some(v),
-            (None, None) => None,
-        };
+        let password = read_password(cfg.password_file.as_deref(), &cfg.password_env(), &env)?;
         let certs = if cfg.ca_file.is_some() || cfg.client_certificate.is_some() {
             Some(TlsCertificates {
                 client_tls: match (&cfg.client_certificate, &cfg.client_key) {
@@ -107,7 +149,7 @@ impl Region {
                 redis = redis.set_username(u);
             }
             if let Some(p) = &password {
-                redis = redis.set_password(p);
+                redis = redis.set_password(p.expose_secret());
             }
             let info = info.set_redis_settings(redis);
             let client = match certs {
@@ -117,16 +159,16 @@ impl Region {
             .map_err(|e| setup("url", e))?;
             Connector::Direct(client)
         } else {
-            let addrs = cfg
+            let infos = cfg
                 .sentinels
                 .iter()
                 .map(|s| {
                     s.as_str()
                         .into_connection_info()
-                        .map(|i| i.addr().clone())
                         .map_err(|e| setup("sentinels", e))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            let addrs = infos.iter().map(|i| i.addr().clone()).collect::<Vec<_>>();
             let service = cfg.service.clone().unwrap_or_default();
             let mut b = SentinelClientBuilder::new(addrs, service, SentinelServerType::Master)
                 .map_err(|e| setup("sentinels", e))?
@@ -135,15 +177,48 @@ impl Region {
                 b = b.set_client_to_redis_username(u);
             }
             if let Some(p) = &password {
-                b = b.set_client_to_redis_password(p);
+                b = b.set_client_to_redis_password(p.expose_secret());
             }
+            // The Sentinels' own credentials (their `requirepass` or ACL user), apart from the
+            // data servers'.
+            if let Some(u) = &cfg.sentinel_username {
+                b = b.set_client_to_sentinel_username(u);
+            }
+            let sentinel_password = read_password(
+                cfg.sentinel_password_file.as_deref(),
+                &cfg.sentinel_password_env(),
+                &env,
+            )?;
+            if let Some(p) = &sentinel_password {
+                b = b.set_client_to_sentinel_password(p.expose_secret());
+            }
+            let probe = {
+                let first = infos.into_iter().next().ok_or_else(|| {
+                    FeedError::Setup(format!("region {:?}: no sentinels", cfg.name))
+                })?;
+                let mut redis = first.redis_settings().clone();
+                if let Some(u) = &cfg.sentinel_username {
+                    redis = redis.set_username(u);
+                }
+                if let Some(p) = &sentinel_password {
+                    redis = redis.set_password(p.expose_secret());
+                }
+                Box::new(
+                    Client::open(first.set_redis_settings(redis))
+                        .map_err(|e| setup("sentinels", e))?,
+                )
+            };
             if cfg.sentinel_server_tls {
                 b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
             }
             if let Some(c) = certs {
                 b = b.set_client_to_redis_certificates(c);
             }
-            Connector::Sentinel(Mutex::new(b.build().map_err(|e| setup("sentinels", e))?))
+            Connector::Sentinel {
+                client: Mutex::new(b.build().map_err(|e| setup("sentinels", e))?),
+                probe,
+                password_env: cfg.sentinel_password_env(),
+            }
         };
         Ok(Region {
             name: cfg.name.clone(),
@@ -170,22 +245,37 @@ impl Region {
                     c.get_multiplexed_async_connection_with_config(&config)
                         .await?
                 }
-                Connector::Sentinel(s) => {
-                    s.lock()
+                Connector::Sentinel {
+                    client,
+                    probe,
+                    password_env,
+                } => {
+                    let found = client
+                        .lock()
                         .await
                         .get_async_connection_with_config(&config)
-                        .await?
+                        .await;
+                    match found {
+                        Ok(c) => c,
+                        Err(e) if is_refusal(&e) && sentinel_refuses(probe, &config).await => {
+                            return Err(FeedError::SentinelRefused {
+                                password_env: password_env.clone(),
+                                source: e,
+                            });
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
             };
             for s in scripts::all() {
                 s.load_async(&mut conn).await?;
             }
-            Ok::<_, redis::RedisError>(conn)
+            Ok::<_, FeedError>(conn)
         };
         // Sentinel discovery may try several addresses: bound the whole attempt.
         let limit = self.connect_timeout * 3 + self.write_timeout;
         match tokio::time::timeout(limit, attempt).await {
-            Ok(r) => Ok(r?),
+            Ok(r) => r,
             Err(_) => Err(FeedError::Timeout(limit)),
         }
     }
@@ -251,4 +341,31 @@ pub fn regions(cfg: &Config) -> Result<Vec<std::sync::Arc<Region>>, FeedError> {
         .iter()
         .map(|r| Region::new(r, &opts).map(std::sync::Arc::new))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_wins_over_the_environment_and_debug_hides_the_password() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("pass");
+        std::fs::write(&file, "from-file\n").expect("write");
+        let env = |k: &str| (k == "VIGIL_SENTINEL_PASSWORD_A").then(|| "from-env".to_owned());
+        let from_file = read_password(Some(&file), "VIGIL_SENTINEL_PASSWORD_A", &env)
+            .expect("read")
+            .expect("set");
+        assert_eq!(from_file.expose_secret(), "from-file");
+        assert!(!format!("{from_file:?}").contains("from-file"));
+        let from_env = read_password(None, "VIGIL_SENTINEL_PASSWORD_A", &env)
+            .expect("read")
+            .expect("set");
+        assert_eq!(from_env.expose_secret(), "from-env");
+        assert!(read_password(None, "VIGIL_SENTINEL_PASSWORD_B", &env)
+            .expect("read")
+            .is_none());
+        let e = read_password(Some(&dir.path().join("missing")), "X", &env).expect_err("missing");
+        assert!(e.to_string().contains("missing"), "{e}");
+    }
 }

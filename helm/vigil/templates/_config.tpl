@@ -104,6 +104,15 @@ username = {{ toJson . }}
 {{- if $r.passwordSecret }}
 password_file = {{ printf "%s/password" (include "vigil.redisPasswordDir" $r.name) | toJson }}
 {{- end }}
+{{- if and (or $r.sentinelUsername $r.sentinelPasswordSecret) (not $r.sentinels) }}
+{{- fail (printf "feed.regions[%s].sentinelUsername, sentinelPasswordSecret: the Sentinels' own credentials, only with sentinels" $r.name) }}
+{{- end }}
+{{- with $r.sentinelUsername }}
+sentinel_username = {{ toJson . }}
+{{- end }}
+{{- if $r.sentinelPasswordSecret }}
+sentinel_password_file = {{ printf "%s/password" (include "vigil.sentinelPasswordDir" $r.name) | toJson }}
+{{- end }}
 {{- if $r.caSecret }}
 ca_file = {{ printf "%s/ca.pem" (include "vigil.redisCaDir" $r.name) | toJson }}
 {{- end }}

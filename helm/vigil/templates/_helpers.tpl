@@ -67,6 +67,7 @@ everything written under the volume /var/lib/vigil.
 {{- define "vigil.adminTokenDir" -}}/etc/vigil/secrets/admin-token{{- end -}}
 {{- define "vigil.adminTlsDir" -}}/etc/vigil/secrets/admin-tls{{- end -}}
 {{- define "vigil.redisPasswordDir" -}}/etc/vigil/secrets/redis/{{ . }}{{- end -}}
+{{- define "vigil.sentinelPasswordDir" -}}/etc/vigil/secrets/redis-sentinel/{{ . }}{{- end -}}
 {{- define "vigil.redisCaDir" -}}/etc/vigil/secrets/redis-ca/{{ . }}{{- end -}}
 {{- define "vigil.redisClientDir" -}}/etc/vigil/secrets/redis-client/{{ . }}{{- end -}}
 {{- define "vigil.hsmPinDir" -}}/etc/vigil/secrets/hsm-pin/{{ . }}{{- end -}}
