@@ -1071,6 +1071,57 @@ fn sentinel_and_tls_regions() {
     });
 }
 
+/// Sentinels reached over TLS (`rediss://`) are verified against the region's `ca_file` and
+/// shown its client certificate, as the data servers are; without `ca_file` the private CA is
+/// not trusted and the region stays unreachable.
+#[test]
+fn sentinels_over_tls_use_the_region_ca_and_client_certificate() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let tls = TlsFiles::make(root);
+    let s = Redis::start(root, "s", false);
+    let tls_port = free_port();
+    let conf = format!(
+        "tls-port {tls_port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients yes\n",
+        tls.server_cert.display(),
+        tls.server_key.display(),
+        tls.ca.display()
+    );
+    let _sentinel = Sentinel::start_with(root, &s, &conf, None);
+    let region = |with_ca: bool| {
+        let mut r = format!(
+            "sentinels = [\"rediss://127.0.0.1:{tls_port}\"]\nservice = \"m\"\nclient_certificate = {:?}\nclient_key = {:?}\n",
+            tls.client_cert, tls.client_key
+        );
+        if with_ca {
+            r.push_str(&format!("ca_file = {:?}\n", tls.ca));
+        }
+        r
+    };
+    let feed = |with_ca| Feed {
+        regions: vec![("s", region(with_ca))],
+        quorum: 1,
+        extra: "",
+    };
+    let untrusted = write_config(root, "no-ca", &pki, &feed(false), false);
+    let out = revoke(&untrusted, "9F11");
+    assert!(
+        !out.status.success(),
+        "a Sentinel with an untrusted certificate: {}",
+        text(&out)
+    );
+
+    let config = write_config(root, "r1", &pki, &feed(true), false);
+    let replica = Replica::start(&config);
+    let issuer = issuer_hex(&config);
+    let out = revoke(&config, "9F12");
+    assert!(out.status.success(), "{}", text(&out));
+    replica.wait_for(&pki, "9F12", "revoked");
+    assert!(s.snapshot_record(&issuer, &der("9F12")).is_some());
+    assert!(s.snapshot_record(&issuer, &der("9F11")).is_none());
+}
+
 /// A Sentinel that requires authentication (`requirepass` for the default user, and an ACL
 /// user allowed only what FEED.md documents), in front of a data server with a password of its
 /// own. The Sentinel credentials work

@@ -169,6 +169,11 @@ impl Region {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let addrs = infos.iter().map(|i| i.addr().clone()).collect::<Vec<_>>();
+            // `ca_file` and the client certificate apply to the Sentinels too when they are
+            // reached over TLS (`rediss://`); the client refuses certificates for plain ones.
+            let sentinel_certs = certs
+                .clone()
+                .filter(|_| cfg.sentinels.iter().all(|s| s.starts_with("rediss://")));
             let service = cfg.service.clone().unwrap_or_default();
             let mut b = SentinelClientBuilder::new(addrs, service, SentinelServerType::Master)
                 .map_err(|e| setup("sentinels", e))?
@@ -203,9 +208,13 @@ impl Region {
                 if let Some(p) = &sentinel_password {
                     redis = redis.set_password(p.expose_secret());
                 }
+                let info = first.set_redis_settings(redis);
                 Box::new(
-                    Client::open(first.set_redis_settings(redis))
-                        .map_err(|e| setup("sentinels", e))?,
+                    match sentinel_certs.clone() {
+                        Some(c) => Client::build_with_tls(info, c),
+                        None => Client::open(info),
+                    }
+                    .map_err(|e| setup("sentinels", e))?,
                 )
             };
             if cfg.sentinel_server_tls {
@@ -213,6 +222,9 @@ impl Region {
             }
             if let Some(c) = certs {
                 b = b.set_client_to_redis_certificates(c);
+            }
+            if let Some(c) = sentinel_certs {
+                b = b.set_client_to_sentinel_certificates(c);
             }
             Connector::Sentinel {
                 client: Mutex::new(b.build().map_err(|e| setup("sentinels", e))?),
