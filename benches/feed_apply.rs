@@ -1,6 +1,7 @@
 //! Apply rate: status events joined into the view per second, one core.
 //!
-//! `cargo bench --bench feed_apply`. Events are issuances and revocations of 1 000 000
+//! `cargo bench --bench feed_apply`. Events are issuances, revocations (one in ten) and
+//! hold-then-release pairs (one in twenty) of 1 000 000
 //! distinct 16-octet serials of one issuer (the shape of a CA's feed), applied one by one (the
 //! journal path) and in batches of 1 000 (the feed consumer's `XREAD COUNT`).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -12,7 +13,7 @@ const CERTS: u64 = 1_000_000;
 
 fn events() -> Vec<Event> {
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut out = Vec::with_capacity(CERTS as usize + CERTS as usize / 10);
+    let mut out = Vec::with_capacity(CERTS as usize + CERTS as usize / 5);
     for i in 0..CERTS {
         state ^= state << 13;
         state ^= state >> 7;
@@ -31,6 +32,25 @@ fn events() -> Vec<Event> {
             origin: "bench".into(),
             created_at_ms: 0,
         });
+        if i % 20 == 5 {
+            // a hold and its release: the hold register's join path
+            for kind in [
+                EventKind::Hold {
+                    time: 1_800_000_000,
+                },
+                EventKind::Release {
+                    time: 1_800_000_001,
+                },
+            ] {
+                out.push(Event {
+                    issuer: IssuerId([7; 32]),
+                    serial,
+                    kind,
+                    origin: "bench".into(),
+                    created_at_ms: 0,
+                });
+            }
+        }
         if i % 10 == 0 {
             out.push(Event {
                 issuer: IssuerId([7; 32]),
