@@ -1306,8 +1306,18 @@ fn values_are_written_as_toml_of_the_right_type() {
     let f = tmp.path().join("types.yaml");
     let filter = "vigil=debug,\"quoted\" back\\slash \u{e9} <&> tab\t";
     let yaml = format!(
-        "config:\n  log:\n    filter: {}\n  ocsp:\n    cache_max_bytes: 268435456\n  server:\n    http2: false\n  extraToml: |\n    # appended\n    [limits]\n    max_cert_ids = 8\nbindAddress: \"::\"\n",
-        serde_json::to_string(filter).unwrap()
+        "config:\n  log:\n    filter: {}\n  ocsp:\n    cache_max_bytes: 268435456\n  server:\n    http2: false\n  extraToml: |\n    # appended\n    [limits]\n    max_cert_ids = 8\nbindAddress: \"::\"\n{}",
+        serde_json::to_string(filter).unwrap(),
+        [
+            "issuers:",
+            "  - name: issuing-ca-1",
+            "    existingSecret: vigil-issuing-ca-1",
+            "    certificateKey: ca.pem",
+            "    responderCertificateKey: responder.pem",
+            "    responderKeyKey: responder.key",
+            "    allowHold: true\n",
+        ]
+        .join("\n")
     );
     fs::write(&f, yaml).unwrap();
     let r = render_ok("types", &[&base, &f]);
@@ -1320,6 +1330,10 @@ fn values_are_written_as_toml_of_the_right_type() {
     assert!(!cfg.server.http2);
     assert_eq!(cfg.limits.max_cert_ids, 8);
     assert_eq!(cfg.server.listen.to_string(), "[::]:8080");
+    assert!(
+        cfg.issuers[0].allow_hold,
+        "allowHold is written as allow_hold"
+    );
 }
 
 /// A Sentinel-managed region whose Sentinels require authentication: the Sentinels' password

@@ -189,6 +189,9 @@ responder_key = {{ printf "%s/responder.key" (include "vigil.issuerDir" $i.name)
 {{- with $i.unissued }}
 unissued = {{ toJson . }}
 {{- end }}
+{{- if $i.allowHold }}
+allow_hold = true
+{{- end }}
 {{- if and $v.crl.enabled $i.crlKeyKey }}
 crl_key = {{ printf "%s/ca.key" (include "vigil.issuerDir" $i.name) | toJson }}
 {{- end }}
