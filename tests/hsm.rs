@@ -995,13 +995,13 @@ fn revoke(config: &Path, serial: &str) {
 /// certificate, `vigil crl publish` publishes through it, `vigil serve` serves that CRL and
 /// publishes the next one through its own pool after a revocation; `openssl crl -CAfile`
 /// verifies both, and they list the revoked serials. No `crl_key` is configured: only the
-/// HSM can have signed.
+/// HSM can have signed. With the CA's HSM gone, `/readyz` says so and stays 200.
 #[test]
 fn crls_are_signed_through_an_hsm_pool_holding_the_ca_key() {
     require_softhsm!();
     let lab = Lab::new();
     let (hsms, pki) = network_hsms(&lab, &["hsm1"]);
-    let ca = ca_token(&lab, "ca1", &lab.path("ca.key"));
+    let mut ca = ca_token(&lab, "ca1", &lab.path("ca.key"));
     let config = write_config(
         &lab,
         &pki,
@@ -1069,6 +1069,30 @@ fn crls_are_signed_through_an_hsm_pool_holding_the_ca_key() {
         v.log()
     );
     assert_eq!(v.get("/readyz").body, b"ready\n");
+
+    // The CA's HSM gone: OCSP answers go on, the replica stays ready and says why CRLs stop.
+    ca.server.kill();
+    wait_or(
+        "/readyz to report the CRL signer",
+        Duration::from_secs(10),
+        || {
+            let r = v.get("/readyz");
+            r.status == 200
+                && String::from_utf8_lossy(&r.body).contains(
+                    "no CRL signer (no HSM in service) for test/crl: CRLs are not published",
+                )
+        },
+        || v.log(),
+    );
+    let r = v.post(&ocsp_request(&lab, &pki, "0A", false));
+    assert_eq!(
+        inspect(
+            &r.body,
+            SignatureAlgorithm::EcdsaP256Sha256,
+            &responder_key(&pki)
+        ),
+        (OcspResponseStatus::Successful, true)
+    );
 }
 
 /// A CRL signer token whose key is not the CA certificate's — here the responder's key, which
