@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::config::{Config, FeedConfig};
-use crate::crl_service::CrlService;
+use crate::crl_service::{CrlPools, CrlService};
 use crate::feed::consume::{self, FeedState};
 use crate::feed::health::FeedHealth;
 use crate::feed::repair::{run_heartbeats, Repairer};
@@ -49,7 +49,11 @@ pub fn load_signing(cfg: &Config) -> Result<Signing, String> {
             issuers.push(pki::load_issuer(ic, cfg.ocsp.responder_id).map_err(|e| e.to_string())?);
             continue;
         };
-        let pool = Arc::new(start_pool(cfg, ic, sc)?);
+        let public_key = pki::signing_public_key(ic).map_err(|e| e.to_string())?;
+        let pool = Arc::new(
+            start_pool(cfg, &ic.name, sc, public_key)
+                .map_err(|e| format!("issuer {}: {e}", ic.name))?,
+        );
         issuers.push(
             pki::load_issuer_with_signer(ic, cfg.ocsp.responder_id, pool.clone())
                 .map_err(|e| e.to_string())?,
@@ -57,6 +61,35 @@ pub fn load_signing(cfg: &Config) -> Result<Signing, String> {
         pools.push(pool);
     }
     Ok(Signing { issuers, pools })
+}
+
+/// Connects the CRL signer pool of every issuer with an `[issuer.crl_signer]`, checking each
+/// HSM's key against the **CA** certificate (CRLs are signed by the CA key, never by a
+/// delegated responder's). Each pool is labelled `<issuer>/crl` in logs and metrics. Only
+/// nodes that publish CRLs need this (`crl.publish`, `vigil crl publish`, `check-config`).
+pub fn start_crl_pools(cfg: &Config) -> Result<CrlPools, String> {
+    let mut pools = CrlPools::new();
+    for ic in &cfg.issuers {
+        let Some(sc) = &ic.crl_signer else {
+            continue;
+        };
+        let fail = |e: String| {
+            format!(
+                "issuer {}: crl_signer (must hold the key of the CA certificate {}): {e}",
+                ic.name,
+                ic.certificate.display()
+            )
+        };
+        let ca_key = pki::ca_public_key(ic).map_err(|e| e.to_string())?;
+        let pool = start_pool(cfg, &crl_pool_label(&ic.name), sc, ca_key).map_err(fail)?;
+        pools.insert(ic.name.clone(), Arc::new(pool));
+    }
+    Ok(pools)
+}
+
+/// The name of an issuer's CRL signer pool in logs and in the `issuer` label of its metrics.
+pub fn crl_pool_label(issuer: &str) -> String {
+    format!("{issuer}/crl")
 }
 
 /// The `[[hsm]]` entries an issuer names, in its order.
@@ -70,26 +103,26 @@ pub fn issuer_hsms<'a>(
         .collect()
 }
 
-fn start_pool(
+/// Starts the pool of the HSMs `sc` names (and its lab fallback), whose key must be
+/// `public_key` (a certificate's subjectPublicKey); `label` names the pool in logs and metrics.
+pub fn start_pool(
     cfg: &Config,
-    ic: &crate::config::IssuerConfig,
+    label: &str,
     sc: &crate::config::IssuerSignerConfig,
+    public_key: Vec<u8>,
 ) -> Result<SignerPool, String> {
-    let fail = |e: String| format!("issuer {}: {e}", ic.name);
-    let public_key = pki::signing_public_key(ic).map_err(|e| e.to_string())?;
     let fallback = match &sc.danger_software_fallback {
-        Some(p) => Some(SoftwareSigner::from_pem_file(p).map_err(|e| fail(e.to_string()))?),
+        Some(p) => Some(SoftwareSigner::from_pem_file(p).map_err(|e| e.to_string())?),
         None => None,
     };
     let members = issuer_hsms(cfg, sc).into_iter().map(key_spec).collect();
     SignerPool::start(
-        &ic.name,
+        label,
         public_key,
         members,
         fallback,
         PoolSettings::from_config(&cfg.hsm_pool),
     )
-    .map_err(fail)
 }
 
 /// For the embedded default: makes the demo PKI on first start and journals its events.
@@ -143,9 +176,16 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     // The recorder goes first so the HSM pools register their metrics with it.
     let prometheus = telemetry::install_recorder().ok();
     let Signing { issuers, pools } = load_signing(&cfg)?;
+    // Only a node that publishes CRLs connects to the CA key.
+    let crl_pools = if cfg.crl.publish {
+        start_crl_pools(&cfg)?
+    } else {
+        CrlPools::new()
+    };
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness {
         signer_pools: pools,
+        crl_signer_pools: crl_pools.values().cloned().collect(),
         require_signer: cfg.hsm_pool.readiness_requires_signer,
         ..Readiness::default()
     });
@@ -189,7 +229,12 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     // CRLs: serve the disk copies, refresh from Redis, publish (the embedded default's first
     // CRL is published here, before the URL is printed).
     let revoked = Arc::new(Notify::new());
-    let crl = Arc::new(CrlService::new(cfg.clone(), &issuers, cfg.crl.publish)?);
+    let crl = Arc::new(CrlService::new(
+        cfg.clone(),
+        &issuers,
+        cfg.crl.publish,
+        &crl_pools,
+    )?);
     crl.start(view.clone(), revoked.clone()).await;
     let responder = Arc::new(Responder::new(&cfg, issuers, &view, metrics.clone()));
 
@@ -514,11 +559,12 @@ async fn tail_journal(
     }
 }
 
-/// `vigil crl publish`: builds the status view from the journal, then publishes every
-/// issuer's complete CRLs once (no lease) into every region's Redis, or the data directory.
+/// `vigil crl publish`: connects the CRL signers (keys and HSM pools), builds the status view
+/// from the journal, then publishes every issuer's complete CRLs once (no lease) into every region's Redis, or the data directory.
 pub async fn publish_crls(cfg: Config) -> Result<Vec<String>, String> {
     prepare_embedded(&cfg)?;
     let issuers = load_issuers(&cfg)?;
+    let crl_pools = start_crl_pools(&cfg)?;
     let view = if cfg.feed.is_some() {
         view_from_regions(&cfg).await?
     } else {
@@ -527,7 +573,7 @@ pub async fn publish_crls(cfg: Config) -> Result<Vec<String>, String> {
         replay_journal(&mut JournalReader::new(cfg.journal_path()), &view, &metrics)?;
         view
     };
-    let crl = CrlService::new(Arc::new(cfg), &issuers, true)?;
+    let crl = CrlService::new(Arc::new(cfg), &issuers, true, &crl_pools)?;
     crl.publish_once(view).await
 }
 

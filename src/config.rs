@@ -421,10 +421,14 @@ pub struct IssuerConfig {
     /// ignored when answering.
     #[serde(default)]
     pub allow_hold: bool,
-    /// The CA's private key (PEM, PKCS#8), which signs this issuer's CRLs. Absent: this node
-    /// does not publish CRLs for the issuer (it still serves those published elsewhere).
+    /// The CA's private key (PEM, PKCS#8), which signs this issuer's CRLs. Absent (and no
+    /// `crl_signer`): this node does not publish CRLs for the issuer (it still serves those
+    /// published elsewhere). At most one of `crl_key` and `crl_signer`.
     #[serde(default)]
     pub crl_key: Option<PathBuf>,
+    /// Sign this issuer's CRLs through HSMs holding the CA's key, instead of `crl_key`.
+    #[serde(default)]
+    pub crl_signer: Option<IssuerSignerConfig>,
 }
 
 /// `[[region]]`: one region and its Redis, a single server (`redis`) or a Sentinel-managed group
@@ -516,7 +520,8 @@ pub struct CrlConfig {
     /// The region whose Redis holds this node's publisher lease (default: the first
     /// `[[region]]`).
     pub region: Option<String>,
-    /// Take part in publishing (for issuers with `crl_key`), under the region's lease.
+    /// Take part in publishing (for issuers with `crl_key` or `crl_signer`), under the region's
+    /// lease.
     pub publish: bool,
     /// nextUpdate − thisUpdate (1h ..= 10d, BR §4.9.7).
     #[serde(deserialize_with = "duration")]
@@ -583,7 +588,8 @@ impl CrlConfig {
     }
 }
 
-/// `[issuer.signer]`: the HSM pool that holds an issuer's signing key.
+/// `[issuer.signer]` / `[issuer.crl_signer]`: the HSM pool that holds an issuer's signing key
+/// (the responder's, or the CA's for OCSP without a delegated responder; the CA's for CRLs).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerSignerConfig {
@@ -777,12 +783,10 @@ impl Config {
             if let Some(k) = &mut i.crl_key {
                 fix(k);
             }
-            if let Some(f) = i
-                .signer
-                .as_mut()
-                .and_then(|s| s.danger_software_fallback.as_mut())
-            {
-                fix(f);
+            for sc in [&mut i.signer, &mut i.crl_signer].into_iter().flatten() {
+                if let Some(f) = &mut sc.danger_software_fallback {
+                    fix(f);
+                }
             }
         }
         for h in &mut self.hsms {
@@ -944,23 +948,35 @@ impl Config {
                 }
                 _ => {}
             }
-            if let Some(sig) = &iss.signer {
-                if sig.hsm.is_empty() {
-                    return err(format!("issuer[{i}].signer.hsm: name at least one [[hsm]]"));
-                }
-                for (j, name) in sig.hsm.iter().enumerate() {
-                    if !self.hsms.iter().any(|h| &h.name == name) {
-                        return err(format!(
-                            "issuer[{i}].signer.hsm: no [[hsm]] is named {name:?}"
-                        ));
-                    }
-                    if sig.hsm[..j].contains(name) {
-                        return err(format!("issuer[{i}].signer.hsm: {name:?} is listed twice"));
-                    }
+            if iss.crl_key.is_some() && iss.crl_signer.is_some() {
+                return err(format!(
+                    "issuer[{i}] ({}): set either crl_key or crl_signer, not both",
+                    iss.name
+                ));
+            }
+            for (key, sc) in [("signer", &iss.signer), ("crl_signer", &iss.crl_signer)] {
+                if let Some(sc) = sc {
+                    self.validate_signer(&format!("issuer[{i}].{key}"), sc)?;
                 }
             }
         }
         self.validate_hsms()
+    }
+
+    /// `at.hsm` names one or more `[[hsm]]` entries, each once.
+    fn validate_signer(&self, at: &str, sc: &IssuerSignerConfig) -> Result<(), ConfigError> {
+        if sc.hsm.is_empty() {
+            return err(format!("{at}.hsm: name at least one [[hsm]]"));
+        }
+        for (j, name) in sc.hsm.iter().enumerate() {
+            if !self.hsms.iter().any(|h| &h.name == name) {
+                return err(format!("{at}.hsm: no [[hsm]] is named {name:?}"));
+            }
+            if sc.hsm[..j].contains(name) {
+                return err(format!("{at}.hsm: {name:?} is listed twice"));
+            }
+        }
+        Ok(())
     }
 
     fn validate_hsms(&self) -> Result<(), ConfigError> {
@@ -1500,6 +1516,16 @@ mod tests {
         let signer = c.issuers[0].signer.as_ref().expect("signer");
         assert_eq!(signer.hsm, ["h1", "h2"]);
         assert!(signer.danger_software_fallback.is_none());
+        assert!(c.issuers[0].crl_signer.is_none());
+
+        let c = Config::from_toml(&format!(
+            "{HSMS}{HSM_ISSUER}crl_signer = {{ hsm = [\"h2\", \"h1\"] }}\n"
+        ))
+        .expect("parse");
+        c.validate().expect("valid");
+        let crl_signer = c.issuers[0].crl_signer.as_ref().expect("crl_signer");
+        assert_eq!(crl_signer.hsm, ["h2", "h1"]);
+        assert!(c.issuers[0].crl_key.is_none());
     }
 
     #[test]
@@ -1527,6 +1553,22 @@ mod tests {
                 "{HSMS}[[issuer]]\nname = \"a\"\ncertificate = \"c\"\nsigner = {{ hsm = [] }}\n"
             ),
             "issuer[0].signer.hsm",
+        );
+        check(
+            format!("{HSMS}{HSM_ISSUER}crl_key = \"ca.key\"\ncrl_signer = {{ hsm = [\"h2\"] }}\n"),
+            "issuer[0] (a): set either crl_key or crl_signer, not both",
+        );
+        check(
+            format!("{HSMS}{HSM_ISSUER}crl_signer = {{ hsm = [\"h9\"] }}\n"),
+            "issuer[0].crl_signer.hsm: no [[hsm]] is named \"h9\"",
+        );
+        check(
+            format!("{HSMS}{HSM_ISSUER}crl_signer = {{ hsm = [] }}\n"),
+            "issuer[0].crl_signer.hsm: name at least one [[hsm]]",
+        );
+        check(
+            format!("{HSMS}{HSM_ISSUER}crl_signer = {{ hsm = [\"h2\", \"h2\"] }}\n"),
+            "issuer[0].crl_signer.hsm: \"h2\" is listed twice",
         );
         let one = |extra: &str| {
             format!(
@@ -1574,7 +1616,8 @@ mod tests {
         let path = dir.path().join("vigil.toml");
         std::fs::write(
             &path,
-            format!("{HSMS}[[issuer]]\nname = \"a\"\ncertificate = \"ca.pem\"\nsigner = {{ hsm = [\"h2\"], danger_software_fallback = \"k.pem\" }}\n"),
+            format!("{HSMS}[[issuer]]\nname = \"a\"\ncertificate = \"ca.pem\"\nsigner = {{ hsm = [\"h2\"], danger_software_fallback = \"k.pem\" }}\n\
+                     crl_signer = {{ hsm = [\"h1\"], danger_software_fallback = \"ca.key\" }}\n"),
         )
         .expect("write");
         let c = Config::load(Some(&path)).expect("load");
@@ -1588,5 +1631,10 @@ mod tests {
             .as_ref()
             .and_then(|s| s.danger_software_fallback.clone());
         assert_eq!(fallback, Some(dir.path().join("k.pem")));
+        let crl_fallback = c.issuers[0]
+            .crl_signer
+            .as_ref()
+            .and_then(|s| s.danger_software_fallback.clone());
+        assert_eq!(crl_fallback, Some(dir.path().join("ca.key")));
     }
 }

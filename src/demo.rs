@@ -31,6 +31,7 @@ pub fn demo_issuer_config(data_dir: &Path) -> IssuerConfig {
         unissued: UnissuedPolicy::Unknown,
         allow_hold: false,
         crl_key: Some(data_dir.join("ca.key")),
+        crl_signer: None,
     }
 }
 

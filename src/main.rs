@@ -164,8 +164,9 @@ enum HsmCommand {
         #[arg(long, requires = "module")]
         pin_env: Option<String>,
     },
-    /// Sign a test message with each HSM of each issuer's pool (and the software fallback, if
-    /// set) and verify it against the responder (or CA) certificate.
+    /// Sign a test message with each HSM of each issuer's pools (and the software fallback, if
+    /// set) and verify it: the OCSP signer against the responder (or CA) certificate, the CRL
+    /// signer (`crl_signer`) against the CA certificate.
     Test {
         /// Only this issuer.
         #[arg(long)]
@@ -342,8 +343,14 @@ fn crl_publish(cfg: Config) -> Result<(), String> {
 fn check_config(cfg: &Config) -> Result<(), String> {
     app::prepare_embedded(cfg)?;
     let issuers = app::load_issuers(cfg)?;
-    // CRL keys match their CA certificates, and the disk copies verify.
-    vigil::crl_service::CrlService::new(std::sync::Arc::new(cfg.clone()), &issuers, true)?;
+    // CRL keys and CRL signer HSMs match their CA certificates, and the disk copies verify.
+    let crl_pools = app::start_crl_pools(cfg)?;
+    vigil::crl_service::CrlService::new(
+        std::sync::Arc::new(cfg.clone()),
+        &issuers,
+        true,
+        &crl_pools,
+    )?;
     println!(
         "config OK: {} issuer(s): {}",
         issuers.len(),
@@ -491,45 +498,60 @@ fn hsm_test(cfg: &Config, only: Option<&str>) -> Result<(), String> {
         if only.is_some_and(|n| n != ic.name) {
             continue;
         }
-        let Some(sc) = &ic.signer else {
-            continue;
-        };
-        let public_key = vigil::pki::signing_public_key(ic).map_err(|e| e.to_string())?;
-        let fallback = match &sc.danger_software_fallback {
-            Some(p) => Some(
-                vigil::signer::SoftwareSigner::from_pem_file(p)
-                    .map_err(|e| format!("issuer {}: {e}", ic.name))?,
-            ),
-            None => None,
-        };
-        let members = app::issuer_hsms(cfg, sc)
-            .into_iter()
-            .map(key_spec)
-            .collect();
-        println!(
-            "issuer {} (key of the {} certificate):",
-            ic.name,
-            if ic.responder_certificate.is_some() {
+        // The OCSP signer (the responder's key, or the CA's), then the CRL signer (the CA's).
+        let ocsp = ic.signer.as_ref().map(|sc| {
+            let whose = if ic.responder_certificate.is_some() {
                 "responder"
             } else {
                 "CA"
-            }
-        );
-        for t in test_members(&public_key, members, fallback.as_ref()) {
-            tested += 1;
-            match t.result {
-                Ok(what) => println!("  ok    {}: {what}", t.name),
-                Err(e) => {
-                    failures += 1;
-                    println!("  FAIL  {}: {e}", t.name);
+            };
+            (
+                sc,
+                ic.name.clone(),
+                format!("key of the {whose} certificate"),
+                vigil::pki::signing_public_key(ic),
+            )
+        });
+        let crl = ic.crl_signer.as_ref().map(|sc| {
+            (
+                sc,
+                app::crl_pool_label(&ic.name),
+                "key of the CA certificate, signs CRLs".to_owned(),
+                vigil::pki::ca_public_key(ic),
+            )
+        });
+        for (sc, label, whose, public_key) in ocsp.into_iter().chain(crl) {
+            let public_key = public_key.map_err(|e| e.to_string())?;
+            let fallback = match &sc.danger_software_fallback {
+                Some(p) => Some(
+                    vigil::signer::SoftwareSigner::from_pem_file(p)
+                        .map_err(|e| format!("issuer {label}: {e}"))?,
+                ),
+                None => None,
+            };
+            let members = app::issuer_hsms(cfg, sc)
+                .into_iter()
+                .map(key_spec)
+                .collect();
+            println!("issuer {label} ({whose}):");
+            for t in test_members(&public_key, members, fallback.as_ref()) {
+                tested += 1;
+                match t.result {
+                    Ok(what) => println!("  ok    {}: {what}", t.name),
+                    Err(e) => {
+                        failures += 1;
+                        println!("  FAIL  {}: {e}", t.name);
+                    }
                 }
             }
         }
     }
     if tested == 0 {
         return Err(match only {
-            Some(n) => format!("issuer {n:?} has no [issuer.signer] (or does not exist)"),
-            None => "no issuer signs through HSMs ([issuer.signer])".into(),
+            Some(n) => format!(
+                "issuer {n:?} has no [issuer.signer] nor [issuer.crl_signer] (or does not exist)"
+            ),
+            None => "no issuer signs through HSMs ([issuer.signer], [issuer.crl_signer])".into(),
         });
     }
     if failures > 0 {

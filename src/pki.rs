@@ -92,16 +92,24 @@ pub fn load_issuer(cfg: &IssuerConfig, id_kind: ResponderIdKind) -> Result<Issue
 /// The subjectPublicKey (BIT STRING contents) of the certificate whose key signs responses:
 /// the responder certificate, else the CA certificate.
 pub fn signing_public_key(cfg: &IssuerConfig) -> Result<Vec<u8>, PkiError> {
-    let fail = |message: String| PkiError {
-        issuer: cfg.name.clone(),
-        message,
-    };
-    let cert = read_certificate(
+    certificate_public_key(
+        cfg,
         cfg.responder_certificate
             .as_ref()
             .unwrap_or(&cfg.certificate),
     )
-    .map_err(fail)?;
+}
+
+/// The subjectPublicKey (BIT STRING contents) of the CA certificate: the key that signs CRLs.
+pub fn ca_public_key(cfg: &IssuerConfig) -> Result<Vec<u8>, PkiError> {
+    certificate_public_key(cfg, &cfg.certificate)
+}
+
+fn certificate_public_key(cfg: &IssuerConfig, path: &Path) -> Result<Vec<u8>, PkiError> {
+    let cert = read_certificate(path).map_err(|message| PkiError {
+        issuer: cfg.name.clone(),
+        message,
+    })?;
     Ok(cert
         .tbs_certificate
         .subject_public_key_info

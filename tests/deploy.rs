@@ -42,9 +42,10 @@
 //! `crl_key` included, from a demo PKI per issuer made by `vigil check-config`; other Secrets
 //! placeholders) and the `/etc/vigil` and `/var/lib/vigil` prefixes rewritten to it; it must
 //! pass. check-config does not connect to Redis (it reads the region's files only), but it does
-//! open every `[[hsm]]`: log in and check the key against the responder certificate. For those,
-//! the test makes SoftHSM2 tokens with the labels the entries name, imports each issuer's
-//! responder key under the entry's key label, serves each token with `p11-kit server` on its own
+//! open every `[[hsm]]`: log in and check the key against the responder certificate (the CA
+//! certificate for a `crl_signer`). For those, the test makes SoftHSM2 tokens with the labels
+//! the entries name, imports each issuer's responder key (or CA key) under the entry's key
+//! label, serves each token with `p11-kit server` on its own
 //! socket (as the HSM client sidecar does in the pod), and points the rendered module (the
 //! image's p11-kit-client.so) and `P11_KIT_SERVER_ADDRESS` at the host's client module and
 //! those sockets; the PIN files get the tokens' PIN. Then a `vigil serve` on that config, with
@@ -738,6 +739,20 @@ fn check_alerts(r: &Rendered, table: &toml::Table, public: &Value) {
     if table.contains_key("hsm") {
         wanted.push(("VigilNoSigner", t::SIGNER_POOL_UP));
     }
+    let crl_signers = table
+        .get("issuer")
+        .and_then(toml::Value::as_array)
+        .is_some_and(|l| l.iter().any(|i| i.get("crl_signer").is_some()));
+    if crl_signers {
+        wanted.push(("VigilNoCrlSigner", t::SIGNER_POOL_UP));
+        // The CRL signer pools are told apart by their label, `<issuer>/crl`.
+        assert_eq!(vigil::app::crl_pool_label("ca"), "ca/crl");
+        assert!(
+            expr_of("VigilNoCrlSigner")[0].contains("issuer=~\".+/crl\"")
+                && expr_of("VigilNoSigner")[0].contains("issuer!~\".+/crl\""),
+            "{label}: the OCSP and CRL signer alerts must split the pools by their label"
+        );
+    }
     for (alert, metric) in wanted {
         let exprs = expr_of(alert);
         assert!(
@@ -972,7 +987,8 @@ struct HsmLab {
 
 /// For a config with `[[hsm]]`: one SoftHSM2 token per p11-kit socket the entries name, with
 /// the token label they name, holding the responder key of every issuer signing through an
-/// entry on it (the demo PKI's key, under the entry's key label and id), served by
+/// entry on it, or the CA key of every issuer signing its CRLs through one (`crl_signer`) (the
+/// demo PKI's keys, under the entry's key label and id), served by
 /// `p11-kit server`. The config at `config` is rewritten to the host's p11-kit-client.so and
 /// the lab's sockets (nothing else changes) and the PIN files get the tokens' PIN. `None`
 /// without `[[hsm]]`.
@@ -987,15 +1003,21 @@ fn hsm_lab(label: &str, config: &Path, image_module: &str, tmp: &Path) -> Option
     }
     let lab = softhsm::Lab::new();
     let issuers = table["issuer"].as_array().unwrap().clone();
-    let signer_of = |hsm: &str| {
-        issuers
-            .iter()
-            .position(|i| {
-                i.get("signer")
-                    .and_then(|s| s["hsm"].as_array())
-                    .is_some_and(|l| l.iter().any(|n| n.as_str() == Some(hsm)))
-            })
-            .unwrap_or_else(|| panic!("{label}: no issuer signs through hsm {hsm}"))
+    // The key an entry holds: the responder key of the issuer whose `signer` names it, or
+    // the CA key of the issuer whose `crl_signer` names it.
+    let key_of = |hsm: &str| {
+        let names = |i: &toml::Value, key: &str| {
+            i.get(key)
+                .and_then(|s| s["hsm"].as_array())
+                .is_some_and(|l| l.iter().any(|n| n.as_str() == Some(hsm)))
+        };
+        let found = [("signer", "responder.key"), ("crl_signer", "ca.key")]
+            .into_iter()
+            .find_map(|(key, file)| {
+                let i = issuers.iter().position(|i| names(i, key))?;
+                Some(tmp.join(format!("pki-{i}/vigil-data/{file}")))
+            });
+        found.unwrap_or_else(|| panic!("{label}: no issuer signs through hsm {hsm}"))
     };
     // p11-kit socket address in the pod -> the token it serves.
     let mut sockets: BTreeMap<String, String> = BTreeMap::new();
@@ -1024,7 +1046,7 @@ fn hsm_lab(label: &str, config: &Path, image_module: &str, tmp: &Path) -> Option
                 sockets.insert(addr.clone(), token.clone());
             }
         }
-        let key = tmp.join(format!("pki-{}/vigil-data/responder.key", signer_of(name)));
+        let key = key_of(name);
         let id = h
             .get("key_id")
             .and_then(toml::Value::as_str)
@@ -1262,6 +1284,14 @@ fn wrong_values_fail_validation_naming_the_key() {
             "drain.shutdownTimeoutSeconds",
         ),
         ("probes:\n  readiness:\n    path: /healthz\n", "path"),
+        (
+            "issuers:\n  - name: a\n    existingSecret: x\n    crlSigner:\n      hsm: []\n",
+            "issuers.0.crlSigner.hsm",
+        ),
+        (
+            "issuers:\n  - name: a\n    existingSecret: x\n    crlSigner:\n      hsm: [h]\n      dangerSoftwareFallback: ca.key\n",
+            "dangerSoftwareFallback",
+        ),
         ("typo: 1\n", "typo"),
     ];
     let template_cases = [
@@ -1276,6 +1306,14 @@ fn wrong_values_fail_validation_naming_the_key() {
         (
             "feed:\n  regions:\n    - name: a\n      url: redis://redis/0\n      sentinelPasswordSecret:\n        name: s\n",
             "feed.regions[a].sentinelUsername, sentinelPasswordSecret",
+        ),
+        (
+            "issuers:\n  - name: a\n    existingSecret: x\n    crlKeyKey: ca.key\n    crlSigner:\n      hsm: [hsm-1]\n",
+            "issuers[a]: set crlKeyKey or crlSigner, not both",
+        ),
+        (
+            "issuers:\n  - name: a\n    existingSecret: x\n    crlSigner:\n      hsm: [hsm-1]\n",
+            "issuers[a].crlSigner: set hsm.enabled",
         ),
     ];
     let tmp = tempfile::tempdir().unwrap();

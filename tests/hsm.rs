@@ -913,3 +913,251 @@ fn p384_and_rsa_keys_sign_with_every_mechanism() {
         "{missing}"
     );
 }
+
+// === CRLs signed through an HSM pool (`crl_signer`) ===
+
+/// Adds to the issuer of `config` (written by [`write_config`]) `crl_signer` naming one
+/// network HSM per token in `tokens`, each with the key labelled `ca`, id 02, plus `extra`
+/// lines of the issuer.
+fn add_crl_signer(lab: &Lab, config: &Path, tokens: &[&Hsm], extra: &str) {
+    let names: Vec<String> = tokens.iter().map(|h| format!("\"{}\"", h.name)).collect();
+    let mut text = std::fs::read_to_string(config).expect("config");
+    text.push_str(&format!(
+        "{extra}crl_signer = {{ hsm = [{}] }}\n",
+        names.join(", ")
+    ));
+    for h in tokens {
+        text.push_str(&format!(
+            "\n[[hsm]]\nname = \"{}\"\nmodule = \"{P11KIT_CLIENT}\"\nmodule_env = {{ P11_KIT_SERVER_ADDRESS = \"{}\" }}\ntoken_label = \"{}\"\nkey_label = \"ca\"\nkey_id = \"02\"\npin_file = \"{}\"\n",
+            h.name,
+            h.server.address(),
+            h.name,
+            lab.pin_file().display()
+        ));
+    }
+    std::fs::write(config, text).expect("config");
+}
+
+/// A token named `name` holding `key` as the CA key (label `ca`, id 02), served by p11-kit.
+fn ca_token(lab: &Lab, name: &'static str, key: &Path) -> Hsm {
+    lab.token(name);
+    lab.import(name, key, "ca", "02");
+    Hsm {
+        name,
+        server: lab.serve(name),
+    }
+}
+
+/// `openssl crl -CAfile ca.pem` on a DER CRL: asserts "verify OK" and returns the `-text` dump.
+fn openssl_crl_verify(lab: &Lab, pki: &Pki, der: &[u8]) -> String {
+    let file = lab.path("check.crl");
+    std::fs::write(&file, der).expect("crl");
+    let out = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
+        .arg(&file)
+        .arg("-CAfile")
+        .arg(&pki.ca)
+        .output()
+        .expect("openssl crl");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        out.status.success() && all.contains("verify OK"),
+        "openssl crl: {all}"
+    );
+    all
+}
+
+fn revoke(config: &Path, serial: &str) {
+    let out = vigil(
+        config,
+        &[
+            "revoke",
+            "--issuer",
+            "test",
+            "--serial",
+            serial,
+            "--reason",
+            "keyCompromise",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "revoke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The CA key in a network HSM signs the CRLs: `vigil hsm test` checks it against the CA
+/// certificate, `vigil crl publish` publishes through it, `vigil serve` serves that CRL and
+/// publishes the next one through its own pool after a revocation; `openssl crl -CAfile`
+/// verifies both, and they list the revoked serials. No `crl_key` is configured: only the
+/// HSM can have signed. With the CA's HSM gone, `/readyz` says so and stays 200.
+#[test]
+fn crls_are_signed_through_an_hsm_pool_holding_the_ca_key() {
+    require_softhsm!();
+    let lab = Lab::new();
+    let (hsms, pki) = network_hsms(&lab, &["hsm1"]);
+    let mut ca = ca_token(&lab, "ca1", &lab.path("ca.key"));
+    let config = write_config(
+        &lab,
+        &pki,
+        &[&hsms[0]],
+        "[crl]\npublish_delay = \"200ms\"\n",
+    );
+    add_crl_signer(&lab, &config, &[&ca], "");
+    issue(&config, &["0A", "0B", "0C"]);
+    revoke(&config, "0B");
+
+    let test = vigil(&config, &["hsm", "test"]);
+    let text = String::from_utf8_lossy(&test.stdout);
+    assert!(
+        test.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&test.stderr)
+    );
+    assert!(
+        text.contains("issuer test/crl (key of the CA certificate, signs CRLs):")
+            && text.contains("ok    ca1")
+            && text.contains("ok    hsm1"),
+        "{text}"
+    );
+
+    let publish = vigil(&config, &["crl", "publish"]);
+    let out = String::from_utf8_lossy(&publish.stdout);
+    assert!(
+        publish.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&publish.stderr)
+    );
+    assert!(out.contains("test.crl: CRLNumber"), "{out}");
+
+    let v = Vigil::start(&config, &lab);
+    let first = v.get("/crl/test.crl");
+    assert_eq!(first.status, 200, "{}", v.log());
+    let dump = openssl_crl_verify(&lab, &pki, &first.body);
+    assert!(dump.contains("Serial Number: 0B"), "{dump}");
+    assert!(!dump.contains("Serial Number: 0C"), "{dump}");
+    assert_eq!(
+        v.metric("vigil_signer_pool_members_up{issuer=\"test/crl\"}"),
+        1.0
+    );
+    let signed_before = v.metric("vigil_hsm_signatures_total{hsm=\"ca1\"}");
+
+    // A revocation: the running publisher signs the next CRL through its pool.
+    revoke(&config, "0C");
+    let mut dump = String::new();
+    wait_or(
+        "a CRL listing 0C",
+        Duration::from_secs(10),
+        || {
+            let r = v.get("/crl/test.crl");
+            r.status == 200 && r.body != first.body && {
+                dump = openssl_crl_verify(&lab, &pki, &r.body);
+                dump.contains("Serial Number: 0C")
+            }
+        },
+        || v.log(),
+    );
+    assert!(dump.contains("Serial Number: 0B"), "{dump}");
+    assert!(
+        v.metric("vigil_hsm_signatures_total{hsm=\"ca1\"}") > signed_before,
+        "the CA token signed nothing\n{}",
+        v.log()
+    );
+    assert_eq!(v.get("/readyz").body, b"ready\n");
+
+    // The CA's HSM gone: OCSP answers go on, the replica stays ready and says why CRLs stop.
+    ca.server.kill();
+    wait_or(
+        "/readyz to report the CRL signer",
+        Duration::from_secs(10),
+        || {
+            let r = v.get("/readyz");
+            r.status == 200
+                && String::from_utf8_lossy(&r.body).contains(
+                    "no CRL signer (no HSM in service) for test/crl: CRLs are not published",
+                )
+        },
+        || v.log(),
+    );
+    let r = v.post(&ocsp_request(&lab, &pki, "0A", false));
+    assert_eq!(
+        inspect(
+            &r.body,
+            SignatureAlgorithm::EcdsaP256Sha256,
+            &responder_key(&pki)
+        ),
+        (OcspResponseStatus::Successful, true)
+    );
+}
+
+/// A CRL signer token whose key is not the CA certificate's — here the responder's key, which
+/// does match the OCSP signing certificate — stops `vigil crl publish` and `vigil serve` with
+/// a message naming the issuer and the HSM, and `vigil hsm test` fails it. `crl_key` beside
+/// `crl_signer` is a configuration error naming both.
+#[test]
+fn a_crl_signer_key_that_is_not_the_ca_key_stops_publishing_and_start_up() {
+    require_softhsm!();
+    let lab = Lab::new();
+    let (hsms, pki) = network_hsms(&lab, &["hsm1"]);
+    let wrong = ca_token(&lab, "ca1", &lab.path("responder.key"));
+    let config = write_config(&lab, &pki, &[&hsms[0]], "");
+    let good = std::fs::read_to_string(&config).expect("config");
+    add_crl_signer(&lab, &config, &[&wrong], "");
+
+    let wants = [
+        "issuer test: crl_signer",
+        "CA certificate",
+        "hsm \"ca1\"",
+        "does not match the certificate's public key",
+    ];
+    let publish = vigil(&config, &["crl", "publish"]);
+    let stderr = String::from_utf8_lossy(&publish.stderr);
+    assert!(!publish.status.success(), "{stderr}");
+    for want in wants {
+        assert!(
+            stderr.contains(want),
+            "crl publish: lacks {want:?}: {stderr}"
+        );
+    }
+    let serve = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env("VIGIL_LISTEN", "127.0.0.1:0")
+        .output()
+        .expect("vigil serve");
+    let stderr = String::from_utf8_lossy(&serve.stderr);
+    assert!(!serve.status.success(), "{stderr}");
+    assert!(!String::from_utf8_lossy(&serve.stdout).contains("listening"));
+    for want in wants {
+        assert!(stderr.contains(want), "serve: lacks {want:?}: {stderr}");
+    }
+    let test = vigil(&config, &["hsm", "test"]);
+    let stdout = String::from_utf8_lossy(&test.stdout);
+    assert!(!test.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("ok    hsm1") && stdout.contains("FAIL  ca1"),
+        "{stdout}"
+    );
+
+    // crl_key and crl_signer together: refused before any HSM is touched.
+    std::fs::write(&config, &good).expect("config");
+    add_crl_signer(
+        &lab,
+        &config,
+        &[&wrong],
+        &format!("crl_key = \"{}\"\n", lab.path("ca.key").display()),
+    );
+    let check = vigil(&config, &["check-config"]);
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("issuer[0] (test): set either crl_key or crl_signer, not both"),
+        "{stderr}"
+    );
+}

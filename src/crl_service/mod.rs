@@ -5,17 +5,20 @@
 //! - **refresher** (every replica): every `crl.refresh`, asks each region's Redis for the
 //!   stored numbers, fetches any CRL newer than the one served, verifies it and serves it,
 //!   keeping a copy on disk. Without Redis it re-reads the data directory instead.
-//! - **lease** (replicas with `crl.publish` and a CRL key): takes and renews the lease of its
-//!   region every third of `crl.lease_ttl`; the lease's fencing token goes with every store.
+//! - **lease** (replicas with `crl.publish` and a CRL signer — a `crl_key` or a `crl_signer`
+//!   HSM pool, see [`crl_signer`]): takes and renews the lease of its region every third of
+//!   `crl.lease_ttl`; the lease's fencing token goes with every store.
 //! - **publisher** (while leader; always without Redis): complete CRLs every `crl.interval`,
 //!   and after a revocation (the journal tailer's notification) within `crl.publish_delay`: it
 //!   waits a quarter of the delay to gather further revocations, then publishes delta CRLs
-//!   (when enabled) or complete ones.
+//!   (when enabled) or complete ones. Building and signing run on a blocking thread, never
+//!   on an async worker: a signature through an HSM pool blocks for a PKCS#11 round trip.
 
 pub mod catalog;
 pub mod publisher;
 pub mod redis_store;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +29,7 @@ use tokio::time::Instant;
 use crate::config::{Config, IssuerConfig};
 use crate::crl::{CrlId, CrlIssuer};
 use crate::pki::Issuer;
-use crate::signer::{Signer, SoftwareSigner};
+use crate::signer::{Signer, SignerPool, SoftwareSigner};
 use crate::status::StatusView;
 use crate::telemetry;
 use catalog::{Catalog, ServedCrl};
@@ -42,34 +45,61 @@ pub struct CrlService {
     config: Arc<Config>,
 }
 
-/// The key that signs an issuer's CRLs. The one place a CRL signer is chosen (an HSM key
-/// plugs in here).
-pub fn crl_signer(ic: &IssuerConfig, ca: &Issuer) -> Result<Option<Arc<dyn Signer>>, String> {
-    let Some(path) = &ic.crl_key else {
-        return Ok(None);
-    };
-    let signer = SoftwareSigner::from_pem_file(path)
-        .map_err(|e| format!("issuer {}: crl_key: {e}", ic.name))?;
+/// The CRL signer pools started from `[issuer.crl_signer]`, by issuer name.
+pub type CrlPools = BTreeMap<String, Arc<SignerPool>>;
+
+/// The key that signs an issuer's CRLs: its `crl_key`, or its `crl_signer` pool (started
+/// beforehand, in `pools`). Either must be the key of the CA certificate. The one place a CRL
+/// signer is chosen.
+pub fn crl_signer(
+    ic: &IssuerConfig,
+    ca: &Issuer,
+    pools: &CrlPools,
+) -> Result<Option<Arc<dyn Signer>>, String> {
     let ca_key = ca
         .certificate
         .tbs_certificate
         .subject_public_key_info
         .subject_public_key
         .raw_bytes();
+    let (signer, what): (Arc<dyn Signer>, String) = match (&ic.crl_key, &ic.crl_signer) {
+        (Some(path), _) => {
+            let signer = SoftwareSigner::from_pem_file(path)
+                .map_err(|e| format!("issuer {}: crl_key: {e}", ic.name))?;
+            (Arc::new(signer), format!("crl_key {}", path.display()))
+        }
+        (None, Some(_)) => {
+            let pool = pools.get(&ic.name).ok_or_else(|| {
+                format!(
+                    "issuer {}: crl_signer: its HSM pool was not started",
+                    ic.name
+                )
+            })?;
+            (pool.clone(), format!("crl_signer ({})", pool.describe()))
+        }
+        (None, None) => return Ok(None),
+    };
+    // The pool checked every HSM's key against the CA certificate already; this is the check
+    // for the key file, and the invariant for both.
     if signer.public_key() != ca_key {
         return Err(format!(
-            "issuer {}: crl_key {} is not the key of the CA certificate",
-            ic.name,
-            path.display()
+            "issuer {}: {what} is not the key of the CA certificate",
+            ic.name
         ));
     }
-    Ok(Some(Arc::new(signer)))
+    Ok(Some(signer))
 }
 
 impl CrlService {
     /// Sets up the catalog (loading the disk copies), the regions and, when `publishing`, the
-    /// publisher for every issuer with a `crl_key`. Blocking (reads keys and files).
-    pub fn new(cfg: Arc<Config>, issuers: &[Issuer], publishing: bool) -> Result<Self, String> {
+    /// publisher for every issuer with a `crl_key` or a `crl_signer` (whose pools, started
+    /// by the caller, are in `pools`). Blocking (reads keys and files).
+    pub fn new(
+        cfg: Arc<Config>,
+        issuers: &[Issuer],
+        publishing: bool,
+        pools: &CrlPools,
+    ) -> Result<Self, String> {
         let mut crl_issuers = Vec::new();
         let mut publish = Vec::new();
         for issuer in issuers {
@@ -83,14 +113,14 @@ impl CrlService {
                     allow_hold: issuer.allow_hold,
                     ..ci
                 },
-                Err(e) if ic.crl_key.is_none() => {
+                Err(e) if ic.crl_key.is_none() && ic.crl_signer.is_none() => {
                     tracing::warn!(issuer = %issuer.name, error = %e, "no CRLs for this issuer");
                     continue;
                 }
                 Err(e) => return Err(format!("issuer {}: {e}", issuer.name)),
             };
             if publishing {
-                if let Some(signer) = crl_signer(ic, issuer)? {
+                if let Some(signer) = crl_signer(ic, issuer, pools)? {
                     publish.push(PublishIssuer {
                         issuer: ci.clone(),
                         issuer_id: issuer.hashes.id,
@@ -187,7 +217,7 @@ impl CrlService {
     /// target stored it.
     pub async fn publish_once(&self, view: Arc<StatusView>) -> Result<Vec<String>, String> {
         let Some(publisher) = &self.publisher else {
-            return Err("no issuer has a crl_key: nothing to publish".into());
+            return Err("no issuer has a crl_key or crl_signer: nothing to publish".into());
         };
         refresh_once(&self.catalog, &self.regions).await;
         let results = publisher.publish(&view, Mode::Full, None).await;

@@ -237,7 +237,9 @@ impl Publisher {
                 delta_base,
                 freshest_uri: freshest_uri.as_deref(),
             };
-            let der = crate::crl::build(&issuer, &spec, &mut entries, signer.as_ref())?;
+            // On this blocking thread; a signature stuck in a silent HSM is asked again.
+            let signer = crate::signer::AskAgainOnTimeout(signer);
+            let der = crate::crl::build(&issuer, &spec, &mut entries, &signer)?;
             let info = crate::crl::lint(
                 &der,
                 &issuer,

@@ -39,6 +39,10 @@ pub struct Readiness {
     pub draining: AtomicBool,
     /// The HSM pools; one with no HSM in service makes the replica degraded ("no signer").
     pub signer_pools: Vec<Arc<SignerPool>>,
+    /// The CRL signer pools (`[issuer.crl_signer]`, on publishing nodes). One with no HSM in
+    /// service is reported by `/readyz` but never makes the replica unready: OCSP answers and
+    /// CRL serving do not need it; only publishing waits.
+    pub crl_signer_pools: Vec<Arc<SignerPool>>,
     /// `hsm_pool.readiness_requires_signer`: "no signer" makes the replica not ready.
     pub require_signer: bool,
     /// Freshness of the feed, when `[feed]` is configured.
@@ -56,7 +60,7 @@ impl Readiness {
             why.push("status view not loaded".to_owned());
         }
         if self.require_signer {
-            why.extend(self.degraded());
+            why.extend(self.no_ocsp_signer());
         }
         if let Some(feed) = self.feed.get() {
             if let Err(e) = feed.check(crate::clock::unix_now_ms()) {
@@ -70,33 +74,61 @@ impl Readiness {
         }
     }
 
-    /// Why the replica answers only from its cache for some issuer, if it does: with no HSM
-    /// in service, cached responses are served until their nextUpdate, then `tryLater`.
+    /// Why the replica is degraded, if it is: OCSP answered only from its cache for some
+    /// issuer, or CRLs not published for lack of a CRL signer.
     pub fn degraded(&self) -> Option<String> {
-        let without: Vec<&str> = self
-            .signer_pools
-            .iter()
-            .filter(|p| p.in_service() == 0)
-            .map(|p| p.issuer())
+        let why: Vec<String> = self
+            .no_ocsp_signer()
+            .into_iter()
+            .chain(self.no_crl_signer())
             .collect();
-        if without.is_empty() {
-            return None;
-        }
-        let fallback = self
-            .signer_pools
-            .iter()
-            .filter(|p| p.in_service() == 0)
-            .all(|p| p.has_fallback());
-        Some(format!(
-            "no signer (no HSM in service) for issuer {}{}",
-            without.join(", "),
-            if fallback {
-                ": signing with danger_software_fallback"
-            } else {
-                ": serving cached responses until their nextUpdate"
-            }
-        ))
+        (!why.is_empty()).then(|| why.join("; "))
     }
+
+    /// With no HSM in service, cached responses are served until their nextUpdate, then
+    /// `tryLater`.
+    fn no_ocsp_signer(&self) -> Option<String> {
+        no_signer(&self.signer_pools).map(|(issuers, fallback)| {
+            format!(
+                "no signer (no HSM in service) for issuer {issuers}{}",
+                if fallback {
+                    ": signing with danger_software_fallback"
+                } else {
+                    ": serving cached responses until their nextUpdate"
+                }
+            )
+        })
+    }
+
+    /// With no HSM of a CRL signer in service, that issuer's CRLs are not published (the
+    /// served ones stay until their nextUpdate).
+    fn no_crl_signer(&self) -> Option<String> {
+        no_signer(&self.crl_signer_pools).map(|(pools, fallback)| {
+            format!(
+                "no CRL signer (no HSM in service) for {pools}{}",
+                if fallback {
+                    ": signing CRLs with danger_software_fallback"
+                } else {
+                    ": CRLs are not published until one is back"
+                }
+            )
+        })
+    }
+}
+
+/// The pools with no HSM in service (comma-separated labels), and whether each of them has a
+/// software fallback.
+fn no_signer(pools: &[Arc<SignerPool>]) -> Option<(String, bool)> {
+    let without: Vec<&SignerPool> = pools
+        .iter()
+        .filter(|p| p.in_service() == 0)
+        .map(|p| p.as_ref())
+        .collect();
+    if without.is_empty() {
+        return None;
+    }
+    let labels: Vec<&str> = without.iter().map(|p| p.issuer()).collect();
+    Some((labels.join(", "), without.iter().all(|p| p.has_fallback())))
 }
 
 /// Everything a request handler needs.

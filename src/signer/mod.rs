@@ -105,6 +105,60 @@ pub trait Signer: Send + Sync {
     }
 }
 
+/// For callers already on a blocking thread (the CRL build): a signature that is not back
+/// within the inner signer's [`Signer::timeout`] is left behind on its own thread and asked
+/// once more, which an HSM pool sends to another HSM (by then the stuck one is taken out).
+/// Signers without a timeout sign on the caller's thread. This is the blocking-side
+/// counterpart of what the OCSP answer path does with `spawn_blocking` and a deadline.
+pub struct AskAgainOnTimeout(pub std::sync::Arc<dyn Signer>);
+
+impl Signer for AskAgainOnTimeout {
+    fn algorithm(&self) -> SignatureAlgorithm {
+        self.0.algorithm()
+    }
+
+    fn public_key(&self) -> &[u8] {
+        self.0.public_key()
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+        let Some(limit) = self.0.timeout() else {
+            return self.0.sign(message);
+        };
+        let message: std::sync::Arc<[u8]> = message.into();
+        for _ in 0..2 {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (signer, m) = (self.0.clone(), message.clone());
+            std::thread::Builder::new()
+                .name("vigil-sign".into())
+                .spawn(move || {
+                    // The receiver is gone when the caller gave up on this call.
+                    let _ = tx.send(signer.sign(&m));
+                })
+                .map_err(|e| SignError::Unavailable(format!("starting a signing thread: {e}")))?;
+            match rx.recv_timeout(limit) {
+                Ok(r) => return r,
+                Err(_) => {
+                    tracing::warn!(signer = %self.0.describe(), ?limit, "a signature did not finish in time; asking again");
+                }
+            }
+        }
+        Err(SignError::Unavailable(format!(
+            "no signature within {limit:?}, twice"
+        )))
+    }
+
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+
+    fn timeout(&self) -> Option<std::time::Duration> {
+        // Waiting is handled here: callers wait as long as this takes (at most twice the
+        // inner timeout).
+        None
+    }
+}
+
 /// Checks that `signature` over `message` verifies with `public_key` under `algorithm`.
 pub fn verify(
     algorithm: SignatureAlgorithm,
@@ -115,4 +169,65 @@ pub fn verify(
     ring::signature::UnparsedPublicKey::new(algorithm.verification(), public_key)
         .verify(message, signature)
         .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// Its first call hangs (an HSM gone silent); later calls answer at once.
+    struct FirstCallHangs {
+        calls: AtomicUsize,
+        timeout: Option<Duration>,
+    }
+
+    impl Signer for FirstCallHangs {
+        fn algorithm(&self) -> SignatureAlgorithm {
+            SignatureAlgorithm::EcdsaP256Sha256
+        }
+        fn public_key(&self) -> &[u8] {
+            &[]
+        }
+        fn sign(&self, _message: &[u8]) -> Result<Vec<u8>, SignError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                std::thread::sleep(Duration::from_secs(3));
+                return Ok(b"late".to_vec());
+            }
+            Ok(b"second".to_vec())
+        }
+        fn describe(&self) -> String {
+            "test".into()
+        }
+        fn timeout(&self) -> Option<Duration> {
+            self.timeout
+        }
+    }
+
+    #[test]
+    fn a_stuck_signature_is_asked_again_after_the_timeout() {
+        let inner = Arc::new(FirstCallHangs {
+            calls: AtomicUsize::new(0),
+            timeout: Some(Duration::from_millis(100)),
+        });
+        let signer = AskAgainOnTimeout(inner.clone());
+        let started = Instant::now();
+        assert_eq!(signer.sign(b"m").expect("signed"), b"second");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(signer.timeout(), None);
+    }
+
+    #[test]
+    fn without_a_timeout_the_caller_waits_on_its_own_thread() {
+        let inner = Arc::new(FirstCallHangs {
+            calls: AtomicUsize::new(1),
+            timeout: None,
+        });
+        let signer = AskAgainOnTimeout(inner.clone());
+        assert_eq!(signer.sign(b"m").expect("signed"), b"second");
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+    }
 }

@@ -192,7 +192,15 @@ unissued = {{ toJson . }}
 {{- if $i.allowHold }}
 allow_hold = true
 {{- end }}
-{{- if and $v.crl.enabled $i.crlKeyKey }}
+{{- if and $i.crlKeyKey $i.crlSigner }}
+{{- fail (printf "issuers[%s]: set crlKeyKey or crlSigner, not both (crl_key, crl_signer)" $i.name) }}
+{{- end }}
+{{- if and $v.crl.enabled $i.crlSigner }}
+{{- if not $v.hsm.enabled }}
+{{- fail (printf "issuers[%s].crlSigner: set hsm.enabled (the CA key is in hsm.keys entries)" $i.name) }}
+{{- end }}
+crl_signer = { hsm = {{ include "vigil.toml.value" $i.crlSigner.hsm }} }
+{{- else if and $v.crl.enabled $i.crlKeyKey }}
 crl_key = {{ printf "%s/ca.key" (include "vigil.issuerDir" $i.name) | toJson }}
 {{- end }}
 {{- end }}
