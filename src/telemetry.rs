@@ -13,6 +13,9 @@ pub const OCSP_LATENCY: &str = "vigil_ocsp_request_duration_seconds";
 pub const OCSP_CERT_STATUS: &str = "vigil_ocsp_cert_status_total";
 /// Response cache lookups that found a fresh response.
 pub const CACHE_HITS: &str = "vigil_ocsp_cache_hits_total";
+/// Of the cache hits, those answered from the front cache (the request's bytes seen before,
+/// not decoded again).
+pub const FRONT_CACHE_HITS: &str = "vigil_ocsp_front_cache_hits_total";
 /// Response cache lookups that had to sign.
 pub const CACHE_MISSES: &str = "vigil_ocsp_cache_misses_total";
 /// Cached responses served past their refresh point because signing failed.
@@ -160,6 +163,8 @@ pub struct Metrics {
     pub status_unknown: Counter,
     /// Fresh cache hits.
     pub cache_hits: Counter,
+    /// Of the fresh cache hits, those answered from the front cache.
+    pub front_cache_hits: Counter,
     /// Cache misses.
     pub cache_misses: Counter,
     /// Stale responses served because signing failed.
@@ -192,6 +197,7 @@ impl Metrics {
             status_revoked: metrics::counter!(OCSP_CERT_STATUS, "status" => "revoked"),
             status_unknown: metrics::counter!(OCSP_CERT_STATUS, "status" => "unknown"),
             cache_hits: metrics::counter!(CACHE_HITS),
+            front_cache_hits: metrics::counter!(FRONT_CACHE_HITS),
             cache_misses: metrics::counter!(CACHE_MISSES),
             cache_stale_served: metrics::counter!(CACHE_STALE_SERVED),
             signing_latency: metrics::histogram!(SIGNING_LATENCY),

@@ -126,6 +126,42 @@ pub fn decode_request(der: &[u8], limits: &RequestLimits) -> Result<DecodedReque
     Ok(DecodedRequest { certs, nonce })
 }
 
+/// The DER of the request that asks about one CertID and nothing else: no version (v1 is the
+/// DEFAULT, so DER omits it), no requestorName, no extensions, no signature.
+///
+/// ```text
+/// OCSPRequest ::= SEQUENCE { tbsRequest TBSRequest, ... }
+/// TBSRequest  ::= SEQUENCE { requestList SEQUENCE OF Request, ... }
+/// Request     ::= SEQUENCE { reqCert CertID, ... }
+/// ```
+///
+/// DER has one encoding per value, so these are the only bytes such a request can have: the
+/// front cache keeps only requests equal to this, and a status change drops exactly these forms.
+pub fn plain_request_der(cert_id_der: &[u8]) -> Vec<u8> {
+    let mut out = cert_id_der.to_vec();
+    for _ in 0..4 {
+        out = sequence(out);
+    }
+    out
+}
+
+/// `content` as the content of a DER SEQUENCE.
+fn sequence(content: Vec<u8>) -> Vec<u8> {
+    let n = content.len();
+    let mut out = Vec::with_capacity(n + 6);
+    out.push(0x30);
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let octets = n.to_be_bytes();
+        let skip = octets.iter().take_while(|&&b| b == 0).count();
+        out.push(0x80 | (octets.len() - skip) as u8);
+        out.extend_from_slice(&octets[skip..]);
+    }
+    out.extend_from_slice(&content);
+    out
+}
+
 fn check_no_duplicates(exts: &[Extension]) -> Result<(), OcspError> {
     for (i, a) in exts.iter().enumerate() {
         if exts[i + 1..].iter().any(|b| b.extn_id == a.extn_id) {
@@ -279,6 +315,32 @@ pub(crate) mod tests {
                 assert_eq!(d.certs[0].der, id.to_der().expect("der"));
                 assert_eq!(d.certs[0].serial.as_der_content(), &[1, 2]);
             }
+        }
+    }
+
+    #[test]
+    fn plain_request_is_the_encoded_single_request() {
+        for alg in HashAlgorithm::ALL {
+            for null in [true, false] {
+                let mut high_bit = vec![0xff; 20];
+                high_bit[0] = 0;
+                for serial in [vec![0x01], vec![0x7f; 20], high_bit] {
+                    let id = cert_id(alg, &serial, null);
+                    let want = request(vec![id.clone()], None);
+                    assert_eq!(plain_request_der(&id.to_der().expect("der")), want);
+                }
+            }
+        }
+        // Lengths of one, two and three octets.
+        for n in [0x7f, 0x80, 0xff, 0x100, 0x1_0000] {
+            let der = sequence(vec![0; n]);
+            let header = der.len() - n;
+            assert_eq!(
+                der::Header::from_der(&der[..header])
+                    .expect("header")
+                    .length,
+                der::Length::try_from(n).expect("length")
+            );
         }
     }
 
