@@ -151,8 +151,36 @@ const OUTCOMES: [(Outcome, &str); 6] = [
     (Outcome::InternalError, "internal_error"),
 ];
 
+/// The `path` label of [`HTTP_OTHER`]: which part of the server answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathClass {
+    /// `/healthz`, `/readyz`, `/metrics`.
+    Ops,
+    /// `/crl/...`.
+    Crl,
+    /// OCSP paths refused before decoding (404, 405, 400, 408, 413, 414).
+    Ocsp,
+}
+
+const PATH_CLASSES: [&str; 3] = ["ops", "crl", "ocsp"];
+
+/// The `code` labels of [`HTTP_OTHER`]; any other status counts as `other` (the last).
+const HTTP_CODES: [(u16, &str); 10] = [
+    (200, "200"),
+    (304, "304"),
+    (400, "400"),
+    (404, "404"),
+    (405, "405"),
+    (408, "408"),
+    (413, "413"),
+    (414, "414"),
+    (503, "503"),
+    (0, "other"),
+];
+
 /// Handles registered once, so the hot path only bumps atomics.
 pub struct Metrics {
+    http_other: [[Counter; HTTP_CODES.len()]; PATH_CLASSES.len()],
     requests: [[Counter; 6]; 2],
     latency: [Histogram; 2],
     /// good / revoked / unknown SingleResponses.
@@ -188,6 +216,10 @@ impl Metrics {
     pub fn new() -> Self {
         let methods = ["GET", "POST"];
         Metrics {
+            http_other: PATH_CLASSES.map(|path| {
+                HTTP_CODES
+                    .map(|(_, code)| metrics::counter!(HTTP_OTHER, "path" => path, "code" => code))
+            }),
             requests: methods.map(|m| {
                 OUTCOMES
                     .map(|(_, o)| metrics::counter!(OCSP_REQUESTS, "method" => m, "outcome" => o))
@@ -207,6 +239,15 @@ impl Metrics {
             events_unchanged: metrics::counter!(EVENTS_APPLIED, "result" => "unchanged"),
             events_undecodable: metrics::counter!(EVENTS_UNDECODABLE),
         }
+    }
+
+    /// Counts one response that is not an OCSP answer.
+    pub fn http_other(&self, class: PathClass, status: u16) {
+        let code = HTTP_CODES
+            .iter()
+            .position(|(c, _)| *c == status)
+            .unwrap_or(HTTP_CODES.len() - 1);
+        self.http_other[class as usize][code].increment(1);
     }
 
     /// Counts one OCSP request and its latency.
