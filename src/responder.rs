@@ -33,7 +33,7 @@ use x509_ocsp::CertId;
 use crate::cache::{CachedResponse, FrontCache, FrontEntry, ResponseCache};
 use crate::config::{Config, NoncePolicy};
 use crate::limits::MAX_FRONT_KEY_BYTES;
-use crate::ocsp::request::{decode_request, plain_request_der, RequestLimits};
+use crate::ocsp::request::{decode_request, plain_cert_id, plain_request_der, RequestLimits};
 use crate::ocsp::response::{
     assemble, extended_revoke_extension, tbs_response_data, ResponderProfile, SingleStatus,
     ValidityPolicy,
@@ -392,6 +392,8 @@ impl Responder {
     /// hit in the response cache. Anything else (no entry, a changed status, a serial the
     /// issuer's policy refuses, past the refresh point) takes the full path, which decides.
     async fn front_hit(&self, der: &[u8], now: i64) -> Option<Answer> {
+        // Requests that cannot be in it (a nonce, several CertIDs) skip the lookup.
+        plain_cert_id(der)?;
         let entry = self.front.get(der).await?;
         let state = self.issuers.get(entry.issuer)?;
         let status = self.single_status(state, &entry.serial).ok()?;
@@ -445,8 +447,8 @@ impl Responder {
         if req.certs.len() == 1 && echo.is_none() {
             // Only a request of this one CertID and nothing else goes into the front cache: a
             // nonce or any other extension would make every request a new key.
-            let plain =
-                der.len() <= MAX_FRONT_KEY_BYTES && der == plain_request_der(&req.certs[0].der);
+            let plain = der.len() <= MAX_FRONT_KEY_BYTES
+                && plain_cert_id(der) == Some(&req.certs[0].der[..]);
             // Moved, not copied: the hit path makes no copy of the key.
             let key = Bytes::from(std::mem::take(&mut req.certs[0].der));
             let answer = self

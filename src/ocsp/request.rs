@@ -145,6 +145,45 @@ pub fn plain_request_der(cert_id_der: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The CertID bytes of a request shaped like [`plain_request_der`]'s output: four SEQUENCE
+/// headers, each with a definite length that runs exactly to the end of its parent. Anything
+/// else (a nonce or other extension, a second CertID, a signature) is `None`.
+///
+/// This only looks at headers (tens of nanoseconds), so requests that cannot be in the front
+/// cache skip its lookup. It does not check the CertID inside: the caller compares it with
+/// the re-encoding of a decoded CertID before trusting it.
+pub fn plain_cert_id(der: &[u8]) -> Option<&[u8]> {
+    let mut rest = der;
+    for _ in 0..4 {
+        rest = sequence_content(rest)?;
+    }
+    Some(rest)
+}
+
+/// The content of a SEQUENCE that is all of `der`, if its length is definite and exact.
+fn sequence_content(der: &[u8]) -> Option<&[u8]> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (len, rest) = match first {
+        0..=0x7f => (first as usize, rest),
+        0x81..=0x82 => {
+            let n = (first & 0x7f) as usize;
+            let octets = rest.get(..n)?;
+            (
+                octets
+                    .iter()
+                    .fold(0usize, |acc, &b| (acc << 8) | b as usize),
+                &rest[n..],
+            )
+        }
+        _ => return None,
+    };
+    (len == rest.len()).then_some(rest)
+}
+
 /// `content` as the content of a DER SEQUENCE.
 fn sequence(content: Vec<u8>) -> Vec<u8> {
     let n = content.len();
@@ -331,6 +370,28 @@ pub(crate) mod tests {
                 }
             }
         }
+        // And back.
+        let id = cert_id(HashAlgorithm::Sha512, &[0x7f; 20], true)
+            .to_der()
+            .expect("der");
+        assert_eq!(plain_cert_id(&plain_request_der(&id)), Some(&id[..]));
+        let nonce = request(
+            vec![cert_id(HashAlgorithm::Sha1, &[5], true)],
+            Some(vec![nonce(16, false)]),
+        );
+        assert_eq!(plain_cert_id(&nonce), None);
+        let two = request(
+            vec![
+                cert_id(HashAlgorithm::Sha1, &[5], true),
+                cert_id(HashAlgorithm::Sha1, &[6], true),
+            ],
+            None,
+        );
+        assert_eq!(plain_cert_id(&two), None);
+        let mut trailing = plain_request_der(&id);
+        trailing.push(0);
+        assert_eq!(plain_cert_id(&trailing), None);
+        assert_eq!(plain_cert_id(&[0x30, 0x80, 0, 0]), None);
         // Lengths of one, two and three octets.
         for n in [0x7f, 0x80, 0xff, 0x100, 0x1_0000] {
             let der = sequence(vec![0; n]);
