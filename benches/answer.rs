@@ -1,7 +1,9 @@
-//! The OCSP answer path without HTTP: `Responder::answer` on a warmed cache (decode, issuer
-//! match, status lookup, cache hit), for good, revoked and unissued serials, POST and GET
-//! forms; and with nonce `echo`, where every answer is a fresh P-256 signature on the blocking
-//! pool.
+//! The OCSP answer path without HTTP: `Responder::answer` on a warmed cache, for good, revoked
+//! and unissued serials, POST and GET forms. `answer_cache_hit` is what `vigil serve` does: a
+//! plain request seen before is a front-cache hit (no decoding; status lookup and freshness
+//! check); `answer_decoded_hit` is the same with the front cache off (decode, issuer match,
+//! CertID re-encode, status lookup, response-cache hit), as every request with a nonce is
+//! answered. And with nonce `echo`, where every answer is a fresh P-256 signature.
 //!
 //! Each measurement runs its iterations inside one `block_on`, so the runtime's entry cost is
 //! not counted per answer.
@@ -52,9 +54,23 @@ fn time_answers(
 }
 
 fn cache_hit(c: &mut Criterion) {
-    let rt = runtime();
     let pki = support::DemoPki::new(NoncePolicy::Ignore);
-    let responder = pki.responder();
+    cache_hit_group(c, &pki, "answer_cache_hit", pki.responder());
+    cache_hit_group(
+        c,
+        &pki,
+        "answer_decoded_hit",
+        pki.responder_without_front_cache(),
+    );
+}
+
+fn cache_hit_group(
+    c: &mut Criterion,
+    pki: &support::DemoPki,
+    group: &str,
+    responder: Arc<Responder>,
+) {
+    let rt = runtime();
     let now = vigil::clock::unix_now();
     let unissued = [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88];
     let cases = [
@@ -72,12 +88,14 @@ fn cache_hit(c: &mut Criterion) {
         ("post_sha1_unissued", unissued.to_vec(), HashAlgorithm::Sha1),
     ];
 
-    let mut g = c.benchmark_group("answer_cache_hit");
+    let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(1));
     for (name, serial, alg) in cases {
         let der = support::request_der(vec![pki.cert_id(alg, &serial)], None);
         // Warm the cache: the first answer signs, every later one is a hit.
         expect_signed(rt.block_on(responder.answer(&der, now)));
+        let remembered = rt.block_on(responder.front().get(&der)).is_some();
+        assert_eq!(remembered, group == "answer_cache_hit", "{group}/{name}");
         g.bench_function(name, |b| {
             b.iter_custom(|iters| time_answers(&rt, &responder, &der, now, iters))
         });
@@ -113,6 +131,9 @@ fn cache_hit(c: &mut Criterion) {
     });
     g.finish();
 
+    if group != "answer_cache_hit" {
+        return;
+    }
     // Turning a cached answer into the HTTP response (caching headers, ETag check).
     let hit = expect_signed(rt.block_on(responder.answer(&der, now)));
     let headers = http::HeaderMap::new();

@@ -14,6 +14,7 @@ use moka::future::Cache;
 use moka::Expiry;
 
 use crate::ocsp::response::{SingleStatus, Window};
+use crate::status::Serial;
 
 /// A signed response with the HTTP headers it is served with.
 #[derive(Debug)]
@@ -124,5 +125,115 @@ impl ResponseCache {
     /// Number of entries (approximate).
     pub fn entry_count(&self) -> u64 {
         self.inner.entry_count()
+    }
+}
+
+/// What a request's bytes resolved to: enough to answer the same bytes again without decoding
+/// them.
+#[derive(Debug, Clone)]
+pub struct FrontEntry {
+    /// Index of the issuer the CertID matched.
+    pub issuer: usize,
+    /// The CertID's serial number.
+    pub serial: Serial,
+    /// The response served for it. A hit still checks it against the certificate's current
+    /// status and its refresh point, as a hit in [`ResponseCache`] does.
+    pub response: Arc<CachedResponse>,
+}
+
+/// Resolved requests by their DER bytes exactly as received (the POST body, or the GET path
+/// after percent- and base64-decoding), for requests of one CertID and nothing else (no nonce,
+/// no other extension, no requestor name, no signature).
+///
+/// A hit skips DER decoding, issuer matching and the CertID re-encoding; it does *not* skip the
+/// status check: the entry only says which certificate the bytes ask about, and the response is
+/// served only if it is fresh and states the status the view gives now. Entries expire at the
+/// response's nextUpdate, and [`crate::responder::Responder::evict`] drops every plain request
+/// form of a certificate whose status changed, with its [`ResponseCache`] entries.
+///
+/// Clients choose the keys, so the keys are hashed with moka's default (SipHash-1-3 under
+/// per-process random keys), a key longer than `max_key_bytes` is never stored, and the entries
+/// are bounded in bytes (key + response + overhead).
+#[derive(Clone)]
+pub struct FrontCache {
+    inner: Option<Cache<Bytes, FrontEntry>>,
+    max_key_bytes: usize,
+}
+
+/// Bytes counted per front-cache entry besides its key and response: the entry itself and
+/// moka's bookkeeping.
+const FRONT_ENTRY_OVERHEAD: usize = 256;
+
+struct FrontUntilNextUpdate;
+
+impl Expiry<Bytes, FrontEntry> for FrontUntilNextUpdate {
+    fn expire_after_create(&self, _: &Bytes, v: &FrontEntry, _: Instant) -> Option<Duration> {
+        Some(remaining(&v.response))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Bytes,
+        v: &FrontEntry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(remaining(&v.response))
+    }
+}
+
+impl FrontCache {
+    /// A cache of at most about `max_bytes` (0: none at all) whose keys are at most
+    /// `max_key_bytes` long.
+    pub fn new(max_bytes: u64, max_key_bytes: usize) -> Self {
+        let inner = (max_bytes > 0).then(|| {
+            Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|k: &Bytes, v: &FrontEntry| {
+                    (k.len() + v.response.der.len() + FRONT_ENTRY_OVERHEAD).min(u32::MAX as usize)
+                        as u32
+                })
+                .expire_after(FrontUntilNextUpdate)
+                .build()
+        });
+        FrontCache {
+            inner,
+            max_key_bytes,
+        }
+    }
+
+    /// The entry for these request bytes, if any.
+    pub async fn get(&self, request: &[u8]) -> Option<FrontEntry> {
+        self.inner.as_ref()?.get(request).await
+    }
+
+    /// Remembers what `request` resolved to; false (and nothing stored) if the cache is off or
+    /// the key is longer than the limit.
+    pub async fn insert(&self, request: &[u8], entry: FrontEntry) -> bool {
+        match &self.inner {
+            Some(c) if request.len() <= self.max_key_bytes => {
+                c.insert(Bytes::copy_from_slice(request), entry).await;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops the entry for these request bytes.
+    pub async fn invalidate(&self, request: &[u8]) {
+        if let Some(c) = &self.inner {
+            c.invalidate(request).await;
+        }
+    }
+
+    /// Number of entries (approximate; after pending work is done).
+    pub async fn entry_count(&self) -> u64 {
+        match &self.inner {
+            Some(c) => {
+                c.run_pending_tasks().await;
+                c.entry_count()
+            }
+            None => 0,
+        }
     }
 }

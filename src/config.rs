@@ -208,6 +208,8 @@ pub struct OcspConfig {
     pub signing_queue: usize,
     /// Memory for cached signed responses, bytes.
     pub cache_max_bytes: u64,
+    /// Memory for the front cache of resolved requests, bytes (0: no front cache).
+    pub front_cache_max_bytes: u64,
 }
 
 impl Default for OcspConfig {
@@ -220,6 +222,7 @@ impl Default for OcspConfig {
             signing_concurrency: limits::SIGNING_CONCURRENCY,
             signing_queue: limits::SIGNING_QUEUE,
             cache_max_bytes: 256 * 1024 * 1024,
+            front_cache_max_bytes: limits::FRONT_CACHE_MAX_BYTES,
         }
     }
 }

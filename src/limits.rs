@@ -29,6 +29,21 @@ pub const MAX_NONCE_BYTES: usize = 32;
 /// octet keeps a 20-octet value with its high bit set positive.
 pub const MAX_SERIAL_OCTETS: usize = 21;
 
+/// Longest request kept as a front-cache key, in bytes (the key is the request as received, so
+/// the client chooses it).
+///
+/// Only requests of exactly one CertID and nothing else are kept, and the largest of those that
+/// can match an issuer (SHA-512 name and key hashes, a 21-octet serial, NULL parameters) is 185
+/// bytes; anything longer cannot be such a request.
+pub const MAX_FRONT_KEY_BYTES: usize = 256;
+
+/// Memory for the front cache of resolved requests, bytes (`ocsp.front_cache_max_bytes`).
+///
+/// An entry weighs its key, its response and 256 bytes; with 1 to 2 KiB per response this is
+/// some 30 000 to 60 000 requests, far more than the hot set of a CA's busiest certificates
+/// (every request outside it still answers from the response cache, only decoded).
+pub const FRONT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Largest encoded status event (one journal record), in bytes: an event holds a 32-byte issuer
 /// id, a serial of at most 21 octets, two times, a reason and an origin name of at most 64 bytes.
 pub const MAX_EVENT_BYTES: usize = 256;

@@ -3,6 +3,9 @@
 //! 1. decode and check the request ([`crate::ocsp::request`]);
 //! 2. match every CertID to a configured issuer by name and key hash (unknown → `unauthorized`);
 //! 3. look up each status in the view and apply the issuer's policy for unissued serials;
+//! 0. a request of one CertID and nothing else seen before (its bytes are in the front cache):
+//!    skip steps 1–3 and the CertID re-encoding, and go on at 4 with the issuer and serial it
+//!    resolved to (the status is still read from the view);
 //! 4. single CertID without an echoed nonce: serve the cached response if it is fresh *and*
 //!    states the current status; otherwise sign once per CertID form (concurrent requests wait
 //!    on the same signature, which runs in its own task so a disconnecting client cannot cancel
@@ -27,9 +30,10 @@ use x509_cert::ext::Extension;
 use x509_cert::serial_number::SerialNumber;
 use x509_ocsp::CertId;
 
-use crate::cache::{CachedResponse, ResponseCache};
+use crate::cache::{CachedResponse, FrontCache, FrontEntry, ResponseCache};
 use crate::config::{Config, NoncePolicy};
-use crate::ocsp::request::{decode_request, RequestLimits};
+use crate::limits::MAX_FRONT_KEY_BYTES;
+use crate::ocsp::request::{decode_request, plain_cert_id, plain_request_der, RequestLimits};
 use crate::ocsp::response::{
     assemble, extended_revoke_extension, tbs_response_data, ResponderProfile, SingleStatus,
     ValidityPolicy,
@@ -307,6 +311,8 @@ pub struct Responder {
     issuers: Vec<IssuerState>,
     matcher: IssuerMatcher,
     cache: ResponseCache,
+    /// Requests of one CertID and nothing else, by their bytes.
+    front: FrontCache,
     validity: ValidityPolicy,
     nonce: NoncePolicy,
     limits: RequestLimits,
@@ -336,6 +342,7 @@ impl Responder {
                 .collect(),
             matcher,
             cache: ResponseCache::new(cfg.ocsp.cache_max_bytes),
+            front: FrontCache::new(cfg.ocsp.front_cache_max_bytes, MAX_FRONT_KEY_BYTES),
             validity: ValidityPolicy {
                 validity_secs: cfg.ocsp.validity.as_secs() as i64,
                 backdate_secs: cfg.ocsp.backdate.as_secs() as i64,
@@ -364,12 +371,46 @@ impl Responder {
         &self.cache
     }
 
+    /// The front cache of resolved requests.
+    pub fn front(&self) -> &FrontCache {
+        &self.front
+    }
+
     /// Answers one DER request at `now` (Unix seconds).
     pub async fn answer(self: &Arc<Self>, der: &[u8], now: i64) -> Answer {
+        if let Some(a) = self.front_hit(der, now).await {
+            return a;
+        }
         match self.try_answer(der, now).await {
             Ok(a) => a,
             Err(e) => Answer::Error(e),
         }
+    }
+
+    /// The answer from the front cache: only if these exact bytes were answered before, the
+    /// response is fresh and it states the status the view gives *now* — the same test as a
+    /// hit in the response cache. Anything else (no entry, a changed status, a serial the
+    /// issuer's policy refuses, past the refresh point) takes the full path, which decides.
+    async fn front_hit(&self, der: &[u8], now: i64) -> Option<Answer> {
+        // Requests that cannot be in it (a nonce, several CertIDs) skip the lookup.
+        plain_cert_id(der)?;
+        let entry = self.front.get(der).await?;
+        let state = self.issuers.get(entry.issuer)?;
+        let status = self.single_status(state, &entry.serial).ok()?;
+        if entry.response.status != status || !entry.response.is_fresh(now) {
+            return None;
+        }
+        match status {
+            SingleStatus::Good => self.metrics.status_good.increment(1),
+            SingleStatus::Revoked(_) => self.metrics.status_revoked.increment(1),
+            SingleStatus::Unknown => self.metrics.status_unknown.increment(1),
+        }
+        self.metrics.cache_hits.increment(1);
+        self.metrics.front_cache_hits.increment(1);
+        Some(Answer::Signed {
+            response: entry.response,
+            shared: true,
+        })
     }
 
     async fn try_answer(self: &Arc<Self>, der: &[u8], now: i64) -> Result<Answer, OcspError> {
@@ -404,11 +445,26 @@ impl Responder {
             _ => None,
         };
         if req.certs.len() == 1 && echo.is_none() {
+            // Only a request of this one CertID and nothing else goes into the front cache: a
+            // nonce or any other extension would make every request a new key.
+            let plain = der.len() <= MAX_FRONT_KEY_BYTES
+                && plain_cert_id(der) == Some(&req.certs[0].der[..]);
             // Moved, not copied: the hit path makes no copy of the key.
             let key = Bytes::from(std::mem::take(&mut req.certs[0].der));
-            return self
+            let answer = self
                 .cached_or_signed(i, key, &req.certs[0].cert_id, answers[0], now)
-                .await;
+                .await?;
+            if let Answer::Signed { response, .. } = &answer {
+                if plain && response.status == answers[0] && response.is_fresh(now) {
+                    let entry = FrontEntry {
+                        issuer: i,
+                        serial: req.certs[0].serial,
+                        response: response.clone(),
+                    };
+                    self.front.insert(der, entry).await;
+                }
+            }
+            return Ok(answer);
         }
         // Several CertIDs or an echoed nonce: one fresh signature, not cached.
         let mut extensions = self.base_extensions(i)?;
@@ -598,6 +654,7 @@ impl Responder {
         };
         for key in cert_id_forms(&state.issuer, serial) {
             self.cache.invalidate(&key).await;
+            self.front.invalidate(&plain_request_der(&key)).await;
             self.changed.insert(Bytes::from(key), ()).await;
         }
     }
@@ -852,5 +909,214 @@ mod tests {
             ),
             Answer::Error(e) => panic!("{e:?}"),
         }
+    }
+
+    // === the front cache ===
+
+    /// A responder over the demo PKI with every certificate issued and none revoked yet, and
+    /// the revocation events the demo PKI holds.
+    fn demo_responder(
+        cfg: &Config,
+    ) -> (
+        tempfile::TempDir,
+        Arc<Responder>,
+        StatusView,
+        Vec<crate::status::Event>,
+    ) {
+        use crate::status::EventKind;
+        let dir = tempfile::tempdir().expect("tmp");
+        let events = crate::demo::ensure_demo_pki(dir.path(), "test").expect("demo PKI");
+        let ic = crate::demo::demo_issuer_config(dir.path());
+        let issuer =
+            crate::pki::load_issuer(&ic, crate::config::ResponderIdKind::KeyHash).expect("issuer");
+        let (revocations, issued): (Vec<_>, Vec<_>) = events
+            .into_iter()
+            .partition(|e| matches!(e.kind, EventKind::Revoked { .. }));
+        let view = StatusView::new();
+        for e in &issued {
+            view.apply(e);
+        }
+        let responder = Arc::new(Responder::new(
+            cfg,
+            vec![issuer],
+            &view,
+            Arc::new(Metrics::new()),
+        ));
+        (dir, responder, view, revocations)
+    }
+
+    /// The CertID of `serial` in form `form` of [`cert_id_forms`].
+    fn cert_id_of(responder: &Responder, serial: &Serial, form: usize) -> CertId {
+        let forms = cert_id_forms(&responder.issuers[0].issuer, serial);
+        <CertId as der::Decode>::from_der(&forms[form]).expect("CertID")
+    }
+
+    fn signed_status(a: Answer) -> SingleStatus {
+        match a {
+            Answer::Signed { response, shared } => {
+                assert!(shared, "a cacheable answer");
+                response.status
+            }
+            Answer::Error(e) => panic!("{e:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_front_cache_hit_after_a_revocation_answers_revoked() {
+        let (_dir, responder, view, revocations) = demo_responder(&Config::embedded_default());
+        let revocation = &revocations[0];
+        let now = crate::clock::unix_now();
+        let der = crate::ocsp::request::tests::request(
+            vec![cert_id_of(&responder, &revocation.serial, 0)],
+            None,
+        );
+        assert_eq!(
+            signed_status(responder.answer(&der, now).await),
+            SingleStatus::Good
+        );
+        let entry = responder.front.get(&der).await.expect("remembered");
+        assert_eq!(entry.serial, revocation.serial);
+        assert_eq!(
+            signed_status(responder.answer(&der, now).await),
+            SingleStatus::Good
+        );
+        // The view has the revocation but neither cache was told (an eviction racing with the
+        // answer path): the front entry still points at the good response, and is not served.
+        view.apply(revocation);
+        let revoked = signed_status(responder.answer(&der, now).await);
+        assert!(matches!(revoked, SingleStatus::Revoked(_)), "{revoked:?}");
+        // The full path replaced the entry, and the hit now serves the revoked response.
+        let entry = responder.front.get(&der).await.expect("replaced");
+        assert_eq!(entry.response.status, revoked);
+        assert_eq!(signed_status(responder.answer(&der, now).await), revoked);
+    }
+
+    #[tokio::test]
+    async fn eviction_drops_every_plain_request_form_of_the_certificate() {
+        let (_dir, responder, view, revocations) = demo_responder(&Config::embedded_default());
+        let revocation = &revocations[0];
+        let now = crate::clock::unix_now();
+        let forms = cert_id_forms(&responder.issuers[0].issuer, &revocation.serial);
+        let mut requests = Vec::new();
+        for form in 0..forms.len() {
+            let der = crate::ocsp::request::tests::request(
+                vec![cert_id_of(&responder, &revocation.serial, form)],
+                None,
+            );
+            assert_eq!(
+                signed_status(responder.answer(&der, now).await),
+                SingleStatus::Good
+            );
+            assert!(responder.front.get(&der).await.is_some(), "form {form}");
+            requests.push(der);
+        }
+        view.apply(revocation);
+        responder.evict(revocation.issuer, &revocation.serial).await;
+        for (form, der) in requests.iter().enumerate() {
+            assert!(responder.front.get(der).await.is_none(), "form {form}");
+            let status = signed_status(responder.answer(der, now).await);
+            assert!(matches!(status, SingleStatus::Revoked(_)), "form {form}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_front_entry_is_not_served_past_its_refresh_point() {
+        let (_dir, responder, _view, revocations) = demo_responder(&Config::embedded_default());
+        let serial = &revocations[0].serial;
+        let now = crate::clock::unix_now();
+        let der =
+            crate::ocsp::request::tests::request(vec![cert_id_of(&responder, serial, 1)], None);
+        let Answer::Signed {
+            response: first, ..
+        } = responder.answer(&der, now).await
+        else {
+            panic!("signed");
+        };
+        let later = first.window.refresh_at;
+        let Answer::Signed {
+            response: again, ..
+        } = responder.answer(&der, later).await
+        else {
+            panic!("signed");
+        };
+        assert!(
+            !Arc::ptr_eq(&first, &again),
+            "signed anew at the refresh point"
+        );
+        let entry = responder.front.get(&der).await.expect("entry");
+        assert!(Arc::ptr_eq(&entry.response, &again));
+    }
+
+    #[tokio::test]
+    async fn requests_with_a_nonce_or_several_cert_ids_bypass_the_front_cache() {
+        use crate::ocsp::request::tests::request;
+        let (_dir, responder, _view, revocations) = demo_responder(&Config::embedded_default());
+        let serial = &revocations[0].serial;
+        let now = crate::clock::unix_now();
+        let id = cert_id_of(&responder, serial, 0);
+        let nonce = Extension {
+            extn_id: crate::ocsp::OID_NONCE,
+            critical: false,
+            extn_value: OctetString::new(
+                OctetString::new(vec![7u8; 16])
+                    .expect("nonce")
+                    .to_der()
+                    .expect("der"),
+            )
+            .expect("extnValue"),
+        };
+        let with_nonce = request(vec![id.clone()], Some(vec![nonce]));
+        assert_eq!(
+            signed_status(responder.answer(&with_nonce, now).await),
+            SingleStatus::Good
+        );
+        assert!(responder.front.get(&with_nonce).await.is_none());
+        let two = request(vec![id.clone(), id.clone()], None);
+        assert!(matches!(
+            responder.answer(&two, now).await,
+            Answer::Signed { shared: false, .. }
+        ));
+        assert!(responder.front.get(&two).await.is_none());
+        assert_eq!(responder.front.entry_count().await, 0);
+        // The plain request of the same CertID is kept (after the nonce one warmed the cache).
+        let plain = request(vec![id], None);
+        signed_status(responder.answer(&plain, now).await);
+        assert!(responder.front.get(&plain).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn the_front_cache_can_be_turned_off_and_bounds_its_keys() {
+        let mut cfg = Config::embedded_default();
+        cfg.ocsp.front_cache_max_bytes = 0;
+        let (_dir, responder, _view, revocations) = demo_responder(&cfg);
+        let now = crate::clock::unix_now();
+        let der = crate::ocsp::request::tests::request(
+            vec![cert_id_of(&responder, &revocations[0].serial, 0)],
+            None,
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                signed_status(responder.answer(&der, now).await),
+                SingleStatus::Good
+            );
+        }
+        assert!(responder.front.get(&der).await.is_none());
+
+        let Answer::Signed { response, .. } = responder.answer(&der, now).await else {
+            panic!("signed");
+        };
+        let front = FrontCache::new(1024 * 1024, der.len() - 1);
+        let entry = FrontEntry {
+            issuer: 0,
+            serial: revocations[0].serial,
+            response,
+        };
+        assert!(
+            !front.insert(&der, entry.clone()).await,
+            "over the key limit"
+        );
+        assert!(front.get(&der).await.is_none());
+        assert!(front.insert(&der[..der.len() - 1], entry).await);
+        assert!(front.get(&der[..der.len() - 1]).await.is_some());
     }
 }

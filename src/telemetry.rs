@@ -13,6 +13,9 @@ pub const OCSP_LATENCY: &str = "vigil_ocsp_request_duration_seconds";
 pub const OCSP_CERT_STATUS: &str = "vigil_ocsp_cert_status_total";
 /// Response cache lookups that found a fresh response.
 pub const CACHE_HITS: &str = "vigil_ocsp_cache_hits_total";
+/// Of the cache hits, those answered from the front cache (the request's bytes seen before,
+/// not decoded again).
+pub const FRONT_CACHE_HITS: &str = "vigil_ocsp_front_cache_hits_total";
 /// Response cache lookups that had to sign.
 pub const CACHE_MISSES: &str = "vigil_ocsp_cache_misses_total";
 /// Cached responses served past their refresh point because signing failed.
@@ -148,8 +151,36 @@ const OUTCOMES: [(Outcome, &str); 6] = [
     (Outcome::InternalError, "internal_error"),
 ];
 
+/// The `path` label of [`HTTP_OTHER`]: which part of the server answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathClass {
+    /// `/healthz`, `/readyz`, `/metrics`.
+    Ops,
+    /// `/crl/...`.
+    Crl,
+    /// OCSP paths refused before decoding (404, 405, 400, 408, 413, 414).
+    Ocsp,
+}
+
+const PATH_CLASSES: [&str; 3] = ["ops", "crl", "ocsp"];
+
+/// The `code` labels of [`HTTP_OTHER`]; any other status counts as `other` (the last).
+const HTTP_CODES: [(u16, &str); 10] = [
+    (200, "200"),
+    (304, "304"),
+    (400, "400"),
+    (404, "404"),
+    (405, "405"),
+    (408, "408"),
+    (413, "413"),
+    (414, "414"),
+    (503, "503"),
+    (0, "other"),
+];
+
 /// Handles registered once, so the hot path only bumps atomics.
 pub struct Metrics {
+    http_other: [[Counter; HTTP_CODES.len()]; PATH_CLASSES.len()],
     requests: [[Counter; 6]; 2],
     latency: [Histogram; 2],
     /// good / revoked / unknown SingleResponses.
@@ -160,6 +191,8 @@ pub struct Metrics {
     pub status_unknown: Counter,
     /// Fresh cache hits.
     pub cache_hits: Counter,
+    /// Of the fresh cache hits, those answered from the front cache.
+    pub front_cache_hits: Counter,
     /// Cache misses.
     pub cache_misses: Counter,
     /// Stale responses served because signing failed.
@@ -183,6 +216,10 @@ impl Metrics {
     pub fn new() -> Self {
         let methods = ["GET", "POST"];
         Metrics {
+            http_other: PATH_CLASSES.map(|path| {
+                HTTP_CODES
+                    .map(|(_, code)| metrics::counter!(HTTP_OTHER, "path" => path, "code" => code))
+            }),
             requests: methods.map(|m| {
                 OUTCOMES
                     .map(|(_, o)| metrics::counter!(OCSP_REQUESTS, "method" => m, "outcome" => o))
@@ -192,6 +229,7 @@ impl Metrics {
             status_revoked: metrics::counter!(OCSP_CERT_STATUS, "status" => "revoked"),
             status_unknown: metrics::counter!(OCSP_CERT_STATUS, "status" => "unknown"),
             cache_hits: metrics::counter!(CACHE_HITS),
+            front_cache_hits: metrics::counter!(FRONT_CACHE_HITS),
             cache_misses: metrics::counter!(CACHE_MISSES),
             cache_stale_served: metrics::counter!(CACHE_STALE_SERVED),
             signing_latency: metrics::histogram!(SIGNING_LATENCY),
@@ -201,6 +239,15 @@ impl Metrics {
             events_unchanged: metrics::counter!(EVENTS_APPLIED, "result" => "unchanged"),
             events_undecodable: metrics::counter!(EVENTS_UNDECODABLE),
         }
+    }
+
+    /// Counts one response that is not an OCSP answer.
+    pub fn http_other(&self, class: PathClass, status: u16) {
+        let code = HTTP_CODES
+            .iter()
+            .position(|(c, _)| *c == status)
+            .unwrap_or(HTTP_CODES.len() - 1);
+        self.http_other[class as usize][code].increment(1);
     }
 
     /// Counts one OCSP request and its latency.

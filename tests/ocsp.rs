@@ -762,6 +762,8 @@ fn health_readiness_metrics_and_graceful_shutdown() {
         "{m}"
     );
     assert!(m.contains("vigil_ocsp_cache_hits_total 1"), "{m}");
+    // openssl's -no_nonce request is one CertID and nothing else: the repeat is a front hit.
+    assert!(m.contains("vigil_ocsp_front_cache_hits_total 1"), "{m}");
     assert!(
         m.contains("vigil_ocsp_request_duration_seconds_bucket"),
         "{m}"

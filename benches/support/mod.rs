@@ -79,12 +79,23 @@ impl DemoPki {
     /// A responder over this PKI with the journal replayed into its view (what `vigil serve`
     /// builds at start-up, minus the listener).
     pub fn responder(&self) -> Arc<Responder> {
+        self.responder_for(&self.config)
+    }
+
+    /// The same responder with the front cache turned off: every answer decodes its request.
+    pub fn responder_without_front_cache(&self) -> Arc<Responder> {
+        let mut config = self.config.clone();
+        config.ocsp.front_cache_max_bytes = 0;
+        self.responder_for(&config)
+    }
+
+    fn responder_for(&self, config: &Config) -> Arc<Responder> {
         let metrics = Arc::new(Metrics::new());
         let view = StatusView::new();
         let mut reader = JournalReader::new(self.config.journal_path());
         vigil::app::replay_journal(&mut reader, &view, &metrics).expect("replaying the journal");
         let issuers = vigil::app::load_issuers(&self.config).expect("loading the demo issuer");
-        Arc::new(Responder::new(&self.config, issuers, &view, metrics))
+        Arc::new(Responder::new(config, issuers, &view, metrics))
     }
 
     /// The CertID of `serial` under `alg`, with NULL hash parameters as OpenSSL sends them.

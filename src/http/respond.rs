@@ -1,5 +1,7 @@
 //! The one place that turns answers and errors into HTTP responses.
 
+use std::io::Write;
+
 use bytes::Bytes;
 use http::header::{
     ALLOW, CACHE_CONTROL, CONTENT_TYPE, ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH,
@@ -130,14 +132,21 @@ fn cacheable(
     last_modified: &HeaderValue,
     expires: &HeaderValue,
 ) {
+    // Written on the stack and copied once into the header value: this is on every answer.
+    let mut buf = [0u8; 80];
+    let mut w = &mut buf[..];
+    let cache_control = match write!(
+        w,
+        "max-age={max_age}, public, no-transform, must-revalidate"
+    ) {
+        Ok(()) => {
+            let n = 80 - w.len();
+            HeaderValue::from_bytes(&buf[..n]).unwrap_or(NO_CACHE)
+        }
+        Err(_) => NO_CACHE,
+    };
     let h = r.headers_mut();
-    h.insert(
-        CACHE_CONTROL,
-        HeaderValue::from_str(&format!(
-            "max-age={max_age}, public, no-transform, must-revalidate"
-        ))
-        .unwrap_or(NO_CACHE),
-    );
+    h.insert(CACHE_CONTROL, cache_control);
     h.insert(ETAG, etag.clone());
     h.insert(LAST_MODIFIED, last_modified.clone());
     h.insert(EXPIRES, expires.clone());

@@ -27,7 +27,7 @@ use super::respond::{self, Body};
 use super::AppState;
 use crate::clock::unix_now;
 use crate::ocsp::request::decode_get_path;
-use crate::telemetry;
+use crate::telemetry::{self, PathClass};
 
 /// Handles one request.
 pub async fn handle(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body> {
@@ -37,8 +37,9 @@ pub async fn handle(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body>
     let target_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
     if target_len > limits.max_get_path_bytes {
         return other(
+            &st,
             respond::text(StatusCode::URI_TOO_LONG, "request target too long\n"),
-            "ocsp",
+            PathClass::Ocsp,
         );
     }
     let is_get = parts.method == Method::GET || parts.method == Method::HEAD;
@@ -46,9 +47,13 @@ pub async fn handle(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body>
     let path = parts.uri.path();
     match path {
         "/healthz" | "/readyz" | "/metrics" if !is_get => {
-            return other(respond::method_not_allowed("GET, HEAD"), "ops")
+            return other(
+                &st,
+                respond::method_not_allowed("GET, HEAD"),
+                PathClass::Ops,
+            )
         }
-        "/healthz" => return other(respond::text(StatusCode::OK, "ok\n"), "ops"),
+        "/healthz" => return other(&st, respond::text(StatusCode::OK, "ok\n"), PathClass::Ops),
         "/readyz" => {
             let r = match st.readiness.check() {
                 Ok(()) => match st.readiness.degraded() {
@@ -60,14 +65,18 @@ pub async fn handle(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body>
                     format!("not ready: {why}\n"),
                 ),
             };
-            return other(r, "ops");
+            return other(&st, r, PathClass::Ops);
         }
-        "/metrics" => return other(metrics(&st), "ops"),
+        "/metrics" => return other(&st, metrics(&st), PathClass::Ops),
         _ => {}
     }
     if path == "/crl" || path.starts_with("/crl/") {
         if !is_get {
-            return other(respond::method_not_allowed("GET, HEAD"), "crl");
+            return other(
+                &st,
+                respond::method_not_allowed("GET, HEAD"),
+                PathClass::Crl,
+            );
         }
         let r = match st
             .crl
@@ -85,10 +94,14 @@ pub async fn handle(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body>
                 st.config.crl.interval.as_secs() as i64,
             ),
         };
-        return other(r, "crl");
+        return other(&st, r, PathClass::Crl);
     }
     if !is_get && !is_post {
-        return other(respond::method_not_allowed("GET, HEAD, POST"), "ocsp");
+        return other(
+            &st,
+            respond::method_not_allowed("GET, HEAD, POST"),
+            PathClass::Ocsp,
+        );
     }
     let prefix = st.config.server.ocsp_prefix.as_str();
     let (rest, under_prefix) = match path.strip_prefix(prefix) {
@@ -101,29 +114,46 @@ pub async fn handle(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body>
     } else {
         telemetry::Method::Get
     };
-    let der: Bytes = if is_post {
+    // A POST body stays the `Bytes` hyper gave; a GET path decodes into one buffer.
+    let posted: Bytes;
+    let decoded: Vec<u8>;
+    let der: &[u8] = if is_post {
         if !encoded.is_empty() {
-            return other(respond::text(StatusCode::NOT_FOUND, "not found\n"), "ocsp");
+            return other(
+                &st,
+                respond::text(StatusCode::NOT_FOUND, "not found\n"),
+                PathClass::Ocsp,
+            );
         }
         match read_body(body, &parts.headers, &st).await {
-            Ok(b) => b,
-            Err(r) => return other(r, "ocsp"),
+            Ok(b) => {
+                posted = b;
+                &posted
+            }
+            Err(r) => return other(&st, r, PathClass::Ocsp),
         }
     } else {
         if encoded.is_empty() || (!under_prefix && !encoded.starts_with('M')) {
-            return other(respond::text(StatusCode::NOT_FOUND, "not found\n"), "ocsp");
+            return other(
+                &st,
+                respond::text(StatusCode::NOT_FOUND, "not found\n"),
+                PathClass::Ocsp,
+            );
         }
         // The raw path keeps its percent-escapes: decode_get_path undoes them.
         match decode_get_path(encoded) {
-            Ok(d) => Bytes::from(d),
+            Ok(d) => {
+                decoded = d;
+                &decoded
+            }
             Err(_) => {
                 let r = respond::text(StatusCode::BAD_REQUEST, "OCSP GET path is not base64\n");
-                return other(r, "ocsp");
+                return other(&st, r, PathClass::Ocsp);
             }
         }
     };
     let now = unix_now();
-    let answer = st.responder.answer(&der, now).await;
+    let answer = st.responder.answer(der, now).await;
     let (resp, outcome) = respond::ocsp(answer, &parts.headers, now);
     st.metrics
         .request(method, outcome, started.elapsed().as_secs_f64());
@@ -177,23 +207,7 @@ fn metrics(st: &AppState) -> Response<Body> {
     r
 }
 
-fn other(r: Response<Body>, class: &'static str) -> Response<Body> {
-    metrics::counter!(telemetry::HTTP_OTHER, "path" => class, "code" => status_label(r.status()))
-        .increment(1);
+fn other(st: &AppState, r: Response<Body>, class: PathClass) -> Response<Body> {
+    st.metrics.http_other(class, r.status().as_u16());
     r
-}
-
-fn status_label(s: StatusCode) -> &'static str {
-    match s.as_u16() {
-        200 => "200",
-        304 => "304",
-        400 => "400",
-        404 => "404",
-        405 => "405",
-        408 => "408",
-        413 => "413",
-        414 => "414",
-        503 => "503",
-        _ => "other",
-    }
 }

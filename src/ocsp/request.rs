@@ -126,6 +126,81 @@ pub fn decode_request(der: &[u8], limits: &RequestLimits) -> Result<DecodedReque
     Ok(DecodedRequest { certs, nonce })
 }
 
+/// The DER of the request that asks about one CertID and nothing else: no version (v1 is the
+/// DEFAULT, so DER omits it), no requestorName, no extensions, no signature.
+///
+/// ```text
+/// OCSPRequest ::= SEQUENCE { tbsRequest TBSRequest, ... }
+/// TBSRequest  ::= SEQUENCE { requestList SEQUENCE OF Request, ... }
+/// Request     ::= SEQUENCE { reqCert CertID, ... }
+/// ```
+///
+/// DER has one encoding per value, so these are the only bytes such a request can have: the
+/// front cache keeps only requests equal to this, and a status change drops exactly these forms.
+pub fn plain_request_der(cert_id_der: &[u8]) -> Vec<u8> {
+    let mut out = cert_id_der.to_vec();
+    for _ in 0..4 {
+        out = sequence(out);
+    }
+    out
+}
+
+/// The CertID bytes of a request shaped like [`plain_request_der`]'s output: four SEQUENCE
+/// headers, each with a definite length that runs exactly to the end of its parent. Anything
+/// else (a nonce or other extension, a second CertID, a signature) is `None`.
+///
+/// This only looks at headers (tens of nanoseconds), so requests that cannot be in the front
+/// cache skip its lookup. It does not check the CertID inside: the caller compares it with
+/// the re-encoding of a decoded CertID before trusting it.
+pub fn plain_cert_id(der: &[u8]) -> Option<&[u8]> {
+    let mut rest = der;
+    for _ in 0..4 {
+        rest = sequence_content(rest)?;
+    }
+    Some(rest)
+}
+
+/// The content of a SEQUENCE that is all of `der`, if its length is definite and exact.
+fn sequence_content(der: &[u8]) -> Option<&[u8]> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (len, rest) = match first {
+        0..=0x7f => (first as usize, rest),
+        0x81..=0x82 => {
+            let n = (first & 0x7f) as usize;
+            let octets = rest.get(..n)?;
+            (
+                octets
+                    .iter()
+                    .fold(0usize, |acc, &b| (acc << 8) | b as usize),
+                &rest[n..],
+            )
+        }
+        _ => return None,
+    };
+    (len == rest.len()).then_some(rest)
+}
+
+/// `content` as the content of a DER SEQUENCE.
+fn sequence(content: Vec<u8>) -> Vec<u8> {
+    let n = content.len();
+    let mut out = Vec::with_capacity(n + 6);
+    out.push(0x30);
+    if n < 0x80 {
+        out.push(n as u8);
+    } else {
+        let octets = n.to_be_bytes();
+        let skip = octets.iter().take_while(|&&b| b == 0).count();
+        out.push(0x80 | (octets.len() - skip) as u8);
+        out.extend_from_slice(&octets[skip..]);
+    }
+    out.extend_from_slice(&content);
+    out
+}
+
 fn check_no_duplicates(exts: &[Extension]) -> Result<(), OcspError> {
     for (i, a) in exts.iter().enumerate() {
         if exts[i + 1..].iter().any(|b| b.extn_id == a.extn_id) {
@@ -279,6 +354,54 @@ pub(crate) mod tests {
                 assert_eq!(d.certs[0].der, id.to_der().expect("der"));
                 assert_eq!(d.certs[0].serial.as_der_content(), &[1, 2]);
             }
+        }
+    }
+
+    #[test]
+    fn plain_request_is_the_encoded_single_request() {
+        for alg in HashAlgorithm::ALL {
+            for null in [true, false] {
+                let mut high_bit = vec![0xff; 20];
+                high_bit[0] = 0;
+                for serial in [vec![0x01], vec![0x7f; 20], high_bit] {
+                    let id = cert_id(alg, &serial, null);
+                    let want = request(vec![id.clone()], None);
+                    assert_eq!(plain_request_der(&id.to_der().expect("der")), want);
+                }
+            }
+        }
+        // And back.
+        let id = cert_id(HashAlgorithm::Sha512, &[0x7f; 20], true)
+            .to_der()
+            .expect("der");
+        assert_eq!(plain_cert_id(&plain_request_der(&id)), Some(&id[..]));
+        let nonce = request(
+            vec![cert_id(HashAlgorithm::Sha1, &[5], true)],
+            Some(vec![nonce(16, false)]),
+        );
+        assert_eq!(plain_cert_id(&nonce), None);
+        let two = request(
+            vec![
+                cert_id(HashAlgorithm::Sha1, &[5], true),
+                cert_id(HashAlgorithm::Sha1, &[6], true),
+            ],
+            None,
+        );
+        assert_eq!(plain_cert_id(&two), None);
+        let mut trailing = plain_request_der(&id);
+        trailing.push(0);
+        assert_eq!(plain_cert_id(&trailing), None);
+        assert_eq!(plain_cert_id(&[0x30, 0x80, 0, 0]), None);
+        // Lengths of one, two and three octets.
+        for n in [0x7f, 0x80, 0xff, 0x100, 0x1_0000] {
+            let der = sequence(vec![0; n]);
+            let header = der.len() - n;
+            assert_eq!(
+                der::Header::from_der(&der[..header])
+                    .expect("header")
+                    .length,
+                der::Length::try_from(n).expect("length")
+            );
         }
     }
 
