@@ -707,6 +707,13 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 }
 
 impl Config {
+    /// Whether the issuer named `issuer` allows holds (`allow_hold`); false for an unknown name.
+    pub fn allows_holds(&self, issuer: &str) -> bool {
+        self.issuers
+            .iter()
+            .any(|i| i.name == issuer && i.allow_hold)
+    }
+
     /// Loads from `path` (or `$VIGIL_CONFIG`), or the embedded default when neither is given;
     /// applies environment overrides and validates.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {

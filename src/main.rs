@@ -674,11 +674,7 @@ fn issue(cfg: &Config, target: &Target, not_after: Option<&str>) -> Result<(), S
 /// it supersedes, then writes it like a revocation.
 fn hold(cfg: &Config, target: &Target, hold: bool, time: Option<&str>) -> Result<(), String> {
     let id = issuer_id(cfg, &target.issuer)?;
-    let allowed = cfg
-        .issuers
-        .iter()
-        .any(|i| i.name == target.issuer && i.allow_hold);
-    if !allowed {
+    if !cfg.allows_holds(&target.issuer) {
         return Err(format!(
             "issuer {:?} does not allow holds (set allow_hold = true in its [[issuer]])",
             target.issuer
@@ -740,7 +736,7 @@ fn current_record(
 /// `YYYYMMDDHHMMSSZ`.
 fn import(cfg: &Config, path: &Path, issuer: &str) -> Result<(), String> {
     let id = issuer_id(cfg, issuer)?;
-    let allow_hold = cfg.issuers.iter().any(|i| i.name == issuer && i.allow_hold);
+    let allow_hold = cfg.allows_holds(issuer);
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let mut events = Vec::new();
@@ -875,8 +871,7 @@ fn status(cfg: &Config, issuer: &str, serial: Option<&str>) -> Result<(), String
     match serial {
         Some(hex) => {
             let serial = Serial::from_hex(hex).map_err(|e| format!("--serial {hex:?}: {e}"))?;
-            let holds = cfg.issuers.iter().any(|i| i.name == issuer && i.allow_hold);
-            match table.status_with(&serial, holds) {
+            match table.status_with(&serial, cfg.allows_holds(issuer)) {
                 CertStatus::Good => println!("{serial}: good"),
                 CertStatus::Revoked(r) => {
                     println!("{serial}: revoked at {} ({})", r.time, r.reason.name())

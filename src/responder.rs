@@ -474,17 +474,21 @@ impl Responder {
         if entry.response.status != status || !entry.response.is_fresh(now) {
             return None;
         }
-        match status {
-            SingleStatus::Good => self.metrics.status_good.increment(1),
-            SingleStatus::Revoked(_) => self.metrics.status_revoked.increment(1),
-            SingleStatus::Unknown => self.metrics.status_unknown.increment(1),
-        }
+        self.count_status(&status);
         self.metrics.cache_hits.increment(1);
         self.metrics.front_cache_hits.increment(1);
         Some(Answer::Signed {
             response: entry.response,
             shared: true,
         })
+    }
+
+    fn count_status(&self, s: &SingleStatus) {
+        match s {
+            SingleStatus::Good => self.metrics.status_good.increment(1),
+            SingleStatus::Revoked(_) => self.metrics.status_revoked.increment(1),
+            SingleStatus::Unknown => self.metrics.status_unknown.increment(1),
+        }
     }
 
     async fn try_answer(self: &Arc<Self>, der: &[u8], now: i64) -> Result<Answer, OcspError> {
@@ -508,11 +512,7 @@ impl Responder {
         }
         let i = issuer_index.ok_or(OcspError::Malformed("empty requestList"))?;
         for s in &answers {
-            match s {
-                SingleStatus::Good => self.metrics.status_good.increment(1),
-                SingleStatus::Revoked(_) => self.metrics.status_revoked.increment(1),
-                SingleStatus::Unknown => self.metrics.status_unknown.increment(1),
-            }
+            self.count_status(s);
         }
         let echo = match (&req.nonce, self.nonce) {
             (Some(n), NoncePolicy::Echo) => Some(n.clone()),

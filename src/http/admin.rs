@@ -131,6 +131,10 @@ impl AdminState {
         bool::from(digest.ct_eq(&self.token_digest))
     }
 
+    fn allows_holds(&self, id: IssuerId) -> bool {
+        self.issuers.iter().any(|(_, i, allow)| *i == id && *allow)
+    }
+
     fn issuer(&self, name: &str) -> Option<IssuerId> {
         self.issuers
             .iter()
@@ -447,7 +451,7 @@ fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Vec<Even
     if endpoint == "hold" || endpoint == "release" {
         let b: HoldBody = serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))?;
         let (id, serial) = target(&b.issuer, &b.serial)?;
-        if !st.issuers.iter().any(|(_, i, allow)| *i == id && *allow) {
+        if !st.allows_holds(id) {
             return Err(format!(
                 "issuer {:?} does not allow holds (allow_hold = false)",
                 b.issuer
@@ -525,7 +529,7 @@ fn status(st: &AdminState, path: &str) -> Response<Body> {
         .record(&serial)
         .and_then(|r| r.not_after())
         .map(rfc3339);
-    let body = match table.status(&serial) {
+    let body = match table.status_with(&serial, st.allows_holds(id)) {
         CertStatus::Good => serde_json::json!({"status": "good", "not_after": not_after}),
         CertStatus::Revoked(r) => serde_json::json!({
             "status": "revoked",
