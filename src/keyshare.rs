@@ -213,7 +213,12 @@ pub fn parse_share(text: &[u8], path: &str) -> Result<ShareFile, KeyShareError> 
         let (k, v) = line.split_once(": ").ok_or_else(|| bad("malformed line"))?;
         fields.insert(k, v);
     }
-    let field = |k: &str| fields.get(k).copied().ok_or_else(|| bad(&format!("no {k}")));
+    let field = |k: &str| {
+        fields
+            .get(k)
+            .copied()
+            .ok_or_else(|| bad(&format!("no {k}")))
+    };
     let number = |k: &str| -> Result<u8, KeyShareError> {
         field(k)?
             .parse::<u8>()

@@ -33,8 +33,16 @@ fn every_three_of_five_shares_rebuild_a_responder_key_openssl_verifies() {
     ok(&vigil_cmd(
         root,
         &[
-            "key", "split", "--key", "vigil-data/responder.key", "--shares", "5", "--threshold",
-            "3", "--out", "shares",
+            "key",
+            "split",
+            "--key",
+            "vigil-data/responder.key",
+            "--shares",
+            "5",
+            "--threshold",
+            "3",
+            "--out",
+            "shares",
         ],
     ));
     let shares: Vec<PathBuf> = (1..=5)
@@ -122,8 +130,16 @@ fn every_three_of_five_shares_rebuild_a_responder_key_openssl_verifies() {
     ok(&vigil_cmd(
         root,
         &[
-            "key", "split", "--key", "vigil-data/ca.key", "--shares", "5", "--threshold", "3",
-            "--out", "ca-shares",
+            "key",
+            "split",
+            "--key",
+            "vigil-data/ca.key",
+            "--shares",
+            "5",
+            "--threshold",
+            "3",
+            "--out",
+            "ca-shares",
         ],
     ));
     let other = root.join("ca-shares/share-3-of-5.txt");
@@ -138,7 +154,10 @@ fn every_three_of_five_shares_rebuild_a_responder_key_openssl_verifies() {
     let damaged = root.join("damaged.txt");
     std::fs::write(&damaged, bytes).unwrap();
     let e = refused(&combine(&[&shares[0], &shares[1], &damaged], None));
-    assert!(e.contains("damaged.txt") && e.contains("checksum mismatch"), "{e}");
+    assert!(
+        e.contains("damaged.txt") && e.contains("checksum mismatch"),
+        "{e}"
+    );
     assert!(!out.exists());
     // The right shares against the wrong certificate (the CA's): refused too.
     let e = refused(&combine(
