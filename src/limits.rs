@@ -110,3 +110,15 @@ pub const MAX_KEY_FILE_BYTES: usize = 64 * 1024;
 /// Largest share file `vigil key combine` reads, in bytes: a share is the key file in base64
 /// (4/3 of [`MAX_KEY_FILE_BYTES`]) plus a few short header lines.
 pub const MAX_KEY_SHARE_FILE_BYTES: usize = MAX_KEY_FILE_BYTES * 3 / 2;
+
+/// Largest backup section payload, in bytes: a records section holds at most
+/// `BACKUP_SECTION_RECORDS` (50 000) records of at most 1 + 21 + 9 bytes (about 1.6 MB), and a
+/// CRL section one CRL (a 1.5 M-entry CRL is about 60 MB). Bounds the buffer one section needs.
+pub const MAX_BACKUP_SECTION_BYTES: usize = 128 * 1024 * 1024;
+
+/// Most sections in one backup: 10 M certificates are 200 records sections per source; this
+/// leaves room for thousands of issuers and regions while refusing a file that claims more.
+pub const MAX_BACKUP_SECTIONS: u64 = 10_000_000;
+
+/// Longest source (region) name kept in a records section, in bytes.
+pub const MAX_BACKUP_SOURCE_BYTES: usize = 255;

@@ -1,13 +1,148 @@
 //! Disaster recovery against real files, real `openssl` and the real `vigil` binary:
-//! split-custody key backup (`vigil key split` / `combine`).
+//! split-custody key backup (`vigil key split` / `combine`), and status backups (`vigil backup
+//! create / verify / restore`) of a two-region feed on real redis-server processes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A redis-server on a free port, without persistence: its data lives only in memory.
+struct Redis {
+    port: u16,
+    child: Child,
+}
+
+impl Redis {
+    fn start(root: &Path, name: &str) -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = root.join(format!("redis-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        let r = Redis { port, child };
+        let deadline = Instant::now() + WAIT;
+        while r.conn().is_err() {
+            assert!(Instant::now() < deadline, "redis did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn conn(&self) -> redis::RedisResult<redis::Connection> {
+        let mut c = redis::Client::open(self.url())?.get_connection()?;
+        redis::cmd("PING").query::<String>(&mut c)?;
+        Ok(c)
+    }
+
+    fn cmd<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
+        cmd.query(&mut self.conn().unwrap()).unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `vigil serve` replica of the feed.
+struct Replica {
+    child: Child,
+    addr: String,
+}
+
+impl Replica {
+    fn start(config: &Path) -> Replica {
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .env("VIGIL_LISTEN", "127.0.0.1:0")
+            .env("VIGIL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("vigil exited").unwrap();
+            if let Some(rest) = line.strip_prefix("vigil listening on http://") {
+                break rest.split('/').next().unwrap().to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Replica { child, addr }
+    }
+
+    /// openssl's verdict for a serial: good / revoked / unknown, with reason and time.
+    fn ocsp(&self, pki: &Path, serial: &str) -> String {
+        let (_, text) = openssl(
+            pki,
+            &[
+                "ocsp",
+                "-issuer",
+                "ca.pem",
+                "-CAfile",
+                "ca.pem",
+                "-no_nonce",
+                "-serial",
+                &format!("0x{serial}"),
+                "-url",
+                &format!("http://{}/", self.addr),
+            ],
+        );
+        assert!(text.contains("Response verify OK"), "{text}");
+        text.lines()
+            .filter(|l| {
+                l.starts_with("0x") || l.contains("Reason:") || l.contains("Revocation Time:")
+            })
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn vigil_with(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("VIGIL_LOG", "warn")
+        .output()
+        .unwrap()
+}
 
 fn ok(out: &std::process::Output) -> String {
     let text = format!(
@@ -176,5 +311,229 @@ fn every_three_of_five_shares_rebuild_a_responder_key_openssl_verifies() {
     assert_eq!(
         std::fs::read(&out).unwrap(),
         std::fs::read(data.join("ca.key")).unwrap()
+    );
+}
+
+/// The stored CRL of `demo` in one region: its number and the serials it lists.
+fn stored_crl(r: &Redis, dir: &Path) -> (u64, usize) {
+    let (number, der): (String, Vec<u8>) = r.cmd(
+        redis::cmd("HMGET")
+            .arg("vigil:crl:doc:demo.crl")
+            .arg("number")
+            .arg("der"),
+    );
+    std::fs::write(dir.join("stored.crl"), der).unwrap();
+    let (ok, text) = openssl(
+        dir,
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            "stored.crl",
+            "-noout",
+            "-text",
+        ],
+    );
+    assert!(ok, "{text}");
+    (
+        number.parse().unwrap(),
+        text.matches("Serial Number:").count(),
+    )
+}
+
+#[test]
+fn two_region_round_trip_of_100k_certificates_and_a_corrupted_backup() {
+    const N: u32 = 100_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .env("VIGIL_DATA_DIR", root.join("pki"))
+        .env_remove("VIGIL_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let pki = root.join("pki");
+    let a = Redis::start(root, "a");
+    let b = Redis::start(root, "b");
+    let data = root.join("replica");
+    let config = root.join("vigil.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {data:?}\n[status]\norigin = \"r1\"\n[feed]\nquorum = 2\n\
+             checkpoint_interval = \"1s\"\n\
+             [[region]]\nname = \"a\"\nredis = {:?}\n[[region]]\nname = \"b\"\nredis = {:?}\n\
+             [[issuer]]\nname = \"demo\"\nallow_hold = true\ncertificate = {:?}\n\
+             responder_certificate = {:?}\nresponder_key = {:?}\ncrl_key = {:?}\n",
+            a.url(),
+            b.url(),
+            pki.join("ca.pem"),
+            pki.join("responder.pem"),
+            pki.join("responder.key"),
+            pki.join("ca.key"),
+        ),
+    )
+    .unwrap();
+    // 100 000 certificates, every tenth revoked (keyCompromise or superseded).
+    let mut index = String::with_capacity(N as usize * 60);
+    for i in 1..=N {
+        if i % 10 == 0 {
+            let reason = if i % 20 == 0 {
+                "keyCompromise"
+            } else {
+                "superseded"
+            };
+            index.push_str(&format!(
+                "R\t300101000000Z\t250101000000Z,{reason}\t{i:08X}\tunknown\t/CN=c{i}\n"
+            ));
+        } else {
+            index.push_str(&format!("V\t300101000000Z\t\t{i:08X}\tunknown\t/CN=c{i}\n"));
+        }
+    }
+    std::fs::write(root.join("index.txt"), index).unwrap();
+    let started = Instant::now();
+    ok(&vigil_with(
+        &config,
+        &[
+            "import",
+            "--issuer",
+            "demo",
+            "--openssl-index",
+            root.join("index.txt").to_str().unwrap(),
+        ],
+    ));
+    eprintln!("imported {N} in {:?}", started.elapsed());
+    // Some holds, and a hold that was released.
+    for i in [11u32, 12, 13, 14] {
+        ok(&vigil_with(
+            &config,
+            &["hold", "--issuer", "demo", "--serial", &format!("{i:08X}")],
+        ));
+    }
+    ok(&vigil_with(
+        &config,
+        &["release", "--issuer", "demo", "--serial", "0000000E"],
+    ));
+    ok(&vigil_with(&config, &["crl", "publish"]));
+    let (number_before, listed_before) = stored_crl(&a, root);
+    assert_eq!(listed_before, (N / 10 + 3) as usize);
+
+    let replica = Replica::start(&config);
+    let sample: Vec<String> = [
+        1u32, 10, 11, 12, 13, 14, 20, 777, 5_000, 99_990, 100_000, 200_000,
+    ]
+    .iter()
+    .map(|i| format!("{i:08X}"))
+    .collect();
+    let deadline = Instant::now() + WAIT;
+    while !replica.ocsp(&pki, "000186A0").contains("revoked") {
+        assert!(Instant::now() < deadline, "the replica did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before: Vec<String> = sample.iter().map(|s| replica.ocsp(&pki, s)).collect();
+    assert!(
+        before[2].contains("Reason: certificateHold"),
+        "{}",
+        before[2]
+    );
+    assert!(before[5].contains(": good"), "{}", before[5]);
+    assert!(before[11].contains(": unknown"), "{}", before[11]);
+
+    let backup = root.join("status.vbk");
+    let started = Instant::now();
+    let text = ok(&vigil_with(
+        &config,
+        &["backup", "create", "--out", backup.to_str().unwrap()],
+    ));
+    eprintln!("backup created in {:?}: {text}", started.elapsed());
+    assert!(
+        text.contains("a issuer ") && text.contains("b issuer "),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{N} certificates, {} revoked, 3 on hold", N / 10)),
+        "{text}"
+    );
+    let text = ok(&vigil_cmd(
+        root,
+        &["backup", "verify", backup.to_str().unwrap()],
+    ));
+    assert!(text.contains("ok: every checksum matches"), "{text}");
+    assert!(text.contains("2 CRL(s)"), "{text}");
+
+    // Disaster: both regions flushed, the replica and its data directory gone.
+    drop(replica);
+    for r in [&a, &b] {
+        let _: () = r.cmd(&mut redis::cmd("FLUSHALL"));
+    }
+    std::fs::remove_dir_all(&data).unwrap();
+
+    // A damaged copy is found by verify and refused by restore, naming the section.
+    let mut bytes = std::fs::read(&backup).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    let damaged = root.join("damaged.vbk");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let e = refused(&vigil_cmd(
+        root,
+        &["backup", "verify", damaged.to_str().unwrap()],
+    ));
+    assert!(
+        e.contains("(records)") && e.contains("checksum mismatch"),
+        "{e}"
+    );
+    let e = refused(&vigil_with(
+        &config,
+        &["backup", "restore", damaged.to_str().unwrap()],
+    ));
+    assert!(
+        e.contains("(records)") && e.contains("checksum mismatch"),
+        "{e}"
+    );
+    let len: u64 = a.cmd(&mut redis::cmd("DBSIZE"));
+    assert_eq!(len, 0, "a refused restore wrote nothing");
+
+    let started = Instant::now();
+    let text = ok(&vigil_with(
+        &config,
+        &["backup", "restore", backup.to_str().unwrap()],
+    ));
+    eprintln!("restored in {:?}: {text}", started.elapsed());
+    assert!(
+        text.contains(&format!(
+            "{} certificates merged, {N} changed the region",
+            2 * N
+        )),
+        "{text}"
+    );
+    for r in [&a, &b] {
+        let issuers: Vec<String> = r.cmd(redis::cmd("SMEMBERS").arg("vigil:issuers"));
+        let n: u64 = r.cmd(redis::cmd("HLEN").arg(format!("vigil:snap:{}", issuers[0])));
+        assert_eq!(n, N as u64);
+    }
+    let (number_restored, listed) = stored_crl(&b, root);
+    assert_eq!((number_restored, listed), (number_before, listed_before));
+
+    // A fresh replica answers every sampled serial exactly as before.
+    let replica = Replica::start(&config);
+    let deadline = Instant::now() + WAIT;
+    while !replica.ocsp(&pki, "000186A0").contains("revoked") {
+        assert!(
+            Instant::now() < deadline,
+            "the fresh replica did not load the restore"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after: Vec<String> = sample.iter().map(|s| replica.ocsp(&pki, s)).collect();
+    assert_eq!(after, before);
+    // A new CRL lists every revocation and hold, numbered above the restored one.
+    ok(&vigil_with(&config, &["crl", "publish"]));
+    let (number_after, listed_after) = stored_crl(&a, root);
+    assert_eq!(listed_after, listed_before);
+    assert!(
+        number_after > number_before,
+        "{number_after} <= {number_before}"
     );
 }

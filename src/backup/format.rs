@@ -1,0 +1,674 @@
+//! The backup file format: versioned, self-describing, every section checksummed, a trailing
+//! manifest with a SHA-256 over everything before it. Pure: it reads a `Read` and writes a
+//! `Write`; opening, renaming and fsyncing are the caller's.
+//!
+//! ```text
+//! file     = magic "VIGILBAK" | version u16 BE (1) | section* | manifest-section
+//! section  = kind u8 | length u32 BE | payload (length bytes) | SHA-256(kind | length | payload)
+//! kind     = 1 header   (JSON: format, version, created_at, source, config digest, positions)
+//!          | 2 records  (one issuer's records from one source, at most BACKUP_SECTION_RECORDS)
+//!          | 3 crl      (JSON line + DER: one stored CRL with its number)
+//!          | 4 manifest (JSON: section count, per source and issuer counts and digests, and
+//!                        the SHA-256 of every byte of the file before this section); last.
+//! records  = source-len u8 | source | issuer 32 | record-len u8 (9) | count u32 BE |
+//!            (serial-len u8 | serial | record)*
+//! ```
+//!
+//! Every length is checked against a named bound before anything is allocated, so a damaged or
+//! hostile file is refused with the section it broke in, never a panic or an unbounded buffer.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+
+use ring::digest::{Context, SHA256};
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{MAX_BACKUP_SECTIONS, MAX_BACKUP_SECTION_BYTES, MAX_BACKUP_SOURCE_BYTES};
+use crate::status::{hex, CertRecord, IssuerId, Serial};
+
+/// The file's first eight bytes.
+pub const MAGIC: &[u8; 8] = b"VIGILBAK";
+/// The format version this code writes and reads.
+pub const VERSION: u16 = 1;
+/// Records per records section: about 1.5 MB of payload, so writing and reading hold one
+/// section at a time however many certificates there are.
+pub const BACKUP_SECTION_RECORDS: usize = 50_000;
+
+/// What a section holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SectionKind {
+    /// The [`Header`].
+    Header = 1,
+    /// One issuer's records from one source.
+    Records = 2,
+    /// One stored CRL.
+    Crl = 3,
+    /// The [`Manifest`], last.
+    Manifest = 4,
+}
+
+impl SectionKind {
+    fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            1 => Self::Header,
+            2 => Self::Records,
+            3 => Self::Crl,
+            4 => Self::Manifest,
+            _ => return None,
+        })
+    }
+
+    /// Its name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Header => "header",
+            Self::Records => "records",
+            Self::Crl => "crl",
+            Self::Manifest => "manifest",
+        }
+    }
+}
+
+/// Where one source's data stood when the backup was taken.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Position {
+    /// Region name (or `checkpoint` / `journal`).
+    pub source: String,
+    /// The region's data epoch (empty for a journal).
+    pub epoch: String,
+    /// The stream id every event up to which the records hold (`0-0` without a stream).
+    pub stream_id: String,
+}
+
+/// The first section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Header {
+    /// Always `vigil-backup`.
+    pub format: String,
+    /// [`VERSION`].
+    pub version: u16,
+    /// RFC 3339.
+    pub created_at: String,
+    /// `regions`, `checkpoint` or `journal`.
+    pub source: String,
+    /// SHA-256 of the configuration file (never its contents: it names secret files).
+    pub config_sha256: String,
+    /// One per source.
+    pub positions: Vec<Position>,
+    /// Bytes per record ([`CertRecord::ENCODED_LEN`]).
+    pub record_len: u8,
+}
+
+/// One stored CRL.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CrlEntry {
+    /// Region it was read from.
+    pub source: String,
+    /// `/crl/` path (`demo.crl`, `demo/3.delta.crl`).
+    pub path: String,
+    /// Configured issuer name.
+    pub issuer: String,
+    /// Shard, for sharded CRLs.
+    pub shard: Option<u16>,
+    /// A delta CRL.
+    pub delta: bool,
+    /// CRLNumber.
+    pub number: u64,
+    /// thisUpdate, Unix seconds.
+    pub this_update: i64,
+}
+
+/// Count and digest of one issuer's records from one source.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IssuerCount {
+    /// Certificates.
+    pub records: u64,
+    /// Revoked certificates (permanently).
+    pub revoked: u64,
+    /// Certificates on hold.
+    pub held: u64,
+    /// XOR of SHA-1(serial ‖ record), the feed's per-issuer digest (`vigil:digest`).
+    pub digest: String,
+}
+
+/// The last section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Manifest {
+    /// Sections before this one.
+    pub sections: u64,
+    /// source → issuer hex → count.
+    pub counts: BTreeMap<String, BTreeMap<String, IssuerCount>>,
+    /// CRLs stored.
+    pub crls: u64,
+    /// SHA-256 (hex) of every byte of the file before the manifest section.
+    pub sha256: String,
+}
+
+/// Why a backup could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    /// Reading or writing failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The file is not a backup, or not one this version reads.
+    #[error("not a vigil backup: {0}")]
+    NotBackup(String),
+    /// A section is damaged: named by its position and kind.
+    #[error("section {index} ({kind}) at byte {offset}: {reason}")]
+    Damaged {
+        /// 0-based section index.
+        index: u64,
+        /// Its kind's name (or `unknown`).
+        kind: &'static str,
+        /// Byte offset of the section's start.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file ends before its manifest (truncated).
+    #[error("the file ends at byte {0} without a manifest (truncated)")]
+    Truncated(u64),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A running digest of one issuer's records (the feed's XOR-of-SHA-1 digest and counts).
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    /// Certificates.
+    pub records: u64,
+    /// Revoked.
+    pub revoked: u64,
+    /// On hold.
+    pub held: u64,
+    digest: [u8; 20],
+}
+
+impl Tally {
+    /// Adds one record.
+    pub fn add(&mut self, serial: &Serial, record: &CertRecord) {
+        self.records += 1;
+        match record.status_with(true) {
+            crate::status::CertStatus::Revoked(r)
+                if r.reason == crate::status::RevocationReason::CertificateHold =>
+            {
+                self.held += 1
+            }
+            crate::status::CertStatus::Revoked(_) => self.revoked += 1,
+            _ => {}
+        }
+        let mut ctx = Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+        ctx.update(serial.as_der_content());
+        ctx.update(&record.to_bytes());
+        for (d, s) in self.digest.iter_mut().zip(ctx.finish().as_ref()) {
+            *d ^= s;
+        }
+    }
+
+    /// As it goes in the manifest.
+    pub fn count(&self) -> IssuerCount {
+        IssuerCount {
+            records: self.records,
+            revoked: self.revoked,
+            held: self.held,
+            digest: hex(&self.digest),
+        }
+    }
+}
+
+// === impl Writer ===
+
+/// Writes a backup section by section, keeping the whole-file digest and the manifest.
+pub struct Writer<W: Write> {
+    out: W,
+    whole: Context,
+    sections: u64,
+    tallies: BTreeMap<String, BTreeMap<String, Tally>>,
+    crls: u64,
+    pending: Option<(String, IssuerId, Vec<u8>, u32)>,
+}
+
+impl<W: Write> Writer<W> {
+    /// Starts a backup: the magic, the version and the header section.
+    pub fn new(out: W, header: &Header) -> Result<Self, BackupError> {
+        let mut w = Writer {
+            out,
+            whole: Context::new(&SHA256),
+            sections: 0,
+            tallies: BTreeMap::new(),
+            crls: 0,
+            pending: None,
+        };
+        w.raw(MAGIC)?;
+        w.raw(&VERSION.to_be_bytes())?;
+        let json = serde_json::to_vec(header).map_err(|e| BackupError::Other(e.to_string()))?;
+        w.section(SectionKind::Header, &json)?;
+        Ok(w)
+    }
+
+    fn raw(&mut self, b: &[u8]) -> Result<(), BackupError> {
+        self.whole.update(b);
+        self.out.write_all(b)?;
+        Ok(())
+    }
+
+    fn section(&mut self, kind: SectionKind, payload: &[u8]) -> Result<(), BackupError> {
+        let len = u32::try_from(payload.len())
+            .ok()
+            .filter(|&l| l as usize <= MAX_BACKUP_SECTION_BYTES)
+            .ok_or_else(|| BackupError::Other("section too large".into()))?;
+        let mut sum = Context::new(&SHA256);
+        sum.update(&[kind as u8]);
+        sum.update(&len.to_be_bytes());
+        sum.update(payload);
+        self.raw(&[kind as u8])?;
+        self.raw(&len.to_be_bytes())?;
+        self.raw(payload)?;
+        self.raw(sum.finish().as_ref())?;
+        self.sections += 1;
+        Ok(())
+    }
+
+    /// Adds one record of `issuer` from `source` (a region name, `checkpoint`, `journal`).
+    /// Records of one issuer and source are grouped into sections of
+    /// [`BACKUP_SECTION_RECORDS`].
+    pub fn record(
+        &mut self,
+        source: &str,
+        issuer: IssuerId,
+        serial: &Serial,
+        record: &CertRecord,
+    ) -> Result<(), BackupError> {
+        let same = matches!(&self.pending, Some((s, i, _, _)) if s == source && *i == issuer);
+        if !same {
+            self.flush_records()?;
+            let src = &source.as_bytes()[..source.len().min(MAX_BACKUP_SOURCE_BYTES)];
+            let mut p = Vec::with_capacity(64 + 32 * 1024);
+            p.push(src.len() as u8);
+            p.extend_from_slice(src);
+            p.extend_from_slice(&issuer.0);
+            p.push(CertRecord::ENCODED_LEN as u8);
+            p.extend_from_slice(&0u32.to_be_bytes());
+            self.pending = Some((source.to_owned(), issuer, p, 0));
+        }
+        self.tallies
+            .entry(source.to_owned())
+            .or_default()
+            .entry(hex(&issuer.0))
+            .or_default()
+            .add(serial, record);
+        let full = {
+            let Some((_, _, p, n)) = self.pending.as_mut() else {
+                return Err(BackupError::Other("no records section open".into()));
+            };
+            let s = serial.as_der_content();
+            p.push(s.len() as u8);
+            p.extend_from_slice(s);
+            p.extend_from_slice(&record.to_bytes());
+            *n += 1;
+            *n as usize >= BACKUP_SECTION_RECORDS
+        };
+        if full {
+            self.flush_records()?;
+        }
+        Ok(())
+    }
+
+    fn flush_records(&mut self) -> Result<(), BackupError> {
+        if let Some((source, _, mut p, n)) = self.pending.take() {
+            let at = 1 + source.len().min(MAX_BACKUP_SOURCE_BYTES) + 32 + 1;
+            p[at..at + 4].copy_from_slice(&n.to_be_bytes());
+            self.section(SectionKind::Records, &p)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a stored CRL.
+    pub fn crl(&mut self, entry: &CrlEntry, der: &[u8]) -> Result<(), BackupError> {
+        self.flush_records()?;
+        let mut p = serde_json::to_vec(entry).map_err(|e| BackupError::Other(e.to_string()))?;
+        p.push(b'\n');
+        p.extend_from_slice(der);
+        self.section(SectionKind::Crl, &p)?;
+        self.crls += 1;
+        Ok(())
+    }
+
+    /// Writes the manifest and returns it with the output.
+    pub fn finish(mut self) -> Result<(Manifest, W), BackupError> {
+        self.flush_records()?;
+        let manifest = Manifest {
+            sections: self.sections,
+            counts: self
+                .tallies
+                .iter()
+                .map(|(s, m)| {
+                    (
+                        s.clone(),
+                        m.iter().map(|(i, t)| (i.clone(), t.count())).collect(),
+                    )
+                })
+                .collect(),
+            crls: self.crls,
+            sha256: hex(self.whole.clone().finish().as_ref()),
+        };
+        let json = serde_json::to_vec(&manifest).map_err(|e| BackupError::Other(e.to_string()))?;
+        self.section(SectionKind::Manifest, &json)?;
+        self.out.flush()?;
+        Ok((manifest, self.out))
+    }
+}
+
+// === impl Reader ===
+
+/// One records section, decoded.
+pub struct RecordsSection {
+    /// Where they came from.
+    pub source: String,
+    /// Their issuer.
+    pub issuer: IssuerId,
+    /// The records.
+    pub records: Vec<(Serial, CertRecord)>,
+}
+
+/// One section as read.
+pub enum Section {
+    /// The header.
+    Header(Header),
+    /// Records.
+    Records(RecordsSection),
+    /// A CRL and its DER.
+    Crl(CrlEntry, Vec<u8>),
+}
+
+/// Reads a backup section by section, checking every checksum, and at the end the manifest.
+pub struct Reader<R: Read> {
+    input: R,
+    whole: Context,
+    offset: u64,
+    index: u64,
+    tallies: BTreeMap<String, BTreeMap<String, Tally>>,
+    crls: u64,
+    manifest: Option<Manifest>,
+    seen_header: bool,
+}
+
+impl<R: Read> Reader<R> {
+    /// Checks the magic and version.
+    pub fn new(mut input: R) -> Result<Self, BackupError> {
+        let mut head = [0u8; 10];
+        input
+            .read_exact(&mut head)
+            .map_err(|_| BackupError::NotBackup("shorter than its magic".into()))?;
+        if &head[..8] != MAGIC {
+            return Err(BackupError::NotBackup("bad magic".into()));
+        }
+        let version = u16::from_be_bytes([head[8], head[9]]);
+        if version != VERSION {
+            return Err(BackupError::NotBackup(format!(
+                "format version {version}; this vigil reads {VERSION}"
+            )));
+        }
+        let mut whole = Context::new(&SHA256);
+        whole.update(&head);
+        Ok(Reader {
+            input,
+            whole,
+            offset: 10,
+            index: 0,
+            tallies: BTreeMap::new(),
+            crls: 0,
+            manifest: None,
+            seen_header: false,
+        })
+    }
+
+    fn damaged(&self, kind: &'static str, at: u64, reason: impl Into<String>) -> BackupError {
+        BackupError::Damaged {
+            index: self.index,
+            kind,
+            offset: at,
+            reason: reason.into(),
+        }
+    }
+
+    /// The next section; `None` after the manifest (which is checked against everything read).
+    pub fn next_section(&mut self) -> Result<Option<Section>, BackupError> {
+        loop {
+            if self.manifest.is_some() {
+                let mut extra = [0u8; 1];
+                return match self.input.read(&mut extra)? {
+                    0 => Ok(None),
+                    _ => Err(BackupError::Other(format!(
+                        "bytes after the manifest at byte {}",
+                        self.offset
+                    ))),
+                };
+            }
+            let at = self.offset;
+            let mut head = [0u8; 5];
+            if let Err(e) = self.input.read_exact(&mut head) {
+                return Err(match e.kind() {
+                    io::ErrorKind::UnexpectedEof => BackupError::Truncated(at),
+                    _ => e.into(),
+                });
+            }
+            let kind = SectionKind::from_u8(head[0]);
+            let name = kind.map_or("unknown", SectionKind::name);
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            if len > MAX_BACKUP_SECTION_BYTES {
+                return Err(self.damaged(name, at, format!("length {len} exceeds the bound")));
+            }
+            if self.index >= MAX_BACKUP_SECTIONS {
+                return Err(self.damaged(name, at, "more sections than the bound"));
+            }
+            let before_manifest = self.whole.clone();
+            let mut payload = vec![0u8; len];
+            let mut sum = [0u8; 32];
+            self.input
+                .read_exact(&mut payload)
+                .and_then(|()| self.input.read_exact(&mut sum))
+                .map_err(|_| BackupError::Truncated(at))?;
+            let mut ctx = Context::new(&SHA256);
+            ctx.update(&head);
+            ctx.update(&payload);
+            if ctx.finish().as_ref() != sum {
+                return Err(self.damaged(name, at, "checksum mismatch"));
+            }
+            self.whole.update(&head);
+            self.whole.update(&payload);
+            self.whole.update(&sum);
+            self.offset += 5 + len as u64 + 32;
+            let Some(kind) = kind else {
+                return Err(self.damaged(name, at, format!("unknown kind {}", head[0])));
+            };
+            if (kind == SectionKind::Header) == self.seen_header {
+                return Err(self.damaged(name, at, "the header must be the first section"));
+            }
+            let section = match kind {
+                SectionKind::Header => {
+                    let h: Header = serde_json::from_slice(&payload)
+                        .map_err(|e| self.damaged(name, at, e.to_string()))?;
+                    if h.record_len as usize != CertRecord::ENCODED_LEN {
+                        return Err(self.damaged(name, at, "records of another size"));
+                    }
+                    self.seen_header = true;
+                    Section::Header(h)
+                }
+                SectionKind::Records => {
+                    let r = decode_records(&payload).map_err(|e| self.damaged(name, at, e))?;
+                    let t = self
+                        .tallies
+                        .entry(r.source.clone())
+                        .or_default()
+                        .entry(hex(&r.issuer.0))
+                        .or_default();
+                    for (s, rec) in &r.records {
+                        t.add(s, rec);
+                    }
+                    Section::Records(r)
+                }
+                SectionKind::Crl => {
+                    let nl = payload
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .ok_or_else(|| self.damaged(name, at, "no CRL description"))?;
+                    let entry: CrlEntry = serde_json::from_slice(&payload[..nl])
+                        .map_err(|e| self.damaged(name, at, e.to_string()))?;
+                    self.crls += 1;
+                    Section::Crl(entry, payload[nl + 1..].to_vec())
+                }
+                SectionKind::Manifest => {
+                    let m: Manifest = serde_json::from_slice(&payload)
+                        .map_err(|e| self.damaged(name, at, e.to_string()))?;
+                    let whole = hex(before_manifest.finish().as_ref());
+                    if m.sha256 != whole {
+                        return Err(self.damaged(name, at, "the file's SHA-256 does not match"));
+                    }
+                    if m.sections != self.index {
+                        return Err(self.damaged(name, at, "section count does not match"));
+                    }
+                    let counts: BTreeMap<_, BTreeMap<_, _>> = self
+                        .tallies
+                        .iter()
+                        .map(|(s, m)| {
+                            (
+                                s.clone(),
+                                m.iter().map(|(i, t)| (i.clone(), t.count())).collect(),
+                            )
+                        })
+                        .collect();
+                    if m.counts != counts || m.crls != self.crls {
+                        return Err(self.damaged(name, at, "counts or digests do not match"));
+                    }
+                    self.manifest = Some(m);
+                    self.index += 1;
+                    continue;
+                }
+            };
+            self.index += 1;
+            return Ok(Some(section));
+        }
+    }
+
+    /// The manifest, once [`Self::next_section`] returned `None`.
+    pub fn manifest(&self) -> Option<&Manifest> {
+        self.manifest.as_ref()
+    }
+}
+
+fn decode_records(p: &[u8]) -> Result<RecordsSection, String> {
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        let s = p.get(at..at + n).ok_or("records section is truncated")?;
+        at += n;
+        Ok(s)
+    };
+    let src_len = take(1)?[0] as usize;
+    let source = std::str::from_utf8(take(src_len)?)
+        .map_err(|_| "source is not UTF-8")?
+        .to_owned();
+    let issuer = IssuerId(take(32)?.try_into().map_err(|_| "issuer")?);
+    if take(1)?[0] as usize != CertRecord::ENCODED_LEN {
+        return Err("records of another size".into());
+    }
+    let count = u32::from_be_bytes(take(4)?.try_into().map_err(|_| "count")?) as usize;
+    if count > BACKUP_SECTION_RECORDS {
+        return Err(format!(
+            "{count} records, more than {BACKUP_SECTION_RECORDS}"
+        ));
+    }
+    let mut records = Vec::with_capacity(count);
+    for _ in 0..count {
+        let slen = take(1)?[0] as usize;
+        let serial = Serial::from_der_content(take(slen)?).map_err(|e| e.to_string())?;
+        let record =
+            CertRecord::from_bytes(take(CertRecord::ENCODED_LEN)?).ok_or("malformed record")?;
+        records.push((serial, record));
+    }
+    if at != p.len() {
+        return Err("bytes after the records".into());
+    }
+    Ok(RecordsSection {
+        source,
+        issuer,
+        records,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::status::{EventKind, RevocationReason};
+
+    fn header() -> Header {
+        Header {
+            format: "vigil-backup".into(),
+            version: VERSION,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            source: "regions".into(),
+            config_sha256: String::new(),
+            positions: vec![],
+            record_len: CertRecord::ENCODED_LEN as u8,
+        }
+    }
+
+    fn sample(n: u32) -> Vec<u8> {
+        let mut w = Writer::new(Vec::new(), &header()).unwrap();
+        for i in 1..=n {
+            let s = Serial::from_magnitude(&i.to_be_bytes()).unwrap();
+            let r = if i % 10 == 0 {
+                CertRecord::from_event(&EventKind::Revoked {
+                    time: 1_700_000_000,
+                    reason: RevocationReason::KeyCompromise,
+                })
+            } else {
+                CertRecord::from_event(&EventKind::Issued {
+                    not_after: 1_900_000_000,
+                })
+            };
+            w.record("a", IssuerId([7; 32]), &s, &r).unwrap();
+        }
+        w.finish().unwrap().1
+    }
+
+    fn read_all(b: &[u8]) -> Result<(u64, Manifest), BackupError> {
+        let mut r = Reader::new(b)?;
+        let mut n = 0;
+        while let Some(s) = r.next_section()? {
+            if let Section::Records(x) = s {
+                n += x.records.len() as u64;
+            }
+        }
+        Ok((n, r.manifest().cloned().unwrap()))
+    }
+
+    #[test]
+    fn round_trip_over_several_sections() {
+        let b = sample(120_000);
+        let (n, m) = read_all(&b).unwrap();
+        assert_eq!(n, 120_000);
+        let c = &m.counts["a"][&hex(&[7; 32])];
+        assert_eq!((c.records, c.revoked), (120_000, 12_000));
+        assert_eq!(m.sections, 4); // header + 3 records sections
+    }
+
+    #[test]
+    fn every_flipped_byte_and_every_truncation_is_refused() {
+        let b = sample(30);
+        for i in 0..b.len() {
+            let mut c = b.clone();
+            c[i] ^= 0x01;
+            assert!(read_all(&c).is_err(), "flip at {i} was accepted");
+        }
+        for l in 0..b.len() {
+            assert!(read_all(&b[..l]).is_err(), "truncation to {l} was accepted");
+        }
+        let mut c = b.clone();
+        c.push(0);
+        assert!(read_all(&c).is_err());
+    }
+}
