@@ -1728,3 +1728,69 @@ fn check_config_refuses_two_issuers_with_one_key() {
         text(&out)
     );
 }
+
+/// `POST /v1/release` (and `/v1/hold`) decide on the joined state of every reachable region, as
+/// `vigil release` does, not on the replica's view alone: a hold that the region holds but the
+/// replica has not read (here written into the snapshot behind the stream's back) is released,
+/// and the release is ordered after it.
+#[test]
+fn admin_holds_are_decided_on_the_regions_state_not_the_replicas_view() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let a = Redis::start(root, "a", false);
+    let feed = Feed {
+        regions: vec![("a", a.region())],
+        quorum: 1,
+        extra: "",
+    };
+    let config = write_config(root, "w", &pki, &feed, true);
+    let mut t = read(&config);
+    t.push_str("allow_hold = true\n");
+    std::fs::write(&config, t).unwrap();
+    let replica = Replica::start(&config);
+    let admin = replica.admin.clone().expect("admin listener");
+    let issuer = issuer_hex(&config);
+    let (code, resp) = http(
+        &admin,
+        "POST",
+        "/v1/issue",
+        Some(TOKEN),
+        r#"{"issuer":"demo","serial":"7C01","not_after":"2030-01-01T00:00:00Z"}"#,
+    );
+    assert_eq!(code, 200, "{resp}");
+    replica.wait_for(&pki, "7C01", "good");
+    // The region now holds 7C01 on hold since `held_at`; the replica's view does not.
+    let held_at = vigil::clock::unix_now() - 60;
+    let mut held = a.snapshot_record(&issuer, &der("7C01")).expect("issued");
+    held[4..8].copy_from_slice(&(held_at as u32).to_be_bytes());
+    held[8] = 6;
+    let _: i64 = a.cmd(
+        redis::cmd("HSET")
+            .arg(format!("vigil:snap:{issuer}"))
+            .arg(der("7C01"))
+            .arg(&held),
+    );
+    let (_, status) = http(&admin, "GET", "/v1/status/demo/7C01", Some(TOKEN), "");
+    assert!(status.contains("\"status\":\"good\""), "the view lags: {status}");
+    let target = r#"{"issuer":"demo","serial":"7C01"}"#;
+    let (code, resp) = http(&admin, "POST", "/v1/release", Some(TOKEN), target);
+    assert_eq!(code, 200, "the region's hold was not seen: {resp}");
+    let rec = a.snapshot_record(&issuer, &der("7C01")).expect("record");
+    assert_eq!(rec[8], 0xFE, "released: {rec:?}");
+    let released_at = u32::from_be_bytes(rec[4..8].try_into().unwrap()) as i64;
+    assert!(released_at > held_at, "the release is ordered after the hold");
+    replica.wait_for(&pki, "7C01", "good");
+    // and a release of a certificate no region holds on hold is refused, as by the CLI
+    let (code, resp) = http(&admin, "POST", "/v1/release", Some(TOKEN), target);
+    assert_eq!(code, 200, "a repeated release is idempotent: {resp}");
+    let (code, resp) = http(
+        &admin,
+        "POST",
+        "/v1/release",
+        Some(TOKEN),
+        r#"{"issuer":"demo","serial":"7C02"}"#,
+    );
+    assert_eq!(code, 400, "{resp}");
+    assert!(resp.contains("not on hold"), "{resp}");
+}
