@@ -95,7 +95,9 @@ impl StatusWriter {
     /// (certificateHold, removeFromCRL) is refused before anything is written.
     pub async fn write(&self, events: Vec<Event>) -> Result<Written, String> {
         for e in &events {
-            e.kind.check().map_err(|err| format!("{}: {err}", e.serial))?;
+            e.kind
+                .check()
+                .map_err(|err| format!("{}: {err}", e.serial))?;
         }
         match self {
             StatusWriter::Journal(path) => {

@@ -1578,10 +1578,17 @@ fn revocation_reasons_that_are_not_revocations_are_refused_where_they_enter() {
     let replica = Replica::start(&config);
     let admin = replica.admin.clone().expect("admin listener");
 
-    for reason in ["removeFromCRL", "certificateHold", "REMOVEFROMCRL", "onHold"] {
+    for reason in [
+        "removeFromCRL",
+        "certificateHold",
+        "REMOVEFROMCRL",
+        "onHold",
+    ] {
         let out = vigil(
             &config,
-            &["revoke", "--issuer", "demo", "--serial", "6A01", "--reason", reason],
+            &[
+                "revoke", "--issuer", "demo", "--serial", "6A01", "--reason", reason,
+            ],
         );
         assert!(!out.status.success(), "{reason}: {}", text(&out));
         let msg = text(&out);
@@ -1596,11 +1603,23 @@ fn revocation_reasons_that_are_not_revocations_are_refused_where_they_enter() {
     }
     assert!(text(&vigil(
         &config,
-        &["revoke", "--issuer", "demo", "--serial", "6A01", "--reason", "removeFromCRL"],
+        &[
+            "revoke",
+            "--issuer",
+            "demo",
+            "--serial",
+            "6A01",
+            "--reason",
+            "removeFromCRL"
+        ],
     ))
     .contains("only appears in delta CRLs"));
     assert_eq!(a.snapshot_record(&issuer, &der("6A01")), None);
-    assert_eq!(a.event_entries(), 0, "a refused revocation reached the feed");
+    assert_eq!(
+        a.event_entries(),
+        0,
+        "a refused revocation reached the feed"
+    );
     assert_eq!(replica.ocsp(&pki, "6A01"), "unknown");
 
     // Through the feed: an issuance, then a revocation with removeFromCRL, bypassing the
@@ -1643,7 +1662,11 @@ fn revocation_reasons_that_are_not_revocations_are_refused_where_they_enter() {
     let out = revoke(&config, "6A03");
     assert!(out.status.success(), "{}", text(&out));
     replica.wait_for(&pki, "6A03", "revoked");
-    assert_eq!(replica.ocsp(&pki, "6A02"), "good", "the bad revocation was applied");
+    assert_eq!(
+        replica.ocsp(&pki, "6A02"),
+        "good",
+        "the bad revocation was applied"
+    );
     assert!(replica.metric("vigil_status_rejected_total", &["input=\"event\""]) >= 1.0);
 
     // A snapshot record with removeFromCRL (reason octet 8): a fresh replica that bootstraps
@@ -1723,7 +1746,8 @@ fn check_config_refuses_two_issuers_with_one_key() {
     let out = vigil(&two, &["check-config"]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("issuer[1] (again): its CA certificate has the same key as issuer[0] (demo)"),
+        text(&out)
+            .contains("issuer[1] (again): its CA certificate has the same key as issuer[0] (demo)"),
         "{}",
         text(&out)
     );
@@ -1772,14 +1796,20 @@ fn admin_holds_are_decided_on_the_regions_state_not_the_replicas_view() {
             .arg(&held),
     );
     let (_, status) = http(&admin, "GET", "/v1/status/demo/7C01", Some(TOKEN), "");
-    assert!(status.contains("\"status\":\"good\""), "the view lags: {status}");
+    assert!(
+        status.contains("\"status\":\"good\""),
+        "the view lags: {status}"
+    );
     let target = r#"{"issuer":"demo","serial":"7C01"}"#;
     let (code, resp) = http(&admin, "POST", "/v1/release", Some(TOKEN), target);
     assert_eq!(code, 200, "the region's hold was not seen: {resp}");
     let rec = a.snapshot_record(&issuer, &der("7C01")).expect("record");
     assert_eq!(rec[8], 0xFE, "released: {rec:?}");
     let released_at = u32::from_be_bytes(rec[4..8].try_into().unwrap()) as i64;
-    assert!(released_at > held_at, "the release is ordered after the hold");
+    assert!(
+        released_at > held_at,
+        "the release is ordered after the hold"
+    );
     replica.wait_for(&pki, "7C01", "good");
     // and a release of a certificate no region holds on hold is refused, as by the CLI
     let (code, resp) = http(&admin, "POST", "/v1/release", Some(TOKEN), target);

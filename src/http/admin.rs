@@ -452,11 +452,7 @@ impl From<String> for Refused {
     }
 }
 
-async fn parse_change(
-    st: &AdminState,
-    endpoint: &str,
-    body: &[u8],
-) -> Result<Vec<Event>, Refused> {
+async fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Vec<Event>, Refused> {
     let now_ms = crate::clock::unix_now_ms();
     let event = |issuer, serial, kind| Event {
         issuer,

@@ -303,7 +303,11 @@ mod tests {
             let e = sample();
             let mut b = e.to_bytes();
             b[reason_at(&e)] = code;
-            assert_eq!(Event::decode(&b), Err(DecodeError::Reason(code)), "code {code}");
+            assert_eq!(
+                Event::decode(&b),
+                Err(DecodeError::Reason(code)),
+                "code {code}"
+            );
         }
         for r in [
             RevocationReason::CertificateHold,

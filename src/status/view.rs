@@ -309,7 +309,7 @@ mod tests {
             let bad = ev(3, EventKind::Revoked { time: 5, reason }, "a");
             assert_eq!(view.apply(&bad), Applied::Unchanged);
             let mut seen = 0;
-            view.apply_batch(&[bad.clone()], |_, _| seen += 1);
+            view.apply_batch(std::slice::from_ref(&bad), |_, _| seen += 1);
             assert_eq!(seen, 0);
             assert_eq!(view.status(issued.issuer, &issued.serial), CertStatus::Good);
         }
@@ -321,11 +321,9 @@ mod tests {
     fn arb_event() -> impl Strategy<Value = Event> {
         let kind = prop_oneof![
             (0i64..2_000_000_000).prop_map(|t| EventKind::Issued { not_after: t }),
-            (0i64..2_000_000_000, 0u8..11)
-                .prop_filter_map("a revocation reason", |(t, r)| {
-                    RevocationReason::from_code(r)
-                        .map(|reason| EventKind::Revoked { time: t, reason })
-                }),
+            (0i64..2_000_000_000, 0u8..11).prop_filter_map("a revocation reason", |(t, r)| {
+                RevocationReason::from_code(r).map(|reason| EventKind::Revoked { time: t, reason })
+            }),
             // hold and release times from a small range, so that ties (a hold wins) and
             // releases that undo holds are common
             (0i64..6).prop_map(|t| EventKind::Hold { time: t }),
