@@ -24,6 +24,9 @@ pub const CACHE_STALE_SERVED: &str = "vigil_ocsp_cache_stale_served_total";
 pub const SIGNING_LATENCY: &str = "vigil_signing_duration_seconds";
 /// Signing failures.
 pub const SIGNING_ERRORS: &str = "vigil_signing_errors_total";
+/// Signed responses discarded because the certificate's status changed between the read and
+/// the signature (checked signing): never served or cached; the new status is signed instead.
+pub const SIGNING_STATUS_CHANGED: &str = "vigil_signing_status_changed_total";
 /// Requests shed because the signing queue was full.
 pub const SIGNING_SHED: &str = "vigil_signing_shed_total";
 /// Status events applied to the view, by `result` (changed, unchanged).
@@ -207,6 +210,8 @@ pub struct Metrics {
     pub signing_errors: Counter,
     /// Shed signing requests.
     pub signing_shed: Counter,
+    /// Signatures discarded by checked signing (the status changed meanwhile).
+    pub signing_status_changed: Counter,
     /// Events that changed the view.
     pub events_changed: Counter,
     /// Events already reflected.
@@ -239,6 +244,7 @@ impl Metrics {
             signing_latency: metrics::histogram!(SIGNING_LATENCY),
             signing_errors: metrics::counter!(SIGNING_ERRORS),
             signing_shed: metrics::counter!(SIGNING_SHED),
+            signing_status_changed: metrics::counter!(SIGNING_STATUS_CHANGED),
             events_changed: metrics::counter!(EVENTS_APPLIED, "result" => "changed"),
             events_unchanged: metrics::counter!(EVENTS_APPLIED, "result" => "unchanged"),
             events_undecodable: metrics::counter!(EVENTS_UNDECODABLE),
