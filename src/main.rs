@@ -781,26 +781,139 @@ fn hold(cfg: &Config, target: &Target, hold: bool, time: Option<&str>) -> Result
 /// OpenSSL `ca` database: tab-separated status (V, R, E), expiry, revocation
 /// (`date[,reason[,...]]`), serial (hex), file name, subject. Dates are `YYMMDDHHMMSSZ` or
 /// `YYYYMMDDHHMMSSZ`.
+///
+/// Streamed, in two passes over the file: the first checks every line (a bad line anywhere
+/// writes nothing), the second writes batches of [`IMPORT_BATCH_CERTIFICATES`] certificates,
+/// [`IMPORT_BATCHES_IN_FLIGHT`] at once, each acknowledged like a revocation (quorum, or the
+/// synced journal). Memory is bounded by the batches in flight, not the file. A batch that
+/// fails stops the import: the report says how many certificates were acknowledged before it,
+/// and running it again is safe (the merge is idempotent).
 fn import(cfg: &Config, path: &Path, issuer: &str) -> Result<(), String> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    use vigil::limits::{IMPORT_BATCHES_IN_FLIGHT, IMPORT_BATCH_CERTIFICATES};
     let id = issuer_id(cfg, issuer)?;
     let allow_hold = cfg.allows_holds(issuer);
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let mut events = Vec::new();
-    let (mut issued, mut revoked) = (0usize, 0usize);
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
+    let parse = IndexParser {
+        cfg,
+        id,
+        issuer,
+        allow_hold,
+        path,
+    };
+    let (issued, revoked) = parse.check()?;
+    let writer = vigil::writer::StatusWriter::from_config(cfg)?;
+    let rt = small_runtime()?;
+    let mut lines = parse.lines()?;
+    let mut summary = String::new();
+    let acknowledged = rt.block_on(async {
+        let mut in_flight = FuturesUnordered::new();
+        let mut acknowledged = 0usize;
+        let mut done = false;
+        loop {
+            while !done && in_flight.len() < IMPORT_BATCHES_IN_FLIGHT {
+                let mut batch = Vec::with_capacity(IMPORT_BATCH_CERTIFICATES * 2);
+                let mut certificates = 0;
+                while certificates < IMPORT_BATCH_CERTIFICATES {
+                    match lines.next_certificate(&mut batch)? {
+                        true => certificates += 1,
+                        false => {
+                            done = true;
+                            break;
+                        }
+                    }
+                }
+                if certificates == 0 {
+                    break;
+                }
+                let w = &writer;
+                in_flight.push(async move { (certificates, w.write(batch).await) });
+            }
+            let Some((n, result)) = in_flight.next().await else {
+                break;
+            };
+            match result {
+                Ok(w) => {
+                    acknowledged += n;
+                    summary = w.summary;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "import stopped: {acknowledged} of {issued} certificate(s) acknowledged before a batch failed ({e}); running it again is safe"
+                    ))
+                }
+            }
         }
-        let at = |msg: String| format!("{}:{}: {msg}", path.display(), n + 1);
+        Ok::<_, String>(acknowledged)
+    })?;
+    println!(
+        "imported {acknowledged} certificate(s), {revoked} revoked, for {issuer}; acknowledged by {summary}"
+    );
+    Ok(())
+}
+
+/// Reads an OpenSSL index line by line into events.
+struct IndexParser<'a> {
+    cfg: &'a Config,
+    id: IssuerId,
+    issuer: &'a str,
+    allow_hold: bool,
+    path: &'a Path,
+}
+
+/// The lines of an index being read, for [`IndexParser::lines`].
+struct IndexLines<'a> {
+    parser: &'a IndexParser<'a>,
+    reader: std::io::BufReader<std::fs::File>,
+    line: String,
+    n: usize,
+}
+
+impl IndexParser<'_> {
+    fn open(&self) -> Result<std::io::BufReader<std::fs::File>, String> {
+        std::fs::File::open(self.path)
+            .map(|f| std::io::BufReader::with_capacity(1 << 20, f))
+            .map_err(|e| format!("reading {}: {e}", self.path.display()))
+    }
+
+    fn lines(&self) -> Result<IndexLines<'_>, String> {
+        Ok(IndexLines {
+            parser: self,
+            reader: self.open()?,
+            line: String::new(),
+            n: 0,
+        })
+    }
+
+    /// Checks every line; returns (certificates, revoked or held).
+    fn check(&self) -> Result<(usize, usize), String> {
+        let mut lines = self.lines()?;
+        let (mut issued, mut revoked) = (0, 0);
+        let mut events = Vec::with_capacity(2);
+        loop {
+            events.clear();
+            if !lines.next_certificate(&mut events)? {
+                return Ok((issued, revoked));
+            }
+            issued += 1;
+            revoked += usize::from(events.len() > 1);
+        }
+    }
+
+    /// The events of one line: the issuance, and the revocation or hold if any.
+    fn parse(&self, n: usize, line: &str, out: &mut Vec<Event>) -> Result<(), String> {
+        let at = |msg: String| format!("{}:{}: {msg}", self.path.display(), n);
         let f: Vec<&str> = line.split('\t').collect();
         if f.len() < 4 {
             return Err(at("expected at least 4 tab-separated fields".into()));
         }
         let serial = Serial::from_hex(f[3]).map_err(|e| at(format!("serial {:?}: {e}", f[3])))?;
         let not_after = asn1_time(f[1]).map_err(at)?;
-        events.push(event(cfg, id, serial, EventKind::Issued { not_after }));
-        issued += 1;
+        out.push(event(
+            self.cfg,
+            self.id,
+            serial,
+            EventKind::Issued { not_after },
+        ));
         if f[0] == "R" {
             let mut parts = f[2].split(',');
             let time = asn1_time(parts.next().unwrap_or_default()).map_err(at)?;
@@ -811,9 +924,10 @@ fn import(cfg: &Config, path: &Path, issuer: &str) -> Result<(), String> {
                 },
                 // OpenSSL records a hold as a revocation with reason certificateHold.
                 Some(r) if r.eq_ignore_ascii_case("certificateHold") => {
-                    if !allow_hold {
+                    if !self.allow_hold {
                         return Err(at(format!(
-                            "certificateHold, but issuer {issuer:?} does not allow holds (allow_hold)"
+                            "certificateHold, but issuer {:?} does not allow holds (allow_hold)",
+                            self.issuer
                         )));
                     }
                     EventKind::Hold { time }
@@ -823,15 +937,42 @@ fn import(cfg: &Config, path: &Path, issuer: &str) -> Result<(), String> {
                     reason: RevocationReason::parse(r).map_err(|e| at(e.to_string()))?,
                 },
             };
-            events.push(event(cfg, id, serial, kind));
-            revoked += 1;
+            out.push(event(self.cfg, self.id, serial, kind));
+        }
+        Ok(())
+    }
+}
+
+impl IndexLines<'_> {
+    /// Appends the next certificate's events to `out`; false at the end of the file.
+    fn next_certificate(&mut self, out: &mut Vec<Event>) -> Result<bool, String> {
+        use std::io::{BufRead, Read};
+        use vigil::limits::MAX_INDEX_LINE_BYTES;
+        loop {
+            self.line.clear();
+            self.n += 1;
+            let read = (&mut self.reader)
+                .take(MAX_INDEX_LINE_BYTES as u64 + 1)
+                .read_line(&mut self.line)
+                .map_err(|e| format!("{}:{}: {e}", self.parser.path.display(), self.n))?;
+            if read == 0 {
+                return Ok(false);
+            }
+            if self.line.len() > MAX_INDEX_LINE_BYTES {
+                return Err(format!(
+                    "{}:{}: line longer than {MAX_INDEX_LINE_BYTES} bytes",
+                    self.parser.path.display(),
+                    self.n
+                ));
+            }
+            let line = self.line.trim_end_matches(['\n', '\r']);
+            if line.trim().is_empty() {
+                continue;
+            }
+            self.parser.parse(self.n, line, out)?;
+            return Ok(true);
         }
     }
-    let at = append(cfg, &events)?;
-    println!(
-        "imported {issued} certificate(s), {revoked} revoked, for {issuer}; acknowledged by {at}"
-    );
-    Ok(())
 }
 
 /// `vigil status` with `[feed]`: what each region's snapshot holds, and their join.

@@ -707,7 +707,9 @@ impl Responder {
                     _ => Priority::Routine,
                 };
                 for _ in 0..CHECKED_SIGNING_ATTEMPTS {
-                    let signed = self.sign_single(issuer, &cert_id, *want, now, priority).await;
+                    let signed = self
+                        .sign_single(issuer, &cert_id, *want, now, priority)
+                        .await;
                     let fresh = match signed {
                         Ok(fresh) => fresh,
                         Err(err) => {
@@ -1530,5 +1532,4 @@ mod tests {
             prometheus.render()
         );
     }
-
 }

@@ -1824,3 +1824,78 @@ fn admin_holds_are_decided_on_the_regions_state_not_the_replicas_view() {
     assert_eq!(code, 400, "{resp}");
     assert!(resp.contains("not on hold"), "{resp}");
 }
+
+/// `vigil import` streams its input in batches: an index of several batches is written whole,
+/// and a bad line anywhere (here the last) writes nothing at all.
+#[test]
+fn import_streams_batches_and_a_bad_line_anywhere_writes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let a = Redis::start(root, "a", false);
+    let feed = Feed {
+        regions: vec![("a", a.region())],
+        quorum: 1,
+        extra: "",
+    };
+    let config = write_config(root, "r1", &pki, &feed, false);
+    let issuer = issuer_hex(&config);
+    let n = 2 * vigil::limits::IMPORT_BATCH_CERTIFICATES + 7;
+    let mut index = String::new();
+    for i in 0..n {
+        let status = if i % 3 == 0 { "R" } else { "V" };
+        let revoked = if i % 3 == 0 {
+            "250101000000Z,superseded"
+        } else {
+            ""
+        };
+        index.push_str(&format!(
+            "{status}\t300101000000Z\t{revoked}\t{:X}\tunknown\t/CN=t{i}\n",
+            0x10_0000 + i
+        ));
+    }
+    let path = root.join("index.txt");
+    std::fs::write(
+        &path,
+        format!("{index}R\t300101000000Z\t250101000000Z,removeFromCRL\t0F\tx\t/CN=x\n"),
+    )
+    .unwrap();
+    let import = || {
+        vigil(
+            &config,
+            &[
+                "import",
+                "--issuer",
+                "demo",
+                "--openssl-index",
+                path.to_str().unwrap(),
+            ],
+        )
+    };
+    let out = import();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("index.txt:{}", n + 1)),
+        "{}",
+        text(&out)
+    );
+    let len: usize = a.cmd(redis::cmd("HLEN").arg(format!("vigil:snap:{issuer}")));
+    assert_eq!(len, 0, "a bad last line wrote nothing");
+    std::fs::write(&path, &index).unwrap();
+    let out = import();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "imported {n} certificate(s), {} revoked",
+            n.div_ceil(3)
+        )),
+        "{}",
+        text(&out)
+    );
+    let len: usize = a.cmd(redis::cmd("HLEN").arg(format!("vigil:snap:{issuer}")));
+    assert_eq!(len, n);
+    let last = a
+        .snapshot_record(&issuer, &der(&format!("{:X}", 0x10_0000 + n - 1)))
+        .expect("the last certificate");
+    assert_eq!(last.len(), 9);
+}
