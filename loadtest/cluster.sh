@@ -16,7 +16,8 @@
 #
 # Environment: VIGIL_CLUSTER_DIR (state dir, default loadtest/out/cluster), VIGIL_BIN (the
 # vigil binary, default target/release/vigil, else target/debug/vigil), CLUSTER_GOOD,
-# CLUSTER_REVOKED (serials issued / revoked at start; default 200 / 50).
+# CLUSTER_REVOKED (serials issued / revoked at start; default 200 / 50), CLUSTER_REPLICAS (the
+# replicas to run, default "a1 a2 b1 b2"; loadtest/mass-revocation.sh runs "a1 b1").
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -27,6 +28,7 @@ if [ -z "${VIGIL_BIN:-}" ]; then
 fi
 GOOD="${CLUSTER_GOOD:-200}"
 REVOKED="${CLUSTER_REVOKED:-50}"
+REPLICAS="${CLUSTER_REPLICAS:-a1 a2 b1 b2}"
 SOFTHSM_MODULE=/usr/lib/softhsm/libsofthsm2.so
 P11KIT_CLIENT=/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so
 LB_IP=127.0.0.10
@@ -246,11 +248,12 @@ backend vigil
   option httpchk GET /readyz
   http-check expect status 200
   default-server check inter 1s fall 2 rise 2
-  server a1 ${REGION_IP[a]}:$REPLICA_A1_PORT
-  server a2 ${REGION_IP[a]}:$REPLICA_A2_PORT
-  server b1 ${REGION_IP[b]}:$REPLICA_B1_PORT
-  server b2 ${REGION_IP[b]}:$REPLICA_B2_PORT
 EOF
+  local n port_var
+  for n in $REPLICAS; do
+    port_var="REPLICA_${n^^}_PORT"
+    echo "  server $n ${REGION_IP[${n:0:1}]}:${!port_var}" >>"$STATE/haproxy.cfg"
+  done
 }
 
 up() {
@@ -296,11 +299,11 @@ up() {
     start_redis "$r"
     start_hsm "$r"
   done
-  for n in a1 a2 b1 b2; do replica_config "$n" "${n:0:1}"; done
+  for n in $REPLICAS; do replica_config "$n" "${n:0:1}"; done
   log "importing the CA database into the feed"
   "$VIGIL_BIN" --config "$STATE/a1.toml" import --openssl-index "$STATE/pki/index.txt" --issuer cluster >"$STATE/logs/import.log" 2>&1 ||
     die "import failed: $(cat "$STATE/logs/import.log")"
-  for n in a1 a2 b1 b2; do start_replica "$n"; done
+  for n in $REPLICAS; do start_replica "$n"; done
   haproxy_config
   start haproxy "$STATE/logs/haproxy.log" haproxy -db -f "$STATE/haproxy.cfg"
   # Ready when HAProxy answers /readyz through a replica.
