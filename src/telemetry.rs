@@ -55,6 +55,13 @@ pub const FEED_RECONNECTS: &str = "vigil_feed_reconnects_total";
 pub const FEED_WRITES: &str = "vigil_feed_writes_total";
 /// Records copied into `region` by repair, by `kind` (hint, full).
 pub const FEED_REPAIRED: &str = "vigil_feed_repaired_records_total";
+/// Completeness checks that found this replica's view missing records of a region
+/// (`{region, why}`: trimmed, count, digest, epoch, rollback).
+pub const FEED_INCOMPLETE: &str = "vigil_feed_incomplete_total";
+/// Records this replica wrote back into a region that had lost them (`{region}`).
+pub const FEED_RESEEDED: &str = "vigil_feed_reseeded_records_total";
+/// 1 while this replica's view covers the region (`{region}`), else 0.
+pub const FEED_COVERED: &str = "vigil_feed_region_covered";
 /// Checkpoint writes, by `result` (ok, error).
 pub const CHECKPOINT_WRITES: &str = "vigil_checkpoint_writes_total";
 /// Time to write a checkpoint.

@@ -710,7 +710,7 @@ fn redis_store_refuses_stale_numbers_and_fenced_leaders() {
         let store = |n: u64, f: Option<Fence>| {
             let (a, id, der) = (&a, id.clone(), der.clone());
             async move {
-                a.store(&id, der, n, 0, None, f.as_ref())
+                a.store(&id, der, n, 0, None, f.as_ref(), None)
                     .await
                     .expect("store")
             }
@@ -751,7 +751,7 @@ fn redis_store_refuses_stale_numbers_and_fenced_leaders() {
         };
         let b = Region::new("b", &redis.url(), Duration::from_secs(2)).expect("region");
         let r = b
-            .store(&id, der.clone(), 3000, 0, None, Some(&elsewhere))
+            .store(&id, der.clone(), 3000, 0, None, Some(&elsewhere), None)
             .await
             .expect("store");
         assert!(matches!(r, StoreOutcome::Fenced(_)), "{r:?}");
@@ -763,17 +763,17 @@ fn redis_store_refuses_stale_numbers_and_fenced_leaders() {
         // a delta must name the stored complete CRL as its base, and shares its sequence
         let delta = id.delta();
         let r = a
-            .store(&delta, der.clone(), 2001, 0, Some(1000), None)
+            .store(&delta, der.clone(), 2001, 0, Some(1000), None, None)
             .await
             .expect("store");
         assert_eq!(r, StoreOutcome::BaseMismatch);
         let r = a
-            .store(&delta, der.clone(), 2000, 0, Some(2000), None)
+            .store(&delta, der.clone(), 2000, 0, Some(2000), None, None)
             .await
             .expect("store");
         assert!(matches!(r, StoreOutcome::Stale(_)), "{r:?}");
         let r = a
-            .store(&delta, der.clone(), 2001, 0, Some(2000), None)
+            .store(&delta, der.clone(), 2001, 0, Some(2000), None, None)
             .await
             .expect("store");
         assert_eq!(r, StoreOutcome::Stored);
