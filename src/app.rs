@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use crate::apply::Applier;
 use crate::config::{Config, FeedConfig};
 use crate::crl_service::{CrlPools, CrlService};
-use crate::apply::Applier;
 use crate::feed::consume::{self, FeedState, Reseed};
 use crate::feed::health::FeedHealth;
 use crate::feed::repair::{run_heartbeats, Repairer};

@@ -125,7 +125,10 @@ mod tests {
     #[test]
     fn releases_and_upgrades_wake_the_publisher_issuances_do_not() {
         let held = revoked(RevocationReason::CertificateHold);
-        assert!(touches_crls(CertStatus::Good, revoked(RevocationReason::Unspecified)));
+        assert!(touches_crls(
+            CertStatus::Good,
+            revoked(RevocationReason::Unspecified)
+        ));
         assert!(touches_crls(held, CertStatus::Good));
         assert!(touches_crls(
             revoked(RevocationReason::Superseded),
@@ -170,7 +173,13 @@ mod tests {
             .expect("record")
             .join(CertRecord::from_event(&EventKind::Release { time: 2 }));
         let r = a.records(issuer, &[(serial, released)]).await;
-        assert_eq!(r, Applied { changed: 1, unchanged: 0 });
+        assert_eq!(
+            r,
+            Applied {
+                changed: 1,
+                unchanged: 0
+            }
+        );
         tokio::time::timeout(std::time::Duration::from_secs(1), wake.notified())
             .await
             .expect("woken by the release");

@@ -726,10 +726,17 @@ impl Responder {
         let Some(state) = self.issuers.iter().find(|s| s.issuer.hashes.id == issuer) else {
             return;
         };
+        // Only what is cached is touched: a bootstrap or re-read changes millions of records
+        // that no client has asked about, and a hit is checked against the view anyway.
         for key in cert_id_forms(&state.issuer, serial) {
-            self.cache.invalidate(&key).await;
-            self.front.invalidate(&plain_request_der(&key)).await;
-            self.changed.insert(Bytes::from(key), ()).await;
+            let front = plain_request_der(&key);
+            if self.front.contains(&front) {
+                self.front.invalidate(&front).await;
+            }
+            if self.cache.contains(&key) {
+                self.cache.invalidate(&key).await;
+                self.changed.insert(Bytes::from(key), ()).await;
+            }
         }
     }
 }

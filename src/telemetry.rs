@@ -58,6 +58,10 @@ pub const FEED_REPAIRED: &str = "vigil_feed_repaired_records_total";
 /// Completeness checks that found this replica's view missing records of a region
 /// (`{region, why}`: trimmed, count, digest, epoch, rollback).
 pub const FEED_INCOMPLETE: &str = "vigil_feed_incomplete_total";
+/// Completeness rounds comparing the view with a region (`{region, result}`: ok, short — the
+/// view held fewer records than the region —, mismatch — digests differ, not yet for a whole
+/// round —, diverged — they differed the same way for a whole round).
+pub const FEED_CHECKS: &str = "vigil_feed_completeness_checks_total";
 /// Records this replica wrote back into a region that had lost them (`{region}`).
 pub const FEED_RESEEDED: &str = "vigil_feed_reseeded_records_total";
 /// 1 while this replica's view covers the region (`{region}`), else 0.

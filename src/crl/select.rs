@@ -155,12 +155,18 @@ mod tests {
             // revoked, live: must stay
             [1] => Some(rec(&[
                 EventKind::Issued { not_after: 500 },
-                EventKind::Revoked { time: 10, reason: RevocationReason::KeyCompromise },
+                EventKind::Revoked {
+                    time: 10,
+                    reason: RevocationReason::KeyCompromise,
+                },
             ])),
             // expired before the previous CRL: may go
             [2] => Some(rec(&[
                 EventKind::Issued { not_after: 50 },
-                EventKind::Revoked { time: 10, reason: RevocationReason::Unspecified },
+                EventKind::Revoked {
+                    time: 10,
+                    reason: RevocationReason::Unspecified,
+                },
             ])),
             // released: may go
             [3] => Some(rec(&[
@@ -169,16 +175,25 @@ mod tests {
                 EventKind::Release { time: 11 },
             ])),
             // still held: must stay
-            [4] => Some(rec(&[EventKind::Issued { not_after: 500 }, EventKind::Hold { time: 10 }])),
+            [4] => Some(rec(&[
+                EventKind::Issued { not_after: 500 },
+                EventKind::Hold { time: 10 },
+            ])),
             // unknown to the view: must stay
             _ => None,
         };
         let next = vec![entry(1, RevocationReason::KeyCompromise)];
-        assert_eq!(dropped(&previous, &next, 100, true, record), vec![sn(4), sn(5)]);
+        assert_eq!(
+            dropped(&previous, &next, 100, true, record),
+            vec![sn(4), sn(5)]
+        );
         // holds no longer answered: the held entry may go too
         assert_eq!(dropped(&previous, &next, 100, false, record), vec![sn(5)]);
         // an empty CRL after a listed one: everything that must stay is named
-        assert_eq!(dropped(&previous, &[], 100, true, record), vec![sn(1), sn(4), sn(5)]);
+        assert_eq!(
+            dropped(&previous, &[], 100, true, record),
+            vec![sn(1), sn(4), sn(5)]
+        );
         assert!(dropped(&previous, &previous, 100, true, record).is_empty());
     }
 

@@ -27,8 +27,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{Config, IssuerConfig};
-use crate::feed::health::FeedHealth;
 use crate::crl::{CrlId, CrlIssuer};
+use crate::feed::health::FeedHealth;
 use crate::pki::Issuer;
 use crate::signer::{Signer, SignerPool, SoftwareSigner};
 use crate::status::StatusView;

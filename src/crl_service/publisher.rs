@@ -107,7 +107,10 @@ impl Refusals {
 
     /// What is refused now, if anything.
     pub fn describe(&self) -> Option<String> {
-        let m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         (!m.is_empty()).then(|| {
             m.iter()
                 .map(|(path, why)| format!("CRL {path}: {why}"))
@@ -218,7 +221,10 @@ impl Publisher {
             }
             (_, prev_full) => {
                 let entries = select::retained(&cands, prev_full.as_ref().map(|c| c.this_update));
-                let entries = match self.refuse_shrinking(pi, table, &full_id, prev_full.as_ref(), entries).await {
+                let entries = match self
+                    .refuse_shrinking(pi, table, &full_id, prev_full.as_ref(), entries)
+                    .await
+                {
                     Ok(e) => e,
                     Err(e) => {
                         out.push(Err(e));
@@ -227,7 +233,15 @@ impl Publisher {
                 };
                 let checked_against = Some(prev_full.as_ref().map_or(0, |c| c.number));
                 let full = self
-                    .publish_one(pi, full_id.clone(), entries, None, previous, fence, checked_against)
+                    .publish_one(
+                        pi,
+                        full_id.clone(),
+                        entries,
+                        None,
+                        previous,
+                        fence,
+                        checked_against,
+                    )
                     .await;
                 let base = match &full {
                     Ok(p) if p.stored() => Some(p.number),
@@ -273,7 +287,9 @@ impl Publisher {
         let holds = pi.issuer.allow_hold;
         let checked = tokio::task::spawn_blocking(move || {
             let before = lint::read_entries(&prev.der)?;
-            let dropped = select::dropped(&before, &entries, prev.this_update, holds, |s| table.record(s));
+            let dropped = select::dropped(&before, &entries, prev.this_update, holds, |s| {
+                table.record(s)
+            });
             Ok::<_, lint::LintError>((entries, dropped, prev.number))
         })
         .await
@@ -415,7 +431,15 @@ impl Publisher {
                     // i < regions.len(): the loop's range.
                     let r = &regions[i];
                     let out = r
-                        .store(&id, der, number, this_update, base, fence.as_ref(), checked_against)
+                        .store(
+                            &id,
+                            der,
+                            number,
+                            this_update,
+                            base,
+                            fence.as_ref(),
+                            checked_against,
+                        )
                         .await;
                     (r.name.clone(), out)
                 });

@@ -25,6 +25,7 @@ use crate::http::Readiness;
 use crate::limits::{FEED_READ_COUNT, FEED_SCAN_COUNT};
 use crate::status::view::Digest;
 use crate::status::{hex, CertRecord, Event, IssuerId, Serial, StatusView};
+use crate::telemetry;
 
 /// How long one `XREAD BLOCK` waits: short enough that a dead connection is noticed quickly,
 /// long enough that an idle replica costs Redis one call per second per region.
@@ -197,7 +198,10 @@ async fn session(
         Some(c) if c.epoch != epoch => {
             health.set_gap(
                 "epoch",
-                format!("the region's data epoch changed from {} to {epoch}: its Redis lost its data", c.epoch),
+                format!(
+                    "the region's data epoch changed from {} to {epoch}: its Redis lost its data",
+                    c.epoch
+                ),
             );
             reseed(state, region, health, &mut conn, "the region lost its data").await;
             None
@@ -211,11 +215,21 @@ async fn session(
                     c.id
                 ),
             );
-            reseed(state, region, health, &mut conn, "the region was rolled back").await;
+            reseed(
+                state,
+                region,
+                health,
+                &mut conn,
+                "the region was rolled back",
+            )
+            .await;
             None
         }
         Some(c) if trimmed_past(info.as_ref(), c.id) => {
-            health.set_gap("trimmed", format!("the stream was trimmed past this replica's cursor {}", c.id));
+            health.set_gap(
+                "trimmed",
+                format!("the stream was trimmed past this replica's cursor {}", c.id),
+            );
             None
         }
         Some(c) => Some(c.id),
@@ -389,15 +403,32 @@ impl Completeness {
         for i in &stable {
             suspects.remove(i);
         }
+        let result = if !short.is_empty() {
+            "short"
+        } else if !stable.is_empty() {
+            "diverged"
+        } else if !suspects.is_empty() {
+            "mismatch"
+        } else {
+            "ok"
+        };
+        metrics::counter!(telemetry::FEED_CHECKS, "region" => region.name.clone(), "result" => result)
+            .increment(1);
         self.suspects = suspects;
         if !short.is_empty() {
             let what: Vec<String> = short
                 .iter()
                 .map(|(i, want, have)| {
-                    format!("issuer {}: {want} records in the region, {have} in the view", hex(&i.0))
+                    format!(
+                        "issuer {}: {want} records in the region, {have} in the view",
+                        hex(&i.0)
+                    )
                 })
                 .collect();
-            health.set_gap("count", format!("{}; re-reading the snapshot", what.join(", ")));
+            health.set_gap(
+                "count",
+                format!("{}; re-reading the snapshot", what.join(", ")),
+            );
             for (issuer, _, _) in &short {
                 read_snapshot(state, region, health, conn, *issuer).await?;
             }
@@ -408,7 +439,10 @@ impl Completeness {
             if learned > 0 {
                 health.set_gap(
                     "digest",
-                    format!("issuer {}: the view lacked {learned} records of the region", hex(&issuer.0)),
+                    format!(
+                        "issuer {}: the view lacked {learned} records of the region",
+                        hex(&issuer.0)
+                    ),
                 );
                 health.set_covered();
             }
@@ -420,7 +454,15 @@ impl Completeness {
                 .find(|(i, _, _)| *i == issuer)
                 .map_or(Digest::default(), |(_, _, d)| *d);
             if mine != theirs {
-                reseed_issuer(state, region, health, conn, Some(issuer), "the region lacks records the view holds").await;
+                reseed_issuer(
+                    state,
+                    region,
+                    health,
+                    conn,
+                    Some(issuer),
+                    "the region lacks records the view holds",
+                )
+                .await;
             }
         }
         Ok(None)
@@ -428,7 +470,10 @@ impl Completeness {
 }
 
 /// Reads the region's last stream id and, per issuer, its snapshot's count and digest.
-async fn region_state(region: &Region, conn: &mut MultiplexedConnection) -> Result<RegionState, FeedError> {
+async fn region_state(
+    region: &Region,
+    conn: &mut MultiplexedConnection,
+) -> Result<RegionState, FeedError> {
     let reply: Vec<Value> = scripts::STATE
         .key(region.keys.stream())
         .key(region.keys.issuers())
@@ -436,7 +481,8 @@ async fn region_state(region: &Region, conn: &mut MultiplexedConnection) -> Resu
         .arg(region.keys.snapshot_hex(""))
         .invoke_async(conn)
         .await?;
-    let bad = || FeedError::Protocol("region state reply is not [id, (issuer, count, digest)...]".into());
+    let bad =
+        || FeedError::Protocol("region state reply is not [id, (issuer, count, digest)...]".into());
     let mut it = reply.iter();
     let at: StreamId = it.next().and_then(value_str).ok_or_else(bad)?.parse()?;
     let mut issuers = Vec::new();
@@ -457,7 +503,13 @@ async fn region_state(region: &Region, conn: &mut MultiplexedConnection) -> Resu
 /// Writes the whole view back into a region that lost records (flushed, restarted empty,
 /// rolled back), under the region's sync lease; a replica that finds the lease taken leaves
 /// the work to its holder (the next completeness round catches anything still missing).
-async fn reseed(state: &FeedState, region: &Region, health: &RegionHealth, conn: &mut MultiplexedConnection, why: &str) {
+async fn reseed(
+    state: &FeedState,
+    region: &Region,
+    health: &RegionHealth,
+    conn: &mut MultiplexedConnection,
+    why: &str,
+) {
     reseed_issuer(state, region, health, conn, None, why).await;
 }
 
@@ -488,7 +540,16 @@ async fn reseed_issuer(
         }
     }
     let started = std::time::Instant::now();
-    let result = merge_view_into(&state.view, region, conn, only, &cfg.origin, cfg.maxlen, &lease).await;
+    let result = merge_view_into(
+        &state.view,
+        region,
+        conn,
+        only,
+        &cfg.origin,
+        cfg.maxlen,
+        &lease,
+    )
+    .await;
     lease.release(region, conn).await;
     match result {
         Ok(n) => {
@@ -586,7 +647,9 @@ async fn stream_info(
     let int = |name: &str| -> Result<u64, FeedError> {
         match get(name)? {
             Value::Int(n) => Ok(u64::try_from(*n).unwrap_or(0)),
-            _ => Err(FeedError::Protocol(format!("XINFO STREAM {name} is not a number"))),
+            _ => Err(FeedError::Protocol(format!(
+                "XINFO STREAM {name} is not a number"
+            ))),
         }
     };
     let first = match get("first-entry")? {

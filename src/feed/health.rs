@@ -258,7 +258,10 @@ mod tests {
     fn complete_only_once_every_reachable_region_is_covered() {
         let h = FeedHealth::new(&["a".into(), "b".into()], Duration::from_secs(10));
         let e = h.complete().expect_err("nothing reached");
-        assert!(e.contains("a: not reached yet") && e.contains("b: not reached yet"), "{e}");
+        assert!(
+            e.contains("a: not reached yet") && e.contains("b: not reached yet"),
+            "{e}"
+        );
         h.regions[0].connected();
         h.regions[0].set_covered();
         // b not tried yet: its records may be missing.

@@ -315,7 +315,16 @@ impl Repairer {
         only: Option<IssuerId>,
     ) -> Result<usize, FeedError> {
         let lease = Lease::new(t.keys.sync_lock(), self.owner.clone());
-        let changed = merge_view_into(&self.state.view, t, tc, only, &self.origin, self.maxlen, &lease).await?;
+        let changed = merge_view_into(
+            &self.state.view,
+            t,
+            tc,
+            only,
+            &self.origin,
+            self.maxlen,
+            &lease,
+        )
+        .await?;
         if only.is_none() {
             metrics::counter!(telemetry::FEED_REPAIRED, "region" => t.name.clone(), "kind" => "full")
                 .increment(changed as u64);
@@ -329,7 +338,9 @@ impl Repairer {
         c: &mut MultiplexedConnection,
         key: &str,
     ) -> Result<bool, FeedError> {
-        Lease::new(key.to_owned(), self.owner.clone()).acquire(c).await
+        Lease::new(key.to_owned(), self.owner.clone())
+            .acquire(c)
+            .await
     }
 
     async fn renew(
@@ -338,11 +349,15 @@ impl Repairer {
         c: &mut MultiplexedConnection,
         key: &str,
     ) -> Result<(), FeedError> {
-        Lease::new(key.to_owned(), self.owner.clone()).renew(r, c).await
+        Lease::new(key.to_owned(), self.owner.clone())
+            .renew(r, c)
+            .await
     }
 
     async fn release(&self, r: &Region, c: &mut MultiplexedConnection, key: &str) {
-        Lease::new(key.to_owned(), self.owner.clone()).release(r, c).await
+        Lease::new(key.to_owned(), self.owner.clone())
+            .release(r, c)
+            .await
     }
 }
 
@@ -434,7 +449,11 @@ pub async fn merge_view_into(
 }
 
 /// The writes that put `records` into a region: each record with the events that give it.
-fn record_writes(issuer: IssuerId, records: &[(Serial, CertRecord)], origin: &str) -> Vec<CertWrite> {
+fn record_writes(
+    issuer: IssuerId,
+    records: &[(Serial, CertRecord)],
+    origin: &str,
+) -> Vec<CertWrite> {
     let now = unix_now_ms();
     records
         .iter()

@@ -140,7 +140,10 @@ impl StatusView {
                     .write()
                     .unwrap_or_else(PoisonError::into_inner);
                 for (i, e) in now.iter().enumerate() {
-                    let before = t.map.get(&e.serial).map_or(CertStatus::Unissued, |r| r.status());
+                    let before = t
+                        .map
+                        .get(&e.serial)
+                        .map_or(CertStatus::Unissued, |r| r.status());
                     if let Applied::Changed { status } =
                         merge_into(&mut t, e.serial, CertRecord::from_event(&e.kind))
                     {
@@ -245,7 +248,11 @@ impl IssuerTable {
     /// doubling its memory.
     pub fn records_partition(&self, part: usize, parts: usize) -> Vec<(Serial, CertRecord)> {
         let parts = parts.clamp(1, 256);
-        let map = &self.records.read().unwrap_or_else(PoisonError::into_inner).map;
+        let map = &self
+            .records
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map;
         let mut out = Vec::with_capacity(map.len() / parts + 16);
         out.extend(
             map.iter()
