@@ -780,7 +780,93 @@ fn redis_store_refuses_stale_numbers_and_fenced_leaders() {
         assert!(matches!(store(2001, None).await, StoreOutcome::Stale(_)));
         let fetched = a.fetch(&delta).await.expect("fetch");
         assert_eq!(fetched, Some((2001, der.to_vec())));
+
+        // Two leaders (one lease per region) checked their complete CRLs against the same
+        // stored one; the second to arrive, though higher-numbered, was checked against an
+        // older CRL than the one now stored, so it loses.
+        let scope = CrlId {
+            issuer: "u".into(),
+            shard: None,
+            delta: false,
+        };
+        let checked = |n: u64, against: u64| {
+            let (a, id, der) = (&a, scope.clone(), der.clone());
+            async move {
+                a.store(&id, der, n, 0, None, None, Some(against))
+                    .await
+                    .expect("store")
+            }
+        };
+        assert_eq!(checked(5000, 0).await, StoreOutcome::Stored);
+        assert_eq!(checked(6000, 5000).await, StoreOutcome::Stored);
+        assert_eq!(
+            checked(7000, 5000).await,
+            StoreOutcome::Changed("6000".into())
+        );
+        assert_eq!(checked(7000, 6000).await, StoreOutcome::Stored);
+        // a first CRL of a scope (checked against none) loses to one already stored
+        assert_eq!(checked(8000, 0).await, StoreOutcome::Changed("7000".into()));
     });
+}
+
+/// A publisher whose view lacks revocations the stored CRL lists (here: a `vigil crl publish`
+/// over an empty journal, the same as a view rebuilt from a flushed Redis) must not replace
+/// that CRL: it is refused, saying how many serials it would drop, and the stored CRL stays.
+#[test]
+fn a_complete_crl_that_drops_entries_is_refused() {
+    let tmp = tmpdir();
+    let dir = tmp.path();
+    let pki = demo_pki(dir);
+    let redis = Redis::start(dir);
+    let config = |name: &str| {
+        write_config(
+            &dir.join(format!("{name}.toml")),
+            &format!(
+                "data_dir = \"{d}/{name}\"\n[status]\njournal = \"{d}/{name}.vj\"\n\
+                 [crl]\nredis_timeout = \"2s\"\n[[region]]\nname = \"a\"\nredis = \"{u}\"\n{issuer}",
+                d = dir.display(),
+                u = redis.url(),
+                issuer = issuer_toml(&pki),
+            ),
+        )
+    };
+    let full = config("full");
+    for n in 1..=5 {
+        vigil_run(
+            &full,
+            &[
+                "revoke",
+                "--issuer",
+                "demo",
+                "--serial",
+                &format!("5E{n:02X}"),
+            ],
+        );
+    }
+    let out = vigil_run(&full, &["crl", "publish"]);
+    assert!(out.contains("5 entries"), "{out}");
+    let stored = redis.cli(&["HGET", "vigil:crl:doc:demo", "number"]);
+
+    let empty = config("empty");
+    let out = vigil_cmd(Some(&empty))
+        .args(["crl", "publish"])
+        .output()
+        .expect("run vigil");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an empty CRL was published: {err}");
+    assert!(
+        err.contains("would drop 5 serial(s)"),
+        "the refusal does not say what it would drop: {err}"
+    );
+    assert_eq!(
+        redis.cli(&["HGET", "vigil:crl:doc:demo", "number"]),
+        stored,
+        "the stored CRL was replaced"
+    );
+    // With the revocations known again (one more on top), the next CRL lists all six.
+    vigil_run(&full, &["revoke", "--issuer", "demo", "--serial", "5E06"]);
+    let out = vigil_run(&full, &["crl", "publish"]);
+    assert!(out.contains("6 entries"), "{out}");
 }
 
 /// Polls every Redis and every replica, recording violations of "never backwards".
