@@ -71,7 +71,7 @@ impl Applier {
             changed += 1;
             changes.push((e.issuer, e.serial, before, after));
         });
-        self.follow_up(&changes).await;
+        self.follow_up(&changes, false).await;
         Applied {
             changed,
             unchanged: events.len() - changed,
@@ -88,21 +88,24 @@ impl Applier {
                 changed += 1;
                 changes.push((issuer, *serial, before, after));
             });
-        self.follow_up(&changes).await;
+        self.follow_up(&changes, true).await;
         Applied {
             changed,
             unchanged: records.len() - changed,
         }
     }
 
-    async fn follow_up(&self, changes: &[(IssuerId, Serial, CertStatus, CertStatus)]) {
+    async fn follow_up(&self, changes: &[(IssuerId, Serial, CertStatus, CertStatus)], bulk: bool) {
         let mut wake = false;
         for (issuer, serial, before, after) in changes {
             wake |= touches_crls(*before, *after);
-            if evicts(*before, *after) {
-                if let Some(r) = &self.responder {
-                    r.evict(*issuer, serial).await;
-                }
+            if !evicts(*before, *after) {
+                continue;
+            }
+            match &self.responder {
+                Some(r) if bulk => r.evict_cached(*issuer, serial).await,
+                Some(r) => r.evict(*issuer, serial).await,
+                None => {}
             }
         }
         if wake {
