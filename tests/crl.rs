@@ -1183,7 +1183,7 @@ fn holds_answer_certificate_hold_and_releases_leave_the_crl_by_delta() {
                 "--reason",
                 "certificateHold",
             ],
-            "use `vigil hold`",
+            "certificateHold is not a revocation reason",
         ),
         (
             &config,

@@ -732,9 +732,11 @@ fn check_alerts(r: &Rendered, table: &toml::Table, public: &Value) {
     ];
     if table.contains_key("feed") {
         wanted.push(("VigilFeedRegionLagging", t::FEED_LAST_SEEN_AGE));
+        wanted.push(("VigilFeedIncomplete", t::FEED_COVERED));
     }
     if table.contains_key("crl") {
         wanted.push(("VigilCrlStale", t::CRL_AGE));
+        wanted.push(("VigilCrlShrinkRefused", t::CRL_PUBLISH));
     }
     if table.contains_key("hsm") {
         wanted.push(("VigilNoSigner", t::SIGNER_POOL_UP));
@@ -788,6 +790,7 @@ fn check_alerts(r: &Rendered, table: &toml::Table, public: &Value) {
         t::FEED_CONNECTED,
         t::FEED_RECONNECTS,
         t::FEED_WRITES,
+        t::FEED_COVERED,
         t::FEED_REPAIRED,
         t::CHECKPOINT_WRITES,
         t::CHECKPOINT_DURATION,
