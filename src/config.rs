@@ -898,8 +898,15 @@ impl Config {
         if l.max_request_bytes > 1024 * 1024 {
             return err("limits.max_request_bytes: at most 1 MiB");
         }
-        if l.max_nonce_bytes > 128 {
-            return err("limits.max_nonce_bytes: at most 128 (RFC 9654 §2.1)");
+        if !(limits::NONCE_OCTETS_MUST_ACCEPT..=limits::NONCE_OCTETS_ALLOWED)
+            .contains(&l.max_nonce_bytes)
+        {
+            return err(format!(
+                "limits.max_nonce_bytes: {} is outside {} ..= {} (RFC 9654 §2.1: nonces of 16 ..= 32 octets must be accepted, none over 128)",
+                l.max_nonce_bytes,
+                limits::NONCE_OCTETS_MUST_ACCEPT,
+                limits::NONCE_OCTETS_ALLOWED
+            ));
         }
         let o = &self.ocsp;
         let validity = o.validity.as_secs() as i64;
@@ -971,6 +978,24 @@ impl Config {
             }
         }
         self.validate_hsms()
+    }
+
+    /// Refuses two issuers whose CA certificates hold the same key (`keys`: each issuer's
+    /// subjectPublicKey, in `[[issuer]]` order). A CertID names its issuer by the key hash (and
+    /// the name hash), and the status view keys each issuer by its key: two issuers with one
+    /// key would share one table and one of them would never be matched. Checked once the
+    /// certificates are read, before any signer connects (`vigil check-config` and start-up).
+    pub fn validate_issuer_keys(&self, keys: &[Vec<u8>]) -> Result<(), ConfigError> {
+        for (i, key) in keys.iter().enumerate() {
+            if let Some(j) = keys[..i].iter().position(|k| k == key) {
+                return err(format!(
+                    "issuer[{i}] ({}): its CA certificate has the same key as issuer[{j}] ({}); \
+                     a CertID names an issuer by its key, so configure each CA key once",
+                    self.issuers[i].name, self.issuers[j].name
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `at.hsm` names one or more `[[hsm]]` entries, each once.
