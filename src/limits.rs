@@ -107,3 +107,11 @@ pub const MAX_STREAM_ID_BYTES: usize = 41;
 /// Largest checkpoint section count accepted when loading (issuers, cursors): anything larger
 /// is corruption, not a real deployment.
 pub const MAX_CHECKPOINT_ISSUERS: usize = 4096;
+
+/// Largest key file `vigil key split` reads, in bytes: a PKCS#8 RSA-8192 key in PEM is under
+/// 7 KiB; 64 KiB leaves room for comments without reading an arbitrary file into memory.
+pub const MAX_KEY_FILE_BYTES: usize = 64 * 1024;
+
+/// Largest share file `vigil key combine` reads, in bytes: a share is the key file in base64
+/// (4/3 of [`MAX_KEY_FILE_BYTES`]) plus a few short header lines.
+pub const MAX_KEY_SHARE_FILE_BYTES: usize = MAX_KEY_FILE_BYTES * 3 / 2;

@@ -97,6 +97,44 @@ enum Command {
     /// expiry); `--write` adds a canary revocation timed to every replica. Needs no config.
     /// Exit 0: every check passed (warnings allowed); 1: something falls short.
     Drill(DrillArgs),
+    /// Split-custody backup of software keys (Shamir's secret sharing). Needs no config.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Split a PEM key (responder key, CA CRL-signing key) into share files, one per custodian;
+    /// any --threshold of them rebuild it.
+    Split {
+        /// The key file (PEM: PKCS#8 ECDSA P-256/P-384 or RSA, or PKCS#1 RSA).
+        #[arg(long)]
+        key: PathBuf,
+        /// Shares to make (one per custodian), 2..=255.
+        #[arg(long, default_value_t = 5)]
+        shares: u8,
+        /// Shares needed to rebuild the key, 2..=shares.
+        #[arg(long, default_value_t = 3)]
+        threshold: u8,
+        /// Directory for the share files (created if missing; existing shares are never replaced).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Rebuild a key from share files; refuses (writing nothing) with too few shares, shares of
+    /// different keys, or a damaged share.
+    Combine {
+        /// Where to write the key (mode 0600; must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Check that the rebuilt key is this certificate's key.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// The share files.
+        #[arg(required = true)]
+        shares: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -205,6 +243,9 @@ fn main() -> ExitCode {
     if let Some(Command::Drill(args)) = &cli.command {
         return drill(args);
     }
+    if let Some(Command::Key { command }) = &cli.command {
+        return key(command);
+    }
     let cfg = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -241,7 +282,9 @@ fn main() -> ExitCode {
         Command::Hsm {
             command: HsmCommand::Test { issuer },
         } => hsm_test(&cfg, issuer.as_deref()),
-        Command::Drill(_) => Err("drill is handled before the config is loaded".into()),
+        Command::Drill(_) | Command::Key { .. } => {
+            Err("drill and key are handled before the config is loaded".into())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -331,6 +374,39 @@ fn drill(a: &DrillArgs) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+fn key(command: &KeyCommand) -> ExitCode {
+    let result = match command {
+        KeyCommand::Split {
+            key,
+            shares,
+            threshold,
+            out,
+        } => vigil::keyshare::split(key, *shares, *threshold, out).map(|files| {
+            for f in &files {
+                println!("{}", f.display());
+            }
+            println!(
+                "{} shares written; any {threshold} rebuild the key. Give one to each custodian, \
+                 then delete {} where policy says so.",
+                files.len(),
+                key.display()
+            );
+        }),
+        KeyCommand::Combine { out, cert, shares } => {
+            vigil::keyshare::combine(shares, out, cert.as_deref()).map(|fp| {
+                println!("{}: key rebuilt (public half {fp})", out.display());
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigil: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -623,6 +699,9 @@ fn resolve(target: &Target) -> Result<(Serial, Option<i64>), String> {
 
 /// Writes events to the feed's regions (with `[feed]`) or the local journal; returns where.
 fn append(cfg: &Config, events: &[Event]) -> Result<String, String> {
+    for e in events {
+        e.kind.check().map_err(|err| err.to_string())?;
+    }
     app::prepare_embedded(cfg)?;
     if cfg.feed.is_none() {
         JournalWriter::open(cfg.journal_path())
@@ -662,9 +741,7 @@ fn issuer_id(cfg: &Config, name: &str) -> Result<IssuerId, String> {
 }
 
 fn revoke(cfg: &Config, target: &Target, reason: &str, time: Option<&str>) -> Result<(), String> {
-    let reason = RevocationReason::from_name(reason).ok_or_else(|| {
-        format!("unknown reason {reason:?} (certificateHold is not a revocation reason: use `vigil hold`)")
-    })?;
+    let reason = RevocationReason::parse(reason).map_err(|e| format!("--reason: {e}"))?;
     let time = match time {
         Some(t) => parse_time(t)?,
         None => vigil::clock::unix_now(),
@@ -719,7 +796,8 @@ fn hold(cfg: &Config, target: &Target, hold: bool, time: Option<&str>) -> Result
     if requested.is_some_and(|t| t > now + vigil::crl::lint::MAX_CLOCK_SKEW_SECS) {
         return Err("--time: a hold may not start in the future".into());
     }
-    let current = current_record(cfg, id, &serial)?;
+    let writer = vigil::writer::StatusWriter::from_config(cfg)?;
+    let current = small_runtime()?.block_on(writer.current_record(id, &serial))?;
     let kind = vigil::status::hold_change(current.as_ref(), hold, now, requested)
         .map_err(|e| format!("{serial}: {e}"))?;
     let mut events = Vec::new();
@@ -731,37 +809,6 @@ fn hold(cfg: &Config, target: &Target, hold: bool, time: Option<&str>) -> Result
     let at = append(cfg, &events).map_err(|e| format!("{verb} {serial}: {e}"))?;
     println!("{verb} {serial} of {}, acknowledged by {at}", target.issuer);
     Ok(())
-}
-
-/// What is known of one certificate now: the join of every reachable region's snapshot (an
-/// error when none is reachable), or the local journal.
-fn current_record(
-    cfg: &Config,
-    id: IssuerId,
-    serial: &Serial,
-) -> Result<Option<vigil::status::CertRecord>, String> {
-    if cfg.feed.is_none() {
-        let view = StatusView::new();
-        let metrics = vigil::telemetry::Metrics::new();
-        app::replay_journal(&mut JournalReader::new(cfg.journal_path()), &view, &metrics)?;
-        return Ok(view.table(id).record(serial));
-    }
-    let regions = vigil::feed::region::regions(cfg).map_err(|e| e.to_string())?;
-    small_runtime()?.block_on(async {
-        let mut joined: Option<vigil::status::CertRecord> = None;
-        let mut errors = Vec::new();
-        for r in &regions {
-            match r.snapshot_record(&id, serial).await {
-                Ok(Some(rec)) => joined = Some(joined.map_or(rec, |j| j.join(rec))),
-                Ok(None) => {}
-                Err(e) => errors.push(format!("{}: {e}", r.name)),
-            }
-        }
-        if errors.len() == regions.len() {
-            return Err(format!("no region reachable ({})", errors.join("; ")));
-        }
-        Ok(joined)
-    })
 }
 
 /// OpenSSL `ca` database: tab-separated status (V, R, E), expiry, revocation
@@ -806,8 +853,7 @@ fn import(cfg: &Config, path: &Path, issuer: &str) -> Result<(), String> {
                 }
                 Some(r) => EventKind::Revoked {
                     time,
-                    reason: RevocationReason::from_name(r)
-                        .ok_or_else(|| at(format!("unsupported revocation reason {r:?}")))?,
+                    reason: RevocationReason::parse(r).map_err(|e| at(e.to_string()))?,
                 },
             };
             events.push(event(cfg, id, serial, kind));

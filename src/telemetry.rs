@@ -30,6 +30,10 @@ pub const SIGNING_SHED: &str = "vigil_signing_shed_total";
 pub const EVENTS_APPLIED: &str = "vigil_status_events_total";
 /// Journal records skipped because they did not decode.
 pub const EVENTS_UNDECODABLE: &str = "vigil_status_events_undecodable_total";
+/// Revocations refused because their reason is not one a revocation may carry
+/// (certificateHold, removeFromCRL, an unassigned code), by `input`: `event` (feed entries,
+/// journal records, hints) or `record` (snapshot and checkpoint records). Never applied.
+pub const STATUS_REJECTED: &str = "vigil_status_rejected_total";
 /// Certificates in the status view.
 pub const VIEW_CERTIFICATES: &str = "vigil_status_view_certificates";
 /// HTTP responses that are not OCSP, by `path` class and `code`.
