@@ -82,6 +82,10 @@ pub const SIGNER_CERT_EXPIRY: &str = "vigil_signer_certificate_expiry_seconds";
 pub const CRL_NUMBER: &str = "vigil_crl_number";
 /// Seconds since the thisUpdate of the CRL this replica serves, by `issuer` and `crl`.
 pub const CRL_AGE: &str = "vigil_crl_age_seconds";
+/// Size in bytes of the CRL this replica serves, by `issuer` and `crl`.
+pub const CRL_BYTES: &str = "vigil_crl_bytes";
+/// CRLs installed that were larger than `crl.warn_bytes`, by `issuer` and `crl`.
+pub const CRL_OVERSIZE: &str = "vigil_crl_oversize_total";
 /// CRL store attempts by `issuer`, `target` (a region name, or `disk`) and `result`
 /// (stored, stale, fenced, not_leader, base_mismatch, error, lint_failed).
 pub const CRL_PUBLISH: &str = "vigil_crl_publish_total";
