@@ -898,8 +898,15 @@ impl Config {
         if l.max_request_bytes > 1024 * 1024 {
             return err("limits.max_request_bytes: at most 1 MiB");
         }
-        if l.max_nonce_bytes > 128 {
-            return err("limits.max_nonce_bytes: at most 128 (RFC 9654 §2.1)");
+        if !(limits::NONCE_OCTETS_MUST_ACCEPT..=limits::NONCE_OCTETS_ALLOWED)
+            .contains(&l.max_nonce_bytes)
+        {
+            return err(format!(
+                "limits.max_nonce_bytes: {} is outside {} ..= {} (RFC 9654 §2.1: nonces of 16 ..= 32 octets must be accepted, none over 128)",
+                l.max_nonce_bytes,
+                limits::NONCE_OCTETS_MUST_ACCEPT,
+                limits::NONCE_OCTETS_ALLOWED
+            ));
         }
         let o = &self.ocsp;
         let validity = o.validity.as_secs() as i64;

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod drill;
 pub mod feed;
 pub mod http;
+pub mod keyshare;
 pub mod limits;
 pub mod ocsp;
 pub mod pki;

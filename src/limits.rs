@@ -22,8 +22,18 @@ pub const MAX_GET_PATH_BYTES: usize = 4 * 1024;
 /// a view lookup, never an extra signature (one signature covers the whole response).
 pub const MAX_CERT_IDS: usize = 32;
 
-/// Longest nonce accepted, in octets (`limits.max_nonce_bytes`): RFC 8954 §2.1 / RFC 9654 §2.1.
-pub const MAX_NONCE_BYTES: usize = 32;
+/// Longest nonce echoed, in octets (`limits.max_nonce_bytes`): RFC 9654 §2.1 allows nonces of
+/// 1 ..= 128 octets, so by default every nonce it allows is echoed.
+pub const MAX_NONCE_BYTES: usize = NONCE_OCTETS_ALLOWED;
+
+/// RFC 9654 §2.1: the longest nonce a request may carry. A longer (or an empty) one is refused
+/// with `malformedRequest`; this is also the most `limits.max_nonce_bytes` may be.
+pub const NONCE_OCTETS_ALLOWED: usize = 128;
+
+/// RFC 9654 §2.1: a responder that supports nonces must accept those of 16 ..= 32 octets, so
+/// `limits.max_nonce_bytes` may not go below 32. Nonces between `limits.max_nonce_bytes` and
+/// [`NONCE_OCTETS_ALLOWED`] are ignored (answered without a nonce), as §2.1 permits.
+pub const NONCE_OCTETS_MUST_ACCEPT: usize = 32;
 
 /// Largest serial number content, in octets: RFC 5280 §4.1.2.2 allows 20, and a leading zero
 /// octet keeps a 20-octet value with its high bit set positive.
@@ -92,3 +102,11 @@ pub const MAX_STREAM_ID_BYTES: usize = 41;
 /// Largest checkpoint section count accepted when loading (issuers, cursors): anything larger
 /// is corruption, not a real deployment.
 pub const MAX_CHECKPOINT_ISSUERS: usize = 4096;
+
+/// Largest key file `vigil key split` reads, in bytes: a PKCS#8 RSA-8192 key in PEM is under
+/// 7 KiB; 64 KiB leaves room for comments without reading an arbitrary file into memory.
+pub const MAX_KEY_FILE_BYTES: usize = 64 * 1024;
+
+/// Largest share file `vigil key combine` reads, in bytes: a share is the key file in base64
+/// (4/3 of [`MAX_KEY_FILE_BYTES`]) plus a few short header lines.
+pub const MAX_KEY_SHARE_FILE_BYTES: usize = MAX_KEY_FILE_BYTES * 3 / 2;

@@ -97,6 +97,44 @@ enum Command {
     /// expiry); `--write` adds a canary revocation timed to every replica. Needs no config.
     /// Exit 0: every check passed (warnings allowed); 1: something falls short.
     Drill(DrillArgs),
+    /// Split-custody backup of software keys (Shamir's secret sharing). Needs no config.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Split a PEM key (responder key, CA CRL-signing key) into share files, one per custodian;
+    /// any --threshold of them rebuild it.
+    Split {
+        /// The key file (PEM: PKCS#8 ECDSA P-256/P-384 or RSA, or PKCS#1 RSA).
+        #[arg(long)]
+        key: PathBuf,
+        /// Shares to make (one per custodian), 2..=255.
+        #[arg(long, default_value_t = 5)]
+        shares: u8,
+        /// Shares needed to rebuild the key, 2..=shares.
+        #[arg(long, default_value_t = 3)]
+        threshold: u8,
+        /// Directory for the share files (created if missing; existing shares are never replaced).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Rebuild a key from share files; refuses (writing nothing) with too few shares, shares of
+    /// different keys, or a damaged share.
+    Combine {
+        /// Where to write the key (mode 0600; must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Check that the rebuilt key is this certificate's key.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// The share files.
+        #[arg(required = true)]
+        shares: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -194,6 +232,9 @@ fn main() -> ExitCode {
     if let Some(Command::Drill(args)) = &cli.command {
         return drill(args);
     }
+    if let Some(Command::Key { command }) = &cli.command {
+        return key(command);
+    }
     let cfg = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -227,7 +268,9 @@ fn main() -> ExitCode {
         Command::Hsm {
             command: HsmCommand::Test { issuer },
         } => hsm_test(&cfg, issuer.as_deref()),
-        Command::Drill(_) => Err("drill is handled before the config is loaded".into()),
+        Command::Drill(_) | Command::Key { .. } => {
+            Err("drill and key are handled before the config is loaded".into())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -317,6 +360,39 @@ fn drill(a: &DrillArgs) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+fn key(command: &KeyCommand) -> ExitCode {
+    let result = match command {
+        KeyCommand::Split {
+            key,
+            shares,
+            threshold,
+            out,
+        } => vigil::keyshare::split(key, *shares, *threshold, out).map(|files| {
+            for f in &files {
+                println!("{}", f.display());
+            }
+            println!(
+                "{} shares written; any {threshold} rebuild the key. Give one to each custodian, \
+                 then delete {} where policy says so.",
+                files.len(),
+                key.display()
+            );
+        }),
+        KeyCommand::Combine { out, cert, shares } => {
+            vigil::keyshare::combine(shares, out, cert.as_deref()).map(|fp| {
+                println!("{}: key rebuilt (public half {fp})", out.display());
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigil: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -155,6 +155,89 @@ fn embedded_default_answers_openssl_over_post() {
     assert!(out.contains("certs/revoked-1.pem: revoked"), "{out}");
 }
 
+/// RFC 9654 §2.1: nonces of 1 ..= 128 octets are accepted (echoed exactly when echoing), 0 and
+/// 129 are `malformedRequest`; with the default policy (ignore) every accepted nonce gets the
+/// shared response without one. GETs under the prefix that hold no request are 400, never 404.
+#[test]
+fn nonces_follow_rfc_9654() {
+    let (_tmp, data) = demo_dir();
+    let dir = data.parent().expect("parent");
+    let h = issuer_hashes(&data);
+    let good = vigil::pki::read_certificate(&data.join("certs/good-1.pem")).expect("cert");
+    let serial = good.tbs_certificate.serial_number.as_bytes().to_vec();
+    let nonce_ext = |len: usize| Extension {
+        extn_id: vigil::ocsp::OID_NONCE,
+        critical: false,
+        extn_value: OctetString::new(
+            OctetString::new((0..len).map(|i| i as u8 ^ 0x5A).collect::<Vec<u8>>())
+                .expect("o")
+                .to_der()
+                .expect("d"),
+        )
+        .expect("o"),
+    };
+    let lengths = [0usize, 1, 16, 32, 33, 64, 128, 129];
+    for policy in ["echo", "ignore"] {
+        let v = Vigil::start(dir, None, &[("VIGIL_NONCE", policy)]);
+        for len in lengths {
+            let sent = nonce_ext(len);
+            let der = request(
+                vec![cert_id(&h, HashAlgorithm::Sha256, &serial)],
+                Some(vec![sent.clone()]),
+            )
+            .to_der()
+            .expect("der");
+            let r = post(v.addr, "/ocsp", &der);
+            assert_eq!(r.status, 200, "{policy}, nonce of {len}");
+            if len == 0 || len > 128 {
+                assert_eq!(r.body, MALFORMED, "{policy}, nonce of {len}");
+                continue;
+            }
+            let b = basic(&r.body);
+            assert!(matches!(
+                b.tbs_response_data.responses[0].cert_status,
+                CertStatus::Good(_)
+            ));
+            let echoed = b
+                .tbs_response_data
+                .response_extensions
+                .iter()
+                .flatten()
+                .find(|e| e.extn_id == vigil::ocsp::OID_NONCE)
+                .cloned();
+            if policy == "echo" {
+                assert_eq!(echoed, Some(sent), "nonce of {len} echoed exactly");
+                assert_eq!(r.header("cache-control"), Some("no-cache"));
+            } else {
+                assert_eq!(echoed, None, "nonce of {len} ignored");
+            }
+            let out = respin(
+                &data,
+                &r.body,
+                &["-no_nonce", "-sha256", "-cert", "certs/good-1.pem"],
+            );
+            assert!(
+                out.contains("Response verify OK") && out.contains("good-1.pem: good"),
+                "{policy}, nonce of {len}: {out}"
+            );
+        }
+        // GETs under the prefix that carry no request, or not base64: 400, never 404
+        for path in ["/ocsp", "/ocsp/", "/ocsp//", "/ocsp/!!!", "/ocsp/%zz"] {
+            assert_eq!(get(v.addr, path, "").status, 400, "GET {path}");
+        }
+        // base64 that is not an OCSPRequest: malformedRequest
+        let r = get(v.addr, &format!("/ocsp/{}", b64(b"hello")), "");
+        assert_eq!((r.status, &r.body[..]), (200, MALFORMED));
+    }
+    // openssl's own nonce (its default length) is echoed and verified
+    let v = Vigil::start(dir, None, &[("VIGIL_NONCE", "echo")]);
+    let out = ocsp_query(&data, &v.url(), &["-nonce", "-cert", "certs/good-1.pem"]);
+    assert!(
+        !out.contains("WARNING") && out.contains("Response verify OK"),
+        "{out}"
+    );
+}
+
 #[test]
 fn nonce_is_echoed_only_when_configured() {
     let (_tmp, data) = demo_dir();
@@ -464,8 +547,8 @@ fn bad_inputs_get_the_right_answer() {
         &request(ids33, None).to_der().expect("der"),
     );
     assert_eq!(r.body, MALFORMED, "33 CertIDs");
-    // nonce of 0 bytes and of 33 bytes
-    for len in [0usize, 33] {
+    // nonce of 0 bytes and of 129 bytes (RFC 9654 §2.1)
+    for len in [0usize, 129] {
         let ext = Extension {
             extn_id: vigil::ocsp::OID_NONCE,
             critical: false,

@@ -9,8 +9,9 @@
 //!
 //! At the root, a GET path is read as OCSP only if it starts with `M` after its slashes: the
 //! base64 of every DER OCSPRequest does (its first octet is 0x30), so `/favicon.ico` is a 404
-//! rather than a malformed request. Under the prefix every GET path is OCSP, and one that is
-//! not base64 is a 400. Nothing here merges slashes or redirects.
+//! rather than a malformed request. Under the prefix every GET path is OCSP: one that is empty
+//! or not base64 is a 400 (never a 404), one that decodes to something other than an
+//! OCSPRequest is `malformedRequest`. Nothing here merges slashes or redirects.
 //!
 //! A CRL path is looked up exactly (the raw path, escapes undecoded) among the CRLs the
 //! configuration defines, so `..`, `%2F`, doubled slashes and every other variation are 404.
@@ -133,12 +134,17 @@ pub async fn handle(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body>
             Err(r) => return other(&st, r, PathClass::Ocsp),
         }
     } else {
-        if encoded.is_empty() || (!under_prefix && !encoded.starts_with('M')) {
+        if !under_prefix && (encoded.is_empty() || !encoded.starts_with('M')) {
             return other(
                 &st,
                 respond::text(StatusCode::NOT_FOUND, "not found\n"),
                 PathClass::Ocsp,
             );
+        }
+        if encoded.is_empty() {
+            // Under the prefix every GET is OCSP: one without a request is a bad request.
+            let r = respond::text(StatusCode::BAD_REQUEST, "OCSP GET path holds no request\n");
+            return other(&st, r, PathClass::Ocsp);
         }
         // The raw path keeps its percent-escapes: decode_get_path undoes them.
         match decode_get_path(encoded) {

@@ -24,7 +24,7 @@ use crate::status::Serial;
 pub struct RequestLimits {
     /// Most CertIDs per request.
     pub max_cert_ids: usize,
-    /// Longest nonce, in octets.
+    /// Longest nonce echoed, in octets (longer ones up to RFC 9654's 128 are ignored).
     pub max_nonce_bytes: usize,
 }
 
@@ -55,7 +55,9 @@ pub struct RequestedCert {
 pub struct DecodedRequest {
     /// The CertIDs, in request order (duplicates kept: each gets its own SingleResponse).
     pub certs: Vec<RequestedCert>,
-    /// The nonce extension as sent, if any (echoed verbatim when nonces are echoed).
+    /// The nonce extension as sent, if any and if it may be echoed (echoed verbatim when nonces
+    /// are echoed). `None` also for a nonce longer than `max_nonce_bytes`: ignored (RFC 9654
+    /// §2.1 lets a responder answer such a request without a nonce).
     pub nonce: Option<Extension>,
 }
 
@@ -75,8 +77,9 @@ pub fn decode_request(der: &[u8], limits: &RequestLimits) -> Result<DecodedReque
         check_no_duplicates(exts)?;
         for ext in exts {
             if ext.extn_id == OID_NONCE {
-                check_nonce(ext, limits.max_nonce_bytes)?;
-                nonce = Some(ext.clone());
+                if check_nonce(ext, limits.max_nonce_bytes)? == NonceUse::Echo {
+                    nonce = Some(ext.clone());
+                }
             } else if ext.critical
                 && ext.extn_id != OID_ACCEPTABLE_RESPONSES
                 && ext.extn_id != OID_PREFERRED_SIG_ALGS
@@ -210,18 +213,42 @@ fn check_no_duplicates(exts: &[Extension]) -> Result<(), OcspError> {
     Ok(())
 }
 
-/// Nonce ::= OCTET STRING (SIZE(1..32)) inside the extnValue (RFC 8954 §2.1).
-fn check_nonce(ext: &Extension, max: usize) -> Result<(), OcspError> {
+/// What RFC 9654 §2.1 lets the responder do with a nonce it accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NonceUse {
+    /// 1 ..= `max_nonce_bytes` octets: echoed when the policy echoes.
+    Echo,
+    /// Longer than `max_nonce_bytes`, at most 128 octets: answered without a nonce.
+    Ignore,
+}
+
+/// RFC 9654 §2.1 (obsoletes RFC 8954):
+///
+/// ```text
+/// Nonce ::= OCTET STRING(SIZE(1..128))
+/// ```
+///
+/// carried inside the extnValue. A nonce of 0 octets or of more than 128 is refused with
+/// `malformedRequest`; responders must accept 16 ..= 32 octets and may answer without the
+/// nonce for 1 ..= 15 and 33 ..= 128. vigil echoes 1 ..= `max` (config bounds `max` to
+/// 32 ..= 128, so 16 ..= 32 are always echoed) and ignores the rest up to 128.
+fn check_nonce(ext: &Extension, max: usize) -> Result<NonceUse, OcspError> {
     let inner = OctetString::from_der(ext.extn_value.as_bytes())
         .map_err(|_| OcspError::Malformed("nonce is not an OCTET STRING"))?;
     let n = inner.as_bytes().len();
     if n == 0 {
         return Err(OcspError::Malformed("empty nonce"));
     }
-    if n > max {
-        return Err(OcspError::Malformed("nonce longer than the maximum"));
+    if n > limits::NONCE_OCTETS_ALLOWED {
+        return Err(OcspError::Malformed(
+            "nonce longer than 128 octets (RFC 9654)",
+        ));
     }
-    Ok(())
+    Ok(if n > max {
+        NonceUse::Ignore
+    } else {
+        NonceUse::Echo
+    })
 }
 
 /// Why a GET path did not yield request bytes.
@@ -443,9 +470,36 @@ pub(crate) mod tests {
             Err(OcspError::Malformed(_))
         ));
         // nonce bounds
-        for (len, ok) in [(0, false), (1, true), (32, true), (33, false)] {
-            let r = decode_request(&request(ids(1), Some(vec![nonce(len, false)])), &lim);
+        // (length, accepted, echoed) with the default limit (128) and with a limit of 32
+        for (len, ok, echoed, echoed_at_32) in [
+            (0, false, false, false),
+            (1, true, true, true),
+            (16, true, true, true),
+            (32, true, true, true),
+            (33, true, true, false),
+            (64, true, true, false),
+            (128, true, true, false),
+            (129, false, false, false),
+        ] {
+            let der = request(ids(1), Some(vec![nonce(len, false)]));
+            let r = decode_request(&der, &lim);
             assert_eq!(r.is_ok(), ok, "nonce of {len}");
+            assert_eq!(
+                r.as_ref().is_ok_and(|d| d.nonce.is_some()),
+                echoed,
+                "nonce of {len}"
+            );
+            let at_32 = RequestLimits {
+                max_nonce_bytes: 32,
+                ..lim
+            };
+            let r = decode_request(&der, &at_32);
+            assert_eq!(r.is_ok(), ok, "nonce of {len}, limit 32");
+            assert_eq!(
+                r.is_ok_and(|d| d.nonce.is_some()),
+                echoed_at_32,
+                "nonce of {len}, limit 32"
+            );
         }
         // unknown critical extension
         let mut ext = nonce(8, true);
