@@ -42,6 +42,13 @@ pub struct Signing {
 /// Loads every issuer; for those with an `[issuer.signer]`, connects the HSM pool first
 /// (logging in once per token, checking each HSM's key against the certificate).
 pub fn load_signing(cfg: &Config) -> Result<Signing, String> {
+    let keys = cfg
+        .issuers
+        .iter()
+        .map(pki::ca_public_key)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    cfg.validate_issuer_keys(&keys).map_err(|e| e.to_string())?;
     let mut issuers = Vec::with_capacity(cfg.issuers.len());
     let mut pools = Vec::new();
     for ic in &cfg.issuers {

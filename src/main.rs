@@ -188,6 +188,17 @@ enum CrlCommand {
     /// Build, sign, lint and store every issuer's CRLs once (no lease; the stores'
     /// compare-and-set still keeps numbers increasing), then exit.
     Publish,
+    /// Print the URL of every complete CRL of an issuer: one a line, or with --json the "JSON
+    /// Array of Partitioned CRLs" to disclose in CCADB (the same document as
+    /// `GET /crl/<issuer>.json`). Needs `crl.base_url`.
+    Urls {
+        /// The issuer's configured name.
+        #[arg(long)]
+        issuer: String,
+        /// Print the JSON array instead of one URL a line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -262,6 +273,9 @@ fn main() -> ExitCode {
         Command::Crl {
             command: CrlCommand::Publish,
         } => crl_publish(cfg),
+        Command::Crl {
+            command: CrlCommand::Urls { issuer, json },
+        } => crl_urls(&cfg, &issuer, json),
         Command::Hsm {
             command: HsmCommand::List { module, pin_env },
         } => hsm_list(&cfg, module.as_deref(), pin_env.as_deref()),
@@ -412,6 +426,25 @@ fn crl_publish(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("starting the runtime: {e}"))?;
     for line in rt.block_on(app::publish_crls(cfg))? {
         println!("{line}");
+    }
+    Ok(())
+}
+
+fn crl_urls(cfg: &Config, issuer: &str, json: bool) -> Result<(), String> {
+    if !cfg.issuers.iter().any(|i| i.name == issuer) {
+        return Err(format!("no [[issuer]] named {issuer:?}"));
+    }
+    let base = cfg.crl.base_url.as_deref().ok_or(
+        "crl.base_url is not set: CCADB needs absolute CRL URLs (set it, or VIGIL_CRL_BASE_URL)",
+    )?;
+    let urls = vigil::crl_service::catalog::shard_urls(issuer, &cfg.crl.sharding(), base);
+    if json {
+        let doc = serde_json::to_string(&urls).map_err(|e| e.to_string())?;
+        println!("{doc}");
+    } else {
+        for u in urls {
+            println!("{u}");
+        }
     }
     Ok(())
 }
@@ -666,6 +699,9 @@ fn resolve(target: &Target) -> Result<(Serial, Option<i64>), String> {
 
 /// Writes events to the feed's regions (with `[feed]`) or the local journal; returns where.
 fn append(cfg: &Config, events: &[Event]) -> Result<String, String> {
+    for e in events {
+        e.kind.check().map_err(|err| err.to_string())?;
+    }
     app::prepare_embedded(cfg)?;
     if cfg.feed.is_none() {
         JournalWriter::open(cfg.journal_path())
@@ -705,9 +741,7 @@ fn issuer_id(cfg: &Config, name: &str) -> Result<IssuerId, String> {
 }
 
 fn revoke(cfg: &Config, target: &Target, reason: &str, time: Option<&str>) -> Result<(), String> {
-    let reason = RevocationReason::from_name(reason).ok_or_else(|| {
-        format!("unknown reason {reason:?} (certificateHold is not a revocation reason: use `vigil hold`)")
-    })?;
+    let reason = RevocationReason::parse(reason).map_err(|e| format!("--reason: {e}"))?;
     let time = match time {
         Some(t) => parse_time(t)?,
         None => vigil::clock::unix_now(),
@@ -762,7 +796,8 @@ fn hold(cfg: &Config, target: &Target, hold: bool, time: Option<&str>) -> Result
     if requested.is_some_and(|t| t > now + vigil::crl::lint::MAX_CLOCK_SKEW_SECS) {
         return Err("--time: a hold may not start in the future".into());
     }
-    let current = current_record(cfg, id, &serial)?;
+    let writer = vigil::writer::StatusWriter::from_config(cfg)?;
+    let current = small_runtime()?.block_on(writer.current_record(id, &serial))?;
     let kind = vigil::status::hold_change(current.as_ref(), hold, now, requested)
         .map_err(|e| format!("{serial}: {e}"))?;
     let mut events = Vec::new();
@@ -774,37 +809,6 @@ fn hold(cfg: &Config, target: &Target, hold: bool, time: Option<&str>) -> Result
     let at = append(cfg, &events).map_err(|e| format!("{verb} {serial}: {e}"))?;
     println!("{verb} {serial} of {}, acknowledged by {at}", target.issuer);
     Ok(())
-}
-
-/// What is known of one certificate now: the join of every reachable region's snapshot (an
-/// error when none is reachable), or the local journal.
-fn current_record(
-    cfg: &Config,
-    id: IssuerId,
-    serial: &Serial,
-) -> Result<Option<vigil::status::CertRecord>, String> {
-    if cfg.feed.is_none() {
-        let view = StatusView::new();
-        let metrics = vigil::telemetry::Metrics::new();
-        app::replay_journal(&mut JournalReader::new(cfg.journal_path()), &view, &metrics)?;
-        return Ok(view.table(id).record(serial));
-    }
-    let regions = vigil::feed::region::regions(cfg).map_err(|e| e.to_string())?;
-    small_runtime()?.block_on(async {
-        let mut joined: Option<vigil::status::CertRecord> = None;
-        let mut errors = Vec::new();
-        for r in &regions {
-            match r.snapshot_record(&id, serial).await {
-                Ok(Some(rec)) => joined = Some(joined.map_or(rec, |j| j.join(rec))),
-                Ok(None) => {}
-                Err(e) => errors.push(format!("{}: {e}", r.name)),
-            }
-        }
-        if errors.len() == regions.len() {
-            return Err(format!("no region reachable ({})", errors.join("; ")));
-        }
-        Ok(joined)
-    })
 }
 
 /// OpenSSL `ca` database: tab-separated status (V, R, E), expiry, revocation
@@ -849,8 +853,7 @@ fn import(cfg: &Config, path: &Path, issuer: &str) -> Result<(), String> {
                 }
                 Some(r) => EventKind::Revoked {
                     time,
-                    reason: RevocationReason::from_name(r)
-                        .ok_or_else(|| at(format!("unsupported revocation reason {r:?}")))?,
+                    reason: RevocationReason::parse(r).map_err(|e| at(e.to_string()))?,
                 },
             };
             events.push(event(cfg, id, serial, kind));

@@ -30,6 +30,10 @@ pub const SIGNING_SHED: &str = "vigil_signing_shed_total";
 pub const EVENTS_APPLIED: &str = "vigil_status_events_total";
 /// Journal records skipped because they did not decode.
 pub const EVENTS_UNDECODABLE: &str = "vigil_status_events_undecodable_total";
+/// Revocations refused because their reason is not one a revocation may carry
+/// (certificateHold, removeFromCRL, an unassigned code), by `input`: `event` (feed entries,
+/// journal records, hints) or `record` (snapshot and checkpoint records). Never applied.
+pub const STATUS_REJECTED: &str = "vigil_status_rejected_total";
 /// Certificates in the status view.
 pub const VIEW_CERTIFICATES: &str = "vigil_status_view_certificates";
 /// HTTP responses that are not OCSP, by `path` class and `code`.
@@ -67,6 +71,10 @@ pub const SIGNER_CERT_EXPIRY: &str = "vigil_signer_certificate_expiry_seconds";
 pub const CRL_NUMBER: &str = "vigil_crl_number";
 /// Seconds since the thisUpdate of the CRL this replica serves, by `issuer` and `crl`.
 pub const CRL_AGE: &str = "vigil_crl_age_seconds";
+/// Size in bytes of the CRL this replica serves, by `issuer` and `crl`.
+pub const CRL_BYTES: &str = "vigil_crl_bytes";
+/// CRLs installed that were larger than `crl.warn_bytes`, by `issuer` and `crl`.
+pub const CRL_OVERSIZE: &str = "vigil_crl_oversize_total";
 /// CRL store attempts by `issuer`, `target` (a region name, or `disk`) and `result`
 /// (stored, stale, fenced, not_leader, base_mismatch, error, lint_failed).
 pub const CRL_PUBLISH: &str = "vigil_crl_publish_total";

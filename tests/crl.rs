@@ -454,6 +454,116 @@ fn embedded_default_serves_the_demo_crl() {
     let head = request(&base, "HEAD", "/crl/demo.crl", &[]).expect("head");
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty());
+    assert_eq!(head.header("content-length"), r.body.len().to_string());
+    assert_eq!(head.header("etag"), etag);
+    assert_eq!(head.header("accept-ranges"), "bytes");
+
+    // freshness until the next planned publication, stale use bounded by nextUpdate
+    assert!(!cc.contains("must-revalidate"), "{cc}");
+    let directive = |name: &str| -> i64 {
+        cc.split(',')
+            .find_map(|p| p.trim().strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {cc}"))
+    };
+    let (swr, sie) = (
+        directive("stale-while-revalidate="),
+        directive("stale-if-error="),
+    );
+    assert_eq!(swr, sie);
+    let next_update = {
+        use der::Decode;
+        let list = x509_cert::crl::CertificateList::from_der(&r.body).expect("CRL");
+        list.tbs_cert_list
+            .next_update
+            .expect("nextUpdate")
+            .to_unix_duration()
+            .as_secs() as i64
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    assert!(sie > 0, "{cc}");
+    assert!(
+        now + max_age + sie <= next_update + 2,
+        "stale use past nextUpdate: {cc}, nextUpdate {next_update}, now {now}"
+    );
+    let expires = httpdate::parse_http_date(r.header("expires")).expect("Expires");
+    let expires = expires
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("epoch")
+        .as_secs() as i64;
+    assert!(
+        expires < next_update,
+        "Expires is the next planned publication"
+    );
+    assert!(
+        (expires - (now + max_age)).abs() <= 2,
+        "Expires {expires} = now + max-age"
+    );
+
+    // Range, as aggregators resume a download: the bytes are the full body's
+    let len = r.body.len();
+    for (range, from, to) in [
+        ("bytes=0-99", 0, 99),
+        (&format!("bytes=100-{}", len + 50) as &str, 100, len - 1),
+        ("bytes=-64", len - 64, len - 1),
+        (&format!("bytes={}-", len - 1), len - 1, len - 1),
+    ] {
+        let p = request(&base, "GET", "/crl/demo.crl", &[("Range", range)]).expect("range");
+        assert_eq!(p.status, 206, "{range}");
+        assert_eq!(p.body, r.body[from..=to], "{range}");
+        assert_eq!(
+            p.header("content-range"),
+            format!("bytes {from}-{to}/{len}")
+        );
+        assert_eq!(p.header("content-type"), "application/pkix-crl");
+        assert_eq!(p.header("etag"), etag);
+    }
+    // a resumed download: pieces put together are the CRL
+    let mut joined = Vec::new();
+    while joined.len() < len {
+        let range = format!("bytes={}-{}", joined.len(), joined.len() + 150);
+        let p = request(
+            &base,
+            "GET",
+            "/crl/demo.crl",
+            &[("Range", &range), ("If-Range", &etag)],
+        )
+        .expect("piece");
+        assert_eq!(p.status, 206);
+        joined.extend_from_slice(&p.body);
+    }
+    assert_eq!(joined, r.body);
+    for past in [
+        format!("bytes={len}-"),
+        format!("bytes={}-{}", len + 10, len + 20),
+    ] {
+        let p = request(&base, "GET", "/crl/demo.crl", &[("Range", &past)]).expect("416");
+        assert_eq!(p.status, 416, "{past}");
+        assert_eq!(p.header("content-range"), format!("bytes */{len}"));
+    }
+    // If-Range naming another version, or several ranges: the whole CRL
+    for h in [
+        vec![("Range", "bytes=0-9"), ("If-Range", "\"1-0000\"")],
+        vec![
+            ("Range", "bytes=0-9"),
+            ("If-Range", "Mon, 01 Jan 2001 00:00:00 GMT"),
+        ],
+        vec![("Range", "bytes=0-9,20-29")],
+    ] {
+        let p = request(&base, "GET", "/crl/demo.crl", &h).expect("full");
+        assert_eq!((p.status, &p.body), (200, &r.body), "{h:?}");
+    }
+    let p = request(
+        &base,
+        "GET",
+        "/crl/demo.crl",
+        &[("Range", "bytes=0-9"), ("If-Range", &last_modified)],
+    )
+    .expect("if-range date");
+    assert_eq!((p.status, &p.body[..]), (206, &r.body[..10]));
 
     // unknown CRLs and path tricks
     for path in [
@@ -572,6 +682,30 @@ fn sharded_crls_list_every_revocation_once_with_the_right_idp() {
     assert!(out.lines().all(|l| l.contains("disk: stored")), "{out}");
     let (_p, base) = serve(Some(&config), dir, &dir.join("vigil.log"));
     assert_eq!(base, base_url);
+
+    // CCADB disclosure: the JSON array lists exactly the complete CRLs' URLs, served and printed
+    let want: Vec<String> = (0..shards)
+        .map(|k| format!("{base_url}/crl/demo/{k}.crl"))
+        .collect();
+    let j = get(&base, "/crl/demo.json");
+    assert_eq!(j.status, 200);
+    assert_eq!(j.header("content-type"), "application/json");
+    let listed: Vec<String> = serde_json::from_slice(&j.body).expect("JSON array of URLs");
+    assert_eq!(listed, want);
+    let printed = vigil_run(&config, &["crl", "urls", "--issuer", "demo", "--json"]);
+    assert_eq!(printed.trim().as_bytes(), &j.body[..]);
+    let lines = vigil_run(&config, &["crl", "urls", "--issuer", "demo"]);
+    assert_eq!(lines.lines().collect::<Vec<_>>(), want);
+    for url in &listed {
+        let path = url.strip_prefix(&base_url).expect("under base_url");
+        assert_eq!(get(&base, path).status, 200, "{url}");
+    }
+    assert_eq!(get(&base, "/crl/nobody.json").status, 404);
+    let unknown = vigil_cmd(Some(&config))
+        .args(["crl", "urls", "--issuer", "nobody"])
+        .output()
+        .expect("run");
+    assert!(!unknown.status.success());
 
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let mut full_numbers = Vec::new();

@@ -1554,3 +1554,273 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+// === bad revocation input (issue 11) ===
+
+/// `removeFromCRL` and `certificateHold` are not revocation reasons: the CLI and the admin API
+/// refuse them (non-zero exit / 400, a message saying why) and nothing reaches the feed. A
+/// revoked event carrying one that arrives through the feed anyway (written by an old build),
+/// and a snapshot record carrying removeFromCRL, are refused and counted, not applied.
+#[test]
+fn revocation_reasons_that_are_not_revocations_are_refused_where_they_enter() {
+    use vigil::status::{Event, EventKind, IssuerId, RevocationReason, Serial};
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let a = Redis::start(root, "a", false);
+    let feed = Feed {
+        regions: vec![("a", a.region())],
+        quorum: 1,
+        extra: "",
+    };
+    let config = write_config(root, "r1", &pki, &feed, true);
+    let issuer = issuer_hex(&config);
+    let replica = Replica::start(&config);
+    let admin = replica.admin.clone().expect("admin listener");
+
+    for reason in [
+        "removeFromCRL",
+        "certificateHold",
+        "REMOVEFROMCRL",
+        "onHold",
+    ] {
+        let out = vigil(
+            &config,
+            &[
+                "revoke", "--issuer", "demo", "--serial", "6A01", "--reason", reason,
+            ],
+        );
+        assert!(!out.status.success(), "{reason}: {}", text(&out));
+        let msg = text(&out);
+        assert!(
+            msg.contains("is not a revocation reason") || msg.contains("unknown revocation reason"),
+            "{reason}: {msg}"
+        );
+        let body = format!(r#"{{"issuer":"demo","serial":"6A01","reason":"{reason}"}}"#);
+        let (code, resp) = http(&admin, "POST", "/v1/revoke", Some(TOKEN), &body);
+        assert_eq!(code, 400, "{reason}: {resp}");
+        assert!(resp.contains("revocation reason"), "{resp}");
+    }
+    assert!(text(&vigil(
+        &config,
+        &[
+            "revoke",
+            "--issuer",
+            "demo",
+            "--serial",
+            "6A01",
+            "--reason",
+            "removeFromCRL"
+        ],
+    ))
+    .contains("only appears in delta CRLs"));
+    assert_eq!(a.snapshot_record(&issuer, &der("6A01")), None);
+    assert_eq!(
+        a.event_entries(),
+        0,
+        "a refused revocation reached the feed"
+    );
+    assert_eq!(replica.ocsp(&pki, "6A01"), "unknown");
+
+    // Through the feed: an issuance, then a revocation with removeFromCRL, bypassing the
+    // merge script (as an old build's writer would have left them).
+    let id = IssuerId({
+        let mut b = [0u8; 32];
+        for (i, pair) in issuer.as_bytes().chunks(2).enumerate() {
+            b[i] = u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap();
+        }
+        b
+    });
+    let event = |serial: &str, kind| {
+        Event {
+            issuer: id,
+            serial: Serial::from_hex(serial).unwrap(),
+            kind,
+            origin: "old-build".into(),
+            created_at_ms: 1,
+        }
+        .to_bytes()
+    };
+    for kind in [
+        EventKind::Issued {
+            not_after: 4_000_000_000,
+        },
+        EventKind::Revoked {
+            time: 1_700_000_000,
+            reason: RevocationReason::RemoveFromCrl,
+        },
+    ] {
+        let _: String = a.cmd(
+            redis::cmd("XADD")
+                .arg("vigil:feed")
+                .arg("*")
+                .arg("e")
+                .arg(event("6A02", kind)),
+        );
+    }
+    // then a good revocation, so the replica has certainly read past the bad entry
+    let out = revoke(&config, "6A03");
+    assert!(out.status.success(), "{}", text(&out));
+    replica.wait_for(&pki, "6A03", "revoked");
+    assert_eq!(
+        replica.ocsp(&pki, "6A02"),
+        "good",
+        "the bad revocation was applied"
+    );
+    assert!(replica.metric("vigil_status_rejected_total", &["input=\"event\""]) >= 1.0);
+
+    // A snapshot record with removeFromCRL (reason octet 8): a fresh replica that bootstraps
+    // refuses and counts it, and still loads the rest.
+    let mut bad = vec![0xEE, 0x6B, 0x28, 0x00]; // notAfter 4_000_000_000
+    bad.extend_from_slice(&1_700_000_000u32.to_be_bytes());
+    bad.push(8);
+    let _: i64 = a.cmd(
+        redis::cmd("HSET")
+            .arg(format!("vigil:snap:{issuer}"))
+            .arg(der("6A04"))
+            .arg(bad),
+    );
+    let fresh = Replica::start(&write_config(root, "r2", &pki, &feed, false));
+    fresh.wait_for(&pki, "6A03", "revoked");
+    assert_eq!(fresh.ocsp(&pki, "6A04"), "unknown");
+    assert!(fresh.metric("vigil_status_rejected_total", &["input=\"record\""]) >= 1.0);
+    // The merge script treats the stored bad record as absent: a valid write replaces it.
+    let out = revoke(&config, "6A04");
+    assert!(out.status.success(), "{}", text(&out));
+    let rec = a.snapshot_record(&issuer, &der("6A04")).expect("record");
+    assert_eq!(rec[8], 1, "keyCompromise replaced removeFromCRL: {rec:?}");
+    fresh.wait_for(&pki, "6A04", "revoked");
+}
+
+/// The merge script refuses a record whose reason is not a revocation reason, as the view does.
+#[test]
+fn lua_merge_refuses_records_that_are_not_revocations() {
+    let root = tempfile::tempdir().unwrap();
+    let a = Redis::start(root.path(), "a", false);
+    let mut conn = a.connection().unwrap();
+    let script = redis::Script::new(vigil::feed::scripts::MERGE_LUA);
+    for reason in [7u8, 8, 11, 253] {
+        let record = [0, 0, 0, 9, 0, 0, 0, 5, reason];
+        let r: redis::RedisResult<redis::Value> = script
+            .key("t:feed")
+            .key("t:snap")
+            .key("t:issuers")
+            .key("t:digest")
+            .arg(100)
+            .arg("00")
+            .arg("01")
+            .arg(&record[..])
+            .arg(b"event".as_slice())
+            .invoke(&mut conn);
+        let err = r.expect_err("refused");
+        assert!(err.to_string().contains("not a revocation reason"), "{err}");
+    }
+    let n: usize = redis::cmd("HLEN").arg("t:snap").query(&mut conn).unwrap();
+    assert_eq!(n, 0);
+    let x: usize = redis::cmd("EXISTS").arg("t:feed").query(&mut conn).unwrap();
+    assert_eq!(x, 0, "nothing appended");
+}
+
+/// Two issuers whose CA certificates hold the same key are refused by `check-config` (the
+/// matcher would keep only one of them, and both would share one status table).
+#[test]
+fn check_config_refuses_two_issuers_with_one_key() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let issuer = |name: &str| {
+        format!(
+            "[[issuer]]\nname = {name:?}\ncertificate = {:?}\nresponder_certificate = {:?}\nresponder_key = {:?}\n",
+            pki.ca(),
+            pki.dir.join("responder.pem"),
+            pki.dir.join("responder.key")
+        )
+    };
+    let one = root.join("one.toml");
+    let data = format!("data_dir = {:?}\n", root.join("data"));
+    std::fs::write(&one, format!("{data}{}", issuer("demo"))).unwrap();
+    let out = vigil(&one, &["check-config"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let two = root.join("two.toml");
+    std::fs::write(&two, format!("{data}{}{}", issuer("demo"), issuer("again"))).unwrap();
+    let out = vigil(&two, &["check-config"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("issuer[1] (again): its CA certificate has the same key as issuer[0] (demo)"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// `POST /v1/release` (and `/v1/hold`) decide on the joined state of every reachable region, as
+/// `vigil release` does, not on the replica's view alone: a hold that the region holds but the
+/// replica has not read (here written into the snapshot behind the stream's back) is released,
+/// and the release is ordered after it.
+#[test]
+fn admin_holds_are_decided_on_the_regions_state_not_the_replicas_view() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let a = Redis::start(root, "a", false);
+    let feed = Feed {
+        regions: vec![("a", a.region())],
+        quorum: 1,
+        extra: "",
+    };
+    let config = write_config(root, "w", &pki, &feed, true);
+    let mut t = read(&config);
+    t.push_str("allow_hold = true\n");
+    std::fs::write(&config, t).unwrap();
+    let replica = Replica::start(&config);
+    let admin = replica.admin.clone().expect("admin listener");
+    let issuer = issuer_hex(&config);
+    let (code, resp) = http(
+        &admin,
+        "POST",
+        "/v1/issue",
+        Some(TOKEN),
+        r#"{"issuer":"demo","serial":"7C01","not_after":"2030-01-01T00:00:00Z"}"#,
+    );
+    assert_eq!(code, 200, "{resp}");
+    replica.wait_for(&pki, "7C01", "good");
+    // The region now holds 7C01 on hold since `held_at`; the replica's view does not.
+    let held_at = vigil::clock::unix_now() - 60;
+    let mut held = a.snapshot_record(&issuer, &der("7C01")).expect("issued");
+    held[4..8].copy_from_slice(&(held_at as u32).to_be_bytes());
+    held[8] = 6;
+    let _: i64 = a.cmd(
+        redis::cmd("HSET")
+            .arg(format!("vigil:snap:{issuer}"))
+            .arg(der("7C01"))
+            .arg(&held),
+    );
+    let (_, status) = http(&admin, "GET", "/v1/status/demo/7C01", Some(TOKEN), "");
+    assert!(
+        status.contains("\"status\":\"good\""),
+        "the view lags: {status}"
+    );
+    let target = r#"{"issuer":"demo","serial":"7C01"}"#;
+    let (code, resp) = http(&admin, "POST", "/v1/release", Some(TOKEN), target);
+    assert_eq!(code, 200, "the region's hold was not seen: {resp}");
+    let rec = a.snapshot_record(&issuer, &der("7C01")).expect("record");
+    assert_eq!(rec[8], 0xFE, "released: {rec:?}");
+    let released_at = u32::from_be_bytes(rec[4..8].try_into().unwrap()) as i64;
+    assert!(
+        released_at > held_at,
+        "the release is ordered after the hold"
+    );
+    replica.wait_for(&pki, "7C01", "good");
+    // and a release of a certificate no region holds on hold is refused, as by the CLI
+    let (code, resp) = http(&admin, "POST", "/v1/release", Some(TOKEN), target);
+    assert_eq!(code, 200, "a repeated release is idempotent: {resp}");
+    let (code, resp) = http(
+        &admin,
+        "POST",
+        "/v1/release",
+        Some(TOKEN),
+        r#"{"issuer":"demo","serial":"7C02"}"#,
+    );
+    assert_eq!(code, 400, "{resp}");
+    assert!(resp.contains("not on hold"), "{resp}");
+}

@@ -132,13 +132,16 @@ impl CrlService {
         }
         let c = &cfg.crl;
         let sharding = c.sharding();
-        let catalog = Arc::new(Catalog::new(
-            crl_issuers,
-            &sharding,
-            c.delta,
-            c.base_url.as_deref(),
-            cfg.data_dir.join("crl"),
-        ));
+        let catalog = Arc::new(
+            Catalog::new(
+                crl_issuers,
+                &sharding,
+                c.delta,
+                c.base_url.as_deref(),
+                cfg.data_dir.join("crl"),
+            )
+            .with_size_warning(c.warn_bytes),
+        );
         let n = catalog.load_disk();
         if n > 0 {
             tracing::info!(crls = n, dir = %catalog.dir().display(), "serving CRLs from the disk copies");

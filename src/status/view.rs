@@ -66,14 +66,19 @@ impl StatusView {
             .clone()
     }
 
-    /// Joins one event into the view.
+    /// Joins one event into the view. A revocation with a reason a revocation may not carry
+    /// ([`EventKind::check`](super::EventKind::check)) is refused: counted, and `Unchanged`.
     pub fn apply(&self, event: &Event) -> Applied {
+        if refused(event) {
+            return Applied::Unchanged;
+        }
         self.table(event.issuer)
             .merge(event.serial, CertRecord::from_event(&event.kind))
     }
 
     /// Joins a batch of events, taking each issuer's write lock once per run of events of that
     /// issuer; `changed` is called (outside no lock) for each event that changed the view.
+    /// Refused events are skipped as in [`StatusView::apply`].
     pub fn apply_batch(&self, events: &[Event], mut changed: impl FnMut(&Event, CertStatus)) {
         let mut rest = events;
         while let Some(first) = rest.first() {
@@ -91,6 +96,9 @@ impl StatusView {
                     .write()
                     .unwrap_or_else(PoisonError::into_inner);
                 for (i, e) in now.iter().enumerate() {
+                    if refused(e) {
+                        continue;
+                    }
                     if let Applied::Changed { status } =
                         merge_into(&mut map, e.serial, CertRecord::from_event(&e.kind))
                     {
@@ -136,6 +144,17 @@ impl StatusView {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// True (and counted) for an event the view must not apply: a revocation whose reason a
+/// revocation may not carry. Decoding refuses those already; this covers events made in the
+/// process.
+fn refused(event: &Event) -> bool {
+    if event.kind.check().is_ok() {
+        return false;
+    }
+    super::count_rejected(super::Rejected::Event);
+    true
 }
 
 impl IssuerTable {
@@ -278,12 +297,32 @@ mod tests {
         }
     }
 
+    #[test]
+    fn revocations_with_hold_or_remove_from_crl_are_not_applied() {
+        let view = StatusView::new();
+        let issued = ev(3, EventKind::Issued { not_after: 100 }, "a");
+        view.apply(&issued);
+        for reason in [
+            RevocationReason::CertificateHold,
+            RevocationReason::RemoveFromCrl,
+        ] {
+            let bad = ev(3, EventKind::Revoked { time: 5, reason }, "a");
+            assert_eq!(view.apply(&bad), Applied::Unchanged);
+            let mut seen = 0;
+            view.apply_batch(std::slice::from_ref(&bad), |_, _| seen += 1);
+            assert_eq!(seen, 0);
+            assert_eq!(view.status(issued.issuer, &issued.serial), CertStatus::Good);
+        }
+        // and a snapshot record with removeFromCRL (8) does not decode
+        assert_eq!(CertRecord::from_bytes(&[0, 0, 0, 100, 0, 0, 0, 5, 8]), None);
+        assert!(CertRecord::from_bytes(&[0, 0, 0, 100, 0, 0, 0, 5, 6]).is_some());
+    }
+
     fn arb_event() -> impl Strategy<Value = Event> {
         let kind = prop_oneof![
             (0i64..2_000_000_000).prop_map(|t| EventKind::Issued { not_after: t }),
-            (0i64..2_000_000_000, 0usize..9).prop_map(|(t, r)| EventKind::Revoked {
-                time: t,
-                reason: RevocationReason::ALL[r].0,
+            (0i64..2_000_000_000, 0u8..11).prop_filter_map("a revocation reason", |(t, r)| {
+                RevocationReason::from_code(r).map(|reason| EventKind::Revoked { time: t, reason })
             }),
             // hold and release times from a small range, so that ties (a hold wins) and
             // releases that undo holds are common
