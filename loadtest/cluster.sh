@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A local active-active vigil cluster, as it runs in production, on loopback:
 #
-#   HAProxy 127.0.0.10  --(GET /readyz, inter 1s fall 2 rise 2, redispatch, retries 3)-->
+#   HAProxy 127.0.0.10  --(GET /readyz, inter 500ms fall 2 rise 2; GET and POST retried elsewhere, 3x)-->
 #     region a (127.0.0.11): redis-server, p11-kit server (SoftHSM2 token hsm-a), replicas a1 a2
 #     region b (127.0.0.12): redis-server, p11-kit server (SoftHSM2 token hsm-b), replicas b1 b2
 #
@@ -178,8 +178,8 @@ token_file = "$STATE/admin-token"
 probe_interval = "1s"
 reconnect_backoff_min = "200ms"
 reconnect_backoff_max = "2s"
-session_wait = "500ms"
-sign_timeout = "500ms"
+session_wait = "100ms"
+sign_timeout = "100ms"
 
 [[hsm]]
 name = "hsm-$r"
@@ -220,9 +220,22 @@ start_replica() { # start_replica NAME   (a1 a2 b1 b2)
 haproxy_config() {
   # shellcheck disable=SC1090
   . "$STATE/cluster.env"
+  # An OCSP request is a query, GET or POST alike: sending it again to another replica is
+  # safe, so both are retried (at most `retries`, each elsewhere) after a refused connection,
+  # an empty response or a response timeout. `option http-buffer-request` holds the whole POST
+  # body before the request goes out (`openssl ocsp` writes head and body separately; without
+  # it a POST whose head went out alone is not retried: 504). A request is retried only if it
+  # fits one buffer, so the buffer is twice vigil's `limits.max_request_bytes` (16 KiB) and a
+  # larger body is refused here. `timeout server` is what a hung replica costs one request
+  # before its retry (300 ms: ~60x a replica's p99 of 3-5 ms, and above the 200 ms a replica
+  # may spend on a hung HSM and then the next: `hsm_pool.sign_timeout` 100 ms, in the replica
+  # config above); checks every 500 ms with a 300 ms timeout, fall 2,
+  # take a hung replica out in about 1-1.5 s, and `leastconn` sends nothing new to a replica
+  # that still holds an unanswered request meanwhile. Reasons in docs/DEPLOY.md.
   cat >"$STATE/haproxy.cfg" <<EOF
 global
   maxconn 4096
+  tune.bufsize 32768
   stats socket $STATE/haproxy.sock mode 600 level admin
 
 defaults
@@ -231,23 +244,25 @@ defaults
   log stdout format raw local0 err
   timeout connect 500ms
   timeout client 30s
-  timeout server 1s
+  timeout server 300ms
   timeout http-request 10s
   timeout http-keep-alive 30s
-  timeout check 500ms
+  timeout check 300ms
   retries 3
   option redispatch 1
   retry-on conn-failure empty-response response-timeout
+  option http-buffer-request
 
 frontend ocsp
   bind $LB_IP:$LB_PORT
+  http-request deny deny_status 413 if { req.body_size gt 16384 }
   default_backend vigil
 
 backend vigil
-  balance roundrobin
+  balance leastconn
   option httpchk GET /readyz
   http-check expect status 200
-  default-server check inter 1s fall 2 rise 2
+  default-server check inter 500ms fall 2 rise 2
 EOF
   local n port_var
   for n in $REPLICAS; do

@@ -553,6 +553,9 @@ pub struct CrlConfig {
     pub shard_width: Duration,
     /// Also publish delta CRLs (revocations since the last complete CRL).
     pub delta: bool,
+    /// A CRL larger than this many bytes is logged (with the shard count that would fit) and
+    /// counted in `vigil_crl_oversize_total`; 0 turns the warning off.
+    pub warn_bytes: u64,
 }
 
 impl Default for CrlConfig {
@@ -571,6 +574,7 @@ impl Default for CrlConfig {
             shard_by: ShardByConfig::Serial,
             shard_width: Duration::from_secs(86400),
             delta: false,
+            warn_bytes: crate::limits::CRL_WARN_BYTES,
         }
     }
 }

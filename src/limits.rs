@@ -35,6 +35,11 @@ pub const NONCE_OCTETS_ALLOWED: usize = 128;
 /// [`NONCE_OCTETS_ALLOWED`] are ignored (answered without a nonce), as §2.1 permits.
 pub const NONCE_OCTETS_MUST_ACCEPT: usize = 32;
 
+/// Size above which a CRL is warned about (`crl.warn_bytes`): Microsoft's root program asks
+/// that CRLs stay at or under 10 MB, and CRL aggregators (CRLite, CRLSets) fetch every shard of
+/// every CA several times a day.
+pub const CRL_WARN_BYTES: u64 = 10_000_000;
+
 /// Largest serial number content, in octets: RFC 5280 §4.1.2.2 allows 20, and a leading zero
 /// octet keeps a 20-octet value with its high bit set positive.
 pub const MAX_SERIAL_OCTETS: usize = 21;

@@ -188,6 +188,17 @@ enum CrlCommand {
     /// Build, sign, lint and store every issuer's CRLs once (no lease; the stores'
     /// compare-and-set still keeps numbers increasing), then exit.
     Publish,
+    /// Print the URL of every complete CRL of an issuer: one a line, or with --json the "JSON
+    /// Array of Partitioned CRLs" to disclose in CCADB (the same document as
+    /// `GET /crl/<issuer>.json`). Needs `crl.base_url`.
+    Urls {
+        /// The issuer's configured name.
+        #[arg(long)]
+        issuer: String,
+        /// Print the JSON array instead of one URL a line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -262,6 +273,9 @@ fn main() -> ExitCode {
         Command::Crl {
             command: CrlCommand::Publish,
         } => crl_publish(cfg),
+        Command::Crl {
+            command: CrlCommand::Urls { issuer, json },
+        } => crl_urls(&cfg, &issuer, json),
         Command::Hsm {
             command: HsmCommand::List { module, pin_env },
         } => hsm_list(&cfg, module.as_deref(), pin_env.as_deref()),
@@ -412,6 +426,25 @@ fn crl_publish(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("starting the runtime: {e}"))?;
     for line in rt.block_on(app::publish_crls(cfg))? {
         println!("{line}");
+    }
+    Ok(())
+}
+
+fn crl_urls(cfg: &Config, issuer: &str, json: bool) -> Result<(), String> {
+    if !cfg.issuers.iter().any(|i| i.name == issuer) {
+        return Err(format!("no [[issuer]] named {issuer:?}"));
+    }
+    let base = cfg.crl.base_url.as_deref().ok_or(
+        "crl.base_url is not set: CCADB needs absolute CRL URLs (set it, or VIGIL_CRL_BASE_URL)",
+    )?;
+    let urls = vigil::crl_service::catalog::shard_urls(issuer, &cfg.crl.sharding(), base);
+    if json {
+        let doc = serde_json::to_string(&urls).map_err(|e| e.to_string())?;
+        println!("{doc}");
+    } else {
+        for u in urls {
+            println!("{u}");
+        }
     }
     Ok(())
 }

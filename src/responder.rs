@@ -793,15 +793,36 @@ impl Responder {
         Ok(CachedResponse::new(der, status, window))
     }
 
-    /// Drops every cached form of one certificate's response (after its status changed).
+    /// Drops every cached form of one certificate's response (after its status changed), and
+    /// remembers the certificate as changed, so its next signature goes first.
     pub async fn evict(&self, issuer: IssuerId, serial: &Serial) {
+        self.drop_cached(issuer, serial, true).await;
+    }
+
+    /// [`Responder::evict`] for changes read in bulk (a snapshot scan, a re-read): the
+    /// certificate counts as changed only where a response of it was cached, so a bootstrap of
+    /// a million records no client has asked about costs lookups, not a million insertions.
+    pub async fn evict_cached(&self, issuer: IssuerId, serial: &Serial) {
+        self.drop_cached(issuer, serial, false).await;
+    }
+
+    async fn drop_cached(&self, issuer: IssuerId, serial: &Serial, always_changed: bool) {
         let Some(state) = self.issuers.iter().find(|s| s.issuer.hashes.id == issuer) else {
             return;
         };
+        // Only what is cached is invalidated; a hit is checked against the view anyway.
         for key in cert_id_forms(&state.issuer, serial) {
-            self.cache.invalidate(&key).await;
-            self.front.invalidate(&plain_request_der(&key)).await;
-            self.changed.insert(Bytes::from(key), ()).await;
+            let front = plain_request_der(&key);
+            if self.front.contains(&front) {
+                self.front.invalidate(&front).await;
+            }
+            let cached = self.cache.contains(&key);
+            if cached {
+                self.cache.invalidate(&key).await;
+            }
+            if cached || always_changed {
+                self.changed.insert(Bytes::from(key), ()).await;
+            }
         }
     }
 }

@@ -62,6 +62,17 @@ pub const FEED_RECONNECTS: &str = "vigil_feed_reconnects_total";
 pub const FEED_WRITES: &str = "vigil_feed_writes_total";
 /// Records copied into `region` by repair, by `kind` (hint, full).
 pub const FEED_REPAIRED: &str = "vigil_feed_repaired_records_total";
+/// Completeness checks that found this replica's view missing records of a region
+/// (`{region, why}`: trimmed, count, digest, epoch, rollback).
+pub const FEED_INCOMPLETE: &str = "vigil_feed_incomplete_total";
+/// Completeness rounds comparing the view with a region (`{region, result}`: ok, short — the
+/// view held fewer records than the region —, mismatch — digests differ, not yet for a whole
+/// round —, diverged — they differed the same way for a whole round).
+pub const FEED_CHECKS: &str = "vigil_feed_completeness_checks_total";
+/// Records this replica wrote back into a region that had lost them (`{region}`).
+pub const FEED_RESEEDED: &str = "vigil_feed_reseeded_records_total";
+/// 1 while this replica's view covers the region (`{region}`), else 0.
+pub const FEED_COVERED: &str = "vigil_feed_region_covered";
 /// Checkpoint writes, by `result` (ok, error).
 pub const CHECKPOINT_WRITES: &str = "vigil_checkpoint_writes_total";
 /// Time to write a checkpoint.
@@ -74,6 +85,10 @@ pub const SIGNER_CERT_EXPIRY: &str = "vigil_signer_certificate_expiry_seconds";
 pub const CRL_NUMBER: &str = "vigil_crl_number";
 /// Seconds since the thisUpdate of the CRL this replica serves, by `issuer` and `crl`.
 pub const CRL_AGE: &str = "vigil_crl_age_seconds";
+/// Size in bytes of the CRL this replica serves, by `issuer` and `crl`.
+pub const CRL_BYTES: &str = "vigil_crl_bytes";
+/// CRLs installed that were larger than `crl.warn_bytes`, by `issuer` and `crl`.
+pub const CRL_OVERSIZE: &str = "vigil_crl_oversize_total";
 /// CRL store attempts by `issuer`, `target` (a region name, or `disk`) and `result`
 /// (stored, stale, fenced, not_leader, base_mismatch, error, lint_failed).
 pub const CRL_PUBLISH: &str = "vigil_crl_publish_total";

@@ -1546,6 +1546,216 @@ fn admin_api_over_mutual_tls() {
     assert!(audit.contains("CN=vigil"), "{audit}");
 }
 
+/// Writes an OpenSSL index of `n` revoked certificates with serials `prefix` + 4 hex digits.
+fn revoked_index(root: &Path, name: &str, prefix: &str, n: usize) -> PathBuf {
+    let mut index = String::with_capacity(n * 64);
+    for i in 0..n {
+        index.push_str(&format!(
+            "R\t300101000000Z\t250101000000Z,keyCompromise\t{prefix}{i:04X}\tunknown\t/CN=m{i}\n"
+        ));
+    }
+    let path = root.join(name);
+    std::fs::write(&path, index).unwrap();
+    path
+}
+
+fn wait_until_or(what: &str, log: &Path, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}\n{}",
+            read(log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn import(config: &Path, index: &Path) {
+    let out = vigil(
+        config,
+        &[
+            "import",
+            "--issuer",
+            "demo",
+            "--openssl-index",
+            index.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(sig)
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill {sig}");
+}
+
+/// A replica that cannot read while a mass revocation goes through a stream trimmed far below
+/// it falls behind the trimming. It must notice from the stream itself (`max-deleted-entry-id`
+/// is no help on every Redis 7), re-read the snapshot, count the gap, and end with every
+/// certificate — and a fresh replica must be complete too.
+#[test]
+fn a_replica_trimmed_past_by_a_mass_revocation_ends_complete() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let a = Redis::start(root, "a", false);
+    let feed = Feed {
+        regions: vec![("a", a.region())],
+        quorum: 1,
+        extra: "maxlen = 100",
+    };
+    let config = write_config(root, "r1", &pki, &feed, false);
+    let replica = Replica::start(&config);
+    wait_until("ready", || {
+        http(&replica.addr, "GET", "/readyz", None, "").0 == 200
+    });
+    const N: usize = 20_000;
+    let index = revoked_index(root, "index.txt", "5A", N);
+    signal(&replica.child, "-STOP");
+    import(&config, &index);
+    let len: usize = a.cmd(redis::cmd("XLEN").arg("vigil:feed"));
+    assert!(len < 1_000, "stream not trimmed: {len} entries");
+    signal(&replica.child, "-CONT");
+    wait_until_or(
+        "the replica holds every certificate",
+        &replica.stderr,
+        || replica.metric("vigil_status_view_certificates", &[]) == N as f64,
+    );
+    assert!(
+        replica.metric("vigil_feed_incomplete_total", &["why=\"trimmed\""]) >= 1.0,
+        "the gap was not counted\n{}",
+        read(&replica.stderr)
+    );
+    wait_until("ready again", || {
+        http(&replica.addr, "GET", "/readyz", None, "").0 == 200
+    });
+    for serial in ["5A0000", "5A1F3C", "5A4E1F"] {
+        assert_eq!(replica.ocsp(&pki, serial), "revoked", "{serial}");
+    }
+    let fresh = Replica::start(&write_config(root, "r2", &pki, &feed, false));
+    wait_until("a fresh replica holds every certificate", || {
+        fresh.metric("vigil_status_view_certificates", &[]) == N as f64
+    });
+    assert_eq!(fresh.ocsp(&pki, "5A4E1F"), "revoked");
+}
+
+/// A region whose Redis lost its data (FLUSHALL: the same as a restart without persistence or
+/// a failover to an empty replica) is re-seeded from the running replica's view, counted per
+/// region; a replica started afterwards from nothing holds every revocation.
+#[test]
+fn a_flushed_region_is_reseeded_from_the_replicas() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let a = Redis::start(root, "a", false);
+    let feed = Feed {
+        regions: vec![("a", a.region())],
+        quorum: 1,
+        extra: "",
+    };
+    let config = write_config(root, "r1", &pki, &feed, false);
+    let replica = Replica::start(&config);
+    const N: usize = 3_000;
+    import(&config, &revoked_index(root, "index.txt", "6B", N));
+    wait_until("the replica holds every certificate", || {
+        replica.metric("vigil_status_view_certificates", &[]) == N as f64
+    });
+    let issuer = issuer_hex(&config);
+    let _: () = a.cmd(&mut redis::cmd("FLUSHALL"));
+    wait_until("the region is re-seeded", || {
+        let n: usize = a.cmd(redis::cmd("HLEN").arg(format!("vigil:snap:{issuer}")));
+        n == N
+    });
+    wait_until_or("re-seeding counted", &replica.stderr, || {
+        replica.metric("vigil_feed_reseeded_records_total", &["region=\"a\""]) >= N as f64
+    });
+    assert!(read(&replica.stderr).contains("re-seeded the region from this replica's view"));
+    // The old replica is replaced by one with no checkpoint: it reads everything back.
+    drop(replica);
+    let fresh = Replica::start(&write_config(root, "r2", &pki, &feed, false));
+    wait_until("the fresh replica holds every certificate", || {
+        fresh.metric("vigil_status_view_certificates", &[]) == N as f64
+    });
+    for serial in ["6B0000", "6B0BB7"] {
+        assert_eq!(fresh.ocsp(&pki, serial), "revoked", "{serial}");
+    }
+}
+
+/// A replica's view and each region's snapshot agree on every issuer's record count and digest
+/// (the view keeps its digest in Rust, the region in the merge script): the comparison that
+/// completeness checks rest on.
+#[test]
+fn view_and_region_digests_agree() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let a = Redis::start(root, "a", false);
+    let feed = Feed {
+        regions: vec![("a", a.region())],
+        quorum: 1,
+        extra: "",
+    };
+    let config = write_config(root, "r1", &pki, &feed, false);
+    import(&config, &revoked_index(root, "index.txt", "7A", 500));
+    for serial in ["7A0001", "7A0002"] {
+        let out = vigil(
+            &config,
+            &[
+                "issue",
+                "--issuer",
+                "demo",
+                "--serial",
+                serial,
+                "--not-after",
+                "2031-01-01T00:00:00Z",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let issuer = issuer_hex(&config);
+    let digest: String = a.cmd(redis::cmd("HGET").arg("vigil:digest").arg(&issuer));
+    let view = vigil::status::StatusView::new();
+    let conn_records: Vec<(Vec<u8>, Vec<u8>)> =
+        a.cmd(redis::cmd("HGETALL").arg(format!("vigil:snap:{issuer}")));
+    let id = vigil::feed::consume::parse_issuer_hex(&issuer).unwrap();
+    for (s, r) in &conn_records {
+        view.table(id).merge(
+            vigil::status::Serial::from_der_content(s).unwrap(),
+            vigil::status::CertRecord::from_bytes(r).unwrap(),
+        );
+    }
+    let (count, mine) = view.table(id).summary();
+    assert_eq!(count, 500);
+    assert_eq!(mine.hex(), digest);
+    // The replica reads the same: no completeness round finds a difference.
+    let replica = Replica::start(&config);
+    wait_until("ready", || {
+        http(&replica.addr, "GET", "/readyz", None, "").0 == 200
+    });
+    wait_until("two completeness rounds passed", || {
+        replica.metric("vigil_feed_completeness_checks_total", &["result=\"ok\""]) >= 2.0
+    });
+    assert_eq!(
+        replica.metric("vigil_feed_completeness_checks_total", &[]),
+        replica.metric("vigil_feed_completeness_checks_total", &["result=\"ok\""]),
+        "a round found a difference"
+    );
+    assert_eq!(replica.metric("vigil_feed_incomplete_total", &[]), 0.0);
+    assert_eq!(
+        replica.metric("vigil_feed_reseeded_records_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        replica.metric("vigil_feed_region_covered", &["region=\"a\""]),
+        1.0
+    );
+}
+
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {

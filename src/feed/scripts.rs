@@ -153,6 +153,26 @@ end
 return 1
 "#;
 
+/// The region's state in one atomic step, for completeness checks: the id of the stream's last
+/// entry (`0-0` when empty), then per issuer its hex id, its snapshot's record count (`HLEN`,
+/// kept by Redis in the same step as every merge) and its digest (kept by [`MERGE_LUA`]).
+///
+/// `KEYS`: stream, issuers set, digests hash. `ARGV`: the snapshot key prefix (the issuer hex
+/// is appended; standalone Redis, as everywhere in vigil).
+pub const STATE_LUA: &str = r#"
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local out = {'0-0'}
+if last[1] then out[1] = last[1][1] end
+for _, hex in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  out[#out + 1] = hex
+  out[#out + 1] = redis.call('HLEN', ARGV[1] .. hex)
+  out[#out + 1] = redis.call('HGET', KEYS[3], hex) or ''
+end
+return out
+"#;
+
+/// [`STATE_LUA`].
+pub static STATE: LazyLock<Script> = LazyLock::new(|| Script::new(STATE_LUA));
 /// [`MERGE_LUA`].
 pub static MERGE: LazyLock<Script> = LazyLock::new(|| Script::new(MERGE_LUA));
 /// [`HEARTBEAT_LUA`].
@@ -167,6 +187,6 @@ pub static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_LUA));
 pub static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 
 /// Every script, for loading into a new connection.
-pub fn all() -> [&'static Script; 6] {
-    [&MERGE, &HEARTBEAT, &HINT, &EPOCH, &RENEW, &RELEASE]
+pub fn all() -> [&'static Script; 7] {
+    [&MERGE, &HEARTBEAT, &HINT, &EPOCH, &RENEW, &RELEASE, &STATE]
 }
