@@ -89,7 +89,7 @@ fn apply(c: &mut Criterion) {
             StatusView::new,
             |view| {
                 for chunk in events.chunks(1000) {
-                    view.apply_batch(chunk, |_, _| {});
+                    view.apply_batch(chunk, |_, _, _| {});
                 }
                 view
             },
@@ -104,7 +104,7 @@ fn apply(c: &mut Criterion) {
     g.bench_function("batches_of_1000_duplicates", |b| {
         b.iter(|| {
             for chunk in events.chunks(1000) {
-                full.apply_batch(chunk, |_, _| {});
+                full.apply_batch(chunk, |_, _, _| {});
             }
         })
     });

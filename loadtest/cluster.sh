@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A local active-active vigil cluster, as it runs in production, on loopback:
 #
-#   HAProxy 127.0.0.10  --(GET /readyz, inter 1s fall 2 rise 2, redispatch, retries 3)-->
+#   HAProxy 127.0.0.10  --(GET /readyz, inter 500ms fall 2 rise 2; GET and POST retried elsewhere, 3x)-->
 #     region a (127.0.0.11): redis-server, p11-kit server (SoftHSM2 token hsm-a), replicas a1 a2
 #     region b (127.0.0.12): redis-server, p11-kit server (SoftHSM2 token hsm-b), replicas b1 b2
 #
@@ -16,7 +16,8 @@
 #
 # Environment: VIGIL_CLUSTER_DIR (state dir, default loadtest/out/cluster), VIGIL_BIN (the
 # vigil binary, default target/release/vigil, else target/debug/vigil), CLUSTER_GOOD,
-# CLUSTER_REVOKED (serials issued / revoked at start; default 200 / 50).
+# CLUSTER_REVOKED (serials issued / revoked at start; default 200 / 50), CLUSTER_REPLICAS (the
+# replicas to run, default "a1 a2 b1 b2"; loadtest/mass-revocation.sh runs "a1 b1").
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -27,6 +28,7 @@ if [ -z "${VIGIL_BIN:-}" ]; then
 fi
 GOOD="${CLUSTER_GOOD:-200}"
 REVOKED="${CLUSTER_REVOKED:-50}"
+REPLICAS="${CLUSTER_REPLICAS:-a1 a2 b1 b2}"
 SOFTHSM_MODULE=/usr/lib/softhsm/libsofthsm2.so
 P11KIT_CLIENT=/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so
 LB_IP=127.0.0.10
@@ -176,8 +178,8 @@ token_file = "$STATE/admin-token"
 probe_interval = "1s"
 reconnect_backoff_min = "200ms"
 reconnect_backoff_max = "2s"
-session_wait = "500ms"
-sign_timeout = "500ms"
+session_wait = "100ms"
+sign_timeout = "100ms"
 
 [[hsm]]
 name = "hsm-$r"
@@ -218,9 +220,22 @@ start_replica() { # start_replica NAME   (a1 a2 b1 b2)
 haproxy_config() {
   # shellcheck disable=SC1090
   . "$STATE/cluster.env"
+  # An OCSP request is a query, GET or POST alike: sending it again to another replica is
+  # safe, so both are retried (at most `retries`, each elsewhere) after a refused connection,
+  # an empty response or a response timeout. `option http-buffer-request` holds the whole POST
+  # body before the request goes out (`openssl ocsp` writes head and body separately; without
+  # it a POST whose head went out alone is not retried: 504). A request is retried only if it
+  # fits one buffer, so the buffer is twice vigil's `limits.max_request_bytes` (16 KiB) and a
+  # larger body is refused here. `timeout server` is what a hung replica costs one request
+  # before its retry (300 ms: ~60x a replica's p99 of 3-5 ms, and above the 200 ms a replica
+  # may spend on a hung HSM and then the next: `hsm_pool.sign_timeout` 100 ms, in the replica
+  # config above); checks every 500 ms with a 300 ms timeout, fall 2,
+  # take a hung replica out in about 1-1.5 s, and `leastconn` sends nothing new to a replica
+  # that still holds an unanswered request meanwhile. Reasons in docs/DEPLOY.md.
   cat >"$STATE/haproxy.cfg" <<EOF
 global
   maxconn 4096
+  tune.bufsize 32768
   stats socket $STATE/haproxy.sock mode 600 level admin
 
 defaults
@@ -229,28 +244,31 @@ defaults
   log stdout format raw local0 err
   timeout connect 500ms
   timeout client 30s
-  timeout server 1s
+  timeout server 300ms
   timeout http-request 10s
   timeout http-keep-alive 30s
-  timeout check 500ms
+  timeout check 300ms
   retries 3
   option redispatch 1
   retry-on conn-failure empty-response response-timeout
+  option http-buffer-request
 
 frontend ocsp
   bind $LB_IP:$LB_PORT
+  http-request deny deny_status 413 if { req.body_size gt 16384 }
   default_backend vigil
 
 backend vigil
-  balance roundrobin
+  balance leastconn
   option httpchk GET /readyz
   http-check expect status 200
-  default-server check inter 1s fall 2 rise 2
-  server a1 ${REGION_IP[a]}:$REPLICA_A1_PORT
-  server a2 ${REGION_IP[a]}:$REPLICA_A2_PORT
-  server b1 ${REGION_IP[b]}:$REPLICA_B1_PORT
-  server b2 ${REGION_IP[b]}:$REPLICA_B2_PORT
+  default-server check inter 500ms fall 2 rise 2
 EOF
+  local n port_var
+  for n in $REPLICAS; do
+    port_var="REPLICA_${n^^}_PORT"
+    echo "  server $n ${REGION_IP[${n:0:1}]}:${!port_var}" >>"$STATE/haproxy.cfg"
+  done
 }
 
 up() {
@@ -296,11 +314,11 @@ up() {
     start_redis "$r"
     start_hsm "$r"
   done
-  for n in a1 a2 b1 b2; do replica_config "$n" "${n:0:1}"; done
+  for n in $REPLICAS; do replica_config "$n" "${n:0:1}"; done
   log "importing the CA database into the feed"
   "$VIGIL_BIN" --config "$STATE/a1.toml" import --openssl-index "$STATE/pki/index.txt" --issuer cluster >"$STATE/logs/import.log" 2>&1 ||
     die "import failed: $(cat "$STATE/logs/import.log")"
-  for n in a1 a2 b1 b2; do start_replica "$n"; done
+  for n in $REPLICAS; do start_replica "$n"; done
   haproxy_config
   start haproxy "$STATE/logs/haproxy.log" haproxy -db -f "$STATE/haproxy.cfg"
   # Ready when HAProxy answers /readyz through a replica.

@@ -10,9 +10,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use crate::apply::Applier;
 use crate::config::{Config, FeedConfig};
 use crate::crl_service::{CrlPools, CrlService};
-use crate::feed::consume::{self, FeedState};
+use crate::feed::consume::{self, FeedState, Reseed};
 use crate::feed::health::FeedHealth;
 use crate::feed::repair::{run_heartbeats, Repairer};
 use crate::feed::{checkpoint, region, Cursor};
@@ -22,8 +23,7 @@ use crate::responder::Responder;
 use crate::signer::pool::{key_spec, PoolSettings};
 use crate::signer::{SignerPool, SoftwareSigner};
 use crate::status::journal::{JournalReader, JournalWriter};
-use crate::status::view::Applied;
-use crate::status::{CertStatus, EventKind, StatusView};
+use crate::status::StatusView;
 use crate::telemetry::{self, Metrics};
 
 /// Loads every configured issuer (certificates, keys, checks).
@@ -42,6 +42,13 @@ pub struct Signing {
 /// Loads every issuer; for those with an `[issuer.signer]`, connects the HSM pool first
 /// (logging in once per token, checking each HSM's key against the certificate).
 pub fn load_signing(cfg: &Config) -> Result<Signing, String> {
+    let keys = cfg
+        .issuers
+        .iter()
+        .map(pki::ca_public_key)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    cfg.validate_issuer_keys(&keys).map_err(|e| e.to_string())?;
     let mut issuers = Vec::with_capacity(cfg.issuers.len());
     let mut pools = Vec::new();
     for ic in &cfg.issuers {
@@ -235,8 +242,23 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         cfg.crl.publish,
         &crl_pools,
     )?);
-    crl.start(view.clone(), revoked.clone()).await;
     let responder = Arc::new(Responder::new(&cfg, issuers, &view, metrics.clone()));
+    // Every status change, from the journal or the feed, goes through this one applier.
+    let applier = Arc::new(Applier::new(view.clone(), Some(responder.clone())));
+    applier.wake_crls_with(revoked.clone());
+    let feed_running = match (&cfg.feed, feed_start) {
+        (Some(feed), Some(start)) => Some(start_feed(&cfg, feed, start, &applier, &readiness)?),
+        _ => None,
+    };
+    // A complete CRL is built only from a complete view: with the feed, once it covers every
+    // reachable region; from the journal, once it is read (above).
+    let _ = readiness.crl_refusals.set(crl.refusals());
+    crl.start(
+        view.clone(),
+        revoked.clone(),
+        feed_running.as_ref().map(|f| f.state.health.clone()),
+    )
+    .await;
 
     let listener = TcpListener::bind(cfg.server.listen)
         .await
@@ -268,24 +290,13 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         ));
     }
 
-    let mut feed_running = None;
-    match (&cfg.feed, feed_start, reader) {
-        (Some(feed), Some(start), _) => {
-            feed_running = Some(start_feed(
-                &cfg, feed, start, &view, &responder, &readiness, &revoked,
-            )?);
-        }
-        (_, _, Some(reader)) => {
-            tokio::spawn(tail_journal(
-                reader,
-                cfg.clone(),
-                view.clone(),
-                responder.clone(),
-                metrics.clone(),
-                revoked,
-            ));
-        }
-        _ => {}
+    if let Some(reader) = reader {
+        tokio::spawn(tail_journal(
+            reader,
+            cfg.clone(),
+            applier.clone(),
+            metrics.clone(),
+        ));
     }
     announce(&cfg, addr, &crl);
     if let Some(h) = prometheus.clone() {
@@ -398,25 +409,26 @@ fn start_feed(
     cfg: &Config,
     feed: &FeedConfig,
     (cursors, fresh_at_ms): (HashMap<String, Cursor>, i64),
-    view: &Arc<StatusView>,
-    responder: &Arc<Responder>,
+    applier: &Arc<Applier>,
     readiness: &Arc<Readiness>,
-    revoked: &Arc<Notify>,
 ) -> Result<Arc<RunningFeed>, String> {
+    let view = &applier.view;
     let regions = region::regions(cfg).map_err(|e| e.to_string())?;
     let names: Vec<String> = regions.iter().map(|r| r.name.clone()).collect();
     let health = Arc::new(FeedHealth::new(&names, feed.max_staleness));
     health.set_checkpoint_fresh(fresh_at_ms);
     let _ = readiness.feed.set(health.clone());
     let state = Arc::new(FeedState::new(
-        view.clone(),
-        Some(responder.clone()),
+        applier.clone(),
         health.clone(),
         Some(readiness.clone()),
         cursors,
+        Some(Reseed {
+            maxlen: feed.maxlen,
+            origin: cfg.status.origin.clone(),
+            check_interval: feed.repair_interval,
+        }),
     ));
-    // The CRL publisher publishes within crl.publish_delay of a revocation read from the feed.
-    let _ = state.revoked.set(revoked.clone());
     for r in &regions {
         tokio::spawn(consume::run(
             state.clone(),
@@ -510,10 +522,8 @@ async fn wait_for_signal() {
 async fn tail_journal(
     mut reader: JournalReader,
     cfg: Arc<Config>,
-    view: Arc<StatusView>,
-    responder: Arc<Responder>,
+    applier: Arc<Applier>,
     metrics: Arc<Metrics>,
-    revoked: Arc<Notify>,
 ) {
     loop {
         tokio::time::sleep(cfg.status.journal_poll).await;
@@ -540,22 +550,9 @@ async fn tail_journal(
         metrics
             .events_undecodable
             .increment(batch.undecodable as u64);
-        for e in &batch.events {
-            match view.apply(e) {
-                Applied::Changed { status } => {
-                    metrics.events_changed.increment(1);
-                    responder.evict(e.issuer, &e.serial).await;
-                    if matches!(status, CertStatus::Revoked(_))
-                        || matches!(e.kind, EventKind::Release { .. })
-                    {
-                        // The CRL publisher publishes within crl.publish_delay (a release
-                        // leaves the CRLs by removeFromCRL in the next delta).
-                        revoked.notify_one();
-                    }
-                }
-                Applied::Unchanged => metrics.events_unchanged.increment(1),
-            }
-        }
+        let applied = applier.events(&batch.events).await;
+        metrics.events_changed.increment(applied.changed as u64);
+        metrics.events_unchanged.increment(applied.unchanged as u64);
     }
 }
 
@@ -585,7 +582,8 @@ pub async fn view_from_regions(cfg: &Config) -> Result<Arc<StatusView>, String> 
     let names: Vec<String> = regions.iter().map(|r| r.name.clone()).collect();
     let health = Arc::new(FeedHealth::new(&names, Duration::from_secs(60)));
     let view = Arc::new(StatusView::new());
-    let state = FeedState::new(view.clone(), None, health.clone(), None, HashMap::new());
+    let applier = Arc::new(Applier::new(view.clone(), None));
+    let state = FeedState::new(applier, health.clone(), None, HashMap::new(), None);
     let mut failed = Vec::new();
     for r in &regions {
         let Some(h) = health.region(&r.name) else {

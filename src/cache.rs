@@ -126,6 +126,11 @@ impl ResponseCache {
     pub fn entry_count(&self) -> u64 {
         self.inner.entry_count()
     }
+
+    /// Whether a response for this CertID form is cached (no lock, no await).
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.inner.contains_key(key)
+    }
 }
 
 /// What a request's bytes resolved to: enough to answer the same bytes again without decoding
@@ -224,6 +229,11 @@ impl FrontCache {
         if let Some(c) = &self.inner {
             c.invalidate(request).await;
         }
+    }
+
+    /// Whether these request bytes have an entry (no lock, no await).
+    pub fn contains(&self, request: &[u8]) -> bool {
+        self.inner.as_ref().is_some_and(|c| c.contains_key(request))
     }
 
     /// Number of entries (approximate; after pending work is done).

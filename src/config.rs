@@ -553,6 +553,9 @@ pub struct CrlConfig {
     pub shard_width: Duration,
     /// Also publish delta CRLs (revocations since the last complete CRL).
     pub delta: bool,
+    /// A CRL larger than this many bytes is logged (with the shard count that would fit) and
+    /// counted in `vigil_crl_oversize_total`; 0 turns the warning off.
+    pub warn_bytes: u64,
 }
 
 impl Default for CrlConfig {
@@ -571,6 +574,7 @@ impl Default for CrlConfig {
             shard_by: ShardByConfig::Serial,
             shard_width: Duration::from_secs(86400),
             delta: false,
+            warn_bytes: crate::limits::CRL_WARN_BYTES,
         }
     }
 }
@@ -978,6 +982,24 @@ impl Config {
             }
         }
         self.validate_hsms()
+    }
+
+    /// Refuses two issuers whose CA certificates hold the same key (`keys`: each issuer's
+    /// subjectPublicKey, in `[[issuer]]` order). A CertID names its issuer by the key hash (and
+    /// the name hash), and the status view keys each issuer by its key: two issuers with one
+    /// key would share one table and one of them would never be matched. Checked once the
+    /// certificates are read, before any signer connects (`vigil check-config` and start-up).
+    pub fn validate_issuer_keys(&self, keys: &[Vec<u8>]) -> Result<(), ConfigError> {
+        for (i, key) in keys.iter().enumerate() {
+            if let Some(j) = keys[..i].iter().position(|k| k == key) {
+                return err(format!(
+                    "issuer[{i}] ({}): its CA certificate has the same key as issuer[{j}] ({}); \
+                     a CertID names an issuer by its key, so configure each CA key once",
+                    self.issuers[i].name, self.issuers[j].name
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `at.hsm` names one or more `[[hsm]]` entries, each once.

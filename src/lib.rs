@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod apply;
 pub mod backup;
 pub mod cache;
 pub mod clock;

@@ -35,6 +35,11 @@ pub const NONCE_OCTETS_ALLOWED: usize = 128;
 /// [`NONCE_OCTETS_ALLOWED`] are ignored (answered without a nonce), as §2.1 permits.
 pub const NONCE_OCTETS_MUST_ACCEPT: usize = 32;
 
+/// Size above which a CRL is warned about (`crl.warn_bytes`): Microsoft's root program asks
+/// that CRLs stay at or under 10 MB, and CRL aggregators (CRLite, CRLSets) fetch every shard of
+/// every CA several times a day.
+pub const CRL_WARN_BYTES: u64 = 10_000_000;
+
 /// Largest serial number content, in octets: RFC 5280 §4.1.2.2 allows 20, and a leading zero
 /// octet keeps a 20-octet value with its high bit set positive.
 pub const MAX_SERIAL_OCTETS: usize = 21;
@@ -95,6 +100,19 @@ pub const FEED_SCAN_COUNT: usize = 1000;
 /// Script calls sent per pipeline when publishing many records (import, repair): bounds the
 /// reply buffered at once and the time a region's Redis spends on one batch.
 pub const FEED_PIPELINE_CHUNK: usize = 500;
+
+/// Certificates per write batch of `vigil import`: large enough that the script calls of a
+/// batch fill several pipelines ([`FEED_PIPELINE_CHUNK`]), small enough that a batch's events
+/// stay a few MiB.
+pub const IMPORT_BATCH_CERTIFICATES: usize = 5_000;
+
+/// Batches `vigil import` writes at once: keeps every region's Redis busy while the next batch
+/// is read, and bounds the memory of the import to this many batches.
+pub const IMPORT_BATCHES_IN_FLIGHT: usize = 4;
+
+/// Longest line accepted in an OpenSSL index file (`vigil import`): a subject DN is far
+/// shorter; the bound keeps a file without newlines from being read whole.
+pub const MAX_INDEX_LINE_BYTES: usize = 64 * 1024;
 
 /// Longest stream-entry id text accepted from Redis (`<u64>-<u64>`).
 pub const MAX_STREAM_ID_BYTES: usize = 41;

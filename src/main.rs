@@ -225,6 +225,17 @@ enum CrlCommand {
     /// Build, sign, lint and store every issuer's CRLs once (no lease; the stores'
     /// compare-and-set still keeps numbers increasing), then exit.
     Publish,
+    /// Print the URL of every complete CRL of an issuer: one a line, or with --json the "JSON
+    /// Array of Partitioned CRLs" to disclose in CCADB (the same document as
+    /// `GET /crl/<issuer>.json`). Needs `crl.base_url`.
+    Urls {
+        /// The issuer's configured name.
+        #[arg(long)]
+        issuer: String,
+        /// Print the JSON array instead of one URL a line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -305,6 +316,9 @@ fn main() -> ExitCode {
         Command::Crl {
             command: CrlCommand::Publish,
         } => crl_publish(cfg),
+        Command::Crl {
+            command: CrlCommand::Urls { issuer, json },
+        } => crl_urls(&cfg, &issuer, json),
         Command::Hsm {
             command: HsmCommand::List { module, pin_env },
         } => hsm_list(&cfg, module.as_deref(), pin_env.as_deref()),
@@ -550,6 +564,25 @@ fn crl_publish(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("starting the runtime: {e}"))?;
     for line in rt.block_on(app::publish_crls(cfg))? {
         println!("{line}");
+    }
+    Ok(())
+}
+
+fn crl_urls(cfg: &Config, issuer: &str, json: bool) -> Result<(), String> {
+    if !cfg.issuers.iter().any(|i| i.name == issuer) {
+        return Err(format!("no [[issuer]] named {issuer:?}"));
+    }
+    let base = cfg.crl.base_url.as_deref().ok_or(
+        "crl.base_url is not set: CCADB needs absolute CRL URLs (set it, or VIGIL_CRL_BASE_URL)",
+    )?;
+    let urls = vigil::crl_service::catalog::shard_urls(issuer, &cfg.crl.sharding(), base);
+    if json {
+        let doc = serde_json::to_string(&urls).map_err(|e| e.to_string())?;
+        println!("{doc}");
+    } else {
+        for u in urls {
+            println!("{u}");
+        }
     }
     Ok(())
 }
@@ -804,6 +837,9 @@ fn resolve(target: &Target) -> Result<(Serial, Option<i64>), String> {
 
 /// Writes events to the feed's regions (with `[feed]`) or the local journal; returns where.
 fn append(cfg: &Config, events: &[Event]) -> Result<String, String> {
+    for e in events {
+        e.kind.check().map_err(|err| err.to_string())?;
+    }
     app::prepare_embedded(cfg)?;
     if cfg.feed.is_none() {
         JournalWriter::open(cfg.journal_path())
@@ -843,9 +879,7 @@ fn issuer_id(cfg: &Config, name: &str) -> Result<IssuerId, String> {
 }
 
 fn revoke(cfg: &Config, target: &Target, reason: &str, time: Option<&str>) -> Result<(), String> {
-    let reason = RevocationReason::from_name(reason).ok_or_else(|| {
-        format!("unknown reason {reason:?} (certificateHold is not a revocation reason: use `vigil hold`)")
-    })?;
+    let reason = RevocationReason::parse(reason).map_err(|e| format!("--reason: {e}"))?;
     let time = match time {
         Some(t) => parse_time(t)?,
         None => vigil::clock::unix_now(),
@@ -900,7 +934,8 @@ fn hold(cfg: &Config, target: &Target, hold: bool, time: Option<&str>) -> Result
     if requested.is_some_and(|t| t > now + vigil::crl::lint::MAX_CLOCK_SKEW_SECS) {
         return Err("--time: a hold may not start in the future".into());
     }
-    let current = current_record(cfg, id, &serial)?;
+    let writer = vigil::writer::StatusWriter::from_config(cfg)?;
+    let current = small_runtime()?.block_on(writer.current_record(id, &serial))?;
     let kind = vigil::status::hold_change(current.as_ref(), hold, now, requested)
         .map_err(|e| format!("{serial}: {e}"))?;
     let mut events = Vec::new();
@@ -914,60 +949,142 @@ fn hold(cfg: &Config, target: &Target, hold: bool, time: Option<&str>) -> Result
     Ok(())
 }
 
-/// What is known of one certificate now: the join of every reachable region's snapshot (an
-/// error when none is reachable), or the local journal.
-fn current_record(
-    cfg: &Config,
-    id: IssuerId,
-    serial: &Serial,
-) -> Result<Option<vigil::status::CertRecord>, String> {
-    if cfg.feed.is_none() {
-        let view = StatusView::new();
-        let metrics = vigil::telemetry::Metrics::new();
-        app::replay_journal(&mut JournalReader::new(cfg.journal_path()), &view, &metrics)?;
-        return Ok(view.table(id).record(serial));
-    }
-    let regions = vigil::feed::region::regions(cfg).map_err(|e| e.to_string())?;
-    small_runtime()?.block_on(async {
-        let mut joined: Option<vigil::status::CertRecord> = None;
-        let mut errors = Vec::new();
-        for r in &regions {
-            match r.snapshot_record(&id, serial).await {
-                Ok(Some(rec)) => joined = Some(joined.map_or(rec, |j| j.join(rec))),
-                Ok(None) => {}
-                Err(e) => errors.push(format!("{}: {e}", r.name)),
-            }
-        }
-        if errors.len() == regions.len() {
-            return Err(format!("no region reachable ({})", errors.join("; ")));
-        }
-        Ok(joined)
-    })
-}
-
 /// OpenSSL `ca` database: tab-separated status (V, R, E), expiry, revocation
 /// (`date[,reason[,...]]`), serial (hex), file name, subject. Dates are `YYMMDDHHMMSSZ` or
 /// `YYYYMMDDHHMMSSZ`.
+///
+/// Streamed, in two passes over the file: the first checks every line (a bad line anywhere
+/// writes nothing), the second writes batches of [`IMPORT_BATCH_CERTIFICATES`] certificates,
+/// [`IMPORT_BATCHES_IN_FLIGHT`] at once, each acknowledged like a revocation (quorum, or the
+/// synced journal). Memory is bounded by the batches in flight, not the file. A batch that
+/// fails stops the import: the report says how many certificates were acknowledged before it,
+/// and running it again is safe (the merge is idempotent).
 fn import(cfg: &Config, path: &Path, issuer: &str) -> Result<(), String> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    use vigil::limits::{IMPORT_BATCHES_IN_FLIGHT, IMPORT_BATCH_CERTIFICATES};
     let id = issuer_id(cfg, issuer)?;
     let allow_hold = cfg.allows_holds(issuer);
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let mut events = Vec::new();
-    let (mut issued, mut revoked) = (0usize, 0usize);
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
+    let parse = IndexParser {
+        cfg,
+        id,
+        issuer,
+        allow_hold,
+        path,
+    };
+    let (issued, revoked) = parse.check()?;
+    let writer = vigil::writer::StatusWriter::from_config(cfg)?;
+    let rt = small_runtime()?;
+    let mut lines = parse.lines()?;
+    let mut summary = String::new();
+    let acknowledged = rt.block_on(async {
+        let mut in_flight = FuturesUnordered::new();
+        let mut acknowledged = 0usize;
+        let mut done = false;
+        loop {
+            while !done && in_flight.len() < IMPORT_BATCHES_IN_FLIGHT {
+                let mut batch = Vec::with_capacity(IMPORT_BATCH_CERTIFICATES * 2);
+                let mut certificates = 0;
+                while certificates < IMPORT_BATCH_CERTIFICATES {
+                    match lines.next_certificate(&mut batch)? {
+                        true => certificates += 1,
+                        false => {
+                            done = true;
+                            break;
+                        }
+                    }
+                }
+                if certificates == 0 {
+                    break;
+                }
+                let w = &writer;
+                in_flight.push(async move { (certificates, w.write(batch).await) });
+            }
+            let Some((n, result)) = in_flight.next().await else {
+                break;
+            };
+            match result {
+                Ok(w) => {
+                    acknowledged += n;
+                    summary = w.summary;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "import stopped: {acknowledged} of {issued} certificate(s) acknowledged before a batch failed ({e}); running it again is safe"
+                    ))
+                }
+            }
         }
-        let at = |msg: String| format!("{}:{}: {msg}", path.display(), n + 1);
+        Ok::<_, String>(acknowledged)
+    })?;
+    println!(
+        "imported {acknowledged} certificate(s), {revoked} revoked, for {issuer}; acknowledged by {summary}"
+    );
+    Ok(())
+}
+
+/// Reads an OpenSSL index line by line into events.
+struct IndexParser<'a> {
+    cfg: &'a Config,
+    id: IssuerId,
+    issuer: &'a str,
+    allow_hold: bool,
+    path: &'a Path,
+}
+
+/// The lines of an index being read, for [`IndexParser::lines`].
+struct IndexLines<'a> {
+    parser: &'a IndexParser<'a>,
+    reader: std::io::BufReader<std::fs::File>,
+    line: String,
+    n: usize,
+}
+
+impl IndexParser<'_> {
+    fn open(&self) -> Result<std::io::BufReader<std::fs::File>, String> {
+        std::fs::File::open(self.path)
+            .map(|f| std::io::BufReader::with_capacity(1 << 20, f))
+            .map_err(|e| format!("reading {}: {e}", self.path.display()))
+    }
+
+    fn lines(&self) -> Result<IndexLines<'_>, String> {
+        Ok(IndexLines {
+            parser: self,
+            reader: self.open()?,
+            line: String::new(),
+            n: 0,
+        })
+    }
+
+    /// Checks every line; returns (certificates, revoked or held).
+    fn check(&self) -> Result<(usize, usize), String> {
+        let mut lines = self.lines()?;
+        let (mut issued, mut revoked) = (0, 0);
+        let mut events = Vec::with_capacity(2);
+        loop {
+            events.clear();
+            if !lines.next_certificate(&mut events)? {
+                return Ok((issued, revoked));
+            }
+            issued += 1;
+            revoked += usize::from(events.len() > 1);
+        }
+    }
+
+    /// The events of one line: the issuance, and the revocation or hold if any.
+    fn parse(&self, n: usize, line: &str, out: &mut Vec<Event>) -> Result<(), String> {
+        let at = |msg: String| format!("{}:{}: {msg}", self.path.display(), n);
         let f: Vec<&str> = line.split('\t').collect();
         if f.len() < 4 {
             return Err(at("expected at least 4 tab-separated fields".into()));
         }
         let serial = Serial::from_hex(f[3]).map_err(|e| at(format!("serial {:?}: {e}", f[3])))?;
         let not_after = asn1_time(f[1]).map_err(at)?;
-        events.push(event(cfg, id, serial, EventKind::Issued { not_after }));
-        issued += 1;
+        out.push(event(
+            self.cfg,
+            self.id,
+            serial,
+            EventKind::Issued { not_after },
+        ));
         if f[0] == "R" {
             let mut parts = f[2].split(',');
             let time = asn1_time(parts.next().unwrap_or_default()).map_err(at)?;
@@ -978,28 +1095,55 @@ fn import(cfg: &Config, path: &Path, issuer: &str) -> Result<(), String> {
                 },
                 // OpenSSL records a hold as a revocation with reason certificateHold.
                 Some(r) if r.eq_ignore_ascii_case("certificateHold") => {
-                    if !allow_hold {
+                    if !self.allow_hold {
                         return Err(at(format!(
-                            "certificateHold, but issuer {issuer:?} does not allow holds (allow_hold)"
+                            "certificateHold, but issuer {:?} does not allow holds (allow_hold)",
+                            self.issuer
                         )));
                     }
                     EventKind::Hold { time }
                 }
                 Some(r) => EventKind::Revoked {
                     time,
-                    reason: RevocationReason::from_name(r)
-                        .ok_or_else(|| at(format!("unsupported revocation reason {r:?}")))?,
+                    reason: RevocationReason::parse(r).map_err(|e| at(e.to_string()))?,
                 },
             };
-            events.push(event(cfg, id, serial, kind));
-            revoked += 1;
+            out.push(event(self.cfg, self.id, serial, kind));
+        }
+        Ok(())
+    }
+}
+
+impl IndexLines<'_> {
+    /// Appends the next certificate's events to `out`; false at the end of the file.
+    fn next_certificate(&mut self, out: &mut Vec<Event>) -> Result<bool, String> {
+        use std::io::{BufRead, Read};
+        use vigil::limits::MAX_INDEX_LINE_BYTES;
+        loop {
+            self.line.clear();
+            self.n += 1;
+            let read = (&mut self.reader)
+                .take(MAX_INDEX_LINE_BYTES as u64 + 1)
+                .read_line(&mut self.line)
+                .map_err(|e| format!("{}:{}: {e}", self.parser.path.display(), self.n))?;
+            if read == 0 {
+                return Ok(false);
+            }
+            if self.line.len() > MAX_INDEX_LINE_BYTES {
+                return Err(format!(
+                    "{}:{}: line longer than {MAX_INDEX_LINE_BYTES} bytes",
+                    self.parser.path.display(),
+                    self.n
+                ));
+            }
+            let line = self.line.trim_end_matches(['\n', '\r']);
+            if line.trim().is_empty() {
+                continue;
+            }
+            self.parser.parse(self.n, line, out)?;
+            return Ok(true);
         }
     }
-    let at = append(cfg, &events)?;
-    println!(
-        "imported {issued} certificate(s), {revoked} revoked, for {issuer}; acknowledged by {at}"
-    );
-    Ok(())
 }
 
 /// `vigil status` with `[feed]`: what each region's snapshot holds, and their join.

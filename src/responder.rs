@@ -52,6 +52,11 @@ const CHANGED_MAX_ENTRIES: u64 = 8 * 100_000;
 /// How long a changed certificate's next signature counts as a status change: long enough for
 /// its first request to arrive, short enough that the set stays small.
 const CHANGED_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Signatures made for one answer when the status keeps changing under it (checked signing):
+/// each re-signature follows a real status change, and a certificate changes status a few
+/// times at most (issued, held, released, revoked), so past this the answer is `tryLater`
+/// rather than a response of a status that is already gone.
+const CHECKED_SIGNING_ATTEMPTS: usize = 3;
 
 /// An issuer with its slice of the status view.
 pub struct IssuerState {
@@ -526,7 +531,14 @@ impl Responder {
             // Moved, not copied: the hit path makes no copy of the key.
             let key = Bytes::from(std::mem::take(&mut req.certs[0].der));
             let answer = self
-                .cached_or_signed(i, key, &req.certs[0].cert_id, answers[0], now)
+                .cached_or_signed(
+                    i,
+                    key,
+                    &req.certs[0].cert_id,
+                    req.certs[0].serial,
+                    answers[0],
+                    now,
+                )
                 .await?;
             if let Answer::Signed { response, .. } = &answer {
                 if plain && response.status == answers[0] && response.is_fresh(now) {
@@ -551,12 +563,37 @@ impl Responder {
             .collect();
         let window = self.validity.window(now);
         let profile = &self.issuers[i].issuer.profile;
-        let tbs = tbs_response_data(profile, &window, &ids, extensions)?;
-        let sig = self
-            .gate
-            .sign(profile, tbs.clone(), &self.metrics, Priority::Routine)
-            .await?;
-        let der = assemble(profile, &tbs, &sig)?;
+        let serials: Vec<Serial> = req.certs.iter().map(|c| c.serial).collect();
+        let mut ids = ids;
+        let mut priority = Priority::Routine;
+        let mut attempts = 0;
+        let der = loop {
+            let tbs = tbs_response_data(profile, &window, &ids, extensions.clone())?;
+            let sig = self
+                .gate
+                .sign(profile, tbs.clone(), &self.metrics, priority)
+                .await?;
+            // Checked signing: what was signed is compared with the view after the signature.
+            let now_statuses = serials
+                .iter()
+                .map(|s| self.single_status(&self.issuers[i], s))
+                .collect::<Result<Vec<_>, _>>()?;
+            if now_statuses == answers {
+                break assemble(profile, &tbs, &sig)?;
+            }
+            self.metrics.signing_status_changed.increment(1);
+            attempts += 1;
+            if attempts >= CHECKED_SIGNING_ATTEMPTS {
+                return Err(OcspError::TryLater(
+                    "the status changed during every signature".into(),
+                ));
+            }
+            answers = now_statuses;
+            for ((_, st), now) in ids.iter_mut().zip(&answers) {
+                *st = *now;
+            }
+            priority = Priority::StatusChange;
+        };
         let status = if answers.len() == 1 {
             answers[0]
         } else {
@@ -604,6 +641,7 @@ impl Responder {
         issuer: usize,
         key: Bytes,
         cert_id: &CertId,
+        serial: Serial,
         status: SingleStatus,
         now: i64,
     ) -> Result<Answer, OcspError> {
@@ -620,8 +658,10 @@ impl Responder {
         let this = Arc::clone(self);
         let cert_id = cert_id.clone();
         // Its own task: a client that goes away does not cancel a signature others wait on.
-        let task =
-            tokio::spawn(async move { this.refresh(issuer, key, cert_id, status, now).await });
+        let task = tokio::spawn(async move {
+            this.refresh(issuer, key, cert_id, serial, status, now)
+                .await
+        });
         match task.await {
             Ok(r) => r,
             Err(e) => Err(OcspError::Internal(format!("refresh task: {e}"))),
@@ -629,16 +669,26 @@ impl Responder {
     }
 
     /// Signs and caches a response for one CertID form, once for all concurrent callers.
+    ///
+    /// Checked signing (after Boulder's `checked_redis_source`): once signed, the status is
+    /// read from the view again. If it changed while the signature waited or ran, that response
+    /// is neither served nor cached: the change is counted and the new status signed, at
+    /// status-change priority, up to [`CHECKED_SIGNING_ATTEMPTS`] signatures in all.
     async fn refresh(
         &self,
         issuer: usize,
         key: Bytes,
         cert_id: CertId,
+        serial: Serial,
         status: SingleStatus,
         now: i64,
     ) -> Result<Answer, OcspError> {
         let mut failure: Option<OcspError> = None;
         let fail = &mut failure;
+        // The status the response must state: the caller's, or what the view said after a
+        // signature that turned out stale.
+        let mut wanted = status;
+        let want = &mut wanted;
         let changed = self.changed.contains_key(&key);
         let result = self
             .cache
@@ -651,24 +701,46 @@ impl Responder {
                         return Op::Nop; // signed by the caller we waited behind
                     }
                 }
-                let priority = match &existing {
+                let mut priority = match &existing {
                     Some(e) if e.status != status => Priority::StatusChange,
                     _ if changed => Priority::StatusChange,
                     _ => Priority::Routine,
                 };
-                match self
-                    .sign_single(issuer, &cert_id, status, now, priority)
-                    .await
-                {
-                    Ok(fresh) => Op::Put(Arc::new(fresh)),
-                    Err(err) => {
-                        *fail = Some(err);
-                        match existing {
-                            Some(e) if e.status == status && e.is_valid(now) => Op::Nop,
-                            Some(_) => Op::Remove,
-                            None => Op::Nop,
+                for _ in 0..CHECKED_SIGNING_ATTEMPTS {
+                    let signed = self
+                        .sign_single(issuer, &cert_id, *want, now, priority)
+                        .await;
+                    let fresh = match signed {
+                        Ok(fresh) => fresh,
+                        Err(err) => {
+                            *fail = Some(err);
+                            return match existing {
+                                Some(e) if e.status == *want && e.is_valid(now) => Op::Nop,
+                                Some(_) => Op::Remove,
+                                None => Op::Nop,
+                            };
+                        }
+                    };
+                    match self.single_status(&self.issuers[issuer], &serial) {
+                        Ok(current) if current == *want => return Op::Put(Arc::new(fresh)),
+                        Ok(current) => {
+                            self.metrics.signing_status_changed.increment(1);
+                            *want = current;
+                            priority = Priority::StatusChange;
+                        }
+                        Err(err) => {
+                            *fail = Some(err);
+                            return Op::Remove;
                         }
                     }
+                }
+                *fail = Some(OcspError::TryLater(
+                    "the status changed during every signature".into(),
+                ));
+                match existing {
+                    Some(e) if e.status == *want && e.is_valid(now) => Op::Nop,
+                    Some(_) => Op::Remove,
+                    None => Op::Nop,
                 }
             })
             .await;
@@ -682,7 +754,7 @@ impl Responder {
             self.changed.invalidate(&key).await;
         }
         match served {
-            Some(r) if r.status == status && r.is_valid(now) => {
+            Some(r) if r.status == wanted && r.is_valid(now) => {
                 if failure.is_some() {
                     self.metrics.cache_stale_served.increment(1);
                 }
@@ -721,15 +793,36 @@ impl Responder {
         Ok(CachedResponse::new(der, status, window))
     }
 
-    /// Drops every cached form of one certificate's response (after its status changed).
+    /// Drops every cached form of one certificate's response (after its status changed), and
+    /// remembers the certificate as changed, so its next signature goes first.
     pub async fn evict(&self, issuer: IssuerId, serial: &Serial) {
+        self.drop_cached(issuer, serial, true).await;
+    }
+
+    /// [`Responder::evict`] for changes read in bulk (a snapshot scan, a re-read): the
+    /// certificate counts as changed only where a response of it was cached, so a bootstrap of
+    /// a million records no client has asked about costs lookups, not a million insertions.
+    pub async fn evict_cached(&self, issuer: IssuerId, serial: &Serial) {
+        self.drop_cached(issuer, serial, false).await;
+    }
+
+    async fn drop_cached(&self, issuer: IssuerId, serial: &Serial, always_changed: bool) {
         let Some(state) = self.issuers.iter().find(|s| s.issuer.hashes.id == issuer) else {
             return;
         };
+        // Only what is cached is invalidated; a hit is checked against the view anyway.
         for key in cert_id_forms(&state.issuer, serial) {
-            self.cache.invalidate(&key).await;
-            self.front.invalidate(&plain_request_der(&key)).await;
-            self.changed.insert(Bytes::from(key), ()).await;
+            let front = plain_request_der(&key);
+            if self.front.contains(&front) {
+                self.front.invalidate(&front).await;
+            }
+            let cached = self.cache.contains(&key);
+            if cached {
+                self.cache.invalidate(&key).await;
+            }
+            if cached || always_changed {
+                self.changed.insert(Bytes::from(key), ()).await;
+            }
         }
     }
 }
@@ -1259,5 +1352,205 @@ mod tests {
         assert!(front.get(&der).await.is_none());
         assert!(front.insert(&der[..der.len() - 1], entry).await);
         assert!(front.get(&der[..der.len() - 1]).await.is_some());
+    }
+
+    // === checked signing ===
+
+    /// Signs only when handed a ticket; on its first signature it runs `during_first` (a
+    /// revocation landing in the view while the signature is made), and on every later one it
+    /// records what the response cache then holds for `watched`.
+    struct Revoking {
+        inner: crate::signer::SoftwareSigner,
+        tickets: Mutex<std::sync::mpsc::Receiver<()>>,
+        signed: Arc<Mutex<Vec<Vec<u8>>>>,
+        entered: Arc<std::sync::atomic::AtomicUsize>,
+        during_first: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+        responder: Arc<std::sync::OnceLock<std::sync::Weak<Responder>>>,
+        watched: Arc<std::sync::OnceLock<Bytes>>,
+        cache_seen: Arc<Mutex<Vec<Option<SingleStatus>>>>,
+        runtime: tokio::runtime::Handle,
+    }
+
+    impl crate::signer::Signer for Revoking {
+        fn algorithm(&self) -> crate::signer::SignatureAlgorithm {
+            self.inner.algorithm()
+        }
+        fn public_key(&self) -> &[u8] {
+            self.inner.public_key()
+        }
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, crate::signer::SignError> {
+            let n = self
+                .entered
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if let Some(f) = self.during_first.lock().expect("hook").take() {
+                f();
+            } else if n > 0 {
+                let r = self.responder.get().and_then(|w| w.upgrade());
+                let key = self.watched.get().cloned();
+                if let (Some(r), Some(key)) = (r, key) {
+                    // on a signing thread of the gate's own, outside the runtime
+                    let held = self.runtime.block_on(r.cache.inner.get(&key));
+                    self.cache_seen
+                        .lock()
+                        .expect("seen")
+                        .push(held.map(|c| c.status));
+                }
+            }
+            let _ = self.tickets.lock().expect("tickets").recv();
+            self.signed.lock().expect("signed").push(message.to_vec());
+            self.inner.sign(message)
+        }
+        fn describe(&self) -> String {
+            "revoking".into()
+        }
+    }
+
+    /// A revocation that lands while a `good` response is being signed: that response is
+    /// neither served nor cached, the mismatch is counted, and the revoked response is signed
+    /// at status-change priority (before a routine signature that queued earlier).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_status_change_during_the_signature_is_signed_again_and_the_stale_one_dropped() {
+        use crate::status::{CertRecord, EventKind};
+        let dir = tempfile::tempdir().expect("tmp");
+        let events = crate::demo::ensure_demo_pki(dir.path(), "test").expect("demo PKI");
+        let mut cfg = Config::embedded_default();
+        cfg.ocsp.signing_concurrency = 1;
+        let ic = crate::demo::demo_issuer_config(dir.path());
+        let key = ic.responder_key.as_deref().expect("demo key");
+        let (revocations, issued): (Vec<_>, Vec<_>) = events
+            .into_iter()
+            .partition(|e| matches!(e.kind, EventKind::Revoked { .. }));
+        let view = StatusView::new();
+        for e in &issued {
+            view.apply(e);
+        }
+        let revocation = revocations[0].clone();
+        let others: Vec<Serial> = issued
+            .iter()
+            .map(|e| e.serial)
+            .filter(|s| *s != revocation.serial)
+            .take(2)
+            .collect();
+        assert_eq!(others.len(), 2, "the demo PKI has other certificates");
+        let table = view.table(revocation.issuer);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let signed = Arc::new(Mutex::new(Vec::new()));
+        let entered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let slot = Arc::new(std::sync::OnceLock::new());
+        let watched = Arc::new(std::sync::OnceLock::new());
+        let cache_seen = Arc::new(Mutex::new(Vec::new()));
+        let (serial, kind) = (revocation.serial, revocation.kind);
+        let signer = Revoking {
+            inner: crate::signer::SoftwareSigner::from_pem_file(key).expect("key"),
+            tickets: Mutex::new(rx),
+            signed: signed.clone(),
+            entered: entered.clone(),
+            during_first: Mutex::new(Some(Box::new(move || {
+                table.merge(serial, CertRecord::from_event(&kind));
+            }))),
+            responder: slot.clone(),
+            watched: watched.clone(),
+            cache_seen: cache_seen.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let issuer = crate::pki::load_issuer_with_signer(
+            &ic,
+            crate::config::ResponderIdKind::KeyHash,
+            Arc::new(signer),
+        )
+        .expect("issuer");
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let prometheus = recorder.handle();
+        let metrics = Arc::new(metrics::with_local_recorder(&recorder, Metrics::new));
+        let responder = Arc::new(Responder::new(&cfg, vec![issuer], &view, metrics));
+        slot.set(Arc::downgrade(&responder)).expect("once");
+        let forms = cert_id_forms(&responder.issuers[0].issuer, &revocation.serial);
+        watched.set(Bytes::from(forms[0].clone())).expect("once");
+        let request = |serial: &Serial| {
+            crate::ocsp::request::tests::request(vec![cert_id_of(&responder, serial, 0)], None)
+        };
+        let ask = |der: Vec<u8>| {
+            let r = responder.clone();
+            tokio::spawn(async move { r.answer(&der, crate::clock::unix_now()).await })
+        };
+        let gate_is = |want: (usize, usize, usize)| {
+            let r = responder.clone();
+            let entered = entered.clone();
+            async move {
+                for _ in 0..500 {
+                    let now = {
+                        let q = r.gate.threads.as_ref().expect("signing threads");
+                        (
+                            entered.load(std::sync::atomic::Ordering::SeqCst),
+                            q.routine.len(),
+                            q.status_change.len(),
+                        )
+                    };
+                    if now == want {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("the signing gate never reached {want:?}");
+            }
+        };
+        // The certificate is good when read; the revocation lands during its signature.
+        let first = ask(request(&revocation.serial));
+        gate_is((1, 0, 0)).await;
+        let routine_b = ask(request(&others[0]));
+        let routine_c = ask(request(&others[1]));
+        gate_is((1, 2, 0)).await;
+        tx.send(()).expect("ticket"); // the good response is signed; B starts
+        gate_is((2, 1, 1)).await; // the re-signature queued as a status change, C routine
+        for _ in 0..3 {
+            tx.send(()).expect("ticket");
+        }
+        let answer = first.await.expect("task");
+        routine_b.await.expect("task");
+        routine_c.await.expect("task");
+        let status = signed_status(answer);
+        assert!(
+            matches!(status, SingleStatus::Revoked(_)),
+            "served {status:?}"
+        );
+        // Signed: A (good), B, A again (revoked, before C that queued first), C.
+        let order: Vec<usize> = signed
+            .lock()
+            .expect("signed")
+            .iter()
+            .map(|tbs| {
+                let has = |s: &Serial| {
+                    tbs.windows(s.as_der_content().len())
+                        .any(|w| w == s.as_der_content())
+                };
+                if has(&revocation.serial) {
+                    0
+                } else if has(&others[0]) {
+                    1
+                } else {
+                    2
+                }
+            })
+            .collect();
+        assert_eq!(order, [0, 1, 0, 2]);
+        // While the revoked response was being signed the cache held nothing for the
+        // certificate (the good one never went in), and now it holds the revoked one.
+        let seen = cache_seen.lock().expect("seen").clone();
+        assert!(seen.iter().all(|s| s.is_none()), "{seen:?}");
+        assert_eq!(seen.len(), 3, "watched during the later signatures");
+        let cached = responder
+            .cache
+            .inner
+            .get(&forms[0][..])
+            .await
+            .expect("cached");
+        assert_eq!(cached.status, status);
+        assert!(
+            prometheus
+                .render()
+                .contains("vigil_signing_status_changed_total 1"),
+            "{}",
+            prometheus.render()
+        );
     }
 }

@@ -24,12 +24,19 @@ pub const CACHE_STALE_SERVED: &str = "vigil_ocsp_cache_stale_served_total";
 pub const SIGNING_LATENCY: &str = "vigil_signing_duration_seconds";
 /// Signing failures.
 pub const SIGNING_ERRORS: &str = "vigil_signing_errors_total";
+/// Signed responses discarded because the certificate's status changed between the read and
+/// the signature (checked signing): never served or cached; the new status is signed instead.
+pub const SIGNING_STATUS_CHANGED: &str = "vigil_signing_status_changed_total";
 /// Requests shed because the signing queue was full.
 pub const SIGNING_SHED: &str = "vigil_signing_shed_total";
 /// Status events applied to the view, by `result` (changed, unchanged).
 pub const EVENTS_APPLIED: &str = "vigil_status_events_total";
 /// Journal records skipped because they did not decode.
 pub const EVENTS_UNDECODABLE: &str = "vigil_status_events_undecodable_total";
+/// Revocations refused because their reason is not one a revocation may carry
+/// (certificateHold, removeFromCRL, an unassigned code), by `input`: `event` (feed entries,
+/// journal records, hints) or `record` (snapshot and checkpoint records). Never applied.
+pub const STATUS_REJECTED: &str = "vigil_status_rejected_total";
 /// Certificates in the status view.
 pub const VIEW_CERTIFICATES: &str = "vigil_status_view_certificates";
 /// HTTP responses that are not OCSP, by `path` class and `code`.
@@ -55,6 +62,17 @@ pub const FEED_RECONNECTS: &str = "vigil_feed_reconnects_total";
 pub const FEED_WRITES: &str = "vigil_feed_writes_total";
 /// Records copied into `region` by repair, by `kind` (hint, full).
 pub const FEED_REPAIRED: &str = "vigil_feed_repaired_records_total";
+/// Completeness checks that found this replica's view missing records of a region
+/// (`{region, why}`: trimmed, count, digest, epoch, rollback).
+pub const FEED_INCOMPLETE: &str = "vigil_feed_incomplete_total";
+/// Completeness rounds comparing the view with a region (`{region, result}`: ok, short — the
+/// view held fewer records than the region —, mismatch — digests differ, not yet for a whole
+/// round —, diverged — they differed the same way for a whole round).
+pub const FEED_CHECKS: &str = "vigil_feed_completeness_checks_total";
+/// Records this replica wrote back into a region that had lost them (`{region}`).
+pub const FEED_RESEEDED: &str = "vigil_feed_reseeded_records_total";
+/// 1 while this replica's view covers the region (`{region}`), else 0.
+pub const FEED_COVERED: &str = "vigil_feed_region_covered";
 /// Checkpoint writes, by `result` (ok, error).
 pub const CHECKPOINT_WRITES: &str = "vigil_checkpoint_writes_total";
 /// Time to write a checkpoint.
@@ -67,6 +85,10 @@ pub const SIGNER_CERT_EXPIRY: &str = "vigil_signer_certificate_expiry_seconds";
 pub const CRL_NUMBER: &str = "vigil_crl_number";
 /// Seconds since the thisUpdate of the CRL this replica serves, by `issuer` and `crl`.
 pub const CRL_AGE: &str = "vigil_crl_age_seconds";
+/// Size in bytes of the CRL this replica serves, by `issuer` and `crl`.
+pub const CRL_BYTES: &str = "vigil_crl_bytes";
+/// CRLs installed that were larger than `crl.warn_bytes`, by `issuer` and `crl`.
+pub const CRL_OVERSIZE: &str = "vigil_crl_oversize_total";
 /// CRL store attempts by `issuer`, `target` (a region name, or `disk`) and `result`
 /// (stored, stale, fenced, not_leader, base_mismatch, error, lint_failed).
 pub const CRL_PUBLISH: &str = "vigil_crl_publish_total";
@@ -203,6 +225,8 @@ pub struct Metrics {
     pub signing_errors: Counter,
     /// Shed signing requests.
     pub signing_shed: Counter,
+    /// Signatures discarded by checked signing (the status changed meanwhile).
+    pub signing_status_changed: Counter,
     /// Events that changed the view.
     pub events_changed: Counter,
     /// Events already reflected.
@@ -235,6 +259,7 @@ impl Metrics {
             signing_latency: metrics::histogram!(SIGNING_LATENCY),
             signing_errors: metrics::counter!(SIGNING_ERRORS),
             signing_shed: metrics::counter!(SIGNING_SHED),
+            signing_status_changed: metrics::counter!(SIGNING_STATUS_CHANGED),
             events_changed: metrics::counter!(EVENTS_APPLIED, "result" => "changed"),
             events_unchanged: metrics::counter!(EVENTS_APPLIED, "result" => "unchanged"),
             events_undecodable: metrics::counter!(EVENTS_UNDECODABLE),

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::feed::publish::{describe_failures, Publisher};
 use crate::feed::region;
-use crate::status::journal::JournalWriter;
-use crate::status::Event;
+use crate::status::journal::{JournalReader, JournalWriter};
+use crate::status::{CertRecord, Event, IssuerId, Serial, StatusView};
 use crate::telemetry;
 
 /// The destination of status changes.
@@ -42,9 +42,63 @@ impl StatusWriter {
         }
     }
 
+    /// What is known of one certificate now, as every writer must see it before a change
+    /// that depends on it (a hold or release is ordered after the one it supersedes): the join
+    /// of every reachable region's snapshot record — an error when no region is reachable — or,
+    /// for the journal, the join of the whole journal. `vigil hold`/`release` and
+    /// `POST /v1/hold`/`/v1/release` both decide on this, never on one replica's view alone
+    /// (which may lag the regions).
+    pub async fn current_record(
+        &self,
+        issuer: IssuerId,
+        serial: &Serial,
+    ) -> Result<Option<CertRecord>, String> {
+        match self {
+            StatusWriter::Journal(path) => {
+                let path = path.clone();
+                let serial = *serial;
+                tokio::task::spawn_blocking(move || {
+                    let view = StatusView::new();
+                    let metrics = telemetry::Metrics::new();
+                    crate::app::replay_journal(&mut JournalReader::new(path), &view, &metrics)?;
+                    Ok(view.table(issuer).record(&serial))
+                })
+                .await
+                .map_err(|e| format!("journal task: {e}"))?
+            }
+            StatusWriter::Feed(p) => {
+                let reads = futures_util::future::join_all(
+                    p.regions()
+                        .iter()
+                        .map(|r| async move { (r, r.snapshot_record(&issuer, serial).await) }),
+                )
+                .await;
+                let mut joined: Option<CertRecord> = None;
+                let mut errors = Vec::new();
+                for (r, read) in reads {
+                    match read {
+                        Ok(Some(rec)) => joined = Some(joined.map_or(rec, |j| j.join(rec))),
+                        Ok(None) => {}
+                        Err(e) => errors.push(format!("{}: {e}", r.name)),
+                    }
+                }
+                if errors.len() == p.regions().len() {
+                    return Err(format!("no region reachable ({})", errors.join("; ")));
+                }
+                Ok(joined)
+            }
+        }
+    }
+
     /// Writes `events`; `Ok` only once they are acknowledged (synced to the journal, or held by
-    /// a quorum of regions).
+    /// a quorum of regions). A revocation with a reason a revocation may not carry
+    /// (certificateHold, removeFromCRL) is refused before anything is written.
     pub async fn write(&self, events: Vec<Event>) -> Result<Written, String> {
+        for e in &events {
+            e.kind
+                .check()
+                .map_err(|err| format!("{}: {err}", e.serial))?;
+        }
         match self {
             StatusWriter::Journal(path) => {
                 let path = path.clone();

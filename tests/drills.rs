@@ -2,13 +2,15 @@
 //! with its own Redis, SoftHSM2 token behind `p11-kit server` and two replicas, behind HAProxy.
 //!
 //! One test brings the cluster up once and runs every drill in turn. Each drill puts load on
-//! the load balancer (threads doing OCSP GET and POST and CRL downloads; with
-//! `VIGIL_DRILL_K6=1` also k6 running `loadtest/k6/cluster-steady.js`), breaks something,
-//! revokes a certificate while it is broken, heals it, and counts: validations that failed
+//! the load balancer from three kinds of client side by side — threads doing OCSP GET (and
+//! CRL downloads), threads doing OCSP POST, and a loop of the real `openssl ocsp` binary; with
+//! `VIGIL_DRILL_K6=1` also k6 running `loadtest/k6/cluster-steady.js` — breaks something,
+//! revokes a certificate while it is broken, heals it, and counts, for each kind of client
+//! apart (the test asserts 0 failed and 0 wrong for each): validations that failed
 //! through the load balancer, wrong answers (a revoked certificate `good` once the propagation
 //! bound has passed, an unissued serial `good`), the time until every reachable replica answers
-//! the new revocation, and the p99 latency during the fault. A report (markdown + JSON) is
-//! written to `loadtest/out/` per run.
+//! the new revocation, the p99 latency during the fault and the slowest request. A report
+//! (markdown + JSON) is written to `loadtest/out/` per run.
 //!
 //! Knobs: `VIGIL_DRILL_FAULT_SECS` (how long each fault lasts; default 5, the CI size),
 //! `VIGIL_DRILL_RATE` (requests per second of the threads; default 150), `VIGIL_DRILL_ONLY`
@@ -252,8 +254,37 @@ struct Item {
     der: Vec<u8>,
 }
 
+/// The three kinds of client each drill runs side by side through the load balancer.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Client {
+    /// OCSP GET (RFC 6960 §A.1, base64 in the path), and the CRL downloads.
+    Get,
+    /// OCSP POST, head and body in one write.
+    Post,
+    /// The real `openssl ocsp` binary, one process per request: a POST whose head and body
+    /// go out in two writes, and a signature check against the CA.
+    Openssl,
+}
+
+impl Client {
+    const ALL: [Client; 3] = [Client::Get, Client::Post, Client::Openssl];
+
+    fn name(self) -> &'static str {
+        match self {
+            Client::Get => "GET",
+            Client::Post => "POST",
+            Client::Openssl => "openssl ocsp",
+        }
+    }
+}
+
+/// Requests per second of the `openssl ocsp` loop at most: a process per request costs far
+/// more CPU than a request, and the machine is shared with the cluster under test.
+const OPENSSL_MAX_RATE: u32 = 15;
+
 #[derive(Clone)]
 struct Sample {
+    client: Client,
     at: Instant,
     latency: Duration,
     failed: Option<String>,
@@ -272,18 +303,40 @@ struct Load {
 }
 
 impl Load {
-    fn start(lb: &str, items: Arc<Vec<Item>>, revoked: Revoked, rate: u32) -> Load {
+    /// Two GET threads and two POST threads sharing `rate` requests per second, and one
+    /// `openssl ocsp` loop at up to [`OPENSSL_MAX_RATE`].
+    fn start(
+        lb: &str,
+        ca_pem: PathBuf,
+        items: Arc<Vec<Item>>,
+        revoked: Revoked,
+        rate: u32,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let n = 3u32;
-        let period = Duration::from_secs_f64(f64::from(n) / f64::from(rate.max(1)));
-        let threads = (0..n)
-            .map(|t| {
-                let (lb, items, revoked, stop) =
-                    (lb.to_owned(), items.clone(), revoked.clone(), stop.clone());
+        let http_period = Duration::from_secs_f64(4.0 / f64::from(rate.max(1)));
+        let openssl_period =
+            Duration::from_secs_f64(1.0 / f64::from((rate / 5).clamp(1, OPENSSL_MAX_RATE)));
+        let plan = [
+            (Client::Get, http_period),
+            (Client::Get, http_period),
+            (Client::Post, http_period),
+            (Client::Post, http_period),
+            (Client::Openssl, openssl_period),
+        ];
+        let threads = plan
+            .into_iter()
+            .enumerate()
+            .map(|(t, (client, period))| {
+                let (lb, ca_pem, items, revoked, stop) = (
+                    lb.to_owned(),
+                    ca_pem.clone(),
+                    items.clone(),
+                    revoked.clone(),
+                    stop.clone(),
+                );
                 std::thread::spawn(move || {
                     let mut out = Vec::new();
-                    let mut i = t as usize * 7;
-                    let mut k = 0usize;
+                    let mut i = t * 7;
                     let mut next = Instant::now();
                     while !stop.load(Ordering::Relaxed) {
                         next += period;
@@ -294,10 +347,12 @@ impl Load {
                             next = now;
                         }
                         i = (i + 1) % items.len();
-                        // GET and POST alternate, and swap every round, so each item is asked both ways.
-                        let get = (i + k / items.len()).is_multiple_of(2);
-                        k += 1;
-                        out.push(one(&lb, &items[i], get, &revoked));
+                        let item = &items[i];
+                        // CRLs are downloaded by the GET threads only.
+                        if item.kind == Kind::Crl && client != Client::Get {
+                            continue;
+                        }
+                        out.push(one(&lb, &ca_pem, item, client, &revoked));
                     }
                     out
                 })
@@ -323,9 +378,15 @@ impl Drop for Load {
     }
 }
 
-fn one(lb: &str, item: &Item, get: bool, revoked: &Revoked) -> Sample {
+/// What one request got: a status, or tryLater, or a failure.
+enum Answer {
+    Status(Status),
+    TryLater,
+    Failed(String),
+}
+
+fn ask_http(lb: &str, item: &Item, get: bool) -> Option<Answer> {
     use base64::Engine;
-    let at = Instant::now();
     let timeout = Duration::from_secs(10);
     let res = match item.kind {
         Kind::Crl => http(lb, "GET", "/crl/cluster.crl", &[], b"", timeout),
@@ -346,37 +407,104 @@ fn one(lb: &str, item: &Item, get: bool, revoked: &Revoked) -> Sample {
             timeout,
         ),
     };
-    let latency = at.elapsed();
+    let resp = match res {
+        Ok(r) if r.status == 200 => r,
+        Ok(r) => return Some(Answer::Failed(format!("HTTP {}", r.status))),
+        Err(e) => return Some(Answer::Failed(e)),
+    };
+    if item.kind == Kind::Crl {
+        return None;
+    }
+    Some(match decode_response(&resp.body, None) {
+        Ok(a) => Answer::Status(a.status),
+        Err(e) if e.contains("TryLater") => Answer::TryLater,
+        Err(e) => Answer::Failed(format!("{} {e}", item.serial)),
+    })
+}
+
+/// `openssl ocsp` asks for the serial (no nonce, as RFC 5019 clients) and checks the
+/// signature against the CA; the status is read from what it prints.
+fn ask_openssl(lb: &str, ca_pem: &std::path::Path, item: &Item) -> Answer {
+    let serial = format!("0x{}", item.serial);
+    let out = match Command::new("openssl")
+        .arg("ocsp")
+        .arg("-issuer")
+        .arg(ca_pem)
+        .arg("-CAfile")
+        .arg(ca_pem)
+        .args([
+            "-serial",
+            &serial,
+            "-no_nonce",
+            "-timeout",
+            "10",
+            "-url",
+            lb,
+        ])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => return Answer::Failed(format!("openssl: {e}")),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stdout.to_ascii_lowercase().contains("trylater") {
+        return Answer::TryLater;
+    }
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{serial}: ")));
+    if !out.status.success() || !stderr.contains("Response verify OK") {
+        return Answer::Failed(format!(
+            "openssl {serial}: {} {}",
+            stdout.trim(),
+            stderr.trim()
+        ));
+    }
+    match line.map(str::trim) {
+        Some("good") => Answer::Status(Status::Good),
+        Some("revoked") => Answer::Status(Status::Revoked),
+        Some("unknown") => Answer::Status(Status::Unknown),
+        _ => Answer::Failed(format!("openssl {serial}: no status in {stdout:?}")),
+    }
+}
+
+fn one(
+    lb: &str,
+    ca_pem: &std::path::Path,
+    item: &Item,
+    client: Client,
+    revoked: &Revoked,
+) -> Sample {
+    let at = Instant::now();
+    let answer = match client {
+        Client::Get => ask_http(lb, item, true),
+        Client::Post => ask_http(lb, item, false),
+        Client::Openssl => Some(ask_openssl(lb, ca_pem, item)),
+    };
     let mut s = Sample {
+        client,
         at,
-        latency,
+        latency: at.elapsed(),
         failed: None,
         wrong: None,
         try_later_fresh: false,
     };
-    let resp = match res {
-        Ok(r) if r.status == 200 => r,
-        Ok(r) => {
-            s.failed = Some(format!("HTTP {}", r.status));
-            return s;
-        }
-        Err(e) => {
-            s.failed = Some(e);
-            return s;
-        }
-    };
-    if item.kind == Kind::Crl {
-        return s;
-    }
     let revoked_at = revoked.lock().unwrap().get(&item.serial).copied();
-    let status = match decode_response(&resp.body, None) {
-        Ok(a) => a.status,
-        Err(e) if e.contains("TryLater") && revoked_at.is_some() => {
+    let status = match answer {
+        None => return s,
+        Some(Answer::Status(st)) => st,
+        Some(Answer::TryLater) if revoked_at.is_some() => {
             s.try_later_fresh = true;
             return s;
         }
-        Err(e) => {
-            s.failed = Some(format!("{} {e}", item.serial));
+        Some(Answer::TryLater) => {
+            s.failed = Some(format!("{} tryLater", item.serial));
+            return s;
+        }
+        Some(Answer::Failed(e)) => {
+            s.failed = Some(e);
             return s;
         }
     };
@@ -502,6 +630,77 @@ struct DrillResult {
     p99_ms_all: f64,
     recovery_ms: u64,
     k6: Option<serde_json::Value>,
+    /// The same counts per kind of client (GET, POST, `openssl ocsp`).
+    clients: Vec<ClientResult>,
+}
+
+#[derive(serde::Serialize, Clone)]
+struct ClientResult {
+    client: String,
+    requests: usize,
+    failed: usize,
+    failed_examples: Vec<String>,
+    wrong: usize,
+    wrong_examples: Vec<String>,
+    try_later_fresh_revocations: usize,
+    /// p99 latency of this client's requests made during the fault, ms.
+    p99_ms_fault: f64,
+    /// The slowest of this client's requests in the whole drill, ms.
+    max_ms: f64,
+}
+
+/// Per-client counts of a drill's samples; `fault` is the window the p99 is taken over.
+fn client_results(samples: &[Sample], fault: (Instant, Instant)) -> Vec<ClientResult> {
+    Client::ALL
+        .iter()
+        .map(|&client| {
+            let mine: Vec<&Sample> = samples.iter().filter(|s| s.client == client).collect();
+            let in_fault: Vec<&Sample> = mine
+                .iter()
+                .copied()
+                .filter(|s| s.at >= fault.0 && s.at <= fault.1)
+                .collect();
+            let failed: Vec<String> = mine.iter().filter_map(|s| s.failed.clone()).collect();
+            let wrong: Vec<String> = mine.iter().filter_map(|s| s.wrong.clone()).collect();
+            ClientResult {
+                client: client.name().to_owned(),
+                requests: mine.len(),
+                failed: failed.len(),
+                failed_examples: failed.iter().take(5).cloned().collect(),
+                wrong: wrong.len(),
+                wrong_examples: wrong.iter().take(5).cloned().collect(),
+                try_later_fresh_revocations: mine.iter().filter(|s| s.try_later_fresh).count(),
+                p99_ms_fault: p99(&in_fault),
+                max_ms: mine
+                    .iter()
+                    .map(|s| s.latency.as_secs_f64() * 1000.0)
+                    .fold(0.0, f64::max),
+            }
+        })
+        .collect()
+}
+
+/// The per-client table of the markdown report.
+fn client_table(results: &[DrillResult]) -> String {
+    let mut md = String::from(
+        "\n| drill | client | requests | failed | wrong | p99 during fault ms | max ms | tryLater (fresh revocation, no HSM) |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for r in results {
+        for c in &r.clients {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {} |\n",
+                r.name,
+                c.client,
+                c.requests,
+                c.failed,
+                c.wrong,
+                c.p99_ms_fault,
+                c.max_ms,
+                c.try_later_fresh_revocations
+            ));
+        }
+    }
+    md
 }
 
 struct Ctx<'a> {
@@ -573,7 +772,13 @@ fn drill(
     } else {
         None
     };
-    let load = Load::start(&c.lb(), x.items.clone(), x.revoked.clone(), x.rate);
+    let load = Load::start(
+        &c.lb(),
+        c.state.join("pki/ca.pem"),
+        x.items.clone(),
+        x.revoked.clone(),
+        x.rate,
+    );
     std::thread::sleep(Duration::from_secs(1));
     let t_fault = Instant::now();
     fault(c);
@@ -655,6 +860,7 @@ fn drill(
         p99_ms_all: p99(&samples.iter().collect::<Vec<_>>()),
         recovery_ms: recovery.as_millis() as u64,
         k6,
+        clients: client_results(&samples, (t_fault, t_heal)),
     };
     eprintln!(
         "drill {name}: {} requests, {} failed, {} wrong, propagation {:?} ms (fault) / {} ms (all), p99 {:.1} ms (fault), recovery {} ms",
@@ -666,6 +872,12 @@ fn drill(
         r.p99_ms_fault,
         r.recovery_ms
     );
+    for cr in &r.clients {
+        eprintln!(
+            "  {:<12} {} requests, {} failed, {} wrong, p99 {:.1} ms (fault), max {:.1} ms",
+            cr.client, cr.requests, cr.failed, cr.wrong, cr.p99_ms_fault, cr.max_ms
+        );
+    }
     r
 }
 
@@ -712,6 +924,7 @@ fn write_report(results: &[DrillResult], config: &str) -> PathBuf {
             k6
         ));
     }
+    md.push_str(&client_table(results));
     for r in results {
         if !r.failed_examples.is_empty() || !r.wrong_examples.is_empty() {
             md.push_str(&format!(
@@ -938,8 +1151,9 @@ fn fault_drills_under_load() {
     }
 
     let config = format!(
-        "Cluster: loadtest/cluster.sh (2 regions x 2 replicas, HAProxy, SoftHSM2 behind p11-kit). Load: 3 threads, {} req/s, GET/POST good/revoked/unissued + CRL{}. Fault held {} s. Propagation bound for wrong answers: {} s. Binary: {}.",
+        "Cluster: loadtest/cluster.sh (2 regions x 2 replicas, HAProxy, SoftHSM2 behind p11-kit). Load: 2 GET + 2 POST threads, {} req/s in all, good/revoked/unissued (+ CRL over GET), and an `openssl ocsp` loop at up to {} req/s{}. Fault held {} s. Propagation bound for wrong answers: {} s. Binary: {}.",
         x.rate,
+        (x.rate / 5).clamp(1, OPENSSL_MAX_RATE),
         if x.k6 { ", plus k6 cluster-steady.js at 100 req/s" } else { "" },
         fault.as_secs(),
         PROPAGATION_BOUND.as_secs(),
@@ -952,6 +1166,25 @@ fn fault_drills_under_load() {
         started.elapsed().as_secs()
     );
     for r in &results {
+        // Every kind of client, each on its own: none failed, none got a wrong answer.
+        for cr in &r.clients {
+            assert_eq!(
+                cr.failed, 0,
+                "{} / {}: failed: {:?}",
+                r.name, cr.client, cr.failed_examples
+            );
+            assert_eq!(
+                cr.wrong, 0,
+                "{} / {}: wrong: {:?}",
+                r.name, cr.client, cr.wrong_examples
+            );
+            assert!(
+                cr.requests >= 10,
+                "{} / {}: too little load",
+                r.name,
+                cr.client
+            );
+        }
         // tryLater for a certificate revoked while every HSM is gone is not counted as a
         // failure (no signed answer exists; vigil must not guess): it is reported apart.
         assert_eq!(

@@ -1546,6 +1546,216 @@ fn admin_api_over_mutual_tls() {
     assert!(audit.contains("CN=vigil"), "{audit}");
 }
 
+/// Writes an OpenSSL index of `n` revoked certificates with serials `prefix` + 4 hex digits.
+fn revoked_index(root: &Path, name: &str, prefix: &str, n: usize) -> PathBuf {
+    let mut index = String::with_capacity(n * 64);
+    for i in 0..n {
+        index.push_str(&format!(
+            "R\t300101000000Z\t250101000000Z,keyCompromise\t{prefix}{i:04X}\tunknown\t/CN=m{i}\n"
+        ));
+    }
+    let path = root.join(name);
+    std::fs::write(&path, index).unwrap();
+    path
+}
+
+fn wait_until_or(what: &str, log: &Path, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}\n{}",
+            read(log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn import(config: &Path, index: &Path) {
+    let out = vigil(
+        config,
+        &[
+            "import",
+            "--issuer",
+            "demo",
+            "--openssl-index",
+            index.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(sig)
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill {sig}");
+}
+
+/// A replica that cannot read while a mass revocation goes through a stream trimmed far below
+/// it falls behind the trimming. It must notice from the stream itself (`max-deleted-entry-id`
+/// is no help on every Redis 7), re-read the snapshot, count the gap, and end with every
+/// certificate — and a fresh replica must be complete too.
+#[test]
+fn a_replica_trimmed_past_by_a_mass_revocation_ends_complete() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let a = Redis::start(root, "a", false);
+    let feed = Feed {
+        regions: vec![("a", a.region())],
+        quorum: 1,
+        extra: "maxlen = 100",
+    };
+    let config = write_config(root, "r1", &pki, &feed, false);
+    let replica = Replica::start(&config);
+    wait_until("ready", || {
+        http(&replica.addr, "GET", "/readyz", None, "").0 == 200
+    });
+    const N: usize = 20_000;
+    let index = revoked_index(root, "index.txt", "5A", N);
+    signal(&replica.child, "-STOP");
+    import(&config, &index);
+    let len: usize = a.cmd(redis::cmd("XLEN").arg("vigil:feed"));
+    assert!(len < 1_000, "stream not trimmed: {len} entries");
+    signal(&replica.child, "-CONT");
+    wait_until_or(
+        "the replica holds every certificate",
+        &replica.stderr,
+        || replica.metric("vigil_status_view_certificates", &[]) == N as f64,
+    );
+    assert!(
+        replica.metric("vigil_feed_incomplete_total", &["why=\"trimmed\""]) >= 1.0,
+        "the gap was not counted\n{}",
+        read(&replica.stderr)
+    );
+    wait_until("ready again", || {
+        http(&replica.addr, "GET", "/readyz", None, "").0 == 200
+    });
+    for serial in ["5A0000", "5A1F3C", "5A4E1F"] {
+        assert_eq!(replica.ocsp(&pki, serial), "revoked", "{serial}");
+    }
+    let fresh = Replica::start(&write_config(root, "r2", &pki, &feed, false));
+    wait_until("a fresh replica holds every certificate", || {
+        fresh.metric("vigil_status_view_certificates", &[]) == N as f64
+    });
+    assert_eq!(fresh.ocsp(&pki, "5A4E1F"), "revoked");
+}
+
+/// A region whose Redis lost its data (FLUSHALL: the same as a restart without persistence or
+/// a failover to an empty replica) is re-seeded from the running replica's view, counted per
+/// region; a replica started afterwards from nothing holds every revocation.
+#[test]
+fn a_flushed_region_is_reseeded_from_the_replicas() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let a = Redis::start(root, "a", false);
+    let feed = Feed {
+        regions: vec![("a", a.region())],
+        quorum: 1,
+        extra: "",
+    };
+    let config = write_config(root, "r1", &pki, &feed, false);
+    let replica = Replica::start(&config);
+    const N: usize = 3_000;
+    import(&config, &revoked_index(root, "index.txt", "6B", N));
+    wait_until("the replica holds every certificate", || {
+        replica.metric("vigil_status_view_certificates", &[]) == N as f64
+    });
+    let issuer = issuer_hex(&config);
+    let _: () = a.cmd(&mut redis::cmd("FLUSHALL"));
+    wait_until("the region is re-seeded", || {
+        let n: usize = a.cmd(redis::cmd("HLEN").arg(format!("vigil:snap:{issuer}")));
+        n == N
+    });
+    wait_until_or("re-seeding counted", &replica.stderr, || {
+        replica.metric("vigil_feed_reseeded_records_total", &["region=\"a\""]) >= N as f64
+    });
+    assert!(read(&replica.stderr).contains("re-seeded the region from this replica's view"));
+    // The old replica is replaced by one with no checkpoint: it reads everything back.
+    drop(replica);
+    let fresh = Replica::start(&write_config(root, "r2", &pki, &feed, false));
+    wait_until("the fresh replica holds every certificate", || {
+        fresh.metric("vigil_status_view_certificates", &[]) == N as f64
+    });
+    for serial in ["6B0000", "6B0BB7"] {
+        assert_eq!(fresh.ocsp(&pki, serial), "revoked", "{serial}");
+    }
+}
+
+/// A replica's view and each region's snapshot agree on every issuer's record count and digest
+/// (the view keeps its digest in Rust, the region in the merge script): the comparison that
+/// completeness checks rest on.
+#[test]
+fn view_and_region_digests_agree() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let a = Redis::start(root, "a", false);
+    let feed = Feed {
+        regions: vec![("a", a.region())],
+        quorum: 1,
+        extra: "",
+    };
+    let config = write_config(root, "r1", &pki, &feed, false);
+    import(&config, &revoked_index(root, "index.txt", "7A", 500));
+    for serial in ["7A0001", "7A0002"] {
+        let out = vigil(
+            &config,
+            &[
+                "issue",
+                "--issuer",
+                "demo",
+                "--serial",
+                serial,
+                "--not-after",
+                "2031-01-01T00:00:00Z",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let issuer = issuer_hex(&config);
+    let digest: String = a.cmd(redis::cmd("HGET").arg("vigil:digest").arg(&issuer));
+    let view = vigil::status::StatusView::new();
+    let conn_records: Vec<(Vec<u8>, Vec<u8>)> =
+        a.cmd(redis::cmd("HGETALL").arg(format!("vigil:snap:{issuer}")));
+    let id = vigil::feed::consume::parse_issuer_hex(&issuer).unwrap();
+    for (s, r) in &conn_records {
+        view.table(id).merge(
+            vigil::status::Serial::from_der_content(s).unwrap(),
+            vigil::status::CertRecord::from_bytes(r).unwrap(),
+        );
+    }
+    let (count, mine) = view.table(id).summary();
+    assert_eq!(count, 500);
+    assert_eq!(mine.hex(), digest);
+    // The replica reads the same: no completeness round finds a difference.
+    let replica = Replica::start(&config);
+    wait_until("ready", || {
+        http(&replica.addr, "GET", "/readyz", None, "").0 == 200
+    });
+    wait_until("two completeness rounds passed", || {
+        replica.metric("vigil_feed_completeness_checks_total", &["result=\"ok\""]) >= 2.0
+    });
+    assert_eq!(
+        replica.metric("vigil_feed_completeness_checks_total", &[]),
+        replica.metric("vigil_feed_completeness_checks_total", &["result=\"ok\""]),
+        "a round found a difference"
+    );
+    assert_eq!(replica.metric("vigil_feed_incomplete_total", &[]), 0.0);
+    assert_eq!(
+        replica.metric("vigil_feed_reseeded_records_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        replica.metric("vigil_feed_region_covered", &["region=\"a\""]),
+        1.0
+    );
+}
+
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
@@ -1553,4 +1763,349 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+// === bad revocation input (issue 11) ===
+
+/// `removeFromCRL` and `certificateHold` are not revocation reasons: the CLI and the admin API
+/// refuse them (non-zero exit / 400, a message saying why) and nothing reaches the feed. A
+/// revoked event carrying one that arrives through the feed anyway (written by an old build),
+/// and a snapshot record carrying removeFromCRL, are refused and counted, not applied.
+#[test]
+fn revocation_reasons_that_are_not_revocations_are_refused_where_they_enter() {
+    use vigil::status::{Event, EventKind, IssuerId, RevocationReason, Serial};
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let a = Redis::start(root, "a", false);
+    let feed = Feed {
+        regions: vec![("a", a.region())],
+        quorum: 1,
+        extra: "",
+    };
+    let config = write_config(root, "r1", &pki, &feed, true);
+    let issuer = issuer_hex(&config);
+    let replica = Replica::start(&config);
+    let admin = replica.admin.clone().expect("admin listener");
+
+    for reason in [
+        "removeFromCRL",
+        "certificateHold",
+        "REMOVEFROMCRL",
+        "onHold",
+    ] {
+        let out = vigil(
+            &config,
+            &[
+                "revoke", "--issuer", "demo", "--serial", "6A01", "--reason", reason,
+            ],
+        );
+        assert!(!out.status.success(), "{reason}: {}", text(&out));
+        let msg = text(&out);
+        assert!(
+            msg.contains("is not a revocation reason") || msg.contains("unknown revocation reason"),
+            "{reason}: {msg}"
+        );
+        let body = format!(r#"{{"issuer":"demo","serial":"6A01","reason":"{reason}"}}"#);
+        let (code, resp) = http(&admin, "POST", "/v1/revoke", Some(TOKEN), &body);
+        assert_eq!(code, 400, "{reason}: {resp}");
+        assert!(resp.contains("revocation reason"), "{resp}");
+    }
+    assert!(text(&vigil(
+        &config,
+        &[
+            "revoke",
+            "--issuer",
+            "demo",
+            "--serial",
+            "6A01",
+            "--reason",
+            "removeFromCRL"
+        ],
+    ))
+    .contains("only appears in delta CRLs"));
+    assert_eq!(a.snapshot_record(&issuer, &der("6A01")), None);
+    assert_eq!(
+        a.event_entries(),
+        0,
+        "a refused revocation reached the feed"
+    );
+    assert_eq!(replica.ocsp(&pki, "6A01"), "unknown");
+
+    // Through the feed: an issuance, then a revocation with removeFromCRL, bypassing the
+    // merge script (as an old build's writer would have left them).
+    let id = IssuerId({
+        let mut b = [0u8; 32];
+        for (i, pair) in issuer.as_bytes().chunks(2).enumerate() {
+            b[i] = u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap();
+        }
+        b
+    });
+    let event = |serial: &str, kind| {
+        Event {
+            issuer: id,
+            serial: Serial::from_hex(serial).unwrap(),
+            kind,
+            origin: "old-build".into(),
+            created_at_ms: 1,
+        }
+        .to_bytes()
+    };
+    for kind in [
+        EventKind::Issued {
+            not_after: 4_000_000_000,
+        },
+        EventKind::Revoked {
+            time: 1_700_000_000,
+            reason: RevocationReason::RemoveFromCrl,
+        },
+    ] {
+        let _: String = a.cmd(
+            redis::cmd("XADD")
+                .arg("vigil:feed")
+                .arg("*")
+                .arg("e")
+                .arg(event("6A02", kind)),
+        );
+    }
+    // then a good revocation, so the replica has certainly read past the bad entry
+    let out = revoke(&config, "6A03");
+    assert!(out.status.success(), "{}", text(&out));
+    replica.wait_for(&pki, "6A03", "revoked");
+    assert_eq!(
+        replica.ocsp(&pki, "6A02"),
+        "good",
+        "the bad revocation was applied"
+    );
+    assert!(replica.metric("vigil_status_rejected_total", &["input=\"event\""]) >= 1.0);
+
+    // A snapshot record with removeFromCRL (reason octet 8): a fresh replica that bootstraps
+    // refuses and counts it, and still loads the rest.
+    let mut bad = vec![0xEE, 0x6B, 0x28, 0x00]; // notAfter 4_000_000_000
+    bad.extend_from_slice(&1_700_000_000u32.to_be_bytes());
+    bad.push(8);
+    let _: i64 = a.cmd(
+        redis::cmd("HSET")
+            .arg(format!("vigil:snap:{issuer}"))
+            .arg(der("6A04"))
+            .arg(bad),
+    );
+    let fresh = Replica::start(&write_config(root, "r2", &pki, &feed, false));
+    fresh.wait_for(&pki, "6A03", "revoked");
+    assert_eq!(fresh.ocsp(&pki, "6A04"), "unknown");
+    assert!(fresh.metric("vigil_status_rejected_total", &["input=\"record\""]) >= 1.0);
+    // The merge script treats the stored bad record as absent: a valid write replaces it.
+    let out = revoke(&config, "6A04");
+    assert!(out.status.success(), "{}", text(&out));
+    let rec = a.snapshot_record(&issuer, &der("6A04")).expect("record");
+    assert_eq!(rec[8], 1, "keyCompromise replaced removeFromCRL: {rec:?}");
+    fresh.wait_for(&pki, "6A04", "revoked");
+}
+
+/// The merge script refuses a record whose reason is not a revocation reason, as the view does.
+#[test]
+fn lua_merge_refuses_records_that_are_not_revocations() {
+    let root = tempfile::tempdir().unwrap();
+    let a = Redis::start(root.path(), "a", false);
+    let mut conn = a.connection().unwrap();
+    let script = redis::Script::new(vigil::feed::scripts::MERGE_LUA);
+    for reason in [7u8, 8, 11, 253] {
+        let record = [0, 0, 0, 9, 0, 0, 0, 5, reason];
+        let r: redis::RedisResult<redis::Value> = script
+            .key("t:feed")
+            .key("t:snap")
+            .key("t:issuers")
+            .key("t:digest")
+            .arg(100)
+            .arg("00")
+            .arg("01")
+            .arg(&record[..])
+            .arg(b"event".as_slice())
+            .invoke(&mut conn);
+        let err = r.expect_err("refused");
+        assert!(err.to_string().contains("not a revocation reason"), "{err}");
+    }
+    let n: usize = redis::cmd("HLEN").arg("t:snap").query(&mut conn).unwrap();
+    assert_eq!(n, 0);
+    let x: usize = redis::cmd("EXISTS").arg("t:feed").query(&mut conn).unwrap();
+    assert_eq!(x, 0, "nothing appended");
+}
+
+/// Two issuers whose CA certificates hold the same key are refused by `check-config` (the
+/// matcher would keep only one of them, and both would share one status table).
+#[test]
+fn check_config_refuses_two_issuers_with_one_key() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let issuer = |name: &str| {
+        format!(
+            "[[issuer]]\nname = {name:?}\ncertificate = {:?}\nresponder_certificate = {:?}\nresponder_key = {:?}\n",
+            pki.ca(),
+            pki.dir.join("responder.pem"),
+            pki.dir.join("responder.key")
+        )
+    };
+    let one = root.join("one.toml");
+    let data = format!("data_dir = {:?}\n", root.join("data"));
+    std::fs::write(&one, format!("{data}{}", issuer("demo"))).unwrap();
+    let out = vigil(&one, &["check-config"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let two = root.join("two.toml");
+    std::fs::write(&two, format!("{data}{}{}", issuer("demo"), issuer("again"))).unwrap();
+    let out = vigil(&two, &["check-config"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("issuer[1] (again): its CA certificate has the same key as issuer[0] (demo)"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// `POST /v1/release` (and `/v1/hold`) decide on the joined state of every reachable region, as
+/// `vigil release` does, not on the replica's view alone: a hold that the region holds but the
+/// replica has not read (here written into the snapshot behind the stream's back) is released,
+/// and the release is ordered after it.
+#[test]
+fn admin_holds_are_decided_on_the_regions_state_not_the_replicas_view() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let a = Redis::start(root, "a", false);
+    let feed = Feed {
+        regions: vec![("a", a.region())],
+        quorum: 1,
+        extra: "",
+    };
+    let config = write_config(root, "w", &pki, &feed, true);
+    let mut t = read(&config);
+    t.push_str("allow_hold = true\n");
+    std::fs::write(&config, t).unwrap();
+    let replica = Replica::start(&config);
+    let admin = replica.admin.clone().expect("admin listener");
+    let issuer = issuer_hex(&config);
+    let (code, resp) = http(
+        &admin,
+        "POST",
+        "/v1/issue",
+        Some(TOKEN),
+        r#"{"issuer":"demo","serial":"7C01","not_after":"2030-01-01T00:00:00Z"}"#,
+    );
+    assert_eq!(code, 200, "{resp}");
+    replica.wait_for(&pki, "7C01", "good");
+    // The region now holds 7C01 on hold since `held_at`; the replica's view does not.
+    let held_at = vigil::clock::unix_now() - 60;
+    let mut held = a.snapshot_record(&issuer, &der("7C01")).expect("issued");
+    held[4..8].copy_from_slice(&(held_at as u32).to_be_bytes());
+    held[8] = 6;
+    let _: i64 = a.cmd(
+        redis::cmd("HSET")
+            .arg(format!("vigil:snap:{issuer}"))
+            .arg(der("7C01"))
+            .arg(&held),
+    );
+    let (_, status) = http(&admin, "GET", "/v1/status/demo/7C01", Some(TOKEN), "");
+    assert!(
+        status.contains("\"status\":\"good\""),
+        "the view lags: {status}"
+    );
+    let target = r#"{"issuer":"demo","serial":"7C01"}"#;
+    let (code, resp) = http(&admin, "POST", "/v1/release", Some(TOKEN), target);
+    assert_eq!(code, 200, "the region's hold was not seen: {resp}");
+    let rec = a.snapshot_record(&issuer, &der("7C01")).expect("record");
+    assert_eq!(rec[8], 0xFE, "released: {rec:?}");
+    let released_at = u32::from_be_bytes(rec[4..8].try_into().unwrap()) as i64;
+    assert!(
+        released_at > held_at,
+        "the release is ordered after the hold"
+    );
+    replica.wait_for(&pki, "7C01", "good");
+    // and a release of a certificate no region holds on hold is refused, as by the CLI
+    let (code, resp) = http(&admin, "POST", "/v1/release", Some(TOKEN), target);
+    assert_eq!(code, 200, "a repeated release is idempotent: {resp}");
+    let (code, resp) = http(
+        &admin,
+        "POST",
+        "/v1/release",
+        Some(TOKEN),
+        r#"{"issuer":"demo","serial":"7C02"}"#,
+    );
+    assert_eq!(code, 400, "{resp}");
+    assert!(resp.contains("not on hold"), "{resp}");
+}
+
+/// `vigil import` streams its input in batches: an index of several batches is written whole,
+/// and a bad line anywhere (here the last) writes nothing at all.
+#[test]
+fn import_streams_batches_and_a_bad_line_anywhere_writes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let pki = Pki::make(root);
+    let a = Redis::start(root, "a", false);
+    let feed = Feed {
+        regions: vec![("a", a.region())],
+        quorum: 1,
+        extra: "",
+    };
+    let config = write_config(root, "r1", &pki, &feed, false);
+    let issuer = issuer_hex(&config);
+    let n = 2 * vigil::limits::IMPORT_BATCH_CERTIFICATES + 7;
+    let mut index = String::new();
+    for i in 0..n {
+        let status = if i % 3 == 0 { "R" } else { "V" };
+        let revoked = if i % 3 == 0 {
+            "250101000000Z,superseded"
+        } else {
+            ""
+        };
+        index.push_str(&format!(
+            "{status}\t300101000000Z\t{revoked}\t{:X}\tunknown\t/CN=t{i}\n",
+            0x10_0000 + i
+        ));
+    }
+    let path = root.join("index.txt");
+    std::fs::write(
+        &path,
+        format!("{index}R\t300101000000Z\t250101000000Z,removeFromCRL\t0F\tx\t/CN=x\n"),
+    )
+    .unwrap();
+    let import = || {
+        vigil(
+            &config,
+            &[
+                "import",
+                "--issuer",
+                "demo",
+                "--openssl-index",
+                path.to_str().unwrap(),
+            ],
+        )
+    };
+    let out = import();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("index.txt:{}", n + 1)),
+        "{}",
+        text(&out)
+    );
+    let len: usize = a.cmd(redis::cmd("HLEN").arg(format!("vigil:snap:{issuer}")));
+    assert_eq!(len, 0, "a bad last line wrote nothing");
+    std::fs::write(&path, &index).unwrap();
+    let out = import();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "imported {n} certificate(s), {} revoked",
+            n.div_ceil(3)
+        )),
+        "{}",
+        text(&out)
+    );
+    let len: usize = a.cmd(redis::cmd("HLEN").arg(format!("vigil:snap:{issuer}")));
+    assert_eq!(len, n);
+    let last = a
+        .snapshot_record(&issuer, &der(&format!("{:X}", 0x10_0000 + n - 1)))
+        .expect("the last certificate");
+    assert_eq!(last.len(), 9);
 }

@@ -64,6 +64,38 @@ pub fn retained(candidates: &[Candidate], previous_this_update: Option<i64>) -> 
         .collect()
 }
 
+/// The serials a new complete CRL would drop from `previous`, the complete CRL of the same
+/// scope it follows, that it may not drop (CONFORMANCE rule 21: a complete CRL never drops an
+/// entry of the one before it). An entry may go only when the certificate is past retention
+/// (notAfter before `previous_this_update`, the rule of [`retained`]) or when it was a hold
+/// that no longer applies (released, or holds no longer answered: `holds` false). `record`
+/// gives the view's record of a serial; a serial the view does not know at all may never go
+/// (a view that lacks it is incomplete). `next` need not be sorted.
+pub fn dropped(
+    previous: &[Entry],
+    next: &[Entry],
+    previous_this_update: i64,
+    holds: bool,
+    record: impl Fn(&crate::status::Serial) -> Option<crate::status::CertRecord>,
+) -> Vec<crate::status::Serial> {
+    let listed: std::collections::HashSet<_> = next.iter().map(|e| e.serial).collect();
+    previous
+        .iter()
+        .filter(|e| !listed.contains(&e.serial))
+        .filter(|e| {
+            let Some(r) = record(&e.serial) else {
+                return true;
+            };
+            let expired = r.not_after().is_some_and(|na| na < previous_this_update);
+            let hold_over = e.reason == RevocationReason::CertificateHold
+                && r.revocation().is_none()
+                && !(holds && r.hold().is_some_and(|h| h.held));
+            !(expired || hold_over)
+        })
+        .map(|e| e.serial)
+        .collect()
+}
+
 /// The entries of a delta CRL: those of `current` absent from `base` or listed there
 /// differently, and, with reason removeFromCRL (RFC 5280 §5.3.1), the certificateHold entries
 /// of `base` that `current` no longer lists (the certificate was released). Both sorted by
@@ -95,6 +127,76 @@ pub fn delta(current: &[Entry], base: &[Entry]) -> Vec<Entry> {
 
 #[cfg(test)]
 mod tests {
+    use crate::status::Serial;
+
+    #[test]
+    fn a_complete_crl_may_drop_only_expired_entries_and_released_holds() {
+        let sn = |n: u8| Serial::from_magnitude(&[n]).expect("serial");
+        let entry = |n: u8, reason| Entry {
+            serial: sn(n),
+            time: 10,
+            reason,
+        };
+        let previous = vec![
+            entry(1, RevocationReason::KeyCompromise),
+            entry(2, RevocationReason::Unspecified),
+            entry(3, RevocationReason::CertificateHold),
+            entry(4, RevocationReason::CertificateHold),
+            entry(5, RevocationReason::Superseded),
+        ];
+        let rec = |kinds: &[EventKind]| {
+            kinds
+                .iter()
+                .map(CertRecord::from_event)
+                .reduce(CertRecord::join)
+                .expect("one")
+        };
+        let record = |s: &Serial| match s.as_der_content() {
+            // revoked, live: must stay
+            [1] => Some(rec(&[
+                EventKind::Issued { not_after: 500 },
+                EventKind::Revoked {
+                    time: 10,
+                    reason: RevocationReason::KeyCompromise,
+                },
+            ])),
+            // expired before the previous CRL: may go
+            [2] => Some(rec(&[
+                EventKind::Issued { not_after: 50 },
+                EventKind::Revoked {
+                    time: 10,
+                    reason: RevocationReason::Unspecified,
+                },
+            ])),
+            // released: may go
+            [3] => Some(rec(&[
+                EventKind::Issued { not_after: 500 },
+                EventKind::Hold { time: 10 },
+                EventKind::Release { time: 11 },
+            ])),
+            // still held: must stay
+            [4] => Some(rec(&[
+                EventKind::Issued { not_after: 500 },
+                EventKind::Hold { time: 10 },
+            ])),
+            // unknown to the view: must stay
+            _ => None,
+        };
+        let next = vec![entry(1, RevocationReason::KeyCompromise)];
+        assert_eq!(
+            dropped(&previous, &next, 100, true, record),
+            vec![sn(4), sn(5)]
+        );
+        // holds no longer answered: the held entry may go too
+        assert_eq!(dropped(&previous, &next, 100, false, record), vec![sn(5)]);
+        // an empty CRL after a listed one: everything that must stay is named
+        assert_eq!(
+            dropped(&previous, &[], 100, true, record),
+            vec![sn(1), sn(4), sn(5)]
+        );
+        assert!(dropped(&previous, &previous, 100, true, record).is_empty());
+    }
+
     use super::*;
     use crate::crl::testutil::serial;
     use crate::crl::ShardBy;

@@ -43,8 +43,9 @@ pub struct ServedCrl {
     pub etag: HeaderValue,
     /// `Last-Modified`: thisUpdate.
     pub last_modified: HeaderValue,
-    /// `Expires`: nextUpdate.
-    pub expires: HeaderValue,
+    /// `Expires` for the planned next publication, formatted once (the interval is fixed for
+    /// the process, so so is the time).
+    expires: std::sync::OnceLock<(i64, HeaderValue)>,
 }
 
 impl ServedCrl {
@@ -65,7 +66,17 @@ impl ServedCrl {
             delta_base: info.delta_base,
             etag: header(&etag),
             last_modified: header(&http_date(info.this_update)),
-            expires: header(&http_date(info.next_update)),
+            expires: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The `Expires` value for time `t` (the planned next publication), formatted on first use.
+    pub fn expires_at(&self, t: i64) -> HeaderValue {
+        let (at, v) = self.expires.get_or_init(|| (t, header(&http_date(t))));
+        if *at == t {
+            v.clone()
+        } else {
+            header(&http_date(t))
         }
     }
 }
@@ -90,6 +101,13 @@ pub struct Catalog {
     slots: HashMap<String, Slot>,
     order: Vec<String>,
     dir: PathBuf,
+    /// `<issuer>.json`: CCADB's "JSON Array of Partitioned CRLs", the URL of every complete CRL
+    /// of the issuer (only with `crl.base_url`: CCADB needs absolute URLs).
+    disclosures: HashMap<String, Bytes>,
+    /// Shards per issuer, for the size warning's advice.
+    shards: u16,
+    /// `crl.warn_bytes`: a CRL larger than this is logged and counted when installed.
+    warn_bytes: u64,
 }
 
 /// What [`Catalog::install`] did.
@@ -133,12 +151,37 @@ impl Catalog {
                 );
             }
         }
+        let disclosures = match base_url {
+            Some(b) => issuers
+                .iter()
+                .map(|i| {
+                    let urls = shard_urls(&i.name, sharding, b);
+                    let json = serde_json::to_vec(&urls).unwrap_or_default();
+                    (format!("{}.json", i.name), Bytes::from(json))
+                })
+                .collect(),
+            None => HashMap::new(),
+        };
         Catalog {
             issuers,
             slots,
             order,
             dir,
+            disclosures,
+            shards: sharding.shards.max(1),
+            warn_bytes: crate::limits::CRL_WARN_BYTES,
         }
+    }
+
+    /// Sets the size above which an installed CRL is warned about (`crl.warn_bytes`).
+    pub fn with_size_warning(mut self, bytes: u64) -> Self {
+        self.warn_bytes = bytes;
+        self
+    }
+
+    /// The JSON array of an issuer's CRL URLs at `path` (`<issuer>.json` under `/crl/`).
+    pub fn disclosure(&self, path: &str) -> Option<Bytes> {
+        self.disclosures.get(path).cloned()
     }
 
     /// The CRL at `path` (under `/crl/`): `None` when no such CRL exists, `Some(None)` when it
@@ -228,7 +271,19 @@ impl Catalog {
         }
         let labels = [("issuer", crl.id.issuer.clone()), ("crl", crl.id.path())];
         metrics::gauge!(telemetry::CRL_NUMBER, &labels).set(crl.number as f64);
+        metrics::gauge!(telemetry::CRL_BYTES, &labels).set(crl.der.len() as f64);
         tracing::info!(crl = %crl.id.path(), number = crl.number, "serving CRL");
+        if let Some(fit) = shards_to_fit(crl.der.len() as u64, self.warn_bytes, self.shards) {
+            metrics::counter!(telemetry::CRL_OVERSIZE, &labels).increment(1);
+            tracing::warn!(
+                crl = %crl.id.path(),
+                bytes = crl.der.len(),
+                warn_bytes = self.warn_bytes,
+                shards = self.shards,
+                shards_that_would_fit = fit,
+                "CRL is larger than crl.warn_bytes (root programs ask for at most 10 MB); raise the shard count"
+            );
+        }
         if persist {
             self.persist(slot, &crl)?;
         }
@@ -321,6 +376,25 @@ impl Catalog {
     }
 }
 
+/// The URL of every complete CRL of `issuer` under `base_url`, shard order: what CCADB's
+/// "JSON Array of Partitioned CRLs" lists (one URL when unsharded).
+pub fn shard_urls(issuer: &str, sharding: &Sharding, base_url: &str) -> Vec<String> {
+    CrlId::all(issuer, sharding, false)
+        .iter()
+        .map(|id| id.url(base_url))
+        .collect()
+}
+
+/// For a CRL of `bytes` cut into `shards` shards, the shard count at which a shard of the same
+/// issuer would be about `warn_bytes` or less (assuming the entries spread evenly): `None` when
+/// this one is within the bound.
+pub fn shards_to_fit(bytes: u64, warn_bytes: u64, shards: u16) -> Option<u64> {
+    if warn_bytes == 0 || bytes <= warn_bytes {
+        return None;
+    }
+    Some(u64::from(shards.max(1)) * bytes.div_ceil(warn_bytes))
+}
+
 impl Slot {
     fn read(&self) -> Option<Arc<ServedCrl>> {
         self.current
@@ -357,6 +431,29 @@ mod tests {
             reason: RevocationReason::Superseded,
         }];
         build(issuer, &spec, &mut e, signer).expect("build")
+    }
+
+    #[test]
+    fn size_warning_advice_and_disclosure() {
+        assert_eq!(shards_to_fit(10_000_000, 10_000_000, 1), None);
+        assert_eq!(shards_to_fit(19_000_000, 10_000_000, 1), Some(2));
+        assert_eq!(shards_to_fit(25_000_000, 10_000_000, 4), Some(12));
+        let s = Sharding {
+            shards: 3,
+            by: crate::crl::ShardBy::Serial,
+        };
+        assert_eq!(
+            shard_urls("ca", &s, "http://c.test/"),
+            [
+                "http://c.test/crl/ca/0.crl",
+                "http://c.test/crl/ca/1.crl",
+                "http://c.test/crl/ca/2.crl"
+            ]
+        );
+        assert_eq!(
+            shard_urls("ca", &Sharding::unsharded(), "http://c.test"),
+            ["http://c.test/crl/ca.crl"]
+        );
     }
 
     #[test]

@@ -28,12 +28,13 @@ use tokio::time::Instant;
 
 use crate::config::{Config, IssuerConfig};
 use crate::crl::{CrlId, CrlIssuer};
+use crate::feed::health::FeedHealth;
 use crate::pki::Issuer;
 use crate::signer::{Signer, SignerPool, SoftwareSigner};
 use crate::status::StatusView;
 use crate::telemetry;
 use catalog::{Catalog, ServedCrl};
-use publisher::{Mode, PublishIssuer, Publisher};
+use publisher::{Mode, PublishIssuer, Publisher, Refusals};
 use redis_store::{Fence, Region};
 
 /// Everything CRL-related one process runs.
@@ -132,13 +133,16 @@ impl CrlService {
         }
         let c = &cfg.crl;
         let sharding = c.sharding();
-        let catalog = Arc::new(Catalog::new(
-            crl_issuers,
-            &sharding,
-            c.delta,
-            c.base_url.as_deref(),
-            cfg.data_dir.join("crl"),
-        ));
+        let catalog = Arc::new(
+            Catalog::new(
+                crl_issuers,
+                &sharding,
+                c.delta,
+                c.base_url.as_deref(),
+                cfg.data_dir.join("crl"),
+            )
+            .with_size_warning(c.warn_bytes),
+        );
         let n = catalog.load_disk();
         if n > 0 {
             tracing::info!(crls = n, dir = %catalog.dir().display(), "serving CRLs from the disk copies");
@@ -158,6 +162,7 @@ impl CrlService {
                 base_url: c.base_url.clone(),
                 catalog: catalog.clone(),
                 regions: regions.clone(),
+                refusals: Arc::new(Refusals::default()),
             })
         });
         Ok(CrlService {
@@ -180,7 +185,16 @@ impl CrlService {
 
     /// Starts the refresher, lease and publisher tasks. Before returning it refreshes once from
     /// Redis and, without Redis, publishes any CRL that is due, so the first start serves CRLs.
-    pub async fn start(self: &Arc<Self>, view: Arc<StatusView>, revoked: Arc<Notify>) {
+    ///
+    /// With `complete` (the feed's health), CRLs are built only while the view covers every
+    /// reachable region ([`FeedHealth::complete`]): a replica that has not loaded the whole
+    /// state — a fresh one still bootstrapping, one trimmed past — publishes nothing.
+    pub async fn start(
+        self: &Arc<Self>,
+        view: Arc<StatusView>,
+        revoked: Arc<Notify>,
+        complete: Option<Arc<FeedHealth>>,
+    ) {
         refresh_once(&self.catalog, &self.regions).await;
         let (fence_tx, fence_rx) = watch::channel(None::<Fence>);
         if let Some(publisher) = &self.publisher {
@@ -207,9 +221,17 @@ impl CrlService {
                 view,
                 revoked,
                 fence_rx,
+                complete,
             ));
         }
         tokio::spawn(run_refresher(self.clone()));
+    }
+
+    /// Complete CRLs refused for dropping entries (empty on a node that does not publish).
+    pub fn refusals(&self) -> Arc<Refusals> {
+        self.publisher
+            .as_ref()
+            .map_or_else(Default::default, |p| p.refusals.clone())
     }
 
     /// `vigil crl publish`: refreshes from Redis, publishes complete CRLs (and empty deltas)
@@ -346,8 +368,20 @@ async fn run_publisher(
     view: Arc<StatusView>,
     revoked: Arc<Notify>,
     mut fence: watch::Receiver<Option<Fence>>,
+    complete: Option<Arc<FeedHealth>>,
 ) {
     let redis_mode = !svc.regions.is_empty();
+    // Not complete: nothing is built, and the due CRL is tried again a second later.
+    let incomplete = || match complete.as_ref().map(|h| h.complete()) {
+        Some(Err(why)) => {
+            metrics::counter!(telemetry::CRL_PUBLISH, "issuer" => "*", "target" => "none", "result" => "view_incomplete")
+                .increment(1);
+            tracing::warn!(why = %why, "not publishing CRLs from an incomplete status view");
+            true
+        }
+        _ => false,
+    };
+    let retry = Duration::from_secs(1);
     let cfg = &svc.config.crl;
     let batch = cfg.publish_delay / 4;
     let mut next_full = Instant::now() + svc.full_due_in().min(cfg.interval);
@@ -371,6 +405,10 @@ async fn run_publisher(
                 }
             }
             () = tokio::time::sleep_until(next_full) => {
+                if leader && incomplete() {
+                    next_full = Instant::now() + retry;
+                    continue;
+                }
                 if leader {
                     let f = fence.borrow().clone();
                     log_results(&publisher.publish(&view, Mode::Full, f.as_ref()).await);
@@ -379,6 +417,10 @@ async fn run_publisher(
                 next_full = Instant::now() + cfg.interval;
             }
             () = tokio::time::sleep_until(pending.unwrap_or_else(far)), if pending.is_some() => {
+                if leader && incomplete() {
+                    pending = Some(Instant::now() + retry);
+                    continue;
+                }
                 pending = None;
                 if leader {
                     let f = fence.borrow().clone();

@@ -19,6 +19,7 @@ use crate::crl::number::next_number;
 use crate::crl::select::{self, Candidate};
 use crate::crl::{CrlId, CrlIssuer, CrlSpec, Entry, Expect, Sharding};
 use crate::signer::Signer;
+use crate::status::view::IssuerTable;
 use crate::status::{IssuerId, StatusView};
 use crate::telemetry;
 
@@ -79,6 +80,44 @@ pub struct Publisher {
     pub catalog: Arc<Catalog>,
     /// Every region's Redis (empty: the data directory is the store).
     pub regions: Arc<Vec<Region>>,
+    /// Complete CRLs refused for dropping entries, by path (for `/readyz`).
+    pub refusals: Arc<Refusals>,
+}
+
+/// Complete CRLs refused because they would drop entries of the previous one, by CRL path:
+/// `/readyz` reports the replica degraded, naming them, until that scope's next complete CRL
+/// lists everything it must.
+#[derive(Debug, Default)]
+pub struct Refusals(std::sync::Mutex<std::collections::BTreeMap<String, String>>);
+
+impl Refusals {
+    fn set(&self, id: &CrlId, why: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.path(), why.to_owned());
+    }
+
+    fn clear(&self, id: &CrlId) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id.path());
+    }
+
+    /// What is refused now, if anything.
+    pub fn describe(&self) -> Option<String> {
+        let m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (!m.is_empty()).then(|| {
+            m.iter()
+                .map(|(path, why)| format!("CRL {path}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
 }
 
 impl Publisher {
@@ -92,10 +131,11 @@ impl Publisher {
         let mut out = Vec::new();
         for pi in &self.issuers {
             let table = view.table(pi.issuer_id);
+            let scan = table.clone();
             let sharding = self.sharding;
             let holds = pi.issuer.allow_hold;
             let candidates = match tokio::task::spawn_blocking(move || {
-                select::revoked_by_shard(&table, &sharding, holds)
+                select::revoked_by_shard(&scan, &sharding, holds)
             })
             .await
             {
@@ -112,7 +152,7 @@ impl Publisher {
                     delta: false,
                 };
                 let results = self
-                    .publish_scope(pi, full_id, Arc::new(cands), mode, fence)
+                    .publish_scope(pi, &table, full_id, Arc::new(cands), mode, fence)
                     .await;
                 out.extend(results);
             }
@@ -123,6 +163,7 @@ impl Publisher {
     async fn publish_scope(
         &self,
         pi: &PublishIssuer,
+        table: &Arc<IssuerTable>,
         full_id: CrlId,
         cands: Arc<Vec<Candidate>>,
         mode: Mode,
@@ -173,14 +214,34 @@ impl Publisher {
                         Some(base.number),
                         previous,
                         fence,
+                        None,
                     )
                     .await,
                 );
             }
             (_, prev_full) => {
-                let entries = select::retained(&cands, prev_full.map(|c| c.this_update));
+                let entries = select::retained(&cands, prev_full.as_ref().map(|c| c.this_update));
+                let entries = match self
+                    .refuse_shrinking(pi, table, &full_id, prev_full.as_ref(), entries)
+                    .await
+                {
+                    Ok(e) => e,
+                    Err(e) => {
+                        out.push(Err(e));
+                        return out;
+                    }
+                };
+                let checked_against = Some(prev_full.as_ref().map_or(0, |c| c.number));
                 let full = self
-                    .publish_one(pi, full_id.clone(), entries, None, previous, fence)
+                    .publish_one(
+                        pi,
+                        full_id.clone(),
+                        entries,
+                        None,
+                        previous,
+                        fence,
+                        checked_against,
+                    )
                     .await;
                 let base = match &full {
                     Ok(p) if p.stored() => Some(p.number),
@@ -196,6 +257,7 @@ impl Publisher {
                             Some(base),
                             Some(base),
                             fence,
+                            None,
                         )
                         .await,
                     );
@@ -205,7 +267,58 @@ impl Publisher {
         out
     }
 
+    /// Passes `entries` on when they list every entry of `previous` (the complete CRL of the
+    /// scope served now) that may not go ([`select::dropped`]); otherwise refuses the CRL: not
+    /// signed or stored, counted, logged with the number of serials it would drop, and named in
+    /// `/readyz` (degraded) until a complete CRL of the scope is stored again. The previous CRL
+    /// keeps being served.
+    async fn refuse_shrinking(
+        &self,
+        pi: &PublishIssuer,
+        table: &Arc<IssuerTable>,
+        id: &CrlId,
+        previous: Option<&Arc<ServedCrl>>,
+        entries: Vec<Entry>,
+    ) -> Result<Vec<Entry>, String> {
+        let Some(prev) = previous.cloned() else {
+            return Ok(entries);
+        };
+        let table = table.clone();
+        let holds = pi.issuer.allow_hold;
+        let checked = tokio::task::spawn_blocking(move || {
+            let before = lint::read_entries(&prev.der)?;
+            let dropped = select::dropped(&before, &entries, prev.this_update, holds, |s| {
+                table.record(s)
+            });
+            Ok::<_, lint::LintError>((entries, dropped, prev.number))
+        })
+        .await
+        .map_err(|e| format!("{}: {e}", id.path()))?;
+        let (entries, dropped, prev_number) = match checked {
+            Ok(x) => x,
+            // The served CRL passed lint when it was installed; one that cannot be read now
+            // cannot be compared, so nothing replaces it.
+            Err(e) => return Err(format!("{}: reading the previous CRL: {e}", id.path())),
+        };
+        if dropped.is_empty() {
+            self.refusals.clear(id);
+            return Ok(entries);
+        }
+        metrics::counter!(telemetry::CRL_PUBLISH, "issuer" => pi.issuer.name.clone(), "target" => "none", "result" => "shrink_refused")
+            .increment(1);
+        let why = format!(
+            "a complete CRL would drop {} serial(s) listed on CRL {} (e.g. {}); refused, the previous CRL stays",
+            dropped.len(),
+            prev_number,
+            dropped.iter().take(3).map(|s| crate::status::hex(s.as_der_content())).collect::<Vec<_>>().join(", ")
+        );
+        tracing::error!(crl = %id.path(), dropped = dropped.len(), previous = prev_number, "complete CRL refused: it would drop serials the previous one lists");
+        self.refusals.set(id, &why);
+        Err(format!("{}: {why}", id.path()))
+    }
+
     /// Builds, signs and lints one CRL off the reactor, then stores it.
+    #[allow(clippy::too_many_arguments)]
     async fn publish_one(
         &self,
         pi: &PublishIssuer,
@@ -214,6 +327,7 @@ impl Publisher {
         delta_base: Option<u64>,
         previous: Option<u64>,
         fence: Option<&Fence>,
+        checked_against: Option<u64>,
     ) -> Result<Published, String> {
         let name = pi.issuer.name.clone();
         let now_ms = crate::clock::unix_now_ms();
@@ -270,7 +384,7 @@ impl Publisher {
             }
         };
         let der = Bytes::from(der);
-        let results = self.store(&id, &der, &info, fence).await;
+        let results = self.store(&id, &der, &info, fence, checked_against).await;
         for (target, r) in &results {
             let result = match r {
                 Ok(o) => o.label(),
@@ -304,6 +418,7 @@ impl Publisher {
         der: &Bytes,
         info: &crate::crl::CrlInfo,
         fence: Option<&Fence>,
+        checked_against: Option<u64>,
     ) -> Vec<(String, Result<StoreOutcome, String>)> {
         let mut results = Vec::new();
         if !self.regions.is_empty() {
@@ -316,7 +431,15 @@ impl Publisher {
                     // i < regions.len(): the loop's range.
                     let r = &regions[i];
                     let out = r
-                        .store(&id, der, number, this_update, base, fence.as_ref())
+                        .store(
+                            &id,
+                            der,
+                            number,
+                            this_update,
+                            base,
+                            fence.as_ref(),
+                            checked_against,
+                        )
                         .await;
                     (r.name.clone(), out)
                 });

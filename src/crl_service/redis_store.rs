@@ -14,8 +14,12 @@
 //! its number exceeds the scope's sequence (an older CRL never replaces a newer one), its
 //! fencing token is not below the highest seen from its region (a leader paused past its
 //! lease cannot write after its successor has), in its own region the lease still names it,
-//! and a delta CRL's base is the complete CRL stored here. Numbers are compared as decimal
-//! strings (length, then bytes), since Lua numbers are doubles.
+//! and a delta CRL's base is the complete CRL stored here. A complete CRL also names the number
+//! of the CRL it was checked against (it lists every entry of that one it may not drop,
+//! `crl::select::dropped`): a region holding a newer CRL of the scope than that refuses it, so
+//! two leaders (one lease per region) can never store a higher-numbered CRL with fewer entries
+//! over one that has more. Numbers are compared as decimal strings (length, then bytes), since
+//! Lua numbers are doubles.
 
 use std::future::Future;
 use std::sync::LazyLock;
@@ -45,6 +49,10 @@ if ARGV[5] ~= '' then
 end
 local seq = redis.call('GET', KEYS[2])
 if seq and not gt(ARGV[1], seq) then return {'stale', seq} end
+if ARGV[8] ~= '' then
+  local cur = redis.call('HGET', KEYS[1], 'number')
+  if cur and gt(cur, ARGV[8]) then return {'changed', cur} end
+end
 if ARGV[7] ~= '' then
   local full = redis.call('HGET', KEYS[5], 'number')
   if full ~= ARGV[7] then return {'base_mismatch', full or ''} end
@@ -106,6 +114,9 @@ pub enum StoreOutcome {
     NotLeader,
     /// The delta's base is not the complete CRL stored here.
     BaseMismatch,
+    /// The region holds a newer complete CRL of the scope than the one this CRL was checked
+    /// against (another leader stored it): not stored; the next round checks against it.
+    Changed(String),
 }
 
 impl StoreOutcome {
@@ -117,6 +128,7 @@ impl StoreOutcome {
             Self::Fenced(_) => "fenced",
             Self::NotLeader => "not_leader",
             Self::BaseMismatch => "base_mismatch",
+            Self::Changed(_) => "changed",
         }
     }
 }
@@ -226,7 +238,10 @@ impl Region {
         Ok(token.and_then(|t| t.parse().ok()))
     }
 
-    /// Stores a CRL with compare-and-set on its number (and the fence, when given).
+    /// Stores a CRL with compare-and-set on its number (and the fence, when given). A complete
+    /// CRL passes `checked_against`: the number of the CRL of the scope it was checked to list
+    /// every entry of (0: none), and is refused where a newer one is stored.
+    #[allow(clippy::too_many_arguments)]
     pub async fn store(
         &self,
         id: &CrlId,
@@ -235,7 +250,9 @@ impl Region {
         this_update: i64,
         delta_base: Option<u64>,
         fence: Option<&Fence>,
+        checked_against: Option<u64>,
     ) -> Result<StoreOutcome, String> {
+        let checked = checked_against.map(|n| n.to_string()).unwrap_or_default();
         let (fence_region, token, lease_value) = match fence {
             Some(f) => (
                 f.region.clone(),
@@ -267,6 +284,7 @@ impl Region {
                     .arg(token)
                     .arg(lease_value)
                     .arg(base)
+                    .arg(checked)
                     .invoke_async(&mut c)
                     .await
             })
@@ -277,6 +295,7 @@ impl Region {
             "fenced" => StoreOutcome::Fenced(detail),
             "not_leader" => StoreOutcome::NotLeader,
             "base_mismatch" => StoreOutcome::BaseMismatch,
+            "changed" => StoreOutcome::Changed(detail),
             other => return Err(format!("region {}: unexpected reply {other:?}", self.name)),
         })
     }

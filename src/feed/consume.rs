@@ -17,13 +17,15 @@ use redis::Value;
 
 use super::health::{FeedHealth, RegionHealth};
 use super::region::Region;
+use super::repair::{merge_view_into, Lease};
 use super::{scripts, value_bytes, value_str, Cursor, FeedError, StreamId};
+use crate::apply::Applier;
 use crate::clock::unix_now_ms;
 use crate::http::Readiness;
 use crate::limits::{FEED_READ_COUNT, FEED_SCAN_COUNT};
-use crate::responder::Responder;
-use crate::status::view::Applied;
-use crate::status::{CertRecord, CertStatus, Event, EventKind, IssuerId, Serial, StatusView};
+use crate::status::view::Digest;
+use crate::status::{hex, CertRecord, Event, IssuerId, Serial, StatusView};
+use crate::telemetry;
 
 /// How long one `XREAD BLOCK` waits: short enough that a dead connection is noticed quickly,
 /// long enough that an idle replica costs Redis one call per second per region.
@@ -33,32 +35,44 @@ pub const BLOCK: Duration = Duration::from_secs(1);
 pub struct FeedState {
     /// The status view.
     pub view: Arc<StatusView>,
-    /// Evicts cached responses of changed certificates; None outside `serve`.
-    pub responder: Option<Arc<Responder>>,
-    /// Freshness per region.
+    /// Where every change goes: the view, cache eviction, the CRL publisher.
+    pub applier: Arc<Applier>,
+    /// Freshness and completeness per region.
     pub health: Arc<FeedHealth>,
-    /// Readiness: set once the view holds a complete copy of some region.
+    /// Readiness: the view counts as loaded once some region's snapshot (or a checkpoint) is in.
     pub readiness: Option<Arc<Readiness>>,
-    /// Told when a revocation changed the view (the CRL publisher waits on it).
-    pub revoked: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
+    /// How this replica writes back into a region that lost records (None: it never does,
+    /// e.g. in one-shot commands).
+    pub reseed: Option<Reseed>,
     cursors: Mutex<HashMap<String, Cursor>>,
+}
+
+/// What re-seeding a region needs: the stream bound and the origin of the events it writes.
+#[derive(Debug, Clone)]
+pub struct Reseed {
+    /// `feed.maxlen`.
+    pub maxlen: u64,
+    /// This replica's origin (`status.origin`).
+    pub origin: String,
+    /// How often a consumer compares the view with its region (`feed.repair_interval`).
+    pub check_interval: Duration,
 }
 
 impl FeedState {
     /// Shared state starting from `cursors` (from a checkpoint, or empty).
     pub fn new(
-        view: Arc<StatusView>,
-        responder: Option<Arc<Responder>>,
+        applier: Arc<Applier>,
         health: Arc<FeedHealth>,
         readiness: Option<Arc<Readiness>>,
         cursors: HashMap<String, Cursor>,
+        reseed: Option<Reseed>,
     ) -> Self {
         FeedState {
-            view,
-            responder,
+            view: applier.view.clone(),
+            applier,
             health,
             readiness,
-            revoked: std::sync::OnceLock::new(),
+            reseed,
             cursors: Mutex::new(cursors),
         }
     }
@@ -85,18 +99,6 @@ impl FeedState {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(region.to_owned(), cursor);
-    }
-
-    fn notify_revoked(&self) {
-        if let Some(n) = self.revoked.get() {
-            n.notify_one();
-        }
-    }
-
-    async fn evict(&self, issuer: IssuerId, serial: &Serial) {
-        if let Some(r) = &self.responder {
-            r.evict(issuer, serial).await;
-        }
     }
 }
 
@@ -191,34 +193,59 @@ async fn session(
     let epoch = ensure_epoch(region, &mut conn).await?;
     health.connected();
     *progressed = true;
+    let info = stream_info(region, &mut conn).await?;
     let resume = match state.cursor(&region.name) {
-        Some(c) if c.epoch == epoch => {
-            if trimmed_past(region, &mut conn, c.id).await? {
-                tracing::warn!(region = %region.name, cursor = %c.id,
-                    "the stream was trimmed past this replica's cursor; re-bootstrapping from the snapshot");
-                None
-            } else {
-                Some(c.id)
-            }
-        }
-        Some(c) => {
-            tracing::warn!(region = %region.name, old = %c.epoch, new = %epoch,
-                "the region's data epoch changed (its Redis lost its data); re-bootstrapping");
+        Some(c) if c.epoch != epoch => {
+            health.set_gap(
+                "epoch",
+                format!(
+                    "the region's data epoch changed from {} to {epoch}: its Redis lost its data",
+                    c.epoch
+                ),
+            );
+            reseed(state, region, health, &mut conn, "the region lost its data").await;
             None
         }
+        Some(c) if info.as_ref().is_some_and(|i| c.id > i.last) => {
+            health.set_gap(
+                "rollback",
+                format!(
+                    "the region's stream ends at {} before this replica's cursor {}: its Redis was rolled back",
+                    info.as_ref().map_or(StreamId::ZERO, |i| i.last),
+                    c.id
+                ),
+            );
+            reseed(
+                state,
+                region,
+                health,
+                &mut conn,
+                "the region was rolled back",
+            )
+            .await;
+            None
+        }
+        Some(c) if trimmed_past(info.as_ref(), c.id) => {
+            health.set_gap(
+                "trimmed",
+                format!("the stream was trimmed past this replica's cursor {}", c.id),
+            );
+            None
+        }
+        Some(c) => Some(c.id),
         None => None,
     };
     let mut id = match resume {
         Some(id) => id,
         None => bootstrap(state, region, health, &mut conn, &epoch).await?,
     };
-    health.set_bootstrapped();
+    health.set_covered();
     if let Some(r) = &state.readiness {
         r.view_loaded.store(true, Ordering::Relaxed);
     }
     tracing::info!(region = %region.name, cursor = %id, "tailing the feed");
     let stream = region.keys.stream();
-    let mut changed = Vec::new();
+    let mut check = Completeness::new(state.reseed.as_ref().map(|r| r.check_interval));
     loop {
         let reply: Value = redis::cmd("XREAD")
             .arg("COUNT")
@@ -231,65 +258,311 @@ async fn session(
             .query_async(&mut conn)
             .await?;
         let entries = parse_xread(reply)?;
-        if entries.is_empty() {
-            continue;
-        }
-        let now = unix_now_ms();
-        let full = entries.len() >= FEED_READ_COUNT;
-        let mut events = Vec::with_capacity(entries.len());
-        for (eid, fields) in entries {
-            for (field, value) in fields {
-                match field.as_slice() {
-                    b"e" => match Event::decode(&value) {
-                        Ok(e) => {
-                            health.seen(now, Some(e.created_at_ms));
-                            events.push(e);
+        if !entries.is_empty() {
+            let read_from = id;
+            let now = unix_now_ms();
+            let mut events = Vec::with_capacity(entries.len());
+            for (eid, fields) in entries {
+                for (field, value) in fields {
+                    match field.as_slice() {
+                        b"e" => match Event::decode(&value) {
+                            Ok(e) => {
+                                health.seen(now, Some(e.created_at_ms));
+                                events.push(e);
+                            }
+                            Err(err) => {
+                                health.undecodable.increment(1);
+                                tracing::warn!(region = %region.name, id = %eid, error = %err,
+                                    "skipping an undecodable feed entry");
+                            }
+                        },
+                        b"hb" => {
+                            health.heartbeats.increment(1);
+                            health.seen(now, heartbeat_time(&value));
                         }
-                        Err(err) => {
-                            health.undecodable.increment(1);
-                            tracing::warn!(region = %region.name, id = %eid, error = %err,
-                                "skipping an undecodable feed entry");
-                        }
-                    },
-                    b"hb" => {
-                        health.heartbeats.increment(1);
-                        health.seen(now, heartbeat_time(&value));
+                        _ => {}
                     }
-                    _ => {}
                 }
+                id = eid;
             }
-            id = eid;
+            let applied = state.applier.events(&events).await;
+            health.changed.increment(applied.changed as u64);
+            health.unchanged.increment(applied.unchanged as u64);
+            state.set_cursor(
+                &region.name,
+                Cursor {
+                    epoch: epoch.clone(),
+                    id,
+                },
+            );
+            // Entries between the cursor and what this read returned may have been trimmed
+            // away (a consumer behind a mass revocation): then only the snapshot has them.
+            let info = stream_info(region, &mut conn).await?;
+            if trimmed_past(info.as_ref(), read_from) {
+                health.set_gap(
+                    "trimmed",
+                    format!("fell behind the stream's trimming after {read_from}; re-reading the snapshot"),
+                );
+                id = bootstrap(state, region, health, &mut conn, &epoch).await?;
+                health.set_covered();
+            }
         }
-        changed.clear();
-        let mut any_revoked = false;
-        state.view.apply_batch(&events, |e, status| {
-            // A release changes what the CRLs list too (removeFromCRL in the next delta).
-            any_revoked |= matches!(status, CertStatus::Revoked(_))
-                || matches!(e.kind, EventKind::Release { .. });
-            changed.push((e.issuer, e.serial));
-        });
-        if any_revoked {
-            state.notify_revoked();
+        if let Some(fresh) = check.step(state, region, health, &mut conn, id).await? {
+            id = fresh;
         }
-        health.changed.increment(changed.len() as u64);
-        health
-            .unchanged
-            .increment((events.len() - changed.len()) as u64);
-        for (issuer, serial) in &changed {
-            state.evict(*issuer, serial).await;
+    }
+}
+
+/// The periodic comparison of the view with one region (per issuer: record count and digest,
+/// [`crate::status::view::Digest`]).
+///
+/// Each round first reads the region's state atomically (its last stream id, and per issuer
+/// the snapshot's record count and digest, [`scripts::STATE`]); once the consumer has applied
+/// the stream up to that id, the view must hold at least that many records of each issuer. If
+/// it holds fewer, records are missing (a stream trimmed past in a way the stream did not show,
+/// an event lost in transit): the replica is not ready while it re-reads that issuer's
+/// snapshot. If counts allow it but the digests differ, and still differ the same way a round
+/// later (so in-flight writes are not mistaken for divergence), the view and the region hold
+/// different records: the replica re-reads the region's snapshot (the view learns what it
+/// lacked) and, if they still differ, writes the view's records back into the region (the
+/// region lacked them: flushed, rolled back, or a write that reached only other regions).
+struct Completeness {
+    every: Option<Duration>,
+    due: tokio::time::Instant,
+    pending: Option<RegionState>,
+    suspects: HashMap<IssuerId, (Digest, Digest)>,
+}
+
+/// A region's state read in one atomic step.
+struct RegionState {
+    at: StreamId,
+    issuers: Vec<(IssuerId, u64, Digest)>,
+}
+
+impl Completeness {
+    fn new(every: Option<Duration>) -> Self {
+        Completeness {
+            every,
+            // The first round soon after a bootstrap or resume.
+            due: tokio::time::Instant::now() + Duration::from_secs(1),
+            pending: None,
+            suspects: HashMap::new(),
         }
-        state.set_cursor(
-            &region.name,
-            Cursor {
-                epoch: epoch.clone(),
-                id,
-            },
-        );
-        // A consumer this far behind may have been trimmed past: check, and re-bootstrap.
-        if full && trimmed_past(region, &mut conn, id).await? {
-            tracing::warn!(region = %region.name, cursor = %id,
-                "fell behind the stream's trimming; re-bootstrapping from the snapshot");
-            id = bootstrap(state, region, health, &mut conn, &epoch).await?;
+    }
+
+    /// Runs the part of a round that is due; returns a new cursor when it re-bootstrapped.
+    async fn step(
+        &mut self,
+        state: &FeedState,
+        region: &Region,
+        health: &RegionHealth,
+        conn: &mut MultiplexedConnection,
+        cursor: StreamId,
+    ) -> Result<Option<StreamId>, FeedError> {
+        let Some(every) = self.every else {
+            return Ok(None);
+        };
+        if self.pending.is_none() {
+            if tokio::time::Instant::now() < self.due {
+                return Ok(None);
+            }
+            self.due = tokio::time::Instant::now() + every;
+            self.pending = Some(region_state(region, conn).await?);
+        }
+        match &self.pending {
+            Some(p) if cursor >= p.at => {}
+            _ => return Ok(None),
+        }
+        let Some(p) = self.pending.take() else {
+            return Ok(None);
+        };
+        let mut short = Vec::new();
+        let mut suspects = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for (issuer, count, digest) in &p.issuers {
+            seen.insert(*issuer);
+            let (have, mine) = state.view.table(*issuer).summary();
+            if (have as u64) < *count {
+                short.push((*issuer, *count, have));
+            } else if mine != *digest {
+                suspects.insert(*issuer, (*digest, mine));
+            }
+        }
+        // Issuers the view knows and the region has no snapshot of at all.
+        for (issuer, table) in state.view.issuers() {
+            let (have, mine) = table.summary();
+            if have > 0 && !seen.contains(&issuer) {
+                suspects.insert(issuer, (Digest::default(), mine));
+            }
+        }
+        let stable: Vec<IssuerId> = suspects
+            .iter()
+            .filter(|(i, d)| self.suspects.get(*i) == Some(*d))
+            .map(|(i, _)| *i)
+            .collect();
+        for i in &stable {
+            suspects.remove(i);
+        }
+        let result = if !short.is_empty() {
+            "short"
+        } else if !stable.is_empty() {
+            "diverged"
+        } else if !suspects.is_empty() {
+            "mismatch"
+        } else {
+            "ok"
+        };
+        metrics::counter!(telemetry::FEED_CHECKS, "region" => region.name.clone(), "result" => result)
+            .increment(1);
+        self.suspects = suspects;
+        if !short.is_empty() {
+            let what: Vec<String> = short
+                .iter()
+                .map(|(i, want, have)| {
+                    format!(
+                        "issuer {}: {want} records in the region, {have} in the view",
+                        hex(&i.0)
+                    )
+                })
+                .collect();
+            health.set_gap(
+                "count",
+                format!("{}; re-reading the snapshot", what.join(", ")),
+            );
+            for (issuer, _, _) in &short {
+                read_snapshot(state, region, health, conn, *issuer).await?;
+            }
+            health.set_covered();
+        }
+        for issuer in stable {
+            let learned = read_snapshot(state, region, health, conn, issuer).await?;
+            if learned > 0 {
+                health.set_gap(
+                    "digest",
+                    format!(
+                        "issuer {}: the view lacked {learned} records of the region",
+                        hex(&issuer.0)
+                    ),
+                );
+                health.set_covered();
+            }
+            let (_, mine) = state.view.table(issuer).summary();
+            let theirs = region_state(region, conn)
+                .await?
+                .issuers
+                .iter()
+                .find(|(i, _, _)| *i == issuer)
+                .map_or(Digest::default(), |(_, _, d)| *d);
+            if mine != theirs {
+                reseed_issuer(
+                    state,
+                    region,
+                    health,
+                    conn,
+                    Some(issuer),
+                    "the region lacks records the view holds",
+                )
+                .await;
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Reads the region's last stream id and, per issuer, its snapshot's count and digest.
+async fn region_state(
+    region: &Region,
+    conn: &mut MultiplexedConnection,
+) -> Result<RegionState, FeedError> {
+    let reply: Vec<Value> = scripts::STATE
+        .key(region.keys.stream())
+        .key(region.keys.issuers())
+        .key(region.keys.digests())
+        .arg(region.keys.snapshot_hex(""))
+        .invoke_async(conn)
+        .await?;
+    let bad =
+        || FeedError::Protocol("region state reply is not [id, (issuer, count, digest)...]".into());
+    let mut it = reply.iter();
+    let at: StreamId = it.next().and_then(value_str).ok_or_else(bad)?.parse()?;
+    let mut issuers = Vec::new();
+    while let (Some(i), Some(n), Some(d)) = (it.next(), it.next(), it.next()) {
+        let Some(issuer) = value_str(i).and_then(parse_issuer_hex) else {
+            continue;
+        };
+        let count = match n {
+            Value::Int(n) => u64::try_from(*n).unwrap_or(0),
+            _ => return Err(bad()),
+        };
+        let digest = value_str(d).and_then(Digest::from_hex).unwrap_or_default();
+        issuers.push((issuer, count, digest));
+    }
+    Ok(RegionState { at, issuers })
+}
+
+/// Writes the whole view back into a region that lost records (flushed, restarted empty,
+/// rolled back), under the region's sync lease; a replica that finds the lease taken leaves
+/// the work to its holder (the next completeness round catches anything still missing).
+async fn reseed(
+    state: &FeedState,
+    region: &Region,
+    health: &RegionHealth,
+    conn: &mut MultiplexedConnection,
+    why: &str,
+) {
+    reseed_issuer(state, region, health, conn, None, why).await;
+}
+
+async fn reseed_issuer(
+    state: &FeedState,
+    region: &Region,
+    health: &RegionHealth,
+    conn: &mut MultiplexedConnection,
+    only: Option<IssuerId>,
+    why: &str,
+) {
+    let Some(cfg) = &state.reseed else {
+        return;
+    };
+    if state.view.is_empty() {
+        return;
+    }
+    let lease = Lease::new(region.keys.sync_lock(), random_id());
+    match lease.acquire(conn).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(region = %region.name, why, "another replica is re-seeding the region");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(region = %region.name, error = %e, "could not take the re-seed lease");
+            return;
+        }
+    }
+    let started = std::time::Instant::now();
+    let result = merge_view_into(
+        &state.view,
+        region,
+        conn,
+        only,
+        &cfg.origin,
+        cfg.maxlen,
+        &lease,
+    )
+    .await;
+    lease.release(region, conn).await;
+    match result {
+        Ok(n) => {
+            health.reseeded.increment(n as u64);
+            if n > 0 {
+                tracing::warn!(region = %region.name, why, records = n,
+                    issuer = %only.map(|i| hex(&i.0)).unwrap_or_else(|| "every".into()),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "re-seeded the region from this replica's view");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(region = %region.name, why, error = %e, "re-seeding the region failed; the next round tries again");
         }
     }
 }
@@ -321,11 +594,27 @@ pub async fn ensure_epoch(
         .ok_or_else(|| FeedError::Protocol("epoch is not a string".into()))
 }
 
-/// The stream's `last-generated-id` and `max-deleted-entry-id`; None when there is no stream.
+/// What `XINFO STREAM` says about the trimming of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// `last-generated-id`: the newest id ever given out.
+    pub last: StreamId,
+    /// The id of the oldest entry still in the stream.
+    pub first: Option<StreamId>,
+    /// Entries ever added (`entries-added`).
+    pub added: u64,
+    /// Entries in the stream now.
+    pub length: u64,
+    /// `max-deleted-entry-id` (left at `0-0` by `MAXLEN ~` trimming on some Redis 7 releases,
+    /// so it is only a hint).
+    pub max_deleted: StreamId,
+}
+
+/// The stream's trimming state; None when there is no stream.
 async fn stream_info(
     region: &Region,
     conn: &mut MultiplexedConnection,
-) -> Result<Option<(StreamId, StreamId)>, FeedError> {
+) -> Result<Option<StreamInfo>, FeedError> {
     let reply: Result<Value, redis::RedisError> = redis::cmd("XINFO")
         .arg("STREAM")
         .arg(region.keys.stream())
@@ -338,35 +627,66 @@ async fn stream_info(
         }
         Err(e) => return Err(e.into()),
     };
-    let field = |name: &str| -> Result<StreamId, FeedError> {
-        pairs(&v)
-            .into_iter()
+    let fields = pairs(&v);
+    let get = |name: &str| -> Result<&Value, FeedError> {
+        fields
+            .iter()
             .find(|(k, _)| value_str(k) == Some(name))
-            .and_then(|(_, v)| value_str(v))
+            .map(|(_, v)| *v)
             .ok_or_else(|| {
                 FeedError::Protocol(format!(
                     "XINFO STREAM has no {name} (Redis 7 or newer is required)"
                 ))
-            })?
+            })
+    };
+    let id = |name: &str| -> Result<StreamId, FeedError> {
+        value_str(get(name)?)
+            .ok_or_else(|| FeedError::Protocol(format!("XINFO STREAM {name} is not an id")))?
             .parse()
     };
-    Ok(Some((
-        field("last-generated-id")?,
-        field("max-deleted-entry-id")?,
-    )))
+    let int = |name: &str| -> Result<u64, FeedError> {
+        match get(name)? {
+            Value::Int(n) => Ok(u64::try_from(*n).unwrap_or(0)),
+            _ => Err(FeedError::Protocol(format!(
+                "XINFO STREAM {name} is not a number"
+            ))),
+        }
+    };
+    let first = match get("first-entry")? {
+        Value::Array(e) => e.first().and_then(value_str).map(str::parse).transpose()?,
+        _ => None,
+    };
+    Ok(Some(StreamInfo {
+        last: id("last-generated-id")?,
+        first,
+        added: int("entries-added")?,
+        length: int("length")?,
+        max_deleted: id("max-deleted-entry-id")?,
+    }))
 }
 
-/// True when entries after `cursor` may have been trimmed away (so reading from `cursor` would
-/// miss them), or the stream is gone while the cursor says it had entries.
-async fn trimmed_past(
-    region: &Region,
-    conn: &mut MultiplexedConnection,
-    cursor: StreamId,
-) -> Result<bool, FeedError> {
-    Ok(match stream_info(region, conn).await? {
-        Some((_, max_deleted)) => max_deleted > cursor,
-        None => cursor != StreamId::ZERO,
-    })
+/// True when entries after `cursor` may have been trimmed away, so reading on from `cursor`
+/// would miss them: something was deleted from the stream (`entries-added` > `length`) and
+/// the oldest entry left is past the cursor (or none is left and the stream went on past it).
+/// Read from the stream itself, which every Redis 7 reports the same way. Entries are removed
+/// only from the head, and `MAXLEN ~` removes an entry only once `maxlen` newer ones exist, so
+/// a consumer whose own last entry is gone is at least `maxlen` behind; treating that as
+/// trimmed past costs a snapshot re-read, never an event.
+pub fn trimmed_past(info: Option<&StreamInfo>, cursor: StreamId) -> bool {
+    let Some(i) = info else {
+        // No stream at all while the cursor says it had entries.
+        return cursor != StreamId::ZERO;
+    };
+    if i.max_deleted > cursor {
+        return true;
+    }
+    if i.added <= i.length {
+        return false;
+    }
+    match i.first {
+        Some(first) => first > cursor,
+        None => i.last > cursor,
+    }
 }
 
 /// Key/value pairs of a RESP2 flat array or a RESP3 map.
@@ -378,8 +698,8 @@ fn pairs(v: &Value) -> Vec<(&Value, &Value)> {
     }
 }
 
-/// Loads every issuer's snapshot into the view; returns the stream id to tail from, taken before
-/// the scan.
+/// Loads every issuer's snapshot into the view (a join: nothing the view holds is lost);
+/// returns the stream id to tail from, taken before the scan.
 pub async fn bootstrap(
     state: &FeedState,
     region: &Region,
@@ -402,51 +722,10 @@ pub async fn bootstrap(
                 tracing::warn!(region = %region.name, "skipping a malformed issuer id in the snapshot set");
                 continue;
             };
-            let key = region.keys.snapshot(&issuer);
-            let table = state.view.table(issuer);
-            let mut cursor = "0".to_owned();
-            loop {
-                let reply: Value = redis::cmd("HSCAN")
-                    .arg(&key)
-                    .arg(&cursor)
-                    .arg("COUNT")
-                    .arg(FEED_SCAN_COUNT)
-                    .query_async(conn)
-                    .await?;
-                let (next, fields) = parse_scan(&reply)?;
-                let mut revoked = Vec::new();
-                for (serial, record) in fields.chunks_exact(2).map(|p| (&p[0], &p[1])) {
-                    let (Some(s), Some(r)) = (
-                        value_bytes(serial).and_then(|b| Serial::from_der_content(b).ok()),
-                        value_bytes(record).and_then(CertRecord::from_bytes),
-                    ) else {
-                        health.undecodable.increment(1);
-                        continue;
-                    };
-                    records += 1;
-                    // Cached responses are checked against the view on every hit; evicting the
-                    // newly revoked ones at once frees them without touching the rest.
-                    if let Applied::Changed {
-                        status: CertStatus::Revoked(_),
-                    } = table.merge(s, r)
-                    {
-                        revoked.push(s);
-                    }
-                }
-                for s in &revoked {
-                    state.evict(issuer, s).await;
-                }
-                if !revoked.is_empty() {
-                    state.notify_revoked();
-                }
-                if next == "0" {
-                    break;
-                }
-                cursor = next;
-            }
+            records += scan_snapshot(state, region, health, conn, issuer).await?.0;
         }
         health.bootstrap_records.increment(records);
-        if trimmed_past(region, conn, start).await? {
+        if trimmed_past(stream_info(region, conn).await?.as_ref(), start) {
             tracing::warn!(region = %region.name, "the stream was trimmed past the bootstrap point during the scan; scanning again");
             continue;
         }
@@ -468,11 +747,66 @@ pub async fn bootstrap(
     ))
 }
 
+/// Re-reads one issuer's snapshot into the view; returns how many records changed the view.
+async fn read_snapshot(
+    state: &FeedState,
+    region: &Region,
+    health: &RegionHealth,
+    conn: &mut MultiplexedConnection,
+    issuer: IssuerId,
+) -> Result<usize, FeedError> {
+    let (records, changed) = scan_snapshot(state, region, health, conn, issuer).await?;
+    tracing::info!(region = %region.name, issuer = %hex(&issuer.0), records, changed, "re-read the issuer's snapshot");
+    Ok(changed)
+}
+
+/// `HSCAN`s one issuer's snapshot into the view through the [`Applier`]; returns the records
+/// read and how many changed the view.
+async fn scan_snapshot(
+    state: &FeedState,
+    region: &Region,
+    health: &RegionHealth,
+    conn: &mut MultiplexedConnection,
+    issuer: IssuerId,
+) -> Result<(u64, usize), FeedError> {
+    let key = region.keys.snapshot(&issuer);
+    let mut cursor = "0".to_owned();
+    let (mut records, mut changed) = (0u64, 0usize);
+    let mut batch = Vec::with_capacity(FEED_SCAN_COUNT);
+    loop {
+        let reply: Value = redis::cmd("HSCAN")
+            .arg(&key)
+            .arg(&cursor)
+            .arg("COUNT")
+            .arg(FEED_SCAN_COUNT)
+            .query_async(conn)
+            .await?;
+        let (next, fields) = parse_scan(&reply)?;
+        batch.clear();
+        for (serial, record) in fields.chunks_exact(2).map(|p| (&p[0], &p[1])) {
+            let (Some(s), Some(r)) = (
+                value_bytes(serial).and_then(|b| Serial::from_der_content(b).ok()),
+                value_bytes(record).and_then(CertRecord::from_bytes),
+            ) else {
+                health.undecodable.increment(1);
+                continue;
+            };
+            batch.push((s, r));
+        }
+        records += batch.len() as u64;
+        changed += state.applier.records(issuer, &batch).await.changed;
+        if next == "0" {
+            return Ok((records, changed));
+        }
+        cursor = next;
+    }
+}
+
 /// The id of the stream's last entry ever (`0-0` when there is no stream).
 async fn last_id(region: &Region, conn: &mut MultiplexedConnection) -> Result<StreamId, FeedError> {
     Ok(stream_info(region, conn)
         .await?
-        .map_or(StreamId::ZERO, |(last, _)| last))
+        .map_or(StreamId::ZERO, |i| i.last))
 }
 
 /// Parses the 64 hex digits of an issuer id.

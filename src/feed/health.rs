@@ -24,7 +24,12 @@ pub struct RegionHealth {
     pub name: String,
     last_seen_ms: AtomicI64,
     connected: AtomicBool,
-    bootstrapped: AtomicBool,
+    /// A consumer session has tried to reach the region at least once.
+    attempted: AtomicBool,
+    /// Why the view is not known to hold everything the region holds; None once it is (a
+    /// bootstrap or a resume in the region's current epoch, not trimmed past, and the last
+    /// completeness check found nothing missing).
+    gap: Mutex<Option<String>>,
     last_error: Mutex<String>,
     /// Events that changed the view.
     pub changed: Counter,
@@ -42,8 +47,11 @@ pub struct RegionHealth {
     pub bootstraps: Counter,
     /// Records merged during bootstraps.
     pub bootstrap_records: Counter,
+    /// Records written back into the region after it lost them.
+    pub reseeded: Counter,
     age: Gauge,
     up: Gauge,
+    covered: Gauge,
 }
 
 impl FeedHealth {
@@ -76,9 +84,34 @@ impl FeedHealth {
             .unwrap_or(0)
     }
 
-    /// `Ok` while some region delivered an event or heartbeat within `max_staleness`; otherwise
-    /// why not, naming each region's last error.
+    /// `Ok` when the view holds everything every reachable region holds: each region is
+    /// covered, or was tried and is unreachable. Otherwise which regions are not, and why.
+    /// The CRL publisher builds complete CRLs only while this is `Ok`.
+    pub fn complete(&self) -> Result<(), String> {
+        let gaps: Vec<String> = self
+            .regions
+            .iter()
+            .filter_map(|r| r.gap().map(|g| format!("{}: {g}", r.name)))
+            .collect();
+        if gaps.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the status view does not yet cover every reachable feed region ({})",
+                gaps.join("; ")
+            ))
+        }
+    }
+
+    /// `Ok` while the view is complete ([`FeedHealth::complete`]) and some region delivered an
+    /// event or heartbeat within `max_staleness`; otherwise why not, naming each region's last
+    /// error.
     pub fn check(&self, now_ms: i64) -> Result<(), String> {
+        self.complete()?;
+        self.check_fresh(now_ms)
+    }
+
+    fn check_fresh(&self, now_ms: i64) -> Result<(), String> {
         let freshest = self.freshest_ms();
         let limit = self.max_staleness.as_millis() as i64;
         if freshest > 0 && now_ms - freshest <= limit {
@@ -108,6 +141,7 @@ impl FeedHealth {
             if seen > 0 {
                 r.age.set((now_ms - seen).max(0) as f64 / 1000.0);
             }
+            r.covered.set(if r.gap().is_none() { 1.0 } else { 0.0 });
             r.up.set(if r.connected.load(Ordering::Relaxed) {
                 1.0
             } else {
@@ -130,12 +164,15 @@ impl RegionHealth {
             reconnects: metrics::counter!(telemetry::FEED_RECONNECTS, "region" => n.clone()),
             bootstraps: metrics::counter!(telemetry::FEED_BOOTSTRAPS, "region" => n.clone()),
             bootstrap_records: metrics::counter!(telemetry::FEED_BOOTSTRAP_RECORDS, "region" => n.clone()),
+            reseeded: metrics::counter!(telemetry::FEED_RESEEDED, "region" => n.clone()),
+            covered: metrics::gauge!(telemetry::FEED_COVERED, "region" => n.clone()),
             age: metrics::gauge!(telemetry::FEED_LAST_SEEN_AGE, "region" => n.clone()),
             up: metrics::gauge!(telemetry::FEED_CONNECTED, "region" => n.clone()),
             name: n,
             last_seen_ms: AtomicI64::new(0),
             connected: AtomicBool::new(false),
-            bootstrapped: AtomicBool::new(false),
+            attempted: AtomicBool::new(false),
+            gap: Mutex::new(Some("not reached yet".into())),
             last_error: Mutex::new("not connected yet".into()),
         }
     }
@@ -151,12 +188,34 @@ impl RegionHealth {
 
     /// The consumer connected.
     pub fn connected(&self) {
+        self.attempted.store(true, Ordering::Relaxed);
         self.connected.store(true, Ordering::Relaxed);
     }
 
-    /// The consumer's view of this region is complete up to its cursor.
-    pub fn set_bootstrapped(&self) {
-        self.bootstrapped.store(true, Ordering::Relaxed);
+    /// The view holds everything this region held at the consumer's cursor.
+    pub fn set_covered(&self) {
+        *self.gap.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// The view is known, or feared, to lack records this region holds; `why` goes to
+    /// `/readyz` and the log, `kind` to the `vigil_feed_incomplete_total` label.
+    pub fn set_gap(&self, kind: &'static str, why: String) {
+        metrics::counter!(telemetry::FEED_INCOMPLETE, "region" => self.name.clone(), "why" => kind)
+            .increment(1);
+        tracing::warn!(region = %self.name, why = %why, "the status view is not complete for this region");
+        *self.gap.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+    }
+
+    /// Why the view may lack this region's records, when that matters: a region that was
+    /// tried and is unreachable holds nothing the view could read, so it is no gap.
+    pub fn gap(&self) -> Option<String> {
+        if self.attempted.load(Ordering::Relaxed) && !self.is_connected() {
+            return None;
+        }
+        self.gap
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// True while the consumer is connected.
@@ -164,8 +223,9 @@ impl RegionHealth {
         self.connected.load(Ordering::Relaxed)
     }
 
-    /// The consumer lost the region.
+    /// The consumer lost the region (or never reached it).
     pub fn disconnected(&self, error: &str) {
+        self.attempted.store(true, Ordering::Relaxed);
         self.connected.store(false, Ordering::Relaxed);
         *self
             .last_error
@@ -195,8 +255,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn complete_only_once_every_reachable_region_is_covered() {
+        let h = FeedHealth::new(&["a".into(), "b".into()], Duration::from_secs(10));
+        let e = h.complete().expect_err("nothing reached");
+        assert!(
+            e.contains("a: not reached yet") && e.contains("b: not reached yet"),
+            "{e}"
+        );
+        h.regions[0].connected();
+        h.regions[0].set_covered();
+        // b not tried yet: its records may be missing.
+        let e = h.complete().expect_err("b not tried");
+        assert!(e.contains("b: not reached yet") && !e.contains("a:"), "{e}");
+        // b tried and unreachable: nothing of it to read.
+        h.regions[1].disconnected("connection refused");
+        assert!(h.complete().is_ok());
+        // b back, not yet read: a gap again.
+        h.regions[1].connected();
+        assert!(h.complete().is_err());
+        h.regions[1].set_covered();
+        h.regions[0].set_gap("trimmed", "trimmed past the cursor".into());
+        let e = h.complete().expect_err("a trimmed");
+        assert!(e.contains("a: trimmed past the cursor"), "{e}");
+        h.regions[0].seen(1_000_000, None);
+        assert!(h.check(1_000_500).is_err(), "incomplete is not ready");
+    }
+
+    #[test]
     fn ready_while_any_region_is_fresh() {
         let h = FeedHealth::new(&["a".into(), "b".into()], Duration::from_secs(10));
+        for r in &h.regions {
+            r.connected();
+            r.set_covered();
+            r.disconnected("not connected yet");
+        }
         let e = h.check(1_000_000).expect_err("never seen");
         assert!(e.contains("no feed region reached yet") && e.contains("a: not connected yet"));
         h.regions[1].seen(1_000_000, Some(999_000));

@@ -38,7 +38,7 @@ use super::region::Region;
 use super::{group_by_certificate, scripts, value_str, CertWrite, FeedError};
 use crate::clock::unix_now_ms;
 use crate::limits::FEED_PIPELINE_CHUNK;
-use crate::status::{CertRecord, Event, IssuerId, Serial};
+use crate::status::{CertRecord, Event, IssuerId, Serial, StatusView};
 use crate::telemetry;
 
 /// How long a repair lease lasts without renewal.
@@ -306,30 +306,25 @@ impl Repairer {
         result
     }
 
-    /// Merges every record of the view (of one issuer, or all) into T; returns the records T
-    /// did not hold yet.
+    /// Merges every record of the view (of one issuer, or all) into T under T's sync lease;
+    /// returns the records T did not hold yet.
     async fn copy(
         &self,
         t: &Region,
         tc: &mut MultiplexedConnection,
         only: Option<IssuerId>,
     ) -> Result<usize, FeedError> {
-        let mut changed = 0;
-        let lock = t.keys.sync_lock();
-        for (issuer, table) in self.state.view.issuers() {
-            if only.is_some_and(|o| o != issuer) {
-                continue;
-            }
-            let parts = table.len().div_ceil(super::checkpoint::PASS).clamp(1, 256);
-            for part in 0..parts {
-                let records = table.records_partition(part, parts);
-                for chunk in records.chunks(FEED_PIPELINE_CHUNK * 8) {
-                    let writes = self.writes(issuer, chunk);
-                    changed += merge(t, tc, &writes, self.maxlen).await?;
-                    self.renew(t, tc, &lock).await?;
-                }
-            }
-        }
+        let lease = Lease::new(t.keys.sync_lock(), self.owner.clone());
+        let changed = merge_view_into(
+            &self.state.view,
+            t,
+            tc,
+            only,
+            &self.origin,
+            self.maxlen,
+            &lease,
+        )
+        .await?;
         if only.is_none() {
             metrics::counter!(telemetry::FEED_REPAIRED, "region" => t.name.clone(), "kind" => "full")
                 .increment(changed as u64);
@@ -337,48 +332,15 @@ impl Repairer {
         Ok(changed)
     }
 
-    fn writes(&self, issuer: IssuerId, records: &[(Serial, CertRecord)]) -> Vec<CertWrite> {
-        let now = unix_now_ms();
-        records
-            .iter()
-            .map(|(serial, record)| CertWrite {
-                issuer,
-                serial: *serial,
-                record: *record,
-                events: record
-                    .kinds()
-                    .into_iter()
-                    .map(|kind| {
-                        Event {
-                            issuer,
-                            serial: *serial,
-                            kind,
-                            origin: self.origin.clone(),
-                            created_at_ms: now,
-                        }
-                        .to_bytes()
-                    })
-                    .collect(),
-            })
-            .collect()
-    }
-
     async fn acquire(
         &self,
-        r: &Region,
+        _r: &Region,
         c: &mut MultiplexedConnection,
         key: &str,
     ) -> Result<bool, FeedError> {
-        let v: Value = redis::cmd("SET")
-            .arg(key)
-            .arg(&self.owner)
-            .arg("NX")
-            .arg("PX")
-            .arg(LEASE.as_millis() as u64)
-            .query_async(c)
-            .await?;
-        let _ = r;
-        Ok(matches!(v, Value::Okay) || value_str(&v) == Some("OK"))
+        Lease::new(key.to_owned(), self.owner.clone())
+            .acquire(c)
+            .await
     }
 
     async fn renew(
@@ -387,24 +349,64 @@ impl Repairer {
         c: &mut MultiplexedConnection,
         key: &str,
     ) -> Result<(), FeedError> {
+        Lease::new(key.to_owned(), self.owner.clone())
+            .renew(r, c)
+            .await
+    }
+
+    async fn release(&self, r: &Region, c: &mut MultiplexedConnection, key: &str) {
+        Lease::new(key.to_owned(), self.owner.clone())
+            .release(r, c)
+            .await
+    }
+}
+
+/// A short lease in one region (`SET NX PX`), so that one replica at a time does a repair.
+pub struct Lease {
+    key: String,
+    owner: String,
+}
+
+impl Lease {
+    /// The lease `key`, taken as `owner`.
+    pub fn new(key: String, owner: String) -> Self {
+        Lease { key, owner }
+    }
+
+    /// Takes the lease; false when another holder has it.
+    pub async fn acquire(&self, c: &mut MultiplexedConnection) -> Result<bool, FeedError> {
+        let v: Value = redis::cmd("SET")
+            .arg(&self.key)
+            .arg(&self.owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(LEASE.as_millis() as u64)
+            .query_async(c)
+            .await?;
+        Ok(matches!(v, Value::Okay) || value_str(&v) == Some("OK"))
+    }
+
+    /// Extends the lease; an error when it was lost.
+    pub async fn renew(&self, r: &Region, c: &mut MultiplexedConnection) -> Result<(), FeedError> {
         let held: i64 = scripts::RENEW
-            .key(key)
+            .key(&self.key)
             .arg(&self.owner)
             .arg(LEASE.as_millis() as u64)
             .invoke_async(c)
             .await?;
         if held == 0 {
             return Err(FeedError::Protocol(format!(
-                "lost the repair lease {key} in {}",
-                r.name
+                "lost the repair lease {} in {}",
+                self.key, r.name
             )));
         }
         Ok(())
     }
 
-    async fn release(&self, r: &Region, c: &mut MultiplexedConnection, key: &str) {
+    /// Gives the lease up (it expires anyway).
+    pub async fn release(&self, r: &Region, c: &mut MultiplexedConnection) {
         let res: Result<i64, _> = scripts::RELEASE
-            .key(key)
+            .key(&self.key)
             .arg(&self.owner)
             .invoke_async(c)
             .await;
@@ -412,6 +414,69 @@ impl Repairer {
             tracing::debug!(region = %r.name, error = %e, "releasing a repair lease (it expires anyway)");
         }
     }
+}
+
+/// Merges every record of `view` (of one issuer, or all) into region T with the normal merge
+/// script, renewing `lease` (which the caller holds) as it goes; returns the records T did not
+/// hold yet. Used by repair (full copy, anti-entropy) and by re-seeding a region that lost its
+/// data ([`super::consume`]). Large tables are copied out in partitions, so the view's memory is
+/// never doubled and no table lock is held for long.
+pub async fn merge_view_into(
+    view: &StatusView,
+    t: &Region,
+    tc: &mut MultiplexedConnection,
+    only: Option<IssuerId>,
+    origin: &str,
+    maxlen: u64,
+    lease: &Lease,
+) -> Result<usize, FeedError> {
+    let mut changed = 0;
+    for (issuer, table) in view.issuers() {
+        if only.is_some_and(|o| o != issuer) {
+            continue;
+        }
+        let parts = table.len().div_ceil(super::checkpoint::PASS).clamp(1, 256);
+        for part in 0..parts {
+            let records = table.records_partition(part, parts);
+            for chunk in records.chunks(FEED_PIPELINE_CHUNK * 8) {
+                let writes = record_writes(issuer, chunk, origin);
+                changed += merge(t, tc, &writes, maxlen).await?;
+                lease.renew(t, tc).await?;
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// The writes that put `records` into a region: each record with the events that give it.
+fn record_writes(
+    issuer: IssuerId,
+    records: &[(Serial, CertRecord)],
+    origin: &str,
+) -> Vec<CertWrite> {
+    let now = unix_now_ms();
+    records
+        .iter()
+        .map(|(serial, record)| CertWrite {
+            issuer,
+            serial: *serial,
+            record: *record,
+            events: record
+                .kinds()
+                .into_iter()
+                .map(|kind| {
+                    Event {
+                        issuer,
+                        serial: *serial,
+                        kind,
+                        origin: origin.to_owned(),
+                        created_at_ms: now,
+                    }
+                    .to_bytes()
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// Writes a heartbeat to `region` every `interval` (at most one per region per interval across

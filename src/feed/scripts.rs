@@ -21,6 +21,11 @@ use redis::Script;
 /// a live record's hold register (reason octet 6 held, 254 released, 255 never held) takes
 /// the later (time, held > released) of the two.
 /// `tests/feed.rs` checks the two agree on random records.
+///
+/// A record whose reason octet is neither a revocation reason nor a hold register (7,
+/// removeFromCRL 8, 11..=253) is refused as an argument, and a stored one is read as absent (the
+/// write replaces it), as [`crate::status::CertRecord::from_bytes`] refuses it: replicas never
+/// apply such a record, so the join here must not keep it either.
 pub const MERGE_LUA: &str = r#"
 local function u32(s, i)
   local a, b, c, d = string.byte(s, i, i + 3)
@@ -73,13 +78,19 @@ local function xorhex(a, b)
   end
   return table.concat(out)
 end
+local function valid(r)
+  return r <= 6 or r == 9 or r == 10 or r >= 254
+end
 local rec = ARGV[4]
 if string.len(rec) ~= 9 or #ARGV < 5 then
   return redis.error_reply('ERR vigil merge: bad arguments')
 end
+if not valid(string.byte(rec, 9)) then
+  return redis.error_reply('ERR vigil merge: not a revocation reason')
+end
 local cur = redis.call('HGET', KEYS[2], ARGV[3])
 local new = rec
-if cur and string.len(cur) == 9 then new = join(cur, rec) end
+if cur and string.len(cur) == 9 and valid(string.byte(cur, 9)) then new = join(cur, rec) end
 if cur == new then return false end
 redis.call('HSET', KEYS[2], ARGV[3], new)
 redis.call('SADD', KEYS[3], ARGV[2])
@@ -142,6 +153,26 @@ end
 return 1
 "#;
 
+/// The region's state in one atomic step, for completeness checks: the id of the stream's last
+/// entry (`0-0` when empty), then per issuer its hex id, its snapshot's record count (`HLEN`,
+/// kept by Redis in the same step as every merge) and its digest (kept by [`MERGE_LUA`]).
+///
+/// `KEYS`: stream, issuers set, digests hash. `ARGV`: the snapshot key prefix (the issuer hex
+/// is appended; standalone Redis, as everywhere in vigil).
+pub const STATE_LUA: &str = r#"
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local out = {'0-0'}
+if last[1] then out[1] = last[1][1] end
+for _, hex in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  out[#out + 1] = hex
+  out[#out + 1] = redis.call('HLEN', ARGV[1] .. hex)
+  out[#out + 1] = redis.call('HGET', KEYS[3], hex) or ''
+end
+return out
+"#;
+
+/// [`STATE_LUA`].
+pub static STATE: LazyLock<Script> = LazyLock::new(|| Script::new(STATE_LUA));
 /// [`MERGE_LUA`].
 pub static MERGE: LazyLock<Script> = LazyLock::new(|| Script::new(MERGE_LUA));
 /// [`HEARTBEAT_LUA`].
@@ -156,6 +187,6 @@ pub static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_LUA));
 pub static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 
 /// Every script, for loading into a new connection.
-pub fn all() -> [&'static Script; 6] {
-    [&MERGE, &HEARTBEAT, &HINT, &EPOCH, &RENEW, &RELEASE]
+pub fn all() -> [&'static Script; 7] {
+    [&MERGE, &HEARTBEAT, &HINT, &EPOCH, &RENEW, &RELEASE, &STATE]
 }

@@ -346,9 +346,15 @@ async fn route(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let events = match parse_change(st, endpoint, &body) {
+    let events = match parse_change(st, endpoint, &body).await {
         Ok(e) => e,
-        Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
+        Err(Refused::Bad(msg)) => return error(StatusCode::BAD_REQUEST, &msg),
+        Err(Refused::Unavailable(msg)) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("{msg}; nothing was changed"),
+            )
+        }
     };
     let Some(first) = events.first() else {
         return error(StatusCode::BAD_REQUEST, "nothing to do");
@@ -432,7 +438,21 @@ fn describe_event(e: &Event) -> serde_json::Value {
     }
 }
 
-fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Vec<Event>, String> {
+/// Why a change was not made.
+enum Refused {
+    /// The request is wrong (400).
+    Bad(String),
+    /// What the change depends on could not be read (503).
+    Unavailable(String),
+}
+
+impl From<String> for Refused {
+    fn from(msg: String) -> Self {
+        Refused::Bad(msg)
+    }
+}
+
+async fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Vec<Event>, Refused> {
     let now_ms = crate::clock::unix_now_ms();
     let event = |issuer, serial, kind| Event {
         issuer,
@@ -452,22 +472,35 @@ fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Vec<Even
         let b: HoldBody = serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))?;
         let (id, serial) = target(&b.issuer, &b.serial)?;
         if !st.allows_holds(id) {
-            return Err(format!(
+            return Err(Refused::Bad(format!(
                 "issuer {:?} does not allow holds (allow_hold = false)",
                 b.issuer
-            ));
+            )));
         }
         let requested = match (&b.time, endpoint) {
-            (Some(_), "release") => return Err("a release takes no time: it is now".into()),
+            (Some(_), "release") => {
+                return Err(Refused::Bad("a release takes no time: it is now".into()))
+            }
             (Some(t), _) => Some(parse_rfc3339(t)?),
             (None, _) => None,
         };
         let now = now_ms / 1000;
         if requested.is_some_and(|t| t > now + crate::crl::lint::MAX_CLOCK_SKEW_SECS) {
-            return Err("a hold time may not be in the future".into());
+            return Err(Refused::Bad("a hold time may not be in the future".into()));
         }
-        // This replica's view orders the write after the hold or release it supersedes.
-        let current = st.view.table(id).record(&serial);
+        // Decided on the same state as `vigil hold`/`release`: the join of every reachable
+        // region (or the journal), joined with this replica's view, which may lag the regions
+        // (or hold what a region lost). The write is then ordered after the hold or release it
+        // supersedes.
+        let joined = st
+            .writer
+            .current_record(id, &serial)
+            .await
+            .map_err(Refused::Unavailable)?;
+        let current = match (joined, st.view.table(id).record(&serial)) {
+            (Some(a), Some(b)) => Some(a.join(b)),
+            (a, b) => a.or(b),
+        };
         let kind = crate::status::hold_change(current.as_ref(), endpoint == "hold", now, requested)
             .map_err(|e| e.to_string())?;
         return Ok(vec![event(id, serial, kind)]);
@@ -477,9 +510,7 @@ fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Vec<Even
         let (id, serial) = target(&b.issuer, &b.serial)?;
         let reason = match b.reason.as_deref() {
             None => RevocationReason::Unspecified,
-            Some(r) => RevocationReason::from_name(r).ok_or_else(|| {
-                format!("unknown reason {r:?} (for certificateHold use POST /v1/hold)")
-            })?,
+            Some(r) => RevocationReason::parse(r).map_err(|e| format!("reason: {e}"))?,
         };
         let time = match &b.time {
             Some(t) => parse_rfc3339(t)?,

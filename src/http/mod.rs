@@ -47,6 +47,8 @@ pub struct Readiness {
     pub require_signer: bool,
     /// Freshness of the feed, when `[feed]` is configured.
     pub feed: std::sync::OnceLock<Arc<crate::feed::health::FeedHealth>>,
+    /// Complete CRLs refused for dropping entries of the previous one: degraded, named.
+    pub crl_refusals: std::sync::OnceLock<Arc<crate::crl_service::publisher::Refusals>>,
 }
 
 impl Readiness {
@@ -81,6 +83,7 @@ impl Readiness {
             .no_ocsp_signer()
             .into_iter()
             .chain(self.no_crl_signer())
+            .chain(self.crl_refusals.get().and_then(|r| r.describe()))
             .collect();
         (!why.is_empty()).then(|| why.join("; "))
     }

@@ -4,8 +4,8 @@ use std::io::Write;
 
 use bytes::Bytes;
 use http::header::{
-    ALLOW, CACHE_CONTROL, CONTENT_TYPE, ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    LAST_MODIFIED,
+    ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_RANGE, CONTENT_TYPE, ETAG, EXPIRES,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE,
 };
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
@@ -86,18 +86,21 @@ fn signed(
     (r, outcome)
 }
 
-/// HTTP for a CRL (RFC 5280 §4.2.1.13 names `application/pkix-crl`, RFC 2585 §4.2).
+/// HTTP for a CRL (RFC 5280 §4.2.1.13 names `application/pkix-crl`, RFC 2585 §4.2), as the
+/// aggregators (CRLite, CRLSets) and CDNs in front of vigil fetch it.
 ///
-/// 304 when `If-None-Match` matches the ETag or, without `If-None-Match`, when
-/// `If-Modified-Since` is not before thisUpdate (RFC 9110 §13.1.3, §13.2.2). `max-age` is
-/// the time to nextUpdate, capped at `max_age_cap` (the publishing interval) so caches come
-/// back for a newer CRL; zero once nextUpdate has passed.
-pub fn crl(
-    c: &ServedCrl,
-    request_headers: &HeaderMap,
-    now: i64,
-    max_age_cap: i64,
-) -> Response<Body> {
+/// - 304 when `If-None-Match` matches the ETag or, without `If-None-Match`, when
+///   `If-Modified-Since` is not before thisUpdate (RFC 9110 §13.1.3, §13.2.2).
+/// - `Range: bytes=…` (RFC 9110 §14.2): one range gets 206 with `Content-Range`, a range that
+///   starts past the end 416 with `Content-Range: bytes */len`; several ranges, or an
+///   `If-Range` that names another version (strong ETag or the exact Last-Modified), get the
+///   whole CRL (200). Fetchers resume an interrupted download this way.
+/// - Freshness ends at the next planned publication: `max-age` and `Expires` are
+///   `min(thisUpdate + publishing interval, nextUpdate)` (`planned_next`). After that a cache may
+///   keep serving its copy while it revalidates or while vigil is unreachable
+///   (`stale-while-revalidate`, `stale-if-error`, RFC 5861) — but never past nextUpdate, so
+///   `must-revalidate` (which forbids both) is not sent.
+pub fn crl(c: &ServedCrl, request_headers: &HeaderMap, now: i64, interval: i64) -> Response<Body> {
     let inm: Vec<&HeaderValue> = request_headers.get_all(IF_NONE_MATCH).iter().collect();
     let not_modified = if inm.is_empty() {
         request_headers
@@ -110,18 +113,149 @@ pub fn crl(
         inm.iter()
             .any(|v| etag_matches(v.as_bytes(), c.etag.as_bytes()))
     };
+    let len = c.der.len() as u64;
     let mut r = if not_modified {
         let mut r = Response::new(Full::new(Bytes::new()));
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
     } else {
-        let mut r = Response::new(Full::new(c.der.clone()));
-        r.headers_mut().insert(CONTENT_TYPE, PKIX_CRL);
-        r
+        let range = request_headers
+            .get(RANGE)
+            .filter(|_| if_range_holds(request_headers, c))
+            .and_then(|v| parse_range(v.as_bytes(), len));
+        match range {
+            None => {
+                let mut r = Response::new(Full::new(c.der.clone()));
+                r.headers_mut().insert(CONTENT_TYPE, PKIX_CRL);
+                r
+            }
+            Some(ByteRange::Unsatisfiable) => {
+                let mut r = Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                r.headers_mut()
+                    .insert(CONTENT_RANGE, header_value(format_args!("bytes */{len}")));
+                r
+            }
+            Some(ByteRange::Bytes { first, last }) => {
+                // parse_range keeps first <= last < len, so the slice is in bounds.
+                let body = c.der.slice(first as usize..=last as usize);
+                let mut r = Response::new(Full::new(body));
+                *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+                let h = r.headers_mut();
+                h.insert(CONTENT_TYPE, PKIX_CRL);
+                h.insert(
+                    CONTENT_RANGE,
+                    header_value(format_args!("bytes {first}-{last}/{len}")),
+                );
+                r
+            }
+        }
     };
-    let max_age = (c.next_update - now).min(max_age_cap).max(0);
-    cacheable(&mut r, max_age, &c.etag, &c.last_modified, &c.expires);
+    let planned_next = planned_next(c, interval);
+    let max_age = (planned_next - now).max(0);
+    let stale = (c.next_update - now - max_age).max(0);
+    let h = r.headers_mut();
+    h.insert(
+        CACHE_CONTROL,
+        header_value(format_args!(
+            "max-age={max_age}, public, no-transform, stale-while-revalidate={stale}, stale-if-error={stale}"
+        )),
+    );
+    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(ETAG, c.etag.clone());
+    h.insert(LAST_MODIFIED, c.last_modified.clone());
+    h.insert(EXPIRES, c.expires_at(planned_next));
     r
+}
+
+/// When the next CRL of this scope is planned: one publishing interval after thisUpdate, and
+/// never after nextUpdate.
+pub fn planned_next(c: &ServedCrl, interval: i64) -> i64 {
+    c.this_update
+        .saturating_add(interval.max(0))
+        .min(c.next_update)
+}
+
+/// One range of a `Range` header, resolved against the representation's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ByteRange {
+    /// `first ..= last`, both inside the representation.
+    Bytes { first: u64, last: u64 },
+    /// The range starts at or past the end (or asks for a zero-length suffix): 416.
+    Unsatisfiable,
+}
+
+/// `Range: bytes=a-b`, `bytes=a-`, `bytes=-n` (RFC 9110 §14.1.2). `None` (serve the whole
+/// representation) for other units, several ranges, or a header that does not parse: a server
+/// may ignore a Range it does not support (§14.2).
+fn parse_range(header: &[u8], len: u64) -> Option<ByteRange> {
+    let spec = std::str::from_utf8(header).ok()?.trim();
+    let (unit, set) = spec.split_once('=')?;
+    if !unit.trim().eq_ignore_ascii_case("bytes") || set.contains(',') {
+        return None;
+    }
+    let (a, b) = set.trim().split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let digits = |s: &str| !s.is_empty() && s.len() <= 19 && s.bytes().all(|d| d.is_ascii_digit());
+    if a.is_empty() {
+        // suffix: the last n bytes
+        if !digits(b) {
+            return None;
+        }
+        let n: u64 = b.parse().ok()?;
+        if n == 0 || len == 0 {
+            return Some(ByteRange::Unsatisfiable);
+        }
+        return Some(ByteRange::Bytes {
+            first: len.saturating_sub(n),
+            last: len - 1,
+        });
+    }
+    if !digits(a) || !(b.is_empty() || digits(b)) {
+        return None;
+    }
+    let first: u64 = a.parse().ok()?;
+    let last: u64 = if b.is_empty() {
+        u64::MAX
+    } else {
+        b.parse().ok()?
+    };
+    if last < first {
+        return None;
+    }
+    if first >= len {
+        return Some(ByteRange::Unsatisfiable);
+    }
+    Some(ByteRange::Bytes {
+        first,
+        last: last.min(len - 1),
+    })
+}
+
+/// `If-Range` (RFC 9110 §13.1.5): absent, or naming this version — a strong ETag compared
+/// strongly, or an HTTP date equal to Last-Modified.
+fn if_range_holds(request_headers: &HeaderMap, c: &ServedCrl) -> bool {
+    let Some(v) = request_headers.get(IF_RANGE) else {
+        return true;
+    };
+    let v = v.as_bytes().trim_ascii();
+    if v.starts_with(b"\"") {
+        return v == c.etag.as_bytes();
+    }
+    v == c.last_modified.as_bytes()
+}
+
+/// A header value from formatted ASCII (numbers and fixed text only).
+fn header_value(args: std::fmt::Arguments<'_>) -> HeaderValue {
+    let mut buf = [0u8; 160];
+    let mut w = &mut buf[..];
+    match w.write_fmt(args) {
+        Ok(()) => {
+            let n = 160 - w.len();
+            HeaderValue::from_bytes(&buf[..n]).unwrap_or(NO_CACHE)
+        }
+        Err(_) => NO_CACHE,
+    }
 }
 
 /// The headers of a response HTTP caches may keep for `max_age` seconds.
@@ -161,6 +295,19 @@ fn etag_matches(header: &[u8], etag: &[u8]) -> bool {
     })
 }
 
+/// A JSON document (the CCADB disclosure of an issuer's CRL URLs): cacheable for an hour, it
+/// changes only with the configuration.
+pub fn json(body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Full::new(body));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("max-age=3600, public, no-transform"),
+    );
+    r
+}
+
 /// A plain-text response.
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()));
@@ -184,6 +331,50 @@ pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges() {
+        use ByteRange::*;
+        let r = |h: &str, len| parse_range(h.as_bytes(), len);
+        assert_eq!(r("bytes=0-9", 100), Some(Bytes { first: 0, last: 9 }));
+        assert_eq!(
+            r("bytes=90-", 100),
+            Some(Bytes {
+                first: 90,
+                last: 99
+            })
+        );
+        assert_eq!(
+            r("bytes=90-500", 100),
+            Some(Bytes {
+                first: 90,
+                last: 99
+            })
+        );
+        assert_eq!(
+            r("bytes=-10", 100),
+            Some(Bytes {
+                first: 90,
+                last: 99
+            })
+        );
+        assert_eq!(r("bytes=-500", 100), Some(Bytes { first: 0, last: 99 }));
+        assert_eq!(r("BYTES = 5-5", 100), Some(Bytes { first: 5, last: 5 }));
+        assert_eq!(r("bytes=100-", 100), Some(Unsatisfiable));
+        assert_eq!(r("bytes=-0", 100), Some(Unsatisfiable));
+        for ignored in [
+            "bytes=0-1,5-6",
+            "bytes=9-1",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=-",
+            "bytes=+1-2",
+            "bytes=99999999999999999999-",
+            "bytes",
+        ] {
+            assert_eq!(r(ignored, 100), None, "{ignored}");
+        }
+    }
 
     #[test]
     fn if_none_match_forms() {

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `/healthz`, `/readyz`, `/metrics` | GET, HEAD |
 //! | `/crl/{issuer}.crl`, `/crl/{issuer}/{shard}.crl` (and `.delta.crl`) | GET, HEAD |
+//! | `/crl/{issuer}.json` (CCADB's JSON array of the issuer's CRL URLs) | GET, HEAD |
 //! | `/` and `{ocsp_prefix}` | POST an OCSPRequest |
 //! | `/{base64}` and `{ocsp_prefix}/{base64}` | GET an OCSPRequest |
 //!
@@ -79,10 +80,11 @@ pub async fn handle(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body>
                 PathClass::Crl,
             );
         }
-        let r = match st
-            .crl
-            .lookup(path.strip_prefix("/crl/").unwrap_or_default())
-        {
+        let name = path.strip_prefix("/crl/").unwrap_or_default();
+        if let Some(json) = st.crl.disclosure(name) {
+            return other(&st, respond::json(json), PathClass::Crl);
+        }
+        let r = match st.crl.lookup(name) {
             None => respond::text(StatusCode::NOT_FOUND, "no such CRL\n"),
             Some(None) => respond::text(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -19,7 +19,7 @@
 //! instead of misreading them; issued and revoked stay version 1, readable by every build.
 //! Each kind has exactly one version, so every decoded event re-encodes to its input.
 
-use super::{IssuerId, RevocationReason, Serial};
+use super::{count_rejected, IssuerId, ReasonError, Rejected, RevocationReason, Serial};
 use crate::limits::{MAX_EVENT_BYTES, MAX_ORIGIN_BYTES};
 
 /// The encoding version of issued and revoked events.
@@ -70,6 +70,19 @@ pub enum EventKind {
     },
 }
 
+impl EventKind {
+    /// Refuses a revocation whose reason a revocation may not carry (certificateHold,
+    /// removeFromCRL): writers check before writing, the view before applying.
+    pub fn check(&self) -> Result<(), ReasonError> {
+        match *self {
+            EventKind::Revoked { reason, .. } if !reason.is_revocation_reason() => {
+                Err(ReasonError::NotARevocationReason(reason))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Why an encoded event could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -85,6 +98,10 @@ pub enum DecodeError {
     /// A field holds a value vigil does not accept.
     #[error("invalid event field: {0}")]
     Field(&'static str),
+    /// A revocation whose reason code a revocation may not carry (certificateHold 6,
+    /// removeFromCRL 8, an unassigned code): refused and counted, never applied.
+    #[error("revocation reason code {0} is not a revocation reason")]
+    Reason(u8),
 }
 
 impl Event {
@@ -160,7 +177,10 @@ impl Event {
             1 => EventKind::Issued { not_after: time },
             2 => EventKind::Revoked {
                 time,
-                reason: RevocationReason::from_code(reason).ok_or(DecodeError::Field("reason"))?,
+                reason: RevocationReason::from_code(reason).ok_or_else(|| {
+                    count_rejected(Rejected::Event);
+                    DecodeError::Reason(reason)
+                })?,
             },
             3 => EventKind::Hold { time },
             _ => EventKind::Release { time },
@@ -274,6 +294,29 @@ mod tests {
         let mut b = sample().to_bytes();
         b[0] = EVENT_VERSION_HOLD;
         assert_eq!(Event::decode(&b), Err(DecodeError::Version(2)));
+    }
+
+    #[test]
+    fn hold_and_remove_from_crl_are_refused_as_revocation_reasons() {
+        let reason_at = |e: &Event| 2 + 32 + 1 + e.serial.as_der_content().len() + 8;
+        for code in [6u8, 7, 8, 11, 200] {
+            let e = sample();
+            let mut b = e.to_bytes();
+            b[reason_at(&e)] = code;
+            assert_eq!(
+                Event::decode(&b),
+                Err(DecodeError::Reason(code)),
+                "code {code}"
+            );
+        }
+        for r in [
+            RevocationReason::CertificateHold,
+            RevocationReason::RemoveFromCrl,
+        ] {
+            let kind = EventKind::Revoked { time: 1, reason: r };
+            assert_eq!(kind.check(), Err(ReasonError::NotARevocationReason(r)));
+        }
+        assert_eq!(sample().kind.check(), Ok(()));
     }
 
     proptest! {

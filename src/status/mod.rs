@@ -145,10 +145,18 @@ impl fmt::Display for Serial {
 
 /// CRLReason (RFC 5280 §5.3.1).
 ///
-/// `certificateHold` (6) is not a reason a revocation can carry: a hold is its own event
-/// ([`EventKind::Hold`]), reversible, and answered only for issuers whose policy allows holds
-/// (the Baseline Requirements forbid them for TLS). [`RevocationReason::from_code`] and
-/// [`RevocationReason::from_name`] therefore refuse it.
+/// Two codes are not reasons a revocation can carry, and every place a revocation enters vigil
+/// refuses them ([`RevocationReason::parse`] for text, [`RevocationReason::from_code`] for
+/// events and records, [`EventKind::check`] for events made in the process):
+///
+/// - `certificateHold` (6): a hold is its own event ([`EventKind::Hold`]), reversible, and
+///   answered only for issuers whose policy allows holds (the Baseline Requirements forbid them
+///   for TLS);
+/// - `removeFromCRL` (8): RFC 5280 §5.3.1 uses it only in delta CRLs, for a certificate released
+///   from hold. A revocation carrying it is final, so every later complete CRL would list it
+///   with a reason the lint refuses outside a delta CRL, and the issuer's CRLs would stop.
+///
+/// Both stay variants of this type because CRL entries carry them ([`Self::from_crl_code`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum RevocationReason {
@@ -175,53 +183,92 @@ pub enum RevocationReason {
 }
 
 impl RevocationReason {
-    const ALL: [(RevocationReason, &'static str); 9] = [
+    const ALL: [(RevocationReason, &'static str); 10] = [
         (Self::Unspecified, "unspecified"),
         (Self::KeyCompromise, "keyCompromise"),
         (Self::CaCompromise, "cACompromise"),
         (Self::AffiliationChanged, "affiliationChanged"),
         (Self::Superseded, "superseded"),
         (Self::CessationOfOperation, "cessationOfOperation"),
+        (Self::CertificateHold, "certificateHold"),
         (Self::RemoveFromCrl, "removeFromCRL"),
         (Self::PrivilegeWithdrawn, "privilegeWithdrawn"),
         (Self::AaCompromise, "aACompromise"),
     ];
 
-    /// The reason for a CRLReason code, if vigil accepts it.
+    /// The reason for a CRLReason code, if a revocation may carry it (not certificateHold, not
+    /// removeFromCRL).
     pub fn from_code(code: u8) -> Option<Self> {
+        Self::from_crl_code(code).filter(|r| r.is_revocation_reason())
+    }
+
+    /// Parses the RFC 5280 name (case-insensitive), as OpenSSL's `-crl_reason` spells it, if a
+    /// revocation may carry it. [`Self::parse`] says why a name was refused.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::parse(name).ok()
+    }
+
+    /// Parses the reason of a revocation from its RFC 5280 name (case-insensitive); refuses
+    /// certificateHold, removeFromCRL and unknown names with a message saying what to do.
+    pub fn parse(name: &str) -> Result<Self, ReasonError> {
+        match Self::ALL
+            .iter()
+            .find(|(_, n)| n.eq_ignore_ascii_case(name))
+            .map(|(r, _)| *r)
+        {
+            Some(r) if r.is_revocation_reason() => Ok(r),
+            Some(r) => Err(ReasonError::NotARevocationReason(r)),
+            None => Err(ReasonError::Unknown(name.chars().take(64).collect())),
+        }
+    }
+
+    /// The reason for a CRLReason code as a CRL entry may carry it: every code RFC 5280
+    /// defines, certificateHold and removeFromCRL included.
+    pub fn from_crl_code(code: u8) -> Option<Self> {
         Self::ALL
             .iter()
             .find(|(r, _)| *r as u8 == code)
             .map(|(r, _)| *r)
     }
 
-    /// Parses the RFC 5280 name (case-insensitive), as OpenSSL's `-crl_reason` spells it.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL
-            .iter()
-            .find(|(_, n)| n.eq_ignore_ascii_case(name))
-            .map(|(r, _)| *r)
-    }
-
-    /// The reason for a CRLReason code as a CRL entry may carry it: [`Self::from_code`] plus
-    /// certificateHold.
-    pub fn from_crl_code(code: u8) -> Option<Self> {
-        if code == Self::CertificateHold as u8 {
-            return Some(Self::CertificateHold);
-        }
-        Self::from_code(code)
+    /// False for certificateHold and removeFromCRL, which a CRL entry may carry but a
+    /// revocation may not.
+    pub fn is_revocation_reason(self) -> bool {
+        !matches!(self, Self::CertificateHold | Self::RemoveFromCrl)
     }
 
     /// The RFC 5280 name.
     pub fn name(self) -> &'static str {
-        if self == Self::CertificateHold {
-            return "certificateHold";
-        }
         Self::ALL
             .iter()
             .find(|(r, _)| *r == self)
             .map(|(_, n)| *n)
             .unwrap_or("unspecified")
+    }
+}
+
+/// Why a revocation reason was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReasonError {
+    /// certificateHold or removeFromCRL: CRL entry reasons, not revocation reasons.
+    #[error("{}", not_a_revocation_reason(*.0))]
+    NotARevocationReason(RevocationReason),
+    /// Not an RFC 5280 reason name.
+    #[error("unknown revocation reason {0:?}; one of: unspecified, keyCompromise, cACompromise, affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn, aACompromise")]
+    Unknown(String),
+}
+
+fn not_a_revocation_reason(r: RevocationReason) -> &'static str {
+    match r {
+        RevocationReason::CertificateHold => {
+            "certificateHold is not a revocation reason: a hold is reversible and is its own \
+             change (`vigil hold`, POST /v1/hold; issuers with allow_hold only)"
+        }
+        _ => {
+            "removeFromCRL is not a revocation reason: it only appears in delta CRLs, for a \
+             certificate released from hold (`vigil release`, POST /v1/release); a revocation \
+             is final"
+        }
     }
 }
 
@@ -442,8 +489,12 @@ impl CertRecord {
         b
     }
 
-    /// Reads [`CertRecord::to_bytes`]; None for a wrong length, an unknown reason code or a
-    /// never-held record with a time.
+    /// Reads [`CertRecord::to_bytes`]; None for a wrong length, a reason octet that is neither
+    /// a revocation reason nor a hold register (removeFromCRL, an unassigned code), or a
+    /// never-held record with a time. A refused reason is counted
+    /// ([`telemetry::STATUS_REJECTED`](crate::telemetry::STATUS_REJECTED), `input="record"`):
+    /// such a record is not applied at all — reading it as a revocation with another reason
+    /// would invent one, and as a live record would answer `good` for a revoked certificate.
     pub fn from_bytes(b: &[u8]) -> Option<CertRecord> {
         if b.len() != Self::ENCODED_LEN {
             return None;
@@ -455,11 +506,35 @@ impl CertRecord {
         };
         let known = matches!(r.reason, Self::NOT_REVOKED | Self::RELEASED | Self::HELD)
             || RevocationReason::from_code(r.reason).is_some();
-        if !known || (r.reason == Self::NOT_REVOKED && r.revoked_at != [0; 4]) {
+        if !known {
+            count_rejected(Rejected::Record);
+            return None;
+        }
+        if r.reason == Self::NOT_REVOKED && r.revoked_at != [0; 4] {
             return None;
         }
         Some(r)
     }
+}
+
+/// What carried a refused revocation reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// A revoked event (feed entry, journal record, hint, or made in the process).
+    Event,
+    /// A 9-byte snapshot or checkpoint record.
+    Record,
+}
+
+/// Counts one event or record refused for its revocation reason
+/// ([`crate::telemetry::STATUS_REJECTED`]). The one place the count is kept, so every way in
+/// (feed, bootstrap, journal, checkpoint, repair) counts alike.
+pub fn count_rejected(what: Rejected) {
+    let input = match what {
+        Rejected::Event => "event",
+        Rejected::Record => "record",
+    };
+    metrics::counter!(crate::telemetry::STATUS_REJECTED, "input" => input).increment(1);
 }
 
 /// Why a hold or release was refused.

@@ -27,7 +27,51 @@ type Records = HashMap<Serial, CertRecord, BuildHasherDefault<DefaultHasher>>;
 /// One issuer's certificates.
 #[derive(Default)]
 pub struct IssuerTable {
-    records: RwLock<Records>,
+    records: RwLock<Table>,
+}
+
+/// The map and its digest, under one lock so that a reader sees them agree.
+#[derive(Default)]
+struct Table {
+    map: Records,
+    digest: Digest,
+}
+
+/// The order-independent digest of a set of records: the XOR of SHA-1(serial DER content octets
+/// ‖ 9-byte record) over every record. Each feed region keeps the same digest of its snapshot
+/// (the merge script, [`crate::feed::scripts::MERGE_LUA`]), so a replica compares its view
+/// with a region without scanning either; together with the record count it is how a replica
+/// checks that it is complete ([`crate::feed::consume`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Digest(pub [u8; 20]);
+
+impl Digest {
+    /// Adds (or, applied again, removes) one record.
+    pub fn toggle(&mut self, serial: &Serial, record: &CertRecord) {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+        ctx.update(serial.as_der_content());
+        ctx.update(&record.to_bytes());
+        for (d, h) in self.0.iter_mut().zip(ctx.finish().as_ref()) {
+            *d ^= h;
+        }
+    }
+
+    /// Lower-case hex, as the regions store it.
+    pub fn hex(&self) -> String {
+        super::hex(&self.0)
+    }
+
+    /// Reads the regions' 40 hex digits.
+    pub fn from_hex(s: &str) -> Option<Digest> {
+        if s.len() != 40 || !s.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 20];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Digest(out))
+    }
 }
 
 /// What applying an event did.
@@ -66,15 +110,25 @@ impl StatusView {
             .clone()
     }
 
-    /// Joins one event into the view.
+    /// Joins one event into the view. A revocation with a reason a revocation may not carry
+    /// ([`EventKind::check`](super::EventKind::check)) is refused: counted, and `Unchanged`.
     pub fn apply(&self, event: &Event) -> Applied {
+        if refused(event) {
+            return Applied::Unchanged;
+        }
         self.table(event.issuer)
             .merge(event.serial, CertRecord::from_event(&event.kind))
     }
 
     /// Joins a batch of events, taking each issuer's write lock once per run of events of that
-    /// issuer; `changed` is called (outside no lock) for each event that changed the view.
-    pub fn apply_batch(&self, events: &[Event], mut changed: impl FnMut(&Event, CertStatus)) {
+    /// issuer; `changed` is called (outside the lock) for each event that changed the view,
+    /// with the certificate's status before and after it. Refused events are skipped as in
+    /// [`StatusView::apply`].
+    pub fn apply_batch(
+        &self,
+        events: &[Event],
+        mut changed: impl FnMut(&Event, CertStatus, CertStatus),
+    ) {
         let mut rest = events;
         while let Some(first) = rest.first() {
             let run = rest
@@ -86,20 +140,27 @@ impl StatusView {
             let table = self.table(first.issuer);
             let mut statuses = Vec::new();
             {
-                let mut map = table
+                let mut t = table
                     .records
                     .write()
                     .unwrap_or_else(PoisonError::into_inner);
                 for (i, e) in now.iter().enumerate() {
+                    if refused(e) {
+                        continue;
+                    }
+                    let before = t
+                        .map
+                        .get(&e.serial)
+                        .map_or(CertStatus::Unissued, |r| r.status());
                     if let Applied::Changed { status } =
-                        merge_into(&mut map, e.serial, CertRecord::from_event(&e.kind))
+                        merge_into(&mut t, e.serial, CertRecord::from_event(&e.kind))
                     {
-                        statuses.push((i, status));
+                        statuses.push((i, before, status));
                     }
                 }
             }
-            for (i, status) in statuses {
-                changed(&now[i], status);
+            for (i, before, after) in statuses {
+                changed(&now[i], before, after);
             }
         }
     }
@@ -138,6 +199,17 @@ impl StatusView {
     }
 }
 
+/// True (and counted) for an event the view must not apply: a revocation whose reason a
+/// revocation may not carry. Decoding refuses those already; this covers events made in the
+/// process.
+fn refused(event: &Event) -> bool {
+    if event.kind.check().is_ok() {
+        return false;
+    }
+    super::count_rejected(super::Rejected::Event);
+    true
+}
+
 impl IssuerTable {
     /// The status of one certificate of this issuer, holds included.
     pub fn status(&self, serial: &Serial) -> CertStatus {
@@ -151,6 +223,7 @@ impl IssuerTable {
             .records
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .map
             .get(serial)
         {
             Some(r) => r.status_with(holds),
@@ -163,14 +236,15 @@ impl IssuerTable {
         self.records
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .map
             .get(serial)
             .copied()
     }
 
     /// Joins `record` into the certificate's record.
     pub fn merge(&self, serial: Serial, record: CertRecord) -> Applied {
-        let mut map = self.records.write().unwrap_or_else(PoisonError::into_inner);
-        merge_into(&mut map, serial, record)
+        let mut t = self.records.write().unwrap_or_else(PoisonError::into_inner);
+        merge_into(&mut t, serial, record)
     }
 
     /// Makes room for `additional` more certificates (checkpoint loading sizes the table once).
@@ -178,6 +252,7 @@ impl IssuerTable {
         self.records
             .write()
             .unwrap_or_else(PoisonError::into_inner)
+            .map
             .reserve(additional);
     }
 
@@ -192,7 +267,11 @@ impl IssuerTable {
     /// doubling its memory.
     pub fn records_partition(&self, part: usize, parts: usize) -> Vec<(Serial, CertRecord)> {
         let parts = parts.clamp(1, 256);
-        let map = self.records.read().unwrap_or_else(PoisonError::into_inner);
+        let map = &self
+            .records
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map;
         let mut out = Vec::with_capacity(map.len() / parts + 16);
         out.extend(
             map.iter()
@@ -204,10 +283,35 @@ impl IssuerTable {
 
     /// Joins many records under one lock (checkpoint loading).
     pub fn merge_many(&self, records: &[(Serial, CertRecord)]) {
-        let mut map = self.records.write().unwrap_or_else(PoisonError::into_inner);
-        for (s, r) in records {
-            merge_into(&mut map, *s, *r);
+        self.merge_records(records, |_, _, _| {});
+    }
+
+    /// Joins many records under one lock; `changed` is called (outside the lock) with the
+    /// serial, the status before and the status after, for each record that changed the view.
+    pub fn merge_records(
+        &self,
+        records: &[(Serial, CertRecord)],
+        mut changed: impl FnMut(&Serial, CertStatus, CertStatus),
+    ) {
+        let mut out = Vec::new();
+        {
+            let mut t = self.records.write().unwrap_or_else(PoisonError::into_inner);
+            for (s, r) in records {
+                let before = t.map.get(s).map_or(CertStatus::Unissued, |r| r.status());
+                if let Applied::Changed { status } = merge_into(&mut t, *s, *r) {
+                    out.push((*s, before, status));
+                }
+            }
         }
+        for (s, before, after) in out {
+            changed(&s, before, after);
+        }
+    }
+
+    /// The number of records and their [`Digest`], read together.
+    pub fn summary(&self) -> (usize, Digest) {
+        let t = self.records.read().unwrap_or_else(PoisonError::into_inner);
+        (t.map.len(), t.digest)
     }
 
     /// Number of certificates of this issuer.
@@ -215,6 +319,7 @@ impl IssuerTable {
         self.records
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .map
             .len()
     }
 
@@ -229,6 +334,7 @@ impl IssuerTable {
             .records
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .map
             .iter()
         {
             f(s, r);
@@ -241,10 +347,11 @@ fn partition_of(s: &Serial) -> usize {
     s.as_der_content().last().copied().unwrap_or(0) as usize
 }
 
-fn merge_into(map: &mut Records, serial: Serial, record: CertRecord) -> Applied {
-    match map.entry(serial) {
+fn merge_into(t: &mut Table, serial: Serial, record: CertRecord) -> Applied {
+    match t.map.entry(serial) {
         Entry::Vacant(slot) => {
             slot.insert(record);
+            t.digest.toggle(&serial, &record);
             Applied::Changed {
                 status: record.status(),
             }
@@ -254,6 +361,8 @@ fn merge_into(map: &mut Records, serial: Serial, record: CertRecord) -> Applied 
             if joined == *slot.get() {
                 return Applied::Unchanged;
             }
+            t.digest.toggle(&serial, slot.get());
+            t.digest.toggle(&serial, &joined);
             *slot.get_mut() = joined;
             Applied::Changed {
                 status: joined.status(),
@@ -278,12 +387,32 @@ mod tests {
         }
     }
 
+    #[test]
+    fn revocations_with_hold_or_remove_from_crl_are_not_applied() {
+        let view = StatusView::new();
+        let issued = ev(3, EventKind::Issued { not_after: 100 }, "a");
+        view.apply(&issued);
+        for reason in [
+            RevocationReason::CertificateHold,
+            RevocationReason::RemoveFromCrl,
+        ] {
+            let bad = ev(3, EventKind::Revoked { time: 5, reason }, "a");
+            assert_eq!(view.apply(&bad), Applied::Unchanged);
+            let mut seen = 0;
+            view.apply_batch(std::slice::from_ref(&bad), |_, _, _| seen += 1);
+            assert_eq!(seen, 0);
+            assert_eq!(view.status(issued.issuer, &issued.serial), CertStatus::Good);
+        }
+        // and a snapshot record with removeFromCRL (8) does not decode
+        assert_eq!(CertRecord::from_bytes(&[0, 0, 0, 100, 0, 0, 0, 5, 8]), None);
+        assert!(CertRecord::from_bytes(&[0, 0, 0, 100, 0, 0, 0, 5, 6]).is_some());
+    }
+
     fn arb_event() -> impl Strategy<Value = Event> {
         let kind = prop_oneof![
             (0i64..2_000_000_000).prop_map(|t| EventKind::Issued { not_after: t }),
-            (0i64..2_000_000_000, 0usize..9).prop_map(|(t, r)| EventKind::Revoked {
-                time: t,
-                reason: RevocationReason::ALL[r].0,
+            (0i64..2_000_000_000, 0u8..11).prop_filter_map("a revocation reason", |(t, r)| {
+                RevocationReason::from_code(r).map(|reason| EventKind::Revoked { time: t, reason })
             }),
             // hold and release times from a small range, so that ties (a hold wins) and
             // releases that undo holds are common
@@ -398,7 +527,7 @@ mod tests {
             }
             for region in regions.iter().rev() {
                 for chunk in region.chunks(split.max(1)) {
-                    batched.apply_batch(chunk, |_, _| {});
+                    batched.apply_batch(chunk, |_, _, _| {});
                 }
             }
             prop_assert_eq!(snapshot(&forward), snapshot(&batched));
