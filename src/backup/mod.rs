@@ -447,6 +447,7 @@ pub async fn restore(
                             entry.this_update,
                             None,
                             None,
+                            None,
                         )
                         .await?;
                     let e = out.entry(s.name.clone()).or_default();
