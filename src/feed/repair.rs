@@ -35,10 +35,10 @@ use redis::Value;
 use super::consume::{heartbeat_payload, parse_entries, parse_issuer_hex, random_id, FeedState};
 use super::publish::{merge, run_pipeline};
 use super::region::Region;
-use super::{group_by_certificate, scripts, value_str, CertWrite, FeedError};
+use super::{group_by_certificate, scripts, value_str, FeedError};
 use crate::clock::unix_now_ms;
 use crate::limits::FEED_PIPELINE_CHUNK;
-use crate::status::{CertRecord, Event, IssuerId, Serial, StatusView};
+use crate::status::{Event, IssuerId, StatusView};
 use crate::telemetry;
 
 /// How long a repair lease lasts without renewal.
@@ -439,44 +439,13 @@ pub async fn merge_view_into(
         for part in 0..parts {
             let records = table.records_partition(part, parts);
             for chunk in records.chunks(FEED_PIPELINE_CHUNK * 8) {
-                let writes = record_writes(issuer, chunk, origin);
+                let writes = crate::backup::cert_writes(issuer, chunk, origin, unix_now_ms());
                 changed += merge(t, tc, &writes, maxlen).await?;
                 lease.renew(t, tc).await?;
             }
         }
     }
     Ok(changed)
-}
-
-/// The writes that put `records` into a region: each record with the events that give it.
-fn record_writes(
-    issuer: IssuerId,
-    records: &[(Serial, CertRecord)],
-    origin: &str,
-) -> Vec<CertWrite> {
-    let now = unix_now_ms();
-    records
-        .iter()
-        .map(|(serial, record)| CertWrite {
-            issuer,
-            serial: *serial,
-            record: *record,
-            events: record
-                .kinds()
-                .into_iter()
-                .map(|kind| {
-                    Event {
-                        issuer,
-                        serial: *serial,
-                        kind,
-                        origin: origin.to_owned(),
-                        created_at_ms: now,
-                    }
-                    .to_bytes()
-                })
-                .collect(),
-        })
-        .collect()
 }
 
 /// Writes a heartbeat to `region` every `interval` (at most one per region per interval across
