@@ -218,6 +218,22 @@ impl Tally {
     }
 }
 
+/// The framing of one section: its 5-byte head (kind, length) and the SHA-256 that follows
+/// its payload. The caller checks the payload against [`MAX_BACKUP_SECTION_BYTES`] (which is
+/// below `u32::MAX`, so the length fits).
+pub fn frame(kind: u8, payload: &[u8]) -> ([u8; 5], [u8; 32]) {
+    let len = payload.len().min(u32::MAX as usize) as u32;
+    let mut head = [0u8; 5];
+    head[0] = kind;
+    head[1..].copy_from_slice(&len.to_be_bytes());
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(&head);
+    ctx.update(payload);
+    let mut sum = [0u8; 32];
+    sum.copy_from_slice(ctx.finish().as_ref());
+    (head, sum)
+}
+
 // === impl Writer ===
 
 /// Writes a backup section by section, keeping the whole-file digest and the manifest.
@@ -255,18 +271,13 @@ impl<W: Write> Writer<W> {
     }
 
     fn section(&mut self, kind: SectionKind, payload: &[u8]) -> Result<(), BackupError> {
-        let len = u32::try_from(payload.len())
-            .ok()
-            .filter(|&l| l as usize <= MAX_BACKUP_SECTION_BYTES)
-            .ok_or_else(|| BackupError::Other("section too large".into()))?;
-        let mut sum = Context::new(&SHA256);
-        sum.update(&[kind as u8]);
-        sum.update(&len.to_be_bytes());
-        sum.update(payload);
-        self.raw(&[kind as u8])?;
-        self.raw(&len.to_be_bytes())?;
+        if payload.len() > MAX_BACKUP_SECTION_BYTES {
+            return Err(BackupError::Other("section too large".into()));
+        }
+        let (head, sum) = frame(kind as u8, payload);
+        self.raw(&head)?;
         self.raw(payload)?;
-        self.raw(sum.finish().as_ref())?;
+        self.raw(&sum)?;
         self.sections += 1;
         Ok(())
     }
@@ -465,16 +476,20 @@ impl<R: Read> Reader<R> {
                 return Err(self.damaged(name, at, "more sections than the bound"));
             }
             let before_manifest = self.whole.clone();
-            let mut payload = vec![0u8; len];
+            // The buffer grows with the bytes actually there: a truncated (or hostile) file
+            // that claims a large section costs only what it holds.
+            let mut payload = Vec::with_capacity(len.min(64 * 1024));
             let mut sum = [0u8; 32];
+            (&mut self.input)
+                .take(len as u64)
+                .read_to_end(&mut payload)?;
+            if payload.len() != len {
+                return Err(BackupError::Truncated(at));
+            }
             self.input
-                .read_exact(&mut payload)
-                .and_then(|()| self.input.read_exact(&mut sum))
+                .read_exact(&mut sum)
                 .map_err(|_| BackupError::Truncated(at))?;
-            let mut ctx = Context::new(&SHA256);
-            ctx.update(&head);
-            ctx.update(&payload);
-            if ctx.finish().as_ref() != sum {
+            if frame(head[0], &payload).1 != sum {
                 return Err(self.damaged(name, at, "checksum mismatch"));
             }
             self.whole.update(&head);
@@ -670,5 +685,17 @@ mod tests {
         let mut c = b.clone();
         c.push(0);
         assert!(read_all(&c).is_err());
+    }
+
+    #[test]
+    fn a_section_claiming_more_bytes_than_the_file_holds_is_truncated() {
+        let mut b = sample(3)[..10].to_vec();
+        b.push(SectionKind::Header as u8);
+        b.extend_from_slice(&(MAX_BACKUP_SECTION_BYTES as u32).to_be_bytes());
+        b.extend_from_slice(b"{}");
+        assert!(matches!(read_all(&b), Err(BackupError::Truncated(10))));
+        b[11..15].copy_from_slice(&(MAX_BACKUP_SECTION_BYTES as u32 + 1).to_be_bytes());
+        let e = read_all(&b).err().unwrap().to_string();
+        assert!(e.contains("section 0 (header) at byte 10: length"), "{e}");
     }
 }
