@@ -16,7 +16,8 @@
 #
 # Environment: VIGIL_CLUSTER_DIR (state dir, default loadtest/out/cluster), VIGIL_BIN (the
 # vigil binary, default target/release/vigil, else target/debug/vigil), CLUSTER_GOOD,
-# CLUSTER_REVOKED (serials issued / revoked at start; default 200 / 50), CLUSTER_REPLICAS (the
+# CLUSTER_REVOKED (serials issued / revoked at start; default 200 / 50), CLUSTER_FEED_MAXLEN
+# (the replicas' feed.maxlen; default vigil's), CLUSTER_REPLICAS (the
 # replicas to run, default "a1 a2 b1 b2"; loadtest/mass-revocation.sh runs "a1 b1").
 set -euo pipefail
 
@@ -127,6 +128,29 @@ start_redis() { # start_redis REGION
   die "redis-$r did not start"
 }
 
+# start_redis_from REGION RDB: the region's Redis started again from an RDB file (a rollback:
+# a Redis restored from an older snapshot), then AOF turned back on, rewritten from that data.
+start_redis_from() {
+  local r="$1" rdb="$2"
+  # shellcheck disable=SC1090
+  . "$STATE/cluster.env"
+  local port_var="REDIS_${r^^}_PORT"
+  rm -rf "$STATE/redis-$r"
+  mkdir -p "$STATE/redis-$r"
+  cp "$rdb" "$STATE/redis-$r/dump.rdb"
+  start "redis-$r" "$STATE/logs/redis-$r.log" redis-server --bind "${REGION_IP[$r]}" --port "${!port_var}" \
+    --dir "$STATE/redis-$r" --save "" --appendonly no
+  local i
+  for ((i = 0; i < 100; i++)); do
+    if redis-cli -h "${REGION_IP[$r]}" -p "${!port_var}" ping 2>/dev/null | grep -q PONG; then
+      redis-cli -h "${REGION_IP[$r]}" -p "${!port_var}" config set appendonly yes >/dev/null
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "redis-$r did not start from $rdb"
+}
+
 replica_config() { # replica_config NAME REGION
   local n="$1" r="$2" other
   [ "$r" = a ] && other=b || other=a
@@ -155,6 +179,7 @@ heartbeat_interval = "500ms"
 max_staleness = "30s"
 repair_interval = "1s"
 checkpoint_interval = "5s"
+$([ -n "${CLUSTER_FEED_MAXLEN:-}" ] && echo "maxlen = $CLUSTER_FEED_MAXLEN")
 
 [[region]]
 name = "$r"
@@ -231,7 +256,11 @@ haproxy_config() {
   # may spend on a hung HSM and then the next: `hsm_pool.sign_timeout` 100 ms, in the replica
   # config above); checks every 500 ms with a 300 ms timeout, fall 2,
   # take a hung replica out in about 1-1.5 s, and `leastconn` sends nothing new to a replica
-  # that still holds an unanswered request meanwhile. Reasons in docs/DEPLOY.md.
+  # that still holds an unanswered request meanwhile. `observe layer4 error-limit 1 on-error
+  # mark-down` takes a replica out at its first refused connection, without waiting for two
+  # checks: with two replicas killed at once (a lease holder and its region's other replica in
+  # the publisher-failover drill), `leastconn` otherwise sends the retries of one request from
+  # one dead replica to the other, and the request fails with 503. Reasons in docs/DEPLOY.md.
   cat >"$STATE/haproxy.cfg" <<EOF
 global
   maxconn 4096
@@ -241,6 +270,7 @@ global
 defaults
   mode http
   option httplog
+  option log-separate-errors
   log stdout format raw local0 err
   timeout connect 500ms
   timeout client 30s
@@ -262,7 +292,7 @@ backend vigil
   balance leastconn
   option httpchk GET /readyz
   http-check expect status 200
-  default-server check inter 500ms fall 2 rise 2
+  default-server check inter 500ms fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down
 EOF
   local n port_var
   for n in $REPLICAS; do
@@ -384,5 +414,6 @@ case "${1:-}" in
   start-replica) start_replica "$2" ;;
   start-hsm) start_hsm "$2" ;;
   start-redis) start_redis "$2" ;;
+  start-redis-from) start_redis_from "$2" "$3" ;;
   *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
 esac

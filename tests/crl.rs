@@ -940,6 +940,29 @@ fn redis_store_refuses_stale_numbers_and_fenced_leaders() {
         assert_eq!(checked(7000, 6000).await, StoreOutcome::Stored);
         // a first CRL of a scope (checked against none) loses to one already stored
         assert_eq!(checked(8000, 0).await, StoreOutcome::Changed("7000".into()));
+
+        // The region loses its data (FLUSHALL: a Redis restarted empty): the next lease's
+        // token is still above every token handed out before, so the region's new leader is
+        // not fenced in the regions that remember the old tokens.
+        redis.cli(&["FLUSHALL"]);
+        // What another region's Redis still remembers of region a's leaders.
+        redis.cli(&["HSET", "vigil:crl:fence", "a", &t2.to_string()]);
+        let t3 = a
+            .lease("three", Duration::from_secs(5))
+            .await
+            .expect("lease")
+            .expect("held");
+        assert!(t3 > t2, "token after the flush {t3} <= {t2}");
+        let three = Fence {
+            region: "a".into(),
+            token: t3,
+            lease_value: format!("three {t3}"),
+        };
+        let r = b
+            .store(&id, der.clone(), 2500, 0, None, Some(&three), None)
+            .await
+            .expect("store");
+        assert_eq!(r, StoreOutcome::Stored);
     });
 }
 

@@ -93,6 +93,13 @@ impl Cluster {
                 "VIGIL_BIN",
                 self.env.get("VIGIL_BIN").cloned().unwrap_or_else(vigil_bin),
             )
+            .env("CLUSTER_FEED_MAXLEN", FEED_MAXLEN.to_string())
+            // Warnings, and what the CRL publishers store (read when a drill fails).
+            .env(
+                "VIGIL_LOG",
+                std::env::var("VIGIL_DRILL_LOG")
+                    .unwrap_or_else(|_| "warn,vigil::crl_service=info".into()),
+            )
             .output()
             .unwrap();
         assert!(
@@ -229,6 +236,18 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if !self.owned {
             return;
+        }
+        if std::thread::panicking() {
+            // Keep what the components logged: the temporary directory goes with the cluster.
+            let to = root().join(format!("loadtest/out/failed-drill-logs-{}", wall_ms() / 1000));
+            let _ = std::fs::create_dir_all(&to);
+            let _ = Command::new("cp")
+                .arg("-r")
+                .arg(self.state.join("logs"))
+                .arg(self.state.join("cluster.env"))
+                .arg(&to)
+                .status();
+            eprintln!("drill failed: component logs copied to {}", to.display());
         }
         let _ = Command::new("bash")
             .arg(root().join("loadtest/cluster.sh"))
@@ -881,7 +900,7 @@ fn drill(
     r
 }
 
-fn write_report(results: &[DrillResult], config: &str) -> PathBuf {
+fn write_report(results: &[DrillResult], data: &[DataDrillResult], config: &str) -> PathBuf {
     let dir = root().join("loadtest/out");
     std::fs::create_dir_all(&dir).unwrap();
     let stamp = std::time::SystemTime::now()
@@ -889,7 +908,7 @@ fn write_report(results: &[DrillResult], config: &str) -> PathBuf {
         .unwrap()
         .as_secs();
     let base = dir.join(format!("drill-{stamp}"));
-    let json = serde_json::json!({ "config": config, "drills": results });
+    let json = serde_json::json!({ "config": config, "drills": results, "data_drills": data });
     std::fs::write(
         base.with_extension("json"),
         serde_json::to_string_pretty(&json).unwrap(),
@@ -930,6 +949,30 @@ fn write_report(results: &[DrillResult], config: &str) -> PathBuf {
             md.push_str(&format!(
                 "\n{}: failed e.g. {:?}; wrong e.g. {:?}\n",
                 r.name, r.failed_examples, r.wrong_examples
+            ));
+        }
+    }
+    if !data.is_empty() {
+        md.push_str("\n## Data drills\n\n| drill | acknowledged revocations | CRLs checked (stored copies) | lost | OCSP answers checked | wrong | healed after ms | failed / wrong through HAProxy (GET, POST, openssl) | notes |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+        for d in data {
+            let load = d
+                .clients
+                .iter()
+                .map(|c| format!("{} / {}", c.failed, c.wrong))
+                .collect::<Vec<_>>()
+                .join(", ");
+            md.push_str(&format!(
+                "| {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} |\n",
+                d.name,
+                d.acknowledged,
+                d.observed.crls,
+                d.observed.stored_crls,
+                d.observed.lost,
+                d.observed.answers,
+                d.observed.wrong,
+                d.heal_ms,
+                load,
+                d.notes.join("; ")
             ));
         }
     }
@@ -1017,6 +1060,839 @@ fn vigil_drill_command(c: &Cluster) {
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("FAIL feed-lag     region b"), "{text}");
     assert!(text.contains("ok   feed-lag     region a"), "{text}");
+}
+
+// === data drills ===
+//
+// Faults of the data rather than of processes: a region's Redis flushed or rolled back, every
+// region flushed, the CRL publisher replaced by a replica with no data, a mass revocation far
+// past the stream's length. Throughout each, a writer acknowledges revocations (`vigil import`
+// returning), every acknowledgement goes into a [`History`], and an [`Observer`] checks every
+// CRL each replica serves and each Redis stores, and OCSP answers of every ready replica,
+// against that history.
+
+/// `feed.maxlen` of the drill cluster: small, so that the mass revocation outruns it 10 times.
+const FEED_MAXLEN: u64 = 10_000;
+/// `crl.publish_delay` of the cluster (loadtest/cluster.sh).
+const PUBLISH_DELAY: Duration = Duration::from_secs(1);
+/// On top of `crl.publish_delay`: a CRL's thisUpdate is in whole seconds, and its publisher
+/// reads the view and the clock a moment apart.
+const CRL_SLACK: Duration = Duration::from_secs(1);
+/// How long after its acknowledgement a revocation of a mass import is held to the bounds:
+/// consumers outrun by the import re-read the region's snapshot (`feed.maxlen` 10x exceeded),
+/// and a complete CRL waits for that. The time every replica took is reported as the heal time.
+const MASS_CATCH_UP: Duration = Duration::from_secs(30);
+/// Revocations in the mass-revocation drill (`VIGIL_DRILL_MASS` overrides; at least
+/// 10 x [`FEED_MAXLEN`], the issue's size).
+const MASS_DEFAULT: u64 = 100_000;
+/// Longest a drill may take to heal before it fails.
+const HEAL_TIMEOUT: Duration = Duration::from_secs(180);
+
+#[derive(Clone)]
+struct Ack {
+    serial: String,
+    /// Wall-clock ms when the command that wrote it returned (CRL times are wall-clock).
+    wall_ms: i64,
+    at: Instant,
+    /// Extra time before the bounds apply ([`MASS_CATCH_UP`] for a mass import).
+    extra: Duration,
+}
+
+/// Every acknowledged revocation of the data drills.
+#[derive(Default)]
+struct History {
+    acks: Mutex<Vec<Ack>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl History {
+    /// `n` serials never used before (0x100000.. : neither in the cluster's CA database nor in
+    /// the corpus).
+    fn fresh(&self, n: u64) -> Vec<String> {
+        let first = self.next.fetch_add(n, Ordering::Relaxed);
+        (first..first + n)
+            .map(|i| format!("{:X}", 0x10_0000 + i))
+            .collect()
+    }
+
+    fn record(&self, serials: Vec<String>, extra: Duration) {
+        let (wall_ms, at) = (wall_ms(), Instant::now());
+        let mut acks = self.acks.lock().unwrap();
+        acks.extend(serials.into_iter().map(|serial| Ack {
+            serial,
+            wall_ms,
+            at,
+            extra,
+        }));
+    }
+
+    fn all(&self) -> Vec<Ack> {
+        self.acks.lock().unwrap().clone()
+    }
+
+    fn len(&self) -> usize {
+        self.acks.lock().unwrap().len()
+    }
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Writes `serials` as revoked (keyCompromise, now) with `vigil import --openssl-index`
+/// through region b's replica config (quorum 1); Ok once acknowledged.
+fn import_revoked(state: &std::path::Path, serials: &[String]) -> Result<(), String> {
+    use std::io::Write;
+    let fmt = time::macros::format_description!(
+        "[year repr:last_two][month][day][hour][minute][second]Z"
+    );
+    let now = time::OffsetDateTime::now_utc();
+    let rev = now.format(&fmt).unwrap();
+    let exp = (now + time::Duration::days(60)).format(&fmt).unwrap();
+    let file = tempfile::NamedTempFile::new_in(state).unwrap();
+    {
+        let mut w = std::io::BufWriter::new(file.as_file());
+        for s in serials {
+            writeln!(w, "R\t{exp}\t{rev},keyCompromise\t{s}\tunknown\t/CN=drill-{s}").unwrap();
+        }
+        w.flush().unwrap();
+    }
+    let out = Command::new(vigil_bin())
+        .arg("--config")
+        .arg(state.join("b1.toml"))
+        .args(["import", "--issuer", "cluster", "--openssl-index"])
+        .arg(file.path())
+        .env("VIGIL_LOG", "error")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// Acknowledges a batch of fresh revocations every quarter second until stopped; pausable (a
+/// pause waits for the import in flight).
+struct Writer {
+    stop: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
+    busy: Arc<Mutex<()>>,
+    failures: Arc<Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const WRITER_BATCH: u64 = 10;
+
+impl Writer {
+    fn start(state: PathBuf, history: Arc<History>) -> Writer {
+        let (stop, paused) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let busy = Arc::new(Mutex::new(()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, paused, busy, failures) =
+                (stop.clone(), paused.clone(), busy.clone(), failures.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(250));
+                    let _held = busy.lock().unwrap();
+                    if paused.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let serials = history.fresh(WRITER_BATCH);
+                    match import_revoked(&state, &serials) {
+                        Ok(()) => history.record(serials, Duration::ZERO),
+                        Err(e) => failures.lock().unwrap().push(e),
+                    }
+                }
+            })
+        };
+        Writer {
+            stop,
+            paused,
+            busy,
+            failures,
+            thread: Some(thread),
+        }
+    }
+
+    fn pause(&self) {
+        self.paused.store(true, Ordering::Relaxed);
+        drop(self.busy.lock().unwrap());
+    }
+
+    fn resume(&self) {
+        self.paused.store(false, Ordering::Relaxed);
+    }
+
+    /// Stops; returns the imports that were not acknowledged (not in the history, so not
+    /// held to anything).
+    fn finish(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        std::mem::take(&mut *self.failures.lock().unwrap())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One CRL as the observer read it.
+struct SeenCrl {
+    this_update_ms: i64,
+    serials: std::collections::HashSet<String>,
+}
+
+/// Reads a CRL: `openssl crl` verifies its signature against the CA; its entries are read
+/// with x509-cert (neither is vigil's own code).
+fn read_crl(der: &[u8], ca_pem: &std::path::Path) -> Result<SeenCrl, String> {
+    use der::Decode;
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), der).unwrap();
+    let out = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-noout", "-in"])
+        .arg(f.path())
+        .arg("-CAfile")
+        .arg(ca_pem)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() || !said.contains("verify OK") {
+        return Err(format!("openssl crl: {}", said.trim()));
+    }
+    let list = x509_cert::crl::CertificateList::from_der(der).map_err(|e| e.to_string())?;
+    let this_update_ms = list.tbs_cert_list.this_update.to_unix_duration().as_millis() as i64;
+    let serials = list
+        .tbs_cert_list
+        .revoked_certificates
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let b = r.serial_number.as_bytes();
+            let b = &b[b.iter().take_while(|x| **x == 0).count()..];
+            b.iter().map(|x| format!("{x:02X}")).collect::<String>()
+        })
+        .map(|h| h.trim_start_matches('0').to_owned())
+        .collect();
+    Ok(SeenCrl {
+        this_update_ms,
+        serials,
+    })
+}
+
+/// The acknowledged revocations a CRL of `this_update_ms` must list.
+fn due_by(acks: &[Ack], this_update_ms: i64) -> impl Iterator<Item = &Ack> {
+    acks.iter().filter(move |a| {
+        let bound = (PUBLISH_DELAY + CRL_SLACK + a.extra).as_millis() as i64;
+        a.wall_ms + bound < this_update_ms
+    })
+}
+
+#[derive(Default, Clone, serde::Serialize)]
+struct Observed {
+    /// Distinct CRLs read (served by a replica or stored in a Redis), all verified.
+    crls: usize,
+    stored_crls: usize,
+    /// CRLs that did not verify.
+    unverified: Vec<String>,
+    /// Acknowledged revocations missing from a CRL that had to list them (distinct serials).
+    lost: usize,
+    lost_examples: Vec<String>,
+    /// OCSP answers of ready replicas for acknowledged revocations past the bound.
+    answers: usize,
+    wrong: usize,
+    wrong_examples: Vec<String>,
+}
+
+/// Watches every CRL and answer throughout a drill.
+struct Observer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Observed>>,
+}
+
+struct Sources {
+    replicas: Vec<(String, String)>,
+    redis: Vec<(String, String)>,
+    ca_pem: PathBuf,
+    ca: x509_cert::Certificate,
+}
+
+impl Sources {
+    fn of(c: &Cluster) -> Sources {
+        Sources {
+            replicas: REPLICAS
+                .iter()
+                .map(|r| (r.to_string(), c.replica_url(r)))
+                .collect(),
+            redis: ["a", "b"]
+                .iter()
+                .map(|r| (r.to_string(), c.var(&format!("REDIS_{}_URL", r.to_uppercase())).to_owned()))
+                .collect(),
+            ca_pem: c.state.join("pki/ca.pem"),
+            ca: c.ca().clone(),
+        }
+    }
+}
+
+const CRL_DOC_KEY: &str = "vigil:crl:doc:cluster.crl";
+
+fn redis_conn(url: &str) -> Option<redis::Connection> {
+    let client = redis::Client::open(url).ok()?;
+    client
+        .get_connection_with_timeout(Duration::from_millis(500))
+        .ok()
+        .inspect(|c| {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+        })
+}
+
+/// The CRL a region's Redis stores now (number, DER).
+fn stored_crl(url: &str) -> Option<(u64, Vec<u8>)> {
+    let mut c = redis_conn(url)?;
+    let (n, der): (Option<u64>, Option<Vec<u8>>) = redis::cmd("HMGET")
+        .arg(CRL_DOC_KEY)
+        .arg("number")
+        .arg("der")
+        .query(&mut c)
+        .ok()?;
+    Some((n?, der?))
+}
+
+fn served_crl(url: &str) -> Option<Vec<u8>> {
+    match http(url, "GET", "/crl/cluster.crl", &[], b"", Duration::from_secs(10)) {
+        Ok(r) if r.status == 200 => Some(r.body),
+        _ => None,
+    }
+}
+
+impl Observer {
+    fn start(src: Sources, history: Arc<History>) -> Observer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut o = Observed::default();
+                let mut seen = std::collections::HashSet::new();
+                let mut lost = std::collections::HashSet::new();
+                let mut round = 0usize;
+                loop {
+                    // One more full round after the stop, so the end state is checked too.
+                    let last = stop.load(Ordering::Relaxed);
+                    let acks = history.all();
+                    let mut check = |label: String, der: Vec<u8>, o: &mut Observed| {
+                        let digest = ring::digest::digest(&ring::digest::SHA256, &der);
+                        if !seen.insert(digest.as_ref().to_vec()) {
+                            return;
+                        }
+                        o.crls += 1;
+                        match read_crl(&der, &src.ca_pem) {
+                            Err(e) => o.unverified.push(format!("{label}: {e}")),
+                            Ok(crl) => {
+                                for a in due_by(&acks, crl.this_update_ms) {
+                                    if !crl.serials.contains(&a.serial) && lost.insert(a.serial.clone()) {
+                                        o.lost += 1;
+                                        if o.lost_examples.len() < 10 {
+                                            o.lost_examples.push(format!(
+                                                "{} acknowledged {} ms before thisUpdate, missing from {label} ({} entries)",
+                                                a.serial,
+                                                crl.this_update_ms - a.wall_ms,
+                                                crl.serials.len()
+                                            ));
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    };
+                    for (name, url) in &src.redis {
+                        if let Some((n, der)) = stored_crl(url) {
+                            let before = o.crls;
+                            check(format!("redis-{name} CRL {n}"), der, &mut o);
+                            o.stored_crls += o.crls - before;
+                        }
+                    }
+                    for (name, url) in &src.replicas {
+                        if let Some(der) = served_crl(url) {
+                            check(format!("the CRL {name} serves"), der, &mut o);
+                        }
+                    }
+                    // OCSP: the newest acknowledgements past the bound and a spread of older
+                    // ones, from every replica that says it is ready.
+                    let now = Instant::now();
+                    let due: Vec<&Ack> = acks
+                        .iter()
+                        .filter(|a| now > a.at + PROPAGATION_BOUND + a.extra)
+                        .collect();
+                    let mut sample: Vec<&Ack> = due.iter().rev().take(4).copied().collect();
+                    if !due.is_empty() {
+                        for k in 0..4 {
+                            sample.push(due[(round * 7919 + k * 104_729) % due.len()]);
+                        }
+                    }
+                    round += 1;
+                    for (name, url) in &src.replicas {
+                        let ready = matches!(
+                            http(url, "GET", "/readyz", &[], b"", Duration::from_millis(500)),
+                            Ok(r) if r.status == 200
+                        );
+                        if !ready {
+                            continue;
+                        }
+                        for a in &sample {
+                            let Ok(ans) = query(url, &src.ca, &hex_bytes(&a.serial), true, Duration::from_secs(5)) else {
+                                continue;
+                            };
+                            o.answers += 1;
+                            if ans.status != Status::Revoked || ans.verified != Some(true) {
+                                o.wrong += 1;
+                                if o.wrong_examples.len() < 10 {
+                                    o.wrong_examples.push(format!(
+                                        "{name} answered {} (verified {:?}) for {}, acknowledged {} ms earlier",
+                                        ans.status,
+                                        ans.verified,
+                                        a.serial,
+                                        a.at.elapsed().as_millis()
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    if last {
+                        return o;
+                    }
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            })
+        };
+        Observer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Observed {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Record count of the cluster issuer's snapshot in one region's Redis (None: unreachable).
+fn snapshot_len(url: &str) -> Option<u64> {
+    let mut c = redis_conn(url)?;
+    let issuers: Vec<String> = redis::cmd("SMEMBERS").arg("vigil:issuers").query(&mut c).ok()?;
+    let mut n = 0;
+    for i in issuers {
+        let l: u64 = redis::cmd("HLEN")
+            .arg(format!("vigil:snap:{i}"))
+            .query(&mut c)
+            .ok()?;
+        n += l;
+    }
+    Some(n)
+}
+
+/// GET of one key in a region's Redis.
+fn redis_get(url: &str, key: &str) -> Option<String> {
+    let mut c = redis_conn(url)?;
+    redis::cmd("GET").arg(key).query(&mut c).ok()?
+}
+
+fn redis_cli(url: &str, args: &[&str]) -> String {
+    let mut c = redis_conn(url).unwrap_or_else(|| panic!("{url} unreachable"));
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    let v: redis::Value = cmd.query(&mut c).unwrap();
+    format!("{v:?}")
+}
+
+/// Why the cluster has not healed yet, if it has not: every replica ready; every CRL served and
+/// stored lists every acknowledged revocation; both regions' snapshots hold the same records,
+/// every acknowledged one among them.
+fn not_healed(c: &Cluster, src: &Sources, acks: &[Ack], base_records: u64) -> Option<String> {
+    if let Some(r) = REPLICAS.iter().find(|r| !c.ready(r)) {
+        return Some(format!("{r} not ready"));
+    }
+    let lists_all = |der: Vec<u8>| -> Result<(), String> {
+        let crl = read_crl(&der, &src.ca_pem)?;
+        let missing = acks.iter().filter(|a| !crl.serials.contains(&a.serial)).count();
+        if missing > 0 {
+            Err(format!("lacks {missing} of {} acknowledged", acks.len()))
+        } else {
+            Ok(())
+        }
+    };
+    for (name, url) in &src.redis {
+        let Some((n, der)) = stored_crl(url) else {
+            return Some(format!("redis-{name} stores no CRL"));
+        };
+        if let Err(e) = lists_all(der) {
+            return Some(format!("redis-{name}'s stored CRL {n} {e}"));
+        }
+    }
+    for (name, url) in &src.replicas {
+        let Some(der) = served_crl(url) else {
+            return Some(format!("{name} serves no CRL"));
+        };
+        if let Err(e) = lists_all(der) {
+            return Some(format!("the CRL {name} serves {e}"));
+        }
+    }
+    // Equal, and at least every acknowledged one (an import that failed may have written some
+    // records it did not acknowledge).
+    let lens: Vec<Option<u64>> = src.redis.iter().map(|(_, u)| snapshot_len(u)).collect();
+    let want = base_records + acks.len() as u64;
+    if lens.iter().any(|l| l.is_none_or(|l| l < want) || *l != lens[0]) {
+        return Some(format!("snapshot records {lens:?}, want the same, at least {want}, in each region"));
+    }
+    None
+}
+
+#[derive(serde::Serialize, Clone)]
+struct DataDrillResult {
+    name: String,
+    /// Revocations acknowledged during the drill (and before it, in the history).
+    acknowledged: usize,
+    observed: Observed,
+    /// ms from the fault until healed ([`not_healed`]).
+    heal_ms: u64,
+    /// What else the drill measured.
+    notes: Vec<String>,
+    /// The load through HAProxy meanwhile, per client.
+    clients: Vec<ClientResult>,
+}
+
+struct DataCtx<'a> {
+    c: &'a Cluster,
+    items: Arc<Vec<Item>>,
+    rate: u32,
+    fault: Duration,
+    history: Arc<History>,
+    /// Records in the snapshot before any drill revoked anything.
+    base_records: u64,
+}
+
+/// One data drill: load, writer and observer run; `fault` breaks the data (returning notes);
+/// after the fault has been held, `heal` (which may be nothing: vigil heals itself); then the
+/// drill waits until [`not_healed`] says nothing.
+fn data_drill(
+    x: &DataCtx,
+    name: &str,
+    writer: bool,
+    fault: impl FnOnce(&Cluster, &DataCtx, &Writer) -> Vec<String>,
+    heal: impl FnOnce(&Cluster),
+) -> DataDrillResult {
+    let c = x.c;
+    eprintln!("data drill {name}");
+    let load = Load::start(
+        &c.lb(),
+        c.state.join("pki/ca.pem"),
+        x.items.clone(),
+        Arc::default(),
+        x.rate,
+    );
+    let observer = Observer::start(Sources::of(c), x.history.clone());
+    let w = Writer::start(c.state.clone(), x.history.clone());
+    if !writer {
+        w.pause();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let t_fault = Instant::now();
+    let mut notes = fault(c, x, &w);
+    let held = x.fault.saturating_sub(t_fault.elapsed());
+    std::thread::sleep(held);
+    let t_heal = Instant::now();
+    heal(c);
+    let src = Sources::of(c);
+    while let Some(why) = not_healed(c, &src, &x.history.all(), x.base_records) {
+        assert!(
+            t_fault.elapsed() < HEAL_TIMEOUT,
+            "{name}: not healed {HEAL_TIMEOUT:?} after the fault: {why}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let heal_ms = t_fault.elapsed().as_millis() as u64;
+    let failures = w.finish();
+    notes.extend(
+        failures
+            .iter()
+            .take(3)
+            .map(|f| format!("an import not acknowledged (not in the history): {f}")),
+    );
+    // The observer reads the healed state once more before it stops.
+    let observed = observer.finish();
+    let samples = load.finish();
+    let r = DataDrillResult {
+        name: name.to_owned(),
+        acknowledged: x.history.len(),
+        observed,
+        heal_ms,
+        notes,
+        clients: client_results(&samples, (t_fault, t_heal)),
+    };
+    eprintln!(
+        "data drill {name}: {} acknowledged, {} CRLs read ({} stored copies), lost {}, {} answers checked, {} wrong, healed in {} ms; {:?}",
+        r.acknowledged,
+        r.observed.crls,
+        r.observed.stored_crls,
+        r.observed.lost,
+        r.observed.answers,
+        r.observed.wrong,
+        r.heal_ms,
+        r.notes
+    );
+    for cr in &r.clients {
+        eprintln!(
+            "  {:<12} {} requests, {} failed, {} wrong, p99 {:.1} ms (fault), max {:.1} ms",
+            cr.client, cr.requests, cr.failed, cr.wrong, cr.p99_ms_fault, cr.max_ms
+        );
+    }
+    r
+}
+
+/// Waits until every ready replica answers `revoked` for the newest acknowledgement.
+fn wait_propagated(c: &Cluster, history: &History) {
+    let Some(last) = history.all().pop() else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !REPLICAS.iter().all(|r| {
+        matches!(
+            query(&c.replica_url(r), c.ca(), &hex_bytes(&last.serial), false, Duration::from_secs(2)),
+            Ok(a) if a.status == Status::Revoked
+        )
+    }) {
+        assert!(Instant::now() < deadline, "{} not revoked everywhere", last.serial);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Replaces a replica by a fresh one: stopped, its data directory (checkpoint, CRL copies)
+/// deleted, started again; waits until it is ready and HAProxy has had its `rise 2` checks.
+fn replace_fresh(c: &Cluster, r: &str) {
+    stop_replica(c, r);
+    let _ = std::fs::remove_dir_all(c.state.join(format!("data-{r}")));
+    c.script(&["start-replica", r]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !c.ready(r) {
+        assert!(Instant::now() < deadline, "fresh {r} not ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+}
+
+/// The sum of a Prometheus counter over the replicas, for the samples whose labels include
+/// every `labels` pair.
+fn metric_sum(c: &Cluster, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for r in REPLICAS {
+        let Ok(resp) = http(&c.replica_url(r), "GET", "/metrics", &[], b"", Duration::from_secs(2)) else {
+            continue;
+        };
+        for line in String::from_utf8_lossy(&resp.body).lines() {
+            let Some(rest) = line.strip_prefix(name) else {
+                continue;
+            };
+            if !(rest.starts_with('{') || rest.starts_with(' ')) {
+                continue;
+            }
+            if labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            {
+                sum += rest
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+            }
+        }
+    }
+    sum
+}
+
+/// Records in the cluster issuer's snapshot of an RDB file, read by a redis-server of its own.
+fn rdb_records(rdb: &std::path::Path) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(rdb, dir.path().join("dump.rdb")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = KillOnDrop(
+        Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("redis://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(n) = snapshot_len(&url) {
+            let _ = child.0.kill();
+            return n;
+        }
+        assert!(Instant::now() < deadline, "redis-server on the RDB did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run_data_drills(x: &DataCtx, want: &dyn Fn(&str) -> bool) -> Vec<DataDrillResult> {
+    let mut out = Vec::new();
+    let url = |r: &str| x.c.var(&format!("REDIS_{}_URL", r.to_uppercase())).to_owned();
+    if want("redis-data-loss") {
+        // FLUSHALL of region a under load and writes; then every replica replaced by a fresh
+        // one (no checkpoint), one after another.
+        out.push(data_drill(
+            x,
+            "redis-data-loss",
+            true,
+            |_, _, _| {
+                redis_cli(&url("a"), &["FLUSHALL"]);
+                vec![]
+            },
+            |c| {
+                for r in REPLICAS {
+                    replace_fresh(c, r);
+                }
+            },
+        ));
+    }
+    if want("redis-data-loss-all-regions") {
+        // Every region flushed: what they held is re-seeded from the replicas' views. The
+        // writer is paused and the last acknowledgement reached every replica first — a
+        // revocation acknowledged by Redis alone and lost with every Redis at once is the RPO
+        // of a Redis (appendfsync), not something a replica can hold.
+        out.push(data_drill(
+            x,
+            "redis-data-loss-all-regions",
+            true,
+            |c, x, w| {
+                w.pause();
+                wait_propagated(c, &x.history);
+                redis_cli(&url("a"), &["FLUSHALL"]);
+                redis_cli(&url("b"), &["FLUSHALL"]);
+                w.resume();
+                vec![]
+            },
+            |_| {},
+        ));
+    }
+    if want("redis-rollback") {
+        // Region a's Redis restarted from an RDB taken before the last 1,000 revocations.
+        out.push(data_drill(
+            x,
+            "redis-rollback",
+            true,
+            |c, x, w| {
+                let rdb = c.state.join("rollback.rdb");
+                w.pause();
+                let out = Command::new("redis-cli")
+                    .args(["-u", &url("a"), "--rdb"])
+                    .arg(&rdb)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "redis-cli --rdb: {}", String::from_utf8_lossy(&out.stderr));
+                let serials = x.history.fresh(1000);
+                import_revoked(&c.state, &serials).unwrap();
+                x.history.record(serials, Duration::ZERO);
+                wait_propagated(c, &x.history);
+                w.resume();
+                let old = rdb_records(&rdb);
+                let now = snapshot_len(&url("b")).unwrap();
+                assert!(old + 1000 <= now, "the RDB holds {old} records, region b {now}: not a rollback");
+                let before = metric_sum(c, "vigil_feed_incomplete_total", &[("region", "a")]);
+                c.kill9("redis-a");
+                c.script(&["start-redis-from", "a", rdb.to_str().unwrap()]);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while metric_sum(c, "vigil_feed_incomplete_total", &[("region", "a")]) <= before {
+                    assert!(Instant::now() < deadline, "no replica counted region a's rollback");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                vec![format!("RDB held {old} records, region b {now}; the replicas counted the rollback")]
+            },
+            |_| {},
+        ));
+    }
+    if want("publisher-failover-fresh") {
+        // Region a's CRL lease holder killed while a complete CRL is due; the other replica of
+        // the region held (SIGSTOP) so that the fresh one — no checkpoint, no CRL copy — takes
+        // the lease.
+        out.push(data_drill(
+            x,
+            "publisher-failover-fresh",
+            true,
+            |c, x, _| {
+                let lease = redis_get(&url("a"), "vigil:crl:lease").unwrap_or_default();
+                let holder = ["a1", "a2"]
+                    .into_iter()
+                    .find(|r| lease.contains(&format!("pid{}-", c.pid(r))))
+                    .unwrap_or_else(|| panic!("no region-a replica holds the lease: {lease}"));
+                let other = if holder == "a1" { "a2" } else { "a1" };
+                let serials = x.history.fresh(50);
+                import_revoked(&c.state, &serials).unwrap();
+                x.history.record(serials, Duration::ZERO);
+                c.kill9(holder);
+                c.signal(other, "-STOP");
+                let _ = std::fs::remove_dir_all(c.state.join(format!("data-{holder}")));
+                c.script(&["start-replica", holder]);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let lease = redis_get(&url("a"), "vigil:crl:lease").unwrap_or_default();
+                    if lease.contains(&format!("pid{}-", c.pid(holder))) {
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "the fresh {holder} did not take the lease: {lease}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                c.signal(other, "-CONT");
+                vec![format!("{holder} held the lease; killed and replaced by a fresh one, which took it")]
+            },
+            |_| {},
+        ));
+    }
+    if want("mass-revocation") {
+        // N revocations in one import (N >= 10 x feed.maxlen: every consumer is outrun and
+        // re-reads the snapshot), under load.
+        let n = env_num("VIGIL_DRILL_MASS", MASS_DEFAULT).max(10 * FEED_MAXLEN);
+        out.push(data_drill(
+            x,
+            "mass-revocation",
+            false,
+            |c, x, _| {
+                let serials = x.history.fresh(n);
+                let t = Instant::now();
+                import_revoked(&c.state, &serials).unwrap();
+                let took = t.elapsed();
+                x.history.record(serials, MASS_CATCH_UP);
+                vec![format!("{n} revocations imported in {} ms", took.as_millis())]
+            },
+            |_| {},
+        ));
+    }
+    out
 }
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -1150,6 +2026,19 @@ fn fault_drills_under_load() {
         vigil_drill_command(&c);
     }
 
+    // The data drills, after the process drills (the mass revocation last: it leaves the
+    // cluster with 100,000 more revocations).
+    let base_records = snapshot_len(c.var("REDIS_A_URL")).expect("region a's snapshot");
+    let dx = DataCtx {
+        c: &c,
+        items: x.items.clone(),
+        rate: x.rate,
+        fault,
+        history: Arc::default(),
+        base_records,
+    };
+    let data = run_data_drills(&dx, &want);
+
     let config = format!(
         "Cluster: loadtest/cluster.sh (2 regions x 2 replicas, HAProxy, SoftHSM2 behind p11-kit). Load: 2 GET + 2 POST threads, {} req/s in all, good/revoked/unissued (+ CRL over GET), and an `openssl ocsp` loop at up to {} req/s{}. Fault held {} s. Propagation bound for wrong answers: {} s. Binary: {}.",
         x.rate,
@@ -1159,7 +2048,7 @@ fn fault_drills_under_load() {
         PROPAGATION_BOUND.as_secs(),
         vigil_bin()
     );
-    let report = write_report(&results, &config);
+    let report = write_report(&results, &data, &config);
     eprintln!(
         "drill report: {} ({} s in all)",
         report.display(),
@@ -1199,6 +2088,18 @@ fn fault_drills_under_load() {
         assert!(r.requests > 100, "{}: too little load", r.name);
         if let Some(k) = &r.k6 {
             assert_eq!(k["exit_code"], 0, "{}: k6 thresholds: {k}", r.name);
+        }
+    }
+    for d in &data {
+        let o = &d.observed;
+        assert!(o.unverified.is_empty(), "{}: CRLs that did not verify: {:?}", d.name, o.unverified);
+        assert_eq!(o.lost, 0, "{}: acknowledged revocations missing from CRLs: {:?}", d.name, o.lost_examples);
+        assert_eq!(o.wrong, 0, "{}: OCSP answers other than revoked: {:?}", d.name, o.wrong_examples);
+        assert!(o.crls >= 3 && o.stored_crls >= 1, "{}: the observer read too few CRLs ({} / {} stored)", d.name, o.crls, o.stored_crls);
+        assert!(o.answers >= 20, "{}: the observer checked too few answers ({})", d.name, o.answers);
+        for cr in &d.clients {
+            assert_eq!(cr.failed, 0, "{} / {}: failed: {:?}", d.name, cr.client, cr.failed_examples);
+            assert_eq!(cr.wrong, 0, "{} / {}: wrong: {:?}", d.name, cr.client, cr.wrong_examples);
         }
     }
 }

@@ -7,7 +7,7 @@
 //! | `vigil:crl:doc:{path}` | hash | `number`, `der`, `this_update` of the CRL at `/crl/{path}` |
 //! | `vigil:crl:seq:{scope}` | string | highest CRLNumber stored for the scope (complete and delta CRLs share it, RFC 5280 §5.2.4) |
 //! | `vigil:crl:lease` | string | `"{holder} {token}"`, with a TTL: the region's publisher lease |
-//! | `vigil:crl:lease:token` | string | fencing-token counter, incremented on each new lease |
+//! | `vigil:crl:lease:token` | string | fencing-token counter: each new lease takes the larger of the counter + 1 and the Redis server's clock in ms |
 //! | `vigil:crl:fence` | hash | region name → highest fencing token that stored a CRL here |
 //!
 //! Storing is one Lua script, so the checks and the write are atomic: a CRL is stored only if
@@ -18,7 +18,11 @@
 //! of the CRL it was checked against (it lists every entry of that one it may not drop,
 //! `crl::select::dropped`): a region holding a newer CRL of the scope than that refuses it, so
 //! two leaders (one lease per region) can never store a higher-numbered CRL with fewer entries
-//! over one that has more. Numbers are compared as decimal strings (length, then bytes), since
+//! over one that has more. A fencing token never goes backwards, even when a region's Redis
+//! loses its data (flushed, restarted empty, rolled back to an old RDB): the other regions
+//! still hold the highest token they saw from it, and a counter starting again at 1 would be
+//! fenced there forever; so a new lease's token is at least the Redis server's clock in
+//! milliseconds. Numbers are compared as decimal strings (length, then bytes), since
 //! Lua numbers are doubles.
 
 use std::future::Future;
@@ -73,8 +77,15 @@ if cur then
   return false
 end
 local t = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. t, 'PX', ARGV[2])
-return tostring(t)
+local now = redis.call('TIME')
+local floor = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if t < floor then
+  t = floor
+  redis.call('SET', KEYS[2], string.format('%.0f', t))
+end
+local token = string.format('%.0f', t)
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
+return token
 ";
 
 const LEASE_KEY: &str = "vigil:crl:lease";

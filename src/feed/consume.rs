@@ -226,7 +226,7 @@ async fn session(
             None
         }
         Some(c) if trimmed_past(info.as_ref(), c.id) => {
-            health.set_gap(
+            health.set_behind(
                 "trimmed",
                 format!("the stream was trimmed past this replica's cursor {}", c.id),
             );
@@ -299,7 +299,7 @@ async fn session(
             // away (a consumer behind a mass revocation): then only the snapshot has them.
             let info = stream_info(region, &mut conn).await?;
             if trimmed_past(info.as_ref(), read_from) {
-                health.set_gap(
+                health.set_behind(
                     "trimmed",
                     format!("fell behind the stream's trimming after {read_from}; re-reading the snapshot"),
                 );
@@ -795,6 +795,8 @@ async fn scan_snapshot(
         }
         records += batch.len() as u64;
         changed += state.applier.records(issuer, &batch).await.changed;
+        // The region answers: a long re-read (millions of records) is not a silent feed.
+        health.seen(unix_now_ms(), None);
         if next == "0" {
             return Ok((records, changed));
         }

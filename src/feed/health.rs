@@ -30,6 +30,12 @@ pub struct RegionHealth {
     /// bootstrap or a resume in the region's current epoch, not trimmed past, and the last
     /// completeness check found nothing missing).
     gap: Mutex<Option<String>>,
+    /// Why the view is behind the region although it covers the region's state at its cursor:
+    /// the stream was trimmed past the cursor (a mass revocation outran the consumer), so the
+    /// events after it are being re-read from the snapshot. The view still holds everything it
+    /// held (the join never removes anything), so the replica stays ready, degraded; but no
+    /// complete CRL is built until it has caught up.
+    behind: Mutex<Option<String>>,
     last_error: Mutex<String>,
     /// Events that changed the view.
     pub changed: Counter,
@@ -85,9 +91,20 @@ impl FeedHealth {
     }
 
     /// `Ok` when the view holds everything every reachable region holds: each region is
-    /// covered, or was tried and is unreachable. Otherwise which regions are not, and why.
-    /// The CRL publisher builds complete CRLs only while this is `Ok`.
+    /// covered and not behind, or was tried and is unreachable. Otherwise which regions are
+    /// not, and why. The CRL publisher builds complete CRLs only while this is `Ok`.
     pub fn complete(&self) -> Result<(), String> {
+        self.covers_cursors()?;
+        match self.behind() {
+            Some(why) => Err(format!("the status view is {why}")),
+            None => Ok(()),
+        }
+    }
+
+    /// `Ok` when, for every reachable region, the view holds everything the region held at
+    /// the consumer's cursor (no gap; a region being caught up with after a trim is covered
+    /// up to its cursor). Readiness needs this.
+    pub fn covers_cursors(&self) -> Result<(), String> {
         let gaps: Vec<String> = self
             .regions
             .iter()
@@ -103,11 +120,27 @@ impl FeedHealth {
         }
     }
 
-    /// `Ok` while the view is complete ([`FeedHealth::complete`]) and some region delivered an
-    /// event or heartbeat within `max_staleness`; otherwise why not, naming each region's last
-    /// error.
+    /// Which reachable regions the view is catching up with (trimmed past its cursor), if
+    /// any: the replica is degraded, not unready.
+    pub fn behind(&self) -> Option<String> {
+        let behind: Vec<String> = self
+            .regions
+            .iter()
+            .filter_map(|r| r.behind().map(|b| format!("{}: {b}", r.name)))
+            .collect();
+        (!behind.is_empty()).then(|| {
+            format!(
+                "catching up with feed region(s) {}; no complete CRL until then",
+                behind.join("; ")
+            )
+        })
+    }
+
+    /// `Ok` while the view covers every reachable region up to its cursor
+    /// ([`FeedHealth::covers_cursors`]) and some region delivered an event or heartbeat within
+    /// `max_staleness`; otherwise why not, naming each region's last error.
     pub fn check(&self, now_ms: i64) -> Result<(), String> {
-        self.complete()?;
+        self.covers_cursors()?;
         self.check_fresh(now_ms)
     }
 
@@ -141,7 +174,11 @@ impl FeedHealth {
             if seen > 0 {
                 r.age.set((now_ms - seen).max(0) as f64 / 1000.0);
             }
-            r.covered.set(if r.gap().is_none() { 1.0 } else { 0.0 });
+            r.covered.set(if r.gap().is_none() && r.behind().is_none() {
+                1.0
+            } else {
+                0.0
+            });
             r.up.set(if r.connected.load(Ordering::Relaxed) {
                 1.0
             } else {
@@ -173,6 +210,7 @@ impl RegionHealth {
             connected: AtomicBool::new(false),
             attempted: AtomicBool::new(false),
             gap: Mutex::new(Some("not reached yet".into())),
+            behind: Mutex::new(None),
             last_error: Mutex::new("not connected yet".into()),
         }
     }
@@ -195,6 +233,28 @@ impl RegionHealth {
     /// The view holds everything this region held at the consumer's cursor.
     pub fn set_covered(&self) {
         *self.gap.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *self.behind.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// The stream was trimmed past the consumer's cursor: the view covers the region up to the
+    /// cursor and is being caught up from the snapshot. Counted and logged like a gap; a region
+    /// that has a gap keeps it (a gap is the stronger state).
+    pub fn set_behind(&self, kind: &'static str, why: String) {
+        metrics::counter!(telemetry::FEED_INCOMPLETE, "region" => self.name.clone(), "why" => kind)
+            .increment(1);
+        tracing::warn!(region = %self.name, why = %why, "the status view is behind this region; catching up from its snapshot");
+        *self.behind.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+    }
+
+    /// Why the view is behind this region, while it is and the region is reachable.
+    pub fn behind(&self) -> Option<String> {
+        if self.attempted.load(Ordering::Relaxed) && !self.is_connected() {
+            return None;
+        }
+        self.behind
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The view is known, or feared, to lack records this region holds; `why` goes to
@@ -274,11 +334,37 @@ mod tests {
         h.regions[1].connected();
         assert!(h.complete().is_err());
         h.regions[1].set_covered();
-        h.regions[0].set_gap("trimmed", "trimmed past the cursor".into());
-        let e = h.complete().expect_err("a trimmed");
-        assert!(e.contains("a: trimmed past the cursor"), "{e}");
+        h.regions[0].set_gap("count", "the region holds 5 records the view lacks".into());
+        let e = h.complete().expect_err("a incomplete");
+        assert!(e.contains("a: the region holds 5 records"), "{e}");
         h.regions[0].seen(1_000_000, None);
         assert!(h.check(1_000_500).is_err(), "incomplete is not ready");
+    }
+
+    #[test]
+    fn trimmed_past_a_covered_view_is_behind_ready_but_not_complete() {
+        let h = FeedHealth::new(&["a".into(), "b".into()], Duration::from_secs(10));
+        for r in &h.regions {
+            r.connected();
+            r.set_covered();
+            r.seen(1_000_000, None);
+        }
+        assert!(h.complete().is_ok() && h.behind().is_none());
+        h.regions[1].set_behind("trimmed", "the stream was trimmed past the cursor 5-0".into());
+        // Ready (what it answers is at least what it answered before), degraded, no CRL.
+        assert!(h.check(1_000_500).is_ok());
+        let b = h.behind().expect("behind");
+        assert!(b.contains("b: the stream was trimmed past the cursor 5-0"), "{b}");
+        let e = h.complete().expect_err("no complete CRL while behind");
+        assert!(e.contains("catching up with feed region(s) b:"), "{e}");
+        // Region b unreachable: nothing of it to catch up with.
+        h.regions[1].disconnected("connection refused");
+        assert!(h.complete().is_ok());
+        h.regions[1].connected();
+        assert!(h.complete().is_err());
+        // Caught up.
+        h.regions[1].set_covered();
+        assert!(h.complete().is_ok() && h.behind().is_none());
     }
 
     #[test]

@@ -77,13 +77,15 @@ impl Readiness {
     }
 
     /// Why the replica is degraded, if it is: OCSP answered only from its cache for some
-    /// issuer, or CRLs not published for lack of a CRL signer.
+    /// issuer, CRLs not published for lack of a CRL signer, a complete CRL refused, or the
+    /// view catching up with a region whose stream was trimmed past its cursor.
     pub fn degraded(&self) -> Option<String> {
         let why: Vec<String> = self
             .no_ocsp_signer()
             .into_iter()
             .chain(self.no_crl_signer())
             .chain(self.crl_refusals.get().and_then(|r| r.describe()))
+            .chain(self.feed.get().and_then(|f| f.behind()))
             .collect();
         (!why.is_empty()).then(|| why.join("; "))
     }
