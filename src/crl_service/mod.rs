@@ -395,8 +395,13 @@ async fn run_publisher(
                     return;
                 }
                 if fence.borrow().is_some() {
-                    // A new leader publishes at once what is due (a failover, or the start).
+                    // A new leader publishes at once what is due (a failover, or the start),
+                    // and, a publish delay later, what its predecessor may not have published:
+                    // a leader killed or replaced between a revocation and its CRL leaves
+                    // nothing behind that says a CRL is due, and a successor whose view came
+                    // from a bootstrap was never woken for those revocations.
                     next_full = Instant::now() + svc.full_due_in().min(cfg.interval);
+                    pending = Some(Instant::now() + cfg.publish_delay);
                 }
             }
             () = revoked.notified() => {

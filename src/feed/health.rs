@@ -350,11 +350,17 @@ mod tests {
             r.seen(1_000_000, None);
         }
         assert!(h.complete().is_ok() && h.behind().is_none());
-        h.regions[1].set_behind("trimmed", "the stream was trimmed past the cursor 5-0".into());
+        h.regions[1].set_behind(
+            "trimmed",
+            "the stream was trimmed past the cursor 5-0".into(),
+        );
         // Ready (what it answers is at least what it answered before), degraded, no CRL.
         assert!(h.check(1_000_500).is_ok());
         let b = h.behind().expect("behind");
-        assert!(b.contains("b: the stream was trimmed past the cursor 5-0"), "{b}");
+        assert!(
+            b.contains("b: the stream was trimmed past the cursor 5-0"),
+            "{b}"
+        );
         let e = h.complete().expect_err("no complete CRL while behind");
         assert!(e.contains("catching up with feed region(s) b:"), "{e}");
         // Region b unreachable: nothing of it to catch up with.
