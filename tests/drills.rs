@@ -1948,7 +1948,9 @@ fn run_data_drills(x: &DataCtx, want: &dyn Fn(&str) -> bool) -> Vec<DataDrillRes
                 c.signal(other, "-STOP");
                 let _ = std::fs::remove_dir_all(c.state.join(format!("data-{holder}")));
                 c.script(&["start-replica", holder]);
-                let deadline = Instant::now() + Duration::from_secs(30);
+                // The killed holder's lease runs out (crl.lease_ttl, 30 s), and the fresh
+                // replica tries every third of it.
+                let deadline = Instant::now() + Duration::from_secs(60);
                 loop {
                     let lease = redis_get(&url("a"), "vigil:crl:lease").unwrap_or_default();
                     if lease.contains(&format!("pid{}-", c.pid(holder))) {
