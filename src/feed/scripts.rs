@@ -136,7 +136,8 @@ return id
 
 /// [`MERGE_LUA`] for a batch of one issuer's certificates in one call: the same join per
 /// certificate, the same snapshot, digest and stream entries as calling [`MERGE_LUA`] for each
-/// in turn, with the issuers-set `SADD` and the digest's read and write done once per batch.
+/// in turn, with the snapshot's reads and writes (`HMGET`, `HSET`), the issuers-set `SADD`,
+/// the digest's read and write and the stream's trim (`XTRIM MAXLEN ~`) done once per batch.
 /// Returns how many certificates' records changed (each appended its events).
 ///
 /// The whole batch is checked before anything is written: one malformed or refused record (see
@@ -195,7 +196,7 @@ for k = 1, m do
     if cur then digest_toggle(digest, serial .. cur) end
     digest_toggle(digest, serial .. new)
     for j = firsts[k], lasts[k] do
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[j])
+      redis.call('XADD', KEYS[1], '*', 'e', ARGV[j])
     end
     changed = changed + 1
   end
@@ -206,6 +207,10 @@ if changed > 0 then
   end
   redis.call('SADD', KEYS[3], ARGV[2])
   redis.call('HSET', KEYS[4], ARGV[2], digest_hex(digest))
+  -- Trimmed once per batch, inside the same atomic call: no one sees the stream in between,
+  -- and `MAXLEN ~` trims whole nodes either way. The trim check per XADD was a quarter of the
+  -- script's time.
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[1])
 end
 return changed
 "#
