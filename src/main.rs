@@ -102,6 +102,27 @@ enum Command {
         #[command(subcommand)]
         command: BackupCommand,
     },
+    /// The revocation archive: follow every region's stream into hash-chained segment files
+    /// in --dir (resuming where the archive stands; a stream trimmed past that position is
+    /// filled from the region's snapshot), or `verify` a directory.
+    #[command(args_conflicts_with_subcommands = true)]
+    Archive {
+        #[command(subcommand)]
+        command: Option<ArchiveCommand>,
+        /// The archive directory (a volume, or an object-store mount).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Close a segment (seal it, start the next) once it holds this many bytes.
+        #[arg(long, default_value_t = vigil::archive::DEFAULT_SEGMENT_BYTES)]
+        segment_bytes: u64,
+        /// Serve /metrics (vigil_archive_lag_seconds, vigil_backup_last_success_timestamp_seconds)
+        /// on this address, e.g. 0.0.0.0:9464.
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
+        /// Only this region (repeat; default: every configured region).
+        #[arg(long = "region")]
+        regions: Vec<String>,
+    },
     /// Split-custody backup of software keys (Shamir's secret sharing). Needs no config.
     Key {
         #[command(subcommand)]
@@ -123,6 +144,11 @@ enum BackupCommand {
         /// Only this region.
         #[arg(long)]
         region: Option<String>,
+        /// Also write vigil_backup_last_success_timestamp_seconds (and the backup's size and
+        /// duration) to this file in the Prometheus text format, atomically, on success only:
+        /// for node_exporter's textfile collector.
+        #[arg(long)]
+        metrics_file: Option<PathBuf>,
     },
     /// Check every section's checksum, the manifest's counts and digests and the file's
     /// SHA-256; print counts per source and issuer. Exit 1 on any mismatch. Needs no config.
@@ -138,6 +164,28 @@ enum BackupCommand {
         /// Only this region.
         #[arg(long)]
         region: Option<String>,
+        /// Point in time: the archive directory whose events (up to --until) are joined onto
+        /// the backup, which must have finished before --until.
+        #[arg(long, requires = "until")]
+        archive: Option<PathBuf>,
+        /// Point in time: RFC 3339. The state as of this time is rebuilt.
+        #[arg(long, requires = "archive")]
+        until: Option<String>,
+        /// With --until: write the rebuilt state to this backup file instead of the regions
+        /// (to show an auditor, or to check before restoring).
+        #[arg(long, requires = "until")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ArchiveCommand {
+    /// Check every segment: each block's chain value, each segment's header (index, the
+    /// previous segment's SHA-256) and seal; names the first bad segment. Exit 1 on damage.
+    /// Needs no config.
+    Verify {
+        /// The archive directory.
+        dir: PathBuf,
     },
 }
 
@@ -289,6 +337,13 @@ fn main() -> ExitCode {
     {
         return backup_verify(file);
     }
+    if let Some(Command::Archive {
+        command: Some(ArchiveCommand::Verify { dir }),
+        ..
+    }) = &cli.command
+    {
+        return archive_verify(dir);
+    }
     let cfg = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -326,6 +381,16 @@ fn main() -> ExitCode {
             command: HsmCommand::Test { issuer },
         } => hsm_test(&cfg, issuer.as_deref()),
         Command::Backup { command } => backup(&cfg, cli.config.as_deref(), command),
+        Command::Archive {
+            command: None,
+            dir,
+            segment_bytes,
+            metrics_addr,
+            regions,
+        } => archive(&cfg, dir, segment_bytes, metrics_addr, regions),
+        Command::Archive {
+            command: Some(_), ..
+        } => Err("archive verify is handled before the config is loaded".into()),
         Command::Drill(_) | Command::Key { .. } => {
             Err("drill and key are handled before the config is loaded".into())
         }
@@ -476,6 +541,7 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
             out,
             from_checkpoint,
             region,
+            metrics_file,
         } => {
             let source = match (&from_checkpoint, &region) {
                 (Some(p), _) => vigil::backup::Source::Checkpoint(p),
@@ -487,6 +553,17 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
             };
             let digest = vigil::backup::config_digest(config_path);
             let created = rt.block_on(vigil::backup::create(cfg, source, &out, digest))?;
+            let seconds = started.elapsed().as_secs_f64();
+            if let Some(m) = &metrics_file {
+                vigil::backup::write_metrics_file(m, &created, seconds)?;
+            }
+            if from_checkpoint.is_none() && !cfg.regions.is_empty() {
+                rt.block_on(vigil::backup::record_success(
+                    cfg,
+                    region.as_deref(),
+                    &created,
+                ));
+            }
             print_counts(&created.manifest);
             println!(
                 "{}: {} bytes, sha256 {}, written in {:.1} s",
@@ -498,7 +575,69 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
             Ok(())
         }
         BackupCommand::Verify { .. } => Err("verify is handled before the config is loaded".into()),
-        BackupCommand::Restore { file, region } => {
+        BackupCommand::Restore {
+            file,
+            region,
+            archive: Some(archive),
+            until: Some(until),
+            out,
+        } => {
+            let until_ms = vigil::clock::parse_rfc3339_ms(&until)?;
+            let pit = vigil::backup::state_at(&file, &archive, until_ms)?;
+            let r = &pit.replayed;
+            println!(
+                "backup {} (finished {}) + archive {} ({} segment(s), head {}): {} event(s) up to {until} joined, {} later left out, {} fill record(s), {} undecodable",
+                file.display(),
+                pit.backup_finished_at,
+                archive.display(),
+                r.segments,
+                r.head,
+                r.events,
+                r.later,
+                r.fill_records,
+                r.undecodable
+            );
+            for w in &r.warnings {
+                println!("warning: {w}");
+            }
+            for (id, table) in pit.view.issuers() {
+                let mut t = vigil::backup::format::Tally::default();
+                table.for_each(|s, rec| t.add(s, rec));
+                println!(
+                    "state as of {until}: issuer {}: {} certificates, {} revoked, {} on hold",
+                    vigil::status::hex(&id.0),
+                    t.records,
+                    t.revoked,
+                    t.held
+                );
+            }
+            if let Some(out) = out {
+                let created = vigil::backup::write_view_file(
+                    &pit.view,
+                    "point-in-time",
+                    pit.header.positions.clone(),
+                    vigil::backup::config_digest(config_path),
+                    &out,
+                )?;
+                println!(
+                    "{}: the state as of {until}, {} bytes, sha256 {}",
+                    out.display(),
+                    created.bytes,
+                    created.manifest.sha256
+                );
+            } else {
+                let report =
+                    rt.block_on(vigil::backup::merge_view(cfg, &pit.view, region.as_deref()))?;
+                for (region, r) in &report {
+                    for (issuer, (sent, changed)) in &r.issuers {
+                        println!("{region} issuer {issuer}: {sent} certificates merged, {changed} changed the region");
+                    }
+                }
+            }
+            println!("restored in {:.1} s", started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        BackupCommand::Restore { file, region, .. } => {
             let report = rt.block_on(vigil::backup::restore(cfg, &file, region.as_deref()))?;
             for (region, r) in &report {
                 for (issuer, (sent, changed)) in &r.issuers {
@@ -511,6 +650,83 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
             }
             println!("restored in {:.1} s", started.elapsed().as_secs_f64());
             Ok(())
+        }
+    }
+}
+
+fn archive(
+    cfg: &Config,
+    dir: Option<PathBuf>,
+    segment_bytes: u64,
+    metrics_addr: Option<std::net::SocketAddr>,
+    regions: Vec<String>,
+) -> Result<(), String> {
+    let dir = dir.ok_or("vigil archive needs --dir (or `vigil archive verify DIR`)")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    rt.block_on(async {
+        if let Some(addr) = metrics_addr {
+            let handle = vigil::telemetry::install_recorder()?;
+            vigil::archive::serve_metrics(addr, handle).await?;
+            tokio::spawn(vigil::backup::watch_last_success(cfg.clone()));
+        }
+        let opts = vigil::archive::RoleOptions {
+            dir,
+            segment_bytes,
+            regions,
+        };
+        tokio::select! {
+            r = vigil::archive::run(cfg, opts) => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
+}
+
+fn archive_verify(dir: &Path) -> ExitCode {
+    match vigil::archive::verify(dir) {
+        Ok(w) => {
+            for (region, p) in &w.positions {
+                println!(
+                    "{region}: archived up to stream id {} (epoch {})",
+                    p.id, p.epoch
+                );
+            }
+            for f in &w.fills {
+                println!(
+                    "gap filled: region {} from its snapshot ({} records), ended {}: {}",
+                    f.region,
+                    f.records,
+                    vigil::clock::rfc3339_ms(f.at_ms),
+                    f.reason
+                );
+            }
+            if let Some(t) = &w.torn {
+                println!("warning: {t}");
+            }
+            let span = match (w.first_event_ms, w.last_event_ms) {
+                (Some(a), Some(b)) => format!(
+                    ", {} .. {}",
+                    vigil::clock::rfc3339_ms(a as i64),
+                    vigil::clock::rfc3339_ms(b as i64)
+                ),
+                _ => String::new(),
+            };
+            println!(
+                "ok: {} segment(s){}, {} blocks, {} events{span}; head {}",
+                w.segments,
+                if w.open { " (the last open)" } else { "" },
+                w.blocks,
+                w.events,
+                w.head
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vigil: archive {}: {e}", dir.display());
+            ExitCode::FAILURE
         }
     }
 }

@@ -51,7 +51,7 @@ pub fn config_digest(path: Option<&Path>) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref())
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     time::OffsetDateTime::from_unix_timestamp(crate::clock::unix_now_ms() / 1000)
         .ok()
         .and_then(|t| {
@@ -153,6 +153,7 @@ async fn write_backup(
             {
                 backup_crls(cfg, r, &mut w).await?;
             }
+            w.set_finished_at(crate::clock::rfc3339_ms(crate::clock::unix_now_ms()));
             Ok(w.finish().map_err(berr)?.0)
         }
         Source::Checkpoint(path) => {
@@ -205,6 +206,7 @@ fn write_view(
             }
         }
     }
+    w.set_finished_at(crate::clock::rfc3339_ms(crate::clock::unix_now_ms()));
     Ok(w.finish().map_err(berr)?.0)
 }
 
@@ -491,4 +493,230 @@ pub fn cert_writes(
                 .collect(),
         })
         .collect()
+}
+
+// === point in time ===
+
+/// The state as of a time: a backup finished before it, joined with the archive's events up
+/// to it.
+pub struct PointInTime {
+    /// The backup's header.
+    pub header: Header,
+    /// When the backup finished (RFC 3339).
+    pub backup_finished_at: String,
+    /// What the archive added.
+    pub replayed: crate::archive::replay::Replayed,
+    /// The state.
+    pub view: StatusView,
+}
+
+/// Rebuilds the state as of `until_ms` from the backup at `path` (finished before that time)
+/// and the archive in `archive`. Both are checked whole before anything is used.
+pub fn state_at(path: &Path, archive: &Path, until_ms: i64) -> Result<PointInTime, String> {
+    let verified = verify(path)?;
+    let finished = if verified.manifest.finished_at.is_empty() {
+        verified.header.created_at.clone()
+    } else {
+        verified.manifest.finished_at.clone()
+    };
+    let finished_ms = crate::clock::parse_rfc3339_ms(&finished)
+        .map_err(|e| format!("{}: the backup's time: {e}", path.display()))?;
+    if finished_ms > until_ms {
+        return Err(format!(
+            "{}: the backup finished at {finished}, after {}: a point-in-time restore starts from a backup older than its time (the archive only adds events; it cannot take newer ones away)",
+            path.display(),
+            crate::clock::rfc3339_ms(until_ms)
+        ));
+    }
+    let view = StatusView::new();
+    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut reader =
+        Reader::new(BufReader::with_capacity(1 << 20, file)).map_err(|e| e.to_string())?;
+    while let Some(section) = reader.next_section().map_err(|e| e.to_string())? {
+        if let Section::Records(rs) = section {
+            view.table(rs.issuer).merge_many(&rs.records);
+        }
+    }
+    let replayed = crate::archive::replay::replay_until(archive, until_ms, &view)?;
+    Ok(PointInTime {
+        header: verified.header,
+        backup_finished_at: finished,
+        replayed,
+        view,
+    })
+}
+
+/// Merges a whole view into every region (or the one named), through the feed's merge
+/// script: a join, so nothing newer in a region is removed or downgraded.
+pub async fn merge_view(
+    cfg: &Config,
+    view: &StatusView,
+    only: Option<&str>,
+) -> Result<BTreeMap<String, Restored>, String> {
+    let regions = chosen_regions(cfg, only)?;
+    let maxlen = cfg.feed.as_ref().map_or(100_000, |f| f.maxlen);
+    let mut conns = Vec::new();
+    for r in &regions {
+        conns.push(
+            r.writer()
+                .await
+                .map_err(|e| format!("region {}: {e}", r.name))?,
+        );
+    }
+    let origin = format!("restore@{}", now_rfc3339());
+    let now = crate::clock::unix_now_ms();
+    let mut out: BTreeMap<String, Restored> = BTreeMap::new();
+    let mut issuers = view.issuers();
+    issuers.sort_by_key(|(id, _)| *id);
+    for (issuer, table) in issuers {
+        for part in 0..64 {
+            let records = table.records_partition(part, 64);
+            if records.is_empty() {
+                continue;
+            }
+            let writes = cert_writes(issuer, &records, &origin, now);
+            for (r, c) in regions.iter().zip(conns.iter_mut()) {
+                let changed = crate::feed::publish::merge(r, c, &writes, maxlen)
+                    .await
+                    .map_err(|e| format!("region {}: {e}", r.name))?;
+                let e = out
+                    .entry(r.name.clone())
+                    .or_default()
+                    .issuers
+                    .entry(hex(&issuer.0))
+                    .or_default();
+                e.0 += writes.len() as u64;
+                e.1 += changed as u64;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a view as a backup file (`source` names where it came from), atomically.
+pub fn write_view_file(
+    view: &StatusView,
+    source: &str,
+    positions: Vec<Position>,
+    config_sha256: String,
+    out: &Path,
+) -> Result<Created, String> {
+    let header = Header {
+        format: "vigil-backup".into(),
+        version: format::VERSION,
+        created_at: now_rfc3339(),
+        source: source.to_owned(),
+        config_sha256,
+        positions,
+        record_len: CertRecord::ENCODED_LEN as u8,
+    };
+    let tmp = temp_path(out);
+    let file = File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    match write_view(view, source, header, &file) {
+        Ok(manifest) => {
+            let bytes = commit(&tmp, file, out)?;
+            Ok(Created { manifest, bytes })
+        }
+        Err(e) => {
+            drop(file);
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+// === backup health ===
+
+/// The key, in each region, where every successful `vigil backup create` from the regions
+/// records itself (JSON: Unix time, file name, size, SHA-256), so the archive role's
+/// `/metrics` can say how old the last backup is wherever the backup job ran.
+pub fn last_success_key(cfg: &Config) -> String {
+    let prefix = cfg.feed.as_ref().map_or("vigil", |f| f.key_prefix.as_str());
+    format!("{prefix}:backup:last-success")
+}
+
+/// Writes the backup's health metrics to `path` in the Prometheus text format (for
+/// node_exporter's textfile collector): written to a temporary name and renamed, so the
+/// collector never reads half a file; only after a backup succeeded, so a failing job leaves
+/// the old timestamp to age.
+pub fn write_metrics_file(path: &Path, created: &Created, seconds: f64) -> Result<(), String> {
+    let now = crate::clock::unix_now_ms() as f64 / 1000.0;
+    let name = crate::telemetry::BACKUP_LAST_SUCCESS;
+    let text = format!(
+        "# HELP {name} Unix time of the last successful vigil backup create.\n\
+         # TYPE {name} gauge\n{name} {now:.3}\n\
+         # HELP vigil_backup_last_size_bytes Size of the last successful backup.\n\
+         # TYPE vigil_backup_last_size_bytes gauge\nvigil_backup_last_size_bytes {}\n\
+         # HELP vigil_backup_last_duration_seconds How long the last successful backup took.\n\
+         # TYPE vigil_backup_last_duration_seconds gauge\nvigil_backup_last_duration_seconds {seconds:.3}\n",
+        created.bytes
+    );
+    let tmp = temp_path(path);
+    std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Records a successful backup in every region it was taken from (best effort: a region
+/// that cannot be written only misses this record; the backup itself is done).
+pub async fn record_success(cfg: &Config, only: Option<&str>, created: &Created) {
+    let Ok(regions) = chosen_regions(cfg, only) else {
+        return;
+    };
+    let value = serde_json::json!({
+        "at": crate::clock::unix_now_ms() as f64 / 1000.0,
+        "bytes": created.bytes,
+        "sha256": created.manifest.sha256,
+    })
+    .to_string();
+    let key = last_success_key(cfg);
+    for r in regions {
+        let done = async {
+            let mut c = r.writer().await?;
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(&value)
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(crate::feed::FeedError::from)
+        };
+        if let Err(e) = done.await {
+            tracing::warn!(region = %r.name, error = %e, "could not record the backup's success in the region");
+        }
+    }
+}
+
+/// The newest successful backup recorded in any region, Unix seconds.
+pub async fn last_success(cfg: &Config) -> Option<f64> {
+    let regions = crate::feed::region::regions(cfg).ok()?;
+    let key = last_success_key(cfg);
+    let mut newest: Option<f64> = None;
+    for r in regions {
+        let Ok(mut c) = r.writer().await else {
+            continue;
+        };
+        let v: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut c)
+            .await
+            .ok()
+            .flatten();
+        let at = v
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
+            .and_then(|j| j["at"].as_f64());
+        if let Some(at) = at {
+            newest = Some(newest.map_or(at, |n| n.max(at)));
+        }
+    }
+    newest
+}
+
+/// Keeps the `vigil_backup_last_success_timestamp_seconds` gauge at the newest backup any
+/// region records (the archive role's `/metrics`), every 30 s. Without any record the gauge
+/// is 0, which an age alert reads as "never".
+pub async fn watch_last_success(cfg: Config) {
+    let gauge = metrics::gauge!(crate::telemetry::BACKUP_LAST_SUCCESS);
+    loop {
+        gauge.set(last_success(&cfg).await.unwrap_or(0.0));
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    }
 }
