@@ -108,11 +108,9 @@ pub fn replay_until(dir: &Path, until_ms: i64, view: &StatusView) -> Result<Repl
                     _ => {}
                 }
             }
-            Block::FillRecords(f) => {
-                if in_fill.get(&f.region).copied().unwrap_or(false) {
-                    out.fill_records += f.records.len() as u64;
-                    view.table(f.issuer).merge_many(&f.records);
-                }
+            Block::FillRecords(f) if in_fill.get(&f.region).copied().unwrap_or(false) => {
+                out.fill_records += f.records.len() as u64;
+                view.table(f.issuer).merge_many(&f.records);
             }
             Block::FillEnd(m) => {
                 in_fill.insert(m.region.clone(), false);

@@ -711,12 +711,12 @@ pub async fn last_success(cfg: &Config) -> Option<f64> {
 }
 
 /// Keeps the `vigil_backup_last_success_timestamp_seconds` gauge at the newest backup any
-/// region records (the archive role's `/metrics`), every 30 s. Without any record the gauge
+/// region records (the archive role's `/metrics`), every 5 s. Without any record the gauge
 /// is 0, which an age alert reads as "never".
 pub async fn watch_last_success(cfg: Config) {
     let gauge = metrics::gauge!(crate::telemetry::BACKUP_LAST_SUCCESS);
     loop {
         gauge.set(last_success(&cfg).await.unwrap_or(0.0));
-        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     }
 }
