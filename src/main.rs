@@ -96,7 +96,7 @@ enum Command {
     /// consistency audit across replicas and regions, feed lag, CRL freshness, certificate
     /// expiry); `--write` adds a canary revocation timed to every replica. Needs no config.
     /// Exit 0: every check passed (warnings allowed); 1: something falls short.
-    Drill(DrillArgs),
+    Drill(Box<DrillArgs>),
     /// Backups of the status data and stored CRLs: create, verify, restore.
     Backup {
         #[command(subcommand)]
@@ -179,6 +179,28 @@ enum BackupCommand {
 }
 
 #[derive(Subcommand)]
+enum DrillCommand {
+    /// The restore test: verify a backup, restore it into a scratch Redis (never a configured
+    /// region), check the scratch holds exactly the backup, and compare it with every live
+    /// region (counts and digests per issuer, differences listed). Exit 0: pass; 1: fail.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        backup: PathBuf,
+        /// The scratch Redis, redis://host:port[/db].
+        #[arg(long)]
+        scratch_redis: String,
+        /// Delete the keys the scratch already holds under the feed's key prefix first (a
+        /// previous drill's); without it, a non-empty scratch is refused.
+        #[arg(long)]
+        flush_scratch: bool,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ArchiveCommand {
     /// Check every segment: each block's chain value, each segment's header (index, the
     /// previous segment's SHA-256) and seal; names the first bad segment. Exit 1 on damage.
@@ -223,7 +245,10 @@ enum KeyCommand {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct DrillArgs {
+    #[command(subcommand)]
+    command: Option<DrillCommand>,
     /// Replica base URL, e.g. http://10.0.0.5:8080 (repeat for each replica; not the LB).
     #[arg(long = "replica", required = true)]
     replicas: Vec<String>,
@@ -326,7 +351,9 @@ fn main() -> ExitCode {
     // rustls (Redis over TLS, the admin listener) uses ring, the only provider compiled in.
     let _ = rustls::crypto::ring::default_provider().install_default();
     if let Some(Command::Drill(args)) = &cli.command {
-        return drill(args);
+        if args.command.is_none() {
+            return drill(args);
+        }
     }
     if let Some(Command::Key { command }) = &cli.command {
         return key(command);
@@ -391,9 +418,24 @@ fn main() -> ExitCode {
         Command::Archive {
             command: Some(_), ..
         } => Err("archive verify is handled before the config is loaded".into()),
-        Command::Drill(_) | Command::Key { .. } => {
-            Err("drill and key are handled before the config is loaded".into())
-        }
+        Command::Drill(args) => match args.command {
+            Some(DrillCommand::Restore {
+                backup,
+                scratch_redis,
+                flush_scratch,
+                json,
+            }) => {
+                return drill_restore(
+                    &cfg,
+                    &backup,
+                    &scratch_redis,
+                    flush_scratch,
+                    json.as_deref(),
+                )
+            }
+            None => Err("drill is handled before the config is loaded".into()),
+        },
+        Command::Key { .. } => Err("drill and key are handled before the config is loaded".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -683,6 +725,109 @@ fn archive(
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })
+}
+
+fn drill_restore(
+    cfg: &Config,
+    backup: &Path,
+    scratch: &str,
+    flush: bool,
+    json: Option<&Path>,
+) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vigil: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = std::time::Instant::now();
+    let report = match rt.block_on(vigil::backup::drill::restore_drill(
+        cfg, backup, scratch, flush,
+    )) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vigil: drill restore: {e}");
+            println!("FAIL: the restore drill could not run: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (ih, c) in &report.backup {
+        let r = report.restored.get(ih);
+        println!(
+            "issuer {ih}: backup {} certificates ({} revoked, {} held, digest {}); restored {}",
+            c.records,
+            c.revoked,
+            c.held,
+            c.digest,
+            match r {
+                Some(r) if r == c => "the same".to_owned(),
+                Some(r) => format!("{} certificates, digest {}", r.records, r.digest),
+                None => "nothing".to_owned(),
+            }
+        );
+    }
+    for (region, per) in &report.live {
+        for (ih, c) in per {
+            if c.identical {
+                println!(
+                    "live region {region}: issuer {ih}: {} certificates, identical to the backup",
+                    c.records
+                );
+            } else {
+                println!(
+                    "live region {region}: issuer {ih}: {} certificates; since the backup {} changed and {} new; {} missing{}, {} behind{}",
+                    c.records,
+                    c.ahead,
+                    c.newer,
+                    c.missing_count,
+                    if c.missing.is_empty() { String::new() } else { format!(" ({})", c.missing.join(", ")) },
+                    c.behind_count,
+                    if c.behind.is_empty() { String::new() } else { format!(" ({})", c.behind.join(", ")) },
+                );
+            }
+        }
+    }
+    let timings: Vec<String> = report
+        .timings
+        .iter()
+        .map(|(step, s)| format!("{step} {s:.2} s"))
+        .collect();
+    println!(
+        "timings: {}; total {:.2} s",
+        timings.join(", "),
+        started.elapsed().as_secs_f64()
+    );
+    for f in &report.failures {
+        println!("failure: {f}");
+    }
+    if let Some(path) = json {
+        let doc = serde_json::json!({
+            "passed": report.passed(),
+            "failures": report.failures,
+            "timings": report.timings.iter().map(|(k, v)| (k.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
+            "backup": report.backup,
+            "restored": report.restored,
+            "live": report.live.iter().map(|(r, per)| (r.clone(), per.iter().map(|(ih, c)| (ih.clone(), serde_json::json!({
+                "records": c.records, "identical": c.identical, "changed_since": c.ahead,
+                "new_since": c.newer, "missing": c.missing_count, "behind": c.behind_count,
+                "missing_serials": c.missing, "behind_serials": c.behind,
+            }))).collect::<std::collections::BTreeMap<_, _>>())).collect::<std::collections::BTreeMap<_, _>>(),
+        });
+        if let Err(e) = std::fs::write(path, doc.to_string()) {
+            eprintln!("vigil: {}: {e}", path.display());
+        }
+    }
+    if report.passed() {
+        println!("PASS: the backup restores completely and no live region lost what it holds");
+        ExitCode::SUCCESS
+    } else {
+        println!("FAIL: {} problem(s)", report.failures.len());
+        ExitCode::FAILURE
+    }
 }
 
 fn archive_verify(dir: &Path) -> ExitCode {

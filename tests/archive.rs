@@ -559,3 +559,100 @@ fn point_in_time_restore_holds_exactly_the_revocations_before_its_time() {
     ));
     assert!(e.contains("older than its time"), "{e}");
 }
+
+#[test]
+fn drill_restore_passes_on_a_good_backup_and_fails_naming_what_a_live_region_lost() {
+    let s = setup(1_000_000);
+    let scratch = Redis::start(&s.root, "scratch");
+    s.import(1, 50);
+    for serial in 1..=3 {
+        s.revoke(serial);
+    }
+    let backup = s.root.join("b.vbk");
+    ok(&vigil_with(
+        &s.config,
+        &["backup", "create", "--out", backup.to_str().unwrap()],
+    ));
+    // Live moves on after the backup: one more revocation, five new certificates.
+    s.revoke(4);
+    s.import(51, 55);
+    let url = scratch.url();
+    let drill = |extra: &[&str]| {
+        let mut args = vec![
+            "drill",
+            "restore",
+            "--backup",
+            backup.to_str().unwrap(),
+            "--scratch-redis",
+            &url,
+        ];
+        args.extend_from_slice(extra);
+        vigil_with(&s.config, &args)
+    };
+    let json = s.root.join("drill.json");
+    let text = ok(&drill(&["--json", json.to_str().unwrap()]));
+    assert!(text.contains("PASS"), "{text}");
+    assert!(
+        text.contains("backup 50 certificates (3 revoked, 0 held"),
+        "{text}"
+    );
+    assert!(text.contains("restored the same"), "{text}");
+    for region in ["a", "b"] {
+        assert!(
+            text.contains(&format!("live region {region}: issuer ")),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains("55 certificates; since the backup 1 changed and 5 new; 0 missing, 0 behind"),
+        "{text}"
+    );
+    assert!(text.contains("timings: verify "), "{text}");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(doc["passed"], true);
+    let restored: u64 = scratch.cmd(&mut redis::cmd("DBSIZE"));
+    assert!(restored > 0);
+
+    // Run again: the scratch holds the last drill's data, which is refused unless flushed.
+    let out = drill(&[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--flush-scratch"));
+    assert!(ok(&drill(&["--flush-scratch"])).contains("PASS"));
+
+    // Region a loses a backed-up certificate and a revocation goes back to good (a rolled-back
+    // or damaged Redis): the drill fails and names both.
+    let issuers: Vec<String> = s.a.cmd(redis::cmd("SMEMBERS").arg("vigil:issuers"));
+    let snap = format!("vigil:snap:{}", issuers[0]);
+    let _: () =
+        s.a.cmd(redis::cmd("HDEL").arg(&snap).arg([0x0Au8].as_slice()));
+    let good =
+        s.a.cmd::<Vec<u8>>(redis::cmd("HGET").arg(&snap).arg([0x09u8].as_slice()));
+    let _: () = s.a.cmd(
+        redis::cmd("HSET")
+            .arg(&snap)
+            .arg([0x02u8].as_slice())
+            .arg(good),
+    );
+    let out = drill(&["--flush-scratch"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("FAIL"), "{text}");
+    assert!(text.contains("1 missing (0A), 1 behind (02)"), "{text}");
+    assert!(text.contains("failure: region a: issuer"), "{text}");
+    assert!(!text.contains("failure: region b"), "{text}");
+
+    // The scratch may never be a live region.
+    let out = vigil_with(
+        &s.config,
+        &[
+            "drill",
+            "restore",
+            "--backup",
+            backup.to_str().unwrap(),
+            "--scratch-redis",
+            &s.a.url(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is region a"));
+}

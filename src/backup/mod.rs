@@ -10,6 +10,7 @@
 //! so a stored number never goes backwards; the next CRL is numbered above both (CRL numbers
 //! are build times, raised above the highest seen: [`crate::crl::number`]).
 
+pub mod drill;
 pub mod format;
 
 use std::collections::BTreeMap;
