@@ -713,7 +713,10 @@ fn archive(
         if let Some(addr) = metrics_addr {
             let handle = vigil::telemetry::install_recorder()?;
             vigil::archive::serve_metrics(addr, handle).await?;
-            tokio::spawn(vigil::backup::watch_last_success(cfg.clone()));
+            tokio::spawn(vigil::backup::watch_last_success(
+                cfg.clone(),
+                std::time::Duration::from_secs(5),
+            ));
         }
         let opts = vigil::archive::RoleOptions {
             dir,

@@ -295,6 +295,12 @@ fn wait_for_events(dir: &Path, region: &str, n: usize) {
     }
 }
 
+/// The value of an unlabelled gauge in a Prometheus text exposition.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 fn revoked_serials(records: impl IntoIterator<Item = (Serial, CertRecord)>) -> BTreeSet<String> {
     records
         .into_iter()
@@ -458,10 +464,43 @@ fn point_in_time_restore_holds_exactly_the_revocations_before_its_time() {
         s.revoke(serial);
     }
     let backup = s.root.join("b.vbk");
+    let prom = s.root.join("backup.prom");
+    let before_ms = vigil::clock::unix_now_ms();
     ok(&vigil_with(
         &s.config,
-        &["backup", "create", "--out", backup.to_str().unwrap()],
+        &[
+            "backup",
+            "create",
+            "--out",
+            backup.to_str().unwrap(),
+            "--metrics-file",
+            prom.to_str().unwrap(),
+        ],
     ));
+    // Backup health: the textfile for node_exporter, and the archive role's /metrics (read
+    // back from the regions, where the backup recorded itself).
+    let text = std::fs::read_to_string(&prom).unwrap();
+    let at =
+        gauge(&text, "vigil_backup_last_success_timestamp_seconds").expect("gauge in the file");
+    assert!(at * 1000.0 >= before_ms as f64 - 1000.0, "{text}");
+    assert!(
+        text.contains("# TYPE vigil_backup_last_success_timestamp_seconds gauge"),
+        "{text}"
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = role.metrics();
+        if gauge(&m, "vigil_backup_last_success_timestamp_seconds")
+            .is_some_and(|v| (v - at).abs() < 1.0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the archive role does not report the backup: {m}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for serial in 4..=6 {
         s.revoke(serial);
     }
@@ -573,6 +612,21 @@ fn drill_restore_passes_on_a_good_backup_and_fails_naming_what_a_live_region_los
         &s.config,
         &["backup", "create", "--out", backup.to_str().unwrap()],
     ));
+    // Every replica of the feed reports the last backup the regions record.
+    let replica = Vigil::start(&s.root, Some(&s.config), &[]);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = String::from_utf8(get(replica.addr, "/metrics", "").body).unwrap();
+        if gauge(&m, "vigil_backup_last_success_timestamp_seconds").is_some_and(|v| v > 0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica does not report the backup: {m}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(replica);
     // Live moves on after the backup: one more revocation, five new certificates.
     s.revoke(4);
     s.import(51, 55);

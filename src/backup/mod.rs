@@ -628,6 +628,9 @@ pub fn write_view_file(
 
 // === backup health ===
 
+/// How often a replica reads the last backup's record from the regions.
+pub const LAST_SUCCESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The key, in each region, where every successful `vigil backup create` from the regions
 /// records itself (JSON: Unix time, file name, size, SHA-256), so the archive role's
 /// `/metrics` can say how old the last backup is wherever the backup job ran.
@@ -686,7 +689,8 @@ pub async fn record_success(cfg: &Config, only: Option<&str>, created: &Created)
     }
 }
 
-/// The newest successful backup recorded in any region, Unix seconds.
+/// The newest successful backup recorded in any region, Unix seconds (`Some(0.0)` when the
+/// regions that answered hold no record; `None` when no region answered).
 pub async fn last_success(cfg: &Config) -> Option<f64> {
     let regions = crate::feed::region::regions(cfg).ok()?;
     let key = last_success_key(cfg);
@@ -695,29 +699,33 @@ pub async fn last_success(cfg: &Config) -> Option<f64> {
         let Ok(mut c) = r.writer().await else {
             continue;
         };
-        let v: Option<String> = redis::cmd("GET")
+        let Ok(v) = redis::cmd("GET")
             .arg(&key)
-            .query_async(&mut c)
+            .query_async::<Option<String>>(&mut c)
             .await
-            .ok()
-            .flatten();
+        else {
+            r.reset_writer().await;
+            continue;
+        };
         let at = v
             .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
-            .and_then(|j| j["at"].as_f64());
-        if let Some(at) = at {
-            newest = Some(newest.map_or(at, |n| n.max(at)));
-        }
+            .and_then(|j| j["at"].as_f64())
+            .unwrap_or(0.0);
+        newest = Some(newest.map_or(at, |n| n.max(at)));
     }
     newest
 }
 
 /// Keeps the `vigil_backup_last_success_timestamp_seconds` gauge at the newest backup any
-/// region records (the archive role's `/metrics`), every 5 s. Without any record the gauge
-/// is 0, which an age alert reads as "never".
-pub async fn watch_last_success(cfg: Config) {
+/// region records, every `every` (the archive role's `/metrics`, and every replica of a feed).
+/// 0 when the regions hold no record, which an age alert reads as "never"; unchanged while
+/// no region answers.
+pub async fn watch_last_success(cfg: Config, every: std::time::Duration) {
     let gauge = metrics::gauge!(crate::telemetry::BACKUP_LAST_SUCCESS);
     loop {
-        gauge.set(last_success(&cfg).await.unwrap_or(0.0));
-        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        if let Some(at) = last_success(&cfg).await {
+            gauge.set(at);
+        }
+        tokio::time::sleep(every).await;
     }
 }
