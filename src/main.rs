@@ -149,12 +149,19 @@ enum BackupCommand {
         /// for node_exporter's textfile collector.
         #[arg(long)]
         metrics_file: Option<PathBuf>,
+        /// Encrypt the backup to this age X25519 recipient (`age1…`, from `age-keygen`): no
+        /// plaintext is written; verify and restore need the identity (--identity).
+        #[arg(long)]
+        recipient: Option<String>,
     },
     /// Check every section's checksum, the manifest's counts and digests and the file's
     /// SHA-256; print counts per source and issuer. Exit 1 on any mismatch. Needs no config.
     Verify {
         /// The backup file.
         file: PathBuf,
+        /// The age identity file, for an encrypted backup.
+        #[arg(long)]
+        identity: Option<PathBuf>,
     },
     /// Merge a backup into every region (or one): the feed's join, so a restore never removes
     /// or downgrades a newer revocation. Verifies the whole file first.
@@ -175,6 +182,9 @@ enum BackupCommand {
         /// (to show an auditor, or to check before restoring).
         #[arg(long, requires = "until")]
         out: Option<PathBuf>,
+        /// The age identity file, for an encrypted backup.
+        #[arg(long)]
+        identity: Option<PathBuf>,
     },
 }
 
@@ -194,6 +204,9 @@ enum DrillCommand {
         /// previous drill's); without it, a non-empty scratch is refused.
         #[arg(long)]
         flush_scratch: bool,
+        /// The age identity file, for an encrypted backup.
+        #[arg(long)]
+        identity: Option<PathBuf>,
         /// Also write the report as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -359,10 +372,10 @@ fn main() -> ExitCode {
         return key(command);
     }
     if let Some(Command::Backup {
-        command: BackupCommand::Verify { file },
+        command: BackupCommand::Verify { file, identity },
     }) = &cli.command
     {
-        return backup_verify(file);
+        return backup_verify(file, identity.as_deref());
     }
     if let Some(Command::Archive {
         command: Some(ArchiveCommand::Verify { dir }),
@@ -424,10 +437,12 @@ fn main() -> ExitCode {
                 scratch_redis,
                 flush_scratch,
                 json,
+                identity,
             }) => {
                 return drill_restore(
                     &cfg,
                     &backup,
+                    identity.as_deref(),
                     &scratch_redis,
                     flush_scratch,
                     json.as_deref(),
@@ -540,9 +555,9 @@ fn print_counts(m: &vigil::backup::format::Manifest) {
     println!("{} CRL(s)", m.crls);
 }
 
-fn backup_verify(file: &Path) -> ExitCode {
+fn backup_verify(file: &Path, identity: Option<&Path>) -> ExitCode {
     let started = std::time::Instant::now();
-    match vigil::backup::verify(file) {
+    match vigil::backup::verify(file, identity) {
         Ok(v) => {
             println!(
                 "{}: vigil backup v{} of {} taken {}, sha256 {}",
@@ -584,6 +599,7 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
             from_checkpoint,
             region,
             metrics_file,
+            recipient,
         } => {
             let source = match (&from_checkpoint, &region) {
                 (Some(p), _) => vigil::backup::Source::Checkpoint(p),
@@ -594,7 +610,13 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
                 (None, None) => vigil::backup::Source::Journal,
             };
             let digest = vigil::backup::config_digest(config_path);
-            let created = rt.block_on(vigil::backup::create(cfg, source, &out, digest))?;
+            let created = rt.block_on(vigil::backup::create(
+                cfg,
+                source,
+                &out,
+                digest,
+                recipient.as_deref(),
+            ))?;
             let seconds = started.elapsed().as_secs_f64();
             if let Some(m) = &metrics_file {
                 vigil::backup::write_metrics_file(m, &created, seconds)?;
@@ -623,9 +645,10 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
             archive: Some(archive),
             until: Some(until),
             out,
+            identity,
         } => {
             let until_ms = vigil::clock::parse_rfc3339_ms(&until)?;
-            let pit = vigil::backup::state_at(&file, &archive, until_ms)?;
+            let pit = vigil::backup::state_at(&file, identity.as_deref(), &archive, until_ms)?;
             let r = &pit.replayed;
             println!(
                 "backup {} (finished {}) + archive {} ({} segment(s), head {}): {} event(s) up to {until} joined, {} later left out, {} fill record(s), {} undecodable",
@@ -679,8 +702,18 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
             println!("restored in {:.1} s", started.elapsed().as_secs_f64());
             Ok(())
         }
-        BackupCommand::Restore { file, region, .. } => {
-            let report = rt.block_on(vigil::backup::restore(cfg, &file, region.as_deref()))?;
+        BackupCommand::Restore {
+            file,
+            region,
+            identity,
+            ..
+        } => {
+            let report = rt.block_on(vigil::backup::restore(
+                cfg,
+                &file,
+                region.as_deref(),
+                identity.as_deref(),
+            ))?;
             for (region, r) in &report {
                 for (issuer, (sent, changed)) in &r.issuers {
                     println!("{region} issuer {issuer}: {sent} certificates merged, {changed} changed the region");
@@ -733,6 +766,7 @@ fn archive(
 fn drill_restore(
     cfg: &Config,
     backup: &Path,
+    identity: Option<&Path>,
     scratch: &str,
     flush: bool,
     json: Option<&Path>,
@@ -749,7 +783,7 @@ fn drill_restore(
     };
     let started = std::time::Instant::now();
     let report = match rt.block_on(vigil::backup::drill::restore_drill(
-        cfg, backup, scratch, flush,
+        cfg, backup, identity, scratch, flush,
     )) {
         Ok(r) => r,
         Err(e) => {

@@ -710,3 +710,99 @@ fn drill_restore_passes_on_a_good_backup_and_fails_naming_what_a_live_region_los
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is region a"));
 }
+
+#[test]
+fn an_encrypted_backup_round_trips_with_its_identity_and_is_refused_with_another() {
+    use secrecy::ExposeSecret;
+    let s = setup(1_000_000);
+    s.import(1, 40);
+    for serial in [5, 6] {
+        s.revoke(serial);
+    }
+    let mine = age::x25519::Identity::generate();
+    let other = age::x25519::Identity::generate();
+    let id = s.root.join("backup.key");
+    let wrong = s.root.join("other.key");
+    std::fs::write(&id, format!("{}\n", mine.to_string().expose_secret())).unwrap();
+    std::fs::write(&wrong, format!("{}\n", other.to_string().expose_secret())).unwrap();
+    let backup = s.root.join("b.vbk.age");
+    let b = backup.to_str().unwrap();
+    ok(&vigil_with(
+        &s.config,
+        &[
+            "backup",
+            "create",
+            "--out",
+            b,
+            "--recipient",
+            &mine.to_public().to_string(),
+        ],
+    ));
+    let bytes = std::fs::read(&backup).unwrap();
+    assert!(bytes.starts_with(b"age-encryption.org/v1"));
+    assert!(
+        !bytes.windows(12).any(|w| w == b"vigil-backup"),
+        "plaintext in the file"
+    );
+    // Without an identity, or with another one: refused, saying why.
+    let e = refused(&vigil_cmd(&s.root, &["backup", "verify", b]));
+    assert!(e.contains("--identity"), "{e}");
+    let e = refused(&vigil_cmd(
+        &s.root,
+        &["backup", "verify", b, "--identity", wrong.to_str().unwrap()],
+    ));
+    assert!(e.contains("encrypted to another recipient"), "{e}");
+    let text = ok(&vigil_cmd(
+        &s.root,
+        &["backup", "verify", b, "--identity", id.to_str().unwrap()],
+    ));
+    assert!(text.contains("40 certificates, 2 revoked"), "{text}");
+    // A flipped byte inside the ciphertext is refused too.
+    let mut damaged = bytes.clone();
+    let at = damaged.len() / 2;
+    damaged[at] ^= 1;
+    let d = s.root.join("damaged.age");
+    std::fs::write(&d, damaged).unwrap();
+    refused(&vigil_cmd(
+        &s.root,
+        &[
+            "backup",
+            "verify",
+            d.to_str().unwrap(),
+            "--identity",
+            id.to_str().unwrap(),
+        ],
+    ));
+    // Restore: the wrong identity writes nothing; the right one brings every record back.
+    for r in [&s.a, &s.b] {
+        let _: () = r.cmd(&mut redis::cmd("FLUSHALL"));
+    }
+    let e = refused(&vigil_with(
+        &s.config,
+        &[
+            "backup",
+            "restore",
+            b,
+            "--identity",
+            wrong.to_str().unwrap(),
+        ],
+    ));
+    assert!(e.contains("encrypted to another recipient"), "{e}");
+    let n: u64 = s.a.cmd(&mut redis::cmd("DBSIZE"));
+    assert_eq!(n, 0);
+    ok(&vigil_with(
+        &s.config,
+        &["backup", "restore", b, "--identity", id.to_str().unwrap()],
+    ));
+    for r in [&s.a, &s.b] {
+        let snap = r.snapshot();
+        assert_eq!(snap.len(), 40);
+        let records = snap.into_iter().map(|(s, r)| {
+            (
+                Serial::from_der_content(&s).unwrap(),
+                CertRecord::from_bytes(&r).unwrap(),
+            )
+        });
+        assert_eq!(revoked_serials(records).len(), 2);
+    }
+}

@@ -16,8 +16,6 @@
 //! Each step is timed; the report says pass or fail.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 use std::time::Instant;
 
@@ -91,6 +89,7 @@ fn tallies(view: &StatusView) -> BTreeMap<String, Tally> {
 pub async fn restore_drill(
     cfg: &Config,
     backup: &Path,
+    identity: Option<&Path>,
     scratch_url: &str,
     flush_scratch: bool,
 ) -> Result<DrillReport, String> {
@@ -109,15 +108,13 @@ pub async fn restore_drill(
     }
     // 1. verify
     let t = Instant::now();
-    super::verify(backup).map_err(|e| format!("the backup does not verify: {e}"))?;
+    super::verify(backup, identity).map_err(|e| format!("the backup does not verify: {e}"))?;
     report.timings.push(("verify", t.elapsed().as_secs_f64()));
 
     // The backup's state: the join of all its sources.
     let t = Instant::now();
     let expected = StatusView::new();
-    let file = File::open(backup).map_err(|e| format!("{}: {e}", backup.display()))?;
-    let mut reader =
-        Reader::new(BufReader::with_capacity(1 << 20, file)).map_err(|e| e.to_string())?;
+    let mut reader = Reader::new(super::open(backup, identity)?).map_err(|e| e.to_string())?;
     while let Some(s) = reader.next_section().map_err(|e| e.to_string())? {
         if let Section::Records(rs) = s {
             expected.table(rs.issuer).merge_many(&rs.records);
@@ -160,7 +157,7 @@ pub async fn restore_drill(
         }
     }
     let t = Instant::now();
-    super::restore(&scfg, backup, None).await?;
+    super::restore(&scfg, backup, None, identity).await?;
     report.timings.push(("restore", t.elapsed().as_secs_f64()));
 
     // 3. read back.

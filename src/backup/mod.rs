@@ -86,15 +86,28 @@ fn commit(tmp: &Path, file: File, out: &Path) -> Result<u64, String> {
 }
 
 /// Writes a backup of `source` to `out`, atomically.
+///
+/// With `recipient` (an age X25519 recipient, `age1…`), the whole file is encrypted to it as
+/// it is written (age's STREAM: authenticated chunks of 64 KiB), so no plaintext reaches the
+/// disk; `verify` and `restore` then need the matching identity.
 pub async fn create(
     cfg: &Config,
     source: Source<'_>,
     out: &Path,
     config_sha256: String,
+    recipient: Option<&str>,
 ) -> Result<Created, String> {
+    let recipient = recipient.map(parse_recipient).transpose()?;
     let tmp = temp_path(out);
     let file = File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    let result = write_backup(cfg, source, &file, config_sha256).await;
+    let result = async {
+        let mut sink = Sink::new(&file, recipient.as_ref())?;
+        let manifest = write_backup(cfg, source, &mut sink, config_sha256).await?;
+        sink.close()
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        Ok::<_, String>(manifest)
+    }
+    .await;
     match result {
         Ok(manifest) => {
             let bytes = commit(&tmp, file, out)?;
@@ -111,7 +124,7 @@ pub async fn create(
 async fn write_backup(
     cfg: &Config,
     source: Source<'_>,
-    file: &File,
+    file: &mut Sink<'_>,
     config_sha256: String,
 ) -> Result<Manifest, String> {
     let berr = |e: BackupError| e.to_string();
@@ -140,8 +153,7 @@ async fn write_backup(
                 header.positions.push(p);
                 conns.push(c);
             }
-            let mut w =
-                Writer::new(BufWriter::with_capacity(1 << 20, file), &header).map_err(berr)?;
+            let mut w = Writer::new(&mut *file, &header).map_err(berr)?;
             for (r, c) in regions.iter().zip(conns.iter_mut()) {
                 scan_region(r, c, &mut w)
                     .await
@@ -171,7 +183,7 @@ async fn write_backup(
                     stream_id: c.id.to_string(),
                 });
             }
-            write_view(&loaded.view, "checkpoint", header, file)
+            write_view(&loaded.view, "checkpoint", header, &mut *file)
         }
         Source::Journal => {
             header.source = "journal".into();
@@ -184,7 +196,7 @@ async fn write_backup(
                 epoch: String::new(),
                 stream_id: format!("{}-0", reader.offset()),
             });
-            write_view(&view, "journal", header, file)
+            write_view(&view, "journal", header, &mut *file)
         }
     }
 }
@@ -194,10 +206,10 @@ fn write_view(
     view: &StatusView,
     source: &str,
     header: Header,
-    file: &File,
+    out: impl std::io::Write,
 ) -> Result<Manifest, String> {
     let berr = |e: BackupError| e.to_string();
-    let mut w = Writer::new(BufWriter::with_capacity(1 << 20, file), &header).map_err(berr)?;
+    let mut w = Writer::new(out, &header).map_err(berr)?;
     let mut issuers = view.issuers();
     issuers.sort_by_key(|(id, _)| *id);
     for (id, table) in issuers {
@@ -345,6 +357,110 @@ fn this_update(der: &[u8]) -> Option<i64> {
     i64::try_from(crl.tbs_cert_list.this_update.to_unix_duration().as_secs()).ok()
 }
 
+// === encryption (age) ===
+
+/// What an age-encrypted file starts with.
+const AGE_MAGIC: &[u8] = b"age-encryption.org/";
+
+fn parse_recipient(s: &str) -> Result<age::x25519::Recipient, String> {
+    s.trim()
+        .parse()
+        .map_err(|e| format!("--recipient {s:?} is not an age X25519 recipient (age1…): {e}"))
+}
+
+/// Where a backup is written: the file, or age's encryptor in front of it.
+enum Sink<'a> {
+    Plain(BufWriter<&'a File>),
+    Age(age::stream::StreamWriter<BufWriter<&'a File>>),
+}
+
+impl<'a> Sink<'a> {
+    fn new(file: &'a File, recipient: Option<&age::x25519::Recipient>) -> Result<Self, String> {
+        let out = BufWriter::with_capacity(1 << 20, file);
+        let Some(r) = recipient else {
+            return Ok(Sink::Plain(out));
+        };
+        let enc = age::Encryptor::with_recipients(std::iter::once(r as &dyn age::Recipient))
+            .map_err(|e| format!("age: {e}"))?;
+        Ok(Sink::Age(
+            enc.wrap_output(out).map_err(|e| format!("age: {e}"))?,
+        ))
+    }
+
+    /// Ends the stream (age's last chunk) and flushes.
+    fn close(self) -> std::io::Result<()> {
+        use std::io::Write;
+        match self {
+            Sink::Plain(mut w) => w.flush(),
+            Sink::Age(w) => w.finish()?.flush(),
+        }
+    }
+}
+
+impl std::io::Write for Sink<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Plain(w) => w.write(b),
+            Sink::Age(w) => w.write(b),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Age(w) => w.flush(),
+        }
+    }
+}
+
+/// Opens a backup for reading: as it is, or, when it is age-encrypted, decrypted with the
+/// identities in `identity` (an age identity file, `AGE-SECRET-KEY-1…` lines). Refuses an
+/// encrypted backup without an identity, or with one it was not encrypted to.
+pub fn open(path: &Path, identity: Option<&Path>) -> Result<Box<dyn std::io::Read>, String> {
+    use std::io::{BufRead, Read};
+    let io = |e: std::io::Error| format!("{}: {e}", path.display());
+    let file = File::open(path).map_err(io)?;
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    let head = input.fill_buf().map_err(io)?;
+    if !head.starts_with(AGE_MAGIC) {
+        return Ok(Box::new(input));
+    }
+    let Some(id_path) = identity else {
+        return Err(format!(
+            "{}: the backup is encrypted (age); give the identity file with --identity",
+            path.display()
+        ));
+    };
+    let mut text = Vec::new();
+    File::open(id_path)
+        .map_err(|e| format!("{}: {e}", id_path.display()))?
+        .take(crate::limits::MAX_KEY_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("{}: {e}", id_path.display()))?;
+    if text.len() > crate::limits::MAX_KEY_FILE_BYTES {
+        return Err(format!(
+            "{}: larger than an identity file",
+            id_path.display()
+        ));
+    }
+    let identities = age::IdentityFile::from_buffer(&text[..])
+        .and_then(|f| f.into_identities().map_err(std::io::Error::other))
+        .map_err(|e| format!("{}: not an age identity file: {e}", id_path.display()))?;
+    let decryptor = age::Decryptor::new_buffered(input)
+        .map_err(|e| format!("{}: not a readable age file: {e}", path.display()))?;
+    let reader = decryptor
+        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+        .map_err(|e| match e {
+            age::DecryptError::NoMatchingKeys => format!(
+                "{}: the backup is encrypted to another recipient than {}'s identities",
+                path.display(),
+                id_path.display()
+            ),
+            e => format!("{}: {e}", path.display()),
+        })?;
+    Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
+}
+
 // === verify ===
 
 /// What `verify` found.
@@ -357,9 +473,8 @@ pub struct Verified {
 
 /// Reads the whole file, checking every section's checksum, the manifest's counts and digests
 /// and the whole-file SHA-256. Names the section that broke.
-pub fn verify(path: &Path) -> Result<Verified, String> {
-    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut r = Reader::new(BufReader::with_capacity(1 << 20, file)).map_err(|e| e.to_string())?;
+pub fn verify(path: &Path, identity: Option<&Path>) -> Result<Verified, String> {
+    let mut r = Reader::new(open(path, identity)?).map_err(|e| e.to_string())?;
     let mut header = None;
     while let Some(s) = r.next_section().map_err(|e| e.to_string())? {
         if let Section::Header(h) = s {
@@ -392,8 +507,9 @@ pub async fn restore(
     cfg: &Config,
     path: &Path,
     only: Option<&str>,
+    identity: Option<&Path>,
 ) -> Result<BTreeMap<String, Restored>, String> {
-    verify(path)?;
+    verify(path, identity)?;
     let regions = chosen_regions(cfg, only)?;
     let maxlen = cfg.feed.as_ref().map_or(100_000, |f| f.maxlen);
     let mut conns = Vec::new();
@@ -411,9 +527,7 @@ pub async fn restore(
         .map(|r| crate::crl_service::redis_store::Region::from_config(r, cfg.crl.redis_timeout))
         .collect::<Result<Vec<_>, _>>()?;
     let mut out: BTreeMap<String, Restored> = BTreeMap::new();
-    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut reader =
-        Reader::new(BufReader::with_capacity(1 << 20, file)).map_err(|e| e.to_string())?;
+    let mut reader = Reader::new(open(path, identity)?).map_err(|e| e.to_string())?;
     let origin = format!("restore@{}", now_rfc3339());
     let now = crate::clock::unix_now_ms();
     while let Some(section) = reader.next_section().map_err(|e| e.to_string())? {
@@ -513,8 +627,13 @@ pub struct PointInTime {
 
 /// Rebuilds the state as of `until_ms` from the backup at `path` (finished before that time)
 /// and the archive in `archive`. Both are checked whole before anything is used.
-pub fn state_at(path: &Path, archive: &Path, until_ms: i64) -> Result<PointInTime, String> {
-    let verified = verify(path)?;
+pub fn state_at(
+    path: &Path,
+    identity: Option<&Path>,
+    archive: &Path,
+    until_ms: i64,
+) -> Result<PointInTime, String> {
+    let verified = verify(path, identity)?;
     let finished = if verified.manifest.finished_at.is_empty() {
         verified.header.created_at.clone()
     } else {
@@ -530,9 +649,7 @@ pub fn state_at(path: &Path, archive: &Path, until_ms: i64) -> Result<PointInTim
         ));
     }
     let view = StatusView::new();
-    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut reader =
-        Reader::new(BufReader::with_capacity(1 << 20, file)).map_err(|e| e.to_string())?;
+    let mut reader = Reader::new(open(path, identity)?).map_err(|e| e.to_string())?;
     while let Some(section) = reader.next_section().map_err(|e| e.to_string())? {
         if let Section::Records(rs) = section {
             view.table(rs.issuer).merge_many(&rs.records);
@@ -613,7 +730,12 @@ pub fn write_view_file(
     };
     let tmp = temp_path(out);
     let file = File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    match write_view(view, source, header, &file) {
+    match write_view(
+        view,
+        source,
+        header,
+        BufWriter::with_capacity(1 << 20, &file),
+    ) {
         Ok(manifest) => {
             let bytes = commit(&tmp, file, out)?;
             Ok(Created { manifest, bytes })
