@@ -150,3 +150,24 @@ pub const MAX_BACKUP_SECTIONS: u64 = 10_000_000;
 
 /// Longest source (region) name kept in a records section, in bytes.
 pub const MAX_BACKUP_SOURCE_BYTES: usize = 255;
+
+/// Largest archive block payload, in bytes: an events block holds at most
+/// [`MAX_ARCHIVE_BLOCK_ENTRIES`] events of at most [`MAX_EVENT_BYTES`] (+ 18 bytes of id and
+/// length), a fill block as many snapshot records of at most 31 bytes; both well under 16 MiB.
+/// Bounds the buffer one block needs when a segment is read.
+pub const MAX_ARCHIVE_BLOCK_BYTES: usize = 16 * 1024 * 1024;
+
+/// Most entries (events, or snapshot records of a gap fill) in one archive block: one feed
+/// read is [`FEED_READ_COUNT`] entries; fills are cut at this many records.
+pub const MAX_ARCHIVE_BLOCK_ENTRIES: usize = 50_000;
+
+/// Longest region name or data epoch kept in an archive block (a one-octet length).
+pub const MAX_ARCHIVE_NAME_BYTES: usize = 255;
+
+/// Most segment files `vigil archive verify` and a point-in-time restore read from one
+/// directory: at the default 64 MiB a segment, a million segments are 64 TiB of events.
+pub const MAX_ARCHIVE_SEGMENTS: usize = 1_000_000;
+
+/// Most blocks in one segment: a segment is closed at its target size (64 MiB by default),
+/// and its smallest blocks are about 60 bytes.
+pub const MAX_ARCHIVE_SEGMENT_BLOCKS: u64 = 4_000_000;
