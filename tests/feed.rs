@@ -1470,7 +1470,9 @@ fn lua_merge_many_matches_merge_one_by_one() {
         }
     }
     let entries = |c: &mut redis::Connection| -> Vec<Vec<u8>> {
-        let reply: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        // (id, [(field, value)]) per entry.
+        type Entry = (String, Vec<(String, Vec<u8>)>);
+        let reply: Vec<Entry> = redis::cmd("XRANGE")
             .arg("t:feed")
             .arg("-")
             .arg("+")
