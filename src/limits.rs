@@ -97,12 +97,22 @@ pub const FEED_READ_COUNT: usize = 1000;
 /// Snapshot fields read per `HSCAN` call during a bootstrap (a hint to Redis, not a hard cap).
 pub const FEED_SCAN_COUNT: usize = 1000;
 
-/// Script calls sent per pipeline when publishing many records (import, repair): bounds the
-/// reply buffered at once and the time a region's Redis spends on one batch.
+/// Work sent to one region's Redis in one pipeline, each pipeline within `feed.write_timeout`:
+/// certificates per pipeline of [`MERGE_MANY`](crate::feed::scripts::MERGE_MANY_LUA) calls
+/// (publish, import, repair, restore), events per hint call, hint entries read per `XRANGE`
+/// in a hand-over. Bounds the request and reply buffered at once and the time Redis spends on
+/// one pipeline: 500 certificates take Redis about 2 ms.
 pub const FEED_PIPELINE_CHUNK: usize = 500;
 
-/// Certificates per write batch of `vigil import`: large enough that the script calls of a
-/// batch fill several pipelines ([`FEED_PIPELINE_CHUNK`]), small enough that a batch's events
+/// Certificates per [`MERGE_MANY`](crate::feed::scripts::MERGE_MANY_LUA) call: a call pays
+/// the script's fixed cost (`EVALSHA` dispatch, the issuers-set `SADD`, the digest's read and
+/// write) once for the batch; 100 keeps one call's arguments (about 500, a few tens of KiB)
+/// small and Redis's time in one atomic call well under a millisecond, so other clients'
+/// commands (the replicas' `XREAD`s) wait little behind it.
+pub const FEED_MERGE_BATCH: usize = 100;
+
+/// Certificates per write batch of `vigil import`: large enough that a batch fills several
+/// pipelines ([`FEED_PIPELINE_CHUNK`]), small enough that a batch's events
 /// stay a few MiB.
 pub const IMPORT_BATCH_CERTIFICATES: usize = 5_000;
 
