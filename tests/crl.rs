@@ -1514,7 +1514,7 @@ fn every_shard_and_delta_passes_pkilint_br_and_openssl() {
     )
     .expect("cnf");
     let made = Command::new("openssl")
-        .args(["ca", "-config", "ca.cnf", "-gencrl", "-outform", "DER", "-out", "bad.crl", "-keyfile"])
+        .args(["ca", "-config", "ca.cnf", "-gencrl", "-out", "bad.crl", "-keyfile"])
         .arg(pki.join("ca.key"))
         .arg("-cert")
         .arg(pki.join("ca.pem"))
@@ -1543,13 +1543,25 @@ fn every_shard_and_delta_passes_pkilint_br_and_openssl() {
         &format!(
             "data_dir = \"{d}/node\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
              [status]\njournal = \"{p}/journal.vj\"\njournal_poll = \"50ms\"\n\
-             [crl]\nshards = {shards}\ndelta = true\nbase_url = \"{base_url}\"\n\
-             publish_delay = \"400ms\"\nrefresh = \"200ms\"\n{issuer}",
+             [crl]\nbase_url = \"{base_url}\"\n\
+             publish_delay = \"400ms\"\nrefresh = \"200ms\"\n{issuer}\
+             crl = {{ shards = {shards}, delta = true, validity = \"2d\", interval = \"12h\" }}\n",
             d = dir.display(),
             p = pki.display(),
             issuer = issuer_toml(&pki),
         ),
     );
+    // the issuer's own settings are held to the Baseline Requirements too
+    let text = std::fs::read_to_string(&config).expect("config");
+    for (from, to, says) in [
+        ("validity = \"2d\"", "validity = \"11d\"", "issuer[0].crl.validity"),
+        ("interval = \"12h\"", "interval = \"8d\"", "seven days"),
+    ] {
+        let bad = write_config(&dir.join("bad.toml"), &text.replace(from, to));
+        let out = vigil_cmd(Some(&bad)).arg("check-config").output().expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{to}: {err}");
+    }
     // Revocations with every reason the BR allow for subscriber certificates (§7.2.2: none,
     // keyCompromise, affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn)
     let reasons = [
@@ -1603,9 +1615,18 @@ fn every_shard_and_delta_passes_pkilint_br_and_openssl() {
             assert_eq!(r.status, 200, "{path}");
             let text = openssl_verify(&r.body, &ca, dir);
             listed += revoked_in_text(&text).len();
+            let p = vigil::crl::lint::parse(&r.body).expect("parse");
+            assert_eq!(
+                p.next_update.map(|n| n - p.this_update),
+                Some(2 * 86_400),
+                "{path}: the issuer's validity, not [crl]'s"
+            );
             let findings = pkilint_br_findings(&r.body, dir, &path);
             assert!(findings.is_empty(), "pkilint BR on {path}: {findings:#?}");
         }
     }
     assert!(listed > 60, "the linted CRLs hold the revocations ({listed} entries)");
+    assert_eq!(get(&base, "/crl/demo.crl").status, 404, "[crl] alone is unsharded; the issuer is not");
+    let listed: Vec<String> = serde_json::from_slice(&get(&base, "/crl/demo.json").body).expect("JSON");
+    assert_eq!(listed.len(), shards as usize);
 }

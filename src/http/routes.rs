@@ -94,7 +94,7 @@ pub async fn handle(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body>
                 &crl,
                 &parts.headers,
                 unix_now(),
-                st.config.crl.interval.as_secs() as i64,
+                st.crl.interval(&crl.id),
             ),
         };
         return other(&st, r, PathClass::Crl);
