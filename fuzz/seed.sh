@@ -16,7 +16,7 @@ d="$work/vigil-data"
 (cd "$work" && "$vigil" revoke --issuer demo --serial 0x7F02 --reason superseded >/dev/null)
 
 c="$here/corpus"
-mkdir -p "$c"/{ocsp_request,get_path,event_decode,journal_load,config_parse,checkpoint_load,crl_parse,backup_parse}
+mkdir -p "$c"/{ocsp_request,get_path,event_decode,journal_load,config_parse,checkpoint_load,crl_parse,backup_parse,archive_segment}
 
 n=0
 for digest in -sha1 -sha256 -sha384 -sha512; do
@@ -83,4 +83,7 @@ printf 'VIGILCP' > "$c/checkpoint_load/stub"
 # a backup of the demo journal as `vigil backup create` writes it, and its first 200 bytes
 (cd "$work" && "$vigil" backup create --out "$c/backup_parse/demo.vbk" >/dev/null)
 head -c 200 "$c/backup_parse/demo.vbk" > "$c/backup_parse/torn.vbk"
+# an archive segment's magic and version, and a header block whose chain the target recomputes
+printf 'VIGILARC\x00\x01' > "$c/archive_segment/magic"
+{ printf 'VIGILARC\x00\x01\x01\x00\x00\x00\x02{}'; head -c 32 /dev/zero; } > "$c/archive_segment/header"
 echo "seed corpora in $c"

@@ -445,6 +445,11 @@ fn start_feed(
     }
     let repairer = Repairer::new(state.clone(), regions, feed.maxlen, &cfg.status.origin);
     tokio::spawn(repairer.run(feed.repair_interval));
+    // The last backup's age is alerted on from the replicas' own metrics (VigilBackupStale).
+    tokio::spawn(crate::backup::watch_last_success(
+        cfg.clone(),
+        crate::backup::LAST_SUCCESS_INTERVAL,
+    ));
     let running = Arc::new(RunningFeed {
         state,
         path: cfg.checkpoint_path(),

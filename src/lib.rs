@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod apply;
+pub mod archive;
 pub mod backup;
 pub mod cache;
 pub mod clock;

@@ -97,12 +97,22 @@ pub const FEED_READ_COUNT: usize = 1000;
 /// Snapshot fields read per `HSCAN` call during a bootstrap (a hint to Redis, not a hard cap).
 pub const FEED_SCAN_COUNT: usize = 1000;
 
-/// Script calls sent per pipeline when publishing many records (import, repair): bounds the
-/// reply buffered at once and the time a region's Redis spends on one batch.
+/// Work sent to one region's Redis in one pipeline, each pipeline within `feed.write_timeout`:
+/// certificates per pipeline of [`MERGE_MANY`](crate::feed::scripts::MERGE_MANY_LUA) calls
+/// (publish, import, repair, restore), events per hint call, hint entries read per `XRANGE`
+/// in a hand-over. Bounds the request and reply buffered at once and the time Redis spends on
+/// one pipeline: 500 certificates take Redis about 2 ms.
 pub const FEED_PIPELINE_CHUNK: usize = 500;
 
-/// Certificates per write batch of `vigil import`: large enough that the script calls of a
-/// batch fill several pipelines ([`FEED_PIPELINE_CHUNK`]), small enough that a batch's events
+/// Certificates per [`MERGE_MANY`](crate::feed::scripts::MERGE_MANY_LUA) call: a call pays
+/// the script's fixed cost (`EVALSHA` dispatch, the issuers-set `SADD`, the digest's read and
+/// write) once for the batch; 100 keeps one call's arguments (about 500, a few tens of KiB)
+/// small and Redis's time in one atomic call well under a millisecond, so other clients'
+/// commands (the replicas' `XREAD`s) wait little behind it.
+pub const FEED_MERGE_BATCH: usize = 100;
+
+/// Certificates per write batch of `vigil import`: large enough that a batch fills several
+/// pipelines ([`FEED_PIPELINE_CHUNK`]), small enough that a batch's events
 /// stay a few MiB.
 pub const IMPORT_BATCH_CERTIFICATES: usize = 5_000;
 
@@ -140,3 +150,24 @@ pub const MAX_BACKUP_SECTIONS: u64 = 10_000_000;
 
 /// Longest source (region) name kept in a records section, in bytes.
 pub const MAX_BACKUP_SOURCE_BYTES: usize = 255;
+
+/// Largest archive block payload, in bytes: an events block holds at most
+/// [`MAX_ARCHIVE_BLOCK_ENTRIES`] events of at most [`MAX_EVENT_BYTES`] (+ 18 bytes of id and
+/// length), a fill block as many snapshot records of at most 31 bytes; both well under 16 MiB.
+/// Bounds the buffer one block needs when a segment is read.
+pub const MAX_ARCHIVE_BLOCK_BYTES: usize = 16 * 1024 * 1024;
+
+/// Most entries (events, or snapshot records of a gap fill) in one archive block: one feed
+/// read is [`FEED_READ_COUNT`] entries; fills are cut at this many records.
+pub const MAX_ARCHIVE_BLOCK_ENTRIES: usize = 50_000;
+
+/// Longest region name or data epoch kept in an archive block (a one-octet length).
+pub const MAX_ARCHIVE_NAME_BYTES: usize = 255;
+
+/// Most segment files `vigil archive verify` and a point-in-time restore read from one
+/// directory: at the default 64 MiB a segment, a million segments are 64 TiB of events.
+pub const MAX_ARCHIVE_SEGMENTS: usize = 1_000_000;
+
+/// Most blocks in one segment: a segment is closed at its target size (64 MiB by default),
+/// and its smallest blocks are about 60 bytes.
+pub const MAX_ARCHIVE_SEGMENT_BLOCKS: u64 = 4_000_000;

@@ -96,11 +96,32 @@ enum Command {
     /// consistency audit across replicas and regions, feed lag, CRL freshness, certificate
     /// expiry); `--write` adds a canary revocation timed to every replica. Needs no config.
     /// Exit 0: every check passed (warnings allowed); 1: something falls short.
-    Drill(DrillArgs),
+    Drill(Box<DrillArgs>),
     /// Backups of the status data and stored CRLs: create, verify, restore.
     Backup {
         #[command(subcommand)]
         command: BackupCommand,
+    },
+    /// The revocation archive: follow every region's stream into hash-chained segment files
+    /// in --dir (resuming where the archive stands; a stream trimmed past that position is
+    /// filled from the region's snapshot), or `verify` a directory.
+    #[command(args_conflicts_with_subcommands = true)]
+    Archive {
+        #[command(subcommand)]
+        command: Option<ArchiveCommand>,
+        /// The archive directory (a volume, or an object-store mount).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Close a segment (seal it, start the next) once it holds this many bytes.
+        #[arg(long, default_value_t = vigil::archive::DEFAULT_SEGMENT_BYTES)]
+        segment_bytes: u64,
+        /// Serve /metrics (vigil_archive_lag_seconds, vigil_backup_last_success_timestamp_seconds)
+        /// on this address, e.g. 0.0.0.0:9464.
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
+        /// Only this region (repeat; default: every configured region).
+        #[arg(long = "region")]
+        regions: Vec<String>,
     },
     /// Split-custody backup of software keys (Shamir's secret sharing). Needs no config.
     Key {
@@ -123,12 +144,24 @@ enum BackupCommand {
         /// Only this region.
         #[arg(long)]
         region: Option<String>,
+        /// Also write vigil_backup_last_success_timestamp_seconds (and the backup's size and
+        /// duration) to this file in the Prometheus text format, atomically, on success only:
+        /// for node_exporter's textfile collector.
+        #[arg(long)]
+        metrics_file: Option<PathBuf>,
+        /// Encrypt the backup to this age X25519 recipient (`age1…`, from `age-keygen`): no
+        /// plaintext is written; verify and restore need the identity (--identity).
+        #[arg(long)]
+        recipient: Option<String>,
     },
     /// Check every section's checksum, the manifest's counts and digests and the file's
     /// SHA-256; print counts per source and issuer. Exit 1 on any mismatch. Needs no config.
     Verify {
         /// The backup file.
         file: PathBuf,
+        /// The age identity file, for an encrypted backup.
+        #[arg(long)]
+        identity: Option<PathBuf>,
     },
     /// Merge a backup into every region (or one): the feed's join, so a restore never removes
     /// or downgrades a newer revocation. Verifies the whole file first.
@@ -138,6 +171,56 @@ enum BackupCommand {
         /// Only this region.
         #[arg(long)]
         region: Option<String>,
+        /// Point in time: the archive directory whose events (up to --until) are joined onto
+        /// the backup, which must have finished before --until.
+        #[arg(long, requires = "until")]
+        archive: Option<PathBuf>,
+        /// Point in time: RFC 3339. The state as of this time is rebuilt.
+        #[arg(long, requires = "archive")]
+        until: Option<String>,
+        /// With --until: write the rebuilt state to this backup file instead of the regions
+        /// (to show an auditor, or to check before restoring).
+        #[arg(long, requires = "until")]
+        out: Option<PathBuf>,
+        /// The age identity file, for an encrypted backup.
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DrillCommand {
+    /// The restore test: verify a backup, restore it into a scratch Redis (never a configured
+    /// region), check the scratch holds exactly the backup, and compare it with every live
+    /// region (counts and digests per issuer, differences listed). Exit 0: pass; 1: fail.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        backup: PathBuf,
+        /// The scratch Redis, redis://host:port[/db].
+        #[arg(long)]
+        scratch_redis: String,
+        /// Delete the keys the scratch already holds under the feed's key prefix first (a
+        /// previous drill's); without it, a non-empty scratch is refused.
+        #[arg(long)]
+        flush_scratch: bool,
+        /// The age identity file, for an encrypted backup.
+        #[arg(long)]
+        identity: Option<PathBuf>,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ArchiveCommand {
+    /// Check every segment: each block's chain value, each segment's header (index, the
+    /// previous segment's SHA-256) and seal; names the first bad segment. Exit 1 on damage.
+    /// Needs no config.
+    Verify {
+        /// The archive directory.
+        dir: PathBuf,
     },
 }
 
@@ -175,7 +258,10 @@ enum KeyCommand {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct DrillArgs {
+    #[command(subcommand)]
+    command: Option<DrillCommand>,
     /// Replica base URL, e.g. http://10.0.0.5:8080 (repeat for each replica; not the LB).
     #[arg(long = "replica", required = true)]
     replicas: Vec<String>,
@@ -278,16 +364,25 @@ fn main() -> ExitCode {
     // rustls (Redis over TLS, the admin listener) uses ring, the only provider compiled in.
     let _ = rustls::crypto::ring::default_provider().install_default();
     if let Some(Command::Drill(args)) = &cli.command {
-        return drill(args);
+        if args.command.is_none() {
+            return drill(args);
+        }
     }
     if let Some(Command::Key { command }) = &cli.command {
         return key(command);
     }
     if let Some(Command::Backup {
-        command: BackupCommand::Verify { file },
+        command: BackupCommand::Verify { file, identity },
     }) = &cli.command
     {
-        return backup_verify(file);
+        return backup_verify(file, identity.as_deref());
+    }
+    if let Some(Command::Archive {
+        command: Some(ArchiveCommand::Verify { dir }),
+        ..
+    }) = &cli.command
+    {
+        return archive_verify(dir);
     }
     let cfg = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
@@ -326,9 +421,36 @@ fn main() -> ExitCode {
             command: HsmCommand::Test { issuer },
         } => hsm_test(&cfg, issuer.as_deref()),
         Command::Backup { command } => backup(&cfg, cli.config.as_deref(), command),
-        Command::Drill(_) | Command::Key { .. } => {
-            Err("drill and key are handled before the config is loaded".into())
-        }
+        Command::Archive {
+            command: None,
+            dir,
+            segment_bytes,
+            metrics_addr,
+            regions,
+        } => archive(&cfg, dir, segment_bytes, metrics_addr, regions),
+        Command::Archive {
+            command: Some(_), ..
+        } => Err("archive verify is handled before the config is loaded".into()),
+        Command::Drill(args) => match args.command {
+            Some(DrillCommand::Restore {
+                backup,
+                scratch_redis,
+                flush_scratch,
+                json,
+                identity,
+            }) => {
+                return drill_restore(
+                    &cfg,
+                    &backup,
+                    identity.as_deref(),
+                    &scratch_redis,
+                    flush_scratch,
+                    json.as_deref(),
+                )
+            }
+            None => Err("drill is handled before the config is loaded".into()),
+        },
+        Command::Key { .. } => Err("drill and key are handled before the config is loaded".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -433,9 +555,9 @@ fn print_counts(m: &vigil::backup::format::Manifest) {
     println!("{} CRL(s)", m.crls);
 }
 
-fn backup_verify(file: &Path) -> ExitCode {
+fn backup_verify(file: &Path, identity: Option<&Path>) -> ExitCode {
     let started = std::time::Instant::now();
-    match vigil::backup::verify(file) {
+    match vigil::backup::verify(file, identity) {
         Ok(v) => {
             println!(
                 "{}: vigil backup v{} of {} taken {}, sha256 {}",
@@ -476,6 +598,8 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
             out,
             from_checkpoint,
             region,
+            metrics_file,
+            recipient,
         } => {
             let source = match (&from_checkpoint, &region) {
                 (Some(p), _) => vigil::backup::Source::Checkpoint(p),
@@ -486,7 +610,24 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
                 (None, None) => vigil::backup::Source::Journal,
             };
             let digest = vigil::backup::config_digest(config_path);
-            let created = rt.block_on(vigil::backup::create(cfg, source, &out, digest))?;
+            let created = rt.block_on(vigil::backup::create(
+                cfg,
+                source,
+                &out,
+                digest,
+                recipient.as_deref(),
+            ))?;
+            let seconds = started.elapsed().as_secs_f64();
+            if let Some(m) = &metrics_file {
+                vigil::backup::write_metrics_file(m, &created, seconds)?;
+            }
+            if from_checkpoint.is_none() && !cfg.regions.is_empty() {
+                rt.block_on(vigil::backup::record_success(
+                    cfg,
+                    region.as_deref(),
+                    &created,
+                ));
+            }
             print_counts(&created.manifest);
             println!(
                 "{}: {} bytes, sha256 {}, written in {:.1} s",
@@ -498,8 +639,81 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
             Ok(())
         }
         BackupCommand::Verify { .. } => Err("verify is handled before the config is loaded".into()),
-        BackupCommand::Restore { file, region } => {
-            let report = rt.block_on(vigil::backup::restore(cfg, &file, region.as_deref()))?;
+        BackupCommand::Restore {
+            file,
+            region,
+            archive: Some(archive),
+            until: Some(until),
+            out,
+            identity,
+        } => {
+            let until_ms = vigil::clock::parse_rfc3339_ms(&until)?;
+            let pit = vigil::backup::state_at(&file, identity.as_deref(), &archive, until_ms)?;
+            let r = &pit.replayed;
+            println!(
+                "backup {} (finished {}) + archive {} ({} segment(s), head {}): {} event(s) up to {until} joined, {} later left out, {} fill record(s), {} undecodable",
+                file.display(),
+                pit.backup_finished_at,
+                archive.display(),
+                r.segments,
+                r.head,
+                r.events,
+                r.later,
+                r.fill_records,
+                r.undecodable
+            );
+            for w in &r.warnings {
+                println!("warning: {w}");
+            }
+            for (id, table) in pit.view.issuers() {
+                let mut t = vigil::backup::format::Tally::default();
+                table.for_each(|s, rec| t.add(s, rec));
+                println!(
+                    "state as of {until}: issuer {}: {} certificates, {} revoked, {} on hold",
+                    vigil::status::hex(&id.0),
+                    t.records,
+                    t.revoked,
+                    t.held
+                );
+            }
+            if let Some(out) = out {
+                let created = vigil::backup::write_view_file(
+                    &pit.view,
+                    "point-in-time",
+                    pit.header.positions.clone(),
+                    vigil::backup::config_digest(config_path),
+                    &out,
+                )?;
+                println!(
+                    "{}: the state as of {until}, {} bytes, sha256 {}",
+                    out.display(),
+                    created.bytes,
+                    created.manifest.sha256
+                );
+            } else {
+                let report =
+                    rt.block_on(vigil::backup::merge_view(cfg, &pit.view, region.as_deref()))?;
+                for (region, r) in &report {
+                    for (issuer, (sent, changed)) in &r.issuers {
+                        println!("{region} issuer {issuer}: {sent} certificates merged, {changed} changed the region");
+                    }
+                }
+            }
+            println!("restored in {:.1} s", started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        BackupCommand::Restore {
+            file,
+            region,
+            identity,
+            ..
+        } => {
+            let report = rt.block_on(vigil::backup::restore(
+                cfg,
+                &file,
+                region.as_deref(),
+                identity.as_deref(),
+            ))?;
             for (region, r) in &report {
                 for (issuer, (sent, changed)) in &r.issuers {
                     println!("{region} issuer {issuer}: {sent} certificates merged, {changed} changed the region");
@@ -511,6 +725,190 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
             }
             println!("restored in {:.1} s", started.elapsed().as_secs_f64());
             Ok(())
+        }
+    }
+}
+
+fn archive(
+    cfg: &Config,
+    dir: Option<PathBuf>,
+    segment_bytes: u64,
+    metrics_addr: Option<std::net::SocketAddr>,
+    regions: Vec<String>,
+) -> Result<(), String> {
+    let dir = dir.ok_or("vigil archive needs --dir (or `vigil archive verify DIR`)")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    rt.block_on(async {
+        if let Some(addr) = metrics_addr {
+            let handle = vigil::telemetry::install_recorder()?;
+            vigil::archive::serve_metrics(addr, handle).await?;
+            tokio::spawn(vigil::backup::watch_last_success(
+                cfg.clone(),
+                std::time::Duration::from_secs(5),
+            ));
+        }
+        let opts = vigil::archive::RoleOptions {
+            dir,
+            segment_bytes,
+            regions,
+        };
+        tokio::select! {
+            r = vigil::archive::run(cfg, opts) => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
+}
+
+fn drill_restore(
+    cfg: &Config,
+    backup: &Path,
+    identity: Option<&Path>,
+    scratch: &str,
+    flush: bool,
+    json: Option<&Path>,
+) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vigil: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = std::time::Instant::now();
+    let report = match rt.block_on(vigil::backup::drill::restore_drill(
+        cfg, backup, identity, scratch, flush,
+    )) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vigil: drill restore: {e}");
+            println!("FAIL: the restore drill could not run: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (ih, c) in &report.backup {
+        let r = report.restored.get(ih);
+        println!(
+            "issuer {ih}: backup {} certificates ({} revoked, {} held, digest {}); restored {}",
+            c.records,
+            c.revoked,
+            c.held,
+            c.digest,
+            match r {
+                Some(r) if r == c => "the same".to_owned(),
+                Some(r) => format!("{} certificates, digest {}", r.records, r.digest),
+                None => "nothing".to_owned(),
+            }
+        );
+    }
+    for (region, per) in &report.live {
+        for (ih, c) in per {
+            if c.identical {
+                println!(
+                    "live region {region}: issuer {ih}: {} certificates, identical to the backup",
+                    c.records
+                );
+            } else {
+                println!(
+                    "live region {region}: issuer {ih}: {} certificates; since the backup {} changed and {} new; {} missing{}, {} behind{}",
+                    c.records,
+                    c.ahead,
+                    c.newer,
+                    c.missing_count,
+                    if c.missing.is_empty() { String::new() } else { format!(" ({})", c.missing.join(", ")) },
+                    c.behind_count,
+                    if c.behind.is_empty() { String::new() } else { format!(" ({})", c.behind.join(", ")) },
+                );
+            }
+        }
+    }
+    let timings: Vec<String> = report
+        .timings
+        .iter()
+        .map(|(step, s)| format!("{step} {s:.2} s"))
+        .collect();
+    println!(
+        "timings: {}; total {:.2} s",
+        timings.join(", "),
+        started.elapsed().as_secs_f64()
+    );
+    for f in &report.failures {
+        println!("failure: {f}");
+    }
+    if let Some(path) = json {
+        let doc = serde_json::json!({
+            "passed": report.passed(),
+            "failures": report.failures,
+            "timings": report.timings.iter().map(|(k, v)| (k.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
+            "backup": report.backup,
+            "restored": report.restored,
+            "live": report.live.iter().map(|(r, per)| (r.clone(), per.iter().map(|(ih, c)| (ih.clone(), serde_json::json!({
+                "records": c.records, "identical": c.identical, "changed_since": c.ahead,
+                "new_since": c.newer, "missing": c.missing_count, "behind": c.behind_count,
+                "missing_serials": c.missing, "behind_serials": c.behind,
+            }))).collect::<std::collections::BTreeMap<_, _>>())).collect::<std::collections::BTreeMap<_, _>>(),
+        });
+        if let Err(e) = std::fs::write(path, doc.to_string()) {
+            eprintln!("vigil: {}: {e}", path.display());
+        }
+    }
+    if report.passed() {
+        println!("PASS: the backup restores completely and no live region lost what it holds");
+        ExitCode::SUCCESS
+    } else {
+        println!("FAIL: {} problem(s)", report.failures.len());
+        ExitCode::FAILURE
+    }
+}
+
+fn archive_verify(dir: &Path) -> ExitCode {
+    match vigil::archive::verify(dir) {
+        Ok(w) => {
+            for (region, p) in &w.positions {
+                println!(
+                    "{region}: archived up to stream id {} (epoch {})",
+                    p.id, p.epoch
+                );
+            }
+            for f in &w.fills {
+                println!(
+                    "gap filled: region {} from its snapshot ({} records), ended {}: {}",
+                    f.region,
+                    f.records,
+                    vigil::clock::rfc3339_ms(f.at_ms),
+                    f.reason
+                );
+            }
+            if let Some(t) = &w.torn {
+                println!("warning: {t}");
+            }
+            let span = match (w.first_event_ms, w.last_event_ms) {
+                (Some(a), Some(b)) => format!(
+                    ", {} .. {}",
+                    vigil::clock::rfc3339_ms(a as i64),
+                    vigil::clock::rfc3339_ms(b as i64)
+                ),
+                _ => String::new(),
+            };
+            println!(
+                "ok: {} segment(s){}, {} blocks, {} events{span}; head {}",
+                w.segments,
+                if w.open { " (the last open)" } else { "" },
+                w.blocks,
+                w.events,
+                w.head
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vigil: archive {}: {e}", dir.display());
+            ExitCode::FAILURE
         }
     }
 }

@@ -73,6 +73,14 @@ pub const FEED_CHECKS: &str = "vigil_feed_completeness_checks_total";
 pub const FEED_RESEEDED: &str = "vigil_feed_reseeded_records_total";
 /// 1 while this replica's view covers the region (`{region}`), else 0.
 pub const FEED_COVERED: &str = "vigil_feed_region_covered";
+/// Seconds since the archive role last had everything a region's stream held on disk
+/// (`vigil archive`), per region.
+pub const ARCHIVE_LAG: &str = "vigil_archive_lag_seconds";
+/// Blocks the archive role appended, by kind.
+pub const ARCHIVE_BLOCKS: &str = "vigil_archive_blocks_total";
+/// Unix time of the last successful `vigil backup create` (in its `--metrics-file`, and on
+/// the archive role's `/metrics`, read from the regions where each backup records itself).
+pub const BACKUP_LAST_SUCCESS: &str = "vigil_backup_last_success_timestamp_seconds";
 /// Checkpoint writes, by `result` (ok, error).
 pub const CHECKPOINT_WRITES: &str = "vigil_checkpoint_writes_total";
 /// Time to write a checkpoint.

@@ -854,6 +854,10 @@ fn check_alerts(r: &Rendered, table: &toml::Table, public: &Value) {
     if table.contains_key("feed") {
         wanted.push(("VigilFeedRegionLagging", t::FEED_LAST_SEEN_AGE));
         wanted.push(("VigilFeedIncomplete", t::FEED_COVERED));
+        wanted.push(("VigilBackupStale", t::BACKUP_LAST_SUCCESS));
+    }
+    if r.values["metrics"]["prometheusRule"]["archiveJob"] != "" {
+        wanted.push(("VigilArchiveLagging", t::ARCHIVE_LAG));
     }
     if table.contains_key("crl") {
         wanted.push(("VigilCrlStale", t::CRL_AGE));
@@ -930,12 +934,27 @@ fn check_alerts(r: &Rendered, table: &toml::Table, public: &Value) {
         t::HSM_PROBES,
         t::SIGNER_POOL_UP,
         t::SIGNER_FALLBACK_SIGNATURES,
+        t::BACKUP_LAST_SUCCESS,
+        t::ARCHIVE_LAG,
     ];
     let job = format!("job=\"{}\"", str_of(&public["metadata"]["name"], "name"));
+    // The archive role is scraped under its own job (it is not part of the chart).
+    let archive_job = format!(
+        "job=\"{}\"",
+        str_of(
+            &r.values["metrics"]["prometheusRule"]["archiveJob"],
+            "archiveJob"
+        )
+    );
     for r in &rules {
         let expr = str_of(&r["expr"], "expr");
+        let job = if r["alert"] == "VigilArchiveLagging" {
+            &archive_job
+        } else {
+            &job
+        };
         assert!(
-            expr.contains(&job),
+            expr.contains(job),
             "{label}: {} is not scoped to {job}",
             r["alert"]
         );

@@ -1352,6 +1352,238 @@ fn lua_join_matches_the_rust_join() {
     }
 }
 
+/// `MERGE_MANY` leaves a region exactly as `MERGE` called once per certificate does: the same
+/// records merged both ways into two redis-servers give the same snapshots, issuers, counts,
+/// digests (also equal to the digest computed in Rust over the snapshot) and stream entries, in
+/// order. The writes mix two issuers (batched per consecutive issuer, as `publish::merge` does),
+/// repeat serials within a batch, and include records that change nothing; a second pass of
+/// every write changes nothing in either. A batch with one bad record writes nothing.
+#[test]
+fn lua_merge_many_matches_merge_one_by_one() {
+    use vigil::status::view::Digest;
+    use vigil::status::{CertRecord, EventKind, RevocationReason, Serial};
+    let root = tempfile::tempdir().unwrap();
+    let one = Redis::start(root.path(), "one", false);
+    let many = Redis::start(root.path(), "many", false);
+    let mut c1 = one.connection().unwrap();
+    let mut cm = many.connection().unwrap();
+    let merge = redis::Script::new(vigil::feed::scripts::MERGE_LUA);
+    let merge_many = redis::Script::new(vigil::feed::scripts::MERGE_MANY_LUA);
+    let reasons = [
+        RevocationReason::Unspecified,
+        RevocationReason::KeyCompromise,
+        RevocationReason::Superseded,
+    ];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    // (issuer hex, serial, record, events): runs of one issuer, serials drawn from a small
+    // range so that many repeat, some within one batch.
+    let issuers = ["aa11", "bb22"];
+    let mut writes: Vec<(&str, Serial, CertRecord, Vec<Vec<u8>>)> = Vec::new();
+    while writes.len() < 600 {
+        let issuer = issuers[next(2) as usize];
+        for _ in 0..(1 + next(40)) {
+            let serial = Serial::from_hex(&format!("{:X}", 0x100 + next(150))).unwrap();
+            let kind = match next(6) {
+                0 | 1 => EventKind::Issued {
+                    not_after: 1_000 + next(3) as i64 * 4_000_000_000,
+                },
+                2 => EventKind::Revoked {
+                    time: 100 + next(3) as i64,
+                    reason: reasons[next(3) as usize],
+                },
+                3 | 4 => EventKind::Hold {
+                    time: 100 + next(3) as i64,
+                },
+                _ => EventKind::Release {
+                    time: 100 + next(3) as i64,
+                },
+            };
+            let events = (0..1 + next(2))
+                .map(|k| format!("event {} {k}", writes.len()).into_bytes())
+                .collect();
+            writes.push((issuer, serial, CertRecord::from_event(&kind), events));
+        }
+    }
+    // Far above the entries written: nothing is trimmed, so every entry is compared.
+    const MAXLEN: u64 = 1_000_000;
+    let keys = |issuer: &str| {
+        [
+            "t:feed".to_string(),
+            format!("t:snap:{issuer}"),
+            "t:issuers".to_string(),
+            "t:digest".to_string(),
+        ]
+    };
+    let (mut changed_one, mut changed_many, mut first_pass) = (0usize, 0usize, 0usize);
+    for pass in 0..2 {
+        for (issuer, serial, record, events) in &writes {
+            let mut call = merge.prepare_invoke();
+            for k in keys(issuer) {
+                call.key(k);
+            }
+            call.arg(MAXLEN)
+                .arg(*issuer)
+                .arg(serial.as_der_content())
+                .arg(&record.to_bytes()[..]);
+            for e in events {
+                call.arg(&e[..]);
+            }
+            let id: Option<String> = call.invoke(&mut c1).unwrap();
+            changed_one += usize::from(id.is_some());
+        }
+        // Batches of 7 within each run of one issuer: runs split across batches, and batches
+        // end where the issuer changes.
+        for run in writes.chunk_by(|a, b| a.0 == b.0) {
+            for batch in run.chunks(7) {
+                let mut call = merge_many.prepare_invoke();
+                for k in keys(batch[0].0) {
+                    call.key(k);
+                }
+                call.arg(MAXLEN).arg(batch[0].0);
+                for (_, serial, record, events) in batch {
+                    call.arg(serial.as_der_content())
+                        .arg(&record.to_bytes()[..])
+                        .arg(events.len());
+                    for e in events {
+                        call.arg(&e[..]);
+                    }
+                }
+                let n: usize = call.invoke(&mut cm).unwrap();
+                changed_many += n;
+            }
+        }
+        assert_eq!(changed_one, changed_many, "pass {pass}");
+        if pass == 0 {
+            assert!(
+                changed_one > 150 && changed_one < writes.len(),
+                "{changed_one}"
+            );
+            first_pass = changed_one;
+        } else {
+            assert_eq!(changed_one, first_pass, "the second pass changed nothing");
+        }
+    }
+    let entries = |c: &mut redis::Connection| -> Vec<Vec<u8>> {
+        // (id, [(field, value)]) per entry.
+        type Entry = (String, Vec<(String, Vec<u8>)>);
+        let reply: Vec<Entry> = redis::cmd("XRANGE")
+            .arg("t:feed")
+            .arg("-")
+            .arg("+")
+            .query(c)
+            .unwrap();
+        reply
+            .into_iter()
+            .flat_map(|(_, fields)| fields.into_iter().map(|(_, v)| v))
+            .collect()
+    };
+    let stream_one = entries(&mut c1);
+    let stream_many = entries(&mut cm);
+    assert!(stream_one.len() > changed_one, "{}", stream_one.len());
+    assert_eq!(stream_one, stream_many, "stream entries, in order");
+    let mut members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("t:issuers")
+        .query(&mut cm)
+        .unwrap();
+    members.sort();
+    assert_eq!(members, issuers);
+    for issuer in issuers {
+        let snapshot = |c: &mut redis::Connection| -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+            redis::cmd("HGETALL")
+                .arg(format!("t:snap:{issuer}"))
+                .query(c)
+                .unwrap()
+        };
+        let snap_one = snapshot(&mut c1);
+        assert_eq!(snap_one, snapshot(&mut cm), "snapshot of {issuer}");
+        let count = |c: &mut redis::Connection| -> usize {
+            redis::cmd("HLEN")
+                .arg(format!("t:snap:{issuer}"))
+                .query(c)
+                .unwrap()
+        };
+        assert_eq!(count(&mut c1), snap_one.len());
+        assert_eq!(count(&mut cm), snap_one.len());
+        let digest = |c: &mut redis::Connection| -> String {
+            redis::cmd("HGET")
+                .arg("t:digest")
+                .arg(issuer)
+                .query(c)
+                .unwrap()
+        };
+        let mut expected = Digest::default();
+        for (serial, record) in &snap_one {
+            expected.toggle(
+                &Serial::from_der_content(serial).unwrap(),
+                &CertRecord::from_bytes(record).unwrap(),
+            );
+        }
+        assert_eq!(digest(&mut c1), expected.hex(), "digest of {issuer}");
+        assert_eq!(digest(&mut cm), expected.hex(), "digest of {issuer}");
+    }
+
+    // A batch with one bad record, last, refuses the whole call: nothing written, in a region
+    // that holds data and in an empty one.
+    let empty = Redis::start(root.path(), "empty", false);
+    let mut ce = empty.connection().unwrap();
+    let digest_before: String = redis::cmd("HGET")
+        .arg("t:digest")
+        .arg("aa11")
+        .query(&mut cm)
+        .unwrap();
+    let revoked = CertRecord::from_event(&EventKind::Revoked {
+        time: 50,
+        reason: RevocationReason::KeyCompromise,
+    });
+    let bad_record = [0, 0, 0, 9, 0, 0, 0, 5, 8u8];
+    let refused = |c: &mut redis::Connection, last: (&[u8], &str)| -> String {
+        let mut call = merge_many.prepare_invoke();
+        for k in keys("aa11") {
+            call.key(k);
+        }
+        call.arg(MAXLEN).arg("aa11");
+        for i in 0..5u32 {
+            call.arg(format!("new-{i}"))
+                .arg(&revoked.to_bytes()[..])
+                .arg(1)
+                .arg("event");
+        }
+        call.arg("bad").arg(last.0).arg(last.1).arg("event");
+        let r: redis::RedisResult<redis::Value> = call.invoke(c);
+        r.expect_err("the batch is refused").to_string()
+    };
+    for c in [&mut cm, &mut ce] {
+        let err = refused(c, (&bad_record, "1"));
+        assert!(err.contains("not a revocation reason"), "{err}");
+        // An event count past the arguments.
+        let err = refused(c, (&revoked.to_bytes(), "2"));
+        assert!(err.contains("bad arguments"), "{err}");
+        let err = refused(c, (&revoked.to_bytes()[..8], "1"));
+        assert!(err.contains("bad arguments"), "{err}");
+    }
+    assert_eq!(entries(&mut cm), stream_one, "nothing appended");
+    let held: Option<Vec<u8>> = redis::cmd("HGET")
+        .arg("t:snap:aa11")
+        .arg("new-0")
+        .query(&mut cm)
+        .unwrap();
+    assert_eq!(held, None);
+    let digest_after: String = redis::cmd("HGET")
+        .arg("t:digest")
+        .arg("aa11")
+        .query(&mut cm)
+        .unwrap();
+    assert_eq!(digest_after, digest_before);
+    let keys_left: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut ce).unwrap();
+    assert!(keys_left.is_empty(), "{keys_left:?}");
+}
+
 /// Propagation from the acknowledgement of `vigil revoke` (its output line) to `revoked` on
 /// every replica of both regions (two in region a, one in region b), over
 /// `VIGIL_BENCH_REVOCATIONS` (1 000) revocations at quorum 2; prints p50, p99 and max.

@@ -142,6 +142,10 @@ pub struct Manifest {
     pub crls: u64,
     /// SHA-256 (hex) of every byte of the file before the manifest section.
     pub sha256: String,
+    /// RFC 3339: when the last record was read (empty in backups made before it was kept).
+    /// A point-in-time restore needs a backup finished before its time.
+    #[serde(default)]
+    pub finished_at: String,
 }
 
 /// Why a backup could not be read or written.
@@ -244,9 +248,15 @@ pub struct Writer<W: Write> {
     tallies: BTreeMap<String, BTreeMap<String, Tally>>,
     crls: u64,
     pending: Option<(String, IssuerId, Vec<u8>, u32)>,
+    finished_at: String,
 }
 
 impl<W: Write> Writer<W> {
+    /// Records when the backup's data was read to its end (the caller's clock).
+    pub fn set_finished_at(&mut self, rfc3339: String) {
+        self.finished_at = rfc3339;
+    }
+
     /// Starts a backup: the magic, the version and the header section.
     pub fn new(out: W, header: &Header) -> Result<Self, BackupError> {
         let mut w = Writer {
@@ -256,6 +266,7 @@ impl<W: Write> Writer<W> {
             tallies: BTreeMap::new(),
             crls: 0,
             pending: None,
+            finished_at: String::new(),
         };
         w.raw(MAGIC)?;
         w.raw(&VERSION.to_be_bytes())?;
@@ -364,6 +375,7 @@ impl<W: Write> Writer<W> {
                 .collect(),
             crls: self.crls,
             sha256: hex(self.whole.clone().finish().as_ref()),
+            finished_at: std::mem::take(&mut self.finished_at),
         };
         let json = serde_json::to_vec(&manifest).map_err(|e| BackupError::Other(e.to_string()))?;
         self.section(SectionKind::Manifest, &json)?;

@@ -10,6 +10,7 @@
 //! so a stored number never goes backwards; the next CRL is numbered above both (CRL numbers
 //! are build times, raised above the highest seen: [`crate::crl::number`]).
 
+pub mod drill;
 pub mod format;
 
 use std::collections::BTreeMap;
@@ -51,7 +52,7 @@ pub fn config_digest(path: Option<&Path>) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref())
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     time::OffsetDateTime::from_unix_timestamp(crate::clock::unix_now_ms() / 1000)
         .ok()
         .and_then(|t| {
@@ -85,15 +86,28 @@ fn commit(tmp: &Path, file: File, out: &Path) -> Result<u64, String> {
 }
 
 /// Writes a backup of `source` to `out`, atomically.
+///
+/// With `recipient` (an age X25519 recipient, `age1…`), the whole file is encrypted to it as
+/// it is written (age's STREAM: authenticated chunks of 64 KiB), so no plaintext reaches the
+/// disk; `verify` and `restore` then need the matching identity.
 pub async fn create(
     cfg: &Config,
     source: Source<'_>,
     out: &Path,
     config_sha256: String,
+    recipient: Option<&str>,
 ) -> Result<Created, String> {
+    let recipient = recipient.map(parse_recipient).transpose()?;
     let tmp = temp_path(out);
     let file = File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    let result = write_backup(cfg, source, &file, config_sha256).await;
+    let result = async {
+        let mut sink = Sink::new(&file, recipient.as_ref())?;
+        let manifest = write_backup(cfg, source, &mut sink, config_sha256).await?;
+        sink.close()
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        Ok::<_, String>(manifest)
+    }
+    .await;
     match result {
         Ok(manifest) => {
             let bytes = commit(&tmp, file, out)?;
@@ -110,7 +124,7 @@ pub async fn create(
 async fn write_backup(
     cfg: &Config,
     source: Source<'_>,
-    file: &File,
+    file: &mut Sink<'_>,
     config_sha256: String,
 ) -> Result<Manifest, String> {
     let berr = |e: BackupError| e.to_string();
@@ -139,8 +153,7 @@ async fn write_backup(
                 header.positions.push(p);
                 conns.push(c);
             }
-            let mut w =
-                Writer::new(BufWriter::with_capacity(1 << 20, file), &header).map_err(berr)?;
+            let mut w = Writer::new(&mut *file, &header).map_err(berr)?;
             for (r, c) in regions.iter().zip(conns.iter_mut()) {
                 scan_region(r, c, &mut w)
                     .await
@@ -153,6 +166,7 @@ async fn write_backup(
             {
                 backup_crls(cfg, r, &mut w).await?;
             }
+            w.set_finished_at(crate::clock::rfc3339_ms(crate::clock::unix_now_ms()));
             Ok(w.finish().map_err(berr)?.0)
         }
         Source::Checkpoint(path) => {
@@ -169,7 +183,7 @@ async fn write_backup(
                     stream_id: c.id.to_string(),
                 });
             }
-            write_view(&loaded.view, "checkpoint", header, file)
+            write_view(&loaded.view, "checkpoint", header, &mut *file)
         }
         Source::Journal => {
             header.source = "journal".into();
@@ -182,7 +196,7 @@ async fn write_backup(
                 epoch: String::new(),
                 stream_id: format!("{}-0", reader.offset()),
             });
-            write_view(&view, "journal", header, file)
+            write_view(&view, "journal", header, &mut *file)
         }
     }
 }
@@ -192,10 +206,10 @@ fn write_view(
     view: &StatusView,
     source: &str,
     header: Header,
-    file: &File,
+    out: impl std::io::Write,
 ) -> Result<Manifest, String> {
     let berr = |e: BackupError| e.to_string();
-    let mut w = Writer::new(BufWriter::with_capacity(1 << 20, file), &header).map_err(berr)?;
+    let mut w = Writer::new(out, &header).map_err(berr)?;
     let mut issuers = view.issuers();
     issuers.sort_by_key(|(id, _)| *id);
     for (id, table) in issuers {
@@ -205,6 +219,7 @@ fn write_view(
             }
         }
     }
+    w.set_finished_at(crate::clock::rfc3339_ms(crate::clock::unix_now_ms()));
     Ok(w.finish().map_err(berr)?.0)
 }
 
@@ -338,6 +353,110 @@ fn this_update(der: &[u8]) -> Option<i64> {
     i64::try_from(crl.tbs_cert_list.this_update.to_unix_duration().as_secs()).ok()
 }
 
+// === encryption (age) ===
+
+/// What an age-encrypted file starts with.
+const AGE_MAGIC: &[u8] = b"age-encryption.org/";
+
+fn parse_recipient(s: &str) -> Result<age::x25519::Recipient, String> {
+    s.trim()
+        .parse()
+        .map_err(|e| format!("--recipient {s:?} is not an age X25519 recipient (age1…): {e}"))
+}
+
+/// Where a backup is written: the file, or age's encryptor in front of it.
+enum Sink<'a> {
+    Plain(BufWriter<&'a File>),
+    Age(age::stream::StreamWriter<BufWriter<&'a File>>),
+}
+
+impl<'a> Sink<'a> {
+    fn new(file: &'a File, recipient: Option<&age::x25519::Recipient>) -> Result<Self, String> {
+        let out = BufWriter::with_capacity(1 << 20, file);
+        let Some(r) = recipient else {
+            return Ok(Sink::Plain(out));
+        };
+        let enc = age::Encryptor::with_recipients(std::iter::once(r as &dyn age::Recipient))
+            .map_err(|e| format!("age: {e}"))?;
+        Ok(Sink::Age(
+            enc.wrap_output(out).map_err(|e| format!("age: {e}"))?,
+        ))
+    }
+
+    /// Ends the stream (age's last chunk) and flushes.
+    fn close(self) -> std::io::Result<()> {
+        use std::io::Write;
+        match self {
+            Sink::Plain(mut w) => w.flush(),
+            Sink::Age(w) => w.finish()?.flush(),
+        }
+    }
+}
+
+impl std::io::Write for Sink<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Plain(w) => w.write(b),
+            Sink::Age(w) => w.write(b),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Age(w) => w.flush(),
+        }
+    }
+}
+
+/// Opens a backup for reading: as it is, or, when it is age-encrypted, decrypted with the
+/// identities in `identity` (an age identity file, `AGE-SECRET-KEY-1…` lines). Refuses an
+/// encrypted backup without an identity, or with one it was not encrypted to.
+pub fn open(path: &Path, identity: Option<&Path>) -> Result<Box<dyn std::io::Read>, String> {
+    use std::io::{BufRead, Read};
+    let io = |e: std::io::Error| format!("{}: {e}", path.display());
+    let file = File::open(path).map_err(io)?;
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    let head = input.fill_buf().map_err(io)?;
+    if !head.starts_with(AGE_MAGIC) {
+        return Ok(Box::new(input));
+    }
+    let Some(id_path) = identity else {
+        return Err(format!(
+            "{}: the backup is encrypted (age); give the identity file with --identity",
+            path.display()
+        ));
+    };
+    let mut text = Vec::new();
+    File::open(id_path)
+        .map_err(|e| format!("{}: {e}", id_path.display()))?
+        .take(crate::limits::MAX_KEY_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("{}: {e}", id_path.display()))?;
+    if text.len() > crate::limits::MAX_KEY_FILE_BYTES {
+        return Err(format!(
+            "{}: larger than an identity file",
+            id_path.display()
+        ));
+    }
+    let identities = age::IdentityFile::from_buffer(&text[..])
+        .and_then(|f| f.into_identities().map_err(std::io::Error::other))
+        .map_err(|e| format!("{}: not an age identity file: {e}", id_path.display()))?;
+    let decryptor = age::Decryptor::new_buffered(input)
+        .map_err(|e| format!("{}: not a readable age file: {e}", path.display()))?;
+    let reader = decryptor
+        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+        .map_err(|e| match e {
+            age::DecryptError::NoMatchingKeys => format!(
+                "{}: the backup is encrypted to another recipient than {}'s identities",
+                path.display(),
+                id_path.display()
+            ),
+            e => format!("{}: {e}", path.display()),
+        })?;
+    Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
+}
+
 // === verify ===
 
 /// What `verify` found.
@@ -350,9 +469,8 @@ pub struct Verified {
 
 /// Reads the whole file, checking every section's checksum, the manifest's counts and digests
 /// and the whole-file SHA-256. Names the section that broke.
-pub fn verify(path: &Path) -> Result<Verified, String> {
-    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut r = Reader::new(BufReader::with_capacity(1 << 20, file)).map_err(|e| e.to_string())?;
+pub fn verify(path: &Path, identity: Option<&Path>) -> Result<Verified, String> {
+    let mut r = Reader::new(open(path, identity)?).map_err(|e| e.to_string())?;
     let mut header = None;
     while let Some(s) = r.next_section().map_err(|e| e.to_string())? {
         if let Section::Header(h) = s {
@@ -385,8 +503,9 @@ pub async fn restore(
     cfg: &Config,
     path: &Path,
     only: Option<&str>,
+    identity: Option<&Path>,
 ) -> Result<BTreeMap<String, Restored>, String> {
-    verify(path)?;
+    verify(path, identity)?;
     let regions = chosen_regions(cfg, only)?;
     let maxlen = cfg.feed.as_ref().map_or(100_000, |f| f.maxlen);
     let mut conns = Vec::new();
@@ -404,9 +523,7 @@ pub async fn restore(
         .map(|r| crate::crl_service::redis_store::Region::from_config(r, cfg.crl.redis_timeout))
         .collect::<Result<Vec<_>, _>>()?;
     let mut out: BTreeMap<String, Restored> = BTreeMap::new();
-    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut reader =
-        Reader::new(BufReader::with_capacity(1 << 20, file)).map_err(|e| e.to_string())?;
+    let mut reader = Reader::new(open(path, identity)?).map_err(|e| e.to_string())?;
     let origin = format!("restore@{}", now_rfc3339());
     let now = crate::clock::unix_now_ms();
     while let Some(section) = reader.next_section().map_err(|e| e.to_string())? {
@@ -487,4 +604,246 @@ pub fn cert_writes(
                 .collect(),
         })
         .collect()
+}
+
+// === point in time ===
+
+/// The state as of a time: a backup finished before it, joined with the archive's events up
+/// to it.
+pub struct PointInTime {
+    /// The backup's header.
+    pub header: Header,
+    /// When the backup finished (RFC 3339).
+    pub backup_finished_at: String,
+    /// What the archive added.
+    pub replayed: crate::archive::replay::Replayed,
+    /// The state.
+    pub view: StatusView,
+}
+
+/// Rebuilds the state as of `until_ms` from the backup at `path` (finished before that time)
+/// and the archive in `archive`. Both are checked whole before anything is used.
+pub fn state_at(
+    path: &Path,
+    identity: Option<&Path>,
+    archive: &Path,
+    until_ms: i64,
+) -> Result<PointInTime, String> {
+    let verified = verify(path, identity)?;
+    let finished = if verified.manifest.finished_at.is_empty() {
+        verified.header.created_at.clone()
+    } else {
+        verified.manifest.finished_at.clone()
+    };
+    let finished_ms = crate::clock::parse_rfc3339_ms(&finished)
+        .map_err(|e| format!("{}: the backup's time: {e}", path.display()))?;
+    if finished_ms > until_ms {
+        return Err(format!(
+            "{}: the backup finished at {finished}, after {}: a point-in-time restore starts from a backup older than its time (the archive only adds events; it cannot take newer ones away)",
+            path.display(),
+            crate::clock::rfc3339_ms(until_ms)
+        ));
+    }
+    let view = StatusView::new();
+    let mut reader = Reader::new(open(path, identity)?).map_err(|e| e.to_string())?;
+    while let Some(section) = reader.next_section().map_err(|e| e.to_string())? {
+        if let Section::Records(rs) = section {
+            view.table(rs.issuer).merge_many(&rs.records);
+        }
+    }
+    let replayed = crate::archive::replay::replay_until(archive, until_ms, &view)?;
+    Ok(PointInTime {
+        header: verified.header,
+        backup_finished_at: finished,
+        replayed,
+        view,
+    })
+}
+
+/// Merges a whole view into every region (or the one named), through the feed's merge
+/// script: a join, so nothing newer in a region is removed or downgraded.
+pub async fn merge_view(
+    cfg: &Config,
+    view: &StatusView,
+    only: Option<&str>,
+) -> Result<BTreeMap<String, Restored>, String> {
+    let regions = chosen_regions(cfg, only)?;
+    let maxlen = cfg.feed.as_ref().map_or(100_000, |f| f.maxlen);
+    let mut conns = Vec::new();
+    for r in &regions {
+        conns.push(
+            r.writer()
+                .await
+                .map_err(|e| format!("region {}: {e}", r.name))?,
+        );
+    }
+    let origin = format!("restore@{}", now_rfc3339());
+    let now = crate::clock::unix_now_ms();
+    let mut out: BTreeMap<String, Restored> = BTreeMap::new();
+    let mut issuers = view.issuers();
+    issuers.sort_by_key(|(id, _)| *id);
+    for (issuer, table) in issuers {
+        for part in 0..64 {
+            let records = table.records_partition(part, 64);
+            if records.is_empty() {
+                continue;
+            }
+            let writes = cert_writes(issuer, &records, &origin, now);
+            for (r, c) in regions.iter().zip(conns.iter_mut()) {
+                let changed = crate::feed::publish::merge(r, c, &writes, maxlen)
+                    .await
+                    .map_err(|e| format!("region {}: {e}", r.name))?;
+                let e = out
+                    .entry(r.name.clone())
+                    .or_default()
+                    .issuers
+                    .entry(hex(&issuer.0))
+                    .or_default();
+                e.0 += writes.len() as u64;
+                e.1 += changed as u64;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a view as a backup file (`source` names where it came from), atomically.
+pub fn write_view_file(
+    view: &StatusView,
+    source: &str,
+    positions: Vec<Position>,
+    config_sha256: String,
+    out: &Path,
+) -> Result<Created, String> {
+    let header = Header {
+        format: "vigil-backup".into(),
+        version: format::VERSION,
+        created_at: now_rfc3339(),
+        source: source.to_owned(),
+        config_sha256,
+        positions,
+        record_len: CertRecord::ENCODED_LEN as u8,
+    };
+    let tmp = temp_path(out);
+    let file = File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    match write_view(
+        view,
+        source,
+        header,
+        BufWriter::with_capacity(1 << 20, &file),
+    ) {
+        Ok(manifest) => {
+            let bytes = commit(&tmp, file, out)?;
+            Ok(Created { manifest, bytes })
+        }
+        Err(e) => {
+            drop(file);
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+// === backup health ===
+
+/// How often a replica reads the last backup's record from the regions.
+pub const LAST_SUCCESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The key, in each region, where every successful `vigil backup create` from the regions
+/// records itself (JSON: Unix time, file name, size, SHA-256), so the archive role's
+/// `/metrics` can say how old the last backup is wherever the backup job ran.
+pub fn last_success_key(cfg: &Config) -> String {
+    let prefix = cfg.feed.as_ref().map_or("vigil", |f| f.key_prefix.as_str());
+    format!("{prefix}:backup:last-success")
+}
+
+/// Writes the backup's health metrics to `path` in the Prometheus text format (for
+/// node_exporter's textfile collector): written to a temporary name and renamed, so the
+/// collector never reads half a file; only after a backup succeeded, so a failing job leaves
+/// the old timestamp to age.
+pub fn write_metrics_file(path: &Path, created: &Created, seconds: f64) -> Result<(), String> {
+    let now = crate::clock::unix_now_ms() as f64 / 1000.0;
+    let name = crate::telemetry::BACKUP_LAST_SUCCESS;
+    let text = format!(
+        "# HELP {name} Unix time of the last successful vigil backup create.\n\
+         # TYPE {name} gauge\n{name} {now:.3}\n\
+         # HELP vigil_backup_last_size_bytes Size of the last successful backup.\n\
+         # TYPE vigil_backup_last_size_bytes gauge\nvigil_backup_last_size_bytes {}\n\
+         # HELP vigil_backup_last_duration_seconds How long the last successful backup took.\n\
+         # TYPE vigil_backup_last_duration_seconds gauge\nvigil_backup_last_duration_seconds {seconds:.3}\n",
+        created.bytes
+    );
+    let tmp = temp_path(path);
+    std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Records a successful backup in every region it was taken from (best effort: a region
+/// that cannot be written only misses this record; the backup itself is done).
+pub async fn record_success(cfg: &Config, only: Option<&str>, created: &Created) {
+    let Ok(regions) = chosen_regions(cfg, only) else {
+        return;
+    };
+    let value = serde_json::json!({
+        "at": crate::clock::unix_now_ms() as f64 / 1000.0,
+        "bytes": created.bytes,
+        "sha256": created.manifest.sha256,
+    })
+    .to_string();
+    let key = last_success_key(cfg);
+    for r in regions {
+        let done = async {
+            let mut c = r.writer().await?;
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(&value)
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(crate::feed::FeedError::from)
+        };
+        if let Err(e) = done.await {
+            tracing::warn!(region = %r.name, error = %e, "could not record the backup's success in the region");
+        }
+    }
+}
+
+/// The newest successful backup recorded in any region, Unix seconds (`Some(0.0)` when the
+/// regions that answered hold no record; `None` when no region answered).
+pub async fn last_success(cfg: &Config) -> Option<f64> {
+    let regions = crate::feed::region::regions(cfg).ok()?;
+    let key = last_success_key(cfg);
+    let mut newest: Option<f64> = None;
+    for r in regions {
+        let Ok(mut c) = r.writer().await else {
+            continue;
+        };
+        let Ok(v) = redis::cmd("GET")
+            .arg(&key)
+            .query_async::<Option<String>>(&mut c)
+            .await
+        else {
+            r.reset_writer().await;
+            continue;
+        };
+        let at = v
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
+            .and_then(|j| j["at"].as_f64())
+            .unwrap_or(0.0);
+        newest = Some(newest.map_or(at, |n| n.max(at)));
+    }
+    newest
+}
+
+/// Keeps the `vigil_backup_last_success_timestamp_seconds` gauge at the newest backup any
+/// region records, every `every` (the archive role's `/metrics`, and every replica of a feed).
+/// 0 when the regions hold no record, which an age alert reads as "never"; unchanged while
+/// no region answers.
+pub async fn watch_last_success(cfg: Config, every: std::time::Duration) {
+    let gauge = metrics::gauge!(crate::telemetry::BACKUP_LAST_SUCCESS);
+    loop {
+        if let Some(at) = last_success(&cfg).await {
+            gauge.set(at);
+        }
+        tokio::time::sleep(every).await;
+    }
 }

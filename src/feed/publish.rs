@@ -2,8 +2,9 @@
 //!
 //! 1. Connect to every region at once (within `feed.connect_timeout`). Fewer than `quorum`
 //!    reachable: fail at once and write nothing.
-//! 2. Send each certificate's [merge script](super::scripts::MERGE_LUA) to every reachable region
-//!    at once (pipelined, within `feed.write_timeout` per batch).
+//! 2. Send the certificates to every reachable region at once, in batches of one issuer's
+//!    certificates per [merge script](super::scripts::MERGE_MANY_LUA) call, pipelined (within
+//!    `feed.write_timeout` per pipeline; [`merge`]).
 //! 3. Regions that failed get hints in the regions that succeeded, so repair can hand the events
 //!    over when they are back ([`super::repair`]).
 //! 4. `quorum` regions succeeded: acknowledged. Otherwise the error names every failed region
@@ -21,7 +22,7 @@ use redis::Value;
 use super::region::Region;
 use super::{group_by_certificate, scripts, CertWrite, FeedError};
 use crate::config::FeedConfig;
-use crate::limits::FEED_PIPELINE_CHUNK;
+use crate::limits::{FEED_MERGE_BATCH, FEED_PIPELINE_CHUNK};
 use crate::status::{hex, Event};
 
 /// Writes to the regions of the feed.
@@ -196,8 +197,10 @@ impl Publisher {
     }
 }
 
-/// Runs the merge script for every write on one region, in pipelined batches; returns the number
-/// of certificates whose snapshot changed (each appended its events).
+/// Merges every write into one region: consecutive writes of one issuer go in
+/// [`MERGE_MANY`](scripts::MERGE_MANY_LUA) calls of up to [`FEED_MERGE_BATCH`] certificates,
+/// sent in pipelines of up to [`FEED_PIPELINE_CHUNK`] certificates. Returns the number of
+/// certificates whose snapshot changed (each appended its events).
 pub async fn merge(
     region: &Region,
     conn: &mut MultiplexedConnection,
@@ -207,26 +210,31 @@ pub async fn merge(
     let mut changed = 0;
     for chunk in writes.chunks(FEED_PIPELINE_CHUNK) {
         let mut pipe = redis::pipe();
-        for w in chunk {
-            let issuer_hex = hex(&w.issuer.0);
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(scripts::MERGE.get_hash())
-                .arg(4)
-                .arg(region.keys.stream())
-                .arg(region.keys.snapshot_hex(&issuer_hex))
-                .arg(region.keys.issuers())
-                .arg(region.keys.digests())
-                .arg(maxlen)
-                .arg(issuer_hex)
-                .arg(w.serial.as_der_content())
-                .arg(&w.record.to_bytes()[..]);
-            for e in &w.events {
-                cmd.arg(&e[..]);
+        for issuer_writes in chunk.chunk_by(|a, b| a.issuer == b.issuer) {
+            let issuer_hex = hex(&issuer_writes[0].issuer.0);
+            for batch in issuer_writes.chunks(FEED_MERGE_BATCH) {
+                let cmd = pipe
+                    .cmd("EVALSHA")
+                    .arg(scripts::MERGE_MANY.get_hash())
+                    .arg(4)
+                    .arg(region.keys.stream())
+                    .arg(region.keys.snapshot_hex(&issuer_hex))
+                    .arg(region.keys.issuers())
+                    .arg(region.keys.digests())
+                    .arg(maxlen)
+                    .arg(&issuer_hex);
+                for w in batch {
+                    cmd.arg(w.serial.as_der_content())
+                        .arg(&w.record.to_bytes()[..])
+                        .arg(w.events.len());
+                    for e in &w.events {
+                        cmd.arg(&e[..]);
+                    }
+                }
             }
         }
-        let replies: Vec<Value> = run_pipeline(region, conn, &pipe).await?;
-        changed += replies.iter().filter(|v| !matches!(v, Value::Nil)).count();
+        let replies: Vec<usize> = run_pipeline(region, conn, &pipe).await?;
+        changed += replies.iter().sum::<usize>();
     }
     Ok(changed)
 }

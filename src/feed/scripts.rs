@@ -5,28 +5,24 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Joins one certificate's record into the issuer's snapshot and, only if that changed it,
-/// appends the events to the stream (trimmed with `MAXLEN ~`). Returns the last new stream id,
-/// or nil when the snapshot already held the record (a retry or a duplicate: nothing written).
+/// The Lua helpers [`MERGE_LUA`] and [`MERGE_MANY_LUA`] share (one definition, so the two
+/// scripts join records and keep the digest the same way):
 ///
-/// It also keeps the issuer's digest: the XOR of SHA-1(serial ‖ record) over the snapshot, so
-/// regions can be compared without scanning them ([`super::repair`]).
-///
-/// `KEYS`: stream, snapshot hash, issuers set, digests hash. `ARGV`: maxlen, issuer hex, serial,
-/// record (9 bytes, see [`crate::status::CertRecord::to_bytes`]), then one or more encoded
-/// events.
-///
-/// The join mirrors [`crate::status::CertRecord::join`]: the latest notAfter; revoked is final;
-/// among revocations keyCompromise wins, then the earliest time, then the lower reason code;
-/// a live record's hold register (reason octet 6 held, 254 released, 255 never held) takes
-/// the later (time, held > released) of the two.
-/// `tests/feed.rs` checks the two agree on random records.
-///
-/// A record whose reason octet is neither a revocation reason nor a hold register (7,
-/// removeFromCRL 8, 11..=253) is refused as an argument, and a stored one is read as absent (the
-/// write replaces it), as [`crate::status::CertRecord::from_bytes`] refuses it: replicas never
-/// apply such a record, so the join here must not keep it either.
-pub const MERGE_LUA: &str = r#"
+/// - `join(x, y)` mirrors [`crate::status::CertRecord::join`]: the latest notAfter; revoked is
+///   final; among revocations keyCompromise wins, then the earliest time, then the lower reason
+///   code; a live record's hold register (reason octet 6 held, 254 released, 255 never held)
+///   takes the later (time, held > released) of the two. `tests/feed.rs` checks the two agree
+///   on random records.
+/// - `valid(r)`: the reason octet is a revocation reason or a hold register. Any other (7,
+///   removeFromCRL 8, 11..=253) is refused as an argument, and a stored one is read as absent
+///   (the write replaces it), as [`crate::status::CertRecord::from_bytes`] refuses it: replicas
+///   never apply such a record, so the join here must not keep it either.
+/// - `digest_words(hex)`, `digest_toggle(words, text)` and `digest_hex(words)`: the issuer's
+///   digest, the XOR of SHA-1(serial ‖ record) over the snapshot
+///   ([`crate::status::view::Digest`]), as five 32-bit words.
+macro_rules! merge_helpers_lua {
+    () => {
+        r#"
 local function u32(s, i)
   local a, b, c, d = string.byte(s, i, i + 3)
   return ((a * 256 + b) * 256 + c) * 256 + d
@@ -69,18 +65,50 @@ local function join(x, y)
   if r == 255 then t = 0 end
   return be32(n) .. be32(t) .. string.char(r)
 end
-local function xorhex(a, b)
-  local out = {}
-  for i = 1, 40, 8 do
-    local x = tonumber(string.sub(a, i, i + 7), 16)
-    local y = tonumber(string.sub(b, i, i + 7), 16)
-    out[#out + 1] = string.format('%08x', bit.bxor(x, y) % 4294967296)
-  end
-  return table.concat(out)
-end
 local function valid(r)
   return r <= 6 or r == 9 or r == 10 or r >= 254
 end
+local function digest_words(h)
+  local w = {}
+  for k = 1, 5 do
+    w[k] = tonumber(string.sub(h, k * 8 - 7, k * 8), 16)
+  end
+  return w
+end
+local function digest_toggle(w, text)
+  local h = redis.sha1hex(text)
+  for k = 1, 5 do
+    w[k] = bit.bxor(w[k], tonumber(string.sub(h, k * 8 - 7, k * 8), 16))
+  end
+end
+local function digest_hex(w)
+  local out = {}
+  for k = 1, 5 do
+    out[k] = string.format('%08x', w[k] % 4294967296)
+  end
+  return table.concat(out)
+end
+"#
+    };
+}
+
+/// Joins one certificate's record into the issuer's snapshot and, only if that changed it,
+/// appends the events to the stream (trimmed with `MAXLEN ~`). Returns the last new stream id,
+/// or nil when the snapshot already held the record (a retry or a duplicate: nothing written).
+///
+/// It also keeps the issuer's digest: the XOR of SHA-1(serial ‖ record) over the snapshot, so
+/// regions can be compared without scanning them ([`super::repair`]).
+///
+/// `KEYS`: stream, snapshot hash, issuers set, digests hash. `ARGV`: maxlen, issuer hex, serial,
+/// record (9 bytes, see [`crate::status::CertRecord::to_bytes`]), then one or more encoded
+/// events. The join and the refusal of records that are not revocations are the shared helpers'
+/// (`merge_helpers_lua!`).
+///
+/// vigil's writers send [`MERGE_MANY_LUA`]; this one stays for a single certificate and as the
+/// reference `tests/feed.rs` compares the batched script against.
+pub const MERGE_LUA: &str = concat!(
+    merge_helpers_lua!(),
+    r#"
 local rec = ARGV[4]
 if string.len(rec) ~= 9 or #ARGV < 5 then
   return redis.error_reply('ERR vigil merge: bad arguments')
@@ -94,16 +122,99 @@ if cur and string.len(cur) == 9 and valid(string.byte(cur, 9)) then new = join(c
 if cur == new then return false end
 redis.call('HSET', KEYS[2], ARGV[3], new)
 redis.call('SADD', KEYS[3], ARGV[2])
-local digest = redis.call('HGET', KEYS[4], ARGV[2]) or string.rep('0', 40)
-if cur then digest = xorhex(digest, redis.sha1hex(ARGV[3] .. cur)) end
-digest = xorhex(digest, redis.sha1hex(ARGV[3] .. new))
-redis.call('HSET', KEYS[4], ARGV[2], digest)
+local digest = digest_words(redis.call('HGET', KEYS[4], ARGV[2]) or string.rep('0', 40))
+if cur then digest_toggle(digest, ARGV[3] .. cur) end
+digest_toggle(digest, ARGV[3] .. new)
+redis.call('HSET', KEYS[4], ARGV[2], digest_hex(digest))
 local id = false
 for i = 5, #ARGV do
   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i])
 end
 return id
-"#;
+"#
+);
+
+/// [`MERGE_LUA`] for a batch of one issuer's certificates in one call: the same join per
+/// certificate, the same snapshot, digest and stream entries as calling [`MERGE_LUA`] for each
+/// in turn, with the snapshot's reads and writes (`HMGET`, `HSET`), the issuers-set `SADD`,
+/// the digest's read and write and the stream's trim (`XTRIM MAXLEN ~`) done once per batch.
+/// Returns how many certificates' records changed (each appended its events).
+///
+/// The whole batch is checked before anything is written: one malformed or refused record (see
+/// `merge_helpers_lua!`) fails the call and writes nothing.
+///
+/// `KEYS`: stream, snapshot hash, issuers set, digests hash. `ARGV`: maxlen, issuer hex, then
+/// per certificate: serial, record (9 bytes), the number of its events (at least 1), and the
+/// encoded events.
+pub const MERGE_MANY_LUA: &str = concat!(
+    merge_helpers_lua!(),
+    r#"
+local n = #ARGV
+if n < 6 then
+  return redis.error_reply('ERR vigil merge: bad arguments')
+end
+-- Check the whole batch before writing anything.
+local serials, records, firsts, lasts = {}, {}, {}, {}
+local i = 3
+while i <= n do
+  local rec, count = ARGV[i + 1], tonumber(ARGV[i + 2] or '')
+  if not rec or string.len(rec) ~= 9 or not count or count < 1 or count ~= math.floor(count)
+     or i + 2 + count > n then
+    return redis.error_reply('ERR vigil merge: bad arguments')
+  end
+  if not valid(string.byte(rec, 9)) then
+    return redis.error_reply('ERR vigil merge: not a revocation reason')
+  end
+  local k = #serials + 1
+  serials[k], records[k], firsts[k], lasts[k] = ARGV[i], rec, i + 3, i + 2 + count
+  i = i + 3 + count
+end
+-- One HMGET / HSET per slice (unpack's stack is bounded); a serial repeated in the batch
+-- joins with what the batch wrote before it.
+local SLICE = 1000
+local m = #serials
+local stored = {}
+for a = 1, m, SLICE do
+  local b = math.min(a + SLICE - 1, m)
+  local got = redis.call('HMGET', KEYS[2], unpack(serials, a, b))
+  for k = a, b do stored[k] = got[k - a + 1] end
+end
+local changed, digest, latest, pairs_out = 0, nil, {}, {}
+for k = 1, m do
+  local serial, rec = serials[k], records[k]
+  local cur = latest[serial]
+  if cur == nil then cur = stored[k] end
+  local new = rec
+  if cur and string.len(cur) == 9 and valid(string.byte(cur, 9)) then new = join(cur, rec) end
+  if cur ~= new then
+    latest[serial] = new
+    pairs_out[#pairs_out + 1] = serial
+    pairs_out[#pairs_out + 1] = new
+    if not digest then
+      digest = digest_words(redis.call('HGET', KEYS[4], ARGV[2]) or string.rep('0', 40))
+    end
+    if cur then digest_toggle(digest, serial .. cur) end
+    digest_toggle(digest, serial .. new)
+    for j = firsts[k], lasts[k] do
+      redis.call('XADD', KEYS[1], '*', 'e', ARGV[j])
+    end
+    changed = changed + 1
+  end
+end
+if changed > 0 then
+  for a = 1, #pairs_out, 2 * SLICE do
+    redis.call('HSET', KEYS[2], unpack(pairs_out, a, math.min(a + 2 * SLICE - 1, #pairs_out)))
+  end
+  redis.call('SADD', KEYS[3], ARGV[2])
+  redis.call('HSET', KEYS[4], ARGV[2], digest_hex(digest))
+  -- Trimmed once per batch, inside the same atomic call: no one sees the stream in between,
+  -- and `MAXLEN ~` trims whole nodes either way. The trim check per XADD was a quarter of the
+  -- script's time.
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[1])
+end
+return changed
+"#
+);
 
 /// Appends a heartbeat unless another replica did within the lease.
 ///
@@ -155,7 +266,8 @@ return 1
 
 /// The region's state in one atomic step, for completeness checks: the id of the stream's last
 /// entry (`0-0` when empty), then per issuer its hex id, its snapshot's record count (`HLEN`,
-/// kept by Redis in the same step as every merge) and its digest (kept by [`MERGE_LUA`]).
+/// kept by Redis in the same step as every merge) and its digest (kept by [`MERGE_LUA`] and
+/// [`MERGE_MANY_LUA`]).
 ///
 /// `KEYS`: stream, issuers set, digests hash. `ARGV`: the snapshot key prefix (the issuer hex
 /// is appended; standalone Redis, as everywhere in vigil).
@@ -175,6 +287,8 @@ return out
 pub static STATE: LazyLock<Script> = LazyLock::new(|| Script::new(STATE_LUA));
 /// [`MERGE_LUA`].
 pub static MERGE: LazyLock<Script> = LazyLock::new(|| Script::new(MERGE_LUA));
+/// [`MERGE_MANY_LUA`].
+pub static MERGE_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(MERGE_MANY_LUA));
 /// [`HEARTBEAT_LUA`].
 pub static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| Script::new(HEARTBEAT_LUA));
 /// [`HINT_LUA`].
@@ -187,6 +301,15 @@ pub static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_LUA));
 pub static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 
 /// Every script, for loading into a new connection.
-pub fn all() -> [&'static Script; 7] {
-    [&MERGE, &HEARTBEAT, &HINT, &EPOCH, &RENEW, &RELEASE, &STATE]
+pub fn all() -> [&'static Script; 8] {
+    [
+        &MERGE,
+        &MERGE_MANY,
+        &HEARTBEAT,
+        &HINT,
+        &EPOCH,
+        &RENEW,
+        &RELEASE,
+        &STATE,
+    ]
 }
