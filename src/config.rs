@@ -755,7 +755,12 @@ impl Config {
     /// keys over it (`[crl]` alone for an unknown name).
     pub fn crl_of(&self, issuer: &str) -> CrlConfig {
         let mut c = self.crl.clone();
-        let Some(o) = self.issuers.iter().find(|i| i.name == issuer).map(|i| &i.crl) else {
+        let Some(o) = self
+            .issuers
+            .iter()
+            .find(|i| i.name == issuer)
+            .map(|i| &i.crl)
+        else {
             return c;
         };
         if let Some(v) = &o.base_url {
@@ -1598,11 +1603,23 @@ mod tests {
             ("validity = \"30m\"", "issuer[0].crl.validity", "1h ..= 10d"),
             ("interval = \"8d\"", "issuer[0].crl.interval", "seven days"),
             // inherits [crl] validity 5d: more than half of it
-            ("interval = \"3d\"", "issuer[0].crl.interval", "half of issuer[0].crl.validity (5d)"),
+            (
+                "interval = \"3d\"",
+                "issuer[0].crl.interval",
+                "half of issuer[0].crl.validity (5d)",
+            ),
             ("shards = 0", "issuer[0].crl.shards", "1 ..= 256"),
             ("shards = 257", "issuer[0].crl.shards", "1 ..= 256"),
-            ("shards = 2, base_url = \"https://crl.test\"", "issuer[0].crl.base_url", "http:// URL"),
-            ("base_url = \"ftp://x\"", "issuer[0].crl.base_url", "http://"),
+            (
+                "shards = 2, base_url = \"https://crl.test\"",
+                "issuer[0].crl.base_url",
+                "http:// URL",
+            ),
+            (
+                "base_url = \"ftp://x\"",
+                "issuer[0].crl.base_url",
+                "http://",
+            ),
         ] {
             let c = Config::from_toml(&format!(
                 "[crl]\nbase_url = \"http://crl.test\"\nvalidity = \"5d\"\n{ISSUER}crl = {{ {over} }}\n"

@@ -1514,14 +1514,20 @@ fn every_shard_and_delta_passes_pkilint_br_and_openssl() {
     )
     .expect("cnf");
     let made = Command::new("openssl")
-        .args(["ca", "-config", "ca.cnf", "-gencrl", "-out", "bad.crl", "-keyfile"])
+        .args([
+            "ca", "-config", "ca.cnf", "-gencrl", "-out", "bad.crl", "-keyfile",
+        ])
         .arg(pki.join("ca.key"))
         .arg("-cert")
         .arg(pki.join("ca.pem"))
         .current_dir(&ctl)
         .output()
         .expect("openssl ca");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let bad = std::fs::read(ctl.join("bad.crl")).expect("control CRL");
     let control = pkilint_br_findings(&bad, dir, "control");
     for code in [
@@ -1554,11 +1560,18 @@ fn every_shard_and_delta_passes_pkilint_br_and_openssl() {
     // the issuer's own settings are held to the Baseline Requirements too
     let text = std::fs::read_to_string(&config).expect("config");
     for (from, to, says) in [
-        ("validity = \"2d\"", "validity = \"11d\"", "issuer[0].crl.validity"),
+        (
+            "validity = \"2d\"",
+            "validity = \"11d\"",
+            "issuer[0].crl.validity",
+        ),
         ("interval = \"12h\"", "interval = \"8d\"", "seven days"),
     ] {
         let bad = write_config(&dir.join("bad.toml"), &text.replace(from, to));
-        let out = vigil_cmd(Some(&bad)).arg("check-config").output().expect("run");
+        let out = vigil_cmd(Some(&bad))
+            .arg("check-config")
+            .output()
+            .expect("run");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(says), "{to}: {err}");
     }
@@ -1574,20 +1587,31 @@ fn every_shard_and_delta_passes_pkilint_br_and_openssl() {
     ];
     let mut index = String::new();
     for n in 1..=60u64 {
-        let serial = format!("{:016X}", n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 1 | 1 << 56);
+        let serial = format!(
+            "{:016X}",
+            n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 1 | 1 << 56
+        );
         let reason = reasons[n as usize % reasons.len()];
         let rev = if reason.is_empty() {
             "250101000000Z".to_owned()
         } else {
             format!("250101000000Z,{reason}")
         };
-        index.push_str(&format!("R\t301231235959Z\t{rev}\t{serial}\tunknown\t/CN=c{n}\n"));
+        index.push_str(&format!(
+            "R\t301231235959Z\t{rev}\t{serial}\tunknown\t/CN=c{n}\n"
+        ));
     }
     let idx = dir.join("index.txt");
     std::fs::write(&idx, index).expect("index");
     vigil_run(
         &config,
-        &["import", "--openssl-index", &idx.display().to_string(), "--issuer", "demo"],
+        &[
+            "import",
+            "--openssl-index",
+            &idx.display().to_string(),
+            "--issuer",
+            "demo",
+        ],
     );
     vigil_run(&config, &["crl", "publish"]);
     let (_p, base) = serve(Some(&config), dir, &dir.join("vigil.log"));
@@ -1597,13 +1621,22 @@ fn every_shard_and_delta_passes_pkilint_br_and_openssl() {
     let serial = cert_serial(&good);
     vigil_run(
         &config,
-        &["revoke", "--issuer", "demo", "--cert", &good.display().to_string(), "--reason", "keyCompromise"],
+        &[
+            "revoke",
+            "--issuer",
+            "demo",
+            "--cert",
+            &good.display().to_string(),
+            "--reason",
+            "keyCompromise",
+        ],
     );
     let ca = pki.join("ca.pem");
     assert!(
         eventually(Duration::from_secs(10), || (0..shards).any(|k| {
             let d = get(&base, &format!("/crl/demo/{k}.delta.crl"));
-            d.status == 200 && revoked_in_text(&openssl_verify(&d.body, &ca, dir)).contains_key(&serial)
+            d.status == 200
+                && revoked_in_text(&openssl_verify(&d.body, &ca, dir)).contains_key(&serial)
         })),
         "no delta CRL listed {serial}"
     );
@@ -1625,8 +1658,16 @@ fn every_shard_and_delta_passes_pkilint_br_and_openssl() {
             assert!(findings.is_empty(), "pkilint BR on {path}: {findings:#?}");
         }
     }
-    assert!(listed > 60, "the linted CRLs hold the revocations ({listed} entries)");
-    assert_eq!(get(&base, "/crl/demo.crl").status, 404, "[crl] alone is unsharded; the issuer is not");
-    let listed: Vec<String> = serde_json::from_slice(&get(&base, "/crl/demo.json").body).expect("JSON");
+    assert!(
+        listed > 60,
+        "the linted CRLs hold the revocations ({listed} entries)"
+    );
+    assert_eq!(
+        get(&base, "/crl/demo.crl").status,
+        404,
+        "[crl] alone is unsharded; the issuer is not"
+    );
+    let listed: Vec<String> =
+        serde_json::from_slice(&get(&base, "/crl/demo.json").body).expect("JSON");
     assert_eq!(listed.len(), shards as usize);
 }
