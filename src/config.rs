@@ -1606,7 +1606,7 @@ mod tests {
             (
                 "interval = \"3d\"",
                 "issuer[0].crl.interval",
-                "half of issuer[0].crl.validity (5d)",
+                "half of issuer[0].crl.validity (5days)",
             ),
             ("shards = 0", "issuer[0].crl.shards", "1 ..= 256"),
             ("shards = 257", "issuer[0].crl.shards", "1 ..= 256"),
