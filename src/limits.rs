@@ -101,13 +101,13 @@ pub const FEED_SCAN_COUNT: usize = 1000;
 /// certificates per pipeline of [`MERGE_MANY`](crate::feed::scripts::MERGE_MANY_LUA) calls
 /// (publish, import, repair, restore), events per hint call, hint entries read per `XRANGE`
 /// in a hand-over. Bounds the request and reply buffered at once and the time Redis spends on
-/// one pipeline: 500 certificates take Redis about 2 ms.
+/// one pipeline: 500 certificates take Redis about 5 ms (`loadtest/README.md`).
 pub const FEED_PIPELINE_CHUNK: usize = 500;
 
 /// Certificates per [`MERGE_MANY`](crate::feed::scripts::MERGE_MANY_LUA) call: a call pays
 /// the script's fixed cost (`EVALSHA` dispatch, the issuers-set `SADD`, the digest's read and
 /// write) once for the batch; 100 keeps one call's arguments (about 500, a few tens of KiB)
-/// small and Redis's time in one atomic call well under a millisecond, so other clients'
+/// small and Redis's time in one atomic call about a millisecond, so other clients'
 /// commands (the replicas' `XREAD`s) wait little behind it.
 pub const FEED_MERGE_BATCH: usize = 100;
 
