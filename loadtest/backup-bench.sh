@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Backup, archive and restore timings: N certificates (10 % revoked) imported into two regions on
+# loopback redis-server while `vigil archive` runs; a backup (plain and age-encrypted) and its
+# verify; N/100 more revocations; then both regions flushed and restored from the backup plus
+# the archive (point in time); then `vigil drill restore` into a third Redis.
+#
+#   N=1000000 VIGIL_BIN=target/release/vigil bash loadtest/backup-bench.sh
+#
+# Needs redis-server, redis-cli, curl, python3, bc and age-keygen (Debian: age).
+set -euo pipefail
+N="${N:-100000}"
+V="$(realpath "${VIGIL_BIN:-target/release/vigil}")"
+BASE="${PORT_BASE:-16500}"
+R="$(mktemp -d /tmp/vigil-backup-bench.XXXXXX)"
+pa=$BASE pb=$((BASE + 1)) ps=$((BASE + 2)) pm=$((BASE + 9))
+cleanup() {
+  [ -f "$R/archive.pid" ] && kill "$(cat "$R/archive.pid")" 2>/dev/null || true
+  for p in $pa $pb $ps; do redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true; done
+  rm -rf "$R"
+}
+trap cleanup EXIT
+cd "$R"
+export VIGIL_LOG=warn
+VIGIL_DATA_DIR="$R/pki" "$V" check-config >/dev/null
+for p in $pa $pb $ps; do
+  mkdir -p "r$p"
+  redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --dir "r$p" --daemonize yes >/dev/null
+done
+cat > vigil.toml <<T
+data_dir = "$R/replica"
+[status]
+origin = "bench"
+[feed]
+quorum = 2
+[[region]]
+name = "a"
+redis = "redis://127.0.0.1:$pa/"
+[[region]]
+name = "b"
+redis = "redis://127.0.0.1:$pb/"
+[[issuer]]
+name = "demo"
+certificate = "$R/pki/ca.pem"
+responder_certificate = "$R/pki/responder.pem"
+responder_key = "$R/pki/responder.key"
+crl_key = "$R/pki/ca.key"
+T
+python3 - "$N" <<'P'
+import sys
+n = int(sys.argv[1])
+with open("index.txt", "w") as f:
+    for i in range(1, n + 1):
+        if i % 10 == 0:
+            f.write(f"R\t300101000000Z\t250101000000Z,keyCompromise\t{i:08X}\tunknown\t/CN=c{i}\n")
+        else:
+            f.write(f"V\t300101000000Z\t\t{i:08X}\tunknown\t/CN=c{i}\n")
+with open("later.txt", "w") as f:
+    for i in range(1, n // 100 + 1):
+        f.write(f"R\t300101000000Z\t260101000000Z,superseded\t{i * 7 + 1:08X}\tunknown\t/CN=c\n")
+P
+age-keygen -o backup.key 2>/dev/null
+recipient=$(grep -o 'age1[0-9a-z]*' backup.key | head -1)
+timed() { local what=$1; shift; local t; t=$(date +%s.%N); "$@" >"$R/last.out"; printf '%-44s %8.2f s\n' "$what" "$(echo "$(date +%s.%N) - $t" | bc)"; }
+"$V" --config vigil.toml archive --dir "$R/arch" --metrics-addr "127.0.0.1:$pm" >archive.out 2>&1 &
+echo $! >archive.pid
+echo "N = $N certificates, 10 % revoked, two regions; $V"
+timed "import" "$V" --config vigil.toml import --issuer demo --openssl-index index.txt
+"$V" --config vigil.toml crl publish >/dev/null
+timed "backup create" "$V" --config vigil.toml backup create --out b.vbk
+timed "backup verify" "$V" backup verify b.vbk
+timed "backup create --recipient (age)" "$V" --config vigil.toml backup create --out b.vbk.age --recipient "$recipient"
+timed "backup verify --identity (age)" "$V" backup verify b.vbk.age --identity backup.key
+ls -l b.vbk b.vbk.age | awk '{print "size " $9 ": " $5 " bytes"}'
+timed "$((N / 100)) revocations after the backup" "$V" --config vigil.toml import --issuer demo --openssl-index later.txt
+# wait (bounded) until the archive has caught up with both regions
+for _ in $(seq 1 600); do
+  lag=$(curl -s "127.0.0.1:$pm/metrics" | awk '/^vigil_archive_lag_seconds/ {if ($2 > m) m = $2} END {print m + 0}')
+  [ "$(echo "$lag < 1" | bc)" = 1 ] && break
+  sleep 0.5
+done
+echo "archive lag after the revocations: ${lag} s (max over regions)"
+until=$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)
+kill "$(cat archive.pid)"; rm archive.pid; sleep 0.5
+timed "archive verify" "$V" archive verify arch
+tail -1 last.out
+echo "archive size: $(du -sb arch | cut -f1) bytes"
+redis-cli -p $pa flushall >/dev/null; redis-cli -p $pb flushall >/dev/null
+timed "restore --archive --until (both regions)" "$V" --config vigil.toml backup restore b.vbk --archive arch --until "$until"
+grep "state as of" last.out
+for p in $pa $pb; do k=$(redis-cli -p "$p" smembers vigil:issuers); echo "region on $p: $(redis-cli -p "$p" hlen "vigil:snap:$k") records"; done
+timed "drill restore" "$V" --config vigil.toml drill restore --backup b.vbk --scratch-redis "redis://127.0.0.1:$ps/"
+grep -E "^timings|^PASS|^FAIL" last.out
