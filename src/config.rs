@@ -432,6 +432,42 @@ pub struct IssuerConfig {
     /// Sign this issuer's CRLs through HSMs holding the CA's key, instead of `crl_key`.
     #[serde(default)]
     pub crl_signer: Option<IssuerSignerConfig>,
+    /// This issuer's CRL settings, each over the same key of `[crl]` (absent: `[crl]` as is).
+    #[serde(default)]
+    pub crl: IssuerCrlConfig,
+}
+
+/// `[[issuer]] crl = { shards, validity, interval, ... }`: the `[crl]` keys an issuer may set
+/// for itself. Every key left out is `[crl]`'s; [`Config::crl_of`] gives the merged settings,
+/// which are validated like `[crl]` (the Baseline Requirements' bounds included) under the
+/// name `issuer[i].crl`. Publishing (region, lease, refresh, publish_delay) stays global.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerCrlConfig {
+    /// Public base URL of this issuer's CRLs.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// nextUpdate − thisUpdate.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub validity: Option<Duration>,
+    /// Complete CRLs are re-published this often.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub interval: Option<Duration>,
+    /// CRL shards of this issuer.
+    #[serde(default)]
+    pub shards: Option<u16>,
+    /// What the shard is a function of.
+    #[serde(default)]
+    pub shard_by: Option<ShardByConfig>,
+    /// Window width for `shard_by = "not_after"`.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub shard_width: Option<Duration>,
+    /// Also publish delta CRLs.
+    #[serde(default)]
+    pub delta: Option<bool>,
+    /// Size warning bound, bytes.
+    #[serde(default)]
+    pub warn_bytes: Option<u64>,
 }
 
 /// `[[region]]`: one region and its Redis, a single server (`redis`) or a Sentinel-managed group
@@ -710,7 +746,36 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     humantime::parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
 impl Config {
+    /// The CRL settings of the issuer named `issuer`: `[crl]` with the issuer's own `crl = {...}`
+    /// keys over it (`[crl]` alone for an unknown name).
+    pub fn crl_of(&self, issuer: &str) -> CrlConfig {
+        let mut c = self.crl.clone();
+        let Some(o) = self
+            .issuers
+            .iter()
+            .find(|i| i.name == issuer)
+            .map(|i| &i.crl)
+        else {
+            return c;
+        };
+        if let Some(v) = &o.base_url {
+            c.base_url = Some(v.clone());
+        }
+        c.validity = o.validity.unwrap_or(c.validity);
+        c.interval = o.interval.unwrap_or(c.interval);
+        c.shards = o.shards.unwrap_or(c.shards);
+        c.shard_by = o.shard_by.unwrap_or(c.shard_by);
+        c.shard_width = o.shard_width.unwrap_or(c.shard_width);
+        c.delta = o.delta.unwrap_or(c.delta);
+        c.warn_bytes = o.warn_bytes.unwrap_or(c.warn_bytes);
+        c
+    }
+
     /// Whether the issuer named `issuer` allows holds (`allow_hold`); false for an unknown name.
     pub fn allows_holds(&self, issuer: &str) -> bool {
         self.issuers
@@ -1163,22 +1228,53 @@ impl Config {
         Ok(())
     }
 
+    /// `[crl]`, then every issuer's merged CRL settings ([`Config::crl_of`]) against the same
+    /// rules, named `issuer[i].crl`. The Baseline Requirements' CRL rules (§4.9.7, §7.2) and
+    /// where each is kept:
+    ///
+    /// - nextUpdate − thisUpdate ≤ 10 days for a subscriber CRL: `validity` (checked here);
+    /// - a new CRL at least every 7 days: `interval` ≤ 7 days and ≤ `validity` / 2 (here), so
+    ///   a CRL is replaced well before its nextUpdate;
+    /// - within 24 hours of a revocation: `publish_delay` ≤ 24h (here; one value for all);
+    /// - CRLNumber strictly increasing and < 2^159: numbers are u64 milliseconds raised past
+    ///   the highest stored ([`crate::crl::number`]), so below 2^64, and the store refuses one
+    ///   that does not increase;
+    /// - no SHA-1: no signature algorithm vigil can sign with uses SHA-1
+    ///   ([`crate::signer::SignatureAlgorithm`]), so there is nothing to configure.
     fn validate_crl(&self) -> Result<(), ConfigError> {
-        let c = &self.crl;
+        self.validate_crl_settings("crl", &self.crl)?;
+        for (i, iss) in self.issuers.iter().enumerate() {
+            let merged = self.crl_of(&iss.name);
+            self.validate_crl_settings(&format!("issuer[{i}].crl"), &merged)?;
+        }
+        Ok(())
+    }
+
+    fn validate_crl_settings(&self, key: &str, c: &CrlConfig) -> Result<(), ConfigError> {
         let secs = |d: Duration| d.as_secs_f64();
         if !(3600.0..=crate::crl::MAX_VALIDITY_SECS as f64).contains(&secs(c.validity)) {
             return err(format!(
-                "crl.validity: {} is outside 1h ..= 10d (BR §4.9.7)",
+                "{key}.validity: {} is outside 1h ..= 10d (BR §4.9.7: a subscriber CRL's nextUpdate is at most 10 days after its thisUpdate)",
                 humantime::format_duration(c.validity)
             ));
         }
+        if c.interval > Duration::from_secs(7 * 86400) {
+            return err(format!(
+                "{key}.interval: {} is over 7d (BR §4.9.7: CRLs are reissued at least every seven days)",
+                humantime::format_duration(c.interval)
+            ));
+        }
         if c.interval < Duration::from_secs(1) || c.interval > c.validity / 2 {
-            return err("crl.interval: between 1s and half of crl.validity");
+            return err(format!(
+                "{key}.interval: {} must be between 1s and half of {key}.validity ({}), so a CRL is replaced before its nextUpdate",
+                humantime::format_duration(c.interval),
+                humantime::format_duration(c.validity)
+            ));
         }
         if c.publish_delay < Duration::from_millis(100)
             || c.publish_delay > Duration::from_secs(86400)
         {
-            return err("crl.publish_delay: between 100ms and 24h (BR §4.9.7)");
+            return err("crl.publish_delay: between 100ms and 24h (BR §4.9.7: a revocation is on a CRL within 24 hours)");
         }
         if c.refresh < Duration::from_millis(100) {
             return err("crl.refresh: at least 100ms");
@@ -1191,12 +1287,12 @@ impl Config {
         }
         if c.shards == 0 || c.shards > crate::crl::shard::MAX_SHARDS {
             return err(format!(
-                "crl.shards: 1 ..= {}",
+                "{key}.shards: 1 ..= {}",
                 crate::crl::shard::MAX_SHARDS
             ));
         }
         if c.shard_width < Duration::from_secs(1) {
-            return err("crl.shard_width: at least 1s");
+            return err(format!("{key}.shard_width: at least 1s"));
         }
         match &c.base_url {
             Some(u) => {
@@ -1205,13 +1301,18 @@ impl Config {
                     && u.len() <= 512;
                 if !ok {
                     return err(format!(
-                        "crl.base_url: {u:?} must be an http:// or https:// URL without query or fragment"
+                        "{key}.base_url: {u:?} must be an http:// or https:// URL without query or fragment"
+                    ));
+                }
+                if (c.shards > 1 || c.delta) && !u.starts_with("http://") {
+                    return err(format!(
+                        "{key}.base_url: {u:?} goes into the CRLs' issuing distribution point, which is byte for byte the certificates' CRL distribution point: that is an http:// URL (BR §7.1.2.11.2, §7.2.2.1)"
                     ));
                 }
             }
             None if c.shards > 1 || c.delta => {
                 return err(format!(
-                    "crl.base_url: required when crl.shards > 1 or crl.delta (it is written into the CRLs); or set {ENV_CRL_BASE_URL}"
+                    "{key}.base_url: required when {key}.shards > 1 or {key}.delta (it is written into the CRLs); or set {ENV_CRL_BASE_URL}"
                 ))
             }
             None => {}
@@ -1465,6 +1566,81 @@ mod tests {
         }
         let e = Config::from_toml("[crl]\nshard = 2\n").expect_err("unknown key");
         assert!(e.to_string().contains("shard"), "{e}");
+    }
+
+    #[test]
+    fn per_issuer_crl_settings_override_crl_and_are_held_to_the_br() {
+        let two = "[[issuer]]\nname = \"b\"\ncertificate = \"b.pem\"\nresponder_key = \"k.pem\"\n";
+        let c = Config::from_toml(&format!(
+            "[crl]\nbase_url = \"http://crl.test\"\nvalidity = \"5d\"\n\
+             {ISSUER}crl = {{ shards = 8, validity = \"2d\", interval = \"6h\", delta = true, \
+             shard_by = \"not_after\", shard_width = \"12h\", warn_bytes = 5000 }}\n{two}"
+        ))
+        .expect("parse");
+        c.validate().expect("valid");
+        let a = c.crl_of("a");
+        assert_eq!(a.shards, 8);
+        assert_eq!(a.validity, Duration::from_secs(2 * 86400));
+        assert_eq!(a.interval, Duration::from_secs(6 * 3600));
+        assert!(a.delta);
+        assert_eq!(a.warn_bytes, 5000);
+        assert_eq!(
+            a.sharding(),
+            crate::crl::Sharding {
+                shards: 8,
+                by: crate::crl::ShardBy::NotAfter { width: 43_200 }
+            }
+        );
+        assert_eq!(a.base_url.as_deref(), Some("http://crl.test"));
+        // the other issuer keeps [crl]
+        let b = c.crl_of("b");
+        assert_eq!((b.shards, b.delta), (1, false));
+        assert_eq!(b.validity, Duration::from_secs(5 * 86400));
+        assert_eq!(b.interval, c.crl.interval);
+
+        for (over, key, why) in [
+            ("validity = \"11d\"", "issuer[0].crl.validity", "10 days"),
+            ("validity = \"30m\"", "issuer[0].crl.validity", "1h ..= 10d"),
+            ("interval = \"8d\"", "issuer[0].crl.interval", "seven days"),
+            // inherits [crl] validity 5d: more than half of it
+            (
+                "interval = \"3d\"",
+                "issuer[0].crl.interval",
+                "half of issuer[0].crl.validity (5days)",
+            ),
+            ("shards = 0", "issuer[0].crl.shards", "1 ..= 256"),
+            ("shards = 257", "issuer[0].crl.shards", "1 ..= 256"),
+            (
+                "shards = 2, base_url = \"https://crl.test\"",
+                "issuer[0].crl.base_url",
+                "http:// URL",
+            ),
+            (
+                "base_url = \"ftp://x\"",
+                "issuer[0].crl.base_url",
+                "http://",
+            ),
+        ] {
+            let c = Config::from_toml(&format!(
+                "[crl]\nbase_url = \"http://crl.test\"\nvalidity = \"5d\"\n{ISSUER}crl = {{ {over} }}\n"
+            ))
+            .expect("parse");
+            let e = c.validate().expect_err(key).to_string();
+            assert!(e.contains(key) && e.contains(why), "{over}: {e}");
+        }
+        // no base_url anywhere: sharding one issuer needs one
+        let c = Config::from_toml(&format!("{ISSUER}crl = {{ shards = 2 }}\n")).expect("parse");
+        let e = c.validate().expect_err("base_url").to_string();
+        assert!(e.contains("issuer[0].crl.base_url: required"), "{e}");
+        // an issuer's own base_url is enough
+        let c = Config::from_toml(&format!(
+            "{ISSUER}crl = {{ shards = 2, base_url = \"http://a.test\" }}\n"
+        ))
+        .expect("parse");
+        c.validate().expect("valid");
+        let e = Config::from_toml(&format!("{ISSUER}crl = {{ publish_delay = \"1h\" }}\n"))
+            .expect_err("publish_delay is global");
+        assert!(e.to_string().contains("publish_delay"), "{e}");
     }
 
     #[test]

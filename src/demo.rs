@@ -32,6 +32,7 @@ pub fn demo_issuer_config(data_dir: &Path) -> IssuerConfig {
         allow_hold: false,
         crl_key: Some(data_dir.join("ca.key")),
         crl_signer: None,
+        crl: Default::default(),
     }
 }
 

@@ -970,10 +970,11 @@ fn crl_urls(cfg: &Config, issuer: &str, json: bool) -> Result<(), String> {
     if !cfg.issuers.iter().any(|i| i.name == issuer) {
         return Err(format!("no [[issuer]] named {issuer:?}"));
     }
-    let base = cfg.crl.base_url.as_deref().ok_or(
-        "crl.base_url is not set: CCADB needs absolute CRL URLs (set it, or VIGIL_CRL_BASE_URL)",
+    let settings = cfg.crl_of(issuer);
+    let base = settings.base_url.as_deref().ok_or(
+        "crl.base_url is not set (nor the issuer's crl.base_url): CCADB needs absolute CRL URLs (set it, or VIGIL_CRL_BASE_URL)",
     )?;
-    let urls = vigil::crl_service::catalog::shard_urls(issuer, &cfg.crl.sharding(), base);
+    let urls = vigil::crl_service::catalog::shard_urls(issuer, &settings.sharding(), base);
     if json {
         let doc = serde_json::to_string(&urls).map_err(|e| e.to_string())?;
         println!("{doc}");

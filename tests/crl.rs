@@ -1457,3 +1457,240 @@ fn holds_answer_certificate_hold_and_releases_leave_the_crl_by_delta() {
     );
     delta_lists("Key Compromise", full_number);
 }
+
+// === pkilint ===
+
+/// `lint_crl` (pkilint, which `.ci/run` installs from PyPI into `$VIGIL_TOOLS/bin`, default
+/// `~/.cache/vigil-tools/bin`); never a same-named program found elsewhere on PATH.
+fn lint_crl() -> PathBuf {
+    let tools = match std::env::var_os("VIGIL_TOOLS") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/vigil-tools"),
+    };
+    let p = tools.join("bin/lint_crl");
+    assert!(
+        p.exists(),
+        "{} is missing: `bash .ci/run` installs pkilint there (or set VIGIL_TOOLS)",
+        p.display()
+    );
+    p
+}
+
+/// pkilint's findings on `der` under the CA/Browser Forum BR CRL profile, every severity down
+/// to DEBUG, one `validator: code (severity)` line each. pkilint lists findings only: a CRL
+/// with none gives `{"results": []}`.
+fn pkilint_br_findings(der: &[u8], dir: &Path, name: &str) -> Vec<String> {
+    let f = dir.join(format!("pkilint-{}.crl", name.replace('/', "_")));
+    std::fs::write(&f, der).expect("write crl");
+    let o = Command::new(lint_crl())
+        .args(["lint", "-t", "CRL", "-p", "BR", "-s", "DEBUG", "-f", "JSON"])
+        .arg(&f)
+        .output()
+        .expect("run lint_crl");
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "lint_crl gave no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    let mut findings = Vec::new();
+    for r in out["results"].as_array().expect("results") {
+        for d in r["finding_descriptions"].as_array().into_iter().flatten() {
+            findings.push(format!(
+                "{} @ {}: {} ({}) {}",
+                r["validator"].as_str().unwrap_or("?"),
+                r["node_path"].as_str().unwrap_or("?"),
+                d["code"].as_str().unwrap_or("?"),
+                d["severity"].as_str().unwrap_or("?"),
+                d["message"].as_str().unwrap_or("")
+            ));
+        }
+        if r["finding_descriptions"].as_array().is_none() {
+            findings.push(r.to_string());
+        }
+    }
+    // pkilint's exit status counts findings; it must agree with what was parsed
+    assert_eq!(
+        o.status.success(),
+        findings.is_empty(),
+        "{findings:?} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    findings
+}
+
+#[test]
+fn every_shard_and_delta_passes_pkilint_br_and_openssl() {
+    let tmp = tmpdir();
+    let dir = tmp.path();
+    let pki = demo_pki(dir);
+
+    // The control: pkilint must find what the BR forbid in a CRL `openssl ca` makes without a
+    // CRL number, AKI or version, valid for 30 days (over the BR's 10).
+    let ctl = dir.join("control");
+    std::fs::create_dir_all(&ctl).expect("mkdir");
+    std::fs::write(ctl.join("index.txt"), "").expect("index");
+    std::fs::write(
+        ctl.join("ca.cnf"),
+        "[ca]\ndefault_ca = c\n[c]\ndatabase = index.txt\ndefault_md = sha256\ndefault_crl_days = 30\n",
+    )
+    .expect("cnf");
+    let made = Command::new("openssl")
+        .args([
+            "ca", "-config", "ca.cnf", "-gencrl", "-out", "bad.crl", "-keyfile",
+        ])
+        .arg(pki.join("ca.key"))
+        .arg("-cert")
+        .arg(pki.join("ca.pem"))
+        .current_dir(&ctl)
+        .output()
+        .expect("openssl ca");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let bad = std::fs::read(ctl.join("bad.crl")).expect("control CRL");
+    let control = pkilint_br_findings(&bad, dir, "control");
+    for code in [
+        "pkix.crl_number_missing",
+        "pkix.authority_key_identifier_missing",
+        "cabf.crl_invalid_validity_period",
+    ] {
+        assert!(
+            control.iter().any(|f| f.contains(code)),
+            "pkilint missed {code}: {control:?}"
+        );
+    }
+
+    let port = free_port();
+    let base_url = format!("http://127.0.0.1:{port}");
+    let shards = 3u16;
+    let config = write_config(
+        &dir.join("vigil.toml"),
+        &format!(
+            "data_dir = \"{d}/node\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
+             [status]\njournal = \"{p}/journal.vj\"\njournal_poll = \"50ms\"\n\
+             [crl]\nbase_url = \"{base_url}\"\n\
+             publish_delay = \"400ms\"\nrefresh = \"200ms\"\n{issuer}\
+             crl = {{ shards = {shards}, delta = true, validity = \"2d\", interval = \"12h\" }}\n",
+            d = dir.display(),
+            p = pki.display(),
+            issuer = issuer_toml(&pki),
+        ),
+    );
+    // the issuer's own settings are held to the Baseline Requirements too
+    let text = std::fs::read_to_string(&config).expect("config");
+    for (from, to, says) in [
+        (
+            "validity = \"2d\"",
+            "validity = \"11d\"",
+            "issuer[0].crl.validity",
+        ),
+        ("interval = \"12h\"", "interval = \"8d\"", "seven days"),
+    ] {
+        let bad = write_config(&dir.join("bad.toml"), &text.replace(from, to));
+        let out = vigil_cmd(Some(&bad))
+            .arg("check-config")
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{to}: {err}");
+    }
+    // Revocations with every reason the BR allow for subscriber certificates (§7.2.2: none,
+    // keyCompromise, affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn)
+    let reasons = [
+        "",
+        "keyCompromise",
+        "affiliationChanged",
+        "superseded",
+        "cessationOfOperation",
+        "privilegeWithdrawn",
+    ];
+    let mut index = String::new();
+    for n in 1..=60u64 {
+        let serial = format!(
+            "{:016X}",
+            n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 1 | 1 << 56
+        );
+        let reason = reasons[n as usize % reasons.len()];
+        let rev = if reason.is_empty() {
+            "250101000000Z".to_owned()
+        } else {
+            format!("250101000000Z,{reason}")
+        };
+        index.push_str(&format!(
+            "R\t301231235959Z\t{rev}\t{serial}\tunknown\t/CN=c{n}\n"
+        ));
+    }
+    let idx = dir.join("index.txt");
+    std::fs::write(&idx, index).expect("index");
+    vigil_run(
+        &config,
+        &[
+            "import",
+            "--openssl-index",
+            &idx.display().to_string(),
+            "--issuer",
+            "demo",
+        ],
+    );
+    vigil_run(&config, &["crl", "publish"]);
+    let (_p, base) = serve(Some(&config), dir, &dir.join("vigil.log"));
+
+    // a revocation while serving, so that one delta lists an entry
+    let good = pki.join("certs/good-1.pem");
+    let serial = cert_serial(&good);
+    vigil_run(
+        &config,
+        &[
+            "revoke",
+            "--issuer",
+            "demo",
+            "--cert",
+            &good.display().to_string(),
+            "--reason",
+            "keyCompromise",
+        ],
+    );
+    let ca = pki.join("ca.pem");
+    assert!(
+        eventually(Duration::from_secs(10), || (0..shards).any(|k| {
+            let d = get(&base, &format!("/crl/demo/{k}.delta.crl"));
+            d.status == 200
+                && revoked_in_text(&openssl_verify(&d.body, &ca, dir)).contains_key(&serial)
+        })),
+        "no delta CRL listed {serial}"
+    );
+
+    let mut listed = 0;
+    for k in 0..shards {
+        for path in [format!("demo/{k}.crl"), format!("demo/{k}.delta.crl")] {
+            let r = get(&base, &format!("/crl/{path}"));
+            assert_eq!(r.status, 200, "{path}");
+            let text = openssl_verify(&r.body, &ca, dir);
+            listed += revoked_in_text(&text).len();
+            let p = vigil::crl::lint::parse(&r.body).expect("parse");
+            assert_eq!(
+                p.next_update.map(|n| n - p.this_update),
+                Some(2 * 86_400),
+                "{path}: the issuer's validity, not [crl]'s"
+            );
+            let findings = pkilint_br_findings(&r.body, dir, &path);
+            assert!(findings.is_empty(), "pkilint BR on {path}: {findings:#?}");
+        }
+    }
+    assert!(
+        listed > 60,
+        "the linted CRLs hold the revocations ({listed} entries)"
+    );
+    assert_eq!(
+        get(&base, "/crl/demo.crl").status,
+        404,
+        "[crl] alone is unsharded; the issuer is not"
+    );
+    let listed: Vec<String> =
+        serde_json::from_slice(&get(&base, "/crl/demo.json").body).expect("JSON");
+    assert_eq!(listed.len(), shards as usize);
+}

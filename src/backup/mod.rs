@@ -308,13 +308,9 @@ async fn scan_region<W: std::io::Write>(
 
 /// The CRL ids of every configured issuer: each scope's complete CRL and its delta.
 fn crl_ids(cfg: &Config) -> Vec<CrlId> {
-    let sharding = crate::crl::shard::Sharding {
-        shards: cfg.crl.shards,
-        by: crate::crl::shard::ShardBy::Serial,
-    };
     let mut out = Vec::new();
     for i in &cfg.issuers {
-        for scope in sharding.scopes() {
+        for scope in cfg.crl_of(&i.name).sharding().scopes() {
             for delta in [false, true] {
                 out.push(CrlId {
                     issuer: i.name.clone(),

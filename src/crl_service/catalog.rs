@@ -95,19 +95,47 @@ struct Slot {
     disk_stamp: Mutex<Option<(SystemTime, u64)>>,
 }
 
+/// One issuer's CRLs as the catalog lays them out: its sharding, deltas and base URL
+/// ([`crate::config::Config::crl_of`]).
+#[derive(Debug, Clone)]
+pub struct IssuerCrls {
+    /// What the CRLs say about their issuer.
+    pub issuer: CrlIssuer,
+    /// Its shards.
+    pub sharding: Sharding,
+    /// Delta CRLs too.
+    pub deltas: bool,
+    /// Public base URL (required for sharded or delta CRLs; the config checks it).
+    pub base_url: Option<String>,
+    /// A CRL larger than this is logged and counted when installed (0: never).
+    pub warn_bytes: u64,
+    /// Complete CRLs are republished this often, seconds (for `Expires`).
+    pub interval: i64,
+}
+
+impl IssuerCrls {
+    /// An issuer with one unsharded CRL, no deltas, no base URL and the default size warning.
+    pub fn unsharded(issuer: CrlIssuer) -> Self {
+        IssuerCrls {
+            issuer,
+            sharding: Sharding::unsharded(),
+            deltas: false,
+            base_url: None,
+            warn_bytes: crate::limits::CRL_WARN_BYTES,
+            interval: 3600,
+        }
+    }
+}
+
 /// Every CRL path this deployment serves, and what each holds now.
 pub struct Catalog {
-    issuers: Vec<CrlIssuer>,
+    issuers: Vec<IssuerCrls>,
     slots: HashMap<String, Slot>,
     order: Vec<String>,
     dir: PathBuf,
     /// `<issuer>.json`: CCADB's "JSON Array of Partitioned CRLs", the URL of every complete CRL
-    /// of the issuer (only with `crl.base_url`: CCADB needs absolute URLs).
+    /// of the issuer (only with a base URL: CCADB needs absolute URLs).
     disclosures: HashMap<String, Bytes>,
-    /// Shards per issuer, for the size warning's advice.
-    shards: u16,
-    /// `crl.warn_bytes`: a CRL larger than this is logged and counted when installed.
-    warn_bytes: u64,
 }
 
 /// What [`Catalog::install`] did.
@@ -120,20 +148,15 @@ pub enum Installed {
 }
 
 impl Catalog {
-    /// Slots for every CRL of every issuer, under `dir`. `base_url` is required for sharded or
-    /// delta CRLs (the config checks it).
-    pub fn new(
-        issuers: Vec<CrlIssuer>,
-        sharding: &Sharding,
-        deltas: bool,
-        base_url: Option<&str>,
-        dir: PathBuf,
-    ) -> Self {
+    /// Slots for every CRL of every issuer, under `dir`.
+    pub fn new(issuers: Vec<IssuerCrls>, dir: PathBuf) -> Self {
         let mut slots = HashMap::new();
         let mut order = Vec::new();
-        for (i, issuer) in issuers.iter().enumerate() {
-            for id in CrlId::all(&issuer.name, sharding, deltas) {
-                let idp_uri = match (sharding.is_sharded(), base_url) {
+        let mut disclosures = HashMap::new();
+        for (i, ic) in issuers.iter().enumerate() {
+            let name = &ic.issuer.name;
+            for id in CrlId::all(name, &ic.sharding, ic.deltas) {
+                let idp_uri = match (ic.sharding.is_sharded(), &ic.base_url) {
                     (true, Some(b)) => Some(id.full().url(b)),
                     _ => None,
                 };
@@ -150,33 +173,28 @@ impl Catalog {
                     },
                 );
             }
+            if let Some(b) = &ic.base_url {
+                let urls = shard_urls(name, &ic.sharding, b);
+                let json = serde_json::to_vec(&urls).unwrap_or_default();
+                disclosures.insert(format!("{name}.json"), Bytes::from(json));
+            }
         }
-        let disclosures = match base_url {
-            Some(b) => issuers
-                .iter()
-                .map(|i| {
-                    let urls = shard_urls(&i.name, sharding, b);
-                    let json = serde_json::to_vec(&urls).unwrap_or_default();
-                    (format!("{}.json", i.name), Bytes::from(json))
-                })
-                .collect(),
-            None => HashMap::new(),
-        };
         Catalog {
             issuers,
             slots,
             order,
             dir,
             disclosures,
-            shards: sharding.shards.max(1),
-            warn_bytes: crate::limits::CRL_WARN_BYTES,
         }
     }
 
-    /// Sets the size above which an installed CRL is warned about (`crl.warn_bytes`).
-    pub fn with_size_warning(mut self, bytes: u64) -> Self {
-        self.warn_bytes = bytes;
-        self
+    /// The republishing interval of `id`'s issuer, seconds (the next planned publication is
+    /// thisUpdate plus this).
+    pub fn interval(&self, id: &CrlId) -> i64 {
+        self.slots
+            .get(&id.path())
+            .and_then(|s| self.issuers.get(s.issuer))
+            .map_or(3600, |i| i.interval)
     }
 
     /// The JSON array of an issuer's CRL URLs at `path` (`<issuer>.json` under `/crl/`).
@@ -208,6 +226,7 @@ impl Catalog {
         self.slots
             .get(&id.path())
             .and_then(|s| self.issuers.get(s.issuer))
+            .map(|i| &i.issuer)
     }
 
     /// The IDP URI CRLs of `id` carry.
@@ -234,10 +253,11 @@ impl Catalog {
             .slots
             .get(&id.path())
             .ok_or_else(|| LintError(format!("{} is not a configured CRL", id.path())))?;
-        let issuer = self
+        let issuer = &self
             .issuers
             .get(slot.issuer)
-            .ok_or_else(|| LintError(format!("{}: no issuer", id.path())))?;
+            .ok_or_else(|| LintError(format!("{}: no issuer", id.path())))?
+            .issuer;
         lint::lint(
             der,
             issuer,
@@ -273,13 +293,17 @@ impl Catalog {
         metrics::gauge!(telemetry::CRL_NUMBER, &labels).set(crl.number as f64);
         metrics::gauge!(telemetry::CRL_BYTES, &labels).set(crl.der.len() as f64);
         tracing::info!(crl = %crl.id.path(), number = crl.number, "serving CRL");
-        if let Some(fit) = shards_to_fit(crl.der.len() as u64, self.warn_bytes, self.shards) {
+        let (warn_bytes, shards) = self
+            .issuers
+            .get(slot.issuer)
+            .map_or((0, 1), |i| (i.warn_bytes, i.sharding.shards.max(1)));
+        if let Some(fit) = shards_to_fit(crl.der.len() as u64, warn_bytes, shards) {
             metrics::counter!(telemetry::CRL_OVERSIZE, &labels).increment(1);
             tracing::warn!(
                 crl = %crl.id.path(),
                 bytes = crl.der.len(),
-                warn_bytes = self.warn_bytes,
-                shards = self.shards,
+                warn_bytes,
+                shards,
                 shards_that_would_fit = fit,
                 "CRL is larger than crl.warn_bytes (root programs ask for at most 10 MB); raise the shard count"
             );
@@ -463,10 +487,7 @@ mod tests {
         let issuer = CrlIssuer::from_certificate("t", &cert).expect("issuer");
         let make = || {
             Catalog::new(
-                vec![issuer.clone()],
-                &Sharding::unsharded(),
-                false,
-                None,
+                vec![IssuerCrls::unsharded(issuer.clone())],
                 dir.path().join("crl"),
             )
         };

@@ -18,7 +18,7 @@ pub mod catalog;
 pub mod publisher;
 pub mod redis_store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ use crate::pki::Issuer;
 use crate::signer::{Signer, SignerPool, SoftwareSigner};
 use crate::status::StatusView;
 use crate::telemetry;
-use catalog::{Catalog, ServedCrl};
+use catalog::{Catalog, IssuerCrls, ServedCrl};
 use publisher::{Mode, PublishIssuer, Publisher, Refusals};
 use redis_store::{Fence, Region};
 
@@ -120,29 +120,32 @@ impl CrlService {
                 }
                 Err(e) => return Err(format!("issuer {}: {e}", issuer.name)),
             };
+            let settings = cfg.crl_of(&issuer.name);
             if publishing {
                 if let Some(signer) = crl_signer(ic, issuer, pools)? {
                     publish.push(PublishIssuer {
                         issuer: ci.clone(),
                         issuer_id: issuer.hashes.id,
                         signer,
+                        sharding: settings.sharding(),
+                        deltas: settings.delta,
+                        validity: settings.validity.as_secs() as i64,
+                        interval: settings.interval.as_secs() as i64,
+                        base_url: settings.base_url.clone(),
                     });
                 }
             }
-            crl_issuers.push(ci);
+            crl_issuers.push(IssuerCrls {
+                issuer: ci,
+                sharding: settings.sharding(),
+                deltas: settings.delta,
+                base_url: settings.base_url.clone(),
+                warn_bytes: settings.warn_bytes,
+                interval: settings.interval.as_secs() as i64,
+            });
         }
         let c = &cfg.crl;
-        let sharding = c.sharding();
-        let catalog = Arc::new(
-            Catalog::new(
-                crl_issuers,
-                &sharding,
-                c.delta,
-                c.base_url.as_deref(),
-                cfg.data_dir.join("crl"),
-            )
-            .with_size_warning(c.warn_bytes),
-        );
+        let catalog = Arc::new(Catalog::new(crl_issuers, cfg.data_dir.join("crl")));
         let n = catalog.load_disk();
         if n > 0 {
             tracing::info!(crls = n, dir = %catalog.dir().display(), "serving CRLs from the disk copies");
@@ -156,10 +159,6 @@ impl CrlService {
         let publisher = (!publish.is_empty()).then(|| {
             Arc::new(Publisher {
                 issuers: publish,
-                sharding,
-                deltas: c.delta,
-                validity: c.validity.as_secs() as i64,
-                base_url: c.base_url.clone(),
                 catalog: catalog.clone(),
                 regions: regions.clone(),
                 refusals: Arc::new(Refusals::default()),
@@ -199,7 +198,7 @@ impl CrlService {
         let (fence_tx, fence_rx) = watch::channel(None::<Fence>);
         if let Some(publisher) = &self.publisher {
             if self.regions.is_empty() {
-                if self.full_due_in().is_zero() {
+                if self.full_due_in(&HashMap::new()).is_zero() {
                     log_results(&publisher.publish(&view, Mode::Full, None).await);
                 }
             } else if let Some(region) = self.config.lease_region() {
@@ -284,24 +283,38 @@ impl CrlService {
         }
     }
 
-    /// Time until a complete CRL of a published issuer is due: zero when one is missing.
-    fn full_due_in(&self) -> Duration {
+    /// Time until the complete CRLs of some published issuer are due ([`full_due_at`]).
+    fn full_due_in(&self, attempted: &HashMap<String, i64>) -> Duration {
         let Some(p) = &self.publisher else {
             return Duration::MAX;
         };
-        let interval = self.config.crl.interval.as_secs() as i64;
         let now = crate::clock::unix_now();
-        let mut due = i64::MAX;
-        for pi in &p.issuers {
-            for id in CrlId::all(&pi.issuer.name, &p.sharding, false) {
-                let at = self
-                    .catalog
-                    .current(&id)
-                    .map_or(now, |c| c.this_update + interval);
-                due = due.min(at);
-            }
-        }
+        let due = p
+            .issuers
+            .iter()
+            .map(|pi| full_due_at(&self.catalog, pi, now, attempted.get(&pi.issuer.name)))
+            .min()
+            .unwrap_or(i64::MAX);
         Duration::from_secs((due - now).max(0) as u64)
+    }
+}
+
+/// When the complete CRLs of `pi` are next due, Unix seconds: its `interval` after the oldest
+/// one served (now when one is missing), and not before `interval` after this leader's last
+/// attempt (`attempted`), so an issuer whose publishing fails is not retried in a loop.
+fn full_due_at(catalog: &Catalog, pi: &PublishIssuer, now: i64, attempted: Option<&i64>) -> i64 {
+    let served = CrlId::all(&pi.issuer.name, &pi.sharding, false)
+        .iter()
+        .map(|id| {
+            catalog
+                .current(id)
+                .map_or(now, |c| c.this_update.saturating_add(pi.interval))
+        })
+        .min()
+        .unwrap_or(now);
+    match attempted {
+        Some(a) => served.max(a.saturating_add(pi.interval)),
+        None => served,
     }
 }
 
@@ -384,7 +397,9 @@ async fn run_publisher(
     let retry = Duration::from_secs(1);
     let cfg = &svc.config.crl;
     let batch = cfg.publish_delay / 4;
-    let mut next_full = Instant::now() + svc.full_due_in().min(cfg.interval);
+    // Per issuer, when this leader last began publishing its complete CRLs.
+    let mut attempted: HashMap<String, i64> = HashMap::new();
+    let mut next_full = Instant::now() + svc.full_due_in(&attempted);
     let mut pending: Option<Instant> = None;
     let far = || Instant::now() + Duration::from_secs(86400 * 365);
     loop {
@@ -400,7 +415,8 @@ async fn run_publisher(
                     // a leader killed or replaced between a revocation and its CRL leaves
                     // nothing behind that says a CRL is due, and a successor whose view came
                     // from a bootstrap was never woken for those revocations.
-                    next_full = Instant::now() + svc.full_due_in().min(cfg.interval);
+                    attempted.clear();
+                    next_full = Instant::now() + svc.full_due_in(&attempted);
                     pending = Some(Instant::now() + cfg.publish_delay);
                 }
             }
@@ -416,10 +432,26 @@ async fn run_publisher(
                 }
                 if leader {
                     let f = fence.borrow().clone();
-                    log_results(&publisher.publish(&view, Mode::Full, f.as_ref()).await);
-                    pending = None;
+                    let now = crate::clock::unix_now();
+                    let due: Vec<String> = publisher
+                        .issuers
+                        .iter()
+                        .filter(|pi| full_due_at(&svc.catalog, pi, now, attempted.get(&pi.issuer.name)) <= now)
+                        .map(|pi| pi.issuer.name.clone())
+                        .collect();
+                    let results = publisher
+                        .publish_issuers(&view, Mode::Full, f.as_ref(), |pi| due.contains(&pi.issuer.name))
+                        .await;
+                    log_results(&results);
+                    if due.len() == publisher.issuers.len() {
+                        // every issuer's complete CRLs now list every revocation
+                        pending = None;
+                    }
+                    for name in due {
+                        attempted.insert(name, now);
+                    }
                 }
-                next_full = Instant::now() + cfg.interval;
+                next_full = Instant::now() + svc.full_due_in(&attempted).max(retry);
             }
             () = tokio::time::sleep_until(pending.unwrap_or_else(far)), if pending.is_some() => {
                 if leader && incomplete() {

@@ -31,6 +31,16 @@ pub struct PublishIssuer {
     pub issuer_id: IssuerId,
     /// The CA key.
     pub signer: Arc<dyn Signer>,
+    /// Its shards.
+    pub sharding: Sharding,
+    /// Publish delta CRLs too.
+    pub deltas: bool,
+    /// nextUpdate − thisUpdate, seconds.
+    pub validity: i64,
+    /// Complete CRLs are republished this often, seconds.
+    pub interval: i64,
+    /// Public base URL (for freshest CRL).
+    pub base_url: Option<String>,
 }
 
 /// Complete CRLs, or (when deltas are enabled and a complete CRL exists) delta CRLs.
@@ -66,16 +76,8 @@ impl Published {
 
 /// Builds, lints and stores CRLs.
 pub struct Publisher {
-    /// Issuers this node signs for.
+    /// Issuers this node signs for, each with its CRL settings.
     pub issuers: Vec<PublishIssuer>,
-    /// The sharding of every issuer.
-    pub sharding: Sharding,
-    /// Publish delta CRLs too.
-    pub deltas: bool,
-    /// nextUpdate − thisUpdate, seconds.
-    pub validity: i64,
-    /// Public base URL (for freshest CRL).
-    pub base_url: Option<String>,
     /// What this replica serves.
     pub catalog: Arc<Catalog>,
     /// Every region's Redis (empty: the data directory is the store).
@@ -128,11 +130,22 @@ impl Publisher {
         mode: Mode,
         fence: Option<&Fence>,
     ) -> Vec<Result<Published, String>> {
+        self.publish_issuers(view, mode, fence, |_| true).await
+    }
+
+    /// One pass over the issuers `which` picks.
+    pub async fn publish_issuers(
+        &self,
+        view: &Arc<StatusView>,
+        mode: Mode,
+        fence: Option<&Fence>,
+        which: impl Fn(&PublishIssuer) -> bool,
+    ) -> Vec<Result<Published, String>> {
         let mut out = Vec::new();
-        for pi in &self.issuers {
+        for pi in self.issuers.iter().filter(|pi| which(pi)) {
             let table = view.table(pi.issuer_id);
             let scan = table.clone();
-            let sharding = self.sharding;
+            let sharding = pi.sharding;
             let holds = pi.issuer.allow_hold;
             let candidates = match tokio::task::spawn_blocking(move || {
                 select::revoked_by_shard(&scan, &sharding, holds)
@@ -145,7 +158,7 @@ impl Publisher {
                     continue;
                 }
             };
-            for (scope, cands) in self.sharding.scopes().into_iter().zip(candidates) {
+            for (scope, cands) in pi.sharding.scopes().into_iter().zip(candidates) {
                 let full_id = CrlId {
                     issuer: pi.issuer.name.clone(),
                     shard: scope,
@@ -170,7 +183,7 @@ impl Publisher {
         fence: Option<&Fence>,
     ) -> Vec<Result<Published, String>> {
         let prev_full = self.catalog.current(&full_id);
-        let prev_delta = if self.deltas {
+        let prev_delta = if pi.deltas {
             self.catalog.current(&full_id.delta())
         } else {
             None
@@ -181,7 +194,7 @@ impl Publisher {
             .max(prev_delta.as_ref().map(|c| c.number));
         let mut out = Vec::new();
         match (mode, prev_full) {
-            (Mode::Delta, Some(base)) if self.deltas => {
+            (Mode::Delta, Some(base)) if pi.deltas => {
                 let cands = cands.clone();
                 let base2 = base.clone();
                 let entries = tokio::task::spawn_blocking(move || {
@@ -248,7 +261,7 @@ impl Publisher {
                     _ => None,
                 };
                 out.push(full);
-                if let (true, Some(base)) = (self.deltas, base) {
+                if let (true, Some(base)) = (pi.deltas, base) {
                     out.push(
                         self.publish_one(
                             pi,
@@ -334,13 +347,13 @@ impl Publisher {
         let now = now_ms.div_euclid(1000);
         let number = next_number(now_ms, previous);
         let idp_uri = self.catalog.idp_uri(&id).map(str::to_owned);
-        let freshest_uri = match (&self.base_url, self.deltas && !id.delta) {
+        let freshest_uri = match (&pi.base_url, pi.deltas && !id.delta) {
             (Some(b), true) => Some(id.delta().url(b)),
             _ => None,
         };
         let issuer = pi.issuer.clone();
         let signer = pi.signer.clone();
-        let validity = self.validity;
+        let validity = pi.validity;
         let started = Instant::now();
         let built = tokio::task::spawn_blocking(move || {
             let spec = CrlSpec {

@@ -90,12 +90,9 @@ pub async fn handle(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body>
                 StatusCode::SERVICE_UNAVAILABLE,
                 "this CRL has not been published yet\n",
             ),
-            Some(Some(crl)) => respond::crl(
-                &crl,
-                &parts.headers,
-                unix_now(),
-                st.config.crl.interval.as_secs() as i64,
-            ),
+            Some(Some(crl)) => {
+                respond::crl(&crl, &parts.headers, unix_now(), st.crl.interval(&crl.id))
+            }
         };
         return other(&st, r, PathClass::Crl);
     }
