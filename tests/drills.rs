@@ -1640,6 +1640,8 @@ struct DataCtx<'a> {
     rate: u32,
     fault: Duration,
     history: Arc<History>,
+    /// The corpus serials the process drills revoked (the load's answers are held to them).
+    revoked: Revoked,
     /// Records in the snapshot before any drill revoked anything.
     base_records: u64,
 }
@@ -1660,7 +1662,7 @@ fn data_drill(
         &c.lb(),
         c.state.join("pki/ca.pem"),
         x.items.clone(),
-        Arc::default(),
+        x.revoked.clone(),
         x.rate,
     );
     let observer = Observer::start(Sources::of(c), x.history.clone());
@@ -2156,6 +2158,7 @@ fn fault_drills_under_load() {
         rate: x.rate,
         fault,
         history: Arc::default(),
+        revoked: x.revoked.clone(),
         base_records,
     };
     let data = run_data_drills(&dx, &want);
