@@ -2237,8 +2237,10 @@ fn fault_drills_under_load() {
             "{}: OCSP answers other than revoked: {:?}",
             d.name, o.wrong_examples
         );
+        // At least the CRL before the fault and one after it (the same CRL stored in both
+        // regions and served by every replica is one distinct CRL).
         assert!(
-            o.crls >= 3 && o.stored_crls >= 1,
+            o.crls >= 2 && o.stored_crls >= 1,
             "{}: the observer read too few CRLs ({} / {} stored)",
             d.name,
             o.crls,
