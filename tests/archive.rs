@@ -148,32 +148,6 @@ impl Drop for ArchiveRole {
     }
 }
 
-fn vigil_with(config: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("VIGIL_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &std::process::Output) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
-    text
-}
-
-fn refused(out: &std::process::Output) -> String {
-    let text = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "expected a refusal; got {text}");
-    text
-}
-
 /// Two regions, a demo PKI, and a feed trimmed to `maxlen` entries.
 struct Setup {
     _tmp: tempfile::TempDir,

@@ -173,32 +173,6 @@ impl Drop for Replica {
     }
 }
 
-fn vigil_with(config: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("VIGIL_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &std::process::Output) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
-    text
-}
-
-fn refused(out: &std::process::Output) -> String {
-    let text = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "expected a refusal; got {text}");
-    text
-}
-
 #[test]
 fn every_three_of_five_shares_rebuild_a_responder_key_openssl_verifies() {
     let (tmp, data) = demo_dir();

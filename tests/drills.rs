@@ -1130,6 +1130,13 @@ impl History {
         }));
     }
 
+    /// Revokes `n` fresh serials in one import and records them once acknowledged.
+    fn acknowledge(&self, state: &std::path::Path, n: u64) {
+        let serials = self.fresh(n);
+        import_revoked(state, &serials).unwrap();
+        self.record(serials, Duration::ZERO);
+    }
+
     fn all(&self) -> Vec<Ack> {
         self.acks.lock().unwrap().clone()
     }
@@ -1558,14 +1565,10 @@ fn redis_get(url: &str, key: &str) -> Option<String> {
     redis::cmd("GET").arg(key).query(&mut c).ok()?
 }
 
-fn redis_cli(url: &str, args: &[&str]) -> String {
+/// FLUSHALL of a region's Redis: its data is gone, as after a restart without persistence.
+fn flushall(url: &str) {
     let mut c = redis_conn(url).unwrap_or_else(|| panic!("{url} unreachable"));
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    let v: redis::Value = cmd.query(&mut c).unwrap();
-    format!("{v:?}")
+    let () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
 }
 
 /// Why the cluster has not healed yet, if it has not: every replica ready; every CRL served and
@@ -1628,6 +1631,9 @@ struct DataDrillResult {
     heal_ms: u64,
     /// ms the drill's own healing step took (replacing replicas), if it has one.
     heal_action_ms: u64,
+    /// OCSP answers checked once healed: every revocation acknowledged during the drill, on
+    /// every replica (every 100th of a mass import).
+    answers_at_heal: usize,
     /// What else the drill measured.
     notes: Vec<String>,
     /// The load through HAProxy meanwhile, per client.
@@ -1666,6 +1672,7 @@ fn data_drill(
         x.rate,
     );
     let observer = Observer::start(Sources::of(c), x.history.clone());
+    let first_ack = x.history.len();
     let w = Writer::start(c.state.clone(), x.history.clone());
     if !writer {
         w.pause();
@@ -1691,6 +1698,11 @@ fn data_drill(
     }
     let heal_ms = t_fault.elapsed().as_millis() as u64;
     let heal_action_ms = heal_took.as_millis() as u64;
+    let mine = &x.history.all()[first_ack..];
+    let stride = if mine.len() > 10_000 { 100 } else { 1 };
+    let answers_at_heal = every_answer_revoked(c, mine, stride).unwrap_or_else(|wrong| {
+        panic!("{name}: healed, but OCSP answers other than revoked: {wrong:?}")
+    });
     let failures = w.finish();
     notes.extend(
         failures
@@ -1707,11 +1719,12 @@ fn data_drill(
         observed,
         heal_ms,
         heal_action_ms,
+        answers_at_heal,
         notes,
         clients: client_results(&samples, (t_fault, t_heal)),
     };
     eprintln!(
-        "data drill {name}: {} acknowledged, {} CRLs read ({} stored copies), lost {}, {} answers checked, {} wrong, healed {} ms after the fault (healing step {} ms); {:?}",
+        "data drill {name}: {} acknowledged, {} CRLs read ({} stored copies), lost {}, {} answers checked, {} wrong, healed {} ms after the fault (healing step {} ms), then {} answers all revoked; {:?}",
         r.acknowledged,
         r.observed.crls,
         r.observed.stored_crls,
@@ -1720,6 +1733,7 @@ fn data_drill(
         r.observed.wrong,
         r.heal_ms,
         r.heal_action_ms,
+        r.answers_at_heal,
         r.notes
     );
     for cr in &r.clients {
@@ -1738,6 +1752,51 @@ fn data_drill(
         eprintln!("  ! {e}");
     }
     r
+}
+
+/// Asks every replica, directly and with the signature checked, for every `stride`-th of
+/// `acks`; Ok(answers checked) when each was `revoked`, else the first wrong ones.
+fn every_answer_revoked(c: &Cluster, acks: &[Ack], stride: usize) -> Result<usize, Vec<String>> {
+    let ca = c.ca();
+    let per_replica: Vec<(usize, Vec<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = REPLICAS
+            .iter()
+            .map(|r| {
+                let url = c.replica_url(r);
+                s.spawn(move || {
+                    let (mut n, mut wrong) = (0, Vec::new());
+                    for a in acks.iter().step_by(stride) {
+                        n += 1;
+                        match query(
+                            &url,
+                            ca,
+                            &hex_bytes(&a.serial),
+                            true,
+                            Duration::from_secs(5),
+                        ) {
+                            Ok(ans)
+                                if ans.status == Status::Revoked && ans.verified == Some(true) => {}
+                            Ok(ans) => {
+                                wrong.push(format!("{r} answered {} for {}", ans.status, a.serial))
+                            }
+                            Err(e) => wrong.push(format!("{r} for {}: {e}", a.serial)),
+                        }
+                    }
+                    (n, wrong)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let wrong: Vec<String> = per_replica
+        .iter()
+        .flat_map(|(_, w)| w.iter().take(5).cloned())
+        .collect();
+    if wrong.is_empty() {
+        Ok(per_replica.iter().map(|(n, _)| n).sum())
+    } else {
+        Err(wrong)
+    }
 }
 
 /// Waits until every ready replica answers `revoked` for the newest acknowledgement.
@@ -1864,7 +1923,7 @@ fn run_data_drills(x: &DataCtx, want: &dyn Fn(&str) -> bool) -> Vec<DataDrillRes
             "redis-data-loss",
             true,
             |_, _, _| {
-                redis_cli(&url("a"), &["FLUSHALL"]);
+                flushall(&url("a"));
                 vec![]
             },
             |c| {
@@ -1886,8 +1945,8 @@ fn run_data_drills(x: &DataCtx, want: &dyn Fn(&str) -> bool) -> Vec<DataDrillRes
             |c, x, w| {
                 w.pause();
                 wait_propagated(c, &x.history);
-                redis_cli(&url("a"), &["FLUSHALL"]);
-                redis_cli(&url("b"), &["FLUSHALL"]);
+                flushall(&url("a"));
+                flushall(&url("b"));
                 w.resume();
                 vec![]
             },
@@ -1913,9 +1972,7 @@ fn run_data_drills(x: &DataCtx, want: &dyn Fn(&str) -> bool) -> Vec<DataDrillRes
                     "redis-cli --rdb: {}",
                     String::from_utf8_lossy(&out.stderr)
                 );
-                let serials = x.history.fresh(1000);
-                import_revoked(&c.state, &serials).unwrap();
-                x.history.record(serials, Duration::ZERO);
+                x.history.acknowledge(&c.state, 1000);
                 wait_propagated(c, &x.history);
                 w.resume();
                 let old = rdb_records(&rdb);
@@ -1957,9 +2014,7 @@ fn run_data_drills(x: &DataCtx, want: &dyn Fn(&str) -> bool) -> Vec<DataDrillRes
                     .find(|r| lease.contains(&format!("pid{}-", c.pid(r))))
                     .unwrap_or_else(|| panic!("no region-a replica holds the lease: {lease}"));
                 let other = if holder == "a1" { "a2" } else { "a1" };
-                let serials = x.history.fresh(50);
-                import_revoked(&c.state, &serials).unwrap();
-                x.history.record(serials, Duration::ZERO);
+                x.history.acknowledge(&c.state, 50);
                 c.kill9(holder);
                 c.signal(other, "-STOP");
                 let _ = std::fs::remove_dir_all(c.state.join(format!("data-{holder}")));

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 
 use crate::clock::unix_now_ms;
 use crate::config::Config;
-use crate::feed::consume::{self, Backoff, StreamInfo};
+use crate::feed::consume::{self, stream_info, Backoff, StreamInfo};
 use crate::feed::region::Region;
 use crate::feed::{value_bytes, value_str, FeedError, StreamId};
 use crate::limits::{
@@ -910,64 +910,6 @@ async fn fill(
         }
         return Ok(Flow::Restart);
     }
-}
-
-/// What `XINFO STREAM` says about the region's stream (None: no stream). The feed's own
-/// reading of it is private to its consumer; this one reads the same fields.
-async fn stream_info(
-    region: &Region,
-    conn: &mut MultiplexedConnection,
-) -> Result<Option<StreamInfo>, FeedError> {
-    let reply: Result<Value, redis::RedisError> = redis::cmd("XINFO")
-        .arg("STREAM")
-        .arg(region.keys.stream())
-        .query_async(conn)
-        .await;
-    let v = match reply {
-        Ok(v) => v,
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
-            return Ok(None)
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let fields: Vec<(&Value, &Value)> = match &v {
-        Value::Array(items) => items.chunks_exact(2).map(|p| (&p[0], &p[1])).collect(),
-        Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
-        _ => Vec::new(),
-    };
-    let get = |name: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| value_str(k) == Some(name))
-            .map(|(_, v)| *v)
-            .ok_or_else(|| {
-                FeedError::Protocol(format!(
-                    "XINFO STREAM has no {name} (Redis 7 or newer is required)"
-                ))
-            })
-    };
-    let id = |name: &str| -> Result<StreamId, FeedError> {
-        value_str(get(name)?)
-            .ok_or_else(|| FeedError::Protocol(format!("XINFO STREAM {name}")))?
-            .parse()
-    };
-    let int = |name: &str| -> Result<u64, FeedError> {
-        match get(name)? {
-            Value::Int(n) => Ok(u64::try_from(*n).unwrap_or(0)),
-            _ => Err(FeedError::Protocol(format!("XINFO STREAM {name}"))),
-        }
-    };
-    let first = match get("first-entry")? {
-        Value::Array(e) => e.first().and_then(value_str).map(str::parse).transpose()?,
-        _ => None,
-    };
-    Ok(Some(StreamInfo {
-        last: id("last-generated-id")?,
-        first,
-        added: int("entries-added")?,
-        length: int("length")?,
-        max_deleted: id("max-deleted-entry-id")?,
-    }))
 }
 
 /// Writes the archive's metrics file or serves nothing: see [`serve_metrics`].

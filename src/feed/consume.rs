@@ -611,7 +611,7 @@ pub struct StreamInfo {
 }
 
 /// The stream's trimming state; None when there is no stream.
-async fn stream_info(
+pub async fn stream_info(
     region: &Region,
     conn: &mut MultiplexedConnection,
 ) -> Result<Option<StreamInfo>, FeedError> {

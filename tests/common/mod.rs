@@ -121,6 +121,35 @@ pub fn vigil_cmd(dir: &Path, args: &[&str]) -> Output {
         .expect("run vigil")
 }
 
+/// Runs `vigil --config CONFIG args…` and returns its output.
+pub fn vigil_with(config: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("VIGIL_LOG", "warn")
+        .output()
+        .expect("run vigil")
+}
+
+/// Asserts the command succeeded; returns stdout + stderr.
+pub fn ok(out: &Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+/// Asserts the command was refused; returns its stderr.
+pub fn refused(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "expected a refusal; got {text}");
+    text
+}
+
 /// Runs openssl with args in `dir`; returns (success, stdout + stderr).
 pub fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new("openssl")
