@@ -12,7 +12,9 @@
 //!   region's stream;
 //! - per issuer, the CRL every replica serves: signature, nextUpdate in the future, age, and
 //!   the CRL numbers (never lower than another replica's by more than the publishing lag);
-//! - responder and CA certificate expiry.
+//! - responder and CA certificate expiry;
+//! - with `crl_consumer`, the issuers' CRLs read as a CRL aggregator reads them, from the
+//!   CCADB JSON array ([`crl_consumer`]).
 //!
 //! With `write`, a canary serial is revoked through the admin API and the time until every
 //! replica answers `revoked` is measured.
@@ -27,6 +29,9 @@ use x509_cert::Certificate;
 use x509_ocsp::{BasicOcspResponse, OcspResponse, OcspResponseStatus};
 
 use crate::ocsp::HashAlgorithm;
+
+pub mod crl_consumer;
+pub use crl_consumer::ConsumerOptions;
 
 /// A response to one blocking HTTP/1.1 request.
 #[derive(Debug, Clone)]
@@ -294,6 +299,8 @@ pub struct Target {
     pub canary: Option<(String, String, String, String)>,
     /// Longest wait for the canary.
     pub canary_timeout: Duration,
+    /// With `Some`: the CRL consumer's check ([`crl_consumer`]).
+    pub crl_consumer: Option<ConsumerOptions>,
 }
 
 /// The outcome of one check.
@@ -414,6 +421,9 @@ pub fn run(t: &Target) -> Report {
         ocsp_checks(&mut r, t, name, ca, warn_before);
         crl_checks(&mut r, t, name, ca);
     }
+    if let Some(opts) = &t.crl_consumer {
+        crl_consumer::check(&mut r, t, opts, &cas);
+    }
     feed_checks(&mut r, t);
     if let Some((admin, token, issuer, serial)) = &t.canary {
         match cas.iter().find(|(n, _)| n == issuer) {
@@ -521,6 +531,10 @@ fn crl_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate) {
     for base in &t.replicas {
         let resp = match http(base, "GET", &format!("/crl/{name}.crl"), &[], b"", TIMEOUT) {
             Ok(resp) if resp.status == 200 => resp,
+            Ok(resp) if resp.status == 404 && t.crl_consumer.is_some() => {
+                // sharded: no CRL at /crl/NAME.crl; the consumer check reads every shard
+                continue;
+            }
             Ok(resp) => {
                 r.push(
                     "crl",

@@ -301,6 +301,17 @@ struct DrillArgs {
     /// Longest wait for the canary to reach every replica.
     #[arg(long, default_value = "30s")]
     canary_timeout: humantime::Duration,
+    /// Read every issuer's CRLs as an aggregator does: the URLs of /crl/NAME.json, with retries
+    /// and Range resumes; signature, IDP == URL, freshness, shards (and with --redis the view).
+    #[arg(long)]
+    crl_consumer: bool,
+    /// With --crl-consumer: a CRL whose thisUpdate is older than this fails (CRLite: 336h).
+    #[arg(long, default_value = "336h")]
+    crl_max_age: humantime::Duration,
+    /// With --crl-consumer: keep each URL's last thisUpdate and CRLNumber in this file between
+    /// runs (cron), so a CRL that goes back is caught across runs.
+    #[arg(long, requires = "crl_consumer")]
+    crl_state: Option<PathBuf>,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -516,6 +527,10 @@ fn drill_target(a: &DrillArgs) -> Result<vigil::drill::Target, String> {
         expiry_warning: a.expiry_warning.into(),
         canary,
         canary_timeout: a.canary_timeout.into(),
+        crl_consumer: a.crl_consumer.then(|| vigil::drill::ConsumerOptions {
+            max_age: a.crl_max_age.into(),
+            state: a.crl_state.clone(),
+        }),
     })
 }
 
