@@ -788,7 +788,8 @@ pub fn download(url: &str) -> Result<Download, String> {
             Ok(f) if f.status >= 500 || f.status == 429 || f.status == 408 => {
                 last_error = format!("HEAD: HTTP {}", f.status);
             }
-            Ok(f) => return Err(format!("HEAD: HTTP {}", f.status)),
+            // HEAD not allowed, or not found: the GETs tell (a GET of a missing CRL fails)
+            Ok(_) => break,
             Err(e) => last_error = format!("HEAD: {e}"),
         }
         failures += 1;
