@@ -1773,6 +1773,14 @@ fn wrong_values_fail_validation_naming_the_key() {
             "issuers:\n  - name: a\n    existingSecret: x\n    crlSigner:\n      hsm: [h]\n      dangerSoftwareFallback: ca.key\n",
             "dangerSoftwareFallback",
         ),
+        ("retryProxy:\n  retries: 0\n", "/retryProxy/retries"),
+        (
+            "retryProxy:\n  timeouts:\n    server: 300\n",
+            "/retryProxy/timeouts/server",
+        ),
+        ("retryProxy:\n  maxBodyBytes: -1\n", "/retryProxy/maxBodyBytes"),
+        ("dashboard:\n  enabled: \"yes\"\n", "/dashboard/enabled"),
+        ("tests:\n  serial: not-hex\n", "/tests/serial"),
         ("typo: 1\n", "typo"),
     ];
     let template_cases = [
@@ -1911,7 +1919,10 @@ fn render_with_features(tmp: &Path, extra: &str) -> Rendered {
         ),
     )
     .unwrap();
-    render_ok("one-region + features + demo issuer", &[&base, &features, &f])
+    render_ok(
+        "one-region + features + demo issuer",
+        &[&base, &features, &f],
+    )
 }
 
 /// The single object of `kind` whose component label is `component`.
@@ -2091,7 +2102,11 @@ fn start_haproxy(cfg: &str, servers: &[std::net::SocketAddr], dir: &Path) -> Hap
 
 /// The hook pod's script run as the pod runs it (bash, the drill's report read line by line),
 /// with the image's vigil replaced by the built one and the pod's URLs and paths by `args`.
-fn run_hook_script(script: &str, args: &[String], env: &BTreeMap<String, String>) -> (bool, String) {
+fn run_hook_script(
+    script: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+) -> (bool, String) {
     assert_eq!(
         script.matches("/usr/local/bin/vigil ").count(),
         1,
@@ -2149,8 +2164,11 @@ fn helm_test_pod_drills_the_service_and_the_proxy() {
     let meta = &pod["metadata"];
     assert_eq!(meta["annotations"]["helm.sh/hook"], "test", "{label}");
     assert!(
-        str_of(&meta["annotations"]["helm.sh/hook-delete-policy"], "delete policy")
-            .contains("before-hook-creation"),
+        str_of(
+            &meta["annotations"]["helm.sh/hook-delete-policy"],
+            "delete policy"
+        )
+        .contains("before-hook-creation"),
         "{label}: a rerun must replace the previous test pod"
     );
     assert!(
@@ -2164,7 +2182,10 @@ fn helm_test_pod_drills_the_service_and_the_proxy() {
     assert_eq!(spec["automountServiceAccountToken"], false);
     assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
     let c = &arr(&spec["containers"], "containers")[0];
-    assert_eq!(c["image"], vigil_container["image"], "{label}: vigil's image");
+    assert_eq!(
+        c["image"], vigil_container["image"],
+        "{label}: vigil's image"
+    );
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(c["command"], serde_json::json!(["bash", "-c"]));
     let args: Vec<String> = arr(&c["args"], "args")
@@ -2217,7 +2238,10 @@ fn helm_test_pod_drills_the_service_and_the_proxy() {
     let serials = values_of("--serial");
     assert_eq!(serials.len(), 1, "{label}: one serial asked");
     let env = env_of(c);
-    assert_eq!(env["CHECKS_NOT_COUNTED"], "-", "CRLs are on: every check counts");
+    assert_eq!(
+        env["CHECKS_NOT_COUNTED"], "-",
+        "CRLs are on: every check counts"
+    );
 
     // Its own NetworkPolicy (a hook too), and admitted by vigil's and the proxy's.
     let test_np = component(&r, "NetworkPolicy", HELM_TEST);
@@ -2230,22 +2254,30 @@ fn helm_test_pod_drills_the_service_and_the_proxy() {
     let vigil_np = r.vigil_one("NetworkPolicy");
     let proxy_deploy = component(&r, "Deployment", RETRY_PROXY);
     let proxy_pod_labels = &proxy_deploy["spec"]["template"]["metadata"]["labels"];
-    for (who, labels) in [("test pod", &meta["labels"]), ("retry proxy", proxy_pod_labels)] {
+    for (who, labels) in [
+        ("test pod", &meta["labels"]),
+        ("retry proxy", proxy_pod_labels),
+    ] {
         assert!(
-            peers_for_port(vigil_np, http_port)
-                .iter()
-                .any(|p| p.get("podSelector").is_some_and(|s| selects(&s["matchLabels"], labels))),
+            peers_for_port(vigil_np, http_port).iter().any(|p| p
+                .get("podSelector")
+                .is_some_and(|s| selects(&s["matchLabels"], labels))),
             "{label}: vigil's NetworkPolicy does not admit the {who}"
         );
     }
     let proxy_np = component(&r, "NetworkPolicy", RETRY_PROXY);
-    let proxy_port = resolve_port(&proxy_deploy["spec"]["template"]["spec"]["containers"][0], &Value::from("http"));
+    let proxy_port = resolve_port(
+        &proxy_deploy["spec"]["template"]["spec"]["containers"][0],
+        &Value::from("http"),
+    );
     // The proxy's port is open to anyone here (retryProxy.allowedFrom empty).
     assert!(
         arr(&proxy_np["spec"]["ingress"], "ingress")
             .iter()
             .any(|rule| rule.get("from").is_none()
-                && arr(&rule["ports"], "ports").iter().any(|p| p["port"] == proxy_port)),
+                && arr(&rule["ports"], "ports")
+                    .iter()
+                    .any(|p| p["port"] == proxy_port)),
         "{label}: the proxy's port"
     );
 
@@ -2254,7 +2286,11 @@ fn helm_test_pod_drills_the_service_and_the_proxy() {
     let vtmp = tempfile::tempdir().unwrap();
     let mut vigil = common::Vigil::start(vtmp.path(), None, &[]);
     let cm = component(&r, "ConfigMap", RETRY_PROXY);
-    let proxy = start_haproxy(str_of(&cm["data"]["haproxy.cfg"], "haproxy.cfg"), &[vigil.addr], tmp.path());
+    let proxy = start_haproxy(
+        str_of(&cm["data"]["haproxy.cfg"], "haproxy.cfg"),
+        &[vigil.addr],
+        tmp.path(),
+    );
     let ca = vtmp.path().join("vigil-data/ca.pem");
     let mut local_args = Vec::new();
     for (flag, value) in drill_args.chunks(2).map(|w| (w[0].as_str(), w[1].as_str())) {
@@ -2274,7 +2310,10 @@ fn helm_test_pod_drills_the_service_and_the_proxy() {
         last = out;
         ok
     });
-    assert!(passed, "the helm test script failed against a healthy vigil:\n{last}");
+    assert!(
+        passed,
+        "the helm test script failed against a healthy vigil:\n{last}"
+    );
     assert!(last.contains("helm test: passed"), "{last}");
     for check in ["readiness", "ocsp", "crl", "consistency"] {
         assert_eq!(
@@ -2311,7 +2350,9 @@ fn helm_test_pod_drills_the_service_and_the_proxy() {
     )
     .unwrap();
     let base = chart_dir().join("examples/one-region.yaml");
-    let err = render("unauthorized", &[&base, &f]).err().expect("rendered");
+    let err = render("unauthorized", &[&base, &f])
+        .err()
+        .expect("rendered");
     assert!(err.contains("tests.serial"), "{err}");
     fs::write(
         &f,
@@ -2337,7 +2378,10 @@ fn ocsp_through(
         common::post(addr, "/", &req)
     } else {
         let b64 = base64::engine::general_purpose::STANDARD.encode(&req);
-        let path = b64.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D");
+        let path = b64
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D");
         common::get(addr, &format!("/{path}"), "")
     };
     let took = start.elapsed();
@@ -2388,10 +2432,18 @@ fn retry_proxy_retries_get_and_post_on_another_pod() {
         o.status.success() && out.contains("Configuration file is valid"),
         "{label}: haproxy -c refused the rendered config:\n{out}\n{cfg}"
     );
-    assert!(!out.contains("[WARNING]"), "{label}: haproxy -c warns:\n{out}");
+    assert!(
+        !out.contains("[WARNING]"),
+        "{label}: haproxy -c warns:\n{out}"
+    );
     // haproxy -c does check it: a broken directive is refused.
     fs::write(&file, cfg.replace("retry-on ", "retry-onn ")).unwrap();
-    let o = Command::new("haproxy").arg("-c").arg("-f").arg(&file).output().unwrap();
+    let o = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(!o.status.success(), "haproxy -c passed a broken config");
 
     let lines: Vec<&str> = cfg.lines().map(str::trim).collect();
@@ -2407,7 +2459,10 @@ fn retry_proxy_retries_get_and_post_on_another_pod() {
         "balance leastconn",
         "parse-resolv-conf",
     ] {
-        assert!(lines.contains(&want), "{label}: haproxy.cfg lacks {want:?}:\n{cfg}");
+        assert!(
+            lines.contains(&want),
+            "{label}: haproxy.cfg lacks {want:?}:\n{cfg}"
+        );
     }
     assert_eq!(
         vigil::limits::MAX_REQUEST_BYTES,
@@ -2420,7 +2475,10 @@ fn retry_proxy_retries_get_and_post_on_another_pod() {
     assert_eq!(headless["spec"]["clusterIP"], "None");
     let deploy = r.vigil_one("Deployment");
     let pod_labels = &deploy["spec"]["template"]["metadata"]["labels"];
-    assert!(selects(&headless["spec"]["selector"], pod_labels), "{label}");
+    assert!(
+        selects(&headless["spec"]["selector"], pod_labels),
+        "{label}"
+    );
     let vigil_container = &deploy["spec"]["template"]["spec"]["containers"][0];
     let http_port = resolve_port(vigil_container, &Value::from("http"));
     let max = u64_of(&r.values["autoscaling"]["maxReplicas"], "maxReplicas");
@@ -2429,21 +2487,38 @@ fn retry_proxy_retries_get_and_post_on_another_pod() {
         max + 1,
         str_of(&headless["metadata"]["name"], "name")
     );
-    assert!(lines.contains(&template.as_str()), "{label}: {template:?} in\n{cfg}");
+    assert!(
+        lines.contains(&template.as_str()),
+        "{label}: {template:?} in\n{cfg}"
+    );
     let default_server = lines
         .iter()
         .find(|l| l.starts_with("default-server "))
         .expect("default-server");
-    for w in ["check", "resolvers kube", "init-addr none", "on-error mark-down"] {
-        assert!(default_server.contains(w), "{label}: default-server lacks {w}");
+    for w in [
+        "check",
+        "resolvers kube",
+        "init-addr none",
+        "on-error mark-down",
+    ] {
+        assert!(
+            default_server.contains(w),
+            "{label}: default-server lacks {w}"
+        );
     }
 
     // The proxy's objects agree with each other and stay apart from vigil's.
     let proxy = component(&r, "Deployment", RETRY_PROXY);
     let pod = &proxy["spec"]["template"];
-    assert!(selects(&proxy["spec"]["selector"]["matchLabels"], &pod["metadata"]["labels"]));
+    assert!(selects(
+        &proxy["spec"]["selector"]["matchLabels"],
+        &pod["metadata"]["labels"]
+    ));
     assert!(
-        !selects(&deploy["spec"]["selector"]["matchLabels"], &pod["metadata"]["labels"]),
+        !selects(
+            &deploy["spec"]["selector"]["matchLabels"],
+            &pod["metadata"]["labels"]
+        ),
         "{label}: vigil's Deployment selects the proxy's pods"
     );
     for s in r.vigil_all("Service") {
@@ -2453,12 +2528,17 @@ fn retry_proxy_retries_get_and_post_on_another_pod() {
         );
     }
     assert_eq!(
-        pod["metadata"]["annotations"]["checksum/config"].as_str().map(str::len),
+        pod["metadata"]["annotations"]["checksum/config"]
+            .as_str()
+            .map(str::len),
         Some(64),
         "{label}: a config change rolls the proxy"
     );
     let c = &pod["spec"]["containers"][0];
-    let args: Vec<&str> = arr(&c["args"], "args").iter().map(|a| str_of(a, "arg")).collect();
+    let args: Vec<&str> = arr(&c["args"], "args")
+        .iter()
+        .map(|a| str_of(a, "arg"))
+        .collect();
     let cfg_path = args[args.iter().position(|a| *a == "-f").unwrap() + 1];
     let m = arr(&c["volumeMounts"], "mounts")
         .iter()
@@ -2472,15 +2552,27 @@ fn retry_proxy_retries_get_and_post_on_another_pod() {
     assert!(cfg_path.ends_with("/haproxy.cfg"));
     let port = resolve_port(c, &Value::from("http"));
     let health = resolve_port(c, &Value::from("health"));
-    assert!(lines.contains(&format!("bind 0.0.0.0:{port}").as_str()), "{label}");
-    assert!(lines.contains(&format!("bind 0.0.0.0:{health}").as_str()), "{label}");
+    assert!(
+        lines.contains(&format!("bind 0.0.0.0:{port}").as_str()),
+        "{label}"
+    );
+    assert!(
+        lines.contains(&format!("bind 0.0.0.0:{health}").as_str()),
+        "{label}"
+    );
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         assert_eq!(c[probe]["httpGet"]["path"], path);
         assert_eq!(resolve_port(c, &c[probe]["httpGet"]["port"]), health);
     }
     let service = component(&r, "Service", RETRY_PROXY);
-    assert!(selects(&service["spec"]["selector"], &pod["metadata"]["labels"]));
-    assert_eq!(resolve_port(c, &service["spec"]["ports"][0]["targetPort"]), port);
+    assert!(selects(
+        &service["spec"]["selector"],
+        &pod["metadata"]["labels"]
+    ));
+    assert_eq!(
+        resolve_port(c, &service["spec"]["ports"][0]["targetPort"]),
+        port
+    );
 
     // A real HAProxy on it: a hung pod, a pod closing without an answer, a real vigil.
     let vtmp = tempfile::tempdir().unwrap();
@@ -2504,7 +2596,8 @@ fn retry_proxy_retries_get_and_post_on_another_pod() {
     for (pod, what) in [(&hung, "hung"), (&closing, "closing")] {
         let seen = pod.requests();
         assert!(
-            seen.iter().any(|l| l.starts_with("POST ") && !l.ends_with("body=0"))
+            seen.iter()
+                .any(|l| l.starts_with("POST ") && !l.ends_with("body=0"))
                 && seen.iter().any(|l| l.starts_with("GET /")),
             "the {what} pod took no POST with its body, or no GET: {seen:?}"
         );
@@ -2550,9 +2643,9 @@ fn dashboard_configmap_carries_the_dashboard_for_the_sidecar() {
     let base = chart_dir().join("examples/one-region.yaml");
     let r = render_ok("one-region", &[&base]);
     assert!(
-        r.all("ConfigMap").iter().all(|c| c["metadata"]["labels"]
-            ["app.kubernetes.io/component"]
-            != "dashboard"),
+        r.all("ConfigMap")
+            .iter()
+            .all(|c| c["metadata"]["labels"]["app.kubernetes.io/component"] != "dashboard"),
         "the dashboard is off by default"
     );
 }
@@ -2565,7 +2658,9 @@ fn dashboard_queries(d: &Value) -> Vec<String> {
                 for (k, x) in m {
                     match (k.as_str(), x) {
                         ("expr", Value::String(s)) => out.push(s.clone()),
-                        ("query" | "definition", Value::String(s)) if s.contains("label_values") => {
+                        ("query" | "definition", Value::String(s))
+                            if s.contains("label_values") =>
+                        {
                             out.push(s.clone())
                         }
                         _ => walk(x, out),
@@ -2606,7 +2701,9 @@ fn promql_metric_names(expr: &str) -> Vec<String> {
             '}' => depth -= 1,
             c if depth == 0 && (c.is_ascii_alphabetic() || c == '_' || c == ':') => {
                 let start = i;
-                while i < b.len() && ((b[i] as char).is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':') {
+                while i < b.len()
+                    && ((b[i] as char).is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':')
+                {
                     i += 1;
                 }
                 let word = &expr[start..i];
@@ -2670,7 +2767,10 @@ fn check_dashboard_against(exported: &BTreeMap<String, String>) {
             );
         }
         if !expr.starts_with("label_values(vigil_ocsp_requests_total, job)") {
-            assert!(expr.contains("job=~\"$job\""), "dashboard: {expr:?} is not scoped to $job");
+            assert!(
+                expr.contains("job=~\"$job\""),
+                "dashboard: {expr:?} is not scoped to $job"
+            );
         }
     }
     // The panels the issue asks for, by the metric each must query.
