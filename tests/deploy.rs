@@ -47,6 +47,17 @@
 //! naming the key, and the alert rules may only name metrics vigil exports
 //! (`vigil::telemetry`).
 //!
+//! The optional parts are checked where they can run here. The `helm test` hook pod must
+//! run `vigil drill` from vigil's image against the public Service (and the retry proxy's),
+//! with each issuer's CA certificate and nothing else of its Secret; its script is then run
+//! by bash, as rendered, against a local `vigil serve` and must pass, and fail once vigil is
+//! gone. The retry proxy's haproxy.cfg must pass `haproxy -c` and carry loadtest/cluster.sh's
+//! retry settings; a real HAProxy on it (binds and the DNS `server-template` moved to
+//! loopback) in front of a pod that hangs, one that closes without answering and a real
+//! vigil must answer every OCSP GET and POST, verified. Every metric the Grafana dashboard
+//! queries must be one that the live `vigil serve` of each example exports after answering
+//! OCSP and serving a CRL (its HSM pool, feed and CRL publisher on).
+//!
 //! The Dockerfile is parsed (continuations, exec forms, ARG defaults): its stages, that the
 //! last stage is the runtime and SoftHSM2 is only in `dev`, the non-root numeric USER matching
 //! the chart's `runAsUser`, `VIGIL_DATA_DIR` = the VOLUME = the chart's `data_dir`,
@@ -61,7 +72,10 @@
 //!   objects are checked against the published schemas only. The ServiceMonitor and
 //!   PrometheusRule CRDs have no bundled schema; they are checked by the fields used, and the
 //!   alert expressions are not parsed by promtool.
-//! - `helm test` itself needs a cluster: its hook pod is rendered and validated, not run.
+//! - `helm test` itself needs a cluster: its hook pod is rendered and validated, and its
+//!   script run on this machine, not the pod. The retry proxy's DNS discovery (resolvers,
+//!   `server-template`) is checked by `haproxy -c` only, with the host's HAProxy (Debian's
+//!   2.6), not the chart's image.
 //! - The image build: `docker build` cannot run here, so the compile steps, `apt-get` and the
 //!   p11-kit symlink are checked as text, and the image's run under a read-only root file
 //!   system, probes, preStop timing and scheduling are not exercised.
