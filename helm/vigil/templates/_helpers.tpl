@@ -153,3 +153,38 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" $i.repository $i.tag -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The archive role (archive.yaml): "<fullname>-archive" for its StatefulSet, Service and
+claims, with its own `app.kubernetes.io/name`, so vigil's Service, PDB and NetworkPolicy do
+not take its pod in. The backup CronJob: "<fullname>-backup".
+*/}}
+{{- define "vigil.archiveName" -}}
+{{- printf "%s-archive" (include "vigil.fullname" . | trunc 50 | trimSuffix "-") -}}
+{{- end -}}
+
+{{- define "vigil.archiveSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-archive" (include "vigil.name" .) }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "vigil.backupName" -}}
+{{- printf "%s-backup" (include "vigil.fullname" . | trunc 44 | trimSuffix "-") -}}
+{{- end -}}
+
+{{- define "vigil.backupSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-backup" (include "vigil.name" .) }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "vigil.archiveDir" -}}/var/lib/vigil-archive{{- end -}}
+{{- define "vigil.backupDir" -}}/backups{{- end -}}
+
+{{/* The Prometheus job of the archive role: archiveJob, else the chart's archive Service. */}}
+{{- define "vigil.archiveJob" -}}
+{{- if .Values.metrics.prometheusRule.archiveJob -}}
+{{- .Values.metrics.prometheusRule.archiveJob -}}
+{{- else if .Values.archive.enabled -}}
+{{- include "vigil.archiveName" . -}}
+{{- end -}}
+{{- end -}}
