@@ -105,6 +105,12 @@ const NAMESPACE: &str = "pki";
 const RETRY_PROXY: &str = "retry-proxy";
 /// The `app.kubernetes.io/component` label of the `helm test` hook's objects.
 const HELM_TEST: &str = "helm-test";
+/// The `app.kubernetes.io/component` label of the archive role's objects (archive.yaml).
+const ARCHIVE: &str = "archive";
+/// The `app.kubernetes.io/component` label of the backup job's objects (backup-cronjob.yaml).
+const BACKUP: &str = "backup";
+/// The age X25519 recipient of the all-features backup job (age's specification example).
+const AGE_RECIPIENT: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
 
 fn root() -> &'static Path {
     Path::new(ROOT)
@@ -357,14 +363,15 @@ impl Rendered {
         v[0]
     }
 
-    /// Objects of `kind` that are vigil's own: not the retry proxy's (retry-proxy.yaml) nor
-    /// the `helm test` hook's (tests/drill.yaml), which select their own pods.
+    /// Objects of `kind` that are vigil's own: not the retry proxy's (retry-proxy.yaml), the
+    /// `helm test` hook's (tests/drill.yaml), the archive role's (archive.yaml) nor the backup
+    /// job's (backup-cronjob.yaml), which select their own pods.
     fn vigil_all(&self, kind: &str) -> Vec<&Value> {
         self.all(kind)
             .into_iter()
             .filter(|o| {
                 let c = &o["metadata"]["labels"]["app.kubernetes.io/component"];
-                c != RETRY_PROXY && c != HELM_TEST
+                c != RETRY_PROXY && c != HELM_TEST && c != ARCHIVE && c != BACKUP
             })
             .collect()
     }
@@ -829,7 +836,7 @@ fn check_objects(r: &Rendered) -> ChartFacts {
 
     // Monitoring.
     if v["metrics"]["serviceMonitor"]["enabled"] == true {
-        let sm = r.one("ServiceMonitor");
+        let sm = r.vigil_one("ServiceMonitor");
         let sel = &sm["spec"]["selector"]["matchLabels"];
         for s in &services {
             let is_public = s["metadata"]["name"] == public["metadata"]["name"];
@@ -903,8 +910,25 @@ fn check_alerts(r: &Rendered, table: &toml::Table, public: &Value) {
         wanted.push(("VigilFeedIncomplete", t::FEED_COVERED));
         wanted.push(("VigilBackupStale", t::BACKUP_LAST_SUCCESS));
     }
-    if r.values["metrics"]["prometheusRule"]["archiveJob"] != "" {
+    // The archive's job: archiveJob, else the chart's archive Service (archive.enabled).
+    let archive_job = match r.values["metrics"]["prometheusRule"]["archiveJob"].as_str() {
+        Some(j) if !j.is_empty() => Some(j.to_owned()),
+        _ if r.values["archive"]["enabled"] == true => Some(
+            str_of(
+                &component(r, "Service", ARCHIVE)["metadata"]["name"],
+                "archive Service",
+            )
+            .to_owned(),
+        ),
+        _ => None,
+    };
+    if archive_job.is_some() {
         wanted.push(("VigilArchiveLagging", t::ARCHIVE_LAG));
+    } else {
+        assert!(
+            expr_of("VigilArchiveLagging").is_empty(),
+            "{label}: an archive-lag alert with no archive"
+        );
     }
     if table.contains_key("crl") {
         wanted.push(("VigilCrlStale", t::CRL_AGE));
@@ -985,14 +1009,8 @@ fn check_alerts(r: &Rendered, table: &toml::Table, public: &Value) {
         t::ARCHIVE_LAG,
     ];
     let job = format!("job=\"{}\"", str_of(&public["metadata"]["name"], "name"));
-    // The archive role is scraped under its own job (it is not part of the chart).
-    let archive_job = format!(
-        "job=\"{}\"",
-        str_of(
-            &r.values["metrics"]["prometheusRule"]["archiveJob"],
-            "archiveJob"
-        )
-    );
+    // The archive role is scraped under its own job.
+    let archive_job = format!("job=\"{}\"", archive_job.unwrap_or_default());
     for r in &rules {
         let expr = str_of(&r["expr"], "expr");
         let job = if r["alert"] == "VigilArchiveLagging" {
@@ -1554,9 +1572,12 @@ fn all_features_values(dir: &Path) -> PathBuf {
     let f = dir.join("all-features.yaml");
     fs::write(
         &f,
-        "networkPolicy:\n  enabled: true\npodDisruptionBudget:\n  enabled: true\n\
+        format!(
+            "networkPolicy:\n  enabled: true\npodDisruptionBudget:\n  enabled: true\n\
          metrics:\n  serviceMonitor:\n    enabled: true\n  prometheusRule:\n    enabled: true\n\
-         retryProxy:\n  enabled: true\ndashboard:\n  enabled: true\n",
+         retryProxy:\n  enabled: true\ndashboard:\n  enabled: true\narchive:\n  enabled: true\n\
+         backup:\n  enabled: true\n  recipient: {AGE_RECIPIENT}\n"
+        ),
     )
     .unwrap();
     f
@@ -1795,9 +1816,15 @@ fn wrong_values_fail_validation_naming_the_key() {
         ("retryProxy:\n  maxBodyBytes: -1\n", "/retryProxy/maxBodyBytes"),
         ("dashboard:\n  enabled: \"yes\"\n", "/dashboard/enabled"),
         ("tests:\n  serial: not-hex\n", "/tests/serial"),
+        ("backup:\n  recipient: not-an-age-key\n", "/backup/recipient"),
+        ("archive:\n  replicas: 2\n", "replicas"),
         ("typo: 1\n", "typo"),
     ];
     let template_cases = [
+        (
+            "feed:\n  enabled: false\njournal:\n  existingClaim: j\narchive:\n  enabled: true\n",
+            "archive.enabled",
+        ),
         (
             "drain:\n  terminationGracePeriodSeconds: 10\n",
             "terminationGracePeriodSeconds",
@@ -2636,6 +2663,350 @@ fn retry_proxy_retries_get_and_post_on_another_pod() {
 
 /// The dashboard ConfigMap: dashboards/vigil.json as shipped, with the sidecar's label and
 /// folder annotation, off by default.
+/// The pod spec, the `vigil` container and the facts check-config needs of a rendered pod
+/// template (the archive's StatefulSet, the backup CronJob's job).
+fn pod_facts<'a>(r: &'a Rendered, pod: &'a Value) -> (&'a Value, &'a Value, ChartFacts) {
+    let spec = &pod["spec"];
+    let c = arr(&spec["containers"], "containers")
+        .iter()
+        .find(|c| c["name"] == "vigil")
+        .unwrap_or_else(|| panic!("{}: no container named vigil", r.label));
+    let env = env_of(c);
+    let volumes = arr(&spec["volumes"], "volumes");
+    let cfg = volumes
+        .iter()
+        .find(|v| v["name"] == "config")
+        .unwrap_or_else(|| panic!("{}: no config volume", r.label));
+    let cm = r
+        .named("ConfigMap", str_of(&cfg["configMap"]["name"], "configMap"))
+        .unwrap_or_else(|| panic!("{}: the config volume names no ConfigMap", r.label));
+    let toml_text = str_of(&cm["data"]["vigil.toml"], "vigil.toml").to_owned();
+    let table: toml::Table = toml_text.parse().unwrap();
+    let facts = ChartFacts {
+        toml_text,
+        table,
+        env,
+        mounts: arr(&c["volumeMounts"], "volumeMounts").clone(),
+        volumes: volumes.clone(),
+    };
+    (spec, c, facts)
+}
+
+/// `vigil` with a pod's environment, its /etc/vigil and /var/lib/vigil paths under the test's
+/// pod root and VIGIL_CONFIG the runnable config (regions on local Redis).
+fn pod_vigil_cmd(facts: &ChartFacts, tmp: &Path, runnable: &Path) -> Command {
+    let prefix = tmp.join("pod").display().to_string();
+    let mut cmd = clean_vigil_cmd();
+    for (k, v) in &facts.env {
+        let v = if v.starts_with("/etc/vigil") || v.starts_with("/var/lib/vigil") {
+            format!("{prefix}{v}")
+        } else {
+            v.clone()
+        };
+        cmd.env(k, v);
+    }
+    cmd.env(vigil::config::ENV_CONFIG, runnable);
+    cmd
+}
+
+/// The archive role (archive.enabled): a one-replica StatefulSet running `vigil archive` with
+/// `--dir` on its own claim (from the claim template, or an existing claim), probed on the
+/// /metrics of its `--metrics-addr`, hardened as the Deployment, scraped through its own
+/// Service (the job VigilArchiveLagging watches) and admitted on its metrics port only; none
+/// of vigil's Service, PDB, NetworkPolicy or ServiceMonitor takes it in. Its config passes the
+/// real `vigil check-config` on the files it mounts, and a real `vigil archive` on it (its
+/// regions on local Redis) answers the probe path with vigil_archive_lag_seconds. The backup
+/// CronJob (backup.enabled) runs `vigil backup create` into /backups on its claim, encrypted to
+/// backup.recipient; its script, run by bash as rendered (plaintext, so it also verifies),
+/// leaves one backup file that `vigil backup verify` accepts.
+#[test]
+fn archive_statefulset_and_backup_cronjob_run_vigil_on_their_volumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = render_with_features(tmp.path(), "");
+    let label = r.label.as_str();
+    let deploy = r.vigil_one("Deployment");
+    let dspec = &deploy["spec"]["template"]["spec"];
+    let dc = &arr(&dspec["containers"], "containers")[0];
+
+    // === the archive's StatefulSet ===
+    let sts = component(&r, "StatefulSet", ARCHIVE);
+    assert_eq!(
+        sts["spec"]["replicas"], 1,
+        "{label}: the archive is one writer"
+    );
+    let pod = &sts["spec"]["template"];
+    let labels = &pod["metadata"]["labels"];
+    assert!(
+        selects(&sts["spec"]["selector"]["matchLabels"], labels),
+        "{label}"
+    );
+    for s in r.vigil_all("Service") {
+        assert!(
+            !selects(&s["spec"]["selector"], labels),
+            "{label}: vigil's Service {} selects the archive pod",
+            s["metadata"]["name"]
+        );
+    }
+    assert!(!selects(
+        &r.one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        labels
+    ));
+    assert!(!selects(
+        &r.vigil_one("NetworkPolicy")["spec"]["podSelector"]["matchLabels"],
+        labels
+    ));
+    let (spec, c, facts) = pod_facts(&r, pod);
+    assert_eq!(spec["securityContext"], dspec["securityContext"], "{label}");
+    assert_eq!(c["securityContext"], dc["securityContext"], "{label}");
+    assert_eq!(spec["automountServiceAccountToken"], false, "{label}");
+    assert_eq!(c["image"], dc["image"], "{label}: vigil's image");
+    let args: Vec<&str> = arr(&c["args"], "args")
+        .iter()
+        .map(|a| str_of(a, "arg"))
+        .collect();
+    assert_eq!(
+        args[..3],
+        ["archive", "--dir", "/var/lib/vigil-archive"],
+        "{label}"
+    );
+    let at = args.iter().position(|a| *a == "--metrics-addr").unwrap();
+    let metrics_port = port_of(args[at + 1]);
+    // The directory is the claim's, writable.
+    let mounts = arr(&c["volumeMounts"], "volumeMounts");
+    let dir_mount = mounts
+        .iter()
+        .find(|m| m["mountPath"] == args[2])
+        .unwrap_or_else(|| panic!("{label}: nothing is mounted at the archive dir"));
+    assert_ne!(dir_mount["readOnly"], true, "{label}");
+    let templates = arr(&sts["spec"]["volumeClaimTemplates"], "volumeClaimTemplates");
+    assert_eq!(templates.len(), 1, "{label}");
+    assert_eq!(
+        templates[0]["metadata"]["name"], dir_mount["name"],
+        "{label}"
+    );
+    assert_eq!(
+        templates[0]["spec"]["resources"]["requests"]["storage"],
+        r.values["archive"]["persistence"]["size"],
+        "{label}"
+    );
+    assert!(
+        !arr(&spec["volumes"], "volumes")
+            .iter()
+            .any(|v| v["name"] == dir_mount["name"]),
+        "{label}: the claim template provides the archive volume"
+    );
+    // Probes on what --metrics-addr serves.
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let g = &c[probe]["httpGet"];
+        assert_eq!(g["path"], "/metrics", "{label}: {probe}");
+        assert_eq!(
+            resolve_port(c, &g["port"]),
+            metrics_port,
+            "{label}: {probe}"
+        );
+    }
+    // Its Service is the StatefulSet's and the ServiceMonitor's; its name is the alert's job.
+    let svc = component(&r, "Service", ARCHIVE);
+    assert_eq!(
+        sts["spec"]["serviceName"], svc["metadata"]["name"],
+        "{label}"
+    );
+    assert!(selects(&svc["spec"]["selector"], labels), "{label}");
+    let sp = &arr(&svc["spec"]["ports"], "ports")[0];
+    assert_eq!(resolve_port(c, &sp["targetPort"]), metrics_port, "{label}");
+    let sm = component(&r, "ServiceMonitor", ARCHIVE);
+    assert!(selects(
+        &sm["spec"]["selector"]["matchLabels"],
+        &svc["metadata"]["labels"]
+    ));
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], sp["name"], "{label}");
+    assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics", "{label}");
+    assert!(!selects(
+        &r.vigil_one("ServiceMonitor")["spec"]["selector"]["matchLabels"],
+        &svc["metadata"]["labels"]
+    ));
+    let rule = r.one("PrometheusRule");
+    let lag: Vec<&Value> = arr(&rule["spec"]["groups"], "groups")
+        .iter()
+        .flat_map(|g| arr(&g["rules"], "rules"))
+        .filter(|x| x["alert"] == "VigilArchiveLagging")
+        .collect();
+    assert_eq!(lag.len(), 1, "{label}: the archive-lag alert");
+    assert!(str_of(&lag[0]["expr"], "expr").contains(&format!(
+        "job=\"{}\"",
+        str_of(&svc["metadata"]["name"], "name")
+    )));
+    let np = component(&r, "NetworkPolicy", ARCHIVE);
+    assert!(selects(&np["spec"]["podSelector"]["matchLabels"], labels));
+    let admitted: Vec<u64> = arr(&np["spec"]["ingress"], "ingress")
+        .iter()
+        .flat_map(|rule| arr(&rule["ports"], "ports"))
+        .map(|p| u64_of(&p["port"], "port"))
+        .collect();
+    assert_eq!(admitted, [metrics_port], "{label}: the metrics port only");
+
+    // Its config passes check-config on the files the pod mounts ...
+    let image = image_paths();
+    let image: Vec<&str> = image.iter().map(String::as_str).collect();
+    let config = lay_out_pod_files(label, &facts, &image, tmp.path());
+    let o = check_config(&facts, tmp.path());
+    assert!(
+        o.status.success(),
+        "{label}: vigil check-config refused the archive's config:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // ... and `vigil archive` on it, as rendered, serves the probe path.
+    let (runnable, _redis) = runnable_config(label, &config, tmp.path());
+    let dir = tmp.path().join("pod").join(args[2].trim_start_matches('/'));
+    fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let mut archive_args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    archive_args[2] = dir.display().to_string();
+    archive_args[at + 1] = format!("127.0.0.1:{port}");
+    let mut child = pod_vigil_cmd(&facts, tmp.path(), &runnable)
+        .args(&archive_args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let scraped = loop {
+        let up = std::net::TcpStream::connect(addr).is_ok();
+        if up {
+            let resp = common::get(addr, "/metrics", "");
+            let body = String::from_utf8_lossy(&resp.body).into_owned();
+            if resp.status == 200 && body.contains(vigil::telemetry::ARCHIVE_LAG) {
+                break Some(body);
+            }
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        scraped.is_some(),
+        "{label}: vigil archive did not serve {} on /metrics:\n{}",
+        vigil::telemetry::ARCHIVE_LAG,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // === the backup CronJob ===
+    let cj = component(&r, "CronJob", BACKUP);
+    assert_eq!(cj["spec"]["concurrencyPolicy"], "Forbid", "{label}");
+    let job_pod = &cj["spec"]["jobTemplate"]["spec"]["template"];
+    let (bspec, bc, bfacts) = pod_facts(&r, job_pod);
+    assert_eq!(
+        bspec["securityContext"], dspec["securityContext"],
+        "{label}"
+    );
+    assert_eq!(bc["securityContext"], dc["securityContext"], "{label}");
+    assert_eq!(
+        bfacts.env["VIGIL_BACKUP_RECIPIENT"], AGE_RECIPIENT,
+        "{label}"
+    );
+    let script = str_of(&arr(&bc["args"], "args")[0], "script");
+    assert!(
+        script.contains("out=\"/backups/vigil-$(date -u +%Y%m%dT%H%M%SZ).vbk\"")
+            && script.contains(
+                "/usr/local/bin/vigil backup create --out \"$out\" --recipient \"$VIGIL_BACKUP_RECIPIENT\""
+            ),
+        "{label}: the backup script:\n{script}"
+    );
+    let bmount = arr(&bc["volumeMounts"], "volumeMounts")
+        .iter()
+        .find(|m| m["mountPath"] == "/backups")
+        .unwrap_or_else(|| panic!("{label}: nothing at /backups"));
+    let bvol = arr(&bspec["volumes"], "volumes")
+        .iter()
+        .find(|v| v["name"] == bmount["name"])
+        .unwrap();
+    let pvc = component(&r, "PersistentVolumeClaim", BACKUP);
+    assert_eq!(
+        bvol["persistentVolumeClaim"]["claimName"], pvc["metadata"]["name"],
+        "{label}"
+    );
+    assert_eq!(
+        pvc["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    // The script as rendered, the image's paths moved here, the plaintext branch (no
+    // recipient, so it verifies what it wrote).
+    let backups = tmp.path().join("backups");
+    fs::create_dir_all(&backups).unwrap();
+    let local = script
+        .replace("/usr/local/bin/vigil ", &format!("{} ", common::BIN))
+        .replace("/backups", &backups.display().to_string());
+    let envs: Vec<(std::ffi::OsString, std::ffi::OsString)> =
+        pod_vigil_cmd(&bfacts, tmp.path(), &runnable)
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+            .collect();
+    let o = clean_vigil_cmd_env(Command::new("bash"))
+        .envs(envs)
+        .env_remove("VIGIL_BACKUP_RECIPIENT")
+        .arg("-c")
+        .arg(&local)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{label}: the backup script failed:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let files: Vec<PathBuf> = fs::read_dir(&backups)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{label}: one backup file: {files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("vigil-") && name.ends_with(".vbk"),
+        "{name}"
+    );
+    let o = clean_vigil_cmd()
+        .args(["backup", "verify"])
+        .arg(&files[0])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{label}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // With existing claims (an object-store mount), no claim is made by the chart.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let r2 = render_with_features(
+        tmp2.path(),
+        "archive:\n  persistence:\n    existingClaim: archive-bucket\n    subPath: pki\n\
+         backup:\n  persistence:\n    existingClaim: backup-bucket\n",
+    );
+    let sts2 = component(&r2, "StatefulSet", ARCHIVE);
+    assert!(sts2["spec"].get("volumeClaimTemplates").is_none());
+    let pod2 = &sts2["spec"]["template"]["spec"];
+    let m2 = arr(&pod2["containers"][0]["volumeMounts"], "mounts")
+        .iter()
+        .find(|m| m["mountPath"] == "/var/lib/vigil-archive")
+        .unwrap();
+    assert_eq!(m2["subPath"], "pki");
+    let v2 = arr(&pod2["volumes"], "volumes")
+        .iter()
+        .find(|v| v["name"] == m2["name"])
+        .unwrap();
+    assert_eq!(v2["persistentVolumeClaim"]["claimName"], "archive-bucket");
+    assert!(r2.all("PersistentVolumeClaim").is_empty());
+    let cj2 = component(&r2, "CronJob", BACKUP);
+    let vols = &cj2["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"];
+    assert!(arr(vols, "volumes")
+        .iter()
+        .any(|v| v["persistentVolumeClaim"]["claimName"] == "backup-bucket"));
+}
+
 #[test]
 fn dashboard_configmap_carries_the_dashboard_for_the_sidecar() {
     let tmp = tempfile::tempdir().unwrap();
