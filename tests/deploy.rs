@@ -56,7 +56,10 @@
 //! loopback) in front of a pod that hangs, one that closes without answering and a real
 //! vigil must answer every OCSP GET and POST, verified. Every metric the Grafana dashboard
 //! queries must be one that the live `vigil serve` of each example exports after answering
-//! OCSP and serving a CRL (its HSM pool, feed and CRL publisher on).
+//! OCSP and serving a CRL (its HSM pool, feed and CRL publisher on). The archive role's
+//! StatefulSet must run `vigil archive` with `--dir` on its claim, probed on its /metrics, its
+//! config accepted by `vigil check-config` and a real `vigil archive` on it serving the probe
+//! path; the backup CronJob's script, run by bash as rendered, must leave a verified backup.
 //!
 //! The Dockerfile is parsed (continuations, exec forms, ARG defaults): its stages, that the
 //! last stage is the runtime and SoftHSM2 is only in `dev`, the non-root numeric USER matching
@@ -2722,7 +2725,9 @@ fn pod_vigil_cmd(facts: &ChartFacts, tmp: &Path, runnable: &Path) -> Command {
 #[test]
 fn archive_statefulset_and_backup_cronjob_run_vigil_on_their_volumes() {
     let tmp = tempfile::tempdir().unwrap();
-    let r = render_with_features(tmp.path(), "");
+    let base = chart_dir().join("examples/one-region.yaml");
+    let features = all_features_values(tmp.path());
+    let r = render_ok("one-region + features", &[&base, &features]);
     let label = r.label.as_str();
     let deploy = r.vigil_one("Deployment");
     let dspec = &deploy["spec"]["template"]["spec"];
@@ -2980,11 +2985,16 @@ fn archive_statefulset_and_backup_cronjob_run_vigil_on_their_volumes() {
     );
 
     // With existing claims (an object-store mount), no claim is made by the chart.
-    let tmp2 = tempfile::tempdir().unwrap();
-    let r2 = render_with_features(
-        tmp2.path(),
+    let claims = tmp.path().join("claims.yaml");
+    fs::write(
+        &claims,
         "archive:\n  persistence:\n    existingClaim: archive-bucket\n    subPath: pki\n\
          backup:\n  persistence:\n    existingClaim: backup-bucket\n",
+    )
+    .unwrap();
+    let r2 = render_ok(
+        "one-region + features + existing claims",
+        &[&base, &features, &claims],
     );
     let sts2 = component(&r2, "StatefulSet", ARCHIVE);
     assert!(sts2["spec"].get("volumeClaimTemplates").is_none());
