@@ -391,7 +391,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    vigil::telemetry::init_tracing(&cfg.log.filter);
+    vigil::telemetry::init_tracing(&cfg.log.filter, cfg.log.format);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cfg),
         Command::Revoke {
