@@ -1065,6 +1065,11 @@ fn write_report(results: &[DrillResult], data: &[DataDrillResult], config: &str)
         .chain(data.iter().map(|d| d.timeline.clone()))
         .collect();
     let page = timeline::html("vigil drill report", config, &timelines).unwrap();
+    assert_eq!(
+        page.matches("<svg").count(),
+        timelines.len(),
+        "one chart per drill"
+    );
     std::fs::write(base.with_extension("html"), page).unwrap();
     base.with_extension("md")
 }

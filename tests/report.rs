@@ -138,12 +138,13 @@ fn chromium(page: &Path, extra: &[String]) -> (bool, String, String) {
     )
 }
 
-/// Console errors and uncaught exceptions in Chromium's log.
+/// Console messages (the page has no script: any is unexpected), uncaught exceptions and
+/// failed loads in Chromium's log.
 fn console_errors(log: &str) -> Vec<&str> {
     log.lines()
         .filter(|l| {
-            l.contains("Uncaught")
-                || (l.contains("CONSOLE") && (l.contains("ERROR") || l.contains("error")))
+            l.contains(":CONSOLE")
+                || l.contains("Uncaught")
                 || l.contains("Failed to load resource")
         })
         .collect()
@@ -269,6 +270,23 @@ fn serial_of(data: &Path, name: &str) -> String {
     let (ok, out) = common::openssl(data, &["x509", "-in", &cert, "-noout", "-serial"]);
     assert!(ok, "{out}");
     out.trim().trim_start_matches("serial=").to_owned()
+}
+
+#[test]
+fn chromium_console_errors_are_seen() {
+    // The check above is only worth something if Chromium's log shows a broken page.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.html");
+    std::fs::write(
+        &bad,
+        "<html><body><script>console.error('boom'); notDefined();</script></body></html>",
+    )
+    .unwrap();
+    let (ok, _, log) = chromium(&bad, &["--dump-dom".to_owned()]);
+    assert!(ok, "{log}");
+    let errors = console_errors(&log);
+    assert!(errors.iter().any(|l| l.contains("boom")), "{log}");
+    assert!(errors.iter().any(|l| l.contains("Uncaught")), "{log}");
 }
 
 #[test]
