@@ -9,6 +9,7 @@
 use std::fmt::Write as _;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// What one request got, as the chart colours it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -294,11 +295,17 @@ fn draw(t: &Timeline, out: &mut String) -> DrawResult {
     // readable.
     for (i, m) in t.marks.iter().enumerate() {
         let y = top * (0.50 - 0.045 * (i % 3) as f64);
-        chart.draw_series(std::iter::once(Text::new(
-            format!(" {}", m.label),
-            (m.at_secs, y),
-            ("sans-serif", 13).into_font().color(&m.kind.colour()),
-        )))?;
+        let style = ("sans-serif", 13).into_font().color(&m.kind.colour());
+        // In the right half the label goes left of its line, so that it is not cut off.
+        let (text, style) = if m.at_secs > end / 2.0 {
+            (
+                format!("{} ", m.label),
+                style.pos(Pos::new(HPos::Right, VPos::Top)),
+            )
+        } else {
+            (format!(" {}", m.label), style)
+        };
+        chart.draw_series(std::iter::once(Text::new(text, (m.at_secs, y), style)))?;
     }
     chart
         .configure_series_labels()
