@@ -259,8 +259,9 @@ pub struct FeedConfig {
     /// Regions that must hold a write before it is acknowledged (default: a majority).
     #[serde(default)]
     pub quorum: Option<usize>,
-    /// Approximate length each region's stream is trimmed to (`XADD MAXLEN ~`). Replicas
-    /// further behind than this re-bootstrap from the snapshot.
+    /// About how many events each region's stream keeps (trimmed with `MAXLEN ~` to about
+    /// this many entries of one event, fewer entries of a batch's many). Replicas further
+    /// behind than this re-bootstrap from the snapshot.
     #[serde(default = "default_maxlen")]
     pub maxlen: u64,
     /// Prefix of every Redis key vigil uses.

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod apply;
 pub mod archive;
+pub mod background;
 pub mod backup;
 pub mod cache;
 pub mod clock;

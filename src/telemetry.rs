@@ -33,6 +33,14 @@ pub const SIGNING_ERRORS: &str = "vigil_signing_errors_total";
 pub const SIGNING_STATUS_CHANGED: &str = "vigil_signing_status_changed_total";
 /// Requests shed because the signing queue was full.
 pub const SIGNING_SHED: &str = "vigil_signing_shed_total";
+/// Gauge, label `priority` (status_change, routine): signatures waiting for a signing slot or
+/// thread, read at each scrape.
+pub const SIGNING_QUEUE_DEPTH: &str = "vigil_signing_queue_depth";
+/// Gauge: 1 while `/readyz` answers ready (degraded or not), 0 while it answers 503; read at
+/// each scrape.
+pub const READY: &str = "vigil_ready";
+/// Gauge: 1 while `/readyz` answers "ready, degraded", else 0; read at each scrape.
+pub const DEGRADED: &str = "vigil_degraded";
 /// Status events applied to the view, by `result` (changed, unchanged).
 pub const EVENTS_APPLIED: &str = "vigil_status_events_total";
 /// Journal records skipped because they did not decode.
