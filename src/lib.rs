@@ -20,6 +20,7 @@ pub mod keyshare;
 pub mod limits;
 pub mod ocsp;
 pub mod pki;
+pub mod report;
 pub mod responder;
 pub mod signer;
 pub mod status;

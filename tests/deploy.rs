@@ -1897,6 +1897,8 @@ fn values_are_written_as_toml_of_the_right_type() {
         .unwrap_or_else(|e| panic!("{e}\n{}", facts.toml_text));
     cfg.validate().unwrap();
     assert_eq!(cfg.log.filter, filter);
+    // The chart's default, kept when values set other [log] keys.
+    assert_eq!(cfg.log.format, vigil::config::LogFormat::Json);
     assert_eq!(cfg.ocsp.cache_max_bytes, 268_435_456);
     assert!(!cfg.server.http2);
     assert_eq!(cfg.limits.max_cert_ids, 8);

@@ -147,7 +147,10 @@ impl Publisher {
             let scan = table.clone();
             let sharding = pi.sharding;
             let holds = pi.issuer.allow_hold;
-            let candidates = match crate::background::run(move || {
+            // At normal priority, not on the background threads: the scan holds the table's
+            // read lock, and a low-priority thread preempted while holding it would keep the
+            // feed's writer waiting, and every OCSP read queued behind that writer.
+            let candidates = match tokio::task::spawn_blocking(move || {
                 select::revoked_by_shard(&scan, &sharding, holds)
             })
             .await
