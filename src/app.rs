@@ -382,8 +382,7 @@ impl RunningFeed {
         let (path, view) = (self.path.clone(), view.clone());
         let started = std::time::Instant::now();
         let r =
-            tokio::task::spawn_blocking(move || checkpoint::write(&path, &view, &cursors, fresh))
-                .await;
+            crate::background::run(move || checkpoint::write(&path, &view, &cursors, fresh)).await;
         metrics::histogram!(telemetry::CHECKPOINT_DURATION).record(started.elapsed().as_secs_f64());
         match r {
             Ok(Ok(n)) => {

@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Notify;
 
+use crate::limits::APPLY_BULK_CHANGES;
 use crate::responder::Responder;
 use crate::status::{CertRecord, CertStatus, Event, IssuerId, Serial, StatusView};
 
@@ -71,7 +72,10 @@ impl Applier {
             changed += 1;
             changes.push((e.issuer, e.serial, before, after));
         });
-        self.follow_up(&changes, false).await;
+        // A mass revocation read in one go: evict what is cached, but do not mark a million
+        // certificates no client asked about for status-change priority.
+        let bulk = changes.len() > APPLY_BULK_CHANGES;
+        self.follow_up(&changes, bulk).await;
         Applied {
             changed,
             unchanged: events.len() - changed,

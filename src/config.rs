@@ -24,6 +24,8 @@ pub const ENV_OCSP_PREFIX: &str = "VIGIL_OCSP_PREFIX";
 pub const ENV_NONCE: &str = "VIGIL_NONCE";
 /// Overrides `log.filter`.
 pub const ENV_LOG: &str = "VIGIL_LOG";
+/// Overrides `log.format` (`text` or `json`).
+pub const ENV_LOG_FORMAT: &str = "VIGIL_LOG_FORMAT";
 /// Overrides `crl.base_url`.
 pub const ENV_CRL_BASE_URL: &str = "VIGIL_CRL_BASE_URL";
 /// The admin API bearer token (instead of `admin.token_file`).
@@ -257,8 +259,9 @@ pub struct FeedConfig {
     /// Regions that must hold a write before it is acknowledged (default: a majority).
     #[serde(default)]
     pub quorum: Option<usize>,
-    /// Approximate length each region's stream is trimmed to (`XADD MAXLEN ~`). Replicas
-    /// further behind than this re-bootstrap from the snapshot.
+    /// About how many events each region's stream keeps (trimmed with `MAXLEN ~` to about
+    /// this many entries of one event, fewer entries of a batch's many). Replicas further
+    /// behind than this re-bootstrap from the snapshot.
     #[serde(default = "default_maxlen")]
     pub maxlen: u64,
     /// Prefix of every Redis key vigil uses.
@@ -388,12 +391,40 @@ fn default_admin_body() -> usize {
 pub struct LogConfig {
     /// `tracing` filter, e.g. `info` or `vigil=debug`.
     pub filter: String,
+    /// Line format on stderr.
+    pub format: LogFormat,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             filter: "info".into(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+/// How log lines are written (`log.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines; coloured only when stderr is a terminal and `NO_COLOR` is unset.
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields (with the message), span.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown format {other:?}, expected \"text\" or \"json\""
+            )),
         }
     }
 }
@@ -898,6 +929,11 @@ impl Config {
         }
         if let Some(v) = get(ENV_LOG) {
             self.log.filter = v;
+        }
+        if let Some(v) = get(ENV_LOG_FORMAT) {
+            self.log.format = v
+                .parse()
+                .map_err(|e| ConfigError(format!("log.format (from {ENV_LOG_FORMAT}): {e}")))?;
         }
         if let Some(v) = get(ENV_CRL_BASE_URL) {
             self.crl.base_url = Some(v);
@@ -1537,6 +1573,34 @@ mod tests {
             .apply_env(|k| (k == ENV_NONCE).then(|| "sometimes".into()))
             .expect_err("bad");
         assert!(e.to_string().contains("ocsp.nonce"));
+    }
+
+    #[test]
+    fn log_format_from_file_and_env() {
+        let mut c =
+            Config::from_toml(&format!("[log]\nformat = \"json\"\n{ISSUER}")).expect("parse");
+        assert_eq!(c.log.format, LogFormat::Json);
+        c.apply_env(|k| (k == ENV_LOG_FORMAT).then(|| "text".into()))
+            .expect("env");
+        assert_eq!(c.log.format, LogFormat::Text);
+        let e = c
+            .apply_env(|k| (k == ENV_LOG_FORMAT).then(|| "JSON ".into()))
+            .expect_err("bad env");
+        assert!(
+            e.to_string().contains("log.format (from VIGIL_LOG_FORMAT)"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("\"text\" or \"json\""), "{e}");
+        let e = Config::from_toml(&format!("[log]\nformat = \"xml\"\n{ISSUER}"))
+            .expect_err("bad file value");
+        assert!(
+            e.to_string().contains("format") && e.to_string().contains("xml"),
+            "{e}"
+        );
+        assert_eq!(
+            Config::from_toml(ISSUER).expect("parse").log.format,
+            LogFormat::Text
+        );
     }
 
     #[test]

@@ -18,6 +18,9 @@
 //!
 //! With `write`, a canary serial is revoked through the admin API and the time until every
 //! replica answers `revoked` is measured.
+//!
+//! Every request the checks make is also kept as a timed probe, so the run can be drawn as a
+//! timeline ([`Report::timeline`], `vigil drill --report-html`).
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -29,6 +32,7 @@ use x509_cert::Certificate;
 use x509_ocsp::{BasicOcspResponse, OcspResponse, OcspResponseStatus};
 
 use crate::ocsp::HashAlgorithm;
+use crate::report::timeline::{self, Mark, MarkKind, Outcome, Timeline};
 
 pub mod crl_consumer;
 pub use crl_consumer::ConsumerOptions;
@@ -333,6 +337,15 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// Canary propagation to every replica, milliseconds (with `write`).
     pub canary_propagation_ms: Option<u64>,
+    /// When the run started (the origin of `probes` and `marks`).
+    #[serde(skip)]
+    started: Option<Instant>,
+    /// Every request the checks made, timed.
+    #[serde(skip)]
+    pub probes: Vec<timeline::Sample>,
+    /// The canary's revocation and propagation, on the same clock.
+    #[serde(skip)]
+    pub marks: Vec<Mark>,
 }
 
 impl Report {
@@ -342,6 +355,52 @@ impl Report {
             level,
             detail: detail.into(),
         });
+    }
+
+    fn since_start(&self, t: Instant) -> f64 {
+        self.started
+            .map_or(0.0, |s| t.saturating_duration_since(s).as_secs_f64())
+    }
+
+    /// Keeps one request, sent at `began`, that got `outcome`.
+    fn probe(&mut self, began: Instant, outcome: Outcome) {
+        self.probes.push(timeline::Sample {
+            at_secs: self.since_start(began),
+            outcome,
+            latency_ms: began.elapsed().as_secs_f64() * 1000.0,
+        });
+    }
+
+    fn mark(&mut self, at: Instant, kind: MarkKind, label: String) {
+        self.marks.push(Mark {
+            at_secs: self.since_start(at),
+            kind,
+            label,
+        });
+    }
+
+    /// The run as a timeline: its probes per second by outcome and latency, the canary marked.
+    pub fn timeline(&self, name: &str) -> Timeline {
+        let fails = self
+            .findings
+            .iter()
+            .filter(|f| f.level == Level::Fail)
+            .count();
+        Timeline {
+            name: name.to_owned(),
+            summary: format!(
+                "{} checks, {fails} failed; {} requests{}",
+                self.findings.len(),
+                self.probes.len(),
+                self.canary_propagation_ms
+                    .map_or(String::new(), |ms| format!(
+                        "; canary answered revoked everywhere after {ms} ms"
+                    ))
+            ),
+            buckets: timeline::buckets(&self.probes),
+            fault: None,
+            marks: self.marks.clone(),
+        }
     }
 
     /// The worst level seen.
@@ -386,9 +445,23 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs every check against `t`.
 pub fn run(t: &Target) -> Report {
-    let mut r = Report::default();
+    let mut r = Report {
+        started: Some(Instant::now()),
+        ..Report::default()
+    };
     for base in &t.replicas {
-        match http(base, "GET", "/readyz", &[], b"", TIMEOUT) {
+        let began = Instant::now();
+        let res = http(base, "GET", "/readyz", &[], b"", TIMEOUT);
+        let ready = matches!(&res, Ok(resp) if resp.status == 200);
+        r.probe(
+            began,
+            if ready {
+                Outcome::Other
+            } else {
+                Outcome::Failed
+            },
+        );
+        match res {
             Ok(resp) if resp.status == 200 => r.push("readiness", Level::Ok, base.clone()),
             Ok(resp) => r.push(
                 "readiness",
@@ -470,7 +543,17 @@ fn ocsp_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate, warn_be
         };
         let mut seen: Vec<(String, Status)> = Vec::new();
         for base in &t.replicas {
-            match query(base, ca, serial.as_der_content(), true, TIMEOUT) {
+            let began = Instant::now();
+            let res = query(base, ca, serial.as_der_content(), true, TIMEOUT);
+            let outcome = match &res {
+                Ok(a) if a.verified == Some(true) && a.next_update > now() => {
+                    status_outcome(a.status)
+                }
+                Ok(_) => Outcome::Wrong,
+                Err(_) => Outcome::Failed,
+            };
+            r.probe(began, outcome);
+            match res {
                 Ok(a) if a.verified == Some(true) && a.next_update > now() => {
                     if let Some(n) = a.responder_not_after {
                         responder_not_after = Some(responder_not_after.map_or(n, |m| m.min(n)));
@@ -529,7 +612,18 @@ fn ocsp_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate, warn_be
 fn crl_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate) {
     let mut numbers = Vec::new();
     for base in &t.replicas {
-        let resp = match http(base, "GET", &format!("/crl/{name}.crl"), &[], b"", TIMEOUT) {
+        let began = Instant::now();
+        let res = http(base, "GET", &format!("/crl/{name}.crl"), &[], b"", TIMEOUT);
+        let fetched = matches!(&res, Ok(resp) if resp.status == 200);
+        r.probe(
+            began,
+            if fetched {
+                Outcome::Other
+            } else {
+                Outcome::Failed
+            },
+        );
+        let resp = match res {
             Ok(resp) if resp.status == 200 => resp,
             Ok(resp) if resp.status == 404 && t.crl_consumer.is_some() => {
                 // sharded: no CRL at /crl/NAME.crl; the consumer check reads every shard
@@ -710,7 +804,13 @@ fn canary(
         body.as_bytes(),
         TIMEOUT,
     ) {
-        Ok(resp) if resp.status == 200 => {}
+        Ok(resp) if resp.status == 200 => {
+            r.mark(
+                Instant::now(),
+                MarkKind::Revocation,
+                format!("canary {serial_hex} revoked"),
+            );
+        }
         Ok(resp) => {
             r.push(
                 "canary",
@@ -730,12 +830,20 @@ fn canary(
     }
     let mut pending: Vec<&String> = t.replicas.iter().collect();
     while !pending.is_empty() && start.elapsed() < t.canary_timeout {
+        let mut answered = Vec::new();
         pending.retain(|base| {
-            !matches!(
-                query(base, ca, serial.as_der_content(), false, TIMEOUT),
-                Ok(a) if a.status == Status::Revoked
-            )
+            let began = Instant::now();
+            let res = query(base, ca, serial.as_der_content(), false, TIMEOUT);
+            answered.push((
+                began,
+                res.as_ref()
+                    .map_or(Outcome::Failed, |a| status_outcome(a.status)),
+            ));
+            !matches!(res, Ok(a) if a.status == Status::Revoked)
         });
+        for (began, outcome) in answered {
+            r.probe(began, outcome);
+        }
         if !pending.is_empty() {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -743,6 +851,11 @@ fn canary(
     let ms = start.elapsed().as_millis() as u64;
     if pending.is_empty() {
         r.canary_propagation_ms = Some(ms);
+        r.mark(
+            Instant::now(),
+            MarkKind::Converged,
+            format!("every replica answers revoked ({ms} ms)"),
+        );
         r.push(
             "canary",
             Level::Ok,
@@ -755,6 +868,15 @@ fn canary(
             Level::Fail,
             format!("{issuer}/{serial_hex}: not revoked after {ms} ms on {p:?}"),
         );
+    }
+}
+
+/// A verified answer's outcome on the timeline.
+fn status_outcome(status: Status) -> Outcome {
+    match status {
+        Status::Good => Outcome::Good,
+        Status::Revoked => Outcome::Revoked,
+        Status::Unknown => Outcome::Unknown,
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod apply;
 pub mod archive;
+pub mod background;
 pub mod backup;
 pub mod cache;
 pub mod clock;
@@ -19,6 +20,7 @@ pub mod keyshare;
 pub mod limits;
 pub mod ocsp;
 pub mod pki;
+pub mod report;
 pub mod responder;
 pub mod signer;
 pub mod status;

@@ -91,8 +91,46 @@ pub const MAX_HSM_SESSIONS: usize = 64;
 pub const MAX_ADMIN_BODY_BYTES: usize = 4 * 1024;
 
 /// Stream entries read per `XREAD` call: large enough to catch up quickly after an outage,
-/// small enough that one reply stays well under a megabyte (an entry is about 120 bytes).
-pub const FEED_READ_COUNT: usize = 1000;
+/// small enough that one reply stays a few MiB (an entry holds at most
+/// [`FEED_ENTRY_MAX_EVENTS`] events of about 120 bytes; a write of one certificate is one
+/// entry of one or two).
+pub const FEED_READ_COUNT: usize = 200;
+
+/// Most events in one stream entry: a [`MERGE_MANY`](crate::feed::scripts::MERGE_MANY_LUA)
+/// call appends the events of every certificate it changed as one entry (one `XADD` per batch
+/// instead of one per event: half the script's time in a mass revocation), cut at this many.
+/// The script holds the same number (`ENTRY_EVENTS`); a unit test checks they agree.
+pub const FEED_ENTRY_MAX_EVENTS: usize = 200;
+
+/// Threads for work that must not compete with answering ([`crate::background`]): CRL
+/// builds, checks and verification, checkpoint writes. Two, so a checkpoint write does not wait
+/// behind a CRL build of millions of entries.
+pub const BACKGROUND_THREADS: usize = 2;
+
+/// How much lower the background threads' scheduling priority is (added to the process's
+/// niceness, at most 19).
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// The slowest transfer a CRL stored into or fetched from Redis is given time for, in bytes per
+/// second: such a command's timeout is `crl.redis_timeout` plus the CRL's size at this rate
+/// (a 36 MB CRL of a million entries: 2.25 s more). Loopback and a LAN move hundreds of MB/s.
+pub const CRL_TRANSFER_FLOOR_BYTES_PER_SEC: u64 = 16 * 1024 * 1024;
+
+/// Events joined into the view under one write lock: a feed read of a mass revocation holds
+/// tens of thousands; readers (every OCSP answer checks the view) wait for one chunk of this
+/// many (well under a millisecond), not for the whole read.
+pub const VIEW_LOCK_EVENTS: usize = 1_000;
+
+/// Changes in one applied batch of events above which the batch counts as bulk (a mass
+/// revocation, a catch-up): cached responses of the changed certificates are evicted as always,
+/// but certificates with nothing cached are not remembered for status-change signing priority
+/// (eight CertID forms each, in a bounded cache that a million would only churn).
+pub const APPLY_BULK_CHANGES: usize = 1_000;
+
+// One feed read is one archive block.
+const _: () = assert!(FEED_READ_COUNT * FEED_ENTRY_MAX_EVENTS <= MAX_ARCHIVE_BLOCK_ENTRIES);
+const _: () =
+    assert!(MAX_ARCHIVE_BLOCK_ENTRIES * (MAX_EVENT_BYTES + 18) <= MAX_ARCHIVE_BLOCK_BYTES);
 
 /// Snapshot fields read per `HSCAN` call during a bootstrap (a hint to Redis, not a hard cap).
 pub const FEED_SCAN_COUNT: usize = 1000;
@@ -158,7 +196,8 @@ pub const MAX_BACKUP_SOURCE_BYTES: usize = 255;
 pub const MAX_ARCHIVE_BLOCK_BYTES: usize = 16 * 1024 * 1024;
 
 /// Most entries (events, or snapshot records of a gap fill) in one archive block: one feed
-/// read is [`FEED_READ_COUNT`] entries; fills are cut at this many records.
+/// read is at most [`FEED_READ_COUNT`] × [`FEED_ENTRY_MAX_EVENTS`] events; fills are cut at
+/// this many records.
 pub const MAX_ARCHIVE_BLOCK_ENTRIES: usize = 50_000;
 
 /// Longest region name or data epoch kept in an archive block (a one-octet length).

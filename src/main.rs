@@ -315,6 +315,10 @@ struct DrillArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also write a timeline of the run's requests (per second, by outcome, with latency and
+    /// the canary marked) to this file: a self-contained HTML page.
+    #[arg(long)]
+    report_html: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -402,7 +406,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    vigil::telemetry::init_tracing(&cfg.log.filter);
+    vigil::telemetry::init_tracing(&cfg.log.filter, cfg.log.format);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cfg),
         Command::Revoke {
@@ -547,6 +551,21 @@ fn drill(a: &DrillArgs) -> ExitCode {
     if let Some(path) = &a.json {
         let text = serde_json::to_string_pretty(&report).unwrap_or_default();
         if let Err(e) = std::fs::write(path, text) {
+            eprintln!("vigil: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    if let Some(path) = &a.report_html {
+        let page = vigil::report::timeline::html(
+            "vigil drill",
+            &format!(
+                "Checks of {} replica(s), every request on one timeline.",
+                target.replicas.len()
+            ),
+            &[report.timeline("vigil drill")],
+        )
+        .and_then(|page| std::fs::write(path, page).map_err(|e| e.to_string()));
+        if let Err(e) = page {
             eprintln!("vigil: {}: {e}", path.display());
             return ExitCode::from(2);
         }

@@ -47,8 +47,8 @@ use crate::status::{
 };
 use crate::telemetry::Metrics;
 
-/// Most CertID forms remembered as recently changed (8 forms per certificate).
-const CHANGED_MAX_ENTRIES: u64 = 8 * 100_000;
+/// Most certificates remembered as recently changed.
+const CHANGED_MAX_ENTRIES: u64 = 100_000;
 /// How long a changed certificate's next signature counts as a status change: long enough for
 /// its first request to arrive, short enough that the set stays small.
 const CHANGED_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -243,6 +243,20 @@ impl SigningGate {
         st.free += 1;
     }
 
+    /// Signatures waiting now, (status changes, routine): for a slot, and in the signing
+    /// threads' queues.
+    pub fn queued(&self) -> (usize, usize) {
+        let (mut change, mut routine) = {
+            let st = self.lock();
+            (st.status_change.len(), st.routine.len())
+        };
+        if let Some(q) = &self.threads {
+            change += q.status_change.len();
+            routine += q.routine.len();
+        }
+        (change, routine)
+    }
+
     async fn acquire(&self, priority: Priority) -> Result<Permit<'_>, OcspError> {
         let rx = {
             let mut st = self.lock();
@@ -396,9 +410,10 @@ pub struct Responder {
     nonce: NoncePolicy,
     limits: RequestLimits,
     gate: SigningGate,
-    /// CertID forms whose certificate changed status recently: their next signature is a
-    /// [`Priority::StatusChange`].
-    changed: moka::future::Cache<Bytes, ()>,
+    /// Certificates (issuer index, serial) that changed status recently: the next signature
+    /// of any of their CertID forms is a [`Priority::StatusChange`]. Keyed by certificate, not
+    /// by its eight CertID forms: a mass revocation marks each certificate once.
+    changed: moka::future::Cache<(usize, Serial), ()>,
     metrics: Arc<Metrics>,
 }
 
@@ -438,6 +453,11 @@ impl Responder {
                 .build(),
             metrics,
         }
+    }
+
+    /// Signatures waiting in the signing gate, (status changes, routine).
+    pub fn signing_queued(&self) -> (usize, usize) {
+        self.gate.queued()
     }
 
     /// The configured issuers.
@@ -689,7 +709,7 @@ impl Responder {
         // signature that turned out stale.
         let mut wanted = status;
         let want = &mut wanted;
-        let changed = self.changed.contains_key(&key);
+        let changed = self.changed.contains_key(&(issuer, serial));
         let result = self
             .cache
             .inner
@@ -751,7 +771,7 @@ impl Responder {
             CompResult::Removed(_) | CompResult::StillNone(_) => None,
         };
         if changed && failure.is_none() {
-            self.changed.invalidate(&key).await;
+            self.changed.invalidate(&(issuer, serial)).await;
         }
         match served {
             Some(r) if r.status == wanted && r.is_valid(now) => {
@@ -807,9 +827,15 @@ impl Responder {
     }
 
     async fn drop_cached(&self, issuer: IssuerId, serial: &Serial, always_changed: bool) {
-        let Some(state) = self.issuers.iter().find(|s| s.issuer.hashes.id == issuer) else {
+        let Some((index, state)) = self
+            .issuers
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.issuer.hashes.id == issuer)
+        else {
             return;
         };
+        let mut any_cached = false;
         // Only what is cached is invalidated; a hit is checked against the view anyway.
         for key in cert_id_forms(&state.issuer, serial) {
             let front = plain_request_der(&key);
@@ -820,9 +846,10 @@ impl Responder {
             if cached {
                 self.cache.invalidate(&key).await;
             }
-            if cached || always_changed {
-                self.changed.insert(Bytes::from(key), ()).await;
-            }
+            any_cached |= cached;
+        }
+        if any_cached || always_changed {
+            self.changed.insert((index, *serial), ()).await;
         }
     }
 }

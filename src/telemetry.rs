@@ -2,8 +2,12 @@
 //! and tracing set-up. Labels stay low-cardinality: method, outcome, status, issuer — never a
 //! serial.
 
+use std::io::IsTerminal;
+
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::config::LogFormat;
 
 /// OCSP requests by `method` and `outcome` (the OCSPResponseStatus, or `not_modified`).
 pub const OCSP_REQUESTS: &str = "vigil_ocsp_requests_total";
@@ -29,6 +33,14 @@ pub const SIGNING_ERRORS: &str = "vigil_signing_errors_total";
 pub const SIGNING_STATUS_CHANGED: &str = "vigil_signing_status_changed_total";
 /// Requests shed because the signing queue was full.
 pub const SIGNING_SHED: &str = "vigil_signing_shed_total";
+/// Gauge, label `priority` (status_change, routine): signatures waiting for a signing slot or
+/// thread, read at each scrape.
+pub const SIGNING_QUEUE_DEPTH: &str = "vigil_signing_queue_depth";
+/// Gauge: 1 while `/readyz` answers ready (degraded or not), 0 while it answers 503; read at
+/// each scrape.
+pub const READY: &str = "vigil_ready";
+/// Gauge: 1 while `/readyz` answers "ready, degraded", else 0; read at each scrape.
+pub const DEGRADED: &str = "vigil_degraded";
 /// Status events applied to the view, by `result` (changed, unchanged).
 pub const EVENTS_APPLIED: &str = "vigil_status_events_total";
 /// Journal records skipped because they did not decode.
@@ -136,14 +148,32 @@ pub fn install_recorder() -> Result<PrometheusHandle, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Sets up logging to stderr with `filter` (an `EnvFilter` directive).
-pub fn init_tracing(filter: &str) {
+/// Sets up logging to stderr with `filter` (an `EnvFilter` directive) in `format`.
+///
+/// Text lines carry ANSI colour only when stderr is a terminal and `NO_COLOR` is unset or
+/// empty (<https://no-color.org>): `vigil serve 2> file` and log collectors get plain text.
+/// JSON lines never carry colour.
+pub fn init_tracing(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(colour_wanted(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ))
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
+}
+
+/// Whether text log lines get ANSI colour: only on a terminal, never with a non-empty
+/// `NO_COLOR`.
+fn colour_wanted(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// HTTP method label.
@@ -298,5 +328,20 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour_wanted(true, None));
+        assert!(colour_wanted(true, Some(OsStr::new(""))));
+        assert!(!colour_wanted(true, Some(OsStr::new("1"))));
+        assert!(!colour_wanted(false, None));
+        assert!(!colour_wanted(false, Some(OsStr::new(""))));
     }
 }

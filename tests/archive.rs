@@ -72,14 +72,14 @@ impl Redis {
 
     /// The encoded events of the region's stream, in order.
     fn stream_events(&self) -> Vec<Vec<u8>> {
-        let r: redis::streams::StreamRangeReply =
-            self.cmd(redis::cmd("XRANGE").arg("vigil:feed").arg("-").arg("+"));
-        r.ids
-            .into_iter()
-            .filter_map(|e| match e.map.get("e") {
-                Some(redis::Value::BulkString(b)) => Some(b.clone()),
-                _ => None,
-            })
+        // Every `e` field of every entry, in order: an entry of a batch write repeats the
+        // field (a map of the fields would keep one).
+        type Entry = (String, Vec<(Vec<u8>, Vec<u8>)>);
+        let r: Vec<Entry> = self.cmd(redis::cmd("XRANGE").arg("vigil:feed").arg("-").arg("+"));
+        r.into_iter()
+            .flat_map(|(_, fields)| fields)
+            .filter(|(k, _)| k == b"e")
+            .map(|(_, v)| v)
             .collect()
     }
 

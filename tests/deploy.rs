@@ -47,6 +47,20 @@
 //! naming the key, and the alert rules may only name metrics vigil exports
 //! (`vigil::telemetry`).
 //!
+//! The optional parts are checked where they can run here. The `helm test` hook pod must
+//! run `vigil drill` from vigil's image against the public Service (and the retry proxy's),
+//! with each issuer's CA certificate and nothing else of its Secret; its script is then run
+//! by bash, as rendered, against a local `vigil serve` and must pass, and fail once vigil is
+//! gone. The retry proxy's haproxy.cfg must pass `haproxy -c` and carry loadtest/cluster.sh's
+//! retry settings; a real HAProxy on it (binds and the DNS `server-template` moved to
+//! loopback) in front of a pod that hangs, one that closes without answering and a real
+//! vigil must answer every OCSP GET and POST, verified. Every metric the Grafana dashboard
+//! queries must be one that the live `vigil serve` of each example exports after answering
+//! OCSP and serving a CRL (its HSM pool, feed and CRL publisher on). The archive role's
+//! StatefulSet must run `vigil archive` with `--dir` on its claim, probed on its /metrics, its
+//! config accepted by `vigil check-config` and a real `vigil archive` on it serving the probe
+//! path; the backup CronJob's script, run by bash as rendered, must leave a verified backup.
+//!
 //! The Dockerfile is parsed (continuations, exec forms, ARG defaults): its stages, that the
 //! last stage is the runtime and SoftHSM2 is only in `dev`, the non-root numeric USER matching
 //! the chart's `runAsUser`, `VIGIL_DATA_DIR` = the VOLUME = the chart's `data_dir`,
@@ -61,7 +75,10 @@
 //!   objects are checked against the published schemas only. The ServiceMonitor and
 //!   PrometheusRule CRDs have no bundled schema; they are checked by the fields used, and the
 //!   alert expressions are not parsed by promtool.
-//! - `helm test` itself needs a cluster: its hook pod is rendered and validated, not run.
+//! - `helm test` itself needs a cluster: its hook pod is rendered and validated, and its
+//!   script run on this machine, not the pod. The retry proxy's DNS discovery (resolvers,
+//!   `server-template`) is checked by `haproxy -c` only, with the host's HAProxy (Debian's
+//!   2.6), not the chart's image.
 //! - The image build: `docker build` cannot run here, so the compile steps, `apt-get` and the
 //!   p11-kit symlink are checked as text, and the image's run under a read-only root file
 //!   system, probes, preStop timing and scheduling are not exercised.
@@ -87,6 +104,16 @@ use serde_json::Value;
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const RELEASE: &str = "vigil";
 const NAMESPACE: &str = "pki";
+/// The `app.kubernetes.io/component` label of the retry proxy's objects.
+const RETRY_PROXY: &str = "retry-proxy";
+/// The `app.kubernetes.io/component` label of the `helm test` hook's objects.
+const HELM_TEST: &str = "helm-test";
+/// The `app.kubernetes.io/component` label of the archive role's objects (archive.yaml).
+const ARCHIVE: &str = "archive";
+/// The `app.kubernetes.io/component` label of the backup job's objects (backup-cronjob.yaml).
+const BACKUP: &str = "backup";
+/// The age X25519 recipient of the all-features backup job (age's specification example).
+const AGE_RECIPIENT: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
 
 fn root() -> &'static Path {
     Path::new(ROOT)
@@ -339,6 +366,31 @@ impl Rendered {
         v[0]
     }
 
+    /// Objects of `kind` that are vigil's own: not the retry proxy's (retry-proxy.yaml), the
+    /// `helm test` hook's (tests/drill.yaml), the archive role's (archive.yaml) nor the backup
+    /// job's (backup-cronjob.yaml), which select their own pods.
+    fn vigil_all(&self, kind: &str) -> Vec<&Value> {
+        self.all(kind)
+            .into_iter()
+            .filter(|o| {
+                let c = &o["metadata"]["labels"]["app.kubernetes.io/component"];
+                c != RETRY_PROXY && c != HELM_TEST && c != ARCHIVE && c != BACKUP
+            })
+            .collect()
+    }
+
+    fn vigil_one(&self, kind: &str) -> &Value {
+        let v = self.vigil_all(kind);
+        assert_eq!(
+            v.len(),
+            1,
+            "{}: expected one {kind} of vigil, got {}",
+            self.label,
+            v.len()
+        );
+        v[0]
+    }
+
     fn named(&self, kind: &str, name: &str) -> Option<&Value> {
         self.all(kind)
             .into_iter()
@@ -452,7 +504,7 @@ fn check_objects(r: &Rendered) -> ChartFacts {
     }
 
     // === Deployment ===
-    let deploy = r.one("Deployment");
+    let deploy = r.vigil_one("Deployment");
     let pod = &deploy["spec"]["template"];
     let pod_labels = &pod["metadata"]["labels"];
     let spec = &pod["spec"];
@@ -673,7 +725,7 @@ fn check_objects(r: &Rendered) -> ChartFacts {
             "{label}: admin.listen vs port"
         );
     }
-    let services = r.all("Service");
+    let services = r.vigil_all("Service");
     let public = r
         .named("Service", str_of(&deploy["metadata"]["name"], "name"))
         .unwrap_or_else(|| panic!("{label}: no public Service"));
@@ -715,14 +767,19 @@ fn check_objects(r: &Rendered) -> ChartFacts {
             assert_eq!(a["spec"]["type"], "ClusterIP", "{label}: the admin Service");
         }
         None => assert!(
-            services.len() == 1 && c["ports"].as_array().unwrap().len() == 1,
+            services
+                .iter()
+                .filter(|s| s["spec"]["clusterIP"] != "None")
+                .count()
+                == 1
+                && c["ports"].as_array().unwrap().len() == 1,
             "{label}: without [admin] only the http port and the public Service exist"
         ),
     }
 
     // NetworkPolicy: the admin port only from admin.allowedFrom.
     if v["networkPolicy"]["enabled"] == true {
-        let np = r.one("NetworkPolicy");
+        let np = r.vigil_one("NetworkPolicy");
         assert!(
             selects(&np["spec"]["podSelector"]["matchLabels"], pod_labels),
             "{label}"
@@ -782,7 +839,7 @@ fn check_objects(r: &Rendered) -> ChartFacts {
 
     // Monitoring.
     if v["metrics"]["serviceMonitor"]["enabled"] == true {
-        let sm = r.one("ServiceMonitor");
+        let sm = r.vigil_one("ServiceMonitor");
         let sel = &sm["spec"]["selector"]["matchLabels"];
         for s in &services {
             let is_public = s["metadata"]["name"] == public["metadata"]["name"];
@@ -856,8 +913,25 @@ fn check_alerts(r: &Rendered, table: &toml::Table, public: &Value) {
         wanted.push(("VigilFeedIncomplete", t::FEED_COVERED));
         wanted.push(("VigilBackupStale", t::BACKUP_LAST_SUCCESS));
     }
-    if r.values["metrics"]["prometheusRule"]["archiveJob"] != "" {
+    // The archive's job: archiveJob, else the chart's archive Service (archive.enabled).
+    let archive_job = match r.values["metrics"]["prometheusRule"]["archiveJob"].as_str() {
+        Some(j) if !j.is_empty() => Some(j.to_owned()),
+        _ if r.values["archive"]["enabled"] == true => Some(
+            str_of(
+                &component(r, "Service", ARCHIVE)["metadata"]["name"],
+                "archive Service",
+            )
+            .to_owned(),
+        ),
+        _ => None,
+    };
+    if archive_job.is_some() {
         wanted.push(("VigilArchiveLagging", t::ARCHIVE_LAG));
+    } else {
+        assert!(
+            expr_of("VigilArchiveLagging").is_empty(),
+            "{label}: an archive-lag alert with no archive"
+        );
     }
     if table.contains_key("crl") {
         wanted.push(("VigilCrlStale", t::CRL_AGE));
@@ -938,14 +1012,8 @@ fn check_alerts(r: &Rendered, table: &toml::Table, public: &Value) {
         t::ARCHIVE_LAG,
     ];
     let job = format!("job=\"{}\"", str_of(&public["metadata"]["name"], "name"));
-    // The archive role is scraped under its own job (it is not part of the chart).
-    let archive_job = format!(
-        "job=\"{}\"",
-        str_of(
-            &r.values["metrics"]["prometheusRule"]["archiveJob"],
-            "archiveJob"
-        )
-    );
+    // The archive role is scraped under its own job.
+    let archive_job = format!("job=\"{}\"", archive_job.unwrap_or_default());
     for r in &rules {
         let expr = str_of(&r["expr"], "expr");
         let job = if r["alert"] == "VigilArchiveLagging" {
@@ -1507,8 +1575,12 @@ fn all_features_values(dir: &Path) -> PathBuf {
     let f = dir.join("all-features.yaml");
     fs::write(
         &f,
-        "networkPolicy:\n  enabled: true\npodDisruptionBudget:\n  enabled: true\n\
-         metrics:\n  serviceMonitor:\n    enabled: true\n  prometheusRule:\n    enabled: true\n",
+        format!(
+            "networkPolicy:\n  enabled: true\npodDisruptionBudget:\n  enabled: true\n\
+         metrics:\n  serviceMonitor:\n    enabled: true\n  prometheusRule:\n    enabled: true\n\
+         retryProxy:\n  enabled: true\ndashboard:\n  enabled: true\narchive:\n  enabled: true\n\
+         backup:\n  enabled: true\n  recipient: {AGE_RECIPIENT}\n"
+        ),
     )
     .unwrap();
     f
@@ -1619,6 +1691,7 @@ fn examples_render_into_consistent_objects_that_vigil_accepts() {
     let image: Vec<&str> = image.iter().map(String::as_str).collect();
     let module = dockerfile().p11_kit_link();
     let mut hsm_checked = false;
+    let mut exported = BTreeMap::new();
     for example in examples() {
         let name = example.file_name().unwrap().to_string_lossy().into_owned();
         let r = render_ok(&name, &[&example]);
@@ -1673,6 +1746,15 @@ fn examples_render_into_consistent_objects_that_vigil_accepts() {
             };
             assert_eq!(status, 200, "{name}: {path} on the rendered config");
         }
+        // What it exports once it has answered OCSP and served a CRL: the dashboard's
+        // queries are checked against these (the HSM pool, feed and CRL publisher metrics
+        // come from the examples' real [[hsm]], [[region]] and [crl]).
+        let issuer = str_of_toml(&facts.table["issuer"][0]["name"], "issuer name");
+        exported.extend(exercise_and_scrape(
+            &vigil,
+            &tmp.path().join("pki-0/vigil-data/ca.pem"),
+            issuer,
+        ));
         vigil.kill9();
         drop(hsm);
     }
@@ -1680,6 +1762,7 @@ fn examples_render_into_consistent_objects_that_vigil_accepts() {
         hsm_checked,
         "no example renders [[hsm]]: the HSM path goes unchecked"
     );
+    check_dashboard_against(&exported);
 }
 
 #[test]
@@ -1728,9 +1811,23 @@ fn wrong_values_fail_validation_naming_the_key() {
             "issuers:\n  - name: a\n    existingSecret: x\n    crlSigner:\n      hsm: [h]\n      dangerSoftwareFallback: ca.key\n",
             "dangerSoftwareFallback",
         ),
+        ("retryProxy:\n  retries: 0\n", "/retryProxy/retries"),
+        (
+            "retryProxy:\n  timeouts:\n    server: 300\n",
+            "/retryProxy/timeouts/server",
+        ),
+        ("retryProxy:\n  maxBodyBytes: -1\n", "/retryProxy/maxBodyBytes"),
+        ("dashboard:\n  enabled: \"yes\"\n", "/dashboard/enabled"),
+        ("tests:\n  serial: not-hex\n", "/tests/serial"),
+        ("backup:\n  recipient: not-an-age-key\n", "/backup/recipient"),
+        ("archive:\n  replicas: 2\n", "replicas"),
         ("typo: 1\n", "typo"),
     ];
     let template_cases = [
+        (
+            "feed:\n  enabled: false\njournal:\n  existingClaim: j\narchive:\n  enabled: true\n",
+            "archive.enabled",
+        ),
         (
             "drain:\n  terminationGracePeriodSeconds: 10\n",
             "terminationGracePeriodSeconds",
@@ -1800,6 +1897,8 @@ fn values_are_written_as_toml_of_the_right_type() {
         .unwrap_or_else(|e| panic!("{e}\n{}", facts.toml_text));
     cfg.validate().unwrap();
     assert_eq!(cfg.log.filter, filter);
+    // The chart's default, kept when values set other [log] keys.
+    assert_eq!(cfg.log.format, vigil::config::LogFormat::Json);
     assert_eq!(cfg.ocsp.cache_max_bytes, 268_435_456);
     assert!(!cfg.server.http2);
     assert_eq!(cfg.limits.max_cert_ids, 8);
@@ -1847,6 +1946,1272 @@ fn sentinel_credentials_are_mounted_and_written() {
         "{}",
         sentinel_pass.display()
     );
+}
+
+// === the `helm test` pod, the retry proxy, the dashboard ===
+
+/// one-region.yaml with every optional template on, its issuer replaced by the embedded
+/// default's `demo` (so the hook's script and the proxy run against a local `vigil serve`),
+/// and `networkPolicy.httpFrom` set (so the extra peers must be admitted by name).
+fn render_with_features(tmp: &Path, extra: &str) -> Rendered {
+    let base = chart_dir().join("examples/one-region.yaml");
+    let features = all_features_values(tmp);
+    let f = tmp.join("demo-issuer.yaml");
+    fs::write(
+        &f,
+        format!(
+            "issuers:\n  - name: demo\n    existingSecret: vigil-demo\n    certificateKey: ca.crt\n\
+             networkPolicy:\n  httpFrom:\n    - namespaceSelector:\n        matchLabels:\n          pki-clients: \"true\"\n{extra}"
+        ),
+    )
+    .unwrap();
+    render_ok(
+        "one-region + features + demo issuer",
+        &[&base, &features, &f],
+    )
+}
+
+/// The single object of `kind` whose component label is `component`.
+fn component<'a>(r: &'a Rendered, kind: &str, component: &str) -> &'a Value {
+    let v: Vec<&Value> = r
+        .all(kind)
+        .into_iter()
+        .filter(|o| o["metadata"]["labels"]["app.kubernetes.io/component"] == component)
+        .collect();
+    assert_eq!(v.len(), 1, "{}: one {kind} of {component}", r.label);
+    v[0]
+}
+
+/// The `from` peers of the NetworkPolicy rule admitting `port`.
+fn peers_for_port(np: &Value, port: u64) -> Vec<Value> {
+    arr(&np["spec"]["ingress"], "ingress")
+        .iter()
+        .filter(|rule| {
+            arr(&rule["ports"], "ports")
+                .iter()
+                .any(|p| p["port"].as_u64() == Some(port))
+        })
+        .flat_map(|rule| rule["from"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// A stand-in for a hung (or broken) pod behind the proxy: it answers the proxy's health
+/// checks (`GET /readyz`) with 200, as a SIGSTOPped or wedged replica still passes for healthy
+/// until its checks time out, and on any other request either never answers (`hang`) or
+/// closes the connection without a response (`close`). It records the requests it took.
+struct FakePod {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakePod {
+    fn start(hang: bool) -> FakePod {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { break };
+                let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+                let mut buf = vec![0u8; 65536];
+                let mut got = Vec::new();
+                // Read the head, then the body its Content-Length announces.
+                loop {
+                    let n = s.read(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let text = String::from_utf8_lossy(&got).into_owned();
+                let line = text.lines().next().unwrap_or("").to_owned();
+                if line.starts_with("GET /readyz") {
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nready\n",
+                    );
+                    continue;
+                }
+                let body = got
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(0, |e| got.len() - e - 4);
+                log.lock().unwrap().push(format!("{line} body={body}"));
+                if hang {
+                    held.push(s);
+                }
+            }
+        });
+        FakePod { addr, seen }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A real HAProxy on the rendered haproxy.cfg, on loopback: the binds moved to free ports
+/// and the DNS `server-template` replaced by `servers` (in order), nothing else changed.
+struct Haproxy {
+    child: std::process::Child,
+    http: std::net::SocketAddr,
+    health: std::net::SocketAddr,
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn replace_line(cfg: &str, starts: &str, with: &str) -> String {
+    let hits = cfg
+        .lines()
+        .filter(|l| l.trim_start().starts_with(starts))
+        .count();
+    assert_eq!(hits, 1, "haproxy.cfg: one line starting {starts:?}:\n{cfg}");
+    cfg.lines()
+        .map(|l| {
+            if l.trim_start().starts_with(starts) {
+                with.to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+fn start_haproxy(cfg: &str, servers: &[std::net::SocketAddr], dir: &Path) -> Haproxy {
+    let (http, health) = (free_port(), free_port());
+    let mut local = cfg.to_owned();
+    // The two binds, in order: the proxied port, then the health port.
+    let binds: Vec<&str> = cfg
+        .lines()
+        .filter(|l| l.trim_start().starts_with("bind "))
+        .collect();
+    assert_eq!(binds.len(), 2, "haproxy.cfg: two binds");
+    let mut out = Vec::new();
+    let mut n = 0;
+    for l in local.lines() {
+        if l.trim_start().starts_with("bind ") {
+            out.push(format!("  bind 127.0.0.1:{}", [http, health][n]));
+            n += 1;
+        } else {
+            out.push(l.to_owned());
+        }
+    }
+    local = out.join("\n") + "\n";
+    let servers: Vec<String> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("  server pod{i} {a}"))
+        .collect();
+    local = replace_line(&local, "server-template ", &servers.join("\n"));
+    let file = dir.join("haproxy-local.cfg");
+    fs::write(&file, &local).unwrap();
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("haproxy (.ci/run installs it)");
+    let h = Haproxy {
+        child,
+        http: ([127, 0, 0, 1], http).into(),
+        health: ([127, 0, 0, 1], health).into(),
+    };
+    let up = common::eventually(std::time::Duration::from_secs(10), || {
+        std::net::TcpStream::connect(h.health).is_ok()
+            && common::get(h.health, "/readyz", "").status == 200
+    });
+    assert!(up, "HAProxy on the rendered config did not become ready");
+    h
+}
+
+/// The hook pod's script run as the pod runs it (bash, the drill's report read line by line),
+/// with the image's vigil replaced by the built one and the pod's URLs and paths by `args`.
+fn run_hook_script(
+    script: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+) -> (bool, String) {
+    assert_eq!(
+        script.matches("/usr/local/bin/vigil ").count(),
+        1,
+        "the script runs the image's vigil once"
+    );
+    let script = script.replace("/usr/local/bin/vigil ", &format!("{} ", common::BIN));
+    let o = clean_vigil_cmd_env(Command::new("bash"))
+        .arg("-c")
+        .arg(script)
+        .arg("drill")
+        .args(args)
+        .envs(env)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+fn clean_vigil_cmd_env(mut cmd: Command) -> Command {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("VIGIL_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// The `helm test` hook: a Pod (and, with networkPolicy.enabled, a NetworkPolicy shutting
+/// its ingress) annotated `helm.sh/hook: test`, running `vigil drill` from vigil's image
+/// against the public Service and the retry proxy's, with each issuer's CA certificate and
+/// nothing else of its Secret, and admitted by vigil's NetworkPolicy when `httpFrom` limits
+/// it. Its script is then run, as rendered, against a local `vigil serve` and a real HAProxy
+/// on the rendered proxy config: it passes (readiness 200, a verified OCSP answer through
+/// each, the CRL verified) and fails once vigil is gone.
+#[test]
+fn helm_test_pod_drills_the_service_and_the_proxy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = render_with_features(tmp.path(), "");
+    check_objects(&r);
+    let label = r.label.as_str();
+    let deploy = r.vigil_one("Deployment");
+    let vigil_container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    let public = r.named("Service", "vigil").expect("the public Service");
+    let proxy_service = component(&r, "Service", RETRY_PROXY);
+
+    let pods = r.all("Pod");
+    assert_eq!(pods.len(), 1, "{label}: one test pod");
+    let pod = pods[0];
+    let meta = &pod["metadata"];
+    assert_eq!(meta["annotations"]["helm.sh/hook"], "test", "{label}");
+    assert!(
+        str_of(
+            &meta["annotations"]["helm.sh/hook-delete-policy"],
+            "delete policy"
+        )
+        .contains("before-hook-creation"),
+        "{label}: a rerun must replace the previous test pod"
+    );
+    assert!(
+        !selects(&public["spec"]["selector"], &meta["labels"])
+            && !selects(&deploy["spec"]["selector"]["matchLabels"], &meta["labels"]),
+        "{label}: vigil's Service or Deployment selects the test pod"
+    );
+    let spec = &pod["spec"];
+    assert_eq!(spec["restartPolicy"], "Never", "{label}");
+    assert!(u64_of(&spec["activeDeadlineSeconds"], "activeDeadlineSeconds") > 0);
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    let c = &arr(&spec["containers"], "containers")[0];
+    assert_eq!(
+        c["image"], vigil_container["image"],
+        "{label}: vigil's image"
+    );
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["command"], serde_json::json!(["bash", "-c"]));
+    let args: Vec<String> = arr(&c["args"], "args")
+        .iter()
+        .map(|a| str_of(a, "arg").to_owned())
+        .collect();
+    let script = args[0].clone();
+    assert_eq!(args[1], "drill", "{label}: $0 of the script");
+    let drill_args = &args[2..];
+    let values_of = |flag: &str| -> Vec<String> {
+        drill_args
+            .windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].clone())
+            .collect()
+    };
+    // Points at the Service and the proxy, by their names and ports.
+    let url = |s: &Value| {
+        format!(
+            "http://{}.{NAMESPACE}.svc:{}",
+            str_of(&s["metadata"]["name"], "name"),
+            u64_of(&s["spec"]["ports"][0]["port"], "port")
+        )
+    };
+    assert_eq!(
+        values_of("--replica"),
+        [url(public), url(proxy_service)],
+        "{label}: the drill asks the Service and the retry proxy"
+    );
+    // Every issuer's CA certificate, from its Secret's certificate key only.
+    assert_eq!(
+        values_of("--issuer"),
+        ["demo=/etc/vigil/issuers/demo/ca.pem"]
+    );
+    let mount = arr(&c["volumeMounts"], "mounts")
+        .iter()
+        .find(|m| m["mountPath"] == "/etc/vigil/issuers/demo")
+        .expect("the issuer's CA certificate is mounted");
+    assert_eq!(mount["readOnly"], true);
+    let volume = arr(&spec["volumes"], "volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(volume["secret"]["secretName"], "vigil-demo");
+    assert_eq!(
+        volume["secret"]["items"],
+        serde_json::json!([{"key": "ca.crt", "path": "ca.pem"}]),
+        "{label}: the test pod gets the CA certificate and no key"
+    );
+    let serials = values_of("--serial");
+    assert_eq!(serials.len(), 1, "{label}: one serial asked");
+    let env = env_of(c);
+    assert_eq!(
+        env["CHECKS_NOT_COUNTED"], "-",
+        "CRLs are on: every check counts"
+    );
+
+    // Its own NetworkPolicy (a hook too), and admitted by vigil's and the proxy's.
+    let test_np = component(&r, "NetworkPolicy", HELM_TEST);
+    assert_eq!(test_np["metadata"]["annotations"]["helm.sh/hook"], "test");
+    assert!(selects(
+        &test_np["spec"]["podSelector"]["matchLabels"],
+        &meta["labels"]
+    ));
+    let http_port = resolve_port(vigil_container, &Value::from("http"));
+    let vigil_np = r.vigil_one("NetworkPolicy");
+    let proxy_deploy = component(&r, "Deployment", RETRY_PROXY);
+    let proxy_pod_labels = &proxy_deploy["spec"]["template"]["metadata"]["labels"];
+    for (who, labels) in [
+        ("test pod", &meta["labels"]),
+        ("retry proxy", proxy_pod_labels),
+    ] {
+        assert!(
+            peers_for_port(vigil_np, http_port).iter().any(|p| p
+                .get("podSelector")
+                .is_some_and(|s| selects(&s["matchLabels"], labels))),
+            "{label}: vigil's NetworkPolicy does not admit the {who}"
+        );
+    }
+    let proxy_np = component(&r, "NetworkPolicy", RETRY_PROXY);
+    let proxy_port = resolve_port(
+        &proxy_deploy["spec"]["template"]["spec"]["containers"][0],
+        &Value::from("http"),
+    );
+    // The proxy's port is open to anyone here (retryProxy.allowedFrom empty).
+    assert!(
+        arr(&proxy_np["spec"]["ingress"], "ingress")
+            .iter()
+            .any(|rule| rule.get("from").is_none()
+                && arr(&rule["ports"], "ports")
+                    .iter()
+                    .any(|p| p["port"] == proxy_port)),
+        "{label}: the proxy's port"
+    );
+
+    // Run the script: a local vigil (the embedded default, issuer `demo`) and a real HAProxy
+    // on the rendered proxy config in front of it.
+    let vtmp = tempfile::tempdir().unwrap();
+    let mut vigil = common::Vigil::start(vtmp.path(), None, &[]);
+    let cm = component(&r, "ConfigMap", RETRY_PROXY);
+    let proxy = start_haproxy(
+        str_of(&cm["data"]["haproxy.cfg"], "haproxy.cfg"),
+        &[vigil.addr],
+        tmp.path(),
+    );
+    let ca = vtmp.path().join("vigil-data/ca.pem");
+    let mut local_args = Vec::new();
+    for (flag, value) in drill_args.chunks(2).map(|w| (w[0].as_str(), w[1].as_str())) {
+        let value = match flag {
+            "--replica" if value == url(public) => vigil.url(),
+            "--replica" => format!("http://{}", proxy.http),
+            "--issuer" => format!("demo={}", ca.display()),
+            _ => value.to_owned(),
+        };
+        local_args.push(flag.to_owned());
+        local_args.push(value);
+    }
+    // The demo CRL is published shortly after the start; the drill checks it too.
+    let mut last = String::new();
+    let passed = common::eventually(std::time::Duration::from_secs(20), || {
+        let (ok, out) = run_hook_script(&script, &local_args, &env);
+        last = out;
+        ok
+    });
+    assert!(
+        passed,
+        "the helm test script failed against a healthy vigil:\n{last}"
+    );
+    assert!(last.contains("helm test: passed"), "{last}");
+    for check in ["readiness", "ocsp", "crl", "consistency"] {
+        assert_eq!(
+            last.lines()
+                .filter(|l| l.starts_with("ok") && l.split_whitespace().nth(1) == Some(check))
+                .count()
+                .min(1),
+            1,
+            "no passing {check} finding:\n{last}"
+        );
+    }
+    // Both answered /readyz: the Service's pod and the proxy.
+    assert_eq!(
+        last.lines()
+            .filter(|l| l.starts_with("ok") && l.contains(" readiness "))
+            .count(),
+        2,
+        "{last}"
+    );
+    vigil.kill9();
+    let (ok, out) = run_hook_script(&script, &local_args, &env);
+    assert!(!ok, "the helm test script passed with vigil gone:\n{out}");
+    assert!(out.contains("FAIL readiness"), "{out}");
+
+    // Without CRLs, the CRL findings are shown but not counted; an issuer answering unissued
+    // serials `unauthorized` needs tests.serial.
+    let r = render_with_features(tmp.path(), "crl:\n  enabled: false\n");
+    let c = &r.all("Pod")[0]["spec"]["containers"][0];
+    assert_eq!(env_of(c)["CHECKS_NOT_COUNTED"], "crl");
+    let f = tmp.path().join("unauthorized.yaml");
+    fs::write(
+        &f,
+        "issuers:\n  - name: demo\n    existingSecret: vigil-demo\n    unissued: unauthorized\n",
+    )
+    .unwrap();
+    let base = chart_dir().join("examples/one-region.yaml");
+    let err = render("unauthorized", &[&base, &f])
+        .err()
+        .expect("rendered");
+    assert!(err.contains("tests.serial"), "{err}");
+    fs::write(
+        &f,
+        "issuers:\n  - name: demo\n    existingSecret: vigil-demo\n    unissued: unauthorized\ntests:\n  serial: \"1a2b\"\n",
+    )
+    .unwrap();
+    let r = render_ok("unauthorized with a serial", &[&base, &f]);
+    let args = &r.all("Pod")[0]["spec"]["containers"][0]["args"];
+    assert!(arr(args, "args").contains(&Value::from("1a2b")));
+}
+
+/// One OCSP request through `addr` by `method`, timed; the answer must verify.
+fn ocsp_through(
+    addr: std::net::SocketAddr,
+    ca: &x509_cert::Certificate,
+    serial: u8,
+    post: bool,
+) -> (std::time::Duration, Result<(), String>) {
+    use base64::Engine as _;
+    let req = vigil::drill::ocsp_request(ca, &[serial]).unwrap();
+    let start = std::time::Instant::now();
+    let resp = if post {
+        common::post(addr, "/", &req)
+    } else {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&req);
+        let path = b64
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D");
+        common::get(addr, &format!("/{path}"), "")
+    };
+    let took = start.elapsed();
+    let verdict = if resp.status != 200 {
+        Err(format!("HTTP {}", resp.status))
+    } else {
+        vigil::drill::decode_response(&resp.body, Some(ca)).and_then(|a| {
+            if a.verified == Some(true) {
+                Ok(())
+            } else {
+                Err("not verified".into())
+            }
+        })
+    };
+    (took, verdict)
+}
+
+/// The retry proxy's haproxy.cfg, as rendered: accepted by `haproxy -c`, with the settings
+/// of loadtest/cluster.sh (retry on a refused connection, an empty response or the server
+/// timeout, at most `retries`, each on another pod; the body buffered and bounded), its
+/// servers resolved from the headless Service of vigil's ready pods, one slot per pod the
+/// Deployment can have. Then run by a real HAProxy in front of a pod that hangs, one that
+/// closes without answering (both passing their health checks, as a stopped replica does
+/// until its checks time out) and a real vigil: every OCSP GET and POST is answered and
+/// verified, the faulty pods took GETs and POSTs with their whole bodies, and the slowest
+/// answer cost one server timeout, not a readiness probe's failure threshold.
+#[test]
+fn retry_proxy_retries_get_and_post_on_another_pod() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = render_with_features(tmp.path(), "");
+    let label = r.label.as_str();
+    let cm = component(&r, "ConfigMap", RETRY_PROXY);
+    let cfg = str_of(&cm["data"]["haproxy.cfg"], "haproxy.cfg").to_owned();
+    let file = tmp.path().join("haproxy.cfg");
+    fs::write(&file, &cfg).unwrap();
+    let o = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .expect("haproxy (.ci/run installs it)");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.status.success() && out.contains("Configuration file is valid"),
+        "{label}: haproxy -c refused the rendered config:\n{out}\n{cfg}"
+    );
+    assert!(
+        !out.contains("[WARNING]"),
+        "{label}: haproxy -c warns:\n{out}"
+    );
+    // haproxy -c does check it: a broken directive is refused.
+    fs::write(&file, cfg.replace("retry-on ", "retry-onn ")).unwrap();
+    let o = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "haproxy -c passed a broken config");
+
+    let lines: Vec<&str> = cfg.lines().map(str::trim).collect();
+    for want in [
+        "retry-on conn-failure empty-response response-timeout",
+        "option http-buffer-request",
+        "option redispatch 1",
+        "retries 3",
+        "timeout server 300ms",
+        "tune.bufsize 32768",
+        "http-request deny deny_status 413 if { req.body_size gt 16384 }",
+        "option httpchk GET /readyz",
+        "balance leastconn",
+        "parse-resolv-conf",
+    ] {
+        assert!(
+            lines.contains(&want),
+            "{label}: haproxy.cfg lacks {want:?}:\n{cfg}"
+        );
+    }
+    assert_eq!(
+        vigil::limits::MAX_REQUEST_BYTES,
+        16384,
+        "the proxy's default body bound is vigil's"
+    );
+    // The servers: the headless Service's DNS name, one slot per pod the Deployment can have
+    // (the example autoscales to 9, plus the rollout's surge).
+    let headless = component(&r, "Service", "pods");
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    let deploy = r.vigil_one("Deployment");
+    let pod_labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    assert!(
+        selects(&headless["spec"]["selector"], pod_labels),
+        "{label}"
+    );
+    let vigil_container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    let http_port = resolve_port(vigil_container, &Value::from("http"));
+    let max = u64_of(&r.values["autoscaling"]["maxReplicas"], "maxReplicas");
+    let template = format!(
+        "server-template pod 1-{} {}.{NAMESPACE}.svc.cluster.local:{http_port}",
+        max + 1,
+        str_of(&headless["metadata"]["name"], "name")
+    );
+    assert!(
+        lines.contains(&template.as_str()),
+        "{label}: {template:?} in\n{cfg}"
+    );
+    let default_server = lines
+        .iter()
+        .find(|l| l.starts_with("default-server "))
+        .expect("default-server");
+    for w in [
+        "check",
+        "resolvers kube",
+        "init-addr none",
+        "on-error mark-down",
+    ] {
+        assert!(
+            default_server.contains(w),
+            "{label}: default-server lacks {w}"
+        );
+    }
+
+    // The proxy's objects agree with each other and stay apart from vigil's.
+    let proxy = component(&r, "Deployment", RETRY_PROXY);
+    let pod = &proxy["spec"]["template"];
+    assert!(selects(
+        &proxy["spec"]["selector"]["matchLabels"],
+        &pod["metadata"]["labels"]
+    ));
+    assert!(
+        !selects(
+            &deploy["spec"]["selector"]["matchLabels"],
+            &pod["metadata"]["labels"]
+        ),
+        "{label}: vigil's Deployment selects the proxy's pods"
+    );
+    for s in r.vigil_all("Service") {
+        assert!(
+            !selects(&s["spec"]["selector"], &pod["metadata"]["labels"]),
+            "{label}: a vigil Service selects the proxy's pods"
+        );
+    }
+    assert_eq!(
+        pod["metadata"]["annotations"]["checksum/config"]
+            .as_str()
+            .map(str::len),
+        Some(64),
+        "{label}: a config change rolls the proxy"
+    );
+    let c = &pod["spec"]["containers"][0];
+    let args: Vec<&str> = arr(&c["args"], "args")
+        .iter()
+        .map(|a| str_of(a, "arg"))
+        .collect();
+    let cfg_path = args[args.iter().position(|a| *a == "-f").unwrap() + 1];
+    let m = arr(&c["volumeMounts"], "mounts")
+        .iter()
+        .find(|m| cfg_path.starts_with(str_of(&m["mountPath"], "mountPath")))
+        .expect("haproxy.cfg is mounted");
+    let vol = arr(&pod["spec"]["volumes"], "volumes")
+        .iter()
+        .find(|v| v["name"] == m["name"])
+        .unwrap();
+    assert_eq!(vol["configMap"]["name"], cm["metadata"]["name"]);
+    assert!(cfg_path.ends_with("/haproxy.cfg"));
+    let port = resolve_port(c, &Value::from("http"));
+    let health = resolve_port(c, &Value::from("health"));
+    assert!(
+        lines.contains(&format!("bind 0.0.0.0:{port}").as_str()),
+        "{label}"
+    );
+    assert!(
+        lines.contains(&format!("bind 0.0.0.0:{health}").as_str()),
+        "{label}"
+    );
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(c[probe]["httpGet"]["path"], path);
+        assert_eq!(resolve_port(c, &c[probe]["httpGet"]["port"]), health);
+    }
+    let service = component(&r, "Service", RETRY_PROXY);
+    assert!(selects(
+        &service["spec"]["selector"],
+        &pod["metadata"]["labels"]
+    ));
+    assert_eq!(
+        resolve_port(c, &service["spec"]["ports"][0]["targetPort"]),
+        port
+    );
+
+    // A real HAProxy on it: a hung pod, a pod closing without an answer, a real vigil.
+    let vtmp = tempfile::tempdir().unwrap();
+    let mut vigil = common::Vigil::start(vtmp.path(), None, &[]);
+    let ca = vigil::pki::read_certificate(&vtmp.path().join("vigil-data/ca.pem")).unwrap();
+    let hung = FakePod::start(true);
+    let closing = FakePod::start(false);
+    let h = start_haproxy(&cfg, &[hung.addr, closing.addr, vigil.addr], tmp.path());
+    let mut times = Vec::new();
+    for i in 0..24u8 {
+        // POST, POST, GET, GET, ...: each kind meets each pod under leastconn's rotation.
+        let post = i % 4 < 2;
+        let (took, verdict) = ocsp_through(h.http, &ca, i + 1, post);
+        assert!(
+            verdict.is_ok(),
+            "request {i} ({}) through the proxy: {verdict:?}",
+            if post { "POST" } else { "GET" }
+        );
+        times.push(took);
+    }
+    for (pod, what) in [(&hung, "hung"), (&closing, "closing")] {
+        let seen = pod.requests();
+        assert!(
+            seen.iter()
+                .any(|l| l.starts_with("POST ") && !l.ends_with("body=0"))
+                && seen.iter().any(|l| l.starts_with("GET /")),
+            "the {what} pod took no POST with its body, or no GET: {seen:?}"
+        );
+    }
+    let slowest = times.iter().max().unwrap();
+    eprintln!(
+        "retry proxy: 24 OCSP requests (12 POST, 12 GET), hung pod took {}, closing pod {}; slowest {slowest:?}",
+        hung.requests().len(),
+        closing.requests().len()
+    );
+    // A hung pod costs one `timeout server` (300 ms) per request sent to it, then the retry.
+    assert!(
+        *slowest >= std::time::Duration::from_millis(290)
+            && *slowest < std::time::Duration::from_millis(1500),
+        "slowest answer {slowest:?}"
+    );
+    // The body bound: larger than vigil accepts is refused by the proxy, not retried.
+    let big = vec![0x30u8; 16385];
+    assert_eq!(common::post(h.http, "/", &big).status, 413);
+    vigil.kill9();
+}
+
+/// The dashboard ConfigMap: dashboards/vigil.json as shipped, with the sidecar's label and
+/// folder annotation, off by default.
+/// The pod spec, the `vigil` container and the facts check-config needs of a rendered pod
+/// template (the archive's StatefulSet, the backup CronJob's job).
+fn pod_facts<'a>(r: &'a Rendered, pod: &'a Value) -> (&'a Value, &'a Value, ChartFacts) {
+    let spec = &pod["spec"];
+    let c = arr(&spec["containers"], "containers")
+        .iter()
+        .find(|c| c["name"] == "vigil")
+        .unwrap_or_else(|| panic!("{}: no container named vigil", r.label));
+    let env = env_of(c);
+    let volumes = arr(&spec["volumes"], "volumes");
+    let cfg = volumes
+        .iter()
+        .find(|v| v["name"] == "config")
+        .unwrap_or_else(|| panic!("{}: no config volume", r.label));
+    let cm = r
+        .named("ConfigMap", str_of(&cfg["configMap"]["name"], "configMap"))
+        .unwrap_or_else(|| panic!("{}: the config volume names no ConfigMap", r.label));
+    let toml_text = str_of(&cm["data"]["vigil.toml"], "vigil.toml").to_owned();
+    let table: toml::Table = toml_text.parse().unwrap();
+    let facts = ChartFacts {
+        toml_text,
+        table,
+        env,
+        mounts: arr(&c["volumeMounts"], "volumeMounts").clone(),
+        volumes: volumes.clone(),
+    };
+    (spec, c, facts)
+}
+
+/// `vigil` with a pod's environment, its /etc/vigil and /var/lib/vigil paths under the test's
+/// pod root and VIGIL_CONFIG the runnable config (regions on local Redis).
+fn pod_vigil_cmd(facts: &ChartFacts, tmp: &Path, runnable: &Path) -> Command {
+    let prefix = tmp.join("pod").display().to_string();
+    let mut cmd = clean_vigil_cmd();
+    for (k, v) in &facts.env {
+        let v = if v.starts_with("/etc/vigil") || v.starts_with("/var/lib/vigil") {
+            format!("{prefix}{v}")
+        } else {
+            v.clone()
+        };
+        cmd.env(k, v);
+    }
+    cmd.env(vigil::config::ENV_CONFIG, runnable);
+    cmd
+}
+
+/// The archive role (archive.enabled): a one-replica StatefulSet running `vigil archive` with
+/// `--dir` on its own claim (from the claim template, or an existing claim), probed on the
+/// /metrics of its `--metrics-addr`, hardened as the Deployment, scraped through its own
+/// Service (the job VigilArchiveLagging watches) and admitted on its metrics port only; none
+/// of vigil's Service, PDB, NetworkPolicy or ServiceMonitor takes it in. Its config passes the
+/// real `vigil check-config` on the files it mounts, and a real `vigil archive` on it (its
+/// regions on local Redis) answers the probe path with vigil_archive_lag_seconds. The backup
+/// CronJob (backup.enabled) runs `vigil backup create` into /backups on its claim, encrypted to
+/// backup.recipient; its script, run by bash as rendered (plaintext, so it also verifies),
+/// leaves one backup file that `vigil backup verify` accepts.
+#[test]
+fn archive_statefulset_and_backup_cronjob_run_vigil_on_their_volumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = chart_dir().join("examples/one-region.yaml");
+    let features = all_features_values(tmp.path());
+    let r = render_ok("one-region + features", &[&base, &features]);
+    let label = r.label.as_str();
+    let deploy = r.vigil_one("Deployment");
+    let dspec = &deploy["spec"]["template"]["spec"];
+    let dc = &arr(&dspec["containers"], "containers")[0];
+
+    // === the archive's StatefulSet ===
+    let sts = component(&r, "StatefulSet", ARCHIVE);
+    assert_eq!(
+        sts["spec"]["replicas"], 1,
+        "{label}: the archive is one writer"
+    );
+    let pod = &sts["spec"]["template"];
+    let labels = &pod["metadata"]["labels"];
+    assert!(
+        selects(&sts["spec"]["selector"]["matchLabels"], labels),
+        "{label}"
+    );
+    for s in r.vigil_all("Service") {
+        assert!(
+            !selects(&s["spec"]["selector"], labels),
+            "{label}: vigil's Service {} selects the archive pod",
+            s["metadata"]["name"]
+        );
+    }
+    assert!(!selects(
+        &r.one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        labels
+    ));
+    assert!(!selects(
+        &r.vigil_one("NetworkPolicy")["spec"]["podSelector"]["matchLabels"],
+        labels
+    ));
+    let (spec, c, facts) = pod_facts(&r, pod);
+    assert_eq!(spec["securityContext"], dspec["securityContext"], "{label}");
+    assert_eq!(c["securityContext"], dc["securityContext"], "{label}");
+    assert_eq!(spec["automountServiceAccountToken"], false, "{label}");
+    assert_eq!(c["image"], dc["image"], "{label}: vigil's image");
+    let args: Vec<&str> = arr(&c["args"], "args")
+        .iter()
+        .map(|a| str_of(a, "arg"))
+        .collect();
+    assert_eq!(
+        args[..3],
+        ["archive", "--dir", "/var/lib/vigil-archive"],
+        "{label}"
+    );
+    let at = args.iter().position(|a| *a == "--metrics-addr").unwrap();
+    let metrics_port = port_of(args[at + 1]);
+    // The directory is the claim's, writable.
+    let mounts = arr(&c["volumeMounts"], "volumeMounts");
+    let dir_mount = mounts
+        .iter()
+        .find(|m| m["mountPath"] == args[2])
+        .unwrap_or_else(|| panic!("{label}: nothing is mounted at the archive dir"));
+    assert_ne!(dir_mount["readOnly"], true, "{label}");
+    let templates = arr(&sts["spec"]["volumeClaimTemplates"], "volumeClaimTemplates");
+    assert_eq!(templates.len(), 1, "{label}");
+    assert_eq!(
+        templates[0]["metadata"]["name"], dir_mount["name"],
+        "{label}"
+    );
+    assert_eq!(
+        templates[0]["spec"]["resources"]["requests"]["storage"],
+        r.values["archive"]["persistence"]["size"],
+        "{label}"
+    );
+    assert!(
+        !arr(&spec["volumes"], "volumes")
+            .iter()
+            .any(|v| v["name"] == dir_mount["name"]),
+        "{label}: the claim template provides the archive volume"
+    );
+    // Probes on what --metrics-addr serves.
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let g = &c[probe]["httpGet"];
+        assert_eq!(g["path"], "/metrics", "{label}: {probe}");
+        assert_eq!(
+            resolve_port(c, &g["port"]),
+            metrics_port,
+            "{label}: {probe}"
+        );
+    }
+    // Its Service is the StatefulSet's and the ServiceMonitor's; its name is the alert's job.
+    let svc = component(&r, "Service", ARCHIVE);
+    assert_eq!(
+        sts["spec"]["serviceName"], svc["metadata"]["name"],
+        "{label}"
+    );
+    assert!(selects(&svc["spec"]["selector"], labels), "{label}");
+    let sp = &arr(&svc["spec"]["ports"], "ports")[0];
+    assert_eq!(resolve_port(c, &sp["targetPort"]), metrics_port, "{label}");
+    let sm = component(&r, "ServiceMonitor", ARCHIVE);
+    assert!(selects(
+        &sm["spec"]["selector"]["matchLabels"],
+        &svc["metadata"]["labels"]
+    ));
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], sp["name"], "{label}");
+    assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics", "{label}");
+    assert!(!selects(
+        &r.vigil_one("ServiceMonitor")["spec"]["selector"]["matchLabels"],
+        &svc["metadata"]["labels"]
+    ));
+    let rule = r.one("PrometheusRule");
+    let lag: Vec<&Value> = arr(&rule["spec"]["groups"], "groups")
+        .iter()
+        .flat_map(|g| arr(&g["rules"], "rules"))
+        .filter(|x| x["alert"] == "VigilArchiveLagging")
+        .collect();
+    assert_eq!(lag.len(), 1, "{label}: the archive-lag alert");
+    assert!(str_of(&lag[0]["expr"], "expr").contains(&format!(
+        "job=\"{}\"",
+        str_of(&svc["metadata"]["name"], "name")
+    )));
+    let np = component(&r, "NetworkPolicy", ARCHIVE);
+    assert!(selects(&np["spec"]["podSelector"]["matchLabels"], labels));
+    let admitted: Vec<u64> = arr(&np["spec"]["ingress"], "ingress")
+        .iter()
+        .flat_map(|rule| arr(&rule["ports"], "ports"))
+        .map(|p| u64_of(&p["port"], "port"))
+        .collect();
+    assert_eq!(admitted, [metrics_port], "{label}: the metrics port only");
+
+    // Its config passes check-config on the files the pod mounts ...
+    let image = image_paths();
+    let image: Vec<&str> = image.iter().map(String::as_str).collect();
+    let config = lay_out_pod_files(label, &facts, &image, tmp.path());
+    let o = check_config(&facts, tmp.path());
+    assert!(
+        o.status.success(),
+        "{label}: vigil check-config refused the archive's config:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // ... and `vigil archive` on it, as rendered, serves the probe path.
+    let (runnable, _redis) = runnable_config(label, &config, tmp.path());
+    let dir = tmp.path().join("pod").join(args[2].trim_start_matches('/'));
+    fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let mut archive_args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    archive_args[2] = dir.display().to_string();
+    archive_args[at + 1] = format!("127.0.0.1:{port}");
+    let mut child = pod_vigil_cmd(&facts, tmp.path(), &runnable)
+        .args(&archive_args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let scraped = loop {
+        let up = std::net::TcpStream::connect(addr).is_ok();
+        if up {
+            let resp = common::get(addr, "/metrics", "");
+            let body = String::from_utf8_lossy(&resp.body).into_owned();
+            if resp.status == 200 && body.contains(vigil::telemetry::ARCHIVE_LAG) {
+                break Some(body);
+            }
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        scraped.is_some(),
+        "{label}: vigil archive did not serve {} on /metrics:\n{}",
+        vigil::telemetry::ARCHIVE_LAG,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // === the backup CronJob ===
+    let cj = component(&r, "CronJob", BACKUP);
+    assert_eq!(cj["spec"]["concurrencyPolicy"], "Forbid", "{label}");
+    let job_pod = &cj["spec"]["jobTemplate"]["spec"]["template"];
+    let (bspec, bc, bfacts) = pod_facts(&r, job_pod);
+    assert_eq!(
+        bspec["securityContext"], dspec["securityContext"],
+        "{label}"
+    );
+    assert_eq!(bc["securityContext"], dc["securityContext"], "{label}");
+    assert_eq!(
+        bfacts.env["VIGIL_BACKUP_RECIPIENT"], AGE_RECIPIENT,
+        "{label}"
+    );
+    let script = str_of(&arr(&bc["args"], "args")[0], "script");
+    assert!(
+        script.contains("out=\"/backups/vigil-$(date -u +%Y%m%dT%H%M%SZ).vbk\"")
+            && script.contains(
+                "/usr/local/bin/vigil backup create --out \"$out\" --recipient \"$VIGIL_BACKUP_RECIPIENT\""
+            ),
+        "{label}: the backup script:\n{script}"
+    );
+    let bmount = arr(&bc["volumeMounts"], "volumeMounts")
+        .iter()
+        .find(|m| m["mountPath"] == "/backups")
+        .unwrap_or_else(|| panic!("{label}: nothing at /backups"));
+    let bvol = arr(&bspec["volumes"], "volumes")
+        .iter()
+        .find(|v| v["name"] == bmount["name"])
+        .unwrap();
+    let pvc = component(&r, "PersistentVolumeClaim", BACKUP);
+    assert_eq!(
+        bvol["persistentVolumeClaim"]["claimName"], pvc["metadata"]["name"],
+        "{label}"
+    );
+    assert_eq!(
+        pvc["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    // The script as rendered, the image's paths moved here, the plaintext branch (no
+    // recipient, so it verifies what it wrote).
+    let backups = tmp.path().join("backups");
+    fs::create_dir_all(&backups).unwrap();
+    let local = script
+        .replace("/usr/local/bin/vigil ", &format!("{} ", common::BIN))
+        .replace("/backups", &backups.display().to_string());
+    let envs: Vec<(std::ffi::OsString, std::ffi::OsString)> =
+        pod_vigil_cmd(&bfacts, tmp.path(), &runnable)
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+            .collect();
+    let o = clean_vigil_cmd_env(Command::new("bash"))
+        .envs(envs)
+        .env_remove("VIGIL_BACKUP_RECIPIENT")
+        .arg("-c")
+        .arg(&local)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{label}: the backup script failed:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let files: Vec<PathBuf> = fs::read_dir(&backups)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{label}: one backup file: {files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("vigil-") && name.ends_with(".vbk"),
+        "{name}"
+    );
+    let o = clean_vigil_cmd()
+        .args(["backup", "verify"])
+        .arg(&files[0])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{label}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // With existing claims (an object-store mount), no claim is made by the chart.
+    let claims = tmp.path().join("claims.yaml");
+    fs::write(
+        &claims,
+        "archive:\n  persistence:\n    existingClaim: archive-bucket\n    subPath: pki\n\
+         backup:\n  persistence:\n    existingClaim: backup-bucket\n",
+    )
+    .unwrap();
+    let r2 = render_ok(
+        "one-region + features + existing claims",
+        &[&base, &features, &claims],
+    );
+    let sts2 = component(&r2, "StatefulSet", ARCHIVE);
+    assert!(sts2["spec"].get("volumeClaimTemplates").is_none());
+    let pod2 = &sts2["spec"]["template"]["spec"];
+    let m2 = arr(&pod2["containers"][0]["volumeMounts"], "mounts")
+        .iter()
+        .find(|m| m["mountPath"] == "/var/lib/vigil-archive")
+        .unwrap();
+    assert_eq!(m2["subPath"], "pki");
+    let v2 = arr(&pod2["volumes"], "volumes")
+        .iter()
+        .find(|v| v["name"] == m2["name"])
+        .unwrap();
+    assert_eq!(v2["persistentVolumeClaim"]["claimName"], "archive-bucket");
+    assert!(r2.all("PersistentVolumeClaim").is_empty());
+    let cj2 = component(&r2, "CronJob", BACKUP);
+    let vols = &cj2["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"];
+    assert!(arr(vols, "volumes")
+        .iter()
+        .any(|v| v["persistentVolumeClaim"]["claimName"] == "backup-bucket"));
+}
+
+#[test]
+fn dashboard_configmap_carries_the_dashboard_for_the_sidecar() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = render_with_features(tmp.path(), "");
+    let cm = component(&r, "ConfigMap", "dashboard");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(cm["metadata"]["annotations"]["grafana_folder"], "PKI");
+    let shipped = fs::read_to_string(chart_dir().join("dashboards/vigil.json")).unwrap();
+    let data = str_of(&cm["data"]["vigil.json"], "vigil.json");
+    assert_eq!(data.trim_end(), shipped.trim_end());
+    let d: Value = serde_json::from_str(data).unwrap();
+    assert!(!dashboard_queries(&d).is_empty());
+    let r = render_with_features(
+        tmp.path(),
+        "dashboard:\n  enabled: true\n  label: my_dashboards\n  labelValue: \"yes\"\n",
+    );
+    let cm = component(&r, "ConfigMap", "dashboard");
+    assert_eq!(cm["metadata"]["labels"]["my_dashboards"], "yes");
+    let base = chart_dir().join("examples/one-region.yaml");
+    let r = render_ok("one-region", &[&base]);
+    assert!(
+        r.all("ConfigMap")
+            .iter()
+            .all(|c| c["metadata"]["labels"]["app.kubernetes.io/component"] != "dashboard"),
+        "the dashboard is off by default"
+    );
+}
+
+/// Every PromQL expression of the dashboard (panels, rows' panels, template variables).
+fn dashboard_queries(d: &Value) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("expr", Value::String(s)) => out.push(s.clone()),
+                        ("query" | "definition", Value::String(s))
+                            if s.contains("label_values") =>
+                        {
+                            out.push(s.clone())
+                        }
+                        _ => walk(x, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(d, &mut out);
+    out
+}
+
+/// The metric names a PromQL expression selects: each identifier followed by `{` or `[`
+/// (the dashboard always gives a selector), and the first argument of `label_values(`.
+fn promql_metric_names(expr: &str) -> Vec<String> {
+    let b = expr.as_bytes();
+    let mut names = Vec::new();
+    let mut i = 0;
+    let mut in_string = false;
+    let mut depth = 0; // inside {...}: label names, not metrics
+    while i < b.len() {
+        let ch = b[i] as char;
+        if in_string {
+            if ch == '\\' {
+                i += 1;
+            } else if ch == '"' {
+                in_string = false;
+            }
+            i += 1;
+            continue;
+        }
+        match ch {
+            '"' => in_string = true,
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            c if depth == 0 && (c.is_ascii_alphabetic() || c == '_' || c == ':') => {
+                let start = i;
+                while i < b.len()
+                    && ((b[i] as char).is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':')
+                {
+                    i += 1;
+                }
+                let word = &expr[start..i];
+                let next = expr[i..].trim_start().chars().next();
+                let label_values = expr[..start].trim_end().ends_with("label_values(");
+                if matches!(next, Some('{') | Some('[')) || label_values && !word.is_empty() {
+                    names.push(word.to_owned());
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    names
+}
+
+/// `# TYPE name kind` lines of a Prometheus exposition.
+fn exposition_types(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.to_owned(), w.next()?.to_owned()))
+        })
+        .collect()
+}
+
+/// Names the dashboard may query that no vigil exports: `up`, the series Prometheus itself
+/// writes for every scrape target (1 when /metrics answered), on which the readiness panel
+/// counts the replicas.
+const DASHBOARD_NOT_VIGIL: [&str; 1] = ["up"];
+
+/// Every metric the dashboard's expressions query is exported by a live vigil (the
+/// exposition's `# TYPE` lines), a histogram's `_bucket`, `_sum` and `_count` series by the
+/// histogram; every expression is scoped to the `$job` variable and names a metric.
+fn check_dashboard_against(exported: &BTreeMap<String, String>) {
+    let text = fs::read_to_string(chart_dir().join("dashboards/vigil.json")).unwrap();
+    let d: Value = serde_json::from_str(&text).expect("dashboards/vigil.json is JSON");
+    let queries = dashboard_queries(&d);
+    assert!(queries.len() >= 20, "dashboard: {} queries", queries.len());
+    for expr in &queries {
+        let names = promql_metric_names(expr);
+        assert!(!names.is_empty(), "dashboard: {expr:?} names no metric");
+        for name in names {
+            if DASHBOARD_NOT_VIGIL.contains(&name.as_str()) {
+                continue;
+            }
+            let histogram_base = ["_bucket", "_sum", "_count"].iter().find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|b| exported.get(*b).is_some_and(|t| t == "histogram"))
+            });
+            let ok = match histogram_base {
+                Some(_) => true,
+                None => exported.get(&name).is_some_and(|t| t != "histogram"),
+            };
+            assert!(
+                ok,
+                "dashboard: {expr:?} queries {name}, which no live vigil exported (a histogram \
+                 is queried by its _bucket, _sum or _count series)"
+            );
+        }
+        if !expr.starts_with("label_values(vigil_ocsp_requests_total, job)") {
+            assert!(
+                expr.contains("job=~\"$job\""),
+                "dashboard: {expr:?} is not scoped to $job"
+            );
+        }
+    }
+    // The panels the issue asks for, by the metric each must query.
+    use vigil::telemetry as t;
+    let all = queries.join("\n");
+    for m in [
+        t::OCSP_REQUESTS,
+        t::OCSP_CERT_STATUS,
+        t::CACHE_HITS,
+        t::CACHE_MISSES,
+        t::OCSP_LATENCY,
+        t::SIGNING_SHED,
+        t::SIGNING_LATENCY,
+        t::HSM_BREAKER_STATE,
+        t::SIGNER_POOL_UP,
+        t::FEED_LAST_SEEN_AGE,
+        t::CRL_AGE,
+        t::CRL_NUMBER,
+        t::CRL_LEADER,
+        t::HTTP_OTHER,
+    ] {
+        assert!(all.contains(m), "dashboard: no panel queries {m}");
+    }
+}
+
+/// Asks `vigil` for an OCSP answer (GET and POST) and the issuer's CRL, then reads its
+/// /metrics: the `# TYPE` lines.
+fn exercise_and_scrape(
+    vigil: &common::Vigil,
+    ca_pem: &Path,
+    issuer: &str,
+) -> BTreeMap<String, String> {
+    let ca = vigil::pki::read_certificate(ca_pem).unwrap();
+    for post in [true, false] {
+        let (_, verdict) = ocsp_through(vigil.addr, &ca, 7, post);
+        assert!(verdict.is_ok(), "OCSP on the rendered config: {verdict:?}");
+    }
+    let crl = common::eventually(std::time::Duration::from_secs(15), || {
+        common::get(vigil.addr, &format!("/crl/{issuer}.crl"), "").status == 200
+    });
+    assert!(crl, "no CRL of {issuer} on the rendered config");
+    let m = common::get(vigil.addr, "/metrics", "");
+    assert_eq!(m.status, 200);
+    exposition_types(&String::from_utf8_lossy(&m.body))
 }
 
 // === the Dockerfile ===

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vigil::drill::{decode_response, http, query, Status};
+use vigil::report::timeline::{self, Mark, MarkKind, Outcome, Timeline};
 
 const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
 /// A revocation answered `good` later than this after `vigil revoke` returned is a wrong answer.
@@ -314,6 +315,8 @@ struct Sample {
     /// tryLater for a serial revoked during an outage of every HSM (no signed answer exists
     /// yet; vigil must not guess).
     try_later_fresh: bool,
+    /// The status answered (None: a CRL download, tryLater, a failure).
+    status: Option<Status>,
 }
 
 /// Serials revoked during the drills, with when `vigil revoke` returned.
@@ -512,6 +515,7 @@ fn one(
         failed: None,
         wrong: None,
         try_later_fresh: false,
+        status: None,
     };
     let revoked_at = revoked.lock().unwrap().get(&item.serial).copied();
     let status = match answer {
@@ -530,6 +534,7 @@ fn one(
             return s;
         }
     };
+    s.status = Some(status);
     let wrong = match (item.kind, status) {
         (Kind::Unissued, Status::Good) => true,
         (Kind::Revoked, s) => s != Status::Revoked,
@@ -654,6 +659,8 @@ struct DrillResult {
     k6: Option<serde_json::Value>,
     /// The same counts per kind of client (GET, POST, `openssl ocsp`).
     clients: Vec<ClientResult>,
+    /// Per second: answers by outcome, p50 / p99; the fault and the revocation's milestones.
+    timeline: Timeline,
 }
 
 #[derive(serde::Serialize, Clone)]
@@ -700,6 +707,48 @@ fn client_results(samples: &[Sample], fault: (Instant, Instant)) -> Vec<ClientRe
             }
         })
         .collect()
+}
+
+/// The drill's samples, every client together, per second since `t0` (the load's start).
+fn drill_timeline(
+    name: &str,
+    summary: String,
+    samples: &[Sample],
+    t0: Instant,
+    fault: (Instant, Instant),
+    marks: &[(Instant, MarkKind, String)],
+) -> Timeline {
+    let secs = |t: Instant| t.saturating_duration_since(t0).as_secs_f64();
+    let points: Vec<timeline::Sample> = samples
+        .iter()
+        .map(|s| timeline::Sample {
+            at_secs: secs(s.at),
+            outcome: match (&s.wrong, &s.failed, s.status) {
+                (Some(_), _, _) => Outcome::Wrong,
+                (None, Some(_), _) => Outcome::Failed,
+                (None, None, Some(Status::Good)) => Outcome::Good,
+                (None, None, Some(Status::Revoked)) => Outcome::Revoked,
+                (None, None, Some(Status::Unknown)) => Outcome::Unknown,
+                // CRL downloads and tryLater for a fresh revocation with no HSM.
+                (None, None, None) => Outcome::Other,
+            },
+            latency_ms: s.latency.as_secs_f64() * 1000.0,
+        })
+        .collect();
+    Timeline {
+        name: name.to_owned(),
+        summary,
+        buckets: timeline::buckets(&points),
+        fault: Some((secs(fault.0), secs(fault.1))),
+        marks: marks
+            .iter()
+            .map(|(at, kind, label)| Mark {
+                at_secs: secs(*at),
+                kind: *kind,
+                label: label.clone(),
+            })
+            .collect(),
+    }
 }
 
 /// The per-client table of the markdown report.
@@ -794,6 +843,7 @@ fn drill(
     } else {
         None
     };
+    let t0 = Instant::now();
     let load = Load::start(
         &c.lb(),
         c.state.join("pki/ca.pem"),
@@ -841,7 +891,8 @@ fn drill(
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let propagation_all = t_revoke.elapsed().as_millis() as u64;
+    let t_converged = Instant::now();
+    let propagation_all = (t_converged - t_revoke).as_millis() as u64;
     std::thread::sleep(Duration::from_secs(2));
     let samples = load.finish();
     let k6 = k6.take().map(|(mut child, summary)| {
@@ -883,6 +934,33 @@ fn drill(
         recovery_ms: recovery.as_millis() as u64,
         k6,
         clients: client_results(&samples, (t_fault, t_heal)),
+        timeline: Timeline::default(),
+    };
+    let mut marks = vec![(t_revoke, MarkKind::Revocation, format!("revoked {serial}"))];
+    if let Some(ms) = propagation_fault {
+        marks.push((
+            t_revoke + Duration::from_millis(ms),
+            MarkKind::Propagated,
+            format!("reachable replicas answer revoked ({ms} ms)"),
+        ));
+    }
+    marks.push((
+        t_heal + recovery,
+        MarkKind::Recovered,
+        "every replica ready".into(),
+    ));
+    marks.push((
+        t_converged,
+        MarkKind::Converged,
+        format!("converged: every replica answers revoked ({propagation_all} ms)"),
+    ));
+    let summary = format!(
+        "{} requests, {} failed, {} wrong; p99 {:.1} ms during the fault; recovery {} ms",
+        r.requests, r.failed_validations, r.wrong_answers, r.p99_ms_fault, r.recovery_ms
+    );
+    let r = DrillResult {
+        timeline: drill_timeline(name, summary, &samples, t0, (t_fault, t_heal), &marks),
+        ..r
     };
     eprintln!(
         "drill {name}: {} requests, {} failed, {} wrong, propagation {:?} ms (fault) / {} ms (all), p99 {:.1} ms (fault), recovery {} ms",
@@ -981,6 +1059,18 @@ fn write_report(results: &[DrillResult], data: &[DataDrillResult], config: &str)
         }
     }
     std::fs::write(base.with_extension("md"), md).unwrap();
+    let timelines: Vec<Timeline> = results
+        .iter()
+        .map(|r| r.timeline.clone())
+        .chain(data.iter().map(|d| d.timeline.clone()))
+        .collect();
+    let page = timeline::html("vigil drill report", config, &timelines).unwrap();
+    assert_eq!(
+        page.matches("<svg").count(),
+        timelines.len(),
+        "one chart per drill"
+    );
+    std::fs::write(base.with_extension("html"), page).unwrap();
     base.with_extension("md")
 }
 
@@ -1041,6 +1131,7 @@ fn vigil_drill_command(c: &Cluster) {
     }
     let token = c.state.join("admin-token");
     let admin = c.var("ADMIN_B2_URL").to_owned();
+    let html = c.state.join("vigil-drill.html");
     let (code, text) = args(&[
         "--write",
         "--admin",
@@ -1049,12 +1140,22 @@ fn vigil_drill_command(c: &Cluster) {
         token.to_str().unwrap(),
         "--canary-serial",
         &canary_serial(15),
+        "--report-html",
+        html.to_str().unwrap(),
     ]);
     eprintln!("{text}");
     assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains("every replica answers revoked after"),
         "{text}"
+    );
+    // The run's timeline: one chart, the canary's revocation and convergence marked.
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert_eq!(page.matches("<svg").count(), 1);
+    assert!(
+        page.contains(&format!("canary {} revoked", canary_serial(15)))
+            && page.contains("every replica answers revoked ("),
+        "{page}"
     );
     // Region b's Redis hung: the feed-lag check fails and says which region.
     c.signal("redis-b", "-STOP");
@@ -1638,6 +1739,8 @@ struct DataDrillResult {
     notes: Vec<String>,
     /// The load through HAProxy meanwhile, per client.
     clients: Vec<ClientResult>,
+    /// The load per second, the fault and the heal.
+    timeline: Timeline,
 }
 
 struct DataCtx<'a> {
@@ -1664,6 +1767,7 @@ fn data_drill(
 ) -> DataDrillResult {
     let c = x.c;
     eprintln!("data drill {name}");
+    let t0 = Instant::now();
     let load = Load::start(
         &c.lb(),
         c.state.join("pki/ca.pem"),
@@ -1722,6 +1826,27 @@ fn data_drill(
         answers_at_heal,
         notes,
         clients: client_results(&samples, (t_fault, t_heal)),
+        timeline: Timeline::default(),
+    };
+    let marks = [
+        (
+            t_heal + heal_took,
+            MarkKind::Recovered,
+            format!("healing step done ({heal_action_ms} ms)"),
+        ),
+        (
+            t_fault + Duration::from_millis(heal_ms),
+            MarkKind::Converged,
+            format!("healed: every acknowledged revocation everywhere ({heal_ms} ms)"),
+        ),
+    ];
+    let summary = format!(
+        "{} acknowledged revocations, {} CRLs and {} OCSP answers checked, {} lost, {} wrong",
+        r.acknowledged, r.observed.crls, r.observed.answers, r.observed.lost, r.observed.wrong
+    );
+    let r = DataDrillResult {
+        timeline: drill_timeline(name, summary, &samples, t0, (t_fault, t_heal), &marks),
+        ..r
     };
     eprintln!(
         "data drill {name}: {} acknowledged, {} CRLs read ({} stored copies), lost {}, {} answers checked, {} wrong, healed {} ms after the fault (healing step {} ms), then {} answers all revoked; {:?}",

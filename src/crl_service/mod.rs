@@ -540,7 +540,7 @@ async fn fetch_verified(
         return Err(format!("number went from {number} to {n}"));
     }
     let (catalog, id) = (catalog.clone(), id.clone());
-    tokio::task::spawn_blocking(move || {
+    crate::background::run(move || {
         let info = catalog
             .verify(&id, &der, Some(n))
             .map_err(|e| format!("does not verify: {e}"))?;

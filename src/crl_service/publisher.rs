@@ -147,6 +147,9 @@ impl Publisher {
             let scan = table.clone();
             let sharding = pi.sharding;
             let holds = pi.issuer.allow_hold;
+            // At normal priority, not on the background threads: the scan holds the table's
+            // read lock, and a low-priority thread preempted while holding it would keep the
+            // feed's writer waiting, and every OCSP read queued behind that writer.
             let candidates = match tokio::task::spawn_blocking(move || {
                 select::revoked_by_shard(&scan, &sharding, holds)
             })
@@ -197,7 +200,7 @@ impl Publisher {
             (Mode::Delta, Some(base)) if pi.deltas => {
                 let cands = cands.clone();
                 let base2 = base.clone();
-                let entries = tokio::task::spawn_blocking(move || {
+                let entries = crate::background::run(move || {
                     let base_entries = lint::read_entries(&base2.der)?;
                     let mut current = select::retained(&cands, Some(base2.this_update));
                     crate::crl::build::sort_entries(&mut current)
@@ -298,7 +301,7 @@ impl Publisher {
         };
         let table = table.clone();
         let holds = pi.issuer.allow_hold;
-        let checked = tokio::task::spawn_blocking(move || {
+        let checked = crate::background::run(move || {
             let before = lint::read_entries(&prev.der)?;
             let dropped = select::dropped(&before, &entries, prev.this_update, holds, |s| {
                 table.record(s)
@@ -355,7 +358,7 @@ impl Publisher {
         let signer = pi.signer.clone();
         let validity = pi.validity;
         let started = Instant::now();
-        let built = tokio::task::spawn_blocking(move || {
+        let built = crate::background::run(move || {
             let spec = CrlSpec {
                 number,
                 this_update: now,

@@ -33,6 +33,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{RedisResult, Script};
 
 use crate::crl::CrlId;
+use crate::limits::CRL_TRANSFER_FLOOR_BYTES_PER_SEC;
 
 static STORE: LazyLock<Script> = LazyLock::new(|| Script::new(STORE_SCRIPT));
 static LEASE: LazyLock<Script> = LazyLock::new(|| Script::new(LEASE_SCRIPT));
@@ -203,22 +204,37 @@ impl Region {
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        self.run_sized(0, op).await
+    }
+
+    /// [`Region::run`] for a command that moves `bytes` (a CRL stored or fetched): the timeout
+    /// grows by the time those bytes take at [`CRL_TRANSFER_FLOOR_BYTES_PER_SEC`], so a CRL of
+    /// a million entries (about 36 MB) is not cut off by a timeout sized for small commands
+    /// and never stored, while a Redis that stopped answering is still given up on.
+    async fn run_sized<T, F, Fut>(&self, bytes: usize, op: F) -> Result<T, String>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let limit = self.timeout
+            + Duration::from_secs_f64(bytes as f64 / CRL_TRANSFER_FLOOR_BYTES_PER_SEC as f64);
         let conn = {
             let mut guard = self.conn.lock().await;
             match guard.as_ref() {
                 Some(c) => c.clone(),
                 None => {
-                    let c =
-                        tokio::time::timeout(self.timeout, self.link.connect(Some(self.timeout)))
-                            .await
-                            .map_err(|_| format!("region {}: connecting timed out", self.name))?
-                            .map_err(|e| format!("region {}: connecting: {e}", self.name))?;
+                    // No response timeout on the connection: every command runs under this
+                    // function's own, which grows with what the command moves.
+                    let c = tokio::time::timeout(self.timeout, self.link.connect(None))
+                        .await
+                        .map_err(|_| format!("region {}: connecting timed out", self.name))?
+                        .map_err(|e| format!("region {}: connecting: {e}", self.name))?;
                     *guard = Some(c.clone());
                     c
                 }
             }
         };
-        match tokio::time::timeout(self.timeout, op(conn)).await {
+        match tokio::time::timeout(limit, op(conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 *self.conn.lock().await = None;
@@ -281,7 +297,7 @@ impl Region {
         let full = doc_key(&id.full());
         let base = delta_base.map(|b| b.to_string()).unwrap_or_default();
         let (outcome, detail): (String, String) = self
-            .run(|mut c| async move {
+            .run_sized(der.len(), |mut c| async move {
                 STORE
                     .key(doc)
                     .key(seq)
@@ -332,8 +348,20 @@ impl Region {
     /// The stored CRL of `id`: its number and DER.
     pub async fn fetch(&self, id: &CrlId) -> Result<Option<(u64, Vec<u8>)>, String> {
         let key = doc_key(id);
+        // Its size first (one small command), so the fetch gets the time its size needs.
+        let size: usize = {
+            let key = key.clone();
+            self.run(|mut c| async move {
+                redis::cmd("HSTRLEN")
+                    .arg(key)
+                    .arg("der")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?
+        };
         let (number, der): (Option<String>, Option<Vec<u8>>) = self
-            .run(|mut c| async move {
+            .run_sized(size, |mut c| async move {
                 redis::cmd("HMGET")
                     .arg(key)
                     .arg("number")

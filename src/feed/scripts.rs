@@ -135,8 +135,12 @@ return id
 );
 
 /// [`MERGE_LUA`] for a batch of one issuer's certificates in one call: the same join per
-/// certificate, the same snapshot, digest and stream entries as calling [`MERGE_LUA`] for each
-/// in turn, with the snapshot's reads and writes (`HMGET`, `HSET`), the issuers-set `SADD`,
+/// certificate, the same snapshot and digest, and the same events in the same order as calling
+/// [`MERGE_LUA`] for each in turn; the events of the batch's changed certificates are appended
+/// as one stream entry (the field `e` repeated, at most `ENTRY_EVENTS` =
+/// [`FEED_ENTRY_MAX_EVENTS`](crate::limits::FEED_ENTRY_MAX_EVENTS) per entry), where
+/// [`MERGE_LUA`] appends one entry per event. Every reader of the stream takes each `e` field
+/// of an entry in order, with the snapshot's reads and writes (`HMGET`, `HSET`), the issuers-set `SADD`,
 /// the digest's read and write and the stream's trim (`XTRIM MAXLEN ~`) done once per batch.
 /// Returns how many certificates' records changed (each appended its events).
 ///
@@ -179,7 +183,11 @@ for a = 1, m, SLICE do
   local got = redis.call('HMGET', KEYS[2], unpack(serials, a, b))
   for k = a, b do stored[k] = got[k - a + 1] end
 end
-local changed, digest, latest, pairs_out = 0, nil, {}, {}
+-- The events of every certificate that changed go out as one stream entry (field `e`
+-- repeated), cut at ENTRY_EVENTS events (`limits::FEED_ENTRY_MAX_EVENTS`).
+local ENTRY_EVENTS = 200
+local changed, digest, latest, pairs_out, fields = 0, nil, {}, {}, {}
+local entries_out, events_out = 0, 0
 for k = 1, m do
   local serial, rec = serials[k], records[k]
   local cur = latest[serial]
@@ -196,10 +204,19 @@ for k = 1, m do
     if cur then digest_toggle(digest, serial .. cur) end
     digest_toggle(digest, serial .. new)
     for j = firsts[k], lasts[k] do
-      redis.call('XADD', KEYS[1], '*', 'e', ARGV[j])
+      fields[#fields + 1] = 'e'
+      fields[#fields + 1] = ARGV[j]
+      if #fields >= 2 * ENTRY_EVENTS then
+        redis.call('XADD', KEYS[1], '*', unpack(fields))
+        entries_out, events_out, fields = entries_out + 1, events_out + #fields / 2, {}
+      end
     end
     changed = changed + 1
   end
+end
+if #fields > 0 then
+  redis.call('XADD', KEYS[1], '*', unpack(fields))
+  entries_out, events_out = entries_out + 1, events_out + #fields / 2
 end
 if changed > 0 then
   for a = 1, #pairs_out, 2 * SLICE do
@@ -209,8 +226,11 @@ if changed > 0 then
   redis.call('HSET', KEYS[4], ARGV[2], digest_hex(digest))
   -- Trimmed once per batch, inside the same atomic call: no one sees the stream in between,
   -- and `MAXLEN ~` trims whole nodes either way. The trim check per XADD was a quarter of the
-  -- script's time.
-  redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[1])
+  -- script's time. feed.maxlen bounds events, not entries: with k events per entry written
+  -- here, the stream keeps about maxlen / k entries, so a mass revocation's entries of 200
+  -- events keep about maxlen events, as entries of one event do.
+  local keep = math.max(1, math.floor(tonumber(ARGV[1]) * entries_out / events_out))
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', keep)
 end
 return changed
 "#
@@ -312,4 +332,16 @@ pub fn all() -> [&'static Script; 8] {
         &RELEASE,
         &STATE,
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::FEED_ENTRY_MAX_EVENTS;
+
+    #[test]
+    fn the_script_cuts_entries_where_the_readers_expect() {
+        let line = format!("local ENTRY_EVENTS = {FEED_ENTRY_MAX_EVENTS}\n");
+        assert!(MERGE_MANY_LUA.contains(&line), "{line}");
+    }
 }

@@ -203,6 +203,15 @@ fn metrics(st: &AppState) -> Response<Body> {
         return respond::text(StatusCode::NOT_FOUND, "metrics are not enabled\n");
     };
     metrics::gauge!(telemetry::VIEW_CERTIFICATES).set(st.view.len() as f64);
+    // What /readyz would answer now: 1 ready (degraded or not), 0 not ready; 1 degraded.
+    let ready = st.readiness.check().is_ok();
+    metrics::gauge!(telemetry::READY).set(if ready { 1.0 } else { 0.0 });
+    let degraded = ready && st.readiness.degraded().is_some();
+    metrics::gauge!(telemetry::DEGRADED).set(if degraded { 1.0 } else { 0.0 });
+    let (status_change, routine) = st.responder.signing_queued();
+    metrics::gauge!(telemetry::SIGNING_QUEUE_DEPTH, "priority" => "status_change")
+        .set(status_change as f64);
+    metrics::gauge!(telemetry::SIGNING_QUEUE_DEPTH, "priority" => "routine").set(routine as f64);
     st.crl.update_age_gauges(unix_now());
     let mut r = respond::text(StatusCode::OK, handle.render());
     r.headers_mut().insert(

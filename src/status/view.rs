@@ -2,10 +2,10 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use super::{CertRecord, CertStatus, Event, IssuerId, Serial};
+use crate::limits::VIEW_LOCK_EVENTS;
 
 /// Every certificate status a replica knows, grouped by issuer.
 ///
@@ -17,12 +17,14 @@ pub struct StatusView {
 
 /// The serial → record map of one issuer.
 ///
-/// Hashed with SipHash-1-3 under fixed keys rather than per-process random ones, so the map's
-/// iteration order is the same in every process: a checkpoint written in that order loads with
-/// near-sequential memory access, several times faster at ten million certificates. Random keys
-/// guard against an attacker choosing colliding *inserted* keys; here every inserted serial comes
-/// from the CA's authenticated feed (lookups of attacker-chosen serials do not degrade the map).
-type Records = HashMap<Serial, CertRecord, BuildHasherDefault<DefaultHasher>>;
+/// Hashed with foldhash under its fixed seed rather than a per-process random one: the map's
+/// iteration order is the same in every process, so a checkpoint written in that order loads
+/// with near-sequential memory access, several times faster at ten million certificates, and
+/// foldhash hashes a serial in a fraction of SipHash's time (a mass revocation joins millions).
+/// A random seed guards against an attacker choosing colliding *inserted* keys; here every
+/// inserted serial comes from the CA's authenticated feed (lookups of attacker-chosen serials
+/// do not degrade the map).
+type Records = HashMap<Serial, CertRecord, foldhash::fast::FixedState>;
 
 /// One issuer's certificates.
 #[derive(Default)]
@@ -131,10 +133,13 @@ impl StatusView {
     ) {
         let mut rest = events;
         while let Some(first) = rest.first() {
+            // One issuer's run, at most VIEW_LOCK_EVENTS under one write lock: readers (every
+            // OCSP answer checks the view) wait at most one chunk, not a mass revocation.
             let run = rest
                 .iter()
+                .take(VIEW_LOCK_EVENTS)
                 .position(|e| e.issuer != first.issuer)
-                .unwrap_or(rest.len());
+                .unwrap_or(rest.len().min(VIEW_LOCK_EVENTS));
             let (now, later) = rest.split_at(run);
             rest = later;
             let table = self.table(first.issuer);
@@ -294,9 +299,11 @@ impl IssuerTable {
         mut changed: impl FnMut(&Serial, CertStatus, CertStatus),
     ) {
         let mut out = Vec::new();
-        {
+        // At most VIEW_LOCK_EVENTS records under one write lock (a checkpoint or a snapshot
+        // read holds millions): readers wait for one chunk.
+        for chunk in records.chunks(VIEW_LOCK_EVENTS) {
             let mut t = self.records.write().unwrap_or_else(PoisonError::into_inner);
-            for (s, r) in records {
+            for (s, r) in chunk {
                 let before = t.map.get(s).map_or(CertStatus::Unissued, |r| r.status());
                 if let Applied::Changed { status } = merge_into(&mut t, *s, *r) {
                     out.push((*s, before, status));

@@ -107,3 +107,84 @@ and a margin; an explicit value below that sum fails the render.
 {{- end -}}
 {{- $out | toJson -}}
 {{- end -}}
+
+{{/*
+The `helm test` pod and the retry proxy carry their own `app.kubernetes.io/name`, never
+vigil's: the Service, the Deployment, the PDB and the NetworkPolicy select vigil's pods by
+vigil.selectorLabels, and must not take these in.
+*/}}
+{{- define "vigil.testName" -}}
+{{- printf "%s-test" (include "vigil.fullname" . | trunc 58 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/* vigil.labels without the selector labels, for objects that select other pods. */}}
+{{- define "vigil.baseLabels" -}}
+helm.sh/chart: {{ include "vigil.chart" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: vigil
+{{- end -}}
+
+{{- define "vigil.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-test" (include "vigil.name" .) }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* The retry proxy's Deployment, Service and ConfigMap: "<fullname>-retry-proxy". */}}
+{{- define "vigil.retryProxyName" -}}
+{{- printf "%s-retry-proxy" (include "vigil.fullname" . | trunc 51 | trimSuffix "-") -}}
+{{- end -}}
+
+{{- define "vigil.retryProxySelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-retry-proxy" (include "vigil.name" .) }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* The headless Service the retry proxy resolves vigil's ready pods through. */}}
+{{- define "vigil.podsName" -}}
+{{- printf "%s-pods" (include "vigil.fullname" . | trunc 58 | trimSuffix "-") -}}
+{{- end -}}
+
+{{- define "vigil.retryProxyImage" -}}
+{{- $i := .Values.retryProxy.image -}}
+{{- if $i.digest -}}
+{{- printf "%s@%s" $i.repository $i.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $i.repository $i.tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The archive role (archive.yaml): "<fullname>-archive" for its StatefulSet, Service and
+claims, with its own `app.kubernetes.io/name`, so vigil's Service, PDB and NetworkPolicy do
+not take its pod in. The backup CronJob: "<fullname>-backup".
+*/}}
+{{- define "vigil.archiveName" -}}
+{{- printf "%s-archive" (include "vigil.fullname" . | trunc 50 | trimSuffix "-") -}}
+{{- end -}}
+
+{{- define "vigil.archiveSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-archive" (include "vigil.name" .) }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "vigil.backupName" -}}
+{{- printf "%s-backup" (include "vigil.fullname" . | trunc 44 | trimSuffix "-") -}}
+{{- end -}}
+
+{{- define "vigil.backupSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-backup" (include "vigil.name" .) }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "vigil.archiveDir" -}}/var/lib/vigil-archive{{- end -}}
+{{- define "vigil.backupDir" -}}/backups{{- end -}}
+
+{{/* The Prometheus job of the archive role: archiveJob, else the chart's archive Service. */}}
+{{- define "vigil.archiveJob" -}}
+{{- if .Values.metrics.prometheusRule.archiveJob -}}
+{{- .Values.metrics.prometheusRule.archiveJob -}}
+{{- else if .Values.archive.enabled -}}
+{{- include "vigil.archiveName" . -}}
+{{- end -}}
+{{- end -}}
