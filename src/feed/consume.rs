@@ -263,11 +263,16 @@ async fn session(
             let now = unix_now_ms();
             let mut events = Vec::with_capacity(entries.len());
             for (eid, fields) in entries {
+                // The events of one entry were written in one call: one lag sample each.
+                let mut lag_taken = false;
                 for (field, value) in fields {
                     match field.as_slice() {
                         b"e" => match Event::decode(&value) {
                             Ok(e) => {
-                                health.seen(now, Some(e.created_at_ms));
+                                if !lag_taken {
+                                    health.seen(now, Some(e.created_at_ms));
+                                    lag_taken = true;
+                                }
                                 events.push(e);
                             }
                             Err(err) => {
@@ -285,7 +290,7 @@ async fn session(
                 }
                 id = eid;
             }
-            let applied = state.applier.events(&events).await;
+            let applied = state.applier.events_owned(events).await;
             health.changed.increment(applied.changed as u64);
             health.unchanged.increment(applied.unchanged as u64);
             state.set_cursor(
