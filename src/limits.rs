@@ -131,8 +131,11 @@ const _: () = assert!(256 % VIEW_SEGMENTS == 0);
 /// Changes in one applied batch of events above which the batch counts as bulk (a mass
 /// revocation, a catch-up): cached responses of the changed certificates are evicted as always,
 /// but certificates with nothing cached are not remembered for status-change signing priority
-/// (eight CertID forms each, in a bounded cache that a million would only churn).
-pub const APPLY_BULK_CHANGES: usize = 1_000;
+/// (eight CertID forms each, in a bounded cache that a million would only churn). A replica
+/// keeping up with a mass revocation reads a few entries of up to [`FEED_ENTRY_MAX_EVENTS`]
+/// events at a time, so the bound sits below one entry's worth; revocations one by one stay
+/// far below it.
+pub const APPLY_BULK_CHANGES: usize = 64;
 
 // One feed read is one archive block.
 const _: () = assert!(FEED_READ_COUNT * FEED_ENTRY_MAX_EVENTS <= MAX_ARCHIVE_BLOCK_ENTRIES);

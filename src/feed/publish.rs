@@ -230,12 +230,12 @@ pub async fn merge(
                     .arg(&issuer_hex)
                     .arg(batch_digest.hex());
                 for w in batch {
+                    let mut packed = Vec::with_capacity(w.events.iter().map(|e| e.len() + 2).sum());
+                    super::pack_events(&mut packed, w.events.iter().map(|e| &e[..]));
                     cmd.arg(w.serial.as_der_content())
                         .arg(&w.record.to_bytes()[..])
-                        .arg(w.events.len());
-                    for e in &w.events {
-                        cmd.arg(&e[..]);
-                    }
+                        .arg(w.events.len())
+                        .arg(packed);
                 }
             }
         }
