@@ -622,7 +622,10 @@ fn backup_verify(file: &Path, identity: Option<&Path>) -> ExitCode {
 }
 
 fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Two workers: the regions' scans (create) and loaders (restore) run beside the thread that
+    // writes or reads the file.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
@@ -750,7 +753,13 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
             ))?;
             for (region, r) in &report {
                 for (issuer, (sent, changed)) in &r.issuers {
-                    println!("{region} issuer {issuer}: {sent} certificates merged, {changed} changed the region");
+                    let same = r.identical.get(issuer).copied().unwrap_or(0);
+                    let note = if same > 0 {
+                        format!(" ({same} more in another source of the backup, identical: not sent again)")
+                    } else {
+                        String::new()
+                    };
+                    println!("{region} issuer {issuer}: {sent} certificates merged, {changed} changed the region{note}");
                 }
                 println!(
                     "{region}: {} CRL(s) stored, {} already there at that number or newer",
@@ -805,7 +814,8 @@ fn drill_restore(
     flush: bool,
     json: Option<&Path>,
 ) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {

@@ -211,6 +211,17 @@ impl Tally {
         }
     }
 
+    /// Adds another tally's records (of other certificates, or of the same source read in
+    /// other sections): counts add, digests XOR.
+    pub fn absorb(&mut self, other: &Tally) {
+        self.records += other.records;
+        self.revoked += other.revoked;
+        self.held += other.held;
+        for (d, o) in self.digest.iter_mut().zip(other.digest.iter()) {
+            *d ^= o;
+        }
+    }
+
     /// As it goes in the manifest.
     pub fn count(&self) -> IssuerCount {
         IssuerCount {
@@ -247,8 +258,18 @@ pub struct Writer<W: Write> {
     sections: u64,
     tallies: BTreeMap<String, BTreeMap<String, Tally>>,
     crls: u64,
-    pending: Option<(String, IssuerId, Vec<u8>, u32)>,
+    /// Per source, the records section being filled: its issuer, payload, count and the tally
+    /// of its records (folded into `tallies` when it is written).
+    pending: BTreeMap<String, Pending>,
     finished_at: String,
+}
+
+/// A records section being filled.
+struct Pending {
+    issuer: IssuerId,
+    payload: Vec<u8>,
+    count: u32,
+    tally: Tally,
 }
 
 impl<W: Write> Writer<W> {
@@ -265,7 +286,7 @@ impl<W: Write> Writer<W> {
             sections: 0,
             tallies: BTreeMap::new(),
             crls: 0,
-            pending: None,
+            pending: BTreeMap::new(),
             finished_at: String::new(),
         };
         w.raw(MAGIC)?;
@@ -295,7 +316,8 @@ impl<W: Write> Writer<W> {
 
     /// Adds one record of `issuer` from `source` (a region name, `checkpoint`, `journal`).
     /// Records of one issuer and source are grouped into sections of
-    /// [`BACKUP_SECTION_RECORDS`].
+    /// [`BACKUP_SECTION_RECORDS`]; each source fills its own section, so records of several
+    /// sources read at once may come interleaved.
     pub fn record(
         &mut self,
         source: &str,
@@ -303,46 +325,82 @@ impl<W: Write> Writer<W> {
         serial: &Serial,
         record: &CertRecord,
     ) -> Result<(), BackupError> {
-        let same = matches!(&self.pending, Some((s, i, _, _)) if s == source && *i == issuer);
-        if !same {
-            self.flush_records()?;
-            let src = &source.as_bytes()[..source.len().min(MAX_BACKUP_SOURCE_BYTES)];
-            let mut p = Vec::with_capacity(64 + 32 * 1024);
-            p.push(src.len() as u8);
-            p.extend_from_slice(src);
-            p.extend_from_slice(&issuer.0);
-            p.push(CertRecord::ENCODED_LEN as u8);
-            p.extend_from_slice(&0u32.to_be_bytes());
-            self.pending = Some((source.to_owned(), issuer, p, 0));
-        }
-        self.tallies
-            .entry(source.to_owned())
-            .or_default()
-            .entry(hex(&issuer.0))
-            .or_default()
-            .add(serial, record);
-        let full = {
-            let Some((_, _, p, n)) = self.pending.as_mut() else {
-                return Err(BackupError::Other("no records section open".into()));
+        self.records(source, issuer, std::slice::from_ref(&(*serial, *record)))
+    }
+
+    /// Adds many records of `issuer` from `source` ([`Self::record`]).
+    pub fn records(
+        &mut self,
+        source: &str,
+        issuer: IssuerId,
+        records: &[(Serial, CertRecord)],
+    ) -> Result<(), BackupError> {
+        let mut rest = records;
+        while !rest.is_empty() {
+            let same = self.pending.get(source).is_some_and(|p| p.issuer == issuer);
+            if !same {
+                self.flush_source(source)?;
+                let src = &source.as_bytes()[..source.len().min(MAX_BACKUP_SOURCE_BYTES)];
+                let mut p = Vec::with_capacity(64 + BACKUP_SECTION_RECORDS * 16);
+                p.push(src.len() as u8);
+                p.extend_from_slice(src);
+                p.extend_from_slice(&issuer.0);
+                p.push(CertRecord::ENCODED_LEN as u8);
+                p.extend_from_slice(&0u32.to_be_bytes());
+                self.pending.insert(
+                    source.to_owned(),
+                    Pending {
+                        issuer,
+                        payload: p,
+                        count: 0,
+                        tally: Tally::default(),
+                    },
+                );
+            }
+            let full = {
+                let Some(p) = self.pending.get_mut(source) else {
+                    return Err(BackupError::Other("no records section open".into()));
+                };
+                let room = BACKUP_SECTION_RECORDS - p.count as usize;
+                let (now, later) = rest.split_at(room.min(rest.len()));
+                for (serial, record) in now {
+                    p.tally.add(serial, record);
+                    let s = serial.as_der_content();
+                    p.payload.push(s.len() as u8);
+                    p.payload.extend_from_slice(s);
+                    p.payload.extend_from_slice(&record.to_bytes());
+                }
+                p.count += now.len() as u32;
+                rest = later;
+                p.count as usize >= BACKUP_SECTION_RECORDS
             };
-            let s = serial.as_der_content();
-            p.push(s.len() as u8);
-            p.extend_from_slice(s);
-            p.extend_from_slice(&record.to_bytes());
-            *n += 1;
-            *n as usize >= BACKUP_SECTION_RECORDS
-        };
-        if full {
-            self.flush_records()?;
+            if full {
+                self.flush_source(source)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the source's open records section, if any.
+    fn flush_source(&mut self, source: &str) -> Result<(), BackupError> {
+        if let Some(mut p) = self.pending.remove(source) {
+            let at = 1 + source.len().min(MAX_BACKUP_SOURCE_BYTES) + 32 + 1;
+            p.payload[at..at + 4].copy_from_slice(&p.count.to_be_bytes());
+            self.section(SectionKind::Records, &p.payload)?;
+            self.tallies
+                .entry(source.to_owned())
+                .or_default()
+                .entry(hex(&p.issuer.0))
+                .or_default()
+                .absorb(&p.tally);
         }
         Ok(())
     }
 
     fn flush_records(&mut self) -> Result<(), BackupError> {
-        if let Some((source, _, mut p, n)) = self.pending.take() {
-            let at = 1 + source.len().min(MAX_BACKUP_SOURCE_BYTES) + 32 + 1;
-            p[at..at + 4].copy_from_slice(&n.to_be_bytes());
-            self.section(SectionKind::Records, &p)?;
+        let sources: Vec<String> = self.pending.keys().cloned().collect();
+        for s in sources {
+            self.flush_source(&s)?;
         }
         Ok(())
     }
@@ -416,9 +474,25 @@ pub struct Reader<R: Read> {
     crls: u64,
     manifest: Option<Manifest>,
     seen_header: bool,
+    /// Set by [`Self::trust`]: the SHA-256 a verify pass found.
+    verified_sha256: Option<String>,
+    skip: std::collections::HashSet<(String, IssuerId)>,
 }
 
 impl<R: Read> Reader<R> {
+    /// For a second pass over a file a first pass verified whole (a restore): records sections
+    /// are not tallied again, sections of the (source, issuer) pairs in `skip` are checked
+    /// (checksum, whole-file digest) but not decoded or returned, and the manifest must carry
+    /// the SHA-256 the first pass verified, so the bytes used are the bytes verified.
+    pub fn trust(
+        &mut self,
+        verified_sha256: String,
+        skip: std::collections::HashSet<(String, IssuerId)>,
+    ) {
+        self.verified_sha256 = Some(verified_sha256);
+        self.skip = skip;
+    }
+
     /// Checks the magic and version.
     pub fn new(mut input: R) -> Result<Self, BackupError> {
         let mut head = [0u8; 10];
@@ -445,6 +519,8 @@ impl<R: Read> Reader<R> {
             crls: 0,
             manifest: None,
             seen_header: false,
+            verified_sha256: None,
+            skip: std::collections::HashSet::new(),
         })
     }
 
@@ -524,6 +600,18 @@ impl<R: Read> Reader<R> {
                     self.seen_header = true;
                     Section::Header(h)
                 }
+                SectionKind::Records if self.verified_sha256.is_some() => {
+                    if !self.skip.is_empty() {
+                        if let Some(key) = records_key(&payload) {
+                            if self.skip.contains(&key) {
+                                self.index += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    let r = decode_records(&payload).map_err(|e| self.damaged(name, at, e))?;
+                    Section::Records(r)
+                }
                 SectionKind::Records => {
                     let r = decode_records(&payload).map_err(|e| self.damaged(name, at, e))?;
                     let t = self
@@ -567,8 +655,19 @@ impl<R: Read> Reader<R> {
                             )
                         })
                         .collect();
-                    if m.counts != counts || m.crls != self.crls {
-                        return Err(self.damaged(name, at, "counts or digests do not match"));
+                    match &self.verified_sha256 {
+                        Some(v) if *v != m.sha256 => {
+                            return Err(self.damaged(
+                                name,
+                                at,
+                                "the file changed since it was verified",
+                            ))
+                        }
+                        Some(_) => {}
+                        None if m.counts != counts || m.crls != self.crls => {
+                            return Err(self.damaged(name, at, "counts or digests do not match"));
+                        }
+                        None => {}
                     }
                     self.manifest = Some(m);
                     self.index += 1;
@@ -584,6 +683,14 @@ impl<R: Read> Reader<R> {
     pub fn manifest(&self) -> Option<&Manifest> {
         self.manifest.as_ref()
     }
+}
+
+/// The source and issuer of a records section, without decoding its records.
+fn records_key(p: &[u8]) -> Option<(String, IssuerId)> {
+    let src_len = *p.first()? as usize;
+    let source = std::str::from_utf8(p.get(1..1 + src_len)?).ok()?;
+    let issuer = IssuerId(p.get(1 + src_len..1 + src_len + 32)?.try_into().ok()?);
+    Some((source.to_owned(), issuer))
 }
 
 fn decode_records(p: &[u8]) -> Result<RecordsSection, String> {

@@ -3,15 +3,17 @@
 //! A backup is taken from the feed's regions (each region's snapshot, with the stream id and
 //! epoch it was read at), from a replica's checkpoint, or from the single-node journal, and
 //! written in the [`format`] to a temporary file that is fsynced and renamed into place.
-//! Restoring merges the backup into a region through the feed's own merge script
-//! ([`crate::feed::publish::merge`], the join of [`crate::status::CertRecord`]): a restore never
-//! removes or downgrades a newer revocation, and replicas pick the records up from the stream
-//! or the snapshot as they do any write. CRLs go back through the CRL store's compare-and-set,
+//! Restoring merges the backup into a region through the restore script
+//! ([`crate::feed::scripts::RESTORE_MANY_LUA`], the join of [`crate::status::CertRecord`], as
+//! the feed's merge script; [`load`]): a restore never removes or downgrades a newer
+//! revocation. It appends no stream entry: replicas pick the records up from the snapshot,
+//! through their completeness round, as they do after any gap. CRLs go back through the CRL store's compare-and-set,
 //! so a stored number never goes backwards; the next CRL is numbered above both (CRL numbers
 //! are build times, raised above the highest seen: [`crate::crl::number`]).
 
 pub mod drill;
 pub mod format;
+pub mod load;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -154,10 +156,23 @@ async fn write_backup(
                 conns.push(c);
             }
             let mut w = Writer::new(&mut *file, &header).map_err(berr)?;
-            for (r, c) in regions.iter().zip(conns.iter_mut()) {
-                scan_region(r, c, &mut w)
-                    .await
-                    .map_err(|e| format!("region {}: {e}", r.name))?;
+            // Every region is scanned at once, each by its own task on its own connection (each
+            // region's Redis scans on its own core); the pages come here through a bounded
+            // channel, so the backup holds a few pages whatever the regions hold.
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Page>(SCAN_PAGES_QUEUED);
+            for (i, (r, c)) in regions.iter().zip(conns).enumerate() {
+                let (tx, r) = (tx.clone(), r.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = scan_region(&r, c, i, &tx).await {
+                        let _ = tx.send(Err(format!("region {}: {e}", r.name))).await;
+                    }
+                });
+            }
+            drop(tx);
+            while let Some(page) = rx.recv().await {
+                let (i, issuer, records) = page?;
+                let name = regions.get(i).map_or("", |r| r.name.as_str());
+                w.records(name, issuer, &records).map_err(berr)?;
             }
             for r in cfg
                 .regions
@@ -263,14 +278,24 @@ async fn position(
     })
 }
 
-async fn scan_region<W: std::io::Write>(
+/// Snapshot fields asked for per `HSCAN` of a backup (a hint to Redis): a page is a few
+/// milliseconds of Redis time.
+const BACKUP_SCAN_COUNT: usize = 5000;
+/// Pages queued between the regions' scans and the writer.
+const SCAN_PAGES_QUEUED: usize = 16;
+
+/// One page of a region's snapshot: the region's index, the issuer, the records.
+type Page = Result<(usize, IssuerId, Vec<(Serial, CertRecord)>), String>;
+
+async fn scan_region(
     r: &Region,
-    c: &mut MultiplexedConnection,
-    w: &mut Writer<W>,
+    mut c: MultiplexedConnection,
+    index: usize,
+    tx: &tokio::sync::mpsc::Sender<Page>,
 ) -> Result<(), String> {
     let mut issuers: Vec<String> = redis::cmd("SMEMBERS")
         .arg(r.keys.issuers())
-        .query_async(c)
+        .query_async(&mut c)
         .await
         .map_err(|e| e.to_string())?;
     issuers.sort();
@@ -285,17 +310,21 @@ async fn scan_region<W: std::io::Write>(
                 .arg(&key)
                 .arg(&cursor)
                 .arg("COUNT")
-                .arg(crate::limits::FEED_SCAN_COUNT)
-                .query_async(c)
+                .arg(BACKUP_SCAN_COUNT)
+                .query_async(&mut c)
                 .await
                 .map_err(|e| e.to_string())?;
+            let mut page = Vec::with_capacity(fields.len() / 2);
             for pair in fields.chunks_exact(2) {
                 let serial = Serial::from_der_content(&pair[0])
                     .map_err(|e| format!("issuer {ih}: a serial in the snapshot: {e}"))?;
                 let record = CertRecord::from_bytes(&pair[1])
                     .ok_or_else(|| format!("issuer {ih}: a malformed record in the snapshot"))?;
-                w.record(&r.name, issuer, &serial, &record)
-                    .map_err(|e| e.to_string())?;
+                page.push((serial, record));
+            }
+            if tx.send(Ok((index, issuer, page))).await.is_err() {
+                // The writer stopped (its error is reported there).
+                return Ok(());
             }
             if next == "0" {
                 break;
@@ -491,23 +520,59 @@ pub fn verify(path: &Path, identity: Option<&Path>) -> Result<Verified, String> 
 pub struct Restored {
     /// issuer hex → (records sent, records that changed the region's snapshot).
     pub issuers: BTreeMap<String, (u64, u64)>,
+    /// issuer hex → records not sent because another source of the backup holds exactly the
+    /// same records of that issuer (same count and digest, which verify checked).
+    pub identical: BTreeMap<String, u64>,
     /// CRLs stored, and CRLs the region already had at that number or newer.
     pub crls_stored: u64,
     /// CRLs the region already had at that number or newer.
     pub crls_newer_there: u64,
 }
 
+/// Sections to skip, and the records skipped per issuer hex.
+type Identical = (
+    std::collections::HashSet<(String, IssuerId)>,
+    BTreeMap<String, u64>,
+);
+
+/// The (source, issuer) sections a restore need not send: where two sources of a backup hold
+/// the same records of an issuer (the counts and digest the manifest gives and verify checked
+/// equal), the first source's records are the union of both.
+fn identical_sources(m: &Manifest) -> Identical {
+    let mut kept: BTreeMap<&str, Vec<&format::IssuerCount>> = BTreeMap::new();
+    let mut skip = std::collections::HashSet::new();
+    let mut skipped: BTreeMap<String, u64> = BTreeMap::new();
+    for (source, issuers) in &m.counts {
+        for (ih, c) in issuers {
+            let seen = kept.entry(ih.as_str()).or_default();
+            if seen.iter().any(|k| *k == c) {
+                if let Some(id) = crate::feed::consume::parse_issuer_hex(ih) {
+                    skip.insert((source.clone(), id));
+                    *skipped.entry(ih.clone()).or_default() += c.records;
+                }
+            } else {
+                seen.push(c);
+            }
+        }
+    }
+    (skip, skipped)
+}
+
 /// Merges the backup at `path` into every region (or the one named), after verifying the whole
 /// file: a damaged backup restores nothing.
+///
+/// The second pass reads the file on a blocking thread and hands each records section to
+/// every region's loader task ([`load`]); a source whose records of an issuer are identical to
+/// an earlier source's are not sent again ([`identical_sources`]). CRLs go through the CRL
+/// store's compare-and-set as they are read.
 pub async fn restore(
     cfg: &Config,
     path: &Path,
     only: Option<&str>,
     identity: Option<&Path>,
 ) -> Result<BTreeMap<String, Restored>, String> {
-    verify(path, identity)?;
+    let verified = verify(path, identity)?;
     let regions = chosen_regions(cfg, only)?;
-    let maxlen = cfg.feed.as_ref().map_or(100_000, |f| f.maxlen);
     let mut conns = Vec::new();
     for r in &regions {
         conns.push(
@@ -522,55 +587,68 @@ pub async fn restore(
         .filter(|r| only.is_none_or(|o| o == r.name))
         .map(|r| crate::crl_service::redis_store::Region::from_config(r, cfg.crl.redis_timeout))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut out: BTreeMap<String, Restored> = BTreeMap::new();
-    let mut reader = Reader::new(open(path, identity)?).map_err(|e| e.to_string())?;
-    let origin = format!("restore@{}", now_rfc3339());
-    let now = crate::clock::unix_now_ms();
-    while let Some(section) = reader.next_section().map_err(|e| e.to_string())? {
-        match section {
-            Section::Header(_) => {}
-            Section::Records(rs) => {
-                let writes = cert_writes(rs.issuer, &rs.records, &origin, now);
-                for (r, c) in regions.iter().zip(conns.iter_mut()) {
-                    let changed = crate::feed::publish::merge(r, c, &writes, maxlen)
-                        .await
-                        .map_err(|e| format!("region {}: {e}", r.name))?;
-                    let e = out
-                        .entry(r.name.clone())
-                        .or_default()
-                        .issuers
-                        .entry(hex(&rs.issuer.0))
-                        .or_default();
-                    e.0 += writes.len() as u64;
-                    e.1 += changed as u64;
+    let (skip, identical) = identical_sources(&verified.manifest);
+    let loader = load::Loader::start(&regions, conns);
+    let senders = loader.senders();
+    let handle = tokio::runtime::Handle::current();
+    let (path_owned, identity_owned) = (path.to_owned(), identity.map(Path::to_owned));
+    let sha256 = verified.manifest.sha256.clone();
+    let reading = tokio::task::spawn_blocking(move || {
+        let mut crls: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut reader = Reader::new(open(&path_owned, identity_owned.as_deref())?)
+            .map_err(|e| e.to_string())?;
+        reader.trust(sha256, skip);
+        while let Some(section) = reader.next_section().map_err(|e| e.to_string())? {
+            match section {
+                Section::Header(_) => {}
+                Section::Records(rs) => {
+                    load::send_blocking(&senders, load::Batch::new(rs.issuer, rs.records))?;
                 }
-            }
-            Section::Crl(entry, der) => {
-                let id = CrlId {
-                    issuer: entry.issuer.clone(),
-                    shard: entry.shard,
-                    delta: entry.delta,
-                };
-                for s in &stores {
-                    let o = s
-                        .store(
+                Section::Crl(entry, der) => {
+                    let id = CrlId {
+                        issuer: entry.issuer.clone(),
+                        shard: entry.shard,
+                        delta: entry.delta,
+                    };
+                    let der = bytes::Bytes::from(der);
+                    for s in &stores {
+                        let o = handle.block_on(s.store(
                             &id,
-                            bytes::Bytes::from(der.clone()),
+                            der.clone(),
                             entry.number,
                             entry.this_update,
                             None,
                             None,
                             None,
-                        )
-                        .await?;
-                    let e = out.entry(s.name.clone()).or_default();
-                    match o {
-                        crate::crl_service::redis_store::StoreOutcome::Stored => e.crls_stored += 1,
-                        _ => e.crls_newer_there += 1,
+                        ))?;
+                        let e = crls.entry(s.name.clone()).or_default();
+                        match o {
+                            crate::crl_service::redis_store::StoreOutcome::Stored => e.0 += 1,
+                            _ => e.1 += 1,
+                        }
                     }
                 }
             }
         }
+        Ok::<_, String>(crls)
+    });
+    let read = reading
+        .await
+        .map_err(|e| format!("reading the backup: {e}"))?;
+    // A region task's error explains a reader that stopped because that task ended.
+    let loaded = loader.finish().await?;
+    let crls = read?;
+    let mut out: BTreeMap<String, Restored> = BTreeMap::new();
+    for r in &regions {
+        out.insert(
+            r.name.clone(),
+            Restored {
+                issuers: loaded.get(&r.name).cloned().unwrap_or_default(),
+                identical: identical.clone(),
+                crls_stored: crls.get(&r.name).map_or(0, |c| c.0),
+                crls_newer_there: crls.get(&r.name).map_or(0, |c| c.1),
+            },
+        );
     }
     Ok(out)
 }
@@ -660,15 +738,14 @@ pub fn state_at(
     })
 }
 
-/// Merges a whole view into every region (or the one named), through the feed's merge
-/// script: a join, so nothing newer in a region is removed or downgraded.
+/// Merges a whole view into every region (or the one named), through the restore script
+/// ([`load`]): a join, so nothing newer in a region is removed or downgraded.
 pub async fn merge_view(
     cfg: &Config,
     view: &StatusView,
     only: Option<&str>,
 ) -> Result<BTreeMap<String, Restored>, String> {
     let regions = chosen_regions(cfg, only)?;
-    let maxlen = cfg.feed.as_ref().map_or(100_000, |f| f.maxlen);
     let mut conns = Vec::new();
     for r in &regions {
         conns.push(
@@ -677,34 +754,35 @@ pub async fn merge_view(
                 .map_err(|e| format!("region {}: {e}", r.name))?,
         );
     }
-    let origin = format!("restore@{}", now_rfc3339());
-    let now = crate::clock::unix_now_ms();
-    let mut out: BTreeMap<String, Restored> = BTreeMap::new();
+    let loader = load::Loader::start(&regions, conns);
     let mut issuers = view.issuers();
     issuers.sort_by_key(|(id, _)| *id);
-    for (issuer, table) in issuers {
+    let mut sending = Ok(());
+    'all: for (issuer, table) in issuers {
         for part in 0..64 {
             let records = table.records_partition(part, 64);
-            if records.is_empty() {
-                continue;
-            }
-            let writes = cert_writes(issuer, &records, &origin, now);
-            for (r, c) in regions.iter().zip(conns.iter_mut()) {
-                let changed = crate::feed::publish::merge(r, c, &writes, maxlen)
-                    .await
-                    .map_err(|e| format!("region {}: {e}", r.name))?;
-                let e = out
-                    .entry(r.name.clone())
-                    .or_default()
-                    .issuers
-                    .entry(hex(&issuer.0))
-                    .or_default();
-                e.0 += writes.len() as u64;
-                e.1 += changed as u64;
+            for chunk in records.chunks(format::BACKUP_SECTION_RECORDS) {
+                if let Err(e) = loader.send(load::Batch::new(issuer, chunk.to_vec())).await {
+                    sending = Err(e);
+                    break 'all;
+                }
             }
         }
     }
-    Ok(out)
+    let loaded = loader.finish().await?;
+    sending?;
+    Ok(regions
+        .iter()
+        .map(|r| {
+            (
+                r.name.clone(),
+                Restored {
+                    issuers: loaded.get(&r.name).cloned().unwrap_or_default(),
+                    ..Restored::default()
+                },
+            )
+        })
+        .collect())
 }
 
 /// Writes a view as a backup file (`source` names where it came from), atomically.

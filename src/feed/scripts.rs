@@ -249,6 +249,104 @@ return changed
 "#
 );
 
+/// Joins a batch of one issuer's records from a backup into the issuer's snapshot
+/// (`vigil backup restore`, [`crate::backup::load`]): the join and the digest of
+/// [`MERGE_MANY_LUA`], but no stream entry. A restore writes millions of records, which as
+/// events would be a gigabyte of stream per region that every replica and the archive read and
+/// the trim throws away; replicas learn restored records from the snapshot instead, through
+/// their completeness rounds (the region's count or digest then differs from the view's:
+/// [`super::consume`], docs/FEED.md).
+///
+/// When no record of the batch is stored yet and no serial repeats (a restore into a flushed
+/// region), the records are written as they were sent (`HSET` of the arguments) and the digest
+/// changes by the batch's digest the writer sent; otherwise each record is joined with the
+/// stored one as in [`MERGE_MANY_LUA`], so a restore never removes or downgrades a newer
+/// revocation. The whole batch is checked before anything is written. Returns how many
+/// certificates' records changed.
+///
+/// `KEYS`: snapshot hash, issuers set, digests hash. `ARGV`: issuer hex, the batch's digest (40
+/// lower-case hex digits: the XOR of SHA-1(serial ‖ record) over the records sent), then per
+/// certificate its serial and record (9 bytes).
+pub const RESTORE_MANY_LUA: &str = concat!(
+    merge_helpers_lua!(),
+    r#"
+local n = #ARGV
+if n < 4 or n % 2 ~= 0 or string.len(ARGV[2]) ~= 40 or not string.match(ARGV[2], '^[0-9a-f]+$') then
+  return redis.error_reply('ERR vigil restore: bad arguments')
+end
+local serials, seen, fresh = {}, {}, true
+for i = 3, n, 2 do
+  local s, rec = ARGV[i], ARGV[i + 1]
+  if string.len(rec) ~= 9 or string.len(s) == 0 then
+    return redis.error_reply('ERR vigil restore: bad arguments')
+  end
+  if not valid(string.byte(rec, 9)) then
+    return redis.error_reply('ERR vigil restore: not a revocation reason')
+  end
+  if seen[s] then fresh = false end
+  seen[s] = true
+  serials[#serials + 1] = s
+end
+local SLICE = 1000
+local m = #serials
+local stored, present = {}, 0
+for a = 1, m, SLICE do
+  local b = math.min(a + SLICE - 1, m)
+  local got = redis.call('HMGET', KEYS[1], unpack(serials, a, b))
+  for k = a, b do
+    local v = got[k - a + 1]
+    if v then present = present + 1 end
+    stored[k] = v
+  end
+end
+local digest = digest_words(redis.call('HGET', KEYS[3], ARGV[1]) or string.rep('0', 40))
+local changed = 0
+if fresh and present == 0 then
+  for a = 3, n, 2 * SLICE do
+    redis.call('HSET', KEYS[1], unpack(ARGV, a, math.min(a + 2 * SLICE - 1, n)))
+  end
+  digest_xor(digest, ARGV[2])
+  changed = m
+else
+  -- Mostly new records: take the batch's digest and undo it where a record was there;
+  -- mostly stored ones (a restore run again): compute the change where a record changed.
+  local guess = present * 2 <= m
+  if guess then digest_xor(digest, ARGV[2]) end
+  local latest, pairs_out = {}, {}
+  for k = 1, m do
+    local serial, rec = serials[k], ARGV[2 + 2 * k]
+    local cur = latest[serial]
+    if cur == nil then cur = stored[k] end
+    local new = rec
+    if cur then
+      if guess then digest_toggle(digest, serial .. rec) end
+      if string.len(cur) == 9 and valid(string.byte(cur, 9)) then new = join(cur, rec) end
+    end
+    if cur ~= new then
+      latest[serial] = new
+      pairs_out[#pairs_out + 1] = serial
+      pairs_out[#pairs_out + 1] = new
+      if cur then
+        digest_toggle(digest, serial .. cur)
+        digest_toggle(digest, serial .. new)
+      elseif not guess then
+        digest_toggle(digest, serial .. new)
+      end
+      changed = changed + 1
+    end
+  end
+  for a = 1, #pairs_out, 2 * SLICE do
+    redis.call('HSET', KEYS[1], unpack(pairs_out, a, math.min(a + 2 * SLICE - 1, #pairs_out)))
+  end
+end
+if changed > 0 then
+  redis.call('SADD', KEYS[2], ARGV[1])
+  redis.call('HSET', KEYS[3], ARGV[1], digest_hex(digest))
+end
+return changed
+"#
+);
+
 /// Appends a heartbeat unless another replica did within the lease.
 ///
 /// `KEYS`: stream, lease. `ARGV`: maxlen, lease ms, payload (`created_at_ms` i64 BE + origin).
@@ -330,14 +428,17 @@ pub static HINT: LazyLock<Script> = LazyLock::new(|| Script::new(HINT_LUA));
 pub static EPOCH: LazyLock<Script> = LazyLock::new(|| Script::new(EPOCH_LUA));
 /// [`RENEW_LUA`].
 pub static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_LUA));
+/// [`RESTORE_MANY_LUA`].
+pub static RESTORE_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(RESTORE_MANY_LUA));
 /// [`RELEASE_LUA`].
 pub static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 
 /// Every script, for loading into a new connection.
-pub fn all() -> [&'static Script; 8] {
+pub fn all() -> [&'static Script; 9] {
     [
         &MERGE,
         &MERGE_MANY,
+        &RESTORE_MANY,
         &HEARTBEAT,
         &HINT,
         &EPOCH,
