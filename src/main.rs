@@ -144,6 +144,11 @@ enum BackupCommand {
         /// Only this region.
         #[arg(long)]
         region: Option<String>,
+        /// Scan every region, also one that holds exactly what an earlier region holds (the
+        /// same count and digest of every issuer when the backup starts), which is otherwise
+        /// backed up as that region.
+        #[arg(long, conflicts_with = "from_checkpoint")]
+        every_region: bool,
         /// Also write vigil_backup_last_success_timestamp_seconds (and the backup's size and
         /// duration) to this file in the Prometheus text format, atomically, on success only:
         /// for node_exporter's textfile collector.
@@ -589,6 +594,20 @@ fn print_counts(m: &vigil::backup::format::Manifest) {
     println!("{} CRL(s)", m.crls);
 }
 
+fn print_same_as(same: &[vigil::backup::format::SameAs]) {
+    for s in same {
+        for (issuer, (records, digest)) in &s.issuers {
+            println!(
+                "{} issuer {issuer}: {records} certificates, digest {digest}: the same as {} when the backup started, backed up as {}",
+                s.source, s.same_as, s.same_as
+            );
+        }
+        if s.issuers.is_empty() {
+            println!("{}: empty, as {} was", s.source, s.same_as);
+        }
+    }
+}
+
 fn backup_verify(file: &Path, identity: Option<&Path>) -> ExitCode {
     let started = std::time::Instant::now();
     match vigil::backup::verify(file, identity) {
@@ -608,6 +627,7 @@ fn backup_verify(file: &Path, identity: Option<&Path>) -> ExitCode {
                 );
             }
             print_counts(&v.manifest);
+            print_same_as(&v.header.same_as);
             println!(
                 "ok: every checksum matches ({:.1} s)",
                 started.elapsed().as_secs_f64()
@@ -635,11 +655,15 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
             out,
             from_checkpoint,
             region,
+            every_region,
             metrics_file,
             recipient,
         } => {
             let source = match (&from_checkpoint, &region) {
                 (Some(p), _) => vigil::backup::Source::Checkpoint(p),
+                (None, r) if !cfg.regions.is_empty() && every_region => {
+                    vigil::backup::Source::EveryRegion(r.as_deref())
+                }
                 (None, r) if !cfg.regions.is_empty() => {
                     vigil::backup::Source::Regions(r.as_deref())
                 }
@@ -666,6 +690,7 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
                 ));
             }
             print_counts(&created.manifest);
+            print_same_as(&created.same_as);
             println!(
                 "{}: {} bytes, sha256 {}, written in {:.1} s",
                 out.display(),

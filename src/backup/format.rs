@@ -97,6 +97,23 @@ pub struct Header {
     pub positions: Vec<Position>,
     /// Bytes per record ([`CertRecord::ENCODED_LEN`]).
     pub record_len: u8,
+    /// Regions not scanned because they held exactly what another region held when the
+    /// backup started (absent in backups made before it was kept, and when every region was
+    /// scanned).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub same_as: Vec<SameAs>,
+}
+
+/// A region whose records are in the backup as another region's.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SameAs {
+    /// The region not scanned.
+    pub source: String,
+    /// The region scanned in its place.
+    pub same_as: String,
+    /// Per issuer hex, its record count and digest in both regions (each read atomically with
+    /// its region's stream position, the region's [`Position`]).
+    pub issuers: BTreeMap<String, (u64, String)>,
 }
 
 /// One stored CRL.
@@ -747,6 +764,7 @@ mod tests {
             config_sha256: String::new(),
             positions: vec![],
             record_len: CertRecord::ENCODED_LEN as u8,
+            same_as: vec![],
         }
     }
 

@@ -32,8 +32,12 @@ use format::{BackupError, CrlEntry, Header, Manifest, Position, Reader, Section,
 
 /// Where a backup is taken from.
 pub enum Source<'a> {
-    /// Every configured region (or only the one named).
+    /// Every configured region (or only the one named); a region holding exactly what an
+    /// earlier one holds (count and digest of every issuer, read atomically with its stream
+    /// position) is not scanned again ([`format::SameAs`]).
     Regions(Option<&'a str>),
+    /// Every configured region (or only the one named), each scanned whatever it holds.
+    EveryRegion(Option<&'a str>),
     /// A replica's checkpoint file.
     Checkpoint(&'a Path),
     /// The single-node journal.
@@ -44,6 +48,8 @@ pub enum Source<'a> {
 pub struct Created {
     /// Its manifest.
     pub manifest: Manifest,
+    /// Regions not scanned because they held what another did.
+    pub same_as: Vec<format::SameAs>,
     /// Its size in bytes.
     pub bytes: u64,
 }
@@ -104,16 +110,21 @@ pub async fn create(
     let file = File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     let result = async {
         let mut sink = Sink::new(&file, recipient.as_ref())?;
-        let manifest = write_backup(cfg, source, &mut sink, config_sha256).await?;
+        let mut same_as = Vec::new();
+        let manifest = write_backup(cfg, source, &mut sink, config_sha256, &mut same_as).await?;
         sink.close()
             .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        Ok::<_, String>(manifest)
+        Ok::<_, String>((manifest, same_as))
     }
     .await;
     match result {
-        Ok(manifest) => {
+        Ok((manifest, same_as)) => {
             let bytes = commit(&tmp, file, out)?;
-            Ok(Created { manifest, bytes })
+            Ok(Created {
+                manifest,
+                bytes,
+                same_as,
+            })
         }
         Err(e) => {
             drop(file);
@@ -128,6 +139,7 @@ async fn write_backup(
     source: Source<'_>,
     file: &mut Sink<'_>,
     config_sha256: String,
+    same_as: &mut Vec<format::SameAs>,
 ) -> Result<Manifest, String> {
     let berr = |e: BackupError| e.to_string();
     let mut header = Header {
@@ -138,29 +150,54 @@ async fn write_backup(
         config_sha256,
         positions: Vec::new(),
         record_len: CertRecord::ENCODED_LEN as u8,
+        same_as: Vec::new(),
     };
     match source {
-        Source::Regions(only) => {
+        Source::Regions(only) | Source::EveryRegion(only) => {
             header.source = "regions".into();
             let regions = chosen_regions(cfg, only)?;
             let mut conns = Vec::new();
+            let mut states = Vec::new();
             for r in &regions {
                 let mut c = r
                     .writer()
                     .await
                     .map_err(|e| format!("region {}: {e}", r.name))?;
-                let p = position(r, &mut c)
+                let (p, state) = position(r, &mut c)
                     .await
                     .map_err(|e| format!("region {}: {e}", r.name))?;
                 header.positions.push(p);
+                states.push(state);
                 conns.push(c);
             }
+            // A region that held, when its position was read, exactly the records of an
+            // earlier region that is scanned (the same count and digest of every issuer, the
+            // digests the merge scripts keep in the same atomic step as the records) is in
+            // the backup as that region: the scan, started after, holds at least what both
+            // held then (records only ever join upwards).
+            let mut scan = vec![true; regions.len()];
+            if matches!(source, Source::Regions(_)) {
+                for i in 1..regions.len() {
+                    if let Some(j) = (0..i).find(|&j| scan[j] && states[j] == states[i]) {
+                        scan[i] = false;
+                        header.same_as.push(format::SameAs {
+                            source: regions[i].name.clone(),
+                            same_as: regions[j].name.clone(),
+                            issuers: states[i].clone(),
+                        });
+                    }
+                }
+            }
+            same_as.clone_from(&header.same_as);
             let mut w = Writer::new(&mut *file, &header).map_err(berr)?;
             // Every region is scanned at once, each by its own task on its own connection (each
             // region's Redis scans on its own core); the pages come here through a bounded
             // channel, so the backup holds a few pages whatever the regions hold.
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Page>(SCAN_PAGES_QUEUED);
             for (i, (r, c)) in regions.iter().zip(conns).enumerate() {
+                if !scan[i] {
+                    continue;
+                }
                 let (tx, r) = (tx.clone(), r.clone());
                 tokio::spawn(async move {
                     if let Err(e) = scan_region(&r, c, i, &tx).await {
@@ -253,29 +290,56 @@ fn chosen_regions(cfg: &Config, only: Option<&str>) -> Result<Vec<Arc<Region>>, 
     Ok(chosen)
 }
 
-/// The region's epoch and the id of its stream's newest entry: every event up to it is in the
-/// snapshot scanned after it (the snapshot is written in the same script as the stream).
+/// Per issuer hex: the snapshot's record count and digest.
+type RegionState = BTreeMap<String, (u64, String)>;
+
+/// The region's epoch, and in one atomic step ([`crate::feed::scripts::STATE`]) the id of its
+/// stream's newest entry and every issuer's record count and digest: every event up to that id
+/// is in the snapshot scanned after it (the snapshot is written in the same script as the
+/// stream).
 async fn position(
     r: &Region,
     c: &mut MultiplexedConnection,
-) -> Result<Position, redis::RedisError> {
-    let epoch: Option<String> = redis::cmd("GET").arg(r.keys.epoch()).query_async(c).await?;
-    let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(r.keys.stream())
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
+) -> Result<(Position, RegionState), String> {
+    let epoch: Option<String> = redis::cmd("GET")
+        .arg(r.keys.epoch())
         .query_async(c)
-        .await?;
-    Ok(Position {
-        source: r.name.clone(),
-        epoch: epoch.unwrap_or_default(),
-        stream_id: last
-            .ids
-            .first()
-            .map_or_else(|| "0-0".to_owned(), |e| e.id.clone()),
-    })
+        .await
+        .map_err(|e| e.to_string())?;
+    let reply: Vec<redis::Value> = crate::feed::scripts::STATE
+        .key(r.keys.stream())
+        .key(r.keys.issuers())
+        .key(r.keys.digests())
+        .arg(r.keys.snapshot_hex(""))
+        .invoke_async(c)
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let bad = || "the region's state is not [id, (issuer, count, digest)...]".to_owned();
+    let mut it = reply.iter();
+    let at = it.next().and_then(text).ok_or_else(bad)?;
+    let mut state = RegionState::new();
+    while let (Some(i), Some(n), Some(d)) = (it.next(), it.next(), it.next()) {
+        let (Some(i), redis::Value::Int(n)) = (text(i), n) else {
+            return Err(bad());
+        };
+        state.insert(
+            i,
+            (u64::try_from(*n).unwrap_or(0), text(d).unwrap_or_default()),
+        );
+    }
+    Ok((
+        Position {
+            source: r.name.clone(),
+            epoch: epoch.unwrap_or_default(),
+            stream_id: at,
+        },
+        state,
+    ))
 }
 
 /// Snapshot fields asked for per `HSCAN` of a backup (a hint to Redis): a page is a few
@@ -801,6 +865,7 @@ pub fn write_view_file(
         config_sha256,
         positions,
         record_len: CertRecord::ENCODED_LEN as u8,
+        same_as: Vec::new(),
     };
     let tmp = temp_path(out);
     let file = File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
@@ -812,7 +877,11 @@ pub fn write_view_file(
     ) {
         Ok(manifest) => {
             let bytes = commit(&tmp, file, out)?;
-            Ok(Created { manifest, bytes })
+            Ok(Created {
+                manifest,
+                bytes,
+                same_as: Vec::new(),
+            })
         }
         Err(e) => {
             drop(file);
