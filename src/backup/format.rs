@@ -650,7 +650,9 @@ impl<R: Read> Reader<R> {
                     let entry: CrlEntry = serde_json::from_slice(&payload[..nl])
                         .map_err(|e| self.damaged(name, at, e.to_string()))?;
                     self.crls += 1;
-                    Section::Crl(entry, payload[nl + 1..].to_vec())
+                    // The DER moved to the front in place: a large CRL is not copied.
+                    payload.drain(..=nl);
+                    Section::Crl(entry, payload)
                 }
                 SectionKind::Manifest => {
                     let m: Manifest = serde_json::from_slice(&payload)

@@ -67,10 +67,13 @@ impl Batch {
 /// Per region: issuer hex → (records sent, records that changed the region).
 pub type Loaded = BTreeMap<String, BTreeMap<String, (u64, u64)>>;
 
+/// What one region's task did: its name and, per issuer hex, (records sent, changed).
+type RegionResult = Result<(String, BTreeMap<String, (u64, u64)>), String>;
+
 /// Senders to every region's task; dropping it (or [`Loader::finish`]) ends them.
 pub struct Loader {
     senders: Vec<mpsc::Sender<Arc<Batch>>>,
-    tasks: Vec<tokio::task::JoinHandle<Result<(String, BTreeMap<String, (u64, u64)>), String>>>,
+    tasks: Vec<tokio::task::JoinHandle<RegionResult>>,
 }
 
 impl Loader {
@@ -143,7 +146,7 @@ async fn region_task(
     region: Arc<Region>,
     conn: MultiplexedConnection,
     mut rx: mpsc::Receiver<Arc<Batch>>,
-) -> Result<(String, BTreeMap<String, (u64, u64)>), String> {
+) -> RegionResult {
     let mut per: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut in_flight = FuturesUnordered::new();
     while let Some(batch) = rx.recv().await {

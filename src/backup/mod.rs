@@ -609,7 +609,7 @@ fn identical_sources(m: &Manifest) -> Identical {
     for (source, issuers) in &m.counts {
         for (ih, c) in issuers {
             let seen = kept.entry(ih.as_str()).or_default();
-            if seen.iter().any(|k| *k == c) {
+            if seen.contains(&c) {
                 if let Some(id) = crate::feed::consume::parse_issuer_hex(ih) {
                     skip.insert((source.clone(), id));
                     *skipped.entry(ih.clone()).or_default() += c.records;
