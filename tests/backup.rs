@@ -473,6 +473,30 @@ fn two_region_round_trip_of_100k_certificates_and_a_corrupted_backup() {
         text.contains(&format!("{N} certificates, {} revoked, 3 on hold", N / 10)),
         "{text}"
     );
+    // The two regions hold the same records: b is backed up as a, unless every region is
+    // asked for.
+    assert!(
+        text.contains("the same as a when the backup started, backed up as a"),
+        "{text}"
+    );
+    let every = ok(&vigil_with(
+        &config,
+        &[
+            "backup",
+            "create",
+            "--every-region",
+            "--out",
+            root.join("every.vbk").to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        every
+            .matches(&format!("{N} certificates, {} revoked, 3 on hold", N / 10))
+            .count(),
+        2,
+        "{every}"
+    );
+    assert!(!every.contains("the same as"), "{every}");
     let text = ok(&vigil_cmd(
         root,
         &["backup", "verify", backup.to_str().unwrap()],
