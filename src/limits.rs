@@ -161,6 +161,9 @@ pub const IMPORT_BATCHES_IN_FLIGHT: usize = 4;
 /// Longest line accepted in an OpenSSL index file (`vigil import`): a subject DN is far
 /// shorter; the bound keeps a file without newlines from being read whole.
 pub const MAX_INDEX_LINE_BYTES: usize = 64 * 1024;
+/// The largest PEM file `vigil import --pem` reads (each is read whole, then parsed): 64 MiB
+/// holds about 30 000 certificates of 2 KiB in PEM; more files can be given at once.
+pub const MAX_IMPORT_PEM_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Longest stream-entry id text accepted from Redis (`<u64>-<u64>`).
 pub const MAX_STREAM_ID_BYTES: usize = 41;

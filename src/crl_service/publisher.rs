@@ -155,7 +155,16 @@ impl Publisher {
             })
             .await
             {
-                Ok(c) => c,
+                Ok(Ok(c)) => c,
+                Ok(Err(misplaced)) => {
+                    metrics::counter!(telemetry::CRL_MISPLACED, "issuer" => pi.issuer.name.clone())
+                        .increment(1);
+                    out.push(Err(format!(
+                        "{}: publishing none of its CRLs: {misplaced}",
+                        pi.issuer.name
+                    )));
+                    continue;
+                }
                 Err(e) => {
                     out.push(Err(format!("{}: reading the view: {e}", pi.issuer.name)));
                     continue;
