@@ -181,7 +181,7 @@ pub const MAX_KEY_FILE_BYTES: usize = 64 * 1024;
 pub const MAX_KEY_SHARE_FILE_BYTES: usize = MAX_KEY_FILE_BYTES * 3 / 2;
 
 /// Largest backup section payload, in bytes: a records section holds at most
-/// `BACKUP_SECTION_RECORDS` (50 000) records of at most 1 + 21 + 9 bytes (about 1.6 MB), and a
+/// `BACKUP_SECTION_RECORDS` (50 000) records of at most 1 + 21 + 11 bytes (about 1.7 MB), and a
 /// CRL section one CRL (a 1.5 M-entry CRL is about 60 MB). Bounds the buffer one section needs.
 pub const MAX_BACKUP_SECTION_BYTES: usize = 128 * 1024 * 1024;
 
@@ -194,7 +194,7 @@ pub const MAX_BACKUP_SOURCE_BYTES: usize = 255;
 
 /// Largest archive block payload, in bytes: an events block holds at most
 /// [`MAX_ARCHIVE_BLOCK_ENTRIES`] events of at most [`MAX_EVENT_BYTES`] (+ 18 bytes of id and
-/// length), a fill block as many snapshot records of at most 31 bytes; both well under 16 MiB.
+/// length), a fill block as many snapshot records of at most 33 bytes; both well under 16 MiB.
 /// Bounds the buffer one block needs when a segment is read.
 pub const MAX_ARCHIVE_BLOCK_BYTES: usize = 16 * 1024 * 1024;
 

@@ -453,3 +453,124 @@ fn the_shard_a_certificate_names_is_where_it_stays() {
     assert!(err.contains("at least 4"), "{err}");
     std::thread::sleep(Duration::from_millis(10));
 }
+
+/// `POST /v1/issue` with the certificate: its serial, notAfter and the shard its CRLDP names
+/// are recorded; a foreign CRLDP is a 400 and nothing is written.
+#[test]
+fn the_admin_api_records_the_shard_and_refuses_a_foreign_crldp() {
+    use std::io::{Read, Write};
+    const TOKEN: &str = "test-admin-token-0123456789";
+    let (tmp, pki) = common::demo_dir();
+    let dir = tmp.path();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let cfg = config(dir, &pki, port, 4);
+    let token = dir.join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text = text.replace(
+        "[crl]",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n[crl]",
+            token.display()
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let v = Vigil::start(dir, Some(&cfg), &[]);
+    let admin = v
+        .stdout_head
+        .iter()
+        .find_map(|l| l.strip_prefix("vigil admin API on http://"))
+        .map(|a| a.trim_end_matches('/').to_owned())
+        .expect("admin listener");
+    let call = |method: &str, path: &str, body: &str| -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(&admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: vigil\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let code = resp
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (code, body)
+    };
+    let body = |pem: &Path| {
+        serde_json::json!({
+            "issuer": "demo",
+            "certificate": std::fs::read_to_string(pem).unwrap(),
+        })
+        .to_string()
+    };
+
+    let good = make_cert(
+        dir,
+        &pki,
+        "good",
+        "7C01",
+        Some(&format!("{base}/crl/demo/2.crl")),
+    );
+    let (code, resp) = call("POST", "/v1/issue", &body(&good));
+    assert_eq!(code, 200, "{resp}");
+    let recorded = common::eventually(Duration::from_secs(10), || {
+        let (_, s) = call("GET", "/v1/status/demo/7C01", "");
+        s.contains("\"good\"") && s.contains("\"crl_shard\":2")
+    });
+    assert!(recorded, "{}", call("GET", "/v1/status/demo/7C01", "").1);
+
+    let foreign = make_cert(
+        dir,
+        &pki,
+        "foreign",
+        "7C02",
+        Some("http://crl.elsewhere.test/2.crl"),
+    );
+    let (code, resp) = call("POST", "/v1/issue", &body(&foreign));
+    assert_eq!(code, 400, "{resp}");
+    assert!(resp.contains("names no CRL of issuer"), "{resp}");
+    assert!(resp.contains("nothing was written"), "{resp}");
+    // serial and notAfter come from the certificate, not beside it
+    let mut both: serde_json::Value = serde_json::from_str(&body(&good)).unwrap();
+    both["serial"] = serde_json::json!("7C01");
+    let (code, resp) = call("POST", "/v1/issue", &both.to_string());
+    assert_eq!(code, 400, "{resp}");
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, s) = call("GET", "/v1/status/demo/7C02", "");
+    assert!(s.contains("unissued"), "{s}");
+    // the journal holds the one issuance and its shard, nothing of the refused ones
+    let batch = vigil::status::journal::JournalReader::new(dir.join("journal.vj"))
+        .read_new()
+        .unwrap();
+    let kinds: Vec<_> = batch
+        .events
+        .iter()
+        .map(|e| (e.serial.to_hex(), e.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("7C01".to_owned(), kinds[0].1),
+            (
+                "7C01".to_owned(),
+                vigil::status::EventKind::CrlShard {
+                    scope: vigil::status::CrlScope::Shard(2)
+                }
+            )
+        ]
+    );
+    assert!(matches!(
+        kinds[0].1,
+        vigil::status::EventKind::Issued { .. }
+    ));
+}

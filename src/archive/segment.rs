@@ -789,6 +789,32 @@ mod tests {
     }
 
     #[test]
+    fn fill_records_of_9_bytes_from_older_segments_are_read() {
+        let r = CertRecord::from_event(&EventKind::Revoked {
+            time: 9,
+            reason: RevocationReason::KeyCompromise,
+        })
+        .join(CertRecord::from_event(&EventKind::CrlShard {
+            scope: crate::status::CrlScope::Shard(5),
+        }));
+        let s = Serial::from_magnitude(&[7]).unwrap();
+        let new = encode_fill("a", IssuerId([3; 32]), &[(s, r)]);
+        assert_eq!(
+            decode_fill(&new, CertRecord::ENCODED_LEN).unwrap().records,
+            [(s, r)]
+        );
+        // the same block as vigil wrote it before CRL scopes: 9-byte records, kind 4
+        let mut old = new[..new.len() - 2].to_vec();
+        let n = old.len();
+        old[n - 9..].copy_from_slice(&r.to_fixed_bytes()[..9]);
+        let got = decode_fill(&old, CertRecord::LEGACY_LEN).unwrap();
+        assert_eq!(got.records[0].1.revocation(), r.revocation());
+        assert_eq!(got.records[0].1.crl_scope(), None);
+        assert_eq!(BlockKind::from_u8(4), Some(BlockKind::FillRecordsV1));
+        assert_eq!(BlockKind::from_u8(8), Some(BlockKind::FillRecords));
+    }
+
+    #[test]
     fn every_flipped_byte_is_refused_and_cuts_read_as_torn() {
         let (b, _) = sample(true);
         for i in 0..b.len() {

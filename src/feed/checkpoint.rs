@@ -35,7 +35,7 @@ const MAGIC: &[u8; 8] = b"VIGILCP2";
 const MAGIC_V1: &[u8; 8] = b"VIGILCP1";
 /// Records per chunk.
 const CHUNK: usize = 64 * 1024;
-/// Records copied out of a table per pass when writing: bounds the extra memory (31 bytes a
+/// Records copied out of a table per pass when writing: bounds the extra memory (33 bytes a
 /// record) and how long each pass holds the table's read lock.
 pub const PASS: usize = 1 << 20;
 

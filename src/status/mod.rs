@@ -343,7 +343,7 @@ impl CrlScope {
     pub fn from_code(code: u16) -> Option<Self> {
         match code {
             Self::UNSHARDED_CODE => Some(CrlScope::Unsharded),
-            c if c >= 1 && c <= crate::crl::shard::MAX_SHARDS => Some(CrlScope::Shard(c - 1)),
+            c if (1..=crate::crl::shard::MAX_SHARDS).contains(&c) => Some(CrlScope::Shard(c - 1)),
             _ => None,
         }
     }
