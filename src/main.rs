@@ -1744,12 +1744,20 @@ fn feed_status(
         }
         if let Some(s) = &serial {
             println!("{s}: {}", describe_record(joined.as_ref()));
+            print_crl_scope(s, joined.as_ref());
         }
         if reached == 0 {
             return Err("no region reachable".to_owned());
         }
         Ok(())
     })
+}
+
+/// The CRL the certificate's cRLDistributionPoints names, when recorded at issuance.
+fn print_crl_scope(serial: &Serial, r: Option<&vigil::status::CertRecord>) {
+    if let Some(scope) = r.and_then(|r| r.crl_scope()) {
+        println!("{serial}: listed on {scope} (named by its cRLDistributionPoints)");
+    }
 }
 
 fn describe_record(r: Option<&vigil::status::CertRecord>) -> String {
@@ -1799,6 +1807,7 @@ fn status(cfg: &Config, issuer: &str, serial: Option<&str>) -> Result<(), String
                     println!("{serial}: not issued (answered per the issuer's unissued policy)")
                 }
             }
+            print_crl_scope(&serial, table.record(&serial).as_ref());
         }
         None => {
             let (mut total, mut revoked) = (0usize, 0usize);

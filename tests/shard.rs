@@ -327,6 +327,13 @@ fn the_shard_a_certificate_names_is_where_it_stays() {
         "{out}"
     );
 
+    let (first, k) = named.iter().next().map(|(s, k)| (s.clone(), *k)).unwrap();
+    let status = ok(&vigil_with(
+        &cfg,
+        &["status", "--issuer", "demo", "--serial", &first],
+    ));
+    assert!(status.contains(&format!("listed on shard {k}")), "{status}");
+
     // Revoked by serial alone: the shard comes from what was recorded at issuance.
     for serial in named.keys().chain([&plain]) {
         ok(&vigil_with(
