@@ -385,7 +385,7 @@ impl fmt::Debug for RecordBytes {
 }
 
 /// What the view holds for one certificate: 11 bytes with alignment 1, so a view entry
-/// (serial and record) packs into 33 bytes and the map stays near 56 bytes per certificate at
+/// (serial and record) packs into 33 bytes and the map stays near 57 bytes per certificate at
 /// ten million certificates.
 ///
 /// A record is either *revoked* (a permanent revocation is known: final) or *live*. A live
