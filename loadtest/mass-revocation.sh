@@ -64,11 +64,27 @@ wrk -t1 -c"$CONNS" -d"${BEFORE_SECS}s" -s "$here/wrk/fixed.lua" "$LB_URL/" >"$wo
 log "writing $N revocations to regions a and b"
 wrk -t1 -c"$CONNS" -d600s -s "$here/wrk/fixed.lua" "$LB_URL/" >"$work/wrk-during.out" 2>&1 &
 wrk_pid=$!
+redis_hostport() { local u="${1#redis://}"; echo "${u%%/*}"; }
+for r in A B; do
+  u="REDIS_${r}_URL"; hp="$(redis_hostport "${!u}")"
+  redis-cli -h "${hp%:*}" -p "${hp##*:}" config resetstat >/dev/null
+done
+if [ -n "${PERF:-}" ]; then
+  perf record -a -g -F 499 -o "$work/perf.data" >/dev/null 2>&1 &
+  perf_pid=$!
+fi
 t0="$(now)"
 /usr/bin/time -v "$VIGIL_BIN" --config "$STATE/a1.toml" import --openssl-index "$work/index.txt" \
   --issuer cluster >"$work/import.out" 2>"$work/import.time"
 t_ack="$(now)"
 write_s="$(python3 -c "print(f'{$t_ack - $t0:.2f}')")"
+[ -n "${perf_pid:-}" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; log "perf data in $work/perf.data"; }
+for r in A B; do # Redis time inside the merge script and the replicas' reads, during the write
+  u="REDIS_${r}_URL"; hp="$(redis_hostport "${!u}")"
+  redis-cli -h "${hp%:*}" -p "${hp##*:}" info commandstats |
+    sed -n 's/^cmdstat_\(evalsha\|xread\|xadd\|hscan\|xrange\|xinfo\):calls=\([0-9]*\),usec=\([0-9]*\),.*/\1 \2 \3/p' |
+    while read -r cmd calls usec; do log "region ${r,,}: $cmd $calls calls, $(python3 -c "print(f'{$usec/1e6:.2f}')") s in Redis"; done
+done
 rss_kb="$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$work/import.time")"
 log "written in ${write_s}s ($(cat "$work/import.out"))"
 

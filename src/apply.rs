@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Notify;
 
-use crate::limits::APPLY_BULK_CHANGES;
+use crate::limits::{APPLY_BULK_CHANGES, APPLY_INLINE_EVENTS};
 use crate::responder::Responder;
 use crate::status::{CertRecord, CertStatus, Event, IssuerId, Serial, StatusView};
 
@@ -49,6 +49,19 @@ fn evicts(before: CertStatus, after: CertStatus) -> bool {
     before != after && !(before == CertStatus::Unissued && after == CertStatus::Good)
 }
 
+/// One certificate whose record a join changed: its issuer, serial, status before and after.
+type Change = (IssuerId, Serial, CertStatus, CertStatus);
+
+/// Joins `events` into `view`; the changes and how many events changed a record.
+fn join_events(view: &StatusView, events: &[Event]) -> (Vec<Change>, usize) {
+    let mut changes = Vec::new();
+    view.apply_batch(events, |e, before, after| {
+        changes.push((e.issuer, e.serial, before, after));
+    });
+    let n = changes.len();
+    (changes, n)
+}
+
 impl Applier {
     /// An applier for `view`, evicting from `responder`'s caches.
     pub fn new(view: Arc<StatusView>, responder: Option<Arc<Responder>>) -> Self {
@@ -66,32 +79,50 @@ impl Applier {
 
     /// Joins events (from the journal or a feed stream).
     pub async fn events(&self, events: &[Event]) -> Applied {
-        let mut changes = Vec::new();
-        let mut changed = 0;
-        self.view.apply_batch(events, |e, before, after| {
-            changed += 1;
-            changes.push((e.issuer, e.serial, before, after));
-        });
+        let (changes, changed) = join_events(&self.view, events);
+        self.finish(events.len(), changes, changed).await
+    }
+
+    /// [`Applier::events`] for a batch the caller owns (a feed read): more than
+    /// [`APPLY_INLINE_EVENTS`] are joined on the blocking pool, so that a read of tens of
+    /// thousands (a mass revocation) does not hold up the tokio worker answering OCSP beside it.
+    pub async fn events_owned(&self, events: Vec<Event>) -> Applied {
+        if events.len() <= APPLY_INLINE_EVENTS {
+            return self.events(&events).await;
+        }
+        let view = self.view.clone();
+        let n = events.len();
+        let joined = tokio::task::spawn_blocking(move || join_events(&view, &events)).await;
+        match joined {
+            Ok((changes, changed)) => self.finish(n, changes, changed).await,
+            // The join panicked: nothing to follow up; the completeness check re-reads.
+            Err(e) => {
+                tracing::error!(error = %e, "joining a batch of events failed");
+                Applied::default()
+            }
+        }
+    }
+
+    async fn finish(&self, n: usize, changes: Vec<Change>, changed: usize) -> Applied {
         // A mass revocation read in one go: evict what is cached, but do not mark a million
         // certificates no client asked about for status-change priority.
         let bulk = changes.len() > APPLY_BULK_CHANGES;
         self.follow_up(&changes, bulk).await;
         Applied {
             changed,
-            unchanged: events.len() - changed,
+            unchanged: n - changed,
         }
     }
 
     /// Joins records of one issuer (a snapshot scan, a checkpoint, a backup).
     pub async fn records(&self, issuer: IssuerId, records: &[(Serial, CertRecord)]) -> Applied {
         let mut changes = Vec::new();
-        let mut changed = 0;
         self.view
             .table(issuer)
             .merge_records(records, |serial, before, after| {
-                changed += 1;
                 changes.push((issuer, *serial, before, after));
             });
+        let changed = changes.len();
         self.follow_up(&changes, true).await;
         Applied {
             changed,
@@ -99,18 +130,20 @@ impl Applier {
         }
     }
 
-    async fn follow_up(&self, changes: &[(IssuerId, Serial, CertStatus, CertStatus)], bulk: bool) {
-        let mut wake = false;
-        for (issuer, serial, before, after) in changes {
-            wake |= touches_crls(*before, *after);
-            if !evicts(*before, *after) {
-                continue;
+    async fn follow_up(&self, changes: &[Change], bulk: bool) {
+        let wake = changes.iter().any(|(_, _, b, a)| touches_crls(*b, *a));
+        let evicted = changes.iter().filter(|(_, _, b, a)| evicts(*b, *a));
+        match &self.responder {
+            Some(r) if bulk => {
+                let certs: Vec<(IssuerId, Serial)> = evicted.map(|(i, s, _, _)| (*i, *s)).collect();
+                r.evict_bulk(&certs).await;
             }
-            match &self.responder {
-                Some(r) if bulk => r.evict_cached(*issuer, serial).await,
-                Some(r) => r.evict(*issuer, serial).await,
-                None => {}
+            Some(r) => {
+                for (issuer, serial, _, _) in evicted {
+                    r.evict(*issuer, serial).await;
+                }
             }
+            None => {}
         }
         if wake {
             if let Some(n) = self.crl_wake.get() {

@@ -131,6 +131,11 @@ impl ResponseCache {
     pub fn contains(&self, key: &[u8]) -> bool {
         self.inner.contains_key(key)
     }
+
+    /// Every cached CertID (a snapshot as iteration meets them; entries may come and go).
+    pub fn keys(&self) -> Vec<Bytes> {
+        self.inner.iter().map(|(k, _)| Bytes::clone(&k)).collect()
+    }
 }
 
 /// What a request's bytes resolved to: enough to answer the same bytes again without decoding
@@ -234,6 +239,22 @@ impl FrontCache {
     /// Whether these request bytes have an entry (no lock, no await).
     pub fn contains(&self, request: &[u8]) -> bool {
         self.inner.as_ref().is_some_and(|c| c.contains_key(request))
+    }
+
+    /// Number of entries as last counted (no pending work is run).
+    pub fn approx_entry_count(&self) -> u64 {
+        self.inner.as_ref().map_or(0, |c| c.entry_count())
+    }
+
+    /// Every entry's request bytes, issuer index and serial.
+    pub fn entries(&self) -> Vec<(Bytes, usize, Serial)> {
+        match &self.inner {
+            Some(c) => c
+                .iter()
+                .map(|(k, v)| (Bytes::clone(&k), v.issuer, v.serial))
+                .collect(),
+            None => Vec::new(),
+        }
     }
 
     /// Number of entries (approximate; after pending work is done).

@@ -116,16 +116,26 @@ pub const BACKGROUND_NICE: i32 = 10;
 /// (a 36 MB CRL of a million entries: 2.25 s more). Loopback and a LAN move hundreds of MB/s.
 pub const CRL_TRANSFER_FLOOR_BYTES_PER_SEC: u64 = 16 * 1024 * 1024;
 
-/// Events joined into the view under one write lock: a feed read of a mass revocation holds
-/// tens of thousands; readers (every OCSP answer checks the view) wait for one chunk of this
-/// many (well under a millisecond), not for the whole read.
-pub const VIEW_LOCK_EVENTS: usize = 1_000;
+/// Events of one feed read joined on the tokio worker that read them; a larger read (a mass
+/// revocation, a catch-up: up to [`FEED_READ_COUNT`] × [`FEED_ENTRY_MAX_EVENTS`]) is joined on
+/// the blocking pool, so answers queued on that worker do not wait for it.
+pub const APPLY_INLINE_EVENTS: usize = 256;
+
+/// Segments of one issuer's table in the status view, each under its own lock (by the serial's
+/// last octet): an answer waits at most for one segment's writer, a scan holds one segment at a
+/// time, and a resize rehashes one segment. A divisor of 256, so a checkpoint partition by
+/// last octet lies in one segment.
+pub const VIEW_SEGMENTS: usize = 64;
+const _: () = assert!(256 % VIEW_SEGMENTS == 0);
 
 /// Changes in one applied batch of events above which the batch counts as bulk (a mass
 /// revocation, a catch-up): cached responses of the changed certificates are evicted as always,
 /// but certificates with nothing cached are not remembered for status-change signing priority
-/// (eight CertID forms each, in a bounded cache that a million would only churn).
-pub const APPLY_BULK_CHANGES: usize = 1_000;
+/// (eight CertID forms each, in a bounded cache that a million would only churn). A replica
+/// keeping up with a mass revocation reads a few entries of up to [`FEED_ENTRY_MAX_EVENTS`]
+/// events at a time, so the bound sits below one entry's worth; revocations one by one stay
+/// far below it.
+pub const APPLY_BULK_CHANGES: usize = 64;
 
 // One feed read is one archive block.
 const _: () = assert!(FEED_READ_COUNT * FEED_ENTRY_MAX_EVENTS <= MAX_ARCHIVE_BLOCK_ENTRIES);

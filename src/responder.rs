@@ -826,6 +826,65 @@ impl Responder {
         self.drop_cached(issuer, serial, false).await;
     }
 
+    /// [`Responder::evict_cached`] for many certificates at once (a feed read of a mass
+    /// revocation). Per certificate that is eight CertID forms encoded and looked up in both
+    /// caches; once the certificates outnumber a quarter of what is cached, one pass over the
+    /// cached entries (each one's serial against the set of changed ones) costs less.
+    pub async fn evict_bulk(&self, certs: &[(IssuerId, Serial)]) {
+        let cached = self.cache.entry_count() + self.front.approx_entry_count();
+        if (certs.len() as u64).saturating_mul(4) <= cached {
+            for (issuer, serial) in certs {
+                self.evict_cached(*issuer, serial).await;
+            }
+            return;
+        }
+        type Set<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+        let mut changed: Set<(usize, Serial)> = Set::default();
+        let mut serials: Set<Serial> = Set::default();
+        for (issuer, serial) in certs {
+            if let Some(i) = self
+                .issuers
+                .iter()
+                .position(|s| s.issuer.hashes.id == *issuer)
+            {
+                changed.insert((i, *serial));
+                serials.insert(*serial);
+            }
+        }
+        let mut hit: Set<(usize, Serial)> = Set::default();
+        for (key, index, serial) in self.front.entries() {
+            if changed.contains(&(index, serial)) {
+                self.front.invalidate(&key).await;
+                hit.insert((index, serial));
+            }
+        }
+        let mut stale = Vec::new();
+        for key in self.cache.keys() {
+            let Some(serial) = <CertId as der::Decode>::from_der(&key)
+                .ok()
+                .and_then(|id| Serial::from_der_content(id.serial_number.as_bytes()).ok())
+            else {
+                continue;
+            };
+            if serials.contains(&serial) {
+                stale.push(key);
+                // The CertID's issuer is not matched here: a serial changed under one issuer
+                // may drop another issuer's entry of the same serial, which is only re-signed.
+                hit.extend(
+                    (0..self.issuers.len())
+                        .map(|i| (i, serial))
+                        .filter(|c| changed.contains(c)),
+                );
+            }
+        }
+        for key in stale {
+            self.cache.invalidate(&key).await;
+        }
+        for c in hit {
+            self.changed.insert(c, ()).await;
+        }
+    }
+
     async fn drop_cached(&self, issuer: IssuerId, serial: &Serial, always_changed: bool) {
         let Some((index, state)) = self
             .issuers
@@ -1278,6 +1337,67 @@ mod tests {
             let status = signed_status(responder.answer(der, now).await);
             assert!(matches!(status, SingleStatus::Revoked(_)), "form {form}");
         }
+    }
+
+    #[tokio::test]
+    async fn bulk_eviction_drops_the_changed_certificates_entries_and_no_others() {
+        let (_dir, responder, view, revocations) = demo_responder(&Config::embedded_default());
+        let changed = &revocations[0];
+        let (_, table) = &view.issuers()[0];
+        let kept = table
+            .records()
+            .into_iter()
+            .map(|(s, _)| s)
+            .find(|s| *s != changed.serial)
+            .expect("another certificate");
+        let now = crate::clock::unix_now();
+        let forms = cert_id_forms(&responder.issuers[0].issuer, &changed.serial);
+        let mut requests = Vec::new();
+        for form in 0..forms.len() {
+            let der = crate::ocsp::request::tests::request(
+                vec![cert_id_of(&responder, &changed.serial, form)],
+                None,
+            );
+            responder.answer(&der, now).await;
+            requests.push(der);
+        }
+        let other =
+            crate::ocsp::request::tests::request(vec![cert_id_of(&responder, &kept, 1)], None);
+        responder.answer(&other, now).await;
+        assert!(forms.iter().any(|f| responder.cache.contains(f)));
+        // A mass revocation's worth of certificates, far more than is cached: the pass over
+        // the cached entries runs.
+        let mut certs: Vec<(IssuerId, Serial)> = (0..200u32)
+            .map(|n| {
+                let serial =
+                    Serial::from_magnitude(&(0x7000_0000 + n).to_be_bytes()).expect("serial");
+                (changed.issuer, serial)
+            })
+            .collect();
+        certs.push((changed.issuer, changed.serial));
+        view.apply(changed);
+        responder.evict_bulk(&certs).await;
+        for (form, der) in requests.iter().enumerate() {
+            assert!(
+                responder.front.get(der).await.is_none(),
+                "front, form {form}"
+            );
+            assert!(
+                !responder.cache.contains(&forms[form]),
+                "cache, form {form}"
+            );
+        }
+        assert!(
+            responder.front.get(&other).await.is_some(),
+            "an unchanged certificate's entry stays"
+        );
+        assert!(responder.changed.contains_key(&(0, changed.serial)));
+        assert!(
+            !responder.changed.contains_key(&(0, certs[0].1)),
+            "nothing was cached for it"
+        );
+        let status = signed_status(responder.answer(&requests[0], now).await);
+        assert!(matches!(status, SingleStatus::Revoked(_)));
     }
 
     #[tokio::test]

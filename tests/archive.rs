@@ -72,14 +72,17 @@ impl Redis {
 
     /// The encoded events of the region's stream, in order.
     fn stream_events(&self) -> Vec<Vec<u8>> {
-        // Every `e` field of every entry, in order: an entry of a batch write repeats the
-        // field (a map of the fields would keep one).
+        // Every event of every entry, in order: `e` fields hold one, a batch write's `p`
+        // field many.
         type Entry = (String, Vec<(Vec<u8>, Vec<u8>)>);
         let r: Vec<Entry> = self.cmd(redis::cmd("XRANGE").arg("vigil:feed").arg("-").arg("+"));
         r.into_iter()
             .flat_map(|(_, fields)| fields)
-            .filter(|(k, _)| k == b"e")
-            .map(|(_, v)| v)
+            .flat_map(|(k, v)| {
+                vigil::feed::field_events(&k, &v)
+                    .map(|e| e.expect("well-formed field").to_vec())
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 

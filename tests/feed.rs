@@ -186,7 +186,7 @@ fn is_event_entry(e: &redis::Value) -> bool {
     let Some(redis::Value::Array(fields)) = parts.get(1) else {
         return false;
     };
-    matches!(fields.first(), Some(redis::Value::BulkString(f)) if f == b"e")
+    matches!(fields.first(), Some(redis::Value::BulkString(f)) if f == b"e" || f == b"p")
 }
 
 impl Drop for Redis {
@@ -1455,14 +1455,18 @@ fn lua_merge_many_matches_merge_one_by_one() {
                 for k in keys(batch[0].0) {
                     call.key(k);
                 }
-                call.arg(MAXLEN).arg(batch[0].0);
+                let mut batch_digest = Digest::default();
+                for (_, serial, record, _) in batch {
+                    batch_digest.toggle(serial, record);
+                }
+                call.arg(MAXLEN).arg(batch[0].0).arg(batch_digest.hex());
                 for (_, serial, record, events) in batch {
+                    let mut packed = Vec::new();
+                    vigil::feed::pack_events(&mut packed, events.iter().map(|e| &e[..]));
                     call.arg(serial.as_der_content())
                         .arg(&record.to_bytes()[..])
-                        .arg(events.len());
-                    for e in events {
-                        call.arg(&e[..]);
-                    }
+                        .arg(events.len())
+                        .arg(packed);
                 }
                 let n: usize = call.invoke(&mut cm).unwrap();
                 changed_many += n;
@@ -1490,7 +1494,12 @@ fn lua_merge_many_matches_merge_one_by_one() {
             .unwrap();
         reply
             .into_iter()
-            .flat_map(|(_, fields)| fields.into_iter().map(|(_, v)| v))
+            .flat_map(|(_, fields)| fields)
+            .flat_map(|(k, v)| {
+                vigil::feed::field_events(k.as_bytes(), &v)
+                    .map(|e| e.expect("well-formed field").to_vec())
+                    .collect::<Vec<_>>()
+            })
             .collect()
     };
     let stream_one = entries(&mut c1);
@@ -1552,28 +1561,39 @@ fn lua_merge_many_matches_merge_one_by_one() {
         reason: RevocationReason::KeyCompromise,
     });
     let bad_record = [0, 0, 0, 9, 0, 0, 0, 5, 8u8];
-    let refused = |c: &mut redis::Connection, last: (&[u8], &str)| -> String {
-        let mut call = merge_many.prepare_invoke();
-        for k in keys("aa11") {
-            call.key(k);
-        }
-        call.arg(MAXLEN).arg("aa11");
-        for i in 0..5u32 {
-            call.arg(format!("new-{i}"))
-                .arg(&revoked.to_bytes()[..])
-                .arg(1)
-                .arg("event");
-        }
-        call.arg("bad").arg(last.0).arg(last.1).arg("event");
-        let r: redis::RedisResult<redis::Value> = call.invoke(c);
-        r.expect_err("the batch is refused").to_string()
-    };
+    let refused_with =
+        |c: &mut redis::Connection, batch_digest: &str, last: (&[u8], &str)| -> String {
+            let mut call = merge_many.prepare_invoke();
+            for k in keys("aa11") {
+                call.key(k);
+            }
+            call.arg(MAXLEN).arg("aa11").arg(batch_digest);
+            for i in 0..5u32 {
+                call.arg(format!("new-{i}"))
+                    .arg(&revoked.to_bytes()[..])
+                    .arg(1)
+                    .arg("event");
+            }
+            call.arg("bad").arg(last.0).arg(last.1).arg("event");
+            let r: redis::RedisResult<redis::Value> = call.invoke(c);
+            r.expect_err("the batch is refused").to_string()
+        };
+    let zero = "0".repeat(40);
+    let refused = |c: &mut redis::Connection, last: (&[u8], &str)| refused_with(c, &zero, last);
     for c in [&mut cm, &mut ce] {
+        // A batch digest that is not 40 lower-case hex digits.
+        for bad in ["", "xyz", &"A".repeat(40), &"0".repeat(41)] {
+            let err = refused_with(c, bad, (&revoked.to_bytes(), "1"));
+            assert!(err.contains("bad arguments"), "{bad:?}: {err}");
+        }
         let err = refused(c, (&bad_record, "1"));
         assert!(err.contains("not a revocation reason"), "{err}");
-        // An event count past the arguments.
-        let err = refused(c, (&revoked.to_bytes(), "2"));
-        assert!(err.contains("bad arguments"), "{err}");
+        // An event count the packed events cannot hold ("event" is 5 bytes: at most two
+        // lengths), and more events than one entry holds.
+        for count in ["3", "201", "0"] {
+            let err = refused(c, (&revoked.to_bytes(), count));
+            assert!(err.contains("bad arguments"), "{count}: {err}");
+        }
         let err = refused(c, (&revoked.to_bytes()[..8], "1"));
         assert!(err.contains("bad arguments"), "{err}");
     }

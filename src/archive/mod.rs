@@ -738,12 +738,17 @@ async fn session(
         let mut events: Vec<(StreamId, &[u8])> = Vec::with_capacity(entries.len());
         for (id, fields) in &entries {
             for (k, v) in fields {
-                if k == b"e" {
-                    if v.len() <= MAX_EVENT_BYTES {
-                        events.push((*id, v));
-                    } else {
-                        tracing::warn!(region = %region.name, id = %id, bytes = v.len(),
-                            "archive: skipping a stream entry longer than any event");
+                for got in crate::feed::field_events(k, v) {
+                    match got {
+                        Ok(e) if e.len() <= MAX_EVENT_BYTES => events.push((*id, e)),
+                        Ok(e) => {
+                            tracing::warn!(region = %region.name, id = %id, bytes = e.len(),
+                                "archive: skipping a stream event longer than any event");
+                        }
+                        Err(err) => {
+                            tracing::warn!(region = %region.name, id = %id, error = %err,
+                                "archive: skipping the rest of a malformed stream field");
+                        }
                     }
                 }
             }

@@ -263,11 +263,24 @@ async fn session(
             let now = unix_now_ms();
             let mut events = Vec::with_capacity(entries.len());
             for (eid, fields) in entries {
+                // The events of one entry were written in one call: one lag sample each.
+                let mut lag_taken = false;
                 for (field, value) in fields {
-                    match field.as_slice() {
-                        b"e" => match Event::decode(&value) {
+                    if field == b"hb" {
+                        health.heartbeats.increment(1);
+                        health.seen(now, heartbeat_time(&value));
+                        continue;
+                    }
+                    for got in super::field_events(&field, &value) {
+                        match got
+                            .map_err(FieldOrEvent::Field)
+                            .and_then(|b| Event::decode(b).map_err(FieldOrEvent::Event))
+                        {
                             Ok(e) => {
-                                health.seen(now, Some(e.created_at_ms));
+                                if !lag_taken {
+                                    health.seen(now, Some(e.created_at_ms));
+                                    lag_taken = true;
+                                }
                                 events.push(e);
                             }
                             Err(err) => {
@@ -275,17 +288,12 @@ async fn session(
                                 tracing::warn!(region = %region.name, id = %eid, error = %err,
                                     "skipping an undecodable feed entry");
                             }
-                        },
-                        b"hb" => {
-                            health.heartbeats.increment(1);
-                            health.seen(now, heartbeat_time(&value));
                         }
-                        _ => {}
                     }
                 }
                 id = eid;
             }
-            let applied = state.applier.events(&events).await;
+            let applied = state.applier.events_owned(events).await;
             health.changed.increment(applied.changed as u64);
             health.unchanged.increment(applied.unchanged as u64);
             state.set_cursor(
@@ -311,6 +319,15 @@ async fn session(
             id = fresh;
         }
     }
+}
+
+/// Why an event of a stream field could not be read.
+#[derive(Debug, thiserror::Error)]
+enum FieldOrEvent {
+    #[error("{0}")]
+    Field(super::FieldError),
+    #[error("{0}")]
+    Event(crate::status::event::DecodeError),
 }
 
 /// The periodic comparison of the view with one region (per issuer: record count and digest,

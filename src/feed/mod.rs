@@ -5,7 +5,7 @@
 //!
 //! | key | type | what |
 //! | --- | --- | --- |
-//! | `vigil:feed` | stream | status events (`e` = encoded [`Event`]) and heartbeats (`hb`), trimmed with `MAXLEN ~` |
+//! | `vigil:feed` | stream | status events (`e` = one encoded [`Event`], `p` = several, [`field_events`]) and heartbeats (`hb`), trimmed with `MAXLEN ~` |
 //! | `vigil:snap:<issuer hex>` | hash | serial (DER content octets) → 9- or 11-byte [`CertRecord`]: the join of every event |
 //! | `vigil:issuers` | set | issuer hex ids that have a snapshot |
 //! | `vigil:digest` | hash | issuer hex → XOR of SHA-1(serial ‖ record) over its snapshot (anti-entropy) |
@@ -44,6 +44,94 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::status::{Event, IssuerId};
+
+/// The stream field holding one encoded [`Event`].
+pub const FIELD_EVENT: &[u8] = b"e";
+
+/// The stream field holding several encoded events, each as a 2-octet big-endian length and the
+/// event ([`pack_events`]): what a batch write appends, one field per stream entry, so that a
+/// mass revocation's entry is one string to store, send and parse rather than hundreds.
+pub const FIELD_PACKED: &[u8] = b"p";
+
+/// Appends `events` to `out` in the [`FIELD_PACKED`] form. An event longer than a 2-octet
+/// length can say is left out (no encoded event comes near: [`MAX_EVENT_BYTES`]).
+///
+/// [`MAX_EVENT_BYTES`]: crate::limits::MAX_EVENT_BYTES
+pub fn pack_events<'a>(out: &mut Vec<u8>, events: impl IntoIterator<Item = &'a [u8]>) {
+    for e in events {
+        if let Ok(n) = u16::try_from(e.len()) {
+            out.extend_from_slice(&n.to_be_bytes());
+            out.extend_from_slice(e);
+        }
+    }
+}
+
+/// A stream field that is not what [`field_events`] expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    /// A packed field ends inside a length or an event.
+    #[error("a packed stream field is cut short")]
+    Truncated,
+    /// A packed field holds more events than a writer puts in one entry.
+    #[error(
+        "a packed stream field holds more than {} events",
+        crate::limits::FEED_ENTRY_MAX_EVENTS
+    )]
+    TooMany,
+}
+
+/// The encoded events of one stream field, in order: [`FIELD_EVENT`] holds one,
+/// [`FIELD_PACKED`] up to [`FEED_ENTRY_MAX_EVENTS`](crate::limits::FEED_ENTRY_MAX_EVENTS); any
+/// other field (a heartbeat) none. A malformed packed field yields the events before the fault,
+/// then one error, then nothing.
+pub fn field_events<'a>(field: &[u8], value: &'a [u8]) -> FieldEvents<'a> {
+    FieldEvents {
+        rest: value,
+        single: field == FIELD_EVENT,
+        packed: field == FIELD_PACKED,
+        seen: 0,
+    }
+}
+
+/// Iterator of [`field_events`].
+pub struct FieldEvents<'a> {
+    rest: &'a [u8],
+    single: bool,
+    packed: bool,
+    seen: usize,
+}
+
+impl<'a> Iterator for FieldEvents<'a> {
+    type Item = Result<&'a [u8], FieldError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.single {
+            self.single = false;
+            return Some(Ok(self.rest));
+        }
+        if !self.packed || self.rest.is_empty() {
+            return None;
+        }
+        let fail = |me: &mut Self, e| {
+            me.packed = false;
+            Some(Err(e))
+        };
+        if self.seen == crate::limits::FEED_ENTRY_MAX_EVENTS {
+            return fail(self, FieldError::TooMany);
+        }
+        let Some((len, tail)) = self.rest.split_first_chunk::<2>() else {
+            return fail(self, FieldError::Truncated);
+        };
+        let n = usize::from(u16::from_be_bytes(*len));
+        if tail.len() < n {
+            return fail(self, FieldError::Truncated);
+        }
+        let (event, rest) = tail.split_at(n);
+        self.rest = rest;
+        self.seen += 1;
+        Some(Ok(event))
+    }
+}
 
 /// Feed failures (one region's, or a write's).
 #[derive(Debug, thiserror::Error)]
@@ -205,17 +293,23 @@ pub struct CertWrite {
     pub events: Vec<Vec<u8>>,
 }
 
-/// Groups events by certificate, in first-seen order, joining each certificate's records.
+/// Groups events by certificate, in first-seen order, joining each certificate's records. A
+/// certificate with more events than one stream entry holds
+/// ([`FEED_ENTRY_MAX_EVENTS`](crate::limits::FEED_ENTRY_MAX_EVENTS)) keeps the fewest that
+/// join to the same record ([`CertRecord::kinds`](crate::status::CertRecord::kinds)), stamped
+/// like its last event.
 pub fn group_by_certificate(events: &[Event]) -> Vec<CertWrite> {
     use std::collections::HashMap;
     let mut index: HashMap<(IssuerId, crate::status::Serial), usize> = HashMap::new();
     let mut out: Vec<CertWrite> = Vec::new();
+    let mut last: Vec<&Event> = Vec::new();
     for e in events {
         let record = crate::status::CertRecord::from_event(&e.kind);
         match index.get(&(e.issuer, e.serial)) {
             Some(&i) => {
                 out[i].record = out[i].record.join(record);
                 out[i].events.push(e.to_bytes());
+                last[i] = e;
             }
             None => {
                 index.insert((e.issuer, e.serial), out.len());
@@ -225,7 +319,18 @@ pub fn group_by_certificate(events: &[Event]) -> Vec<CertWrite> {
                     record,
                     events: vec![e.to_bytes()],
                 });
+                last.push(e);
             }
+        }
+    }
+    for (w, e) in out.iter_mut().zip(last) {
+        if w.events.len() > crate::limits::FEED_ENTRY_MAX_EVENTS {
+            w.events = w
+                .record
+                .kinds()
+                .into_iter()
+                .map(|kind| Event { kind, ..e.clone() }.to_bytes())
+                .collect();
         }
     }
     out
@@ -271,6 +376,63 @@ mod tests {
         assert!("x-1".parse::<StreamId>().is_err());
         assert!("1-".parse::<StreamId>().is_err());
         assert!("9".repeat(60).parse::<StreamId>().is_err());
+    }
+
+    #[test]
+    fn packed_fields_round_trip_and_refuse_what_is_cut_or_too_long() {
+        let events: Vec<Vec<u8>> = (0..5u8).map(|n| vec![n; 10 + n as usize]).collect();
+        let mut packed = Vec::new();
+        pack_events(&mut packed, events.iter().map(|e| &e[..]));
+        let got: Vec<&[u8]> = field_events(FIELD_PACKED, &packed)
+            .collect::<Result<_, _>>()
+            .expect("well formed");
+        assert_eq!(got, events.iter().map(|e| &e[..]).collect::<Vec<_>>());
+        assert_eq!(
+            field_events(FIELD_EVENT, b"one").collect::<Vec<_>>(),
+            vec![Ok(&b"one"[..])]
+        );
+        assert_eq!(field_events(b"hb", b"beat").count(), 0);
+        // Cut anywhere inside the last event or its length: the events before it, one error.
+        for cut in [packed.len() - 1, packed.len() - 14, packed.len() - 15] {
+            let got: Vec<_> = field_events(FIELD_PACKED, &packed[..cut]).collect();
+            assert_eq!(got.len(), 5, "cut at {cut}");
+            assert_eq!(got[4], Err(FieldError::Truncated), "cut at {cut}");
+        }
+        let mut many = Vec::new();
+        let tiny = vec![[7u8]; crate::limits::FEED_ENTRY_MAX_EVENTS + 1];
+        pack_events(&mut many, tiny.iter().map(|e| &e[..]));
+        let got: Vec<_> = field_events(FIELD_PACKED, &many).collect();
+        assert_eq!(got.len(), crate::limits::FEED_ENTRY_MAX_EVENTS + 1);
+        assert_eq!(got.last(), Some(&Err(FieldError::TooMany)));
+    }
+
+    #[test]
+    fn a_certificate_with_more_events_than_an_entry_holds_keeps_their_join() {
+        let ev = |kind| Event {
+            issuer: IssuerId([1; 32]),
+            serial: Serial::from_magnitude(&[1]).expect("serial"),
+            kind,
+            origin: "a".into(),
+            created_at_ms: 0,
+        };
+        let mut events = vec![ev(EventKind::Issued { not_after: 50 })];
+        for t in 0..crate::limits::FEED_ENTRY_MAX_EVENTS as i64 {
+            events.push(ev(EventKind::Hold { time: 2 * t }));
+            events.push(ev(EventKind::Release { time: 2 * t + 1 }));
+        }
+        let w = group_by_certificate(&events);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].events.len() <= 3, "{}", w[0].events.len());
+        let records: Vec<crate::status::CertRecord> = w[0]
+            .events
+            .iter()
+            .map(|e| {
+                crate::status::CertRecord::from_event(&Event::decode(e).expect("decodes").kind)
+            })
+            .collect();
+        let joined = records[1..].iter().fold(records[0], |a, r| a.join(*r));
+        assert_eq!(joined, w[0].record);
+        assert_eq!(w[0].record.hold().map(|h| h.held), Some(false));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use super::region::Region;
 use super::{group_by_certificate, scripts, CertWrite, FeedError};
 use crate::config::FeedConfig;
 use crate::limits::{FEED_MERGE_BATCH, FEED_PIPELINE_CHUNK};
+use crate::status::view::Digest;
 use crate::status::{hex, Event};
 
 /// Writes to the regions of the feed.
@@ -213,6 +214,10 @@ pub async fn merge(
         for issuer_writes in chunk.chunk_by(|a, b| a.issuer == b.issuer) {
             let issuer_hex = hex(&issuer_writes[0].issuer.0);
             for batch in issuer_writes.chunks(FEED_MERGE_BATCH) {
+                let mut batch_digest = Digest::default();
+                for w in batch {
+                    batch_digest.toggle(&w.serial, &w.record);
+                }
                 let cmd = pipe
                     .cmd("EVALSHA")
                     .arg(scripts::MERGE_MANY.get_hash())
@@ -222,14 +227,15 @@ pub async fn merge(
                     .arg(region.keys.issuers())
                     .arg(region.keys.digests())
                     .arg(maxlen)
-                    .arg(&issuer_hex);
+                    .arg(&issuer_hex)
+                    .arg(batch_digest.hex());
                 for w in batch {
+                    let mut packed = Vec::with_capacity(w.events.iter().map(|e| e.len() + 2).sum());
+                    super::pack_events(&mut packed, w.events.iter().map(|e| &e[..]));
                     cmd.arg(w.serial.as_der_content())
                         .arg(&w.record.to_bytes()[..])
-                        .arg(w.events.len());
-                    for e in &w.events {
-                        cmd.arg(&e[..]);
-                    }
+                        .arg(w.events.len())
+                        .arg(packed);
                 }
             }
         }

@@ -93,11 +93,13 @@ local function digest_words(h)
   end
   return w
 end
-local function digest_toggle(w, text)
-  local h = redis.sha1hex(text)
+local function digest_xor(w, h)
   for k = 1, 5 do
     w[k] = bit.bxor(w[k], tonumber(string.sub(h, k * 8 - 7, k * 8), 16))
   end
+end
+local function digest_toggle(w, text)
+  digest_xor(w, redis.sha1hex(text))
 end
 local function digest_hex(w)
   local out = {}
@@ -155,41 +157,48 @@ return id
 /// [`MERGE_LUA`] for a batch of one issuer's certificates in one call: the same join per
 /// certificate, the same snapshot and digest, and the same events in the same order as calling
 /// [`MERGE_LUA`] for each in turn; the events of the batch's changed certificates are appended
-/// as one stream entry (the field `e` repeated, at most `ENTRY_EVENTS` =
-/// [`FEED_ENTRY_MAX_EVENTS`](crate::limits::FEED_ENTRY_MAX_EVENTS) per entry), where
-/// [`MERGE_LUA`] appends one entry per event. Every reader of the stream takes each `e` field
-/// of an entry in order, with the snapshot's reads and writes (`HMGET`, `HSET`), the issuers-set `SADD`,
-/// the digest's read and write and the stream's trim (`XTRIM MAXLEN ~`) done once per batch.
-/// Returns how many certificates' records changed (each appended its events).
+/// as one stream entry of one packed field (`p`, [`super::FIELD_PACKED`]: each event as a
+/// 2-octet length and its bytes, at most `ENTRY_EVENTS` =
+/// [`FEED_ENTRY_MAX_EVENTS`](crate::limits::FEED_ENTRY_MAX_EVENTS) events per entry), where
+/// [`MERGE_LUA`] appends one entry per event. The snapshot's reads and writes (`HMGET`, `HSET`),
+/// the issuers-set `SADD`, the digest's read and write and the stream's trim (`XTRIM MAXLEN ~`)
+/// are done once per batch. Returns how many certificates' records changed (each appended its
+/// events).
 ///
 /// The whole batch is checked before anything is written: one malformed or refused record (see
 /// `merge_helpers_lua!`) fails the call and writes nothing.
 ///
-/// `KEYS`: stream, snapshot hash, issuers set, digests hash. `ARGV`: maxlen, issuer hex, then
-/// per certificate: serial, record (9 or 11 bytes), the number of its events (at least 1), and the
-/// encoded events.
+/// `KEYS`: stream, snapshot hash, issuers set, digests hash. `ARGV`: maxlen, issuer hex, the
+/// batch's digest (40 lower-case hex digits: the XOR of SHA-1(serial ‖ record) over the records
+/// sent, what the digest changes by when every certificate is new; computing SHA-1 and the
+/// XOR in Lua was 40 % of the script's time in a mass revocation), then per certificate:
+/// serial, record (9 or 11 bytes), the number of its events (1 to `ENTRY_EVENTS`), and its events
+/// packed ([`super::pack_events`]). A wrong batch digest leaves the region's digest wrong
+/// (replicas then see a mismatch and re-read the snapshot; nothing is lost): only vigil's
+/// writers call this.
 pub const MERGE_MANY_LUA: &str = concat!(
     merge_helpers_lua!(),
     r#"
 local n = #ARGV
-if n < 6 then
+if n < 7 or not string.match(ARGV[3], '^[0-9a-f]+$') or string.len(ARGV[3]) ~= 40 then
   return redis.error_reply('ERR vigil merge: bad arguments')
 end
 -- Check the whole batch before writing anything.
-local serials, records, firsts, lasts = {}, {}, {}, {}
-local i = 3
+local ENTRY_EVENTS = 200
+local serials, records, counts, packs = {}, {}, {}, {}
+local i = 4
 while i <= n do
-  local rec, count = ARGV[i + 1], tonumber(ARGV[i + 2] or '')
+  local rec, count, pack = ARGV[i + 1], tonumber(ARGV[i + 2] or ''), ARGV[i + 3]
   if not rec or not record_len_ok(rec) or not count or count < 1 or count ~= math.floor(count)
-     or i + 2 + count > n then
+     or count > ENTRY_EVENTS or not pack or string.len(pack) < 2 * count then
     return redis.error_reply('ERR vigil merge: bad arguments')
   end
   if not valid(string.byte(rec, 9)) then
     return redis.error_reply('ERR vigil merge: not a revocation reason')
   end
   local k = #serials + 1
-  serials[k], records[k], firsts[k], lasts[k] = ARGV[i], rec, i + 3, i + 2 + count
-  i = i + 3 + count
+  serials[k], records[k], counts[k], packs[k] = ARGV[i], rec, count, pack
+  i = i + 4
 end
 -- One HMGET / HSET per slice (unpack's stack is bounded); a serial repeated in the batch
 -- joins with what the batch wrote before it.
@@ -201,40 +210,44 @@ for a = 1, m, SLICE do
   local got = redis.call('HMGET', KEYS[2], unpack(serials, a, b))
   for k = a, b do stored[k] = got[k - a + 1] end
 end
--- The events of every certificate that changed go out as one stream entry (field `e`
--- repeated), cut at ENTRY_EVENTS events (`limits::FEED_ENTRY_MAX_EVENTS`).
-local ENTRY_EVENTS = 200
-local changed, digest, latest, pairs_out, fields = 0, nil, {}, {}, {}
+-- The events of every certificate that changed go out as one stream entry of one packed
+-- field (`p`), cut at ENTRY_EVENTS events (`limits::FEED_ENTRY_MAX_EVENTS`).
+-- The writer sent the XOR of SHA-1(serial .. record) over the batch's records (ARGV[3]): the
+-- digest's change if every certificate is new, which a mass revocation's are. Only where a
+-- record was already stored is that guess undone and the change computed here.
+local changed, latest, pairs_out, parts, part_events = 0, {}, {}, {}, 0
+local digest = digest_words(redis.call('HGET', KEYS[4], ARGV[2]) or string.rep('0', 40))
+digest_xor(digest, ARGV[3])
 local entries_out, events_out = 0, 0
 for k = 1, m do
   local serial, rec = serials[k], records[k]
   local cur = latest[serial]
   if cur == nil then cur = stored[k] end
   local new = rec
-  if cur and record_len_ok(cur) and valid(string.byte(cur, 9)) then new = join(cur, rec) end
+  if cur then
+    digest_toggle(digest, serial .. rec)
+    if record_len_ok(cur) and valid(string.byte(cur, 9)) then new = join(cur, rec) end
+  end
   if cur ~= new then
     latest[serial] = new
     pairs_out[#pairs_out + 1] = serial
     pairs_out[#pairs_out + 1] = new
-    if not digest then
-      digest = digest_words(redis.call('HGET', KEYS[4], ARGV[2]) or string.rep('0', 40))
+    if cur then
+      digest_toggle(digest, serial .. cur)
+      digest_toggle(digest, serial .. new)
     end
-    if cur then digest_toggle(digest, serial .. cur) end
-    digest_toggle(digest, serial .. new)
-    for j = firsts[k], lasts[k] do
-      fields[#fields + 1] = 'e'
-      fields[#fields + 1] = ARGV[j]
-      if #fields >= 2 * ENTRY_EVENTS then
-        redis.call('XADD', KEYS[1], '*', unpack(fields))
-        entries_out, events_out, fields = entries_out + 1, events_out + #fields / 2, {}
-      end
+    if part_events > 0 and part_events + counts[k] > ENTRY_EVENTS then
+      redis.call('XADD', KEYS[1], '*', 'p', table.concat(parts))
+      entries_out, events_out, parts, part_events = entries_out + 1, events_out + part_events, {}, 0
     end
+    parts[#parts + 1] = packs[k]
+    part_events = part_events + counts[k]
     changed = changed + 1
   end
 end
-if #fields > 0 then
-  redis.call('XADD', KEYS[1], '*', unpack(fields))
-  entries_out, events_out = entries_out + 1, events_out + #fields / 2
+if part_events > 0 then
+  redis.call('XADD', KEYS[1], '*', 'p', table.concat(parts))
+  entries_out, events_out = entries_out + 1, events_out + part_events
 end
 if changed > 0 then
   for a = 1, #pairs_out, 2 * SLICE do

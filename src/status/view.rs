@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use super::{CertRecord, CertStatus, Event, IssuerId, Serial};
-use crate::limits::VIEW_LOCK_EVENTS;
+use crate::limits::VIEW_SEGMENTS;
 
 /// Every certificate status a replica knows, grouped by issuer.
 ///
-/// Reads take a shared lock on one issuer's table; writes are rare (one per event).
+/// Reads take a shared lock on one segment of one issuer's table ([`IssuerTable`]); each write locks one segment.
 #[derive(Default)]
 pub struct StatusView {
     tables: RwLock<HashMap<IssuerId, Arc<IssuerTable>>>,
@@ -26,13 +26,27 @@ pub struct StatusView {
 /// do not degrade the map).
 type Records = HashMap<Serial, CertRecord, foldhash::fast::FixedState>;
 
-/// One issuer's certificates.
-#[derive(Default)]
+/// One issuer's certificates, in [`VIEW_SEGMENTS`] segments by the serial's last octet, each
+/// with its own lock and its own part of the digest.
+///
+/// A reader (every OCSP answer) waits only for a writer or a resize of the one segment its
+/// serial is in, and a scan (a CRL's candidates, a checkpoint partition) holds one segment's
+/// shared lock at a time: with one lock over a million certificates, a CRL scan held it for
+/// tens of milliseconds, a waiting writer then held back every reader behind it (the lock
+/// prefers writers), and a resize rehashed the whole table under the write lock.
 pub struct IssuerTable {
-    records: RwLock<Table>,
+    segments: Box<[RwLock<Table>]>,
 }
 
-/// The map and its digest, under one lock so that a reader sees them agree.
+impl Default for IssuerTable {
+    fn default() -> Self {
+        IssuerTable {
+            segments: (0..VIEW_SEGMENTS).map(|_| RwLock::default()).collect(),
+        }
+    }
+}
+
+/// One segment's map and digest, under one lock so that a reader sees them agree.
 #[derive(Default)]
 struct Table {
     map: Records,
@@ -55,6 +69,13 @@ impl Digest {
         ctx.update(&record.to_bytes());
         for (d, h) in self.0.iter_mut().zip(ctx.finish().as_ref()) {
             *d ^= h;
+        }
+    }
+
+    /// Folds in another set's digest (the digest of the union of two disjoint sets).
+    fn combine(&mut self, other: &Digest) {
+        for (d, o) in self.0.iter_mut().zip(other.0.iter()) {
+            *d ^= o;
         }
     }
 
@@ -133,35 +154,29 @@ impl StatusView {
     ) {
         let mut rest = events;
         while let Some(first) = rest.first() {
-            // One issuer's run, at most VIEW_LOCK_EVENTS under one write lock: readers (every
-            // OCSP answer checks the view) wait at most one chunk, not a mass revocation.
+            // One issuer's run; each event takes only its segment's write lock, so readers
+            // (every OCSP answer checks the view) wait for one join, not for the run.
             let run = rest
                 .iter()
-                .take(VIEW_LOCK_EVENTS)
                 .position(|e| e.issuer != first.issuer)
-                .unwrap_or(rest.len().min(VIEW_LOCK_EVENTS));
+                .unwrap_or(rest.len());
             let (now, later) = rest.split_at(run);
             rest = later;
             let table = self.table(first.issuer);
             let mut statuses = Vec::new();
-            {
-                let mut t = table
-                    .records
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner);
-                for (i, e) in now.iter().enumerate() {
-                    if refused(e) {
-                        continue;
-                    }
-                    let before = t
-                        .map
-                        .get(&e.serial)
-                        .map_or(CertStatus::Unissued, |r| r.status());
-                    if let Applied::Changed { status } =
-                        merge_into(&mut t, e.serial, CertRecord::from_event(&e.kind))
-                    {
-                        statuses.push((i, before, status));
-                    }
+            for (i, e) in now.iter().enumerate() {
+                if refused(e) {
+                    continue;
+                }
+                let mut t = table.write(&e.serial);
+                let before = t
+                    .map
+                    .get(&e.serial)
+                    .map_or(CertStatus::Unissued, |r| r.status());
+                if let Applied::Changed { status } =
+                    merge_into(&mut t, e.serial, CertRecord::from_event(&e.kind))
+                {
+                    statuses.push((i, before, status));
                 }
             }
             for (i, before, after) in statuses {
@@ -216,6 +231,30 @@ fn refused(event: &Event) -> bool {
 }
 
 impl IssuerTable {
+    /// The segment holding `serial`.
+    fn segment(&self, serial: &Serial) -> &RwLock<Table> {
+        &self.segments[partition_of(serial) % VIEW_SEGMENTS]
+    }
+
+    fn read(&self, serial: &Serial) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.segment(serial)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self, serial: &Serial) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.segment(serial)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every segment's shared lock, in turn.
+    fn each_segment(&self) -> impl Iterator<Item = std::sync::RwLockReadGuard<'_, Table>> {
+        self.segments
+            .iter()
+            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// The status of one certificate of this issuer, holds included.
     pub fn status(&self, serial: &Serial) -> CertStatus {
         self.status_with(serial, true)
@@ -224,13 +263,7 @@ impl IssuerTable {
     /// The status of one certificate of this issuer; holds are answered only when `holds`
     /// (the issuer's policy allows them).
     pub fn status_with(&self, serial: &Serial, holds: bool) -> CertStatus {
-        match self
-            .records
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .map
-            .get(serial)
-        {
+        match self.read(serial).map.get(serial) {
             Some(r) => r.status_with(holds),
             None => CertStatus::Unissued,
         }
@@ -238,76 +271,75 @@ impl IssuerTable {
 
     /// The record of one certificate, if any.
     pub fn record(&self, serial: &Serial) -> Option<CertRecord> {
-        self.records
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .map
-            .get(serial)
-            .copied()
+        self.read(serial).map.get(serial).copied()
     }
 
     /// Joins `record` into the certificate's record.
     pub fn merge(&self, serial: Serial, record: CertRecord) -> Applied {
-        let mut t = self.records.write().unwrap_or_else(PoisonError::into_inner);
-        merge_into(&mut t, serial, record)
+        merge_into(&mut self.write(&serial), serial, record)
     }
 
-    /// Makes room for `additional` more certificates (checkpoint loading sizes the table once).
+    /// Makes room for `additional` more certificates (checkpoint loading sizes the table once;
+    /// serials spread evenly over the segments).
     pub fn reserve(&self, additional: usize) {
-        self.records
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .map
-            .reserve(additional);
+        let each = additional / VIEW_SEGMENTS + 1;
+        for s in self.segments.iter() {
+            s.write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .map
+                .reserve(each);
+        }
     }
 
-    /// A copy of every record, taken under the shared lock (held only for the copy).
+    /// A copy of every record, taken one segment at a time.
     pub fn records(&self) -> Vec<(Serial, CertRecord)> {
         self.records_partition(0, 1)
     }
 
     /// A copy of the records whose serial falls in partition `part` of `parts` (by the serial's
     /// last octet, which is uniform for random and for sequential serials; `parts` at most
-    /// 256), so a large table can be copied out in pieces without holding its lock for long or
-    /// doubling its memory.
+    /// 256), so a large table can be copied out in pieces without holding a lock for long or
+    /// doubling its memory. Only the segments that can hold the partition are read: with
+    /// `parts` a divisor or a multiple of [`VIEW_SEGMENTS`], one segment or a few.
     pub fn records_partition(&self, part: usize, parts: usize) -> Vec<(Serial, CertRecord)> {
         let parts = parts.clamp(1, 256);
-        let map = &self
-            .records
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .map;
-        let mut out = Vec::with_capacity(map.len() / parts + 16);
-        out.extend(
-            map.iter()
-                .filter(|(s, _)| partition_of(s) % parts == part)
-                .map(|(s, r)| (*s, *r)),
-        );
+        let mut out = Vec::new();
+        for (k, seg) in self.segments.iter().enumerate() {
+            // Segment k holds the last octets k, k + VIEW_SEGMENTS, ...
+            if !(k..256).step_by(VIEW_SEGMENTS).any(|o| o % parts == part) {
+                continue;
+            }
+            let t = seg.read().unwrap_or_else(PoisonError::into_inner);
+            out.reserve(t.map.len());
+            out.extend(
+                t.map
+                    .iter()
+                    .filter(|(s, _)| partition_of(s) % parts == part)
+                    .map(|(s, r)| (*s, *r)),
+            );
+        }
         out
     }
 
-    /// Joins many records under one lock (checkpoint loading).
+    /// Joins many records (checkpoint loading).
     pub fn merge_many(&self, records: &[(Serial, CertRecord)]) {
         self.merge_records(records, |_, _, _| {});
     }
 
-    /// Joins many records under one lock; `changed` is called (outside the lock) with the
-    /// serial, the status before and the status after, for each record that changed the view.
+    /// Joins many records; `changed` is called (outside the locks) with the serial, the status
+    /// before and the status after, for each record that changed the view. Each record takes
+    /// its segment's write lock alone, so readers wait for one join at most.
     pub fn merge_records(
         &self,
         records: &[(Serial, CertRecord)],
         mut changed: impl FnMut(&Serial, CertStatus, CertStatus),
     ) {
         let mut out = Vec::new();
-        // At most VIEW_LOCK_EVENTS records under one write lock (a checkpoint or a snapshot
-        // read holds millions): readers wait for one chunk.
-        for chunk in records.chunks(VIEW_LOCK_EVENTS) {
-            let mut t = self.records.write().unwrap_or_else(PoisonError::into_inner);
-            for (s, r) in chunk {
-                let before = t.map.get(s).map_or(CertStatus::Unissued, |r| r.status());
-                if let Applied::Changed { status } = merge_into(&mut t, *s, *r) {
-                    out.push((*s, before, status));
-                }
+        for (s, r) in records {
+            let mut t = self.write(s);
+            let before = t.map.get(s).map_or(CertStatus::Unissued, |r| r.status());
+            if let Applied::Changed { status } = merge_into(&mut t, *s, *r) {
+                out.push((*s, before, status));
             }
         }
         for (s, before, after) in out {
@@ -315,19 +347,22 @@ impl IssuerTable {
         }
     }
 
-    /// The number of records and their [`Digest`], read together.
+    /// The number of records and their [`Digest`], read together: every segment's shared lock
+    /// is held at once (writers hold one segment at a time, so this cannot deadlock).
     pub fn summary(&self) -> (usize, Digest) {
-        let t = self.records.read().unwrap_or_else(PoisonError::into_inner);
-        (t.map.len(), t.digest)
+        let guards: Vec<_> = self.each_segment().collect();
+        let mut digest = Digest::default();
+        let mut n = 0;
+        for t in &guards {
+            n += t.map.len();
+            digest.combine(&t.digest);
+        }
+        (n, digest)
     }
 
     /// Number of certificates of this issuer.
     pub fn len(&self) -> usize {
-        self.records
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .map
-            .len()
+        self.each_segment().map(|t| t.map.len()).sum()
     }
 
     /// True when this issuer has no certificates.
@@ -335,16 +370,13 @@ impl IssuerTable {
         self.len() == 0
     }
 
-    /// Calls `f` for every certificate, under a shared lock.
+    /// Calls `f` for every certificate, one segment's shared lock at a time (a record changed
+    /// during the scan is seen before or after the change, never twice or not at all).
     pub fn for_each(&self, mut f: impl FnMut(&Serial, &CertRecord)) {
-        for (s, r) in self
-            .records
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .map
-            .iter()
-        {
-            f(s, r);
+        for t in self.each_segment() {
+            for (s, r) in t.map.iter() {
+                f(s, r);
+            }
         }
     }
 }
