@@ -171,6 +171,9 @@ pub const IMPORT_BATCHES_IN_FLIGHT: usize = 4;
 /// Longest line accepted in an OpenSSL index file (`vigil import`): a subject DN is far
 /// shorter; the bound keeps a file without newlines from being read whole.
 pub const MAX_INDEX_LINE_BYTES: usize = 64 * 1024;
+/// The largest PEM file `vigil import --pem` reads (each is read whole, then parsed): 64 MiB
+/// holds about 30 000 certificates of 2 KiB in PEM; more files can be given at once.
+pub const MAX_IMPORT_PEM_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Longest stream-entry id text accepted from Redis (`<u64>-<u64>`).
 pub const MAX_STREAM_ID_BYTES: usize = 41;
@@ -188,7 +191,7 @@ pub const MAX_KEY_FILE_BYTES: usize = 64 * 1024;
 pub const MAX_KEY_SHARE_FILE_BYTES: usize = MAX_KEY_FILE_BYTES * 3 / 2;
 
 /// Largest backup section payload, in bytes: a records section holds at most
-/// `BACKUP_SECTION_RECORDS` (50 000) records of at most 1 + 21 + 9 bytes (about 1.6 MB), and a
+/// `BACKUP_SECTION_RECORDS` (50 000) records of at most 1 + 21 + 11 bytes (about 1.7 MB), and a
 /// CRL section one CRL (a 1.5 M-entry CRL is about 60 MB). Bounds the buffer one section needs.
 pub const MAX_BACKUP_SECTION_BYTES: usize = 128 * 1024 * 1024;
 
@@ -201,7 +204,7 @@ pub const MAX_BACKUP_SOURCE_BYTES: usize = 255;
 
 /// Largest archive block payload, in bytes: an events block holds at most
 /// [`MAX_ARCHIVE_BLOCK_ENTRIES`] events of at most [`MAX_EVENT_BYTES`] (+ 18 bytes of id and
-/// length), a fill block as many snapshot records of at most 31 bytes; both well under 16 MiB.
+/// length), a fill block as many snapshot records of at most 33 bytes; both well under 16 MiB.
 /// Bounds the buffer one block needs when a segment is read.
 pub const MAX_ARCHIVE_BLOCK_BYTES: usize = 16 * 1024 * 1024;
 

@@ -155,7 +155,21 @@ impl Publisher {
             })
             .await
             {
-                Ok(c) => c,
+                Ok(Ok(c)) => c,
+                Ok(Err(misplaced)) => {
+                    metrics::counter!(telemetry::CRL_MISPLACED, "issuer" => pi.issuer.name.clone())
+                        .increment(1);
+                    // Shown by /readyz (degraded) until a pass publishes the scope again.
+                    let why = misplaced.to_string();
+                    for id in CrlId::all(&pi.issuer.name, &pi.sharding, false) {
+                        self.refusals.set(&id, &why);
+                    }
+                    out.push(Err(format!(
+                        "{}: publishing none of its CRLs: {misplaced}",
+                        pi.issuer.name
+                    )));
+                    continue;
+                }
                 Err(e) => {
                     out.push(Err(format!("{}: reading the view: {e}", pi.issuer.name)));
                     continue;
@@ -297,6 +311,7 @@ impl Publisher {
         entries: Vec<Entry>,
     ) -> Result<Vec<Entry>, String> {
         let Some(prev) = previous.cloned() else {
+            self.refusals.clear(id);
             return Ok(entries);
         };
         let table = table.clone();
