@@ -77,6 +77,14 @@ impl Applier {
         let _ = self.crl_wake.set(notify);
     }
 
+    /// Wakes the CRL publisher although no record changed (a feed region lost or rolled back
+    /// the CRLs it stored).
+    pub fn wake_crls(&self) {
+        if let Some(n) = self.crl_wake.get() {
+            n.notify_one();
+        }
+    }
+
     /// Joins events (from the journal or a feed stream).
     pub async fn events(&self, events: &[Event]) -> Applied {
         let (changes, changed) = join_events(&self.view, events);

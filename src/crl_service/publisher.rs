@@ -147,9 +147,9 @@ impl Publisher {
             let scan = table.clone();
             let sharding = pi.sharding;
             let holds = pi.issuer.allow_hold;
-            // At normal priority, not on the background threads: the scan holds the table's
-            // read lock, and a low-priority thread preempted while holding it would keep the
-            // feed's writer waiting, and every OCSP read queued behind that writer.
+            // At normal priority, not on the background threads: the scan holds one segment's
+            // read lock at a time, and a low-priority thread preempted while holding one would
+            // keep the feed's writer waiting, and the OCSP reads of that segment behind it.
             let candidates = match tokio::task::spawn_blocking(move || {
                 select::revoked_by_shard(&scan, &sharding, holds)
             })
