@@ -111,6 +111,12 @@ pub const BACKGROUND_THREADS: usize = 2;
 /// niceness, at most 19).
 pub const BACKGROUND_NICE: i32 = 10;
 
+/// How much lower the priority of the thread joining large feed reads is
+/// ([`crate::background::join`]). Less than [`BACKGROUND_NICE`]: a join holds a segment's
+/// write lock for one record at a time, and a thread preempted while holding it makes that
+/// segment's readers wait until it runs again.
+pub const JOIN_NICE: i32 = 5;
+
 /// The slowest transfer a CRL stored into or fetched from Redis is given time for, in bytes per
 /// second: such a command's timeout is `crl.redis_timeout` plus the CRL's size at this rate
 /// (a 36 MB CRL of a million entries: 2.25 s more). Loopback and a LAN move hundreds of MB/s.
@@ -118,7 +124,8 @@ pub const CRL_TRANSFER_FLOOR_BYTES_PER_SEC: u64 = 16 * 1024 * 1024;
 
 /// Events of one feed read joined on the tokio worker that read them; a larger read (a mass
 /// revocation, a catch-up: up to [`FEED_READ_COUNT`] × [`FEED_ENTRY_MAX_EVENTS`]) is joined on
-/// the blocking pool, so answers queued on that worker do not wait for it.
+/// the join thread ([`crate::background::join`]), so answers queued on that worker do not
+/// wait for it.
 pub const APPLY_INLINE_EVENTS: usize = 256;
 
 /// Segments of one issuer's table in the status view, each under its own lock (by the serial's
