@@ -16,7 +16,11 @@
 #   cargo build --release && loadtest/mass-revocation.sh
 #
 # Environment: MASS_N, SAMPLE (20), BEFORE_SECS (10), CONNS (8), WRK_DELAY_MS (1), TIMEOUT
-# (seconds to wait for completeness, 300), VIGIL_BIN, VIGIL_CLUSTER_DIR (as cluster.sh).
+# (seconds to wait for completeness, 300), VIGIL_BIN, VIGIL_CLUSTER_DIR (as cluster.sh),
+# PERF (set: perf record -a -g over the write), REGIONS_NICE (0): niceness of both regions'
+# redis-servers and of the import, a stand-in on one machine for the hosts of their own they
+# have when deployed (the replicas then compete for CPU with what shares their host in
+# production: their own feed reading, HAProxy and the clients).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -37,6 +41,13 @@ env_file="$("$here/cluster.sh" up)"
 trap '"$here/cluster.sh" down' EXIT
 # shellcheck disable=SC1090
 . "$env_file"
+REGIONS_NICE="${REGIONS_NICE:-0}"
+if ((REGIONS_NICE != 0)); then
+  for r in a b; do # every thread of the server and its AOF children (one process group each)
+    renice -n "$REGIONS_NICE" -g "$(cat "$STATE/pids/redis-$r")" >/dev/null
+  done
+  log "regions' redis-servers and the import at nice $REGIONS_NICE"
+fi
 work="$STATE/mass"
 mkdir -p "$work"
 base=$((GOOD + REVOKED))
@@ -74,7 +85,7 @@ if [ -n "${PERF:-}" ]; then
   perf_pid=$!
 fi
 t0="$(now)"
-/usr/bin/time -v "$VIGIL_BIN" --config "$STATE/a1.toml" import --openssl-index "$work/index.txt" \
+nice -n "$REGIONS_NICE" /usr/bin/time -v "$VIGIL_BIN" --config "$STATE/a1.toml" import --openssl-index "$work/index.txt" \
   --issuer cluster >"$work/import.out" 2>"$work/import.time"
 t_ack="$(now)"
 write_s="$(python3 -c "print(f'{$t_ack - $t0:.2f}')")"

@@ -77,6 +77,14 @@ impl Applier {
         let _ = self.crl_wake.set(notify);
     }
 
+    /// Wakes the CRL publisher although no record changed (a feed region lost or rolled back
+    /// the CRLs it stored).
+    pub fn wake_crls(&self) {
+        if let Some(n) = self.crl_wake.get() {
+            n.notify_one();
+        }
+    }
+
     /// Joins events (from the journal or a feed stream).
     pub async fn events(&self, events: &[Event]) -> Applied {
         let (changes, changed) = join_events(&self.view, events);
@@ -84,15 +92,16 @@ impl Applier {
     }
 
     /// [`Applier::events`] for a batch the caller owns (a feed read): more than
-    /// [`APPLY_INLINE_EVENTS`] are joined on the blocking pool, so that a read of tens of
-    /// thousands (a mass revocation) does not hold up the tokio worker answering OCSP beside it.
+    /// [`APPLY_INLINE_EVENTS`] are joined on the join thread ([`crate::background::join`]), so
+    /// that a read of tens of thousands (a mass revocation) does not hold up the tokio worker
+    /// answering OCSP beside it.
     pub async fn events_owned(&self, events: Vec<Event>) -> Applied {
         if events.len() <= APPLY_INLINE_EVENTS {
             return self.events(&events).await;
         }
         let view = self.view.clone();
         let n = events.len();
-        let joined = tokio::task::spawn_blocking(move || join_events(&view, &events)).await;
+        let joined = crate::background::join(move || join_events(&view, &events)).await;
         match joined {
             Ok((changes, changed)) => self.finish(n, changes, changed).await,
             // The join panicked: nothing to follow up; the completeness check re-reads.

@@ -16,7 +16,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{LazyLock, Mutex};
 
-use crate::limits::{BACKGROUND_NICE, BACKGROUND_THREADS};
+use crate::limits::{BACKGROUND_NICE, BACKGROUND_THREADS, JOIN_NICE};
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
@@ -29,50 +29,76 @@ struct Pool {
     jobs: Mutex<Sender<Job>>,
 }
 
-static POOL: LazyLock<Pool> = LazyLock::new(|| {
-    let (tx, rx) = channel::<Job>();
-    let rx = std::sync::Arc::new(Mutex::new(rx));
-    for i in 0..BACKGROUND_THREADS {
-        let rx = rx.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("vigil-bg-{i}"))
-            .spawn(move || {
-                lower_priority();
-                loop {
-                    let job = {
-                        let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
-                        guard.recv()
-                    };
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return,
+impl Pool {
+    fn start(name: &'static str, threads: usize, nice: i32) -> Pool {
+        let (tx, rx) = channel::<Job>();
+        let rx = std::sync::Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    lower_priority(nice);
+                    loop {
+                        let job = {
+                            let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
+                            guard.recv()
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
                     }
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "could not start a background thread");
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, thread = name, "could not start a background thread");
+            }
+        }
+        Pool {
+            jobs: Mutex::new(tx),
         }
     }
-    Pool {
-        jobs: Mutex::new(tx),
+
+    async fn run<T, F>(&self, f: F) -> Result<T, BackgroundError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let out = catch_unwind(AssertUnwindSafe(f))
+                .map_err(|_| BackgroundError("the task panicked".into()));
+            let _ = tx.send(out);
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .map_err(|_| BackgroundError("no background thread is running".into()))?;
+        rx.await
+            .map_err(|_| BackgroundError("the task was dropped".into()))?
     }
-});
+}
+
+static POOL: LazyLock<Pool> =
+    LazyLock::new(|| Pool::start("vigil-bg", BACKGROUND_THREADS, BACKGROUND_NICE));
+
+static JOIN: LazyLock<Pool> = LazyLock::new(|| Pool::start("vigil-join", 1, JOIN_NICE));
 
 #[cfg(target_os = "linux")]
-fn lower_priority() {
+fn lower_priority(by: i32) {
     use rustix::process::{getpriority_process, setpriority_process};
     // On Linux a thread id names the thread alone. Relative to the process's own niceness (19
     // is the lowest priority there is).
     let me = Some(rustix::thread::gettid());
-    let set = getpriority_process(me)
-        .and_then(|now| setpriority_process(me, (now + BACKGROUND_NICE).min(19)));
+    let set = getpriority_process(me).and_then(|now| setpriority_process(me, (now + by).min(19)));
     if let Err(e) = set {
         tracing::debug!(error = %e, "background thread keeps normal priority");
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
+fn lower_priority(_: i32) {}
 
 /// Runs `f` on a background thread; resolves to its result.
 pub async fn run<T, F>(f: F) -> Result<T, BackgroundError>
@@ -80,19 +106,18 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move || {
-        let out = catch_unwind(AssertUnwindSafe(f))
-            .map_err(|_| BackgroundError("the task panicked".into()));
-        let _ = tx.send(out);
-    });
-    POOL.jobs
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .send(job)
-        .map_err(|_| BackgroundError("no background thread is running".into()))?;
-    rx.await
-        .map_err(|_| BackgroundError("the task was dropped".into()))?
+    POOL.run(f).await
+}
+
+/// Runs `f` on the thread that joins large feed reads into the view
+/// ([`crate::apply::Applier::events_owned`]): its own thread, so a join never waits behind a CRL
+/// build, at [`JOIN_NICE`] so that answering goes first when the machine is busy.
+pub async fn join<T, F>(f: F) -> Result<T, BackgroundError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    JOIN.run(f).await
 }
 
 #[cfg(test)]
@@ -123,5 +148,20 @@ mod tests {
             nice > here || here == 19,
             "background nice {nice}, caller {here}"
         );
+        let (joiner, name) = join(|| {
+            (
+                getpriority_process(Some(rustix::thread::gettid())),
+                std::thread::current().name().map(str::to_owned),
+            )
+        })
+        .await
+        .expect("ran");
+        let joiner = joiner.expect("getpriority");
+        assert!(
+            joiner > here || here == 19,
+            "join nice {joiner}, caller {here}"
+        );
+        assert!(joiner <= nice, "the join thread is above the CRL threads");
+        assert_eq!(name.as_deref(), Some("vigil-join-0"));
     }
 }

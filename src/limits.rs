@@ -111,6 +111,12 @@ pub const BACKGROUND_THREADS: usize = 2;
 /// niceness, at most 19).
 pub const BACKGROUND_NICE: i32 = 10;
 
+/// How much lower the priority of the thread joining large feed reads is
+/// ([`crate::background::join`]). Less than [`BACKGROUND_NICE`]: a join holds a segment's
+/// write lock for one record at a time, and a thread preempted while holding it makes that
+/// segment's readers wait until it runs again.
+pub const JOIN_NICE: i32 = 5;
+
 /// The slowest transfer a CRL stored into or fetched from Redis is given time for, in bytes per
 /// second: such a command's timeout is `crl.redis_timeout` plus the CRL's size at this rate
 /// (a 36 MB CRL of a million entries: 2.25 s more). Loopback and a LAN move hundreds of MB/s.
@@ -118,7 +124,8 @@ pub const CRL_TRANSFER_FLOOR_BYTES_PER_SEC: u64 = 16 * 1024 * 1024;
 
 /// Events of one feed read joined on the tokio worker that read them; a larger read (a mass
 /// revocation, a catch-up: up to [`FEED_READ_COUNT`] × [`FEED_ENTRY_MAX_EVENTS`]) is joined on
-/// the blocking pool, so answers queued on that worker do not wait for it.
+/// the join thread ([`crate::background::join`]), so answers queued on that worker do not
+/// wait for it.
 pub const APPLY_INLINE_EVENTS: usize = 256;
 
 /// Segments of one issuer's table in the status view, each under its own lock (by the serial's
@@ -171,6 +178,9 @@ pub const IMPORT_BATCHES_IN_FLIGHT: usize = 4;
 /// Longest line accepted in an OpenSSL index file (`vigil import`): a subject DN is far
 /// shorter; the bound keeps a file without newlines from being read whole.
 pub const MAX_INDEX_LINE_BYTES: usize = 64 * 1024;
+/// The largest PEM file `vigil import --pem` reads (each is read whole, then parsed): 64 MiB
+/// holds about 30 000 certificates of 2 KiB in PEM; more files can be given at once.
+pub const MAX_IMPORT_PEM_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Longest stream-entry id text accepted from Redis (`<u64>-<u64>`).
 pub const MAX_STREAM_ID_BYTES: usize = 41;
@@ -188,7 +198,7 @@ pub const MAX_KEY_FILE_BYTES: usize = 64 * 1024;
 pub const MAX_KEY_SHARE_FILE_BYTES: usize = MAX_KEY_FILE_BYTES * 3 / 2;
 
 /// Largest backup section payload, in bytes: a records section holds at most
-/// `BACKUP_SECTION_RECORDS` (50 000) records of at most 1 + 21 + 9 bytes (about 1.6 MB), and a
+/// `BACKUP_SECTION_RECORDS` (50 000) records of at most 1 + 21 + 11 bytes (about 1.7 MB), and a
 /// CRL section one CRL (a 1.5 M-entry CRL is about 60 MB). Bounds the buffer one section needs.
 pub const MAX_BACKUP_SECTION_BYTES: usize = 128 * 1024 * 1024;
 
@@ -201,7 +211,7 @@ pub const MAX_BACKUP_SOURCE_BYTES: usize = 255;
 
 /// Largest archive block payload, in bytes: an events block holds at most
 /// [`MAX_ARCHIVE_BLOCK_ENTRIES`] events of at most [`MAX_EVENT_BYTES`] (+ 18 bytes of id and
-/// length), a fill block as many snapshot records of at most 31 bytes; both well under 16 MiB.
+/// length), a fill block as many snapshot records of at most 33 bytes; both well under 16 MiB.
 /// Bounds the buffer one block needs when a segment is read.
 pub const MAX_ARCHIVE_BLOCK_BYTES: usize = 16 * 1024 * 1024;
 

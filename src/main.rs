@@ -10,7 +10,10 @@ use der::Decode;
 use vigil::app;
 use vigil::config::Config;
 use vigil::status::journal::{JournalReader, JournalWriter};
-use vigil::status::{CertStatus, Event, EventKind, IssuerId, RevocationReason, Serial, StatusView};
+use vigil::status::{
+    CertStatus, CrlScope, Event, EventKind, IssuerId, RevocationReason, Serial, StatusView,
+};
+use x509_cert::Certificate;
 
 #[derive(Parser)]
 #[command(
@@ -62,11 +65,16 @@ enum Command {
         #[arg(long)]
         not_after: Option<String>,
     },
-    /// Import an OpenSSL CA database (index.txt).
+    /// Import an OpenSSL CA database (index.txt), or certificates (PEM files).
     Import {
         /// The index.txt file.
-        #[arg(long)]
-        openssl_index: PathBuf,
+        #[arg(long, required_unless_present = "pem", conflicts_with = "pem")]
+        openssl_index: Option<PathBuf>,
+        /// PEM files of certificates (each may hold several): each issuance is recorded with
+        /// the CRL shard its cRLDistributionPoints names; one naming no CRL of the issuer
+        /// refuses the whole import, writing nothing.
+        #[arg(long, num_args = 1..)]
+        pem: Vec<PathBuf>,
         /// Issuer (configured name) the database belongs to.
         #[arg(long)]
         issuer: String,
@@ -424,8 +432,12 @@ fn main() -> ExitCode {
         Command::Release { target } => hold(&cfg, &target, false, None),
         Command::Import {
             openssl_index,
+            pem,
             issuer,
-        } => import(&cfg, &openssl_index, &issuer),
+        } => match openssl_index {
+            Some(index) => import(&cfg, &index, &issuer),
+            None => import_pem(&cfg, &pem, &issuer),
+        },
         Command::Status { issuer, serial } => status(&cfg, &issuer, serial.as_deref()),
         Command::CheckConfig => check_config(&cfg),
         Command::Crl {
@@ -1282,25 +1294,46 @@ fn parse_time(s: &str) -> Result<i64, String> {
         .map_err(|e| format!("bad time {s:?} (expected RFC 3339, e.g. 2026-01-02T03:04:05Z): {e}"))
 }
 
-/// The serial (and notAfter, when read from a certificate) of a target.
-fn resolve(target: &Target) -> Result<(Serial, Option<i64>), String> {
+/// The serial, notAfter and certificate of a target (the last two when read from --cert).
+fn resolve(target: &Target) -> Result<(Serial, Option<i64>, Option<Certificate>), String> {
     if let Some(path) = &target.cert {
         let cert = vigil::pki::read_certificate(path)?;
-        let serial = Serial::from_der_content(cert.tbs_certificate.serial_number.as_bytes())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let not_after = cert
-            .tbs_certificate
-            .validity
-            .not_after
-            .to_unix_duration()
-            .as_secs() as i64;
-        return Ok((serial, Some(not_after)));
+        let (serial, not_after) =
+            serial_and_not_after(&cert).map_err(|e| format!("{}: {e}", path.display()))?;
+        return Ok((serial, Some(not_after), Some(cert)));
     }
     let hex = target.serial.as_deref().unwrap_or_default();
     Ok((
         Serial::from_hex(hex).map_err(|e| format!("--serial {hex:?}: {e}"))?,
         None,
+        None,
     ))
+}
+
+fn serial_and_not_after(cert: &Certificate) -> Result<(Serial, i64), String> {
+    let serial = Serial::from_der_content(cert.tbs_certificate.serial_number.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let not_after = cert
+        .tbs_certificate
+        .validity
+        .not_after
+        .to_unix_duration()
+        .as_secs() as i64;
+    Ok((serial, not_after))
+}
+
+/// For a revocation or hold given with --cert: the CRL its cRLDistributionPoints names, to
+/// record beside the issuance. A revocation is never refused for it: a certificate that names
+/// no CRL of the issuer is revoked without one (listed by its serial's shard), with a warning.
+fn scope_beside(cfg: &Config, issuer: &str, cert: Option<&Certificate>) -> Option<CrlScope> {
+    let cert = cert?;
+    match vigil::writer::CrlUrls::from_config(cfg).scope_of(issuer, cert) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("warning: {e}; recording no CRL shard for it");
+            None
+        }
+    }
 }
 
 /// Writes events to the feed's regions (with `[feed]`) or the local journal; returns where.
@@ -1353,10 +1386,13 @@ fn revoke(cfg: &Config, target: &Target, reason: &str, time: Option<&str>) -> Re
         None => vigil::clock::unix_now(),
     };
     let id = issuer_id(cfg, &target.issuer)?;
-    let (serial, not_after) = resolve(target)?;
+    let (serial, not_after, cert) = resolve(target)?;
     let mut events = Vec::new();
     if let Some(na) = not_after {
-        events.push(event(cfg, id, serial, EventKind::Issued { not_after: na }));
+        let scope = scope_beside(cfg, &target.issuer, cert.as_ref());
+        for kind in vigil::writer::issuance_kinds(na, scope) {
+            events.push(event(cfg, id, serial, kind));
+        }
     }
     events.push(event(cfg, id, serial, EventKind::Revoked { time, reason }));
     let at = append(cfg, &events).map_err(|e| format!("revoking {serial}: {e}"))?;
@@ -1370,18 +1406,33 @@ fn revoke(cfg: &Config, target: &Target, reason: &str, time: Option<&str>) -> Re
 
 fn issue(cfg: &Config, target: &Target, not_after: Option<&str>) -> Result<(), String> {
     let id = issuer_id(cfg, &target.issuer)?;
-    let (serial, from_cert) = resolve(target)?;
+    let (serial, from_cert, cert) = resolve(target)?;
     let not_after = match (not_after, from_cert) {
         (Some(t), _) => parse_time(t)?,
         (None, Some(t)) => t,
         (None, None) => return Err("--not-after is required with --serial".into()),
     };
-    let at = append(
-        cfg,
-        &[event(cfg, id, serial, EventKind::Issued { not_after })],
-    )
-    .map_err(|e| format!("recording {serial}: {e}"))?;
-    println!("issued {serial} of {}, acknowledged by {at}", target.issuer);
+    // The CRL the certificate names is fixed now; one naming no CRL of the issuer is refused
+    // before anything is written.
+    let scope = match &cert {
+        Some(c) => vigil::writer::CrlUrls::from_config(cfg)
+            .scope_of(&target.issuer, c)
+            .map_err(|e| format!("refusing the issuance of {serial}: {e}; nothing was written"))?,
+        None => None,
+    };
+    let events: Vec<Event> = vigil::writer::issuance_kinds(not_after, scope)
+        .into_iter()
+        .map(|kind| event(cfg, id, serial, kind))
+        .collect();
+    let at = append(cfg, &events).map_err(|e| format!("recording {serial}: {e}"))?;
+    let on = match scope {
+        Some(s) => format!(" on {s}"),
+        None => String::new(),
+    };
+    println!(
+        "issued {serial} of {}{on}, acknowledged by {at}",
+        target.issuer
+    );
     Ok(())
 }
 
@@ -1396,7 +1447,7 @@ fn hold(cfg: &Config, target: &Target, hold: bool, time: Option<&str>) -> Result
             target.issuer
         ));
     }
-    let (serial, not_after) = resolve(target)?;
+    let (serial, not_after, cert) = resolve(target)?;
     let now = vigil::clock::unix_now();
     let requested = time.map(parse_time).transpose()?;
     if requested.is_some_and(|t| t > now + vigil::crl::lint::MAX_CLOCK_SKEW_SECS) {
@@ -1408,7 +1459,10 @@ fn hold(cfg: &Config, target: &Target, hold: bool, time: Option<&str>) -> Result
         .map_err(|e| format!("{serial}: {e}"))?;
     let mut events = Vec::new();
     if let (Some(na), true) = (not_after, hold) {
-        events.push(event(cfg, id, serial, EventKind::Issued { not_after: na }));
+        let scope = scope_beside(cfg, &target.issuer, cert.as_ref());
+        for kind in vigil::writer::issuance_kinds(na, scope) {
+            events.push(event(cfg, id, serial, kind));
+        }
     }
     events.push(event(cfg, id, serial, kind));
     let verb = if hold { "held" } else { "released" };
@@ -1486,6 +1540,80 @@ fn import(cfg: &Config, path: &Path, issuer: &str) -> Result<(), String> {
     })?;
     println!(
         "imported {acknowledged} certificate(s), {revoked} revoked, for {issuer}; acknowledged by {summary}"
+    );
+    Ok(())
+}
+
+/// `vigil import --pem`: records the issuance of every certificate in the PEM files, each with
+/// the CRL shard its cRLDistributionPoints names. Every file is read and every certificate
+/// checked first: a file that does not read, a certificate that does not parse, or one whose
+/// cRLDistributionPoints names no CRL of the issuer refuses the whole import, writing nothing.
+/// Then batches of [`IMPORT_BATCH_CERTIFICATES`](vigil::limits::IMPORT_BATCH_CERTIFICATES) are
+/// written in turn, each acknowledged like a revocation; running it again is safe.
+fn import_pem(cfg: &Config, files: &[PathBuf], issuer: &str) -> Result<(), String> {
+    use vigil::limits::{IMPORT_BATCH_CERTIFICATES, MAX_IMPORT_PEM_BYTES};
+    let id = issuer_id(cfg, issuer)?;
+    let urls = vigil::writer::CrlUrls::from_config(cfg);
+    let mut events = Vec::new();
+    let mut certificates = 0usize;
+    let mut on_shard = 0usize;
+    for path in files {
+        let len = std::fs::metadata(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?
+            .len();
+        if len > MAX_IMPORT_PEM_BYTES {
+            return Err(format!(
+                "{}: {len} bytes, more than the {MAX_IMPORT_PEM_BYTES} a PEM file may have; split it",
+                path.display()
+            ));
+        }
+        let text = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let certs = Certificate::load_pem_chain(&text)
+            .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: holds no certificate", path.display()));
+        }
+        for (i, cert) in certs.iter().enumerate() {
+            let at = || format!("{} (certificate {})", path.display(), i + 1);
+            let (serial, not_after) =
+                serial_and_not_after(cert).map_err(|e| format!("{}: {e}", at()))?;
+            let scope = urls.scope_of(issuer, cert).map_err(|e| {
+                format!(
+                    "refusing the import: {}, serial {serial}: {e}; nothing was written",
+                    at()
+                )
+            })?;
+            on_shard += usize::from(scope.is_some());
+            let mut one = Vec::with_capacity(2);
+            for kind in vigil::writer::issuance_kinds(not_after, scope) {
+                one.push(event(cfg, id, serial, kind));
+            }
+            events.push(one);
+            certificates += 1;
+        }
+    }
+    app::prepare_embedded(cfg)?;
+    let writer = vigil::writer::StatusWriter::from_config(cfg)?;
+    let rt = small_runtime()?;
+    let mut acknowledged = 0usize;
+    let mut summary = String::new();
+    for batch in events.chunks(IMPORT_BATCH_CERTIFICATES) {
+        let n = batch.len();
+        let flat: Vec<Event> = batch.iter().flatten().cloned().collect();
+        match rt.block_on(writer.write(flat)) {
+            Ok(w) => {
+                acknowledged += n;
+                summary = w.summary;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "import stopped: {acknowledged} of {certificates} certificate(s) acknowledged before a batch failed ({e}); running it again is safe"
+                ))
+            }
+        }
+    }
+    println!(
+        "imported {acknowledged} certificate(s) for {issuer}, {on_shard} with the CRL shard their cRLDistributionPoints names; acknowledged by {summary}"
     );
     Ok(())
 }
@@ -1651,12 +1779,20 @@ fn feed_status(
         }
         if let Some(s) = &serial {
             println!("{s}: {}", describe_record(joined.as_ref()));
+            print_crl_scope(s, joined.as_ref());
         }
         if reached == 0 {
             return Err("no region reachable".to_owned());
         }
         Ok(())
     })
+}
+
+/// The CRL the certificate's cRLDistributionPoints names, when recorded at issuance.
+fn print_crl_scope(serial: &Serial, r: Option<&vigil::status::CertRecord>) {
+    if let Some(scope) = r.and_then(|r| r.crl_scope()) {
+        println!("{serial}: listed on {scope} (named by its cRLDistributionPoints)");
+    }
 }
 
 fn describe_record(r: Option<&vigil::status::CertRecord>) -> String {
@@ -1706,6 +1842,7 @@ fn status(cfg: &Config, issuer: &str, serial: Option<&str>) -> Result<(), String
                     println!("{serial}: not issued (answered per the issuer's unissued policy)")
                 }
             }
+            print_crl_scope(&serial, table.record(&serial).as_ref());
         }
         None => {
             let (mut total, mut revoked) = (0usize, 0usize);

@@ -109,6 +109,10 @@ pub const CRL_AGE: &str = "vigil_crl_age_seconds";
 pub const CRL_BYTES: &str = "vigil_crl_bytes";
 /// CRLs installed that were larger than `crl.warn_bytes`, by `issuer` and `crl`.
 pub const CRL_OVERSIZE: &str = "vigil_crl_oversize_total";
+/// Publication passes that published none of an issuer's CRLs because a revoked certificate
+/// names (by its recorded cRLDistributionPoints) a shard the configured count does not
+/// publish, by `issuer`.
+pub const CRL_MISPLACED: &str = "vigil_crl_misplaced_total";
 /// CRL store attempts by `issuer`, `target` (a region name, or `disk`) and `result`
 /// (stored, stale, fenced, not_leader, base_mismatch, error, lint_failed).
 pub const CRL_PUBLISH: &str = "vigil_crl_publish_total";

@@ -5,11 +5,59 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::crl::Sharding;
 use crate::feed::publish::{describe_failures, Publisher};
 use crate::feed::region;
 use crate::status::journal::{JournalReader, JournalWriter};
-use crate::status::{CertRecord, Event, IssuerId, Serial, StatusView};
+use crate::status::{CertRecord, CrlScope, Event, EventKind, IssuerId, Serial, StatusView};
 use crate::telemetry;
+use x509_cert::Certificate;
+
+/// Where each issuer's CRLs are published, to read which one a certificate's
+/// cRLDistributionPoints names when its issuance is recorded with the certificate
+/// (`vigil issue --cert`, `vigil import --pem`, `POST /v1/issue` with `certificate`).
+#[derive(Debug, Clone, Default)]
+pub struct CrlUrls(Vec<(String, Sharding, Option<String>)>);
+
+impl CrlUrls {
+    /// Every configured issuer's sharding and base URL ([`Config::crl_of`]).
+    pub fn from_config(cfg: &Config) -> Self {
+        CrlUrls(
+            cfg.issuers
+                .iter()
+                .map(|i| {
+                    let c = cfg.crl_of(&i.name);
+                    (i.name.clone(), c.sharding(), c.base_url.clone())
+                })
+                .collect(),
+        )
+    }
+
+    /// The CRL of `issuer` that `cert`'s cRLDistributionPoints names, to record with the
+    /// issuance ([`crate::crl::shard::named_scope`]). `Ok(None)` when the certificate has no
+    /// cRLDistributionPoints, or when the issuer has no `crl.base_url` (vigil then knows no URL
+    /// of its CRLs to compare with, and the certificate goes by the serial's shard). An error
+    /// (the issuance is refused) when it names no CRL of the issuer, or two.
+    pub fn scope_of(&self, issuer: &str, cert: &Certificate) -> Result<Option<CrlScope>, String> {
+        let Some((_, sharding, base)) = self.0.iter().find(|(n, _, _)| n == issuer) else {
+            return Err(format!("no issuer named {issuer:?}"));
+        };
+        let Some(base) = base else {
+            return Ok(None);
+        };
+        crate::crl::shard::named_scope(cert, issuer, sharding, base).map_err(|e| e.to_string())
+    }
+}
+
+/// The kinds of the events that record an issuance: the issuance itself, and the CRL the
+/// certificate's cRLDistributionPoints names when there is one.
+pub fn issuance_kinds(not_after: i64, scope: Option<CrlScope>) -> Vec<EventKind> {
+    let mut out = vec![EventKind::Issued { not_after }];
+    if let Some(scope) = scope {
+        out.push(EventKind::CrlShard { scope });
+    }
+    out
+}
 
 /// The destination of status changes.
 pub enum StatusWriter {

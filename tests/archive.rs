@@ -344,8 +344,18 @@ fn archive_follows_both_streams_in_order_fills_a_trimmed_gap_and_names_a_damaged
         let _: () = r.cmd(redis::cmd("XTRIM").arg("vigil:feed").arg("MAXLEN").arg(1));
     }
     let role = ArchiveRole::start(&s.config, &dir);
+    // The region's snapshot goes into the archive as a fill first; a revocation written
+    // before the role took its fill's stream position would be in the fill and not after it,
+    // so 398 is revoked once both fills are in.
+    for name in ["a", "b"] {
+        let deadline = Instant::now() + WAIT;
+        while archived(&dir, name).1.is_empty() {
+            assert!(Instant::now() < deadline, "no fill for {name}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     s.revoke(398);
-    // After it: the region's snapshot is in the archive as a fill, and the events after it.
+    // After it: the fill, and the events after it.
     for (name, r) in [("a", &s.a), ("b", &s.b)] {
         let deadline = Instant::now() + WAIT;
         loop {

@@ -153,7 +153,11 @@ struct Redis {
 
 impl Redis {
     fn start(dir: &Path) -> Redis {
-        let port = free_port();
+        Redis::start_on(dir, free_port())
+    }
+
+    /// A new, empty redis-server on `port` (a region restarted without its data).
+    fn start_on(dir: &Path, port: u16) -> Redis {
         let mut cmd = Command::new("redis-server");
         cmd.args([
             "--port",
@@ -1213,6 +1217,66 @@ fn two_regions_competing_publishers_failover_and_redis_outage() {
             "{pending:?} did not serve the revocation within {bound:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Region b is down while a revocation is published (its store fails), then comes back
+    // empty, and nothing more is revoked: it gets the CRL it missed by itself (here the new
+    // lease in b, the retry after a failed store or the 2 s interval, whichever comes first;
+    // the redis-rollback drill is the case where only the retry does).
+    let port_b = rb.port;
+    rb.kill();
+    let missed = pki.join("certs/good-1.pem");
+    let missed_serial = cert_serial(&missed);
+    vigil_run(
+        &configs[0],
+        &[
+            "revoke",
+            "--issuer",
+            "demo",
+            "--cert",
+            &missed.display().to_string(),
+            "--reason",
+            "superseded",
+        ],
+    );
+    let deadline = Instant::now() + bound;
+    while !bases.iter().all(|b| {
+        let r = get(b, "/crl/demo.crl");
+        r.status == 200
+            && revoked_in_text(&openssl_verify(&r.body, &pki.join("ca.pem"), dir))
+                .contains_key(&missed_serial)
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the revocation was not served while b was down"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rb = Redis::start_on(dir, port_b);
+    let back = Instant::now();
+    loop {
+        let stored: Option<Vec<u8>> = redis::Client::open(rb.url())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| {
+                redis::cmd("HGET")
+                    .arg("vigil:crl:doc:demo.crl")
+                    .arg("der")
+                    .query(&mut c)
+            })
+            .ok()
+            .flatten();
+        if let Some(der) = stored {
+            if revoked_in_text(&openssl_verify(&der, &pki.join("ca.pem"), dir))
+                .contains_key(&missed_serial)
+            {
+                break;
+            }
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "region b never got the CRL it missed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 
     // both Redis die: every replica keeps serving its last CRL with correct headers

@@ -998,6 +998,7 @@ fn check_alerts(r: &Rendered, table: &toml::Table, public: &Value) {
         t::CRL_NUMBER,
         t::CRL_AGE,
         t::CRL_PUBLISH,
+        t::CRL_MISPLACED,
         t::CRL_BUILD_LATENCY,
         t::CRL_LEADER,
         t::CRL_REFRESH_ERRORS,

@@ -2433,17 +2433,13 @@ fn fault_drills_under_load() {
             o.answers
         );
         for cr in &d.clients {
-            // The mass import saturates both cores of a CI machine with a debug build for about
-            // 20 s; a request that waits past HAProxy's `timeout server` (300 ms) three times
-            // fails (504). Bounded there (reported in the table), 0 everywhere else.
-            let allowed = if d.name == "mass-revocation" {
-                cr.requests / 200
-            } else {
-                0
-            };
+            // None, the mass import included: it saturates both cores of a CI machine with a
+            // debug build, and answers must still come within HAProxy's `timeout server`
+            // (300 ms, three tries). Until the view's segments, joins off the worker and bulk
+            // eviction, about 0.1 % of them did not (504).
             assert!(
-                cr.failed <= allowed,
-                "{} / {}: {} failed (at most {allowed}): {:?}",
+                cr.failed == 0,
+                "{} / {}: {} failed: {:?}",
                 d.name,
                 cr.client,
                 cr.failed,

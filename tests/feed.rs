@@ -1309,7 +1309,7 @@ fn lua_join_matches_the_rust_join() {
         for _ in 0..(1 + next(5)) {
             // Revocations are rarer than holds and releases so that many certificates stay
             // live and their hold registers get compared; times collide often on purpose.
-            let kind = match next(8) {
+            let kind = match next(9) {
                 0 | 1 => EventKind::Issued {
                     not_after: 1_000 + next(3) as i64 * 4_000_000_000,
                 },
@@ -1320,8 +1320,15 @@ fn lua_join_matches_the_rust_join() {
                 3..=5 => EventKind::Hold {
                     time: 100 + next(4) as i64,
                 },
-                _ => EventKind::Release {
+                6 | 7 => EventKind::Release {
                     time: 100 + next(4) as i64,
+                },
+                // the CRL shard recorded at issuance: 11-byte records, joined by max
+                _ => EventKind::CrlShard {
+                    scope: match next(4) {
+                        0 => vigil::status::CrlScope::Unsharded,
+                        k => vigil::status::CrlScope::Shard(k as u16 * 85),
+                    },
                 },
             };
             let record = CertRecord::from_event(&kind);
@@ -1399,6 +1406,9 @@ fn lua_merge_many_matches_merge_one_by_one() {
                 },
                 3 | 4 => EventKind::Hold {
                     time: 100 + next(3) as i64,
+                },
+                5 if next(3) == 0 => EventKind::CrlShard {
+                    scope: vigil::status::CrlScope::Shard(next(3) as u16),
                 },
                 _ => EventKind::Release {
                     time: 100 + next(3) as i64,

@@ -14,15 +14,16 @@
 //!          | 2 events       (one region's stream entries, in stream order)
 //!          | 3 fill-begin   (JSON Mark: a region's stream was trimmed past (or rolled back
 //!                            before) the archived position; its snapshot follows)
-//!          | 4 fill-records (one issuer's snapshot records from that region)
+//!          | 4 fill-records-v1 (as 8, with 9-byte records: written before CRL scopes, read)
 //!          | 5 fill-end     (JSON Mark: the fill is complete; the position is its start id)
 //!          | 6 position     (JSON Mark: the position moved without events — heartbeats, a
 //!                            new data epoch)
 //!          | 7 seal         (JSON Seal: block count and SHA-256 of every byte before it); last
+//!          | 8 fill-records (one issuer's snapshot records from that region)
 //! events   = region-len u8 | region | epoch-len u8 | epoch | last-ms u64 | last-seq u64 |
 //!            count u32 | (ms u64 | seq u64 | event-len u16 | event)*
 //! fill-records = region-len u8 | region | issuer 32 | count u32 |
-//!            (serial-len u8 | serial | record 9)*
+//!            (serial-len u8 | serial | record 11)*   (record 9 in fill-records-v1)
 //! ```
 //!
 //! Every length read is checked against a named bound in [`crate::limits`] before anything is
@@ -57,8 +58,10 @@ pub enum BlockKind {
     Events = 2,
     /// A gap fill starts ([`Mark`]).
     FillBegin = 3,
+    /// [`FillRecords`] with 9-byte records, as written before CRL scopes were recorded.
+    FillRecordsV1 = 4,
     /// [`FillRecords`].
-    FillRecords = 4,
+    FillRecords = 8,
     /// A gap fill is complete ([`Mark`]).
     FillEnd = 5,
     /// The position moved without events ([`Mark`]).
@@ -73,7 +76,8 @@ impl BlockKind {
             1 => Self::Header,
             2 => Self::Events,
             3 => Self::FillBegin,
-            4 => Self::FillRecords,
+            4 => Self::FillRecordsV1,
+            8 => Self::FillRecords,
             5 => Self::FillEnd,
             6 => Self::Position,
             7 => Self::Seal,
@@ -87,6 +91,7 @@ impl BlockKind {
             Self::Header => "header",
             Self::Events => "events",
             Self::FillBegin => "fill-begin",
+            Self::FillRecordsV1 => "fill-records-v1",
             Self::FillRecords => "fill-records",
             Self::FillEnd => "fill-end",
             Self::Position => "position",
@@ -287,7 +292,7 @@ pub fn encode_fill(region: &str, issuer: IssuerId, records: &[(Serial, CertRecor
         let s = s.as_der_content();
         p.push(s.len() as u8);
         p.extend_from_slice(s);
-        p.extend_from_slice(&r.to_bytes());
+        p.extend_from_slice(&r.to_fixed_bytes());
     }
     p
 }
@@ -388,7 +393,7 @@ fn decode_events(p: &[u8]) -> Result<EventsBlock, String> {
     })
 }
 
-fn decode_fill(p: &[u8]) -> Result<FillRecords, String> {
+fn decode_fill(p: &[u8], record_len: usize) -> Result<FillRecords, String> {
     let mut t = Take { p, at: 0 };
     let region = t.name()?;
     let issuer = IssuerId(t.bytes(32)?.try_into().map_err(|_| "issuer")?);
@@ -400,8 +405,7 @@ fn decode_fill(p: &[u8]) -> Result<FillRecords, String> {
             return Err(format!("a serial of {len} octets"));
         }
         let serial = Serial::from_der_content(t.bytes(len)?).map_err(|e| e.to_string())?;
-        let record =
-            CertRecord::from_bytes(t.bytes(CertRecord::ENCODED_LEN)?).ok_or("malformed record")?;
+        let record = CertRecord::from_bytes(t.bytes(record_len)?).ok_or("malformed record")?;
         records.push((serial, record));
     }
     t.end()?;
@@ -649,7 +653,12 @@ impl<R: Read> SegmentReader<R> {
                 Block::Header(h)
             }
             BlockKind::Events => Block::Events(decode_events(payload).map_err(bad)?),
-            BlockKind::FillRecords => Block::FillRecords(decode_fill(payload).map_err(bad)?),
+            BlockKind::FillRecords => {
+                Block::FillRecords(decode_fill(payload, CertRecord::ENCODED_LEN).map_err(bad)?)
+            }
+            BlockKind::FillRecordsV1 => {
+                Block::FillRecords(decode_fill(payload, CertRecord::LEGACY_LEN).map_err(bad)?)
+            }
             BlockKind::FillBegin | BlockKind::FillEnd | BlockKind::Position => {
                 let m: Mark = serde_json::from_slice(payload).map_err(|e| bad(e.to_string()))?;
                 match kind {
@@ -777,6 +786,32 @@ mod tests {
             panic!("fill")
         };
         assert_eq!(f.records.len(), 1);
+    }
+
+    #[test]
+    fn fill_records_of_9_bytes_from_older_segments_are_read() {
+        let r = CertRecord::from_event(&EventKind::Revoked {
+            time: 9,
+            reason: RevocationReason::KeyCompromise,
+        })
+        .join(CertRecord::from_event(&EventKind::CrlShard {
+            scope: crate::status::CrlScope::Shard(5),
+        }));
+        let s = Serial::from_magnitude(&[7]).unwrap();
+        let new = encode_fill("a", IssuerId([3; 32]), &[(s, r)]);
+        assert_eq!(
+            decode_fill(&new, CertRecord::ENCODED_LEN).unwrap().records,
+            [(s, r)]
+        );
+        // the same block as vigil wrote it before CRL scopes: 9-byte records, kind 4
+        let mut old = new[..new.len() - 2].to_vec();
+        let n = old.len();
+        old[n - 9..].copy_from_slice(&r.to_fixed_bytes()[..9]);
+        let got = decode_fill(&old, CertRecord::LEGACY_LEN).unwrap();
+        assert_eq!(got.records[0].1.revocation(), r.revocation());
+        assert_eq!(got.records[0].1.crl_scope(), None);
+        assert_eq!(BlockKind::from_u8(4), Some(BlockKind::FillRecordsV1));
+        assert_eq!(BlockKind::from_u8(8), Some(BlockKind::FillRecords));
     }
 
     #[test]

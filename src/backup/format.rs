@@ -10,8 +10,8 @@
 //!          | 3 crl      (JSON line + DER: one stored CRL with its number)
 //!          | 4 manifest (JSON: section count, per source and issuer counts and digests, and
 //!                        the SHA-256 of every byte of the file before this section); last.
-//! records  = source-len u8 | source | issuer 32 | record-len u8 (9) | count u32 BE |
-//!            (serial-len u8 | serial | record)*
+//! records  = source-len u8 | source | issuer 32 | record-len u8 (11; 9 in backups made
+//!            before CRL scopes, still read) | count u32 BE | (serial-len u8 | serial | record)*
 //! ```
 //!
 //! Every length is checked against a named bound before anything is allocated, so a damaged or
@@ -385,7 +385,7 @@ impl<W: Write> Writer<W> {
                     let s = serial.as_der_content();
                     p.payload.push(s.len() as u8);
                     p.payload.extend_from_slice(s);
-                    p.payload.extend_from_slice(&record.to_bytes());
+                    p.payload.extend_from_slice(&record.to_fixed_bytes());
                 }
                 p.count += now.len() as u32;
                 rest = later;
@@ -611,7 +611,7 @@ impl<R: Read> Reader<R> {
                 SectionKind::Header => {
                     let h: Header = serde_json::from_slice(&payload)
                         .map_err(|e| self.damaged(name, at, e.to_string()))?;
-                    if h.record_len as usize != CertRecord::ENCODED_LEN {
+                    if !record_len_known(h.record_len) {
                         return Err(self.damaged(name, at, "records of another size"));
                     }
                     self.seen_header = true;
@@ -724,7 +724,8 @@ fn decode_records(p: &[u8]) -> Result<RecordsSection, String> {
         .map_err(|_| "source is not UTF-8")?
         .to_owned();
     let issuer = IssuerId(take(32)?.try_into().map_err(|_| "issuer")?);
-    if take(1)?[0] as usize != CertRecord::ENCODED_LEN {
+    let record_len = take(1)?[0];
+    if !record_len_known(record_len) {
         return Err("records of another size".into());
     }
     let count = u32::from_be_bytes(take(4)?.try_into().map_err(|_| "count")?) as usize;
@@ -738,7 +739,7 @@ fn decode_records(p: &[u8]) -> Result<RecordsSection, String> {
         let slen = take(1)?[0] as usize;
         let serial = Serial::from_der_content(take(slen)?).map_err(|e| e.to_string())?;
         let record =
-            CertRecord::from_bytes(take(CertRecord::ENCODED_LEN)?).ok_or("malformed record")?;
+            CertRecord::from_bytes(take(record_len as usize)?).ok_or("malformed record")?;
         records.push((serial, record));
     }
     if at != p.len() {
@@ -749,6 +750,15 @@ fn decode_records(p: &[u8]) -> Result<RecordsSection, String> {
         issuer,
         records,
     })
+}
+
+/// A record length this build reads: [`CertRecord::ENCODED_LEN`], or
+/// [`CertRecord::LEGACY_LEN`] (backups made before CRL scopes were recorded).
+fn record_len_known(len: u8) -> bool {
+    matches!(
+        len as usize,
+        CertRecord::ENCODED_LEN | CertRecord::LEGACY_LEN
+    )
 }
 
 #[cfg(test)]
@@ -798,6 +808,28 @@ mod tests {
             }
         }
         Ok((n, r.manifest().cloned().unwrap()))
+    }
+
+    #[test]
+    fn records_of_9_bytes_from_older_backups_are_read() {
+        let payload = |len: u8, rec: &[u8]| {
+            let mut p = vec![1, b'a'];
+            p.extend_from_slice(&[7; 32]);
+            p.push(len);
+            p.extend_from_slice(&1u32.to_be_bytes());
+            p.extend_from_slice(&[1, 0x05]);
+            p.extend_from_slice(rec);
+            p
+        };
+        let old = decode_records(&payload(9, &[0, 0, 0, 100, 0, 0, 0, 50, 1])).unwrap();
+        assert_eq!(old.records[0].1.revocation().map(|r| r.time), Some(50));
+        assert_eq!(old.records[0].1.crl_scope(), None);
+        let new = decode_records(&payload(11, &[0, 0, 0, 100, 0, 0, 0, 50, 1, 0, 3])).unwrap();
+        assert_eq!(
+            new.records[0].1.crl_scope(),
+            Some(crate::status::CrlScope::Shard(2))
+        );
+        assert!(decode_records(&payload(10, &[0; 10])).is_err());
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! From the status view to CRL entries: which revoked certificates each CRL lists.
 //!
-//! - Every revoked certificate of the issuer goes to exactly one shard ([`Sharding`]).
+//! - Every revoked certificate of the issuer goes to exactly one shard: the one its
+//!   cRLDistributionPoints names, recorded when its issuance was recorded with the certificate
+//!   ([`crate::status::CrlScope`]); only a certificate whose CRLDP vigil never saw goes by the
+//!   documented function of [`Sharding`]. A recorded shard never moves: a sharding that does
+//!   not publish a recorded scope publishes nothing ([`Misplaced`]).
 //! - An entry stays on the CRL until one complete CRL issued after the certificate's notAfter
 //!   has listed it (RFC 5280 §3.3 lets an entry go once the certificate expires; the CA/B Forum
 //!   Baseline Requirements want it on at least one CRL after expiry): a CRL keeps an entry
@@ -14,7 +18,7 @@
 
 use super::{Entry, Sharding};
 use crate::status::view::IssuerTable;
-use crate::status::{CertStatus, RevocationReason};
+use crate::status::{CertRecord, CertStatus, CrlScope, RevocationReason, Serial};
 
 /// A revoked certificate with what retention needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,18 +29,79 @@ pub struct Candidate {
     pub not_after: Option<i64>,
 }
 
+/// Revoked certificates whose recorded CRL scope the issuer's sharding does not publish: the
+/// shard count was lowered below a shard certificates name, or an issuer went from unsharded
+/// to sharded (or back) after certificates named its CRL. No CRL of the issuer may be
+/// published then: each would leave these certificates off every CRL, and moving them to
+/// another shard would move them away from the URL their cRLDistributionPoints names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{count} revoked certificate(s) name a CRL this sharding ({shards} shard(s)) does not publish, \
+     e.g. {serial} names {scope}; a certificate's shard never moves: set the issuer's \
+     crl.shards back (at least {needed})"
+)]
+pub struct Misplaced {
+    /// How many revoked certificates.
+    pub count: usize,
+    /// One of them.
+    pub serial: Serial,
+    /// The scope it names.
+    pub scope: CrlScope,
+    /// The configured shard count.
+    pub shards: u16,
+    /// The smallest shard count that publishes every recorded scope seen (1 for the unsharded
+    /// CRL).
+    pub needed: u16,
+}
+
+/// The shard index (into [`Sharding::scopes`]) that lists a certificate: the scope recorded at
+/// issuance when there is one, else the documented function of the serial
+/// ([`Sharding::shard_of`]). Err with the recorded scope when this sharding does not publish it.
+pub fn shard_index(
+    sharding: &Sharding,
+    serial: &Serial,
+    record: &CertRecord,
+) -> Result<usize, CrlScope> {
+    match (record.crl_scope(), sharding.is_sharded()) {
+        (None, _) => Ok(sharding.shard_of(serial, record.not_after()) as usize),
+        (Some(CrlScope::Shard(k)), true) if k < sharding.shards => Ok(usize::from(k)),
+        (Some(CrlScope::Unsharded), false) => Ok(0),
+        (Some(scope), _) => Err(scope),
+    }
+}
+
 /// The revoked certificates of `table`, by shard (one vector per shard, one when unsharded);
-/// with `holds`, the certificates on hold too.
+/// with `holds`, the certificates on hold too. A certificate whose scope was recorded at
+/// issuance is on that shard; Err when some recorded scope is not published by `sharding`.
 pub fn revoked_by_shard(
     table: &IssuerTable,
     sharding: &Sharding,
     holds: bool,
-) -> Vec<Vec<Candidate>> {
+) -> Result<Vec<Vec<Candidate>>, Misplaced> {
     let mut out = vec![Vec::new(); sharding.scopes().len()];
+    let mut misplaced: Option<Misplaced> = None;
     table.for_each(|serial, record| {
         if let CertStatus::Revoked(r) = record.status_with(holds) {
             let not_after = record.not_after();
-            let k = sharding.shard_of(serial, not_after) as usize;
+            let k = match shard_index(sharding, serial, record) {
+                Ok(k) => k,
+                Err(scope) => {
+                    let needed = match scope {
+                        CrlScope::Shard(k) => k + 1,
+                        CrlScope::Unsharded => 1,
+                    };
+                    let m = misplaced.get_or_insert(Misplaced {
+                        count: 0,
+                        serial: *serial,
+                        scope,
+                        shards: sharding.shards,
+                        needed,
+                    });
+                    m.count += 1;
+                    m.needed = m.needed.max(needed);
+                    return;
+                }
+            };
             if let Some(v) = out.get_mut(k) {
                 v.push(Candidate {
                     entry: Entry {
@@ -49,7 +114,10 @@ pub fn revoked_by_shard(
             }
         }
     });
-    out
+    match misplaced {
+        Some(m) => Err(m),
+        None => Ok(out),
+    }
 }
 
 /// The entries a complete CRL lists, given the previous complete CRL's thisUpdate.
@@ -230,7 +298,7 @@ mod tests {
         );
         for by in [ShardBy::Serial, ShardBy::NotAfter { width: 7200 }] {
             let s = Sharding { shards: 5, by };
-            let shards = revoked_by_shard(&t, &s, false);
+            let shards = revoked_by_shard(&t, &s, false).expect("no recorded scopes");
             assert_eq!(shards.len(), 5);
             let mut all: Vec<_> = shards.iter().flatten().map(|c| c.entry.serial).collect();
             all.sort();
@@ -240,12 +308,93 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_shard_never_moves() {
+        let t = IssuerTable::default();
+        let shard = |k| {
+            CertRecord::from_event(&EventKind::CrlShard {
+                scope: CrlScope::Shard(k),
+            })
+        };
+        // serials 1..=40 revoked, each recorded on shard n % 4; 41..=60 revoked, never seen
+        for n in 1..=60u64 {
+            revoke(&t, n, Some(9_000));
+            if n <= 40 {
+                t.merge(serial(n), shard((n % 4) as u16));
+            }
+        }
+        let placed = |shards: u16| {
+            let s = Sharding {
+                shards,
+                by: ShardBy::Serial,
+            };
+            let by = revoked_by_shard(&t, &s, false).expect("placed");
+            let mut at = std::collections::BTreeMap::new();
+            for (k, v) in by.iter().enumerate() {
+                for c in v {
+                    assert!(at.insert(c.entry.serial, k).is_none(), "on two shards");
+                }
+            }
+            assert_eq!(at.len(), 60);
+            at
+        };
+        for shards in [4u16, 5, 8, 256] {
+            let at = placed(shards);
+            for n in 1..=40u64 {
+                assert_eq!(at[&serial(n)], (n % 4) as usize, "{n} with {shards} shards");
+            }
+            let s = Sharding {
+                shards,
+                by: ShardBy::Serial,
+            };
+            for n in 41..=60u64 {
+                assert_eq!(at[&serial(n)], usize::from(s.shard_of(&serial(n), None)));
+            }
+        }
+        // lowering the count below a recorded shard publishes nothing, and says what is needed
+        let e = revoked_by_shard(
+            &t,
+            &Sharding {
+                shards: 3,
+                by: ShardBy::Serial,
+            },
+            false,
+        )
+        .expect_err("shard 3 is recorded");
+        assert_eq!((e.count, e.needed, e.scope), (10, 4, CrlScope::Shard(3)));
+        let e = revoked_by_shard(&t, &Sharding::unsharded(), false).expect_err("sharded");
+        assert_eq!(e.count, 40);
+        // the unsharded CRL a certificate names stays where it is only while unsharded
+        let u = IssuerTable::default();
+        revoke(&u, 7, Some(9_000));
+        u.merge(
+            serial(7),
+            CertRecord::from_event(&EventKind::CrlShard {
+                scope: CrlScope::Unsharded,
+            }),
+        );
+        assert_eq!(
+            revoked_by_shard(&u, &Sharding::unsharded(), false).expect("placed")[0].len(),
+            1
+        );
+        let e = revoked_by_shard(
+            &u,
+            &Sharding {
+                shards: 2,
+                by: ShardBy::Serial,
+            },
+            false,
+        )
+        .expect_err("unsharded");
+        assert_eq!((e.scope, e.needed), (CrlScope::Unsharded, 1));
+    }
+
+    #[test]
     fn expired_entries_stay_for_one_crl() {
         let t = IssuerTable::default();
         revoke(&t, 1, Some(1000));
         revoke(&t, 2, Some(5000));
         revoke(&t, 3, None);
-        let c = &revoked_by_shard(&t, &Sharding::unsharded(), false)[0];
+        let c = &revoked_by_shard(&t, &Sharding::unsharded(), false).expect("placed")[0];
         assert_eq!(retained(c, None).len(), 3);
         // previous CRL at 900: cert 1 had not yet expired then, so it is listed once more
         assert_eq!(retained(c, Some(900)).len(), 3);
@@ -290,7 +439,8 @@ mod tests {
             );
         }
         let listed = |holds| {
-            let mut v: Vec<Entry> = revoked_by_shard(&t, &Sharding::unsharded(), holds)[0]
+            let mut v: Vec<Entry> = revoked_by_shard(&t, &Sharding::unsharded(), holds)
+                .expect("placed")[0]
                 .iter()
                 .map(|c| c.entry)
                 .collect();

@@ -318,13 +318,22 @@ fn full_due_at(catalog: &Catalog, pi: &PublishIssuer, now: i64, attempted: Optio
     }
 }
 
-fn log_results(results: &[Result<publisher::Published, String>]) {
+/// Logs failures; true when some CRL did not reach every target (a region's store failed).
+fn log_results(results: &[Result<publisher::Published, String>]) -> bool {
+    let mut missed = false;
     for r in results {
-        if let Err(e) = r {
-            tracing::error!(error = %e, "CRL publishing failed");
+        match r {
+            Err(e) => tracing::error!(error = %e, "CRL publishing failed"),
+            Ok(p) => missed |= p.results.iter().any(|(_, r)| r.is_err()),
         }
     }
+    missed
 }
+
+/// After a pass in which a target missed a CRL, the complete CRLs are published again a second
+/// later, then at doubling intervals up to this bound while a target keeps failing (each pass
+/// builds and signs them again).
+const CRL_STORE_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Takes and renews the lease in `regions[idx]`; publishes the fence while held.
 async fn run_lease(
@@ -401,6 +410,11 @@ async fn run_publisher(
     let mut attempted: HashMap<String, i64> = HashMap::new();
     let mut next_full = Instant::now() + svc.full_due_in(&attempted);
     let mut pending: Option<Instant> = None;
+    // A region that missed a CRL (its store failed: the region down, restarting, or restored
+    // from an old copy) is tried again, or it keeps serving replicas an old CRL until the next
+    // revocation.
+    // The complete CRLs are published again (and with them fresh deltas) after `store_retry`.
+    let mut store_retry = retry;
     let far = || Instant::now() + Duration::from_secs(86400 * 365);
     loop {
         let leader = !redis_mode || fence.borrow().is_some();
@@ -442,7 +456,7 @@ async fn run_publisher(
                     let results = publisher
                         .publish_issuers(&view, Mode::Full, f.as_ref(), |pi| due.contains(&pi.issuer.name))
                         .await;
-                    log_results(&results);
+                    let missed = log_results(&results);
                     if due.len() == publisher.issuers.len() {
                         // every issuer's complete CRLs now list every revocation
                         pending = None;
@@ -450,8 +464,17 @@ async fn run_publisher(
                     for name in due {
                         attempted.insert(name, now);
                     }
+                    next_full = Instant::now() + svc.full_due_in(&attempted).max(retry);
+                    if missed {
+                        attempted.clear();
+                        next_full = next_full.min(Instant::now() + store_retry);
+                        store_retry = (store_retry * 2).min(CRL_STORE_RETRY_MAX);
+                    } else {
+                        store_retry = retry;
+                    }
+                } else {
+                    next_full = Instant::now() + svc.full_due_in(&attempted).max(retry);
                 }
-                next_full = Instant::now() + svc.full_due_in(&attempted).max(retry);
             }
             () = tokio::time::sleep_until(pending.unwrap_or_else(far)), if pending.is_some() => {
                 if leader && incomplete() {
@@ -461,7 +484,11 @@ async fn run_publisher(
                 pending = None;
                 if leader {
                     let f = fence.borrow().clone();
-                    log_results(&publisher.publish(&view, Mode::Delta, f.as_ref()).await);
+                    if log_results(&publisher.publish(&view, Mode::Delta, f.as_ref()).await) {
+                        attempted.clear();
+                        next_full = next_full.min(Instant::now() + store_retry);
+                        store_retry = (store_retry * 2).min(CRL_STORE_RETRY_MAX);
+                    }
                 }
             }
         }

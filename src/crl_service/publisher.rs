@@ -147,15 +147,29 @@ impl Publisher {
             let scan = table.clone();
             let sharding = pi.sharding;
             let holds = pi.issuer.allow_hold;
-            // At normal priority, not on the background threads: the scan holds the table's
-            // read lock, and a low-priority thread preempted while holding it would keep the
-            // feed's writer waiting, and every OCSP read queued behind that writer.
+            // At normal priority, not on the background threads: the scan holds one segment's
+            // read lock at a time, and a low-priority thread preempted while holding one would
+            // keep the feed's writer waiting, and the OCSP reads of that segment behind it.
             let candidates = match tokio::task::spawn_blocking(move || {
                 select::revoked_by_shard(&scan, &sharding, holds)
             })
             .await
             {
-                Ok(c) => c,
+                Ok(Ok(c)) => c,
+                Ok(Err(misplaced)) => {
+                    metrics::counter!(telemetry::CRL_MISPLACED, "issuer" => pi.issuer.name.clone())
+                        .increment(1);
+                    // Shown by /readyz (degraded) until a pass publishes the scope again.
+                    let why = misplaced.to_string();
+                    for id in CrlId::all(&pi.issuer.name, &pi.sharding, false) {
+                        self.refusals.set(&id, &why);
+                    }
+                    out.push(Err(format!(
+                        "{}: publishing none of its CRLs: {misplaced}",
+                        pi.issuer.name
+                    )));
+                    continue;
+                }
                 Err(e) => {
                     out.push(Err(format!("{}: reading the view: {e}", pi.issuer.name)));
                     continue;
@@ -297,6 +311,7 @@ impl Publisher {
         entries: Vec<Entry>,
     ) -> Result<Vec<Entry>, String> {
         let Some(prev) = previous.cloned() else {
+            self.refusals.clear(id);
             return Ok(entries);
         };
         let table = table.clone();

@@ -3,12 +3,13 @@
 //!
 //! ```text
 //! file     = magic body crc
-//! magic    = "VIGILCP1"
+//! magic    = "VIGILCP2" (written), or "VIGILCP1" (read: written before CRL scopes)
 //! body     = fresh_at_ms:i64 BE | n_cursors:u16 BE | cursor* | n_issuers:u32 BE | issuer*
 //! cursor   = name_len:u8 | name | epoch_len:u8 | epoch | ms:u64 BE | seq:u64 BE
 //! issuer   = id:[32] | count_hint:u64 BE | chunk* | 0:u32 BE
 //! chunk    = n:u32 BE (1..=65536) | len:u32 BE | record{n} (len bytes)
-//! record   = serial_len:u8 (1..=21) | serial | CertRecord (9 bytes)
+//! record   = serial_len:u8 (1..=21) | serial | CertRecord (11 bytes, `to_fixed_bytes`;
+//!            9 bytes in VIGILCP1)
 //! crc      = CRC-32 of magic and body, u32 BE
 //! ```
 //!
@@ -29,10 +30,12 @@ use super::{Cursor, StreamId};
 use crate::limits::{MAX_CHECKPOINT_ISSUERS, MAX_ORIGIN_BYTES, MAX_SERIAL_OCTETS};
 use crate::status::{CertRecord, IssuerId, Serial, StatusView};
 
-const MAGIC: &[u8; 8] = b"VIGILCP1";
+const MAGIC: &[u8; 8] = b"VIGILCP2";
+/// The magic of checkpoints written before CRL scopes were recorded: 9-byte records, still read.
+const MAGIC_V1: &[u8; 8] = b"VIGILCP1";
 /// Records per chunk.
 const CHUNK: usize = 64 * 1024;
-/// Records copied out of a table per pass when writing: bounds the extra memory (31 bytes a
+/// Records copied out of a table per pass when writing: bounds the extra memory (33 bytes a
 /// record) and how long each pass holds the table's read lock.
 pub const PASS: usize = 1 << 20;
 
@@ -130,7 +133,7 @@ pub fn write(
                         let octets = s.as_der_content();
                         buf.push(octets.len() as u8);
                         buf.extend_from_slice(octets);
-                        buf.extend_from_slice(&r.to_bytes());
+                        buf.extend_from_slice(&r.to_fixed_bytes());
                     }
                     let bytes = (buf.len() - 8) as u32;
                     buf[4..8].copy_from_slice(&bytes.to_be_bytes());
@@ -252,9 +255,11 @@ fn invalid(why: &str) -> io::Error {
 fn parse(r: &mut impl Read, max_records: u64) -> io::Result<Loaded> {
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)?;
-    if &magic != MAGIC {
-        return Err(invalid("not a vigil checkpoint (bad magic)"));
-    }
+    let record_len = match &magic {
+        m if m == MAGIC => CertRecord::ENCODED_LEN,
+        m if m == MAGIC_V1 => CertRecord::LEGACY_LEN,
+        _ => return Err(invalid("not a vigil checkpoint (bad magic)")),
+    };
     let fresh_at_ms = i64::from_be_bytes(read_array(r)?);
     let n_cursors = u16::from_be_bytes(read_array(r)?);
     let mut cursors = HashMap::new();
@@ -294,9 +299,7 @@ fn parse(r: &mut impl Read, max_records: u64) -> io::Result<Loaded> {
                 return Err(invalid("chunk too large"));
             }
             let bytes = u32::from_be_bytes(read_array(r)?) as usize;
-            if bytes < n * (2 + CertRecord::ENCODED_LEN)
-                || bytes > n * (1 + MAX_SERIAL_OCTETS + CertRecord::ENCODED_LEN)
-            {
+            if bytes < n * (2 + record_len) || bytes > n * (1 + MAX_SERIAL_OCTETS + record_len) {
                 return Err(invalid("bad chunk length"));
             }
             raw.resize(bytes, 0);
@@ -306,12 +309,11 @@ fn parse(r: &mut impl Read, max_records: u64) -> io::Result<Loaded> {
             for _ in 0..n {
                 let (&len, tail) = rest.split_first().ok_or_else(|| invalid("short chunk"))?;
                 let len = len as usize;
-                if len == 0 || len > MAX_SERIAL_OCTETS || tail.len() < len + CertRecord::ENCODED_LEN
-                {
+                if len == 0 || len > MAX_SERIAL_OCTETS || tail.len() < len + record_len {
                     return Err(invalid("bad serial length"));
                 }
                 let (octets, tail) = tail.split_at(len);
-                let (rec, tail) = tail.split_at(CertRecord::ENCODED_LEN);
+                let (rec, tail) = tail.split_at(record_len);
                 rest = tail;
                 let serial = Serial::from_der_content(octets).map_err(|_| invalid("bad serial"))?;
                 let record = CertRecord::from_bytes(rec).ok_or_else(|| invalid("bad record"))?;
@@ -378,11 +380,11 @@ mod tests {
         v
     }
 
-    fn dump(v: &StatusView) -> Vec<(IssuerId, Serial, [u8; 9])> {
+    fn dump(v: &StatusView) -> Vec<(IssuerId, Serial, [u8; 11])> {
         let mut out = Vec::new();
         for (id, t) in v.issuers() {
             for (s, r) in t.records() {
-                out.push((id, s, r.to_bytes()));
+                out.push((id, s, r.to_fixed_bytes()));
             }
         }
         out.sort();
@@ -425,6 +427,56 @@ mod tests {
         longer.push(0);
         std::fs::write(&path, &longer).expect("write");
         assert!(load(&path).is_err());
+    }
+
+    #[test]
+    fn recorded_crl_shards_survive_and_version_1_checkpoints_still_load() {
+        use crate::status::CrlScope;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cp");
+        let view = sample_view(30);
+        for i in [3u32, 4] {
+            view.apply(&Event {
+                issuer: IssuerId([(i % 2) as u8; 32]),
+                serial: Serial::from_magnitude(&i.to_be_bytes()).expect("serial"),
+                kind: EventKind::CrlShard {
+                    scope: CrlScope::Shard(i as u16),
+                },
+                origin: "t".into(),
+                created_at_ms: 0,
+            });
+        }
+        write(&path, &view, &HashMap::new(), 0).expect("write");
+        let loaded = load(&path).expect("load").expect("present");
+        assert_eq!(dump(&loaded.view), dump(&view));
+        let serial = Serial::from_magnitude(&[3]).expect("serial");
+        let rec = loaded.view.table(IssuerId([1; 32])).record(&serial);
+        assert_eq!(rec.and_then(|r| r.crl_scope()), Some(CrlScope::Shard(3)));
+
+        // a checkpoint as vigil wrote it before CRL scopes: VIGILCP1, 9-byte records
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(MAGIC_V1);
+        v1.extend_from_slice(&7i64.to_be_bytes());
+        v1.extend_from_slice(&0u16.to_be_bytes());
+        v1.extend_from_slice(&1u32.to_be_bytes());
+        v1.extend_from_slice(&[9; 32]);
+        v1.extend_from_slice(&1u64.to_be_bytes());
+        v1.extend_from_slice(&1u32.to_be_bytes());
+        v1.extend_from_slice(&11u32.to_be_bytes());
+        v1.extend_from_slice(&[1, 0x05, 0, 0, 0, 100, 0, 0, 0, 50, 1]);
+        v1.extend_from_slice(&0u32.to_be_bytes());
+        let crc = crc32fast::hash(&v1);
+        v1.extend_from_slice(&crc.to_be_bytes());
+        std::fs::write(&path, &v1).expect("write");
+        let loaded = load(&path).expect("load").expect("present");
+        let rec = loaded
+            .view
+            .table(IssuerId([9; 32]))
+            .record(&Serial::from_magnitude(&[5]).expect("serial"))
+            .expect("record");
+        assert_eq!(rec.not_after(), Some(100));
+        assert_eq!(rec.revocation().map(|r| r.time), Some(50));
+        assert_eq!(rec.crl_scope(), None);
     }
 
     #[test]

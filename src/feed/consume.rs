@@ -528,6 +528,9 @@ async fn reseed(
     why: &str,
 ) {
     reseed_issuer(state, region, health, conn, None, why).await;
+    // The region's stored CRLs went with its data (or back with it): the lease holders
+    // publish again, which stores current CRLs into it.
+    state.applier.wake_crls();
 }
 
 async fn reseed_issuer(

@@ -6,7 +6,7 @@
 //! | key | type | what |
 //! | --- | --- | --- |
 //! | `vigil:feed` | stream | status events (`e` = one encoded [`Event`], `p` = several, [`field_events`]) and heartbeats (`hb`), trimmed with `MAXLEN ~` |
-//! | `vigil:snap:<issuer hex>` | hash | serial (DER content octets) → 9-byte [`CertRecord`]: the join of every event |
+//! | `vigil:snap:<issuer hex>` | hash | serial (DER content octets) → 9- or 11-byte [`CertRecord`]: the join of every event |
 //! | `vigil:issuers` | set | issuer hex ids that have a snapshot |
 //! | `vigil:digest` | hash | issuer hex → XOR of SHA-1(serial ‖ record) over its snapshot (anti-entropy) |
 //! | `vigil:epoch` | string | random id made when the region's data was first written; a new one means the data was lost |

@@ -11,8 +11,11 @@ use redis::Script;
 /// - `join(x, y)` mirrors [`crate::status::CertRecord::join`]: the latest notAfter; revoked is
 ///   final; among revocations keyCompromise wins, then the earliest time, then the lower reason
 ///   code; a live record's hold register (reason octet 6 held, 254 released, 255 never held)
-///   takes the later (time, held > released) of the two. `tests/feed.rs` checks the two agree
-///   on random records.
+///   takes the later (time, held > released) of the two; the CRL scope (2 more bytes, present
+///   only when recorded: a record is 9 or 11 bytes) takes the larger code, and the result is 9
+///   bytes when neither has one, exactly as before scopes existed. `tests/feed.rs` checks the
+///   two agree on random records.
+/// - `record_len_ok(rec)`: 9 or 11 bytes.
 /// - `valid(r)`: the reason octet is a revocation reason or a hold register. Any other (7,
 ///   removeFromCRL 8, 11..=253) is refused as an argument, and a stored one is read as absent
 ///   (the write replaces it), as [`crate::status::CertRecord::from_bytes`] refuses it: replicas
@@ -38,9 +41,22 @@ local function hold_rank(r)
   if r == 6 then return 2 elseif r == 254 then return 1 end
   return 0
 end
+local function record_len_ok(rec)
+  local l = string.len(rec)
+  return l == 9 or l == 11
+end
+local function scope(rec)
+  if string.len(rec) == 11 then
+    local a, b = string.byte(rec, 10, 11)
+    return a * 256 + b
+  end
+  return 0
+end
 local function join(x, y)
   local xn, xt, xr = u32(x, 1), u32(x, 5), string.byte(x, 9)
   local yn, yt, yr = u32(y, 1), u32(y, 5), string.byte(y, 9)
+  local sc = scope(x)
+  if scope(y) > sc then sc = scope(y) end
   local n = xn
   if yn > n then n = yn end
   local t, r = xt, xr
@@ -63,7 +79,9 @@ local function join(x, y)
     if yt > xt or (yt == xt and yk > xk) then t, r = yt, yr end
   end
   if r == 255 then t = 0 end
-  return be32(n) .. be32(t) .. string.char(r)
+  local out = be32(n) .. be32(t) .. string.char(r)
+  if sc > 0 then out = out .. string.char(math.floor(sc / 256), sc % 256) end
+  return out
 end
 local function valid(r)
   return r <= 6 or r == 9 or r == 10 or r >= 254
@@ -102,7 +120,7 @@ end
 /// regions can be compared without scanning them ([`super::repair`]).
 ///
 /// `KEYS`: stream, snapshot hash, issuers set, digests hash. `ARGV`: maxlen, issuer hex, serial,
-/// record (9 bytes, see [`crate::status::CertRecord::to_bytes`]), then one or more encoded
+/// record (9 or 11 bytes, see [`crate::status::CertRecord::to_bytes`]), then one or more encoded
 /// events. The join and the refusal of records that are not revocations are the shared helpers'
 /// (`merge_helpers_lua!`).
 ///
@@ -112,7 +130,7 @@ pub const MERGE_LUA: &str = concat!(
     merge_helpers_lua!(),
     r#"
 local rec = ARGV[4]
-if string.len(rec) ~= 9 or #ARGV < 5 then
+if not record_len_ok(rec) or #ARGV < 5 then
   return redis.error_reply('ERR vigil merge: bad arguments')
 end
 if not valid(string.byte(rec, 9)) then
@@ -120,7 +138,7 @@ if not valid(string.byte(rec, 9)) then
 end
 local cur = redis.call('HGET', KEYS[2], ARGV[3])
 local new = rec
-if cur and string.len(cur) == 9 and valid(string.byte(cur, 9)) then new = join(cur, rec) end
+if cur and record_len_ok(cur) and valid(string.byte(cur, 9)) then new = join(cur, rec) end
 if cur == new then return false end
 redis.call('HSET', KEYS[2], ARGV[3], new)
 redis.call('SADD', KEYS[3], ARGV[2])
@@ -154,7 +172,7 @@ return id
 /// batch's digest (40 lower-case hex digits: the XOR of SHA-1(serial ‖ record) over the records
 /// sent, what the digest changes by when every certificate is new; computing SHA-1 and the
 /// XOR in Lua was 40 % of the script's time in a mass revocation), then per certificate:
-/// serial, record (9 bytes), the number of its events (1 to `ENTRY_EVENTS`), and its events
+/// serial, record (9 or 11 bytes), the number of its events (1 to `ENTRY_EVENTS`), and its events
 /// packed ([`super::pack_events`]). A wrong batch digest leaves the region's digest wrong
 /// (replicas then see a mismatch and re-read the snapshot; nothing is lost): only vigil's
 /// writers call this.
@@ -171,7 +189,7 @@ local serials, records, counts, packs = {}, {}, {}, {}
 local i = 4
 while i <= n do
   local rec, count, pack = ARGV[i + 1], tonumber(ARGV[i + 2] or ''), ARGV[i + 3]
-  if not rec or string.len(rec) ~= 9 or not count or count < 1 or count ~= math.floor(count)
+  if not rec or not record_len_ok(rec) or not count or count < 1 or count ~= math.floor(count)
      or count > ENTRY_EVENTS or not pack or string.len(pack) < 2 * count then
     return redis.error_reply('ERR vigil merge: bad arguments')
   end
@@ -208,7 +226,7 @@ for k = 1, m do
   local new = rec
   if cur then
     digest_toggle(digest, serial .. rec)
-    if string.len(cur) == 9 and valid(string.byte(cur, 9)) then new = join(cur, rec) end
+    if record_len_ok(cur) and valid(string.byte(cur, 9)) then new = join(cur, rec) end
   end
   if cur ~= new then
     latest[serial] = new
@@ -266,7 +284,7 @@ return changed
 ///
 /// `KEYS`: snapshot hash, issuers set, digests hash. `ARGV`: issuer hex, the batch's digest (40
 /// lower-case hex digits: the XOR of SHA-1(serial ‖ record) over the records sent), then per
-/// certificate its serial and record (9 bytes).
+/// certificate its serial and record (9 or 11 bytes).
 pub const RESTORE_MANY_LUA: &str = concat!(
     merge_helpers_lua!(),
     r#"
@@ -277,7 +295,7 @@ end
 local serials, seen, fresh = {}, {}, true
 for i = 3, n, 2 do
   local s, rec = ARGV[i], ARGV[i + 1]
-  if string.len(rec) ~= 9 or string.len(s) == 0 then
+  if not record_len_ok(rec) or string.len(s) == 0 then
     return redis.error_reply('ERR vigil restore: bad arguments')
   end
   if not valid(string.byte(rec, 9)) then
@@ -320,7 +338,7 @@ else
     local new = rec
     if cur then
       if guess then digest_toggle(digest, serial .. rec) end
-      if string.len(cur) == 9 and valid(string.byte(cur, 9)) then new = join(cur, rec) end
+      if record_len_ok(cur) and valid(string.byte(cur, 9)) then new = join(cur, rec) end
     end
     if cur ~= new then
       latest[serial] = new

@@ -3,7 +3,7 @@
 //! | method and path | body | what |
 //! | --- | --- | --- |
 //! | `POST /v1/revoke` | `{"issuer", "serial", "reason"?, "time"?, "not_after"?}` | revoke (and record the issuance when `not_after` is given) |
-//! | `POST /v1/issue` | `{"issuer", "serial", "not_after"}` | record an issuance |
+//! | `POST /v1/issue` | `{"issuer", "serial", "not_after"}` or `{"issuer", "certificate"}` | record an issuance; with the certificate (PEM), also the CRL shard its cRLDistributionPoints names (400, nothing written, when it names no CRL of the issuer) |
 //! | `POST /v1/hold` | `{"issuer", "serial", "time"?}` | put on hold (issuers with `allow_hold` only) |
 //! | `POST /v1/release` | `{"issuer", "serial"}` | release from hold |
 //! | `GET /v1/status/{issuer}/{serial}` | | this replica's view of one certificate |
@@ -62,6 +62,7 @@ pub struct AdminState {
     tls: Option<TlsAcceptor>,
     max_body: usize,
     origin: String,
+    crl_urls: crate::writer::CrlUrls,
 }
 
 impl AdminState {
@@ -112,6 +113,7 @@ impl AdminState {
             tls,
             max_body: admin.max_body_bytes,
             origin: cfg.status.origin.clone(),
+            crl_urls: crate::writer::CrlUrls::from_config(cfg),
         })
     }
 
@@ -285,13 +287,17 @@ struct HoldBody {
     time: Option<String>,
 }
 
-/// `POST /v1/issue`.
+/// `POST /v1/issue`: `serial` and `not_after`, or the `certificate` (PEM) they are read from.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct IssueBody {
     issuer: String,
-    serial: String,
-    not_after: String,
+    #[serde(default)]
+    serial: Option<String>,
+    #[serde(default)]
+    not_after: Option<String>,
+    #[serde(default)]
+    certificate: Option<String>,
 }
 
 async fn handle(
@@ -435,6 +441,13 @@ fn describe_event(e: &Event) -> serde_json::Value {
         EventKind::Release { time } => {
             serde_json::json!({"kind": "release", "time": rfc3339(time)})
         }
+        EventKind::CrlShard { scope } => {
+            let crl = match scope {
+                crate::status::CrlScope::Shard(k) => serde_json::json!(k),
+                crate::status::CrlScope::Unsharded => serde_json::json!("unsharded"),
+            };
+            serde_json::json!({"kind": "crl_shard", "shard": crl})
+        }
     }
 }
 
@@ -530,15 +543,60 @@ async fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Ve
         Ok(events)
     } else {
         let b: IssueBody = serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))?;
-        let (id, serial) = target(&b.issuer, &b.serial)?;
-        Ok(vec![event(
-            id,
-            serial,
-            EventKind::Issued {
-                not_after: parse_rfc3339(&b.not_after)?,
-            },
-        )])
+        let (id, serial, not_after, scope) = match (&b.certificate, &b.serial, &b.not_after) {
+            (Some(pem), None, None) => {
+                let id = st
+                    .issuer(&b.issuer)
+                    .ok_or_else(|| format!("no issuer named {:?}", b.issuer))?;
+                let cert = certificate_from_pem(pem)?;
+                let serial =
+                    Serial::from_der_content(cert.tbs_certificate.serial_number.as_bytes())
+                        .map_err(|e| format!("certificate serial: {e}"))?;
+                let not_after = cert
+                    .tbs_certificate
+                    .validity
+                    .not_after
+                    .to_unix_duration()
+                    .as_secs() as i64;
+                let scope = st
+                    .crl_urls
+                    .scope_of(&b.issuer, &cert)
+                    .map_err(|e| format!("certificate {serial}: {e}; nothing was written"))?;
+                (id, serial, not_after, scope)
+            }
+            (Some(_), _, _) => {
+                return Err(Refused::Bad(
+                    "give the certificate alone: serial and not_after are read from it".into(),
+                ))
+            }
+            (None, Some(serial), Some(na)) => {
+                let (id, serial) = target(&b.issuer, serial)?;
+                (id, serial, parse_rfc3339(na)?, None)
+            }
+            (None, _, _) => {
+                return Err(Refused::Bad(
+                    "serial and not_after are required (or the certificate)".into(),
+                ))
+            }
+        };
+        Ok(crate::writer::issuance_kinds(not_after, scope)
+            .into_iter()
+            .map(|kind| event(id, serial, kind))
+            .collect())
     }
+}
+
+/// One PEM certificate, as `POST /v1/issue` takes it (its size is bounded by the body's).
+fn certificate_from_pem(pem: &str) -> Result<x509_cert::Certificate, String> {
+    use der::Decode;
+    let (label, der) = pem_rfc7468::decode_vec(pem.as_bytes())
+        .map_err(|e| format!("certificate: not PEM: {e}"))?;
+    if label != "CERTIFICATE" {
+        return Err(format!(
+            "certificate: expected a CERTIFICATE, found {label}"
+        ));
+    }
+    x509_cert::Certificate::from_der(&der).map_err(|e| format!("certificate: {e}"))
 }
 
 fn status(st: &AdminState, path: &str) -> Response<Body> {
@@ -571,6 +629,13 @@ fn status(st: &AdminState, path: &str) -> Response<Body> {
         CertStatus::Unissued => serde_json::json!({"status": "unissued"}),
     };
     let mut body = body;
+    match table.record(&serial).and_then(|r| r.crl_scope()) {
+        Some(crate::status::CrlScope::Shard(k)) => body["crl_shard"] = serde_json::json!(k),
+        Some(crate::status::CrlScope::Unsharded) => {
+            body["crl_shard"] = serde_json::json!("unsharded")
+        }
+        None => {}
+    }
     body["issuer"] = serde_json::Value::from(issuer);
     body["serial"] = serde_json::Value::from(serial.to_hex());
     json(StatusCode::OK, &body)

@@ -1,12 +1,13 @@
 //! Status events and their compact, versioned binary encoding.
 //!
 //! ```text
-//! version        u8   1 for issued and revoked, 2 for hold and release
-//! kind           u8   1 issued, 2 revoked, 3 hold, 4 release
+//! version        u8   1 for issued and revoked, 2 for hold and release, 3 for crl-shard
+//! kind           u8   1 issued, 2 revoked, 3 hold, 4 release, 5 crl-shard
 //! issuer         [32] IssuerId
 //! serial_len     u8   1..=21
 //! serial         [serial_len] DER INTEGER content octets
-//! time           i64 BE   notAfter (issued), revocationTime (revoked), hold or release time
+//! time           i64 BE   notAfter (issued), revocationTime (revoked), hold or release time,
+//!                         the CRL scope's code (crl-shard: 1 + shard, 65535 unsharded)
 //! reason         u8   CRLReason code (revoked), 0 otherwise
 //! created_at_ms  i64 BE   when the event was made, Unix milliseconds
 //! origin_len     u8   0..=64
@@ -17,15 +18,21 @@
 //! unknown version or kind is an error the caller counts and skips. Hold and release are
 //! version 2 so that a replica built before holds existed skips them (an unknown version)
 //! instead of misreading them; issued and revoked stay version 1, readable by every build.
-//! Each kind has exactly one version, so every decoded event re-encodes to its input.
+//! The CRL shard a certificate's cRLDistributionPoints names is its own event, crl-shard
+//! (version 3), written beside the issuance it was read with: a build from before shards were
+//! recorded skips it as an unknown version and still applies the issuance, and every event
+//! written before decodes as it did. Each kind has exactly one version, so every decoded event
+//! re-encodes to its input.
 
-use super::{count_rejected, IssuerId, ReasonError, Rejected, RevocationReason, Serial};
+use super::{count_rejected, CrlScope, IssuerId, ReasonError, Rejected, RevocationReason, Serial};
 use crate::limits::{MAX_EVENT_BYTES, MAX_ORIGIN_BYTES};
 
 /// The encoding version of issued and revoked events.
 pub const EVENT_VERSION: u8 = 1;
 /// The encoding version of hold and release events.
 pub const EVENT_VERSION_HOLD: u8 = 2;
+/// The encoding version of crl-shard events.
+pub const EVENT_VERSION_SHARD: u8 = 3;
 
 /// One fact about one certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +74,12 @@ pub enum EventKind {
     Release {
         /// When the release took effect, Unix seconds; later than the hold it undoes.
         time: i64,
+    },
+    /// Its cRLDistributionPoints names this CRL of its issuer: read from the certificate when
+    /// the issuance was recorded, and where it is listed once revoked.
+    CrlShard {
+        /// The CRL named.
+        scope: CrlScope,
     },
 }
 
@@ -112,6 +125,7 @@ impl Event {
             EventKind::Revoked { time, reason } => (EVENT_VERSION, 2u8, time, reason as u8),
             EventKind::Hold { time } => (EVENT_VERSION_HOLD, 3u8, time, 0u8),
             EventKind::Release { time } => (EVENT_VERSION_HOLD, 4u8, time, 0u8),
+            EventKind::CrlShard { scope } => (EVENT_VERSION_SHARD, 5u8, i64::from(scope.code()), 0),
         };
         let serial = self.serial.as_der_content();
         let origin = truncate_utf8(&self.origin, MAX_ORIGIN_BYTES);
@@ -141,7 +155,10 @@ impl Event {
         }
         let mut r = Cursor(bytes);
         let version = r.u8()?;
-        if version != EVENT_VERSION && version != EVENT_VERSION_HOLD {
+        if !matches!(
+            version,
+            EVENT_VERSION | EVENT_VERSION_HOLD | EVENT_VERSION_SHARD
+        ) {
             return Err(DecodeError::Version(version));
         }
         let kind = r.u8()?;
@@ -166,8 +183,8 @@ impl Event {
         // Canonical form only: each kind has one version, and only a revocation carries a
         // reason, so every decoded event re-encodes to the same bytes.
         let kind = match (version, kind) {
-            (EVENT_VERSION, 1 | 2) | (EVENT_VERSION_HOLD, 3 | 4) => kind,
-            (_, 1..=4) => return Err(DecodeError::Version(version)),
+            (EVENT_VERSION, 1 | 2) | (EVENT_VERSION_HOLD, 3 | 4) | (EVENT_VERSION_SHARD, 5) => kind,
+            (_, 1..=5) => return Err(DecodeError::Version(version)),
             (_, other) => return Err(DecodeError::Kind(other)),
         };
         if kind != 2 && reason != 0 {
@@ -183,7 +200,13 @@ impl Event {
                 })?,
             },
             3 => EventKind::Hold { time },
-            _ => EventKind::Release { time },
+            4 => EventKind::Release { time },
+            _ => EventKind::CrlShard {
+                scope: u16::try_from(time)
+                    .ok()
+                    .and_then(CrlScope::from_code)
+                    .ok_or(DecodeError::Field("scope"))?,
+            },
         };
         Ok(Event {
             issuer: IssuerId(issuer),
@@ -294,6 +317,33 @@ mod tests {
         let mut b = sample().to_bytes();
         b[0] = EVENT_VERSION_HOLD;
         assert_eq!(Event::decode(&b), Err(DecodeError::Version(2)));
+    }
+
+    #[test]
+    fn crl_shard_is_version_3_and_old_events_decode_as_before() {
+        let mut e = sample();
+        e.kind = EventKind::CrlShard {
+            scope: CrlScope::Shard(3),
+        };
+        let b = e.to_bytes();
+        assert_eq!((b[0], b[1]), (EVENT_VERSION_SHARD, 5));
+        assert_eq!(Event::decode(&b), Ok(e.clone()));
+        let time_at = 2 + 32 + 1 + e.serial.as_der_content().len();
+        assert_eq!(&b[time_at..time_at + 8], &4i64.to_be_bytes());
+        for bad in [0i64, 257, 70_000, -1] {
+            let mut x = b.clone();
+            x[time_at..time_at + 8].copy_from_slice(&bad.to_be_bytes());
+            assert_eq!(Event::decode(&x), Err(DecodeError::Field("scope")), "{bad}");
+        }
+        let mut v1 = b.clone();
+        v1[0] = EVENT_VERSION;
+        assert_eq!(Event::decode(&v1), Err(DecodeError::Version(1)));
+        // an issuance written before shards were recorded: version 1, unchanged
+        let mut old = sample();
+        old.kind = EventKind::Issued { not_after: 9 };
+        let ob = old.to_bytes();
+        assert_eq!(ob[0], EVENT_VERSION);
+        assert_eq!(Event::decode(&ob), Ok(old));
     }
 
     #[test]

@@ -312,8 +312,80 @@ pub struct HoldState {
     pub time: i64,
 }
 
-/// What the view holds for one certificate: 9 bytes with alignment 1, so a view entry
-/// (serial and record) packs into 31 bytes and the map stays near 54 bytes per certificate at
+/// Which of its issuer's CRLs a certificate's cRLDistributionPoints names, read from the
+/// certificate when its issuance is recorded ([`EventKind::CrlShard`]) and fixed from then on: a
+/// revoked certificate with a recorded scope is listed on exactly that CRL, whatever the shard
+/// count is later (see `crate::crl::select`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CrlScope {
+    /// Shard `k`: `{base_url}/crl/{issuer}/{k}.crl`, below [`crate::crl::shard::MAX_SHARDS`].
+    Shard(u16),
+    /// The issuer's one unsharded CRL: `{base_url}/crl/{issuer}.crl`.
+    Unsharded,
+}
+
+impl CrlScope {
+    /// The code for "not recorded".
+    pub const UNKNOWN_CODE: u16 = 0;
+    const UNSHARDED_CODE: u16 = 0xFFFF;
+
+    /// As records and events carry it: `1 + k` for shard `k`, `0xFFFF` for the unsharded CRL
+    /// (0 means not recorded). The join of two records keeps the larger code.
+    pub fn code(self) -> u16 {
+        match self {
+            CrlScope::Shard(k) => k + 1,
+            CrlScope::Unsharded => Self::UNSHARDED_CODE,
+        }
+    }
+
+    /// Reads [`Self::code`]; None for 0 (not recorded) and for a shard index at or above
+    /// [`crate::crl::shard::MAX_SHARDS`].
+    pub fn from_code(code: u16) -> Option<Self> {
+        match code {
+            Self::UNSHARDED_CODE => Some(CrlScope::Unsharded),
+            c if (1..=crate::crl::shard::MAX_SHARDS).contains(&c) => Some(CrlScope::Shard(c - 1)),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for CrlScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CrlScope::Shard(k) => write!(f, "shard {k}"),
+            CrlScope::Unsharded => f.write_str("the unsharded CRL"),
+        }
+    }
+}
+
+/// A record's encoding ([`CertRecord::to_bytes`]): 9 bytes, or 11 when a CRL scope is recorded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RecordBytes {
+    buf: [u8; CertRecord::ENCODED_LEN],
+    len: u8,
+}
+
+impl std::ops::Deref for RecordBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
+}
+
+impl AsRef<[u8]> for RecordBytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl fmt::Debug for RecordBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RecordBytes({})", hex(self))
+    }
+}
+
+/// What the view holds for one certificate: 11 bytes with alignment 1, so a view entry
+/// (serial and record) packs into 33 bytes and the map stays near 57 bytes per certificate at
 /// ten million certificates.
 ///
 /// A record is either *revoked* (a permanent revocation is known: final) or *live*. A live
@@ -332,6 +404,11 @@ pub struct HoldState {
 /// commutative, associative and idempotent although a release undoes a hold; writers make a
 /// release later than the hold it undoes (see `vigil release`). A permanent revocation absorbs
 /// the register.
+///
+/// The CRL scope ([`CrlScope`], recorded at issuance) is kept as its code, and the join keeps
+/// the larger code: one certificate has one cRLDistributionPoints, so two records of it only
+/// differ by one knowing the scope (code above 0) and the other not; max is commutative,
+/// associative and idempotent whatever the inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CertRecord {
     /// notAfter in Unix seconds, clamped to u32, big-endian; 0 when only a revocation is known.
@@ -341,6 +418,8 @@ pub struct CertRecord {
     /// RevocationReason code, [`CertRecord::HELD`], [`CertRecord::RELEASED`] or
     /// [`CertRecord::NOT_REVOKED`].
     reason: u8,
+    /// [`CrlScope::code`], big-endian; 0 when not recorded.
+    scope: [u8; 2],
 }
 
 impl CertRecord {
@@ -348,21 +427,27 @@ impl CertRecord {
     const RELEASED: u8 = 0xFE;
     const HELD: u8 = RevocationReason::CertificateHold as u8;
 
-    /// Length of [`CertRecord::to_bytes`].
-    pub const ENCODED_LEN: usize = 9;
+    /// Length of [`CertRecord::to_fixed_bytes`], and of [`CertRecord::to_bytes`] when a CRL
+    /// scope is recorded.
+    pub const ENCODED_LEN: usize = 11;
+    /// Length of [`CertRecord::to_bytes`] without a CRL scope: the encoding every record had
+    /// before scopes were recorded, still read everywhere.
+    pub const LEGACY_LEN: usize = 9;
 
     /// The record of an event on its own.
     pub fn from_event(kind: &EventKind) -> Self {
-        let (not_after, time, reason) = match *kind {
-            EventKind::Issued { not_after } => (not_after, 0, Self::NOT_REVOKED),
-            EventKind::Revoked { time, reason } => (0, time, reason as u8),
-            EventKind::Hold { time } => (0, time, Self::HELD),
-            EventKind::Release { time } => (0, time, Self::RELEASED),
+        let (not_after, time, reason, scope) = match *kind {
+            EventKind::Issued { not_after } => (not_after, 0, Self::NOT_REVOKED, 0),
+            EventKind::Revoked { time, reason } => (0, time, reason as u8, 0),
+            EventKind::Hold { time } => (0, time, Self::HELD, 0),
+            EventKind::Release { time } => (0, time, Self::RELEASED, 0),
+            EventKind::CrlShard { scope } => (0, 0, Self::NOT_REVOKED, scope.code()),
         };
         CertRecord {
             not_after: clamp_u32(not_after).to_be_bytes(),
             revoked_at: clamp_u32(time).to_be_bytes(),
             reason,
+            scope: scope.to_be_bytes(),
         }
     }
 
@@ -395,11 +480,18 @@ impl CertRecord {
             }
             (None, None) => (self.revoked_at, self.reason),
         };
+        let scope = u16::from_be_bytes(self.scope).max(u16::from_be_bytes(other.scope));
         CertRecord {
             not_after: not_after.to_be_bytes(),
             revoked_at,
             reason,
+            scope: scope.to_be_bytes(),
         }
+    }
+
+    /// The CRL the certificate's cRLDistributionPoints names, if recorded at issuance.
+    pub fn crl_scope(&self) -> Option<CrlScope> {
+        CrlScope::from_code(u16::from_be_bytes(self.scope))
     }
 
     /// The permanent revocation, if the certificate is revoked.
@@ -476,33 +568,63 @@ impl CertRecord {
             Some(HoldState { held: false, time }) => out.push(EventKind::Release { time }),
             None => {}
         }
+        if let Some(scope) = self.crl_scope() {
+            out.push(EventKind::CrlShard { scope });
+        }
         out
     }
 
-    /// The fixed 9-byte encoding used in checkpoints and feed snapshots:
-    /// `not_after u32 BE | revoked_at u32 BE | reason u8` (see the table on [`CertRecord`]).
-    pub fn to_bytes(&self) -> [u8; Self::ENCODED_LEN] {
+    /// The encoding of feed snapshots and of the digests:
+    /// `not_after u32 BE | revoked_at u32 BE | reason u8 [| scope u16 BE]` (see the table on
+    /// [`CertRecord`]), the scope ([`CrlScope::code`]) only when one is recorded. So a record
+    /// without a scope encodes, and digests, exactly as before scopes existed, and every
+    /// snapshot, backup and digest made before stays valid.
+    pub fn to_bytes(&self) -> RecordBytes {
+        let buf = self.to_fixed_bytes();
+        let len = if self.scope == [0; 2] {
+            Self::LEGACY_LEN
+        } else {
+            Self::ENCODED_LEN
+        };
+        RecordBytes {
+            buf,
+            len: len as u8,
+        }
+    }
+
+    /// The fixed-length encoding of checkpoints, backups and archive fills: always
+    /// [`Self::ENCODED_LEN`] bytes, the scope 0 when not recorded.
+    pub fn to_fixed_bytes(&self) -> [u8; Self::ENCODED_LEN] {
         let mut b = [0u8; Self::ENCODED_LEN];
         b[..4].copy_from_slice(&self.not_after);
         b[4..8].copy_from_slice(&self.revoked_at);
         b[8] = self.reason;
+        b[9..].copy_from_slice(&self.scope);
         b
     }
 
-    /// Reads [`CertRecord::to_bytes`]; None for a wrong length, a reason octet that is neither
-    /// a revocation reason nor a hold register (removeFromCRL, an unassigned code), or a
-    /// never-held record with a time. A refused reason is counted
+    /// Reads [`CertRecord::to_bytes`] or [`CertRecord::to_fixed_bytes`] (9 or 11 bytes); None
+    /// for another length, a scope code [`CrlScope::from_code`] refuses (0 aside), a reason
+    /// octet that is neither a revocation reason nor a hold register (removeFromCRL, an
+    /// unassigned code), or a never-held record with a time. A refused reason is counted
     /// ([`telemetry::STATUS_REJECTED`](crate::telemetry::STATUS_REJECTED), `input="record"`):
     /// such a record is not applied at all — reading it as a revocation with another reason
     /// would invent one, and as a live record would answer `good` for a revoked certificate.
     pub fn from_bytes(b: &[u8]) -> Option<CertRecord> {
-        if b.len() != Self::ENCODED_LEN {
+        let scope = match b.len() {
+            Self::LEGACY_LEN => [0; 2],
+            Self::ENCODED_LEN => [b[9], b[10]],
+            _ => return None,
+        };
+        let code = u16::from_be_bytes(scope);
+        if code != CrlScope::UNKNOWN_CODE && CrlScope::from_code(code).is_none() {
             return None;
         }
         let r = CertRecord {
             not_after: [b[0], b[1], b[2], b[3]],
             revoked_at: [b[4], b[5], b[6], b[7]],
             reason: b[8],
+            scope,
         };
         let known = matches!(r.reason, Self::NOT_REVOKED | Self::RELEASED | Self::HELD)
             || RevocationReason::from_code(r.reason).is_some();
@@ -522,7 +644,7 @@ impl CertRecord {
 pub enum Rejected {
     /// A revoked event (feed entry, journal record, hint, or made in the process).
     Event,
-    /// A 9-byte snapshot or checkpoint record.
+    /// A snapshot or checkpoint record.
     Record,
 }
 
@@ -786,8 +908,105 @@ mod tests {
 
     #[test]
     fn record_size_stays_small() {
-        assert_eq!(std::mem::size_of::<CertRecord>(), 9);
+        assert_eq!(std::mem::size_of::<CertRecord>(), 11);
         assert_eq!(std::mem::size_of::<Serial>(), 22);
-        assert_eq!(std::mem::size_of::<(Serial, CertRecord)>(), 31);
+        assert_eq!(std::mem::size_of::<(Serial, CertRecord)>(), 33);
+    }
+
+    #[test]
+    fn crl_scope_codes() {
+        assert_eq!(CrlScope::from_code(0), None);
+        assert_eq!(CrlScope::from_code(1), Some(CrlScope::Shard(0)));
+        assert_eq!(CrlScope::from_code(256), Some(CrlScope::Shard(255)));
+        assert_eq!(CrlScope::from_code(257), None);
+        assert_eq!(CrlScope::from_code(0xFFFF), Some(CrlScope::Unsharded));
+        for s in [
+            CrlScope::Shard(0),
+            CrlScope::Shard(255),
+            CrlScope::Unsharded,
+        ] {
+            assert_eq!(CrlScope::from_code(s.code()), Some(s));
+        }
+    }
+
+    #[test]
+    fn records_without_a_scope_keep_the_9_byte_encoding() {
+        let issued = CertRecord::from_event(&EventKind::Issued { not_after: 77 });
+        let revoked = issued.join(CertRecord::from_event(&EventKind::Revoked {
+            time: 99,
+            reason: RevocationReason::Superseded,
+        }));
+        // what every build before CRL scopes wrote, byte for byte
+        assert_eq!(&revoked.to_bytes()[..], &[0, 0, 0, 77, 0, 0, 0, 99, 4]);
+        assert_eq!(
+            revoked.to_fixed_bytes(),
+            [0, 0, 0, 77, 0, 0, 0, 99, 4, 0, 0]
+        );
+        assert_eq!(
+            CertRecord::from_bytes(&revoked.to_fixed_bytes()),
+            Some(revoked)
+        );
+        let sharded = revoked.join(CertRecord::from_event(&EventKind::CrlShard {
+            scope: CrlScope::Shard(2),
+        }));
+        assert_eq!(
+            &sharded.to_bytes()[..],
+            &[0, 0, 0, 77, 0, 0, 0, 99, 4, 0, 3]
+        );
+        assert_eq!(CertRecord::from_bytes(&sharded.to_bytes()), Some(sharded));
+        assert_eq!(sharded.crl_scope(), Some(CrlScope::Shard(2)));
+        assert_eq!(sharded.status(), revoked.status());
+        // an out-of-range scope code is a malformed record
+        assert_eq!(
+            CertRecord::from_bytes(&[0, 0, 0, 77, 0, 0, 0, 99, 4, 1, 2]),
+            None
+        );
+        assert_eq!(CertRecord::from_bytes(&[0; 10]), None);
+        // a scope alone is not an issuance
+        let alone = CertRecord::from_event(&EventKind::CrlShard {
+            scope: CrlScope::Unsharded,
+        });
+        assert_eq!(alone.status(), CertStatus::Unissued);
+        assert_eq!(
+            alone.kinds(),
+            vec![EventKind::CrlShard {
+                scope: CrlScope::Unsharded
+            }]
+        );
+    }
+
+    proptest::proptest! {
+        /// The join with the CRL scope is commutative, associative and idempotent, and keeps
+        /// the scope through every other change of the record.
+        #[test]
+        fn join_with_scope_is_a_semilattice(
+            kinds in proptest::collection::vec((0u8..6, 0i64..50, 0u16..4), 3)
+        ) {
+            let rec = |&(k, t, s): &(u8, i64, u16)| CertRecord::from_event(&match k {
+                0 => EventKind::Issued { not_after: t },
+                1 => EventKind::Revoked { time: t, reason: RevocationReason::Superseded },
+                2 => EventKind::Revoked { time: t, reason: RevocationReason::KeyCompromise },
+                3 => EventKind::Hold { time: t },
+                4 => EventKind::Release { time: t },
+                _ => EventKind::CrlShard {
+                    scope: if s == 3 { CrlScope::Unsharded } else { CrlScope::Shard(s) },
+                },
+            });
+            let (a, b, c) = (rec(&kinds[0]), rec(&kinds[1]), rec(&kinds[2]));
+            proptest::prop_assert_eq!(a.join(b), b.join(a));
+            proptest::prop_assert_eq!(a.join(b).join(c), a.join(b.join(c)));
+            proptest::prop_assert_eq!(a.join(a), a);
+            let j = a.join(b).join(c);
+            let max = [a, b, c].iter().map(|r| r.crl_scope().map_or(0, CrlScope::code)).max();
+            proptest::prop_assert_eq!(j.crl_scope().map_or(0, CrlScope::code), max.unwrap_or(0));
+            proptest::prop_assert_eq!(CertRecord::from_bytes(&j.to_bytes()), Some(j));
+            proptest::prop_assert_eq!(CertRecord::from_bytes(&j.to_fixed_bytes()), Some(j));
+            let rebuilt = j.kinds().iter().map(CertRecord::from_event).reduce(CertRecord::join);
+            if j.not_after().is_some() || j.revocation().is_some() || j.hold().is_some()
+                || j.crl_scope().is_some()
+            {
+                proptest::prop_assert_eq!(rebuilt, Some(j));
+            }
+        }
     }
 }

@@ -54,7 +54,7 @@ struct Table {
 }
 
 /// The order-independent digest of a set of records: the XOR of SHA-1(serial DER content octets
-/// ‖ 9-byte record) over every record. Each feed region keeps the same digest of its snapshot
+/// ‖ record, [`CertRecord::to_bytes`]) over every record. Each feed region keeps the same digest of its snapshot
 /// (the merge scripts, [`crate::feed::scripts::MERGE_MANY_LUA`]), so a replica compares its view
 /// with a region without scanning either; together with the record count it is how a replica
 /// checks that it is complete ([`crate::feed::consume`]).
