@@ -194,7 +194,12 @@ impl CrlService {
         revoked: Arc<Notify>,
         complete: Option<Arc<FeedHealth>>,
     ) {
-        refresh_once(&self.catalog, &self.regions).await;
+        let rt = runtime().unwrap_or_else(tokio::runtime::Handle::current);
+        {
+            let me = self.clone();
+            let first = rt.spawn(async move { refresh_once(&me.catalog, &me.regions).await });
+            let _ = first.await;
+        }
         let (fence_tx, fence_rx) = watch::channel(None::<Fence>);
         if let Some(publisher) = &self.publisher {
             if self.regions.is_empty() {
@@ -207,14 +212,14 @@ impl CrlService {
                     .iter()
                     .position(|r| r.name == region.name)
                     .unwrap_or(0);
-                tokio::spawn(run_lease(
+                rt.spawn(run_lease(
                     self.regions.clone(),
                     idx,
                     self.config.crl.lease_ttl,
                     fence_tx,
                 ));
             }
-            tokio::spawn(run_publisher(
+            rt.spawn(run_publisher(
                 self.clone(),
                 publisher.clone(),
                 view,
@@ -223,7 +228,7 @@ impl CrlService {
                 complete,
             ));
         }
-        tokio::spawn(run_refresher(self.clone()));
+        rt.spawn(run_refresher(self.clone()));
     }
 
     /// Complete CRLs refused for dropping entries (empty on a node that does not publish).
@@ -316,6 +321,46 @@ fn full_due_at(catalog: &Catalog, pi: &PublishIssuer, now: i64, attempted: Optio
         Some(a) => served.max(a.saturating_add(pi.interval)),
         None => served,
     }
+}
+
+/// The CRL service's own runtime: one thread (`vigil-crl`) that drives the lease, the
+/// publisher and the refresher, and with them the Redis connections they open. A CRL of a
+/// million entries is 36 MB that every replica fetches and the leader stores; parsing such a
+/// reply on the runtime that answers OCSP held one of its workers for milliseconds each time,
+/// the answers queued there with it (cached-OCSP p99 during a mass revocation). The heavy work
+/// (build, lint, verify) goes on to the background threads from here as before. None when the
+/// thread or runtime cannot be made: the caller's runtime is used instead.
+fn runtime() -> Option<tokio::runtime::Handle> {
+    static RUNTIME: std::sync::LazyLock<Option<tokio::runtime::Handle>> = std::sync::LazyLock::new(
+        || {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("vigil-crl".into())
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => {
+                            let _ = tx.send(Some(rt.handle().clone()));
+                            rt.block_on(std::future::pending::<()>());
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "no runtime for the CRL service; it shares the server's");
+                            let _ = tx.send(None);
+                        }
+                    }
+                });
+            match spawned {
+                Ok(_) => rx.recv().ok().flatten(),
+                Err(e) => {
+                    tracing::error!(error = %e, "no thread for the CRL service; it shares the server's runtime");
+                    None
+                }
+            }
+        },
+    );
+    RUNTIME.clone()
 }
 
 /// Logs failures; true when some CRL did not reach every target (a region's store failed).
