@@ -52,14 +52,13 @@ fn evicts(before: CertStatus, after: CertStatus) -> bool {
 /// One certificate whose record a join changed: its issuer, serial, status before and after.
 type Change = (IssuerId, Serial, CertStatus, CertStatus);
 
-/// Joins `events` into `view`; the changes and how many events changed a record.
-fn join_events(view: &StatusView, events: &[Event]) -> (Vec<Change>, usize) {
+/// Joins `events` into `view`; one change per event that changed a record.
+fn join_events(view: &StatusView, events: &[Event]) -> Vec<Change> {
     let mut changes = Vec::new();
     view.apply_batch(events, |e, before, after| {
         changes.push((e.issuer, e.serial, before, after));
     });
-    let n = changes.len();
-    (changes, n)
+    changes
 }
 
 impl Applier {
@@ -77,8 +76,8 @@ impl Applier {
         let _ = self.crl_wake.set(notify);
     }
 
-    /// Wakes the CRL publisher although no record changed (a feed region lost or rolled back
-    /// the CRLs it stored).
+    /// Wakes the CRL publisher: a CRL's content may have changed, or a feed region lost or
+    /// rolled back the CRLs it stored.
     pub fn wake_crls(&self) {
         if let Some(n) = self.crl_wake.get() {
             n.notify_one();
@@ -87,8 +86,8 @@ impl Applier {
 
     /// Joins events (from the journal or a feed stream).
     pub async fn events(&self, events: &[Event]) -> Applied {
-        let (changes, changed) = join_events(&self.view, events);
-        self.finish(events.len(), changes, changed).await
+        let changes = join_events(&self.view, events);
+        self.finish(events.len(), &changes, false).await
     }
 
     /// [`Applier::events`] for a batch the caller owns (a feed read): more than
@@ -103,7 +102,7 @@ impl Applier {
         let n = events.len();
         let joined = crate::background::join(move || join_events(&view, &events)).await;
         match joined {
-            Ok((changes, changed)) => self.finish(n, changes, changed).await,
+            Ok(changes) => self.finish(n, &changes, false).await,
             // The join panicked: nothing to follow up; the completeness check re-reads.
             Err(e) => {
                 tracing::error!(error = %e, "joining a batch of events failed");
@@ -112,14 +111,15 @@ impl Applier {
         }
     }
 
-    async fn finish(&self, n: usize, changes: Vec<Change>, changed: usize) -> Applied {
-        // A mass revocation read in one go: evict what is cached, but do not mark a million
-        // certificates no client asked about for status-change priority.
-        let bulk = changes.len() > APPLY_BULK_CHANGES;
-        self.follow_up(&changes, bulk).await;
+    /// Follows up the `changes` of `n` events or records; bulk when `bulk` or when there are
+    /// many (a mass revocation read in one go: evict what is cached, but do not mark a million
+    /// certificates no client asked about for status-change priority).
+    async fn finish(&self, n: usize, changes: &[Change], bulk: bool) -> Applied {
+        self.follow_up(changes, bulk || changes.len() > APPLY_BULK_CHANGES)
+            .await;
         Applied {
-            changed,
-            unchanged: n - changed,
+            changed: changes.len(),
+            unchanged: n - changes.len(),
         }
     }
 
@@ -131,12 +131,7 @@ impl Applier {
             .merge_records(records, |serial, before, after| {
                 changes.push((issuer, *serial, before, after));
             });
-        let changed = changes.len();
-        self.follow_up(&changes, true).await;
-        Applied {
-            changed,
-            unchanged: records.len() - changed,
-        }
+        self.finish(records.len(), &changes, true).await
     }
 
     async fn follow_up(&self, changes: &[Change], bulk: bool) {
@@ -155,9 +150,7 @@ impl Applier {
             None => {}
         }
         if wake {
-            if let Some(n) = self.crl_wake.get() {
-                n.notify_one();
-            }
+            self.wake_crls();
         }
     }
 }

@@ -1298,8 +1298,8 @@ fn parse_time(s: &str) -> Result<i64, String> {
 fn resolve(target: &Target) -> Result<(Serial, Option<i64>, Option<Certificate>), String> {
     if let Some(path) = &target.cert {
         let cert = vigil::pki::read_certificate(path)?;
-        let (serial, not_after) =
-            serial_and_not_after(&cert).map_err(|e| format!("{}: {e}", path.display()))?;
+        let (serial, not_after) = vigil::pki::serial_and_not_after(&cert)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         return Ok((serial, Some(not_after), Some(cert)));
     }
     let hex = target.serial.as_deref().unwrap_or_default();
@@ -1308,18 +1308,6 @@ fn resolve(target: &Target) -> Result<(Serial, Option<i64>, Option<Certificate>)
         None,
         None,
     ))
-}
-
-fn serial_and_not_after(cert: &Certificate) -> Result<(Serial, i64), String> {
-    let serial = Serial::from_der_content(cert.tbs_certificate.serial_number.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let not_after = cert
-        .tbs_certificate
-        .validity
-        .not_after
-        .to_unix_duration()
-        .as_secs() as i64;
-    Ok((serial, not_after))
 }
 
 /// For a revocation or hold given with --cert: the CRL its cRLDistributionPoints names, to
@@ -1576,7 +1564,7 @@ fn import_pem(cfg: &Config, files: &[PathBuf], issuer: &str) -> Result<(), Strin
         for (i, cert) in certs.iter().enumerate() {
             let at = || format!("{} (certificate {})", path.display(), i + 1);
             let (serial, not_after) =
-                serial_and_not_after(cert).map_err(|e| format!("{}: {e}", at()))?;
+                vigil::pki::serial_and_not_after(cert).map_err(|e| format!("{}: {e}", at()))?;
             let scope = urls.scope_of(issuer, cert).map_err(|e| {
                 format!(
                     "refusing the import: {}, serial {serial}: {e}; nothing was written",

@@ -14,6 +14,7 @@ use crate::config::{IssuerConfig, ResponderIdKind};
 use crate::ocsp::response::ResponderProfile;
 use crate::ocsp::{IssuerHashes, OID_KP_OCSP_SIGNING, OID_NOCHECK};
 use crate::signer::{Signer, SoftwareSigner};
+use crate::status::Serial;
 use crate::status::UnissuedPolicy;
 
 /// A start-up error about certificates or keys.
@@ -64,15 +65,29 @@ impl Issuer {
 /// Reads the first certificate of a PEM file.
 pub fn read_certificate(path: &Path) -> Result<Certificate, String> {
     let text = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let (label, der) =
-        pem_rfc7468::decode_vec(&text).map_err(|e| format!("{}: not PEM: {e}", path.display()))?;
+    certificate_from_pem(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The first certificate of PEM text.
+pub fn certificate_from_pem(pem: &[u8]) -> Result<Certificate, String> {
+    let (label, der) = pem_rfc7468::decode_vec(pem).map_err(|e| format!("not PEM: {e}"))?;
     if label != "CERTIFICATE" {
-        return Err(format!(
-            "{}: expected a CERTIFICATE, found {label}",
-            path.display()
-        ));
+        return Err(format!("expected a CERTIFICATE, found {label}"));
     }
-    Certificate::from_der(&der).map_err(|e| format!("{}: bad certificate: {e}", path.display()))
+    Certificate::from_der(&der).map_err(|e| format!("bad certificate: {e}"))
+}
+
+/// A certificate's serial and notAfter (Unix seconds), as an issuance records them.
+pub fn serial_and_not_after(cert: &Certificate) -> Result<(Serial, i64), String> {
+    let serial = Serial::from_der_content(cert.tbs_certificate.serial_number.as_bytes())
+        .map_err(|e| format!("certificate serial: {e}"))?;
+    let not_after = cert
+        .tbs_certificate
+        .validity
+        .not_after
+        .to_unix_duration()
+        .as_secs() as i64;
+    Ok((serial, not_after))
 }
 
 /// Loads and checks one issuer with a software key.

@@ -358,16 +358,8 @@ fn stored_crl(r: &Redis, dir: &Path) -> (u64, usize) {
 #[test]
 fn two_region_round_trip_of_100k_certificates_and_a_corrupted_backup() {
     const N: u32 = 100_000;
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, pki) = demo_dir();
     let root = tmp.path();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .env("VIGIL_DATA_DIR", root.join("pki"))
-        .env_remove("VIGIL_CONFIG")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let pki = root.join("pki");
     let a = Redis::start(root, "a");
     let b = Redis::start(root, "b");
     let data = root.join("replica");
@@ -574,16 +566,8 @@ fn two_region_round_trip_of_100k_certificates_and_a_corrupted_backup() {
 #[test]
 fn a_running_replica_answers_what_a_restore_wrote_without_stream_entries() {
     const N: u32 = 2_000;
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, pki) = demo_dir();
     let root = tmp.path();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .env("VIGIL_DATA_DIR", root.join("pki"))
-        .env_remove("VIGIL_CONFIG")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let pki = root.join("pki");
     let a = Redis::start(root, "a");
     let c = Redis::start(root, "c");
     let config = |name: &str, r: &Redis| {

@@ -1183,20 +1183,16 @@ fn two_regions_competing_publishers_failover_and_redis_outage() {
     std::thread::sleep(lease_ttl * 2); // the old leader wakes, tries, is fenced or stands down
 
     // a revocation is served by every replica within the publish delay plus one refresh
+    let revoke = |cert: &Path, reason: &str| {
+        let cert = cert.display().to_string();
+        let args = [
+            "revoke", "--issuer", "demo", "--cert", &cert, "--reason", reason,
+        ];
+        vigil_run(&configs[0], &args);
+    };
     let good = pki.join("certs/good-2.pem");
     let serial = cert_serial(&good);
-    vigil_run(
-        &configs[0],
-        &[
-            "revoke",
-            "--issuer",
-            "demo",
-            "--cert",
-            &good.display().to_string(),
-            "--reason",
-            "keyCompromise",
-        ],
-    );
+    revoke(&good, "keyCompromise");
     let revoked_at = Instant::now();
     // slack: the journal poll, building and storing, process scheduling on a busy machine
     let bound = delay + refresh + Duration::from_millis(1500);
@@ -1227,18 +1223,7 @@ fn two_regions_competing_publishers_failover_and_redis_outage() {
     rb.kill();
     let missed = pki.join("certs/good-1.pem");
     let missed_serial = cert_serial(&missed);
-    vigil_run(
-        &configs[0],
-        &[
-            "revoke",
-            "--issuer",
-            "demo",
-            "--cert",
-            &missed.display().to_string(),
-            "--reason",
-            "superseded",
-        ],
-    );
+    revoke(&missed, "superseded");
     let deadline = Instant::now() + bound;
     while !bases.iter().all(|b| {
         let r = get(b, "/crl/demo.crl");

@@ -465,7 +465,6 @@ fn the_shard_a_certificate_names_is_where_it_stays() {
 /// are recorded; a foreign CRLDP is a 400 and nothing is written.
 #[test]
 fn the_admin_api_records_the_shard_and_refuses_a_foreign_crldp() {
-    use std::io::{Read, Write};
     const TOKEN: &str = "test-admin-token-0123456789";
     let (tmp, pki) = common::demo_dir();
     let dir = tmp.path();
@@ -490,28 +489,19 @@ fn the_admin_api_records_the_shard_and_refuses_a_foreign_crldp() {
         .find_map(|l| l.strip_prefix("vigil admin API on http://"))
         .map(|a| a.trim_end_matches('/').to_owned())
         .expect("admin listener");
+    let admin: std::net::SocketAddr = admin.parse().expect("admin address");
     let call = |method: &str, path: &str, body: &str| -> (u16, String) {
-        let mut s = std::net::TcpStream::connect(&admin).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: vigil\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nAuthorization: Bearer {TOKEN}\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
+        let r = common::raw(
+            admin,
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: vigil\r\nConnection: close\r\n\
+                 Content-Type: application/json\r\nAuthorization: Bearer {TOKEN}\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
         );
-        s.write_all(req.as_bytes()).unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let code = resp
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = resp
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (code, body)
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
     };
     let body = |pem: &Path| {
         serde_json::json!({

@@ -380,6 +380,22 @@ fn log_results(results: &[Result<publisher::Published, String>]) -> bool {
 /// builds and signs them again).
 const CRL_STORE_RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// When the complete CRLs are published again after a pass in which a target missed one.
+struct StoreRetry {
+    first: Duration,
+    next: Duration,
+}
+
+impl StoreRetry {
+    /// A target missed a CRL: every issuer's complete CRLs are due again after `next`, which
+    /// doubles (up to [`CRL_STORE_RETRY_MAX`]) until a complete pass reaches every target.
+    fn missed(&mut self, attempted: &mut HashMap<String, i64>, next_full: &mut Instant) {
+        attempted.clear();
+        *next_full = (*next_full).min(Instant::now() + self.next);
+        self.next = (self.next * 2).min(CRL_STORE_RETRY_MAX);
+    }
+}
+
 /// Takes and renews the lease in `regions[idx]`; publishes the fence while held.
 async fn run_lease(
     regions: Arc<Vec<Region>>,
@@ -457,9 +473,12 @@ async fn run_publisher(
     let mut pending: Option<Instant> = None;
     // A region that missed a CRL (its store failed: the region down, restarting, or restored
     // from an old copy) is tried again, or it keeps serving replicas an old CRL until the next
-    // revocation.
-    // The complete CRLs are published again (and with them fresh deltas) after `store_retry`.
-    let mut store_retry = retry;
+    // revocation: the complete CRLs (and with them fresh deltas) are published again after
+    // `store_retry`, which doubles while a region keeps missing them.
+    let mut store_retry = StoreRetry {
+        first: retry,
+        next: retry,
+    };
     let far = || Instant::now() + Duration::from_secs(86400 * 365);
     loop {
         let leader = !redis_mode || fence.borrow().is_some();
@@ -511,11 +530,9 @@ async fn run_publisher(
                     }
                     next_full = Instant::now() + svc.full_due_in(&attempted).max(retry);
                     if missed {
-                        attempted.clear();
-                        next_full = next_full.min(Instant::now() + store_retry);
-                        store_retry = (store_retry * 2).min(CRL_STORE_RETRY_MAX);
+                        store_retry.missed(&mut attempted, &mut next_full);
                     } else {
-                        store_retry = retry;
+                        store_retry.next = store_retry.first;
                     }
                 } else {
                     next_full = Instant::now() + svc.full_due_in(&attempted).max(retry);
@@ -530,9 +547,7 @@ async fn run_publisher(
                 if leader {
                     let f = fence.borrow().clone();
                     if log_results(&publisher.publish(&view, Mode::Delta, f.as_ref()).await) {
-                        attempted.clear();
-                        next_full = next_full.min(Instant::now() + store_retry);
-                        store_retry = (store_retry * 2).min(CRL_STORE_RETRY_MAX);
+                        store_retry.missed(&mut attempted, &mut next_full);
                     }
                 }
             }

@@ -16,6 +16,10 @@ use redis::Script;
 ///   bytes when neither has one, exactly as before scopes existed. `tests/feed.rs` checks the
 ///   two agree on random records.
 /// - `record_len_ok(rec)`: 9 or 11 bytes.
+/// - `join_batch(serials, records, stored, digest, guessed)`: joins each record into the stored
+///   one (or, for a serial repeated in the batch, the batch's own earlier result) and keeps the
+///   digest; with `guessed` the writer's batch digest was added already and is undone where a
+///   record was stored. Returns the serial/record pairs to write and the indices that changed.
 /// - `valid(r)`: the reason octet is a revocation reason or a hold register. Any other (7,
 ///   removeFromCRL 8, 11..=253) is refused as an argument, and a stored one is read as absent
 ///   (the write replaces it), as [`crate::status::CertRecord::from_bytes`] refuses it: replicas
@@ -100,6 +104,32 @@ local function digest_xor(w, h)
 end
 local function digest_toggle(w, text)
   digest_xor(w, redis.sha1hex(text))
+end
+local function join_batch(serials, records, stored, digest, guessed)
+  local latest, pairs_out, changed = {}, {}, {}
+  for k = 1, #serials do
+    local serial, rec = serials[k], records[k]
+    local cur = latest[serial]
+    if cur == nil then cur = stored[k] end
+    local new = rec
+    if cur then
+      if guessed then digest_toggle(digest, serial .. rec) end
+      if record_len_ok(cur) and valid(string.byte(cur, 9)) then new = join(cur, rec) end
+    end
+    if cur ~= new then
+      latest[serial] = new
+      pairs_out[#pairs_out + 1] = serial
+      pairs_out[#pairs_out + 1] = new
+      if cur then
+        digest_toggle(digest, serial .. cur)
+        digest_toggle(digest, serial .. new)
+      elseif not guessed then
+        digest_toggle(digest, serial .. new)
+      end
+      changed[#changed + 1] = k
+    end
+  end
+  return pairs_out, changed
 end
 local function digest_hex(w)
   local out = {}
@@ -215,35 +245,17 @@ end
 -- The writer sent the XOR of SHA-1(serial .. record) over the batch's records (ARGV[3]): the
 -- digest's change if every certificate is new, which a mass revocation's are. Only where a
 -- record was already stored is that guess undone and the change computed here.
-local changed, latest, pairs_out, parts, part_events = 0, {}, {}, {}, 0
 local digest = digest_words(redis.call('HGET', KEYS[4], ARGV[2]) or string.rep('0', 40))
 digest_xor(digest, ARGV[3])
-local entries_out, events_out = 0, 0
-for k = 1, m do
-  local serial, rec = serials[k], records[k]
-  local cur = latest[serial]
-  if cur == nil then cur = stored[k] end
-  local new = rec
-  if cur then
-    digest_toggle(digest, serial .. rec)
-    if record_len_ok(cur) and valid(string.byte(cur, 9)) then new = join(cur, rec) end
+local pairs_out, changed_at = join_batch(serials, records, stored, digest, true)
+local changed, parts, part_events, entries_out, events_out = #changed_at, {}, 0, 0, 0
+for _, k in ipairs(changed_at) do
+  if part_events > 0 and part_events + counts[k] > ENTRY_EVENTS then
+    redis.call('XADD', KEYS[1], '*', 'p', table.concat(parts))
+    entries_out, events_out, parts, part_events = entries_out + 1, events_out + part_events, {}, 0
   end
-  if cur ~= new then
-    latest[serial] = new
-    pairs_out[#pairs_out + 1] = serial
-    pairs_out[#pairs_out + 1] = new
-    if cur then
-      digest_toggle(digest, serial .. cur)
-      digest_toggle(digest, serial .. new)
-    end
-    if part_events > 0 and part_events + counts[k] > ENTRY_EVENTS then
-      redis.call('XADD', KEYS[1], '*', 'p', table.concat(parts))
-      entries_out, events_out, parts, part_events = entries_out + 1, events_out + part_events, {}, 0
-    end
-    parts[#parts + 1] = packs[k]
-    part_events = part_events + counts[k]
-    changed = changed + 1
-  end
+  parts[#parts + 1] = packs[k]
+  part_events = part_events + counts[k]
 end
 if part_events > 0 then
   redis.call('XADD', KEYS[1], '*', 'p', table.concat(parts))
@@ -292,7 +304,7 @@ local n = #ARGV
 if n < 4 or n % 2 ~= 0 or string.len(ARGV[2]) ~= 40 or not string.match(ARGV[2], '^[0-9a-f]+$') then
   return redis.error_reply('ERR vigil restore: bad arguments')
 end
-local serials, seen, fresh = {}, {}, true
+local serials, records, seen, fresh = {}, {}, {}, true
 for i = 3, n, 2 do
   local s, rec = ARGV[i], ARGV[i + 1]
   if not record_len_ok(rec) or string.len(s) == 0 then
@@ -304,6 +316,7 @@ for i = 3, n, 2 do
   if seen[s] then fresh = false end
   seen[s] = true
   serials[#serials + 1] = s
+  records[#records + 1] = rec
 end
 local SLICE = 1000
 local m = #serials
@@ -330,29 +343,8 @@ else
   -- mostly stored ones (a restore run again): compute the change where a record changed.
   local guess = present * 2 <= m
   if guess then digest_xor(digest, ARGV[2]) end
-  local latest, pairs_out = {}, {}
-  for k = 1, m do
-    local serial, rec = serials[k], ARGV[2 + 2 * k]
-    local cur = latest[serial]
-    if cur == nil then cur = stored[k] end
-    local new = rec
-    if cur then
-      if guess then digest_toggle(digest, serial .. rec) end
-      if record_len_ok(cur) and valid(string.byte(cur, 9)) then new = join(cur, rec) end
-    end
-    if cur ~= new then
-      latest[serial] = new
-      pairs_out[#pairs_out + 1] = serial
-      pairs_out[#pairs_out + 1] = new
-      if cur then
-        digest_toggle(digest, serial .. cur)
-        digest_toggle(digest, serial .. new)
-      elseif not guess then
-        digest_toggle(digest, serial .. new)
-      end
-      changed = changed + 1
-    end
-  end
+  local pairs_out, changed_at = join_batch(serials, records, stored, digest, guess)
+  changed = #changed_at
   for a = 1, #pairs_out, 2 * SLICE do
     redis.call('HSET', KEYS[1], unpack(pairs_out, a, math.min(a + 2 * SLICE - 1, #pairs_out)))
   end

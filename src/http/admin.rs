@@ -548,16 +548,9 @@ async fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Ve
                 let id = st
                     .issuer(&b.issuer)
                     .ok_or_else(|| format!("no issuer named {:?}", b.issuer))?;
-                let cert = certificate_from_pem(pem)?;
-                let serial =
-                    Serial::from_der_content(cert.tbs_certificate.serial_number.as_bytes())
-                        .map_err(|e| format!("certificate serial: {e}"))?;
-                let not_after = cert
-                    .tbs_certificate
-                    .validity
-                    .not_after
-                    .to_unix_duration()
-                    .as_secs() as i64;
+                let cert = crate::pki::certificate_from_pem(pem.as_bytes())
+                    .map_err(|e| format!("certificate: {e}"))?;
+                let (serial, not_after) = crate::pki::serial_and_not_after(&cert)?;
                 let scope = st
                     .crl_urls
                     .scope_of(&b.issuer, &cert)
@@ -587,18 +580,6 @@ async fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Ve
 }
 
 /// One PEM certificate, as `POST /v1/issue` takes it (its size is bounded by the body's).
-fn certificate_from_pem(pem: &str) -> Result<x509_cert::Certificate, String> {
-    use der::Decode;
-    let (label, der) = pem_rfc7468::decode_vec(pem.as_bytes())
-        .map_err(|e| format!("certificate: not PEM: {e}"))?;
-    if label != "CERTIFICATE" {
-        return Err(format!(
-            "certificate: expected a CERTIFICATE, found {label}"
-        ));
-    }
-    x509_cert::Certificate::from_der(&der).map_err(|e| format!("certificate: {e}"))
-}
-
 fn status(st: &AdminState, path: &str) -> Response<Body> {
     let rest = path.trim_start_matches("/v1/status/");
     let Some((issuer, serial)) = rest.split_once('/') else {

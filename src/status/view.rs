@@ -168,15 +168,13 @@ impl StatusView {
                 if refused(e) {
                     continue;
                 }
-                let mut t = table.write(&e.serial);
-                let before = t
-                    .map
-                    .get(&e.serial)
-                    .map_or(CertStatus::Unissued, |r| r.status());
-                if let Applied::Changed { status } =
-                    merge_into(&mut t, e.serial, CertRecord::from_event(&e.kind))
-                {
-                    statuses.push((i, before, status));
+                let joined = merge_into(
+                    &mut table.write(&e.serial),
+                    e.serial,
+                    CertRecord::from_event(&e.kind),
+                );
+                if let Some((before, after)) = joined {
+                    statuses.push((i, before, after));
                 }
             }
             for (i, before, after) in statuses {
@@ -276,7 +274,10 @@ impl IssuerTable {
 
     /// Joins `record` into the certificate's record.
     pub fn merge(&self, serial: Serial, record: CertRecord) -> Applied {
-        merge_into(&mut self.write(&serial), serial, record)
+        match merge_into(&mut self.write(&serial), serial, record) {
+            Some((_, status)) => Applied::Changed { status },
+            None => Applied::Unchanged,
+        }
     }
 
     /// Makes room for `additional` more certificates (checkpoint loading sizes the table once;
@@ -336,10 +337,8 @@ impl IssuerTable {
     ) {
         let mut out = Vec::new();
         for (s, r) in records {
-            let mut t = self.write(s);
-            let before = t.map.get(s).map_or(CertStatus::Unissued, |r| r.status());
-            if let Applied::Changed { status } = merge_into(&mut t, *s, *r) {
-                out.push((*s, before, status));
+            if let Some((before, after)) = merge_into(&mut self.write(s), *s, *r) {
+                out.push((*s, before, after));
             }
         }
         for (s, before, after) in out {
@@ -386,26 +385,29 @@ fn partition_of(s: &Serial) -> usize {
     s.as_der_content().last().copied().unwrap_or(0) as usize
 }
 
-fn merge_into(t: &mut Table, serial: Serial, record: CertRecord) -> Applied {
+/// Joins `record` into the certificate's record, keeping the digest: the status before and
+/// after when that changed the record (one lookup), None when the record already held it.
+fn merge_into(
+    t: &mut Table,
+    serial: Serial,
+    record: CertRecord,
+) -> Option<(CertStatus, CertStatus)> {
     match t.map.entry(serial) {
         Entry::Vacant(slot) => {
             slot.insert(record);
             t.digest.toggle(&serial, &record);
-            Applied::Changed {
-                status: record.status(),
-            }
+            Some((CertStatus::Unissued, record.status()))
         }
         Entry::Occupied(mut slot) => {
-            let joined = slot.get().join(record);
-            if joined == *slot.get() {
-                return Applied::Unchanged;
+            let before = *slot.get();
+            let joined = before.join(record);
+            if joined == before {
+                return None;
             }
-            t.digest.toggle(&serial, slot.get());
+            t.digest.toggle(&serial, &before);
             t.digest.toggle(&serial, &joined);
             *slot.get_mut() = joined;
-            Applied::Changed {
-                status: joined.status(),
-            }
+            Some((before.status(), joined.status()))
         }
     }
 }
