@@ -6,7 +6,8 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use der::Decode;
 use vigil::crl::lint::{self, Kind};
-use vigil::crl::{build, CrlId, CrlIssuer, CrlSpec, Entry, Expect};
+use vigil::crl::{CrlId, CrlIssuer, CrlSpec, Entry, Expect};
+use vigil::signer::direct::crl as build;
 use vigil::signer::SoftwareSigner;
 use vigil::status::{RevocationReason, Serial};
 

@@ -12,14 +12,13 @@ use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use vigil::config::NoncePolicy;
-use vigil::ocsp::response::{
-    build_signed, tbs_response_data, ResponderProfile, SingleStatus, ValidityPolicy,
-};
+use vigil::ocsp::response::{tbs_response_data, ResponderProfile, SingleStatus, ValidityPolicy};
 use vigil::ocsp::HashAlgorithm;
+use vigil::signer::direct::ocsp_response as build_signed;
 use vigil::signer::{Signer, SoftwareSigner};
 use vigil::status::{Revocation, RevocationReason};
 
-fn rsa_2048_profile() -> Option<ResponderProfile> {
+fn rsa_2048_profile() -> Option<(ResponderProfile, Arc<dyn Signer>)> {
     let dir = tempfile::tempdir().expect("a temporary directory for the RSA key");
     let path = dir.path().join("rsa.key");
     let made = Command::new("openssl")
@@ -38,15 +37,18 @@ fn rsa_2048_profile() -> Option<ResponderProfile> {
         eprintln!("openssl genpkey failed or is missing: skipping the RSA-2048 benches");
         return None;
     }
-    let signer = Arc::new(SoftwareSigner::from_pem_file(&path).expect("loading the RSA key"));
+    let signer: Arc<dyn Signer> =
+        Arc::new(SoftwareSigner::from_pem_file(&path).expect("loading the RSA key"));
     let id = ResponderProfile::key_hash_id(signer.public_key()).expect("responder id");
-    Some(ResponderProfile::new(id, &[], signer).expect("RSA profile"))
+    let profile = ResponderProfile::new(id, &[], signer.algorithm()).expect("RSA profile");
+    Some((profile, signer))
 }
 
 fn response(c: &mut Criterion) {
     let pki = support::DemoPki::new(NoncePolicy::Ignore);
     let id = pki.cert_id(HashAlgorithm::Sha1, &pki.serial("good-1"));
     let p256 = &pki.issuer.profile;
+    let key = pki.issuer.signer.as_ref();
     let window = ValidityPolicy::default().window(vigil::clock::unix_now());
     let good = [(&id, SingleStatus::Good)];
     let revoked = [(
@@ -64,17 +66,28 @@ fn response(c: &mut Criterion) {
     });
     let tbs = tbs_response_data(p256, &window, &good, Vec::new()).expect("encodes");
     g.bench_function("sign_only_p256", |b| {
-        b.iter(|| p256.signer.sign(black_box(&tbs)).expect("signs"))
+        b.iter(|| key.sign(black_box(&tbs)).expect("signs"))
     });
     g.bench_function("build_signed_p256_good", |b| {
-        b.iter(|| build_signed(p256, &window, black_box(&good), Vec::new()).expect("builds"))
+        b.iter(|| build_signed(p256, key, &window, black_box(&good), Vec::new()).expect("builds"))
     });
     g.bench_function("build_signed_p256_revoked", |b| {
-        b.iter(|| build_signed(p256, &window, black_box(&revoked), Vec::new()).expect("builds"))
+        b.iter(|| {
+            build_signed(p256, key, &window, black_box(&revoked), Vec::new()).expect("builds")
+        })
     });
-    if let Some(rsa) = rsa_2048_profile() {
+    if let Some((rsa, rsa_key)) = rsa_2048_profile() {
         g.bench_function("build_signed_rsa2048_good", |b| {
-            b.iter(|| build_signed(&rsa, &window, black_box(&good), Vec::new()).expect("builds"))
+            b.iter(|| {
+                build_signed(
+                    &rsa,
+                    rsa_key.as_ref(),
+                    &window,
+                    black_box(&good),
+                    Vec::new(),
+                )
+                .expect("builds")
+            })
         });
     }
     g.finish();

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod alg;
 pub mod app;
 pub mod apply;
 pub mod archive;
@@ -25,4 +26,6 @@ pub mod responder;
 pub mod signer;
 pub mod status;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod writer;

@@ -230,3 +230,25 @@ pub const MAX_ARCHIVE_SEGMENTS: usize = 1_000_000;
 /// Most blocks in one segment: a segment is closed at its target size (64 MiB by default),
 /// and its smallest blocks are about 60 bytes.
 pub const MAX_ARCHIVE_SEGMENT_BLOCKS: u64 = 4_000_000;
+
+/// Signing threads of one signer that may be stuck past their deadline at once, each replaced
+/// by a new thread so the signing service keeps its capacity (`crate::signer::service`).
+///
+/// A stuck call is an HSM gone silent; the pool takes that HSM out after one such call, so a
+/// few replacements cover a pool of a few HSMs each losing its session. Past this bound a
+/// stuck thread is waited for rather than replaced: a dead network HSM cannot make vigil start
+/// threads without end.
+pub const MAX_STUCK_SIGNING_THREADS: usize = 4;
+
+/// Longest a signature for a signer with a deadline (an HSM pool) waits in the queue before
+/// its caller gets a timeout: every signing thread is stuck. Firefox's hard-fail OCSP timeout
+/// is 10 s; an answer later than that is read by nobody.
+pub const MAX_SIGNING_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Signing threads of one issuer's CRL signer. The publisher builds an issuer's CRLs one after
+/// another (a complete CRL, then its delta), so one thread is never waited for by another CRL.
+pub const CRL_SIGNING_THREADS: usize = 1;
+
+/// CRL signatures waiting per issuer before more are refused: a complete CRL and its delta per
+/// shard in one round, with room to spare; a refused CRL is retried on the next round.
+pub const CRL_SIGNING_QUEUE: usize = 16;

@@ -37,8 +37,10 @@ pub struct Issuer {
     pub certificate_der: Vec<u8>,
     /// Name and key hashes for CertID matching.
     pub hashes: IssuerHashes,
-    /// Who signs, and how the responder is named.
+    /// How the responder is named and what its responses carry (plain data).
     pub profile: ResponderProfile,
+    /// The key that signs its OCSP responses (the profile's algorithm is this key's).
+    pub signer: Arc<dyn Signer>,
     /// The responder certificate, when delegated.
     pub responder_certificate: Option<Certificate>,
     /// Answer for unissued serials.
@@ -190,14 +192,15 @@ pub fn load_issuer_with_signer(
         }
         ResponderIdKind::Name => ResponderId::ByName(signing_cert.tbs_certificate.subject.clone()),
     };
-    let profile =
-        ResponderProfile::new(responder_id, &certs, signer).map_err(|e| fail(e.to_string()))?;
+    let profile = ResponderProfile::new(responder_id, &certs, signer.algorithm())
+        .map_err(|e| fail(e.to_string()))?;
     Ok(Issuer {
         name: cfg.name.clone(),
         certificate: ca,
         certificate_der: ca_der,
         hashes,
         profile,
+        signer,
         responder_certificate: responder,
         unissued: cfg.unissued,
         allow_hold: cfg.allow_hold,

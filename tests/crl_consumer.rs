@@ -458,8 +458,9 @@ impl Fake {
 
 #[test]
 fn crls_a_consumer_must_refuse_fail_the_drill_by_name() {
-    use vigil::crl::build::{build, CrlSpec};
+    use vigil::crl::build::CrlSpec;
     use vigil::crl::{CrlIssuer, Entry};
+    use vigil::signer::direct::crl as build;
     use vigil::status::{RevocationReason, Serial};
 
     let tmp = tempfile::tempdir().unwrap();

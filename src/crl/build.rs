@@ -1,4 +1,6 @@
-//! Encoding and signing one CRL (RFC 5280 §5.1).
+//! Encoding one CRL (RFC 5280 §5.1): [`tbs`] returns the TBSCertList to sign, and
+//! [`CrlTbs::assemble`] wraps it with the signature, made wherever the key is
+//! (`crate::signer::service`). Only the signature algorithm, as plain data, is needed here.
 //!
 //! The revoked entries are written straight into the output buffer (a million entries are a
 //! single pass with no allocation per entry); the few extensions are encoded by hand too, each
@@ -6,7 +8,7 @@
 
 use super::der::{self as d, tag};
 use super::{CrlError, CrlIssuer, Entry, MAX_VALIDITY_SECS};
-use crate::signer::Signer;
+use crate::alg::SignatureAlgorithm;
 use crate::status::RevocationReason;
 
 /// What varies between two CRLs of one issuer.
@@ -206,34 +208,58 @@ pub fn tbs_cert_list(
     Ok(out)
 }
 
-/// Builds and signs a CRL. Sorts `entries` and refuses duplicate serials. The signature
-/// algorithm is the signer's, in both `signature` and `signatureAlgorithm` (§5.1.1.2).
-pub fn build(
+/// A TBSCertList to sign, and what turns its signature into the CertificateList.
+#[derive(Debug, Clone)]
+pub struct CrlTbs {
+    der: bytes::Bytes,
+    algorithm: Vec<u8>,
+}
+
+impl CrlTbs {
+    /// The DER to sign. Cheap to clone: a signing thread gets a reference, not a copy of a
+    /// CRL of a million entries.
+    pub fn message(&self) -> bytes::Bytes {
+        self.der.clone()
+    }
+
+    /// The CertificateList: `SEQUENCE { tbsCertList, signatureAlgorithm, signatureValue }`
+    /// (§5.1.1), with `signature` as the BIT STRING's contents.
+    pub fn assemble(&self, signature: &[u8]) -> Vec<u8> {
+        let bits = 1 + signature.len();
+        let content = self.der.len() + self.algorithm.len() + d::tlv_len(bits);
+        let mut out = Vec::with_capacity(d::tlv_len(content));
+        d::write_header(&mut out, tag::SEQUENCE, content);
+        out.extend_from_slice(&self.der);
+        out.extend_from_slice(&self.algorithm);
+        d::write_header(&mut out, tag::BIT_STRING, bits);
+        out.push(0);
+        out.extend_from_slice(signature);
+        out
+    }
+}
+
+/// Encodes a CRL to sign. Sorts `entries` and refuses duplicate serials. `algorithm` is the
+/// signing key's, written in both `signature` and `signatureAlgorithm` (§5.1.1.2).
+pub fn tbs(
     issuer: &CrlIssuer,
     spec: &CrlSpec<'_>,
     entries: &mut [Entry],
-    signer: &dyn Signer,
-) -> Result<Vec<u8>, CrlError> {
+    algorithm: SignatureAlgorithm,
+) -> Result<CrlTbs, CrlError> {
     sort_entries(entries)?;
-    let alg = signer.algorithm().algorithm_identifier_der();
-    let tbs = tbs_cert_list(issuer, spec, &alg, entries)?;
-    let signature = signer.sign(&tbs)?;
-    let bits = 1 + signature.len();
-    let content = tbs.len() + alg.len() + d::tlv_len(bits);
-    let mut out = Vec::with_capacity(d::tlv_len(content));
-    d::write_header(&mut out, tag::SEQUENCE, content);
-    out.extend_from_slice(&tbs);
-    out.extend_from_slice(&alg);
-    d::write_header(&mut out, tag::BIT_STRING, bits);
-    out.push(0);
-    out.extend_from_slice(&signature);
-    Ok(out)
+    let alg = algorithm.algorithm_identifier_der();
+    let der = tbs_cert_list(issuer, spec, &alg, entries)?;
+    Ok(CrlTbs {
+        der: der.into(),
+        algorithm: alg,
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{ca, serial};
+    use super::super::testutil::serial;
     use super::*;
+    use crate::testkit::{ca, signed_crl as build};
     use der::{Decode, Encode};
     use x509_cert::crl::CertificateList;
 

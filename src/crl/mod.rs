@@ -1,5 +1,6 @@
-//! CRLs (RFC 5280 §5): building, sharding, numbering and linting. Pure: no IO, no clock.
-//! Times are Unix seconds handed in by the caller, and signatures come from a [`Signer`].
+//! CRLs (RFC 5280 §5): building, sharding, numbering and linting. Pure: no IO, no clock, no
+//! key. Times are Unix seconds handed in by the caller; [`tbs`] returns the bytes to sign and
+//! the caller's signature is wrapped in by [`CrlTbs::assemble`].
 //!
 //! ```text
 //! CertificateList  ::=  SEQUENCE  {
@@ -25,7 +26,7 @@
 //!                                }
 //! ```
 //!
-//! - [`build`] encodes and signs a CRL (§5.1) with AKI (§5.2.1), CRLNumber (§5.2.3), and when
+//! - [`build`] encodes a CRL (§5.1) with AKI (§5.2.1), CRLNumber (§5.2.3), and when
 //!   asked the delta CRL indicator (§5.2.4), issuing distribution point (§5.2.5) and freshest
 //!   CRL (§5.2.6) extensions; entries carry reasonCode (§5.3.1) unless it is unspecified.
 //! - [`shard`] says which CRL a certificate belongs to; [`select`] turns the status view into
@@ -47,7 +48,7 @@ use x509_cert::Certificate;
 
 use crate::status::{RevocationReason, Serial};
 
-pub use build::{build, CrlSpec};
+pub use build::{tbs, CrlSpec, CrlTbs};
 pub use lint::{lint, CrlInfo, Expect, LintError};
 pub use shard::{ShardBy, Sharding};
 
@@ -65,9 +66,6 @@ pub enum CrlError {
     /// The same serial was given twice.
     #[error("serial {0} is listed twice")]
     DuplicateSerial(Serial),
-    /// The signer failed.
-    #[error(transparent)]
-    Sign(#[from] crate::signer::SignError),
     /// nextUpdate is not after thisUpdate, or too far after it.
     #[error("validity: {0}")]
     Validity(String),
@@ -218,26 +216,8 @@ pub struct Entry {
 
 #[cfg(test)]
 pub(crate) mod testutil {
-    //! A CA and signer for the CRL tests.
+    //! Serials for the CRL tests (the CA and its key are in `crate::testkit`).
     use super::*;
-    use crate::signer::SoftwareSigner;
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose,
-        PKCS_ECDSA_P256_SHA256,
-    };
-
-    /// A P-256 CA (with cRLSign) and its key as a signer.
-    pub fn ca() -> (Certificate, SoftwareSigner) {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("keygen");
-        let mut p = CertificateParams::default();
-        p.distinguished_name.push(DnType::CommonName, "test CA");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = p.self_signed(&key).expect("self-sign");
-        let ca = Certificate::from_der(cert.der()).expect("parse");
-        let signer = SoftwareSigner::from_pem(key.serialize_pem().as_bytes(), "test").expect("key");
-        (ca, signer)
-    }
 
     /// Serial from a number.
     pub fn serial(n: u64) -> Serial {
@@ -287,7 +267,7 @@ mod tests {
 
     #[test]
     fn issuer_key_identifier() {
-        let (ca, _) = testutil::ca();
+        let (ca, _) = crate::testkit::ca();
         let i = CrlIssuer::from_certificate("t", &ca).expect("issuer");
         assert_eq!(
             i.subject_der,

@@ -436,9 +436,10 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crl::testutil::{ca, serial};
-    use crate::crl::{build, CrlSpec, Entry};
+    use crate::crl::testutil::serial;
+    use crate::crl::{CrlSpec, Entry};
     use crate::status::RevocationReason;
+    use crate::testkit::{ca, signed_crl as build};
 
     fn crl(issuer: &CrlIssuer, signer: &dyn crate::signer::Signer, number: u64) -> Vec<u8> {
         let spec = CrlSpec {

@@ -29,7 +29,9 @@ use tokio::time::Instant;
 use crate::config::{Config, IssuerConfig};
 use crate::crl::{CrlId, CrlIssuer};
 use crate::feed::health::FeedHealth;
+use crate::limits::{CRL_SIGNING_QUEUE, CRL_SIGNING_THREADS};
 use crate::pki::Issuer;
+use crate::signer::service::{ServiceLimits, SigningService};
 use crate::signer::{Signer, SignerPool, SoftwareSigner};
 use crate::status::StatusView;
 use crate::telemetry;
@@ -126,7 +128,14 @@ impl CrlService {
                     publish.push(PublishIssuer {
                         issuer: ci.clone(),
                         issuer_id: issuer.hashes.id,
-                        signer,
+                        signing: SigningService::new(
+                            signer,
+                            "vigil-crl-sign",
+                            ServiceLimits {
+                                threads: CRL_SIGNING_THREADS,
+                                queue: CRL_SIGNING_QUEUE,
+                            },
+                        ),
                         sharding: settings.sharding(),
                         deltas: settings.delta,
                         validity: settings.validity.as_secs() as i64,

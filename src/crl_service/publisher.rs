@@ -18,7 +18,7 @@ use crate::crl::lint::{self, Kind};
 use crate::crl::number::next_number;
 use crate::crl::select::{self, Candidate};
 use crate::crl::{CrlId, CrlIssuer, CrlSpec, Entry, Expect, Sharding};
-use crate::signer::Signer;
+use crate::signer::service::{Priority, SigningService};
 use crate::status::view::IssuerTable;
 use crate::status::{IssuerId, StatusView};
 use crate::telemetry;
@@ -29,8 +29,8 @@ pub struct PublishIssuer {
     pub issuer: CrlIssuer,
     /// Its id in the status view.
     pub issuer_id: IssuerId,
-    /// The CA key.
-    pub signer: Arc<dyn Signer>,
+    /// The CA key, behind its signing service.
+    pub signing: SigningService,
     /// Its shards.
     pub sharding: Sharding,
     /// Publish delta CRLs too.
@@ -370,39 +370,60 @@ impl Publisher {
             _ => None,
         };
         let issuer = pi.issuer.clone();
-        let signer = pi.signer.clone();
+        let algorithm = pi.signing.signer().algorithm();
         let validity = pi.validity;
         let started = Instant::now();
-        let built = crate::background::run(move || {
-            let spec = CrlSpec {
-                number,
-                this_update: now,
-                next_update: now + validity,
-                idp_uri: idp_uri.as_deref(),
-                delta_base,
-                freshest_uri: freshest_uri.as_deref(),
-            };
-            // On this blocking thread; a signature stuck in a silent HSM is asked again.
-            let signer = crate::signer::AskAgainOnTimeout(signer);
-            let der = crate::crl::build(&issuer, &spec, &mut entries, &signer)?;
-            let info = crate::crl::lint(
-                &der,
-                &issuer,
-                &Expect {
-                    kind: match delta_base {
-                        Some(b) => Kind::Delta(Some(b)),
-                        None => Kind::Full,
-                    },
-                    number: Some(number),
-                    previous,
+        // Encoding, signing and linting are three steps: the CPU work on the background
+        // threads, the signature on the issuer's signing service (a call stuck in a silent HSM
+        // is asked again there).
+        let tbs = {
+            let (issuer, idp_uri, freshest_uri) =
+                (issuer.clone(), idp_uri.clone(), freshest_uri.clone());
+            crate::background::run(move || {
+                let spec = CrlSpec {
+                    number,
+                    this_update: now,
+                    next_update: now + validity,
                     idp_uri: idp_uri.as_deref(),
-                    now: Some(now),
-                },
-            )?;
-            Ok::<_, crate::crl::CrlError>((der, info))
-        })
-        .await
-        .map_err(|e| format!("{}: build task: {e}", id.path()))?;
+                    delta_base,
+                    freshest_uri: freshest_uri.as_deref(),
+                };
+                crate::crl::tbs(&issuer, &spec, &mut entries, algorithm)
+            })
+            .await
+            .map_err(|e| format!("{}: build task: {e}", id.path()))?
+        };
+        let signed = match tbs {
+            Ok(tbs) => match pi.signing.sign(tbs.message(), Priority::Routine).await {
+                Ok(s) => Ok((tbs, s.signature)),
+                Err(e) => Err(format!("signing: {e}")),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        let built = match signed {
+            Ok((tbs, signature)) => crate::background::run(move || {
+                let der = tbs.assemble(&signature);
+                let info = crate::crl::lint(
+                    &der,
+                    &issuer,
+                    &Expect {
+                        kind: match delta_base {
+                            Some(b) => Kind::Delta(Some(b)),
+                            None => Kind::Full,
+                        },
+                        number: Some(number),
+                        previous,
+                        idp_uri: idp_uri.as_deref(),
+                        now: Some(now),
+                    },
+                )
+                .map_err(|e| crate::crl::CrlError::from(e).to_string())?;
+                Ok::<_, String>((der, info))
+            })
+            .await
+            .map_err(|e| format!("{}: build task: {e}", id.path()))?,
+            Err(e) => Err(e),
+        };
         metrics::histogram!(telemetry::CRL_BUILD_LATENCY, "issuer" => name.clone())
             .record(started.elapsed().as_secs_f64());
         let (der, info) = match built {

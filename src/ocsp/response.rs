@@ -1,10 +1,9 @@
 //! Building BasicOCSPResponse (RFC 6960 §4.2.1) and wrapping it in OCSPResponse.
 //!
-//! Split in three so signing can run elsewhere: [`tbs_response_data`] encodes ResponseData,
-//! the caller has it signed, [`assemble`] wraps data and signature. [`build_signed`] does all
-//! three with a blocking signer.
+//! Pure: [`tbs_response_data`] encodes ResponseData (the bytes to sign), the caller has it
+//! signed wherever its key is (`crate::signer::service`), and [`assemble`] wraps data and
+//! signature. Only the signature algorithm, as plain data, is needed here.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use der::asn1::{GeneralizedTime, Null, OctetString};
@@ -17,7 +16,7 @@ use x509_ocsp::{
 };
 
 use super::{HashAlgorithm, OcspError, OID_BASIC_RESPONSE, OID_EXTENDED_REVOKE};
-use crate::signer::Signer;
+use crate::alg::SignatureAlgorithm;
 use crate::status::{Revocation, RevocationReason};
 
 /// How thisUpdate, nextUpdate and the refresh point follow from the signing time.
@@ -80,23 +79,27 @@ pub enum SingleStatus {
     Unknown,
 }
 
-/// Who signs responses for an issuer and how the responder names itself.
+/// How the responder names itself and what its responses carry besides the signature: the
+/// signer's algorithm and the delegated responder's certificate. Plain data; the key is
+/// elsewhere.
+#[derive(Debug, Clone)]
 pub struct ResponderProfile {
     /// responderID.
     pub responder_id: ResponderId,
     /// `[0] EXPLICIT SEQUENCE OF Certificate` for the `certs` field, or None when the CA signs.
     pub certs_field: Option<Vec<u8>>,
-    /// The key.
-    pub signer: Arc<dyn Signer>,
+    /// The algorithm of the key that signs.
+    pub algorithm: SignatureAlgorithm,
     signature_algorithm: Vec<u8>,
 }
 
 impl ResponderProfile {
-    /// A profile. `certs` are DER certificates to include (the delegated responder's).
+    /// A profile. `certs` are DER certificates to include (the delegated responder's);
+    /// `algorithm` is the signing key's.
     pub fn new(
         responder_id: ResponderId,
         certs: &[Vec<u8>],
-        signer: Arc<dyn Signer>,
+        algorithm: SignatureAlgorithm,
     ) -> Result<Self, OcspError> {
         let certs_field = if certs.is_empty() {
             None
@@ -107,8 +110,8 @@ impl ResponderProfile {
         Ok(ResponderProfile {
             responder_id,
             certs_field,
-            signature_algorithm: signer.algorithm().algorithm_identifier_der(),
-            signer,
+            algorithm,
+            signature_algorithm: algorithm.algorithm_identifier_der(),
         })
     }
 
@@ -241,40 +244,32 @@ pub fn assemble(
     )
 }
 
-/// Encodes, signs (blocking) and assembles in one step.
-pub fn build_signed(
-    profile: &ResponderProfile,
-    window: &Window,
-    answers: &[(&CertId, SingleStatus)],
-    extensions: Vec<Extension>,
-) -> Result<Vec<u8>, OcspError> {
-    let tbs = tbs_response_data(profile, window, answers, extensions)?;
-    let sig = profile
-        .signer
-        .sign(&tbs)
-        .map_err(|e| OcspError::TryLater(e.to_string()))?;
-    assemble(profile, &tbs, &sig)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ocsp::request::tests::cert_id;
-    use crate::signer::SoftwareSigner;
     use der::Decode;
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
     use x509_ocsp::{BasicOcspResponse, OcspResponse, OcspResponseStatus};
 
-    fn profile() -> ResponderProfile {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let signer =
-            Arc::new(SoftwareSigner::from_pem(key.serialize_pem().as_bytes(), "t").expect("load"));
-        let id = ResponderProfile::key_hash_id(signer.public_key()).expect("id");
-        ResponderProfile::new(id, &[], signer).expect("profile")
+    /// A P-256 key held here, with *ring*: the core's tests need no signer module.
+    fn key() -> EcdsaKeyPair {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("key");
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .expect("load")
+    }
+
+    fn profile(key: &EcdsaKeyPair) -> ResponderProfile {
+        let id = ResponderProfile::key_hash_id(key.public_key().as_ref()).expect("id");
+        ResponderProfile::new(id, &[], SignatureAlgorithm::EcdsaP256Sha256).expect("profile")
     }
 
     #[test]
     fn builds_a_verifiable_response() {
-        let p = profile();
+        let key = key();
+        let p = profile(&key);
         let w = ValidityPolicy::default().window(1_700_000_000);
         assert!(w.this_update <= w.produced_at && w.refresh_at < w.next_update);
         let good = cert_id(HashAlgorithm::Sha1, &[1], true);
@@ -283,7 +278,7 @@ mod tests {
             time: 1_600_000_000,
             reason: RevocationReason::KeyCompromise,
         };
-        let der = build_signed(
+        let tbs = tbs_response_data(
             &p,
             &w,
             &[
@@ -292,7 +287,10 @@ mod tests {
             ],
             vec![extended_revoke_extension().expect("ext")],
         )
-        .expect("build");
+        .expect("tbs");
+        let rng = ring::rand::SystemRandom::new();
+        let sig = key.sign(&rng, &tbs).expect("sign");
+        let der = assemble(&p, &tbs, sig.as_ref()).expect("assemble");
         let resp = OcspResponse::from_der(&der).expect("decode");
         assert_eq!(resp.response_status, OcspResponseStatus::Successful);
         let rb = resp.response_bytes.expect("bytes");
@@ -309,10 +307,14 @@ mod tests {
             other => panic!("not revoked: {other:?}"),
         }
         assert!(data.responses[0].next_update.is_some());
-        let tbs = data.to_der().expect("tbs");
-        assert!(crate::signer::verify(
-            p.signer.algorithm(),
-            p.signer.public_key(),
+        assert_eq!(data.to_der().expect("tbs"), tbs);
+        assert_eq!(
+            basic.signature_algorithm,
+            p.algorithm.algorithm_identifier()
+        );
+        assert!(crate::alg::verify(
+            p.algorithm,
+            key.public_key().as_ref(),
             &tbs,
             basic.signature.raw_bytes()
         ));
