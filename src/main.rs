@@ -721,7 +721,7 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
             out,
             identity,
         } => {
-            let until_ms = vigil::clock::parse_rfc3339_ms(&until)?;
+            let until_ms = vigil::clock::parse_rfc3339_ms(&until).map_err(|e| e.to_string())?;
             let pit = vigil::backup::state_at(&file, identity.as_deref(), &archive, until_ms)?;
             let r = &pit.replayed;
             println!(
