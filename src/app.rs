@@ -22,7 +22,7 @@ use crate::pki::{self, Issuer};
 use crate::responder::Responder;
 use crate::signer::pool::{key_spec, PoolSettings};
 use crate::signer::{SignerPool, SoftwareSigner};
-use crate::status::journal::{JournalReader, JournalWriter};
+use crate::journal::{JournalReader, JournalWriter};
 use crate::status::StatusView;
 use crate::telemetry::{self, Metrics};
 

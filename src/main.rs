@@ -9,7 +9,7 @@ use der::Decode;
 
 use vigil::app;
 use vigil::config::Config;
-use vigil::status::journal::{JournalReader, JournalWriter};
+use vigil::journal::{JournalReader, JournalWriter};
 use vigil::status::{
     CertStatus, CrlScope, Event, EventKind, IssuerId, RevocationReason, Serial, StatusView,
 };

@@ -20,7 +20,7 @@ use vigil::config::{Config, NoncePolicy};
 use vigil::ocsp::{HashAlgorithm, IssuerHashes, OID_NONCE};
 use vigil::pki::Issuer;
 use vigil::responder::Responder;
-use vigil::status::journal::JournalReader;
+use vigil::journal::JournalReader;
 use vigil::status::StatusView;
 use vigil::telemetry::Metrics;
 

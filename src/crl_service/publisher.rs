@@ -147,11 +147,11 @@ impl Publisher {
             let scan = table.clone();
             let sharding = pi.sharding;
             let holds = pi.issuer.allow_hold;
-            // At normal priority, not on the background threads: the scan holds one segment's
-            // read lock at a time, and a low-priority thread preempted while holding one would
-            // keep the feed's writer waiting, and the OCSP reads of that segment behind it.
+            // At normal priority, not on the background threads: the scan copies one segment at
+            // a time under its read lock, and a low-priority thread preempted while copying
+            // would keep the feed's writer waiting, and the OCSP reads of that segment behind it.
             let candidates = match tokio::task::spawn_blocking(move || {
-                select::revoked_by_shard(&scan, &sharding, holds)
+                select::revoked_by_shard(&*scan, &sharding, holds)
             })
             .await
             {

@@ -16,7 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::event::Event;
+use crate::status::Event;
 use crate::limits::MAX_EVENT_BYTES;
 
 const MAGIC: &[u8; 8] = b"VIGILJ1\n";
