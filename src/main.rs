@@ -1041,7 +1041,7 @@ fn crl_publish(cfg: Config) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    for line in rt.block_on(app::publish_crls(cfg))? {
+    for line in rt.block_on(app::publish_crls(cfg, vigil::clock::Clock::system()))? {
         println!("{line}");
     }
     Ok(())
@@ -1077,6 +1077,7 @@ fn check_config(cfg: &Config) -> Result<(), String> {
         &issuers,
         true,
         &crl_pools,
+        vigil::clock::Clock::system(),
     )?;
     println!(
         "config OK: {} issuer(s): {}",
