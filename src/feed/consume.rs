@@ -573,10 +573,12 @@ async fn reseed_issuer(
         region,
         conn,
         only,
-        &cfg.origin,
-        cfg.maxlen,
+        super::repair::WriteBack {
+            origin: &cfg.origin,
+            maxlen: cfg.maxlen,
+            at_ms: state.clock.now_ms(),
+        },
         &lease,
-        state.clock.now_ms(),
     )
     .await;
     lease.release(region, conn).await;

@@ -320,10 +320,12 @@ impl Repairer {
             t,
             tc,
             only,
-            &self.origin,
-            self.maxlen,
+            WriteBack {
+                origin: &self.origin,
+                maxlen: self.maxlen,
+                at_ms: self.state.clock.now_ms(),
+            },
             &lease,
-            self.state.clock.now_ms(),
         )
         .await?;
         if only.is_none() {
@@ -417,21 +419,35 @@ impl Lease {
     }
 }
 
+/// How records written back into a region are stamped and bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteBack<'a> {
+    /// This replica's origin.
+    pub origin: &'a str,
+    /// `feed.maxlen`.
+    pub maxlen: u64,
+    /// The time the writes carry (Unix milliseconds).
+    pub at_ms: i64,
+}
+
 /// Merges every record of `view` (of one issuer, or all) into region T with the normal merge
 /// script, renewing `lease` (which the caller holds) as it goes; returns the records T did not
 /// hold yet. Used by repair (full copy, anti-entropy) and by re-seeding a region that lost its
-/// data ([`super::consume`]). The writes are stamped `at_ms`. Large tables are copied out in partitions, so the view's memory is
-/// never doubled and no table lock is held for long.
+/// data ([`super::consume`]). Large tables are copied out in partitions, so the view's memory
+/// is never doubled and no table lock is held for long.
 pub async fn merge_view_into(
     view: &StatusView,
     t: &Region,
     tc: &mut MultiplexedConnection,
     only: Option<IssuerId>,
-    origin: &str,
-    maxlen: u64,
+    stamp: WriteBack<'_>,
     lease: &Lease,
-    at_ms: i64,
 ) -> Result<usize, FeedError> {
+    let WriteBack {
+        origin,
+        maxlen,
+        at_ms,
+    } = stamp;
     let mut changed = 0;
     for (issuer, table) in view.issuers() {
         if only.is_some_and(|o| o != issuer) {
