@@ -54,7 +54,10 @@ fn the_pure_core_imports_no_signer_runtime_redis_or_pkcs11() {
     for (dir, forbidden) in RULES {
         let mut files = Vec::new();
         rust_files(&root.join(dir), &mut files);
-        assert!(!files.is_empty(), "{dir} has no Rust files: the rule checks nothing");
+        assert!(
+            !files.is_empty(),
+            "{dir} has no Rust files: the rule checks nothing"
+        );
         for file in files {
             let text = std::fs::read_to_string(&file).expect("read");
             checked += 1;

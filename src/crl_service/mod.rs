@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod publisher;
 pub mod redis_store;
 
+use crate::clock::Clock;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +47,7 @@ pub struct CrlService {
     regions: Arc<Vec<Region>>,
     publisher: Option<Arc<Publisher>>,
     config: Arc<Config>,
+    clock: Clock,
 }
 
 /// The CRL signer pools started from `[issuer.crl_signer]`, by issuer name.
@@ -102,6 +104,7 @@ impl CrlService {
         issuers: &[Issuer],
         publishing: bool,
         pools: &CrlPools,
+        clock: Clock,
     ) -> Result<Self, String> {
         let mut crl_issuers = Vec::new();
         let mut publish = Vec::new();
@@ -171,6 +174,7 @@ impl CrlService {
                 catalog: catalog.clone(),
                 regions: regions.clone(),
                 refusals: Arc::new(Refusals::default()),
+                clock: clock.clone(),
             })
         });
         Ok(CrlService {
@@ -178,6 +182,7 @@ impl CrlService {
             regions,
             publisher,
             config: cfg,
+            clock,
         })
     }
 
@@ -302,7 +307,7 @@ impl CrlService {
         let Some(p) = &self.publisher else {
             return Duration::MAX;
         };
-        let now = crate::clock::unix_now();
+        let now = self.clock.now();
         let due = p
             .issuers
             .iter()
@@ -519,7 +524,7 @@ async fn run_publisher(
                 }
                 if leader {
                     let f = fence.borrow().clone();
-                    let now = crate::clock::unix_now();
+                    let now = svc.clock.now();
                     let due: Vec<String> = publisher
                         .issuers
                         .iter()
@@ -568,7 +573,7 @@ async fn run_refresher(svc: Arc<CrlService>) {
     loop {
         tokio::time::sleep(svc.config.crl.refresh).await;
         refresh_once(&svc.catalog, &svc.regions).await;
-        svc.catalog.update_age_gauges(crate::clock::unix_now());
+        svc.catalog.update_age_gauges(svc.clock.now());
     }
 }
 

@@ -369,14 +369,28 @@ impl IssuerTable {
         self.len() == 0
     }
 
-    /// Calls `f` for every certificate, one segment's shared lock at a time (a record changed
-    /// during the scan is seen before or after the change, never twice or not at all).
+    /// Calls `f` for every certificate, over a copy of one segment at a time: the segment's
+    /// shared lock is held only while its records are copied, never while `f` runs, so a
+    /// long scan (a CRL's selection, a checkpoint) keeps no reader or writer waiting. A record
+    /// changed during the scan is seen before or after the change, never twice or not at all.
     pub fn for_each(&self, mut f: impl FnMut(&Serial, &CertRecord)) {
-        for t in self.each_segment() {
-            for (s, r) in t.map.iter() {
+        let mut copy: Vec<(Serial, CertRecord)> = Vec::new();
+        for seg in self.segments.iter() {
+            copy.clear();
+            {
+                let t = seg.read().unwrap_or_else(PoisonError::into_inner);
+                copy.extend(t.map.iter().map(|(s, r)| (*s, *r)));
+            }
+            for (s, r) in &copy {
                 f(s, r);
             }
         }
+    }
+}
+
+impl super::Records for IssuerTable {
+    fn each(&self, f: &mut dyn FnMut(&Serial, &CertRecord)) {
+        self.for_each(f);
     }
 }
 
