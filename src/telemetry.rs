@@ -114,7 +114,7 @@ pub const CRL_OVERSIZE: &str = "vigil_crl_oversize_total";
 /// publish, by `issuer`.
 pub const CRL_MISPLACED: &str = "vigil_crl_misplaced_total";
 /// CRL store attempts by `issuer`, `target` (a region name, or `disk`) and `result`
-/// (stored, stale, fenced, not_leader, base_mismatch, error, lint_failed).
+/// (stored, stale, fenced, not_leader, base_mismatch, error, lint_failed, sign_failed).
 pub const CRL_PUBLISH: &str = "vigil_crl_publish_total";
 /// Time to build, sign and lint one CRL, seconds, by `issuer`.
 pub const CRL_BUILD_LATENCY: &str = "vigil_crl_build_duration_seconds";

@@ -43,6 +43,26 @@ pub struct PublishIssuer {
     pub base_url: Option<String>,
 }
 
+/// Why a CRL was not built; its label is the `result` of `vigil_crl_publish_total`.
+#[derive(Debug, thiserror::Error)]
+enum NotBuilt {
+    /// Encoding or the lint refused it.
+    #[error(transparent)]
+    Crl(#[from] crate::crl::CrlError),
+    /// The signing service gave no signature (queue full, timed out twice, the key failed).
+    #[error("signing: {0}")]
+    Sign(#[from] crate::signer::service::ServiceError),
+}
+
+impl NotBuilt {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Crl(_) => "lint_failed",
+            Self::Sign(_) => "sign_failed",
+        }
+    }
+}
+
 /// Complete CRLs, or (when deltas are enabled and a complete CRL exists) delta CRLs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -398,9 +418,9 @@ impl Publisher {
         let signed = match tbs {
             Ok(tbs) => match pi.signing.sign(tbs.message(), Priority::Routine).await {
                 Ok(s) => Ok((tbs, s.signature)),
-                Err(e) => Err(format!("signing: {e}")),
+                Err(e) => Err(NotBuilt::Sign(e)),
             },
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(NotBuilt::Crl(e)),
         };
         let built = match signed {
             Ok((tbs, signature)) => crate::background::run(move || {
@@ -419,8 +439,8 @@ impl Publisher {
                         now: Some(now),
                     },
                 )
-                .map_err(|e| crate::crl::CrlError::from(e).to_string())?;
-                Ok::<_, String>((der, info))
+                .map_err(|e| NotBuilt::Crl(e.into()))?;
+                Ok::<_, NotBuilt>((der, info))
             })
             .await
             .map_err(|e| format!("{}: build task: {e}", id.path()))?,
@@ -431,7 +451,7 @@ impl Publisher {
         let (der, info) = match built {
             Ok(x) => x,
             Err(e) => {
-                metrics::counter!(telemetry::CRL_PUBLISH, "issuer" => name.clone(), "target" => "none", "result" => "lint_failed")
+                metrics::counter!(telemetry::CRL_PUBLISH, "issuer" => name.clone(), "target" => "none", "result" => e.label())
                     .increment(1);
                 tracing::error!(crl = %id.path(), error = %e, "CRL not published");
                 return Err(format!("{}: {e}", id.path()));
@@ -528,5 +548,105 @@ impl Publisher {
             tracing::warn!(crl = %id.path(), error = %e, "writing the local CRL copy");
         }
         results
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signer::service::ServiceLimits;
+    use crate::signer::{SignError, Signer, SoftwareSigner};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// An HSM pool whose first call goes silent (until the test lets it go); later calls sign.
+    struct FirstCallHangs {
+        inner: SoftwareSigner,
+        calls: AtomicUsize,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Signer for FirstCallHangs {
+        fn algorithm(&self) -> crate::alg::SignatureAlgorithm {
+            self.inner.algorithm()
+        }
+        fn public_key(&self) -> &[u8] {
+            self.inner.public_key()
+        }
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                if let Ok(rx) = self.release.lock() {
+                    let _ = rx.recv_timeout(Duration::from_secs(30));
+                }
+                return Err(SignError::Unavailable("abandoned call came back".into()));
+            }
+            self.inner.sign(message)
+        }
+        fn describe(&self) -> String {
+            "first call hangs".into()
+        }
+        fn timeout(&self) -> Option<Duration> {
+            Some(Duration::from_millis(200))
+        }
+    }
+
+    /// The CRL path signs through the signing service: a call stuck past the signer's deadline
+    /// is asked again and the CRL is published, signed by the second call, and lints.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crl_whose_signature_hangs_is_signed_by_the_second_call() {
+        let (cert, key) = crate::testkit::ca();
+        let issuer = CrlIssuer::from_certificate("t", &cert).expect("issuer");
+        let (release, rx) = std::sync::mpsc::channel();
+        let signer = Arc::new(FirstCallHangs {
+            inner: key,
+            calls: AtomicUsize::new(0),
+            release: Mutex::new(rx),
+        });
+        let dir = tempfile::tempdir().expect("tmp");
+        let catalog = Arc::new(Catalog::new(
+            vec![super::super::catalog::IssuerCrls::unsharded(issuer.clone())],
+            dir.path().join("crl"),
+        ));
+        let issuer_id = crate::ocsp::IssuerHashes::new(&issuer.subject_der, signer.public_key()).id;
+        let publisher = Publisher {
+            issuers: vec![PublishIssuer {
+                issuer: issuer.clone(),
+                issuer_id,
+                signing: SigningService::new(
+                    signer.clone(),
+                    "test-crl-sign",
+                    ServiceLimits {
+                        threads: 1,
+                        queue: 4,
+                    },
+                ),
+                sharding: Sharding::unsharded(),
+                deltas: false,
+                validity: 86_400,
+                interval: 3600,
+                base_url: None,
+            }],
+            catalog: catalog.clone(),
+            regions: Arc::new(Vec::new()),
+            refusals: Arc::new(Refusals::default()),
+            clock: crate::clock::Clock::manual(1_700_000_000_000),
+        };
+        let view = Arc::new(StatusView::new());
+        let results = publisher.publish(&view, Mode::Full, None).await;
+        release.send(()).expect("the stuck call is let go");
+        assert_eq!(results.len(), 1);
+        let published = results[0].as_ref().expect("published");
+        assert!(published.stored(), "{published:?}");
+        assert_eq!(signer.calls.load(Ordering::SeqCst), 2);
+        let id = CrlId {
+            issuer: "t".into(),
+            shard: None,
+            delta: false,
+        };
+        let served = catalog.current(&id).expect("served");
+        catalog
+            .verify(&id, &served.der, None)
+            .expect("the CRL signed by the second call verifies");
     }
 }
