@@ -21,6 +21,8 @@
 //! call returns that thread stops. At most [`MAX_STUCK_SIGNING_THREADS`] threads per service
 //! are replaced at once; past that a stuck thread is waited for, and the queues shed.
 //! A job that does not start within [`MAX_SIGNING_QUEUE_WAIT`] (every thread stuck) times out.
+//! A call is abandoned at its deadline even when its caller went away before (a client that
+//! disconnected), so no thread stays stuck unreplaced because nobody was waiting for it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -49,9 +51,12 @@ pub enum ServiceError {
     /// The queue of this priority is full: shed at once (OCSP answers `tryLater`).
     #[error("signing queue full")]
     Shed,
-    /// No signature within the signer's deadline, twice (or the job never started).
+    /// No signature within the signer's deadline, twice.
     #[error("no signature within {0:?}, twice")]
     TimedOut(Duration),
+    /// No signing thread took the job within [`MAX_SIGNING_QUEUE_WAIT`] (every thread stuck).
+    #[error("no signing thread free within {0:?}")]
+    NotStarted(Duration),
     /// The signer refused or failed.
     #[error(transparent)]
     Failed(SignError),
@@ -121,13 +126,41 @@ struct Job {
 /// Where a call with a deadline is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    Running,
+    /// Waiting for a thread.
+    Queued,
+    /// A thread is making the call, since then.
+    Running { since: Instant },
+    /// The call returned, or was skipped.
     Done,
     /// The caller gave up on it; `replaced`: a new thread took this one's place, so this one
     /// stops when the call returns.
-    Abandoned {
-        replaced: bool,
-    },
+    Abandoned { replaced: bool },
+}
+
+/// A call with a deadline, watched for as long as its caller waits. Dropped while the call
+/// runs (the caller went away), it leaves a task that abandons the call at its deadline if it
+/// is still running then. Dropped while the job is queued, the thread skips the job.
+struct Watch {
+    shared: Arc<Shared>,
+    phase: Arc<Mutex<Phase>>,
+    limit: Duration,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let Phase::Running { since } = *lock(&self.phase) else {
+            return;
+        };
+        let deadline = tokio::time::Instant::from_std(since + self.limit);
+        let (shared, phase) = (self.shared.clone(), self.phase.clone());
+        // Dropped by a runtime (the caller's future); without one there is nothing to wait on.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                tokio::time::sleep_until(deadline).await;
+                shared.abandon(&phase);
+            });
+        }
+    }
 }
 
 fn lock(phase: &Mutex<Phase>) -> std::sync::MutexGuard<'_, Phase> {
@@ -204,7 +237,7 @@ impl SigningService {
         for _ in 0..2 {
             let (reply, mut answer) = oneshot::channel();
             let (started_tx, started) = oneshot::channel();
-            let phase = Arc::new(Mutex::new(Phase::Running));
+            let phase = Arc::new(Mutex::new(Phase::Queued));
             self.enqueue(
                 Job {
                     tbs: tbs.clone(),
@@ -213,11 +246,18 @@ impl SigningService {
                 },
                 priority,
             )?;
+            // If this caller goes away while the call runs, the watch still abandons the call
+            // at its deadline, so a stuck thread is replaced whoever waited for it.
+            let _watch = Watch {
+                shared: self.shared.clone(),
+                phase: phase.clone(),
+                limit,
+            };
             // Dropping the receivers on the way out makes a thread skip the job.
             match tokio::time::timeout(MAX_SIGNING_QUEUE_WAIT, started).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return self.finished(answer.try_recv()),
-                Err(_) => return Err(ServiceError::TimedOut(MAX_SIGNING_QUEUE_WAIT)),
+                Err(_) => return Err(ServiceError::NotStarted(MAX_SIGNING_QUEUE_WAIT)),
             }
             if let Ok(r) = tokio::time::timeout(limit, &mut answer).await {
                 return self.finished(r);
@@ -280,7 +320,7 @@ impl Shared {
     /// The caller gave up on a running call: start a thread in its place while spares last.
     fn abandon(self: &Arc<Self>, phase: &Mutex<Phase>) {
         let mut p = lock(phase);
-        if *p != Phase::Running {
+        if !matches!(*p, Phase::Running { .. }) {
             return;
         }
         let spare = self
@@ -330,8 +370,13 @@ impl Shared {
             }
             let phase = match job.deadline {
                 Some((started, phase)) => {
+                    *lock(&phase) = Phase::Running {
+                        since: Instant::now(),
+                    };
                     if started.send(()).is_err() {
-                        continue; // the caller stopped waiting before the call began
+                        // The caller stopped waiting before the call began.
+                        *lock(&phase) = Phase::Done;
+                        continue;
                     }
                     Some(phase)
                 }
@@ -346,7 +391,7 @@ impl Shared {
             let replaced = phase.is_some_and(|phase| {
                 let mut p = lock(&phase);
                 let replaced = *p == Phase::Abandoned { replaced: true };
-                if *p == Phase::Running {
+                if matches!(*p, Phase::Running { .. }) {
                     *p = Phase::Done;
                 }
                 replaced
@@ -569,6 +614,29 @@ mod tests {
         h.began().await;
         h.tickets.send(()).expect("ticket");
         assert!(again.await.expect("task").is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stuck_call_whose_caller_went_away_is_still_replaced_at_its_deadline() {
+        let h = harness(1, 10, Some(Duration::from_millis(100)));
+        let gone = h.sign(b"m", Priority::Routine);
+        h.began().await;
+        gone.abort(); // before the deadline: nobody waits for this call any more
+        assert!(gone.await.is_err_and(|e| e.is_cancelled()));
+        let until = Instant::now() + WAIT;
+        while h.service.spare_threads() != MAX_STUCK_SIGNING_THREADS - 1 {
+            assert!(
+                Instant::now() < until,
+                "the stuck thread was never replaced"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // The replacement serves while the stuck call still hangs.
+        let next = h.sign(b"next", Priority::Routine);
+        assert_eq!(h.began().await, b"next");
+        h.tickets.send(()).expect("ticket");
+        h.tickets.send(()).expect("ticket");
+        assert!(next.await.expect("task").is_ok());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
