@@ -133,7 +133,7 @@ impl CrlService {
                         issuer_id: issuer.hashes.id,
                         signing: SigningService::new(
                             signer,
-                            "vigil-crl-sign",
+                            "vigil-crlsign",
                             ServiceLimits {
                                 threads: CRL_SIGNING_THREADS,
                                 queue: CRL_SIGNING_QUEUE,
