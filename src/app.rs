@@ -623,7 +623,7 @@ pub fn issuer_id(cfg: &Config, name: &str) -> Result<crate::status::IssuerId, St
             names.join(", ")
         )
     })?;
-    let cert = pki::read_certificate(&ic.certificate)?;
+    let cert = pki::read_certificate(&ic.certificate).map_err(|e| e.to_string())?;
     let subject = cert
         .tbs_certificate
         .subject

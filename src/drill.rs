@@ -37,6 +37,77 @@ use crate::report::timeline::{self, Mark, MarkKind, Outcome, Timeline};
 pub mod crl_consumer;
 pub use crl_consumer::ConsumerOptions;
 
+/// Why a request of the drill's client failed or its answer was not a usable OCSP response.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DrillError {
+    /// The base URL is not `http://`.
+    #[error("{0}: only http:// URLs are supported")]
+    UnsupportedUrl(String),
+    /// Resolving, connecting, writing or reading failed.
+    #[error("{host}: {source}")]
+    Io {
+        /// `host:port`.
+        host: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The host name resolved to no address.
+    #[error("{0}: no address")]
+    NoAddress(String),
+    /// The connection closed before a whole response head.
+    #[error("{host}: no HTTP response ({bytes} bytes)")]
+    NoResponse {
+        /// `host:port`.
+        host: String,
+        /// Bytes received.
+        bytes: usize,
+    },
+    /// The status line did not parse.
+    #[error("{0}: bad status line")]
+    BadStatusLine(String),
+    /// Fewer body bytes than `Content-Length` announced.
+    #[error("{host}: body cut short ({got} of {expected} bytes)")]
+    CutShort {
+        /// `host:port`.
+        host: String,
+        /// Bytes received.
+        got: usize,
+        /// `Content-Length`.
+        expected: usize,
+    },
+    /// An HTTP status other than 200.
+    #[error("HTTP {0}")]
+    Http(u16),
+    /// A DER structure (`what`) did not decode or encode.
+    #[error("{what}: {source}")]
+    Der {
+        /// Which structure.
+        what: &'static str,
+        /// Why.
+        source: der::Error,
+    },
+    /// The responder answered with a responseStatus other than successful (e.g. `TryLater`).
+    #[error("OCSP {0:?}")]
+    Status(OcspResponseStatus),
+    /// A successful response without responseBytes.
+    #[error("successful response without responseBytes")]
+    NoResponseBytes,
+    /// Not exactly one SingleResponse.
+    #[error("{0} SingleResponses, expected 1")]
+    SingleResponses(usize),
+    /// The responder certificate's signature could not be checked.
+    #[error(transparent)]
+    Certificate(#[from] crate::pki::PkiError),
+    /// The response's signature could not be checked (the text of `crl::lint::verify_signature`).
+    #[error("{0}")]
+    Signature(String),
+}
+
+fn der_error(what: &'static str) -> impl FnOnce(der::Error) -> DrillError {
+    move |source| DrillError::Der { what, source }
+}
+
 /// A response to one blocking HTTP/1.1 request.
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
@@ -56,21 +127,23 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &[u8],
     timeout: Duration,
-) -> Result<HttpResponse, String> {
+) -> Result<HttpResponse, DrillError> {
     let host = base
         .strip_prefix("http://")
-        .ok_or_else(|| format!("{base}: only http:// URLs are supported"))?
+        .ok_or_else(|| DrillError::UnsupportedUrl(base.to_owned()))?
         .trim_end_matches('/');
+    let io = |source| DrillError::Io {
+        host: host.to_owned(),
+        source,
+    };
     let addr = host
         .to_socket_addrs()
-        .map_err(|e| format!("{host}: {e}"))?
+        .map_err(io)?
         .next()
-        .ok_or_else(|| format!("{host}: no address"))?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{host}: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
+        .ok_or_else(|| DrillError::NoAddress(host.to_owned()))?;
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+    s.set_read_timeout(Some(timeout)).map_err(io)?;
+    s.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -81,20 +154,22 @@ pub fn http(
     req.push_str("\r\n");
     let mut bytes = req.into_bytes();
     bytes.extend_from_slice(body);
-    s.write_all(&bytes).map_err(|e| format!("{host}: {e}"))?;
+    s.write_all(&bytes).map_err(io)?;
     let mut resp = Vec::new();
-    s.read_to_end(&mut resp)
-        .map_err(|e| format!("{host}: {e}"))?;
+    s.read_to_end(&mut resp).map_err(io)?;
     let end = resp
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("{host}: no HTTP response ({} bytes)", resp.len()))?;
+        .ok_or_else(|| DrillError::NoResponse {
+            host: host.to_owned(),
+            bytes: resp.len(),
+        })?;
     let head = String::from_utf8_lossy(&resp[..end]).into_owned();
     let status = head
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("{host}: bad status line"))?;
+        .ok_or_else(|| DrillError::BadStatusLine(host.to_owned()))?;
     let mut body = resp[end + 4..].to_vec();
     let length = head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
@@ -104,10 +179,11 @@ pub fn http(
     });
     if let Some(n) = length {
         if body.len() < n {
-            return Err(format!(
-                "{host}: body cut short ({} of {n} bytes)",
-                body.len()
-            ));
+            return Err(DrillError::CutShort {
+                host: host.to_owned(),
+                got: body.len(),
+                expected: n,
+            });
         }
         body.truncate(n);
     }
@@ -115,13 +191,13 @@ pub fn http(
 }
 
 /// A DER OCSP request (one SHA-1 CertID, no nonce) for `serial` (big-endian bytes) of `issuer`.
-pub fn ocsp_request(issuer: &Certificate, serial: &[u8]) -> Result<Vec<u8>, String> {
+pub fn ocsp_request(issuer: &Certificate, serial: &[u8]) -> Result<Vec<u8>, DrillError> {
     use der::asn1::OctetString;
     let name = issuer
         .tbs_certificate
         .subject
         .to_der()
-        .map_err(|e| e.to_string())?;
+        .map_err(der_error("the issuer's subject"))?;
     let key = issuer
         .tbs_certificate
         .subject_public_key_info
@@ -133,10 +209,11 @@ pub fn ocsp_request(issuer: &Certificate, serial: &[u8]) -> Result<Vec<u8>, Stri
             oid: alg.oid(),
             parameters: Some(der::asn1::Null.into()),
         },
-        issuer_name_hash: OctetString::new(alg.digest(&name)).map_err(|e| e.to_string())?,
-        issuer_key_hash: OctetString::new(alg.digest(key)).map_err(|e| e.to_string())?,
+        issuer_name_hash: OctetString::new(alg.digest(&name))
+            .map_err(der_error("issuerNameHash"))?,
+        issuer_key_hash: OctetString::new(alg.digest(key)).map_err(der_error("issuerKeyHash"))?,
         serial_number: x509_cert::serial_number::SerialNumber::new(serial)
-            .map_err(|e| e.to_string())?,
+            .map_err(der_error("serialNumber"))?,
     };
     let req = x509_ocsp::OcspRequest {
         tbs_request: x509_ocsp::TbsRequest {
@@ -150,7 +227,7 @@ pub fn ocsp_request(issuer: &Certificate, serial: &[u8]) -> Result<Vec<u8>, Stri
         },
         optional_signature: None,
     };
-    req.to_der().map_err(|e| e.to_string())
+    req.to_der().map_err(der_error("OCSPRequest"))
 }
 
 /// The certificate status in an OCSP answer.
@@ -193,19 +270,17 @@ pub struct Answer {
 
 /// Decodes an OCSP response body. A non-successful responseStatus is an error naming it
 /// (e.g. `tryLater`).
-pub fn decode_response(body: &[u8], issuer: Option<&Certificate>) -> Result<Answer, String> {
-    let r = OcspResponse::from_der(body).map_err(|e| format!("undecodable OCSP response: {e}"))?;
+pub fn decode_response(body: &[u8], issuer: Option<&Certificate>) -> Result<Answer, DrillError> {
+    let r = OcspResponse::from_der(body).map_err(der_error("undecodable OCSP response"))?;
     if r.response_status != OcspResponseStatus::Successful {
-        return Err(format!("OCSP {:?}", r.response_status));
+        return Err(DrillError::Status(r.response_status));
     }
-    let bytes = r
-        .response_bytes
-        .ok_or("successful response without responseBytes")?;
+    let bytes = r.response_bytes.ok_or(DrillError::NoResponseBytes)?;
     let basic = BasicOcspResponse::from_der(bytes.response.as_bytes())
-        .map_err(|e| format!("undecodable BasicOCSPResponse: {e}"))?;
+        .map_err(der_error("undecodable BasicOCSPResponse"))?;
     let single = match basic.tbs_response_data.responses.as_slice() {
         [one] => one,
-        other => return Err(format!("{} SingleResponses, expected 1", other.len())),
+        other => return Err(DrillError::SingleResponses(other.len())),
     };
     let status = match single.cert_status {
         x509_ocsp::CertStatus::Good(_) => Status::Good,
@@ -220,7 +295,7 @@ pub fn decode_response(body: &[u8], issuer: Option<&Certificate>) -> Result<Answ
             let tbs = basic
                 .tbs_response_data
                 .to_der()
-                .map_err(|e| e.to_string())?;
+                .map_err(der_error("tbsResponseData"))?;
             let signer_spki = match responder {
                 Some(cert) => {
                     if !crate::pki::signature_verifies(ca, cert)? {
@@ -236,12 +311,15 @@ pub fn decode_response(body: &[u8], issuer: Option<&Certificate>) -> Result<Answ
                 }
                 None => &ca.tbs_certificate.subject_public_key_info,
             };
-            Some(crate::crl::lint::verify_signature(
-                signer_spki,
-                &basic.signature_algorithm,
-                &tbs,
-                basic.signature.raw_bytes(),
-            )?)
+            Some(
+                crate::crl::lint::verify_signature(
+                    signer_spki,
+                    &basic.signature_algorithm,
+                    &tbs,
+                    basic.signature.raw_bytes(),
+                )
+                .map_err(DrillError::Signature)?,
+            )
         }
     };
     Ok(Answer {
@@ -266,7 +344,7 @@ pub fn query(
     serial: &[u8],
     verify: bool,
     timeout: Duration,
-) -> Result<Answer, String> {
+) -> Result<Answer, DrillError> {
     let req = ocsp_request(issuer, serial)?;
     let resp = http(
         base,
@@ -277,7 +355,7 @@ pub fn query(
         timeout,
     )?;
     if resp.status != 200 {
-        return Err(format!("HTTP {}", resp.status));
+        return Err(DrillError::Http(resp.status));
     }
     decode_response(&resp.body, verify.then_some(issuer))
 }
@@ -922,9 +1000,12 @@ mod tests {
 
     #[test]
     fn error_responses_and_garbage_are_errors_not_statuses() {
-        assert!(decode_response(&[0x30, 0x03, 0x0a, 0x01, 0x03], None)
-            .unwrap_err()
-            .contains("TryLater"));
+        let e = decode_response(&[0x30, 0x03, 0x0a, 0x01, 0x03], None).unwrap_err();
+        assert!(
+            matches!(e, DrillError::Status(OcspResponseStatus::TryLater)),
+            "{e}"
+        );
+        assert_eq!(e.to_string(), "OCSP TryLater");
         assert!(decode_response(b"garbage", None).is_err());
     }
 

@@ -1297,7 +1297,7 @@ fn parse_time(s: &str) -> Result<i64, String> {
 /// The serial, notAfter and certificate of a target (the last two when read from --cert).
 fn resolve(target: &Target) -> Result<(Serial, Option<i64>, Option<Certificate>), String> {
     if let Some(path) = &target.cert {
-        let cert = vigil::pki::read_certificate(path)?;
+        let cert = vigil::pki::read_certificate(path).map_err(|e| e.to_string())?;
         let (serial, not_after) = vigil::pki::serial_and_not_after(&cert)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         return Ok((serial, Some(not_after), Some(cert)));

@@ -550,7 +550,8 @@ async fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Ve
                     .ok_or_else(|| format!("no issuer named {:?}", b.issuer))?;
                 let cert = crate::pki::certificate_from_pem(pem.as_bytes())
                     .map_err(|e| format!("certificate: {e}"))?;
-                let (serial, not_after) = crate::pki::serial_and_not_after(&cert)?;
+                let (serial, not_after) =
+                    crate::pki::serial_and_not_after(&cert).map_err(|e| e.to_string())?;
                 let scope = st
                     .crl_urls
                     .scope_of(&b.issuer, &cert)
