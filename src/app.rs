@@ -265,7 +265,8 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("server.listen {}: {e}", cfg.server.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
 
-    let writer = Arc::new(crate::writer::StatusWriter::from_config(&cfg)?);
+    let writer =
+        Arc::new(crate::writer::StatusWriter::from_config(&cfg).map_err(|e| e.to_string())?);
     if let Some(admin) = &cfg.admin {
         let admin_listener = TcpListener::bind(admin.listen)
             .await

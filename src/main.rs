@@ -581,6 +581,7 @@ fn drill(a: &DrillArgs) -> ExitCode {
             ),
             &[report.timeline("vigil drill")],
         )
+        .map_err(|e| e.to_string())
         .and_then(|page| std::fs::write(path, page).map_err(|e| e.to_string()));
         if let Err(e) = page {
             eprintln!("vigil: {}: {e}", path.display());
@@ -824,7 +825,7 @@ fn archive(
         .map_err(|e| format!("starting the runtime: {e}"))?;
     rt.block_on(async {
         if let Some(addr) = metrics_addr {
-            let handle = vigil::telemetry::install_recorder()?;
+            let handle = vigil::telemetry::install_recorder().map_err(|e| e.to_string())?;
             vigil::archive::serve_metrics(addr, handle).await?;
             tokio::spawn(vigil::backup::watch_last_success(
                 cfg.clone(),
@@ -1343,6 +1344,7 @@ fn append(cfg: &Config, events: &[Event]) -> Result<String, String> {
             .await
             .map(|w| w.summary)
     })
+    .map_err(|e: vigil::writer::WriterError| e.to_string())
 }
 
 fn small_runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -1441,8 +1443,10 @@ fn hold(cfg: &Config, target: &Target, hold: bool, time: Option<&str>) -> Result
     if requested.is_some_and(|t| t > now + vigil::crl::lint::MAX_CLOCK_SKEW_SECS) {
         return Err("--time: a hold may not start in the future".into());
     }
-    let writer = vigil::writer::StatusWriter::from_config(cfg)?;
-    let current = small_runtime()?.block_on(writer.current_record(id, &serial))?;
+    let writer = vigil::writer::StatusWriter::from_config(cfg).map_err(|e| e.to_string())?;
+    let current = small_runtime()?
+        .block_on(writer.current_record(id, &serial))
+        .map_err(|e| e.to_string())?;
     let kind = vigil::status::hold_change(current.as_ref(), hold, now, requested)
         .map_err(|e| format!("{serial}: {e}"))?;
     let mut events = Vec::new();
@@ -1482,7 +1486,7 @@ fn import(cfg: &Config, path: &Path, issuer: &str) -> Result<(), String> {
         path,
     };
     let (issued, revoked) = parse.check()?;
-    let writer = vigil::writer::StatusWriter::from_config(cfg)?;
+    let writer = vigil::writer::StatusWriter::from_config(cfg).map_err(|e| e.to_string())?;
     let rt = small_runtime()?;
     let mut lines = parse.lines()?;
     let mut summary = String::new();
@@ -1581,7 +1585,7 @@ fn import_pem(cfg: &Config, files: &[PathBuf], issuer: &str) -> Result<(), Strin
         }
     }
     app::prepare_embedded(cfg)?;
-    let writer = vigil::writer::StatusWriter::from_config(cfg)?;
+    let writer = vigil::writer::StatusWriter::from_config(cfg).map_err(|e| e.to_string())?;
     let rt = small_runtime()?;
     let mut acknowledged = 0usize;
     let mut summary = String::new();

@@ -400,7 +400,7 @@ async fn route(
         ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"acknowledged": false, "issuer": issuer_name, "serial": serial, "error": e}),
+            serde_json::json!({"acknowledged": false, "issuer": issuer_name, "serial": serial, "error": e.to_string()}),
             "failed",
         ),
     };
@@ -413,7 +413,7 @@ async fn route(
         "issuer": issuer_name,
         "serial": serial,
         "outcome": outcome,
-        "detail": match &result { Ok(w) => w.summary.clone(), Err(e) => e.clone() },
+        "detail": match &result { Ok(w) => w.summary.clone(), Err(e) => e.to_string() },
     });
     if let Err(e) = st.audit.append(&result_line).await {
         tracing::error!(error = %e, "audit log not writable after a change");
@@ -509,7 +509,7 @@ async fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Ve
             .writer
             .current_record(id, &serial)
             .await
-            .map_err(Refused::Unavailable)?;
+            .map_err(|e| Refused::Unavailable(e.to_string()))?;
         let current = match (joined, st.view.table(id).record(&serial)) {
             (Some(a), Some(b)) => Some(a.join(b)),
             (a, b) => a.or(b),
