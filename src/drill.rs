@@ -31,6 +31,7 @@ use der::{Decode, Encode};
 use x509_cert::Certificate;
 use x509_ocsp::{BasicOcspResponse, OcspResponse, OcspResponseStatus};
 
+use crate::clock::Clock;
 use crate::ocsp::HashAlgorithm;
 use crate::report::timeline::{self, Mark, MarkKind, Outcome, Timeline};
 
@@ -515,14 +516,10 @@ impl Report {
     }
 }
 
-fn now() -> i64 {
-    crate::clock::unix_now()
-}
-
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs every check against `t`.
-pub fn run(t: &Target) -> Report {
+/// Runs every check against `t`; times (expiry, nextUpdate, feed lag) are read from `clock`.
+pub fn run(t: &Target, clock: &Clock) -> Report {
     let mut r = Report {
         started: Some(Instant::now()),
         ..Report::default()
@@ -560,7 +557,7 @@ pub fn run(t: &Target) -> Report {
             Err(e) => r.push("issuer", Level::Fail, format!("{name}: {e}")),
         }
     }
-    let warn_before = now() + t.expiry_warning.as_secs() as i64;
+    let warn_before = clock.now() + t.expiry_warning.as_secs() as i64;
     for (name, ca) in &cas {
         let not_after = ca
             .tbs_certificate
@@ -568,14 +565,14 @@ pub fn run(t: &Target) -> Report {
             .not_after
             .to_unix_duration()
             .as_secs() as i64;
-        expiry(&mut r, &format!("CA {name}"), not_after, warn_before);
-        ocsp_checks(&mut r, t, name, ca, warn_before);
-        crl_checks(&mut r, t, name, ca);
+        expiry(&mut r, &format!("CA {name}"), not_after, warn_before, clock);
+        ocsp_checks(&mut r, t, name, ca, warn_before, clock);
+        crl_checks(&mut r, t, name, ca, clock);
     }
     if let Some(opts) = &t.crl_consumer {
-        crl_consumer::check(&mut r, t, opts, &cas);
+        crl_consumer::check(&mut r, t, opts, &cas, clock.now());
     }
-    feed_checks(&mut r, t);
+    feed_checks(&mut r, t, clock);
     if let Some((admin, token, issuer, serial)) = &t.canary {
         match cas.iter().find(|(n, _)| n == issuer) {
             Some((_, ca)) => canary(&mut r, t, admin, token, issuer, serial, ca),
@@ -589,9 +586,10 @@ pub fn run(t: &Target) -> Report {
     r
 }
 
-fn expiry(r: &mut Report, what: &str, not_after: i64, warn_before: i64) {
-    let days = (not_after - now()) as f64 / 86400.0;
-    if not_after <= now() {
+fn expiry(r: &mut Report, what: &str, not_after: i64, warn_before: i64, clock: &Clock) {
+    let now = clock.now();
+    let days = (not_after - now) as f64 / 86400.0;
+    if not_after <= now {
         r.push("expiry", Level::Fail, format!("{what} expired"));
     } else if not_after <= warn_before {
         r.push(
@@ -608,7 +606,14 @@ fn expiry(r: &mut Report, what: &str, not_after: i64, warn_before: i64) {
     }
 }
 
-fn ocsp_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate, warn_before: i64) {
+fn ocsp_checks(
+    r: &mut Report,
+    t: &Target,
+    name: &str,
+    ca: &Certificate,
+    warn_before: i64,
+    clock: &Clock,
+) {
     let mut responder_not_after: Option<i64> = None;
     let mut inconsistent = Vec::new();
     for serial_hex in &t.serials {
@@ -624,7 +629,7 @@ fn ocsp_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate, warn_be
             let began = Instant::now();
             let res = query(base, ca, serial.as_der_content(), true, TIMEOUT);
             let outcome = match &res {
-                Ok(a) if a.verified == Some(true) && a.next_update > now() => {
+                Ok(a) if a.verified == Some(true) && a.next_update > clock.now() => {
                     status_outcome(a.status)
                 }
                 Ok(_) => Outcome::Wrong,
@@ -632,7 +637,7 @@ fn ocsp_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate, warn_be
             };
             r.probe(began, outcome);
             match res {
-                Ok(a) if a.verified == Some(true) && a.next_update > now() => {
+                Ok(a) if a.verified == Some(true) && a.next_update > clock.now() => {
                     if let Some(n) = a.responder_not_after {
                         responder_not_after = Some(responder_not_after.map_or(n, |m| m.min(n)));
                     }
@@ -683,11 +688,11 @@ fn ocsp_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate, warn_be
         );
     }
     if let Some(n) = responder_not_after {
-        expiry(r, &format!("responder of {name}"), n, warn_before);
+        expiry(r, &format!("responder of {name}"), n, warn_before, clock);
     }
 }
 
-fn crl_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate) {
+fn crl_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate, clock: &Clock) {
     let mut numbers = Vec::new();
     for base in &t.replicas {
         let began = Instant::now();
@@ -758,7 +763,8 @@ fn crl_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate) {
             .unwrap_or(0);
         let this = crl.tbs_cert_list.this_update.to_unix_duration().as_secs() as i64;
         let number = crate::crl::lint::number_of(&resp.body).ok();
-        if next <= now() {
+        let now = clock.now();
+        if next <= now {
             r.push(
                 "crl",
                 Level::Fail,
@@ -771,8 +777,8 @@ fn crl_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate) {
                 format!(
                     "{base} {name}: number {}, {}s old, {}h to nextUpdate",
                     number.map_or("none".into(), |n| n.to_string()),
-                    now() - this,
-                    (next - now()) / 3600
+                    now - this,
+                    (next - now) / 3600
                 ),
             );
         }
@@ -795,7 +801,7 @@ fn crl_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate) {
     }
 }
 
-fn feed_checks(r: &mut Report, t: &Target) {
+fn feed_checks(r: &mut Report, t: &Target, clock: &Clock) {
     for (region, url) in &t.regions {
         let key = format!("{}:feed", t.key_prefix);
         let res = redis::Client::open(url.as_str())
@@ -816,7 +822,7 @@ fn feed_checks(r: &mut Report, t: &Target) {
                     .ids
                     .first()
                     .and_then(|e| e.id.split('-').next().and_then(|ms| ms.parse::<u64>().ok()));
-                let now_ms = crate::clock::unix_now_ms().max(0) as u64;
+                let now_ms = clock.now_ms().max(0) as u64;
                 match newest {
                     None => r.push(
                         "feed-lag",

@@ -389,11 +389,13 @@ struct Target {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The one wall clock of the CLI, handed to every command that reads the time.
+    let clock = vigil::clock::Clock::system();
     // rustls (Redis over TLS, the admin listener) uses ring, the only provider compiled in.
     let _ = rustls::crypto::ring::default_provider().install_default();
     if let Some(Command::Drill(args)) = &cli.command {
         if args.command.is_none() {
-            return drill(args);
+            return drill(args, &clock);
         }
     }
     if let Some(Command::Key { command }) = &cli.command {
@@ -452,14 +454,14 @@ fn main() -> ExitCode {
         Command::Hsm {
             command: HsmCommand::Test { issuer },
         } => hsm_test(&cfg, issuer.as_deref()),
-        Command::Backup { command } => backup(&cfg, cli.config.as_deref(), command),
+        Command::Backup { command } => backup(&cfg, cli.config.as_deref(), command, &clock),
         Command::Archive {
             command: None,
             dir,
             segment_bytes,
             metrics_addr,
             regions,
-        } => archive(&cfg, dir, segment_bytes, metrics_addr, regions),
+        } => archive(&cfg, dir, segment_bytes, metrics_addr, regions, &clock),
         Command::Archive {
             command: Some(_), ..
         } => Err("archive verify is handled before the config is loaded".into()),
@@ -555,7 +557,7 @@ fn drill_target(a: &DrillArgs) -> Result<vigil::drill::Target, String> {
     })
 }
 
-fn drill(a: &DrillArgs) -> ExitCode {
+fn drill(a: &DrillArgs, clock: &vigil::clock::Clock) -> ExitCode {
     let target = match drill_target(a) {
         Ok(t) => t,
         Err(e) => {
@@ -563,7 +565,7 @@ fn drill(a: &DrillArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let report = vigil::drill::run(&target);
+    let report = vigil::drill::run(&target, clock);
     print!("{}", report.text());
     if let Some(path) = &a.json {
         let text = serde_json::to_string_pretty(&report).unwrap_or_default();
@@ -654,7 +656,12 @@ fn backup_verify(file: &Path, identity: Option<&Path>) -> ExitCode {
     }
 }
 
-fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> Result<(), String> {
+fn backup(
+    cfg: &Config,
+    config_path: Option<&Path>,
+    command: BackupCommand,
+    clock: &vigil::clock::Clock,
+) -> Result<(), String> {
     // Two workers: the regions' scans (create) and loaders (restore) run beside the thread that
     // writes or reads the file.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -684,22 +691,27 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
                 (None, None) => vigil::backup::Source::Journal,
             };
             let digest = vigil::backup::config_digest(config_path);
-            let created = rt.block_on(vigil::backup::create(
-                cfg,
-                source,
-                &out,
-                digest,
-                recipient.as_deref(),
-            ))?;
+            let created = rt
+                .block_on(vigil::backup::create(
+                    cfg,
+                    source,
+                    &out,
+                    digest,
+                    recipient.as_deref(),
+                    clock,
+                ))
+                .map_err(|e| e.to_string())?;
             let seconds = started.elapsed().as_secs_f64();
             if let Some(m) = &metrics_file {
-                vigil::backup::write_metrics_file(m, &created, seconds)?;
+                vigil::backup::write_metrics_file(m, &created, seconds, clock)
+                    .map_err(|e| e.to_string())?;
             }
             if from_checkpoint.is_none() && !cfg.regions.is_empty() {
                 rt.block_on(vigil::backup::record_success(
                     cfg,
                     region.as_deref(),
                     &created,
+                    clock,
                 ));
             }
             print_counts(&created.manifest);
@@ -723,7 +735,8 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
             identity,
         } => {
             let until_ms = vigil::clock::parse_rfc3339_ms(&until).map_err(|e| e.to_string())?;
-            let pit = vigil::backup::state_at(&file, identity.as_deref(), &archive, until_ms)?;
+            let pit = vigil::backup::state_at(&file, identity.as_deref(), &archive, until_ms)
+                .map_err(|e| e.to_string())?;
             let r = &pit.replayed;
             println!(
                 "backup {} (finished {}) + archive {} ({} segment(s), head {}): {} event(s) up to {until} joined, {} later left out, {} fill record(s), {} undecodable",
@@ -758,7 +771,9 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
                     pit.header.positions.clone(),
                     vigil::backup::config_digest(config_path),
                     &out,
-                )?;
+                    clock,
+                )
+                .map_err(|e| e.to_string())?;
                 println!(
                     "{}: the state as of {until}, {} bytes, sha256 {}",
                     out.display(),
@@ -766,8 +781,9 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
                     created.manifest.sha256
                 );
             } else {
-                let report =
-                    rt.block_on(vigil::backup::merge_view(cfg, &pit.view, region.as_deref()))?;
+                let report = rt
+                    .block_on(vigil::backup::merge_view(cfg, &pit.view, region.as_deref()))
+                    .map_err(|e| e.to_string())?;
                 for (region, r) in &report {
                     for (issuer, (sent, changed)) in &r.issuers {
                         println!("{region} issuer {issuer}: {sent} certificates merged, {changed} changed the region");
@@ -783,12 +799,14 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
             identity,
             ..
         } => {
-            let report = rt.block_on(vigil::backup::restore(
-                cfg,
-                &file,
-                region.as_deref(),
-                identity.as_deref(),
-            ))?;
+            let report = rt
+                .block_on(vigil::backup::restore(
+                    cfg,
+                    &file,
+                    region.as_deref(),
+                    identity.as_deref(),
+                ))
+                .map_err(|e| e.to_string())?;
             for (region, r) in &report {
                 for (issuer, (sent, changed)) in &r.issuers {
                     let same = r.identical.get(issuer).copied().unwrap_or(0);
@@ -816,6 +834,7 @@ fn archive(
     segment_bytes: u64,
     metrics_addr: Option<std::net::SocketAddr>,
     regions: Vec<String>,
+    clock: &vigil::clock::Clock,
 ) -> Result<(), String> {
     let dir = dir.ok_or("vigil archive needs --dir (or `vigil archive verify DIR`)")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -826,7 +845,9 @@ fn archive(
     rt.block_on(async {
         if let Some(addr) = metrics_addr {
             let handle = vigil::telemetry::install_recorder().map_err(|e| e.to_string())?;
-            vigil::archive::serve_metrics(addr, handle).await?;
+            vigil::archive::serve_metrics(addr, handle)
+                .await
+                .map_err(|e| e.to_string())?;
             tokio::spawn(vigil::backup::watch_last_success(
                 cfg.clone(),
                 std::time::Duration::from_secs(5),
@@ -838,7 +859,7 @@ fn archive(
             regions,
         };
         tokio::select! {
-            r = vigil::archive::run(cfg, opts) => r,
+            r = vigil::archive::run(cfg, opts, clock) => r.map_err(|e| e.to_string()),
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })

@@ -34,7 +34,7 @@ use redis::aio::MultiplexedConnection;
 use redis::Value;
 use tokio::sync::mpsc;
 
-use crate::clock::unix_now_ms;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::feed::consume::{self, stream_info, Backoff, StreamInfo};
 use crate::feed::region::Region;
@@ -48,6 +48,120 @@ use segment::{
     Block, BlockKind, Mark, Position, SegmentError, SegmentHeader, SegmentReader, SegmentWriter,
     GENESIS,
 };
+
+/// Why the archive could not be read, checked or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArchiveError {
+    /// A file or directory could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A segment could not be read or written, or is damaged.
+    #[error("segment {segment}: {source}")]
+    Segment {
+        /// Its file name.
+        segment: String,
+        /// What went wrong.
+        source: SegmentError,
+    },
+    /// The last segment is damaged where the writer would go on from it.
+    #[error("segment {segment}: {source} (the archive is damaged: run `vigil archive verify`)")]
+    Damaged {
+        /// Its file name.
+        segment: String,
+        /// What is wrong.
+        source: SegmentError,
+    },
+    /// A segment read for the positions it leaves is damaged.
+    #[error("{}: {source}", path.display())]
+    InFile {
+        /// The segment.
+        path: PathBuf,
+        /// What is wrong.
+        source: SegmentError,
+    },
+    /// The directory holds more than [`MAX_ARCHIVE_SEGMENTS`] segments.
+    #[error("{}: more than {MAX_ARCHIVE_SEGMENTS} segments", .0.display())]
+    TooManySegments(PathBuf),
+    /// The directory holds no segment.
+    #[error("{}: no archive segments there", .0.display())]
+    NoSegments(PathBuf),
+    /// A sealed segment too short to hold a seal.
+    #[error("{}: too short to be a sealed segment", .0.display())]
+    TooShort(PathBuf),
+    /// A segment of the sequence is missing.
+    #[error("segment {missing}: missing (the next one present is {present})")]
+    Missing {
+        /// The missing segment's name.
+        missing: String,
+        /// The next one there.
+        present: String,
+    },
+    /// A segment's header names another index than its file name.
+    #[error("segment {segment}: its header says it is segment {header}")]
+    WrongIndex {
+        /// Its file name.
+        segment: String,
+        /// The index in its header.
+        header: u64,
+    },
+    /// A segment's header names another previous segment than the one there.
+    #[error("segment {0}: the previous segment's SHA-256 does not match the one in its header")]
+    PreviousDigest(String),
+    /// A segment that is not the last is open.
+    #[error("segment {0}: not sealed, but segments follow it")]
+    NotSealed(String),
+    /// The writer has no open segment.
+    #[error("segment {0}: not open")]
+    NotOpen(String),
+    /// What the caller of [`walk`] found in a segment's block.
+    #[error("segment {segment}: {source}")]
+    Visit {
+        /// The segment's file name.
+        segment: String,
+        /// What the caller found.
+        source: Box<ArchiveError>,
+    },
+    /// A mark could not be encoded.
+    #[error("encoding a mark: {0}")]
+    Encode(serde_json::Error),
+    /// No region to archive.
+    #[error("no [[region]] to archive")]
+    NoRegions,
+    /// Every region's reader ended.
+    #[error("every region reader stopped")]
+    ReadersStopped,
+    /// Reaching the regions failed.
+    #[error(transparent)]
+    Feed(#[from] FeedError),
+    /// The metrics listener could not be bound.
+    #[error("metrics listener {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn io_at(path: &Path) -> impl Fn(std::io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn in_segment<E: Into<SegmentError>>(name: &str) -> impl Fn(E) -> ArchiveError + '_ {
+    move |e| ArchiveError::Segment {
+        segment: name.to_owned(),
+        source: e.into(),
+    }
+}
 
 /// A segment is closed once it holds this many bytes (`--segment-bytes`).
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -74,18 +188,15 @@ fn segment_index(name: &str) -> Option<u64> {
 
 /// The segment files of `dir`, by index (other files are not the archive's and are left
 /// alone).
-pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, String> {
-    let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, ArchiveError> {
+    let io = io_at(dir);
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let entry = entry.map_err(io)?;
+    for entry in std::fs::read_dir(dir).map_err(&io)? {
+        let entry = entry.map_err(&io)?;
         let name = entry.file_name();
         if let Some(i) = name.to_str().and_then(segment_index) {
             if out.len() >= MAX_ARCHIVE_SEGMENTS {
-                return Err(format!(
-                    "{}: more than {MAX_ARCHIVE_SEGMENTS} segments",
-                    dir.display()
-                ));
+                return Err(ArchiveError::TooManySegments(dir.to_owned()));
             }
             out.push((i, entry.path()));
         }
@@ -116,19 +227,16 @@ pub fn position_of(block: &Block) -> Option<(String, Position)> {
 }
 
 /// The last 32 bytes of a sealed segment: its last chain value.
-fn tail_chain(path: &Path) -> Result<[u8; 32], String> {
-    let io = |e: std::io::Error| format!("{}: {e}", path.display());
-    let mut f = File::open(path).map_err(io)?;
-    let len = f.metadata().map_err(io)?.len();
+fn tail_chain(path: &Path) -> Result<[u8; 32], ArchiveError> {
+    let io = io_at(path);
+    let mut f = File::open(path).map_err(&io)?;
+    let len = f.metadata().map_err(&io)?.len();
     if len < 42 {
-        return Err(format!(
-            "{}: too short to be a sealed segment",
-            path.display()
-        ));
+        return Err(ArchiveError::TooShort(path.to_owned()));
     }
-    f.seek(SeekFrom::Start(len - 32)).map_err(io)?;
+    f.seek(SeekFrom::Start(len - 32)).map_err(&io)?;
     let mut c = [0u8; 32];
-    f.read_exact(&mut c).map_err(io)?;
+    f.read_exact(&mut c).map_err(&io)?;
     Ok(c)
 }
 
@@ -169,11 +277,11 @@ pub struct Walked {
 /// hands every block to `f`. Stops at the first damage, naming the segment.
 pub fn walk(
     dir: &Path,
-    mut f: impl FnMut(&str, &Block) -> Result<(), String>,
-) -> Result<Walked, String> {
+    mut f: impl FnMut(&str, &Block) -> Result<(), ArchiveError>,
+) -> Result<Walked, ArchiveError> {
     let segments = list_segments(dir)?;
     if segments.is_empty() {
-        return Err(format!("{}: no archive segments there", dir.display()));
+        return Err(ArchiveError::NoSegments(dir.to_owned()));
     }
     let mut w = Walked::default();
     let mut prev_chain = GENESIS;
@@ -183,15 +291,15 @@ pub fn walk(
         let name = segment_name(*index);
         let expected = n as u64 + 1;
         if *index != expected {
-            return Err(format!(
-                "segment {}: missing (the next one present is {name})",
-                segment_name(expected)
-            ));
+            return Err(ArchiveError::Missing {
+                missing: segment_name(expected),
+                present: name,
+            });
         }
         let last = n + 1 == count;
-        let file = File::open(path).map_err(|e| format!("segment {name}: {e}"))?;
+        let file = File::open(path).map_err(in_segment(&name))?;
         let mut r = SegmentReader::new(BufReader::with_capacity(1 << 20, file), prev_chain)
-            .map_err(|e| format!("segment {name}: {e}"))?;
+            .map_err(in_segment(&name))?;
         loop {
             let block = match r.next_block() {
                 Ok(Some(b)) => b,
@@ -202,21 +310,19 @@ pub fn walk(
                     ));
                     break;
                 }
-                Err(e) => return Err(format!("segment {name}: {e}")),
+                Err(e) => return Err(in_segment(&name)(e)),
             };
             w.blocks += 1;
             match &block {
                 Block::Header(h) => {
                     if h.index != *index {
-                        return Err(format!(
-                            "segment {name}: its header says it is segment {}",
-                            h.index
-                        ));
+                        return Err(ArchiveError::WrongIndex {
+                            segment: name,
+                            header: h.index,
+                        });
                     }
                     if h.prev_segment_sha256 != prev_sha {
-                        return Err(format!(
-                            "segment {name}: the previous segment's SHA-256 does not match the one in its header"
-                        ));
+                        return Err(ArchiveError::PreviousDigest(name));
                     }
                 }
                 Block::Events(e) => {
@@ -233,12 +339,13 @@ pub fn walk(
             if let Some((region, p)) = position_of(&block) {
                 w.positions.insert(region, p);
             }
-            f(&name, &block).map_err(|e| format!("segment {name}: {e}"))?;
+            f(&name, &block).map_err(|e| ArchiveError::Visit {
+                segment: name.clone(),
+                source: Box::new(e),
+            })?;
         }
         if !r.sealed() && !last {
-            return Err(format!(
-                "segment {name}: not sealed, but segments follow it"
-            ));
+            return Err(ArchiveError::NotSealed(name));
         }
         w.open = !r.sealed();
         prev_chain = r.chain();
@@ -250,7 +357,7 @@ pub fn walk(
 }
 
 /// Checks the whole archive (see [`walk`]).
-pub fn verify(dir: &Path) -> Result<Walked, String> {
+pub fn verify(dir: &Path) -> Result<Walked, ArchiveError> {
     walk(dir, |_, _| Ok(()))
 }
 
@@ -263,14 +370,16 @@ pub struct Archive {
     writer: Option<SegmentWriter<File>>,
     positions: BTreeMap<String, Position>,
     segment_bytes: u64,
+    clock: Clock,
 }
 
 impl Archive {
     /// Opens (or starts) the archive in `dir`: the last segment is read and checked; an
     /// incomplete block at its end (an interrupted write) is cut off and kept beside it as
-    /// `<segment>.torn-<offset>`; a damaged last segment is refused.
-    pub fn open(dir: &Path, segment_bytes: u64) -> Result<Archive, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    /// `<segment>.torn-<offset>`; a damaged last segment is refused. New segments are dated
+    /// by `clock`.
+    pub fn open(dir: &Path, segment_bytes: u64, clock: &Clock) -> Result<Archive, ArchiveError> {
+        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
         let segments = list_segments(dir)?;
         let mut a = Archive {
             dir: dir.to_owned(),
@@ -278,6 +387,7 @@ impl Archive {
             writer: None,
             positions: BTreeMap::new(),
             segment_bytes: segment_bytes.max(4096),
+            clock: clock.clone(),
         };
         let Some((index, path)) = segments.last().cloned() else {
             a.start_segment(1, GENESIS, String::new())?;
@@ -288,11 +398,11 @@ impl Archive {
             1 => GENESIS,
             n => tail_chain(&segments[n - 2].1)?,
         };
-        let file = File::open(&path).map_err(|e| format!("segment {name}: {e}"))?;
+        let file = File::open(&path).map_err(in_segment(&name))?;
         let reader = match SegmentReader::new(BufReader::new(file), prev_chain) {
             Ok(r) => Some(r),
             Err(SegmentError::Torn { .. }) => None,
-            Err(e) => return Err(format!("segment {name}: {e}")),
+            Err(e) => return Err(in_segment(&name)(e)),
         };
         let mut torn_at = None;
         let mut r = match reader {
@@ -310,10 +420,11 @@ impl Archive {
                             torn_at = Some(offset);
                             break;
                         }
-                        Err(e) => {
-                            return Err(format!(
-                                "segment {name}: {e} (the archive is damaged: run `vigil archive verify`)"
-                            ))
+                        Err(source) => {
+                            return Err(ArchiveError::Damaged {
+                                segment: name,
+                                source,
+                            })
                         }
                     }
                 }
@@ -323,7 +434,7 @@ impl Archive {
         };
         if r.as_ref().is_none_or(|r| r.blocks() == 0) {
             // A segment whose header never reached the disk: start it again.
-            std::fs::remove_file(&path).map_err(|e| format!("segment {name}: {e}"))?;
+            std::fs::remove_file(&path).map_err(in_segment(&name))?;
             let n = segments.len();
             let (prev_sha, positions) = match n {
                 1 => (String::new(), BTreeMap::new()),
@@ -337,16 +448,17 @@ impl Archive {
             return Ok(a);
         }
         let Some(r) = r.take() else {
-            return Err(format!("segment {name}: unreadable"));
+            // `r` is `Some` with at least one block here: checked just above.
+            return Err(ArchiveError::NotOpen(name));
         };
         if let Some(offset) = torn_at {
-            let io = |e: std::io::Error| format!("segment {name}: {e}");
-            let bytes = std::fs::read(&path).map_err(io)?;
+            let io = in_segment(&name);
+            let bytes = std::fs::read(&path).map_err(&io)?;
             let keep = path.with_file_name(format!("{name}.torn-{offset}"));
-            std::fs::write(&keep, &bytes[offset as usize..]).map_err(io)?;
-            let f = OpenOptions::new().write(true).open(&path).map_err(io)?;
-            f.set_len(offset).map_err(io)?;
-            f.sync_all().map_err(io)?;
+            std::fs::write(&keep, &bytes[offset as usize..]).map_err(&io)?;
+            let f = OpenOptions::new().write(true).open(&path).map_err(&io)?;
+            f.set_len(offset).map_err(&io)?;
+            f.sync_all().map_err(&io)?;
             tracing::warn!(segment = %name, offset, kept = %keep.display(),
                 "cut off an incomplete block at the end of the last segment (an interrupted write)");
         }
@@ -356,7 +468,7 @@ impl Archive {
             let f = OpenOptions::new()
                 .append(true)
                 .open(&path)
-                .map_err(|e| format!("segment {name}: {e}"))?;
+                .map_err(in_segment(&name))?;
             a.writer = Some(SegmentWriter::resume(f, &r));
             a.index = index;
         }
@@ -368,26 +480,24 @@ impl Archive {
         index: u64,
         prev_chain: [u8; 32],
         prev_sha: String,
-    ) -> Result<(), String> {
+    ) -> Result<(), ArchiveError> {
         let name = segment_name(index);
         let path = self.dir.join(&name);
-        let io = |e: std::io::Error| format!("segment {name}: {e}");
         let f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
-            .map_err(io)?;
+            .map_err(in_segment(&name))?;
         let header = SegmentHeader {
             format: "vigil-archive".into(),
             version: segment::VERSION,
             index,
-            created_at_ms: unix_now_ms(),
+            created_at_ms: self.clock.now_ms(),
             prev_segment_sha256: prev_sha,
             positions: self.positions.clone(),
         };
-        let mut w = SegmentWriter::create(f, &header, prev_chain)
-            .map_err(|e| format!("segment {name}: {e}"))?;
-        w.output().sync_all().map_err(io)?;
+        let mut w = SegmentWriter::create(f, &header, prev_chain).map_err(in_segment(&name))?;
+        w.output().sync_all().map_err(in_segment(&name))?;
         sync_dir(&self.dir);
         self.writer = Some(w);
         self.index = index;
@@ -411,17 +521,13 @@ impl Archive {
         kind: BlockKind,
         payload: &[u8],
         position: Option<(&str, Position)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ArchiveError> {
         let name = segment_name(self.index);
-        let w = self
-            .writer
-            .as_mut()
-            .ok_or_else(|| format!("segment {name}: not open"))?;
-        w.block(kind, payload)
-            .map_err(|e| format!("segment {name}: {e}"))?;
-        w.output()
-            .sync_data()
-            .map_err(|e| format!("segment {name}: {e}"))?;
+        let Some(w) = self.writer.as_mut() else {
+            return Err(ArchiveError::NotOpen(name));
+        };
+        w.block(kind, payload).map_err(in_segment(&name))?;
+        w.output().sync_data().map_err(in_segment(&name))?;
         if let Some((region, p)) = position {
             self.positions.insert(region.to_owned(), p);
         }
@@ -432,27 +538,24 @@ impl Archive {
     }
 
     /// Seals the open segment and opens the next.
-    pub fn roll(&mut self) -> Result<(), String> {
+    pub fn roll(&mut self) -> Result<(), ArchiveError> {
         let name = segment_name(self.index);
-        let w = self
-            .writer
-            .take()
-            .ok_or_else(|| format!("segment {name}: not open"))?;
-        let (chain, sha, f) = w.seal().map_err(|e| format!("segment {name}: {e}"))?;
-        f.sync_all().map_err(|e| format!("segment {name}: {e}"))?;
+        let Some(w) = self.writer.take() else {
+            return Err(ArchiveError::NotOpen(name));
+        };
+        let (chain, sha, f) = w.seal().map_err(in_segment(&name))?;
+        f.sync_all().map_err(in_segment(&name))?;
         drop(f);
         self.start_segment(self.index + 1, chain, hex(&sha))
     }
 }
 
-fn file_sha256(path: &Path) -> Result<String, String> {
-    let mut f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn file_sha256(path: &Path) -> Result<String, ArchiveError> {
+    let mut f = File::open(path).map_err(io_at(path))?;
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let n = f.read(&mut buf).map_err(io_at(path))?;
         if n == 0 {
             break;
         }
@@ -462,7 +565,7 @@ fn file_sha256(path: &Path) -> Result<String, String> {
 }
 
 /// The chain value a segment's header is chained from (the one before `n`'s).
-fn tail_before(segments: &[(u64, PathBuf)], n: usize) -> Result<[u8; 32], String> {
+fn tail_before(segments: &[(u64, PathBuf)], n: usize) -> Result<[u8; 32], ArchiveError> {
     match n {
         0 => Ok(GENESIS),
         _ => tail_chain(&segments[n - 1].1),
@@ -473,13 +576,15 @@ fn tail_before(segments: &[(u64, PathBuf)], n: usize) -> Result<[u8; 32], String
 fn positions_of_segment(
     path: &Path,
     prev_chain: [u8; 32],
-) -> Result<BTreeMap<String, Position>, String> {
-    let name = path.display().to_string();
-    let f = File::open(path).map_err(|e| format!("{name}: {e}"))?;
-    let mut r =
-        SegmentReader::new(BufReader::new(f), prev_chain).map_err(|e| format!("{name}: {e}"))?;
+) -> Result<BTreeMap<String, Position>, ArchiveError> {
+    let bad = |source| ArchiveError::InFile {
+        path: path.to_owned(),
+        source,
+    };
+    let f = File::open(path).map_err(io_at(path))?;
+    let mut r = SegmentReader::new(BufReader::new(f), prev_chain).map_err(bad)?;
     let mut out = BTreeMap::new();
-    while let Some(b) = r.next_block().map_err(|e| format!("{name}: {e}"))? {
+    while let Some(b) = r.next_block().map_err(bad)? {
         match b {
             Block::Header(h) => out = h.positions,
             b => {
@@ -531,20 +636,20 @@ struct Lag {
 
 /// Runs the archive role until an archive write fails (a Redis failure only delays a
 /// region: its reader reconnects with backoff).
-pub async fn run(cfg: &Config, opts: RoleOptions) -> Result<(), String> {
-    let mut archive = Archive::open(&opts.dir, opts.segment_bytes)?;
-    let all = crate::feed::region::regions(cfg).map_err(|e| e.to_string())?;
+pub async fn run(cfg: &Config, opts: RoleOptions, clock: &Clock) -> Result<(), ArchiveError> {
+    let mut archive = Archive::open(&opts.dir, opts.segment_bytes, clock)?;
+    let all = crate::feed::region::regions(cfg)?;
     let regions: Vec<Arc<Region>> = all
         .into_iter()
         .filter(|r| opts.regions.is_empty() || opts.regions.contains(&r.name))
         .collect();
     if regions.is_empty() {
-        return Err("no [[region]] to archive".into());
+        return Err(ArchiveError::NoRegions);
     }
     tracing::info!(dir = %opts.dir.display(), segment = archive.segment(),
         positions = ?archive.positions(), "archiving the regions' streams");
     let (tx, mut rx) = mpsc::channel::<Msg>(16);
-    let started = unix_now_ms();
+    let started = clock.now_ms();
     let mut lag: BTreeMap<String, Lag> = BTreeMap::new();
     for r in &regions {
         let pos = archive.positions().get(&r.name).cloned();
@@ -555,18 +660,18 @@ pub async fn run(cfg: &Config, opts: RoleOptions) -> Result<(), String> {
                 position_written_ms: started,
             },
         );
-        tokio::spawn(follow(r.clone(), pos, tx.clone()));
+        tokio::spawn(follow(r.clone(), pos, tx.clone(), clock.clone()));
     }
     drop(tx);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             msg = rx.recv() => {
-                let Some(msg) = msg else { return Err("every region reader stopped".into()) };
-                handle(&mut archive, &mut lag, msg)?;
+                let Some(msg) = msg else { return Err(ArchiveError::ReadersStopped) };
+                handle(&mut archive, &mut lag, msg, clock.now_ms())?;
             }
             _ = tick.tick() => {
-                let now = unix_now_ms();
+                let now = clock.now_ms();
                 for (region, l) in &lag {
                     metrics::gauge!(crate::telemetry::ARCHIVE_LAG, "region" => region.clone())
                         .set((now - l.caught_up_ms).max(0) as f64 / 1000.0);
@@ -576,8 +681,12 @@ pub async fn run(cfg: &Config, opts: RoleOptions) -> Result<(), String> {
     }
 }
 
-fn handle(archive: &mut Archive, lag: &mut BTreeMap<String, Lag>, msg: Msg) -> Result<(), String> {
-    let now = unix_now_ms();
+fn handle(
+    archive: &mut Archive,
+    lag: &mut BTreeMap<String, Lag>,
+    msg: Msg,
+    now: i64,
+) -> Result<(), ArchiveError> {
     match msg {
         Msg::Block {
             region,
@@ -621,7 +730,7 @@ fn handle(archive: &mut Archive, lag: &mut BTreeMap<String, Lag>, msg: Msg) -> R
                         reason: "heartbeats".into(),
                         records: 0,
                     };
-                    let payload = serde_json::to_vec(&mark).map_err(|e| e.to_string())?;
+                    let payload = serde_json::to_vec(&mark).map_err(ArchiveError::Encode)?;
                     archive.append(BlockKind::Position, &payload, Some((&region, p)))?;
                     l.position_written_ms = now;
                 }
@@ -633,14 +742,14 @@ fn handle(archive: &mut Archive, lag: &mut BTreeMap<String, Lag>, msg: Msg) -> R
 }
 
 /// Follows one region forever, reconnecting with backoff.
-async fn follow(region: Arc<Region>, start: Option<Position>, tx: mpsc::Sender<Msg>) {
+async fn follow(region: Arc<Region>, start: Option<Position>, tx: mpsc::Sender<Msg>, clock: Clock) {
     let mut pos = start.unwrap_or(Position {
         epoch: String::new(),
         id: StreamId::ZERO.to_string(),
     });
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        match session(&region, &mut pos, &tx).await {
+        match session(&region, &mut pos, &tx, &clock).await {
             Ok(Flow::Restart) => continue,
             Ok(Flow::Stop) => return,
             Err(e) => {
@@ -664,6 +773,7 @@ async fn session(
     region: &Region,
     pos: &mut Position,
     tx: &mpsc::Sender<Msg>,
+    clock: &Clock,
 ) -> Result<Flow, FeedError> {
     let mut conn = region.connect(Some(BLOCK + region.write_timeout())).await?;
     let epoch = consume::ensure_epoch(region, &mut conn).await?;
@@ -686,7 +796,7 @@ async fn session(
             region: region.name.clone(),
             epoch: epoch.clone(),
             id: pos.id.clone(),
-            at_ms: unix_now_ms(),
+            at_ms: clock.now_ms(),
             reason,
             records: 0,
         };
@@ -702,7 +812,7 @@ async fn session(
         }
     }
     if let Some(reason) = gap(&stream_info(region, &mut conn).await?, cursor) {
-        return fill(region, &mut conn, pos, &reason, tx).await;
+        return fill(region, &mut conn, pos, &reason, tx, clock).await;
     }
     let stream = region.keys.stream();
     loop {
@@ -716,12 +826,12 @@ async fn session(
             .arg(cursor.to_string())
             .query_async(&mut conn)
             .await?;
-        let read_at = unix_now_ms();
+        let read_at = clock.now_ms();
         let entries = consume::parse_xread(reply)?;
         // Read after the entries: trimming only moves forward, so a stream not trimmed past
         // the cursor now was not when the entries were read, and they follow it without a gap.
         if let Some(reason) = gap(&stream_info(region, &mut conn).await?, cursor) {
-            return fill(region, &mut conn, pos, &reason, tx).await;
+            return fill(region, &mut conn, pos, &reason, tx, clock).await;
         }
         let Some(last) = entries.last().map(|e| e.0) else {
             let m = Msg::Caught {
@@ -802,6 +912,7 @@ async fn fill(
     pos: &mut Position,
     reason: &str,
     tx: &mpsc::Sender<Msg>,
+    clock: &Clock,
 ) -> Result<Flow, FeedError> {
     let mut reason = reason.to_owned();
     loop {
@@ -821,7 +932,7 @@ async fn fill(
         let begin = Msg::Block {
             region: region.name.clone(),
             kind: BlockKind::FillBegin,
-            payload: json(&mark(unix_now_ms(), reason.clone(), 0))?,
+            payload: json(&mark(clock.now_ms(), reason.clone(), 0))?,
             position: None,
             caught_up_ms: None,
         };
@@ -897,7 +1008,7 @@ async fn fill(
             reason = format!("the stream was trimmed past {start} during the fill");
             continue;
         }
-        let done_at = unix_now_ms();
+        let done_at = clock.now_ms();
         let end = Msg::Block {
             region: region.name.clone(),
             kind: BlockKind::FillEnd,
@@ -921,15 +1032,14 @@ async fn fill(
 pub async fn serve_metrics(
     addr: std::net::SocketAddr,
     handle: metrics_exporter_prometheus::PrometheusHandle,
-) -> Result<(), String> {
+) -> Result<(), ArchiveError> {
     use http_body_util::Full;
     use hyper::service::service_fn;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("metrics listener {addr}: {e}"))?;
+    let metrics = |source| ArchiveError::Metrics { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(metrics)?;
     println!(
         "vigil archive metrics on http://{}/metrics",
-        listener.local_addr().map_err(|e| e.to_string())?
+        listener.local_addr().map_err(metrics)?
     );
     let handle = Arc::new(handle);
     tokio::spawn(async move {
@@ -985,7 +1095,8 @@ mod tests {
     fn segments_roll_resume_and_verify_and_a_flip_names_its_segment() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let mut a = Archive::open(dir, 4096).unwrap();
+        let clock = Clock::manual(1_764_806_400_000);
+        let mut a = Archive::open(dir, 4096, &clock).unwrap();
         for i in 0..200u64 {
             let p = Position {
                 epoch: "ep".into(),
@@ -1002,7 +1113,7 @@ mod tests {
         assert!(seg > 3, "{seg}");
         drop(a);
         // Reopened, it goes on where it stood.
-        let mut a = Archive::open(dir, 4096).unwrap();
+        let mut a = Archive::open(dir, 4096, &clock).unwrap();
         assert_eq!(a.positions()["a"].id, "1999-0");
         assert_eq!(a.segment(), seg);
         a.append(BlockKind::Events, &events_block("a", &[3000]), None)
@@ -1018,7 +1129,7 @@ mod tests {
         f.write_all(&[2, 0, 0, 0, 100, 1, 2]).unwrap();
         drop(f);
         assert!(verify(dir).unwrap().torn.is_some());
-        drop(Archive::open(dir, 4096).unwrap());
+        drop(Archive::open(dir, 4096, &clock).unwrap());
         assert!(verify(dir).unwrap().torn.is_none());
         // A flipped byte in a sealed segment names it.
         let second = dir.join(segment_name(2));
@@ -1027,10 +1138,29 @@ mod tests {
         b[mid] ^= 0x10;
         std::fs::write(&second, b).unwrap();
         let e = verify(dir).unwrap_err();
-        assert!(e.starts_with("segment seg-0000000002.vga:"), "{e}");
+        assert!(
+            matches!(&e, ArchiveError::Segment { segment, source: SegmentError::Damaged { .. } }
+                if segment == "seg-0000000002.vga"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().starts_with("segment seg-0000000002.vga:"),
+            "{e}"
+        );
         // And a missing segment too.
         std::fs::remove_file(&second).unwrap();
         let e = verify(dir).unwrap_err();
-        assert!(e.contains("seg-0000000002.vga: missing"), "{e}");
+        assert!(
+            matches!(&e, ArchiveError::Missing { missing, .. } if missing == "seg-0000000002.vga"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("seg-0000000002.vga: missing"), "{e}");
+        // Every segment header is dated by the clock handed in.
+        let mut r =
+            SegmentReader::new(File::open(dir.join(segment_name(1))).unwrap(), GENESIS).unwrap();
+        let Some(Block::Header(h)) = r.next_block().unwrap() else {
+            panic!("no header")
+        };
+        assert_eq!(h.created_at_ms, 1_764_806_400_000);
     }
 }

@@ -23,12 +23,227 @@ use std::sync::Arc;
 
 use redis::aio::MultiplexedConnection;
 
+use crate::archive::ArchiveError;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::crl::CrlId;
 use crate::feed::region::Region;
-use crate::feed::CertWrite;
+use crate::feed::{CertWrite, FeedError};
 use crate::status::{hex, CertRecord, Event, IssuerId, Serial, StatusView};
-use format::{BackupError, CrlEntry, Header, Manifest, Position, Reader, Section, Writer};
+use format::{CrlEntry, FormatError, Header, Manifest, Position, Reader, Section, Writer};
+
+/// Why a backup could not be made, checked or restored, or a drill not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The backup file is damaged, truncated or not a backup.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// Something went wrong with one region.
+    #[error("region {region}: {source}")]
+    Region {
+        /// The region's name.
+        region: String,
+        /// What.
+        source: Box<BackupError>,
+    },
+    /// Something is wrong with one issuer's snapshot.
+    #[error("issuer {issuer}: {source}")]
+    Issuer {
+        /// The issuer id (hex).
+        issuer: String,
+        /// What.
+        source: Box<BackupError>,
+    },
+    /// Reaching a region failed.
+    #[error(transparent)]
+    Feed(#[from] FeedError),
+    /// A Redis command failed.
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    /// The `STATE` script's reply is not what it returns.
+    #[error("the region's state is not [id, (issuer, count, digest)...]")]
+    BadState,
+    /// An issuers set member that is not an issuer id.
+    #[error("malformed issuer id {0:?} in the issuers set")]
+    BadIssuerId(String),
+    /// A serial in a snapshot that is not one vigil writes.
+    #[error("a serial in the snapshot: {0}")]
+    SnapshotSerial(crate::status::SerialError),
+    /// A record in a snapshot that does not decode.
+    #[error("a malformed record in the snapshot")]
+    SnapshotRecord,
+    /// No region is configured.
+    #[error("no [[region]] is configured (use --from-checkpoint, or a config without a feed for the journal)")]
+    NoRegions,
+    /// No region has the name asked for.
+    #[error("no region is named {0:?}")]
+    NoSuchRegion(String),
+    /// The checkpoint could not be read.
+    #[error("{}: {source}", path.display())]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// Why.
+        source: crate::feed::checkpoint::CheckpointError,
+    },
+    /// No checkpoint at the path.
+    #[error("{}: no checkpoint there", .0.display())]
+    NoCheckpoint(PathBuf),
+    /// The journal could not be read (the text of `app::replay_journal`).
+    #[error("{0}")]
+    Journal(String),
+    /// The CRL store failed (the text of `crl_service::redis_store`).
+    #[error("{0}")]
+    CrlStore(String),
+    /// `--recipient` is not an age X25519 recipient.
+    #[error("--recipient {text:?} is not an age X25519 recipient (age1…): {why}")]
+    Recipient {
+        /// What was given.
+        text: String,
+        /// age's reason.
+        why: &'static str,
+    },
+    /// age could not start encrypting.
+    #[error("age: {0}")]
+    Encrypt(#[from] age::EncryptError),
+    /// An encrypted backup and no identity.
+    #[error("{}: the backup is encrypted (age); give the identity file with --identity", .0.display())]
+    NeedIdentity(PathBuf),
+    /// The identity file is over [`crate::limits::MAX_KEY_FILE_BYTES`].
+    #[error("{}: larger than an identity file", .0.display())]
+    IdentityTooLarge(PathBuf),
+    /// The identity file is not an age identity file.
+    #[error("{}: not an age identity file: {source}", path.display())]
+    NotIdentity {
+        /// The identity file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The backup starts as an age file but is not one.
+    #[error("{}: not a readable age file: {source}", path.display())]
+    NotAge {
+        /// The backup.
+        path: PathBuf,
+        /// Why.
+        source: age::DecryptError,
+    },
+    /// The backup is encrypted to other recipients than the identities given.
+    #[error("{}: the backup is encrypted to another recipient than {}'s identities", backup.display(), identity.display())]
+    WrongIdentity {
+        /// The backup.
+        backup: PathBuf,
+        /// The identity file.
+        identity: PathBuf,
+    },
+    /// Decrypting failed.
+    #[error("{}: {source}", path.display())]
+    Decrypt {
+        /// The backup.
+        path: PathBuf,
+        /// Why.
+        source: age::DecryptError,
+    },
+    /// The file holds no manifest.
+    #[error("no manifest")]
+    NoManifest,
+    /// The file holds no header.
+    #[error("no header")]
+    NoHeader,
+    /// The thread reading the backup failed.
+    #[error("reading the backup: {0}")]
+    Reading(tokio::task::JoinError),
+    /// The backup's time does not parse.
+    #[error("{}: the backup's time: {source}", path.display())]
+    BackupTime {
+        /// The backup.
+        path: PathBuf,
+        /// Why.
+        source: crate::clock::TimeParseError,
+    },
+    /// A point-in-time restore from a backup newer than its time.
+    #[error("{}: the backup finished at {finished}, after {until}: a point-in-time restore starts from a backup older than its time (the archive only adds events; it cannot take newer ones away)", path.display())]
+    BackupAfterTime {
+        /// The backup.
+        path: PathBuf,
+        /// When it finished (RFC 3339).
+        finished: String,
+        /// The time asked for (RFC 3339).
+        until: String,
+    },
+    /// The archive could not be read or is damaged.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    /// A region's loader task ended early.
+    #[error("a region's restore stopped")]
+    RestoreStopped,
+    /// A region's loader task panicked or was cancelled.
+    #[error("a restore task failed: {0}")]
+    RestoreTask(tokio::task::JoinError),
+    /// The drill's scratch Redis is a live region.
+    #[error("--scratch-redis {url} is region {region}: the drill never writes to a live region")]
+    ScratchIsLive {
+        /// The scratch URL.
+        url: String,
+        /// The region it is.
+        region: String,
+    },
+    /// The drill's backup does not verify.
+    #[error("the backup does not verify: {0}")]
+    DoesNotVerify(Box<BackupError>),
+    /// The scratch URL does not make a region.
+    #[error("--scratch-redis: {0}")]
+    ScratchConfig(toml::de::Error),
+    /// The scratch URL made no region.
+    #[error("no scratch region")]
+    NoScratch,
+    /// The scratch region could not be reached.
+    #[error("scratch {url}: {source}")]
+    ScratchUnreachable {
+        /// The scratch URL.
+        url: String,
+        /// Why.
+        source: FeedError,
+    },
+    /// A command on the scratch failed.
+    #[error("scratch: {0}")]
+    Scratch(redis::RedisError),
+    /// The scratch holds keys of the prefix, and `--flush-scratch` was not given.
+    #[error("the scratch Redis already holds {count} key(s) under {prefix}: (e.g. {example}); pass --flush-scratch to delete them first")]
+    ScratchNotEmpty {
+        /// Keys there.
+        count: usize,
+        /// The feed's key prefix.
+        prefix: String,
+        /// One of them.
+        example: String,
+    },
+}
+
+impl BackupError {
+    fn in_region(region: &str) -> impl Fn(BackupError) -> BackupError + '_ {
+        move |e| BackupError::Region {
+            region: region.to_owned(),
+            source: Box::new(e),
+        }
+    }
+}
+
+fn io_at(path: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
+    move |source| BackupError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
 
 /// Where a backup is taken from.
 pub enum Source<'a> {
@@ -60,8 +275,8 @@ pub fn config_digest(path: Option<&Path>) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref())
 }
 
-pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::from_unix_timestamp(crate::clock::unix_now_ms() / 1000)
+pub(crate) fn now_rfc3339(clock: &Clock) -> String {
+    time::OffsetDateTime::from_unix_timestamp(clock.now())
         .ok()
         .and_then(|t| {
             t.format(&time::format_description::well_known::Rfc3339)
@@ -79,12 +294,12 @@ fn temp_path(out: &Path) -> PathBuf {
 }
 
 /// Moves a finished temporary file into place (fsync, rename, fsync of the directory).
-fn commit(tmp: &Path, file: File, out: &Path) -> Result<u64, String> {
-    let io = |e: std::io::Error| format!("{}: {e}", out.display());
-    file.sync_all().map_err(io)?;
-    let bytes = file.metadata().map_err(io)?.len();
+fn commit(tmp: &Path, file: File, out: &Path) -> Result<u64, BackupError> {
+    let io = io_at(out);
+    file.sync_all().map_err(&io)?;
+    let bytes = file.metadata().map_err(&io)?.len();
     drop(file);
-    std::fs::rename(tmp, out).map_err(io)?;
+    std::fs::rename(tmp, out).map_err(&io)?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
@@ -97,24 +312,26 @@ fn commit(tmp: &Path, file: File, out: &Path) -> Result<u64, String> {
 ///
 /// With `recipient` (an age X25519 recipient, `age1…`), the whole file is encrypted to it as
 /// it is written (age's STREAM: authenticated chunks of 64 KiB), so no plaintext reaches the
-/// disk; `verify` and `restore` then need the matching identity.
+/// disk; `verify` and `restore` then need the matching identity. The header's and
+/// manifest's times are read from `clock`.
 pub async fn create(
     cfg: &Config,
     source: Source<'_>,
     out: &Path,
     config_sha256: String,
     recipient: Option<&str>,
-) -> Result<Created, String> {
+    clock: &Clock,
+) -> Result<Created, BackupError> {
     let recipient = recipient.map(parse_recipient).transpose()?;
     let tmp = temp_path(out);
-    let file = File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let file = File::create(&tmp).map_err(io_at(&tmp))?;
     let result = async {
         let mut sink = Sink::new(&file, recipient.as_ref())?;
         let mut same_as = Vec::new();
-        let manifest = write_backup(cfg, source, &mut sink, config_sha256, &mut same_as).await?;
-        sink.close()
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        Ok::<_, String>((manifest, same_as))
+        let manifest =
+            write_backup(cfg, source, &mut sink, config_sha256, &mut same_as, clock).await?;
+        sink.close().map_err(io_at(&tmp))?;
+        Ok::<_, BackupError>((manifest, same_as))
     }
     .await;
     match result {
@@ -140,12 +357,12 @@ async fn write_backup(
     file: &mut Sink<'_>,
     config_sha256: String,
     same_as: &mut Vec<format::SameAs>,
-) -> Result<Manifest, String> {
-    let berr = |e: BackupError| e.to_string();
+    clock: &Clock,
+) -> Result<Manifest, BackupError> {
     let mut header = Header {
         format: "vigil-backup".into(),
         version: format::VERSION,
-        created_at: now_rfc3339(),
+        created_at: now_rfc3339(clock),
         source: String::new(),
         config_sha256,
         positions: Vec::new(),
@@ -162,10 +379,10 @@ async fn write_backup(
                 let mut c = r
                     .writer()
                     .await
-                    .map_err(|e| format!("region {}: {e}", r.name))?;
+                    .map_err(|e| BackupError::in_region(&r.name)(e.into()))?;
                 let (p, state) = position(r, &mut c)
                     .await
-                    .map_err(|e| format!("region {}: {e}", r.name))?;
+                    .map_err(BackupError::in_region(&r.name))?;
                 header.positions.push(p);
                 states.push(state);
                 conns.push(c);
@@ -189,7 +406,7 @@ async fn write_backup(
                 }
             }
             same_as.clone_from(&header.same_as);
-            let mut w = Writer::new(&mut *file, &header).map_err(berr)?;
+            let mut w = Writer::new(&mut *file, &header)?;
             // Every region is scanned at once, each by its own task on its own connection (each
             // region's Redis scans on its own core); the pages come here through a bounded
             // channel, so the backup holds a few pages whatever the regions hold.
@@ -201,7 +418,7 @@ async fn write_backup(
                 let (tx, r) = (tx.clone(), r.clone());
                 tokio::spawn(async move {
                     if let Err(e) = scan_region(&r, c, i, &tx).await {
-                        let _ = tx.send(Err(format!("region {}: {e}", r.name))).await;
+                        let _ = tx.send(Err(BackupError::in_region(&r.name)(e))).await;
                     }
                 });
             }
@@ -209,7 +426,7 @@ async fn write_backup(
             while let Some(page) = rx.recv().await {
                 let (i, issuer, records) = page?;
                 let name = regions.get(i).map_or("", |r| r.name.as_str());
-                w.records(name, issuer, &records).map_err(berr)?;
+                w.records(name, issuer, &records)?;
             }
             for r in cfg
                 .regions
@@ -218,14 +435,17 @@ async fn write_backup(
             {
                 backup_crls(cfg, r, &mut w).await?;
             }
-            w.set_finished_at(crate::clock::rfc3339_ms(crate::clock::unix_now_ms()));
-            Ok(w.finish().map_err(berr)?.0)
+            w.set_finished_at(crate::clock::rfc3339_ms(clock.now_ms()));
+            Ok(w.finish()?.0)
         }
         Source::Checkpoint(path) => {
             header.source = "checkpoint".into();
             let loaded = crate::feed::checkpoint::load(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?
-                .ok_or_else(|| format!("{}: no checkpoint there", path.display()))?;
+                .map_err(|source| BackupError::Checkpoint {
+                    path: path.to_owned(),
+                    source,
+                })?
+                .ok_or_else(|| BackupError::NoCheckpoint(path.to_owned()))?;
             let mut cursors: Vec<_> = loaded.cursors.iter().collect();
             cursors.sort_by(|a, b| a.0.cmp(b.0));
             for (region, c) in cursors {
@@ -235,20 +455,21 @@ async fn write_backup(
                     stream_id: c.id.to_string(),
                 });
             }
-            write_view(&loaded.view, "checkpoint", header, &mut *file)
+            write_view(&loaded.view, "checkpoint", header, &mut *file, clock)
         }
         Source::Journal => {
             header.source = "journal".into();
             let view = StatusView::new();
             let metrics = crate::telemetry::Metrics::new();
             let mut reader = crate::status::journal::JournalReader::new(cfg.journal_path());
-            crate::app::replay_journal(&mut reader, &view, &metrics)?;
+            crate::app::replay_journal(&mut reader, &view, &metrics)
+                .map_err(BackupError::Journal)?;
             header.positions.push(Position {
                 source: "journal".into(),
                 epoch: String::new(),
                 stream_id: format!("{}-0", reader.offset()),
             });
-            write_view(&view, "journal", header, &mut *file)
+            write_view(&view, "journal", header, &mut *file, clock)
         }
     }
 }
@@ -259,33 +480,35 @@ fn write_view(
     source: &str,
     header: Header,
     out: impl std::io::Write,
-) -> Result<Manifest, String> {
-    let berr = |e: BackupError| e.to_string();
-    let mut w = Writer::new(out, &header).map_err(berr)?;
+    clock: &Clock,
+) -> Result<Manifest, BackupError> {
+    let mut w = Writer::new(out, &header)?;
     let mut issuers = view.issuers();
     issuers.sort_by_key(|(id, _)| *id);
     for (id, table) in issuers {
         for part in 0..64 {
             for (s, r) in table.records_partition(part, 64) {
-                w.record(source, id, &s, &r).map_err(berr)?;
+                w.record(source, id, &s, &r)?;
             }
         }
     }
-    w.set_finished_at(crate::clock::rfc3339_ms(crate::clock::unix_now_ms()));
-    Ok(w.finish().map_err(berr)?.0)
+    w.set_finished_at(crate::clock::rfc3339_ms(clock.now_ms()));
+    Ok(w.finish()?.0)
 }
 
-fn chosen_regions(cfg: &Config, only: Option<&str>) -> Result<Vec<Arc<Region>>, String> {
+fn chosen_regions(cfg: &Config, only: Option<&str>) -> Result<Vec<Arc<Region>>, BackupError> {
     if cfg.regions.is_empty() {
-        return Err("no [[region]] is configured (use --from-checkpoint, or a config without a feed for the journal)".into());
+        return Err(BackupError::NoRegions);
     }
-    let all = crate::feed::region::regions(cfg).map_err(|e| e.to_string())?;
+    let all = crate::feed::region::regions(cfg)?;
     let chosen: Vec<_> = all
         .into_iter()
         .filter(|r| only.is_none_or(|o| o == r.name))
         .collect();
     if chosen.is_empty() {
-        return Err(format!("no region is named {:?}", only.unwrap_or_default()));
+        return Err(BackupError::NoSuchRegion(
+            only.unwrap_or_default().to_owned(),
+        ));
     }
     Ok(chosen)
 }
@@ -300,32 +523,26 @@ type RegionState = BTreeMap<String, (u64, String)>;
 async fn position(
     r: &Region,
     c: &mut MultiplexedConnection,
-) -> Result<(Position, RegionState), String> {
-    let epoch: Option<String> = redis::cmd("GET")
-        .arg(r.keys.epoch())
-        .query_async(c)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<(Position, RegionState), BackupError> {
+    let epoch: Option<String> = redis::cmd("GET").arg(r.keys.epoch()).query_async(c).await?;
     let reply: Vec<redis::Value> = crate::feed::scripts::STATE
         .key(r.keys.stream())
         .key(r.keys.issuers())
         .key(r.keys.digests())
         .arg(r.keys.snapshot_hex(""))
         .invoke_async(c)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let text = |v: &redis::Value| match v {
         redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         redis::Value::SimpleString(s) => Some(s.clone()),
         _ => None,
     };
-    let bad = || "the region's state is not [id, (issuer, count, digest)...]".to_owned();
     let mut it = reply.iter();
-    let at = it.next().and_then(text).ok_or_else(bad)?;
+    let at = it.next().and_then(text).ok_or(BackupError::BadState)?;
     let mut state = RegionState::new();
     while let (Some(i), Some(n), Some(d)) = (it.next(), it.next(), it.next()) {
         let (Some(i), redis::Value::Int(n)) = (text(i), n) else {
-            return Err(bad());
+            return Err(BackupError::BadState);
         };
         state.insert(
             i,
@@ -349,23 +566,26 @@ const BACKUP_SCAN_COUNT: usize = 5000;
 const SCAN_PAGES_QUEUED: usize = 16;
 
 /// One page of a region's snapshot: the region's index, the issuer, the records.
-type Page = Result<(usize, IssuerId, Vec<(Serial, CertRecord)>), String>;
+type Page = Result<(usize, IssuerId, Vec<(Serial, CertRecord)>), BackupError>;
 
 async fn scan_region(
     r: &Region,
     mut c: MultiplexedConnection,
     index: usize,
     tx: &tokio::sync::mpsc::Sender<Page>,
-) -> Result<(), String> {
+) -> Result<(), BackupError> {
     let mut issuers: Vec<String> = redis::cmd("SMEMBERS")
         .arg(r.keys.issuers())
         .query_async(&mut c)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     issuers.sort();
     for ih in issuers {
         let Some(issuer) = crate::feed::consume::parse_issuer_hex(&ih) else {
-            return Err(format!("malformed issuer id {ih:?} in the issuers set"));
+            return Err(BackupError::BadIssuerId(ih));
+        };
+        let of_issuer = |e| BackupError::Issuer {
+            issuer: ih.clone(),
+            source: Box::new(e),
         };
         let key = r.keys.snapshot(&issuer);
         let mut cursor = "0".to_owned();
@@ -376,14 +596,13 @@ async fn scan_region(
                 .arg("COUNT")
                 .arg(BACKUP_SCAN_COUNT)
                 .query_async(&mut c)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             let mut page = Vec::with_capacity(fields.len() / 2);
             for pair in fields.chunks_exact(2) {
                 let serial = Serial::from_der_content(&pair[0])
-                    .map_err(|e| format!("issuer {ih}: a serial in the snapshot: {e}"))?;
+                    .map_err(|e| of_issuer(BackupError::SnapshotSerial(e)))?;
                 let record = CertRecord::from_bytes(&pair[1])
-                    .ok_or_else(|| format!("issuer {ih}: a malformed record in the snapshot"))?;
+                    .ok_or_else(|| of_issuer(BackupError::SnapshotRecord))?;
                 page.push((serial, record));
             }
             if tx.send(Ok((index, issuer, page))).await.is_err() {
@@ -420,10 +639,11 @@ async fn backup_crls<W: std::io::Write>(
     cfg: &Config,
     r: &crate::config::RegionConfig,
     w: &mut Writer<W>,
-) -> Result<(), String> {
-    let store = crate::crl_service::redis_store::Region::from_config(r, cfg.crl.redis_timeout)?;
+) -> Result<(), BackupError> {
+    let store = crate::crl_service::redis_store::Region::from_config(r, cfg.crl.redis_timeout)
+        .map_err(BackupError::CrlStore)?;
     for id in crl_ids(cfg) {
-        let Some((number, der)) = store.fetch(&id).await? else {
+        let Some((number, der)) = store.fetch(&id).await.map_err(BackupError::CrlStore)? else {
             continue;
         };
         let entry = CrlEntry {
@@ -435,7 +655,7 @@ async fn backup_crls<W: std::io::Write>(
             number,
             this_update: this_update(&der).unwrap_or(0),
         };
-        w.crl(&entry, &der).map_err(|e| e.to_string())?;
+        w.crl(&entry, &der)?;
     }
     Ok(())
 }
@@ -451,10 +671,11 @@ fn this_update(der: &[u8]) -> Option<i64> {
 /// What an age-encrypted file starts with.
 const AGE_MAGIC: &[u8] = b"age-encryption.org/";
 
-fn parse_recipient(s: &str) -> Result<age::x25519::Recipient, String> {
-    s.trim()
-        .parse()
-        .map_err(|e| format!("--recipient {s:?} is not an age X25519 recipient (age1…): {e}"))
+fn parse_recipient(s: &str) -> Result<age::x25519::Recipient, BackupError> {
+    s.trim().parse().map_err(|why| BackupError::Recipient {
+        text: s.to_owned(),
+        why,
+    })
 }
 
 /// Where a backup is written: the file, or age's encryptor in front of it.
@@ -464,16 +685,18 @@ enum Sink<'a> {
 }
 
 impl<'a> Sink<'a> {
-    fn new(file: &'a File, recipient: Option<&age::x25519::Recipient>) -> Result<Self, String> {
+    fn new(
+        file: &'a File,
+        recipient: Option<&age::x25519::Recipient>,
+    ) -> Result<Self, BackupError> {
         let out = BufWriter::with_capacity(1 << 20, file);
         let Some(r) = recipient else {
             return Ok(Sink::Plain(out));
         };
-        let enc = age::Encryptor::with_recipients(std::iter::once(r as &dyn age::Recipient))
-            .map_err(|e| format!("age: {e}"))?;
-        Ok(Sink::Age(
-            enc.wrap_output(out).map_err(|e| format!("age: {e}"))?,
-        ))
+        let enc = age::Encryptor::with_recipients(std::iter::once(r as &dyn age::Recipient))?;
+        Ok(Sink::Age(enc.wrap_output(out).map_err(|e| {
+            BackupError::Encrypt(age::EncryptError::Io(e))
+        })?))
     }
 
     /// Ends the stream (age's last chunk) and flushes.
@@ -505,47 +728,48 @@ impl std::io::Write for Sink<'_> {
 /// Opens a backup for reading: as it is, or, when it is age-encrypted, decrypted with the
 /// identities in `identity` (an age identity file, `AGE-SECRET-KEY-1…` lines). Refuses an
 /// encrypted backup without an identity, or with one it was not encrypted to.
-pub fn open(path: &Path, identity: Option<&Path>) -> Result<Box<dyn std::io::Read>, String> {
+pub fn open(path: &Path, identity: Option<&Path>) -> Result<Box<dyn std::io::Read>, BackupError> {
     use std::io::{BufRead, Read};
-    let io = |e: std::io::Error| format!("{}: {e}", path.display());
-    let file = File::open(path).map_err(io)?;
+    let io = io_at(path);
+    let file = File::open(path).map_err(&io)?;
     let mut input = BufReader::with_capacity(1 << 20, file);
-    let head = input.fill_buf().map_err(io)?;
+    let head = input.fill_buf().map_err(&io)?;
     if !head.starts_with(AGE_MAGIC) {
         return Ok(Box::new(input));
     }
     let Some(id_path) = identity else {
-        return Err(format!(
-            "{}: the backup is encrypted (age); give the identity file with --identity",
-            path.display()
-        ));
+        return Err(BackupError::NeedIdentity(path.to_owned()));
     };
     let mut text = Vec::new();
     File::open(id_path)
-        .map_err(|e| format!("{}: {e}", id_path.display()))?
+        .map_err(io_at(id_path))?
         .take(crate::limits::MAX_KEY_FILE_BYTES as u64 + 1)
         .read_to_end(&mut text)
-        .map_err(|e| format!("{}: {e}", id_path.display()))?;
+        .map_err(io_at(id_path))?;
     if text.len() > crate::limits::MAX_KEY_FILE_BYTES {
-        return Err(format!(
-            "{}: larger than an identity file",
-            id_path.display()
-        ));
+        return Err(BackupError::IdentityTooLarge(id_path.to_owned()));
     }
     let identities = age::IdentityFile::from_buffer(&text[..])
         .and_then(|f| f.into_identities().map_err(std::io::Error::other))
-        .map_err(|e| format!("{}: not an age identity file: {e}", id_path.display()))?;
-    let decryptor = age::Decryptor::new_buffered(input)
-        .map_err(|e| format!("{}: not a readable age file: {e}", path.display()))?;
+        .map_err(|source| BackupError::NotIdentity {
+            path: id_path.to_owned(),
+            source,
+        })?;
+    let decryptor = age::Decryptor::new_buffered(input).map_err(|source| BackupError::NotAge {
+        path: path.to_owned(),
+        source,
+    })?;
     let reader = decryptor
         .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
         .map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => format!(
-                "{}: the backup is encrypted to another recipient than {}'s identities",
-                path.display(),
-                id_path.display()
-            ),
-            e => format!("{}: {e}", path.display()),
+            age::DecryptError::NoMatchingKeys => BackupError::WrongIdentity {
+                backup: path.to_owned(),
+                identity: id_path.to_owned(),
+            },
+            source => BackupError::Decrypt {
+                path: path.to_owned(),
+                source,
+            },
         })?;
     Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
 }
@@ -562,17 +786,17 @@ pub struct Verified {
 
 /// Reads the whole file, checking every section's checksum, the manifest's counts and digests
 /// and the whole-file SHA-256. Names the section that broke.
-pub fn verify(path: &Path, identity: Option<&Path>) -> Result<Verified, String> {
-    let mut r = Reader::new(open(path, identity)?).map_err(|e| e.to_string())?;
+pub fn verify(path: &Path, identity: Option<&Path>) -> Result<Verified, BackupError> {
+    let mut r = Reader::new(open(path, identity)?)?;
     let mut header = None;
-    while let Some(s) = r.next_section().map_err(|e| e.to_string())? {
+    while let Some(s) = r.next_section()? {
         if let Section::Header(h) = s {
             header = Some(h);
         }
     }
-    let manifest = r.manifest().cloned().ok_or("no manifest")?;
+    let manifest = r.manifest().cloned().ok_or(BackupError::NoManifest)?;
     Ok(Verified {
-        header: header.ok_or("no header")?,
+        header: header.ok_or(BackupError::NoHeader)?,
         manifest,
     })
 }
@@ -634,23 +858,17 @@ pub async fn restore(
     path: &Path,
     only: Option<&str>,
     identity: Option<&Path>,
-) -> Result<BTreeMap<String, Restored>, String> {
+) -> Result<BTreeMap<String, Restored>, BackupError> {
     let verified = verify(path, identity)?;
     let regions = chosen_regions(cfg, only)?;
-    let mut conns = Vec::new();
-    for r in &regions {
-        conns.push(
-            r.writer()
-                .await
-                .map_err(|e| format!("region {}: {e}", r.name))?,
-        );
-    }
+    let conns = writers(&regions).await?;
     let stores = cfg
         .regions
         .iter()
         .filter(|r| only.is_none_or(|o| o == r.name))
         .map(|r| crate::crl_service::redis_store::Region::from_config(r, cfg.crl.redis_timeout))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(BackupError::CrlStore)?;
     let (skip, identical) = identical_sources(&verified.manifest);
     let loader = load::Loader::start(&regions, conns);
     let senders = loader.senders();
@@ -659,10 +877,9 @@ pub async fn restore(
     let sha256 = verified.manifest.sha256.clone();
     let reading = tokio::task::spawn_blocking(move || {
         let mut crls: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        let mut reader = Reader::new(open(&path_owned, identity_owned.as_deref())?)
-            .map_err(|e| e.to_string())?;
+        let mut reader = Reader::new(open(&path_owned, identity_owned.as_deref())?)?;
         reader.trust(sha256, skip);
-        while let Some(section) = reader.next_section().map_err(|e| e.to_string())? {
+        while let Some(section) = reader.next_section()? {
             match section {
                 Section::Header(_) => {}
                 Section::Records(rs) => {
@@ -676,15 +893,17 @@ pub async fn restore(
                     };
                     let der = bytes::Bytes::from(der);
                     for s in &stores {
-                        let o = handle.block_on(s.store(
-                            &id,
-                            der.clone(),
-                            entry.number,
-                            entry.this_update,
-                            None,
-                            None,
-                            None,
-                        ))?;
+                        let o = handle
+                            .block_on(s.store(
+                                &id,
+                                der.clone(),
+                                entry.number,
+                                entry.this_update,
+                                None,
+                                None,
+                                None,
+                            ))
+                            .map_err(BackupError::CrlStore)?;
                         let e = crls.entry(s.name.clone()).or_default();
                         match o {
                             crate::crl_service::redis_store::StoreOutcome::Stored => e.0 += 1,
@@ -694,11 +913,9 @@ pub async fn restore(
                 }
             }
         }
-        Ok::<_, String>(crls)
+        Ok::<_, BackupError>(crls)
     });
-    let read = reading
-        .await
-        .map_err(|e| format!("reading the backup: {e}"))?;
+    let read = reading.await.map_err(BackupError::Reading)?;
     // A region task's error explains a reader that stopped because that task ended.
     let loaded = loader.finish().await?;
     let crls = read?;
@@ -770,25 +987,28 @@ pub fn state_at(
     identity: Option<&Path>,
     archive: &Path,
     until_ms: i64,
-) -> Result<PointInTime, String> {
+) -> Result<PointInTime, BackupError> {
     let verified = verify(path, identity)?;
     let finished = if verified.manifest.finished_at.is_empty() {
         verified.header.created_at.clone()
     } else {
         verified.manifest.finished_at.clone()
     };
-    let finished_ms = crate::clock::parse_rfc3339_ms(&finished)
-        .map_err(|e| format!("{}: the backup's time: {e}", path.display()))?;
+    let finished_ms =
+        crate::clock::parse_rfc3339_ms(&finished).map_err(|source| BackupError::BackupTime {
+            path: path.to_owned(),
+            source,
+        })?;
     if finished_ms > until_ms {
-        return Err(format!(
-            "{}: the backup finished at {finished}, after {}: a point-in-time restore starts from a backup older than its time (the archive only adds events; it cannot take newer ones away)",
-            path.display(),
-            crate::clock::rfc3339_ms(until_ms)
-        ));
+        return Err(BackupError::BackupAfterTime {
+            path: path.to_owned(),
+            finished,
+            until: crate::clock::rfc3339_ms(until_ms),
+        });
     }
     let view = StatusView::new();
-    let mut reader = Reader::new(open(path, identity)?).map_err(|e| e.to_string())?;
-    while let Some(section) = reader.next_section().map_err(|e| e.to_string())? {
+    let mut reader = Reader::new(open(path, identity)?)?;
+    while let Some(section) = reader.next_section()? {
         if let Section::Records(rs) = section {
             view.table(rs.issuer).merge_many(&rs.records);
         }
@@ -808,16 +1028,9 @@ pub async fn merge_view(
     cfg: &Config,
     view: &StatusView,
     only: Option<&str>,
-) -> Result<BTreeMap<String, Restored>, String> {
+) -> Result<BTreeMap<String, Restored>, BackupError> {
     let regions = chosen_regions(cfg, only)?;
-    let mut conns = Vec::new();
-    for r in &regions {
-        conns.push(
-            r.writer()
-                .await
-                .map_err(|e| format!("region {}: {e}", r.name))?,
-        );
-    }
+    let conns = writers(&regions).await?;
     let loader = load::Loader::start(&regions, conns);
     let mut issuers = view.issuers();
     issuers.sort_by_key(|(id, _)| *id);
@@ -849,18 +1062,33 @@ pub async fn merge_view(
         .collect())
 }
 
-/// Writes a view as a backup file (`source` names where it came from), atomically.
+/// Every region's writing connection, in order.
+async fn writers(regions: &[Arc<Region>]) -> Result<Vec<MultiplexedConnection>, BackupError> {
+    let mut conns = Vec::new();
+    for r in regions {
+        conns.push(
+            r.writer()
+                .await
+                .map_err(|e| BackupError::in_region(&r.name)(e.into()))?,
+        );
+    }
+    Ok(conns)
+}
+
+/// Writes a view as a backup file (`source` names where it came from), atomically, dated by
+/// `clock`.
 pub fn write_view_file(
     view: &StatusView,
     source: &str,
     positions: Vec<Position>,
     config_sha256: String,
     out: &Path,
-) -> Result<Created, String> {
+    clock: &Clock,
+) -> Result<Created, BackupError> {
     let header = Header {
         format: "vigil-backup".into(),
         version: format::VERSION,
-        created_at: now_rfc3339(),
+        created_at: now_rfc3339(clock),
         source: source.to_owned(),
         config_sha256,
         positions,
@@ -868,12 +1096,13 @@ pub fn write_view_file(
         same_as: Vec::new(),
     };
     let tmp = temp_path(out);
-    let file = File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let file = File::create(&tmp).map_err(io_at(&tmp))?;
     match write_view(
         view,
         source,
         header,
         BufWriter::with_capacity(1 << 20, &file),
+        clock,
     ) {
         Ok(manifest) => {
             let bytes = commit(&tmp, file, out)?;
@@ -907,9 +1136,14 @@ pub fn last_success_key(cfg: &Config) -> String {
 /// Writes the backup's health metrics to `path` in the Prometheus text format (for
 /// node_exporter's textfile collector): written to a temporary name and renamed, so the
 /// collector never reads half a file; only after a backup succeeded, so a failing job leaves
-/// the old timestamp to age.
-pub fn write_metrics_file(path: &Path, created: &Created, seconds: f64) -> Result<(), String> {
-    let now = crate::clock::unix_now_ms() as f64 / 1000.0;
+/// the old timestamp to age. The time of success is read from `clock`.
+pub fn write_metrics_file(
+    path: &Path,
+    created: &Created,
+    seconds: f64,
+    clock: &Clock,
+) -> Result<(), BackupError> {
+    let now = clock.now_ms() as f64 / 1000.0;
     let name = crate::telemetry::BACKUP_LAST_SUCCESS;
     let text = format!(
         "# HELP {name} Unix time of the last successful vigil backup create.\n\
@@ -921,18 +1155,19 @@ pub fn write_metrics_file(path: &Path, created: &Created, seconds: f64) -> Resul
         created.bytes
     );
     let tmp = temp_path(path);
-    std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    std::fs::write(&tmp, text).map_err(io_at(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_at(path))
 }
 
 /// Records a successful backup in every region it was taken from (best effort: a region
-/// that cannot be written only misses this record; the backup itself is done).
-pub async fn record_success(cfg: &Config, only: Option<&str>, created: &Created) {
+/// that cannot be written only misses this record; the backup itself is done), at the time
+/// `clock` reads.
+pub async fn record_success(cfg: &Config, only: Option<&str>, created: &Created, clock: &Clock) {
     let Ok(regions) = chosen_regions(cfg, only) else {
         return;
     };
     let value = serde_json::json!({
-        "at": crate::clock::unix_now_ms() as f64 / 1000.0,
+        "at": clock.now_ms() as f64 / 1000.0,
         "bytes": created.bytes,
         "sha256": created.manifest.sha256,
     })

@@ -296,6 +296,7 @@ pub(super) fn check(
     t: &Target,
     opts: &ConsumerOptions,
     cas: &[(String, Certificate)],
+    now: i64,
 ) {
     let mut state = match &opts.state {
         Some(p) => match State::load(p) {
@@ -307,7 +308,6 @@ pub(super) fn check(
         },
         None => State::default(),
     };
-    let now = super::now();
     for (name, ca) in cas {
         let Some(urls) = disclosed_urls(r, t, name) else {
             continue;
