@@ -1028,7 +1028,46 @@ mod tests {
     }
 
     #[test]
+    fn expiry_is_judged_by_the_clock_handed_in() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ca.pem");
+        let der = ca().to_der().unwrap();
+        std::fs::write(
+            &path,
+            pem_rfc7468::encode_string("CERTIFICATE", pem_rfc7468::LineEnding::LF, &der).unwrap(),
+        )
+        .unwrap();
+        let target = Target {
+            replicas: vec![],
+            regions: vec![],
+            key_prefix: "vigil".into(),
+            issuers: vec![("ca".into(), path)],
+            serials: vec![],
+            max_lag: Duration::from_secs(1),
+            expiry_warning: Duration::from_secs(86400),
+            canary: None,
+            canary_timeout: Duration::from_secs(1),
+            crl_consumer: None,
+        };
+        let expiry = |r: &Report| {
+            r.findings
+                .iter()
+                .find(|f| f.check == "expiry")
+                .map(|f| (f.level, f.detail.clone()))
+                .unwrap()
+        };
+        // rcgen's default notAfter is 4096-01-01.
+        let now = run(&target, &Clock::manual(1_764_806_400_000));
+        assert_eq!(expiry(&now).0, Level::Ok, "{:?}", now.findings);
+        let later = run(&target, &Clock::manual(70_000_000_000_000));
+        assert_eq!(expiry(&later), (Level::Fail, "CA ca expired".into()));
+    }
+
+    #[test]
     fn http_rejects_other_schemes() {
-        assert!(http("https://x", "GET", "/", &[], b"", Duration::from_secs(1)).is_err());
+        assert!(matches!(
+            http("https://x", "GET", "/", &[], b"", Duration::from_secs(1)),
+            Err(DrillError::UnsupportedUrl(u)) if u == "https://x"
+        ));
     }
 }

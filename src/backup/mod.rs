@@ -1229,3 +1229,79 @@ pub async fn watch_last_success(cfg: Config, every: std::time::Duration) {
         tokio::time::sleep(every).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::status::{EventKind, RevocationReason};
+
+    #[test]
+    fn a_backup_is_dated_by_the_clock_handed_in_and_refused_for_an_earlier_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("b.vgb");
+        let view = StatusView::new();
+        let rec = CertRecord::from_event(&EventKind::Revoked {
+            time: 9,
+            reason: RevocationReason::KeyCompromise,
+        });
+        view.table(IssuerId([1; 32]))
+            .merge_many(&[(Serial::from_magnitude(&[5]).unwrap(), rec)]);
+        let at_ms = 1_764_806_400_250;
+        let clock = Clock::manual(at_ms);
+        write_view_file(&view, "test", Vec::new(), String::new(), &out, &clock).unwrap();
+        let v = verify(&out, None).unwrap();
+        assert_eq!(v.header.created_at, "2025-12-04T00:00:00Z");
+        assert_eq!(v.manifest.finished_at, crate::clock::rfc3339_ms(at_ms));
+        assert_eq!(v.manifest.counts["test"].len(), 1);
+
+        // A point in time before the backup finished is refused by what it is, before the
+        // archive is read.
+        let e = state_at(&out, None, &tmp.path().join("no-archive"), at_ms - 1)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&e, BackupError::BackupAfterTime { finished, .. }
+                if *finished == crate::clock::rfc3339_ms(at_ms)),
+            "{e}"
+        );
+        // At its time, the archive is read: there is none.
+        let e = state_at(&out, None, &tmp.path().join("no-archive"), at_ms)
+            .err()
+            .unwrap();
+        assert!(matches!(e, BackupError::Archive(_)), "{e}");
+
+        let metrics = tmp.path().join("backup.prom");
+        let created = Created {
+            manifest: v.manifest,
+            same_as: Vec::new(),
+            bytes: 1,
+        };
+        write_metrics_file(&metrics, &created, 2.0, &clock).unwrap();
+        let text = std::fs::read_to_string(&metrics).unwrap();
+        assert!(
+            text.contains(&format!(
+                "{} 1764806400.250\n",
+                crate::telemetry::BACKUP_LAST_SUCCESS
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_encrypted_backup_without_an_identity_is_refused_by_variant() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("enc.vgb");
+        std::fs::write(&path, b"age-encryption.org/v1\n").unwrap();
+        let e = open(&path, None).err().unwrap();
+        assert!(
+            matches!(&e, BackupError::NeedIdentity(p) if *p == path),
+            "{e}"
+        );
+        assert!(e
+            .to_string()
+            .contains("give the identity file with --identity"));
+        let e = parse_recipient("age1nope").err().unwrap();
+        assert!(matches!(e, BackupError::Recipient { .. }), "{e}");
+    }
+}
