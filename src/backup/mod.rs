@@ -12,238 +12,36 @@
 //! are build times, raised above the highest seen: [`crate::crl::number`]).
 
 pub mod drill;
+mod encryption;
+mod error;
 pub mod format;
+mod health;
 pub mod load;
+
+pub use encryption::open;
+use encryption::{parse_recipient, Sink};
+use error::io_at;
+pub use error::BackupError;
+pub use health::{
+    last_success, last_success_key, record_success, watch_last_success, write_metrics_file,
+    LAST_SUCCESS_INTERVAL,
+};
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redis::aio::MultiplexedConnection;
 
-use crate::archive::ArchiveError;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::crl::CrlId;
 use crate::feed::region::Region;
-use crate::feed::{CertWrite, FeedError};
+use crate::feed::CertWrite;
 use crate::status::{hex, CertRecord, Event, IssuerId, Serial, StatusView};
-use format::{CrlEntry, FormatError, Header, Manifest, Position, Reader, Section, Writer};
-
-/// Why a backup could not be made, checked or restored, or a drill not run.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BackupError {
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The backup file is damaged, truncated or not a backup.
-    #[error(transparent)]
-    Format(#[from] FormatError),
-    /// Something went wrong with one region.
-    #[error("region {region}: {source}")]
-    Region {
-        /// The region's name.
-        region: String,
-        /// What.
-        source: Box<BackupError>,
-    },
-    /// Something is wrong with one issuer's snapshot.
-    #[error("issuer {issuer}: {source}")]
-    Issuer {
-        /// The issuer id (hex).
-        issuer: String,
-        /// What.
-        source: Box<BackupError>,
-    },
-    /// Reaching a region failed.
-    #[error(transparent)]
-    Feed(#[from] FeedError),
-    /// A Redis command failed.
-    #[error(transparent)]
-    Redis(#[from] redis::RedisError),
-    /// The `STATE` script's reply is not what it returns.
-    #[error("the region's state is not [id, (issuer, count, digest)...]")]
-    BadState,
-    /// An issuers set member that is not an issuer id.
-    #[error("malformed issuer id {0:?} in the issuers set")]
-    BadIssuerId(String),
-    /// A serial in a snapshot that is not one vigil writes.
-    #[error("a serial in the snapshot: {0}")]
-    SnapshotSerial(crate::status::SerialError),
-    /// A record in a snapshot that does not decode.
-    #[error("a malformed record in the snapshot")]
-    SnapshotRecord,
-    /// No region is configured.
-    #[error("no [[region]] is configured (use --from-checkpoint, or a config without a feed for the journal)")]
-    NoRegions,
-    /// No region has the name asked for.
-    #[error("no region is named {0:?}")]
-    NoSuchRegion(String),
-    /// The checkpoint could not be read.
-    #[error("{}: {source}", path.display())]
-    Checkpoint {
-        /// The checkpoint file.
-        path: PathBuf,
-        /// Why.
-        source: crate::feed::checkpoint::CheckpointError,
-    },
-    /// No checkpoint at the path.
-    #[error("{}: no checkpoint there", .0.display())]
-    NoCheckpoint(PathBuf),
-    /// The journal could not be read (the text of `app::replay_journal`).
-    #[error("{0}")]
-    Journal(String),
-    /// The CRL store failed (the text of `crl_service::redis_store`).
-    #[error("{0}")]
-    CrlStore(String),
-    /// `--recipient` is not an age X25519 recipient.
-    #[error("--recipient {text:?} is not an age X25519 recipient (age1…): {why}")]
-    Recipient {
-        /// What was given.
-        text: String,
-        /// age's reason.
-        why: &'static str,
-    },
-    /// age could not start encrypting.
-    #[error("age: {0}")]
-    Encrypt(#[from] age::EncryptError),
-    /// An encrypted backup and no identity.
-    #[error("{}: the backup is encrypted (age); give the identity file with --identity", .0.display())]
-    NeedIdentity(PathBuf),
-    /// The identity file is over [`crate::limits::MAX_KEY_FILE_BYTES`].
-    #[error("{}: larger than an identity file", .0.display())]
-    IdentityTooLarge(PathBuf),
-    /// The identity file is not an age identity file.
-    #[error("{}: not an age identity file: {source}", path.display())]
-    NotIdentity {
-        /// The identity file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The backup starts as an age file but is not one.
-    #[error("{}: not a readable age file: {source}", path.display())]
-    NotAge {
-        /// The backup.
-        path: PathBuf,
-        /// Why.
-        source: age::DecryptError,
-    },
-    /// The backup is encrypted to other recipients than the identities given.
-    #[error("{}: the backup is encrypted to another recipient than {}'s identities", backup.display(), identity.display())]
-    WrongIdentity {
-        /// The backup.
-        backup: PathBuf,
-        /// The identity file.
-        identity: PathBuf,
-    },
-    /// Decrypting failed.
-    #[error("{}: {source}", path.display())]
-    Decrypt {
-        /// The backup.
-        path: PathBuf,
-        /// Why.
-        source: age::DecryptError,
-    },
-    /// The file holds no manifest.
-    #[error("no manifest")]
-    NoManifest,
-    /// The file holds no header.
-    #[error("no header")]
-    NoHeader,
-    /// The thread reading the backup failed.
-    #[error("reading the backup: {0}")]
-    Reading(tokio::task::JoinError),
-    /// The backup's time does not parse.
-    #[error("{}: the backup's time: {source}", path.display())]
-    BackupTime {
-        /// The backup.
-        path: PathBuf,
-        /// Why.
-        source: crate::clock::TimeParseError,
-    },
-    /// A point-in-time restore from a backup newer than its time.
-    #[error("{}: the backup finished at {finished}, after {until}: a point-in-time restore starts from a backup older than its time (the archive only adds events; it cannot take newer ones away)", path.display())]
-    BackupAfterTime {
-        /// The backup.
-        path: PathBuf,
-        /// When it finished (RFC 3339).
-        finished: String,
-        /// The time asked for (RFC 3339).
-        until: String,
-    },
-    /// The archive could not be read or is damaged.
-    #[error(transparent)]
-    Archive(#[from] ArchiveError),
-    /// A region's loader task ended early.
-    #[error("a region's restore stopped")]
-    RestoreStopped,
-    /// A region's loader task panicked or was cancelled.
-    #[error("a restore task failed: {0}")]
-    RestoreTask(tokio::task::JoinError),
-    /// The drill's scratch Redis is a live region.
-    #[error("--scratch-redis {url} is region {region}: the drill never writes to a live region")]
-    ScratchIsLive {
-        /// The scratch URL.
-        url: String,
-        /// The region it is.
-        region: String,
-    },
-    /// The drill's backup does not verify.
-    #[error("the backup does not verify: {0}")]
-    DoesNotVerify(Box<BackupError>),
-    /// The scratch URL does not make a region.
-    #[error("--scratch-redis: {0}")]
-    ScratchConfig(toml::de::Error),
-    /// The scratch URL made no region.
-    #[error("no scratch region")]
-    NoScratch,
-    /// The scratch region could not be reached.
-    #[error("scratch {url}: {source}")]
-    ScratchUnreachable {
-        /// The scratch URL.
-        url: String,
-        /// Why.
-        source: FeedError,
-    },
-    /// A command on the scratch failed.
-    #[error("scratch: {0}")]
-    Scratch(redis::RedisError),
-    /// The scratch holds keys of the prefix, and `--flush-scratch` was not given.
-    #[error("the scratch Redis already holds {count} key(s) under {prefix}: (e.g. {example}); pass --flush-scratch to delete them first")]
-    ScratchNotEmpty {
-        /// Keys there.
-        count: usize,
-        /// The feed's key prefix.
-        prefix: String,
-        /// One of them.
-        example: String,
-    },
-}
-
-impl BackupError {
-    fn in_region(region: &str) -> impl Fn(BackupError) -> BackupError + '_ {
-        move |e| BackupError::Region {
-            region: region.to_owned(),
-            source: Box::new(e),
-        }
-    }
-}
-
-fn io_at(path: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
-    move |source| BackupError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
+use format::{CrlEntry, Header, Manifest, Position, Reader, Section, Writer};
 
 /// Where a backup is taken from.
 pub enum Source<'a> {
@@ -666,114 +464,6 @@ fn this_update(der: &[u8]) -> Option<i64> {
     i64::try_from(crl.tbs_cert_list.this_update.to_unix_duration().as_secs()).ok()
 }
 
-// === encryption (age) ===
-
-/// What an age-encrypted file starts with.
-const AGE_MAGIC: &[u8] = b"age-encryption.org/";
-
-fn parse_recipient(s: &str) -> Result<age::x25519::Recipient, BackupError> {
-    s.trim().parse().map_err(|why| BackupError::Recipient {
-        text: s.to_owned(),
-        why,
-    })
-}
-
-/// Where a backup is written: the file, or age's encryptor in front of it.
-enum Sink<'a> {
-    Plain(BufWriter<&'a File>),
-    Age(age::stream::StreamWriter<BufWriter<&'a File>>),
-}
-
-impl<'a> Sink<'a> {
-    fn new(
-        file: &'a File,
-        recipient: Option<&age::x25519::Recipient>,
-    ) -> Result<Self, BackupError> {
-        let out = BufWriter::with_capacity(1 << 20, file);
-        let Some(r) = recipient else {
-            return Ok(Sink::Plain(out));
-        };
-        let enc = age::Encryptor::with_recipients(std::iter::once(r as &dyn age::Recipient))?;
-        Ok(Sink::Age(enc.wrap_output(out).map_err(|e| {
-            BackupError::Encrypt(age::EncryptError::Io(e))
-        })?))
-    }
-
-    /// Ends the stream (age's last chunk) and flushes.
-    fn close(self) -> std::io::Result<()> {
-        use std::io::Write;
-        match self {
-            Sink::Plain(mut w) => w.flush(),
-            Sink::Age(w) => w.finish()?.flush(),
-        }
-    }
-}
-
-impl std::io::Write for Sink<'_> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Sink::Plain(w) => w.write(b),
-            Sink::Age(w) => w.write(b),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Sink::Plain(w) => w.flush(),
-            Sink::Age(w) => w.flush(),
-        }
-    }
-}
-
-/// Opens a backup for reading: as it is, or, when it is age-encrypted, decrypted with the
-/// identities in `identity` (an age identity file, `AGE-SECRET-KEY-1…` lines). Refuses an
-/// encrypted backup without an identity, or with one it was not encrypted to.
-pub fn open(path: &Path, identity: Option<&Path>) -> Result<Box<dyn std::io::Read>, BackupError> {
-    use std::io::{BufRead, Read};
-    let io = io_at(path);
-    let file = File::open(path).map_err(&io)?;
-    let mut input = BufReader::with_capacity(1 << 20, file);
-    let head = input.fill_buf().map_err(&io)?;
-    if !head.starts_with(AGE_MAGIC) {
-        return Ok(Box::new(input));
-    }
-    let Some(id_path) = identity else {
-        return Err(BackupError::NeedIdentity(path.to_owned()));
-    };
-    let mut text = Vec::new();
-    File::open(id_path)
-        .map_err(io_at(id_path))?
-        .take(crate::limits::MAX_KEY_FILE_BYTES as u64 + 1)
-        .read_to_end(&mut text)
-        .map_err(io_at(id_path))?;
-    if text.len() > crate::limits::MAX_KEY_FILE_BYTES {
-        return Err(BackupError::IdentityTooLarge(id_path.to_owned()));
-    }
-    let identities = age::IdentityFile::from_buffer(&text[..])
-        .and_then(|f| f.into_identities().map_err(std::io::Error::other))
-        .map_err(|source| BackupError::NotIdentity {
-            path: id_path.to_owned(),
-            source,
-        })?;
-    let decryptor = age::Decryptor::new_buffered(input).map_err(|source| BackupError::NotAge {
-        path: path.to_owned(),
-        source,
-    })?;
-    let reader = decryptor
-        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
-        .map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => BackupError::WrongIdentity {
-                backup: path.to_owned(),
-                identity: id_path.to_owned(),
-            },
-            source => BackupError::Decrypt {
-                path: path.to_owned(),
-                source,
-            },
-        })?;
-    Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
-}
-
 // === verify ===
 
 /// What `verify` found.
@@ -1117,116 +807,6 @@ pub fn write_view_file(
             let _ = std::fs::remove_file(&tmp);
             Err(e)
         }
-    }
-}
-
-// === backup health ===
-
-/// How often a replica reads the last backup's record from the regions.
-pub const LAST_SUCCESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// The key, in each region, where every successful `vigil backup create` from the regions
-/// records itself (JSON: Unix time, file name, size, SHA-256), so the archive role's
-/// `/metrics` can say how old the last backup is wherever the backup job ran.
-pub fn last_success_key(cfg: &Config) -> String {
-    let prefix = cfg.feed.as_ref().map_or("vigil", |f| f.key_prefix.as_str());
-    format!("{prefix}:backup:last-success")
-}
-
-/// Writes the backup's health metrics to `path` in the Prometheus text format (for
-/// node_exporter's textfile collector): written to a temporary name and renamed, so the
-/// collector never reads half a file; only after a backup succeeded, so a failing job leaves
-/// the old timestamp to age. The time of success is read from `clock`.
-pub fn write_metrics_file(
-    path: &Path,
-    created: &Created,
-    seconds: f64,
-    clock: &Clock,
-) -> Result<(), BackupError> {
-    let now = clock.now_ms() as f64 / 1000.0;
-    let name = crate::telemetry::BACKUP_LAST_SUCCESS;
-    let text = format!(
-        "# HELP {name} Unix time of the last successful vigil backup create.\n\
-         # TYPE {name} gauge\n{name} {now:.3}\n\
-         # HELP vigil_backup_last_size_bytes Size of the last successful backup.\n\
-         # TYPE vigil_backup_last_size_bytes gauge\nvigil_backup_last_size_bytes {}\n\
-         # HELP vigil_backup_last_duration_seconds How long the last successful backup took.\n\
-         # TYPE vigil_backup_last_duration_seconds gauge\nvigil_backup_last_duration_seconds {seconds:.3}\n",
-        created.bytes
-    );
-    let tmp = temp_path(path);
-    std::fs::write(&tmp, text).map_err(io_at(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_at(path))
-}
-
-/// Records a successful backup in every region it was taken from (best effort: a region
-/// that cannot be written only misses this record; the backup itself is done), at the time
-/// `clock` reads.
-pub async fn record_success(cfg: &Config, only: Option<&str>, created: &Created, clock: &Clock) {
-    let Ok(regions) = chosen_regions(cfg, only) else {
-        return;
-    };
-    let value = serde_json::json!({
-        "at": clock.now_ms() as f64 / 1000.0,
-        "bytes": created.bytes,
-        "sha256": created.manifest.sha256,
-    })
-    .to_string();
-    let key = last_success_key(cfg);
-    for r in regions {
-        let done = async {
-            let mut c = r.writer().await?;
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(&value)
-                .query_async::<()>(&mut c)
-                .await
-                .map_err(crate::feed::FeedError::from)
-        };
-        if let Err(e) = done.await {
-            tracing::warn!(region = %r.name, error = %e, "could not record the backup's success in the region");
-        }
-    }
-}
-
-/// The newest successful backup recorded in any region, Unix seconds (`Some(0.0)` when the
-/// regions that answered hold no record; `None` when no region answered).
-pub async fn last_success(cfg: &Config) -> Option<f64> {
-    let regions = crate::feed::region::regions(cfg).ok()?;
-    let key = last_success_key(cfg);
-    let mut newest: Option<f64> = None;
-    for r in regions {
-        let Ok(mut c) = r.writer().await else {
-            continue;
-        };
-        let Ok(v) = redis::cmd("GET")
-            .arg(&key)
-            .query_async::<Option<String>>(&mut c)
-            .await
-        else {
-            r.reset_writer().await;
-            continue;
-        };
-        let at = v
-            .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
-            .and_then(|j| j["at"].as_f64())
-            .unwrap_or(0.0);
-        newest = Some(newest.map_or(at, |n| n.max(at)));
-    }
-    newest
-}
-
-/// Keeps the `vigil_backup_last_success_timestamp_seconds` gauge at the newest backup any
-/// region records, every `every` (the archive role's `/metrics`, and every replica of a feed).
-/// 0 when the regions hold no record, which an age alert reads as "never"; unchanged while
-/// no region answers.
-pub async fn watch_last_success(cfg: Config, every: std::time::Duration) {
-    let gauge = metrics::gauge!(crate::telemetry::BACKUP_LAST_SUCCESS);
-    loop {
-        if let Some(at) = last_success(&cfg).await {
-            gauge.set(at);
-        }
-        tokio::time::sleep(every).await;
     }
 }
 
