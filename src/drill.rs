@@ -424,6 +424,7 @@ fn crl_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate, clock: &
                     &tbs,
                     crl.signature.raw_bytes(),
                 )
+                .map_err(|e| e.to_string())
             });
         if verified != Ok(true) {
             r.push(

@@ -9,7 +9,7 @@ use der::Decode;
 
 use vigil::app;
 use vigil::config::Config;
-use vigil::status::journal::{JournalReader, JournalWriter};
+use vigil::journal::{JournalReader, JournalWriter};
 use vigil::status::{
     CertStatus, CrlScope, Event, EventKind, IssuerId, RevocationReason, Serial, StatusView,
 };
@@ -1063,7 +1063,7 @@ fn crl_publish(cfg: Config) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    for line in rt.block_on(app::publish_crls(cfg))? {
+    for line in rt.block_on(app::publish_crls(cfg, vigil::clock::Clock::system()))? {
         println!("{line}");
     }
     Ok(())
@@ -1099,6 +1099,7 @@ fn check_config(cfg: &Config) -> Result<(), String> {
         &issuers,
         true,
         &crl_pools,
+        vigil::clock::Clock::system(),
     )?;
     println!(
         "config OK: {} issuer(s): {}",

@@ -54,9 +54,9 @@ pub enum PkiError {
     /// The certificate's serial is not one vigil can record.
     #[error("certificate serial: {0}")]
     Serial(#[from] crate::status::SerialError),
-    /// A signature could not be checked (an algorithm vigil does not verify, a bad key).
-    #[error("{0}")]
-    Signature(String),
+    /// A signature could not be checked (an algorithm and key vigil does not verify).
+    #[error(transparent)]
+    Signature(#[from] crate::crl::lint::UnsupportedAlgorithm),
     /// The responder certificate is not one the CA delegated OCSP signing to.
     #[error("{0}")]
     NotDelegated(&'static str),
@@ -340,12 +340,11 @@ pub fn signature_verifies(issuer: &Certificate, cert: &Certificate) -> Result<bo
             what: "tbsCertificate",
             source,
         })?;
-    // `verify_signature` (crl/lint.rs) still reports its errors as text.
     crate::crl::lint::verify_signature(
         &issuer.tbs_certificate.subject_public_key_info,
         &cert.signature_algorithm,
         &tbs,
         cert.signature.raw_bytes(),
     )
-    .map_err(PkiError::Signature)
+    .map_err(PkiError::from)
 }

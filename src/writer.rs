@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::crl::Sharding;
 use crate::feed::publish::{describe_failures, Publisher};
 use crate::feed::region;
-use crate::status::journal::{JournalReader, JournalWriter};
+use crate::journal::{JournalReader, JournalWriter};
 use crate::status::{CertRecord, CrlScope, Event, EventKind, IssuerId, Serial, StatusView};
 use crate::telemetry;
 use x509_cert::Certificate;
@@ -34,7 +34,7 @@ pub enum WriterError {
     Quorum(#[from] crate::feed::publish::QuorumError),
     /// The journal could not be opened or appended to.
     #[error(transparent)]
-    Journal(#[from] crate::status::journal::JournalError),
+    Journal(#[from] crate::journal::JournalError),
     /// The journal could not be read (the text of `app::replay_journal`).
     #[error("{0}")]
     Replay(String),

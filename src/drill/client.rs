@@ -74,9 +74,10 @@ pub enum DrillError {
     /// The responder certificate's signature could not be checked.
     #[error(transparent)]
     Certificate(#[from] crate::pki::PkiError),
-    /// The response's signature could not be checked (the text of `crl::lint::verify_signature`).
-    #[error("{0}")]
-    Signature(String),
+    /// The response's signature could not be checked (an algorithm and key vigil does not
+    /// verify).
+    #[error(transparent)]
+    Signature(#[from] crate::crl::lint::UnsupportedAlgorithm),
 }
 
 fn der_error(what: &'static str) -> impl FnOnce(der::Error) -> DrillError {
