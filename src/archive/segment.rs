@@ -206,9 +206,12 @@ pub enum SegmentError {
     /// Reading or writing failed.
     #[error("{0}")]
     Io(#[from] io::Error),
-    /// Not a segment, or not one this version reads.
-    #[error("not a vigil archive segment: {0}")]
-    NotSegment(String),
+    /// The file does not start with the magic.
+    #[error("not a vigil archive segment: bad magic")]
+    BadMagic,
+    /// A format version this build does not read.
+    #[error("not a vigil archive segment: format version {0}; this vigil reads {VERSION}")]
+    Version(u16),
     /// A block is damaged.
     #[error("block {index} ({kind}) at byte {offset}: {reason}")]
     Damaged {
@@ -615,13 +618,11 @@ impl<R: Read> SegmentReader<R> {
             }
         }
         if &head[..8] != MAGIC {
-            return Err(SegmentError::NotSegment("bad magic".into()));
+            return Err(SegmentError::BadMagic);
         }
         let version = u16::from_be_bytes([head[8], head[9]]);
         if version != VERSION {
-            return Err(SegmentError::NotSegment(format!(
-                "format version {version}; this vigil reads {VERSION}"
-            )));
+            return Err(SegmentError::Version(version));
         }
         let mut whole = Context::new(&SHA256);
         whole.update(&head);

@@ -172,9 +172,15 @@ pub enum FormatError {
     /// Reading or writing failed.
     #[error("{0}")]
     Io(#[from] io::Error),
-    /// The file is not a backup, or not one this version reads.
-    #[error("not a vigil backup: {0}")]
-    NotBackup(String),
+    /// The file is shorter than the magic and version.
+    #[error("not a vigil backup: shorter than its magic")]
+    ShortMagic,
+    /// The file does not start with the magic.
+    #[error("not a vigil backup: bad magic")]
+    BadMagic,
+    /// A format version this build does not read.
+    #[error("not a vigil backup: format version {0}; this vigil reads {VERSION}")]
+    Version(u16),
     /// A section is damaged: named by its position and kind.
     #[error("section {index} ({kind}) at byte {offset}: {reason}")]
     Damaged {
@@ -584,15 +590,13 @@ impl<R: Read> Reader<R> {
         let mut head = [0u8; 10];
         input
             .read_exact(&mut head)
-            .map_err(|_| FormatError::NotBackup("shorter than its magic".into()))?;
+            .map_err(|_| FormatError::ShortMagic)?;
         if &head[..8] != MAGIC {
-            return Err(FormatError::NotBackup("bad magic".into()));
+            return Err(FormatError::BadMagic);
         }
         let version = u16::from_be_bytes([head[8], head[9]]);
         if version != VERSION {
-            return Err(FormatError::NotBackup(format!(
-                "format version {version}; this vigil reads {VERSION}"
-            )));
+            return Err(FormatError::Version(version));
         }
         let mut whole = Context::new(&SHA256);
         whole.update(&head);
