@@ -108,6 +108,9 @@ pub enum ArchiveError {
     /// A segment that is not the last is open.
     #[error("segment {0}: not sealed, but segments follow it")]
     NotSealed(String),
+    /// The last segment could not be read at all.
+    #[error("segment {0}: unreadable")]
+    Unreadable(String),
     /// The writer has no open segment.
     #[error("segment {0}: not open")]
     NotOpen(String),
@@ -439,7 +442,7 @@ impl Archive {
         }
         let Some(r) = r.take() else {
             // `r` is `Some` with at least one block here: checked just above.
-            return Err(ArchiveError::NotOpen(name));
+            return Err(ArchiveError::Unreadable(name));
         };
         if let Some(offset) = torn_at {
             let io = in_segment(&name);
