@@ -178,9 +178,8 @@ pub fn replay_journal(
 
 /// Runs the server until SIGTERM / SIGINT. Prints the URL (and, for the embedded default, an
 /// `openssl ocsp` command) on stdout once listening.
-pub async fn serve(cfg: Config) -> Result<(), String> {
+pub async fn serve(cfg: Config, clock: Clock) -> Result<(), String> {
     let cfg = Arc::new(cfg);
-    let clock = Clock::system();
     prepare_embedded(&cfg)?;
     // The recorder goes first so the HSM pools register their metrics with it.
     let prometheus = telemetry::install_recorder().ok();

@@ -423,28 +423,28 @@ fn main() -> ExitCode {
     };
     vigil::telemetry::init_tracing(&cfg.log.filter, cfg.log.format);
     let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(cfg),
+        Command::Serve => serve(cfg, clock),
         Command::Revoke {
             target,
             reason,
             time,
-        } => revoke(&cfg, &target, &reason, time.as_deref()),
-        Command::Issue { target, not_after } => issue(&cfg, &target, not_after.as_deref()),
-        Command::Hold { target, time } => hold(&cfg, &target, true, time.as_deref()),
-        Command::Release { target } => hold(&cfg, &target, false, None),
+        } => revoke(&cfg, &clock, &target, &reason, time.as_deref()),
+        Command::Issue { target, not_after } => issue(&cfg, &clock, &target, not_after.as_deref()),
+        Command::Hold { target, time } => hold(&cfg, &clock, &target, true, time.as_deref()),
+        Command::Release { target } => hold(&cfg, &clock, &target, false, None),
         Command::Import {
             openssl_index,
             pem,
             issuer,
         } => match openssl_index {
-            Some(index) => import(&cfg, &index, &issuer),
-            None => import_pem(&cfg, &pem, &issuer),
+            Some(index) => import(&cfg, &clock, &index, &issuer),
+            None => import_pem(&cfg, &clock, &pem, &issuer),
         },
         Command::Status { issuer, serial } => status(&cfg, &issuer, serial.as_deref()),
-        Command::CheckConfig => check_config(&cfg),
+        Command::CheckConfig => check_config(&cfg, &clock),
         Command::Crl {
             command: CrlCommand::Publish,
-        } => crl_publish(cfg),
+        } => crl_publish(cfg, &clock),
         Command::Crl {
             command: CrlCommand::Urls { issuer, json },
         } => crl_urls(&cfg, &issuer, json),
@@ -1049,21 +1049,21 @@ fn key(command: &KeyCommand) -> ExitCode {
     }
 }
 
-fn serve(cfg: Config) -> Result<(), String> {
+fn serve(cfg: Config, clock: vigil::clock::Clock) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    rt.block_on(app::serve(cfg))
+    rt.block_on(app::serve(cfg, clock))
 }
 
-fn crl_publish(cfg: Config) -> Result<(), String> {
+fn crl_publish(cfg: Config, clock: &vigil::clock::Clock) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    for line in rt.block_on(app::publish_crls(cfg, vigil::clock::Clock::system()))? {
+    for line in rt.block_on(app::publish_crls(cfg, clock.clone()))? {
         println!("{line}");
     }
     Ok(())
@@ -1089,7 +1089,7 @@ fn crl_urls(cfg: &Config, issuer: &str, json: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn check_config(cfg: &Config) -> Result<(), String> {
+fn check_config(cfg: &Config, clock: &vigil::clock::Clock) -> Result<(), String> {
     app::prepare_embedded(cfg)?;
     let issuers = app::load_issuers(cfg)?;
     // CRL keys and CRL signer HSMs match their CA certificates, and the disk copies verify.
@@ -1099,7 +1099,7 @@ fn check_config(cfg: &Config) -> Result<(), String> {
         &issuers,
         true,
         &crl_pools,
-        vigil::clock::Clock::system(),
+        clock.clone(),
     )?;
     println!(
         "config OK: {} issuer(s): {}",
@@ -1376,13 +1376,19 @@ fn small_runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("starting the runtime: {e}"))
 }
 
-fn event(cfg: &Config, issuer: IssuerId, serial: Serial, kind: EventKind) -> Event {
+fn event(
+    cfg: &Config,
+    clock: &vigil::clock::Clock,
+    issuer: IssuerId,
+    serial: Serial,
+    kind: EventKind,
+) -> Event {
     Event {
         issuer,
         serial,
         kind,
         origin: cfg.status.origin.clone(),
-        created_at_ms: vigil::clock::unix_now_ms(),
+        created_at_ms: clock.now_ms(),
     }
 }
 
@@ -1391,11 +1397,17 @@ fn issuer_id(cfg: &Config, name: &str) -> Result<IssuerId, String> {
     app::issuer_id(cfg, name)
 }
 
-fn revoke(cfg: &Config, target: &Target, reason: &str, time: Option<&str>) -> Result<(), String> {
+fn revoke(
+    cfg: &Config,
+    clock: &vigil::clock::Clock,
+    target: &Target,
+    reason: &str,
+    time: Option<&str>,
+) -> Result<(), String> {
     let reason = RevocationReason::parse(reason).map_err(|e| format!("--reason: {e}"))?;
     let time = match time {
         Some(t) => parse_time(t)?,
-        None => vigil::clock::unix_now(),
+        None => clock.now(),
     };
     let id = issuer_id(cfg, &target.issuer)?;
     let (serial, not_after, cert) = resolve(target)?;
@@ -1403,10 +1415,16 @@ fn revoke(cfg: &Config, target: &Target, reason: &str, time: Option<&str>) -> Re
     if let Some(na) = not_after {
         let scope = scope_beside(cfg, &target.issuer, cert.as_ref());
         for kind in vigil::writer::issuance_kinds(na, scope) {
-            events.push(event(cfg, id, serial, kind));
+            events.push(event(cfg, clock, id, serial, kind));
         }
     }
-    events.push(event(cfg, id, serial, EventKind::Revoked { time, reason }));
+    events.push(event(
+        cfg,
+        clock,
+        id,
+        serial,
+        EventKind::Revoked { time, reason },
+    ));
     let at = append(cfg, &events).map_err(|e| format!("revoking {serial}: {e}"))?;
     println!(
         "revoked {serial} of {} ({}), acknowledged by {at}",
@@ -1416,7 +1434,12 @@ fn revoke(cfg: &Config, target: &Target, reason: &str, time: Option<&str>) -> Re
     Ok(())
 }
 
-fn issue(cfg: &Config, target: &Target, not_after: Option<&str>) -> Result<(), String> {
+fn issue(
+    cfg: &Config,
+    clock: &vigil::clock::Clock,
+    target: &Target,
+    not_after: Option<&str>,
+) -> Result<(), String> {
     let id = issuer_id(cfg, &target.issuer)?;
     let (serial, from_cert, cert) = resolve(target)?;
     let not_after = match (not_after, from_cert) {
@@ -1434,7 +1457,7 @@ fn issue(cfg: &Config, target: &Target, not_after: Option<&str>) -> Result<(), S
     };
     let events: Vec<Event> = vigil::writer::issuance_kinds(not_after, scope)
         .into_iter()
-        .map(|kind| event(cfg, id, serial, kind))
+        .map(|kind| event(cfg, clock, id, serial, kind))
         .collect();
     let at = append(cfg, &events).map_err(|e| format!("recording {serial}: {e}"))?;
     let on = match scope {
@@ -1451,7 +1474,13 @@ fn issue(cfg: &Config, target: &Target, not_after: Option<&str>) -> Result<(), S
 /// `vigil hold` / `vigil release`: reads what is known of the certificate now (every reachable
 /// region's snapshot, or the local journal), so the event is ordered after the hold or release
 /// it supersedes, then writes it like a revocation.
-fn hold(cfg: &Config, target: &Target, hold: bool, time: Option<&str>) -> Result<(), String> {
+fn hold(
+    cfg: &Config,
+    clock: &vigil::clock::Clock,
+    target: &Target,
+    hold: bool,
+    time: Option<&str>,
+) -> Result<(), String> {
     let id = issuer_id(cfg, &target.issuer)?;
     if !cfg.allows_holds(&target.issuer) {
         return Err(format!(
@@ -1460,7 +1489,7 @@ fn hold(cfg: &Config, target: &Target, hold: bool, time: Option<&str>) -> Result
         ));
     }
     let (serial, not_after, cert) = resolve(target)?;
-    let now = vigil::clock::unix_now();
+    let now = clock.now();
     let requested = time.map(parse_time).transpose()?;
     if requested.is_some_and(|t| t > now + vigil::crl::lint::MAX_CLOCK_SKEW_SECS) {
         return Err("--time: a hold may not start in the future".into());
@@ -1475,10 +1504,10 @@ fn hold(cfg: &Config, target: &Target, hold: bool, time: Option<&str>) -> Result
     if let (Some(na), true) = (not_after, hold) {
         let scope = scope_beside(cfg, &target.issuer, cert.as_ref());
         for kind in vigil::writer::issuance_kinds(na, scope) {
-            events.push(event(cfg, id, serial, kind));
+            events.push(event(cfg, clock, id, serial, kind));
         }
     }
-    events.push(event(cfg, id, serial, kind));
+    events.push(event(cfg, clock, id, serial, kind));
     let verb = if hold { "held" } else { "released" };
     let at = append(cfg, &events).map_err(|e| format!("{verb} {serial}: {e}"))?;
     println!("{verb} {serial} of {}, acknowledged by {at}", target.issuer);
@@ -1495,13 +1524,19 @@ fn hold(cfg: &Config, target: &Target, hold: bool, time: Option<&str>) -> Result
 /// synced journal). Memory is bounded by the batches in flight, not the file. A batch that
 /// fails stops the import: the report says how many certificates were acknowledged before it,
 /// and running it again is safe (the merge is idempotent).
-fn import(cfg: &Config, path: &Path, issuer: &str) -> Result<(), String> {
+fn import(
+    cfg: &Config,
+    clock: &vigil::clock::Clock,
+    path: &Path,
+    issuer: &str,
+) -> Result<(), String> {
     use futures_util::stream::{FuturesUnordered, StreamExt};
     use vigil::limits::{IMPORT_BATCHES_IN_FLIGHT, IMPORT_BATCH_CERTIFICATES};
     let id = issuer_id(cfg, issuer)?;
     let allow_hold = cfg.allows_holds(issuer);
     let parse = IndexParser {
         cfg,
+        clock,
         id,
         issuer,
         allow_hold,
@@ -1564,7 +1599,12 @@ fn import(cfg: &Config, path: &Path, issuer: &str) -> Result<(), String> {
 /// cRLDistributionPoints names no CRL of the issuer refuses the whole import, writing nothing.
 /// Then batches of [`IMPORT_BATCH_CERTIFICATES`](vigil::limits::IMPORT_BATCH_CERTIFICATES) are
 /// written in turn, each acknowledged like a revocation; running it again is safe.
-fn import_pem(cfg: &Config, files: &[PathBuf], issuer: &str) -> Result<(), String> {
+fn import_pem(
+    cfg: &Config,
+    clock: &vigil::clock::Clock,
+    files: &[PathBuf],
+    issuer: &str,
+) -> Result<(), String> {
     use vigil::limits::{IMPORT_BATCH_CERTIFICATES, MAX_IMPORT_PEM_BYTES};
     let id = issuer_id(cfg, issuer)?;
     let urls = vigil::writer::CrlUrls::from_config(cfg);
@@ -1600,7 +1640,7 @@ fn import_pem(cfg: &Config, files: &[PathBuf], issuer: &str) -> Result<(), Strin
             on_shard += usize::from(scope.is_some());
             let mut one = Vec::with_capacity(2);
             for kind in vigil::writer::issuance_kinds(not_after, scope) {
-                one.push(event(cfg, id, serial, kind));
+                one.push(event(cfg, clock, id, serial, kind));
             }
             events.push(one);
             certificates += 1;
@@ -1635,6 +1675,7 @@ fn import_pem(cfg: &Config, files: &[PathBuf], issuer: &str) -> Result<(), Strin
 /// Reads an OpenSSL index line by line into events.
 struct IndexParser<'a> {
     cfg: &'a Config,
+    clock: &'a vigil::clock::Clock,
     id: IssuerId,
     issuer: &'a str,
     allow_hold: bool,
@@ -1691,6 +1732,7 @@ impl IndexParser<'_> {
         let not_after = asn1_time(f[1]).map_err(at)?;
         out.push(event(
             self.cfg,
+            self.clock,
             self.id,
             serial,
             EventKind::Issued { not_after },
@@ -1718,7 +1760,7 @@ impl IndexParser<'_> {
                     reason: RevocationReason::parse(r).map_err(|e| at(e.to_string()))?,
                 },
             };
-            out.push(event(self.cfg, self.id, serial, kind));
+            out.push(event(self.cfg, self.clock, self.id, serial, kind));
         }
         Ok(())
     }
