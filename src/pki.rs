@@ -97,8 +97,8 @@ pub fn load_issuer(cfg: &IssuerConfig, id_kind: ResponderIdKind) -> Result<Issue
         message,
     };
     let path = cfg
-        .responder_key
-        .as_ref()
+        .ocsp_key
+        .file()
         .ok_or_else(|| fail("responder_key is not set (the issuer signs through HSMs)".into()))?;
     let key = SoftwareSigner::from_pem_file(path).map_err(|e| fail(e.to_string()))?;
     load_issuer_with_signer(cfg, id_kind, Arc::new(key))
