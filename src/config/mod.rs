@@ -144,11 +144,20 @@ impl Config {
     /// The configuration of `vigil serve` with no file and no environment: the demo PKI in
     /// `./vigil-data` and every default.
     pub fn embedded_default() -> Config {
+        Self::embedded_at(Path::new(DEFAULT_DATA_DIR))
+    }
+
+    /// The embedded default with its data directory (demo PKI, journal, checkpoint) at
+    /// `data_dir`: benches and tests on a temporary directory.
+    pub fn embedded_at(data_dir: &Path) -> Config {
         // The empty file holds every default and the demo issuer meets every rule; a failure
         // here is a bug in the defaults, which the tests of this module catch.
         #[allow(clippy::expect_used)]
         empty_file()
-            .and_then(|f| Self::from_file(f, true, |_| None))
+            .and_then(|mut f| {
+                f.data_dir = data_dir.to_path_buf();
+                Self::from_file(f, true, |_| None)
+            })
             .expect("the embedded default is valid")
     }
 
@@ -309,6 +318,11 @@ pub(crate) mod tests {
             c.journal_path(),
             Path::new(DEFAULT_DATA_DIR).join("journal.vj")
         );
+        let dir = Path::new("/tmp/vigil-demo");
+        let c = Config::embedded_at(dir);
+        assert_eq!(c.data_dir, dir);
+        assert_eq!(c.journal_path(), dir.join("journal.vj"));
+        assert_eq!(c.issuers[0].certificate, dir.join("ca.pem"));
     }
 
     #[test]
