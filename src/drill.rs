@@ -236,12 +236,15 @@ pub fn decode_response(body: &[u8], issuer: Option<&Certificate>) -> Result<Answ
                 }
                 None => &ca.tbs_certificate.subject_public_key_info,
             };
-            Some(crate::crl::lint::verify_signature(
-                signer_spki,
-                &basic.signature_algorithm,
-                &tbs,
-                basic.signature.raw_bytes(),
-            )?)
+            Some(
+                crate::crl::lint::verify_signature(
+                    signer_spki,
+                    &basic.signature_algorithm,
+                    &tbs,
+                    basic.signature.raw_bytes(),
+                )
+                .map_err(|e| e.to_string())?,
+            )
         }
     };
     Ok(Answer {
@@ -664,6 +667,7 @@ fn crl_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate) {
                     &tbs,
                     crl.signature.raw_bytes(),
                 )
+                .map_err(|e| e.to_string())
             });
         if verified != Ok(true) {
             r.push(

@@ -17,6 +17,7 @@ pub mod drill;
 pub mod feed;
 pub mod hex;
 pub mod http;
+pub mod journal;
 pub mod keyshare;
 pub mod limits;
 pub mod ocsp;

@@ -9,7 +9,7 @@ use der::Decode;
 
 use vigil::app;
 use vigil::config::Config;
-use vigil::status::journal::{JournalReader, JournalWriter};
+use vigil::journal::{JournalReader, JournalWriter};
 use vigil::status::{
     CertStatus, CrlScope, Event, EventKind, IssuerId, RevocationReason, Serial, StatusView,
 };
@@ -721,7 +721,7 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
             out,
             identity,
         } => {
-            let until_ms = vigil::clock::parse_rfc3339_ms(&until)?;
+            let until_ms = vigil::clock::parse_rfc3339_ms(&until).map_err(|e| e.to_string())?;
             let pit = vigil::backup::state_at(&file, identity.as_deref(), &archive, until_ms)?;
             let r = &pit.replayed;
             println!(
@@ -1041,7 +1041,7 @@ fn crl_publish(cfg: Config) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    for line in rt.block_on(app::publish_crls(cfg))? {
+    for line in rt.block_on(app::publish_crls(cfg, vigil::clock::Clock::system()))? {
         println!("{line}");
     }
     Ok(())
@@ -1077,6 +1077,7 @@ fn check_config(cfg: &Config) -> Result<(), String> {
         &issuers,
         true,
         &crl_pools,
+        vigil::clock::Clock::system(),
     )?;
     println!(
         "config OK: {} issuer(s): {}",

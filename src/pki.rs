@@ -251,4 +251,5 @@ pub fn signature_verifies(issuer: &Certificate, cert: &Certificate) -> Result<bo
         &tbs,
         cert.signature.raw_bytes(),
     )
+    .map_err(|e| e.to_string())
 }

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::crl::Sharding;
 use crate::feed::publish::{describe_failures, Publisher};
 use crate::feed::region;
-use crate::status::journal::{JournalReader, JournalWriter};
+use crate::journal::{JournalReader, JournalWriter};
 use crate::status::{CertRecord, CrlScope, Event, EventKind, IssuerId, Serial, StatusView};
 use crate::telemetry;
 use x509_cert::Certificate;

@@ -241,7 +241,7 @@ async fn write_backup(
             header.source = "journal".into();
             let view = StatusView::new();
             let metrics = crate::telemetry::Metrics::new();
-            let mut reader = crate::status::journal::JournalReader::new(cfg.journal_path());
+            let mut reader = crate::journal::JournalReader::new(cfg.journal_path());
             crate::app::replay_journal(&mut reader, &view, &metrics)?;
             header.positions.push(Position {
                 source: "journal".into(),

@@ -409,6 +409,7 @@ fn crl_checks(
                 parsed.tbs,
                 parsed.signature,
             )
+            .map_err(|e| e.to_string())
         });
     match verified {
         Ok(true) if parsed.issuer == subject.as_slice() => r.push(
