@@ -178,9 +178,8 @@ pub fn replay_journal(
 
 /// Runs the server until SIGTERM / SIGINT. Prints the URL (and, for the embedded default, an
 /// `openssl ocsp` command) on stdout once listening.
-pub async fn serve(cfg: Config) -> Result<(), String> {
+pub async fn serve(cfg: Config, clock: Clock) -> Result<(), String> {
     let cfg = Arc::new(cfg);
-    let clock = Clock::system();
     prepare_embedded(&cfg)?;
     // The recorder goes first so the HSM pools register their metrics with it.
     let prometheus = telemetry::install_recorder().ok();
@@ -270,7 +269,8 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("server.listen {}: {e}", cfg.server.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
 
-    let writer = Arc::new(crate::writer::StatusWriter::from_config(&cfg)?);
+    let writer =
+        Arc::new(crate::writer::StatusWriter::from_config(&cfg).map_err(|e| e.to_string())?);
     if let Some(admin) = &cfg.admin {
         let admin_listener = TcpListener::bind(admin.listen)
             .await
@@ -639,7 +639,7 @@ pub fn issuer_id(cfg: &Config, name: &str) -> Result<crate::status::IssuerId, St
             names.join(", ")
         )
     })?;
-    let cert = pki::read_certificate(&ic.certificate)?;
+    let cert = pki::read_certificate(&ic.certificate).map_err(|e| e.to_string())?;
     let subject = cert
         .tbs_certificate
         .subject

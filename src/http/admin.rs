@@ -440,7 +440,7 @@ async fn route(
         ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"acknowledged": false, "issuer": issuer_name, "serial": serial, "error": e}),
+            serde_json::json!({"acknowledged": false, "issuer": issuer_name, "serial": serial, "error": e.to_string()}),
             "failed",
         ),
     };
@@ -453,7 +453,7 @@ async fn route(
         "issuer": issuer_name,
         "serial": serial,
         "outcome": outcome,
-        "detail": match &result { Ok(w) => w.summary.clone(), Err(e) => e.clone() },
+        "detail": match &result { Ok(w) => w.summary.clone(), Err(e) => e.to_string() },
     });
     if let Err(e) = st.audit.append(&result_line).await {
         tracing::error!(error = %e, "audit log not writable after a change");
@@ -590,7 +590,8 @@ async fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Ve
                     .ok_or_else(|| format!("no issuer named {:?}", b.issuer))?;
                 let cert = crate::pki::certificate_from_pem(pem.as_bytes())
                     .map_err(|e| format!("certificate: {e}"))?;
-                let (serial, not_after) = crate::pki::serial_and_not_after(&cert)?;
+                let (serial, not_after) =
+                    crate::pki::serial_and_not_after(&cert).map_err(|e| e.to_string())?;
                 let scope = st
                     .crl_urls
                     .scope_of(&b.issuer, &cert)
