@@ -1172,7 +1172,7 @@ fn hsm_list(cfg: &Config, module: Option<&Path>, pin_env: Option<&str>) -> Resul
             }
             let h = hsms
                 .iter()
-                .find(|h| h.token_label.as_deref() == Some(label))?;
+                .find(|h| h.token == vigil::config::TokenSelector::Label(label.to_owned()))?;
             read_pin(&key_spec(h).1).ok()
         };
         let tokens = match list_tokens(&m, pin_for) {
@@ -1189,8 +1189,9 @@ fn hsm_list(cfg: &Config, module: Option<&Path>, pin_env: Option<&str>) -> Resul
         for t in tokens {
             let used_by: Vec<&str> = hsms
                 .iter()
-                .filter(|h| {
-                    h.token_label.as_deref() == Some(t.label.as_str()) || h.slot == Some(t.slot)
+                .filter(|h| match &h.token {
+                    vigil::config::TokenSelector::Label(l) => l == &t.label,
+                    vigil::config::TokenSelector::Slot(s) => *s == t.slot,
                 })
                 .map(|h| h.name.as_str())
                 .collect();
@@ -1249,7 +1250,7 @@ fn hsm_test(cfg: &Config, only: Option<&str>) -> Result<(), String> {
             continue;
         }
         // The OCSP signer (the responder's key, or the CA's), then the CRL signer (the CA's).
-        let ocsp = ic.signer.as_ref().map(|sc| {
+        let ocsp = ic.ocsp_key.hsm().map(|sc| {
             let whose = if ic.responder_certificate.is_some() {
                 "responder"
             } else {
@@ -1262,7 +1263,7 @@ fn hsm_test(cfg: &Config, only: Option<&str>) -> Result<(), String> {
                 vigil::pki::signing_public_key(ic),
             )
         });
-        let crl = ic.crl_signer.as_ref().map(|sc| {
+        let crl = ic.crl_key.as_ref().and_then(|k| k.hsm()).map(|sc| {
             (
                 sc,
                 app::crl_pool_label(&ic.name),

@@ -44,7 +44,7 @@ async fn a_revocation_is_signed_before_routine_answers_that_queued_first() {
     let mut cfg = Config::embedded_default();
     cfg.ocsp.signing_concurrency = 1;
     let ic = crate::demo::demo_issuer_config(dir.path());
-    let key = ic.responder_key.as_deref().expect("demo key");
+    let key = ic.ocsp_key.file().expect("demo key");
     let (tx, rx) = std::sync::mpsc::channel();
     let signed = Arc::new(Mutex::new(Vec::new()));
     let entered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -493,7 +493,7 @@ async fn a_status_change_during_the_signature_is_signed_again_and_the_stale_one_
     let mut cfg = Config::embedded_default();
     cfg.ocsp.signing_concurrency = 1;
     let ic = crate::demo::demo_issuer_config(dir.path());
-    let key = ic.responder_key.as_deref().expect("demo key");
+    let key = ic.ocsp_key.file().expect("demo key");
     let (revocations, issued): (Vec<_>, Vec<_>) = events
         .into_iter()
         .partition(|e| matches!(e.kind, EventKind::Revoked { .. }));
