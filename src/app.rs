@@ -134,11 +134,12 @@ pub fn start_pool(
 }
 
 /// For the embedded default: makes the demo PKI on first start and journals its events.
-pub fn prepare_embedded(cfg: &Config) -> Result<(), String> {
+pub fn prepare_embedded(cfg: &Config, clock: &Clock) -> Result<(), String> {
     if !cfg.embedded {
         return Ok(());
     }
-    let events = crate::demo::ensure_demo_pki(&cfg.data_dir, &cfg.status.origin)?;
+    let events = crate::demo::ensure_demo_pki(&cfg.data_dir, &cfg.status.origin, clock)
+        .map_err(|e| e.to_string())?;
     if !events.is_empty() {
         JournalWriter::open(cfg.journal_path())
             .and_then(|mut w| w.append(&events))
@@ -180,7 +181,7 @@ pub fn replay_journal(
 /// `openssl ocsp` command) on stdout once listening.
 pub async fn serve(cfg: Config, clock: Clock) -> Result<(), String> {
     let cfg = Arc::new(cfg);
-    prepare_embedded(&cfg)?;
+    prepare_embedded(&cfg, &clock)?;
     // The recorder goes first so the HSM pools register their metrics with it.
     let prometheus = telemetry::install_recorder().ok();
     let Signing { issuers, pools } = load_signing(&cfg)?;
@@ -244,7 +245,13 @@ pub async fn serve(cfg: Config, clock: Clock) -> Result<(), String> {
         &crl_pools,
         clock.clone(),
     )?);
-    let responder = Arc::new(Responder::new(&cfg, issuers, &view, metrics.clone()));
+    let responder = Arc::new(Responder::new(
+        &cfg,
+        issuers,
+        &view,
+        metrics.clone(),
+        clock.clone(),
+    ));
     // Every status change, from the journal or the feed, goes through this one applier.
     let applier = Arc::new(Applier::new(view.clone(), Some(responder.clone())));
     applier.wake_crls_with(revoked.clone());
@@ -572,7 +579,7 @@ async fn tail_journal(
 /// `vigil crl publish`: connects the CRL signers (keys and HSM pools), builds the status view
 /// from the journal, then publishes every issuer's complete CRLs once (no lease) into every region's Redis, or the data directory.
 pub async fn publish_crls(cfg: Config, clock: Clock) -> Result<Vec<String>, String> {
-    prepare_embedded(&cfg)?;
+    prepare_embedded(&cfg, &clock)?;
     let issuers = load_issuers(&cfg)?;
     let crl_pools = start_crl_pools(&cfg)?;
     let view = if cfg.feed.is_some() {

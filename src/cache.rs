@@ -13,6 +13,7 @@ use http::HeaderValue;
 use moka::future::Cache;
 use moka::Expiry;
 
+use crate::clock::Clock;
 use crate::ocsp::response::{SingleStatus, Window};
 use crate::status::Serial;
 
@@ -68,7 +69,9 @@ pub fn http_date(t: i64) -> String {
     httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))
 }
 
-struct UntilNextUpdate;
+/// moka's expiry: an entry is dropped at its nextUpdate, read from the one clock (moka keeps
+/// its own monotonic time only to schedule the drop).
+struct UntilNextUpdate(Clock);
 
 impl Expiry<Bytes, Arc<CachedResponse>> for UntilNextUpdate {
     fn expire_after_create(
@@ -77,7 +80,7 @@ impl Expiry<Bytes, Arc<CachedResponse>> for UntilNextUpdate {
         v: &Arc<CachedResponse>,
         _: Instant,
     ) -> Option<Duration> {
-        Some(remaining(v))
+        Some(remaining(v, &self.0))
     }
 
     fn expire_after_update(
@@ -87,13 +90,12 @@ impl Expiry<Bytes, Arc<CachedResponse>> for UntilNextUpdate {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(remaining(v))
+        Some(remaining(v, &self.0))
     }
 }
 
-fn remaining(v: &CachedResponse) -> Duration {
-    let now = crate::clock::unix_now();
-    Duration::from_secs((v.window.next_update - now).max(0) as u64)
+fn remaining(v: &CachedResponse, clock: &Clock) -> Duration {
+    Duration::from_secs((v.window.next_update - clock.now()).max(0) as u64)
 }
 
 /// Signed responses by CertID DER.
@@ -104,15 +106,16 @@ pub struct ResponseCache {
 }
 
 impl ResponseCache {
-    /// A cache holding at most about `max_bytes` of responses.
-    pub fn new(max_bytes: u64) -> Self {
+    /// A cache holding at most about `max_bytes` of responses, each until its nextUpdate by
+    /// `clock`.
+    pub fn new(max_bytes: u64, clock: Clock) -> Self {
         ResponseCache {
             inner: Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|k: &Bytes, v: &Arc<CachedResponse>| {
                     (k.len() + v.der.len() + 256).min(u32::MAX as usize) as u32
                 })
-                .expire_after(UntilNextUpdate)
+                .expire_after(UntilNextUpdate(clock))
                 .build(),
         }
     }
@@ -174,11 +177,11 @@ pub struct FrontCache {
 /// moka's bookkeeping.
 const FRONT_ENTRY_OVERHEAD: usize = 256;
 
-struct FrontUntilNextUpdate;
+struct FrontUntilNextUpdate(Clock);
 
 impl Expiry<Bytes, FrontEntry> for FrontUntilNextUpdate {
     fn expire_after_create(&self, _: &Bytes, v: &FrontEntry, _: Instant) -> Option<Duration> {
-        Some(remaining(&v.response))
+        Some(remaining(&v.response, &self.0))
     }
 
     fn expire_after_update(
@@ -188,14 +191,14 @@ impl Expiry<Bytes, FrontEntry> for FrontUntilNextUpdate {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(remaining(&v.response))
+        Some(remaining(&v.response, &self.0))
     }
 }
 
 impl FrontCache {
     /// A cache of at most about `max_bytes` (0: none at all) whose keys are at most
-    /// `max_key_bytes` long.
-    pub fn new(max_bytes: u64, max_key_bytes: usize) -> Self {
+    /// `max_key_bytes` long; entries go at their response's nextUpdate by `clock`.
+    pub fn new(max_bytes: u64, max_key_bytes: usize, clock: Clock) -> Self {
         let inner = (max_bytes > 0).then(|| {
             Cache::builder()
                 .max_capacity(max_bytes)
@@ -203,7 +206,7 @@ impl FrontCache {
                     (k.len() + v.response.der.len() + FRONT_ENTRY_OVERHEAD).min(u32::MAX as usize)
                         as u32
                 })
-                .expire_after(FrontUntilNextUpdate)
+                .expire_after(FrontUntilNextUpdate(clock))
                 .build()
         });
         FrontCache {

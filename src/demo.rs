@@ -10,6 +10,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
+use crate::clock::Clock;
 use crate::config::embedded::DemoFiles;
 use crate::config::{Config, IssuerConfig};
 use crate::status::{Event, EventKind, RevocationReason, Serial};
@@ -37,15 +38,19 @@ pub fn demo_cert_paths(data_dir: &Path) -> Vec<PathBuf> {
 
 /// Makes the demo PKI in `data_dir` unless `ca.pem` is already there. Returns the status
 /// events to journal (empty when the PKI already existed).
-pub fn ensure_demo_pki(data_dir: &Path, origin: &str) -> Result<Vec<Event>, String> {
+/// Certificates are valid from an hour before `clock`'s time.
+pub fn ensure_demo_pki(
+    data_dir: &Path,
+    origin: &str,
+    clock: &Clock,
+) -> Result<Vec<Event>, DemoError> {
     let files = DemoFiles::under(data_dir);
     if files.ca_certificate.exists() {
         return Ok(Vec::new());
     }
-    let e = |x: rcgen::Error| format!("making the demo PKI: {x}");
-    std::fs::create_dir_all(&files.certs)
-        .map_err(|x| format!("creating {}: {x}", data_dir.display()))?;
-    let now = OffsetDateTime::now_utc();
+    let e = DemoError::Make;
+    std::fs::create_dir_all(&files.certs).map_err(io_error("creating", data_dir))?;
+    let now = OffsetDateTime::from_unix_timestamp(clock.now()).map_err(|_| DemoError::Clock)?;
 
     let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(e)?;
     let mut ca = CertificateParams::default();
@@ -105,7 +110,7 @@ pub fn ensure_demo_pki(data_dir: &Path, origin: &str) -> Result<Vec<Event>, Stri
         p.not_before = now - Duration::hours(1);
         p.not_after = now + Duration::days(90);
         let serial = random_serial();
-        let serial_value = Serial::from_magnitude(serial.as_ref()).map_err(|x| x.to_string())?;
+        let serial_value = Serial::from_magnitude(serial.as_ref())?;
         p.serial_number = Some(serial);
         let cert = p.signed_by(&key, &issuer).map_err(e)?;
         write(
@@ -153,7 +158,36 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&b)
 }
 
-fn write(path: &Path, bytes: &[u8], secret: bool) -> Result<(), String> {
+/// Why the demo PKI could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// rcgen refused a key or certificate.
+    #[error("making the demo PKI: {0}")]
+    Make(#[from] rcgen::Error),
+    /// A serial rcgen made is not one vigil takes.
+    #[error("making the demo PKI: {0}")]
+    Serial(#[from] crate::status::SerialError),
+    /// The clock is outside the range certificates can state.
+    #[error("making the demo PKI: the clock is out of range")]
+    Clock,
+    /// A file or directory could not be made or written.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// "creating" or "writing".
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DemoError {
+    let path = path.to_path_buf();
+    move |source| DemoError::Io { what, path, source }
+}
+
+fn write(path: &Path, bytes: &[u8], secret: bool) -> Result<(), DemoError> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -162,10 +196,8 @@ fn write(path: &Path, bytes: &[u8], secret: bool) -> Result<(), String> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(if secret { 0o600 } else { 0o644 });
     }
-    let mut f = opts
-        .open(path)
-        .map_err(|x| format!("creating {}: {x}", path.display()))?;
+    let mut f = opts.open(path).map_err(io_error("creating", path))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
-        .map_err(|x| format!("writing {}: {x}", path.display()))
+        .map_err(io_error("writing", path))
 }

@@ -440,7 +440,7 @@ fn main() -> ExitCode {
             Some(index) => import(&cfg, &clock, &index, &issuer),
             None => import_pem(&cfg, &clock, &pem, &issuer),
         },
-        Command::Status { issuer, serial } => status(&cfg, &issuer, serial.as_deref()),
+        Command::Status { issuer, serial } => status(&cfg, &clock, &issuer, serial.as_deref()),
         Command::CheckConfig => check_config(&cfg, &clock),
         Command::Crl {
             command: CrlCommand::Publish,
@@ -1090,7 +1090,7 @@ fn crl_urls(cfg: &Config, issuer: &str, json: bool) -> Result<(), String> {
 }
 
 fn check_config(cfg: &Config, clock: &vigil::clock::Clock) -> Result<(), String> {
-    app::prepare_embedded(cfg)?;
+    app::prepare_embedded(cfg, clock)?;
     let issuers = app::load_issuers(cfg)?;
     // CRL keys and CRL signer HSMs match their CA certificates, and the disk copies verify.
     let crl_pools = app::start_crl_pools(cfg)?;
@@ -1349,11 +1349,11 @@ fn scope_beside(cfg: &Config, issuer: &str, cert: Option<&Certificate>) -> Optio
 }
 
 /// Writes events to the feed's regions (with `[feed]`) or the local journal; returns where.
-fn append(cfg: &Config, events: &[Event]) -> Result<String, String> {
+fn append(cfg: &Config, clock: &vigil::clock::Clock, events: &[Event]) -> Result<String, String> {
     for e in events {
         e.kind.check().map_err(|err| err.to_string())?;
     }
-    app::prepare_embedded(cfg)?;
+    app::prepare_embedded(cfg, clock)?;
     if cfg.feed.is_none() {
         JournalWriter::open(cfg.journal_path())
             .and_then(|mut w| w.append(events))
@@ -1393,8 +1393,8 @@ fn event(
     }
 }
 
-fn issuer_id(cfg: &Config, name: &str) -> Result<IssuerId, String> {
-    app::prepare_embedded(cfg)?;
+fn issuer_id(cfg: &Config, clock: &vigil::clock::Clock, name: &str) -> Result<IssuerId, String> {
+    app::prepare_embedded(cfg, clock)?;
     app::issuer_id(cfg, name)
 }
 
@@ -1410,7 +1410,7 @@ fn revoke(
         Some(t) => parse_time(t)?,
         None => clock.now(),
     };
-    let id = issuer_id(cfg, &target.issuer)?;
+    let id = issuer_id(cfg, clock, &target.issuer)?;
     let (serial, not_after, cert) = resolve(target)?;
     let mut events = Vec::new();
     if let Some(na) = not_after {
@@ -1426,7 +1426,7 @@ fn revoke(
         serial,
         EventKind::Revoked { time, reason },
     ));
-    let at = append(cfg, &events).map_err(|e| format!("revoking {serial}: {e}"))?;
+    let at = append(cfg, clock, &events).map_err(|e| format!("revoking {serial}: {e}"))?;
     println!(
         "revoked {serial} of {} ({}), acknowledged by {at}",
         target.issuer,
@@ -1441,7 +1441,7 @@ fn issue(
     target: &Target,
     not_after: Option<&str>,
 ) -> Result<(), String> {
-    let id = issuer_id(cfg, &target.issuer)?;
+    let id = issuer_id(cfg, clock, &target.issuer)?;
     let (serial, from_cert, cert) = resolve(target)?;
     let not_after = match (not_after, from_cert) {
         (Some(t), _) => parse_time(t)?,
@@ -1460,7 +1460,7 @@ fn issue(
         .into_iter()
         .map(|kind| event(cfg, clock, id, serial, kind))
         .collect();
-    let at = append(cfg, &events).map_err(|e| format!("recording {serial}: {e}"))?;
+    let at = append(cfg, clock, &events).map_err(|e| format!("recording {serial}: {e}"))?;
     let on = match scope {
         Some(s) => format!(" on {s}"),
         None => String::new(),
@@ -1482,7 +1482,7 @@ fn hold(
     hold: bool,
     time: Option<&str>,
 ) -> Result<(), String> {
-    let id = issuer_id(cfg, &target.issuer)?;
+    let id = issuer_id(cfg, clock, &target.issuer)?;
     if !cfg.allows_holds(&target.issuer) {
         return Err(format!(
             "issuer {:?} does not allow holds (set allow_hold = true in its [[issuer]])",
@@ -1510,7 +1510,7 @@ fn hold(
     }
     events.push(event(cfg, clock, id, serial, kind));
     let verb = if hold { "held" } else { "released" };
-    let at = append(cfg, &events).map_err(|e| format!("{verb} {serial}: {e}"))?;
+    let at = append(cfg, clock, &events).map_err(|e| format!("{verb} {serial}: {e}"))?;
     println!("{verb} {serial} of {}, acknowledged by {at}", target.issuer);
     Ok(())
 }
@@ -1533,7 +1533,7 @@ fn import(
 ) -> Result<(), String> {
     use futures_util::stream::{FuturesUnordered, StreamExt};
     use vigil::limits::{IMPORT_BATCHES_IN_FLIGHT, IMPORT_BATCH_CERTIFICATES};
-    let id = issuer_id(cfg, issuer)?;
+    let id = issuer_id(cfg, clock, issuer)?;
     let allow_hold = cfg.allows_holds(issuer);
     let parse = IndexParser {
         cfg,
@@ -1607,7 +1607,7 @@ fn import_pem(
     issuer: &str,
 ) -> Result<(), String> {
     use vigil::limits::{IMPORT_BATCH_CERTIFICATES, MAX_IMPORT_PEM_BYTES};
-    let id = issuer_id(cfg, issuer)?;
+    let id = issuer_id(cfg, clock, issuer)?;
     let urls = vigil::writer::CrlUrls::from_config(cfg);
     let mut events = Vec::new();
     let mut certificates = 0usize;
@@ -1647,7 +1647,7 @@ fn import_pem(
             certificates += 1;
         }
     }
-    app::prepare_embedded(cfg)?;
+    app::prepare_embedded(cfg, clock)?;
     let writer = vigil::writer::StatusWriter::from_config(cfg).map_err(|e| e.to_string())?;
     let rt = small_runtime()?;
     let mut acknowledged = 0usize;
@@ -1878,8 +1878,13 @@ fn der_wrap(tag: u8, s: &str) -> Vec<u8> {
     v
 }
 
-fn status(cfg: &Config, issuer: &str, serial: Option<&str>) -> Result<(), String> {
-    let id = issuer_id(cfg, issuer)?;
+fn status(
+    cfg: &Config,
+    clock: &vigil::clock::Clock,
+    issuer: &str,
+    serial: Option<&str>,
+) -> Result<(), String> {
+    let id = issuer_id(cfg, clock, issuer)?;
     if cfg.feed.is_some() {
         return feed_status(cfg, issuer, id, serial);
     }

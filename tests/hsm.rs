@@ -788,6 +788,7 @@ fn degraded_mode_serves_cached_responses_until_next_update_then_try_later() {
         signing.issuers,
         &view,
         Arc::new(vigil::telemetry::Metrics::new()),
+        vigil::clock::Clock::system(),
     ));
     let cached = ocsp_request(&lab, &pki, "0A", false);
     let uncached = ocsp_request(&lab, &pki, "0B", false);

@@ -48,7 +48,8 @@ impl DemoPki {
         let dir = tempfile::tempdir().expect("a temporary directory for the demo PKI");
         let mut config = Config::embedded_at(dir.path());
         config.ocsp.nonce = nonce;
-        vigil::app::prepare_embedded(&config).expect("making the demo PKI");
+        vigil::app::prepare_embedded(&config, &vigil::clock::Clock::system())
+            .expect("making the demo PKI");
         let mut issuers = vigil::app::load_issuers(&config).expect("loading the demo issuer");
         let issuer = issuers.remove(0);
         DemoPki {
@@ -90,7 +91,13 @@ impl DemoPki {
         let mut reader = JournalReader::new(self.config.journal_path());
         vigil::app::replay_journal(&mut reader, &view, &metrics).expect("replaying the journal");
         let issuers = vigil::app::load_issuers(&self.config).expect("loading the demo issuer");
-        Arc::new(Responder::new(config, issuers, &view, metrics))
+        Arc::new(Responder::new(
+            config,
+            issuers,
+            &view,
+            metrics,
+            vigil::clock::Clock::system(),
+        ))
     }
 
     /// The CertID of `serial` under `alg`, with NULL hash parameters as OpenSSL sends them.

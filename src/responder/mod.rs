@@ -108,6 +108,7 @@ impl Responder {
         issuers: Vec<Issuer>,
         view: &StatusView,
         metrics: Arc<Metrics>,
+        clock: crate::clock::Clock,
     ) -> Self {
         let matcher = IssuerMatcher::new(issuers.iter().map(|i| i.hashes.clone()).collect());
         Responder {
@@ -127,8 +128,8 @@ impl Responder {
                 })
                 .collect(),
             matcher,
-            cache: ResponseCache::new(cfg.ocsp.cache_max_bytes),
-            front: FrontCache::new(cfg.ocsp.front_cache_max_bytes, MAX_FRONT_KEY_BYTES),
+            cache: ResponseCache::new(cfg.ocsp.cache_max_bytes, clock.clone()),
+            front: FrontCache::new(cfg.ocsp.front_cache_max_bytes, MAX_FRONT_KEY_BYTES, clock),
             validity: ValidityPolicy {
                 validity_secs: cfg.ocsp.validity.as_secs() as i64,
                 backdate_secs: cfg.ocsp.backdate.as_secs() as i64,

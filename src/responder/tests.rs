@@ -40,7 +40,8 @@ impl crate::signer::Signer for Ticketed {
 async fn a_revocation_is_signed_before_routine_answers_that_queued_first() {
     use crate::status::{EventKind, RevocationReason};
     let dir = tempfile::tempdir().expect("tmp");
-    let events = crate::demo::ensure_demo_pki(dir.path(), "test").expect("demo PKI");
+    let events = crate::demo::ensure_demo_pki(dir.path(), "test", &crate::clock::Clock::system())
+        .expect("demo PKI");
     let mut cfg = Config::embedded_default();
     cfg.ocsp.signing_concurrency = 1;
     let ic = crate::demo::demo_issuer_config(dir.path());
@@ -73,6 +74,7 @@ async fn a_revocation_is_signed_before_routine_answers_that_queued_first() {
         vec![issuer],
         &view,
         Arc::new(Metrics::new()),
+        crate::clock::Clock::system(),
     ));
     let request = |serial: &Serial| {
         let forms = cert_id_forms(&responder.issuers[0].issuer, serial);
@@ -81,7 +83,7 @@ async fn a_revocation_is_signed_before_routine_answers_that_queued_first() {
     };
     let ask = |der: Vec<u8>| {
         let r = responder.clone();
-        tokio::spawn(async move { r.answer(&der, crate::clock::unix_now()).await })
+        tokio::spawn(async move { r.answer(&der, crate::clock::Clock::system().now()).await })
     };
     // Waits until the signing service is in the given state (signatures started, queued routine,
     // queued changes). Signatures run on the issuer's signing service, fed by its queues.
@@ -173,7 +175,8 @@ fn demo_responder(
 ) {
     use crate::status::EventKind;
     let dir = tempfile::tempdir().expect("tmp");
-    let events = crate::demo::ensure_demo_pki(dir.path(), "test").expect("demo PKI");
+    let events = crate::demo::ensure_demo_pki(dir.path(), "test", &crate::clock::Clock::system())
+        .expect("demo PKI");
     let ic = crate::demo::demo_issuer_config(dir.path());
     let issuer =
         crate::pki::load_issuer(&ic, crate::config::ResponderIdKind::KeyHash).expect("issuer");
@@ -189,6 +192,7 @@ fn demo_responder(
         vec![issuer],
         &view,
         Arc::new(Metrics::new()),
+        crate::clock::Clock::system(),
     ));
     (dir, responder, view, revocations)
 }
@@ -213,7 +217,7 @@ fn signed_status(a: Answer) -> SingleStatus {
 async fn a_front_cache_hit_after_a_revocation_answers_revoked() {
     let (_dir, responder, view, revocations) = demo_responder(&Config::embedded_default());
     let revocation = &revocations[0];
-    let now = crate::clock::unix_now();
+    let now = crate::clock::Clock::system().now();
     let der = crate::ocsp::request::tests::request(
         vec![cert_id_of(&responder, &revocation.serial, 0)],
         None,
@@ -243,7 +247,7 @@ async fn a_front_cache_hit_after_a_revocation_answers_revoked() {
 async fn eviction_drops_every_plain_request_form_of_the_certificate() {
     let (_dir, responder, view, revocations) = demo_responder(&Config::embedded_default());
     let revocation = &revocations[0];
-    let now = crate::clock::unix_now();
+    let now = crate::clock::Clock::system().now();
     let forms = cert_id_forms(&responder.issuers[0].issuer, &revocation.serial);
     let mut requests = Vec::new();
     for form in 0..forms.len() {
@@ -278,7 +282,7 @@ async fn bulk_eviction_drops_the_changed_certificates_entries_and_no_others() {
         .map(|(s, _)| s)
         .find(|s| *s != changed.serial)
         .expect("another certificate");
-    let now = crate::clock::unix_now();
+    let now = crate::clock::Clock::system().now();
     let forms = cert_id_forms(&responder.issuers[0].issuer, &changed.serial);
     let mut requests = Vec::new();
     for form in 0..forms.len() {
@@ -330,7 +334,7 @@ async fn bulk_eviction_drops_the_changed_certificates_entries_and_no_others() {
 async fn a_stale_front_entry_is_not_served_past_its_refresh_point() {
     let (_dir, responder, _view, revocations) = demo_responder(&Config::embedded_default());
     let serial = &revocations[0].serial;
-    let now = crate::clock::unix_now();
+    let now = crate::clock::Clock::system().now();
     let der = crate::ocsp::request::tests::request(vec![cert_id_of(&responder, serial, 1)], None);
     let Answer::Signed {
         response: first, ..
@@ -358,7 +362,7 @@ async fn requests_with_a_nonce_or_several_cert_ids_bypass_the_front_cache() {
     use crate::ocsp::request::tests::request;
     let (_dir, responder, _view, revocations) = demo_responder(&Config::embedded_default());
     let serial = &revocations[0].serial;
-    let now = crate::clock::unix_now();
+    let now = crate::clock::Clock::system().now();
     let id = cert_id_of(&responder, serial, 0);
     let nonce = Extension {
         extn_id: crate::ocsp::OID_NONCE,
@@ -395,7 +399,7 @@ async fn the_front_cache_can_be_turned_off_and_bounds_its_keys() {
     let mut cfg = Config::embedded_default();
     cfg.ocsp.front_cache_max_bytes = 0;
     let (_dir, responder, _view, revocations) = demo_responder(&cfg);
-    let now = crate::clock::unix_now();
+    let now = crate::clock::Clock::system().now();
     let der = crate::ocsp::request::tests::request(
         vec![cert_id_of(&responder, &revocations[0].serial, 0)],
         None,
@@ -411,7 +415,7 @@ async fn the_front_cache_can_be_turned_off_and_bounds_its_keys() {
     let Answer::Signed { response, .. } = responder.answer(&der, now).await else {
         panic!("signed");
     };
-    let front = FrontCache::new(1024 * 1024, der.len() - 1);
+    let front = FrontCache::new(1024 * 1024, der.len() - 1, crate::clock::Clock::system());
     let entry = FrontEntry {
         issuer: 0,
         serial: revocations[0].serial,
@@ -489,7 +493,8 @@ impl crate::signer::Signer for Revoking {
 async fn a_status_change_during_the_signature_is_signed_again_and_the_stale_one_dropped() {
     use crate::status::{CertRecord, EventKind};
     let dir = tempfile::tempdir().expect("tmp");
-    let events = crate::demo::ensure_demo_pki(dir.path(), "test").expect("demo PKI");
+    let events = crate::demo::ensure_demo_pki(dir.path(), "test", &crate::clock::Clock::system())
+        .expect("demo PKI");
     let mut cfg = Config::embedded_default();
     cfg.ocsp.signing_concurrency = 1;
     let ic = crate::demo::demo_issuer_config(dir.path());
@@ -540,7 +545,13 @@ async fn a_status_change_during_the_signature_is_signed_again_and_the_stale_one_
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let prometheus = recorder.handle();
     let metrics = Arc::new(metrics::with_local_recorder(&recorder, Metrics::new));
-    let responder = Arc::new(Responder::new(&cfg, vec![issuer], &view, metrics));
+    let responder = Arc::new(Responder::new(
+        &cfg,
+        vec![issuer],
+        &view,
+        metrics,
+        crate::clock::Clock::system(),
+    ));
     slot.set(Arc::downgrade(&responder)).expect("once");
     let forms = cert_id_forms(&responder.issuers[0].issuer, &revocation.serial);
     watched.set(Bytes::from(forms[0].clone())).expect("once");
@@ -549,7 +560,7 @@ async fn a_status_change_during_the_signature_is_signed_again_and_the_stale_one_
     };
     let ask = |der: Vec<u8>| {
         let r = responder.clone();
-        tokio::spawn(async move { r.answer(&der, crate::clock::unix_now()).await })
+        tokio::spawn(async move { r.answer(&der, crate::clock::Clock::system().now()).await })
     };
     // Waits until the signing service is in a state `want` accepts: (signatures started,
     // queued routine, queued changes).
