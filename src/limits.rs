@@ -230,3 +230,29 @@ pub const MAX_ARCHIVE_SEGMENTS: usize = 1_000_000;
 /// Most blocks in one segment: a segment is closed at its target size (64 MiB by default),
 /// and its smallest blocks are about 60 bytes.
 pub const MAX_ARCHIVE_SEGMENT_BLOCKS: u64 = 4_000_000;
+
+/// Largest message a PKCS#11 host process is asked to sign, in bytes: the largest CRL vigil
+/// builds (the benches' 1.5 M entries make a tbsCertList of about 55 MB) with room to spare.
+/// OCSP tbsResponseData is a few KiB.
+pub const MAX_HOST_SIGN_MESSAGE_BYTES: usize = 128 * 1024 * 1024;
+
+/// Largest frame between vigil and a PKCS#11 host process: a message to sign and its header.
+pub const MAX_HOST_FRAME_BYTES: usize = MAX_HOST_SIGN_MESSAGE_BYTES + 64 * 1024;
+
+/// Longest text field of a host frame (names, labels, error messages, the log filter), bytes.
+pub const MAX_HOST_TEXT_BYTES: usize = 4 * 1024;
+
+/// Longest key material field of a host frame (a public key, a signature, a CKA_ID), bytes:
+/// an RSA-16384 modulus is 2 KiB, so 16 KiB is far above any key a token holds.
+pub const MAX_HOST_KEY_BYTES: usize = 16 * 1024;
+
+/// Longest user PIN sent to a host process, bytes: PKCS#11 `ulMaxPinLen` is a CK_ULONG, but
+/// tokens allow at most 255 (SoftHSM2, Luna, nShield).
+pub const MAX_HOST_PIN_BYTES: usize = 255;
+
+/// Most items of a list in a host frame (tokens of a module, keys of a token, PINs).
+pub const MAX_HOST_LIST_ITEMS: usize = 4096;
+
+/// Calls a PKCS#11 host process queues before it stops reading its pipe (its workers are
+/// `hsm.sessions` + 2; callers in the parent are bounded by `ocsp.signing_concurrency`).
+pub const MAX_HOST_QUEUED_CALLS: usize = 256;

@@ -21,7 +21,8 @@ use softhsm::{KeyKind, Lab, P11Server, Pki, P11KIT_CLIENT, PIN, SOFTHSM_MODULE};
 use x509_ocsp::{BasicOcspResponse, OcspResponse, OcspResponseStatus};
 
 use vigil::signer::pkcs11::{
-    AuthPin, KeySelector, KeySpec, Pkcs11Key, RsaMechanism, TokenSelector,
+    configure_hosts, AuthPin, HostOptions, HostedKey, KeySelector, KeySpec, RsaMechanism,
+    TokenSelector,
 };
 use vigil::signer::SignatureAlgorithm;
 
@@ -840,7 +841,8 @@ fn p384_and_rsa_keys_sign_with_every_mechanism() {
     let rsa = lab.key("rsa", KeyKind::Rsa2048);
     lab.import("keys", &p384, "p384", "02");
     lab.import("keys", &rsa, "rsa", "03");
-    // SoftHSM2 reads SOFTHSM2_CONF when initialised: give this module instance the lab's.
+    use_vigil_as_host();
+    // SoftHSM2 reads SOFTHSM2_CONF when initialised: its host process gets the lab's.
     let env: BTreeMap<String, String> =
         [("SOFTHSM2_CONF".to_owned(), lab.conf.display().to_string())].into();
     let spec = |label: &str, rsa_mechanism| KeySpec {
@@ -875,7 +877,7 @@ fn p384_and_rsa_keys_sign_with_every_mechanism() {
             "CKM_RSA_PKCS (DigestInfo)",
         ),
     ] {
-        let key = Pkcs11Key::new(spec(label, mechanism), AuthPin::from(PIN), None).expect("key");
+        let key = HostedKey::new(spec(label, mechanism), AuthPin::from(PIN), None).expect("key");
         let d = key.connect().expect("connect");
         assert_eq!(d.algorithm, algorithm);
         assert_eq!(d.mechanism, want);
@@ -901,7 +903,7 @@ fn p384_and_rsa_keys_sign_with_every_mechanism() {
         }
     }
     // A key that is not there is a configuration error, not "unreachable".
-    let missing = Pkcs11Key::new(spec("nope", RsaMechanism::Auto), AuthPin::from(PIN), None)
+    let missing = HostedKey::new(spec("nope", RsaMechanism::Auto), AuthPin::from(PIN), None)
         .expect("key")
         .connect()
         .expect_err("missing key");
@@ -912,6 +914,141 @@ fn p384_and_rsa_keys_sign_with_every_mechanism() {
             .contains("no private key with label \"nope\""),
         "{missing}"
     );
+}
+
+/// Keys used in this test process run in hosts of the `vigil` binary (the test binary is not).
+fn use_vigil_as_host() {
+    configure_hosts(HostOptions {
+        program: env!("CARGO_BIN_EXE_vigil").into(),
+        log_filter: "info".into(),
+        log_format: Default::default(),
+    });
+}
+
+/// Two keys naming one module file with different `module_env` reach their own servers: each
+/// host process reads its own `P11_KIT_SERVER_ADDRESS`, and vigil's environment is untouched.
+#[test]
+fn entries_sharing_a_module_with_different_module_env_reach_their_own_servers() {
+    require_softhsm!();
+    use_vigil_as_host();
+    let lab = Lab::new();
+    let key = lab.key("responder", KeyKind::P256);
+    let mut servers = Vec::new();
+    for name in ["left", "right"] {
+        lab.token(name);
+        lab.import(name, &key, "ocsp", "01");
+        servers.push(lab.serve(name));
+    }
+    let by_label = |name: &str, server: &P11Server| KeySpec {
+        name: name.to_owned(),
+        module: P11KIT_CLIENT.into(),
+        module_env: [("P11_KIT_SERVER_ADDRESS".to_owned(), server.address())].into(),
+        token: TokenSelector::Label(name.to_owned()),
+        key: KeySelector {
+            label: Some("ocsp".into()),
+            id: None,
+        },
+        sessions: 2,
+        rsa_mechanism: RsaMechanism::Auto,
+    };
+    let left =
+        HostedKey::new(by_label("left", &servers[0]), AuthPin::from(PIN), None).expect("left");
+    let right =
+        HostedKey::new(by_label("right", &servers[1]), AuthPin::from(PIN), None).expect("right");
+    assert_eq!(left.connect().expect("left connects").token_label, "left");
+    assert_eq!(
+        right.connect().expect("right connects").token_label,
+        "right"
+    );
+    assert_ne!(left.host_pid(), right.host_pid());
+    // Each server exports only its own token: asking the left server for the right token
+    // fails, so the addresses really were different in the two hosts.
+    let crossed = HostedKey::new(by_label("right", &servers[0]), AuthPin::from(PIN), None)
+        .expect("crossed")
+        .connect()
+        .expect_err("the left server has no token \"right\"");
+    assert!(crossed.to_string().contains("left"), "{crossed}");
+    assert!(std::env::var_os("P11_KIT_SERVER_ADDRESS").is_none());
+    // Killing the left server fails the left key only.
+    let message = [7u8; 64];
+    let public = left.description().expect("described").public_key;
+    servers[0].kill();
+    assert!(left.sign(&message, Duration::from_secs(1)).is_err());
+    let sig = right
+        .sign(&message, Duration::from_secs(1))
+        .expect("right signs");
+    assert!(vigil::signer::verify(
+        SignatureAlgorithm::EcdsaP256Sha256,
+        &public,
+        &message,
+        &sig
+    ));
+}
+
+/// A host that stops answering is killed by a recovery, and its stuck call returns at once.
+#[test]
+fn a_stuck_host_is_killed_and_its_calls_return() {
+    require_softhsm!();
+    use_vigil_as_host();
+    let lab = Lab::new();
+    let key = lab.key("responder", KeyKind::P256);
+    lab.token("hsm1");
+    lab.import("hsm1", &key, "ocsp", "01");
+    let mut server = lab.serve("hsm1");
+    let spec = KeySpec {
+        name: "hsm1".into(),
+        module: P11KIT_CLIENT.into(),
+        module_env: [("P11_KIT_SERVER_ADDRESS".to_owned(), server.address())].into(),
+        token: TokenSelector::Label("hsm1".into()),
+        key: KeySelector {
+            label: Some("ocsp".into()),
+            id: None,
+        },
+        sessions: 2,
+        rsa_mechanism: RsaMechanism::Auto,
+    };
+    let key = Arc::new(HostedKey::new(spec, AuthPin::from(PIN), None).expect("key"));
+    key.connect().expect("connect");
+    let first_pid = key.host_pid().expect("a host");
+    server.freeze();
+    let stuck = {
+        let key = key.clone();
+        std::thread::spawn(move || {
+            let r = key.sign(&[1; 32], Duration::from_millis(100));
+            (r, Instant::now())
+        })
+    };
+    wait_for(
+        "the signature to be in flight",
+        Duration::from_secs(5),
+        || {
+            key.oldest_call()
+                .is_some_and(|age| age >= Duration::from_millis(300))
+        },
+    );
+    // Recovery kills the stuck host at once; the fresh one cannot reach the frozen server
+    // either, and is killed after HOST_SETUP_TIMEOUT.
+    let started = Instant::now();
+    let e = key
+        .recover(Duration::from_millis(300))
+        .expect_err("the server is frozen");
+    assert!(!e.is_permanent(), "{e}");
+    let (r, returned) = stuck.join().expect("thread");
+    assert!(r.is_err(), "the stuck call returned {r:?}");
+    assert!(
+        returned < started + Duration::from_secs(1),
+        "the stuck call returned {:?} after the recovery began",
+        returned - started
+    );
+    server.kill();
+    let _replacement = lab.serve("hsm1");
+    wait_for(
+        "the key back through a fresh host",
+        Duration::from_secs(20),
+        || key.recover(Duration::from_millis(300)).is_ok(),
+    );
+    assert_ne!(key.host_pid(), Some(first_pid));
+    assert!(key.sign(&[2; 32], Duration::from_secs(1)).is_ok());
 }
 
 // === CRLs signed through an HSM pool (`crl_signer`) ===

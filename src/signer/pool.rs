@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use metrics::{Counter, Gauge, Histogram};
 
 use super::pkcs11::{
-    read_pin, HsmError, KeyDescription, KeySelector, KeySpec, PinSource, Pkcs11Key, RsaMechanism,
+    read_pin, HostedKey, HsmError, KeyDescription, KeySelector, KeySpec, PinSource, RsaMechanism,
     TokenSelector,
 };
 use super::{SignError, SignatureAlgorithm, Signer, SoftwareSigner};
@@ -183,7 +183,7 @@ impl MemberMetrics {
 
 /// One HSM of a pool.
 struct Member {
-    key: Pkcs11Key,
+    key: HostedKey,
     in_service: AtomicBool,
     failures: AtomicU32,
     breaker: Mutex<Breaker>,
@@ -261,7 +261,6 @@ impl Member {
             return;
         }
         self.in_service.store(false, Ordering::Release);
-        self.key.set_healthy(false);
         let was = b.state.clone();
         b.last_error = Some(e.to_string());
         if e.is_permanent() {
@@ -292,7 +291,6 @@ impl Member {
         b.last_error = None;
         b.attempts = 0;
         self.failures.store(0, Ordering::Relaxed);
-        self.key.set_healthy(true);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.in_service.store(true, Ordering::Release);
         self.metrics.breaker.set(0.0);
@@ -405,7 +403,7 @@ impl SignerPool {
             let name = spec.name.clone();
             let fail = |e: String| format!("hsm {name:?}: {e}");
             let pin = read_pin(&pin_source).map_err(fail)?;
-            let key = Pkcs11Key::new(spec, pin, Some(public_key.clone()))
+            let key = HostedKey::new(spec, pin, Some(public_key.clone()))
                 .map_err(|e| fail(e.to_string()))?;
             let member = Arc::new(Member {
                 epoch: AtomicU64::new(0),
@@ -737,7 +735,7 @@ pub fn test_members(
         let result = (|| {
             let pin = read_pin(&pin_source)?;
             let key =
-                Pkcs11Key::new(spec, pin, Some(public_key.to_vec())).map_err(|e| e.to_string())?;
+                HostedKey::new(spec, pin, Some(public_key.to_vec())).map_err(|e| e.to_string())?;
             let d: KeyDescription = key.connect().map_err(|e| e.to_string())?;
             let message = format!("vigil hsm test {}", crate::clock::unix_now_ms());
             let started = Instant::now();
@@ -834,7 +832,9 @@ mod tests {
             sessions: 1,
             rsa_mechanism: RsaMechanism::Auto,
         };
-        std::env::set_var("VIGIL_TEST_POOL_PIN", "1234");
+        let dir = tempfile::tempdir().expect("tmp");
+        let pin_file = dir.path().join("pin");
+        std::fs::write(&pin_file, "1234\n").expect("pin file");
         let settings = PoolSettings {
             probe_interval: Duration::from_secs(5),
             breaker_failures: 3,
@@ -846,7 +846,7 @@ mod tests {
         let e = SignerPool::start(
             "a",
             vec![1, 2, 3],
-            vec![(spec, PinSource::Env("VIGIL_TEST_POOL_PIN".into()))],
+            vec![(spec, PinSource::File(pin_file))],
             None,
             settings,
         )
