@@ -89,6 +89,44 @@ fn options() -> Result<HostOptions, HsmError> {
 
 // === the parent's end ===
 
+type SpawnRequest = (Command, mpsc::SyncSender<std::io::Result<Child>>);
+
+static SPAWNER: Mutex<Option<mpsc::Sender<SpawnRequest>>> = Mutex::new(None);
+
+/// Starts `command` from one long-lived thread. The host asks the kernel to kill it when its
+/// parent goes (`PR_SET_PDEATHSIG`), and Linux ties that to the *thread* that forked it: a
+/// host started from a short-lived check thread would die with that thread.
+fn spawn(command: Command) -> std::io::Result<Child> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    let mut request = Some((command, tx));
+    for _ in 0..2 {
+        let mut spawner = lock(&SPAWNER);
+        if spawner.is_none() {
+            let (stx, srx) = mpsc::channel::<SpawnRequest>();
+            std::thread::Builder::new()
+                .name("vigil-hsm-host-spawner".into())
+                .spawn(move || {
+                    for (mut command, reply) in srx {
+                        let _ = reply.send(command.spawn());
+                    }
+                })?;
+            *spawner = Some(stx);
+        }
+        let Some(r) = request.take() else { break };
+        match spawner.as_ref().map(|s| s.send(r)) {
+            Some(Ok(())) => break,
+            Some(Err(mpsc::SendError(r))) => {
+                // The thread is gone (it never exits; a panic in spawn would): start another.
+                *spawner = None;
+                request = Some(r);
+            }
+            None => break,
+        }
+    }
+    rx.recv()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the host spawner thread is gone")))
+}
+
 struct Pending {
     started: Instant,
     sign: bool,
@@ -127,19 +165,19 @@ impl Host {
         setup: Setup,
     ) -> Result<Arc<Host>, HsmError> {
         let options = options()?;
-        let mut child = Command::new(&options.program)
+        let mut command = Command::new(&options.program);
+        command
             .arg(HOST_SUBCOMMAND)
             .envs(env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| {
-                HsmError::Config(format!(
-                    "starting the PKCS#11 host {} {HOST_SUBCOMMAND}: {e}",
-                    options.program.display()
-                ))
-            })?;
+            .stderr(Stdio::inherit());
+        let mut child = spawn(command).map_err(|e| {
+            HsmError::Config(format!(
+                "starting the PKCS#11 host {} {HOST_SUBCOMMAND}: {e}",
+                options.program.display()
+            ))
+        })?;
         let pid = child.id();
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
