@@ -2,9 +2,11 @@
 //! breaker and a monitor thread; signing goes to the first member in service and fails over
 //! to the next; a member that fails is taken out and brought back only by a health probe.
 //!
-//! Signatures run on the caller's thread (a blocking thread of the answer path), one session
-//! each. A call that has not come back after `sign_timeout` marks its HSM as stuck: the next
-//! signature takes it out of service and goes to the next HSM, and the pool's
+//! Each member is a [`HostedKey`]: its key runs in a `vigil pkcs11-host` process of its own
+//! (see [`super::pkcs11::host`]). Signatures are sent from the caller's thread (a blocking
+//! thread of the answer path), one session each. A call that has not come back after
+//! `sign_timeout` marks its HSM as stuck: the next signature takes it out of service and goes
+//! to the next HSM, and the pool's
 //! [`Signer::timeout`] tells the answer path to stop waiting for the stuck call and ask again.
 //! Probes and reconnection run on short-lived threads with a deadline, so a call that never
 //! returns cannot hold an HSM out of service for good.
@@ -584,8 +586,8 @@ impl Signer for SignerPool {
 }
 
 /// Checks of one member that may be outstanding at once. A check stuck in a silent HSM keeps
-/// its thread; later checks go around it (a reconnection abandons the stuck module instance),
-/// and this bounds the threads a silent HSM can hold.
+/// its thread until a later reconnection kills the stuck host process (which returns it at
+/// once); this bounds the threads a silent HSM can hold meanwhile.
 const MAX_CHECKS_OUTSTANDING: usize = 3;
 
 /// Runs `check` on its own thread and waits at most `deadline` for it. Fails when it did not
