@@ -143,7 +143,10 @@ fn main() {
         println!("hsm_sign: SKIPPED, SoftHSM2 / p11-kit / openssl missing: {m}");
         return;
     }
-    match (std::env::var_os(LAB_PIN_FILE), std::env::var(LAB_PUBLIC_KEY)) {
+    match (
+        std::env::var_os(LAB_PIN_FILE),
+        std::env::var(LAB_PUBLIC_KEY),
+    ) {
         (Some(pin_file), Ok(public_key)) => measure(
             pin_file.into(),
             vigil::signer::pool::parse_hex(&public_key).expect("hex"),

@@ -32,8 +32,8 @@ use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
 use super::protocol::{
-    read_request, read_response, read_setup, write_request, write_response, write_setup, Request,
-    Response, Setup, SetupFrame, PROTOCOL_VERSION,
+    read_request, read_response, read_setup, write_request, write_response, write_setup, PinBytes,
+    Request, Response, Setup, SetupFrame, PROTOCOL_VERSION,
 };
 use super::{
     list_tokens, lock, AuthPin, HsmError, KeyDescription, KeySpec, Module, Pkcs11Key, TokenListing,
@@ -89,7 +89,7 @@ fn options() -> Result<HostOptions, HsmError> {
 
 // === the parent's end ===
 
-type SpawnRequest = (Command, mpsc::SyncSender<std::io::Result<Child>>);
+type SpawnRequest = (Box<Command>, mpsc::SyncSender<std::io::Result<Child>>);
 
 static SPAWNER: Mutex<Option<mpsc::Sender<SpawnRequest>>> = Mutex::new(None);
 
@@ -98,29 +98,28 @@ static SPAWNER: Mutex<Option<mpsc::Sender<SpawnRequest>>> = Mutex::new(None);
 /// host started from a short-lived check thread would die with that thread.
 fn spawn(command: Command) -> std::io::Result<Child> {
     let (tx, rx) = mpsc::sync_channel(1);
-    let mut request = Some((command, tx));
-    for _ in 0..2 {
+    {
         let mut spawner = lock(&SPAWNER);
-        if spawner.is_none() {
-            let (stx, srx) = mpsc::channel::<SpawnRequest>();
-            std::thread::Builder::new()
-                .name("vigil-hsm-host-spawner".into())
-                .spawn(move || {
-                    for (mut command, reply) in srx {
-                        let _ = reply.send(command.spawn());
-                    }
-                })?;
-            *spawner = Some(stx);
-        }
-        let Some(r) = request.take() else { break };
-        match spawner.as_ref().map(|s| s.send(r)) {
-            Some(Ok(())) => break,
-            Some(Err(mpsc::SendError(r))) => {
-                // The thread is gone (it never exits; a panic in spawn would): start another.
-                *spawner = None;
-                request = Some(r);
+        let sender = match spawner.as_ref() {
+            Some(s) => s.clone(),
+            None => {
+                let (stx, srx) = mpsc::channel::<SpawnRequest>();
+                std::thread::Builder::new()
+                    .name("vigil-hsm-host-spawner".into())
+                    .spawn(move || {
+                        for (mut command, reply) in srx {
+                            let _ = reply.send(command.spawn());
+                        }
+                    })?;
+                *spawner = Some(stx.clone());
+                stx
             }
-            None => break,
+        };
+        if sender.send((Box::new(command), tx)).is_err() {
+            // The thread is gone (it never returns; only a panic in spawn could end it): the
+            // next call starts another.
+            *spawner = None;
+            return Err(std::io::Error::other("the host spawner thread is gone"));
         }
     }
     rx.recv()
@@ -361,8 +360,8 @@ fn read_answers(mut out: BufReader<std::process::ChildStdout>, calls: &Mutex<Cal
     t.pending.clear();
 }
 
-fn pin_bytes(pin: &AuthPin) -> Zeroizing<Vec<u8>> {
-    Zeroizing::new(pin.expose_secret().as_bytes().to_vec())
+fn pin_bytes(pin: &AuthPin) -> PinBytes {
+    PinBytes(Zeroizing::new(pin.expose_secret().as_bytes().to_vec()))
 }
 
 /// A key on a PKCS#11 token, reached through a host process of its own (see the module
@@ -614,10 +613,10 @@ fn answer(out: &Answers, id: u64, r: &Response) {
     }
 }
 
-fn auth_pin(mut pin: Zeroizing<Vec<u8>>) -> Result<AuthPin, HsmError> {
+fn auth_pin(mut pin: PinBytes) -> Result<AuthPin, HsmError> {
     // The buffer moves into the String and then the secret (its capacity is its length, so
     // nothing is copied and left behind).
-    let bytes = std::mem::take(&mut *pin);
+    let bytes = std::mem::take(&mut *pin.0);
     String::from_utf8(bytes).map(AuthPin::from).map_err(|e| {
         let _ = Zeroizing::new(e.into_bytes());
         HsmError::Pin("the PIN is not UTF-8".into())

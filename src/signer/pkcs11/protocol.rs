@@ -66,6 +66,24 @@ fn malformed(what: impl Into<String>) -> FrameError {
 
 // === frames ===
 
+/// A PIN on its way through the pipe: zeroized when dropped, and `Debug` shows no digit.
+#[derive(Clone, Default)]
+pub struct PinBytes(pub Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for PinBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PinBytes(redacted)")
+    }
+}
+
+impl std::ops::Deref for PinBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// What the host is to run: one key, or a module for `vigil hsm list`.
 #[derive(Debug)]
 pub enum Setup {
@@ -86,7 +104,7 @@ pub enum Setup {
         /// The public key the token's key must have.
         expected: Option<Vec<u8>>,
         /// The user PIN.
-        pin: Zeroizing<Vec<u8>>,
+        pin: PinBytes,
     },
     /// A module only.
     Module {
@@ -130,7 +148,7 @@ pub enum Request {
     /// [`super::list_tokens`], with the PINs of the tokens to log in to, by label.
     ListTokens {
         /// (token label, PIN).
-        pins: Vec<(String, Zeroizing<Vec<u8>>)>,
+        pins: Vec<(String, PinBytes)>,
     },
 }
 
@@ -587,7 +605,9 @@ pub fn read_setup(r: &mut impl Read) -> Result<SetupFrame, FrameError> {
                 other => return Err(malformed(format!("RSA mechanism {other}"))),
             };
             let expected = f.opt_bytes("the expected public key", MAX_HOST_KEY_BYTES)?;
-            let pin = Zeroizing::new(f.bytes("the PIN", MAX_HOST_PIN_BYTES)?.to_vec());
+            let pin = PinBytes(Zeroizing::new(
+                f.bytes("the PIN", MAX_HOST_PIN_BYTES)?.to_vec(),
+            ));
             Setup::Key {
                 name,
                 module,
@@ -645,7 +665,9 @@ pub fn read_request(r: &mut impl Read) -> Result<Option<(u64, Request)>, FrameEr
             let mut pins = Vec::with_capacity(n);
             for _ in 0..n {
                 let label = f.text("a token label")?;
-                let pin = Zeroizing::new(f.bytes("a PIN", MAX_HOST_PIN_BYTES)?.to_vec());
+                let pin = PinBytes(Zeroizing::new(
+                    f.bytes("a PIN", MAX_HOST_PIN_BYTES)?.to_vec(),
+                ));
                 pins.push((label, pin));
             }
             Request::ListTokens { pins }
@@ -877,7 +899,7 @@ mod tests {
                 sessions: 4,
                 rsa_mechanism: RsaMechanism::RsaPkcs,
                 expected: None,
-                pin: Zeroizing::new(b"1234".to_vec()),
+                pin: PinBytes(Zeroizing::new(b"1234".to_vec())),
             },
             log_filter: "info".into(),
             log_format: LogFormat::Json,
@@ -885,6 +907,7 @@ mod tests {
         let mut pipe = Vec::new();
         write_setup(&mut pipe, &s).expect("write");
         let got = read_setup(&mut pipe.as_slice()).expect("read");
+        assert!(!format!("{got:?}").contains("1234"), "{got:?}");
         match got.setup {
             Setup::Key {
                 name,
@@ -903,7 +926,7 @@ mod tests {
                 assert_eq!(key.id, Some(vec![1]));
                 assert_eq!((sessions, rsa_mechanism), (4, RsaMechanism::RsaPkcs));
                 assert!(expected.is_none());
-                assert_eq!(pin.as_slice(), b"1234");
+                assert_eq!(&*pin, b"1234");
             }
             other => panic!("{other:?}"),
         }
