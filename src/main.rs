@@ -429,12 +429,9 @@ fn main() -> ExitCode {
     };
     vigil::telemetry::init_tracing(&cfg.log.filter, cfg.log.format);
     // PKCS#11 keys run in host processes of this binary, logging as this process does.
-    if let Ok(program) = std::env::current_exe() {
-        vigil::signer::pkcs11::configure_hosts(vigil::signer::pkcs11::HostOptions {
-            program,
-            log_filter: cfg.log.filter.clone(),
-            log_format: cfg.log.format,
-        });
+    if let Ok(o) = vigil::signer::pkcs11::HostOptions::this_binary(&cfg.log.filter, cfg.log.format)
+    {
+        vigil::signer::pkcs11::configure_hosts(o);
     }
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cfg),

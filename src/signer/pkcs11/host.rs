@@ -66,6 +66,27 @@ pub struct HostOptions {
     pub log_format: LogFormat,
 }
 
+impl HostOptions {
+    /// Hosts of this very binary: `/proc/self/exe`, which still names it after a package
+    /// upgrade replaced the file (the protocol version then still matches), or where that is
+    /// missing, the path it was started from.
+    pub fn this_binary(log_filter: &str, log_format: LogFormat) -> Result<Self, HsmError> {
+        let proc_self = std::path::Path::new("/proc/self/exe");
+        let program = if proc_self.exists() {
+            proc_self.to_path_buf()
+        } else {
+            std::env::current_exe().map_err(|e| {
+                HsmError::Config(format!("finding the vigil binary to host PKCS#11: {e}"))
+            })?
+        };
+        Ok(HostOptions {
+            program,
+            log_filter: log_filter.to_owned(),
+            log_format,
+        })
+    }
+}
+
 static OPTIONS: Mutex<Option<HostOptions>> = Mutex::new(None);
 
 /// Sets how hosts are started from now on. `vigil` calls it at start-up with its log settings;
@@ -75,16 +96,10 @@ pub fn configure_hosts(options: HostOptions) {
 }
 
 fn options() -> Result<HostOptions, HsmError> {
-    if let Some(o) = lock(&OPTIONS).clone() {
-        return Ok(o);
+    match lock(&OPTIONS).clone() {
+        Some(o) => Ok(o),
+        None => HostOptions::this_binary("info", LogFormat::Text),
     }
-    let program = std::env::current_exe()
-        .map_err(|e| HsmError::Config(format!("finding the vigil binary to host PKCS#11: {e}")))?;
-    Ok(HostOptions {
-        program,
-        log_filter: "info".into(),
-        log_format: LogFormat::Text,
-    })
 }
 
 // === the parent's end ===
