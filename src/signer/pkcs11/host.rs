@@ -152,6 +152,9 @@ struct CallTable {
     pending: HashMap<u64, Pending>,
     /// Why the host can take no more calls, once it cannot.
     closed: Option<String>,
+    /// The host greeted with the right protocol version (else it is not a vigil host of this
+    /// version: a setting to fix, not a connection to retry).
+    greeted: bool,
 }
 
 /// One running host process.
@@ -227,13 +230,12 @@ impl Host {
             log_filter: options.log_filter,
             log_format: options.log_format,
         };
-        if let Err(e) = write_setup(&mut *lock(&host.stdin), &frame) {
-            host.kill("its setup could not be sent");
-            return Err(HsmError::Lost(format!(
-                "sending the setup to the host: {e}"
-            )));
-        }
+        // A write that fails (the process exited) is not the end of it: the reader says why.
+        let sent = write_setup(&mut *lock(&host.stdin), &frame);
         drop(frame);
+        if let Err(e) = &sent {
+            tracing::debug!(hsm = name, error = %e, "sending the setup to the PKCS#11 host");
+        }
         match rx.recv_timeout(HOST_SETUP_TIMEOUT) {
             Ok(Response::Done) => Ok(host),
             Ok(Response::Error(e)) => {
@@ -252,7 +254,17 @@ impl Host {
                     "the module was not loaded and initialised within {HOST_SETUP_TIMEOUT:?} (a server that does not answer?); killed its host"
                 )))
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(HsmError::Lost(host.closed_why())),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let why = host.closed_why();
+                if lock(&host.calls).greeted {
+                    Err(HsmError::Lost(why))
+                } else {
+                    Err(HsmError::Config(format!(
+                        "{} {HOST_SUBCOMMAND} is not a PKCS#11 host of this vigil: {why}",
+                        options.program.display()
+                    )))
+                }
+            }
         }
     }
 
@@ -349,18 +361,21 @@ impl Host {
 /// (closing the call table) when the host exits or sends a frame that does not parse.
 fn read_answers(mut out: BufReader<std::process::ChildStdout>, calls: &Mutex<CallTable>) {
     let why = match read_response(&mut out) {
-        Ok(Some((_, Response::Hello { version }))) if version == PROTOCOL_VERSION => loop {
-            match read_response(&mut out) {
-                Ok(Some((id, answer))) => {
-                    let waiting = lock(calls).pending.remove(&id);
-                    if let Some(p) = waiting {
-                        let _ = p.reply.send(answer);
+        Ok(Some((_, Response::Hello { version }))) if version == PROTOCOL_VERSION => {
+            lock(calls).greeted = true;
+            loop {
+                match read_response(&mut out) {
+                    Ok(Some((id, answer))) => {
+                        let waiting = lock(calls).pending.remove(&id);
+                        if let Some(p) = waiting {
+                            let _ = p.reply.send(answer);
+                        }
                     }
+                    Ok(None) => break "the host process exited".to_owned(),
+                    Err(e) => break format!("the host process sent a bad frame: {e}"),
                 }
-                Ok(None) => break "the host process exited".to_owned(),
-                Err(e) => break format!("the host process sent a bad frame: {e}"),
             }
-        },
+        }
         Ok(Some((_, Response::Hello { version }))) => format!(
             "the host speaks protocol version {version}, this vigil {PROTOCOL_VERSION} (was the binary replaced?)"
         ),
@@ -832,5 +847,34 @@ mod tests {
             .expect("no module");
         assert!(e.is_permanent(), "{e}");
         assert!(e.to_string().contains("/nonexistent/libpkcs11.so"), "{e}");
+    }
+
+    #[test]
+    fn a_program_that_is_not_a_host_is_a_setting_to_fix() {
+        // `echo pkcs11-host` answers with text: its first bytes read as a frame length far
+        // over the bound. The only lib test that starts a host, so the option is its own.
+        configure_hosts(HostOptions {
+            program: "/bin/echo".into(),
+            log_filter: "info".into(),
+            log_format: LogFormat::Text,
+        });
+        let spec = KeySpec {
+            name: "echo".into(),
+            module: "/bin/sh".into(), // a file; never loaded
+            module_env: Default::default(),
+            token: super::super::TokenSelector::Label("t".into()),
+            key: Default::default(),
+            sessions: 1,
+            rsa_mechanism: Default::default(),
+        };
+        let e = HostedKey::new(spec, AuthPin::from("1234"), None)
+            .err()
+            .expect("not a host");
+        *lock(&OPTIONS) = None;
+        assert!(e.is_permanent(), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("not a PKCS#11 host"), "{text}");
+        assert!(text.contains("over the bound"), "{text}");
+        assert!(!text.contains("1234"), "{text}");
     }
 }
