@@ -252,7 +252,3 @@ pub const MAX_HOST_PIN_BYTES: usize = 255;
 
 /// Most items of a list in a host frame (tokens of a module, keys of a token, PINs).
 pub const MAX_HOST_LIST_ITEMS: usize = 4096;
-
-/// Calls a PKCS#11 host process queues before it stops reading its pipe (its workers are
-/// `hsm.sessions` + 2; callers in the parent are bounded by `ocsp.signing_concurrency`).
-pub const MAX_HOST_QUEUED_CALLS: usize = 256;

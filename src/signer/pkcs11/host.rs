@@ -39,7 +39,6 @@ use super::{
     list_tokens, lock, AuthPin, HsmError, KeyDescription, KeySpec, Module, Pkcs11Key, TokenListing,
 };
 use crate::config::LogFormat;
-use crate::limits::MAX_HOST_QUEUED_CALLS;
 
 /// The hidden subcommand of the `vigil` binary that runs a host.
 pub const HOST_SUBCOMMAND: &str = "pkcs11-host";
@@ -716,7 +715,7 @@ pub fn run_host() -> ExitCode {
                 }
             };
             answer(&out, 0, &Response::Done);
-            serve_key(&key, &mut input, &out, workers)
+            serve_key(&key, input, &out, workers)
         }
         Setup::Module { module } => {
             let module = match Module::load(&module) {
@@ -732,44 +731,49 @@ pub fn run_host() -> ExitCode {
     }
 }
 
+/// Each worker takes the next frame from the pipe itself and answers it: no hand-off between
+/// threads inside the host (a signature costs one wake-up here, not two). The pipe is the
+/// queue, bounded by the kernel's pipe buffer.
 fn serve_key(
     key: &Arc<Pkcs11Key>,
-    input: &mut impl std::io::Read,
+    input: BufReader<std::io::Stdin>,
     out: &Answers,
     workers: usize,
 ) -> ExitCode {
-    let (tx, rx) = crossbeam_channel::bounded::<(u64, Request)>(MAX_HOST_QUEUED_CALLS);
+    let input = Arc::new(Mutex::new(input));
+    let mut threads = Vec::with_capacity(workers);
     for i in 0..workers {
-        let (key, rx, out) = (key.clone(), rx.clone(), out.clone());
+        let (key, input, out) = (key.clone(), input.clone(), out.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("vigil-p11-worker-{i}"))
-            .spawn(move || {
-                for (id, request) in rx {
-                    let r = handle_key_call(&key, request);
-                    answer(&out, id, &r);
+            .spawn(move || loop {
+                let next = read_request(&mut *lock(&input));
+                match next {
+                    Ok(Some((id, request))) => {
+                        let r = handle_key_call(&key, request);
+                        answer(&out, id, &r);
+                    }
+                    // vigil closed the pipe: it is done with this key (or gone). Calls stuck
+                    // in the module do not hold the process.
+                    Ok(None) => std::process::exit(0),
+                    Err(e) => {
+                        tracing::error!(error = %e, "a bad frame from vigil; the PKCS#11 host exits");
+                        std::process::exit(2);
+                    }
                 }
             });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "starting a PKCS#11 host worker");
-            return ExitCode::from(2);
-        }
-    }
-    loop {
-        match read_request(input) {
-            Ok(Some(call)) => {
-                if tx.send(call).is_err() {
-                    return ExitCode::from(2);
-                }
-            }
-            // vigil closed the pipe: it is done with this key (or gone). Calls stuck in the
-            // module do not hold the process.
-            Ok(None) => std::process::exit(0),
+        match spawned {
+            Ok(t) => threads.push(t),
             Err(e) => {
-                tracing::error!(error = %e, "a bad frame from vigil; the PKCS#11 host exits");
-                std::process::exit(2);
+                tracing::error!(error = %e, "starting a PKCS#11 host worker");
+                return ExitCode::from(2);
             }
         }
     }
+    for t in threads {
+        let _ = t.join();
+    }
+    ExitCode::from(2)
 }
 
 fn handle_key_call(key: &Pkcs11Key, request: Request) -> Response {
