@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::apply::Applier;
+use crate::clock::Clock;
 use crate::config::{Config, FeedConfig};
 use crate::crl_service::{CrlPools, CrlService};
 use crate::feed::consume::{self, FeedState, Reseed};
@@ -18,11 +19,11 @@ use crate::feed::health::FeedHealth;
 use crate::feed::repair::{run_heartbeats, Repairer};
 use crate::feed::{checkpoint, region, Cursor};
 use crate::http::{self, AppState, Readiness};
+use crate::journal::{JournalReader, JournalWriter};
 use crate::pki::{self, Issuer};
 use crate::responder::Responder;
 use crate::signer::pool::{key_spec, PoolSettings};
 use crate::signer::{SignerPool, SoftwareSigner};
-use crate::status::journal::{JournalReader, JournalWriter};
 use crate::status::StatusView;
 use crate::telemetry::{self, Metrics};
 
@@ -177,7 +178,7 @@ pub fn replay_journal(
 
 /// Runs the server until SIGTERM / SIGINT. Prints the URL (and, for the embedded default, an
 /// `openssl ocsp` command) on stdout once listening.
-pub async fn serve(cfg: Config) -> Result<(), String> {
+pub async fn serve(cfg: Config, clock: Clock) -> Result<(), String> {
     let cfg = Arc::new(cfg);
     prepare_embedded(&cfg)?;
     // The recorder goes first so the HSM pools register their metrics with it.
@@ -221,7 +222,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         }
     };
 
-    let now = crate::clock::unix_now();
+    let now = clock.now();
     let signer_not_after: Vec<(String, i64)> = issuers
         .iter()
         .map(|i| (i.name.clone(), i.signing_certificate_not_after()))
@@ -241,13 +242,16 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         &issuers,
         cfg.crl.publish,
         &crl_pools,
+        clock.clone(),
     )?);
     let responder = Arc::new(Responder::new(&cfg, issuers, &view, metrics.clone()));
     // Every status change, from the journal or the feed, goes through this one applier.
     let applier = Arc::new(Applier::new(view.clone(), Some(responder.clone())));
     applier.wake_crls_with(revoked.clone());
     let feed_running = match (&cfg.feed, feed_start) {
-        (Some(feed), Some(start)) => Some(start_feed(&cfg, feed, start, &applier, &readiness)?),
+        (Some(feed), Some(start)) => {
+            Some(start_feed(&cfg, feed, start, &applier, &readiness, &clock)?)
+        }
         _ => None,
     };
     // A complete CRL is built only from a complete view: with the feed, once it covers every
@@ -265,7 +269,8 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("server.listen {}: {e}", cfg.server.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
 
-    let writer = Arc::new(crate::writer::StatusWriter::from_config(&cfg)?);
+    let writer =
+        Arc::new(crate::writer::StatusWriter::from_config(&cfg).map_err(|e| e.to_string())?);
     if let Some(admin) = &cfg.admin {
         let admin_listener = TcpListener::bind(admin.listen)
             .await
@@ -276,7 +281,9 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
             writer.clone(),
             view.clone(),
             responder.clone(),
-        )?;
+            clock.clone(),
+        )
+        .map_err(|e| e.to_string())?;
         let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
         let scheme = if admin.tls_certificate.is_some() {
             "https"
@@ -300,13 +307,14 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     }
     announce(&cfg, addr, &crl);
     if let Some(h) = prometheus.clone() {
+        let clock = clock.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                 h.run_upkeep();
                 // A gauge of seconds left goes stale unless it is set again: the expiry alert
                 // of the Helm chart reads it from replicas that run for weeks.
-                set_signer_expiry(&signer_not_after, crate::clock::unix_now());
+                set_signer_expiry(&signer_not_after, clock.now());
             }
         });
     }
@@ -319,6 +327,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         readiness: readiness.clone(),
         metrics,
         prometheus,
+        clock: clock.clone(),
     });
     let drain_delay = cfg.server.drain_delay;
     let shutdown = async move {
@@ -410,6 +419,7 @@ fn start_feed(
     (cursors, fresh_at_ms): (HashMap<String, Cursor>, i64),
     applier: &Arc<Applier>,
     readiness: &Arc<Readiness>,
+    clock: &Clock,
 ) -> Result<Arc<RunningFeed>, String> {
     let view = &applier.view;
     let regions = region::regions(cfg).map_err(|e| e.to_string())?;
@@ -427,6 +437,7 @@ fn start_feed(
             origin: cfg.status.origin.clone(),
             check_interval: feed.repair_interval,
         }),
+        clock.clone(),
     ));
     for r in &regions {
         tokio::spawn(consume::run(
@@ -440,6 +451,7 @@ fn start_feed(
             feed.maxlen,
             cfg.status.origin.clone(),
             feed.heartbeat_interval,
+            clock.clone(),
         ));
     }
     let repairer = Repairer::new(state.clone(), regions, feed.maxlen, &cfg.status.origin);
@@ -460,9 +472,10 @@ fn start_feed(
             r.checkpoint(&v).await;
         }
     });
+    let clock = clock.clone();
     tokio::spawn(async move {
         loop {
-            health.update_gauges(crate::clock::unix_now_ms());
+            health.update_gauges(clock.now_ms());
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
@@ -562,32 +575,39 @@ async fn tail_journal(
 
 /// `vigil crl publish`: connects the CRL signers (keys and HSM pools), builds the status view
 /// from the journal, then publishes every issuer's complete CRLs once (no lease) into every region's Redis, or the data directory.
-pub async fn publish_crls(cfg: Config) -> Result<Vec<String>, String> {
+pub async fn publish_crls(cfg: Config, clock: Clock) -> Result<Vec<String>, String> {
     prepare_embedded(&cfg)?;
     let issuers = load_issuers(&cfg)?;
     let crl_pools = start_crl_pools(&cfg)?;
     let view = if cfg.feed.is_some() {
-        view_from_regions(&cfg).await?
+        view_from_regions(&cfg, &clock).await?
     } else {
         let view = Arc::new(StatusView::new());
         let metrics = Metrics::new();
         replay_journal(&mut JournalReader::new(cfg.journal_path()), &view, &metrics)?;
         view
     };
-    let crl = CrlService::new(Arc::new(cfg), &issuers, true, &crl_pools)?;
+    let crl = CrlService::new(Arc::new(cfg), &issuers, true, &crl_pools, clock)?;
     crl.publish_once(view).await
 }
 
 /// With `[feed]`: the join of every reachable region's snapshot, for one-shot commands. Fails
 /// when no region is reachable; warns when some are not (their writes that missed the others
 /// may be absent until repair).
-pub async fn view_from_regions(cfg: &Config) -> Result<Arc<StatusView>, String> {
+pub async fn view_from_regions(cfg: &Config, clock: &Clock) -> Result<Arc<StatusView>, String> {
     let regions = region::regions(cfg).map_err(|e| e.to_string())?;
     let names: Vec<String> = regions.iter().map(|r| r.name.clone()).collect();
     let health = Arc::new(FeedHealth::new(&names, Duration::from_secs(60)));
     let view = Arc::new(StatusView::new());
     let applier = Arc::new(Applier::new(view.clone(), None));
-    let state = FeedState::new(applier, health.clone(), None, HashMap::new(), None);
+    let state = FeedState::new(
+        applier,
+        health.clone(),
+        None,
+        HashMap::new(),
+        None,
+        clock.clone(),
+    );
     let mut failed = Vec::new();
     for r in &regions {
         let Some(h) = health.region(&r.name) else {
@@ -623,7 +643,7 @@ pub fn issuer_id(cfg: &Config, name: &str) -> Result<crate::status::IssuerId, St
             names.join(", ")
         )
     })?;
-    let cert = pki::read_certificate(&ic.certificate)?;
+    let cert = pki::read_certificate(&ic.certificate).map_err(|e| e.to_string())?;
     let subject = cert
         .tbs_certificate
         .subject

@@ -22,265 +22,21 @@
 //! Every request the checks make is also kept as a timed probe, so the run can be drawn as a
 //! timeline ([`Report::timeline`], `vigil drill --report-html`).
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use der::{Decode, Encode};
 use x509_cert::Certificate;
-use x509_ocsp::{BasicOcspResponse, OcspResponse, OcspResponseStatus};
 
-use crate::ocsp::HashAlgorithm;
+use crate::clock::Clock;
 use crate::report::timeline::{self, Mark, MarkKind, Outcome, Timeline};
 
+mod client;
 pub mod crl_consumer;
+pub use client::{
+    decode_response, http, ocsp_request, query, Answer, DrillError, HttpResponse, Status,
+};
 pub use crl_consumer::ConsumerOptions;
-
-/// A response to one blocking HTTP/1.1 request.
-#[derive(Debug, Clone)]
-pub struct HttpResponse {
-    /// Status code.
-    pub status: u16,
-    /// Body (after `Content-Length` or until the connection closed).
-    pub body: Vec<u8>,
-}
-
-/// One HTTP/1.1 exchange over a fresh connection (`Connection: close`).
-///
-/// `base` is `http://host:port`; `path` starts with `/`.
-pub fn http(
-    base: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-    timeout: Duration,
-) -> Result<HttpResponse, String> {
-    let host = base
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{base}: only http:// URLs are supported"))?
-        .trim_end_matches('/');
-    let addr = host
-        .to_socket_addrs()
-        .map_err(|e| format!("{host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host}: no address"))?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{host}: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    s.write_all(&bytes).map_err(|e| format!("{host}: {e}"))?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)
-        .map_err(|e| format!("{host}: {e}"))?;
-    let end = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("{host}: no HTTP response ({} bytes)", resp.len()))?;
-    let head = String::from_utf8_lossy(&resp[..end]).into_owned();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("{host}: bad status line"))?;
-    let mut body = resp[end + 4..].to_vec();
-    let length = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("content-length")
-            .then(|| v.trim().parse::<usize>().ok())
-            .flatten()
-    });
-    if let Some(n) = length {
-        if body.len() < n {
-            return Err(format!(
-                "{host}: body cut short ({} of {n} bytes)",
-                body.len()
-            ));
-        }
-        body.truncate(n);
-    }
-    Ok(HttpResponse { status, body })
-}
-
-/// A DER OCSP request (one SHA-1 CertID, no nonce) for `serial` (big-endian bytes) of `issuer`.
-pub fn ocsp_request(issuer: &Certificate, serial: &[u8]) -> Result<Vec<u8>, String> {
-    use der::asn1::OctetString;
-    let name = issuer
-        .tbs_certificate
-        .subject
-        .to_der()
-        .map_err(|e| e.to_string())?;
-    let key = issuer
-        .tbs_certificate
-        .subject_public_key_info
-        .subject_public_key
-        .raw_bytes();
-    let alg = HashAlgorithm::Sha1;
-    let cert_id = x509_ocsp::CertId {
-        hash_algorithm: spki::AlgorithmIdentifierOwned {
-            oid: alg.oid(),
-            parameters: Some(der::asn1::Null.into()),
-        },
-        issuer_name_hash: OctetString::new(alg.digest(&name)).map_err(|e| e.to_string())?,
-        issuer_key_hash: OctetString::new(alg.digest(key)).map_err(|e| e.to_string())?,
-        serial_number: x509_cert::serial_number::SerialNumber::new(serial)
-            .map_err(|e| e.to_string())?,
-    };
-    let req = x509_ocsp::OcspRequest {
-        tbs_request: x509_ocsp::TbsRequest {
-            version: x509_ocsp::Version::V1,
-            requestor_name: None,
-            request_list: vec![x509_ocsp::Request {
-                req_cert: cert_id,
-                single_request_extensions: None,
-            }],
-            request_extensions: None,
-        },
-        optional_signature: None,
-    };
-    req.to_der().map_err(|e| e.to_string())
-}
-
-/// The certificate status in an OCSP answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// `good`.
-    Good,
-    /// `revoked`.
-    Revoked,
-    /// `unknown`.
-    Unknown,
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Status::Good => "good",
-            Status::Revoked => "revoked",
-            Status::Unknown => "unknown",
-        })
-    }
-}
-
-/// A decoded successful OCSP answer with one SingleResponse.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    /// Its certStatus.
-    pub status: Status,
-    /// Whether the signature verified (with the included responder certificate, itself
-    /// signed by the issuer, or with the issuer's key). `None` when no issuer was given.
-    pub verified: Option<bool>,
-    /// thisUpdate, Unix seconds.
-    pub this_update: i64,
-    /// nextUpdate, Unix seconds (0 when absent).
-    pub next_update: i64,
-    /// notAfter of the responder certificate included, Unix seconds.
-    pub responder_not_after: Option<i64>,
-}
-
-/// Decodes an OCSP response body. A non-successful responseStatus is an error naming it
-/// (e.g. `tryLater`).
-pub fn decode_response(body: &[u8], issuer: Option<&Certificate>) -> Result<Answer, String> {
-    let r = OcspResponse::from_der(body).map_err(|e| format!("undecodable OCSP response: {e}"))?;
-    if r.response_status != OcspResponseStatus::Successful {
-        return Err(format!("OCSP {:?}", r.response_status));
-    }
-    let bytes = r
-        .response_bytes
-        .ok_or("successful response without responseBytes")?;
-    let basic = BasicOcspResponse::from_der(bytes.response.as_bytes())
-        .map_err(|e| format!("undecodable BasicOCSPResponse: {e}"))?;
-    let single = match basic.tbs_response_data.responses.as_slice() {
-        [one] => one,
-        other => return Err(format!("{} SingleResponses, expected 1", other.len())),
-    };
-    let status = match single.cert_status {
-        x509_ocsp::CertStatus::Good(_) => Status::Good,
-        x509_ocsp::CertStatus::Revoked(_) => Status::Revoked,
-        x509_ocsp::CertStatus::Unknown(_) => Status::Unknown,
-    };
-    let secs = |t: &x509_ocsp::OcspGeneralizedTime| t.0.to_unix_duration().as_secs() as i64;
-    let responder = basic.certs.as_ref().and_then(|c| c.first());
-    let verified = match issuer {
-        None => None,
-        Some(ca) => {
-            let tbs = basic
-                .tbs_response_data
-                .to_der()
-                .map_err(|e| e.to_string())?;
-            let signer_spki = match responder {
-                Some(cert) => {
-                    if !crate::pki::signature_verifies(ca, cert)? {
-                        return Ok(Answer {
-                            status,
-                            verified: Some(false),
-                            this_update: secs(&single.this_update),
-                            next_update: single.next_update.as_ref().map(secs).unwrap_or(0),
-                            responder_not_after: None,
-                        });
-                    }
-                    &cert.tbs_certificate.subject_public_key_info
-                }
-                None => &ca.tbs_certificate.subject_public_key_info,
-            };
-            Some(crate::crl::lint::verify_signature(
-                signer_spki,
-                &basic.signature_algorithm,
-                &tbs,
-                basic.signature.raw_bytes(),
-            )?)
-        }
-    };
-    Ok(Answer {
-        status,
-        verified,
-        this_update: secs(&single.this_update),
-        next_update: single.next_update.as_ref().map(secs).unwrap_or(0),
-        responder_not_after: responder.map(|c| {
-            c.tbs_certificate
-                .validity
-                .not_after
-                .to_unix_duration()
-                .as_secs() as i64
-        }),
-    })
-}
-
-/// POSTs an OCSP request to `base` and decodes the answer.
-pub fn query(
-    base: &str,
-    issuer: &Certificate,
-    serial: &[u8],
-    verify: bool,
-    timeout: Duration,
-) -> Result<Answer, String> {
-    let req = ocsp_request(issuer, serial)?;
-    let resp = http(
-        base,
-        "POST",
-        "/",
-        &[("Content-Type", "application/ocsp-request")],
-        &req,
-        timeout,
-    )?;
-    if resp.status != 200 {
-        return Err(format!("HTTP {}", resp.status));
-    }
-    decode_response(&resp.body, verify.then_some(issuer))
-}
 
 /// What `vigil drill` is pointed at.
 #[derive(Debug, Clone)]
@@ -437,14 +193,10 @@ impl Report {
     }
 }
 
-fn now() -> i64 {
-    crate::clock::unix_now()
-}
-
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs every check against `t`.
-pub fn run(t: &Target) -> Report {
+/// Runs every check against `t`; times (expiry, nextUpdate, feed lag) are read from `clock`.
+pub fn run(t: &Target, clock: &Clock) -> Report {
     let mut r = Report {
         started: Some(Instant::now()),
         ..Report::default()
@@ -482,7 +234,7 @@ pub fn run(t: &Target) -> Report {
             Err(e) => r.push("issuer", Level::Fail, format!("{name}: {e}")),
         }
     }
-    let warn_before = now() + t.expiry_warning.as_secs() as i64;
+    let warn_before = clock.now() + t.expiry_warning.as_secs() as i64;
     for (name, ca) in &cas {
         let not_after = ca
             .tbs_certificate
@@ -490,14 +242,14 @@ pub fn run(t: &Target) -> Report {
             .not_after
             .to_unix_duration()
             .as_secs() as i64;
-        expiry(&mut r, &format!("CA {name}"), not_after, warn_before);
-        ocsp_checks(&mut r, t, name, ca, warn_before);
-        crl_checks(&mut r, t, name, ca);
+        expiry(&mut r, &format!("CA {name}"), not_after, warn_before, clock);
+        ocsp_checks(&mut r, t, name, ca, warn_before, clock);
+        crl_checks(&mut r, t, name, ca, clock);
     }
     if let Some(opts) = &t.crl_consumer {
-        crl_consumer::check(&mut r, t, opts, &cas);
+        crl_consumer::check(&mut r, t, opts, &cas, clock.now());
     }
-    feed_checks(&mut r, t);
+    feed_checks(&mut r, t, clock);
     if let Some((admin, token, issuer, serial)) = &t.canary {
         match cas.iter().find(|(n, _)| n == issuer) {
             Some((_, ca)) => canary(&mut r, t, admin, token, issuer, serial, ca),
@@ -511,9 +263,10 @@ pub fn run(t: &Target) -> Report {
     r
 }
 
-fn expiry(r: &mut Report, what: &str, not_after: i64, warn_before: i64) {
-    let days = (not_after - now()) as f64 / 86400.0;
-    if not_after <= now() {
+fn expiry(r: &mut Report, what: &str, not_after: i64, warn_before: i64, clock: &Clock) {
+    let now = clock.now();
+    let days = (not_after - now) as f64 / 86400.0;
+    if not_after <= now {
         r.push("expiry", Level::Fail, format!("{what} expired"));
     } else if not_after <= warn_before {
         r.push(
@@ -530,7 +283,14 @@ fn expiry(r: &mut Report, what: &str, not_after: i64, warn_before: i64) {
     }
 }
 
-fn ocsp_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate, warn_before: i64) {
+fn ocsp_checks(
+    r: &mut Report,
+    t: &Target,
+    name: &str,
+    ca: &Certificate,
+    warn_before: i64,
+    clock: &Clock,
+) {
     let mut responder_not_after: Option<i64> = None;
     let mut inconsistent = Vec::new();
     for serial_hex in &t.serials {
@@ -546,7 +306,7 @@ fn ocsp_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate, warn_be
             let began = Instant::now();
             let res = query(base, ca, serial.as_der_content(), true, TIMEOUT);
             let outcome = match &res {
-                Ok(a) if a.verified == Some(true) && a.next_update > now() => {
+                Ok(a) if a.verified == Some(true) && a.next_update > clock.now() => {
                     status_outcome(a.status)
                 }
                 Ok(_) => Outcome::Wrong,
@@ -554,7 +314,7 @@ fn ocsp_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate, warn_be
             };
             r.probe(began, outcome);
             match res {
-                Ok(a) if a.verified == Some(true) && a.next_update > now() => {
+                Ok(a) if a.verified == Some(true) && a.next_update > clock.now() => {
                     if let Some(n) = a.responder_not_after {
                         responder_not_after = Some(responder_not_after.map_or(n, |m| m.min(n)));
                     }
@@ -605,11 +365,11 @@ fn ocsp_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate, warn_be
         );
     }
     if let Some(n) = responder_not_after {
-        expiry(r, &format!("responder of {name}"), n, warn_before);
+        expiry(r, &format!("responder of {name}"), n, warn_before, clock);
     }
 }
 
-fn crl_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate) {
+fn crl_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate, clock: &Clock) {
     let mut numbers = Vec::new();
     for base in &t.replicas {
         let began = Instant::now();
@@ -664,6 +424,7 @@ fn crl_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate) {
                     &tbs,
                     crl.signature.raw_bytes(),
                 )
+                .map_err(|e| e.to_string())
             });
         if verified != Ok(true) {
             r.push(
@@ -680,7 +441,8 @@ fn crl_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate) {
             .unwrap_or(0);
         let this = crl.tbs_cert_list.this_update.to_unix_duration().as_secs() as i64;
         let number = crate::crl::lint::number_of(&resp.body).ok();
-        if next <= now() {
+        let now = clock.now();
+        if next <= now {
             r.push(
                 "crl",
                 Level::Fail,
@@ -693,8 +455,8 @@ fn crl_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate) {
                 format!(
                     "{base} {name}: number {}, {}s old, {}h to nextUpdate",
                     number.map_or("none".into(), |n| n.to_string()),
-                    now() - this,
-                    (next - now()) / 3600
+                    now - this,
+                    (next - now) / 3600
                 ),
             );
         }
@@ -717,7 +479,7 @@ fn crl_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate) {
     }
 }
 
-fn feed_checks(r: &mut Report, t: &Target) {
+fn feed_checks(r: &mut Report, t: &Target, clock: &Clock) {
     for (region, url) in &t.regions {
         let key = format!("{}:feed", t.key_prefix);
         let res = redis::Client::open(url.as_str())
@@ -738,7 +500,7 @@ fn feed_checks(r: &mut Report, t: &Target) {
                     .ids
                     .first()
                     .and_then(|e| e.id.split('-').next().and_then(|ms| ms.parse::<u64>().ok()));
-                let now_ms = crate::clock::unix_now_ms().max(0) as u64;
+                let now_ms = clock.now_ms().max(0) as u64;
                 match newest {
                     None => r.push(
                         "feed-lag",
@@ -884,6 +646,8 @@ fn status_outcome(status: Status) -> Outcome {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::ocsp::HashAlgorithm;
+    use x509_ocsp::OcspResponseStatus;
 
     fn ca() -> Certificate {
         let key = rcgen::KeyPair::generate().unwrap();
@@ -922,9 +686,12 @@ mod tests {
 
     #[test]
     fn error_responses_and_garbage_are_errors_not_statuses() {
-        assert!(decode_response(&[0x30, 0x03, 0x0a, 0x01, 0x03], None)
-            .unwrap_err()
-            .contains("TryLater"));
+        let e = decode_response(&[0x30, 0x03, 0x0a, 0x01, 0x03], None).unwrap_err();
+        assert!(
+            matches!(e, DrillError::Status(OcspResponseStatus::TryLater)),
+            "{e}"
+        );
+        assert_eq!(e.to_string(), "OCSP TryLater");
         assert!(decode_response(b"garbage", None).is_err());
     }
 
@@ -941,7 +708,46 @@ mod tests {
     }
 
     #[test]
+    fn expiry_is_judged_by_the_clock_handed_in() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ca.pem");
+        let der = ca().to_der().unwrap();
+        std::fs::write(
+            &path,
+            pem_rfc7468::encode_string("CERTIFICATE", pem_rfc7468::LineEnding::LF, &der).unwrap(),
+        )
+        .unwrap();
+        let target = Target {
+            replicas: vec![],
+            regions: vec![],
+            key_prefix: "vigil".into(),
+            issuers: vec![("ca".into(), path)],
+            serials: vec![],
+            max_lag: Duration::from_secs(1),
+            expiry_warning: Duration::from_secs(86400),
+            canary: None,
+            canary_timeout: Duration::from_secs(1),
+            crl_consumer: None,
+        };
+        let expiry = |r: &Report| {
+            r.findings
+                .iter()
+                .find(|f| f.check == "expiry")
+                .map(|f| (f.level, f.detail.clone()))
+                .unwrap()
+        };
+        // rcgen's default notAfter is 4096-01-01.
+        let now = run(&target, &Clock::manual(1_764_806_400_000));
+        assert_eq!(expiry(&now).0, Level::Ok, "{:?}", now.findings);
+        let later = run(&target, &Clock::manual(70_000_000_000_000));
+        assert_eq!(expiry(&later), (Level::Fail, "CA ca expired".into()));
+    }
+
+    #[test]
     fn http_rejects_other_schemes() {
-        assert!(http("https://x", "GET", "/", &[], b"", Duration::from_secs(1)).is_err());
+        assert!(matches!(
+            http("https://x", "GET", "/", &[], b"", Duration::from_secs(1)),
+            Err(DrillError::UnsupportedUrl(u)) if u == "https://x"
+        ));
     }
 }

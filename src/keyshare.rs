@@ -54,8 +54,11 @@ pub enum KeyShareError {
         source: std::io::Error,
     },
     /// The key is not one vigil can use.
-    #[error("{0}")]
-    Key(String),
+    #[error(transparent)]
+    Key(#[from] crate::signer::software::KeyError),
+    /// The certificate to check the combined key against did not load.
+    #[error(transparent)]
+    Certificate(#[from] crate::pki::PkiError),
     /// A share file is malformed or its checksum does not match.
     #[error("share {path}: {reason}")]
     BadShare {
@@ -116,7 +119,7 @@ fn read_bounded(path: &Path, max: usize) -> Result<Zeroizing<Vec<u8>>, KeyShareE
 
 /// Loads a key file the way `serve` does, so only keys vigil can sign with are split.
 fn load_key(pem: &[u8], source: &str) -> Result<SoftwareSigner, KeyShareError> {
-    SoftwareSigner::from_pem(pem, source).map_err(|e| KeyShareError::Key(e.to_string()))
+    Ok(SoftwareSigner::from_pem(pem, source)?)
 }
 
 /// Writes `data` to a new file `path` (mode 0600), refusing to replace an existing one.
@@ -328,7 +331,7 @@ pub fn combine(
         )));
     }
     if let Some(cert) = cert {
-        let c = crate::pki::read_certificate(cert).map_err(KeyShareError::Refused)?;
+        let c = crate::pki::read_certificate(cert)?;
         let cert_key = c
             .tbs_certificate
             .subject_public_key_info

@@ -16,6 +16,7 @@ pub mod demo;
 pub mod drill;
 pub mod feed;
 pub mod http;
+pub mod journal;
 pub mod keyshare;
 pub mod limits;
 pub mod ocsp;

@@ -9,7 +9,7 @@ use der::Decode;
 
 use vigil::app;
 use vigil::config::Config;
-use vigil::status::journal::{JournalReader, JournalWriter};
+use vigil::journal::{JournalReader, JournalWriter};
 use vigil::status::{
     CertStatus, CrlScope, Event, EventKind, IssuerId, RevocationReason, Serial, StatusView,
 };
@@ -393,11 +393,13 @@ struct Target {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The one wall clock of the CLI, handed to every command that reads the time.
+    let clock = vigil::clock::Clock::system();
     // rustls (Redis over TLS, the admin listener) uses ring, the only provider compiled in.
     let _ = rustls::crypto::ring::default_provider().install_default();
     if let Some(Command::Drill(args)) = &cli.command {
         if args.command.is_none() {
-            return drill(args);
+            return drill(args, &clock);
         }
     }
     if let Some(Command::Key { command }) = &cli.command {
@@ -434,28 +436,28 @@ fn main() -> ExitCode {
         vigil::signer::pkcs11::configure_hosts(o);
     }
     let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(cfg),
+        Command::Serve => serve(cfg, clock),
         Command::Revoke {
             target,
             reason,
             time,
-        } => revoke(&cfg, &target, &reason, time.as_deref()),
-        Command::Issue { target, not_after } => issue(&cfg, &target, not_after.as_deref()),
-        Command::Hold { target, time } => hold(&cfg, &target, true, time.as_deref()),
-        Command::Release { target } => hold(&cfg, &target, false, None),
+        } => revoke(&cfg, &clock, &target, &reason, time.as_deref()),
+        Command::Issue { target, not_after } => issue(&cfg, &clock, &target, not_after.as_deref()),
+        Command::Hold { target, time } => hold(&cfg, &clock, &target, true, time.as_deref()),
+        Command::Release { target } => hold(&cfg, &clock, &target, false, None),
         Command::Import {
             openssl_index,
             pem,
             issuer,
         } => match openssl_index {
-            Some(index) => import(&cfg, &index, &issuer),
-            None => import_pem(&cfg, &pem, &issuer),
+            Some(index) => import(&cfg, &clock, &index, &issuer),
+            None => import_pem(&cfg, &clock, &pem, &issuer),
         },
         Command::Status { issuer, serial } => status(&cfg, &issuer, serial.as_deref()),
-        Command::CheckConfig => check_config(&cfg),
+        Command::CheckConfig => check_config(&cfg, &clock),
         Command::Crl {
             command: CrlCommand::Publish,
-        } => crl_publish(cfg),
+        } => crl_publish(cfg, &clock),
         Command::Crl {
             command: CrlCommand::Urls { issuer, json },
         } => crl_urls(&cfg, &issuer, json),
@@ -465,14 +467,14 @@ fn main() -> ExitCode {
         Command::Hsm {
             command: HsmCommand::Test { issuer },
         } => hsm_test(&cfg, issuer.as_deref()),
-        Command::Backup { command } => backup(&cfg, cli.config.as_deref(), command),
+        Command::Backup { command } => backup(&cfg, cli.config.as_deref(), command, &clock),
         Command::Archive {
             command: None,
             dir,
             segment_bytes,
             metrics_addr,
             regions,
-        } => archive(&cfg, dir, segment_bytes, metrics_addr, regions),
+        } => archive(&cfg, dir, segment_bytes, metrics_addr, regions, &clock),
         Command::Archive {
             command: Some(_), ..
         } => Err("archive verify is handled before the config is loaded".into()),
@@ -570,7 +572,7 @@ fn drill_target(a: &DrillArgs) -> Result<vigil::drill::Target, String> {
     })
 }
 
-fn drill(a: &DrillArgs) -> ExitCode {
+fn drill(a: &DrillArgs, clock: &vigil::clock::Clock) -> ExitCode {
     let target = match drill_target(a) {
         Ok(t) => t,
         Err(e) => {
@@ -578,7 +580,7 @@ fn drill(a: &DrillArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let report = vigil::drill::run(&target);
+    let report = vigil::drill::run(&target, clock);
     print!("{}", report.text());
     if let Some(path) = &a.json {
         let text = serde_json::to_string_pretty(&report).unwrap_or_default();
@@ -596,6 +598,7 @@ fn drill(a: &DrillArgs) -> ExitCode {
             ),
             &[report.timeline("vigil drill")],
         )
+        .map_err(|e| e.to_string())
         .and_then(|page| std::fs::write(path, page).map_err(|e| e.to_string()));
         if let Err(e) = page {
             eprintln!("vigil: {}: {e}", path.display());
@@ -668,7 +671,12 @@ fn backup_verify(file: &Path, identity: Option<&Path>) -> ExitCode {
     }
 }
 
-fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> Result<(), String> {
+fn backup(
+    cfg: &Config,
+    config_path: Option<&Path>,
+    command: BackupCommand,
+    clock: &vigil::clock::Clock,
+) -> Result<(), String> {
     // Two workers: the regions' scans (create) and loaders (restore) run beside the thread that
     // writes or reads the file.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -698,22 +706,27 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
                 (None, None) => vigil::backup::Source::Journal,
             };
             let digest = vigil::backup::config_digest(config_path);
-            let created = rt.block_on(vigil::backup::create(
-                cfg,
-                source,
-                &out,
-                digest,
-                recipient.as_deref(),
-            ))?;
+            let created = rt
+                .block_on(vigil::backup::create(
+                    cfg,
+                    source,
+                    &out,
+                    digest,
+                    recipient.as_deref(),
+                    clock,
+                ))
+                .map_err(|e| e.to_string())?;
             let seconds = started.elapsed().as_secs_f64();
             if let Some(m) = &metrics_file {
-                vigil::backup::write_metrics_file(m, &created, seconds)?;
+                vigil::backup::write_metrics_file(m, &created, seconds, clock)
+                    .map_err(|e| e.to_string())?;
             }
             if from_checkpoint.is_none() && !cfg.regions.is_empty() {
                 rt.block_on(vigil::backup::record_success(
                     cfg,
                     region.as_deref(),
                     &created,
+                    clock,
                 ));
             }
             print_counts(&created.manifest);
@@ -736,8 +749,9 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
             out,
             identity,
         } => {
-            let until_ms = vigil::clock::parse_rfc3339_ms(&until)?;
-            let pit = vigil::backup::state_at(&file, identity.as_deref(), &archive, until_ms)?;
+            let until_ms = vigil::clock::parse_rfc3339_ms(&until).map_err(|e| e.to_string())?;
+            let pit = vigil::backup::state_at(&file, identity.as_deref(), &archive, until_ms)
+                .map_err(|e| e.to_string())?;
             let r = &pit.replayed;
             println!(
                 "backup {} (finished {}) + archive {} ({} segment(s), head {}): {} event(s) up to {until} joined, {} later left out, {} fill record(s), {} undecodable",
@@ -772,7 +786,9 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
                     pit.header.positions.clone(),
                     vigil::backup::config_digest(config_path),
                     &out,
-                )?;
+                    clock,
+                )
+                .map_err(|e| e.to_string())?;
                 println!(
                     "{}: the state as of {until}, {} bytes, sha256 {}",
                     out.display(),
@@ -780,8 +796,9 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
                     created.manifest.sha256
                 );
             } else {
-                let report =
-                    rt.block_on(vigil::backup::merge_view(cfg, &pit.view, region.as_deref()))?;
+                let report = rt
+                    .block_on(vigil::backup::merge_view(cfg, &pit.view, region.as_deref()))
+                    .map_err(|e| e.to_string())?;
                 for (region, r) in &report {
                     for (issuer, (sent, changed)) in &r.issuers {
                         println!("{region} issuer {issuer}: {sent} certificates merged, {changed} changed the region");
@@ -797,12 +814,14 @@ fn backup(cfg: &Config, config_path: Option<&Path>, command: BackupCommand) -> R
             identity,
             ..
         } => {
-            let report = rt.block_on(vigil::backup::restore(
-                cfg,
-                &file,
-                region.as_deref(),
-                identity.as_deref(),
-            ))?;
+            let report = rt
+                .block_on(vigil::backup::restore(
+                    cfg,
+                    &file,
+                    region.as_deref(),
+                    identity.as_deref(),
+                ))
+                .map_err(|e| e.to_string())?;
             for (region, r) in &report {
                 for (issuer, (sent, changed)) in &r.issuers {
                     let same = r.identical.get(issuer).copied().unwrap_or(0);
@@ -830,6 +849,7 @@ fn archive(
     segment_bytes: u64,
     metrics_addr: Option<std::net::SocketAddr>,
     regions: Vec<String>,
+    clock: &vigil::clock::Clock,
 ) -> Result<(), String> {
     let dir = dir.ok_or("vigil archive needs --dir (or `vigil archive verify DIR`)")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -839,8 +859,10 @@ fn archive(
         .map_err(|e| format!("starting the runtime: {e}"))?;
     rt.block_on(async {
         if let Some(addr) = metrics_addr {
-            let handle = vigil::telemetry::install_recorder()?;
-            vigil::archive::serve_metrics(addr, handle).await?;
+            let handle = vigil::telemetry::install_recorder().map_err(|e| e.to_string())?;
+            vigil::archive::serve_metrics(addr, handle)
+                .await
+                .map_err(|e| e.to_string())?;
             tokio::spawn(vigil::backup::watch_last_success(
                 cfg.clone(),
                 std::time::Duration::from_secs(5),
@@ -852,7 +874,7 @@ fn archive(
             regions,
         };
         tokio::select! {
-            r = vigil::archive::run(cfg, opts) => r,
+            r = vigil::archive::run(cfg, opts, clock) => r.map_err(|e| e.to_string()),
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })
@@ -1042,21 +1064,21 @@ fn key(command: &KeyCommand) -> ExitCode {
     }
 }
 
-fn serve(cfg: Config) -> Result<(), String> {
+fn serve(cfg: Config, clock: vigil::clock::Clock) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    rt.block_on(app::serve(cfg))
+    rt.block_on(app::serve(cfg, clock))
 }
 
-fn crl_publish(cfg: Config) -> Result<(), String> {
+fn crl_publish(cfg: Config, clock: &vigil::clock::Clock) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    for line in rt.block_on(app::publish_crls(cfg))? {
+    for line in rt.block_on(app::publish_crls(cfg, clock.clone()))? {
         println!("{line}");
     }
     Ok(())
@@ -1082,7 +1104,7 @@ fn crl_urls(cfg: &Config, issuer: &str, json: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn check_config(cfg: &Config) -> Result<(), String> {
+fn check_config(cfg: &Config, clock: &vigil::clock::Clock) -> Result<(), String> {
     app::prepare_embedded(cfg)?;
     let issuers = app::load_issuers(cfg)?;
     // CRL keys and CRL signer HSMs match their CA certificates, and the disk copies verify.
@@ -1092,6 +1114,7 @@ fn check_config(cfg: &Config) -> Result<(), String> {
         &issuers,
         true,
         &crl_pools,
+        clock.clone(),
     )?;
     println!(
         "config OK: {} issuer(s): {}",
@@ -1315,7 +1338,7 @@ fn parse_time(s: &str) -> Result<i64, String> {
 /// The serial, notAfter and certificate of a target (the last two when read from --cert).
 fn resolve(target: &Target) -> Result<(Serial, Option<i64>, Option<Certificate>), String> {
     if let Some(path) = &target.cert {
-        let cert = vigil::pki::read_certificate(path)?;
+        let cert = vigil::pki::read_certificate(path).map_err(|e| e.to_string())?;
         let (serial, not_after) = vigil::pki::serial_and_not_after(&cert)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         return Ok((serial, Some(not_after), Some(cert)));
@@ -1361,6 +1384,7 @@ fn append(cfg: &Config, events: &[Event]) -> Result<String, String> {
             .await
             .map(|w| w.summary)
     })
+    .map_err(|e: vigil::writer::WriterError| e.to_string())
 }
 
 fn small_runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -1370,13 +1394,19 @@ fn small_runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("starting the runtime: {e}"))
 }
 
-fn event(cfg: &Config, issuer: IssuerId, serial: Serial, kind: EventKind) -> Event {
+fn event(
+    cfg: &Config,
+    clock: &vigil::clock::Clock,
+    issuer: IssuerId,
+    serial: Serial,
+    kind: EventKind,
+) -> Event {
     Event {
         issuer,
         serial,
         kind,
         origin: cfg.status.origin.clone(),
-        created_at_ms: vigil::clock::unix_now_ms(),
+        created_at_ms: clock.now_ms(),
     }
 }
 
@@ -1385,11 +1415,17 @@ fn issuer_id(cfg: &Config, name: &str) -> Result<IssuerId, String> {
     app::issuer_id(cfg, name)
 }
 
-fn revoke(cfg: &Config, target: &Target, reason: &str, time: Option<&str>) -> Result<(), String> {
+fn revoke(
+    cfg: &Config,
+    clock: &vigil::clock::Clock,
+    target: &Target,
+    reason: &str,
+    time: Option<&str>,
+) -> Result<(), String> {
     let reason = RevocationReason::parse(reason).map_err(|e| format!("--reason: {e}"))?;
     let time = match time {
         Some(t) => parse_time(t)?,
-        None => vigil::clock::unix_now(),
+        None => clock.now(),
     };
     let id = issuer_id(cfg, &target.issuer)?;
     let (serial, not_after, cert) = resolve(target)?;
@@ -1397,10 +1433,16 @@ fn revoke(cfg: &Config, target: &Target, reason: &str, time: Option<&str>) -> Re
     if let Some(na) = not_after {
         let scope = scope_beside(cfg, &target.issuer, cert.as_ref());
         for kind in vigil::writer::issuance_kinds(na, scope) {
-            events.push(event(cfg, id, serial, kind));
+            events.push(event(cfg, clock, id, serial, kind));
         }
     }
-    events.push(event(cfg, id, serial, EventKind::Revoked { time, reason }));
+    events.push(event(
+        cfg,
+        clock,
+        id,
+        serial,
+        EventKind::Revoked { time, reason },
+    ));
     let at = append(cfg, &events).map_err(|e| format!("revoking {serial}: {e}"))?;
     println!(
         "revoked {serial} of {} ({}), acknowledged by {at}",
@@ -1410,7 +1452,12 @@ fn revoke(cfg: &Config, target: &Target, reason: &str, time: Option<&str>) -> Re
     Ok(())
 }
 
-fn issue(cfg: &Config, target: &Target, not_after: Option<&str>) -> Result<(), String> {
+fn issue(
+    cfg: &Config,
+    clock: &vigil::clock::Clock,
+    target: &Target,
+    not_after: Option<&str>,
+) -> Result<(), String> {
     let id = issuer_id(cfg, &target.issuer)?;
     let (serial, from_cert, cert) = resolve(target)?;
     let not_after = match (not_after, from_cert) {
@@ -1428,7 +1475,7 @@ fn issue(cfg: &Config, target: &Target, not_after: Option<&str>) -> Result<(), S
     };
     let events: Vec<Event> = vigil::writer::issuance_kinds(not_after, scope)
         .into_iter()
-        .map(|kind| event(cfg, id, serial, kind))
+        .map(|kind| event(cfg, clock, id, serial, kind))
         .collect();
     let at = append(cfg, &events).map_err(|e| format!("recording {serial}: {e}"))?;
     let on = match scope {
@@ -1445,7 +1492,13 @@ fn issue(cfg: &Config, target: &Target, not_after: Option<&str>) -> Result<(), S
 /// `vigil hold` / `vigil release`: reads what is known of the certificate now (every reachable
 /// region's snapshot, or the local journal), so the event is ordered after the hold or release
 /// it supersedes, then writes it like a revocation.
-fn hold(cfg: &Config, target: &Target, hold: bool, time: Option<&str>) -> Result<(), String> {
+fn hold(
+    cfg: &Config,
+    clock: &vigil::clock::Clock,
+    target: &Target,
+    hold: bool,
+    time: Option<&str>,
+) -> Result<(), String> {
     let id = issuer_id(cfg, &target.issuer)?;
     if !cfg.allows_holds(&target.issuer) {
         return Err(format!(
@@ -1454,23 +1507,25 @@ fn hold(cfg: &Config, target: &Target, hold: bool, time: Option<&str>) -> Result
         ));
     }
     let (serial, not_after, cert) = resolve(target)?;
-    let now = vigil::clock::unix_now();
+    let now = clock.now();
     let requested = time.map(parse_time).transpose()?;
     if requested.is_some_and(|t| t > now + vigil::crl::lint::MAX_CLOCK_SKEW_SECS) {
         return Err("--time: a hold may not start in the future".into());
     }
-    let writer = vigil::writer::StatusWriter::from_config(cfg)?;
-    let current = small_runtime()?.block_on(writer.current_record(id, &serial))?;
+    let writer = vigil::writer::StatusWriter::from_config(cfg).map_err(|e| e.to_string())?;
+    let current = small_runtime()?
+        .block_on(writer.current_record(id, &serial))
+        .map_err(|e| e.to_string())?;
     let kind = vigil::status::hold_change(current.as_ref(), hold, now, requested)
         .map_err(|e| format!("{serial}: {e}"))?;
     let mut events = Vec::new();
     if let (Some(na), true) = (not_after, hold) {
         let scope = scope_beside(cfg, &target.issuer, cert.as_ref());
         for kind in vigil::writer::issuance_kinds(na, scope) {
-            events.push(event(cfg, id, serial, kind));
+            events.push(event(cfg, clock, id, serial, kind));
         }
     }
-    events.push(event(cfg, id, serial, kind));
+    events.push(event(cfg, clock, id, serial, kind));
     let verb = if hold { "held" } else { "released" };
     let at = append(cfg, &events).map_err(|e| format!("{verb} {serial}: {e}"))?;
     println!("{verb} {serial} of {}, acknowledged by {at}", target.issuer);
@@ -1487,20 +1542,26 @@ fn hold(cfg: &Config, target: &Target, hold: bool, time: Option<&str>) -> Result
 /// synced journal). Memory is bounded by the batches in flight, not the file. A batch that
 /// fails stops the import: the report says how many certificates were acknowledged before it,
 /// and running it again is safe (the merge is idempotent).
-fn import(cfg: &Config, path: &Path, issuer: &str) -> Result<(), String> {
+fn import(
+    cfg: &Config,
+    clock: &vigil::clock::Clock,
+    path: &Path,
+    issuer: &str,
+) -> Result<(), String> {
     use futures_util::stream::{FuturesUnordered, StreamExt};
     use vigil::limits::{IMPORT_BATCHES_IN_FLIGHT, IMPORT_BATCH_CERTIFICATES};
     let id = issuer_id(cfg, issuer)?;
     let allow_hold = cfg.allows_holds(issuer);
     let parse = IndexParser {
         cfg,
+        clock,
         id,
         issuer,
         allow_hold,
         path,
     };
     let (issued, revoked) = parse.check()?;
-    let writer = vigil::writer::StatusWriter::from_config(cfg)?;
+    let writer = vigil::writer::StatusWriter::from_config(cfg).map_err(|e| e.to_string())?;
     let rt = small_runtime()?;
     let mut lines = parse.lines()?;
     let mut summary = String::new();
@@ -1556,7 +1617,12 @@ fn import(cfg: &Config, path: &Path, issuer: &str) -> Result<(), String> {
 /// cRLDistributionPoints names no CRL of the issuer refuses the whole import, writing nothing.
 /// Then batches of [`IMPORT_BATCH_CERTIFICATES`](vigil::limits::IMPORT_BATCH_CERTIFICATES) are
 /// written in turn, each acknowledged like a revocation; running it again is safe.
-fn import_pem(cfg: &Config, files: &[PathBuf], issuer: &str) -> Result<(), String> {
+fn import_pem(
+    cfg: &Config,
+    clock: &vigil::clock::Clock,
+    files: &[PathBuf],
+    issuer: &str,
+) -> Result<(), String> {
     use vigil::limits::{IMPORT_BATCH_CERTIFICATES, MAX_IMPORT_PEM_BYTES};
     let id = issuer_id(cfg, issuer)?;
     let urls = vigil::writer::CrlUrls::from_config(cfg);
@@ -1592,14 +1658,14 @@ fn import_pem(cfg: &Config, files: &[PathBuf], issuer: &str) -> Result<(), Strin
             on_shard += usize::from(scope.is_some());
             let mut one = Vec::with_capacity(2);
             for kind in vigil::writer::issuance_kinds(not_after, scope) {
-                one.push(event(cfg, id, serial, kind));
+                one.push(event(cfg, clock, id, serial, kind));
             }
             events.push(one);
             certificates += 1;
         }
     }
     app::prepare_embedded(cfg)?;
-    let writer = vigil::writer::StatusWriter::from_config(cfg)?;
+    let writer = vigil::writer::StatusWriter::from_config(cfg).map_err(|e| e.to_string())?;
     let rt = small_runtime()?;
     let mut acknowledged = 0usize;
     let mut summary = String::new();
@@ -1627,6 +1693,7 @@ fn import_pem(cfg: &Config, files: &[PathBuf], issuer: &str) -> Result<(), Strin
 /// Reads an OpenSSL index line by line into events.
 struct IndexParser<'a> {
     cfg: &'a Config,
+    clock: &'a vigil::clock::Clock,
     id: IssuerId,
     issuer: &'a str,
     allow_hold: bool,
@@ -1683,6 +1750,7 @@ impl IndexParser<'_> {
         let not_after = asn1_time(f[1]).map_err(at)?;
         out.push(event(
             self.cfg,
+            self.clock,
             self.id,
             serial,
             EventKind::Issued { not_after },
@@ -1710,7 +1778,7 @@ impl IndexParser<'_> {
                     reason: RevocationReason::parse(r).map_err(|e| at(e.to_string()))?,
                 },
             };
-            out.push(event(self.cfg, self.id, serial, kind));
+            out.push(event(self.cfg, self.clock, self.id, serial, kind));
         }
         Ok(())
     }

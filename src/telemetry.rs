@@ -144,12 +144,19 @@ const LATENCY_BUCKETS: [f64; 14] = [
 ];
 
 /// Installs the Prometheus recorder for this process; the handle renders `/metrics`.
-pub fn install_recorder() -> Result<PrometheusHandle, String> {
-    PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
-        .map_err(|e| e.to_string())?
-        .install_recorder()
-        .map_err(|e| e.to_string())
+pub fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
+    Ok(PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
+        .install_recorder()?)
+}
+
+/// Why the metrics recorder could not be installed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// The Prometheus recorder refused its buckets, or another recorder is installed.
+    #[error(transparent)]
+    Recorder(#[from] metrics_exporter_prometheus::BuildError),
 }
 
 /// Sets up logging to stderr with `filter` (an `EnvFilter` directive) in `format`.

@@ -8,10 +8,56 @@ use crate::config::Config;
 use crate::crl::Sharding;
 use crate::feed::publish::{describe_failures, Publisher};
 use crate::feed::region;
-use crate::status::journal::{JournalReader, JournalWriter};
+use crate::journal::{JournalReader, JournalWriter};
 use crate::status::{CertRecord, CrlScope, Event, EventKind, IssuerId, Serial, StatusView};
 use crate::telemetry;
 use x509_cert::Certificate;
+
+/// Why a status change was not written, or the current record not read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriterError {
+    /// No issuer of that name is configured.
+    #[error("no issuer named {0:?}")]
+    NoIssuer(String),
+    /// The certificate's cRLDistributionPoints names no CRL of the issuer, or two.
+    #[error(transparent)]
+    Scope(#[from] crate::crl::shard::ScopeError),
+    /// The feed's regions could not be set up.
+    #[error(transparent)]
+    Feed(#[from] crate::feed::FeedError),
+    /// Every region failed to answer a read.
+    #[error("no region reachable ({})", describe_region_errors(.0))]
+    NoRegionReachable(Vec<(String, crate::feed::FeedError)>),
+    /// The quorum of regions did not acknowledge the write.
+    #[error(transparent)]
+    Quorum(#[from] crate::feed::publish::QuorumError),
+    /// The journal could not be opened or appended to.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    /// The journal could not be read (the text of `app::replay_journal`).
+    #[error("{0}")]
+    Replay(String),
+    /// The blocking task doing journal IO failed.
+    #[error("journal task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// An event that may not be written (e.g. a revocation reason a revocation may not carry).
+    #[error("{serial}: {source}")]
+    Refused {
+        /// The event's serial.
+        serial: Serial,
+        /// Why.
+        source: crate::status::ReasonError,
+    },
+}
+
+fn describe_region_errors(errors: &[(String, crate::feed::FeedError)]) -> String {
+    errors
+        .iter()
+        .map(|(r, e)| format!("{r}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
 
 /// Where each issuer's CRLs are published, to read which one a certificate's
 /// cRLDistributionPoints names when its issuance is recorded with the certificate
@@ -38,14 +84,20 @@ impl CrlUrls {
     /// cRLDistributionPoints, or when the issuer has no `crl.base_url` (vigil then knows no URL
     /// of its CRLs to compare with, and the certificate goes by the serial's shard). An error
     /// (the issuance is refused) when it names no CRL of the issuer, or two.
-    pub fn scope_of(&self, issuer: &str, cert: &Certificate) -> Result<Option<CrlScope>, String> {
+    pub fn scope_of(
+        &self,
+        issuer: &str,
+        cert: &Certificate,
+    ) -> Result<Option<CrlScope>, WriterError> {
         let Some((_, sharding, base)) = self.0.iter().find(|(n, _, _)| n == issuer) else {
-            return Err(format!("no issuer named {issuer:?}"));
+            return Err(WriterError::NoIssuer(issuer.to_owned()));
         };
         let Some(base) = base else {
             return Ok(None);
         };
-        crate::crl::shard::named_scope(cert, issuer, sharding, base).map_err(|e| e.to_string())
+        Ok(crate::crl::shard::named_scope(
+            cert, issuer, sharding, base,
+        )?)
     }
 }
 
@@ -80,10 +132,10 @@ pub struct Written {
 
 impl StatusWriter {
     /// The writer the configuration asks for.
-    pub fn from_config(cfg: &Config) -> Result<Self, String> {
+    pub fn from_config(cfg: &Config) -> Result<Self, WriterError> {
         match &cfg.feed {
             Some(f) => {
-                let regions = region::regions(cfg).map_err(|e| e.to_string())?;
+                let regions = region::regions(cfg)?;
                 Ok(StatusWriter::Feed(Arc::new(Publisher::new(regions, f))))
             }
             None => Ok(StatusWriter::Journal(cfg.journal_path())),
@@ -100,7 +152,7 @@ impl StatusWriter {
         &self,
         issuer: IssuerId,
         serial: &Serial,
-    ) -> Result<Option<CertRecord>, String> {
+    ) -> Result<Option<CertRecord>, WriterError> {
         match self {
             StatusWriter::Journal(path) => {
                 let path = path.clone();
@@ -108,11 +160,11 @@ impl StatusWriter {
                 tokio::task::spawn_blocking(move || {
                     let view = StatusView::new();
                     let metrics = telemetry::Metrics::new();
-                    crate::app::replay_journal(&mut JournalReader::new(path), &view, &metrics)?;
+                    crate::app::replay_journal(&mut JournalReader::new(path), &view, &metrics)
+                        .map_err(WriterError::Replay)?;
                     Ok(view.table(issuer).record(&serial))
                 })
-                .await
-                .map_err(|e| format!("journal task: {e}"))?
+                .await?
             }
             StatusWriter::Feed(p) => {
                 let reads = futures_util::future::join_all(
@@ -127,11 +179,11 @@ impl StatusWriter {
                     match read {
                         Ok(Some(rec)) => joined = Some(joined.map_or(rec, |j| j.join(rec))),
                         Ok(None) => {}
-                        Err(e) => errors.push(format!("{}: {e}", r.name)),
+                        Err(e) => errors.push((r.name.clone(), e)),
                     }
                 }
                 if errors.len() == p.regions().len() {
-                    return Err(format!("no region reachable ({})", errors.join("; ")));
+                    return Err(WriterError::NoRegionReachable(errors));
                 }
                 Ok(joined)
             }
@@ -141,11 +193,12 @@ impl StatusWriter {
     /// Writes `events`; `Ok` only once they are acknowledged (synced to the journal, or held by
     /// a quorum of regions). A revocation with a reason a revocation may not carry
     /// (certificateHold, removeFromCRL) is refused before anything is written.
-    pub async fn write(&self, events: Vec<Event>) -> Result<Written, String> {
+    pub async fn write(&self, events: Vec<Event>) -> Result<Written, WriterError> {
         for e in &events {
-            e.kind
-                .check()
-                .map_err(|err| format!("{}: {err}", e.serial))?;
+            e.kind.check().map_err(|source| WriterError::Refused {
+                serial: e.serial,
+                source,
+            })?;
         }
         match self {
             StatusWriter::Journal(path) => {
@@ -153,9 +206,7 @@ impl StatusWriter {
                 tokio::task::spawn_blocking(move || {
                     JournalWriter::open(path).and_then(|mut w| w.append(&events))
                 })
-                .await
-                .map_err(|e| format!("journal task: {e}"))?
-                .map_err(|e| e.to_string())?;
+                .await??;
                 Ok(Written {
                     summary: "the local journal".into(),
                     regions: Vec::new(),
@@ -185,7 +236,7 @@ impl StatusWriter {
                 }
                 Err(e) => {
                     metrics::counter!(telemetry::FEED_WRITES, "result" => "failed").increment(1);
-                    Err(e.to_string())
+                    Err(e.into())
                 }
             },
         }

@@ -145,6 +145,9 @@ fn connection_limit_makes_extra_clients_wait_not_fail() {
     drop(hogs);
 }
 
+/// Concurrent clients of the nonce flood.
+const FLOOD_CLIENTS: usize = 16;
+
 #[test]
 fn fresh_nonce_floods_are_shed_and_cached_answers_keep_flowing() {
     let (_tmp, data) = demo_dir();
@@ -176,7 +179,9 @@ fn fresh_nonce_floods_are_shed_and_cached_answers_keep_flowing() {
         bodies.push(std::fs::read(data.join(&f)).expect("req"));
     }
     let addr = v.addr;
-    let flood: Vec<_> = (0..8)
+    // Sixteen clients against one signing slot and a queue of four: more arrive than the gate
+    // holds, so some must be shed.
+    let flood: Vec<_> = (0..FLOOD_CLIENTS)
         .map(|t| {
             let bodies = bodies.clone();
             std::thread::spawn(move || {
@@ -185,7 +190,7 @@ fn fresh_nonce_floods_are_shed_and_cached_answers_keep_flowing() {
                 let mut i = t;
                 while Instant::now() < deadline {
                     let r = post(addr, "/ocsp", &bodies[i % bodies.len()]);
-                    i += 8;
+                    i += FLOOD_CLIENTS;
                     assert_eq!(r.status, 200);
                     if r.body == [0x30, 0x03, 0x0A, 0x01, 0x03] {
                         try_later += 1;
@@ -208,16 +213,20 @@ fn fresh_nonce_floods_are_shed_and_cached_answers_keep_flowing() {
         .map(|h| h.join().expect("flood thread"))
         .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     assert!(ok > 0, "some nonce requests were signed");
+    assert!(
+        shed > 0,
+        "no request was shed ({ok} signed): the flood did not overload the gate"
+    );
     let m = String::from_utf8(get(v.addr, "/metrics", "").body).expect("utf8");
     let line = m
         .lines()
         .find(|l| l.starts_with("vigil_signing_shed_total"))
-        .unwrap_or("vigil_signing_shed_total 0");
+        .unwrap_or_else(|| panic!("no vigil_signing_shed_total after {shed} tryLater answers"));
     let metric_shed: u64 = line
         .rsplit(' ')
         .next()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+        .unwrap_or_else(|| panic!("unreadable metric line {line:?}"));
     assert_eq!(
         metric_shed, shed,
         "every tryLater was a shed signature ({ok} signed)"

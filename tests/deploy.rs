@@ -2435,13 +2435,11 @@ fn ocsp_through(
     let verdict = if resp.status != 200 {
         Err(format!("HTTP {}", resp.status))
     } else {
-        vigil::drill::decode_response(&resp.body, Some(ca)).and_then(|a| {
-            if a.verified == Some(true) {
-                Ok(())
-            } else {
-                Err("not verified".into())
-            }
-        })
+        match vigil::drill::decode_response(&resp.body, Some(ca)) {
+            Ok(a) if a.verified == Some(true) => Ok(()),
+            Ok(_) => Err("not verified".into()),
+            Err(e) => Err(e.to_string()),
+        }
     };
     (took, verdict)
 }

@@ -28,8 +28,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vigil::drill::{decode_response, http, query, Status};
+use vigil::drill::{decode_response, http, query, DrillError, Status};
 use vigil::report::timeline::{self, Mark, MarkKind, Outcome, Timeline};
+use x509_ocsp::OcspResponseStatus;
 
 const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
 /// A revocation answered `good` later than this after `vigil revoke` returned is a wrong answer.
@@ -435,14 +436,14 @@ fn ask_http(lb: &str, item: &Item, get: bool) -> Option<Answer> {
     let resp = match res {
         Ok(r) if r.status == 200 => r,
         Ok(r) => return Some(Answer::Failed(format!("HTTP {}", r.status))),
-        Err(e) => return Some(Answer::Failed(e)),
+        Err(e) => return Some(Answer::Failed(e.to_string())),
     };
     if item.kind == Kind::Crl {
         return None;
     }
     Some(match decode_response(&resp.body, None) {
         Ok(a) => Answer::Status(a.status),
-        Err(e) if e.contains("TryLater") => Answer::TryLater,
+        Err(DrillError::Status(OcspResponseStatus::TryLater)) => Answer::TryLater,
         Err(e) => Answer::Failed(format!("{} {e}", item.serial)),
     })
 }

@@ -546,7 +546,7 @@ fn the_admin_api_records_the_shard_and_refuses_a_foreign_crldp() {
     let (_, s) = call("GET", "/v1/status/demo/7C02", "");
     assert!(s.contains("unissued"), "{s}");
     // the journal holds the one issuance and its shard, nothing of the refused ones
-    let batch = vigil::status::journal::JournalReader::new(dir.join("journal.vj"))
+    let batch = vigil::journal::JournalReader::new(dir.join("journal.vj"))
         .read_new()
         .unwrap();
     let kinds: Vec<_> = batch

@@ -17,10 +17,10 @@ use x509_cert::serial_number::SerialNumber;
 use x509_ocsp::{CertId, OcspRequest, Request, TbsRequest, Version};
 
 use vigil::config::{Config, NoncePolicy};
+use vigil::journal::JournalReader;
 use vigil::ocsp::{HashAlgorithm, IssuerHashes, OID_NONCE};
 use vigil::pki::Issuer;
 use vigil::responder::Responder;
-use vigil::status::journal::JournalReader;
 use vigil::status::StatusView;
 use vigil::telemetry::Metrics;
 

@@ -21,33 +21,142 @@
 //!   missing segment; the first bad segment is named.
 
 pub mod replay;
+pub mod role;
 pub mod segment;
+
+pub use role::{run, serve_metrics, RoleOptions};
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::Value;
-use tokio::sync::mpsc;
-
-use crate::clock::unix_now_ms;
-use crate::config::Config;
-use crate::feed::consume::{self, stream_info, Backoff, StreamInfo};
-use crate::feed::region::Region;
-use crate::feed::{value_bytes, value_str, FeedError, StreamId};
-use crate::limits::{
-    FEED_READ_COUNT, FEED_SCAN_COUNT, MAX_ARCHIVE_BLOCK_ENTRIES, MAX_ARCHIVE_SEGMENTS,
-    MAX_EVENT_BYTES,
-};
-use crate::status::{hex, CertRecord, Serial};
+use crate::clock::Clock;
+use crate::feed::FeedError;
+use crate::limits::MAX_ARCHIVE_SEGMENTS;
+use crate::status::hex;
 use segment::{
     Block, BlockKind, Mark, Position, SegmentError, SegmentHeader, SegmentReader, SegmentWriter,
     GENESIS,
 };
+
+/// Why the archive could not be read, checked or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArchiveError {
+    /// A file or directory could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A segment could not be read or written, or is damaged.
+    #[error("segment {segment}: {source}")]
+    Segment {
+        /// Its file name.
+        segment: String,
+        /// What went wrong.
+        source: SegmentError,
+    },
+    /// The last segment is damaged where the writer would go on from it.
+    #[error("segment {segment}: {source} (the archive is damaged: run `vigil archive verify`)")]
+    Damaged {
+        /// Its file name.
+        segment: String,
+        /// What is wrong.
+        source: SegmentError,
+    },
+    /// A segment read for the positions it leaves is damaged.
+    #[error("{}: {source}", path.display())]
+    InFile {
+        /// The segment.
+        path: PathBuf,
+        /// What is wrong.
+        source: SegmentError,
+    },
+    /// The directory holds more than [`MAX_ARCHIVE_SEGMENTS`] segments.
+    #[error("{}: more than {MAX_ARCHIVE_SEGMENTS} segments", .0.display())]
+    TooManySegments(PathBuf),
+    /// The directory holds no segment.
+    #[error("{}: no archive segments there", .0.display())]
+    NoSegments(PathBuf),
+    /// A sealed segment too short to hold a seal.
+    #[error("{}: too short to be a sealed segment", .0.display())]
+    TooShort(PathBuf),
+    /// A segment of the sequence is missing.
+    #[error("segment {missing}: missing (the next one present is {present})")]
+    Missing {
+        /// The missing segment's name.
+        missing: String,
+        /// The next one there.
+        present: String,
+    },
+    /// A segment's header names another index than its file name.
+    #[error("segment {segment}: its header says it is segment {header}")]
+    WrongIndex {
+        /// Its file name.
+        segment: String,
+        /// The index in its header.
+        header: u64,
+    },
+    /// A segment's header names another previous segment than the one there.
+    #[error("segment {0}: the previous segment's SHA-256 does not match the one in its header")]
+    PreviousDigest(String),
+    /// A segment that is not the last is open.
+    #[error("segment {0}: not sealed, but segments follow it")]
+    NotSealed(String),
+    /// The last segment could not be read at all.
+    #[error("segment {0}: unreadable")]
+    Unreadable(String),
+    /// The writer has no open segment.
+    #[error("segment {0}: not open")]
+    NotOpen(String),
+    /// What the caller of [`walk`] found in a segment's block.
+    #[error("segment {segment}: {source}")]
+    Visit {
+        /// The segment's file name.
+        segment: String,
+        /// What the caller found.
+        source: Box<ArchiveError>,
+    },
+    /// A mark could not be encoded.
+    #[error("encoding a mark: {0}")]
+    Encode(serde_json::Error),
+    /// No region to archive.
+    #[error("no [[region]] to archive")]
+    NoRegions,
+    /// Every region's reader ended.
+    #[error("every region reader stopped")]
+    ReadersStopped,
+    /// Reaching the regions failed.
+    #[error(transparent)]
+    Feed(#[from] FeedError),
+    /// The metrics listener could not be bound.
+    #[error("metrics listener {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn io_at(path: &Path) -> impl Fn(std::io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn in_segment<E: Into<SegmentError>>(name: &str) -> impl Fn(E) -> ArchiveError + '_ {
+    move |e| ArchiveError::Segment {
+        segment: name.to_owned(),
+        source: e.into(),
+    }
+}
 
 /// A segment is closed once it holds this many bytes (`--segment-bytes`).
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -56,8 +165,6 @@ pub const FILL_BLOCK_RECORDS: usize = 10_000;
 /// How often a position that only heartbeats moved is written down (the rest of the time it
 /// is kept in memory: after a restart those heartbeats are read again, which costs nothing).
 pub const POSITION_INTERVAL: Duration = Duration::from_secs(30);
-/// How long one `XREAD BLOCK` waits.
-const BLOCK: Duration = Duration::from_secs(1);
 
 /// A segment's file name.
 pub fn segment_name(index: u64) -> String {
@@ -74,18 +181,15 @@ fn segment_index(name: &str) -> Option<u64> {
 
 /// The segment files of `dir`, by index (other files are not the archive's and are left
 /// alone).
-pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, String> {
-    let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, ArchiveError> {
+    let io = io_at(dir);
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let entry = entry.map_err(io)?;
+    for entry in std::fs::read_dir(dir).map_err(&io)? {
+        let entry = entry.map_err(&io)?;
         let name = entry.file_name();
         if let Some(i) = name.to_str().and_then(segment_index) {
             if out.len() >= MAX_ARCHIVE_SEGMENTS {
-                return Err(format!(
-                    "{}: more than {MAX_ARCHIVE_SEGMENTS} segments",
-                    dir.display()
-                ));
+                return Err(ArchiveError::TooManySegments(dir.to_owned()));
             }
             out.push((i, entry.path()));
         }
@@ -116,19 +220,16 @@ pub fn position_of(block: &Block) -> Option<(String, Position)> {
 }
 
 /// The last 32 bytes of a sealed segment: its last chain value.
-fn tail_chain(path: &Path) -> Result<[u8; 32], String> {
-    let io = |e: std::io::Error| format!("{}: {e}", path.display());
-    let mut f = File::open(path).map_err(io)?;
-    let len = f.metadata().map_err(io)?.len();
+fn tail_chain(path: &Path) -> Result<[u8; 32], ArchiveError> {
+    let io = io_at(path);
+    let mut f = File::open(path).map_err(&io)?;
+    let len = f.metadata().map_err(&io)?.len();
     if len < 42 {
-        return Err(format!(
-            "{}: too short to be a sealed segment",
-            path.display()
-        ));
+        return Err(ArchiveError::TooShort(path.to_owned()));
     }
-    f.seek(SeekFrom::Start(len - 32)).map_err(io)?;
+    f.seek(SeekFrom::Start(len - 32)).map_err(&io)?;
     let mut c = [0u8; 32];
-    f.read_exact(&mut c).map_err(io)?;
+    f.read_exact(&mut c).map_err(&io)?;
     Ok(c)
 }
 
@@ -169,11 +270,11 @@ pub struct Walked {
 /// hands every block to `f`. Stops at the first damage, naming the segment.
 pub fn walk(
     dir: &Path,
-    mut f: impl FnMut(&str, &Block) -> Result<(), String>,
-) -> Result<Walked, String> {
+    mut f: impl FnMut(&str, &Block) -> Result<(), ArchiveError>,
+) -> Result<Walked, ArchiveError> {
     let segments = list_segments(dir)?;
     if segments.is_empty() {
-        return Err(format!("{}: no archive segments there", dir.display()));
+        return Err(ArchiveError::NoSegments(dir.to_owned()));
     }
     let mut w = Walked::default();
     let mut prev_chain = GENESIS;
@@ -183,15 +284,15 @@ pub fn walk(
         let name = segment_name(*index);
         let expected = n as u64 + 1;
         if *index != expected {
-            return Err(format!(
-                "segment {}: missing (the next one present is {name})",
-                segment_name(expected)
-            ));
+            return Err(ArchiveError::Missing {
+                missing: segment_name(expected),
+                present: name,
+            });
         }
         let last = n + 1 == count;
-        let file = File::open(path).map_err(|e| format!("segment {name}: {e}"))?;
+        let file = File::open(path).map_err(in_segment(&name))?;
         let mut r = SegmentReader::new(BufReader::with_capacity(1 << 20, file), prev_chain)
-            .map_err(|e| format!("segment {name}: {e}"))?;
+            .map_err(in_segment(&name))?;
         loop {
             let block = match r.next_block() {
                 Ok(Some(b)) => b,
@@ -202,21 +303,19 @@ pub fn walk(
                     ));
                     break;
                 }
-                Err(e) => return Err(format!("segment {name}: {e}")),
+                Err(e) => return Err(in_segment(&name)(e)),
             };
             w.blocks += 1;
             match &block {
                 Block::Header(h) => {
                     if h.index != *index {
-                        return Err(format!(
-                            "segment {name}: its header says it is segment {}",
-                            h.index
-                        ));
+                        return Err(ArchiveError::WrongIndex {
+                            segment: name,
+                            header: h.index,
+                        });
                     }
                     if h.prev_segment_sha256 != prev_sha {
-                        return Err(format!(
-                            "segment {name}: the previous segment's SHA-256 does not match the one in its header"
-                        ));
+                        return Err(ArchiveError::PreviousDigest(name));
                     }
                 }
                 Block::Events(e) => {
@@ -233,12 +332,13 @@ pub fn walk(
             if let Some((region, p)) = position_of(&block) {
                 w.positions.insert(region, p);
             }
-            f(&name, &block).map_err(|e| format!("segment {name}: {e}"))?;
+            f(&name, &block).map_err(|e| ArchiveError::Visit {
+                segment: name.clone(),
+                source: Box::new(e),
+            })?;
         }
         if !r.sealed() && !last {
-            return Err(format!(
-                "segment {name}: not sealed, but segments follow it"
-            ));
+            return Err(ArchiveError::NotSealed(name));
         }
         w.open = !r.sealed();
         prev_chain = r.chain();
@@ -250,7 +350,7 @@ pub fn walk(
 }
 
 /// Checks the whole archive (see [`walk`]).
-pub fn verify(dir: &Path) -> Result<Walked, String> {
+pub fn verify(dir: &Path) -> Result<Walked, ArchiveError> {
     walk(dir, |_, _| Ok(()))
 }
 
@@ -263,14 +363,16 @@ pub struct Archive {
     writer: Option<SegmentWriter<File>>,
     positions: BTreeMap<String, Position>,
     segment_bytes: u64,
+    clock: Clock,
 }
 
 impl Archive {
     /// Opens (or starts) the archive in `dir`: the last segment is read and checked; an
     /// incomplete block at its end (an interrupted write) is cut off and kept beside it as
-    /// `<segment>.torn-<offset>`; a damaged last segment is refused.
-    pub fn open(dir: &Path, segment_bytes: u64) -> Result<Archive, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    /// `<segment>.torn-<offset>`; a damaged last segment is refused. New segments are dated
+    /// by `clock`.
+    pub fn open(dir: &Path, segment_bytes: u64, clock: &Clock) -> Result<Archive, ArchiveError> {
+        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
         let segments = list_segments(dir)?;
         let mut a = Archive {
             dir: dir.to_owned(),
@@ -278,6 +380,7 @@ impl Archive {
             writer: None,
             positions: BTreeMap::new(),
             segment_bytes: segment_bytes.max(4096),
+            clock: clock.clone(),
         };
         let Some((index, path)) = segments.last().cloned() else {
             a.start_segment(1, GENESIS, String::new())?;
@@ -288,11 +391,11 @@ impl Archive {
             1 => GENESIS,
             n => tail_chain(&segments[n - 2].1)?,
         };
-        let file = File::open(&path).map_err(|e| format!("segment {name}: {e}"))?;
+        let file = File::open(&path).map_err(in_segment(&name))?;
         let reader = match SegmentReader::new(BufReader::new(file), prev_chain) {
             Ok(r) => Some(r),
             Err(SegmentError::Torn { .. }) => None,
-            Err(e) => return Err(format!("segment {name}: {e}")),
+            Err(e) => return Err(in_segment(&name)(e)),
         };
         let mut torn_at = None;
         let mut r = match reader {
@@ -310,10 +413,11 @@ impl Archive {
                             torn_at = Some(offset);
                             break;
                         }
-                        Err(e) => {
-                            return Err(format!(
-                                "segment {name}: {e} (the archive is damaged: run `vigil archive verify`)"
-                            ))
+                        Err(source) => {
+                            return Err(ArchiveError::Damaged {
+                                segment: name,
+                                source,
+                            })
                         }
                     }
                 }
@@ -323,7 +427,7 @@ impl Archive {
         };
         if r.as_ref().is_none_or(|r| r.blocks() == 0) {
             // A segment whose header never reached the disk: start it again.
-            std::fs::remove_file(&path).map_err(|e| format!("segment {name}: {e}"))?;
+            std::fs::remove_file(&path).map_err(in_segment(&name))?;
             let n = segments.len();
             let (prev_sha, positions) = match n {
                 1 => (String::new(), BTreeMap::new()),
@@ -337,16 +441,17 @@ impl Archive {
             return Ok(a);
         }
         let Some(r) = r.take() else {
-            return Err(format!("segment {name}: unreadable"));
+            // `r` is `Some` with at least one block here: checked just above.
+            return Err(ArchiveError::Unreadable(name));
         };
         if let Some(offset) = torn_at {
-            let io = |e: std::io::Error| format!("segment {name}: {e}");
-            let bytes = std::fs::read(&path).map_err(io)?;
+            let io = in_segment(&name);
+            let bytes = std::fs::read(&path).map_err(&io)?;
             let keep = path.with_file_name(format!("{name}.torn-{offset}"));
-            std::fs::write(&keep, &bytes[offset as usize..]).map_err(io)?;
-            let f = OpenOptions::new().write(true).open(&path).map_err(io)?;
-            f.set_len(offset).map_err(io)?;
-            f.sync_all().map_err(io)?;
+            std::fs::write(&keep, &bytes[offset as usize..]).map_err(&io)?;
+            let f = OpenOptions::new().write(true).open(&path).map_err(&io)?;
+            f.set_len(offset).map_err(&io)?;
+            f.sync_all().map_err(&io)?;
             tracing::warn!(segment = %name, offset, kept = %keep.display(),
                 "cut off an incomplete block at the end of the last segment (an interrupted write)");
         }
@@ -356,7 +461,7 @@ impl Archive {
             let f = OpenOptions::new()
                 .append(true)
                 .open(&path)
-                .map_err(|e| format!("segment {name}: {e}"))?;
+                .map_err(in_segment(&name))?;
             a.writer = Some(SegmentWriter::resume(f, &r));
             a.index = index;
         }
@@ -368,26 +473,24 @@ impl Archive {
         index: u64,
         prev_chain: [u8; 32],
         prev_sha: String,
-    ) -> Result<(), String> {
+    ) -> Result<(), ArchiveError> {
         let name = segment_name(index);
         let path = self.dir.join(&name);
-        let io = |e: std::io::Error| format!("segment {name}: {e}");
         let f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
-            .map_err(io)?;
+            .map_err(in_segment(&name))?;
         let header = SegmentHeader {
             format: "vigil-archive".into(),
             version: segment::VERSION,
             index,
-            created_at_ms: unix_now_ms(),
+            created_at_ms: self.clock.now_ms(),
             prev_segment_sha256: prev_sha,
             positions: self.positions.clone(),
         };
-        let mut w = SegmentWriter::create(f, &header, prev_chain)
-            .map_err(|e| format!("segment {name}: {e}"))?;
-        w.output().sync_all().map_err(io)?;
+        let mut w = SegmentWriter::create(f, &header, prev_chain).map_err(in_segment(&name))?;
+        w.output().sync_all().map_err(in_segment(&name))?;
         sync_dir(&self.dir);
         self.writer = Some(w);
         self.index = index;
@@ -411,17 +514,13 @@ impl Archive {
         kind: BlockKind,
         payload: &[u8],
         position: Option<(&str, Position)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ArchiveError> {
         let name = segment_name(self.index);
-        let w = self
-            .writer
-            .as_mut()
-            .ok_or_else(|| format!("segment {name}: not open"))?;
-        w.block(kind, payload)
-            .map_err(|e| format!("segment {name}: {e}"))?;
-        w.output()
-            .sync_data()
-            .map_err(|e| format!("segment {name}: {e}"))?;
+        let Some(w) = self.writer.as_mut() else {
+            return Err(ArchiveError::NotOpen(name));
+        };
+        w.block(kind, payload).map_err(in_segment(&name))?;
+        w.output().sync_data().map_err(in_segment(&name))?;
         if let Some((region, p)) = position {
             self.positions.insert(region.to_owned(), p);
         }
@@ -432,27 +531,24 @@ impl Archive {
     }
 
     /// Seals the open segment and opens the next.
-    pub fn roll(&mut self) -> Result<(), String> {
+    pub fn roll(&mut self) -> Result<(), ArchiveError> {
         let name = segment_name(self.index);
-        let w = self
-            .writer
-            .take()
-            .ok_or_else(|| format!("segment {name}: not open"))?;
-        let (chain, sha, f) = w.seal().map_err(|e| format!("segment {name}: {e}"))?;
-        f.sync_all().map_err(|e| format!("segment {name}: {e}"))?;
+        let Some(w) = self.writer.take() else {
+            return Err(ArchiveError::NotOpen(name));
+        };
+        let (chain, sha, f) = w.seal().map_err(in_segment(&name))?;
+        f.sync_all().map_err(in_segment(&name))?;
         drop(f);
         self.start_segment(self.index + 1, chain, hex(&sha))
     }
 }
 
-fn file_sha256(path: &Path) -> Result<String, String> {
-    let mut f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn file_sha256(path: &Path) -> Result<String, ArchiveError> {
+    let mut f = File::open(path).map_err(io_at(path))?;
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let n = f.read(&mut buf).map_err(io_at(path))?;
         if n == 0 {
             break;
         }
@@ -462,7 +558,7 @@ fn file_sha256(path: &Path) -> Result<String, String> {
 }
 
 /// The chain value a segment's header is chained from (the one before `n`'s).
-fn tail_before(segments: &[(u64, PathBuf)], n: usize) -> Result<[u8; 32], String> {
+fn tail_before(segments: &[(u64, PathBuf)], n: usize) -> Result<[u8; 32], ArchiveError> {
     match n {
         0 => Ok(GENESIS),
         _ => tail_chain(&segments[n - 1].1),
@@ -473,13 +569,15 @@ fn tail_before(segments: &[(u64, PathBuf)], n: usize) -> Result<[u8; 32], String
 fn positions_of_segment(
     path: &Path,
     prev_chain: [u8; 32],
-) -> Result<BTreeMap<String, Position>, String> {
-    let name = path.display().to_string();
-    let f = File::open(path).map_err(|e| format!("{name}: {e}"))?;
-    let mut r =
-        SegmentReader::new(BufReader::new(f), prev_chain).map_err(|e| format!("{name}: {e}"))?;
+) -> Result<BTreeMap<String, Position>, ArchiveError> {
+    let bad = |source| ArchiveError::InFile {
+        path: path.to_owned(),
+        source,
+    };
+    let f = File::open(path).map_err(io_at(path))?;
+    let mut r = SegmentReader::new(BufReader::new(f), prev_chain).map_err(bad)?;
     let mut out = BTreeMap::new();
-    while let Some(b) = r.next_block().map_err(|e| format!("{name}: {e}"))? {
+    while let Some(b) = r.next_block().map_err(bad)? {
         match b {
             Block::Header(h) => out = h.positions,
             b => {
@@ -492,481 +590,11 @@ fn positions_of_segment(
     Ok(out)
 }
 
-// === the archive role ===
-
-/// What a region's reader hands the writer.
-enum Msg {
-    /// A block to append (fsynced before the next is taken).
-    Block {
-        region: String,
-        kind: BlockKind,
-        payload: Vec<u8>,
-        position: Option<Position>,
-        /// When the region's stream was read to its end, if this block finished it.
-        caught_up_ms: Option<i64>,
-    },
-    /// The region's stream was read to its end with nothing new but heartbeats (or nothing).
-    Caught {
-        region: String,
-        at_ms: i64,
-        position: Option<Position>,
-    },
-}
-
-/// Options of `vigil archive`.
-pub struct RoleOptions {
-    /// The archive directory.
-    pub dir: PathBuf,
-    /// Target segment size.
-    pub segment_bytes: u64,
-    /// Only these regions (all configured ones when empty).
-    pub regions: Vec<String>,
-}
-
-/// Per-region state the writer keeps for the lag gauge.
-struct Lag {
-    caught_up_ms: i64,
-    position_written_ms: i64,
-}
-
-/// Runs the archive role until an archive write fails (a Redis failure only delays a
-/// region: its reader reconnects with backoff).
-pub async fn run(cfg: &Config, opts: RoleOptions) -> Result<(), String> {
-    let mut archive = Archive::open(&opts.dir, opts.segment_bytes)?;
-    let all = crate::feed::region::regions(cfg).map_err(|e| e.to_string())?;
-    let regions: Vec<Arc<Region>> = all
-        .into_iter()
-        .filter(|r| opts.regions.is_empty() || opts.regions.contains(&r.name))
-        .collect();
-    if regions.is_empty() {
-        return Err("no [[region]] to archive".into());
-    }
-    tracing::info!(dir = %opts.dir.display(), segment = archive.segment(),
-        positions = ?archive.positions(), "archiving the regions' streams");
-    let (tx, mut rx) = mpsc::channel::<Msg>(16);
-    let started = unix_now_ms();
-    let mut lag: BTreeMap<String, Lag> = BTreeMap::new();
-    for r in &regions {
-        let pos = archive.positions().get(&r.name).cloned();
-        lag.insert(
-            r.name.clone(),
-            Lag {
-                caught_up_ms: started,
-                position_written_ms: started,
-            },
-        );
-        tokio::spawn(follow(r.clone(), pos, tx.clone()));
-    }
-    drop(tx);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            msg = rx.recv() => {
-                let Some(msg) = msg else { return Err("every region reader stopped".into()) };
-                handle(&mut archive, &mut lag, msg)?;
-            }
-            _ = tick.tick() => {
-                let now = unix_now_ms();
-                for (region, l) in &lag {
-                    metrics::gauge!(crate::telemetry::ARCHIVE_LAG, "region" => region.clone())
-                        .set((now - l.caught_up_ms).max(0) as f64 / 1000.0);
-                }
-            }
-        }
-    }
-}
-
-fn handle(archive: &mut Archive, lag: &mut BTreeMap<String, Lag>, msg: Msg) -> Result<(), String> {
-    let now = unix_now_ms();
-    match msg {
-        Msg::Block {
-            region,
-            kind,
-            payload,
-            position,
-            caught_up_ms,
-        } => {
-            archive.append(kind, &payload, position.map(|p| (region.as_str(), p)))?;
-            metrics::counter!(crate::telemetry::ARCHIVE_BLOCKS, "kind" => kind.name()).increment(1);
-            if let Some(l) = lag.get_mut(&region) {
-                l.position_written_ms = now;
-                if let Some(at) = caught_up_ms {
-                    l.caught_up_ms = at;
-                }
-            }
-        }
-        Msg::Caught {
-            region,
-            at_ms,
-            position,
-        } => {
-            let Some(l) = lag.get_mut(&region) else {
-                return Ok(());
-            };
-            if let Some(p) = position {
-                let changed = archive.positions().get(&region) != Some(&p);
-                let epoch_changed = archive
-                    .positions()
-                    .get(&region)
-                    .is_none_or(|old| old.epoch != p.epoch);
-                if epoch_changed
-                    || (changed
-                        && now - l.position_written_ms >= POSITION_INTERVAL.as_millis() as i64)
-                {
-                    let mark = Mark {
-                        region: region.clone(),
-                        epoch: p.epoch.clone(),
-                        id: p.id.clone(),
-                        at_ms: now,
-                        reason: "heartbeats".into(),
-                        records: 0,
-                    };
-                    let payload = serde_json::to_vec(&mark).map_err(|e| e.to_string())?;
-                    archive.append(BlockKind::Position, &payload, Some((&region, p)))?;
-                    l.position_written_ms = now;
-                }
-            }
-            l.caught_up_ms = at_ms;
-        }
-    }
-    Ok(())
-}
-
-/// Follows one region forever, reconnecting with backoff.
-async fn follow(region: Arc<Region>, start: Option<Position>, tx: mpsc::Sender<Msg>) {
-    let mut pos = start.unwrap_or(Position {
-        epoch: String::new(),
-        id: StreamId::ZERO.to_string(),
-    });
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        match session(&region, &mut pos, &tx).await {
-            Ok(Flow::Restart) => continue,
-            Ok(Flow::Stop) => return,
-            Err(e) => {
-                tracing::warn!(region = %region.name, error = %e, "archive: lost the region; reconnecting");
-                tokio::time::sleep(backoff.delay()).await;
-            }
-        }
-    }
-}
-
-enum Flow {
-    Restart,
-    Stop,
-}
-
-async fn send(tx: &mpsc::Sender<Msg>, m: Msg) -> Result<(), Flow> {
-    tx.send(m).await.map_err(|_| Flow::Stop)
-}
-
-async fn session(
-    region: &Region,
-    pos: &mut Position,
-    tx: &mpsc::Sender<Msg>,
-) -> Result<Flow, FeedError> {
-    let mut conn = region.connect(Some(BLOCK + region.write_timeout())).await?;
-    let epoch = consume::ensure_epoch(region, &mut conn).await?;
-    let mut cursor: StreamId = pos.id.parse()?;
-    if pos.epoch != epoch {
-        let reason = if pos.epoch.is_empty() {
-            "the first position in this region".to_owned()
-        } else {
-            format!(
-                "the region's data epoch changed from {} (its Redis lost its data)",
-                pos.epoch
-            )
-        };
-        *pos = Position {
-            epoch: epoch.clone(),
-            id: StreamId::ZERO.to_string(),
-        };
-        cursor = StreamId::ZERO;
-        let mark = Mark {
-            region: region.name.clone(),
-            epoch: epoch.clone(),
-            id: pos.id.clone(),
-            at_ms: unix_now_ms(),
-            reason,
-            records: 0,
-        };
-        let m = Msg::Block {
-            region: region.name.clone(),
-            kind: BlockKind::Position,
-            payload: serde_json::to_vec(&mark).map_err(|e| FeedError::Protocol(e.to_string()))?,
-            position: Some(pos.clone()),
-            caught_up_ms: None,
-        };
-        if let Err(f) = send(tx, m).await {
-            return Ok(f);
-        }
-    }
-    if let Some(reason) = gap(&stream_info(region, &mut conn).await?, cursor) {
-        return fill(region, &mut conn, pos, &reason, tx).await;
-    }
-    let stream = region.keys.stream();
-    loop {
-        let reply: Value = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(FEED_READ_COUNT)
-            .arg("BLOCK")
-            .arg(BLOCK.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&stream)
-            .arg(cursor.to_string())
-            .query_async(&mut conn)
-            .await?;
-        let read_at = unix_now_ms();
-        let entries = consume::parse_xread(reply)?;
-        // Read after the entries: trimming only moves forward, so a stream not trimmed past
-        // the cursor now was not when the entries were read, and they follow it without a gap.
-        if let Some(reason) = gap(&stream_info(region, &mut conn).await?, cursor) {
-            return fill(region, &mut conn, pos, &reason, tx).await;
-        }
-        let Some(last) = entries.last().map(|e| e.0) else {
-            let m = Msg::Caught {
-                region: region.name.clone(),
-                at_ms: read_at,
-                position: None,
-            };
-            if let Err(f) = send(tx, m).await {
-                return Ok(f);
-            }
-            continue;
-        };
-        let caught = entries.len() < FEED_READ_COUNT;
-        let mut events: Vec<(StreamId, &[u8])> = Vec::with_capacity(entries.len());
-        for (id, fields) in &entries {
-            for (k, v) in fields {
-                for got in crate::feed::field_events(k, v) {
-                    match got {
-                        Ok(e) if e.len() <= MAX_EVENT_BYTES => events.push((*id, e)),
-                        Ok(e) => {
-                            tracing::warn!(region = %region.name, id = %id, bytes = e.len(),
-                                "archive: skipping a stream event longer than any event");
-                        }
-                        Err(err) => {
-                            tracing::warn!(region = %region.name, id = %id, error = %err,
-                                "archive: skipping the rest of a malformed stream field");
-                        }
-                    }
-                }
-            }
-        }
-        cursor = last;
-        let new_pos = Position {
-            epoch: epoch.clone(),
-            id: last.to_string(),
-        };
-        let m = if events.is_empty() {
-            Msg::Caught {
-                region: region.name.clone(),
-                at_ms: if caught { read_at } else { 0 },
-                position: Some(new_pos.clone()),
-            }
-        } else {
-            Msg::Block {
-                region: region.name.clone(),
-                kind: BlockKind::Events,
-                payload: segment::encode_events(&region.name, &epoch, last, &events),
-                position: Some(new_pos.clone()),
-                caught_up_ms: caught.then_some(read_at),
-            }
-        };
-        *pos = new_pos;
-        if let Err(f) = send(tx, m).await {
-            return Ok(f);
-        }
-    }
-}
-
-/// Why reading on from `cursor` would miss entries, if it would.
-fn gap(info: &Option<StreamInfo>, cursor: StreamId) -> Option<String> {
-    if let Some(i) = info {
-        if cursor > i.last {
-            return Some(format!(
-                "the stream ends at {} before the archived position {cursor} (its Redis was rolled back)",
-                i.last
-            ));
-        }
-    }
-    consume::trimmed_past(info.as_ref(), cursor)
-        .then(|| format!("the stream was trimmed past the archived position {cursor}"))
-}
-
-/// Writes a fill: the region's whole snapshot, then the position of the stream id taken
-/// before the scan. Scans again if the stream was trimmed past that id meanwhile.
-async fn fill(
-    region: &Region,
-    conn: &mut MultiplexedConnection,
-    pos: &mut Position,
-    reason: &str,
-    tx: &mpsc::Sender<Msg>,
-) -> Result<Flow, FeedError> {
-    let mut reason = reason.to_owned();
-    loop {
-        let start = stream_info(region, conn)
-            .await?
-            .map_or(StreamId::ZERO, |i| i.last);
-        let mark = |at_ms, reason: String, records| Mark {
-            region: region.name.clone(),
-            epoch: pos.epoch.clone(),
-            id: start.to_string(),
-            at_ms,
-            reason,
-            records,
-        };
-        let json = |m: &Mark| serde_json::to_vec(m).map_err(|e| FeedError::Protocol(e.to_string()));
-        tracing::warn!(region = %region.name, %reason, start = %start, "archive: filling a gap from the region's snapshot");
-        let begin = Msg::Block {
-            region: region.name.clone(),
-            kind: BlockKind::FillBegin,
-            payload: json(&mark(unix_now_ms(), reason.clone(), 0))?,
-            position: None,
-            caught_up_ms: None,
-        };
-        if let Err(f) = send(tx, begin).await {
-            return Ok(f);
-        }
-        let mut issuers: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(region.keys.issuers())
-            .query_async(conn)
-            .await?;
-        issuers.sort();
-        let mut total = 0u64;
-        for ih in issuers {
-            let Some(issuer) = consume::parse_issuer_hex(&ih) else {
-                tracing::warn!(region = %region.name, "archive: skipping a malformed issuer id");
-                continue;
-            };
-            let key = region.keys.snapshot(&issuer);
-            let mut cursor = "0".to_owned();
-            let mut batch: Vec<(Serial, CertRecord)> = Vec::with_capacity(FILL_BLOCK_RECORDS);
-            loop {
-                let reply: Value = redis::cmd("HSCAN")
-                    .arg(&key)
-                    .arg(&cursor)
-                    .arg("COUNT")
-                    .arg(FEED_SCAN_COUNT)
-                    .query_async(conn)
-                    .await?;
-                let Value::Array(items) = reply else {
-                    return Err(FeedError::Protocol("HSCAN reply is not an array".into()));
-                };
-                let next = items
-                    .first()
-                    .and_then(value_str)
-                    .ok_or_else(|| FeedError::Protocol("HSCAN cursor".into()))?
-                    .to_owned();
-                if let Some(Value::Array(fields)) = items.get(1) {
-                    for p in fields.chunks_exact(2) {
-                        let (Some(s), Some(r)) = (
-                            value_bytes(&p[0]).and_then(|b| Serial::from_der_content(b).ok()),
-                            value_bytes(&p[1]).and_then(CertRecord::from_bytes),
-                        ) else {
-                            continue;
-                        };
-                        batch.push((s, r));
-                    }
-                }
-                let done = next == "0";
-                if batch.len() >= FILL_BLOCK_RECORDS.min(MAX_ARCHIVE_BLOCK_ENTRIES)
-                    || (done && !batch.is_empty())
-                {
-                    total += batch.len() as u64;
-                    let m = Msg::Block {
-                        region: region.name.clone(),
-                        kind: BlockKind::FillRecords,
-                        payload: segment::encode_fill(&region.name, issuer, &batch),
-                        position: None,
-                        caught_up_ms: None,
-                    };
-                    batch.clear();
-                    if let Err(f) = send(tx, m).await {
-                        return Ok(f);
-                    }
-                }
-                if done {
-                    break;
-                }
-                cursor = next;
-            }
-        }
-        let info = stream_info(region, conn).await?;
-        if consume::trimmed_past(info.as_ref(), start) {
-            reason = format!("the stream was trimmed past {start} during the fill");
-            continue;
-        }
-        let done_at = unix_now_ms();
-        let end = Msg::Block {
-            region: region.name.clone(),
-            kind: BlockKind::FillEnd,
-            payload: json(&mark(done_at, reason.clone(), total))?,
-            position: Some(Position {
-                epoch: pos.epoch.clone(),
-                id: start.to_string(),
-            }),
-            caught_up_ms: None,
-        };
-        pos.id = start.to_string();
-        tracing::info!(region = %region.name, records = total, start = %start, "archive: gap filled");
-        if let Err(f) = send(tx, end).await {
-            return Ok(f);
-        }
-        return Ok(Flow::Restart);
-    }
-}
-
-/// Writes the archive's metrics file or serves nothing: see [`serve_metrics`].
-pub async fn serve_metrics(
-    addr: std::net::SocketAddr,
-    handle: metrics_exporter_prometheus::PrometheusHandle,
-) -> Result<(), String> {
-    use http_body_util::Full;
-    use hyper::service::service_fn;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("metrics listener {addr}: {e}"))?;
-    println!(
-        "vigil archive metrics on http://{}/metrics",
-        listener.local_addr().map_err(|e| e.to_string())?
-    );
-    let handle = Arc::new(handle);
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let handle = handle.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let handle = handle.clone();
-                    async move {
-                        let (status, body) = if req.uri().path() == "/metrics" {
-                            (hyper::StatusCode::OK, handle.render())
-                        } else {
-                            (hyper::StatusCode::NOT_FOUND, "not found\n".to_owned())
-                        };
-                        hyper::Response::builder()
-                            .status(status)
-                            .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(bytes::Bytes::from(body)))
-                    }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await;
-            });
-        }
-    });
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use crate::feed::StreamId;
     use std::io::Write;
 
     fn events_block(region: &str, ids: &[u64]) -> Vec<u8> {
@@ -985,7 +613,8 @@ mod tests {
     fn segments_roll_resume_and_verify_and_a_flip_names_its_segment() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let mut a = Archive::open(dir, 4096).unwrap();
+        let clock = Clock::manual(1_764_806_400_000);
+        let mut a = Archive::open(dir, 4096, &clock).unwrap();
         for i in 0..200u64 {
             let p = Position {
                 epoch: "ep".into(),
@@ -1002,7 +631,7 @@ mod tests {
         assert!(seg > 3, "{seg}");
         drop(a);
         // Reopened, it goes on where it stood.
-        let mut a = Archive::open(dir, 4096).unwrap();
+        let mut a = Archive::open(dir, 4096, &clock).unwrap();
         assert_eq!(a.positions()["a"].id, "1999-0");
         assert_eq!(a.segment(), seg);
         a.append(BlockKind::Events, &events_block("a", &[3000]), None)
@@ -1018,7 +647,7 @@ mod tests {
         f.write_all(&[2, 0, 0, 0, 100, 1, 2]).unwrap();
         drop(f);
         assert!(verify(dir).unwrap().torn.is_some());
-        drop(Archive::open(dir, 4096).unwrap());
+        drop(Archive::open(dir, 4096, &clock).unwrap());
         assert!(verify(dir).unwrap().torn.is_none());
         // A flipped byte in a sealed segment names it.
         let second = dir.join(segment_name(2));
@@ -1027,10 +656,29 @@ mod tests {
         b[mid] ^= 0x10;
         std::fs::write(&second, b).unwrap();
         let e = verify(dir).unwrap_err();
-        assert!(e.starts_with("segment seg-0000000002.vga:"), "{e}");
+        assert!(
+            matches!(&e, ArchiveError::Segment { segment, source: SegmentError::Damaged { .. } }
+                if segment == "seg-0000000002.vga"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().starts_with("segment seg-0000000002.vga:"),
+            "{e}"
+        );
         // And a missing segment too.
         std::fs::remove_file(&second).unwrap();
         let e = verify(dir).unwrap_err();
-        assert!(e.contains("seg-0000000002.vga: missing"), "{e}");
+        assert!(
+            matches!(&e, ArchiveError::Missing { missing, .. } if missing == "seg-0000000002.vga"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("seg-0000000002.vga: missing"), "{e}");
+        // Every segment header is dated by the clock handed in.
+        let mut r =
+            SegmentReader::new(File::open(dir.join(segment_name(1))).unwrap(), GENESIS).unwrap();
+        let Some(Block::Header(h)) = r.next_block().unwrap() else {
+            panic!("no header")
+        };
+        assert_eq!(h.created_at_ms, 1_764_806_400_000);
     }
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::segment::Block;
-use super::walk;
+use super::{walk, ArchiveError};
 use crate::status::{Event, StatusView};
 
 /// What a replay joined.
@@ -37,7 +37,11 @@ pub struct Replayed {
 /// Joins into `view` every archived event recorded at or before `until_ms` and the records of
 /// every fill that ended by then. The whole archive is checked first (a damaged archive joins
 /// nothing).
-pub fn replay_until(dir: &Path, until_ms: i64, view: &StatusView) -> Result<Replayed, String> {
+pub fn replay_until(
+    dir: &Path,
+    until_ms: i64,
+    view: &StatusView,
+) -> Result<Replayed, ArchiveError> {
     // Pass 1: check everything, and learn when each region's fills ended.
     let mut ends: BTreeMap<String, Vec<Option<i64>>> = BTreeMap::new();
     let walked = walk(dir, |_, b| {

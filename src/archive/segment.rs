@@ -206,9 +206,12 @@ pub enum SegmentError {
     /// Reading or writing failed.
     #[error("{0}")]
     Io(#[from] io::Error),
-    /// Not a segment, or not one this version reads.
-    #[error("not a vigil archive segment: {0}")]
-    NotSegment(String),
+    /// The file does not start with the magic.
+    #[error("not a vigil archive segment: bad magic")]
+    BadMagic,
+    /// A format version this build does not read.
+    #[error("not a vigil archive segment: format version {0}; this vigil reads {VERSION}")]
+    Version(u16),
     /// A block is damaged.
     #[error("block {index} ({kind}) at byte {offset}: {reason}")]
     Damaged {
@@ -219,7 +222,7 @@ pub enum SegmentError {
         /// Byte offset of the block's start.
         offset: u64,
         /// What is wrong.
-        reason: String,
+        reason: Damage,
     },
     /// The segment ends inside a block (a write was interrupted), at this offset.
     #[error("the segment ends inside the block at byte {offset} ({bytes} byte(s) of it)")]
@@ -229,9 +232,80 @@ pub enum SegmentError {
         /// Bytes of it present.
         bytes: u64,
     },
-    /// Anything else.
+    /// A JSON block could not be encoded.
+    #[error("encoding a block: {0}")]
+    Encode(serde_json::Error),
+    /// A block to write is over [`MAX_ARCHIVE_BLOCK_BYTES`].
+    #[error("a {kind} block of {bytes} bytes, over the bound")]
+    TooLarge {
+        /// Its kind's name.
+        kind: &'static str,
+        /// Its payload's length.
+        bytes: usize,
+    },
+    /// Bytes follow the seal.
+    #[error("bytes after the seal at byte {0}")]
+    AfterSeal(u64),
+}
+
+/// What is wrong with a damaged block.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Damage {
+    /// Its length is over [`MAX_ARCHIVE_BLOCK_BYTES`].
+    #[error("length {0} exceeds the bound")]
+    TooLong(usize),
+    /// The segment has more blocks than [`MAX_ARCHIVE_SEGMENT_BLOCKS`].
+    #[error("more blocks than the bound")]
+    TooManyBlocks,
+    /// Its chain value is not the one its bytes make.
+    #[error("checksum (chain) mismatch")]
+    Chain,
+    /// A kind this version does not know.
+    #[error("unknown kind {0}")]
+    UnknownKind(u8),
+    /// A header that is not the first block, or a first block that is not a header.
+    #[error("the header must be the first block, and only it")]
+    HeaderPlace,
+    /// A header of another format or version.
+    #[error("not a vigil-archive header of this version")]
+    HeaderVersion,
+    /// A JSON block that does not decode.
     #[error("{0}")]
-    Other(String),
+    Json(serde_json::Error),
+    /// The seal's block count is not the segment's.
+    #[error("the block count does not match")]
+    SealCount,
+    /// The seal's SHA-256 is not the segment's.
+    #[error("the segment's SHA-256 does not match")]
+    SealDigest,
+    /// The payload ends inside its contents.
+    #[error("the block is shorter than its contents")]
+    Short,
+    /// A name over [`MAX_ARCHIVE_NAME_BYTES`].
+    #[error("a name longer than the bound")]
+    LongName,
+    /// A name that is not UTF-8.
+    #[error("a name that is not UTF-8")]
+    NameNotUtf8,
+    /// A count over [`MAX_ARCHIVE_BLOCK_ENTRIES`].
+    #[error("{0} entries, more than {MAX_ARCHIVE_BLOCK_ENTRIES}")]
+    TooManyEntries(usize),
+    /// An event over [`MAX_EVENT_BYTES`].
+    #[error("an event of {0} bytes, over {MAX_EVENT_BYTES}")]
+    LongEvent(usize),
+    /// A serial over [`MAX_SERIAL_OCTETS`].
+    #[error("a serial of {0} octets")]
+    LongSerial(usize),
+    /// A serial that is not a positive minimal INTEGER.
+    #[error("{0}")]
+    Serial(#[from] crate::status::SerialError),
+    /// A record that does not decode.
+    #[error("malformed record")]
+    Record,
+    /// Bytes after the payload's contents.
+    #[error("bytes after the block's contents")]
+    Trailing,
 }
 
 /// The chain value after a block.
@@ -250,7 +324,7 @@ pub fn chain(prev: &[u8; 32], kind: u8, payload: &[u8]) -> ([u8; 5], [u8; 32]) {
 }
 
 fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, SegmentError> {
-    serde_json::to_vec(v).map_err(|e| SegmentError::Other(e.to_string()))
+    serde_json::to_vec(v).map_err(SegmentError::Encode)
 }
 
 fn push_name(p: &mut Vec<u8>, s: &str) {
@@ -304,66 +378,62 @@ struct Take<'a> {
 }
 
 impl<'a> Take<'a> {
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], Damage> {
         let s = self
             .p
             .get(self.at..self.at.saturating_add(n))
-            .ok_or("the block is shorter than its contents")?;
+            .ok_or(Damage::Short)?;
         self.at += n;
         Ok(s)
     }
 
-    fn u8(&mut self) -> Result<u8, String> {
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Damage> {
+        self.bytes(N)?.try_into().map_err(|_| Damage::Short)
+    }
+
+    fn u8(&mut self) -> Result<u8, Damage> {
         Ok(self.bytes(1)?[0])
     }
 
-    fn u16(&mut self) -> Result<u16, String> {
-        Ok(u16::from_be_bytes(
-            self.bytes(2)?.try_into().map_err(|_| "u16")?,
-        ))
+    fn u16(&mut self) -> Result<u16, Damage> {
+        Ok(u16::from_be_bytes(self.array()?))
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_be_bytes(
-            self.bytes(4)?.try_into().map_err(|_| "u32")?,
-        ))
+    fn u32(&mut self) -> Result<u32, Damage> {
+        Ok(u32::from_be_bytes(self.array()?))
     }
 
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_be_bytes(
-            self.bytes(8)?.try_into().map_err(|_| "u64")?,
-        ))
+    fn u64(&mut self) -> Result<u64, Damage> {
+        Ok(u64::from_be_bytes(self.array()?))
     }
 
-    fn name(&mut self) -> Result<String, String> {
+    fn name(&mut self) -> Result<String, Damage> {
         let n = self.u8()? as usize;
         if n > MAX_ARCHIVE_NAME_BYTES {
-            return Err("a name longer than the bound".into());
+            return Err(Damage::LongName);
         }
         std::str::from_utf8(self.bytes(n)?)
             .map(str::to_owned)
-            .map_err(|_| "a name that is not UTF-8".into())
+            .map_err(|_| Damage::NameNotUtf8)
     }
 
-    fn count(&mut self) -> Result<usize, String> {
+    fn count(&mut self) -> Result<usize, Damage> {
         let n = self.u32()? as usize;
         if n > MAX_ARCHIVE_BLOCK_ENTRIES {
-            return Err(format!(
-                "{n} entries, more than {MAX_ARCHIVE_BLOCK_ENTRIES}"
-            ));
+            return Err(Damage::TooManyEntries(n));
         }
         Ok(n)
     }
 
-    fn end(&self) -> Result<(), String> {
+    fn end(&self) -> Result<(), Damage> {
         if self.at != self.p.len() {
-            return Err("bytes after the block's contents".into());
+            return Err(Damage::Trailing);
         }
         Ok(())
     }
 }
 
-fn decode_events(p: &[u8]) -> Result<EventsBlock, String> {
+fn decode_events(p: &[u8]) -> Result<EventsBlock, Damage> {
     let mut t = Take { p, at: 0 };
     let region = t.name()?;
     let epoch = t.name()?;
@@ -380,7 +450,7 @@ fn decode_events(p: &[u8]) -> Result<EventsBlock, String> {
         };
         let len = t.u16()? as usize;
         if len > MAX_EVENT_BYTES {
-            return Err(format!("an event of {len} bytes, over {MAX_EVENT_BYTES}"));
+            return Err(Damage::LongEvent(len));
         }
         events.push((id, t.bytes(len)?.to_vec()));
     }
@@ -393,19 +463,19 @@ fn decode_events(p: &[u8]) -> Result<EventsBlock, String> {
     })
 }
 
-fn decode_fill(p: &[u8], record_len: usize) -> Result<FillRecords, String> {
+fn decode_fill(p: &[u8], record_len: usize) -> Result<FillRecords, Damage> {
     let mut t = Take { p, at: 0 };
     let region = t.name()?;
-    let issuer = IssuerId(t.bytes(32)?.try_into().map_err(|_| "issuer")?);
+    let issuer = IssuerId(t.array()?);
     let n = t.count()?;
     let mut records = Vec::with_capacity(n);
     for _ in 0..n {
         let len = t.u8()? as usize;
         if len > MAX_SERIAL_OCTETS {
-            return Err(format!("a serial of {len} octets"));
+            return Err(Damage::LongSerial(len));
         }
-        let serial = Serial::from_der_content(t.bytes(len)?).map_err(|e| e.to_string())?;
-        let record = CertRecord::from_bytes(t.bytes(record_len)?).ok_or("malformed record")?;
+        let serial = Serial::from_der_content(t.bytes(len)?)?;
+        let record = CertRecord::from_bytes(t.bytes(record_len)?).ok_or(Damage::Record)?;
         records.push((serial, record));
     }
     t.end()?;
@@ -469,11 +539,10 @@ impl<W: Write> SegmentWriter<W> {
     /// Appends one block.
     pub fn block(&mut self, kind: BlockKind, payload: &[u8]) -> Result<(), SegmentError> {
         if payload.len() > MAX_ARCHIVE_BLOCK_BYTES {
-            return Err(SegmentError::Other(format!(
-                "a {} block of {} bytes, over the bound",
-                kind.name(),
-                payload.len()
-            )));
+            return Err(SegmentError::TooLarge {
+                kind: kind.name(),
+                bytes: payload.len(),
+            });
         }
         let (head, next) = chain(&self.chain, kind as u8, payload);
         let mut b = Vec::with_capacity(5 + payload.len() + 32);
@@ -549,13 +618,11 @@ impl<R: Read> SegmentReader<R> {
             }
         }
         if &head[..8] != MAGIC {
-            return Err(SegmentError::NotSegment("bad magic".into()));
+            return Err(SegmentError::BadMagic);
         }
         let version = u16::from_be_bytes([head[8], head[9]]);
         if version != VERSION {
-            return Err(SegmentError::NotSegment(format!(
-                "format version {version}; this vigil reads {VERSION}"
-            )));
+            return Err(SegmentError::Version(version));
         }
         let mut whole = Context::new(&SHA256);
         whole.update(&head);
@@ -569,12 +636,12 @@ impl<R: Read> SegmentReader<R> {
         })
     }
 
-    fn damaged(&self, kind: &'static str, at: u64, reason: impl Into<String>) -> SegmentError {
+    fn damaged(&self, kind: &'static str, at: u64, reason: Damage) -> SegmentError {
         SegmentError::Damaged {
             index: self.blocks,
             kind,
             offset: at,
-            reason: reason.into(),
+            reason,
         }
     }
 
@@ -592,9 +659,7 @@ impl<R: Read> SegmentReader<R> {
         if self.sealed {
             return match head.len() {
                 0 => Ok(None),
-                _ => Err(SegmentError::Other(format!(
-                    "bytes after the seal at byte {at}"
-                ))),
+                _ => Err(SegmentError::AfterSeal(at)),
             };
         }
         if head.is_empty() {
@@ -616,10 +681,10 @@ impl<R: Read> SegmentReader<R> {
         let name = kind.map_or("unknown", BlockKind::name);
         let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
         if len > MAX_ARCHIVE_BLOCK_BYTES {
-            return Err(self.damaged(name, at, format!("length {len} exceeds the bound")));
+            return Err(self.damaged(name, at, Damage::TooLong(len)));
         }
         if self.blocks >= MAX_ARCHIVE_SEGMENT_BLOCKS {
-            return Err(self.damaged(name, at, "more blocks than the bound"));
+            return Err(self.damaged(name, at, Damage::TooManyBlocks));
         }
         // The buffer grows with the bytes actually there.
         let mut rest = Vec::with_capacity((len + 32).min(64 * 1024));
@@ -633,22 +698,22 @@ impl<R: Read> SegmentReader<R> {
         let (payload, stored) = rest.split_at(len);
         let (_, next) = chain(&self.chain, head[0], payload);
         if next != stored {
-            return Err(self.damaged(name, at, "checksum (chain) mismatch"));
+            return Err(self.damaged(name, at, Damage::Chain));
         }
         let Some(kind) = kind else {
-            return Err(self.damaged(name, at, format!("unknown kind {}", head[0])));
+            return Err(self.damaged(name, at, Damage::UnknownKind(head[0])));
         };
         if (kind == BlockKind::Header) != (self.blocks == 0) {
-            return Err(self.damaged(name, at, "the header must be the first block, and only it"));
+            return Err(self.damaged(name, at, Damage::HeaderPlace));
         }
         let before = self.whole.clone();
-        let bad = |e: String| self.damaged(name, at, e);
+        let bad = |e: Damage| self.damaged(name, at, e);
         let block = match kind {
             BlockKind::Header => {
                 let h: SegmentHeader =
-                    serde_json::from_slice(payload).map_err(|e| bad(e.to_string()))?;
+                    serde_json::from_slice(payload).map_err(|e| bad(Damage::Json(e)))?;
                 if h.format != "vigil-archive" || h.version != VERSION {
-                    return Err(bad("not a vigil-archive header of this version".into()));
+                    return Err(bad(Damage::HeaderVersion));
                 }
                 Block::Header(h)
             }
@@ -660,7 +725,7 @@ impl<R: Read> SegmentReader<R> {
                 Block::FillRecords(decode_fill(payload, CertRecord::LEGACY_LEN).map_err(bad)?)
             }
             BlockKind::FillBegin | BlockKind::FillEnd | BlockKind::Position => {
-                let m: Mark = serde_json::from_slice(payload).map_err(|e| bad(e.to_string()))?;
+                let m: Mark = serde_json::from_slice(payload).map_err(|e| bad(Damage::Json(e)))?;
                 match kind {
                     BlockKind::FillBegin => Block::FillBegin(m),
                     BlockKind::FillEnd => Block::FillEnd(m),
@@ -668,12 +733,12 @@ impl<R: Read> SegmentReader<R> {
                 }
             }
             BlockKind::Seal => {
-                let s: Seal = serde_json::from_slice(payload).map_err(|e| bad(e.to_string()))?;
+                let s: Seal = serde_json::from_slice(payload).map_err(|e| bad(Damage::Json(e)))?;
                 if s.blocks != self.blocks {
-                    return Err(bad("the block count does not match".into()));
+                    return Err(bad(Damage::SealCount));
                 }
                 if s.sha256 != crate::status::hex(before.finish().as_ref()) {
-                    return Err(bad("the segment's SHA-256 does not match".into()));
+                    return Err(bad(Damage::SealDigest));
                 }
                 self.sealed = true;
                 Block::Seal(s)
@@ -864,11 +929,14 @@ mod tests {
         let mut p = encode_events("a", "e", StreamId::ZERO, &[]);
         let at = p.len() - 4;
         p[at..].copy_from_slice(&((MAX_ARCHIVE_BLOCK_ENTRIES + 1) as u32).to_be_bytes());
-        assert!(decode_events(&p).unwrap_err().contains("more than"));
+        assert!(matches!(
+            decode_events(&p),
+            Err(Damage::TooManyEntries(n)) if n == MAX_ARCHIVE_BLOCK_ENTRIES + 1
+        ));
         let mut p = encode_events("a", "e", StreamId::ZERO, &[(StreamId::ZERO, b"x")]);
         let n = p.len();
         p[n - 3..n - 1].copy_from_slice(&((MAX_EVENT_BYTES + 1) as u16).to_be_bytes());
-        assert!(decode_events(&p).unwrap_err().contains("over"));
+        assert!(matches!(decode_events(&p), Err(Damage::LongEvent(_))));
         let mut b = MAGIC.to_vec();
         b.extend_from_slice(&VERSION.to_be_bytes());
         b.push(1);

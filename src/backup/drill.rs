@@ -22,6 +22,7 @@ use std::time::Instant;
 use redis::aio::MultiplexedConnection;
 
 use super::format::{Reader, Section, Tally};
+use super::BackupError;
 use crate::config::{Config, RegionConfig};
 use crate::feed::region::Region;
 use crate::limits::FEED_SCAN_COUNT;
@@ -92,7 +93,7 @@ pub async fn restore_drill(
     identity: Option<&Path>,
     scratch_url: &str,
     flush_scratch: bool,
-) -> Result<DrillReport, String> {
+) -> Result<DrillReport, BackupError> {
     let mut report = DrillReport::default();
     for r in &cfg.regions {
         let same = r
@@ -100,22 +101,22 @@ pub async fn restore_drill(
             .as_deref()
             .is_some_and(|u| u.trim_end_matches('/') == scratch_url.trim_end_matches('/'));
         if same {
-            return Err(format!(
-                "--scratch-redis {scratch_url} is region {}: the drill never writes to a live region",
-                r.name
-            ));
+            return Err(BackupError::ScratchIsLive {
+                url: scratch_url.to_owned(),
+                region: r.name.clone(),
+            });
         }
     }
     // 1. verify
     let t = Instant::now();
-    super::verify(backup, identity).map_err(|e| format!("the backup does not verify: {e}"))?;
+    super::verify(backup, identity).map_err(|e| BackupError::DoesNotVerify(Box::new(e)))?;
     report.timings.push(("verify", t.elapsed().as_secs_f64()));
 
     // The backup's state: the join of all its sources.
     let t = Instant::now();
     let expected = StatusView::new();
-    let mut reader = Reader::new(super::open(backup, identity)?).map_err(|e| e.to_string())?;
-    while let Some(s) = reader.next_section().map_err(|e| e.to_string())? {
+    let mut reader = Reader::new(super::open(backup, identity)?)?;
+    while let Some(s) = reader.next_section()? {
         if let Section::Records(rs) = s {
             expected.table(rs.issuer).merge_many(&rs.records);
         }
@@ -127,33 +128,35 @@ pub async fn restore_drill(
     // 2. restore into the scratch.
     let scratch_cfg: RegionConfig =
         toml::from_str(&format!("name = \"scratch\"\nredis = {scratch_url:?}\n"))
-            .map_err(|e| format!("--scratch-redis: {e}"))?;
+            .map_err(BackupError::ScratchConfig)?;
     let mut scfg = cfg.clone();
     scfg.regions = vec![scratch_cfg];
-    let scratch = crate::feed::region::regions(&scfg)
-        .map_err(|e| e.to_string())?
+    let scratch = crate::feed::region::regions(&scfg)?
         .pop()
-        .ok_or("no scratch region")?;
+        .ok_or(BackupError::NoScratch)?;
     let mut sc = scratch
         .writer()
         .await
-        .map_err(|e| format!("scratch {scratch_url}: {e}"))?;
+        .map_err(|source| BackupError::ScratchUnreachable {
+            url: scratch_url.to_owned(),
+            source,
+        })?;
     let prefix = cfg.feed.as_ref().map_or("vigil", |f| f.key_prefix.as_str());
     let existing = keys_under(&mut sc, prefix).await?;
     if !existing.is_empty() {
         if !flush_scratch {
-            return Err(format!(
-                "the scratch Redis already holds {} key(s) under {prefix}: (e.g. {}); pass --flush-scratch to delete them first",
-                existing.len(),
-                existing[0]
-            ));
+            return Err(BackupError::ScratchNotEmpty {
+                count: existing.len(),
+                prefix: prefix.to_owned(),
+                example: existing[0].clone(),
+            });
         }
         for chunk in existing.chunks(1000) {
             redis::cmd("UNLINK")
                 .arg(chunk)
                 .query_async::<()>(&mut sc)
                 .await
-                .map_err(|e| format!("scratch: {e}"))?;
+                .map_err(BackupError::Scratch)?;
         }
     }
     let t = Instant::now();
@@ -168,7 +171,7 @@ pub async fn restore_drill(
         .arg(scratch.keys.issuers())
         .query_async(&mut sc)
         .await
-        .map_err(|e| format!("scratch: {e}"))?;
+        .map_err(BackupError::Scratch)?;
     scratch_issuers.sort();
     for ih in &scratch_issuers {
         if let Some(id) = crate::feed::consume::parse_issuer_hex(ih) {
@@ -204,7 +207,7 @@ pub async fn restore_drill(
         .arg(scratch.keys.digests())
         .query_async(&mut sc)
         .await
-        .map_err(|e| format!("scratch: {e}"))?;
+        .map_err(BackupError::Scratch)?;
     for (ih, want) in &report.backup {
         if digests.get(ih) != Some(&want.digest) {
             report.failures.push(format!(
@@ -220,7 +223,7 @@ pub async fn restore_drill(
 
     // 4. compare with the live regions.
     let t = Instant::now();
-    let live = crate::feed::region::regions(cfg).map_err(|e| e.to_string())?;
+    let live = crate::feed::region::regions(cfg)?;
     for region in &live {
         match compare_region(region, &expected, &ids, &want).await {
             Ok(per) => {
@@ -243,7 +246,10 @@ pub async fn restore_drill(
     Ok(report)
 }
 
-async fn keys_under(c: &mut MultiplexedConnection, prefix: &str) -> Result<Vec<String>, String> {
+async fn keys_under(
+    c: &mut MultiplexedConnection,
+    prefix: &str,
+) -> Result<Vec<String>, BackupError> {
     let mut out = Vec::new();
     let mut cursor = "0".to_owned();
     loop {
@@ -255,7 +261,7 @@ async fn keys_under(c: &mut MultiplexedConnection, prefix: &str) -> Result<Vec<S
             .arg(FEED_SCAN_COUNT)
             .query_async(c)
             .await
-            .map_err(|e| format!("scratch: {e}"))?;
+            .map_err(BackupError::Scratch)?;
         out.extend(keys);
         if next == "0" {
             return Ok(out);
@@ -269,8 +275,9 @@ async fn scan(
     c: &mut MultiplexedConnection,
     region: &Region,
     issuer: IssuerId,
-) -> Result<Vec<Vec<(Serial, CertRecord)>>, String> {
+) -> Result<Vec<Vec<(Serial, CertRecord)>>, BackupError> {
     let key = region.keys.snapshot(&issuer);
+    let in_region = BackupError::in_region(&region.name);
     let mut cursor = "0".to_owned();
     let mut out = Vec::new();
     loop {
@@ -281,13 +288,13 @@ async fn scan(
             .arg(FEED_SCAN_COUNT)
             .query_async(c)
             .await
-            .map_err(|e| format!("region {}: {e}", region.name))?;
+            .map_err(|e| in_region(e.into()))?;
         let mut batch = Vec::with_capacity(fields.len() / 2);
         for p in fields.chunks_exact(2) {
             let s = Serial::from_der_content(&p[0])
-                .map_err(|e| format!("region {}: a serial in the snapshot: {e}", region.name))?;
+                .map_err(|e| in_region(BackupError::SnapshotSerial(e)))?;
             let r = CertRecord::from_bytes(&p[1])
-                .ok_or_else(|| format!("region {}: a malformed record", region.name))?;
+                .ok_or_else(|| in_region(BackupError::SnapshotRecord))?;
             batch.push((s, r));
         }
         out.push(batch);
@@ -303,18 +310,17 @@ async fn compare_region(
     expected: &StatusView,
     ids: &[IssuerId],
     want: &BTreeMap<String, Tally>,
-) -> Result<BTreeMap<String, LiveCompare>, String> {
-    let mut c = region.writer().await.map_err(|e| e.to_string())?;
+) -> Result<BTreeMap<String, LiveCompare>, BackupError> {
+    let mut c = region.writer().await?;
     let digests: BTreeMap<String, String> = redis::cmd("HGETALL")
         .arg(region.keys.digests())
         .query_async(&mut c)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let mut out = BTreeMap::new();
     for id in ids {
         let ih = hex(&id.0);
         let mut cmp = LiveCompare {
-            records: region.snapshot_len(id).await.map_err(|e| e.to_string())?,
+            records: region.snapshot_len(id).await?,
             ..LiveCompare::default()
         };
         let want = want.get(&ih).map(Tally::count).unwrap_or_default();
@@ -334,8 +340,7 @@ async fn compare_region(
                 for (s, _) in chunk {
                     cmd.arg(s.as_der_content());
                 }
-                let live: Vec<Option<Vec<u8>>> =
-                    cmd.query_async(&mut c).await.map_err(|e| e.to_string())?;
+                let live: Vec<Option<Vec<u8>>> = cmd.query_async(&mut c).await?;
                 for ((s, mine), theirs) in chunk.iter().zip(live) {
                     let Some(theirs) = theirs.as_deref().and_then(CertRecord::from_bytes) else {
                         cmp.missing_count += 1;

@@ -165,16 +165,22 @@ pub struct Manifest {
     pub finished_at: String,
 }
 
-/// Why a backup could not be read or written.
+/// Why a backup file could not be read or written.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum BackupError {
+pub enum FormatError {
     /// Reading or writing failed.
     #[error("{0}")]
     Io(#[from] io::Error),
-    /// The file is not a backup, or not one this version reads.
-    #[error("not a vigil backup: {0}")]
-    NotBackup(String),
+    /// The file is shorter than the magic and version.
+    #[error("not a vigil backup: shorter than its magic")]
+    ShortMagic,
+    /// The file does not start with the magic.
+    #[error("not a vigil backup: bad magic")]
+    BadMagic,
+    /// A format version this build does not read.
+    #[error("not a vigil backup: format version {0}; this vigil reads {VERSION}")]
+    Version(u16),
     /// A section is damaged: named by its position and kind.
     #[error("section {index} ({kind}) at byte {offset}: {reason}")]
     Damaged {
@@ -185,14 +191,83 @@ pub enum BackupError {
         /// Byte offset of the section's start.
         offset: u64,
         /// What is wrong.
-        reason: String,
+        reason: Damage,
     },
     /// The file ends before its manifest (truncated).
     #[error("the file ends at byte {0} without a manifest (truncated)")]
     Truncated(u64),
-    /// Anything else.
+    /// A JSON section could not be encoded.
+    #[error("encoding a section: {0}")]
+    Encode(serde_json::Error),
+    /// A section to write is over [`MAX_BACKUP_SECTION_BYTES`].
+    #[error("section too large")]
+    TooLarge,
+    /// Records were added with no records section open (a bug of the writer).
+    #[error("no records section open")]
+    NoRecordsSection,
+    /// Bytes follow the manifest.
+    #[error("bytes after the manifest at byte {0}")]
+    AfterManifest(u64),
+}
+
+/// What is wrong with a damaged section.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Damage {
+    /// Its length is over [`MAX_BACKUP_SECTION_BYTES`].
+    #[error("length {0} exceeds the bound")]
+    TooLong(usize),
+    /// The file has more sections than [`MAX_BACKUP_SECTIONS`].
+    #[error("more sections than the bound")]
+    TooManySections,
+    /// Its SHA-256 is not the one its bytes make.
+    #[error("checksum mismatch")]
+    Checksum,
+    /// A kind this version does not know.
+    #[error("unknown kind {0}")]
+    UnknownKind(u8),
+    /// A header that is not the first section, or a first section that is not a header.
+    #[error("the header must be the first section")]
+    HeaderPlace,
+    /// Records of a length this build does not read.
+    #[error("records of another size")]
+    RecordSize,
+    /// A JSON section that does not decode.
     #[error("{0}")]
-    Other(String),
+    Json(serde_json::Error),
+    /// A CRL section without its JSON description line.
+    #[error("no CRL description")]
+    NoCrlDescription,
+    /// The manifest's SHA-256 is not the file's.
+    #[error("the file's SHA-256 does not match")]
+    FileDigest,
+    /// The manifest's section count is not the file's.
+    #[error("section count does not match")]
+    SectionCount,
+    /// The file is not the one verified before.
+    #[error("the file changed since it was verified")]
+    ChangedSinceVerified,
+    /// The manifest's counts or digests are not the records'.
+    #[error("counts or digests do not match")]
+    Counts,
+    /// A records section that ends inside its contents.
+    #[error("records section is truncated")]
+    RecordsTruncated,
+    /// A source name that is not UTF-8.
+    #[error("source is not UTF-8")]
+    SourceNotUtf8,
+    /// More records than [`BACKUP_SECTION_RECORDS`].
+    #[error("{0} records, more than {BACKUP_SECTION_RECORDS}")]
+    TooManyRecords(usize),
+    /// A serial that is not a positive minimal INTEGER.
+    #[error("{0}")]
+    Serial(#[from] crate::status::SerialError),
+    /// A record that does not decode.
+    #[error("malformed record")]
+    Record,
+    /// Bytes after the records.
+    #[error("bytes after the records")]
+    Trailing,
 }
 
 /// A running digest of one issuer's records (the feed's XOR-of-SHA-1 digest and counts).
@@ -296,7 +371,7 @@ impl<W: Write> Writer<W> {
     }
 
     /// Starts a backup: the magic, the version and the header section.
-    pub fn new(out: W, header: &Header) -> Result<Self, BackupError> {
+    pub fn new(out: W, header: &Header) -> Result<Self, FormatError> {
         let mut w = Writer {
             out,
             whole: Context::new(&SHA256),
@@ -308,20 +383,20 @@ impl<W: Write> Writer<W> {
         };
         w.raw(MAGIC)?;
         w.raw(&VERSION.to_be_bytes())?;
-        let json = serde_json::to_vec(header).map_err(|e| BackupError::Other(e.to_string()))?;
+        let json = serde_json::to_vec(header).map_err(FormatError::Encode)?;
         w.section(SectionKind::Header, &json)?;
         Ok(w)
     }
 
-    fn raw(&mut self, b: &[u8]) -> Result<(), BackupError> {
+    fn raw(&mut self, b: &[u8]) -> Result<(), FormatError> {
         self.whole.update(b);
         self.out.write_all(b)?;
         Ok(())
     }
 
-    fn section(&mut self, kind: SectionKind, payload: &[u8]) -> Result<(), BackupError> {
+    fn section(&mut self, kind: SectionKind, payload: &[u8]) -> Result<(), FormatError> {
         if payload.len() > MAX_BACKUP_SECTION_BYTES {
-            return Err(BackupError::Other("section too large".into()));
+            return Err(FormatError::TooLarge);
         }
         let (head, sum) = frame(kind as u8, payload);
         self.raw(&head)?;
@@ -341,7 +416,7 @@ impl<W: Write> Writer<W> {
         issuer: IssuerId,
         serial: &Serial,
         record: &CertRecord,
-    ) -> Result<(), BackupError> {
+    ) -> Result<(), FormatError> {
         self.records(source, issuer, std::slice::from_ref(&(*serial, *record)))
     }
 
@@ -351,7 +426,7 @@ impl<W: Write> Writer<W> {
         source: &str,
         issuer: IssuerId,
         records: &[(Serial, CertRecord)],
-    ) -> Result<(), BackupError> {
+    ) -> Result<(), FormatError> {
         let mut rest = records;
         while !rest.is_empty() {
             let same = self.pending.get(source).is_some_and(|p| p.issuer == issuer);
@@ -376,7 +451,7 @@ impl<W: Write> Writer<W> {
             }
             let full = {
                 let Some(p) = self.pending.get_mut(source) else {
-                    return Err(BackupError::Other("no records section open".into()));
+                    return Err(FormatError::NoRecordsSection);
                 };
                 let room = BACKUP_SECTION_RECORDS - p.count as usize;
                 let (now, later) = rest.split_at(room.min(rest.len()));
@@ -399,7 +474,7 @@ impl<W: Write> Writer<W> {
     }
 
     /// Writes the source's open records section, if any.
-    fn flush_source(&mut self, source: &str) -> Result<(), BackupError> {
+    fn flush_source(&mut self, source: &str) -> Result<(), FormatError> {
         if let Some(mut p) = self.pending.remove(source) {
             let at = 1 + source.len().min(MAX_BACKUP_SOURCE_BYTES) + 32 + 1;
             p.payload[at..at + 4].copy_from_slice(&p.count.to_be_bytes());
@@ -414,7 +489,7 @@ impl<W: Write> Writer<W> {
         Ok(())
     }
 
-    fn flush_records(&mut self) -> Result<(), BackupError> {
+    fn flush_records(&mut self) -> Result<(), FormatError> {
         let sources: Vec<String> = self.pending.keys().cloned().collect();
         for s in sources {
             self.flush_source(&s)?;
@@ -423,9 +498,9 @@ impl<W: Write> Writer<W> {
     }
 
     /// Adds a stored CRL.
-    pub fn crl(&mut self, entry: &CrlEntry, der: &[u8]) -> Result<(), BackupError> {
+    pub fn crl(&mut self, entry: &CrlEntry, der: &[u8]) -> Result<(), FormatError> {
         self.flush_records()?;
-        let mut p = serde_json::to_vec(entry).map_err(|e| BackupError::Other(e.to_string()))?;
+        let mut p = serde_json::to_vec(entry).map_err(FormatError::Encode)?;
         p.push(b'\n');
         p.extend_from_slice(der);
         self.section(SectionKind::Crl, &p)?;
@@ -434,7 +509,7 @@ impl<W: Write> Writer<W> {
     }
 
     /// Writes the manifest and returns it with the output.
-    pub fn finish(mut self) -> Result<(Manifest, W), BackupError> {
+    pub fn finish(mut self) -> Result<(Manifest, W), FormatError> {
         self.flush_records()?;
         let manifest = Manifest {
             sections: self.sections,
@@ -452,7 +527,7 @@ impl<W: Write> Writer<W> {
             sha256: hex(self.whole.clone().finish().as_ref()),
             finished_at: std::mem::take(&mut self.finished_at),
         };
-        let json = serde_json::to_vec(&manifest).map_err(|e| BackupError::Other(e.to_string()))?;
+        let json = serde_json::to_vec(&manifest).map_err(FormatError::Encode)?;
         self.section(SectionKind::Manifest, &json)?;
         self.out.flush()?;
         Ok((manifest, self.out))
@@ -511,19 +586,17 @@ impl<R: Read> Reader<R> {
     }
 
     /// Checks the magic and version.
-    pub fn new(mut input: R) -> Result<Self, BackupError> {
+    pub fn new(mut input: R) -> Result<Self, FormatError> {
         let mut head = [0u8; 10];
         input
             .read_exact(&mut head)
-            .map_err(|_| BackupError::NotBackup("shorter than its magic".into()))?;
+            .map_err(|_| FormatError::ShortMagic)?;
         if &head[..8] != MAGIC {
-            return Err(BackupError::NotBackup("bad magic".into()));
+            return Err(FormatError::BadMagic);
         }
         let version = u16::from_be_bytes([head[8], head[9]]);
         if version != VERSION {
-            return Err(BackupError::NotBackup(format!(
-                "format version {version}; this vigil reads {VERSION}"
-            )));
+            return Err(FormatError::Version(version));
         }
         let mut whole = Context::new(&SHA256);
         whole.update(&head);
@@ -541,33 +614,30 @@ impl<R: Read> Reader<R> {
         })
     }
 
-    fn damaged(&self, kind: &'static str, at: u64, reason: impl Into<String>) -> BackupError {
-        BackupError::Damaged {
+    fn damaged(&self, kind: &'static str, at: u64, reason: Damage) -> FormatError {
+        FormatError::Damaged {
             index: self.index,
             kind,
             offset: at,
-            reason: reason.into(),
+            reason,
         }
     }
 
     /// The next section; `None` after the manifest (which is checked against everything read).
-    pub fn next_section(&mut self) -> Result<Option<Section>, BackupError> {
+    pub fn next_section(&mut self) -> Result<Option<Section>, FormatError> {
         loop {
             if self.manifest.is_some() {
                 let mut extra = [0u8; 1];
                 return match self.input.read(&mut extra)? {
                     0 => Ok(None),
-                    _ => Err(BackupError::Other(format!(
-                        "bytes after the manifest at byte {}",
-                        self.offset
-                    ))),
+                    _ => Err(FormatError::AfterManifest(self.offset)),
                 };
             }
             let at = self.offset;
             let mut head = [0u8; 5];
             if let Err(e) = self.input.read_exact(&mut head) {
                 return Err(match e.kind() {
-                    io::ErrorKind::UnexpectedEof => BackupError::Truncated(at),
+                    io::ErrorKind::UnexpectedEof => FormatError::Truncated(at),
                     _ => e.into(),
                 });
             }
@@ -575,10 +645,10 @@ impl<R: Read> Reader<R> {
             let name = kind.map_or("unknown", SectionKind::name);
             let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
             if len > MAX_BACKUP_SECTION_BYTES {
-                return Err(self.damaged(name, at, format!("length {len} exceeds the bound")));
+                return Err(self.damaged(name, at, Damage::TooLong(len)));
             }
             if self.index >= MAX_BACKUP_SECTIONS {
-                return Err(self.damaged(name, at, "more sections than the bound"));
+                return Err(self.damaged(name, at, Damage::TooManySections));
             }
             let before_manifest = self.whole.clone();
             // The buffer grows with the bytes actually there: a truncated (or hostile) file
@@ -589,30 +659,30 @@ impl<R: Read> Reader<R> {
                 .take(len as u64)
                 .read_to_end(&mut payload)?;
             if payload.len() != len {
-                return Err(BackupError::Truncated(at));
+                return Err(FormatError::Truncated(at));
             }
             self.input
                 .read_exact(&mut sum)
-                .map_err(|_| BackupError::Truncated(at))?;
+                .map_err(|_| FormatError::Truncated(at))?;
             if frame(head[0], &payload).1 != sum {
-                return Err(self.damaged(name, at, "checksum mismatch"));
+                return Err(self.damaged(name, at, Damage::Checksum));
             }
             self.whole.update(&head);
             self.whole.update(&payload);
             self.whole.update(&sum);
             self.offset += 5 + len as u64 + 32;
             let Some(kind) = kind else {
-                return Err(self.damaged(name, at, format!("unknown kind {}", head[0])));
+                return Err(self.damaged(name, at, Damage::UnknownKind(head[0])));
             };
             if (kind == SectionKind::Header) == self.seen_header {
-                return Err(self.damaged(name, at, "the header must be the first section"));
+                return Err(self.damaged(name, at, Damage::HeaderPlace));
             }
             let section = match kind {
                 SectionKind::Header => {
                     let h: Header = serde_json::from_slice(&payload)
-                        .map_err(|e| self.damaged(name, at, e.to_string()))?;
+                        .map_err(|e| self.damaged(name, at, Damage::Json(e)))?;
                     if !record_len_known(h.record_len) {
-                        return Err(self.damaged(name, at, "records of another size"));
+                        return Err(self.damaged(name, at, Damage::RecordSize));
                     }
                     self.seen_header = true;
                     Section::Header(h)
@@ -646,9 +716,9 @@ impl<R: Read> Reader<R> {
                     let nl = payload
                         .iter()
                         .position(|&b| b == b'\n')
-                        .ok_or_else(|| self.damaged(name, at, "no CRL description"))?;
+                        .ok_or_else(|| self.damaged(name, at, Damage::NoCrlDescription))?;
                     let entry: CrlEntry = serde_json::from_slice(&payload[..nl])
-                        .map_err(|e| self.damaged(name, at, e.to_string()))?;
+                        .map_err(|e| self.damaged(name, at, Damage::Json(e)))?;
                     self.crls += 1;
                     // The DER moved to the front in place: a large CRL is not copied.
                     payload.drain(..=nl);
@@ -656,13 +726,13 @@ impl<R: Read> Reader<R> {
                 }
                 SectionKind::Manifest => {
                     let m: Manifest = serde_json::from_slice(&payload)
-                        .map_err(|e| self.damaged(name, at, e.to_string()))?;
+                        .map_err(|e| self.damaged(name, at, Damage::Json(e)))?;
                     let whole = hex(before_manifest.finish().as_ref());
                     if m.sha256 != whole {
-                        return Err(self.damaged(name, at, "the file's SHA-256 does not match"));
+                        return Err(self.damaged(name, at, Damage::FileDigest));
                     }
                     if m.sections != self.index {
-                        return Err(self.damaged(name, at, "section count does not match"));
+                        return Err(self.damaged(name, at, Damage::SectionCount));
                     }
                     let counts: BTreeMap<_, BTreeMap<_, _>> = self
                         .tallies
@@ -676,15 +746,11 @@ impl<R: Read> Reader<R> {
                         .collect();
                     match &self.verified_sha256 {
                         Some(v) if *v != m.sha256 => {
-                            return Err(self.damaged(
-                                name,
-                                at,
-                                "the file changed since it was verified",
-                            ))
+                            return Err(self.damaged(name, at, Damage::ChangedSinceVerified))
                         }
                         Some(_) => {}
                         None if m.counts != counts || m.crls != self.crls => {
-                            return Err(self.damaged(name, at, "counts or digests do not match"));
+                            return Err(self.damaged(name, at, Damage::Counts));
                         }
                         None => {}
                     }
@@ -712,38 +778,36 @@ fn records_key(p: &[u8]) -> Option<(String, IssuerId)> {
     Some((source.to_owned(), issuer))
 }
 
-fn decode_records(p: &[u8]) -> Result<RecordsSection, String> {
+fn decode_records(p: &[u8]) -> Result<RecordsSection, Damage> {
     let mut at = 0usize;
-    let mut take = |n: usize| -> Result<&[u8], String> {
-        let s = p.get(at..at + n).ok_or("records section is truncated")?;
+    let mut take = |n: usize| -> Result<&[u8], Damage> {
+        let s = p.get(at..at + n).ok_or(Damage::RecordsTruncated)?;
         at += n;
         Ok(s)
     };
     let src_len = take(1)?[0] as usize;
     let source = std::str::from_utf8(take(src_len)?)
-        .map_err(|_| "source is not UTF-8")?
+        .map_err(|_| Damage::SourceNotUtf8)?
         .to_owned();
-    let issuer = IssuerId(take(32)?.try_into().map_err(|_| "issuer")?);
+    let issuer = IssuerId(take(32)?.try_into().map_err(|_| Damage::RecordsTruncated)?);
     let record_len = take(1)?[0];
     if !record_len_known(record_len) {
-        return Err("records of another size".into());
+        return Err(Damage::RecordSize);
     }
-    let count = u32::from_be_bytes(take(4)?.try_into().map_err(|_| "count")?) as usize;
+    let count =
+        u32::from_be_bytes(take(4)?.try_into().map_err(|_| Damage::RecordsTruncated)?) as usize;
     if count > BACKUP_SECTION_RECORDS {
-        return Err(format!(
-            "{count} records, more than {BACKUP_SECTION_RECORDS}"
-        ));
+        return Err(Damage::TooManyRecords(count));
     }
     let mut records = Vec::with_capacity(count);
     for _ in 0..count {
         let slen = take(1)?[0] as usize;
-        let serial = Serial::from_der_content(take(slen)?).map_err(|e| e.to_string())?;
-        let record =
-            CertRecord::from_bytes(take(record_len as usize)?).ok_or("malformed record")?;
+        let serial = Serial::from_der_content(take(slen)?)?;
+        let record = CertRecord::from_bytes(take(record_len as usize)?).ok_or(Damage::Record)?;
         records.push((serial, record));
     }
     if at != p.len() {
-        return Err("bytes after the records".into());
+        return Err(Damage::Trailing);
     }
     Ok(RecordsSection {
         source,
@@ -799,7 +863,7 @@ mod tests {
         w.finish().unwrap().1
     }
 
-    fn read_all(b: &[u8]) -> Result<(u64, Manifest), BackupError> {
+    fn read_all(b: &[u8]) -> Result<(u64, Manifest), FormatError> {
         let mut r = Reader::new(b)?;
         let mut n = 0;
         while let Some(s) = r.next_section()? {
@@ -864,7 +928,7 @@ mod tests {
         b.push(SectionKind::Header as u8);
         b.extend_from_slice(&(MAX_BACKUP_SECTION_BYTES as u32).to_be_bytes());
         b.extend_from_slice(b"{}");
-        assert!(matches!(read_all(&b), Err(BackupError::Truncated(10))));
+        assert!(matches!(read_all(&b), Err(FormatError::Truncated(10))));
         b[11..15].copy_from_slice(&(MAX_BACKUP_SECTION_BYTES as u32 + 1).to_be_bytes());
         let e = read_all(&b).err().unwrap().to_string();
         assert!(e.contains("section 0 (header) at byte 10: length"), "{e}");

@@ -16,6 +16,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::aio::MultiplexedConnection;
 use tokio::sync::mpsc;
 
+use super::BackupError;
 use crate::feed::region::Region;
 use crate::feed::{scripts, FeedError};
 use crate::status::view::Digest;
@@ -68,7 +69,7 @@ impl Batch {
 pub type Loaded = BTreeMap<String, BTreeMap<String, (u64, u64)>>;
 
 /// What one region's task did: its name and, per issuer hex, (records sent, changed).
-type RegionResult = Result<(String, BTreeMap<String, (u64, u64)>), String>;
+type RegionResult = Result<(String, BTreeMap<String, (u64, u64)>), BackupError>;
 
 /// Senders to every region's task; dropping it (or [`Loader::finish`]) ends them.
 pub struct Loader {
@@ -90,12 +91,12 @@ impl Loader {
     }
 
     /// Queues a batch for every region (waits while a region's queue is full).
-    pub async fn send(&self, batch: Batch) -> Result<(), String> {
+    pub async fn send(&self, batch: Batch) -> Result<(), BackupError> {
         let batch = Arc::new(batch);
         for tx in &self.senders {
             if tx.send(batch.clone()).await.is_err() {
                 // The task ended early: its error comes out of finish().
-                return Err("a region's restore stopped".into());
+                return Err(BackupError::RestoreStopped);
             }
         }
         Ok(())
@@ -107,7 +108,7 @@ impl Loader {
     }
 
     /// Waits for every region's task; the first error wins.
-    pub async fn finish(self) -> Result<Loaded, String> {
+    pub async fn finish(self) -> Result<Loaded, BackupError> {
         drop(self.senders);
         let mut out = Loaded::new();
         let mut first_error = None;
@@ -120,7 +121,7 @@ impl Loader {
                     first_error.get_or_insert(e);
                 }
                 Err(e) => {
-                    first_error.get_or_insert(format!("a restore task failed: {e}"));
+                    first_error.get_or_insert(BackupError::RestoreTask(e));
                 }
             }
         }
@@ -132,11 +133,14 @@ impl Loader {
 }
 
 /// Queues a batch for every region from a blocking thread.
-pub fn send_blocking(senders: &[mpsc::Sender<Arc<Batch>>], batch: Batch) -> Result<(), String> {
+pub fn send_blocking(
+    senders: &[mpsc::Sender<Arc<Batch>>],
+    batch: Batch,
+) -> Result<(), BackupError> {
     let batch = Arc::new(batch);
     for tx in senders {
         if tx.blocking_send(batch.clone()).is_err() {
-            return Err("a region's restore stopped".into());
+            return Err(BackupError::RestoreStopped);
         }
     }
     Ok(())
@@ -201,8 +205,8 @@ fn account(
     per: &mut BTreeMap<String, (u64, u64)>,
     region: &str,
     (issuer_hex, sent, reply): Sent,
-) -> Result<(), String> {
-    let changed = reply.map_err(|e| format!("region {region}: {e}"))?;
+) -> Result<(), BackupError> {
+    let changed = reply.map_err(|e| BackupError::in_region(region)(e.into()))?;
     let e = per.entry(issuer_hex).or_default();
     e.0 += sent;
     e.1 += changed.iter().sum::<u64>();

@@ -12,23 +12,36 @@
 //! are build times, raised above the highest seen: [`crate::crl::number`]).
 
 pub mod drill;
+mod encryption;
+mod error;
 pub mod format;
+mod health;
 pub mod load;
+
+pub use encryption::open;
+use encryption::{parse_recipient, Sink};
+use error::io_at;
+pub use error::BackupError;
+pub use health::{
+    last_success, last_success_key, record_success, watch_last_success, write_metrics_file,
+    LAST_SUCCESS_INTERVAL,
+};
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redis::aio::MultiplexedConnection;
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::crl::CrlId;
 use crate::feed::region::Region;
 use crate::feed::CertWrite;
 use crate::status::{hex, CertRecord, Event, IssuerId, Serial, StatusView};
-use format::{BackupError, CrlEntry, Header, Manifest, Position, Reader, Section, Writer};
+use format::{CrlEntry, Header, Manifest, Position, Reader, Section, Writer};
 
 /// Where a backup is taken from.
 pub enum Source<'a> {
@@ -60,8 +73,8 @@ pub fn config_digest(path: Option<&Path>) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref())
 }
 
-pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::from_unix_timestamp(crate::clock::unix_now_ms() / 1000)
+pub(crate) fn now_rfc3339(clock: &Clock) -> String {
+    time::OffsetDateTime::from_unix_timestamp(clock.now())
         .ok()
         .and_then(|t| {
             t.format(&time::format_description::well_known::Rfc3339)
@@ -79,12 +92,12 @@ fn temp_path(out: &Path) -> PathBuf {
 }
 
 /// Moves a finished temporary file into place (fsync, rename, fsync of the directory).
-fn commit(tmp: &Path, file: File, out: &Path) -> Result<u64, String> {
-    let io = |e: std::io::Error| format!("{}: {e}", out.display());
-    file.sync_all().map_err(io)?;
-    let bytes = file.metadata().map_err(io)?.len();
+fn commit(tmp: &Path, file: File, out: &Path) -> Result<u64, BackupError> {
+    let io = io_at(out);
+    file.sync_all().map_err(&io)?;
+    let bytes = file.metadata().map_err(&io)?.len();
     drop(file);
-    std::fs::rename(tmp, out).map_err(io)?;
+    std::fs::rename(tmp, out).map_err(&io)?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
@@ -97,24 +110,26 @@ fn commit(tmp: &Path, file: File, out: &Path) -> Result<u64, String> {
 ///
 /// With `recipient` (an age X25519 recipient, `age1…`), the whole file is encrypted to it as
 /// it is written (age's STREAM: authenticated chunks of 64 KiB), so no plaintext reaches the
-/// disk; `verify` and `restore` then need the matching identity.
+/// disk; `verify` and `restore` then need the matching identity. The header's and
+/// manifest's times are read from `clock`.
 pub async fn create(
     cfg: &Config,
     source: Source<'_>,
     out: &Path,
     config_sha256: String,
     recipient: Option<&str>,
-) -> Result<Created, String> {
+    clock: &Clock,
+) -> Result<Created, BackupError> {
     let recipient = recipient.map(parse_recipient).transpose()?;
     let tmp = temp_path(out);
-    let file = File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let file = File::create(&tmp).map_err(io_at(&tmp))?;
     let result = async {
         let mut sink = Sink::new(&file, recipient.as_ref())?;
         let mut same_as = Vec::new();
-        let manifest = write_backup(cfg, source, &mut sink, config_sha256, &mut same_as).await?;
-        sink.close()
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        Ok::<_, String>((manifest, same_as))
+        let manifest =
+            write_backup(cfg, source, &mut sink, config_sha256, &mut same_as, clock).await?;
+        sink.close().map_err(io_at(&tmp))?;
+        Ok::<_, BackupError>((manifest, same_as))
     }
     .await;
     match result {
@@ -140,12 +155,12 @@ async fn write_backup(
     file: &mut Sink<'_>,
     config_sha256: String,
     same_as: &mut Vec<format::SameAs>,
-) -> Result<Manifest, String> {
-    let berr = |e: BackupError| e.to_string();
+    clock: &Clock,
+) -> Result<Manifest, BackupError> {
     let mut header = Header {
         format: "vigil-backup".into(),
         version: format::VERSION,
-        created_at: now_rfc3339(),
+        created_at: now_rfc3339(clock),
         source: String::new(),
         config_sha256,
         positions: Vec::new(),
@@ -162,10 +177,10 @@ async fn write_backup(
                 let mut c = r
                     .writer()
                     .await
-                    .map_err(|e| format!("region {}: {e}", r.name))?;
+                    .map_err(|e| BackupError::in_region(&r.name)(e.into()))?;
                 let (p, state) = position(r, &mut c)
                     .await
-                    .map_err(|e| format!("region {}: {e}", r.name))?;
+                    .map_err(BackupError::in_region(&r.name))?;
                 header.positions.push(p);
                 states.push(state);
                 conns.push(c);
@@ -189,7 +204,7 @@ async fn write_backup(
                 }
             }
             same_as.clone_from(&header.same_as);
-            let mut w = Writer::new(&mut *file, &header).map_err(berr)?;
+            let mut w = Writer::new(&mut *file, &header)?;
             // Every region is scanned at once, each by its own task on its own connection (each
             // region's Redis scans on its own core); the pages come here through a bounded
             // channel, so the backup holds a few pages whatever the regions hold.
@@ -201,7 +216,7 @@ async fn write_backup(
                 let (tx, r) = (tx.clone(), r.clone());
                 tokio::spawn(async move {
                     if let Err(e) = scan_region(&r, c, i, &tx).await {
-                        let _ = tx.send(Err(format!("region {}: {e}", r.name))).await;
+                        let _ = tx.send(Err(BackupError::in_region(&r.name)(e))).await;
                     }
                 });
             }
@@ -209,7 +224,7 @@ async fn write_backup(
             while let Some(page) = rx.recv().await {
                 let (i, issuer, records) = page?;
                 let name = regions.get(i).map_or("", |r| r.name.as_str());
-                w.records(name, issuer, &records).map_err(berr)?;
+                w.records(name, issuer, &records)?;
             }
             for r in cfg
                 .regions
@@ -218,14 +233,17 @@ async fn write_backup(
             {
                 backup_crls(cfg, r, &mut w).await?;
             }
-            w.set_finished_at(crate::clock::rfc3339_ms(crate::clock::unix_now_ms()));
-            Ok(w.finish().map_err(berr)?.0)
+            w.set_finished_at(crate::clock::rfc3339_ms(clock.now_ms()));
+            Ok(w.finish()?.0)
         }
         Source::Checkpoint(path) => {
             header.source = "checkpoint".into();
             let loaded = crate::feed::checkpoint::load(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?
-                .ok_or_else(|| format!("{}: no checkpoint there", path.display()))?;
+                .map_err(|source| BackupError::Checkpoint {
+                    path: path.to_owned(),
+                    source,
+                })?
+                .ok_or_else(|| BackupError::NoCheckpoint(path.to_owned()))?;
             let mut cursors: Vec<_> = loaded.cursors.iter().collect();
             cursors.sort_by(|a, b| a.0.cmp(b.0));
             for (region, c) in cursors {
@@ -235,20 +253,21 @@ async fn write_backup(
                     stream_id: c.id.to_string(),
                 });
             }
-            write_view(&loaded.view, "checkpoint", header, &mut *file)
+            write_view(&loaded.view, "checkpoint", header, &mut *file, clock)
         }
         Source::Journal => {
             header.source = "journal".into();
             let view = StatusView::new();
             let metrics = crate::telemetry::Metrics::new();
-            let mut reader = crate::status::journal::JournalReader::new(cfg.journal_path());
-            crate::app::replay_journal(&mut reader, &view, &metrics)?;
+            let mut reader = crate::journal::JournalReader::new(cfg.journal_path());
+            crate::app::replay_journal(&mut reader, &view, &metrics)
+                .map_err(BackupError::Journal)?;
             header.positions.push(Position {
                 source: "journal".into(),
                 epoch: String::new(),
                 stream_id: format!("{}-0", reader.offset()),
             });
-            write_view(&view, "journal", header, &mut *file)
+            write_view(&view, "journal", header, &mut *file, clock)
         }
     }
 }
@@ -259,33 +278,35 @@ fn write_view(
     source: &str,
     header: Header,
     out: impl std::io::Write,
-) -> Result<Manifest, String> {
-    let berr = |e: BackupError| e.to_string();
-    let mut w = Writer::new(out, &header).map_err(berr)?;
+    clock: &Clock,
+) -> Result<Manifest, BackupError> {
+    let mut w = Writer::new(out, &header)?;
     let mut issuers = view.issuers();
     issuers.sort_by_key(|(id, _)| *id);
     for (id, table) in issuers {
         for part in 0..64 {
             for (s, r) in table.records_partition(part, 64) {
-                w.record(source, id, &s, &r).map_err(berr)?;
+                w.record(source, id, &s, &r)?;
             }
         }
     }
-    w.set_finished_at(crate::clock::rfc3339_ms(crate::clock::unix_now_ms()));
-    Ok(w.finish().map_err(berr)?.0)
+    w.set_finished_at(crate::clock::rfc3339_ms(clock.now_ms()));
+    Ok(w.finish()?.0)
 }
 
-fn chosen_regions(cfg: &Config, only: Option<&str>) -> Result<Vec<Arc<Region>>, String> {
+fn chosen_regions(cfg: &Config, only: Option<&str>) -> Result<Vec<Arc<Region>>, BackupError> {
     if cfg.regions.is_empty() {
-        return Err("no [[region]] is configured (use --from-checkpoint, or a config without a feed for the journal)".into());
+        return Err(BackupError::NoRegions);
     }
-    let all = crate::feed::region::regions(cfg).map_err(|e| e.to_string())?;
+    let all = crate::feed::region::regions(cfg)?;
     let chosen: Vec<_> = all
         .into_iter()
         .filter(|r| only.is_none_or(|o| o == r.name))
         .collect();
     if chosen.is_empty() {
-        return Err(format!("no region is named {:?}", only.unwrap_or_default()));
+        return Err(BackupError::NoSuchRegion(
+            only.unwrap_or_default().to_owned(),
+        ));
     }
     Ok(chosen)
 }
@@ -300,32 +321,26 @@ type RegionState = BTreeMap<String, (u64, String)>;
 async fn position(
     r: &Region,
     c: &mut MultiplexedConnection,
-) -> Result<(Position, RegionState), String> {
-    let epoch: Option<String> = redis::cmd("GET")
-        .arg(r.keys.epoch())
-        .query_async(c)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<(Position, RegionState), BackupError> {
+    let epoch: Option<String> = redis::cmd("GET").arg(r.keys.epoch()).query_async(c).await?;
     let reply: Vec<redis::Value> = crate::feed::scripts::STATE
         .key(r.keys.stream())
         .key(r.keys.issuers())
         .key(r.keys.digests())
         .arg(r.keys.snapshot_hex(""))
         .invoke_async(c)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let text = |v: &redis::Value| match v {
         redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         redis::Value::SimpleString(s) => Some(s.clone()),
         _ => None,
     };
-    let bad = || "the region's state is not [id, (issuer, count, digest)...]".to_owned();
     let mut it = reply.iter();
-    let at = it.next().and_then(text).ok_or_else(bad)?;
+    let at = it.next().and_then(text).ok_or(BackupError::BadState)?;
     let mut state = RegionState::new();
     while let (Some(i), Some(n), Some(d)) = (it.next(), it.next(), it.next()) {
         let (Some(i), redis::Value::Int(n)) = (text(i), n) else {
-            return Err(bad());
+            return Err(BackupError::BadState);
         };
         state.insert(
             i,
@@ -349,23 +364,26 @@ const BACKUP_SCAN_COUNT: usize = 5000;
 const SCAN_PAGES_QUEUED: usize = 16;
 
 /// One page of a region's snapshot: the region's index, the issuer, the records.
-type Page = Result<(usize, IssuerId, Vec<(Serial, CertRecord)>), String>;
+type Page = Result<(usize, IssuerId, Vec<(Serial, CertRecord)>), BackupError>;
 
 async fn scan_region(
     r: &Region,
     mut c: MultiplexedConnection,
     index: usize,
     tx: &tokio::sync::mpsc::Sender<Page>,
-) -> Result<(), String> {
+) -> Result<(), BackupError> {
     let mut issuers: Vec<String> = redis::cmd("SMEMBERS")
         .arg(r.keys.issuers())
         .query_async(&mut c)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     issuers.sort();
     for ih in issuers {
         let Some(issuer) = crate::feed::consume::parse_issuer_hex(&ih) else {
-            return Err(format!("malformed issuer id {ih:?} in the issuers set"));
+            return Err(BackupError::BadIssuerId(ih));
+        };
+        let of_issuer = |e| BackupError::Issuer {
+            issuer: ih.clone(),
+            source: Box::new(e),
         };
         let key = r.keys.snapshot(&issuer);
         let mut cursor = "0".to_owned();
@@ -376,14 +394,13 @@ async fn scan_region(
                 .arg("COUNT")
                 .arg(BACKUP_SCAN_COUNT)
                 .query_async(&mut c)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             let mut page = Vec::with_capacity(fields.len() / 2);
             for pair in fields.chunks_exact(2) {
                 let serial = Serial::from_der_content(&pair[0])
-                    .map_err(|e| format!("issuer {ih}: a serial in the snapshot: {e}"))?;
+                    .map_err(|e| of_issuer(BackupError::SnapshotSerial(e)))?;
                 let record = CertRecord::from_bytes(&pair[1])
-                    .ok_or_else(|| format!("issuer {ih}: a malformed record in the snapshot"))?;
+                    .ok_or_else(|| of_issuer(BackupError::SnapshotRecord))?;
                 page.push((serial, record));
             }
             if tx.send(Ok((index, issuer, page))).await.is_err() {
@@ -420,10 +437,11 @@ async fn backup_crls<W: std::io::Write>(
     cfg: &Config,
     r: &crate::config::RegionConfig,
     w: &mut Writer<W>,
-) -> Result<(), String> {
-    let store = crate::crl_service::redis_store::Region::from_config(r, cfg.crl.redis_timeout)?;
+) -> Result<(), BackupError> {
+    let store = crate::crl_service::redis_store::Region::from_config(r, cfg.crl.redis_timeout)
+        .map_err(BackupError::CrlStore)?;
     for id in crl_ids(cfg) {
-        let Some((number, der)) = store.fetch(&id).await? else {
+        let Some((number, der)) = store.fetch(&id).await.map_err(BackupError::CrlStore)? else {
             continue;
         };
         let entry = CrlEntry {
@@ -435,7 +453,7 @@ async fn backup_crls<W: std::io::Write>(
             number,
             this_update: this_update(&der).unwrap_or(0),
         };
-        w.crl(&entry, &der).map_err(|e| e.to_string())?;
+        w.crl(&entry, &der)?;
     }
     Ok(())
 }
@@ -444,110 +462,6 @@ fn this_update(der: &[u8]) -> Option<i64> {
     use der::Decode;
     let crl = x509_cert::crl::CertificateList::from_der(der).ok()?;
     i64::try_from(crl.tbs_cert_list.this_update.to_unix_duration().as_secs()).ok()
-}
-
-// === encryption (age) ===
-
-/// What an age-encrypted file starts with.
-const AGE_MAGIC: &[u8] = b"age-encryption.org/";
-
-fn parse_recipient(s: &str) -> Result<age::x25519::Recipient, String> {
-    s.trim()
-        .parse()
-        .map_err(|e| format!("--recipient {s:?} is not an age X25519 recipient (age1…): {e}"))
-}
-
-/// Where a backup is written: the file, or age's encryptor in front of it.
-enum Sink<'a> {
-    Plain(BufWriter<&'a File>),
-    Age(age::stream::StreamWriter<BufWriter<&'a File>>),
-}
-
-impl<'a> Sink<'a> {
-    fn new(file: &'a File, recipient: Option<&age::x25519::Recipient>) -> Result<Self, String> {
-        let out = BufWriter::with_capacity(1 << 20, file);
-        let Some(r) = recipient else {
-            return Ok(Sink::Plain(out));
-        };
-        let enc = age::Encryptor::with_recipients(std::iter::once(r as &dyn age::Recipient))
-            .map_err(|e| format!("age: {e}"))?;
-        Ok(Sink::Age(
-            enc.wrap_output(out).map_err(|e| format!("age: {e}"))?,
-        ))
-    }
-
-    /// Ends the stream (age's last chunk) and flushes.
-    fn close(self) -> std::io::Result<()> {
-        use std::io::Write;
-        match self {
-            Sink::Plain(mut w) => w.flush(),
-            Sink::Age(w) => w.finish()?.flush(),
-        }
-    }
-}
-
-impl std::io::Write for Sink<'_> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Sink::Plain(w) => w.write(b),
-            Sink::Age(w) => w.write(b),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Sink::Plain(w) => w.flush(),
-            Sink::Age(w) => w.flush(),
-        }
-    }
-}
-
-/// Opens a backup for reading: as it is, or, when it is age-encrypted, decrypted with the
-/// identities in `identity` (an age identity file, `AGE-SECRET-KEY-1…` lines). Refuses an
-/// encrypted backup without an identity, or with one it was not encrypted to.
-pub fn open(path: &Path, identity: Option<&Path>) -> Result<Box<dyn std::io::Read>, String> {
-    use std::io::{BufRead, Read};
-    let io = |e: std::io::Error| format!("{}: {e}", path.display());
-    let file = File::open(path).map_err(io)?;
-    let mut input = BufReader::with_capacity(1 << 20, file);
-    let head = input.fill_buf().map_err(io)?;
-    if !head.starts_with(AGE_MAGIC) {
-        return Ok(Box::new(input));
-    }
-    let Some(id_path) = identity else {
-        return Err(format!(
-            "{}: the backup is encrypted (age); give the identity file with --identity",
-            path.display()
-        ));
-    };
-    let mut text = Vec::new();
-    File::open(id_path)
-        .map_err(|e| format!("{}: {e}", id_path.display()))?
-        .take(crate::limits::MAX_KEY_FILE_BYTES as u64 + 1)
-        .read_to_end(&mut text)
-        .map_err(|e| format!("{}: {e}", id_path.display()))?;
-    if text.len() > crate::limits::MAX_KEY_FILE_BYTES {
-        return Err(format!(
-            "{}: larger than an identity file",
-            id_path.display()
-        ));
-    }
-    let identities = age::IdentityFile::from_buffer(&text[..])
-        .and_then(|f| f.into_identities().map_err(std::io::Error::other))
-        .map_err(|e| format!("{}: not an age identity file: {e}", id_path.display()))?;
-    let decryptor = age::Decryptor::new_buffered(input)
-        .map_err(|e| format!("{}: not a readable age file: {e}", path.display()))?;
-    let reader = decryptor
-        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
-        .map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => format!(
-                "{}: the backup is encrypted to another recipient than {}'s identities",
-                path.display(),
-                id_path.display()
-            ),
-            e => format!("{}: {e}", path.display()),
-        })?;
-    Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
 }
 
 // === verify ===
@@ -562,17 +476,17 @@ pub struct Verified {
 
 /// Reads the whole file, checking every section's checksum, the manifest's counts and digests
 /// and the whole-file SHA-256. Names the section that broke.
-pub fn verify(path: &Path, identity: Option<&Path>) -> Result<Verified, String> {
-    let mut r = Reader::new(open(path, identity)?).map_err(|e| e.to_string())?;
+pub fn verify(path: &Path, identity: Option<&Path>) -> Result<Verified, BackupError> {
+    let mut r = Reader::new(open(path, identity)?)?;
     let mut header = None;
-    while let Some(s) = r.next_section().map_err(|e| e.to_string())? {
+    while let Some(s) = r.next_section()? {
         if let Section::Header(h) = s {
             header = Some(h);
         }
     }
-    let manifest = r.manifest().cloned().ok_or("no manifest")?;
+    let manifest = r.manifest().cloned().ok_or(BackupError::NoManifest)?;
     Ok(Verified {
-        header: header.ok_or("no header")?,
+        header: header.ok_or(BackupError::NoHeader)?,
         manifest,
     })
 }
@@ -634,23 +548,17 @@ pub async fn restore(
     path: &Path,
     only: Option<&str>,
     identity: Option<&Path>,
-) -> Result<BTreeMap<String, Restored>, String> {
+) -> Result<BTreeMap<String, Restored>, BackupError> {
     let verified = verify(path, identity)?;
     let regions = chosen_regions(cfg, only)?;
-    let mut conns = Vec::new();
-    for r in &regions {
-        conns.push(
-            r.writer()
-                .await
-                .map_err(|e| format!("region {}: {e}", r.name))?,
-        );
-    }
+    let conns = writers(&regions).await?;
     let stores = cfg
         .regions
         .iter()
         .filter(|r| only.is_none_or(|o| o == r.name))
         .map(|r| crate::crl_service::redis_store::Region::from_config(r, cfg.crl.redis_timeout))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(BackupError::CrlStore)?;
     let (skip, identical) = identical_sources(&verified.manifest);
     let loader = load::Loader::start(&regions, conns);
     let senders = loader.senders();
@@ -659,10 +567,9 @@ pub async fn restore(
     let sha256 = verified.manifest.sha256.clone();
     let reading = tokio::task::spawn_blocking(move || {
         let mut crls: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        let mut reader = Reader::new(open(&path_owned, identity_owned.as_deref())?)
-            .map_err(|e| e.to_string())?;
+        let mut reader = Reader::new(open(&path_owned, identity_owned.as_deref())?)?;
         reader.trust(sha256, skip);
-        while let Some(section) = reader.next_section().map_err(|e| e.to_string())? {
+        while let Some(section) = reader.next_section()? {
             match section {
                 Section::Header(_) => {}
                 Section::Records(rs) => {
@@ -676,15 +583,17 @@ pub async fn restore(
                     };
                     let der = bytes::Bytes::from(der);
                     for s in &stores {
-                        let o = handle.block_on(s.store(
-                            &id,
-                            der.clone(),
-                            entry.number,
-                            entry.this_update,
-                            None,
-                            None,
-                            None,
-                        ))?;
+                        let o = handle
+                            .block_on(s.store(
+                                &id,
+                                der.clone(),
+                                entry.number,
+                                entry.this_update,
+                                None,
+                                None,
+                                None,
+                            ))
+                            .map_err(BackupError::CrlStore)?;
                         let e = crls.entry(s.name.clone()).or_default();
                         match o {
                             crate::crl_service::redis_store::StoreOutcome::Stored => e.0 += 1,
@@ -694,11 +603,9 @@ pub async fn restore(
                 }
             }
         }
-        Ok::<_, String>(crls)
+        Ok::<_, BackupError>(crls)
     });
-    let read = reading
-        .await
-        .map_err(|e| format!("reading the backup: {e}"))?;
+    let read = reading.await.map_err(BackupError::Reading)?;
     // A region task's error explains a reader that stopped because that task ended.
     let loaded = loader.finish().await?;
     let crls = read?;
@@ -770,25 +677,28 @@ pub fn state_at(
     identity: Option<&Path>,
     archive: &Path,
     until_ms: i64,
-) -> Result<PointInTime, String> {
+) -> Result<PointInTime, BackupError> {
     let verified = verify(path, identity)?;
     let finished = if verified.manifest.finished_at.is_empty() {
         verified.header.created_at.clone()
     } else {
         verified.manifest.finished_at.clone()
     };
-    let finished_ms = crate::clock::parse_rfc3339_ms(&finished)
-        .map_err(|e| format!("{}: the backup's time: {e}", path.display()))?;
+    let finished_ms =
+        crate::clock::parse_rfc3339_ms(&finished).map_err(|source| BackupError::BackupTime {
+            path: path.to_owned(),
+            source,
+        })?;
     if finished_ms > until_ms {
-        return Err(format!(
-            "{}: the backup finished at {finished}, after {}: a point-in-time restore starts from a backup older than its time (the archive only adds events; it cannot take newer ones away)",
-            path.display(),
-            crate::clock::rfc3339_ms(until_ms)
-        ));
+        return Err(BackupError::BackupAfterTime {
+            path: path.to_owned(),
+            finished,
+            until: crate::clock::rfc3339_ms(until_ms),
+        });
     }
     let view = StatusView::new();
-    let mut reader = Reader::new(open(path, identity)?).map_err(|e| e.to_string())?;
-    while let Some(section) = reader.next_section().map_err(|e| e.to_string())? {
+    let mut reader = Reader::new(open(path, identity)?)?;
+    while let Some(section) = reader.next_section()? {
         if let Section::Records(rs) = section {
             view.table(rs.issuer).merge_many(&rs.records);
         }
@@ -808,16 +718,9 @@ pub async fn merge_view(
     cfg: &Config,
     view: &StatusView,
     only: Option<&str>,
-) -> Result<BTreeMap<String, Restored>, String> {
+) -> Result<BTreeMap<String, Restored>, BackupError> {
     let regions = chosen_regions(cfg, only)?;
-    let mut conns = Vec::new();
-    for r in &regions {
-        conns.push(
-            r.writer()
-                .await
-                .map_err(|e| format!("region {}: {e}", r.name))?,
-        );
-    }
+    let conns = writers(&regions).await?;
     let loader = load::Loader::start(&regions, conns);
     let mut issuers = view.issuers();
     issuers.sort_by_key(|(id, _)| *id);
@@ -849,18 +752,33 @@ pub async fn merge_view(
         .collect())
 }
 
-/// Writes a view as a backup file (`source` names where it came from), atomically.
+/// Every region's writing connection, in order.
+async fn writers(regions: &[Arc<Region>]) -> Result<Vec<MultiplexedConnection>, BackupError> {
+    let mut conns = Vec::new();
+    for r in regions {
+        conns.push(
+            r.writer()
+                .await
+                .map_err(|e| BackupError::in_region(&r.name)(e.into()))?,
+        );
+    }
+    Ok(conns)
+}
+
+/// Writes a view as a backup file (`source` names where it came from), atomically, dated by
+/// `clock`.
 pub fn write_view_file(
     view: &StatusView,
     source: &str,
     positions: Vec<Position>,
     config_sha256: String,
     out: &Path,
-) -> Result<Created, String> {
+    clock: &Clock,
+) -> Result<Created, BackupError> {
     let header = Header {
         format: "vigil-backup".into(),
         version: format::VERSION,
-        created_at: now_rfc3339(),
+        created_at: now_rfc3339(clock),
         source: source.to_owned(),
         config_sha256,
         positions,
@@ -868,12 +786,13 @@ pub fn write_view_file(
         same_as: Vec::new(),
     };
     let tmp = temp_path(out);
-    let file = File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let file = File::create(&tmp).map_err(io_at(&tmp))?;
     match write_view(
         view,
         source,
         header,
         BufWriter::with_capacity(1 << 20, &file),
+        clock,
     ) {
         Ok(manifest) => {
             let bytes = commit(&tmp, file, out)?;
@@ -891,106 +810,78 @@ pub fn write_view_file(
     }
 }
 
-// === backup health ===
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::status::{EventKind, RevocationReason};
 
-/// How often a replica reads the last backup's record from the regions.
-pub const LAST_SUCCESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+    #[test]
+    fn a_backup_is_dated_by_the_clock_handed_in_and_refused_for_an_earlier_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("b.vgb");
+        let view = StatusView::new();
+        let rec = CertRecord::from_event(&EventKind::Revoked {
+            time: 9,
+            reason: RevocationReason::KeyCompromise,
+        });
+        view.table(IssuerId([1; 32]))
+            .merge_many(&[(Serial::from_magnitude(&[5]).unwrap(), rec)]);
+        let at_ms = 1_764_806_400_250;
+        let clock = Clock::manual(at_ms);
+        write_view_file(&view, "test", Vec::new(), String::new(), &out, &clock).unwrap();
+        let v = verify(&out, None).unwrap();
+        assert_eq!(v.header.created_at, "2025-12-04T00:00:00Z");
+        assert_eq!(v.manifest.finished_at, crate::clock::rfc3339_ms(at_ms));
+        assert_eq!(v.manifest.counts["test"].len(), 1);
 
-/// The key, in each region, where every successful `vigil backup create` from the regions
-/// records itself (JSON: Unix time, file name, size, SHA-256), so the archive role's
-/// `/metrics` can say how old the last backup is wherever the backup job ran.
-pub fn last_success_key(cfg: &Config) -> String {
-    let prefix = cfg.feed.as_ref().map_or("vigil", |f| f.key_prefix.as_str());
-    format!("{prefix}:backup:last-success")
-}
+        // A point in time before the backup finished is refused by what it is, before the
+        // archive is read.
+        let e = state_at(&out, None, &tmp.path().join("no-archive"), at_ms - 1)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&e, BackupError::BackupAfterTime { finished, .. }
+                if *finished == crate::clock::rfc3339_ms(at_ms)),
+            "{e}"
+        );
+        // At its time, the archive is read: there is none.
+        let e = state_at(&out, None, &tmp.path().join("no-archive"), at_ms)
+            .err()
+            .unwrap();
+        assert!(matches!(e, BackupError::Archive(_)), "{e}");
 
-/// Writes the backup's health metrics to `path` in the Prometheus text format (for
-/// node_exporter's textfile collector): written to a temporary name and renamed, so the
-/// collector never reads half a file; only after a backup succeeded, so a failing job leaves
-/// the old timestamp to age.
-pub fn write_metrics_file(path: &Path, created: &Created, seconds: f64) -> Result<(), String> {
-    let now = crate::clock::unix_now_ms() as f64 / 1000.0;
-    let name = crate::telemetry::BACKUP_LAST_SUCCESS;
-    let text = format!(
-        "# HELP {name} Unix time of the last successful vigil backup create.\n\
-         # TYPE {name} gauge\n{name} {now:.3}\n\
-         # HELP vigil_backup_last_size_bytes Size of the last successful backup.\n\
-         # TYPE vigil_backup_last_size_bytes gauge\nvigil_backup_last_size_bytes {}\n\
-         # HELP vigil_backup_last_duration_seconds How long the last successful backup took.\n\
-         # TYPE vigil_backup_last_duration_seconds gauge\nvigil_backup_last_duration_seconds {seconds:.3}\n",
-        created.bytes
-    );
-    let tmp = temp_path(path);
-    std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Records a successful backup in every region it was taken from (best effort: a region
-/// that cannot be written only misses this record; the backup itself is done).
-pub async fn record_success(cfg: &Config, only: Option<&str>, created: &Created) {
-    let Ok(regions) = chosen_regions(cfg, only) else {
-        return;
-    };
-    let value = serde_json::json!({
-        "at": crate::clock::unix_now_ms() as f64 / 1000.0,
-        "bytes": created.bytes,
-        "sha256": created.manifest.sha256,
-    })
-    .to_string();
-    let key = last_success_key(cfg);
-    for r in regions {
-        let done = async {
-            let mut c = r.writer().await?;
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(&value)
-                .query_async::<()>(&mut c)
-                .await
-                .map_err(crate::feed::FeedError::from)
+        let metrics = tmp.path().join("backup.prom");
+        let created = Created {
+            manifest: v.manifest,
+            same_as: Vec::new(),
+            bytes: 1,
         };
-        if let Err(e) = done.await {
-            tracing::warn!(region = %r.name, error = %e, "could not record the backup's success in the region");
-        }
+        write_metrics_file(&metrics, &created, 2.0, &clock).unwrap();
+        let text = std::fs::read_to_string(&metrics).unwrap();
+        assert!(
+            text.contains(&format!(
+                "{} 1764806400.250\n",
+                crate::telemetry::BACKUP_LAST_SUCCESS
+            )),
+            "{text}"
+        );
     }
-}
 
-/// The newest successful backup recorded in any region, Unix seconds (`Some(0.0)` when the
-/// regions that answered hold no record; `None` when no region answered).
-pub async fn last_success(cfg: &Config) -> Option<f64> {
-    let regions = crate::feed::region::regions(cfg).ok()?;
-    let key = last_success_key(cfg);
-    let mut newest: Option<f64> = None;
-    for r in regions {
-        let Ok(mut c) = r.writer().await else {
-            continue;
-        };
-        let Ok(v) = redis::cmd("GET")
-            .arg(&key)
-            .query_async::<Option<String>>(&mut c)
-            .await
-        else {
-            r.reset_writer().await;
-            continue;
-        };
-        let at = v
-            .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
-            .and_then(|j| j["at"].as_f64())
-            .unwrap_or(0.0);
-        newest = Some(newest.map_or(at, |n| n.max(at)));
-    }
-    newest
-}
-
-/// Keeps the `vigil_backup_last_success_timestamp_seconds` gauge at the newest backup any
-/// region records, every `every` (the archive role's `/metrics`, and every replica of a feed).
-/// 0 when the regions hold no record, which an age alert reads as "never"; unchanged while
-/// no region answers.
-pub async fn watch_last_success(cfg: Config, every: std::time::Duration) {
-    let gauge = metrics::gauge!(crate::telemetry::BACKUP_LAST_SUCCESS);
-    loop {
-        if let Some(at) = last_success(&cfg).await {
-            gauge.set(at);
-        }
-        tokio::time::sleep(every).await;
+    #[test]
+    fn an_encrypted_backup_without_an_identity_is_refused_by_variant() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("enc.vgb");
+        std::fs::write(&path, b"age-encryption.org/v1\n").unwrap();
+        let e = open(&path, None).err().unwrap();
+        assert!(
+            matches!(&e, BackupError::NeedIdentity(p) if *p == path),
+            "{e}"
+        );
+        assert!(e
+            .to_string()
+            .contains("give the identity file with --identity"));
+        let e = parse_recipient("age1nope").err().unwrap();
+        assert!(matches!(e, BackupError::Recipient { .. }), "{e}");
     }
 }

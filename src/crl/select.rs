@@ -17,8 +17,7 @@
 //!   certificateHold and its hold time; elsewhere holds are not listed.
 
 use super::{Entry, Sharding};
-use crate::status::view::IssuerTable;
-use crate::status::{CertRecord, CertStatus, CrlScope, RevocationReason, Serial};
+use crate::status::{CertRecord, CertStatus, CrlScope, Records, RevocationReason, Serial};
 
 /// A revoked certificate with what retention needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,17 +69,17 @@ pub fn shard_index(
     }
 }
 
-/// The revoked certificates of `table`, by shard (one vector per shard, one when unsharded);
+/// The revoked certificates among `records`, by shard (one vector per shard, one when unsharded);
 /// with `holds`, the certificates on hold too. A certificate whose scope was recorded at
 /// issuance is on that shard; Err when some recorded scope is not published by `sharding`.
 pub fn revoked_by_shard(
-    table: &IssuerTable,
+    records: &(impl Records + ?Sized),
     sharding: &Sharding,
     holds: bool,
 ) -> Result<Vec<Vec<Candidate>>, Misplaced> {
     let mut out = vec![Vec::new(); sharding.scopes().len()];
     let mut misplaced: Option<Misplaced> = None;
-    table.for_each(|serial, record| {
+    records.each(&mut |serial, record| {
         if let CertStatus::Revoked(r) = record.status_with(holds) {
             let not_after = record.not_after();
             let k = match shard_index(sharding, serial, record) {
@@ -268,6 +267,7 @@ mod tests {
     use super::*;
     use crate::crl::testutil::serial;
     use crate::crl::ShardBy;
+    use crate::status::view::IssuerTable;
     use crate::status::{CertRecord, EventKind, RevocationReason};
 
     fn revoke(t: &IssuerTable, n: u64, not_after: Option<i64>) {

@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod publisher;
 pub mod redis_store;
 
+use crate::clock::Clock;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,7 @@ pub struct CrlService {
     regions: Arc<Vec<Region>>,
     publisher: Option<Arc<Publisher>>,
     config: Arc<Config>,
+    clock: Clock,
 }
 
 /// The CRL signer pools started from `[issuer.crl_signer]`, by issuer name.
@@ -100,6 +102,7 @@ impl CrlService {
         issuers: &[Issuer],
         publishing: bool,
         pools: &CrlPools,
+        clock: Clock,
     ) -> Result<Self, String> {
         let mut crl_issuers = Vec::new();
         let mut publish = Vec::new();
@@ -162,6 +165,7 @@ impl CrlService {
                 catalog: catalog.clone(),
                 regions: regions.clone(),
                 refusals: Arc::new(Refusals::default()),
+                clock: clock.clone(),
             })
         });
         Ok(CrlService {
@@ -169,6 +173,7 @@ impl CrlService {
             regions,
             publisher,
             config: cfg,
+            clock,
         })
     }
 
@@ -293,7 +298,7 @@ impl CrlService {
         let Some(p) = &self.publisher else {
             return Duration::MAX;
         };
-        let now = crate::clock::unix_now();
+        let now = self.clock.now();
         let due = p
             .issuers
             .iter()
@@ -510,7 +515,7 @@ async fn run_publisher(
                 }
                 if leader {
                     let f = fence.borrow().clone();
-                    let now = crate::clock::unix_now();
+                    let now = svc.clock.now();
                     let due: Vec<String> = publisher
                         .issuers
                         .iter()
@@ -559,7 +564,7 @@ async fn run_refresher(svc: Arc<CrlService>) {
     loop {
         tokio::time::sleep(svc.config.crl.refresh).await;
         refresh_once(&svc.catalog, &svc.regions).await;
-        svc.catalog.update_age_gauges(crate::clock::unix_now());
+        svc.catalog.update_age_gauges(svc.clock.now());
     }
 }
 

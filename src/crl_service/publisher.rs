@@ -84,6 +84,8 @@ pub struct Publisher {
     pub regions: Arc<Vec<Region>>,
     /// Complete CRLs refused for dropping entries, by path (for `/readyz`).
     pub refusals: Arc<Refusals>,
+    /// The one clock: thisUpdate and the CRL number come from it.
+    pub clock: crate::clock::Clock,
 }
 
 /// Complete CRLs refused because they would drop entries of the previous one, by CRL path:
@@ -147,11 +149,11 @@ impl Publisher {
             let scan = table.clone();
             let sharding = pi.sharding;
             let holds = pi.issuer.allow_hold;
-            // At normal priority, not on the background threads: the scan holds one segment's
-            // read lock at a time, and a low-priority thread preempted while holding one would
-            // keep the feed's writer waiting, and the OCSP reads of that segment behind it.
+            // At normal priority, not on the background threads: the scan copies one segment at
+            // a time under its read lock, and a low-priority thread preempted while copying
+            // would keep the feed's writer waiting, and the OCSP reads of that segment behind it.
             let candidates = match tokio::task::spawn_blocking(move || {
-                select::revoked_by_shard(&scan, &sharding, holds)
+                select::revoked_by_shard(&*scan, &sharding, holds)
             })
             .await
             {
@@ -361,7 +363,7 @@ impl Publisher {
         checked_against: Option<u64>,
     ) -> Result<Published, String> {
         let name = pi.issuer.name.clone();
-        let now_ms = crate::clock::unix_now_ms();
+        let now_ms = self.clock.now_ms();
         let now = now_ms.div_euclid(1000);
         let number = next_number(now_ms, previous);
         let idp_uri = self.catalog.idp_uri(&id).map(str::to_owned);

@@ -33,8 +33,7 @@
 //! Every amount read from the network is bounded by a named limit.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,6 +41,9 @@ use der::{Decode, Encode};
 use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
 use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
 use x509_cert::Certificate;
+
+mod download;
+pub use download::{download, fetch, Download, Fetched};
 
 use super::{Level, Report, Target};
 use crate::status::{CertStatus, Serial};
@@ -73,6 +75,151 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(336 * 3600);
 const REVOCATION_TO_CRL_SECS: i64 = 24 * 3600;
 /// Serials named in one finding, at most.
 const EXAMPLES: usize = 5;
+
+/// Why a CRL, its JSON array, the state file or the view could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsumerError {
+    /// The URL is not `http://`.
+    #[error("{0}: only http:// URLs are fetched")]
+    UnsupportedUrl(String),
+    /// Resolving, connecting, reading or writing a host or file failed.
+    #[error("{at}: {source}")]
+    Io {
+        /// The host or the file.
+        at: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The host name resolved to no address.
+    #[error("{0}: no address")]
+    NoAddress(String),
+    /// The response head is over [`MAX_HEAD_BYTES`].
+    #[error("{0}: response head larger than {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge(String),
+    /// The connection closed before the head was complete.
+    #[error("{0}: closed before the response head")]
+    ClosedBeforeHead(String),
+    /// The status line did not parse.
+    #[error("{0}: bad status line")]
+    BadStatusLine(String),
+    /// A transfer coding this client does not read.
+    #[error("{host}: Transfer-Encoding {coding} is not read here")]
+    TransferEncoding {
+        /// The host.
+        host: String,
+        /// The coding.
+        coding: String,
+    },
+    /// A body announced past its bound.
+    #[error("{host}: a body of {bytes} bytes, more than {max}")]
+    BodyTooLarge {
+        /// The host.
+        host: String,
+        /// `Content-Length`.
+        bytes: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// A body grown past its bound.
+    #[error("{host}: a body of more than {max} bytes")]
+    BodyGrewTooLarge {
+        /// The host.
+        host: String,
+        /// The bound.
+        max: u64,
+    },
+    /// A CRL's length is over [`MAX_CRL_BYTES`].
+    #[error("{0} bytes, more than {MAX_CRL_BYTES}")]
+    CrlTooLarge(u64),
+    /// An HTTP status that is not what was asked for.
+    #[error("HTTP {0}")]
+    Http(u16),
+    /// The `HEAD` request failed.
+    #[error("HEAD: {0}")]
+    Head(Box<ConsumerError>),
+    /// The body stopped early.
+    #[error("cut short at byte {0}")]
+    CutShortAt(usize),
+    /// The body stopped early (a response not resumed).
+    #[error("cut short")]
+    CutShort,
+    /// 416 to a resumed request.
+    #[error("416 while resuming")]
+    RangeNotSatisfiable,
+    /// 206 without a Content-Range this client reads.
+    #[error("206 without a usable Content-Range")]
+    NoContentRange,
+    /// 206 for another range than asked.
+    #[error("asked from byte {asked}, got Content-Range from {first} of {len}")]
+    WrongRange {
+        /// The first byte asked for.
+        asked: u64,
+        /// The first byte sent.
+        first: u64,
+        /// The length the server gave.
+        len: u64,
+    },
+    /// 206 of another version than If-Range named.
+    #[error("206 for another ETag than If-Range named")]
+    EtagChanged,
+    /// Every attempt failed.
+    #[error("gave up after {failures} failed requests: {last}")]
+    GaveUp {
+        /// Requests that failed.
+        failures: u32,
+        /// The last failure.
+        last: Box<ConsumerError>,
+    },
+    /// What is wrong with the JSON array of partitioned CRLs.
+    #[error("not a JSON array of strings: {0}")]
+    NotJsonArray(serde_json::Error),
+    /// An empty array.
+    #[error("an empty array")]
+    EmptyArray,
+    /// More URLs than [`MAX_URLS`].
+    #[error("{0} URLs, more than {MAX_URLS}")]
+    TooManyUrls(usize),
+    /// A URL that is not `http://`.
+    #[error("{0:?}: not an http:// URL (BR §7.2.2.1)")]
+    NotHttp(String),
+    /// A URL listed twice.
+    #[error("{0} listed twice")]
+    ListedTwice(String),
+    /// The state file is over [`MAX_STATE_BYTES`].
+    #[error("{}: larger than {MAX_STATE_BYTES} bytes", .0.display())]
+    StateTooLarge(PathBuf),
+    /// The state file is not JSON of a state (or could not be encoded).
+    #[error("{}: {source}", path.display())]
+    StateJson {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The issuingDistributionPoint did not decode.
+    #[error("issuingDistributionPoint: {0}")]
+    Idp(der::Error),
+    /// The issuingDistributionPoint names no fullName.
+    #[error("issuingDistributionPoint has no fullName")]
+    IdpWithoutFullName,
+    /// Reading the view from Redis failed.
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    /// A serial in the view is not one vigil writes.
+    #[error("a serial: {0}")]
+    Serial(#[from] crate::status::SerialError),
+    /// A record in the view does not decode.
+    #[error("a malformed record")]
+    Record,
+}
+
+fn io_at(at: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> ConsumerError {
+    move |source| ConsumerError::Io {
+        at: at.to_string(),
+        source,
+    }
+}
 
 /// Options of the consumer check.
 #[derive(Debug, Clone)]
@@ -111,32 +258,35 @@ pub struct State {
 
 impl State {
     /// Reads `path`; a missing file is an empty state.
-    pub fn load(path: &Path) -> Result<State, String> {
+    pub fn load(path: &Path) -> Result<State, ConsumerError> {
         let f = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) => return Err(io_at(path.display())(e)),
         };
         let mut text = Vec::new();
         f.take(MAX_STATE_BYTES + 1)
             .read_to_end(&mut text)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(io_at(path.display()))?;
         if text.len() as u64 > MAX_STATE_BYTES {
-            return Err(format!(
-                "{}: larger than {MAX_STATE_BYTES} bytes",
-                path.display()
-            ));
+            return Err(ConsumerError::StateTooLarge(path.to_owned()));
         }
-        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))
+        serde_json::from_slice(&text).map_err(|source| ConsumerError::StateJson {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// Writes `path` atomically (a temporary file renamed over it).
-    pub fn save(&self, path: &Path) -> Result<(), String> {
-        let text = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+    pub fn save(&self, path: &Path) -> Result<(), ConsumerError> {
+        let text = serde_json::to_vec_pretty(self).map_err(|source| ConsumerError::StateJson {
+            path: path.to_owned(),
+            source,
+        })?;
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(io_at(path.display()))
     }
 }
 
@@ -148,6 +298,7 @@ pub(super) fn check(
     t: &Target,
     opts: &ConsumerOptions,
     cas: &[(String, Certificate)],
+    now: i64,
 ) {
     let mut state = match &opts.state {
         Some(p) => match State::load(p) {
@@ -159,7 +310,6 @@ pub(super) fn check(
         },
         None => State::default(),
     };
-    let now = super::now();
     for (name, ca) in cas {
         let Some(urls) = disclosed_urls(r, t, name) else {
             continue;
@@ -189,10 +339,10 @@ fn disclosed_urls(r: &mut Report, t: &Target, name: &str) -> Option<Vec<String>>
         let url = format!("{base}/crl/{name}.json");
         let got = fetch(&url, "GET", &[], MAX_JSON_BYTES as u64).and_then(|f| {
             if f.status != 200 {
-                return Err(format!("HTTP {}", f.status));
+                return Err(ConsumerError::Http(f.status));
             }
             if !f.complete {
-                return Err("cut short".into());
+                return Err(ConsumerError::CutShort);
             }
             parse_array(&f.body)
         });
@@ -229,22 +379,21 @@ fn disclosed_urls(r: &mut Report, t: &Target, name: &str) -> Option<Vec<String>>
 }
 
 /// A JSON array of distinct `http://` URLs, at most [`MAX_URLS`], not empty.
-pub fn parse_array(body: &[u8]) -> Result<Vec<String>, String> {
-    let urls: Vec<String> =
-        serde_json::from_slice(body).map_err(|e| format!("not a JSON array of strings: {e}"))?;
+pub fn parse_array(body: &[u8]) -> Result<Vec<String>, ConsumerError> {
+    let urls: Vec<String> = serde_json::from_slice(body).map_err(ConsumerError::NotJsonArray)?;
     if urls.is_empty() {
-        return Err("an empty array".into());
+        return Err(ConsumerError::EmptyArray);
     }
     if urls.len() > MAX_URLS {
-        return Err(format!("{} URLs, more than {MAX_URLS}", urls.len()));
+        return Err(ConsumerError::TooManyUrls(urls.len()));
     }
     let mut seen = BTreeSet::new();
     for u in &urls {
         if !u.starts_with("http://") {
-            return Err(format!("{u:?}: not an http:// URL (BR §7.2.2.1)"));
+            return Err(ConsumerError::NotHttp(u.clone()));
         }
         if !seen.insert(u.as_str()) {
-            return Err(format!("{u} listed twice"));
+            return Err(ConsumerError::ListedTwice(u.clone()));
         }
     }
     Ok(urls)
@@ -409,6 +558,7 @@ fn crl_checks(
                 parsed.tbs,
                 parsed.signature,
             )
+            .map_err(|e| e.to_string())
         });
     match verified {
         Ok(true) if parsed.issuer == subject.as_slice() => r.push(
@@ -520,18 +670,17 @@ fn crl_checks(
 
 /// The fullName URIs of the issuingDistributionPoint, as the bytes of their IA5Strings;
 /// `None` when the CRL has none.
-fn idp_uris(extensions: &[(&[u8], bool, &[u8])]) -> Result<Option<Vec<Vec<u8>>>, String> {
+fn idp_uris(extensions: &[(&[u8], bool, &[u8])]) -> Result<Option<Vec<Vec<u8>>>, ConsumerError> {
     let Some((_, _, value)) = extensions
         .iter()
         .find(|(oid, _, _)| *oid == [0x55, 0x1D, 0x1C])
     else {
         return Ok(None);
     };
-    let idp = IssuingDistributionPoint::from_der(value)
-        .map_err(|e| format!("issuingDistributionPoint: {e}"))?;
+    let idp = IssuingDistributionPoint::from_der(value).map_err(ConsumerError::Idp)?;
     let names = match idp.distribution_point {
         Some(DistributionPointName::FullName(names)) => names,
-        _ => return Err("issuingDistributionPoint has no fullName".into()),
+        _ => return Err(ConsumerError::IdpWithoutFullName),
     };
     Ok(Some(
         names
@@ -702,12 +851,12 @@ fn view_check(
 }
 
 /// Every (serial, record) of one snapshot hash.
-fn scan_snapshot(url: &str, key: &str) -> Result<Vec<(Serial, crate::status::CertRecord)>, String> {
-    let mut con = redis::Client::open(url)
-        .and_then(|c| c.get_connection_with_timeout(TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    con.set_read_timeout(Some(TIMEOUT))
-        .map_err(|e| e.to_string())?;
+fn scan_snapshot(
+    url: &str,
+    key: &str,
+) -> Result<Vec<(Serial, crate::status::CertRecord)>, ConsumerError> {
+    let mut con = redis::Client::open(url).and_then(|c| c.get_connection_with_timeout(TIMEOUT))?;
+    con.set_read_timeout(Some(TIMEOUT))?;
     let mut cursor = "0".to_owned();
     let mut out = Vec::new();
     loop {
@@ -716,11 +865,10 @@ fn scan_snapshot(url: &str, key: &str) -> Result<Vec<(Serial, crate::status::Cer
             .arg(&cursor)
             .arg("COUNT")
             .arg(crate::limits::FEED_SCAN_COUNT)
-            .query(&mut con)
-            .map_err(|e| e.to_string())?;
+            .query(&mut con)?;
         for p in fields.chunks_exact(2) {
-            let s = Serial::from_der_content(&p[0]).map_err(|e| format!("a serial: {e}"))?;
-            let rec = crate::status::CertRecord::from_bytes(&p[1]).ok_or("a malformed record")?;
+            let s = Serial::from_der_content(&p[0])?;
+            let rec = crate::status::CertRecord::from_bytes(&p[1]).ok_or(ConsumerError::Record)?;
             out.push((s, rec));
         }
         if next == "0" {
@@ -728,317 +876,6 @@ fn scan_snapshot(url: &str, key: &str) -> Result<Vec<(Serial, crate::status::Cer
         }
         cursor = next;
     }
-}
-
-// === the aggregator's download ===
-
-/// A CRL downloaded in pieces.
-#[derive(Debug, Clone)]
-pub struct Download {
-    /// The whole body.
-    pub body: Vec<u8>,
-    /// Its ETag.
-    pub etag: Option<String>,
-    /// Requests made.
-    pub requests: u32,
-    /// Requests that failed and were retried.
-    pub retries: u32,
-    /// Whether the server answered a Range request with 206.
-    pub range_supported: bool,
-}
-
-/// Downloads `url` as an aggregator does: a `HEAD` for its length and ETag, the first half
-/// with a Range request, then the rest with `Range: bytes=N-` and `If-Range: <ETag>`, resuming
-/// after every interruption (a 200 instead of 206 means the CRL changed: the whole new one
-/// arrived). At most [`MAX_ATTEMPTS`] failed requests, [`MAX_CRL_BYTES`] in all.
-pub fn download(url: &str) -> Result<Download, String> {
-    let mut d = Download {
-        body: Vec::new(),
-        etag: None,
-        requests: 0,
-        retries: 0,
-        range_supported: true,
-    };
-    let mut total: Option<u64> = None;
-    let mut failures = 0u32;
-    let mut last_error = String::new();
-    // The first piece: half the CRL when HEAD tells its length, else RESUME_PROBE_BYTES.
-    let mut probe = RESUME_PROBE_BYTES;
-    loop {
-        if failures >= MAX_ATTEMPTS {
-            return Err(format!(
-                "gave up after {failures} failed requests: {last_error}"
-            ));
-        }
-        if failures > 0 {
-            std::thread::sleep(RETRY_BACKOFF * (1 << (failures - 1).min(6)));
-        }
-        d.requests += 1;
-        match fetch(url, "HEAD", &[], 0) {
-            Ok(f) if f.status == 200 => {
-                if let Some(n) = f.length {
-                    if n > MAX_CRL_BYTES {
-                        return Err(format!("{n} bytes, more than {MAX_CRL_BYTES}"));
-                    }
-                    probe = (n / 2).max(1);
-                }
-                d.etag = f.etag;
-                break;
-            }
-            Ok(f) if f.status >= 500 || f.status == 429 || f.status == 408 => {
-                last_error = format!("HEAD: HTTP {}", f.status);
-            }
-            // HEAD not allowed, or not found: the GETs tell (a GET of a missing CRL fails)
-            Ok(_) => break,
-            Err(e) => last_error = format!("HEAD: {e}"),
-        }
-        failures += 1;
-        d.retries += 1;
-    }
-    loop {
-        if total.is_some_and(|n| d.body.len() as u64 == n) {
-            return Ok(d);
-        }
-        if failures >= MAX_ATTEMPTS {
-            return Err(format!(
-                "gave up after {failures} failed requests: {last_error}"
-            ));
-        }
-        if failures > 0 {
-            std::thread::sleep(RETRY_BACKOFF * (1 << (failures - 1).min(6)));
-        }
-        if d.etag.is_none() && !d.body.is_empty() {
-            // without an ETag, If-Range cannot keep two versions from being stitched
-            // together: start over with the whole body
-            d.body.clear();
-            total = None;
-            d.range_supported = false;
-        }
-        let have = d.body.len() as u64;
-        let range = if have == 0 && d.range_supported {
-            Some(format!("bytes=0-{}", probe - 1))
-        } else if have > 0 {
-            Some(format!("bytes={have}-"))
-        } else {
-            None
-        };
-        let mut headers = Vec::new();
-        if let Some(r) = &range {
-            headers.push(("Range", r.as_str()));
-            if let Some(etag) = d.etag.as_deref() {
-                headers.push(("If-Range", etag));
-            }
-        }
-        d.requests += 1;
-        let f = match fetch(url, "GET", &headers, MAX_CRL_BYTES) {
-            Ok(f) => f,
-            Err(e) => {
-                failures += 1;
-                d.retries += 1;
-                last_error = e;
-                continue;
-            }
-        };
-        match f.status {
-            206 => {
-                let Some((first, len)) = f.content_range else {
-                    return Err("206 without a usable Content-Range".into());
-                };
-                if first != have || total.is_some_and(|n| n != len) {
-                    return Err(format!(
-                        "asked from byte {have}, got Content-Range from {first} of {len}"
-                    ));
-                }
-                if len > MAX_CRL_BYTES {
-                    return Err(format!("{len} bytes, more than {MAX_CRL_BYTES}"));
-                }
-                if d.etag.is_some() && f.etag != d.etag {
-                    return Err("206 for another ETag than If-Range named".into());
-                }
-                total = Some(len);
-                d.etag = f.etag;
-                d.body.extend_from_slice(&f.body);
-                if !f.complete {
-                    failures += 1;
-                    d.retries += 1;
-                    last_error = format!("cut short at byte {}", d.body.len());
-                }
-            }
-            200 => {
-                // the server ignores Range, or If-Range failed: the CRL changed mid-download
-                if range.is_some() && d.etag == f.etag {
-                    d.range_supported = false;
-                }
-                d.body = f.body;
-                d.etag = f.etag;
-                total = Some(f.length.unwrap_or(d.body.len() as u64));
-                if !f.complete {
-                    failures += 1;
-                    d.retries += 1;
-                    last_error = format!("cut short at byte {}", d.body.len());
-                }
-            }
-            416 => {
-                // shorter than what was stitched: a new version; start over
-                d.body.clear();
-                d.etag = None;
-                total = None;
-                failures += 1;
-                d.retries += 1;
-                last_error = "416 while resuming".into();
-            }
-            s if s >= 500 || s == 429 || s == 408 => {
-                failures += 1;
-                d.retries += 1;
-                last_error = format!("HTTP {s}");
-            }
-            s => return Err(format!("HTTP {s}")),
-        }
-    }
-}
-
-/// One response, possibly cut short.
-#[derive(Debug, Clone)]
-pub struct Fetched {
-    /// Status code.
-    pub status: u16,
-    /// `ETag`.
-    pub etag: Option<String>,
-    /// `Content-Length`.
-    pub length: Option<u64>,
-    /// `Content-Range: bytes first-last/len` as (first, len).
-    pub content_range: Option<(u64, u64)>,
-    /// What arrived of the body.
-    pub body: Vec<u8>,
-    /// The whole body arrived (Content-Length bytes, or until the connection closed without).
-    pub complete: bool,
-}
-
-/// One GET over a fresh connection. A body that stops early (connection closed or timed out
-/// after the head) is returned with `complete: false`; a body announced or grown past
-/// `max_body` is an error.
-pub fn fetch(
-    url: &str,
-    method: &str,
-    headers: &[(&str, &str)],
-    max_body: u64,
-) -> Result<Fetched, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// URLs are fetched"))?;
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let addr = if host.contains(':') && !host.ends_with(']') {
-        host.to_owned()
-    } else {
-        format!("{host}:80")
-    };
-    let sock = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("{host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host}: no address"))?;
-    let mut s = TcpStream::connect_timeout(&sock, TIMEOUT).map_err(|e| format!("{host}: {e}"))?;
-    s.set_read_timeout(Some(TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())
-        .map_err(|e| format!("{host}: {e}"))?;
-
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    let end = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p;
-        }
-        if buf.len() > MAX_HEAD_BYTES {
-            return Err(format!(
-                "{host}: response head larger than {MAX_HEAD_BYTES} bytes"
-            ));
-        }
-        match s.read(&mut chunk) {
-            Ok(0) => return Err(format!("{host}: closed before the response head")),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(format!("{host}: {e}")),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("{host}: bad status line"))?;
-    let mut f = Fetched {
-        status,
-        etag: None,
-        length: None,
-        content_range: None,
-        body: buf[end + 4..].to_vec(),
-        complete: false,
-    };
-    for l in lines {
-        let Some((k, v)) = l.split_once(':') else {
-            continue;
-        };
-        let v = v.trim();
-        match k.trim().to_ascii_lowercase().as_str() {
-            "etag" => f.etag = Some(v.to_owned()),
-            "content-length" => f.length = v.parse().ok(),
-            "content-range" => f.content_range = parse_content_range(v),
-            "transfer-encoding" if !v.eq_ignore_ascii_case("identity") => {
-                return Err(format!("{host}: Transfer-Encoding {v} is not read here"))
-            }
-            _ => {}
-        }
-    }
-    if method == "HEAD" || status == 304 || status == 204 || (100..200).contains(&status) {
-        f.body.clear();
-        f.complete = true;
-        return Ok(f);
-    }
-    let want = f.length.unwrap_or(max_body + 1);
-    if f.length.is_some_and(|n| n > max_body) {
-        return Err(format!(
-            "{host}: a body of {want} bytes, more than {max_body}"
-        ));
-    }
-    while (f.body.len() as u64) < want {
-        match s.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => f.body.extend_from_slice(&chunk[..n]),
-            Err(_) => break, // cut short: the caller resumes
-        }
-        if f.body.len() as u64 > max_body {
-            return Err(format!("{host}: a body of more than {max_body} bytes"));
-        }
-    }
-    match f.length {
-        Some(n) => {
-            f.body.truncate(n as usize);
-            f.complete = f.body.len() as u64 == n;
-        }
-        None => f.complete = true,
-    }
-    Ok(f)
-}
-
-/// `bytes first-last/len` → (first, len).
-fn parse_content_range(v: &str) -> Option<(u64, u64)> {
-    let rest = v.strip_prefix("bytes ")?;
-    let (range, len) = rest.split_once('/')?;
-    let (first, last) = range.split_once('-')?;
-    let (first, last, len): (u64, u64, u64) =
-        (first.parse().ok()?, last.parse().ok()?, len.parse().ok()?);
-    (first <= last && last < len).then_some((first, len))
 }
 
 #[cfg(test)]
@@ -1060,15 +897,6 @@ mod tests {
             .map(|i| format!("http://a/{i}.crl"))
             .collect();
         assert!(parse_array(&serde_json::to_vec(&many).unwrap()).is_err());
-    }
-
-    #[test]
-    fn content_ranges() {
-        assert_eq!(parse_content_range("bytes 0-9/100"), Some((0, 100)));
-        assert_eq!(parse_content_range("bytes 90-99/100"), Some((90, 100)));
-        assert_eq!(parse_content_range("bytes 90-100/100"), None);
-        assert_eq!(parse_content_range("bytes */100"), None);
-        assert_eq!(parse_content_range("items 0-1/2"), None);
     }
 
     #[test]

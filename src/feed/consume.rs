@@ -20,7 +20,7 @@ use super::region::Region;
 use super::repair::{merge_view_into, Lease};
 use super::{scripts, value_bytes, value_str, Cursor, FeedError, StreamId};
 use crate::apply::Applier;
-use crate::clock::unix_now_ms;
+use crate::clock::Clock;
 use crate::http::Readiness;
 use crate::limits::{FEED_READ_COUNT, FEED_SCAN_COUNT};
 use crate::status::view::Digest;
@@ -44,6 +44,8 @@ pub struct FeedState {
     /// How this replica writes back into a region that lost records (None: it never does,
     /// e.g. in one-shot commands).
     pub reseed: Option<Reseed>,
+    /// The one clock: freshness, lag and the times of what is written back.
+    pub clock: Clock,
     cursors: Mutex<HashMap<String, Cursor>>,
 }
 
@@ -66,6 +68,7 @@ impl FeedState {
         readiness: Option<Arc<Readiness>>,
         cursors: HashMap<String, Cursor>,
         reseed: Option<Reseed>,
+        clock: Clock,
     ) -> Self {
         FeedState {
             view: applier.view.clone(),
@@ -73,6 +76,7 @@ impl FeedState {
             health,
             readiness,
             reseed,
+            clock,
             cursors: Mutex::new(cursors),
         }
     }
@@ -148,9 +152,13 @@ fn jitter() -> f64 {
 pub fn random_id() -> String {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 16];
-    // On failure, the time still makes a usable (if predictable) id.
+    // On failure, std's per-process hash keys (also from the OS, with its own fallbacks) and
+    // the process id still make a usable, if weaker, id.
     if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        b[..8].copy_from_slice(&unix_now_ms().to_be_bytes());
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        b[..8].copy_from_slice(&h.finish().to_be_bytes());
     }
     crate::status::hex(&b)
 }
@@ -260,7 +268,7 @@ async fn session(
         let entries = parse_xread(reply)?;
         if !entries.is_empty() {
             let read_from = id;
-            let now = unix_now_ms();
+            let now = state.clock.now_ms();
             let mut events = Vec::with_capacity(entries.len());
             for (eid, fields) in entries {
                 // The events of one entry were written in one call: one lag sample each.
@@ -565,8 +573,11 @@ async fn reseed_issuer(
         region,
         conn,
         only,
-        &cfg.origin,
-        cfg.maxlen,
+        super::repair::WriteBack {
+            origin: &cfg.origin,
+            maxlen: cfg.maxlen,
+            at_ms: state.clock.now_ms(),
+        },
         &lease,
     )
     .await;
@@ -757,7 +768,7 @@ pub async fn bootstrap(
             },
         );
         health.bootstraps.increment(1);
-        health.seen(unix_now_ms(), None);
+        health.seen(state.clock.now_ms(), None);
         tracing::info!(region = %region.name, records, start = %start,
             elapsed_ms = started.elapsed().as_millis() as u64, "bootstrapped from the region's snapshot");
         return Ok(start);
@@ -816,7 +827,7 @@ async fn scan_snapshot(
         records += batch.len() as u64;
         changed += state.applier.records(issuer, &batch).await.changed;
         // The region answers: a long re-read (millions of records) is not a silent feed.
-        health.seen(unix_now_ms(), None);
+        health.seen(state.clock.now_ms(), None);
         if next == "0" {
             return Ok((records, changed));
         }

@@ -93,10 +93,10 @@ impl FeedHealth {
     /// `Ok` when the view holds everything every reachable region holds: each region is
     /// covered and not behind, or was tried and is unreachable. Otherwise which regions are
     /// not, and why. The CRL publisher builds complete CRLs only while this is `Ok`.
-    pub fn complete(&self) -> Result<(), String> {
+    pub fn complete(&self) -> Result<(), FeedNotReady> {
         self.covers_cursors()?;
         match self.behind() {
-            Some(why) => Err(format!("the status view is {why}")),
+            Some(why) => Err(FeedNotReady::Behind(why)),
             None => Ok(()),
         }
     }
@@ -104,7 +104,7 @@ impl FeedHealth {
     /// `Ok` when, for every reachable region, the view holds everything the region held at
     /// the consumer's cursor (no gap; a region being caught up with after a trim is covered
     /// up to its cursor). Readiness needs this.
-    pub fn covers_cursors(&self) -> Result<(), String> {
+    pub fn covers_cursors(&self) -> Result<(), FeedNotReady> {
         let gaps: Vec<String> = self
             .regions
             .iter()
@@ -113,10 +113,7 @@ impl FeedHealth {
         if gaps.is_empty() {
             Ok(())
         } else {
-            Err(format!(
-                "the status view does not yet cover every reachable feed region ({})",
-                gaps.join("; ")
-            ))
+            Err(FeedNotReady::Gap(gaps.join("; ")))
         }
     }
 
@@ -139,12 +136,12 @@ impl FeedHealth {
     /// `Ok` while the view covers every reachable region up to its cursor
     /// ([`FeedHealth::covers_cursors`]) and some region delivered an event or heartbeat within
     /// `max_staleness`; otherwise why not, naming each region's last error.
-    pub fn check(&self, now_ms: i64) -> Result<(), String> {
+    pub fn check(&self, now_ms: i64) -> Result<(), FeedNotReady> {
         self.covers_cursors()?;
         self.check_fresh(now_ms)
     }
 
-    fn check_fresh(&self, now_ms: i64) -> Result<(), String> {
+    fn check_fresh(&self, now_ms: i64) -> Result<(), FeedNotReady> {
         let freshest = self.freshest_ms();
         let limit = self.max_staleness.as_millis() as i64;
         if freshest > 0 && now_ms - freshest <= limit {
@@ -157,13 +154,13 @@ impl FeedHealth {
             .collect::<Vec<_>>()
             .join("; ");
         if freshest == 0 {
-            Err(format!("no feed region reached yet ({regions})"))
+            Err(FeedNotReady::NeverReached { regions })
         } else {
-            Err(format!(
-                "no feed region has delivered an event or heartbeat for {}s (feed.max_staleness is {}s) ({regions})",
-                (now_ms - freshest) / 1000,
-                self.max_staleness.as_secs()
-            ))
+            Err(FeedNotReady::Stale {
+                silent_secs: (now_ms - freshest) / 1000,
+                max_staleness_secs: self.max_staleness.as_secs(),
+                regions,
+            })
         }
     }
 
@@ -186,6 +183,36 @@ impl FeedHealth {
             });
         }
     }
+}
+
+/// Why the feed keeps the view from being complete or the replica from being ready. Each
+/// variant carries the regions' own descriptions, for `/readyz` and the logs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FeedNotReady {
+    /// Some reachable region holds events the view has not read up to its cursor.
+    #[error("the status view does not yet cover every reachable feed region ({0})")]
+    Gap(String),
+    /// The view is catching up with a region trimmed past its cursor.
+    #[error("the status view is {0}")]
+    Behind(String),
+    /// No region has been reached since start.
+    #[error("no feed region reached yet ({regions})")]
+    NeverReached {
+        /// Each region's state.
+        regions: String,
+    },
+    /// Every region has been silent for longer than `feed.max_staleness`.
+    #[error(
+        "no feed region has delivered an event or heartbeat for {silent_secs}s (feed.max_staleness is {max_staleness_secs}s) ({regions})"
+    )]
+    Stale {
+        /// Seconds since the freshest region was last heard from.
+        silent_secs: i64,
+        /// The configured bound.
+        max_staleness_secs: u64,
+        /// Each region's state.
+        regions: String,
+    },
 }
 
 impl RegionHealth {
@@ -318,6 +345,8 @@ mod tests {
     fn complete_only_once_every_reachable_region_is_covered() {
         let h = FeedHealth::new(&["a".into(), "b".into()], Duration::from_secs(10));
         let e = h.complete().expect_err("nothing reached");
+        assert!(matches!(e, FeedNotReady::Gap(_)), "{e:?}");
+        let e = e.to_string();
         assert!(
             e.contains("a: not reached yet") && e.contains("b: not reached yet"),
             "{e}"
@@ -325,7 +354,7 @@ mod tests {
         h.regions[0].connected();
         h.regions[0].set_covered();
         // b not tried yet: its records may be missing.
-        let e = h.complete().expect_err("b not tried");
+        let e = h.complete().expect_err("b not tried").to_string();
         assert!(e.contains("b: not reached yet") && !e.contains("a:"), "{e}");
         // b tried and unreachable: nothing of it to read.
         h.regions[1].disconnected("connection refused");
@@ -335,7 +364,7 @@ mod tests {
         assert!(h.complete().is_err());
         h.regions[1].set_covered();
         h.regions[0].set_gap("count", "the region holds 5 records the view lacks".into());
-        let e = h.complete().expect_err("a incomplete");
+        let e = h.complete().expect_err("a incomplete").to_string();
         assert!(e.contains("a: the region holds 5 records"), "{e}");
         h.regions[0].seen(1_000_000, None);
         assert!(h.check(1_000_500).is_err(), "incomplete is not ready");
@@ -362,6 +391,8 @@ mod tests {
             "{b}"
         );
         let e = h.complete().expect_err("no complete CRL while behind");
+        assert!(matches!(e, FeedNotReady::Behind(_)), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("catching up with feed region(s) b:"), "{e}");
         // Region b unreachable: nothing of it to catch up with.
         h.regions[1].disconnected("connection refused");
@@ -382,11 +413,25 @@ mod tests {
             r.disconnected("not connected yet");
         }
         let e = h.check(1_000_000).expect_err("never seen");
+        assert!(matches!(e, FeedNotReady::NeverReached { .. }), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("no feed region reached yet") && e.contains("a: not connected yet"));
         h.regions[1].seen(1_000_000, Some(999_000));
         assert!(h.check(1_005_000).is_ok());
         h.regions[1].disconnected("connection refused");
         let e = h.check(1_011_000).expect_err("stale");
+        assert!(
+            matches!(
+                e,
+                FeedNotReady::Stale {
+                    silent_secs: 11,
+                    max_staleness_secs: 10,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = e.to_string();
         assert!(
             e.contains("for 11s") && e.contains("b: connection refused"),
             "{e}"

@@ -36,7 +36,7 @@ use super::consume::{heartbeat_payload, parse_entries, parse_issuer_hex, random_
 use super::publish::{merge, run_pipeline};
 use super::region::Region;
 use super::{group_by_certificate, scripts, value_str, FeedError};
-use crate::clock::unix_now_ms;
+use crate::clock::Clock;
 use crate::limits::FEED_PIPELINE_CHUNK;
 use crate::status::{Event, IssuerId, StatusView};
 use crate::telemetry;
@@ -320,8 +320,11 @@ impl Repairer {
             t,
             tc,
             only,
-            &self.origin,
-            self.maxlen,
+            WriteBack {
+                origin: &self.origin,
+                maxlen: self.maxlen,
+                at_ms: self.state.clock.now_ms(),
+            },
             &lease,
         )
         .await?;
@@ -416,20 +419,35 @@ impl Lease {
     }
 }
 
+/// How records written back into a region are stamped and bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteBack<'a> {
+    /// This replica's origin.
+    pub origin: &'a str,
+    /// `feed.maxlen`.
+    pub maxlen: u64,
+    /// The time the writes carry (Unix milliseconds).
+    pub at_ms: i64,
+}
+
 /// Merges every record of `view` (of one issuer, or all) into region T with the normal merge
 /// script, renewing `lease` (which the caller holds) as it goes; returns the records T did not
 /// hold yet. Used by repair (full copy, anti-entropy) and by re-seeding a region that lost its
-/// data ([`super::consume`]). Large tables are copied out in partitions, so the view's memory is
-/// never doubled and no table lock is held for long.
+/// data ([`super::consume`]). Large tables are copied out in partitions, so the view's memory
+/// is never doubled and no table lock is held for long.
 pub async fn merge_view_into(
     view: &StatusView,
     t: &Region,
     tc: &mut MultiplexedConnection,
     only: Option<IssuerId>,
-    origin: &str,
-    maxlen: u64,
+    stamp: WriteBack<'_>,
     lease: &Lease,
 ) -> Result<usize, FeedError> {
+    let WriteBack {
+        origin,
+        maxlen,
+        at_ms,
+    } = stamp;
     let mut changed = 0;
     for (issuer, table) in view.issuers() {
         if only.is_some_and(|o| o != issuer) {
@@ -439,7 +457,7 @@ pub async fn merge_view_into(
         for part in 0..parts {
             let records = table.records_partition(part, parts);
             for chunk in records.chunks(FEED_PIPELINE_CHUNK * 8) {
-                let writes = crate::backup::cert_writes(issuer, chunk, origin, unix_now_ms());
+                let writes = crate::backup::cert_writes(issuer, chunk, origin, at_ms);
                 changed += merge(t, tc, &writes, maxlen).await?;
                 lease.renew(t, tc).await?;
             }
@@ -450,7 +468,13 @@ pub async fn merge_view_into(
 
 /// Writes a heartbeat to `region` every `interval` (at most one per region per interval across
 /// all replicas, through a lease), so idle feeds stay measurable.
-pub async fn run_heartbeats(region: Arc<Region>, maxlen: u64, origin: String, interval: Duration) {
+pub async fn run_heartbeats(
+    region: Arc<Region>,
+    maxlen: u64,
+    origin: String,
+    interval: Duration,
+    clock: Clock,
+) {
     // A lease a little shorter than the interval: one heartbeat per interval even with jitter.
     let lease_ms = (interval.as_millis() as u64 * 9 / 10).max(1);
     loop {
@@ -464,7 +488,7 @@ pub async fn run_heartbeats(region: Arc<Region>, maxlen: u64, origin: String, in
                 .arg(region.keys.heartbeat())
                 .arg(maxlen)
                 .arg(lease_ms)
-                .arg(heartbeat_payload(&origin, unix_now_ms()));
+                .arg(heartbeat_payload(&origin, clock.now_ms()));
             run_pipeline::<Vec<Value>>(&region, &mut c, &pipe).await
         }
         .await;

@@ -63,6 +63,47 @@ pub struct AdminState {
     max_body: usize,
     origin: String,
     crl_urls: crate::writer::CrlUrls,
+    clock: crate::clock::Clock,
+}
+
+/// Why the admin API could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminSetupError {
+    /// `admin.token_file` could not be read.
+    #[error("admin.token_file: {0}")]
+    Token(#[source] crate::feed::FeedError),
+    /// Neither a token file nor the variable.
+    #[error("admin: set admin.token_file or {ENV_ADMIN_TOKEN} (the bearer token)")]
+    NoToken,
+    /// A token too short to resist guessing.
+    #[error("admin: the bearer token must be at least {MIN_TOKEN_BYTES} bytes")]
+    ShortToken,
+    /// A TLS file (`what` names the setting) that could not be read or used.
+    #[error("{what}: {why}")]
+    Tls {
+        /// The setting and its path.
+        what: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// The audit log could not be opened.
+    #[error("audit log {path}: {source}")]
+    Audit {
+        /// The file or its directory.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn tls_error(what: &str, path: Option<&Path>, why: impl std::fmt::Display) -> AdminSetupError {
+    AdminSetupError::Tls {
+        what: match path {
+            Some(p) => format!("{what} {}", p.display()),
+            None => what.to_string(),
+        },
+        why: why.to_string(),
+    }
 }
 
 impl AdminState {
@@ -73,22 +114,15 @@ impl AdminState {
         writer: Arc<StatusWriter>,
         view: Arc<StatusView>,
         responder: Arc<Responder>,
-    ) -> Result<Self, String> {
+        clock: crate::clock::Clock,
+    ) -> Result<Self, AdminSetupError> {
         let token = match (&admin.token_file, std::env::var(ENV_ADMIN_TOKEN).ok()) {
-            (Some(p), _) => {
-                crate::feed::region::read_secret(p).map_err(|e| format!("admin.token_file: {e}"))?
-            }
+            (Some(p), _) => crate::feed::region::read_secret(p).map_err(AdminSetupError::Token)?,
             (None, Some(t)) => t,
-            (None, None) => {
-                return Err(format!(
-                    "admin: set admin.token_file or {ENV_ADMIN_TOKEN} (the bearer token)"
-                ))
-            }
+            (None, None) => return Err(AdminSetupError::NoToken),
         };
         if token.len() < MIN_TOKEN_BYTES {
-            return Err(format!(
-                "admin: the bearer token must be at least {MIN_TOKEN_BYTES} bytes"
-            ));
+            return Err(AdminSetupError::ShortToken);
         }
         let tls = match (&admin.tls_certificate, &admin.tls_key) {
             (Some(c), Some(k)) => Some(tls_acceptor(c, k, admin.client_ca.as_deref())?),
@@ -114,6 +148,7 @@ impl AdminState {
             max_body: admin.max_body_bytes,
             origin: cfg.status.origin.clone(),
             crl_urls: crate::writer::CrlUrls::from_config(cfg),
+            clock,
         })
     }
 
@@ -152,42 +187,43 @@ fn sha256(b: &[u8]) -> [u8; 32] {
     out
 }
 
-fn tls_acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<TlsAcceptor, String> {
+fn tls_acceptor(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<TlsAcceptor, AdminSetupError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("admin.tls_certificate {}: {e}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("admin.tls_key {}: {e}", key.display()))?;
+        .map_err(|e| tls_error("admin.tls_certificate", Some(cert), e))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| tls_error("admin.tls_key", Some(key), e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("admin TLS: {e}"))?;
+        .map_err(|e| tls_error("admin TLS", None, e))?;
     let builder = match client_ca {
         Some(ca) => {
+            let bad = |e: &dyn std::fmt::Display| tls_error("admin.client_ca", Some(ca), e);
             let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca)
-                .map_err(|e| format!("admin.client_ca {}: {e}", ca.display()))?
-            {
-                let c = c.map_err(|e| format!("admin.client_ca {}: {e}", ca.display()))?;
-                roots
-                    .add(c)
-                    .map_err(|e| format!("admin.client_ca {}: {e}", ca.display()))?;
+            for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad(&e))? {
+                let c = c.map_err(|e| bad(&e))?;
+                roots.add(c).map_err(|e| bad(&e))?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,
             )
             .build()
-            .map_err(|e| format!("admin.client_ca: {e}"))?;
+            .map_err(|e| tls_error("admin.client_ca", None, e))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
     let config = builder
         .with_single_cert(certs, key)
-        .map_err(|e| format!("admin.tls_certificate: {e}"))?;
+        .map_err(|e| tls_error("admin.tls_certificate", None, e))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -368,7 +404,7 @@ async fn route(
     let (issuer_name, serial) = (issuer_name(st, first.issuer), first.serial.to_hex());
     let change = events.iter().map(describe_event).collect::<Vec<_>>();
     let request_line = serde_json::json!({
-        "time": now_rfc3339(),
+        "time": crate::clock::rfc3339_ms(st.clock.now_ms()),
         "phase": "request",
         "peer": peer.to_string(),
         "client": client,
@@ -400,12 +436,12 @@ async fn route(
         ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"acknowledged": false, "issuer": issuer_name, "serial": serial, "error": e}),
+            serde_json::json!({"acknowledged": false, "issuer": issuer_name, "serial": serial, "error": e.to_string()}),
             "failed",
         ),
     };
     let result_line = serde_json::json!({
-        "time": now_rfc3339(),
+        "time": crate::clock::rfc3339_ms(st.clock.now_ms()),
         "phase": "result",
         "peer": peer.to_string(),
         "client": client,
@@ -413,7 +449,7 @@ async fn route(
         "issuer": issuer_name,
         "serial": serial,
         "outcome": outcome,
-        "detail": match &result { Ok(w) => w.summary.clone(), Err(e) => e.clone() },
+        "detail": match &result { Ok(w) => w.summary.clone(), Err(e) => e.to_string() },
     });
     if let Err(e) = st.audit.append(&result_line).await {
         tracing::error!(error = %e, "audit log not writable after a change");
@@ -466,7 +502,7 @@ impl From<String> for Refused {
 }
 
 async fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Vec<Event>, Refused> {
-    let now_ms = crate::clock::unix_now_ms();
+    let now_ms = st.clock.now_ms();
     let event = |issuer, serial, kind| Event {
         issuer,
         serial,
@@ -474,7 +510,7 @@ async fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Ve
         origin: st.origin.clone(),
         created_at_ms: now_ms,
     };
-    let target = |issuer: &str, serial: &str| -> Result<(IssuerId, Serial), String> {
+    let target = |issuer: &str, serial: &str| -> Result<(IssuerId, Serial), Refused> {
         let id = st
             .issuer(issuer)
             .ok_or_else(|| format!("no issuer named {issuer:?}"))?;
@@ -509,7 +545,7 @@ async fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Ve
             .writer
             .current_record(id, &serial)
             .await
-            .map_err(Refused::Unavailable)?;
+            .map_err(|e| Refused::Unavailable(e.to_string()))?;
         let current = match (joined, st.view.table(id).record(&serial)) {
             (Some(a), Some(b)) => Some(a.join(b)),
             (a, b) => a.or(b),
@@ -550,7 +586,8 @@ async fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Ve
                     .ok_or_else(|| format!("no issuer named {:?}", b.issuer))?;
                 let cert = crate::pki::certificate_from_pem(pem.as_bytes())
                     .map_err(|e| format!("certificate: {e}"))?;
-                let (serial, not_after) = crate::pki::serial_and_not_after(&cert)?;
+                let (serial, not_after) =
+                    crate::pki::serial_and_not_after(&cert).map_err(|e| e.to_string())?;
                 let scope = st
                     .crl_urls
                     .scope_of(&b.issuer, &cert)
@@ -673,10 +710,10 @@ fn method_not_allowed(allow: &'static str) -> Response<Body> {
     r
 }
 
-fn parse_rfc3339(s: &str) -> Result<i64, String> {
+fn parse_rfc3339(s: &str) -> Result<i64, Refused> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map(|t| t.unix_timestamp())
-        .map_err(|e| format!("bad time {s:?} (expected RFC 3339): {e}"))
+        .map_err(|e| Refused::Bad(format!("bad time {s:?} (expected RFC 3339): {e}")))
 }
 
 fn rfc3339(t: i64) -> String {
@@ -689,12 +726,6 @@ fn rfc3339(t: i64) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 /// The append-only audit log: one JSON object per line, synced before the call returns.
 pub struct AuditLog {
     file: Arc<Mutex<File>>,
@@ -702,16 +733,19 @@ pub struct AuditLog {
 
 impl AuditLog {
     /// Opens (creating) the log for appending.
-    pub fn open(path: &Path) -> Result<Self, String> {
+    pub fn open(path: &Path) -> Result<Self, AdminSetupError> {
+        let failed = |p: &Path| {
+            let path = p.to_path_buf();
+            move |source| AdminSetupError::Audit { path, source }
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("audit log {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(failed(dir))?;
         }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|e| format!("audit log {}: {e}", path.display()))?;
+            .map_err(failed(path))?;
         Ok(AuditLog {
             file: Arc::new(Mutex::new(file)),
         })

@@ -51,28 +51,64 @@ pub struct Readiness {
     pub crl_refusals: std::sync::OnceLock<Arc<crate::crl_service::publisher::Refusals>>,
 }
 
+/// One reason a replica is not ready.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReadyReason {
+    /// SIGTERM received.
+    #[error("shutting down")]
+    Draining,
+    /// The status view is not loaded yet.
+    #[error("status view not loaded")]
+    ViewNotLoaded,
+    /// `hsm_pool.readiness_requires_signer` and an issuer has no HSM in service.
+    #[error("{0}")]
+    NoSigner(String),
+    /// The feed does not cover the regions, or is stale.
+    #[error(transparent)]
+    Feed(#[from] crate::feed::health::FeedNotReady),
+}
+
+/// Every reason a replica is not ready (at least one), as `/readyz` states them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotReady(pub Vec<NotReadyReason>);
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for NotReady {}
+
 impl Readiness {
-    /// `Ok` when ready, else the reasons.
-    pub fn check(&self) -> Result<(), String> {
+    /// `Ok` when ready at `now_ms` (the feed's freshness is judged against it), else every
+    /// reason it is not.
+    pub fn check(&self, now_ms: i64) -> Result<(), NotReady> {
         let mut why = Vec::new();
         if self.draining.load(Ordering::Relaxed) {
-            why.push("shutting down".to_owned());
+            why.push(NotReadyReason::Draining);
         }
         if !self.view_loaded.load(Ordering::Relaxed) {
-            why.push("status view not loaded".to_owned());
+            why.push(NotReadyReason::ViewNotLoaded);
         }
         if self.require_signer {
-            why.extend(self.no_ocsp_signer());
+            why.extend(self.no_ocsp_signer().map(NotReadyReason::NoSigner));
         }
         if let Some(feed) = self.feed.get() {
-            if let Err(e) = feed.check(crate::clock::unix_now_ms()) {
-                why.push(e);
+            if let Err(e) = feed.check(now_ms) {
+                why.push(NotReadyReason::Feed(e));
             }
         }
         if why.is_empty() {
             Ok(())
         } else {
-            Err(why.join("; "))
+            Err(NotReady(why))
         }
     }
 
@@ -152,6 +188,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Renders `/metrics`; None when another recorder owns the process (tests).
     pub prometheus: Option<PrometheusHandle>,
+    /// The one clock.
+    pub clock: crate::clock::Clock,
 }
 
 /// Serves `listener` until `shutdown` resolves, then drains: readiness turns false, after

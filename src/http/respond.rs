@@ -12,7 +12,7 @@ use http_body_util::Full;
 
 use crate::cache::CachedResponse;
 use crate::crl_service::catalog::ServedCrl;
-use crate::ocsp::OcspError;
+use crate::ocsp::{OcspError, ResponseStatus};
 use crate::responder::Answer;
 use crate::telemetry::Outcome;
 
@@ -27,22 +27,27 @@ const PKIX_CRL: HeaderValue = HeaderValue::from_static("application/pkix-crl");
 pub fn ocsp(answer: Answer, request_headers: &HeaderMap, now: i64) -> (Response<Body>, Outcome) {
     match answer {
         Answer::Signed { response, shared } => signed(&response, shared, request_headers, now),
-        Answer::Error(e) => (ocsp_error(&e), outcome_of(&e)),
+        Answer::Error(e) => {
+            let (status, outcome) = error_mapping(&e);
+            (ocsp_error(status), outcome)
+        }
     }
 }
 
-fn outcome_of(e: &OcspError) -> Outcome {
+/// The one mapping of an OCSP error: the OCSPResponseStatus that reports it (sent with HTTP
+/// 200, RFC 6960 Appendix A.1) and the outcome it is counted under.
+pub fn error_mapping(e: &OcspError) -> (ResponseStatus, Outcome) {
     match e {
-        OcspError::Malformed(_) => Outcome::Malformed,
-        OcspError::Unauthorized(_) => Outcome::Unauthorized,
-        OcspError::TryLater(_) => Outcome::TryLater,
-        _ => Outcome::InternalError,
+        OcspError::Malformed(_) => (ResponseStatus::MalformedRequest, Outcome::Malformed),
+        OcspError::Unauthorized(_) => (ResponseStatus::Unauthorized, Outcome::Unauthorized),
+        OcspError::TryLater(_) => (ResponseStatus::TryLater, Outcome::TryLater),
+        OcspError::Internal(_) => (ResponseStatus::InternalError, Outcome::InternalError),
     }
 }
 
-/// An unsigned OCSP error: HTTP 200 (RFC 6960 Appendix A.1), `no-cache`.
-pub fn ocsp_error(e: &OcspError) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from_static(e.status().error_response())));
+/// An unsigned OCSP error response: HTTP 200, `no-cache`.
+fn ocsp_error(status: ResponseStatus) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(status.error_response())));
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, OCSP_RESPONSE);
     h.insert(CACHE_CONTROL, NO_CACHE);

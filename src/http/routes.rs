@@ -27,138 +27,122 @@ use hyper::body::Incoming;
 
 use super::respond::{self, Body};
 use super::AppState;
-use crate::clock::unix_now;
 use crate::ocsp::request::decode_get_path;
 use crate::telemetry::{self, PathClass};
 
-/// Handles one request.
+/// Handles one request: the operations paths, the CRLs, or OCSP.
 pub async fn handle(req: Request<Incoming>, st: Arc<AppState>) -> Response<Body> {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let limits = st.config.limits;
     let target_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
-    if target_len > limits.max_get_path_bytes {
-        return other(
-            &st,
-            respond::text(StatusCode::URI_TOO_LONG, "request target too long\n"),
-            PathClass::Ocsp,
-        );
+    if target_len > st.config.limits.max_get_path_bytes {
+        let r = respond::text(StatusCode::URI_TOO_LONG, "request target too long\n");
+        return other(&st, r, PathClass::Ocsp);
     }
     let is_get = parts.method == Method::GET || parts.method == Method::HEAD;
-    let is_post = parts.method == Method::POST;
     let path = parts.uri.path();
-    match path {
-        "/healthz" | "/readyz" | "/metrics" if !is_get => {
-            return other(
-                &st,
-                respond::method_not_allowed("GET, HEAD"),
-                PathClass::Ops,
-            )
-        }
-        "/healthz" => return other(&st, respond::text(StatusCode::OK, "ok\n"), PathClass::Ops),
-        "/readyz" => {
-            let r = match st.readiness.check() {
-                Ok(()) => match st.readiness.degraded() {
-                    Some(why) => respond::text(StatusCode::OK, format!("ready, degraded: {why}\n")),
-                    None => respond::text(StatusCode::OK, "ready\n"),
-                },
-                Err(why) => respond::text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("not ready: {why}\n"),
-                ),
-            };
-            return other(&st, r, PathClass::Ops);
-        }
-        "/metrics" => return other(&st, metrics(&st), PathClass::Ops),
-        _ => {}
+    if let Some(r) = ops(&st, path, is_get) {
+        return other(&st, r, PathClass::Ops);
     }
     if path == "/crl" || path.starts_with("/crl/") {
-        if !is_get {
-            return other(
-                &st,
-                respond::method_not_allowed("GET, HEAD"),
-                PathClass::Crl,
-            );
-        }
-        let name = path.strip_prefix("/crl/").unwrap_or_default();
-        if let Some(json) = st.crl.disclosure(name) {
-            return other(&st, respond::json(json), PathClass::Crl);
-        }
-        let r = match st.crl.lookup(name) {
-            None => respond::text(StatusCode::NOT_FOUND, "no such CRL\n"),
-            Some(None) => respond::text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "this CRL has not been published yet\n",
-            ),
-            Some(Some(crl)) => {
-                respond::crl(&crl, &parts.headers, unix_now(), st.crl.interval(&crl.id))
-            }
-        };
+        let r = crl(&st, &parts, path, is_get);
         return other(&st, r, PathClass::Crl);
     }
-    if !is_get && !is_post {
-        return other(
-            &st,
-            respond::method_not_allowed("GET, HEAD, POST"),
-            PathClass::Ocsp,
-        );
+    ocsp(&st, &parts, body, started).await
+}
+
+/// `/healthz`, `/readyz` and `/metrics`; None for any other path.
+fn ops(st: &AppState, path: &str, is_get: bool) -> Option<Response<Body>> {
+    Some(match path {
+        "/healthz" | "/readyz" | "/metrics" if !is_get => respond::method_not_allowed("GET, HEAD"),
+        "/healthz" => respond::text(StatusCode::OK, "ok\n"),
+        "/readyz" => match st.readiness.check(st.clock.now_ms()) {
+            Ok(()) => match st.readiness.degraded() {
+                Some(why) => respond::text(StatusCode::OK, format!("ready, degraded: {why}\n")),
+                None => respond::text(StatusCode::OK, "ready\n"),
+            },
+            Err(why) => respond::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
+        "/metrics" => metrics(st),
+        _ => return None,
+    })
+}
+
+/// A CRL, or an issuer's JSON array of CRL URLs, looked up exactly by its path.
+fn crl(st: &AppState, parts: &http::request::Parts, path: &str, is_get: bool) -> Response<Body> {
+    if !is_get {
+        return respond::method_not_allowed("GET, HEAD");
     }
+    let name = path.strip_prefix("/crl/").unwrap_or_default();
+    if let Some(json) = st.crl.disclosure(name) {
+        return respond::json(json);
+    }
+    match st.crl.lookup(name) {
+        None => respond::text(StatusCode::NOT_FOUND, "no such CRL\n"),
+        Some(None) => respond::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this CRL has not been published yet\n",
+        ),
+        Some(Some(crl)) => {
+            let interval = st.crl.interval(&crl.id);
+            respond::crl(&crl, &parts.headers, st.clock.now(), interval)
+        }
+    }
+}
+
+/// An OCSP request by POST (the body) or GET (the base64 path), answered and counted.
+async fn ocsp(
+    st: &AppState,
+    parts: &http::request::Parts,
+    body: Incoming,
+    started: Instant,
+) -> Response<Body> {
+    let is_post = parts.method == Method::POST;
+    let is_get = parts.method == Method::GET || parts.method == Method::HEAD;
+    if !is_get && !is_post {
+        let r = respond::method_not_allowed("GET, HEAD, POST");
+        return other(st, r, PathClass::Ocsp);
+    }
+    let path = parts.uri.path();
     let prefix = st.config.server.ocsp_prefix.as_str();
     let (rest, under_prefix) = match path.strip_prefix(prefix) {
         Some(r) if !prefix.is_empty() && (r.is_empty() || r.starts_with('/')) => (r, true),
         _ => (path, false),
     };
     let encoded = rest.trim_start_matches('/');
-    let method = if is_post {
-        telemetry::Method::Post
-    } else {
-        telemetry::Method::Get
-    };
+    let not_found = || respond::text(StatusCode::NOT_FOUND, "not found\n");
     // A POST body stays the `Bytes` hyper gave; a GET path decodes into one buffer.
-    let posted: Bytes;
-    let decoded: Vec<u8>;
-    let der: &[u8] = if is_post {
+    let (der, method): (Bytes, _) = if is_post {
         if !encoded.is_empty() {
-            return other(
-                &st,
-                respond::text(StatusCode::NOT_FOUND, "not found\n"),
-                PathClass::Ocsp,
-            );
+            return other(st, not_found(), PathClass::Ocsp);
         }
-        match read_body(body, &parts.headers, &st).await {
-            Ok(b) => {
-                posted = b;
-                &posted
-            }
-            Err(r) => return other(&st, r, PathClass::Ocsp),
+        match read_body(body, &parts.headers, st).await {
+            Ok(b) => (b, telemetry::Method::Post),
+            Err(r) => return other(st, r, PathClass::Ocsp),
         }
     } else {
         if !under_prefix && (encoded.is_empty() || !encoded.starts_with('M')) {
-            return other(
-                &st,
-                respond::text(StatusCode::NOT_FOUND, "not found\n"),
-                PathClass::Ocsp,
-            );
+            return other(st, not_found(), PathClass::Ocsp);
         }
         if encoded.is_empty() {
             // Under the prefix every GET is OCSP: one without a request is a bad request.
             let r = respond::text(StatusCode::BAD_REQUEST, "OCSP GET path holds no request\n");
-            return other(&st, r, PathClass::Ocsp);
+            return other(st, r, PathClass::Ocsp);
         }
         // The raw path keeps its percent-escapes: decode_get_path undoes them.
         match decode_get_path(encoded) {
-            Ok(d) => {
-                decoded = d;
-                &decoded
-            }
+            Ok(d) => (Bytes::from(d), telemetry::Method::Get),
             Err(_) => {
                 let r = respond::text(StatusCode::BAD_REQUEST, "OCSP GET path is not base64\n");
-                return other(&st, r, PathClass::Ocsp);
+                return other(st, r, PathClass::Ocsp);
             }
         }
     };
-    let now = unix_now();
-    let answer = st.responder.answer(der, now).await;
+    let now = st.clock.now();
+    let answer = st.responder.answer(&der, now).await;
     let (resp, outcome) = respond::ocsp(answer, &parts.headers, now);
     st.metrics
         .request(method, outcome, started.elapsed().as_secs_f64());
@@ -204,7 +188,7 @@ fn metrics(st: &AppState) -> Response<Body> {
     };
     metrics::gauge!(telemetry::VIEW_CERTIFICATES).set(st.view.len() as f64);
     // What /readyz would answer now: 1 ready (degraded or not), 0 not ready; 1 degraded.
-    let ready = st.readiness.check().is_ok();
+    let ready = st.readiness.check(st.clock.now_ms()).is_ok();
     metrics::gauge!(telemetry::READY).set(if ready { 1.0 } else { 0.0 });
     let degraded = ready && st.readiness.degraded().is_some();
     metrics::gauge!(telemetry::DEGRADED).set(if degraded { 1.0 } else { 0.0 });
@@ -212,7 +196,7 @@ fn metrics(st: &AppState) -> Response<Body> {
     metrics::gauge!(telemetry::SIGNING_QUEUE_DEPTH, "priority" => "status_change")
         .set(status_change as f64);
     metrics::gauge!(telemetry::SIGNING_QUEUE_DEPTH, "priority" => "routine").set(routine as f64);
-    st.crl.update_age_gauges(unix_now());
+    st.crl.update_age_gauges(st.clock.now());
     let mut r = respond::text(StatusCode::OK, handle.render());
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -145,18 +145,6 @@ pub enum OcspError {
     Internal(String),
 }
 
-impl OcspError {
-    /// The OCSPResponseStatus that reports this error.
-    pub fn status(&self) -> ResponseStatus {
-        match self {
-            Self::Malformed(_) => ResponseStatus::MalformedRequest,
-            Self::Unauthorized(_) => ResponseStatus::Unauthorized,
-            Self::TryLater(_) => ResponseStatus::TryLater,
-            Self::Internal(_) => ResponseStatus::InternalError,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

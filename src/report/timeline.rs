@@ -191,10 +191,27 @@ fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
 /// Width and height of one drill's chart, pixels.
 pub const CHART_SIZE: (u32, u32) = (1100, 620);
 
+/// Why a timeline could not be drawn.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReportError {
+    /// plotters failed to draw a chart (its errors are generic over the backend; kept as text).
+    #[error("drawing the timeline of {timeline}: {why}")]
+    Draw {
+        /// The timeline's name.
+        timeline: String,
+        /// plotters' error.
+        why: String,
+    },
+}
+
 /// The chart of one timeline as an SVG document.
-pub fn svg(t: &Timeline) -> Result<String, String> {
+pub fn svg(t: &Timeline) -> Result<String, ReportError> {
     let mut out = String::new();
-    draw(t, &mut out).map_err(|e| format!("drawing the timeline of {}: {e}", t.name))?;
+    draw(t, &mut out).map_err(|e| ReportError::Draw {
+        timeline: t.name.clone(),
+        why: e.to_string(),
+    })?;
     Ok(out)
 }
 
@@ -400,7 +417,7 @@ fn escape(s: &str) -> String {
 
 /// The whole report: a self-contained HTML page titled `title`, `intro` as its first
 /// paragraph, then per timeline its name, summary, chart and marks in words.
-pub fn html(title: &str, intro: &str, timelines: &[Timeline]) -> Result<String, String> {
+pub fn html(title: &str, intro: &str, timelines: &[Timeline]) -> Result<String, ReportError> {
     let mut page = String::new();
     let _ = write!(
         page,

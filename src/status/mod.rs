@@ -7,7 +7,6 @@
 //! state; the feed and the journal rely on that.
 
 pub mod event;
-pub mod journal;
 pub mod view;
 
 use std::fmt;
@@ -381,6 +380,22 @@ impl AsRef<[u8]> for RecordBytes {
 impl fmt::Debug for RecordBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "RecordBytes({})", hex(self))
+    }
+}
+
+/// Something that can be walked record by record: the status view's table of one issuer (see
+/// `view::IssuerTable`), or a plain slice. The pure consumers (CRL selection, tallies) take
+/// this rather than a table, so they see no lock and can be tested on a vector.
+pub trait Records {
+    /// Calls `f` once for every certificate's record, in no particular order.
+    fn each(&self, f: &mut dyn FnMut(&Serial, &CertRecord));
+}
+
+impl Records for [(Serial, CertRecord)] {
+    fn each(&self, f: &mut dyn FnMut(&Serial, &CertRecord)) {
+        for (s, r) in self {
+            f(s, r);
+        }
     }
 }
 

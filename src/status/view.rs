@@ -24,16 +24,20 @@ pub struct StatusView {
 /// A random seed guards against an attacker choosing colliding *inserted* keys; here every
 /// inserted serial comes from the CA's authenticated feed (lookups of attacker-chosen serials
 /// do not degrade the map).
-type Records = HashMap<Serial, CertRecord, foldhash::fast::FixedState>;
+type SegmentMap = HashMap<Serial, CertRecord, foldhash::fast::FixedState>;
 
 /// One issuer's certificates, in [`VIEW_SEGMENTS`] segments by the serial's last octet, each
 /// with its own lock and its own part of the digest.
 ///
-/// A reader (every OCSP answer) waits only for a writer or a resize of the one segment its
-/// serial is in, and a scan (a CRL's candidates, a checkpoint partition) holds one segment's
-/// shared lock at a time: with one lock over a million certificates, a CRL scan held it for
-/// tens of milliseconds, a waiting writer then held back every reader behind it (the lock
-/// prefers writers), and a resize rehashed the whole table under the write lock.
+/// A reader (every OCSP answer) takes its segment's shared lock and never waits for a scan or
+/// for a writer that is waiting: a scan (a CRL's candidates, a checkpoint partition, a backup)
+/// holds one segment's shared lock only while it copies that segment, and a writer never
+/// queues on a segment lock (std's lock holds new readers back behind a queued writer) — it
+/// tries, and spins or yields until the segment is free ([`IssuerTable::write`]). What a reader
+/// can wait for is a writer holding its segment: one record's join, or the rare resize of that
+/// one segment (1/64 of the issuer's certificates). With one lock over a million
+/// certificates, a CRL scan held it for tens of milliseconds, a waiting writer then held back
+/// every reader behind it, and a resize rehashed the whole table under the write lock.
 pub struct IssuerTable {
     segments: Box<[RwLock<Table>]>,
 }
@@ -49,7 +53,7 @@ impl Default for IssuerTable {
 /// One segment's map and digest, under one lock so that a reader sees them agree.
 #[derive(Default)]
 struct Table {
-    map: Records,
+    map: SegmentMap,
     digest: Digest,
 }
 
@@ -240,10 +244,13 @@ impl IssuerTable {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The segment's exclusive lock, taken without queueing for it: std's `RwLock` holds new
+    /// readers back once a writer waits, so a writer that queued behind a scan's copy would
+    /// stall every OCSP read of the segment until the copy ended. Trying instead keeps the
+    /// readers flowing; the writer (the feed's join, on its own thread) spins briefly, then
+    /// yields, until neither a reader nor a scan holds the segment.
     fn write(&self, serial: &Serial) -> std::sync::RwLockWriteGuard<'_, Table> {
-        self.segment(serial)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+        write_without_queueing(self.segment(serial))
     }
 
     /// Every segment's shared lock, in turn.
@@ -285,10 +292,7 @@ impl IssuerTable {
     pub fn reserve(&self, additional: usize) {
         let each = additional / VIEW_SEGMENTS + 1;
         for s in self.segments.iter() {
-            s.write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .map
-                .reserve(each);
+            write_without_queueing(s).map.reserve(each);
         }
     }
 
@@ -369,16 +373,59 @@ impl IssuerTable {
         self.len() == 0
     }
 
-    /// Calls `f` for every certificate, one segment's shared lock at a time (a record changed
-    /// during the scan is seen before or after the change, never twice or not at all).
+    /// Calls `f` for every certificate, over a copy of one segment at a time: the segment's
+    /// shared lock is held only while its records are copied, never while `f` runs, so a
+    /// long scan (a CRL's selection, a checkpoint) keeps no reader or writer waiting. A record
+    /// changed during the scan is seen before or after the change, never twice or not at all.
     pub fn for_each(&self, mut f: impl FnMut(&Serial, &CertRecord)) {
-        for t in self.each_segment() {
-            for (s, r) in t.map.iter() {
+        let mut copy: Vec<(Serial, CertRecord)> = Vec::new();
+        for seg in self.segments.iter() {
+            copy.clear();
+            {
+                let t = seg.read().unwrap_or_else(PoisonError::into_inner);
+                copy.extend(t.map.iter().map(|(s, r)| (*s, *r)));
+            }
+            for (s, r) in &copy {
                 f(s, r);
             }
         }
     }
 }
+
+impl super::Records for IssuerTable {
+    fn each(&self, f: &mut dyn FnMut(&Serial, &CertRecord)) {
+        self.for_each(f);
+    }
+}
+
+/// See [`IssuerTable::write`].
+fn write_without_queueing(lock: &RwLock<Table>) -> std::sync::RwLockWriteGuard<'_, Table> {
+    let mut tries: u32 = 0;
+    loop {
+        match lock.try_write() {
+            Ok(g) => return g,
+            Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                #[cfg(test)]
+                BUSY_TRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tries = tries.saturating_add(1);
+                if tries < WRITE_SPINS {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+}
+
+/// Writers' tries that found their segment busy (tests watch a writer contend).
+#[cfg(test)]
+static BUSY_TRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Tries a writer spins before it yields its thread between tries: a reader holds a segment
+/// for well under a microsecond, a scan's copy for tens to hundreds.
+const WRITE_SPINS: u32 = 64;
 
 /// The partition key of a serial: its last octet.
 fn partition_of(s: &Serial) -> usize {
@@ -471,6 +518,71 @@ mod tests {
         }
         out.sort_by_key(|(i, s, _)| (*i, *s));
         out
+    }
+
+    /// A scan holds a segment's shared lock while a writer wants that segment: a reader of the
+    /// segment still gets through at once (with a queueing writer, std's lock would hold the
+    /// reader back until the scan let go), and the write lands once the scan is done.
+    #[test]
+    fn readers_pass_a_writer_waiting_behind_a_scan() {
+        use std::sync::mpsc;
+        let t = Arc::new(IssuerTable::default());
+        let s = Serial::from_der_content(&[0x01, 0x07]).expect("serial");
+        let scan = t.read(&s); // a scan's copy of the segment, in progress
+        let (wrote_tx, wrote_rx) = mpsc::channel();
+        let writer = {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                t.merge(
+                    s,
+                    CertRecord::from_event(&EventKind::Revoked {
+                        time: 5,
+                        reason: RevocationReason::KeyCompromise,
+                    }),
+                );
+                wrote_tx.send(()).expect("send");
+            })
+        };
+        // The writer is contending for the segment once its busy tries pass its spins.
+        let busy = || BUSY_TRIES.load(std::sync::atomic::Ordering::Relaxed);
+        let before = busy();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while busy() < before + u64::from(WRITE_SPINS) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer never tried"
+            );
+            std::thread::yield_now();
+        }
+        let (read_tx, read_rx) = mpsc::channel();
+        let reader = {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                for _ in 0..1000 {
+                    std::hint::black_box(t.status(&s));
+                }
+                read_tx.send(t.status(&s)).expect("send");
+            })
+        };
+        let seen = read_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a reader was held back behind the writer while the scan held the segment");
+        assert_eq!(
+            seen,
+            CertStatus::Unissued,
+            "the write cannot land during the scan"
+        );
+        assert!(
+            wrote_rx.try_recv().is_err(),
+            "the writer waits for the scan"
+        );
+        drop(scan);
+        wrote_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the write lands once the scan is done");
+        assert!(matches!(t.status(&s), CertStatus::Revoked(_)));
+        writer.join().expect("writer");
+        reader.join().expect("reader");
     }
 
     #[test]

@@ -16,8 +16,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::event::Event;
 use crate::limits::MAX_EVENT_BYTES;
+use crate::status::Event;
 
 const MAGIC: &[u8; 8] = b"VIGILJ1\n";
 const RECORD_HEADER: usize = 8;
