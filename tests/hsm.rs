@@ -964,6 +964,24 @@ fn entries_sharing_a_module_with_different_module_env_reach_their_own_servers() 
         "right"
     );
     assert_ne!(left.host_pid(), right.host_pid());
+    // The environment was given at spawn: each host has its own address; a variable read as a
+    // PIN (pin_env; here a stand-in cargo sets for every test) is withheld from hosts.
+    let environ = |key: &HostedKey| {
+        let raw = std::fs::read(format!("/proc/{}/environ", key.host_pid().unwrap())).unwrap();
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    assert!(environ(&left).contains(&format!("P11_KIT_SERVER_ADDRESS={}", servers[0].address())));
+    assert!(environ(&right).contains(&format!("P11_KIT_SERVER_ADDRESS={}", servers[1].address())));
+    assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+    vigil::signer::pkcs11::host::withhold_from_hosts("CARGO_MANIFEST_DIR");
+    let third =
+        HostedKey::new(by_label("left", &servers[0]), AuthPin::from(PIN), None).expect("third");
+    assert!(
+        !environ(&third).contains("CARGO_MANIFEST_DIR="),
+        "{}",
+        environ(&third)
+    );
+    assert!(environ(&left).contains("CARGO_MANIFEST_DIR="));
     // Each server exports only its own token: asking the left server for the right token
     // fails, so the addresses really were different in the two hosts.
     let crossed = HostedKey::new(by_label("right", &servers[0]), AuthPin::from(PIN), None)

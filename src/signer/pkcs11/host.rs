@@ -88,6 +88,17 @@ impl HostOptions {
 
 static OPTIONS: Mutex<Option<HostOptions>> = Mutex::new(None);
 
+/// Environment variables that host processes do not inherit: those read as a PIN (`pin_env`).
+static WITHHELD: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Keeps the variable `name` out of the environment of every host started from now on.
+pub fn withhold_from_hosts(name: &str) {
+    let mut w = lock(&WITHHELD);
+    if !w.iter().any(|n| n == name) {
+        w.push(name.to_owned());
+    }
+}
+
 /// Sets how hosts are started from now on. `vigil` calls it at start-up with its log settings;
 /// tests and benches, whose executable is not `vigil`, name the binary.
 pub fn configure_hosts(options: HostOptions) {
@@ -182,6 +193,9 @@ impl Host {
     ) -> Result<Arc<Host>, HsmError> {
         let options = options()?;
         let mut command = Command::new(&options.program);
+        for name in lock(&WITHHELD).iter() {
+            command.env_remove(name);
+        }
         command
             .arg(HOST_SUBCOMMAND)
             .envs(env)

@@ -33,12 +33,17 @@ pub fn read_pin(source: &PinSource) -> Result<AuthPin, String> {
             }
             Ok(AuthPin::from(text))
         }
-        PinSource::Env(name) => match std::env::var(name) {
-            Ok(v) if !v.is_empty() => Ok(AuthPin::from(v)),
-            _ => Err(format!(
-                "pin_env: the environment variable {name} is not set, empty or not UTF-8"
-            )),
-        },
+        PinSource::Env(name) => {
+            // A variable that holds a PIN is not passed on to PKCS#11 host processes (they
+            // get the PIN over their pipe, from the key that needs it).
+            super::host::withhold_from_hosts(name);
+            match std::env::var(name) {
+                Ok(v) if !v.is_empty() => Ok(AuthPin::from(v)),
+                _ => Err(format!(
+                    "pin_env: the environment variable {name} is not set, empty or not UTF-8"
+                )),
+            }
+        }
     }
 }
 
