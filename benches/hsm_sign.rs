@@ -147,10 +147,7 @@ fn main() {
         std::env::var_os(LAB_PIN_FILE),
         std::env::var(LAB_PUBLIC_KEY),
     ) {
-        (Some(pin_file), Ok(public_key)) => measure(
-            pin_file.into(),
-            vigil::signer::pool::parse_hex(&public_key).expect("hex"),
-        ),
+        (Some(pin_file), Ok(public_key)) => measure(pin_file.into(), unhex(&public_key)),
         _ => {
             let lab = Lab::new();
             lab.token("bench");
@@ -174,6 +171,13 @@ fn main() {
             assert!(status.success(), "{status}");
         }
     }
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
 }
 
 fn measure(pin_file: PathBuf, public_key: Vec<u8>) {

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use crate::apply::Applier;
 use crate::clock::Clock;
-use crate::config::{Config, FeedConfig};
+use crate::config::{Config, FeedConfig, KeySource};
 use crate::crl_service::{CrlPools, CrlService};
 use crate::feed::consume::{self, FeedState, Reseed};
 use crate::feed::health::FeedHealth;
@@ -53,7 +53,7 @@ pub fn load_signing(cfg: &Config) -> Result<Signing, String> {
     let mut issuers = Vec::with_capacity(cfg.issuers.len());
     let mut pools = Vec::new();
     for ic in &cfg.issuers {
-        let Some(sc) = &ic.signer else {
+        let Some(sc) = ic.ocsp_key.hsm() else {
             issuers.push(pki::load_issuer(ic, cfg.ocsp.responder_id).map_err(|e| e.to_string())?);
             continue;
         };
@@ -78,7 +78,7 @@ pub fn load_signing(cfg: &Config) -> Result<Signing, String> {
 pub fn start_crl_pools(cfg: &Config) -> Result<CrlPools, String> {
     let mut pools = CrlPools::new();
     for ic in &cfg.issuers {
-        let Some(sc) = &ic.crl_signer else {
+        let Some(sc) = ic.crl_key.as_ref().and_then(KeySource::hsm) else {
             continue;
         };
         let fail = |e: String| {
@@ -285,11 +285,7 @@ pub async fn serve(cfg: Config, clock: Clock) -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?;
         let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
-        let scheme = if admin.tls_certificate.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if admin.tls.is_some() { "https" } else { "http" };
         println!("vigil admin API on {scheme}://{admin_addr}/");
         tokio::spawn(crate::http::admin::serve(
             admin_listener,

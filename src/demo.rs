@@ -10,48 +10,40 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::config::IssuerConfig;
-use crate::status::{Event, EventKind, RevocationReason, Serial, UnissuedPolicy};
+use crate::config::embedded::DemoFiles;
+use crate::config::{Config, IssuerConfig};
+use crate::status::{Event, EventKind, RevocationReason, Serial};
 
 /// Name of the demo issuer.
-pub const DEMO_ISSUER: &str = "demo";
+pub use crate::config::embedded::DEMO_ISSUER;
 
 /// Demo leaf certificates: file stem and whether it is revoked.
 pub const DEMO_CERTS: [(&str, bool); 3] =
     [("good-1", false), ("good-2", false), ("revoked-1", true)];
 
-/// The issuer entry of the embedded default.
+/// The issuer entry of the embedded default for a demo PKI in `data_dir`, with the default
+/// CRL settings.
 pub fn demo_issuer_config(data_dir: &Path) -> IssuerConfig {
-    IssuerConfig {
-        name: DEMO_ISSUER.into(),
-        certificate: data_dir.join("ca.pem"),
-        responder_certificate: Some(data_dir.join("responder.pem")),
-        responder_key: Some(data_dir.join("responder.key")),
-        signer: None,
-        unissued: UnissuedPolicy::Unknown,
-        allow_hold: false,
-        crl_key: Some(data_dir.join("ca.key")),
-        crl_signer: None,
-        crl: Default::default(),
-    }
+    crate::config::embedded::demo_issuer(data_dir, &Config::embedded_default().crl)
 }
 
 /// Paths of the demo leaf certificates.
 pub fn demo_cert_paths(data_dir: &Path) -> Vec<PathBuf> {
     DEMO_CERTS
         .iter()
-        .map(|(n, _)| data_dir.join("certs").join(format!("{n}.pem")))
+        .map(|(n, _)| DemoFiles::under(data_dir).certs.join(format!("{n}.pem")))
         .collect()
 }
 
 /// Makes the demo PKI in `data_dir` unless `ca.pem` is already there. Returns the status
 /// events to journal (empty when the PKI already existed).
 pub fn ensure_demo_pki(data_dir: &Path, origin: &str) -> Result<Vec<Event>, String> {
-    if data_dir.join("ca.pem").exists() {
+    let files = DemoFiles::under(data_dir);
+    if files.ca_certificate.exists() {
         return Ok(Vec::new());
     }
     let e = |x: rcgen::Error| format!("making the demo PKI: {x}");
-    std::fs::create_dir_all(data_dir.join("certs"))
+    std::fs::create_dir_all(&files.certs)
         .map_err(|x| format!("creating {}: {x}", data_dir.display()))?;
     let now = OffsetDateTime::now_utc();
 
@@ -86,19 +78,15 @@ pub fn ensure_demo_pki(data_dir: &Path, origin: &str) -> Result<Vec<Event>, Stri
     r.serial_number = Some(random_serial());
     let responder_cert = r.signed_by(&responder_key, &issuer).map_err(e)?;
 
-    write(&data_dir.join("ca.pem"), ca_cert.pem().as_bytes(), false)?;
+    write(&files.ca_certificate, ca_cert.pem().as_bytes(), false)?;
+    write(&files.ca_key, ca_key.serialize_pem().as_bytes(), true)?;
     write(
-        &data_dir.join("ca.key"),
-        ca_key.serialize_pem().as_bytes(),
-        true,
-    )?;
-    write(
-        &data_dir.join("responder.pem"),
+        &files.responder_certificate,
         responder_cert.pem().as_bytes(),
         false,
     )?;
     write(
-        &data_dir.join("responder.key"),
+        &files.responder_key,
         responder_key.serialize_pem().as_bytes(),
         true,
     )?;
@@ -121,7 +109,7 @@ pub fn ensure_demo_pki(data_dir: &Path, origin: &str) -> Result<Vec<Event>, Stri
         p.serial_number = Some(serial);
         let cert = p.signed_by(&key, &issuer).map_err(e)?;
         write(
-            &data_dir.join("certs").join(format!("{name}.pem")),
+            &files.certs.join(format!("{name}.pem")),
             cert.pem().as_bytes(),
             false,
         )?;

@@ -15,6 +15,7 @@ pub mod crl_service;
 pub mod demo;
 pub mod drill;
 pub mod feed;
+pub mod hex;
 pub mod http;
 pub mod journal;
 pub mod keyshare;

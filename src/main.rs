@@ -1178,7 +1178,12 @@ fn hsm_list(cfg: &Config, module: Option<&Path>, pin_env: Option<&str>) -> Resul
                 .collect(),
             None => hsms
                 .iter()
-                .filter_map(|h| Some((h.token_label.clone()?, read_pin(&key_spec(h).1).ok()?)))
+                .filter_map(|h| match &h.token {
+                    vigil::config::TokenSelector::Label(l) => {
+                        Some((l.clone(), read_pin(&key_spec(h).1).ok()?))
+                    }
+                    vigil::config::TokenSelector::Slot(_) => None,
+                })
                 .collect(),
         };
         let listing = match list_module(path, env, pins) {
@@ -1207,8 +1212,9 @@ fn hsm_list(cfg: &Config, module: Option<&Path>, pin_env: Option<&str>) -> Resul
         for t in tokens {
             let used_by: Vec<&str> = hsms
                 .iter()
-                .filter(|h| {
-                    h.token_label.as_deref() == Some(t.label.as_str()) || h.slot == Some(t.slot)
+                .filter(|h| match &h.token {
+                    vigil::config::TokenSelector::Label(l) => l == &t.label,
+                    vigil::config::TokenSelector::Slot(s) => *s == t.slot,
                 })
                 .map(|h| h.name.as_str())
                 .collect();
@@ -1267,7 +1273,7 @@ fn hsm_test(cfg: &Config, only: Option<&str>) -> Result<(), String> {
             continue;
         }
         // The OCSP signer (the responder's key, or the CA's), then the CRL signer (the CA's).
-        let ocsp = ic.signer.as_ref().map(|sc| {
+        let ocsp = ic.ocsp_key.hsm().map(|sc| {
             let whose = if ic.responder_certificate.is_some() {
                 "responder"
             } else {
@@ -1280,7 +1286,7 @@ fn hsm_test(cfg: &Config, only: Option<&str>) -> Result<(), String> {
                 vigil::pki::signing_public_key(ic),
             )
         });
-        let crl = ic.crl_signer.as_ref().map(|sc| {
+        let crl = ic.crl_key.as_ref().and_then(|k| k.hsm()).map(|sc| {
             (
                 sc,
                 app::crl_pool_label(&ic.name),

@@ -175,8 +175,8 @@ pub fn serial_and_not_after(cert: &Certificate) -> Result<(Serial, i64), PkiErro
 pub fn load_issuer(cfg: &IssuerConfig, id_kind: ResponderIdKind) -> Result<Issuer, PkiError> {
     let fail = PkiError::of_issuer(cfg);
     let path = cfg
-        .responder_key
-        .as_ref()
+        .ocsp_key
+        .file()
         .ok_or_else(|| fail(PkiError::NoResponderKey))?;
     let key = SoftwareSigner::from_pem_file(path).map_err(|e| fail(e.into()))?;
     load_issuer_with_signer(cfg, id_kind, Arc::new(key))

@@ -1059,7 +1059,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         crate::demo::ensure_demo_pki(dir.path(), "test").expect("demo PKI");
         let ic = crate::demo::demo_issuer_config(dir.path());
-        let key = ic.responder_key.as_deref().expect("demo key");
+        let key = ic.ocsp_key.file().expect("demo key");
         let (tx, rx) = std::sync::mpsc::channel();
         let entered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let signer = Ticketed {
@@ -1116,7 +1116,7 @@ mod tests {
         let mut cfg = Config::embedded_default();
         cfg.ocsp.signing_concurrency = 1;
         let ic = crate::demo::demo_issuer_config(dir.path());
-        let key = ic.responder_key.as_deref().expect("demo key");
+        let key = ic.ocsp_key.file().expect("demo key");
         let (tx, rx) = std::sync::mpsc::channel();
         let signed = Arc::new(Mutex::new(Vec::new()));
         let entered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1564,7 +1564,7 @@ mod tests {
         let mut cfg = Config::embedded_default();
         cfg.ocsp.signing_concurrency = 1;
         let ic = crate::demo::demo_issuer_config(dir.path());
-        let key = ic.responder_key.as_deref().expect("demo key");
+        let key = ic.ocsp_key.file().expect("demo key");
         let (revocations, issued): (Vec<_>, Vec<_>) = events
             .into_iter()
             .partition(|e| matches!(e.kind, EventKind::Revoked { .. }));

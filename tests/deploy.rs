@@ -1720,7 +1720,7 @@ fn examples_render_into_consistent_objects_that_vigil_accepts() {
             String::from_utf8_lossy(&o.stderr),
             fs::read_to_string(&config).unwrap()
         );
-        let typed = vigil::config::Config::from_toml(&facts.toml_text).unwrap();
+        let typed = vigil::config::Config::parse(&facts.toml_text).unwrap();
         assert_eq!(
             typed.server.drain_delay.as_secs(),
             u64_of(&r.values["drain"]["delaySeconds"], "drain.delaySeconds")
@@ -1894,9 +1894,8 @@ fn values_are_written_as_toml_of_the_right_type() {
     fs::write(&f, yaml).unwrap();
     let r = render_ok("types", &[&base, &f]);
     let facts = check_objects(&r);
-    let cfg = vigil::config::Config::from_toml(&facts.toml_text)
+    let cfg = vigil::config::Config::parse(&facts.toml_text)
         .unwrap_or_else(|e| panic!("{e}\n{}", facts.toml_text));
-    cfg.validate().unwrap();
     assert_eq!(cfg.log.filter, filter);
     // The chart's default, kept when values set other [log] keys.
     assert_eq!(cfg.log.format, vigil::config::LogFormat::Json);
@@ -1925,13 +1924,15 @@ fn sentinel_credentials_are_mounted_and_written() {
     .unwrap();
     let r = render_ok("sentinel", &[&base, &f]);
     let facts = check_objects(&r);
-    let cfg = vigil::config::Config::from_toml(&facts.toml_text)
+    let cfg = vigil::config::Config::parse(&facts.toml_text)
         .unwrap_or_else(|e| panic!("{e}\n{}", facts.toml_text));
-    cfg.validate().unwrap();
     let region = &cfg.regions[0];
-    assert_eq!(region.sentinel_username.as_deref(), Some("vigil-sentinel"));
-    let sentinel_pass = region.sentinel_password_file.clone().unwrap();
-    assert_ne!(region.password_file, Some(sentinel_pass.clone()));
+    let vigil::config::RedisEndpoint::Sentinel(sentinels) = &region.link.endpoint else {
+        panic!("a Sentinel-managed region: {:?}", region.link.endpoint);
+    };
+    assert_eq!(sentinels.username.as_deref(), Some("vigil-sentinel"));
+    let sentinel_pass = sentinels.password.file.clone().unwrap();
+    assert_ne!(region.link.password.file, Some(sentinel_pass.clone()));
     let deployment = r.one("Deployment");
     let volumes = arr(
         &deployment["spec"]["template"]["spec"]["volumes"],

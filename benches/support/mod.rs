@@ -46,13 +46,8 @@ impl DemoPki {
     /// Makes the demo PKI with nonces handled as `nonce`.
     pub fn new(nonce: NoncePolicy) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory for the demo PKI");
-        let mut config = Config::embedded_default();
-        config.data_dir = dir.path().to_path_buf();
-        config.issuers = vec![vigil::demo::demo_issuer_config(dir.path())];
+        let mut config = Config::embedded_at(dir.path());
         config.ocsp.nonce = nonce;
-        config
-            .validate()
-            .expect("the embedded default config is valid");
         vigil::app::prepare_embedded(&config).expect("making the demo PKI");
         let mut issuers = vigil::app::load_issuers(&config).expect("loading the demo issuer");
         let issuer = issuers.remove(0);

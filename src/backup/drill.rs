@@ -23,7 +23,7 @@ use redis::aio::MultiplexedConnection;
 
 use super::format::{Reader, Section, Tally};
 use super::BackupError;
-use crate::config::{Config, RegionConfig};
+use crate::config::{Config, RedisLink, RegionConfig};
 use crate::feed::region::Region;
 use crate::limits::FEED_SCAN_COUNT;
 use crate::status::{hex, CertRecord, IssuerId, Serial, StatusView};
@@ -97,8 +97,8 @@ pub async fn restore_drill(
     let mut report = DrillReport::default();
     for r in &cfg.regions {
         let same = r
-            .redis
-            .as_deref()
+            .link
+            .server_url()
             .is_some_and(|u| u.trim_end_matches('/') == scratch_url.trim_end_matches('/'));
         if same {
             return Err(BackupError::ScratchIsLive {
@@ -126,9 +126,10 @@ pub async fn restore_drill(
     report.timings.push(("load", t.elapsed().as_secs_f64()));
 
     // 2. restore into the scratch.
-    let scratch_cfg: RegionConfig =
-        toml::from_str(&format!("name = \"scratch\"\nredis = {scratch_url:?}\n"))
-            .map_err(BackupError::ScratchConfig)?;
+    let scratch_cfg = RegionConfig {
+        name: "scratch".into(),
+        link: RedisLink::server("scratch", scratch_url),
+    };
     let mut scfg = cfg.clone();
     scfg.regions = vec![scratch_cfg];
     let scratch = crate::feed::region::regions(&scfg)?

@@ -174,9 +174,6 @@ pub enum BackupError {
     /// The drill's backup does not verify.
     #[error("the backup does not verify: {0}")]
     DoesNotVerify(Box<BackupError>),
-    /// The scratch URL does not make a region.
-    #[error("--scratch-redis: {0}")]
-    ScratchConfig(toml::de::Error),
     /// The scratch URL made no region.
     #[error("no scratch region")]
     NoScratch,

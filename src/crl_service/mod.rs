@@ -27,7 +27,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::config::{Config, IssuerConfig};
+use crate::config::{Config, IssuerConfig, KeySource};
 use crate::crl::{CrlId, CrlIssuer};
 use crate::feed::health::FeedHealth;
 use crate::pki::Issuer;
@@ -65,13 +65,13 @@ pub fn crl_signer(
         .subject_public_key_info
         .subject_public_key
         .raw_bytes();
-    let (signer, what): (Arc<dyn Signer>, String) = match (&ic.crl_key, &ic.crl_signer) {
-        (Some(path), _) => {
+    let (signer, what): (Arc<dyn Signer>, String) = match &ic.crl_key {
+        Some(KeySource::File(path)) => {
             let signer = SoftwareSigner::from_pem_file(path)
                 .map_err(|e| format!("issuer {}: crl_key: {e}", ic.name))?;
             (Arc::new(signer), format!("crl_key {}", path.display()))
         }
-        (None, Some(_)) => {
+        Some(KeySource::Hsm(_)) => {
             let pool = pools.get(&ic.name).ok_or_else(|| {
                 format!(
                     "issuer {}: crl_signer: its HSM pool was not started",
@@ -80,7 +80,7 @@ pub fn crl_signer(
             })?;
             (pool.clone(), format!("crl_signer ({})", pool.describe()))
         }
-        (None, None) => return Ok(None),
+        None => return Ok(None),
     };
     // The pool checked every HSM's key against the CA certificate already; this is the check
     // for the key file, and the invariant for both.
@@ -117,7 +117,7 @@ impl CrlService {
                     allow_hold: issuer.allow_hold,
                     ..ci
                 },
-                Err(e) if ic.crl_key.is_none() && ic.crl_signer.is_none() => {
+                Err(e) if ic.crl_key.is_none() => {
                     tracing::warn!(issuer = %issuer.name, error = %e, "no CRLs for this issuer");
                     continue;
                 }

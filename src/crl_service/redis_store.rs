@@ -156,30 +156,24 @@ pub struct Region {
 }
 
 impl Region {
-    /// A region reached directly at `url` (no credentials, system TLS roots).
+    /// A region reached directly at `url` (no credentials but the region's password variable,
+    /// system TLS roots).
     pub fn new(name: &str, url: &str, timeout: Duration) -> Result<Self, String> {
-        let cfg = crate::config::RegionConfig {
-            name: name.to_owned(),
-            redis: Some(url.to_owned()),
-            sentinels: Vec::new(),
-            service: None,
-            sentinel_server_tls: false,
-            db: 0,
-            username: None,
-            password_file: None,
-            sentinel_username: None,
-            sentinel_password_file: None,
-            ca_file: None,
-            client_certificate: None,
-            client_key: None,
-        };
-        Self::from_config(&cfg, timeout)
+        Self::connect(name, &crate::config::RedisLink::server(name, url), timeout)
     }
 
-    /// A region as configured (validated by the config): a server or a Sentinel group, with
-    /// its credentials and TLS settings.
+    /// A region as configured: a server or a Sentinel group, with its credentials and TLS
+    /// settings.
     pub fn from_config(
         cfg: &crate::config::RegionConfig,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        Self::connect(&cfg.name, &cfg.link, timeout)
+    }
+
+    fn connect(
+        name: &str,
+        link: &crate::config::RedisLink,
         timeout: Duration,
     ) -> Result<Self, String> {
         let opts = crate::feed::region::LinkOptions {
@@ -187,10 +181,10 @@ impl Region {
             write_timeout: timeout,
             key_prefix: String::new(),
         };
-        let link = crate::feed::region::Region::new(cfg, &opts)
-            .map_err(|e| format!("region {}: {e}", cfg.name))?;
+        let link = crate::feed::region::Region::new(name, link, &opts)
+            .map_err(|e| format!("region {name}: {e}"))?;
         Ok(Region {
-            name: cfg.name.clone(),
+            name: name.to_owned(),
             link,
             conn: tokio::sync::Mutex::new(None),
             timeout,

@@ -96,7 +96,7 @@ impl Publisher {
     /// A publisher over `regions` with the feed's quorum.
     pub fn new(regions: Vec<Arc<Region>>, feed: &FeedConfig) -> Self {
         Publisher {
-            quorum: feed.quorum(regions.len()),
+            quorum: feed.quorum,
             regions,
             maxlen: feed.maxlen,
         }

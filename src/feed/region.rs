@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
 
 use super::{scripts, FeedError, Keys};
-use crate::config::{Config, FeedConfig, RegionConfig};
+use crate::config::{Config, FeedConfig, RedisEndpoint, RedisLink};
 
 /// How to talk to a region's Redis, apart from where it is.
 #[derive(Debug, Clone)]
@@ -110,130 +110,132 @@ fn read_file(path: &std::path::Path) -> Result<Vec<u8>, FeedError> {
 }
 
 impl Region {
-    /// Builds the client of one region; reads its password and certificates. Does not connect.
-    pub fn new(cfg: &RegionConfig, opts: &LinkOptions) -> Result<Self, FeedError> {
-        Self::with_env(cfg, opts, |k| std::env::var(k).ok())
+    /// Builds the client of region `name` reached through `link`; reads its password and
+    /// certificates. Does not connect.
+    pub fn new(name: &str, link: &RedisLink, opts: &LinkOptions) -> Result<Self, FeedError> {
+        Self::with_env(name, link, opts, |k| std::env::var(k).ok())
     }
 
     /// [`Region::new`] with the environment read through `env`.
     pub fn with_env(
-        cfg: &RegionConfig,
+        name: &str,
+        link: &RedisLink,
         opts: &LinkOptions,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, FeedError> {
         let setup = |what: &str, e: redis::RedisError| {
-            FeedError::Setup(format!("region {:?}: {what}: {e}", cfg.name))
+            FeedError::Setup(format!("region {name:?}: {what}: {e}"))
         };
-        let password = read_password(cfg.password_file.as_deref(), &cfg.password_env(), &env)?;
-        let certs = if cfg.ca_file.is_some() || cfg.client_certificate.is_some() {
+        let password = read_password(link.password.file.as_deref(), &link.password.env, &env)?;
+        let certs = if link.ca_file.is_some() || link.client_identity.is_some() {
             Some(TlsCertificates {
-                client_tls: match (&cfg.client_certificate, &cfg.client_key) {
-                    (Some(c), Some(k)) => Some(redis::ClientTlsConfig {
-                        client_cert: read_file(c)?,
-                        client_key: read_file(k)?,
+                client_tls: match &link.client_identity {
+                    Some(id) => Some(redis::ClientTlsConfig {
+                        client_cert: read_file(&id.certificate)?,
+                        client_key: read_file(&id.key)?,
                     }),
-                    _ => None,
+                    None => None,
                 },
-                root_cert: cfg.ca_file.as_deref().map(read_file).transpose()?,
+                root_cert: link.ca_file.as_deref().map(read_file).transpose()?,
             })
         } else {
             None
         };
-        let connector = if let Some(url) = &cfg.redis {
-            let info = url
-                .as_str()
-                .into_connection_info()
-                .map_err(|e| setup("url", e))?;
-            let mut redis = info.redis_settings().clone();
-            if let Some(u) = &cfg.username {
-                redis = redis.set_username(u);
-            }
-            if let Some(p) = &password {
-                redis = redis.set_password(p.expose_secret());
-            }
-            let info = info.set_redis_settings(redis);
-            let client = match certs {
-                Some(c) => Client::build_with_tls(info, c),
-                None => Client::open(info),
-            }
-            .map_err(|e| setup("url", e))?;
-            Connector::Direct(client)
-        } else {
-            let infos = cfg
-                .sentinels
-                .iter()
-                .map(|s| {
-                    s.as_str()
-                        .into_connection_info()
-                        .map_err(|e| setup("sentinels", e))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let addrs = infos.iter().map(|i| i.addr().clone()).collect::<Vec<_>>();
-            // `ca_file` and the client certificate apply to the Sentinels too when they are
-            // reached over TLS (`rediss://`); the client refuses certificates for plain ones.
-            let sentinel_certs = certs
-                .clone()
-                .filter(|_| cfg.sentinels.iter().all(|s| s.starts_with("rediss://")));
-            let service = cfg.service.clone().unwrap_or_default();
-            let mut b = SentinelClientBuilder::new(addrs, service, SentinelServerType::Master)
-                .map_err(|e| setup("sentinels", e))?
-                .set_client_to_redis_db(cfg.db);
-            if let Some(u) = &cfg.username {
-                b = b.set_client_to_redis_username(u);
-            }
-            if let Some(p) = &password {
-                b = b.set_client_to_redis_password(p.expose_secret());
-            }
-            // The Sentinels' own credentials (their `requirepass` or ACL user), apart from the
-            // data servers'.
-            if let Some(u) = &cfg.sentinel_username {
-                b = b.set_client_to_sentinel_username(u);
-            }
-            let sentinel_password = read_password(
-                cfg.sentinel_password_file.as_deref(),
-                &cfg.sentinel_password_env(),
-                &env,
-            )?;
-            if let Some(p) = &sentinel_password {
-                b = b.set_client_to_sentinel_password(p.expose_secret());
-            }
-            let probe = {
-                let first = infos.into_iter().next().ok_or_else(|| {
-                    FeedError::Setup(format!("region {:?}: no sentinels", cfg.name))
-                })?;
-                let mut redis = first.redis_settings().clone();
-                if let Some(u) = &cfg.sentinel_username {
+        let connector = match &link.endpoint {
+            RedisEndpoint::Server(url) => {
+                let info = url
+                    .as_str()
+                    .into_connection_info()
+                    .map_err(|e| setup("url", e))?;
+                let mut redis = info.redis_settings().clone();
+                if let Some(u) = &link.username {
                     redis = redis.set_username(u);
                 }
-                if let Some(p) = &sentinel_password {
+                if let Some(p) = &password {
                     redis = redis.set_password(p.expose_secret());
                 }
-                let info = first.set_redis_settings(redis);
-                Box::new(
-                    match sentinel_certs.clone() {
-                        Some(c) => Client::build_with_tls(info, c),
-                        None => Client::open(info),
+                let info = info.set_redis_settings(redis);
+                let client = match certs {
+                    Some(c) => Client::build_with_tls(info, c),
+                    None => Client::open(info),
+                }
+                .map_err(|e| setup("url", e))?;
+                Connector::Direct(client)
+            }
+            RedisEndpoint::Sentinel(sg) => {
+                let infos = sg
+                    .sentinels
+                    .iter()
+                    .map(|s| {
+                        s.as_str()
+                            .into_connection_info()
+                            .map_err(|e| setup("sentinels", e))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let addrs = infos.iter().map(|i| i.addr().clone()).collect::<Vec<_>>();
+                // `ca_file` and the client certificate apply to the Sentinels too when they are
+                // reached over TLS (`rediss://`); the client refuses certificates for plain ones.
+                let sentinel_certs = certs
+                    .clone()
+                    .filter(|_| sg.sentinels.iter().all(|s| s.starts_with("rediss://")));
+                let service = sg.service.clone();
+                let mut b = SentinelClientBuilder::new(addrs, service, SentinelServerType::Master)
+                    .map_err(|e| setup("sentinels", e))?
+                    .set_client_to_redis_db(sg.db);
+                if let Some(u) = &link.username {
+                    b = b.set_client_to_redis_username(u);
+                }
+                if let Some(p) = &password {
+                    b = b.set_client_to_redis_password(p.expose_secret());
+                }
+                // The Sentinels' own credentials (their `requirepass` or ACL user), apart from the
+                // data servers'.
+                if let Some(u) = &sg.username {
+                    b = b.set_client_to_sentinel_username(u);
+                }
+                let sentinel_password =
+                    read_password(sg.password.file.as_deref(), &sg.password.env, &env)?;
+                if let Some(p) = &sentinel_password {
+                    b = b.set_client_to_sentinel_password(p.expose_secret());
+                }
+                let probe = {
+                    let first = infos.into_iter().next().ok_or_else(|| {
+                        FeedError::Setup(format!("region {name:?}: no sentinels"))
+                    })?;
+                    let mut redis = first.redis_settings().clone();
+                    if let Some(u) = &sg.username {
+                        redis = redis.set_username(u);
                     }
-                    .map_err(|e| setup("sentinels", e))?,
-                )
-            };
-            if cfg.sentinel_server_tls {
-                b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
-            }
-            if let Some(c) = certs {
-                b = b.set_client_to_redis_certificates(c);
-            }
-            if let Some(c) = sentinel_certs {
-                b = b.set_client_to_sentinel_certificates(c);
-            }
-            Connector::Sentinel {
-                client: Mutex::new(b.build().map_err(|e| setup("sentinels", e))?),
-                probe,
-                password_env: cfg.sentinel_password_env(),
+                    if let Some(p) = &sentinel_password {
+                        redis = redis.set_password(p.expose_secret());
+                    }
+                    let info = first.set_redis_settings(redis);
+                    Box::new(
+                        match sentinel_certs.clone() {
+                            Some(c) => Client::build_with_tls(info, c),
+                            None => Client::open(info),
+                        }
+                        .map_err(|e| setup("sentinels", e))?,
+                    )
+                };
+                if sg.server_tls {
+                    b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+                }
+                if let Some(c) = certs {
+                    b = b.set_client_to_redis_certificates(c);
+                }
+                if let Some(c) = sentinel_certs {
+                    b = b.set_client_to_sentinel_certificates(c);
+                }
+                Connector::Sentinel {
+                    client: Mutex::new(b.build().map_err(|e| setup("sentinels", e))?),
+                    probe,
+                    password_env: sg.password.env.clone(),
+                }
             }
         };
         Ok(Region {
-            name: cfg.name.clone(),
+            name: name.to_owned(),
             connector,
             writer: Mutex::new(None),
             connect_timeout: opts.connect_timeout,
@@ -347,11 +349,15 @@ impl Region {
 pub fn regions(cfg: &Config) -> Result<Vec<std::sync::Arc<Region>>, FeedError> {
     let opts = match &cfg.feed {
         Some(f) => LinkOptions::feed(f),
-        None => LinkOptions::feed(&FeedConfig::default()),
+        None => LinkOptions {
+            connect_timeout: crate::config::DEFAULT_FEED_CONNECT_TIMEOUT,
+            write_timeout: crate::config::DEFAULT_FEED_WRITE_TIMEOUT,
+            key_prefix: crate::config::DEFAULT_FEED_KEY_PREFIX.into(),
+        },
     };
     cfg.regions
         .iter()
-        .map(|r| Region::new(r, &opts).map(std::sync::Arc::new))
+        .map(|r| Region::new(&r.name, &r.link, &opts).map(std::sync::Arc::new))
         .collect()
 }
 

@@ -124,9 +124,13 @@ impl AdminState {
         if token.len() < MIN_TOKEN_BYTES {
             return Err(AdminSetupError::ShortToken);
         }
-        let tls = match (&admin.tls_certificate, &admin.tls_key) {
-            (Some(c), Some(k)) => Some(tls_acceptor(c, k, admin.client_ca.as_deref())?),
-            _ => None,
+        let tls = match &admin.tls {
+            Some(t) => Some(tls_acceptor(
+                &t.certificate,
+                &t.key,
+                t.client_ca.as_deref(),
+            )?),
+            None => None,
         };
         Ok(AdminState {
             token_digest: sha256(token.as_bytes()),

@@ -41,7 +41,7 @@ use super::pkcs11::{
     TokenSelector,
 };
 use super::{SignError, SignatureAlgorithm, Signer, SoftwareSigner};
-use crate::config::{HsmConfig, HsmPoolConfig, HsmRsaMechanism};
+use crate::config::{self, HsmConfig, HsmPoolConfig, HsmRsaMechanism};
 use crate::telemetry;
 
 /// Timing and thresholds of a pool (`[hsm_pool]`).
@@ -83,15 +83,13 @@ pub fn key_spec(h: &HsmConfig) -> (KeySpec, PinSource) {
         name: h.name.clone(),
         module: h.module.clone(),
         module_env: h.module_env.clone(),
-        token: match (&h.token_label, h.slot) {
-            (Some(l), _) => TokenSelector::Label(l.clone()),
-            (None, Some(s)) => TokenSelector::Slot(s),
-            // validate() requires one of them; a label nobody has fails with a clear message.
-            (None, None) => TokenSelector::Label(String::new()),
+        token: match &h.token {
+            config::TokenSelector::Label(l) => TokenSelector::Label(l.clone()),
+            config::TokenSelector::Slot(s) => TokenSelector::Slot(*s),
         },
         key: KeySelector {
-            label: h.key_label.clone(),
-            id: h.key_id.as_deref().and_then(parse_hex),
+            label: h.key.label().map(str::to_owned),
+            id: h.key.id().map(<[u8]>::to_vec),
         },
         sessions: h.sessions,
         rsa_mechanism: match h.rsa_mechanism {
@@ -100,24 +98,11 @@ pub fn key_spec(h: &HsmConfig) -> (KeySpec, PinSource) {
             HsmRsaMechanism::RsaPkcs => RsaMechanism::RsaPkcs,
         },
     };
-    let pin = match (&h.pin_file, &h.pin_env) {
-        (Some(f), _) => PinSource::File(f.clone()),
-        (None, Some(e)) => PinSource::Env(e.clone()),
-        (None, None) => PinSource::Env(String::new()),
+    let pin = match &h.pin {
+        config::PinSource::File(f) => PinSource::File(f.clone()),
+        config::PinSource::Env(e) => PinSource::Env(e.clone()),
     };
     (spec, pin)
-}
-
-/// Hex (`0a1B`, optional `:` separators) to bytes.
-pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
-    let s: String = s.chars().filter(|c| *c != ':').collect();
-    if s.is_empty() || !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 // === member ===
@@ -780,15 +765,6 @@ pub fn test_members(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_ids() {
-        assert_eq!(parse_hex("01"), Some(vec![1]));
-        assert_eq!(parse_hex("0a:FF"), Some(vec![10, 255]));
-        assert_eq!(parse_hex("abc"), None);
-        assert_eq!(parse_hex("zz"), None);
-        assert_eq!(parse_hex(""), None);
-    }
 
     #[test]
     fn checks_have_a_deadline_and_a_cap_on_stuck_ones() {

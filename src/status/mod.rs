@@ -734,8 +734,8 @@ pub enum CertStatus {
 }
 
 /// What to answer for a serial that the view has no record of (per issuer). Never `good`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+/// A plain value of the OCSP core; the config maps `issuer.unissued` to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum UnissuedPolicy {
     /// `unknown` status (RFC 6960 §2.2).
     #[default]
