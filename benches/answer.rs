@@ -71,7 +71,7 @@ fn cache_hit_group(
     responder: Arc<Responder>,
 ) {
     let rt = runtime();
-    let now = vigil::clock::unix_now();
+    let now = vigil::clock::Clock::system().now();
     let unissued = [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88];
     let cases = [
         ("post_sha1_good", pki.serial("good-1"), HashAlgorithm::Sha1),
@@ -149,7 +149,7 @@ fn nonce_echo(c: &mut Criterion) {
     let rt = runtime();
     let pki = support::DemoPki::new(NoncePolicy::Echo);
     let responder = pki.responder();
-    let now = vigil::clock::unix_now();
+    let now = vigil::clock::Clock::system().now();
     // The same nonce every time is fine: echo mode never caches, so every answer is signed.
     let der = support::request_der(
         vec![pki.cert_id(HashAlgorithm::Sha1, &pki.serial("good-1"))],

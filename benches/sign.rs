@@ -49,7 +49,7 @@ fn response(c: &mut Criterion) {
     let id = pki.cert_id(HashAlgorithm::Sha1, &pki.serial("good-1"));
     let p256 = &pki.issuer.profile;
     let key = pki.issuer.signer.as_ref();
-    let window = ValidityPolicy::default().window(vigil::clock::unix_now());
+    let window = ValidityPolicy::default().window(vigil::clock::Clock::system().now());
     let good = [(&id, SingleStatus::Good)];
     let revoked = [(
         &id,

@@ -76,17 +76,6 @@ impl Clock {
     }
 }
 
-/// Transitional: the system clock's seconds, for call sites not yet handed a [`Clock`].
-/// Removed once none is left (`tests/layers.rs` counts them).
-pub fn unix_now() -> i64 {
-    Clock::system().now()
-}
-
-/// Transitional: the system clock's milliseconds (see [`unix_now`]).
-pub fn unix_now_ms() -> i64 {
-    Clock::system().now_ms()
-}
-
 /// An RFC 3339 time that did not parse or is out of range.
 #[derive(Debug, thiserror::Error)]
 #[error("{text:?} is not an RFC 3339 time in range: {why}")]

@@ -252,3 +252,25 @@ pub const CRL_SIGNING_THREADS: usize = 1;
 /// CRL signatures waiting per issuer before more are refused: a complete CRL and its delta per
 /// shard in one round, with room to spare; a refused CRL is retried on the next round.
 pub const CRL_SIGNING_QUEUE: usize = 16;
+
+/// Largest message a PKCS#11 host process is asked to sign, in bytes: the largest CRL vigil
+/// builds (the benches' 1.5 M entries make a tbsCertList of about 55 MB) with room to spare.
+/// OCSP tbsResponseData is a few KiB.
+pub const MAX_HOST_SIGN_MESSAGE_BYTES: usize = 128 * 1024 * 1024;
+
+/// Largest frame between vigil and a PKCS#11 host process: a message to sign and its header.
+pub const MAX_HOST_FRAME_BYTES: usize = MAX_HOST_SIGN_MESSAGE_BYTES + 64 * 1024;
+
+/// Longest text field of a host frame (names, labels, error messages, the log filter), bytes.
+pub const MAX_HOST_TEXT_BYTES: usize = 4 * 1024;
+
+/// Longest key material field of a host frame (a public key, a signature, a CKA_ID), bytes:
+/// an RSA-16384 modulus is 2 KiB, so 16 KiB is far above any key a token holds.
+pub const MAX_HOST_KEY_BYTES: usize = 16 * 1024;
+
+/// Longest user PIN sent to a host process, bytes: PKCS#11 `ulMaxPinLen` is a CK_ULONG, but
+/// tokens allow at most 255 (SoftHSM2, Luna, nShield).
+pub const MAX_HOST_PIN_BYTES: usize = 255;
+
+/// Most items of a list in a host frame (tokens of a module, keys of a token, PINs).
+pub const MAX_HOST_LIST_ITEMS: usize = 4096;

@@ -136,6 +136,10 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Internal: one PKCS#11 key in a process of its own, started by vigil with the key's
+    /// `module_env` and driven over stdin/stdout (src/signer/pkcs11/host.rs). Not for people.
+    #[command(name = "pkcs11-host", hide = true)]
+    Pkcs11Host,
 }
 
 #[derive(Subcommand)]
@@ -401,6 +405,10 @@ fn main() -> ExitCode {
     if let Some(Command::Key { command }) = &cli.command {
         return key(command);
     }
+    if let Some(Command::Pkcs11Host) = &cli.command {
+        // Before any config or thread: the host's environment is what vigil started it with.
+        return vigil::signer::pkcs11::run_host();
+    }
     if let Some(Command::Backup {
         command: BackupCommand::Verify { file, identity },
     }) = &cli.command
@@ -422,6 +430,11 @@ fn main() -> ExitCode {
         }
     };
     vigil::telemetry::init_tracing(&cfg.log.filter, cfg.log.format);
+    // PKCS#11 keys run in host processes of this binary, logging as this process does.
+    if let Ok(o) = vigil::signer::pkcs11::HostOptions::this_binary(&cfg.log.filter, cfg.log.format)
+    {
+        vigil::signer::pkcs11::configure_hosts(o);
+    }
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cfg, clock),
         Command::Revoke {
@@ -484,7 +497,9 @@ fn main() -> ExitCode {
             }
             None => Err("drill is handled before the config is loaded".into()),
         },
-        Command::Key { .. } => Err("drill and key are handled before the config is loaded".into()),
+        Command::Key { .. } | Command::Pkcs11Host => {
+            Err("drill, key and pkcs11-host are handled before the config is loaded".into())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -1115,7 +1130,7 @@ fn check_config(cfg: &Config, clock: &vigil::clock::Clock) -> Result<(), String>
 
 fn hsm_list(cfg: &Config, module: Option<&Path>, pin_env: Option<&str>) -> Result<(), String> {
     use std::collections::BTreeMap;
-    use vigil::signer::pkcs11::{list_tokens, read_pin, Module, PinSource};
+    use vigil::signer::pkcs11::{list_module, read_pin, PinSource};
     use vigil::signer::pool::key_spec;
 
     // (module, env) → the [[hsm]] entries on it.
@@ -1154,28 +1169,36 @@ fn hsm_list(cfg: &Config, module: Option<&Path>, pin_env: Option<&str>) -> Resul
                 format!(" ({})", env_text.join(" "))
             }
         );
-        let m = match Module::load(path, env) {
-            Ok(m) => m,
+        // The PINs by token label ("" for every token): the host logs in with them.
+        let pins = match pin_env {
+            Some(var) => read_pin(&PinSource::Env(var.to_owned()))
+                .ok()
+                .map(|p| (String::new(), p))
+                .into_iter()
+                .collect(),
+            None => hsms
+                .iter()
+                .filter_map(|h| match &h.token {
+                    vigil::config::TokenSelector::Label(l) => {
+                        Some((l.clone(), read_pin(&key_spec(h).1).ok()?))
+                    }
+                    vigil::config::TokenSelector::Slot(_) => None,
+                })
+                .collect(),
+        };
+        let listing = match list_module(path, env, pins) {
+            Ok(l) => l,
             Err(e) => {
                 println!("  cannot load: {e}");
                 failed = true;
                 continue;
             }
         };
-        match m.info() {
+        match listing.info {
             Ok(i) => println!("  {i}"),
             Err(e) => println!("  C_GetInfo: {e}"),
         }
-        let pin_for = |label: &str| {
-            if let Some(var) = pin_env {
-                return read_pin(&PinSource::Env(var.to_owned())).ok();
-            }
-            let h = hsms
-                .iter()
-                .find(|h| h.token == vigil::config::TokenSelector::Label(label.to_owned()))?;
-            read_pin(&key_spec(h).1).ok()
-        };
-        let tokens = match list_tokens(&m, pin_for) {
+        let tokens = match listing.tokens {
             Ok(t) => t,
             Err(e) => {
                 println!("  listing tokens: {e}");

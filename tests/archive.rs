@@ -374,7 +374,7 @@ fn archive_follows_both_streams_in_order_fills_a_trimmed_gap_and_names_a_damaged
         }
         // The archive alone (no backup) gives the region's whole state: no gap.
         let view = vigil::status::StatusView::new();
-        let now = vigil::clock::unix_now_ms() + 1;
+        let now = vigil::clock::Clock::system().now_ms() + 1;
         let rep = vigil::archive::replay::replay_until(&dir, now, &view).unwrap();
         assert!(rep.fill_records >= 400, "{}", rep.fill_records);
         let snap = r.snapshot();
@@ -422,7 +422,7 @@ fn archive_follows_both_streams_in_order_fills_a_trimmed_gap_and_names_a_damaged
         e.contains("segment seg-0000000003.vga:") && e.contains("mismatch"),
         "{e}"
     );
-    let until = vigil::clock::rfc3339_ms(vigil::clock::unix_now_ms() + 1000);
+    let until = vigil::clock::rfc3339_ms(vigil::clock::Clock::system().now_ms() + 1000);
     let before: u64 = s.a.cmd(&mut redis::cmd("DBSIZE"));
     let e = refused(&vigil_with(
         &s.config,
@@ -452,7 +452,7 @@ fn point_in_time_restore_holds_exactly_the_revocations_before_its_time() {
     }
     let backup = s.root.join("b.vbk");
     let prom = s.root.join("backup.prom");
-    let before_ms = vigil::clock::unix_now_ms();
+    let before_ms = vigil::clock::Clock::system().now_ms();
     ok(&vigil_with(
         &s.config,
         &[
@@ -492,7 +492,7 @@ fn point_in_time_restore_holds_exactly_the_revocations_before_its_time() {
         s.revoke(serial);
     }
     std::thread::sleep(Duration::from_millis(20));
-    let time = vigil::clock::rfc3339_ms(vigil::clock::unix_now_ms());
+    let time = vigil::clock::rfc3339_ms(vigil::clock::Clock::system().now_ms());
     std::thread::sleep(Duration::from_millis(20));
     for serial in 7..=9 {
         s.revoke(serial);
@@ -568,7 +568,7 @@ fn point_in_time_restore_holds_exactly_the_revocations_before_its_time() {
     }
 
     // A time before the backup finished is refused: the archive cannot take revocations away.
-    let early = vigil::clock::rfc3339_ms(vigil::clock::unix_now_ms() - 3_600_000);
+    let early = vigil::clock::rfc3339_ms(vigil::clock::Clock::system().now_ms() - 3_600_000);
     let e = refused(&vigil_with(
         &s.config,
         &[

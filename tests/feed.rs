@@ -2257,7 +2257,7 @@ fn admin_holds_are_decided_on_the_regions_state_not_the_replicas_view() {
     assert_eq!(code, 200, "{resp}");
     replica.wait_for(&pki, "7C01", "good");
     // The region now holds 7C01 on hold since `held_at`; the replica's view does not.
-    let held_at = vigil::clock::unix_now() - 60;
+    let held_at = vigil::clock::Clock::system().now() - 60;
     let mut held = a.snapshot_record(&issuer, &der("7C01")).expect("issued");
     held[4..8].copy_from_slice(&(held_at as u32).to_be_bytes());
     held[8] = 6;

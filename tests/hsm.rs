@@ -21,7 +21,8 @@ use softhsm::{KeyKind, Lab, P11Server, Pki, P11KIT_CLIENT, PIN, SOFTHSM_MODULE};
 use x509_ocsp::{BasicOcspResponse, OcspResponse, OcspResponseStatus};
 
 use vigil::signer::pkcs11::{
-    AuthPin, KeySelector, KeySpec, Pkcs11Key, RsaMechanism, TokenSelector,
+    configure_hosts, AuthPin, HostOptions, HostedKey, KeySelector, KeySpec, RsaMechanism,
+    TokenSelector,
 };
 use vigil::signer::SignatureAlgorithm;
 
@@ -562,7 +563,9 @@ fn a_silent_hsm_is_left_behind_and_rejoins_through_a_fresh_module_instance() {
     ask();
     assert_eq!(
         v.metric("vigil_hsm_signatures_total{hsm=\"hsm1\"}"),
-        before + 1.0
+        before + 1.0,
+        "{}",
+        v.log()
     );
     drop(v); // before the frozen server is killed, so nothing answers the stuck calls
 }
@@ -798,7 +801,7 @@ fn degraded_mode_serves_cached_responses_until_next_update_then_try_later() {
         Answer::Error(e) => panic!("expected a signed response, got {e:?}"),
     };
 
-    let t0 = vigil::clock::unix_now();
+    let t0 = vigil::clock::Clock::system().now();
     let first = signed(answer(&cached, t0));
     let window = first.window;
     assert_eq!(window.next_update - window.this_update, 8 * 3600);
@@ -841,7 +844,8 @@ fn p384_and_rsa_keys_sign_with_every_mechanism() {
     let rsa = lab.key("rsa", KeyKind::Rsa2048);
     lab.import("keys", &p384, "p384", "02");
     lab.import("keys", &rsa, "rsa", "03");
-    // SoftHSM2 reads SOFTHSM2_CONF when initialised: give this module instance the lab's.
+    use_vigil_as_host();
+    // SoftHSM2 reads SOFTHSM2_CONF when initialised: its host process gets the lab's.
     let env: BTreeMap<String, String> =
         [("SOFTHSM2_CONF".to_owned(), lab.conf.display().to_string())].into();
     let spec = |label: &str, rsa_mechanism| KeySpec {
@@ -876,7 +880,7 @@ fn p384_and_rsa_keys_sign_with_every_mechanism() {
             "CKM_RSA_PKCS (DigestInfo)",
         ),
     ] {
-        let key = Pkcs11Key::new(spec(label, mechanism), AuthPin::from(PIN), None).expect("key");
+        let key = HostedKey::new(spec(label, mechanism), AuthPin::from(PIN), None).expect("key");
         let d = key.connect().expect("connect");
         assert_eq!(d.algorithm, algorithm);
         assert_eq!(d.mechanism, want);
@@ -902,7 +906,7 @@ fn p384_and_rsa_keys_sign_with_every_mechanism() {
         }
     }
     // A key that is not there is a configuration error, not "unreachable".
-    let missing = Pkcs11Key::new(spec("nope", RsaMechanism::Auto), AuthPin::from(PIN), None)
+    let missing = HostedKey::new(spec("nope", RsaMechanism::Auto), AuthPin::from(PIN), None)
         .expect("key")
         .connect()
         .expect_err("missing key");
@@ -913,6 +917,160 @@ fn p384_and_rsa_keys_sign_with_every_mechanism() {
             .contains("no private key with label \"nope\""),
         "{missing}"
     );
+}
+
+/// Keys used in this test process run in hosts of the `vigil` binary (the test binary is not).
+fn use_vigil_as_host() {
+    configure_hosts(HostOptions {
+        program: env!("CARGO_BIN_EXE_vigil").into(),
+        // cryptoki logs every mechanism it has no name for at ERROR.
+        log_filter: "info,cryptoki::mechanism=off".into(),
+        log_format: Default::default(),
+    });
+}
+
+/// Two keys naming one module file with different `module_env` reach their own servers: each
+/// host process reads its own `P11_KIT_SERVER_ADDRESS`, and vigil's environment is untouched.
+#[test]
+fn entries_sharing_a_module_with_different_module_env_reach_their_own_servers() {
+    require_softhsm!();
+    use_vigil_as_host();
+    let lab = Lab::new();
+    let key = lab.key("responder", KeyKind::P256);
+    let mut servers = Vec::new();
+    for name in ["left", "right"] {
+        lab.token(name);
+        lab.import(name, &key, "ocsp", "01");
+        servers.push(lab.serve(name));
+    }
+    let by_label = |name: &str, server: &P11Server| KeySpec {
+        name: name.to_owned(),
+        module: P11KIT_CLIENT.into(),
+        module_env: [("P11_KIT_SERVER_ADDRESS".to_owned(), server.address())].into(),
+        token: TokenSelector::Label(name.to_owned()),
+        key: KeySelector {
+            label: Some("ocsp".into()),
+            id: None,
+        },
+        sessions: 2,
+        rsa_mechanism: RsaMechanism::Auto,
+    };
+    let left =
+        HostedKey::new(by_label("left", &servers[0]), AuthPin::from(PIN), None).expect("left");
+    let right =
+        HostedKey::new(by_label("right", &servers[1]), AuthPin::from(PIN), None).expect("right");
+    assert_eq!(left.connect().expect("left connects").token_label, "left");
+    assert_eq!(
+        right.connect().expect("right connects").token_label,
+        "right"
+    );
+    assert_ne!(left.host_pid(), right.host_pid());
+    // The environment was given at spawn: each host has its own address; a variable read as a
+    // PIN (pin_env; here a stand-in cargo sets for every test) is withheld from hosts.
+    let environ = |key: &HostedKey| {
+        let raw = std::fs::read(format!("/proc/{}/environ", key.host_pid().unwrap())).unwrap();
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    assert!(environ(&left).contains(&format!("P11_KIT_SERVER_ADDRESS={}", servers[0].address())));
+    assert!(environ(&right).contains(&format!("P11_KIT_SERVER_ADDRESS={}", servers[1].address())));
+    assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+    vigil::signer::pkcs11::host::withhold_from_hosts("CARGO_MANIFEST_DIR");
+    let third =
+        HostedKey::new(by_label("left", &servers[0]), AuthPin::from(PIN), None).expect("third");
+    assert!(
+        !environ(&third).contains("CARGO_MANIFEST_DIR="),
+        "{}",
+        environ(&third)
+    );
+    assert!(environ(&left).contains("CARGO_MANIFEST_DIR="));
+    // Each server exports only its own token: asking the left server for the right token
+    // fails, so the addresses really were different in the two hosts.
+    let crossed = HostedKey::new(by_label("right", &servers[0]), AuthPin::from(PIN), None)
+        .expect("crossed")
+        .connect()
+        .expect_err("the left server has no token \"right\"");
+    assert!(crossed.to_string().contains("left"), "{crossed}");
+    assert!(std::env::var_os("P11_KIT_SERVER_ADDRESS").is_none());
+    // Killing the left server fails the left key only.
+    let message = [7u8; 64];
+    let public = left.description().expect("described").public_key;
+    servers[0].kill();
+    assert!(left.sign(&message, Duration::from_secs(1)).is_err());
+    let sig = right
+        .sign(&message, Duration::from_secs(1))
+        .expect("right signs");
+    assert!(vigil::signer::verify(
+        SignatureAlgorithm::EcdsaP256Sha256,
+        &public,
+        &message,
+        &sig
+    ));
+}
+
+/// A host that stops answering is killed by a recovery, and its stuck call returns at once.
+#[test]
+fn a_stuck_host_is_killed_and_its_calls_return() {
+    require_softhsm!();
+    use_vigil_as_host();
+    let lab = Lab::new();
+    let key = lab.key("responder", KeyKind::P256);
+    lab.token("hsm1");
+    lab.import("hsm1", &key, "ocsp", "01");
+    let mut server = lab.serve("hsm1");
+    let spec = KeySpec {
+        name: "hsm1".into(),
+        module: P11KIT_CLIENT.into(),
+        module_env: [("P11_KIT_SERVER_ADDRESS".to_owned(), server.address())].into(),
+        token: TokenSelector::Label("hsm1".into()),
+        key: KeySelector {
+            label: Some("ocsp".into()),
+            id: None,
+        },
+        sessions: 2,
+        rsa_mechanism: RsaMechanism::Auto,
+    };
+    let key = Arc::new(HostedKey::new(spec, AuthPin::from(PIN), None).expect("key"));
+    key.connect().expect("connect");
+    let first_pid = key.host_pid().expect("a host");
+    server.freeze();
+    let stuck = {
+        let key = key.clone();
+        std::thread::spawn(move || {
+            let r = key.sign(&[1; 32], Duration::from_millis(100));
+            (r, Instant::now())
+        })
+    };
+    wait_for(
+        "the signature to be in flight",
+        Duration::from_secs(5),
+        || {
+            key.oldest_call()
+                .is_some_and(|age| age >= Duration::from_millis(300))
+        },
+    );
+    // Recovery kills the stuck host at once; the fresh one cannot reach the frozen server
+    // either, and is killed after HOST_SETUP_TIMEOUT.
+    let started = Instant::now();
+    let e = key
+        .recover(Duration::from_millis(300))
+        .expect_err("the server is frozen");
+    assert!(!e.is_permanent(), "{e}");
+    let (r, returned) = stuck.join().expect("thread");
+    assert!(r.is_err(), "the stuck call returned {r:?}");
+    assert!(
+        returned < started + Duration::from_secs(1),
+        "the stuck call returned {:?} after the recovery began",
+        returned - started
+    );
+    server.kill();
+    let _replacement = lab.serve("hsm1");
+    wait_for(
+        "the key back through a fresh host",
+        Duration::from_secs(20),
+        || key.recover(Duration::from_millis(300)).is_ok(),
+    );
+    assert_ne!(key.host_pid(), Some(first_pid));
+    assert!(key.sign(&[2; 32], Duration::from_secs(1)).is_ok());
 }
 
 // === CRLs signed through an HSM pool (`crl_signer`) ===

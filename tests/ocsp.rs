@@ -349,7 +349,7 @@ fn caching_headers_and_304() {
         .0
         .to_unix_duration()
         .as_secs() as i64;
-    let now = vigil::clock::unix_now();
+    let now = vigil::clock::Clock::system().now();
     assert!(
         max_age > 0 && max_age <= next - now + 1,
         "max-age {max_age} vs nextUpdate-now {}",

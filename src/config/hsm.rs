@@ -18,8 +18,8 @@ pub struct HsmConfig {
     /// The PKCS#11 module: the vendor library, `libsofthsm2.so`, or `p11-kit-client.so` for
     /// a token behind `p11-kit server`.
     pub module: PathBuf,
-    /// Environment set while the module is loaded and initialised, e.g.
-    /// `{ P11_KIT_SERVER_ADDRESS = "unix:path=/run/hsm1.sock" }`.
+    /// Environment of the entry's PKCS#11 host process (on top of vigil's, set when it is
+    /// started), e.g. `{ P11_KIT_SERVER_ADDRESS = "unix:path=/run/hsm1.sock" }`.
     pub module_env: BTreeMap<String, String>,
     /// The token (`token_label` or `slot`).
     pub token: TokenSelector,

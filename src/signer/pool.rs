@@ -2,9 +2,11 @@
 //! breaker and a monitor thread; signing goes to the first member in service and fails over
 //! to the next; a member that fails is taken out and brought back only by a health probe.
 //!
-//! Signatures run on the caller's thread (a blocking thread of the answer path), one session
-//! each. A call that has not come back after `sign_timeout` marks its HSM as stuck: the next
-//! signature takes it out of service and goes to the next HSM, and the pool's
+//! Each member is a [`HostedKey`]: its key runs in a `vigil pkcs11-host` process of its own
+//! (see [`super::pkcs11::host`]). Signatures are sent from the caller's thread (a blocking
+//! thread of the answer path), one session each. A call that has not come back after
+//! `sign_timeout` marks its HSM as stuck: the next signature takes it out of service and goes
+//! to the next HSM, and the pool's
 //! [`Signer::timeout`] tells the answer path to stop waiting for the stuck call and ask again.
 //! Probes and reconnection run on short-lived threads with a deadline, so a call that never
 //! returns cannot hold an HSM out of service for good.
@@ -35,7 +37,7 @@ use std::time::{Duration, Instant};
 use metrics::{Counter, Gauge, Histogram};
 
 use super::pkcs11::{
-    read_pin, HsmError, KeyDescription, KeySelector, KeySpec, PinSource, Pkcs11Key, RsaMechanism,
+    read_pin, HostedKey, HsmError, KeyDescription, KeySelector, KeySpec, PinSource, RsaMechanism,
     TokenSelector,
 };
 use super::{SignError, SignatureAlgorithm, Signer, SoftwareSigner};
@@ -168,7 +170,7 @@ impl MemberMetrics {
 
 /// One HSM of a pool.
 struct Member {
-    key: Pkcs11Key,
+    key: HostedKey,
     in_service: AtomicBool,
     failures: AtomicU32,
     breaker: Mutex<Breaker>,
@@ -246,7 +248,6 @@ impl Member {
             return;
         }
         self.in_service.store(false, Ordering::Release);
-        self.key.set_healthy(false);
         let was = b.state.clone();
         b.last_error = Some(e.to_string());
         if e.is_permanent() {
@@ -277,7 +278,6 @@ impl Member {
         b.last_error = None;
         b.attempts = 0;
         self.failures.store(0, Ordering::Relaxed);
-        self.key.set_healthy(true);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.in_service.store(true, Ordering::Release);
         self.metrics.breaker.set(0.0);
@@ -290,11 +290,7 @@ impl Member {
 
     /// A test signature, verified against the certificate's key.
     fn probe(&self, shared: &Shared) -> Result<(), HsmError> {
-        let message = format!(
-            "vigil health probe {} {}",
-            self.name(),
-            crate::clock::unix_now_ms()
-        );
+        let message = format!("vigil health probe {} {}", self.name(), probe_number());
         let d = self
             .key
             .description()
@@ -390,7 +386,7 @@ impl SignerPool {
             let name = spec.name.clone();
             let fail = |e: String| format!("hsm {name:?}: {e}");
             let pin = read_pin(&pin_source).map_err(fail)?;
-            let key = Pkcs11Key::new(spec, pin, Some(public_key.clone()))
+            let key = HostedKey::new(spec, pin, Some(public_key.clone()))
                 .map_err(|e| fail(e.to_string()))?;
             let member = Arc::new(Member {
                 epoch: AtomicU64::new(0),
@@ -571,8 +567,8 @@ impl Signer for SignerPool {
 }
 
 /// Checks of one member that may be outstanding at once. A check stuck in a silent HSM keeps
-/// its thread; later checks go around it (a reconnection abandons the stuck module instance),
-/// and this bounds the threads a silent HSM can hold.
+/// its thread until a later reconnection kills the stuck host process (which returns it at
+/// once); this bounds the threads a silent HSM can hold meanwhile.
 const MAX_CHECKS_OUTSTANDING: usize = 3;
 
 /// Runs `check` on its own thread and waits at most `deadline` for it. Fails when it did not
@@ -700,6 +696,13 @@ fn monitor(member: &Arc<Member>, shared: &Arc<Shared>) {
     }
 }
 
+/// A number for each test message this process signs, so no two probes sign the same bytes
+/// (a token that returned a cached signature would not pass).
+fn probe_number() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The result of `vigil hsm test` for one member.
 #[derive(Debug, Clone)]
 pub struct MemberTest {
@@ -722,9 +725,9 @@ pub fn test_members(
         let result = (|| {
             let pin = read_pin(&pin_source)?;
             let key =
-                Pkcs11Key::new(spec, pin, Some(public_key.to_vec())).map_err(|e| e.to_string())?;
+                HostedKey::new(spec, pin, Some(public_key.to_vec())).map_err(|e| e.to_string())?;
             let d: KeyDescription = key.connect().map_err(|e| e.to_string())?;
-            let message = format!("vigil hsm test {}", crate::clock::unix_now_ms());
+            let message = format!("vigil hsm test {}", probe_number());
             let started = Instant::now();
             let sig = key
                 .sign(message.as_bytes(), Duration::from_secs(5))
@@ -810,7 +813,9 @@ mod tests {
             sessions: 1,
             rsa_mechanism: RsaMechanism::Auto,
         };
-        std::env::set_var("VIGIL_TEST_POOL_PIN", "1234");
+        let dir = tempfile::tempdir().expect("tmp");
+        let pin_file = dir.path().join("pin");
+        std::fs::write(&pin_file, "1234\n").expect("pin file");
         let settings = PoolSettings {
             probe_interval: Duration::from_secs(5),
             breaker_failures: 3,
@@ -822,7 +827,7 @@ mod tests {
         let e = SignerPool::start(
             "a",
             vec![1, 2, 3],
-            vec![(spec, PinSource::Env("VIGIL_TEST_POOL_PIN".into()))],
+            vec![(spec, PinSource::File(pin_file))],
             None,
             settings,
         )
