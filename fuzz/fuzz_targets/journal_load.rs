@@ -2,7 +2,7 @@
 //! leaves a file whose every record reads back, without losing the records read before.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use vigil::status::journal::{JournalReader, JournalWriter};
+use vigil::journal::{JournalReader, JournalWriter};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(dir) = tempfile::tempdir() else { return };
