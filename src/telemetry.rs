@@ -122,6 +122,10 @@ pub const CRL_BUILD_LATENCY: &str = "vigil_crl_build_duration_seconds";
 pub const CRL_LEADER: &str = "vigil_crl_publisher_leader";
 /// Failed CRL refreshes (a Redis unreachable, a CRL that did not verify), by `source`.
 pub const CRL_REFRESH_ERRORS: &str = "vigil_crl_refresh_errors_total";
+/// Reports that a region's Redis holds an older complete CRL than this replica serves (or
+/// none), by `region`: it was restored from an old copy or flushed, or missed a store. A
+/// leader publishes the complete CRLs again on each report.
+pub const CRL_REGION_LAGGING: &str = "vigil_crl_region_lagging_total";
 /// Signatures made by each HSM, by `hsm` (probes excluded).
 pub const HSM_SIGNATURES: &str = "vigil_hsm_signatures_total";
 /// HSM errors by `hsm` and `kind`: `pin`, `config`, `lost` (device, session or connection),

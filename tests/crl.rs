@@ -1317,6 +1317,141 @@ fn two_regions_competing_publishers_failover_and_redis_outage() {
     assert_eq!(served.len(), 3, "every replica was observed: {served:?}");
 }
 
+/// The CRL region `r` stores at `/crl/demo.crl`, if any.
+fn stored_crl(r: &Redis) -> Option<Vec<u8>> {
+    redis::Client::open(r.url())
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| {
+            redis::cmd("HGET")
+                .arg("vigil:crl:doc:demo.crl")
+                .arg("der")
+                .query(&mut c)
+        })
+        .ok()
+        .flatten()
+}
+
+/// Region a's Redis is put back to an old copy of its CRL keys (as a restore from an old RDB
+/// does) while it stays up: no store fails, nothing more is revoked, and the complete CRLs are
+/// due only in an hour. The refresher sees the region hold an older CRL than the one served,
+/// and the leader stores the complete CRL there again.
+#[test]
+fn a_region_restored_to_an_older_crl_gets_the_served_one_back() {
+    let tmp = tmpdir();
+    let dir = tmp.path();
+    let pki = demo_pki(dir);
+    let ra = Redis::start(dir);
+    let rb = Redis::start(dir);
+    let port = free_port();
+    let config = write_config(
+        &dir.join("a1.toml"),
+        &format!(
+            "data_dir = \"{d}/a1\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
+             [status]\njournal = \"{p}/journal.vj\"\njournal_poll = \"100ms\"\n\
+             [crl]\nregion = \"a\"\nlease_ttl = \"2s\"\ninterval = \"1h\"\n\
+             publish_delay = \"1s\"\nrefresh = \"300ms\"\nredis_timeout = \"500ms\"\n\
+             [[region]]\nname = \"a\"\nredis = \"{ua}\"\n\
+             [[region]]\nname = \"b\"\nredis = \"{ub}\"\n{issuer}",
+            d = dir.display(),
+            p = pki.display(),
+            ua = ra.url(),
+            ub = rb.url(),
+            issuer = issuer_toml(&pki),
+        ),
+    );
+    let (_replica, base) = serve(Some(&config), dir, &dir.join("a1.log"));
+    let ca = pki.join("ca.pem");
+    let lists = |der: &[u8], serial: &str| {
+        revoked_in_text(&openssl_verify(der, &ca, dir)).contains_key(serial)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || stored_crl(&ra).is_some()),
+        "region a never stored a CRL"
+    );
+    // The old copy: every CRL key of region a, before the revocation.
+    let mut conn = redis::Client::open(ra.url())
+        .and_then(|c| c.get_connection())
+        .expect("redis a");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("vigil:crl:*")
+        .query(&mut conn)
+        .expect("KEYS");
+    let keys: Vec<String> = keys
+        .into_iter()
+        .filter(|k| k.starts_with("vigil:crl:doc:") || k.starts_with("vigil:crl:seq:"))
+        .collect();
+    assert!(keys.len() >= 2, "CRL keys of region a: {keys:?}");
+    let old: Vec<(String, Vec<u8>)> = keys
+        .iter()
+        .map(|k| {
+            let dump: Vec<u8> = redis::cmd("DUMP").arg(k).query(&mut conn).expect("DUMP");
+            (k.clone(), dump)
+        })
+        .collect();
+    let old_number = crl_number(&stored_crl(&ra).expect("stored"));
+
+    let cert = pki.join("certs/good-1.pem");
+    let serial = cert_serial(&cert);
+    let cert_arg = cert.display().to_string();
+    vigil_run(
+        &config,
+        &[
+            "revoke",
+            "--issuer",
+            "demo",
+            "--cert",
+            &cert_arg,
+            "--reason",
+            "keyCompromise",
+        ],
+    );
+    for (name, r) in [("a", &ra), ("b", &rb)] {
+        assert!(
+            eventually(Duration::from_secs(10), || stored_crl(r)
+                .is_some_and(|d| lists(&d, &serial))),
+            "region {name} never stored the revocation"
+        );
+    }
+    let served = get(&base, "/crl/demo.crl");
+    assert!(lists(&served.body, &serial));
+
+    for (k, dump) in &old {
+        let _: () = redis::cmd("RESTORE")
+            .arg(k)
+            .arg(0)
+            .arg(&dump[..])
+            .arg("REPLACE")
+            .query(&mut conn)
+            .expect("RESTORE");
+    }
+    let restored = stored_crl(&ra).expect("restored");
+    assert_eq!(crl_number(&restored), old_number, "the old copy is back");
+    assert!(
+        !lists(&restored, &serial),
+        "the old copy lacks the revocation"
+    );
+
+    // Two refreshes to see the lag, one store retry, a build: well within 10 s.
+    assert!(
+        eventually(Duration::from_secs(10), || stored_crl(&ra).is_some_and(
+            |d| lists(&d, &serial) && crl_number(&d) > crl_number(&served.body)
+        )),
+        "region a kept the old CRL, which lacks the revocation"
+    );
+    // The replica said why it published again.
+    let metrics = get(&base, "/metrics");
+    let text = String::from_utf8_lossy(&metrics.body);
+    let reported = text
+        .lines()
+        .find(|l| l.starts_with("vigil_crl_region_lagging_total") && l.contains("region=\"a\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(reported >= 1.0, "no lag of region a counted:\n{text}");
+    // The replica itself served the revocation throughout.
+    assert!(lists(&get(&base, "/crl/demo.crl").body, &serial));
+}
+
 fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let started = Instant::now();
     while started.elapsed() < timeout {

@@ -1002,6 +1002,7 @@ fn check_alerts(r: &Rendered, table: &toml::Table, public: &Value) {
         t::CRL_BUILD_LATENCY,
         t::CRL_LEADER,
         t::CRL_REFRESH_ERRORS,
+        t::CRL_REGION_LAGGING,
         t::HSM_SIGNATURES,
         t::HSM_ERRORS,
         t::HSM_SIGN_LATENCY,

@@ -38,7 +38,7 @@ use crate::status::StatusView;
 use crate::telemetry;
 use catalog::{Catalog, IssuerCrls, ServedCrl};
 use publisher::{Mode, PublishIssuer, Publisher, Refusals};
-use redis_store::{Fence, Region};
+use redis_store::{Fence, Region, StoreOutcome};
 
 /// Everything CRL-related one process runs.
 pub struct CrlService {
@@ -215,6 +215,8 @@ impl CrlService {
             let _ = first.await;
         }
         let (fence_tx, fence_rx) = watch::channel(None::<Fence>);
+        // The refresher tells the publisher when a region keeps holding an older CRL.
+        let lagging = Arc::new(Notify::new());
         if let Some(publisher) = &self.publisher {
             if self.regions.is_empty() {
                 if self.full_due_in(&HashMap::new()).is_zero() {
@@ -238,11 +240,12 @@ impl CrlService {
                 publisher.clone(),
                 view,
                 revoked,
+                lagging.clone(),
                 fence_rx,
                 complete,
             ));
         }
-        rt.spawn(run_refresher(self.clone()));
+        rt.spawn(run_refresher(self.clone(), lagging));
     }
 
     /// Complete CRLs refused for dropping entries (empty on a node that does not publish).
@@ -377,13 +380,21 @@ fn runtime() -> Option<tokio::runtime::Handle> {
     RUNTIME.clone()
 }
 
-/// Logs failures; true when some CRL did not reach every target (a region's store failed).
+/// Logs failures; true when some CRL did not reach every target (a region's store failed, or
+/// a delta's base was not the complete CRL the region holds).
 fn log_results(results: &[Result<publisher::Published, String>]) -> bool {
     let mut missed = false;
     for r in results {
         match r {
             Err(e) => tracing::error!(error = %e, "CRL publishing failed"),
-            Ok(p) => missed |= p.results.iter().any(|(_, r)| r.is_err()),
+            // A region whose complete CRL is not the delta's base holds an older one (it was
+            // restored or flushed): it needs the complete CRLs again, like a failed store.
+            Ok(p) => {
+                missed |= p
+                    .results
+                    .iter()
+                    .any(|(_, r)| matches!(r, Err(_) | Ok(StoreOutcome::BaseMismatch)))
+            }
         }
     }
     missed
@@ -398,15 +409,24 @@ const CRL_STORE_RETRY_MAX: Duration = Duration::from_secs(60);
 struct StoreRetry {
     first: Duration,
     next: Duration,
+    /// Every issuer's complete CRLs are due at the next full pass, whatever their interval.
+    forced: bool,
 }
 
 impl StoreRetry {
-    /// A target missed a CRL: every issuer's complete CRLs are due again after `next`, which
-    /// doubles (up to [`CRL_STORE_RETRY_MAX`]) until a complete pass reaches every target.
-    fn missed(&mut self, attempted: &mut HashMap<String, i64>, next_full: &mut Instant) {
-        attempted.clear();
+    /// A target missed a CRL (or holds an older one): every issuer's complete CRLs are due
+    /// again after `next`, which doubles (up to [`CRL_STORE_RETRY_MAX`]) until a complete pass
+    /// reaches every target.
+    fn missed(&mut self, next_full: &mut Instant) {
+        self.forced = true;
         *next_full = (*next_full).min(Instant::now() + self.next);
         self.next = (self.next * 2).min(CRL_STORE_RETRY_MAX);
+    }
+
+    /// A complete pass reached every target.
+    fn reached_all(&mut self) {
+        self.forced = false;
+        self.next = self.first;
     }
 }
 
@@ -464,6 +484,7 @@ async fn run_publisher(
     publisher: Arc<Publisher>,
     view: Arc<StatusView>,
     revoked: Arc<Notify>,
+    lagging: Arc<Notify>,
     mut fence: watch::Receiver<Option<Fence>>,
     complete: Option<Arc<FeedHealth>>,
 ) {
@@ -485,13 +506,15 @@ async fn run_publisher(
     let mut attempted: HashMap<String, i64> = HashMap::new();
     let mut next_full = Instant::now() + svc.full_due_in(&attempted);
     let mut pending: Option<Instant> = None;
-    // A region that missed a CRL (its store failed: the region down, restarting, or restored
-    // from an old copy) is tried again, or it keeps serving replicas an old CRL until the next
-    // revocation: the complete CRLs (and with them fresh deltas) are published again after
-    // `store_retry`, which doubles while a region keeps missing them.
+    // A region that missed a CRL (its store failed, or a delta's base was not the complete CRL
+    // it holds) or that the refresher finds holding an older one (restored from an old copy,
+    // flushed, with no store failing) would keep an old CRL until the next revocation or
+    // interval: every complete CRL (and with it a fresh delta) is published again, whatever its
+    // interval, after `store_retry`, which doubles while a region keeps missing them.
     let mut store_retry = StoreRetry {
         first: retry,
         next: retry,
+        forced: false,
     };
     let far = || Instant::now() + Duration::from_secs(86400 * 365);
     loop {
@@ -517,6 +540,15 @@ async fn run_publisher(
                     pending = Some(Instant::now() + batch);
                 }
             }
+            () = lagging.notified() => {
+                // A region holds an older complete CRL than the one served (restored from an
+                // old RDB or flushed while no store failed, so nothing else would say so until
+                // the next revocation or interval): the complete CRLs are due again, with the
+                // store retry's backoff.
+                if leader {
+                    store_retry.missed(&mut next_full);
+                }
+            }
             () = tokio::time::sleep_until(next_full) => {
                 if leader && incomplete() {
                     next_full = Instant::now() + retry;
@@ -528,7 +560,7 @@ async fn run_publisher(
                     let due: Vec<String> = publisher
                         .issuers
                         .iter()
-                        .filter(|pi| full_due_at(&svc.catalog, pi, now, attempted.get(&pi.issuer.name)) <= now)
+                        .filter(|pi| store_retry.forced || full_due_at(&svc.catalog, pi, now, attempted.get(&pi.issuer.name)) <= now)
                         .map(|pi| pi.issuer.name.clone())
                         .collect();
                     let results = publisher
@@ -544,9 +576,9 @@ async fn run_publisher(
                     }
                     next_full = Instant::now() + svc.full_due_in(&attempted).max(retry);
                     if missed {
-                        store_retry.missed(&mut attempted, &mut next_full);
+                        store_retry.missed(&mut next_full);
                     } else {
-                        store_retry.next = store_retry.first;
+                        store_retry.reached_all();
                     }
                 } else {
                     next_full = Instant::now() + svc.full_due_in(&attempted).max(retry);
@@ -561,7 +593,7 @@ async fn run_publisher(
                 if leader {
                     let f = fence.borrow().clone();
                     if log_results(&publisher.publish(&view, Mode::Delta, f.as_ref()).await) {
-                        store_retry.missed(&mut attempted, &mut next_full);
+                        store_retry.missed(&mut next_full);
                     }
                 }
             }
@@ -569,21 +601,79 @@ async fn run_publisher(
     }
 }
 
-async fn run_refresher(svc: Arc<CrlService>) {
+/// A region's Redis holding an older complete CRL of a scope than this replica serves (or
+/// none): restored from an old copy, flushed, or missed by a store that did not fail.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lagging {
+    /// The region.
+    pub region: String,
+    /// The CRL's path.
+    pub path: String,
+    /// The number the region holds (`None`: no CRL of the scope at all).
+    pub held: Option<u64>,
+}
+
+/// Refresh rounds in a row a region must lag with the same number before the publisher is
+/// told: a store in flight (one region written, the next not yet) is not a lag.
+const LAG_ROUNDS: u32 = 2;
+
+/// The longest wait, in refresh rounds, between two reports of one unchanging lag: the reports
+/// go out at doubling intervals, so a region a publish cannot bring up to date (fenced, not
+/// the leader's to write) does not have the complete CRLs re-signed every round.
+const LAG_REPORT_MAX_ROUNDS: u32 = 64;
+
+/// Which lags to report this round: each lag's rounds in a row are counted in `seen`; one is
+/// reported at [`LAG_ROUNDS`] rounds, then at doubling counts up to every
+/// [`LAG_REPORT_MAX_ROUNDS`]. Lags gone this round are forgotten.
+fn lags_to_report(seen: &mut HashMap<Lagging, u32>, now: Vec<Lagging>) -> Vec<Lagging> {
+    let mut next = HashMap::with_capacity(now.len());
+    let mut report = Vec::new();
+    for lag in now {
+        let rounds = seen.get(&lag).copied().unwrap_or(0) + 1;
+        let due = rounds >= LAG_ROUNDS && {
+            let since = rounds - LAG_ROUNDS;
+            if since < LAG_REPORT_MAX_ROUNDS {
+                since == 0 || since.is_power_of_two()
+            } else {
+                since.is_multiple_of(LAG_REPORT_MAX_ROUNDS)
+            }
+        };
+        if due {
+            report.push(lag.clone());
+        }
+        next.insert(lag, rounds);
+    }
+    *seen = next;
+    report
+}
+
+async fn run_refresher(svc: Arc<CrlService>, lagging: Arc<Notify>) {
+    let mut seen = HashMap::new();
     loop {
         tokio::time::sleep(svc.config.crl.refresh).await;
-        refresh_once(&svc.catalog, &svc.regions).await;
+        let lags = refresh_once(&svc.catalog, &svc.regions).await;
+        let report = lags_to_report(&mut seen, lags);
+        if !report.is_empty() {
+            for lag in &report {
+                metrics::counter!(telemetry::CRL_REGION_LAGGING, "region" => lag.region.clone())
+                    .increment(1);
+                tracing::warn!(region = %lag.region, crl = %lag.path, held = ?lag.held, "a region holds an older CRL than this replica serves");
+            }
+            // A leader publishes the complete CRLs again (and with them the region's copy).
+            lagging.notify_one();
+        }
         svc.catalog.update_age_gauges(svc.clock.now());
     }
 }
 
 /// Brings the catalog up to the newest verified CRLs: from every region's Redis, or without
-/// Redis from the data directory.
-pub async fn refresh_once(catalog: &Arc<Catalog>, regions: &Arc<Vec<Region>>) {
+/// Redis from the data directory. Returns the regions that answered holding an older complete
+/// CRL of some scope than the one now served (none without Redis).
+pub async fn refresh_once(catalog: &Arc<Catalog>, regions: &Arc<Vec<Region>>) -> Vec<Lagging> {
     if regions.is_empty() {
         let c = catalog.clone();
         let _ = tokio::task::spawn_blocking(move || c.load_disk()).await;
-        return;
+        return Vec::new();
     }
     let ids = Arc::new(catalog.ids());
     let mut set = JoinSet::new();
@@ -594,15 +684,18 @@ pub async fn refresh_once(catalog: &Arc<Catalog>, regions: &Arc<Vec<Region>>) {
     }
     // For each CRL, the regions holding a newer number than served, best first.
     let mut offers: Vec<Vec<(u64, usize)>> = vec![Vec::new(); ids.len()];
+    // Each region that answered, with the number it holds of each CRL.
+    let mut held: Vec<(usize, Vec<Option<u64>>)> = Vec::new();
     while let Some(joined) = set.join_next().await {
         let Ok((i, r)) = joined else { continue };
         match r {
             Ok(numbers) => {
-                for (offer, n) in offers.iter_mut().zip(numbers) {
-                    if let Some(n) = n {
+                for (offer, n) in offers.iter_mut().zip(&numbers) {
+                    if let Some(n) = *n {
                         offer.push((n, i));
                     }
                 }
+                held.push((i, numbers));
             }
             Err(e) => {
                 metrics::counter!(telemetry::CRL_REFRESH_ERRORS, "source" => regions[i].name.clone())
@@ -626,6 +719,21 @@ pub async fn refresh_once(catalog: &Arc<Catalog>, regions: &Arc<Vec<Region>>) {
             }
         }
     }
+    // Against what is served now (newer copies fetched above included).
+    let mut lagging = Vec::new();
+    for (i, numbers) in held {
+        for (id, n) in ids.iter().zip(numbers) {
+            let served = catalog.current(id).map(|c| c.number);
+            if !id.delta && served.is_some_and(|s| n.is_none_or(|n| n < s)) {
+                lagging.push(Lagging {
+                    region: regions[i].name.clone(),
+                    path: id.path(),
+                    held: n,
+                });
+            }
+        }
+    }
+    lagging
 }
 
 async fn fetch_verified(
@@ -653,4 +761,51 @@ async fn fetch_verified(
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lag(held: Option<u64>) -> Lagging {
+        Lagging {
+            region: "a".into(),
+            path: "demo.crl".into(),
+            held,
+        }
+    }
+
+    #[test]
+    fn a_lag_is_reported_from_its_second_round_then_at_doubling_intervals() {
+        let mut seen = HashMap::new();
+        let mut reported_at = Vec::new();
+        for round in 1..=200u32 {
+            if !lags_to_report(&mut seen, vec![lag(Some(7))]).is_empty() {
+                reported_at.push(round);
+            }
+        }
+        // once a store in flight would have landed, then 1, 2, 4, … 64 rounds apart
+        assert_eq!(
+            reported_at,
+            [2, 3, 4, 6, 10, 18, 34, 66, 130, 194],
+            "{reported_at:?}"
+        );
+    }
+
+    #[test]
+    fn a_lag_that_changes_or_goes_starts_again() {
+        let mut seen = HashMap::new();
+        assert!(lags_to_report(&mut seen, vec![lag(Some(7))]).is_empty());
+        // the region moved on (a store landed), but still behind: a new lag
+        assert!(lags_to_report(&mut seen, vec![lag(Some(8))]).is_empty());
+        assert_eq!(
+            lags_to_report(&mut seen, vec![lag(Some(8))]),
+            [lag(Some(8))]
+        );
+        // caught up: forgotten
+        assert!(lags_to_report(&mut seen, vec![]).is_empty());
+        assert!(seen.is_empty());
+        assert!(lags_to_report(&mut seen, vec![lag(None)]).is_empty());
+        assert_eq!(lags_to_report(&mut seen, vec![lag(None)]), [lag(None)]);
+    }
 }
