@@ -1070,6 +1070,7 @@ fn serve(cfg: Config, clock: vigil::clock::Clock) -> Result<(), String> {
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
     rt.block_on(app::serve(cfg, clock))
+        .map_err(|e| e.to_string())
 }
 
 fn crl_publish(cfg: Config, clock: &vigil::clock::Clock) -> Result<(), String> {
@@ -1078,7 +1079,10 @@ fn crl_publish(cfg: Config, clock: &vigil::clock::Clock) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    for line in rt.block_on(app::publish_crls(cfg, clock.clone()))? {
+    for line in rt
+        .block_on(app::publish_crls(cfg, clock.clone()))
+        .map_err(|e| e.to_string())?
+    {
         println!("{line}");
     }
     Ok(())
@@ -1105,17 +1109,18 @@ fn crl_urls(cfg: &Config, issuer: &str, json: bool) -> Result<(), String> {
 }
 
 fn check_config(cfg: &Config, clock: &vigil::clock::Clock) -> Result<(), String> {
-    app::prepare_embedded(cfg, clock)?;
-    let issuers = app::load_issuers(cfg)?;
+    app::prepare_embedded(cfg, clock).map_err(|e| e.to_string())?;
+    let issuers = app::load_issuers(cfg).map_err(|e| e.to_string())?;
     // CRL keys and CRL signer HSMs match their CA certificates, and the disk copies verify.
-    let crl_pools = app::start_crl_pools(cfg)?;
+    let crl_pools = app::start_crl_pools(cfg).map_err(|e| e.to_string())?;
     vigil::crl_service::CrlService::new(
         std::sync::Arc::new(cfg.clone()),
         &issuers,
         true,
         &crl_pools,
         clock.clone(),
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     println!(
         "config OK: {} issuer(s): {}",
         issuers.len(),
@@ -1376,7 +1381,7 @@ fn append(cfg: &Config, clock: &vigil::clock::Clock, events: &[Event]) -> Result
     for e in events {
         e.kind.check().map_err(|err| err.to_string())?;
     }
-    app::prepare_embedded(cfg, clock)?;
+    app::prepare_embedded(cfg, clock).map_err(|e| e.to_string())?;
     if cfg.feed.is_none() {
         JournalWriter::open(cfg.journal_path())
             .and_then(|mut w| w.append(events))
@@ -1417,8 +1422,8 @@ fn event(
 }
 
 fn issuer_id(cfg: &Config, clock: &vigil::clock::Clock, name: &str) -> Result<IssuerId, String> {
-    app::prepare_embedded(cfg, clock)?;
-    app::issuer_id(cfg, name)
+    app::prepare_embedded(cfg, clock).map_err(|e| e.to_string())?;
+    app::issuer_id(cfg, name).map_err(|e| e.to_string())
 }
 
 fn revoke(
@@ -1670,7 +1675,7 @@ fn import_pem(
             certificates += 1;
         }
     }
-    app::prepare_embedded(cfg, clock)?;
+    app::prepare_embedded(cfg, clock).map_err(|e| e.to_string())?;
     let writer = vigil::writer::StatusWriter::from_config(cfg).map_err(|e| e.to_string())?;
     let rt = small_runtime()?;
     let mut acknowledged = 0usize;
@@ -1913,7 +1918,8 @@ fn status(
     }
     let view = StatusView::new();
     let metrics = vigil::telemetry::Metrics::new();
-    app::replay_journal(&mut JournalReader::new(cfg.journal_path()), &view, &metrics)?;
+    app::replay_journal(&mut JournalReader::new(cfg.journal_path()), &view, &metrics)
+        .map_err(|e| e.to_string())?;
     let table = view.table(id);
     match serial {
         Some(hex) => {

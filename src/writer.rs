@@ -35,9 +35,6 @@ pub enum WriterError {
     /// The journal could not be opened or appended to.
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
-    /// The journal could not be read (the text of `app::replay_journal`).
-    #[error("{0}")]
-    Replay(String),
     /// The blocking task doing journal IO failed.
     #[error("journal task: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -160,8 +157,7 @@ impl StatusWriter {
                 tokio::task::spawn_blocking(move || {
                     let view = StatusView::new();
                     let metrics = telemetry::Metrics::new();
-                    crate::app::replay_journal(&mut JournalReader::new(path), &view, &metrics)
-                        .map_err(WriterError::Replay)?;
+                    crate::app::replay_journal(&mut JournalReader::new(path), &view, &metrics)?;
                     Ok(view.table(issuer).record(&serial))
                 })
                 .await?

@@ -72,12 +72,12 @@ pub enum BackupError {
     /// No checkpoint at the path.
     #[error("{}: no checkpoint there", .0.display())]
     NoCheckpoint(PathBuf),
-    /// The journal could not be read (the text of `app::replay_journal`).
-    #[error("{0}")]
-    Journal(String),
-    /// The CRL store failed (the text of `crl_service::redis_store`).
-    #[error("{0}")]
-    CrlStore(String),
+    /// The journal could not be read.
+    #[error(transparent)]
+    Journal(crate::journal::JournalError),
+    /// The CRL store failed.
+    #[error(transparent)]
+    CrlStore(crate::crl_service::redis_store::StoreError),
     /// `--recipient` is not an age X25519 recipient.
     #[error("--recipient {text:?} is not an age X25519 recipient (age1…): {why}")]
     Recipient {

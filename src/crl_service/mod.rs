@@ -15,6 +15,7 @@
 //!   on an async worker: a signature through an HSM pool blocks for a PKCS#11 round trip.
 
 pub mod catalog;
+pub mod error;
 pub mod publisher;
 pub mod redis_store;
 
@@ -37,6 +38,8 @@ use crate::signer::{Signer, SignerPool, SoftwareSigner};
 use crate::status::StatusView;
 use crate::telemetry;
 use catalog::{Catalog, IssuerCrls, ServedCrl};
+pub use error::{CrlServiceError, FetchError};
+use publisher::PublishError;
 use publisher::{Mode, PublishIssuer, Publisher, Refusals};
 use redis_store::{Fence, Region, StoreOutcome};
 
@@ -60,7 +63,7 @@ pub fn crl_signer(
     ic: &IssuerConfig,
     ca: &Issuer,
     pools: &CrlPools,
-) -> Result<Option<Arc<dyn Signer>>, String> {
+) -> Result<Option<Arc<dyn Signer>>, CrlServiceError> {
     let ca_key = ca
         .certificate
         .tbs_certificate
@@ -69,17 +72,19 @@ pub fn crl_signer(
         .raw_bytes();
     let (signer, what): (Arc<dyn Signer>, String) = match &ic.crl_key {
         Some(KeySource::File(path)) => {
-            let signer = SoftwareSigner::from_pem_file(path)
-                .map_err(|e| format!("issuer {}: crl_key: {e}", ic.name))?;
+            let signer =
+                SoftwareSigner::from_pem_file(path).map_err(|source| CrlServiceError::CrlKey {
+                    issuer: ic.name.clone(),
+                    source,
+                })?;
             (Arc::new(signer), format!("crl_key {}", path.display()))
         }
         Some(KeySource::Hsm(_)) => {
-            let pool = pools.get(&ic.name).ok_or_else(|| {
-                format!(
-                    "issuer {}: crl_signer: its HSM pool was not started",
-                    ic.name
-                )
-            })?;
+            let pool = pools
+                .get(&ic.name)
+                .ok_or_else(|| CrlServiceError::PoolNotStarted {
+                    issuer: ic.name.clone(),
+                })?;
             (pool.clone(), format!("crl_signer ({})", pool.describe()))
         }
         None => return Ok(None),
@@ -87,10 +92,10 @@ pub fn crl_signer(
     // The pool checked every HSM's key against the CA certificate already; this is the check
     // for the key file, and the invariant for both.
     if signer.public_key() != ca_key {
-        return Err(format!(
-            "issuer {}: {what} is not the key of the CA certificate",
-            ic.name
-        ));
+        return Err(CrlServiceError::NotCaKey {
+            issuer: ic.name.clone(),
+            what,
+        });
     }
     Ok(Some(signer))
 }
@@ -105,7 +110,7 @@ impl CrlService {
         publishing: bool,
         pools: &CrlPools,
         clock: Clock,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CrlServiceError> {
         let mut crl_issuers = Vec::new();
         let mut publish = Vec::new();
         for issuer in issuers {
@@ -113,7 +118,9 @@ impl CrlService {
                 .issuers
                 .iter()
                 .find(|c| c.name == issuer.name)
-                .ok_or_else(|| format!("issuer {}: not configured", issuer.name))?;
+                .ok_or_else(|| CrlServiceError::NotConfigured {
+                    issuer: issuer.name.clone(),
+                })?;
             let ci = match CrlIssuer::from_certificate(&issuer.name, &issuer.certificate) {
                 Ok(ci) => CrlIssuer {
                     allow_hold: issuer.allow_hold,
@@ -123,7 +130,12 @@ impl CrlService {
                     tracing::warn!(issuer = %issuer.name, error = %e, "no CRLs for this issuer");
                     continue;
                 }
-                Err(e) => return Err(format!("issuer {}: {e}", issuer.name)),
+                Err(source) => {
+                    return Err(CrlServiceError::Issuer {
+                        issuer: issuer.name.clone(),
+                        source,
+                    })
+                }
             };
             let settings = cfg.crl_of(&issuer.name);
             if publishing {
@@ -258,9 +270,12 @@ impl CrlService {
     /// `vigil crl publish`: refreshes from Redis, publishes complete CRLs (and empty deltas)
     /// once with no lease, and reports per CRL. An error when a CRL failed its lint or no
     /// target stored it.
-    pub async fn publish_once(&self, view: Arc<StatusView>) -> Result<Vec<String>, String> {
+    pub async fn publish_once(
+        &self,
+        view: Arc<StatusView>,
+    ) -> Result<Vec<String>, CrlServiceError> {
         let Some(publisher) = &self.publisher else {
-            return Err("no issuer has a crl_key or crl_signer: nothing to publish".into());
+            return Err(CrlServiceError::NothingToPublish);
         };
         refresh_once(&self.catalog, &self.regions).await;
         let results = publisher.publish(&view, Mode::Full, None).await;
@@ -289,19 +304,18 @@ impl CrlService {
                     ));
                 }
                 Err(e) => {
-                    failed.push(e.clone());
-                    lines.push(e);
+                    failed.push(e.to_string());
+                    lines.push(e.to_string());
                 }
             }
         }
         if failed.is_empty() {
             Ok(lines)
         } else {
-            Err(format!(
-                "{}\nnot published: {}",
-                lines.join("\n"),
-                failed.join(", ")
-            ))
+            Err(CrlServiceError::NotPublished {
+                report: lines,
+                failed,
+            })
         }
     }
 
@@ -382,7 +396,7 @@ fn runtime() -> Option<tokio::runtime::Handle> {
 
 /// Logs failures; true when some CRL did not reach every target (a region's store failed, or
 /// a delta's base was not the complete CRL the region holds).
-fn log_results(results: &[Result<publisher::Published, String>]) -> bool {
+fn log_results(results: &[Result<publisher::Published, PublishError>]) -> bool {
     let mut missed = false;
     for r in results {
         match r {
@@ -741,26 +755,28 @@ async fn fetch_verified(
     region: &Region,
     id: &CrlId,
     number: u64,
-) -> Result<(), String> {
+) -> Result<(), FetchError> {
     let Some((n, der)) = region.fetch(id).await? else {
-        return Err("vanished".into());
+        return Err(FetchError::Vanished);
     };
     if n < number {
-        return Err(format!("number went from {number} to {n}"));
+        return Err(FetchError::WentBack {
+            offered: number,
+            fetched: n,
+        });
     }
     let (catalog, id) = (catalog.clone(), id.clone());
     crate::background::run(move || {
         let info = catalog
             .verify(&id, &der, Some(n))
-            .map_err(|e| format!("does not verify: {e}"))?;
+            .map_err(FetchError::Verify)?;
         let crl = ServedCrl::new(id, bytes::Bytes::from(der), &info);
         catalog
             .install(crl, true)
             .map(|_| ())
-            .map_err(|e| format!("disk copy: {e}"))
+            .map_err(FetchError::Disk)
     })
-    .await
-    .map_err(|e| e.to_string())?
+    .await?
 }
 
 #[cfg(test)]

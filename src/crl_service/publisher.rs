@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::task::JoinSet;
 
 use super::catalog::{Catalog, Installed, ServedCrl};
-use super::redis_store::{Fence, Region, StoreOutcome};
+use super::redis_store::{Fence, Region, StoreError, StoreOutcome};
 use crate::crl::lint::{self, Kind};
 use crate::crl::number::next_number;
 use crate::crl::select::{self, Candidate};
@@ -54,6 +54,83 @@ enum NotBuilt {
     Sign(#[from] crate::signer::service::ServiceError),
 }
 
+/// Why a target did not take a CRL (beside the outcomes [`StoreOutcome`] names).
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The region's Redis failed or did not answer.
+    #[error(transparent)]
+    Region(#[from] StoreError),
+    /// The store task did not finish (it panicked, or the runtime is shutting down).
+    #[error("store task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The data directory's copy could not be written.
+    #[error("disk copy: {0}")]
+    Disk(#[from] std::io::Error),
+}
+
+/// Why a CRL (or every CRL of an issuer) was not published. Each names the issuer or the CRL.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// A revoked certificate names a shard the configured count does not publish.
+    #[error("{issuer}: publishing none of its CRLs: {source}")]
+    Misplaced {
+        /// The issuer.
+        issuer: String,
+        /// Which certificate, and the count needed.
+        source: select::Misplaced,
+    },
+    /// The scan of the issuer's records did not finish.
+    #[error("{issuer}: reading the view: {source}")]
+    View {
+        /// The issuer.
+        issuer: String,
+        /// Why.
+        source: tokio::task::JoinError,
+    },
+    /// Building, comparing or checking ran on the background threads and did not finish.
+    #[error("{path}: {source}")]
+    Background {
+        /// The CRL.
+        path: String,
+        /// Why.
+        source: crate::background::BackgroundError,
+    },
+    /// The served CRL (a delta's base, or the one a complete CRL is checked against) could not
+    /// be read back.
+    #[error("{path}: reading the {what} CRL: {source}")]
+    Served {
+        /// The CRL being published.
+        path: String,
+        /// `base` or `previous`.
+        what: &'static str,
+        /// Why.
+        source: lint::LintError,
+    },
+    /// The complete CRL would drop serials the served one lists: refused.
+    #[error("{path}: {why}")]
+    Shrinks {
+        /// The CRL.
+        path: String,
+        /// How many serials, which, and the CRL that lists them.
+        why: String,
+    },
+    /// Encoding, signing or the lint failed.
+    #[error("{path}: {source}")]
+    NotBuilt {
+        /// The CRL.
+        path: String,
+        /// Why.
+        #[source]
+        source: NotBuiltError,
+    },
+}
+
+/// Why a CRL was not built: encoding or the lint refused it, or the signing service gave no
+/// signature.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct NotBuiltError(NotBuilt);
+
 impl NotBuilt {
     fn label(&self) -> &'static str {
         match self {
@@ -82,7 +159,7 @@ pub struct Published {
     /// Entries listed.
     pub entries: usize,
     /// Per target (region name or `disk`): the outcome or the error.
-    pub results: Vec<(String, Result<StoreOutcome, String>)>,
+    pub results: Vec<(String, Result<StoreOutcome, TargetError>)>,
 }
 
 impl Published {
@@ -151,7 +228,7 @@ impl Publisher {
         view: &Arc<StatusView>,
         mode: Mode,
         fence: Option<&Fence>,
-    ) -> Vec<Result<Published, String>> {
+    ) -> Vec<Result<Published, PublishError>> {
         self.publish_issuers(view, mode, fence, |_| true).await
     }
 
@@ -162,7 +239,7 @@ impl Publisher {
         mode: Mode,
         fence: Option<&Fence>,
         which: impl Fn(&PublishIssuer) -> bool,
-    ) -> Vec<Result<Published, String>> {
+    ) -> Vec<Result<Published, PublishError>> {
         let mut out = Vec::new();
         for pi in self.issuers.iter().filter(|pi| which(pi)) {
             let table = view.table(pi.issuer_id);
@@ -186,14 +263,17 @@ impl Publisher {
                     for id in CrlId::all(&pi.issuer.name, &pi.sharding, false) {
                         self.refusals.set(&id, &why);
                     }
-                    out.push(Err(format!(
-                        "{}: publishing none of its CRLs: {misplaced}",
-                        pi.issuer.name
-                    )));
+                    out.push(Err(PublishError::Misplaced {
+                        issuer: pi.issuer.name.clone(),
+                        source: misplaced,
+                    }));
                     continue;
                 }
-                Err(e) => {
-                    out.push(Err(format!("{}: reading the view: {e}", pi.issuer.name)));
+                Err(source) => {
+                    out.push(Err(PublishError::View {
+                        issuer: pi.issuer.name.clone(),
+                        source,
+                    }));
                     continue;
                 }
             };
@@ -220,7 +300,7 @@ impl Publisher {
         cands: Arc<Vec<Candidate>>,
         mode: Mode,
         fence: Option<&Fence>,
-    ) -> Vec<Result<Published, String>> {
+    ) -> Vec<Result<Published, PublishError>> {
         let prev_full = self.catalog.current(&full_id);
         let prev_delta = if pi.deltas {
             self.catalog.current(&full_id.delta())
@@ -246,15 +326,19 @@ impl Publisher {
                 .await;
                 let entries = match entries {
                     Ok(Ok(e)) => e,
-                    Ok(Err(e)) => {
-                        out.push(Err(format!(
-                            "{}: reading the base CRL: {e}",
-                            full_id.path()
-                        )));
+                    Ok(Err(source)) => {
+                        out.push(Err(PublishError::Served {
+                            path: full_id.path(),
+                            what: "base",
+                            source,
+                        }));
                         return out;
                     }
-                    Err(e) => {
-                        out.push(Err(format!("{}: {e}", full_id.path())));
+                    Err(source) => {
+                        out.push(Err(PublishError::Background {
+                            path: full_id.path(),
+                            source,
+                        }));
                         return out;
                     }
                 };
@@ -331,7 +415,7 @@ impl Publisher {
         id: &CrlId,
         previous: Option<&Arc<ServedCrl>>,
         entries: Vec<Entry>,
-    ) -> Result<Vec<Entry>, String> {
+    ) -> Result<Vec<Entry>, PublishError> {
         let Some(prev) = previous.cloned() else {
             self.refusals.clear(id);
             return Ok(entries);
@@ -346,12 +430,21 @@ impl Publisher {
             Ok::<_, lint::LintError>((entries, dropped, prev.number))
         })
         .await
-        .map_err(|e| format!("{}: {e}", id.path()))?;
+        .map_err(|source| PublishError::Background {
+            path: id.path(),
+            source,
+        })?;
         let (entries, dropped, prev_number) = match checked {
             Ok(x) => x,
             // The served CRL passed lint when it was installed; one that cannot be read now
             // cannot be compared, so nothing replaces it.
-            Err(e) => return Err(format!("{}: reading the previous CRL: {e}", id.path())),
+            Err(source) => {
+                return Err(PublishError::Served {
+                    path: id.path(),
+                    what: "previous",
+                    source,
+                })
+            }
         };
         if dropped.is_empty() {
             self.refusals.clear(id);
@@ -367,7 +460,10 @@ impl Publisher {
         );
         tracing::error!(crl = %id.path(), dropped = dropped.len(), previous = prev_number, "complete CRL refused: it would drop serials the previous one lists");
         self.refusals.set(id, &why);
-        Err(format!("{}: {why}", id.path()))
+        Err(PublishError::Shrinks {
+            path: id.path(),
+            why,
+        })
     }
 
     /// Builds, signs and lints one CRL off the reactor, then stores it.
@@ -381,7 +477,7 @@ impl Publisher {
         previous: Option<u64>,
         fence: Option<&Fence>,
         checked_against: Option<u64>,
-    ) -> Result<Published, String> {
+    ) -> Result<Published, PublishError> {
         let name = pi.issuer.name.clone();
         let now_ms = self.clock.now_ms();
         let now = now_ms.div_euclid(1000);
@@ -413,7 +509,10 @@ impl Publisher {
                 crate::crl::tbs(&issuer, &spec, &mut entries, algorithm)
             })
             .await
-            .map_err(|e| format!("{}: build task: {e}", id.path()))?
+            .map_err(|source| PublishError::Background {
+                path: id.path(),
+                source,
+            })?
         };
         let signed = match tbs {
             Ok(tbs) => match pi.signing.sign(tbs.message(), Priority::Routine).await {
@@ -443,7 +542,10 @@ impl Publisher {
                 Ok::<_, NotBuilt>((der, info))
             })
             .await
-            .map_err(|e| format!("{}: build task: {e}", id.path()))?,
+            .map_err(|source| PublishError::Background {
+                path: id.path(),
+                source,
+            })?,
             Err(e) => Err(e),
         };
         metrics::histogram!(telemetry::CRL_BUILD_LATENCY, "issuer" => name.clone())
@@ -454,7 +556,10 @@ impl Publisher {
                 metrics::counter!(telemetry::CRL_PUBLISH, "issuer" => name.clone(), "target" => "none", "result" => e.label())
                     .increment(1);
                 tracing::error!(crl = %id.path(), error = %e, "CRL not published");
-                return Err(format!("{}: {e}", id.path()));
+                return Err(PublishError::NotBuilt {
+                    path: id.path(),
+                    source: NotBuiltError(e),
+                });
             }
         };
         let der = Bytes::from(der);
@@ -493,7 +598,7 @@ impl Publisher {
         info: &crate::crl::CrlInfo,
         fence: Option<&Fence>,
         checked_against: Option<u64>,
-    ) -> Vec<(String, Result<StoreOutcome, String>)> {
+    ) -> Vec<(String, Result<StoreOutcome, TargetError>)> {
         let mut results = Vec::new();
         if !self.regions.is_empty() {
             let mut set = JoinSet::new();
@@ -515,13 +620,13 @@ impl Publisher {
                             checked_against,
                         )
                         .await;
-                    (r.name.clone(), out)
+                    (r.name.clone(), out.map_err(TargetError::from))
                 });
             }
             while let Some(r) = set.join_next().await {
                 match r {
                     Ok(x) => results.push(x),
-                    Err(e) => results.push(("?".into(), Err(e.to_string()))),
+                    Err(e) => results.push(("?".into(), Err(TargetError::Task(e)))),
                 }
             }
             results.sort_by(|a, b| a.0.cmp(&b.0));
@@ -539,8 +644,8 @@ impl Publisher {
         let disk = match disk {
             Ok(Ok(Installed::Newer)) => Ok(StoreOutcome::Stored),
             Ok(Ok(Installed::NotNewer)) => Ok(StoreOutcome::Stale(String::new())),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(Err(e)) => Err(TargetError::Disk(e)),
+            Err(e) => Err(TargetError::Task(e)),
         };
         if self.regions.is_empty() {
             results.push(("disk".into(), disk));

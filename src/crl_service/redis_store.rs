@@ -145,6 +145,55 @@ impl StoreOutcome {
     }
 }
 
+/// Why a command on a region's CRL store did not complete. Every variant names the region.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The region's link could not be set up from its configuration.
+    #[error("region {region}: {source}")]
+    Link {
+        /// The region.
+        region: String,
+        /// Why.
+        source: crate::feed::FeedError,
+    },
+    /// Connecting failed.
+    #[error("region {region}: connecting: {source}")]
+    Connect {
+        /// The region.
+        region: String,
+        /// Why.
+        source: crate::feed::FeedError,
+    },
+    /// Connecting did not finish within the timeout.
+    #[error("region {region}: connecting timed out")]
+    ConnectTimeout {
+        /// The region.
+        region: String,
+    },
+    /// Redis answered with an error, or the connection broke.
+    #[error("region {region}: {source}")]
+    Redis {
+        /// The region.
+        region: String,
+        /// What Redis said.
+        source: redis::RedisError,
+    },
+    /// The command did not finish within its timeout (grown with the bytes it moves).
+    #[error("region {region}: timed out")]
+    Timeout {
+        /// The region.
+        region: String,
+    },
+    /// The store script answered something it never returns.
+    #[error("region {region}: unexpected reply {reply:?}")]
+    UnexpectedReply {
+        /// The region.
+        region: String,
+        /// The reply.
+        reply: String,
+    },
+}
+
 /// One region's Redis.
 pub struct Region {
     /// Region name.
@@ -158,7 +207,7 @@ pub struct Region {
 impl Region {
     /// A region reached directly at `url` (no credentials but the region's password variable,
     /// system TLS roots).
-    pub fn new(name: &str, url: &str, timeout: Duration) -> Result<Self, String> {
+    pub fn new(name: &str, url: &str, timeout: Duration) -> Result<Self, StoreError> {
         Self::connect(name, &crate::config::RedisLink::server(name, url), timeout)
     }
 
@@ -167,7 +216,7 @@ impl Region {
     pub fn from_config(
         cfg: &crate::config::RegionConfig,
         timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StoreError> {
         Self::connect(&cfg.name, &cfg.link, timeout)
     }
 
@@ -175,14 +224,18 @@ impl Region {
         name: &str,
         link: &crate::config::RedisLink,
         timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StoreError> {
         let opts = crate::feed::region::LinkOptions {
             connect_timeout: timeout,
             write_timeout: timeout,
             key_prefix: String::new(),
         };
-        let link = crate::feed::region::Region::new(name, link, &opts)
-            .map_err(|e| format!("region {name}: {e}"))?;
+        let link = crate::feed::region::Region::new(name, link, &opts).map_err(|source| {
+            StoreError::Link {
+                region: name.to_owned(),
+                source,
+            }
+        })?;
         Ok(Region {
             name: name.to_owned(),
             link,
@@ -193,7 +246,7 @@ impl Region {
 
     /// Runs `op` on a (re)connected connection within the timeout; any failure drops the
     /// connection so the next call reconnects.
-    async fn run<T, F, Fut>(&self, op: F) -> Result<T, String>
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
@@ -205,7 +258,7 @@ impl Region {
     /// grows by the time those bytes take at [`CRL_TRANSFER_FLOOR_BYTES_PER_SEC`], so a CRL of
     /// a million entries (about 36 MB) is not cut off by a timeout sized for small commands
     /// and never stored, while a Redis that stopped answering is still given up on.
-    async fn run_sized<T, F, Fut>(&self, bytes: usize, op: F) -> Result<T, String>
+    async fn run_sized<T, F, Fut>(&self, bytes: usize, op: F) -> Result<T, StoreError>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
@@ -221,8 +274,13 @@ impl Region {
                     // function's own, which grows with what the command moves.
                     let c = tokio::time::timeout(self.timeout, self.link.connect(None))
                         .await
-                        .map_err(|_| format!("region {}: connecting timed out", self.name))?
-                        .map_err(|e| format!("region {}: connecting: {e}", self.name))?;
+                        .map_err(|_| StoreError::ConnectTimeout {
+                            region: self.name.clone(),
+                        })?
+                        .map_err(|source| StoreError::Connect {
+                            region: self.name.clone(),
+                            source,
+                        })?;
                     *guard = Some(c.clone());
                     c
                 }
@@ -232,17 +290,22 @@ impl Region {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 *self.conn.lock().await = None;
-                Err(format!("region {}: {e}", self.name))
+                Err(StoreError::Redis {
+                    region: self.name.clone(),
+                    source: e,
+                })
             }
             Err(_) => {
                 *self.conn.lock().await = None;
-                Err(format!("region {}: timed out", self.name))
+                Err(StoreError::Timeout {
+                    region: self.name.clone(),
+                })
             }
         }
     }
 
     /// Takes or renews the lease for `holder`; `Some(token)` while held.
-    pub async fn lease(&self, holder: &str, ttl: Duration) -> Result<Option<u64>, String> {
+    pub async fn lease(&self, holder: &str, ttl: Duration) -> Result<Option<u64>, StoreError> {
         let ttl_ms = ttl.as_millis() as u64;
         let holder = holder.to_owned();
         let token: Option<String> = self
@@ -272,7 +335,7 @@ impl Region {
         delta_base: Option<u64>,
         fence: Option<&Fence>,
         checked_against: Option<u64>,
-    ) -> Result<StoreOutcome, String> {
+    ) -> Result<StoreOutcome, StoreError> {
         let checked = checked_against.map(|n| n.to_string()).unwrap_or_default();
         let (fence_region, token, lease_value) = match fence {
             Some(f) => (
@@ -317,12 +380,17 @@ impl Region {
             "not_leader" => StoreOutcome::NotLeader,
             "base_mismatch" => StoreOutcome::BaseMismatch,
             "changed" => StoreOutcome::Changed(detail),
-            other => return Err(format!("region {}: unexpected reply {other:?}", self.name)),
+            other => {
+                return Err(StoreError::UnexpectedReply {
+                    region: self.name.clone(),
+                    reply: other.to_owned(),
+                })
+            }
         })
     }
 
     /// The stored number of each CRL (one round trip).
-    pub async fn numbers(&self, ids: &[CrlId]) -> Result<Vec<Option<u64>>, String> {
+    pub async fn numbers(&self, ids: &[CrlId]) -> Result<Vec<Option<u64>>, StoreError> {
         let keys: Vec<String> = ids.iter().map(doc_key).collect();
         let raw: Vec<Option<String>> = self
             .run(|mut c| async move {
@@ -340,7 +408,7 @@ impl Region {
     }
 
     /// The stored CRL of `id`: its number and DER.
-    pub async fn fetch(&self, id: &CrlId) -> Result<Option<(u64, Vec<u8>)>, String> {
+    pub async fn fetch(&self, id: &CrlId) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         let key = doc_key(id);
         // Its size first (one small command), so the fetch gets the time its size needs.
         let size: usize = {

@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 use metrics::{Counter, Gauge, Histogram};
 
 use super::pkcs11::{
-    read_pin, HostedKey, HsmError, KeyDescription, KeySelector, KeySpec, PinSource, RsaMechanism,
-    TokenSelector,
+    read_pin, HostedKey, HsmError, KeyDescription, KeySelector, KeySpec, PinError, PinSource,
+    RsaMechanism, TokenSelector,
 };
 use super::{SignError, SignatureAlgorithm, Signer, SoftwareSigner};
 use crate::config::{self, HsmConfig, HsmPoolConfig, HsmRsaMechanism};
@@ -358,6 +358,54 @@ impl Drop for SignerPool {
     }
 }
 
+/// Why a pool did not start, or a member failed `vigil hsm test`.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// A member's PIN could not be read.
+    #[error("hsm {hsm:?}: {source}")]
+    Pin {
+        /// The member.
+        hsm: String,
+        /// Why.
+        source: PinError,
+    },
+    /// A member's token refused for good (PIN rejected, wrong key, no module), or failed.
+    #[error("hsm {hsm:?}: {source}")]
+    Hsm {
+        /// The member.
+        hsm: String,
+        /// Why.
+        source: HsmError,
+    },
+    /// A member's key is of another algorithm than the first member's.
+    #[error("hsm {hsm:?}: its key algorithm differs from the pool's")]
+    AlgorithmDiffers {
+        /// The member.
+        hsm: String,
+    },
+    /// The software fallback key is not the certificate's.
+    #[error("danger_software_fallback: the key does not match the certificate's public key")]
+    FallbackMismatch,
+    /// No member reached at start-up, and no fallback.
+    #[error("no HSM can sign for this issuer: {}", unreachable.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    NoSigner {
+        /// Why each member could not be reached.
+        unreachable: Vec<PoolError>,
+    },
+    /// A monitor thread could not be started.
+    #[error("starting the HSM monitor thread: {0}")]
+    MonitorThread(std::io::Error),
+    /// A test signature does not verify with the certificate's key.
+    #[error("the signature does not verify with the certificate's key")]
+    NotVerified,
+    /// The software fallback did not sign.
+    #[error("{0}")]
+    Fallback(SignError),
+    /// The software fallback key could not be loaded.
+    #[error("danger_software_fallback: {0}")]
+    FallbackKey(crate::signer::software::KeyError),
+}
+
 impl SignerPool {
     /// Connects every member, checks each key against `public_key` (the responder or CA
     /// certificate's subjectPublicKey), makes one verified test signature per member, and
@@ -370,7 +418,7 @@ impl SignerPool {
         members: Vec<(KeySpec, PinSource)>,
         fallback: Option<SoftwareSigner>,
         settings: PoolSettings,
-    ) -> Result<SignerPool, String> {
+    ) -> Result<SignerPool, PoolError> {
         let shared = Arc::new(Shared {
             issuer: issuer.to_owned(),
             public_key: public_key.clone(),
@@ -384,10 +432,15 @@ impl SignerPool {
         let mut unreachable = Vec::new();
         for (spec, pin_source) in members {
             let name = spec.name.clone();
-            let fail = |e: String| format!("hsm {name:?}: {e}");
-            let pin = read_pin(&pin_source).map_err(fail)?;
-            let key = HostedKey::new(spec, pin, Some(public_key.clone()))
-                .map_err(|e| fail(e.to_string()))?;
+            let hsm_error = |source: HsmError| PoolError::Hsm {
+                hsm: name.clone(),
+                source,
+            };
+            let pin = read_pin(&pin_source).map_err(|source| PoolError::Pin {
+                hsm: name.clone(),
+                source,
+            })?;
+            let key = HostedKey::new(spec, pin, Some(public_key.clone())).map_err(hsm_error)?;
             let member = Arc::new(Member {
                 epoch: AtomicU64::new(0),
                 checking: Arc::new(AtomicUsize::new(0)),
@@ -413,38 +466,30 @@ impl SignerPool {
             {
                 Ok(d) => {
                     if *algorithm.get_or_insert(d.algorithm) != d.algorithm {
-                        return Err(fail("its key algorithm differs from the pool's".into()));
+                        return Err(PoolError::AlgorithmDiffers { hsm: name });
                     }
                     tracing::info!(hsm = %name, issuer, token = %d.token_label, slot = d.slot, mechanism = d.mechanism, "HSM key found and verified");
                     member.put_in_service(&shared, "start-up probe passed");
                 }
-                Err(e) if e.is_permanent() => return Err(fail(e.to_string())),
+                Err(e) if e.is_permanent() => return Err(hsm_error(e)),
                 Err(e) => {
                     tracing::warn!(hsm = %name, issuer, error = %e, "HSM unreachable at start-up; it joins once a probe passes");
                     lock(&member.breaker).last_error = Some(e.to_string());
-                    unreachable.push(fail(e.to_string()));
+                    unreachable.push(hsm_error(e));
                 }
             }
             built.push(member);
         }
         if let Some(f) = &fallback {
             if f.public_key() != public_key.as_slice() {
-                return Err(
-                    "danger_software_fallback: the key does not match the certificate's public key"
-                        .into(),
-                );
+                return Err(PoolError::FallbackMismatch);
             }
             tracing::warn!(issuer, key = %f.describe(), "danger_software_fallback is set: a key on disk signs when no HSM can (labs only)");
         }
         let algorithm = match (algorithm, &fallback) {
             (Some(a), _) => a,
             (None, Some(f)) => f.algorithm(),
-            (None, None) => {
-                return Err(format!(
-                    "no HSM can sign for this issuer: {}",
-                    unreachable.join("; ")
-                ))
-            }
+            (None, None) => return Err(PoolError::NoSigner { unreachable }),
         };
         shared.update_gauge();
         for m in &built {
@@ -452,7 +497,7 @@ impl SignerPool {
             std::thread::Builder::new()
                 .name(format!("vigil-hsm-{}", m.name()))
                 .spawn(move || monitor(&m, &s))
-                .map_err(|e| format!("starting the HSM monitor thread: {e}"))?;
+                .map_err(PoolError::MonitorThread)?;
         }
         Ok(SignerPool {
             shared,
@@ -704,12 +749,12 @@ fn probe_number() -> u64 {
 }
 
 /// The result of `vigil hsm test` for one member.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct MemberTest {
     /// Configured name (or `danger_software_fallback`).
     pub name: String,
     /// What was found and how long the signature took, or what went wrong.
-    pub result: Result<String, String>,
+    pub result: Result<String, PoolError>,
 }
 
 /// Connects each member (and the fallback key), signs a test message, and verifies the
@@ -723,18 +768,24 @@ pub fn test_members(
     for (spec, pin_source) in members {
         let name = spec.name.clone();
         let result = (|| {
-            let pin = read_pin(&pin_source)?;
-            let key =
-                HostedKey::new(spec, pin, Some(public_key.to_vec())).map_err(|e| e.to_string())?;
-            let d: KeyDescription = key.connect().map_err(|e| e.to_string())?;
+            let hsm_error = |source: HsmError| PoolError::Hsm {
+                hsm: name.clone(),
+                source,
+            };
+            let pin = read_pin(&pin_source).map_err(|source| PoolError::Pin {
+                hsm: name.clone(),
+                source,
+            })?;
+            let key = HostedKey::new(spec, pin, Some(public_key.to_vec())).map_err(hsm_error)?;
+            let d: KeyDescription = key.connect().map_err(hsm_error)?;
             let message = format!("vigil hsm test {}", probe_number());
             let started = Instant::now();
             let sig = key
                 .sign(message.as_bytes(), Duration::from_secs(5))
-                .map_err(|e| e.to_string())?;
+                .map_err(hsm_error)?;
             let took = started.elapsed();
             if !super::verify(d.algorithm, public_key, message.as_bytes(), &sig) {
-                return Err("the signature does not verify with the certificate's key".into());
+                return Err(PoolError::NotVerified);
             }
             key.disconnect();
             Ok(format!(
@@ -754,8 +805,8 @@ pub fn test_members(
             Ok(sig) if super::verify(f.algorithm(), public_key, message, &sig) => {
                 Ok(format!("{} signed and verified", f.describe()))
             }
-            Ok(_) => Err("the signature does not verify with the certificate's key".into()),
-            Err(e) => Err(e.to_string()),
+            Ok(_) => Err(PoolError::NotVerified),
+            Err(e) => Err(PoolError::Fallback(e)),
         };
         out.push(MemberTest {
             name: "danger_software_fallback".into(),
@@ -832,7 +883,8 @@ mod tests {
             settings,
         )
         .err()
-        .expect("no module");
+        .expect("no module")
+        .to_string();
         assert!(
             e.contains("nowhere") && e.contains("/nonexistent/libpkcs11.so"),
             "{e}"

@@ -48,7 +48,7 @@ pub use host::{
 pub use inventory::{list_tokens, ObjectListing, TokenListing};
 pub use key::{KeyDescription, Pkcs11Key};
 pub use module::{Instance, Module};
-pub use pin::{read_pin, PinSource};
+pub use pin::{read_pin, PinError, PinSource};
 pub use spec::{KeySelector, KeySpec, RsaMechanism, TokenSelector};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -16,20 +16,52 @@ pub enum PinSource {
     Env(String),
 }
 
-/// Reads a PIN. Errors name the source, never the PIN.
-pub fn read_pin(source: &PinSource) -> Result<AuthPin, String> {
+/// Why a PIN could not be read. Names the source, never the PIN.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    /// The PIN file could not be read.
+    #[error("pin_file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The PIN file is not UTF-8.
+    #[error("pin_file {}: not UTF-8", path.display())]
+    NotUtf8 {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The PIN file holds nothing but a newline.
+    #[error("pin_file {}: empty", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The PIN variable is missing, empty or not UTF-8.
+    #[error("pin_env: the environment variable {name} is not set, empty or not UTF-8")]
+    Env {
+        /// The variable.
+        name: String,
+    },
+}
+
+/// Reads a PIN.
+pub fn read_pin(source: &PinSource) -> Result<AuthPin, PinError> {
     match source {
         PinSource::File(path) => {
-            let bytes = Zeroizing::new(
-                std::fs::read(path).map_err(|e| format!("pin_file {}: {e}", path.display()))?,
-            );
+            let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| PinError::Read {
+                path: path.clone(),
+                source,
+            })?);
             warn_if_readable_by_others(path);
             let text = std::str::from_utf8(&bytes)
-                .map_err(|_| format!("pin_file {}: not UTF-8", path.display()))?;
+                .map_err(|_| PinError::NotUtf8 { path: path.clone() })?;
             let text = text.strip_suffix('\n').unwrap_or(text);
             let text = text.strip_suffix('\r').unwrap_or(text);
             if text.is_empty() {
-                return Err(format!("pin_file {}: empty", path.display()));
+                return Err(PinError::Empty { path: path.clone() });
             }
             Ok(AuthPin::from(text))
         }
@@ -39,9 +71,7 @@ pub fn read_pin(source: &PinSource) -> Result<AuthPin, String> {
             super::host::withhold_from_hosts(name);
             match std::env::var(name) {
                 Ok(v) if !v.is_empty() => Ok(AuthPin::from(v)),
-                _ => Err(format!(
-                    "pin_env: the environment variable {name} is not set, empty or not UTF-8"
-                )),
+                _ => Err(PinError::Env { name: name.clone() }),
             }
         }
     }
@@ -69,8 +99,11 @@ mod tests {
         use secrecy::ExposeSecret;
         assert_eq!(pin.expose_secret(), "12 34");
         std::fs::write(&p, "\n").expect("write");
-        assert!(read_pin(&PinSource::File(p)).is_err());
+        assert!(matches!(
+            read_pin(&PinSource::File(p)),
+            Err(PinError::Empty { .. })
+        ));
         let e = read_pin(&PinSource::Env("VIGIL_TEST_SURELY_UNSET_PIN".into())).expect_err("unset");
-        assert!(e.contains("VIGIL_TEST_SURELY_UNSET_PIN"), "{e}");
+        assert!(e.to_string().contains("VIGIL_TEST_SURELY_UNSET_PIN"), "{e}");
     }
 }
