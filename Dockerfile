@@ -24,7 +24,6 @@ WORKDIR /src
 # for the real build, which compiles only the library and the binary.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src \
- && echo 'fn main() {}' > src/main.rs \
  && echo '//! stub' > src/lib.rs \
  && awk -F'"' ' \
       function flush() { if (kind != "") print (path != "" ? path : dir[kind] "/" name ".rs"); kind = "" } \
