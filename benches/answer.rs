@@ -14,11 +14,11 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
 use vigil::config::NoncePolicy;
-use vigil::ocsp::request::decode_get_path;
 use vigil::ocsp::HashAlgorithm;
+use vigil::ocsp::request::decode_get_path;
 use vigil::responder::{Answer, Responder};
 
 fn runtime() -> Runtime {

@@ -3,12 +3,12 @@
 //! cached CRL. `cargo bench --bench crl`; the CRL's size is printed once.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)] // bench code
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use der::Decode;
 use vigil::crl::lint::{self, Kind};
 use vigil::crl::{CrlId, CrlIssuer, CrlSpec, Entry, Expect};
-use vigil::signer::direct::crl as build;
 use vigil::signer::SoftwareSigner;
+use vigil::signer::direct::crl as build;
 use vigil::status::{RevocationReason, Serial};
 
 const N: usize = 1_000_000;

@@ -4,11 +4,11 @@
 
 mod support;
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_main};
 use der::Decode;
 use vigil::config::NoncePolicy;
-use vigil::ocsp::request::{decode_get_path, decode_request, RequestLimits};
 use vigil::ocsp::HashAlgorithm;
+use vigil::ocsp::request::{RequestLimits, decode_get_path, decode_request};
 use x509_ocsp::OcspRequest;
 
 fn decode(c: &mut Criterion) {

@@ -6,7 +6,7 @@
 //! journal path) and in batches of 1 000 (the feed consumer's `XREAD COUNT`).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use vigil::status::{Event, EventKind, IssuerId, RevocationReason, Serial, StatusView};
 
 const CERTS: u64 = 1_000_000;

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{black_box, Criterion};
+use criterion::{Criterion, black_box};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
@@ -35,8 +35,8 @@ use cryptoki::types::AuthPin;
 
 use softhsm::{KeyKind, Lab, PIN, SOFTHSM_MODULE};
 use vigil::signer::pkcs11::{
-    configure_hosts, HostOptions, HostedKey, KeySelector, KeySpec, PinSource, Pkcs11Key,
-    RsaMechanism, TokenSelector,
+    HostOptions, HostedKey, KeySelector, KeySpec, PinSource, Pkcs11Key, RsaMechanism,
+    TokenSelector, configure_hosts,
 };
 use vigil::signer::pool::PoolSettings;
 use vigil::signer::{Signer, SignerPool};

@@ -10,10 +10,10 @@ mod support;
 use std::process::Command;
 use std::sync::Arc;
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_main};
 use vigil::config::NoncePolicy;
-use vigil::ocsp::response::{tbs_response_data, ResponderProfile, SingleStatus, ValidityPolicy};
 use vigil::ocsp::HashAlgorithm;
+use vigil::ocsp::response::{ResponderProfile, SingleStatus, ValidityPolicy, tbs_response_data};
 use vigil::signer::direct::ocsp_response as build_signed;
 use vigil::signer::{Signer, SoftwareSigner};
 use vigil::status::{Revocation, RevocationReason};

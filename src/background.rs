@@ -12,8 +12,8 @@
 //! The jobs queue in order; each one's result (or its panic, as an error) comes back through a
 //! oneshot channel, as from `spawn_blocking`.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{channel, Sender};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc::{Sender, channel};
 use std::sync::{LazyLock, Mutex};
 
 use crate::limits::{BACKGROUND_NICE, BACKGROUND_THREADS, JOIN_NICE};

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderValue;
-use moka::future::Cache;
 use moka::Expiry;
+use moka::future::Cache;
 
 use crate::clock::Clock;
 use crate::ocsp::response::{SingleStatus, Window};

@@ -6,8 +6,8 @@
 //! build if one does. Elapsed-time measurements for metrics and tokio's timers use the monotonic
 //! `Instant`, which is not the wall clock and is not read through here.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 /// The wall clock, or a manual stand-in. Cheap to clone; clones share one time.

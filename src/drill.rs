@@ -34,7 +34,7 @@ use crate::report::timeline::{self, Mark, MarkKind, Outcome, Timeline};
 mod client;
 pub mod crl_consumer;
 pub use client::{
-    decode_response, http, ocsp_request, query, Answer, DrillError, HttpResponse, Status,
+    Answer, DrillError, HttpResponse, Status, decode_response, http, ocsp_request, query,
 };
 pub use crl_consumer::ConsumerOptions;
 
@@ -468,14 +468,14 @@ fn crl_checks(r: &mut Report, t: &Target, name: &str, ca: &Certificate, clock: &
             Level::Fail,
             format!("{name}: a CRL without a CRLNumber"),
         );
-    } else if let (Some(lo), Some(hi)) = (numbers.iter().min(), numbers.iter().max()) {
-        if lo != hi {
-            r.push(
+    } else if let (Some(lo), Some(hi)) = (numbers.iter().min(), numbers.iter().max())
+        && lo != hi
+    {
+        r.push(
                 "crl",
                 Level::Warn,
                 format!("{name}: replicas serve CRL numbers {lo:?} .. {hi:?} (a refresh in flight, or a replica behind)"),
             );
-        }
     }
 }
 

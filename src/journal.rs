@@ -37,7 +37,9 @@ pub enum JournalError {
     #[error("journal {0}: not a vigil journal (bad magic)")]
     BadMagic(PathBuf),
     /// A record other than the last is damaged.
-    #[error("journal {path}: corrupt record at byte {offset}; refusing to append after it (restore the file from a replica or backup)")]
+    #[error(
+        "journal {path}: corrupt record at byte {offset}; refusing to append after it (restore the file from a replica or backup)"
+    )]
     Corrupt {
         /// The journal file.
         path: PathBuf,

@@ -32,8 +32,8 @@ use ring::rand::SecureRandom;
 use zeroize::Zeroizing;
 
 use crate::limits::{MAX_KEY_FILE_BYTES, MAX_KEY_SHARE_FILE_BYTES};
-use crate::signer::software::SoftwareSigner;
 use crate::signer::Signer;
+use crate::signer::software::SoftwareSigner;
 
 /// First line of a share file (format name and version).
 pub const SHARE_MAGIC: &str = "vigil-key-share 1";

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use const_oid::db::rfc5280;
 use der::{Decode, Encode};
-use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage, KeyUsages};
 use x509_cert::Certificate;
+use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage, KeyUsages};
 use x509_ocsp::ResponderId;
 
 use crate::config::{IssuerConfig, ResponderIdKind};
@@ -329,7 +329,9 @@ fn check_delegated(ca: &Certificate, responder: &Certificate) -> Result<(), PkiE
         ));
     }
     if !nocheck {
-        tracing::warn!("the responder certificate has no id-pkix-ocsp-nocheck extension (BR §4.9.9 requires it)");
+        tracing::warn!(
+            "the responder certificate has no id-pkix-ocsp-nocheck extension (BR §4.9.9 requires it)"
+        );
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::crl::Sharding;
-use crate::feed::publish::{describe_failures, Publisher};
+use crate::feed::publish::{Publisher, describe_failures};
 use crate::feed::region;
 use crate::journal::{JournalReader, JournalWriter};
 use crate::status::{CertRecord, CrlScope, Event, EventKind, IssuerId, Serial, StatusView};

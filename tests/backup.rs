@@ -719,14 +719,16 @@ fn lua_restore_many_joins_as_merge_does() {
     };
     // First a batch of 1500 new serials (the fast path, over more than one HMGET slice), then
     // batches of 7 over a small range of serials (stored ones, repeats in a batch).
-    let mut batches: Vec<Vec<(Serial, CertRecord)>> = vec![(0..1500u32)
-        .map(|i| {
-            (
-                Serial::from_hex(&format!("{:X}", 0x10000 + i)).unwrap(),
-                record(&mut next),
-            )
-        })
-        .collect()];
+    let mut batches: Vec<Vec<(Serial, CertRecord)>> = vec![
+        (0..1500u32)
+            .map(|i| {
+                (
+                    Serial::from_hex(&format!("{:X}", 0x10000 + i)).unwrap(),
+                    record(&mut next),
+                )
+            })
+            .collect(),
+    ];
     for _ in 0..80 {
         batches.push(
             (0..7)

@@ -313,11 +313,7 @@ fn revoked_in_text(text: &str) -> BTreeMap<String, String> {
 fn norm_serial(s: &str) -> String {
     let s = s.trim().replace(':', "").to_ascii_uppercase();
     let t = s.trim_start_matches('0');
-    if t.is_empty() {
-        "0".into()
-    } else {
-        t.into()
-    }
+    if t.is_empty() { "0".into() } else { t.into() }
 }
 
 fn openssl_reason(name: &str) -> &'static str {
@@ -1250,12 +1246,11 @@ fn two_regions_competing_publishers_failover_and_redis_outage() {
             })
             .ok()
             .flatten();
-        if let Some(der) = stored {
-            if revoked_in_text(&openssl_verify(&der, &pki.join("ca.pem"), dir))
+        if let Some(der) = stored
+            && revoked_in_text(&openssl_verify(&der, &pki.join("ca.pem"), dir))
                 .contains_key(&missed_serial)
-            {
-                break;
-            }
+        {
+            break;
         }
         assert!(
             back.elapsed() < Duration::from_secs(20),

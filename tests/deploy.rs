@@ -1818,10 +1818,16 @@ fn wrong_values_fail_validation_naming_the_key() {
             "retryProxy:\n  timeouts:\n    server: 300\n",
             "/retryProxy/timeouts/server",
         ),
-        ("retryProxy:\n  maxBodyBytes: -1\n", "/retryProxy/maxBodyBytes"),
+        (
+            "retryProxy:\n  maxBodyBytes: -1\n",
+            "/retryProxy/maxBodyBytes",
+        ),
         ("dashboard:\n  enabled: \"yes\"\n", "/dashboard/enabled"),
         ("tests:\n  serial: not-hex\n", "/tests/serial"),
-        ("backup:\n  recipient: not-an-age-key\n", "/backup/recipient"),
+        (
+            "backup:\n  recipient: not-an-age-key\n",
+            "/backup/recipient",
+        ),
         ("archive:\n  replicas: 2\n", "replicas"),
         ("typo: 1\n", "typo"),
     ];
@@ -3015,9 +3021,11 @@ fn archive_statefulset_and_backup_cronjob_run_vigil_on_their_volumes() {
     assert!(r2.all("PersistentVolumeClaim").is_empty());
     let cj2 = component(&r2, "CronJob", BACKUP);
     let vols = &cj2["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"];
-    assert!(arr(vols, "volumes")
-        .iter()
-        .any(|v| v["persistentVolumeClaim"]["claimName"] == "backup-bucket"));
+    assert!(
+        arr(vols, "volumes")
+            .iter()
+            .any(|v| v["persistentVolumeClaim"]["claimName"] == "backup-bucket")
+    );
 }
 
 #[test]
@@ -3334,15 +3342,15 @@ impl Stage {
         for run in self.runs() {
             for cmd in run.split("&&") {
                 let words: Vec<&str> = cmd.split_whitespace().collect();
-                if let Some(i) = words.iter().position(|w| *w == "install") {
-                    if words[..i].contains(&"apt-get") {
-                        out.extend(
-                            words[i + 1..]
-                                .iter()
-                                .filter(|w| !w.starts_with('-'))
-                                .map(|w| (*w).to_owned()),
-                        );
-                    }
+                if let Some(i) = words.iter().position(|w| *w == "install")
+                    && words[..i].contains(&"apt-get")
+                {
+                    out.extend(
+                        words[i + 1..]
+                            .iter()
+                            .filter(|w| !w.starts_with('-'))
+                            .map(|w| (*w).to_owned()),
+                    );
                 }
             }
         }

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vigil::drill::{decode_response, http, query, DrillError, Status};
+use vigil::drill::{DrillError, Status, decode_response, http, query};
 use vigil::report::timeline::{self, Mark, MarkKind, Outcome, Timeline};
 use x509_ocsp::OcspResponseStatus;
 
@@ -2356,7 +2356,11 @@ fn fault_drills_under_load() {
         "Cluster: loadtest/cluster.sh (2 regions x 2 replicas, HAProxy, SoftHSM2 behind p11-kit). Load: 2 GET + 2 POST threads, {} req/s in all, good/revoked/unissued (+ CRL over GET), and an `openssl ocsp` loop at up to {} req/s{}. Fault held {} s. Propagation bound for wrong answers: {} s. Binary: {}.",
         x.rate,
         (x.rate / 5).clamp(1, OPENSSL_MAX_RATE),
-        if x.k6 { ", plus k6 cluster-steady.js at 100 req/s" } else { "" },
+        if x.k6 {
+            ", plus k6 cluster-steady.js at 100 req/s"
+        } else {
+            ""
+        },
         fault.as_secs(),
         PROPAGATION_BOUND.as_secs(),
         vigil_bin()

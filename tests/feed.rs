@@ -2073,19 +2073,21 @@ fn revocation_reasons_that_are_not_revocations_are_refused_where_they_enter() {
         assert_eq!(code, 400, "{reason}: {resp}");
         assert!(resp.contains("revocation reason"), "{resp}");
     }
-    assert!(text(&vigil(
-        &config,
-        &[
-            "revoke",
-            "--issuer",
-            "demo",
-            "--serial",
-            "6A01",
-            "--reason",
-            "removeFromCRL"
-        ],
-    ))
-    .contains("only appears in delta CRLs"));
+    assert!(
+        text(&vigil(
+            &config,
+            &[
+                "revoke",
+                "--issuer",
+                "demo",
+                "--serial",
+                "6A01",
+                "--reason",
+                "removeFromCRL"
+            ],
+        ))
+        .contains("only appears in delta CRLs")
+    );
     assert_eq!(a.snapshot_record(&issuer, &der("6A01")), None);
     assert_eq!(
         a.event_entries(),

@@ -12,19 +12,19 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use der::{Decode, Encode};
-use softhsm::{KeyKind, Lab, P11Server, Pki, P11KIT_CLIENT, PIN, SOFTHSM_MODULE};
+use softhsm::{KeyKind, Lab, P11KIT_CLIENT, P11Server, PIN, Pki, SOFTHSM_MODULE};
 use x509_ocsp::{BasicOcspResponse, OcspResponse, OcspResponseStatus};
 
-use vigil::signer::pkcs11::{
-    configure_hosts, AuthPin, HostOptions, HostedKey, KeySelector, KeySpec, RsaMechanism,
-    TokenSelector,
-};
 use vigil::signer::SignatureAlgorithm;
+use vigil::signer::pkcs11::{
+    AuthPin, HostOptions, HostedKey, KeySelector, KeySpec, RsaMechanism, TokenSelector,
+    configure_hosts,
+};
 
 // === helpers ===
 

@@ -458,9 +458,10 @@ fn unissued_policy_revoked_uses_extended_revoked_definition() {
             other => panic!("unissued serial answered {other:?}"),
         }
         let exts = b.tbs_response_data.response_extensions.expect("extensions");
-        assert!(exts
-            .iter()
-            .any(|e| e.extn_id == vigil::ocsp::OID_EXTENDED_REVOKE));
+        assert!(
+            exts.iter()
+                .any(|e| e.extn_id == vigil::ocsp::OID_EXTENDED_REVOKE)
+        );
     }
     let out = ocsp_query(&data, &v.url(), &["-cert", "certs/good-1.pem", "-no_nonce"]);
     assert!(

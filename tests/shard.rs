@@ -19,7 +19,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{ok, openssl, refused, vigil_with, Vigil};
+use common::{Vigil, ok, openssl, refused, vigil_with};
 use vigil::crl::{ShardBy, Sharding};
 use vigil::status::Serial;
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::Criterion;
-use der::asn1::{Null, OctetString};
 use der::Encode;
+use der::asn1::{Null, OctetString};
 use spki::AlgorithmIdentifierOwned;
 use x509_cert::ext::Extension;
 use x509_cert::serial_number::SerialNumber;

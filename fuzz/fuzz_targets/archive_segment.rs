@@ -7,7 +7,7 @@
 //! (header, mark and seal JSON, events, fill records) and the seal's checks.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use vigil::archive::segment::{chain, Block, SegmentError, SegmentReader, GENESIS};
+use vigil::archive::segment::{Block, GENESIS, SegmentError, SegmentReader, chain};
 
 fn read(data: &[u8]) {
     let Ok(mut r) = SegmentReader::new(data, GENESIS) else {

@@ -7,7 +7,7 @@
 //! behind the checksums (header and CRL JSON, records) and the manifest's cross-checks.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use vigil::backup::format::{frame, Reader, Section};
+use vigil::backup::format::{Reader, Section, frame};
 
 /// Reads to the end; a clean end must come with a manifest whose counts match what was read.
 fn read(data: &[u8]) {

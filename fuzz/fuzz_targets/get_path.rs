@@ -2,7 +2,7 @@
 //! request decoder safely too.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use vigil::ocsp::request::{decode_get_path, decode_request, RequestLimits};
+use vigil::ocsp::request::{RequestLimits, decode_get_path, decode_request};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(path) = std::str::from_utf8(data) {

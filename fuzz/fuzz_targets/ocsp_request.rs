@@ -2,7 +2,7 @@
 //! decoded request respects the limits.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use vigil::ocsp::request::{decode_request, RequestLimits};
+use vigil::ocsp::request::{RequestLimits, decode_request};
 
 fuzz_target!(|data: &[u8]| {
     let limits = RequestLimits::default();

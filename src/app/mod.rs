@@ -9,7 +9,7 @@ use crate::config::{Config, HsmConfig, IssuerSignerConfig, KeySource};
 use crate::crl_service::CrlPools;
 use crate::journal::{JournalReader, JournalWriter};
 use crate::pki::{self, Issuer};
-use crate::signer::pool::{key_spec, PoolError, PoolSettings};
+use crate::signer::pool::{PoolError, PoolSettings, key_spec};
 use crate::signer::{SignerPool, SoftwareSigner};
 use crate::status::StatusView;
 use crate::telemetry::Metrics;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{load_issuers, prepare_embedded, replay_journal, start_crl_pools, AppError};
+use super::{AppError, load_issuers, prepare_embedded, replay_journal, start_crl_pools};
 use crate::apply::Applier;
 use crate::clock::Clock;
 use crate::config::Config;

@@ -3,22 +3,22 @@
 //! heartbeats and checkpoints (`[feed]`).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use super::{load_signing, prepare_embedded, replay_journal, start_crl_pools, AppError, Signing};
+use super::{AppError, Signing, load_signing, prepare_embedded, replay_journal, start_crl_pools};
 use crate::apply::Applier;
 use crate::clock::Clock;
 use crate::config::{Config, FeedConfig};
 use crate::crl_service::{CrlPools, CrlService};
 use crate::feed::consume::{self, FeedState, Reseed};
 use crate::feed::health::FeedHealth;
-use crate::feed::repair::{run_heartbeats, Repairer};
-use crate::feed::{checkpoint, region, Cursor};
+use crate::feed::repair::{Repairer, run_heartbeats};
+use crate::feed::{Cursor, checkpoint, region};
 use crate::http::{self, AppState, Readiness};
 use crate::journal::JournalReader;
 use crate::responder::Responder;
@@ -416,14 +416,17 @@ fn announce(cfg: &Config, addr: std::net::SocketAddr, crl: &CrlService) {
         println!(
             "demo PKI in {d}: ca.pem, responder.pem, certs/*.pem (certs/revoked-1.pem is revoked)"
         );
-        println!("try: openssl ocsp -issuer {d}/ca.pem -cert {cert} -url {base}{} -CAfile {d}/ca.pem -resp_text", cfg.server.ocsp_prefix);
+        println!(
+            "try: openssl ocsp -issuer {d}/ca.pem -cert {cert} -url {base}{} -CAfile {d}/ca.pem -resp_text",
+            cfg.server.ocsp_prefix
+        );
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
 }
 
 async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

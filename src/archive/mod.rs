@@ -24,7 +24,7 @@ pub mod replay;
 pub mod role;
 pub mod segment;
 
-pub use role::{run, serve_metrics, RoleOptions};
+pub use role::{RoleOptions, run, serve_metrics};
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -37,8 +37,8 @@ use crate::feed::FeedError;
 use crate::limits::MAX_ARCHIVE_SEGMENTS;
 use crate::status::hex;
 use segment::{
-    Block, BlockKind, Mark, Position, SegmentError, SegmentHeader, SegmentReader, SegmentWriter,
-    GENESIS,
+    Block, BlockKind, GENESIS, Mark, Position, SegmentError, SegmentHeader, SegmentReader,
+    SegmentWriter,
 };
 
 /// Why the archive could not be read, checked or written.
@@ -417,7 +417,7 @@ impl Archive {
                             return Err(ArchiveError::Damaged {
                                 segment: name,
                                 source,
-                            })
+                            });
                         }
                     }
                 }

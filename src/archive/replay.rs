@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::segment::Block;
-use super::{walk, ArchiveError};
+use super::{ArchiveError, walk};
 use crate::status::{Event, StatusView};
 
 /// What a replay joined.

@@ -7,17 +7,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::Value;
+use redis::aio::MultiplexedConnection;
 use tokio::sync::mpsc;
 
 use super::segment::{self, BlockKind, Mark, Position};
 use super::{Archive, ArchiveError, FILL_BLOCK_RECORDS, POSITION_INTERVAL};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::feed::consume::{self, stream_info, Backoff, StreamInfo};
+use crate::feed::consume::{self, Backoff, StreamInfo, stream_info};
 use crate::feed::region::Region;
-use crate::feed::{value_bytes, value_str, FeedError, StreamId};
+use crate::feed::{FeedError, StreamId, value_bytes, value_str};
 use crate::limits::{FEED_READ_COUNT, FEED_SCAN_COUNT, MAX_ARCHIVE_BLOCK_ENTRIES, MAX_EVENT_BYTES};
 use crate::status::{CertRecord, Serial};
 
@@ -317,13 +317,13 @@ async fn session(
 
 /// Why reading on from `cursor` would miss entries, if it would.
 fn gap(info: &Option<StreamInfo>, cursor: StreamId) -> Option<String> {
-    if let Some(i) = info {
-        if cursor > i.last {
-            return Some(format!(
-                "the stream ends at {} before the archived position {cursor} (its Redis was rolled back)",
-                i.last
-            ));
-        }
+    if let Some(i) = info
+        && cursor > i.last
+    {
+        return Some(format!(
+            "the stream ends at {} before the archived position {cursor} (its Redis was rolled back)",
+            i.last
+        ));
     }
     consume::trimmed_past(info.as_ref(), cursor)
         .then(|| format!("the stream was trimmed past the archived position {cursor}"))

@@ -612,7 +612,7 @@ impl<R: Read> SegmentReader<R> {
                     return Err(SegmentError::Torn {
                         offset: 0,
                         bytes: got as u64,
-                    })
+                    });
                 }
                 n => got += n,
             }
@@ -911,10 +911,12 @@ mod tests {
         let mut w = SegmentWriter::create(Vec::new(), &header(2), last).unwrap();
         w.block(BlockKind::Position, b"{}").unwrap();
         let two = w.out;
-        assert!(SegmentReader::new(&two[..], last)
-            .unwrap()
-            .next_block()
-            .is_ok());
+        assert!(
+            SegmentReader::new(&two[..], last)
+                .unwrap()
+                .next_block()
+                .is_ok()
+        );
         let e = SegmentReader::new(&two[..], GENESIS)
             .unwrap()
             .next_block()

@@ -21,12 +21,12 @@ use std::time::Instant;
 
 use redis::aio::MultiplexedConnection;
 
-use super::format::{Reader, Section, Tally};
 use super::BackupError;
+use super::format::{Reader, Section, Tally};
 use crate::config::{Config, RedisLink, RegionConfig};
 use crate::feed::region::Region;
 use crate::limits::FEED_SCAN_COUNT;
-use crate::status::{hex, CertRecord, IssuerId, Serial, StatusView};
+use crate::status::{CertRecord, IssuerId, Serial, StatusView, hex};
 
 /// Serials listed per kind of difference (the counts are always complete).
 pub const LISTED_DIFFERENCES: usize = 10;

@@ -5,8 +5,8 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::Path;
 
-use super::error::io_at;
 use super::BackupError;
+use super::error::io_at;
 
 /// What an age-encrypted file starts with.
 const AGE_MAGIC: &[u8] = b"age-encryption.org/";

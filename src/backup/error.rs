@@ -56,7 +56,9 @@ pub enum BackupError {
     #[error("a malformed record in the snapshot")]
     SnapshotRecord,
     /// No region is configured.
-    #[error("no [[region]] is configured (use --from-checkpoint, or a config without a feed for the journal)")]
+    #[error(
+        "no [[region]] is configured (use --from-checkpoint, or a config without a feed for the journal)"
+    )]
     NoRegions,
     /// No region has the name asked for.
     #[error("no region is named {0:?}")]
@@ -189,7 +191,9 @@ pub enum BackupError {
     #[error("scratch: {0}")]
     Scratch(redis::RedisError),
     /// The scratch holds keys of the prefix, and `--flush-scratch` was not given.
-    #[error("the scratch Redis already holds {count} key(s) under {prefix}: (e.g. {example}); pass --flush-scratch to delete them first")]
+    #[error(
+        "the scratch Redis already holds {count} key(s) under {prefix}: (e.g. {example}); pass --flush-scratch to delete them first"
+    )]
     ScratchNotEmpty {
         /// Keys there.
         count: usize,

@@ -23,8 +23,8 @@ use std::io::{self, Read, Write};
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{MAX_BACKUP_SECTIONS, MAX_BACKUP_SECTION_BYTES, MAX_BACKUP_SOURCE_BYTES};
-use crate::status::{hex, CertRecord, IssuerId, Serial};
+use crate::limits::{MAX_BACKUP_SECTION_BYTES, MAX_BACKUP_SECTIONS, MAX_BACKUP_SOURCE_BYTES};
+use crate::status::{CertRecord, IssuerId, Serial, hex};
 
 /// The file's first eight bytes.
 pub const MAGIC: &[u8; 8] = b"VIGILBAK";
@@ -688,13 +688,12 @@ impl<R: Read> Reader<R> {
                     Section::Header(h)
                 }
                 SectionKind::Records if self.verified_sha256.is_some() => {
-                    if !self.skip.is_empty() {
-                        if let Some(key) = records_key(&payload) {
-                            if self.skip.contains(&key) {
-                                self.index += 1;
-                                continue;
-                            }
-                        }
+                    if !self.skip.is_empty()
+                        && let Some(key) = records_key(&payload)
+                        && self.skip.contains(&key)
+                    {
+                        self.index += 1;
+                        continue;
                     }
                     let r = decode_records(&payload).map_err(|e| self.damaged(name, at, e))?;
                     Section::Records(r)
@@ -746,7 +745,7 @@ impl<R: Read> Reader<R> {
                         .collect();
                     match &self.verified_sha256 {
                         Some(v) if *v != m.sha256 => {
-                            return Err(self.damaged(name, at, Damage::ChangedSinceVerified))
+                            return Err(self.damaged(name, at, Damage::ChangedSinceVerified));
                         }
                         Some(_) => {}
                         None if m.counts != counts || m.crls != self.crls => {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::error::io_at;
-use super::{chosen_regions, temp_path, BackupError, Created};
+use super::{BackupError, Created, chosen_regions, temp_path};
 use crate::clock::Clock;
 use crate::config::Config;
 

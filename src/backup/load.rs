@@ -18,9 +18,9 @@ use tokio::sync::mpsc;
 
 use super::BackupError;
 use crate::feed::region::Region;
-use crate::feed::{scripts, FeedError};
+use crate::feed::{FeedError, scripts};
 use crate::status::view::Digest;
-use crate::status::{hex, CertRecord, IssuerId, Serial};
+use crate::status::{CertRecord, IssuerId, Serial, hex};
 
 /// Records per [`RESTORE_MANY`](scripts::RESTORE_MANY_LUA) call: the script's fixed cost (the
 /// digest's read and write, the issuers-set `SADD`) paid once per thousand records, one call

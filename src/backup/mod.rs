@@ -19,12 +19,12 @@ mod health;
 pub mod load;
 
 pub use encryption::open;
-use encryption::{parse_recipient, Sink};
-use error::io_at;
+use encryption::{Sink, parse_recipient};
 pub use error::BackupError;
+use error::io_at;
 pub use health::{
-    last_success, last_success_key, record_success, watch_last_success, write_metrics_file,
-    LAST_SUCCESS_INTERVAL,
+    LAST_SUCCESS_INTERVAL, last_success, last_success_key, record_success, watch_last_success,
+    write_metrics_file,
 };
 
 use std::collections::BTreeMap;
@@ -38,9 +38,9 @@ use redis::aio::MultiplexedConnection;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::crl::CrlId;
-use crate::feed::region::Region;
 use crate::feed::CertWrite;
-use crate::status::{hex, CertRecord, Event, IssuerId, Serial, StatusView};
+use crate::feed::region::Region;
+use crate::status::{CertRecord, Event, IssuerId, Serial, StatusView, hex};
 use format::{CrlEntry, Header, Manifest, Position, Reader, Section, Writer};
 
 /// Where a backup is taken from.
@@ -98,10 +98,10 @@ fn commit(tmp: &Path, file: File, out: &Path) -> Result<u64, BackupError> {
     let bytes = file.metadata().map_err(&io)?.len();
     drop(file);
     std::fs::rename(tmp, out).map_err(&io)?;
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = File::open(dir)
+    {
+        let _ = d.sync_all();
     }
     Ok(bytes)
 }
@@ -878,9 +878,10 @@ mod tests {
             matches!(&e, BackupError::NeedIdentity(p) if *p == path),
             "{e}"
         );
-        assert!(e
-            .to_string()
-            .contains("give the identity file with --identity"));
+        assert!(
+            e.to_string()
+                .contains("give the identity file with --identity")
+        );
         let e = parse_recipient("age1nope").err().unwrap();
         assert!(matches!(e, BackupError::Recipient { .. }), "{e}");
     }

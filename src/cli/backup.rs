@@ -192,7 +192,9 @@ pub(super) fn backup(
                     .map_err(|e| e.to_string())?;
                 for (region, r) in &report {
                     for (issuer, (sent, changed)) in &r.issuers {
-                        println!("{region} issuer {issuer}: {sent} certificates merged, {changed} changed the region");
+                        println!(
+                            "{region} issuer {issuer}: {sent} certificates merged, {changed} changed the region"
+                        );
                     }
                 }
             }
@@ -217,11 +219,15 @@ pub(super) fn backup(
                 for (issuer, (sent, changed)) in &r.issuers {
                     let same = r.identical.get(issuer).copied().unwrap_or(0);
                     let note = if same > 0 {
-                        format!(" ({same} more in another source of the backup, identical: not sent again)")
+                        format!(
+                            " ({same} more in another source of the backup, identical: not sent again)"
+                        )
                     } else {
                         String::new()
                     };
-                    println!("{region} issuer {issuer}: {sent} certificates merged, {changed} changed the region{note}");
+                    println!(
+                        "{region} issuer {issuer}: {sent} certificates merged, {changed} changed the region{note}"
+                    );
                 }
                 println!(
                     "{region}: {} CRL(s) stored, {} already there at that number or newer",
@@ -330,9 +336,17 @@ pub(super) fn drill_restore(
                     c.ahead,
                     c.newer,
                     c.missing_count,
-                    if c.missing.is_empty() { String::new() } else { format!(" ({})", c.missing.join(", ")) },
+                    if c.missing.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", c.missing.join(", "))
+                    },
                     c.behind_count,
-                    if c.behind.is_empty() { String::new() } else { format!(" ({})", c.behind.join(", ")) },
+                    if c.behind.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", c.behind.join(", "))
+                    },
                 );
             }
         }

@@ -27,7 +27,7 @@ pub(super) fn drill_target(a: &DrillArgs) -> Result<vigil::drill::Target, String
                 .to_owned(),
             (None, Ok(t)) => t,
             (None, Err(_)) => {
-                return Err("--write needs --admin-token-file or VIGIL_ADMIN_TOKEN".into())
+                return Err("--write needs --admin-token-file or VIGIL_ADMIN_TOKEN".into());
             }
         };
         let issuer = match &a.canary_issuer {

@@ -9,7 +9,7 @@ pub(super) fn hsm_list(
     pin_env: Option<&str>,
 ) -> Result<(), String> {
     use std::collections::BTreeMap;
-    use vigil::signer::pkcs11::{list_module, read_pin, PinSource};
+    use vigil::signer::pkcs11::{PinSource, list_module, read_pin};
     use vigil::signer::pool::key_spec;
 
     // (module, env) → the [[hsm]] entries on it.

@@ -19,7 +19,7 @@ pub(super) fn import(
     issuer: &str,
 ) -> Result<(), String> {
     use futures_util::stream::{FuturesUnordered, StreamExt};
-    use vigil::limits::{IMPORT_BATCHES_IN_FLIGHT, IMPORT_BATCH_CERTIFICATES};
+    use vigil::limits::{IMPORT_BATCH_CERTIFICATES, IMPORT_BATCHES_IN_FLIGHT};
     let id = issuer_id(cfg, clock, issuer)?;
     let allow_hold = cfg.allows_holds(issuer);
     let parse = IndexParser {
@@ -150,7 +150,7 @@ pub(super) fn import_pem(
             Err(e) => {
                 return Err(format!(
                     "import stopped: {acknowledged} of {certificates} certificate(s) acknowledged before a batch failed ({e}); running it again is safe"
-                ))
+                ));
             }
         }
     }

@@ -415,10 +415,10 @@ fn main() -> ExitCode {
     let clock = vigil::clock::Clock::system();
     // rustls (Redis over TLS, the admin listener) uses ring, the only provider compiled in.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    if let Some(Command::Drill(args)) = &cli.command {
-        if args.command.is_none() {
-            return drill(args, &clock);
-        }
+    if let Some(Command::Drill(args)) = &cli.command
+        && args.command.is_none()
+    {
+        return drill(args, &clock);
     }
     if let Some(Command::Key { command }) = &cli.command {
         return key(command);
@@ -511,7 +511,7 @@ fn main() -> ExitCode {
                     &scratch_redis,
                     flush_scratch,
                     json.as_deref(),
-                )
+                );
             }
             None => Err("drill is handled before the config is loaded".into()),
         },

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use super::error::{invalid, ConfigError};
+use super::error::{ConfigError, invalid};
 use super::file;
 
 /// `[admin]`
@@ -47,7 +47,7 @@ pub(super) fn admin(a: file::Admin, data_dir: &Path) -> Result<AdminConfig, Conf
             return invalid(
                 "admin.client_ca",
                 "mutual TLS needs admin.tls_certificate and admin.tls_key",
-            )
+            );
         }
         _ => return invalid("admin.tls_key", "tls_certificate and tls_key go together"),
     };
@@ -65,8 +65,8 @@ pub(super) fn admin(a: file::Admin, data_dir: &Path) -> Result<AdminConfig, Conf
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::ISSUER;
     use super::super::Config;
+    use super::super::tests::ISSUER;
     use super::*;
 
     #[test]

@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
-use super::error::{invalid, ConfigError};
-use super::{file, ENV_CRL_BASE_URL};
+use super::error::{ConfigError, invalid};
+use super::{ENV_CRL_BASE_URL, file};
 
 /// What a sharded CRL's shard is a function of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -203,33 +203,37 @@ pub(super) fn settings(key: &str, c: &CrlConfig, regions: &[&str]) -> Result<(),
             if (c.shards > 1 || c.delta) && !u.starts_with("http://") {
                 return invalid(
                     format!("{key}.base_url"),
-                    format!("{u:?} goes into the CRLs' issuing distribution point, which is byte for byte the certificates' CRL distribution point: that is an http:// URL (BR §7.1.2.11.2, §7.2.2.1)"),
+                    format!(
+                        "{u:?} goes into the CRLs' issuing distribution point, which is byte for byte the certificates' CRL distribution point: that is an http:// URL (BR §7.1.2.11.2, §7.2.2.1)"
+                    ),
                 );
             }
         }
         None if c.shards > 1 || c.delta => {
             return invalid(
                 format!("{key}.base_url"),
-                format!("required when {key}.shards > 1 or {key}.delta (it is written into the CRLs); or set {ENV_CRL_BASE_URL}"),
-            )
+                format!(
+                    "required when {key}.shards > 1 or {key}.delta (it is written into the CRLs); or set {ENV_CRL_BASE_URL}"
+                ),
+            );
         }
         None => {}
     }
-    if let Some(r) = &c.region {
-        if !regions.contains(&r.as_str()) {
-            return invalid(
-                "crl.region",
-                format!("{r:?} is not a configured [[region]]"),
-            );
-        }
+    if let Some(r) = &c.region
+        && !regions.contains(&r.as_str())
+    {
+        return invalid(
+            "crl.region",
+            format!("{r:?} is not a configured [[region]]"),
+        );
     }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::ISSUER;
     use super::super::Config;
+    use super::super::tests::ISSUER;
     use super::*;
 
     #[test]

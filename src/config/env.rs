@@ -38,7 +38,7 @@ pub(super) fn apply(
                     var: ENV_NONCE,
                     key: "ocsp.nonce",
                     reason: format!("unknown policy {other:?}, expected \"ignore\" or \"echo\""),
-                })
+                });
             }
         };
     }
@@ -54,7 +54,7 @@ pub(super) fn apply(
                     var: ENV_LOG_FORMAT,
                     key: "log.format",
                     reason: format!("unknown format {other:?}, expected \"text\" or \"json\""),
-                })
+                });
             }
         };
     }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::error::{invalid, ConfigError};
+use super::error::{ConfigError, invalid};
 use super::file;
 
 /// `[feed]`
@@ -121,8 +121,8 @@ pub(super) fn feed(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::ISSUER;
     use super::super::Config;
+    use super::super::tests::ISSUER;
 
     const TWO: &str = "[[region]]\nname = \"a\"\nredis = \"redis://127.0.0.1:1/\"\n[[region]]\nname = \"b\"\nredis = \"redis://127.0.0.1:2/\"\n";
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::error::{invalid, ConfigError};
+use super::error::{ConfigError, invalid};
 use super::file;
 use super::valid_name;
 use crate::limits;
@@ -291,7 +291,9 @@ mod tests {
             assert!(e.to_string().contains(want), "{e} lacks {want:?}");
         };
         check(
-            format!("{HSMS}[[issuer]]\nname = \"a\"\ncertificate = \"c\"\nresponder_key = \"k\"\nsigner = {{ hsm = [\"h1\"] }}\n"),
+            format!(
+                "{HSMS}[[issuer]]\nname = \"a\"\ncertificate = \"c\"\nresponder_key = \"k\"\nsigner = {{ hsm = [\"h1\"] }}\n"
+            ),
             "either responder_key or signer",
         );
         check(
@@ -299,7 +301,9 @@ mod tests {
             "responder_key or signer is required",
         );
         check(
-            format!("{HSMS}[[issuer]]\nname = \"a\"\ncertificate = \"c\"\nsigner = {{ hsm = [\"h9\"] }}\n"),
+            format!(
+                "{HSMS}[[issuer]]\nname = \"a\"\ncertificate = \"c\"\nsigner = {{ hsm = [\"h9\"] }}\n"
+            ),
             "issuer[0].signer.hsm: no [[hsm]] is named \"h9\"",
         );
         check(
@@ -367,7 +371,9 @@ mod tests {
             "hsm_pool.sign_timeout",
         );
         check(
-            format!("[hsm_pool]\nreconnect_backoff_min = \"5s\"\nreconnect_backoff_max = \"1s\"\n{HSMS}{HSM_ISSUER}"),
+            format!(
+                "[hsm_pool]\nreconnect_backoff_min = \"5s\"\nreconnect_backoff_max = \"1s\"\n{HSMS}{HSM_ISSUER}"
+            ),
             "hsm_pool.reconnect_backoff_max",
         );
     }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::crl::{self, CrlConfig};
-use super::error::{invalid, ConfigError};
+use super::error::{ConfigError, invalid};
 use super::hsm::HsmConfig;
 use super::{file, valid_name};
 use crate::status::UnissuedPolicy;
@@ -102,7 +102,7 @@ pub(super) fn issuers(
             (Some(k), None) => KeySource::File(k),
             (None, Some(sc)) => KeySource::Hsm(signer(&format!("issuer[{i}].signer"), sc, hsms)?),
             (Some(_), Some(_)) => {
-                return invalid(at, "set either responder_key or signer, not both")
+                return invalid(at, "set either responder_key or signer, not both");
             }
             (None, None) => return invalid(at, "responder_key or signer is required"),
         };
@@ -159,8 +159,8 @@ fn signer(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::ISSUER;
     use super::super::Config;
+    use super::super::tests::ISSUER;
     use super::*;
 
     #[test]

@@ -29,13 +29,13 @@ pub use admin::{AdminConfig, AdminTls};
 pub use crl::{CrlConfig, ShardByConfig};
 pub use error::ConfigError;
 pub use feed::{
-    FeedConfig, DEFAULT_FEED_CONNECT_TIMEOUT, DEFAULT_FEED_KEY_PREFIX, DEFAULT_FEED_WRITE_TIMEOUT,
+    DEFAULT_FEED_CONNECT_TIMEOUT, DEFAULT_FEED_KEY_PREFIX, DEFAULT_FEED_WRITE_TIMEOUT, FeedConfig,
 };
 pub use hsm::{HsmConfig, HsmPoolConfig, HsmRsaMechanism, KeySelector, PinSource, TokenSelector};
 pub use issuer::{IssuerConfig, IssuerSignerConfig, KeySource};
 pub use region::{
-    password_env, sentinel_password_env, ClientIdentity, RedisEndpoint, RedisLink, RegionConfig,
-    SecretSource, SentinelEndpoint,
+    ClientIdentity, RedisEndpoint, RedisLink, RegionConfig, SecretSource, SentinelEndpoint,
+    password_env, sentinel_password_env,
 };
 pub use server::{
     LimitsConfig, LogConfig, LogFormat, NoncePolicy, OcspConfig, ResponderIdKind, ServerConfig,

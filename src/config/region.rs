@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use super::error::{invalid, ConfigError};
-use super::{file, valid_name, ENV_REDIS_PASSWORD_PREFIX, ENV_SENTINEL_PASSWORD_PREFIX};
+use super::error::{ConfigError, invalid};
+use super::{ENV_REDIS_PASSWORD_PREFIX, ENV_SENTINEL_PASSWORD_PREFIX, file, valid_name};
 
 /// `[[region]]`: one region and its Redis.
 #[derive(Debug, Clone)]
@@ -215,7 +215,7 @@ fn region(i: usize, r: file::Region) -> Result<RegionConfig, ConfigError> {
             return invalid(
                 format!("region[{i}]"),
                 "set either redis, or sentinels and service",
-            )
+            );
         }
     };
     let client_identity = match (r.client_certificate, r.client_key) {
@@ -225,7 +225,7 @@ fn region(i: usize, r: file::Region) -> Result<RegionConfig, ConfigError> {
             return invalid(
                 format!("region[{i}].client_key"),
                 "client_certificate and client_key go together",
-            )
+            );
         }
     };
     Ok(RegionConfig {
@@ -260,8 +260,8 @@ fn url_has_userinfo(u: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::ISSUER;
     use super::super::Config;
+    use super::super::tests::ISSUER;
     use super::*;
 
     #[test]

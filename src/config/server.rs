@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::error::{invalid, ConfigError};
+use super::error::{ConfigError, invalid};
 use super::file;
 use crate::limits;
 use crate::ocsp::response::{MAX_VALIDITY_SECS, MIN_VALIDITY_SECS};
@@ -280,8 +280,8 @@ pub(super) fn log_format(f: file::LogFormat) -> LogFormat {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::ISSUER;
     use super::super::Config;
+    use super::super::tests::ISSUER;
     use super::*;
 
     #[test]

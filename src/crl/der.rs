@@ -89,11 +89,7 @@ pub fn uint_content(value: u64) -> Vec<u8> {
 
 /// Octets the Time for `t` takes as a TLV: 15 for UTCTime, 17 for GeneralizedTime.
 pub fn time_tlv_len(t: i64) -> usize {
-    if uses_utc_time(t) {
-        15
-    } else {
-        17
-    }
+    if uses_utc_time(t) { 15 } else { 17 }
 }
 
 /// RFC 5280 §5.1.2.4: UTCTime for 1950 through 2049.

@@ -43,13 +43,13 @@ pub mod shard;
 
 use ::der::{Decode, Encode};
 use const_oid::db::rfc5280;
-use x509_cert::ext::pkix::SubjectKeyIdentifier;
 use x509_cert::Certificate;
+use x509_cert::ext::pkix::SubjectKeyIdentifier;
 
 use crate::status::{RevocationReason, Serial};
 
-pub use build::{tbs, CrlSpec, CrlTbs};
-pub use lint::{lint, CrlInfo, Expect, LintError};
+pub use build::{CrlSpec, CrlTbs, tbs};
+pub use lint::{CrlInfo, Expect, LintError, lint};
 pub use shard::{ShardBy, Sharding};
 
 /// The longest validity (nextUpdate − thisUpdate) of a subscriber CRL: CA/Browser Forum BR

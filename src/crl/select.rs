@@ -265,8 +265,8 @@ mod tests {
     }
 
     use super::*;
-    use crate::crl::testutil::serial;
     use crate::crl::ShardBy;
+    use crate::crl::testutil::serial;
     use crate::status::view::IssuerTable;
     use crate::status::{CertRecord, EventKind, RevocationReason};
 
@@ -480,12 +480,14 @@ mod tests {
             }),
         );
         let d = delta(&listed(true), &base);
-        assert!(d
-            .iter()
-            .any(|e| e.serial == serial(4) && e.reason == RevocationReason::KeyCompromise));
-        assert!(!d
-            .iter()
-            .any(|e| e.serial == serial(4) && e.reason == RevocationReason::RemoveFromCrl));
+        assert!(
+            d.iter()
+                .any(|e| e.serial == serial(4) && e.reason == RevocationReason::KeyCompromise)
+        );
+        assert!(
+            !d.iter()
+                .any(|e| e.serial == serial(4) && e.reason == RevocationReason::RemoveFromCrl)
+        );
         // a released last entry is still removed
         let d = delta(&listed(true)[..1], &base);
         assert_eq!(

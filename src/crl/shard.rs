@@ -30,9 +30,9 @@
 //!   (Boulder's temporal sharding). A certificate whose notAfter vigil does not know (only its
 //!   revocation was recorded) goes to shard 0.
 
-use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
-use x509_cert::ext::pkix::CrlDistributionPoints;
 use x509_cert::Certificate;
+use x509_cert::ext::pkix::CrlDistributionPoints;
+use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
 
 use crate::status::{CrlScope, Serial};
 
@@ -188,7 +188,7 @@ pub fn named_scope(
                         issuer: issuer.to_owned(),
                         first,
                         second: *scope,
-                    })
+                    });
                 }
                 _ => found = Some(*scope),
             }

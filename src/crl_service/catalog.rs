@@ -322,10 +322,10 @@ impl Catalog {
         }
         let lock = File::create(self.dir.join(".lock"))?;
         lock.lock()?;
-        if let Ok(existing) = fs::read(&path) {
-            if lint::number_of(&existing).is_ok_and(|n| n >= crl.number) {
-                return Ok(());
-            }
+        if let Ok(existing) = fs::read(&path)
+            && lint::number_of(&existing).is_ok_and(|n| n >= crl.number)
+        {
+            return Ok(());
         }
         let tmp = path.with_extension("crl.tmp");
         {
@@ -527,9 +527,10 @@ mod tests {
             crl(&forged, &other_signer, 99),
         )
         .expect("write");
-        assert!(cat
-            .verify(&id, &crl(&forged, &other_signer, 99), None)
-            .is_err());
+        assert!(
+            cat.verify(&id, &crl(&forged, &other_signer, 99), None)
+                .is_err()
+        );
         let fresh = make();
         assert_eq!(fresh.load_disk(), 0);
         assert!(fresh.current(&id).is_none());

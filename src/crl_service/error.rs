@@ -2,8 +2,8 @@
 
 use super::redis_store::StoreError;
 use crate::background::BackgroundError;
-use crate::crl::lint::LintError;
 use crate::crl::CrlError;
+use crate::crl::lint::LintError;
 use crate::signer::software::KeyError;
 
 /// Why the CRL service did not start, or `vigil crl publish` did not publish.

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -134,30 +134,28 @@ impl CrlService {
                     return Err(CrlServiceError::Issuer {
                         issuer: issuer.name.clone(),
                         source,
-                    })
+                    });
                 }
             };
             let settings = cfg.crl_of(&issuer.name);
-            if publishing {
-                if let Some(signer) = crl_signer(ic, issuer, pools)? {
-                    publish.push(PublishIssuer {
-                        issuer: ci.clone(),
-                        issuer_id: issuer.hashes.id,
-                        signing: SigningService::new(
-                            signer,
-                            "vigil-crlsign",
-                            ServiceLimits {
-                                threads: CRL_SIGNING_THREADS,
-                                queue: CRL_SIGNING_QUEUE,
-                            },
-                        ),
-                        sharding: settings.sharding(),
-                        deltas: settings.delta,
-                        validity: settings.validity.as_secs() as i64,
-                        interval: settings.interval.as_secs() as i64,
-                        base_url: settings.base_url.clone(),
-                    });
-                }
+            if publishing && let Some(signer) = crl_signer(ic, issuer, pools)? {
+                publish.push(PublishIssuer {
+                    issuer: ci.clone(),
+                    issuer_id: issuer.hashes.id,
+                    signing: SigningService::new(
+                        signer,
+                        "vigil-crlsign",
+                        ServiceLimits {
+                            threads: CRL_SIGNING_THREADS,
+                            queue: CRL_SIGNING_QUEUE,
+                        },
+                    ),
+                    sharding: settings.sharding(),
+                    deltas: settings.delta,
+                    validity: settings.validity.as_secs() as i64,
+                    interval: settings.interval.as_secs() as i64,
+                    base_url: settings.base_url.clone(),
+                });
             }
             crl_issuers.push(IssuerCrls {
                 issuer: ci,

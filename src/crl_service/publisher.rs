@@ -443,7 +443,7 @@ impl Publisher {
                     path: id.path(),
                     what: "previous",
                     source,
-                })
+                });
             }
         };
         if dropped.is_empty() {
@@ -456,7 +456,12 @@ impl Publisher {
             "a complete CRL would drop {} serial(s) listed on CRL {} (e.g. {}); refused, the previous CRL stays",
             dropped.len(),
             prev_number,
-            dropped.iter().take(3).map(|s| crate::status::hex(s.as_der_content())).collect::<Vec<_>>().join(", ")
+            dropped
+                .iter()
+                .take(3)
+                .map(|s| crate::status::hex(s.as_der_content()))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         tracing::error!(crl = %id.path(), dropped = dropped.len(), previous = prev_number, "complete CRL refused: it would drop serials the previous one lists");
         self.refusals.set(id, &why);
@@ -661,8 +666,8 @@ mod tests {
     use super::*;
     use crate::signer::service::ServiceLimits;
     use crate::signer::{SignError, Signer, SoftwareSigner};
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     /// An HSM pool whose first call goes silent (until the test lets it go); later calls sign.

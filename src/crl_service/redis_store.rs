@@ -384,7 +384,7 @@ impl Region {
                 return Err(StoreError::UnexpectedReply {
                     region: self.name.clone(),
                     reply: other.to_owned(),
-                })
+                });
             }
         })
     }

@@ -38,12 +38,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use der::{Decode, Encode};
+use x509_cert::Certificate;
 use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
 use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
-use x509_cert::Certificate;
 
 mod download;
-pub use download::{download, fetch, Download, Fetched};
+pub use download::{Download, Fetched, download, fetch};
 
 use super::{Level, Report, Target};
 use crate::status::{CertStatus, Serial};
@@ -325,10 +325,10 @@ pub(super) fn check(
             view_check(r, t, name, ca, &shards);
         }
     }
-    if let Some(p) = &opts.state {
-        if let Err(e) = state.save(p) {
-            r.push("crl-previous", Level::Fail, format!("state file {e}"));
-        }
+    if let Some(p) = &opts.state
+        && let Err(e) = state.save(p)
+    {
+        r.push("crl-previous", Level::Fail, format!("state file {e}"));
     }
 }
 

@@ -205,7 +205,7 @@ pub fn load(path: &Path) -> Result<Option<Loaded>, CheckpointError> {
             return Err(CheckpointError::Io {
                 path: path.to_owned(),
                 source,
-            })
+            });
         }
     };
     let corrupt = |why: String| CheckpointError::Corrupt {

@@ -12,19 +12,19 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::Value;
+use redis::aio::MultiplexedConnection;
 
 use super::health::{FeedHealth, RegionHealth};
 use super::region::Region;
-use super::repair::{merge_view_into, Lease};
-use super::{scripts, value_bytes, value_str, Cursor, FeedError, StreamId};
+use super::repair::{Lease, merge_view_into};
+use super::{Cursor, FeedError, StreamId, scripts, value_bytes, value_str};
 use crate::apply::Applier;
 use crate::clock::Clock;
 use crate::http::Readiness;
 use crate::limits::{FEED_READ_COUNT, FEED_SCAN_COUNT};
 use crate::status::view::Digest;
-use crate::status::{hex, CertRecord, Event, IssuerId, Serial, StatusView};
+use crate::status::{CertRecord, Event, IssuerId, Serial, StatusView, hex};
 use crate::telemetry;
 
 /// How long one `XREAD BLOCK` waits: short enough that a dead connection is noticed quickly,
@@ -654,7 +654,7 @@ pub async fn stream_info(
     let v = match reply {
         Ok(v) => v,
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
-            return Ok(None)
+            return Ok(None);
         }
         Err(e) => return Err(e.into()),
     };

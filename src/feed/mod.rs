@@ -147,7 +147,9 @@ pub enum FeedError {
     #[error("unexpected reply: {0}")]
     Protocol(String),
     /// The Sentinels refused vigil's credentials for them.
-    #[error("the Sentinels refuse vigil (check sentinel_username and sentinel_password_file or {password_env}): {source}")]
+    #[error(
+        "the Sentinels refuse vigil (check sentinel_username and sentinel_password_file or {password_env}): {source}"
+    )]
     SentinelRefused {
         /// The environment variable that may hold the Sentinels' password.
         password_env: String,

@@ -16,15 +16,15 @@ use std::fmt;
 use std::sync::Arc;
 
 use futures_util::future::join_all;
-use redis::aio::MultiplexedConnection;
 use redis::Value;
+use redis::aio::MultiplexedConnection;
 
 use super::region::Region;
-use super::{group_by_certificate, scripts, CertWrite, FeedError};
+use super::{CertWrite, FeedError, group_by_certificate, scripts};
 use crate::config::FeedConfig;
 use crate::limits::{FEED_MERGE_BATCH, FEED_PIPELINE_CHUNK};
 use crate::status::view::Digest;
-use crate::status::{hex, Event};
+use crate::status::{Event, hex};
 
 /// Writes to the regions of the feed.
 pub struct Publisher {

@@ -10,7 +10,7 @@ use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, TlsCertificates};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
 
-use super::{scripts, FeedError, Keys};
+use super::{FeedError, Keys, scripts};
 use crate::config::{Config, FeedConfig, RedisEndpoint, RedisLink};
 
 /// How to talk to a region's Redis, apart from where it is.
@@ -380,9 +380,11 @@ mod tests {
             .expect("read")
             .expect("set");
         assert_eq!(from_env.expose_secret(), "from-env");
-        assert!(read_password(None, "VIGIL_SENTINEL_PASSWORD_B", &env)
-            .expect("read")
-            .is_none());
+        assert!(
+            read_password(None, "VIGIL_SENTINEL_PASSWORD_B", &env)
+                .expect("read")
+                .is_none()
+        );
         let e = read_password(Some(&dir.path().join("missing")), "X", &env).expect_err("missing");
         assert!(e.to_string().contains("missing"), "{e}");
     }

@@ -29,13 +29,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::Value;
+use redis::aio::MultiplexedConnection;
 
-use super::consume::{heartbeat_payload, parse_entries, parse_issuer_hex, random_id, FeedState};
+use super::consume::{FeedState, heartbeat_payload, parse_entries, parse_issuer_hex, random_id};
 use super::publish::{merge, run_pipeline};
 use super::region::Region;
-use super::{group_by_certificate, scripts, value_str, FeedError};
+use super::{FeedError, group_by_certificate, scripts, value_str};
 use crate::clock::Clock;
 use crate::limits::FEED_PIPELINE_CHUNK;
 use crate::status::{Event, IssuerId, StatusView};

@@ -399,7 +399,7 @@ async fn route(
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("{msg}; nothing was changed"),
-            )
+            );
         }
     };
     let Some(first) = events.first() else {
@@ -532,7 +532,7 @@ async fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Ve
         }
         let requested = match (&b.time, endpoint) {
             (Some(_), "release") => {
-                return Err(Refused::Bad("a release takes no time: it is now".into()))
+                return Err(Refused::Bad("a release takes no time: it is now".into()));
             }
             (Some(t), _) => Some(parse_rfc3339(t)?),
             (None, _) => None,
@@ -601,7 +601,7 @@ async fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Ve
             (Some(_), _, _) => {
                 return Err(Refused::Bad(
                     "give the certificate alone: serial and not_after are read from it".into(),
-                ))
+                ));
             }
             (None, Some(serial), Some(na)) => {
                 let (id, serial) = target(&b.issuer, serial)?;
@@ -610,7 +610,7 @@ async fn parse_change(st: &AdminState, endpoint: &str, body: &[u8]) -> Result<Ve
             (None, _, _) => {
                 return Err(Refused::Bad(
                     "serial and not_after are required (or the certificate)".into(),
-                ))
+                ));
             }
         };
         Ok(crate::writer::issuance_kinds(not_after, scope)

@@ -10,8 +10,8 @@ pub mod routes;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use hyper_util::server::conn::auto;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{Semaphore, watch};
 
 use crate::config::Config;
 use crate::crl_service::catalog::Catalog;
@@ -100,10 +100,10 @@ impl Readiness {
         if self.require_signer {
             why.extend(self.no_ocsp_signer().map(NotReadyReason::NoSigner));
         }
-        if let Some(feed) = self.feed.get() {
-            if let Err(e) = feed.check(now_ms) {
-                why.push(NotReadyReason::Feed(e));
-            }
+        if let Some(feed) = self.feed.get()
+            && let Err(e) = feed.check(now_ms)
+        {
+            why.push(NotReadyReason::Feed(e));
         }
         if why.is_empty() {
             Ok(())

@@ -25,8 +25,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::respond::{self, Body};
 use super::AppState;
+use super::respond::{self, Body};
 use crate::ocsp::request::decode_get_path;
 use crate::telemetry::{self, PathClass};
 

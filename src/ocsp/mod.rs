@@ -8,7 +8,7 @@ pub mod response;
 use const_oid::ObjectIdentifier;
 
 pub use issuer::{IssuerHashes, IssuerMatcher};
-pub use request::{decode_request, DecodedRequest, RequestLimits, RequestedCert};
+pub use request::{DecodedRequest, RequestLimits, RequestedCert, decode_request};
 
 /// id-pkix-ocsp-nonce (RFC 6960 §4.4.1).
 pub const OID_NONCE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.1.2");

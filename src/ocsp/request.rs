@@ -5,16 +5,16 @@
 //! trailing bytes and out-of-range lengths. Sizes are bounded before decoding (the HTTP layer
 //! caps the body and path) and the counts inside by [`RequestLimits`].
 
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use der::asn1::OctetString;
 use der::{Decode, Encode, Tag, Tagged};
 use x509_cert::ext::Extension;
 use x509_ocsp::{CertId, OcspRequest};
 
 use super::{
-    HashAlgorithm, OcspError, OID_ACCEPTABLE_RESPONSES, OID_NONCE, OID_PREFERRED_SIG_ALGS,
-    OID_SERVICE_LOCATOR,
+    HashAlgorithm, OID_ACCEPTABLE_RESPONSES, OID_NONCE, OID_PREFERRED_SIG_ALGS,
+    OID_SERVICE_LOCATOR, OcspError,
 };
 use crate::limits;
 use crate::status::Serial;
@@ -282,14 +282,14 @@ pub fn decode_get_path(encoded: &str) -> Result<Vec<u8>, GetPathError> {
     while let Some(&byte) = src.get(i) {
         i += 1;
         let mut c = byte;
-        if c == b'%' {
-            if let (Some(h), Some(l)) = (
+        if c == b'%'
+            && let (Some(h), Some(l)) = (
                 src.get(i).and_then(|&d| hex_digit(d)),
                 src.get(i + 1).and_then(|&d| hex_digit(d)),
-            ) {
-                c = (h << 4) | l;
-                i += 2;
-            }
+            )
+        {
+            c = (h << 4) | l;
+            i += 2;
         }
         if leading && c == b'/' {
             continue;

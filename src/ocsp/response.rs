@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use der::asn1::{GeneralizedTime, Null, OctetString};
 use der::{Encode, Header, Length, Tag, TagNumber};
-use x509_cert::ext::pkix::CrlReason;
 use x509_cert::ext::Extension;
+use x509_cert::ext::pkix::CrlReason;
 use x509_ocsp::{
     CertId, CertStatus as OcspCertStatus, OcspGeneralizedTime, ResponderId, ResponseData,
     RevokedInfo, SingleResponse, Version,
 };
 
-use super::{HashAlgorithm, OcspError, OID_BASIC_RESPONSE, OID_EXTENDED_REVOKE};
+use super::{HashAlgorithm, OID_BASIC_RESPONSE, OID_EXTENDED_REVOKE, OcspError};
 use crate::alg::SignatureAlgorithm;
 use crate::status::{Revocation, RevocationReason};
 
@@ -249,7 +249,7 @@ mod tests {
     use super::*;
     use crate::ocsp::request::tests::cert_id;
     use der::Decode;
-    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+    use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
     use x509_ocsp::{BasicOcspResponse, OcspResponse, OcspResponseStatus};
 
     /// A P-256 key held here, with *ring*: the core's tests need no signer module.

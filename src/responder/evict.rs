@@ -1,15 +1,15 @@
 //! Dropping cached responses after status changes, and remembering the changed certificates
 //! so their next signature goes first.
 
-use der::asn1::{Null, OctetString};
 use der::Encode;
+use der::asn1::{Null, OctetString};
 use spki::AlgorithmIdentifierOwned;
 use x509_cert::serial_number::SerialNumber;
 use x509_ocsp::CertId;
 
 use super::Responder;
-use crate::ocsp::request::plain_request_der;
 use crate::ocsp::HashAlgorithm;
+use crate::ocsp::request::plain_request_der;
 use crate::pki::Issuer;
 use crate::status::{IssuerId, Serial};
 

@@ -34,9 +34,9 @@ use x509_ocsp::CertId;
 use crate::cache::{CachedResponse, FrontCache, FrontEntry, ResponseCache};
 use crate::config::{Config, NoncePolicy};
 use crate::limits::MAX_FRONT_KEY_BYTES;
-use crate::ocsp::request::{decode_request, plain_cert_id, RequestLimits};
+use crate::ocsp::request::{RequestLimits, decode_request, plain_cert_id};
 use crate::ocsp::response::{
-    assemble, extended_revoke_extension, tbs_response_data, SingleStatus, ValidityPolicy,
+    SingleStatus, ValidityPolicy, assemble, extended_revoke_extension, tbs_response_data,
 };
 use crate::ocsp::{IssuerMatcher, OcspError};
 use crate::pki::Issuer;
@@ -255,15 +255,17 @@ impl Responder {
                     now,
                 )
                 .await?;
-            if let Answer::Signed { response, .. } = &answer {
-                if plain && response.status == answers[0] && response.is_fresh(now) {
-                    let entry = FrontEntry {
-                        issuer: i,
-                        serial: req.certs[0].serial,
-                        response: response.clone(),
-                    };
-                    self.front.insert(der, entry).await;
-                }
+            if let Answer::Signed { response, .. } = &answer
+                && plain
+                && response.status == answers[0]
+                && response.is_fresh(now)
+            {
+                let entry = FrontEntry {
+                    issuer: i,
+                    serial: req.certs[0].serial,
+                    response: response.clone(),
+                };
+                self.front.insert(der, entry).await;
             }
             return Ok(answer);
         }
@@ -334,7 +336,7 @@ impl Responder {
                 CertStatus::Unissued => match state.issuer.unissued {
                     UnissuedPolicy::Unknown => SingleStatus::Unknown,
                     UnissuedPolicy::Unauthorized => {
-                        return Err(OcspError::Unauthorized("serial not issued by this CA"))
+                        return Err(OcspError::Unauthorized("serial not issued by this CA"));
                     }
                     // RFC 6960 §2.2: revocationTime 1970-01-01, and no certificateHold reason.
                     UnissuedPolicy::Revoked => SingleStatus::Revoked(Revocation {

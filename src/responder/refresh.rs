@@ -8,10 +8,10 @@ use bytes::Bytes;
 use moka::ops::compute::{CompResult, Op};
 use x509_ocsp::CertId;
 
-use super::{Answer, Priority, Responder, CHECKED_SIGNING_ATTEMPTS};
+use super::{Answer, CHECKED_SIGNING_ATTEMPTS, Priority, Responder};
 use crate::cache::CachedResponse;
-use crate::ocsp::response::{assemble, tbs_response_data, SingleStatus};
 use crate::ocsp::OcspError;
+use crate::ocsp::response::{SingleStatus, assemble, tbs_response_data};
 use crate::signer::service::ServiceError;
 use crate::status::Serial;
 
@@ -25,14 +25,15 @@ impl Responder {
         status: SingleStatus,
         now: i64,
     ) -> Result<Answer, OcspError> {
-        if let Some(hit) = self.cache.inner.get(&key).await {
-            if hit.status == status && hit.is_fresh(now) {
-                self.metrics.cache_hits.increment(1);
-                return Ok(Answer::Signed {
-                    response: hit,
-                    shared: true,
-                });
-            }
+        if let Some(hit) = self.cache.inner.get(&key).await
+            && hit.status == status
+            && hit.is_fresh(now)
+        {
+            self.metrics.cache_hits.increment(1);
+            return Ok(Answer::Signed {
+                response: hit,
+                shared: true,
+            });
         }
         self.metrics.cache_misses.increment(1);
         let this = Arc::clone(self);
@@ -76,10 +77,11 @@ impl Responder {
             .entry(key.clone())
             .and_compute_with(|existing| async move {
                 let existing = existing.map(|e| e.into_value());
-                if let Some(e) = &existing {
-                    if e.status == status && e.is_fresh(now) {
-                        return Op::Nop; // signed by the caller we waited behind
-                    }
+                if let Some(e) = &existing
+                    && e.status == status
+                    && e.is_fresh(now)
+                {
+                    return Op::Nop; // signed by the caller we waited behind
                 }
                 let mut priority = match &existing {
                     Some(e) if e.status != status => Priority::StatusChange,

@@ -4,8 +4,8 @@ use super::*;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use der::asn1::OctetString;
 use der::Encode;
+use der::asn1::OctetString;
 
 use crate::status::IssuerId;
 
@@ -594,9 +594,9 @@ async fn a_status_change_during_the_signature_is_signed_again_and_the_stale_one_
     let routine_c = ask(request(&others[1]));
     service_is(|s| s == (1, 2, 0)).await;
     tx.send(()).expect("ticket"); // the good response is signed
-                                  // Then two interleavings are possible, and both must keep C behind the re-signature: the
-                                  // thread takes B before A's caller re-queues (B runs, C and the re-signature wait), or A's
-                                  // re-signature is queued first and runs ahead of both routine jobs.
+    // Then two interleavings are possible, and both must keep C behind the re-signature: the
+    // thread takes B before A's caller re-queues (B runs, C and the re-signature wait), or A's
+    // re-signature is queued first and runs ahead of both routine jobs.
     service_is(|s| s == (2, 1, 1) || s == (2, 2, 0)).await;
     for _ in 0..3 {
         tx.send(()).expect("ticket");

@@ -7,8 +7,8 @@ use x509_ocsp::CertId;
 
 use super::{SignError, Signer};
 use crate::crl::{CrlError, CrlIssuer, CrlSpec, Entry};
-use crate::ocsp::response::{assemble, tbs_response_data, ResponderProfile, SingleStatus, Window};
 use crate::ocsp::OcspError;
+use crate::ocsp::response::{ResponderProfile, SingleStatus, Window, assemble, tbs_response_data};
 
 /// Why a directly signed CRL or response could not be made.
 #[derive(Debug, Clone, thiserror::Error)]

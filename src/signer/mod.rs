@@ -13,7 +13,7 @@ pub mod pool;
 pub mod service;
 pub mod software;
 
-pub use crate::alg::{verify, SignatureAlgorithm};
+pub use crate::alg::{SignatureAlgorithm, verify};
 pub use pool::SignerPool;
 pub use software::SoftwareSigner;
 

@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 use metrics::{Counter, Gauge, Histogram};
 
 use super::pkcs11::{
-    read_pin, HostedKey, HsmError, KeyDescription, KeySelector, KeySpec, PinError, PinSource,
-    RsaMechanism, TokenSelector,
+    HostedKey, HsmError, KeyDescription, KeySelector, KeySpec, PinError, PinSource, RsaMechanism,
+    TokenSelector, read_pin,
 };
 use super::{SignError, SignatureAlgorithm, Signer, SoftwareSigner};
 use crate::config::{self, HsmConfig, HsmPoolConfig, HsmRsaMechanism};

@@ -590,8 +590,8 @@ mod tests {
         let h = harness(1, 10, Some(Duration::from_millis(200)));
         let first = h.sign(b"m", Priority::Routine);
         assert_eq!(h.began().await, b"m"); // the first call hangs: no ticket yet
-                                           // The caller gives up after 200 ms and asks again; a new thread takes the second call
-                                           // while the first still hangs.
+        // The caller gives up after 200 ms and asks again; a new thread takes the second call
+        // while the first still hangs.
         assert_eq!(h.began().await, b"m");
         assert_eq!(h.service.spare_threads(), MAX_STUCK_SIGNING_THREADS - 1);
         assert_eq!(h.service.serving_threads(), 1);

@@ -94,7 +94,7 @@ impl SoftwareSigner {
                 return Err(unsupported(
                     "SEC1 EC keys are not read; convert with `openssl pkcs8 -topk8 -nocrypt`"
                         .into(),
-                ))
+                ));
             }
             other => return Err(unsupported(format!("unexpected PEM label {other:?}"))),
         };

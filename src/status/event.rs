@@ -24,7 +24,7 @@
 //! written before decodes as it did. Each kind has exactly one version, so every decoded event
 //! re-encodes to its input.
 
-use super::{count_rejected, CrlScope, IssuerId, ReasonError, Rejected, RevocationReason, Serial};
+use super::{CrlScope, IssuerId, ReasonError, Rejected, RevocationReason, Serial, count_rejected};
 use crate::limits::{MAX_EVENT_BYTES, MAX_ORIGIN_BYTES};
 
 /// The encoding version of issued and revoked events.

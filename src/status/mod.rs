@@ -253,7 +253,9 @@ pub enum ReasonError {
     #[error("{}", not_a_revocation_reason(*.0))]
     NotARevocationReason(RevocationReason),
     /// Not an RFC 5280 reason name.
-    #[error("unknown revocation reason {0:?}; one of: unspecified, keyCompromise, cACompromise, affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn, aACompromise")]
+    #[error(
+        "unknown revocation reason {0:?}; one of: unspecified, keyCompromise, cACompromise, affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn, aACompromise"
+    )]
     Unknown(String),
 }
 
@@ -554,7 +556,7 @@ impl CertRecord {
                 return CertStatus::Revoked(Revocation {
                     time,
                     reason: RevocationReason::CertificateHold,
-                })
+                });
             }
             _ => {}
         }

@@ -1,7 +1,7 @@
 //! The materialised status view: issuer → serial → [`CertRecord`], built by joining events.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use super::{CertRecord, CertStatus, Event, IssuerId, Serial};

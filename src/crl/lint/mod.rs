@@ -23,12 +23,12 @@ mod parse;
 mod verify;
 
 use der::Decode;
+use x509_cert::ext::pkix::AuthorityKeyIdentifier;
 use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
 use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
-use x509_cert::ext::pkix::AuthorityKeyIdentifier;
 
-pub use parse::{entries, number_of, parse, read_entries, ParsedCrl};
-pub use verify::{verify_signature, UnsupportedAlgorithm};
+pub use parse::{ParsedCrl, entries, number_of, parse, read_entries};
+pub use verify::{UnsupportedAlgorithm, verify_signature};
 
 use super::der::tag;
 use super::{CrlIssuer, MAX_VALIDITY_SECS};
@@ -102,10 +102,10 @@ pub fn lint(der: &[u8], issuer: &CrlIssuer, expect: &Expect<'_>) -> Result<CrlIn
         Ok(false) => return fail("the signature does not verify with the issuer's key"),
         Err(e) => return fail(e.to_string()),
     }
-    if let Some(now) = expect.now {
-        if p.this_update > now + MAX_CLOCK_SKEW_SECS {
-            return fail("thisUpdate is in the future");
-        }
+    if let Some(now) = expect.now
+        && p.this_update > now + MAX_CLOCK_SKEW_SECS
+    {
+        return fail("thisUpdate is in the future");
     }
     let Some(next_update) = p.next_update else {
         return fail("nextUpdate is absent (§5.1.2.5 and BR §7.2.2 require it)");
@@ -171,17 +171,17 @@ pub fn lint(der: &[u8], issuer: &CrlIssuer, expect: &Expect<'_>) -> Result<CrlIn
     let Some(number) = number else {
         return fail("cRLNumber is absent (§5.2.3)");
     };
-    if let Some(n) = expect.number {
-        if n != number {
-            return fail(format!("cRLNumber is {number}, expected {n}"));
-        }
+    if let Some(n) = expect.number
+        && n != number
+    {
+        return fail(format!("cRLNumber is {number}, expected {n}"));
     }
-    if let Some(prev) = expect.previous {
-        if number <= prev {
-            return fail(format!(
-                "cRLNumber {number} does not increase past {prev} (§5.2.3)"
-            ));
-        }
+    if let Some(prev) = expect.previous
+        && number <= prev
+    {
+        return fail(format!(
+            "cRLNumber {number} does not increase past {prev} (§5.2.3)"
+        ));
     }
     match (expect.kind, delta_base) {
         (Kind::Full, None) | (Kind::Delta(None), Some(_)) => {}
@@ -189,13 +189,13 @@ pub fn lint(der: &[u8], issuer: &CrlIssuer, expect: &Expect<'_>) -> Result<CrlIn
         (Kind::Full, Some(_)) => return fail("a complete CRL carries deltaCRLIndicator"),
         (Kind::Delta(_), None) => return fail("a delta CRL lacks deltaCRLIndicator (§5.2.4)"),
         (Kind::Delta(Some(b)), Some(got)) => {
-            return fail(format!("BaseCRLNumber is {got}, expected {b}"))
+            return fail(format!("BaseCRLNumber is {got}, expected {b}"));
         }
     }
-    if let Some(base) = delta_base {
-        if base >= number {
-            return fail("BaseCRLNumber is not below the delta's own number (§5.2.4)");
-        }
+    if let Some(base) = delta_base
+        && base >= number
+    {
+        return fail("BaseCRLNumber is not below the delta's own number (§5.2.4)");
     }
     check_idp(idp.as_ref(), expect.idp_uri)?;
 
@@ -275,7 +275,7 @@ fn check_idp(idp: Option<&IssuingDistributionPoint>, uri: Option<&str>) -> Resul
 
 #[cfg(test)]
 mod tests {
-    use super::super::build::{tbs_cert_list, CrlSpec};
+    use super::super::build::{CrlSpec, tbs_cert_list};
     use super::super::testutil::serial;
     use super::*;
     use crate::crl::Entry;

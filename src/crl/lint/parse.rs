@@ -3,9 +3,9 @@
 
 use der::Decode;
 
-use super::{fail, LintError};
-use crate::crl::der::tag;
+use super::{LintError, fail};
 use crate::crl::Entry;
+use crate::crl::der::tag;
 use crate::status::{RevocationReason, Serial};
 
 /// One TLV: its tag, its content, and the whole encoding.
@@ -161,7 +161,7 @@ pub fn parse(der: &[u8]) -> Result<ParsedCrl<'_>, LintError> {
             other => {
                 return fail(format!(
                     "tbsCertList: unexpected field with tag 0x{other:02X}"
-                ))
+                ));
             }
         }
     }
@@ -249,13 +249,13 @@ pub fn entries(
                         Some(RevocationReason::Unspecified) => {
                             return fail(format!(
                                 "entry {serial}: reasonCode unspecified must be omitted (§5.3.1)"
-                            ))
+                            ));
                         }
                         Some(r) => r,
                         None => {
                             return fail(format!(
                                 "entry {serial}: reasonCode {code} is not allowed"
-                            ))
+                            ));
                         }
                     };
                 } else if critical {

@@ -5,8 +5,8 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 
 use super::{
-    io_at, ConsumerError, MAX_ATTEMPTS, MAX_CRL_BYTES, MAX_HEAD_BYTES, RESUME_PROBE_BYTES,
-    RETRY_BACKOFF, TIMEOUT,
+    ConsumerError, MAX_ATTEMPTS, MAX_CRL_BYTES, MAX_HEAD_BYTES, RESUME_PROBE_BYTES, RETRY_BACKOFF,
+    TIMEOUT, io_at,
 };
 
 /// A CRL downloaded in pieces.
@@ -274,7 +274,7 @@ pub fn fetch(
                 return Err(ConsumerError::TransferEncoding {
                     host: host.to_owned(),
                     coding: v.to_owned(),
-                })
+                });
             }
             _ => {}
         }

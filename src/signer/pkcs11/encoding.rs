@@ -79,7 +79,7 @@ mod tests {
 
     #[test]
     fn raw_ecdsa_becomes_der_that_ring_verifies() {
-        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
         let rng = ring::rand::SystemRandom::new();
         let pkcs8 =
             EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("keygen");
@@ -135,7 +135,9 @@ mod tests {
         let der = rsa_public_key_der(&[0x80, 0, 1], &[1, 0, 1]).expect("der");
         assert_eq!(
             der,
-            [0x30, 0x0b, 0x02, 0x04, 0x00, 0x80, 0x00, 0x01, 0x02, 0x03, 0x01, 0x00, 0x01]
+            [
+                0x30, 0x0b, 0x02, 0x04, 0x00, 0x80, 0x00, 0x01, 0x02, 0x03, 0x01, 0x00, 0x01
+            ]
         );
     }
 }

@@ -6,7 +6,9 @@ use cryptoki::error::{Error as CkError, RvError};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HsmError {
     /// The token rejected the user PIN. Never retried: repeated attempts lock the token.
-    #[error("the token rejected the user PIN ({0}); vigil does not retry a rejected PIN (retries lock tokens): fix pin_file / pin_env and restart")]
+    #[error(
+        "the token rejected the user PIN ({0}); vigil does not retry a rejected PIN (retries lock tokens): fix pin_file / pin_env and restart"
+    )]
     Pin(String),
     /// A setting or the token's content is wrong; retrying cannot help.
     #[error("{0}")]
@@ -125,9 +127,11 @@ mod tests {
             assert!(matches!(e(rv), HsmError::Lost(_)), "{rv:?}");
         }
         assert!(matches!(e(RvError::DataLenRange), HsmError::Failed(_)));
-        assert!(e(RvError::PinIncorrect)
-            .to_string()
-            .contains("CKR_PIN_INCORRECT"));
+        assert!(
+            e(RvError::PinIncorrect)
+                .to_string()
+                .contains("CKR_PIN_INCORRECT")
+        );
         assert!(e(RvError::PinIncorrect).is_permanent());
         assert!(!e(RvError::DeviceError).is_permanent());
     }

@@ -25,18 +25,18 @@ use std::io::{BufReader, BufWriter};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
 use super::protocol::{
-    read_request, read_response, read_setup, write_request, write_response, write_setup, PinBytes,
-    Request, Response, Setup, SetupFrame, PROTOCOL_VERSION,
+    PROTOCOL_VERSION, PinBytes, Request, Response, Setup, SetupFrame, read_request, read_response,
+    read_setup, write_request, write_response, write_setup,
 };
 use super::{
-    list_tokens, lock, AuthPin, HsmError, KeyDescription, KeySpec, Module, Pkcs11Key, TokenListing,
+    AuthPin, HsmError, KeyDescription, KeySpec, Module, Pkcs11Key, TokenListing, list_tokens, lock,
 };
 use crate::config::LogFormat;
 

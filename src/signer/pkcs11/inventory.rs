@@ -7,7 +7,7 @@ use cryptoki::session::UserType;
 use cryptoki::slot::Slot;
 
 use super::module::Module;
-use super::{classify, lost, AuthPin, HsmError};
+use super::{AuthPin, HsmError, classify, lost};
 
 /// One token as `vigil hsm list` shows it.
 #[derive(Debug, Clone)]
@@ -125,10 +125,10 @@ pub fn list_tokens(
             error: None,
             keys: Vec::new(),
         };
-        if listing.initialized {
-            if let Err(e) = list_keys(ctx, slot, &mut listing, &pin_for) {
-                listing.error = Some(e.to_string());
-            }
+        if listing.initialized
+            && let Err(e) = list_keys(ctx, slot, &mut listing, &pin_for)
+        {
+            listing.error = Some(e.to_string());
         }
         out.push(listing);
     }

@@ -16,9 +16,9 @@ use super::encoding::{ec_point, rsa_public_key_der};
 use super::module::Module;
 use super::session::{Connection, SessionSlots, SignMechanism};
 use super::spec::{KeySelector, KeySpec, RsaMechanism, TokenSelector};
-use super::{classify, lock, lost, AuthPin, HsmError};
-use crate::signer::software::MIN_RSA_BITS;
+use super::{AuthPin, HsmError, classify, lock, lost};
 use crate::signer::SignatureAlgorithm;
+use crate::signer::software::MIN_RSA_BITS;
 use const_oid::db::rfc5912;
 
 /// A key on a PKCS#11 token: connects, signs, reconnects. Thread-safe; each signature uses
@@ -144,14 +144,14 @@ impl Pkcs11Key {
     pub fn connect(&self) -> Result<KeyDescription, HsmError> {
         self.disconnect();
         let conn = self.open_connection()?;
-        if let Some(expected) = &self.expected {
-            if &conn.public_key != expected {
-                return Err(HsmError::Config(format!(
-                    "the key ({}) on token {:?} does not match the certificate's public key",
-                    self.spec.key.describe(),
-                    conn.token_label
-                )));
-            }
+        if let Some(expected) = &self.expected
+            && &conn.public_key != expected
+        {
+            return Err(HsmError::Config(format!(
+                "the key ({}) on token {:?} does not match the certificate's public key",
+                self.spec.key.describe(),
+                conn.token_label
+            )));
         }
         let conn = Arc::new(conn);
         *lock(&self.connection) = Some(conn);
@@ -270,14 +270,14 @@ impl Pkcs11Key {
                 return Err(HsmError::Config(format!(
                     "no private key with {} on token {token_label:?}",
                     self.spec.key.describe()
-                )))
+                )));
             }
             many => {
                 return Err(HsmError::Config(format!(
-                "{} private keys match {} on token {token_label:?}; set both key_label and key_id",
-                many.len(),
-                self.spec.key.describe()
-            )))
+                    "{} private keys match {} on token {token_label:?}; set both key_label and key_id",
+                    many.len(),
+                    self.spec.key.describe()
+                )));
             }
         };
         let (algorithm, public_key) = read_public_key(anchor, key, &self.spec.key)?;

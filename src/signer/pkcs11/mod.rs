@@ -41,14 +41,14 @@ mod spec;
 
 pub use encoding::{ecdsa_raw_to_der, sha256_digest_info};
 use error::lost;
-pub use error::{ckr_name, classify, HsmError};
+pub use error::{HsmError, ckr_name, classify};
 pub use host::{
-    configure_hosts, list_module, run_host, HostOptions, HostedKey, ModuleListing, HOST_SUBCOMMAND,
+    HOST_SUBCOMMAND, HostOptions, HostedKey, ModuleListing, configure_hosts, list_module, run_host,
 };
-pub use inventory::{list_tokens, ObjectListing, TokenListing};
+pub use inventory::{ObjectListing, TokenListing, list_tokens};
 pub use key::{KeyDescription, Pkcs11Key};
 pub use module::{Instance, Module};
-pub use pin::{read_pin, PinError, PinSource};
+pub use pin::{PinError, PinSource, read_pin};
 pub use spec::{KeySelector, KeySpec, RsaMechanism, TokenSelector};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -15,7 +15,7 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::Session;
 
-use super::{classify, lock, lost, HsmError};
+use super::{HsmError, classify, lock, lost};
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ModuleState {
@@ -180,7 +180,7 @@ impl Module {
                 return Err(HsmError::Lost(format!(
                     "a call into {} has not returned in {wait:?}, and the module keeps one state per process; waiting for it",
                     self.path.display()
-                )))
+                )));
             }
             Err(e) => return Err(classify(&e)),
         }

@@ -79,10 +79,10 @@ pub fn read_pin(source: &PinSource) -> Result<AuthPin, PinError> {
 
 fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(pin_file = %path.display(), "the PIN file is readable by group or others; chmod 600 it");
-        }
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(pin_file = %path.display(), "the PIN file is readable by group or others; chmod 600 it");
     }
 }
 

@@ -623,7 +623,7 @@ pub fn read_setup(r: &mut impl Read) -> Result<SetupFrame, FrameError> {
         other => {
             return Err(malformed(format!(
                 "tag {other} where the setup was expected"
-            )))
+            )));
         }
     };
     let log_filter = f.text("the log filter")?;

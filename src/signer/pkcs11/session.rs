@@ -13,7 +13,7 @@ use cryptoki::slot::Slot;
 
 use super::encoding::{ecdsa_raw_to_der, sha256_digest_info};
 use super::module::Instance;
-use super::{lock, lost, HsmError};
+use super::{HsmError, lock, lost};
 use crate::signer::SignatureAlgorithm;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
