@@ -90,11 +90,19 @@ pub const MAX_HSM_SESSIONS: usize = 64;
 /// in JSON is under 300 bytes; 4 KiB leaves room without letting a client make vigil buffer much.
 pub const MAX_ADMIN_BODY_BYTES: usize = 4 * 1024;
 
-/// Stream entries read per `XREAD` call: large enough to catch up quickly after an outage,
-/// small enough that one reply stays a few MiB (an entry holds at most
-/// [`FEED_ENTRY_MAX_EVENTS`] events of about 120 bytes; a write of one certificate is one
-/// entry of one or two).
-pub const FEED_READ_COUNT: usize = 200;
+/// Stream entries a replica's consumer reads per `XREAD` call. A reply of up to
+/// this many × [`FEED_ENTRY_MAX_EVENTS`] events (about 120 bytes each) is parsed and decoded on
+/// the tokio worker that read it, before a large read goes to the join thread: at 20 that is at
+/// most 4,000 events, about 0.5 MB. At 200 (40,000 events, about 5 MB a reply) the cached-OCSP
+/// p99 during a mass revocation of a million was 45–59 ms; at 20, 32–35 ms, in the same session
+/// on the same machine (loadtest/README.md). Catching up costs one more loopback or LAN round
+/// trip per 4,000 events.
+pub const FEED_READ_COUNT: usize = 20;
+
+/// Stream entries the archive role reads per `XREAD` call, and so at most the entries of one
+/// archive block: the archive answers nothing, so it reads in larger replies (a few MiB at most)
+/// and writes fewer, larger blocks.
+pub const ARCHIVE_READ_COUNT: usize = 200;
 
 /// Most events in one stream entry: a [`MERGE_MANY`](crate::feed::scripts::MERGE_MANY_LUA)
 /// call appends the events of every certificate it changed as one entry (one `XADD` per batch
@@ -144,8 +152,8 @@ const _: () = assert!(256 % VIEW_SEGMENTS == 0);
 /// far below it.
 pub const APPLY_BULK_CHANGES: usize = 64;
 
-// One feed read is one archive block.
-const _: () = assert!(FEED_READ_COUNT * FEED_ENTRY_MAX_EVENTS <= MAX_ARCHIVE_BLOCK_ENTRIES);
+// One archive read is one archive block.
+const _: () = assert!(ARCHIVE_READ_COUNT * FEED_ENTRY_MAX_EVENTS <= MAX_ARCHIVE_BLOCK_ENTRIES);
 const _: () =
     assert!(MAX_ARCHIVE_BLOCK_ENTRIES * (MAX_EVENT_BYTES + 18) <= MAX_ARCHIVE_BLOCK_BYTES);
 
@@ -215,8 +223,8 @@ pub const MAX_BACKUP_SOURCE_BYTES: usize = 255;
 /// Bounds the buffer one block needs when a segment is read.
 pub const MAX_ARCHIVE_BLOCK_BYTES: usize = 16 * 1024 * 1024;
 
-/// Most entries (events, or snapshot records of a gap fill) in one archive block: one feed
-/// read is at most [`FEED_READ_COUNT`] × [`FEED_ENTRY_MAX_EVENTS`] events; fills are cut at
+/// Most entries (events, or snapshot records of a gap fill) in one archive block: one archive
+/// read is at most [`ARCHIVE_READ_COUNT`] × [`FEED_ENTRY_MAX_EVENTS`] events; fills are cut at
 /// this many records.
 pub const MAX_ARCHIVE_BLOCK_ENTRIES: usize = 50_000;
 

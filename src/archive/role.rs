@@ -18,7 +18,9 @@ use crate::config::Config;
 use crate::feed::consume::{self, Backoff, StreamInfo, stream_info};
 use crate::feed::region::Region;
 use crate::feed::{FeedError, StreamId, value_bytes, value_str};
-use crate::limits::{FEED_READ_COUNT, FEED_SCAN_COUNT, MAX_ARCHIVE_BLOCK_ENTRIES, MAX_EVENT_BYTES};
+use crate::limits::{
+    ARCHIVE_READ_COUNT, FEED_SCAN_COUNT, MAX_ARCHIVE_BLOCK_ENTRIES, MAX_EVENT_BYTES,
+};
 use crate::status::{CertRecord, Serial};
 
 /// How long one `XREAD BLOCK` waits.
@@ -243,7 +245,7 @@ async fn session(
     loop {
         let reply: Value = redis::cmd("XREAD")
             .arg("COUNT")
-            .arg(FEED_READ_COUNT)
+            .arg(ARCHIVE_READ_COUNT)
             .arg("BLOCK")
             .arg(BLOCK.as_millis() as u64)
             .arg("STREAMS")
@@ -269,7 +271,7 @@ async fn session(
             }
             continue;
         };
-        let caught = entries.len() < FEED_READ_COUNT;
+        let caught = entries.len() < ARCHIVE_READ_COUNT;
         let mut events: Vec<(StreamId, &[u8])> = Vec::with_capacity(entries.len());
         for (id, fields) in &entries {
             for (k, v) in fields {
