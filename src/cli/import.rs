@@ -66,11 +66,7 @@ pub(super) fn import(
                     acknowledged += n;
                     summary = w.summary;
                 }
-                Err(e) => {
-                    return Err(format!(
-                        "import stopped: {acknowledged} of {issued} certificate(s) acknowledged before a batch failed ({e}); running it again is safe"
-                    ))
-                }
+                Err(e) => return Err(import_stopped(acknowledged, issued, &e)),
             }
         }
         Ok::<_, String>(acknowledged)
@@ -148,9 +144,7 @@ pub(super) fn import_pem(
                 summary = w.summary;
             }
             Err(e) => {
-                return Err(format!(
-                    "import stopped: {acknowledged} of {certificates} certificate(s) acknowledged before a batch failed ({e}); running it again is safe"
-                ));
+                return Err(import_stopped(acknowledged, certificates, &e));
             }
         }
     }
@@ -300,4 +294,11 @@ pub(super) fn der_wrap(tag: u8, s: &str) -> Vec<u8> {
     let mut v = vec![tag, s.len().min(127) as u8];
     v.extend_from_slice(s.as_bytes());
     v
+}
+
+/// Why an import stopped, and what was acknowledged before it.
+fn import_stopped(acknowledged: usize, total: usize, e: &dyn std::fmt::Display) -> String {
+    format!(
+        "import stopped: {acknowledged} of {total} certificate(s) acknowledged before a batch failed ({e}); running it again is safe"
+    )
 }

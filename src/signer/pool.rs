@@ -436,11 +436,7 @@ impl SignerPool {
                 hsm: name.clone(),
                 source,
             };
-            let pin = read_pin(&pin_source).map_err(|source| PoolError::Pin {
-                hsm: name.clone(),
-                source,
-            })?;
-            let key = HostedKey::new(spec, pin, Some(public_key.clone())).map_err(hsm_error)?;
+            let key = member_key(spec, &pin_source, public_key.clone())?;
             let member = Arc::new(Member {
                 epoch: AtomicU64::new(0),
                 checking: Arc::new(AtomicUsize::new(0)),
@@ -757,6 +753,21 @@ pub struct MemberTest {
     pub result: Result<String, PoolError>,
 }
 
+/// A member's key in a host process of its own, its PIN read from `pin_source`, to be checked
+/// against `public_key` (the certificate's).
+fn member_key(
+    spec: KeySpec,
+    pin_source: &PinSource,
+    public_key: Vec<u8>,
+) -> Result<HostedKey, PoolError> {
+    let hsm = spec.name.clone();
+    let pin = read_pin(pin_source).map_err(|source| PoolError::Pin {
+        hsm: hsm.clone(),
+        source,
+    })?;
+    HostedKey::new(spec, pin, Some(public_key)).map_err(|source| PoolError::Hsm { hsm, source })
+}
+
 /// Connects each member (and the fallback key), signs a test message, and verifies the
 /// signature against `public_key` (the certificate's). No pool, no monitors.
 pub fn test_members(
@@ -772,11 +783,7 @@ pub fn test_members(
                 hsm: name.clone(),
                 source,
             };
-            let pin = read_pin(&pin_source).map_err(|source| PoolError::Pin {
-                hsm: name.clone(),
-                source,
-            })?;
-            let key = HostedKey::new(spec, pin, Some(public_key.to_vec())).map_err(hsm_error)?;
+            let key = member_key(spec, &pin_source, public_key.to_vec())?;
             let d: KeyDescription = key.connect().map_err(hsm_error)?;
             let message = format!("vigil hsm test {}", probe_number());
             let started = Instant::now();
