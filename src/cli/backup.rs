@@ -75,7 +75,13 @@ pub(super) fn backup(
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    let started = std::time::Instant::now();
+    let run = BackupRun {
+        cfg,
+        config_path,
+        rt,
+        started: std::time::Instant::now(),
+        clock,
+    };
     match command {
         BackupCommand::Create {
             out,
@@ -84,53 +90,14 @@ pub(super) fn backup(
             every_region,
             metrics_file,
             recipient,
-        } => {
-            let source = match (&from_checkpoint, &region) {
-                (Some(p), _) => vigil::backup::Source::Checkpoint(p),
-                (None, r) if !cfg.regions.is_empty() && every_region => {
-                    vigil::backup::Source::EveryRegion(r.as_deref())
-                }
-                (None, r) if !cfg.regions.is_empty() => {
-                    vigil::backup::Source::Regions(r.as_deref())
-                }
-                (None, Some(_)) => return Err("--region needs configured [[region]]s".into()),
-                (None, None) => vigil::backup::Source::Journal,
-            };
-            let digest = vigil::backup::config_digest(config_path);
-            let created = rt
-                .block_on(vigil::backup::create(
-                    cfg,
-                    source,
-                    &out,
-                    digest,
-                    recipient.as_deref(),
-                    clock,
-                ))
-                .map_err(|e| e.to_string())?;
-            let seconds = started.elapsed().as_secs_f64();
-            if let Some(m) = &metrics_file {
-                vigil::backup::write_metrics_file(m, &created, seconds, clock)
-                    .map_err(|e| e.to_string())?;
-            }
-            if from_checkpoint.is_none() && !cfg.regions.is_empty() {
-                rt.block_on(vigil::backup::record_success(
-                    cfg,
-                    region.as_deref(),
-                    &created,
-                    clock,
-                ));
-            }
-            print_counts(&created.manifest);
-            print_same_as(&created.same_as);
-            println!(
-                "{}: {} bytes, sha256 {}, written in {:.1} s",
-                out.display(),
-                created.bytes,
-                created.manifest.sha256,
-                started.elapsed().as_secs_f64()
-            );
-            Ok(())
-        }
+        } => run.create(
+            &out,
+            from_checkpoint.as_deref(),
+            region.as_deref(),
+            every_region,
+            metrics_file.as_deref(),
+            recipient.as_deref(),
+        ),
         BackupCommand::Verify { .. } => Err("verify is handled before the config is loaded".into()),
         BackupCommand::Restore {
             file,
@@ -139,104 +106,187 @@ pub(super) fn backup(
             until: Some(until),
             out,
             identity,
-        } => {
-            let until_ms = vigil::clock::parse_rfc3339_ms(&until).map_err(|e| e.to_string())?;
-            let pit = vigil::backup::state_at(&file, identity.as_deref(), &archive, until_ms)
-                .map_err(|e| e.to_string())?;
-            let r = &pit.replayed;
-            println!(
-                "backup {} (finished {}) + archive {} ({} segment(s), head {}): {} event(s) up to {until} joined, {} later left out, {} fill record(s), {} undecodable",
-                file.display(),
-                pit.backup_finished_at,
-                archive.display(),
-                r.segments,
-                r.head,
-                r.events,
-                r.later,
-                r.fill_records,
-                r.undecodable
-            );
-            for w in &r.warnings {
-                println!("warning: {w}");
-            }
-            for (id, table) in pit.view.issuers() {
-                let mut t = vigil::backup::format::Tally::default();
-                table.for_each(|s, rec| t.add(s, rec));
-                println!(
-                    "state as of {until}: issuer {}: {} certificates, {} revoked, {} on hold",
-                    vigil::status::hex(&id.0),
-                    t.records,
-                    t.revoked,
-                    t.held
-                );
-            }
-            if let Some(out) = out {
-                let created = vigil::backup::write_view_file(
-                    &pit.view,
-                    "point-in-time",
-                    pit.header.positions.clone(),
-                    vigil::backup::config_digest(config_path),
-                    &out,
-                    clock,
-                )
-                .map_err(|e| e.to_string())?;
-                println!(
-                    "{}: the state as of {until}, {} bytes, sha256 {}",
-                    out.display(),
-                    created.bytes,
-                    created.manifest.sha256
-                );
-            } else {
-                let report = rt
-                    .block_on(vigil::backup::merge_view(cfg, &pit.view, region.as_deref()))
-                    .map_err(|e| e.to_string())?;
-                for (region, r) in &report {
-                    for (issuer, (sent, changed)) in &r.issuers {
-                        println!(
-                            "{region} issuer {issuer}: {sent} certificates merged, {changed} changed the region"
-                        );
-                    }
-                }
-            }
-            println!("restored in {:.1} s", started.elapsed().as_secs_f64());
-            Ok(())
-        }
+        } => run.restore_at(
+            &file,
+            region.as_deref(),
+            &archive,
+            &until,
+            out.as_deref(),
+            identity.as_deref(),
+        ),
         BackupCommand::Restore {
             file,
             region,
             identity,
             ..
-        } => {
-            let report = rt
-                .block_on(vigil::backup::restore(
-                    cfg,
-                    &file,
-                    region.as_deref(),
-                    identity.as_deref(),
-                ))
+        } => run.restore(&file, region.as_deref(), identity.as_deref()),
+    }
+}
+
+/// What every `vigil backup` command runs with.
+struct BackupRun<'a> {
+    cfg: &'a Config,
+    config_path: Option<&'a Path>,
+    rt: tokio::runtime::Runtime,
+    started: std::time::Instant,
+    clock: &'a vigil::clock::Clock,
+}
+
+impl BackupRun<'_> {
+    /// `vigil backup create`: from a checkpoint, the regions (one or every one) or the journal.
+    fn create(
+        &self,
+        out: &Path,
+        from_checkpoint: Option<&Path>,
+        region: Option<&str>,
+        every_region: bool,
+        metrics_file: Option<&Path>,
+        recipient: Option<&str>,
+    ) -> Result<(), String> {
+        let source = match (from_checkpoint, region) {
+            (Some(p), _) => vigil::backup::Source::Checkpoint(p),
+            (None, r) if !self.cfg.regions.is_empty() && every_region => {
+                vigil::backup::Source::EveryRegion(r)
+            }
+            (None, r) if !self.cfg.regions.is_empty() => vigil::backup::Source::Regions(r),
+            (None, Some(_)) => return Err("--region needs configured [[region]]s".into()),
+            (None, None) => vigil::backup::Source::Journal,
+        };
+        let digest = vigil::backup::config_digest(self.config_path);
+        let created = self
+            .rt
+            .block_on(vigil::backup::create(
+                self.cfg, source, out, digest, recipient, self.clock,
+            ))
+            .map_err(|e| e.to_string())?;
+        let seconds = self.started.elapsed().as_secs_f64();
+        if let Some(m) = &metrics_file {
+            vigil::backup::write_metrics_file(m, &created, seconds, self.clock)
+                .map_err(|e| e.to_string())?;
+        }
+        if from_checkpoint.is_none() && !self.cfg.regions.is_empty() {
+            self.rt.block_on(vigil::backup::record_success(
+                self.cfg, region, &created, self.clock,
+            ));
+        }
+        print_counts(&created.manifest);
+        print_same_as(&created.same_as);
+        println!(
+            "{}: {} bytes, sha256 {}, written in {:.1} s",
+            out.display(),
+            created.bytes,
+            created.manifest.sha256,
+            self.started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// `vigil backup restore --archive --until`: the state at a time, written to a file or
+    /// merged into the regions.
+    fn restore_at(
+        &self,
+        file: &Path,
+        region: Option<&str>,
+        archive: &Path,
+        until: &str,
+        out: Option<&Path>,
+        identity: Option<&Path>,
+    ) -> Result<(), String> {
+        let until_ms = vigil::clock::parse_rfc3339_ms(until).map_err(|e| e.to_string())?;
+        let pit = vigil::backup::state_at(file, identity, archive, until_ms)
+            .map_err(|e| e.to_string())?;
+        let r = &pit.replayed;
+        println!(
+            "backup {} (finished {}) + archive {} ({} segment(s), head {}): {} event(s) up to {until} joined, {} later left out, {} fill record(s), {} undecodable",
+            file.display(),
+            pit.backup_finished_at,
+            archive.display(),
+            r.segments,
+            r.head,
+            r.events,
+            r.later,
+            r.fill_records,
+            r.undecodable
+        );
+        for w in &r.warnings {
+            println!("warning: {w}");
+        }
+        for (id, table) in pit.view.issuers() {
+            let mut t = vigil::backup::format::Tally::default();
+            table.for_each(|s, rec| t.add(s, rec));
+            println!(
+                "state as of {until}: issuer {}: {} certificates, {} revoked, {} on hold",
+                vigil::status::hex(&id.0),
+                t.records,
+                t.revoked,
+                t.held
+            );
+        }
+        if let Some(out) = out {
+            let created = vigil::backup::write_view_file(
+                &pit.view,
+                "point-in-time",
+                pit.header.positions.clone(),
+                vigil::backup::config_digest(self.config_path),
+                out,
+                self.clock,
+            )
+            .map_err(|e| e.to_string())?;
+            println!(
+                "{}: the state as of {until}, {} bytes, sha256 {}",
+                out.display(),
+                created.bytes,
+                created.manifest.sha256
+            );
+        } else {
+            let report = self
+                .rt
+                .block_on(vigil::backup::merge_view(self.cfg, &pit.view, region))
                 .map_err(|e| e.to_string())?;
             for (region, r) in &report {
                 for (issuer, (sent, changed)) in &r.issuers {
-                    let same = r.identical.get(issuer).copied().unwrap_or(0);
-                    let note = if same > 0 {
-                        format!(
-                            " ({same} more in another source of the backup, identical: not sent again)"
-                        )
-                    } else {
-                        String::new()
-                    };
                     println!(
-                        "{region} issuer {issuer}: {sent} certificates merged, {changed} changed the region{note}"
+                        "{region} issuer {issuer}: {sent} certificates merged, {changed} changed the region"
                     );
                 }
+            }
+        }
+        println!("restored in {:.1} s", self.started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// `vigil backup restore`: the backup merged into the regions, its CRLs stored.
+    fn restore(
+        &self,
+        file: &Path,
+        region: Option<&str>,
+        identity: Option<&Path>,
+    ) -> Result<(), String> {
+        let report = self
+            .rt
+            .block_on(vigil::backup::restore(self.cfg, file, region, identity))
+            .map_err(|e| e.to_string())?;
+        for (region, r) in &report {
+            for (issuer, (sent, changed)) in &r.issuers {
+                let same = r.identical.get(issuer).copied().unwrap_or(0);
+                let note = if same > 0 {
+                    format!(
+                        " ({same} more in another source of the backup, identical: not sent again)"
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "{region}: {} CRL(s) stored, {} already there at that number or newer",
-                    r.crls_stored, r.crls_newer_there
+                    "{region} issuer {issuer}: {sent} certificates merged, {changed} changed the region{note}"
                 );
             }
-            println!("restored in {:.1} s", started.elapsed().as_secs_f64());
-            Ok(())
+            println!(
+                "{region}: {} CRL(s) stored, {} already there at that number or newer",
+                r.crls_stored, r.crls_newer_there
+            );
         }
+        println!("restored in {:.1} s", self.started.elapsed().as_secs_f64());
+        Ok(())
     }
 }
 
