@@ -80,20 +80,17 @@ pub async fn serve(cfg: Config, clock: Clock) -> Result<(), AppError> {
     // Every status change, from the journal or the feed, goes through this one applier.
     let applier = Arc::new(Applier::new(view.clone(), Some(responder.clone())));
     applier.wake_crls_with(revoked.clone());
-    let (reader, feed_running) = match (&cfg.feed, source) {
-        (
-            Some(feed),
-            ViewSource::Feed {
-                cursors,
-                fresh_at_ms,
-            },
-        ) => {
+    let (reader, feed_running) = match source {
+        ViewSource::Feed {
+            feed,
+            cursors,
+            fresh_at_ms,
+        } => {
             let start = (cursors, fresh_at_ms);
             let running = start_feed(&cfg, feed, start, &applier, &readiness, &clock)?;
             (None, Some(running))
         }
-        (_, ViewSource::Journal(reader)) => (Some(reader), None),
-        (None, ViewSource::Feed { .. }) => (None, None),
+        ViewSource::Journal(reader) => (Some(reader), None),
     };
     // A complete CRL is built only from a complete view: with the feed, once it covers every
     // reachable region; from the journal, once it is read (above).
@@ -149,11 +146,12 @@ pub async fn serve(cfg: Config, clock: Clock) -> Result<(), AppError> {
 }
 
 /// Where the view came from, and so what keeps it current.
-enum ViewSource {
+enum ViewSource<'a> {
     /// The local journal, read to its end: the tailer goes on from there.
     Journal(JournalReader),
     /// The checkpoint (or nothing): the feed consumers go on from its cursors.
     Feed {
+        feed: &'a FeedConfig,
         cursors: HashMap<String, Cursor>,
         fresh_at_ms: i64,
     },
@@ -162,12 +160,12 @@ enum ViewSource {
 /// The status view at start: the whole journal on a single node, the checkpoint with `[feed]`.
 /// Readiness learns the view is loaded when it can answer (a checkpoint answers until the feed
 /// is back, and readiness says how stale it is).
-async fn load_view(
-    cfg: &Config,
+async fn load_view<'a>(
+    cfg: &'a Config,
     metrics: &Metrics,
     readiness: &Readiness,
-) -> Result<(Arc<StatusView>, ViewSource), AppError> {
-    if cfg.feed.is_none() {
+) -> Result<(Arc<StatusView>, ViewSource<'a>), AppError> {
+    let Some(feed) = &cfg.feed else {
         let view = Arc::new(StatusView::new());
         let journal_path = cfg.journal_path();
         let mut r = JournalReader::new(&journal_path);
@@ -175,7 +173,7 @@ async fn load_view(
         tracing::info!(events = n, certificates = view.len(), journal = %journal_path.display(), "status view loaded");
         readiness.view_loaded.store(true, Ordering::Relaxed);
         return Ok((view, ViewSource::Journal(r)));
-    }
+    };
     let (view, cursors, fresh_at_ms) = load_checkpoint(cfg).await;
     if fresh_at_ms > 0 {
         readiness.view_loaded.store(true, Ordering::Relaxed);
@@ -183,6 +181,7 @@ async fn load_view(
     Ok((
         Arc::new(view),
         ViewSource::Feed {
+            feed,
             cursors,
             fresh_at_ms,
         },

@@ -193,7 +193,7 @@ pub(super) fn hsm_test(cfg: &Config, only: Option<&str>) -> Result<(), String> {
                     Ok(what) => println!("  ok    {}: {what}", t.name),
                     Err(e) => {
                         failures += 1;
-                        println!("  FAIL  {}: {e}", t.name);
+                        println!("  FAIL  {}: {}", t.name, e.cause());
                     }
                 }
             }

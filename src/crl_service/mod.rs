@@ -302,8 +302,9 @@ impl CrlService {
                     ));
                 }
                 Err(e) => {
-                    failed.push(e.to_string());
-                    lines.push(e.to_string());
+                    let e = e.to_string();
+                    lines.push(e.clone());
+                    failed.push(e);
                 }
             }
         }

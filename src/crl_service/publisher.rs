@@ -45,7 +45,7 @@ pub struct PublishIssuer {
 
 /// Why a CRL was not built; its label is the `result` of `vigil_crl_publish_total`.
 #[derive(Debug, thiserror::Error)]
-enum NotBuilt {
+pub enum NotBuilt {
     /// Encoding or the lint refused it.
     #[error(transparent)]
     Crl(#[from] crate::crl::CrlError),
@@ -120,16 +120,9 @@ pub enum PublishError {
         /// The CRL.
         path: String,
         /// Why.
-        #[source]
-        source: NotBuiltError,
+        source: NotBuilt,
     },
 }
-
-/// Why a CRL was not built: encoding or the lint refused it, or the signing service gave no
-/// signature.
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct NotBuiltError(NotBuilt);
 
 impl NotBuilt {
     fn label(&self) -> &'static str {
@@ -563,7 +556,7 @@ impl Publisher {
                 tracing::error!(crl = %id.path(), error = %e, "CRL not published");
                 return Err(PublishError::NotBuilt {
                     path: id.path(),
-                    source: NotBuiltError(e),
+                    source: e,
                 });
             }
         };

@@ -406,6 +406,18 @@ pub enum PoolError {
     FallbackKey(crate::signer::software::KeyError),
 }
 
+impl PoolError {
+    /// The cause without the member's name, for a report that lists members by name (`vigil
+    /// hsm test`); the whole error for those that name no member.
+    pub fn cause(&self) -> &dyn std::fmt::Display {
+        match self {
+            PoolError::Pin { source, .. } => source,
+            PoolError::Hsm { source, .. } => source,
+            other => other,
+        }
+    }
+}
+
 impl SignerPool {
     /// Connects every member, checks each key against `public_key` (the responder or CA
     /// certificate's subjectPublicKey), makes one verified test signature per member, and
